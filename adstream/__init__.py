@@ -1,0 +1,1 @@
+"""Shared settings, contracts and local-service plumbing for AdStream."""

@@ -1,0 +1,57 @@
+"""Names that code, DAGs and tests share (architecture.md, "Contracts").
+
+One place for each topic, table, DAG id and registry name, so a rename is one
+edit and a typo is an ImportError rather than an empty table.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Topic(StrEnum):
+    CAMPAIGN_INSTRUCTIONS = "campaign-instructions"  # key: campaign_id
+    AUCTIONS = "auctions"  # one record per auction
+    AD_FEEDBACK = "ad-feedback"  # key: auction_id
+    PLATFORM_SMOKE = "platform-smoke"  # `make run` / smoke DAG only
+
+
+class Table(StrEnum):
+    """Lake tables, relative to LAKE_ROOT; all Delta."""
+
+    BRONZE_ADVERTISING = "bronze/advertising"
+    BRONZE_ADS16_USERS = "bronze/ads16_users"
+    BRONZE_ADS16_RATINGS = "bronze/ads16_ratings"
+    BRONZE_ADS16_ADS = "bronze/ads16_ads"
+    BRONZE_AMAZON_ADS = "bronze/amazon_ads"
+    BRONZE_FEEDBACK_RAW = "bronze/feedback_raw"
+    BRONZE_AUCTIONS_RAW = "bronze/auctions_raw"
+    SILVER_USERS = "silver/users"
+    SILVER_ADS = "silver/ads"
+    SILVER_FEEDBACK_EVENTS = "silver/feedback_events"
+    SILVER_AUCTIONS = "silver/auctions"
+    GOLD_USER_FEATURES = "gold/user_features"
+    GOLD_AD_FEATURES = "gold/ad_features"
+    GOLD_CTR_TRAINING_SET = "gold/ctr_training_set"
+    GOLD_KPI_MINUTE = "gold/kpi_minute"
+    GOLD_BILLING_HOURLY = "gold/billing_hourly"
+    SMOKE_EVENTS = "smoke/platform_events"
+
+
+def quarantine_table(source: str) -> str:
+    """Rejected rows of ``source`` (e.g. ``feedback``), with a reason and their origin."""
+    return f"quarantine/{source}"
+
+
+class DagId(StrEnum):
+    KAGGLE_INGESTION = "kaggle_ingestion"
+    FEATURE_BUILD = "feature_build"
+    CTR_TRAINING = "ctr_training"
+    HOURLY_BILLING = "hourly_billing"
+    PLATFORM_SMOKE = "platform_smoke"
+
+
+MLFLOW_EXPERIMENT = "ctr"
+REGISTERED_MODEL = "ctr-model"
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"

@@ -1,0 +1,464 @@
+"""Local services behind `make up` / `make down` / `make status`.
+
+Each service runs as its own process group, logs to ``.local/logs/<name>.log``,
+keeps its pid in ``.local/run/<name>.pid`` and is healthy only when it answers
+on its port. ``up`` is idempotent: a healthy service is left alone.
+
+    python -m adstream.services up [kafka mlflow airflow]
+    python -m adstream.services down
+    python -m adstream.services status
+    python -m adstream.services airflow dags list   # the airflow CLI, pointed at the local instance
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from adstream.settings import Settings, get_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PortClaim:
+    port: int
+    setting: str  # the environment variable that moves it
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    url: str
+    ports: tuple[PortClaim, ...]
+    command: tuple[str, ...]
+    healthy: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: Callable[[], None] | None = None
+    stop_signal: signal.Signals = signal.SIGTERM
+    start_timeout_s: float = 90.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The project's settings as environment variables, with absolute paths, for child processes."""
+    lake_root = settings.lake_root
+    if "://" not in lake_root:
+        lake_root = str(Path(lake_root).resolve())
+    return {
+        "ADSTREAM_ENV": settings.adstream_env.value,
+        "LAKE_ROOT": lake_root,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "CAMPAIGN_DB_URL": settings.campaign_db_url,
+        "SPARK_MASTER": settings.spark_master,
+        "KAGGLE_DIR": str(settings.kaggle_dir.resolve()),
+        "LOCAL_DIR": str(settings.local_dir.resolve()),
+        "JAR_CACHE_DIR": str(Path(settings.jar_cache_dir).resolve()),
+    }
+
+
+def kafka_server_properties(settings: Settings, data_dir: Path) -> str:
+    """A single-node KRaft broker+controller on loopback."""
+    host = settings.bind_host
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{host}:{settings.kafka_controller_port}",
+            f"listeners=PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
+            f"advertised.listeners=PLAINTEXT://{host}:{settings.kafka_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data_dir}",
+            "num.partitions=3",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            # One node: no point waiting for more group members to join.
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "",
+        ]
+    )
+
+
+def _kafka(settings: Settings) -> Service:
+    home = settings.local_dir.resolve() / "kafka"
+    props = home / "server.properties"
+    data_dir = home / "data"
+    classpath = f"{Path(settings.kafka_jar_dir).resolve()}/*"
+    java = _require_java()
+    jvm = (java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-cp", classpath,
+           f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'infra/kafka/log4j2.properties'}")
+
+    def prepare() -> None:
+        if not any(Path(settings.kafka_jar_dir).glob("kafka_*.jar")):
+            raise ServiceError(f"no Kafka broker jars in {settings.kafka_jar_dir}; run `make setup` first")
+        home.mkdir(parents=True, exist_ok=True)
+        props.write_text(kafka_server_properties(settings, data_dir))
+        if (data_dir / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+            check=True, capture_output=True, text=True,
+        )
+
+    return Service(
+        name="kafka",
+        url=settings.kafka_bootstrap_servers,
+        ports=(PortClaim(settings.kafka_port, "KAFKA_PORT"),
+               PortClaim(settings.kafka_controller_port, "KAFKA_CONTROLLER_PORT")),
+        command=(*jvm, "kafka.Kafka", str(props)),
+        healthy=lambda: _kafka_answers(settings),
+        prepare=prepare,
+        start_timeout_s=60.0,
+    )
+
+
+def _mlflow(settings: Settings) -> Service:
+    home = settings.local_dir.resolve() / "mlflow"
+    url = f"http://{settings.bind_host}:{settings.mlflow_port}"
+
+    def prepare() -> None:
+        (home / "artifacts").mkdir(parents=True, exist_ok=True)
+
+    return Service(
+        name="mlflow",
+        url=url,
+        ports=(PortClaim(settings.mlflow_port, "MLFLOW_PORT"),),
+        command=(
+            str(VENV_BIN / "mlflow"), "server",
+            "--host", settings.bind_host, "--port", str(settings.mlflow_port),
+            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination", str(home / "artifacts"),
+            "--workers", "1",
+        ),
+        healthy=lambda: _http_ok(f"{url}/health"),
+        prepare=prepare,
+    )
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Airflow configuration for the local standalone instance and `airflow dags test`."""
+    home = settings.airflow_home.resolve()
+    return {
+        "AIRFLOW_HOME": str(home),
+        # `airflow standalone` launches its components as `airflow …` from PATH.
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": settings.bind_host,
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__API__BASE_URL": f"http://{settings.bind_host}:{settings.airflow_port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{settings.bind_host}:{settings.airflow_port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        **settings_env(settings),
+    }
+
+
+def _airflow(settings: Settings) -> Service:
+    url = f"http://{settings.bind_host}:{settings.airflow_port}"
+
+    def prepare() -> None:
+        settings.airflow_home.mkdir(parents=True, exist_ok=True)
+
+    return Service(
+        name="airflow",
+        url=url,
+        ports=(PortClaim(settings.airflow_port, "AIRFLOW_PORT"),),
+        command=(str(VENV_BIN / "airflow"), "standalone"),
+        env=airflow_env(settings),
+        healthy=lambda: _airflow_healthy(url),
+        prepare=prepare,
+        # `airflow standalone` shuts its components down on SIGINT only.
+        stop_signal=signal.SIGINT,
+        start_timeout_s=150.0,
+    )
+
+
+SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
+    "kafka": _kafka,
+    "mlflow": _mlflow,
+    "airflow": _airflow,
+}
+
+
+def build_services(settings: Settings, names: Sequence[str] = ()) -> list[Service]:
+    unknown = set(names) - set(SERVICE_FACTORIES)
+    if unknown:
+        raise ServiceError(f"unknown service(s) {sorted(unknown)}; choose from {list(SERVICE_FACTORIES)}")
+    return [SERVICE_FACTORIES[name](settings) for name in (names or SERVICE_FACTORIES)]
+
+
+# --- process control -------------------------------------------------------
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.local_dir.resolve() / "run" / f"{name}.pid"
+
+
+def log_file(settings: Settings, name: str) -> Path:
+    return settings.log_dir.resolve() / f"{name}.log"
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    path = _pid_file(settings, name)
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if _group_alive(pid):
+        return pid
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie leader of a group with no other members is not alive.
+    try:
+        waited, _ = os.waitpid(pgid, os.WNOHANG)
+        if waited == pgid:
+            return _group_alive(pgid)
+    except ChildProcessError:
+        pass  # not our child: killpg's answer stands
+    return True
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(service: Service, host: str) -> None:
+    for claim in service.ports:
+        if port_in_use(host, claim.port):
+            raise ServiceError(
+                f"{service.name}: port {claim.port} on {host} is already taken by another process; "
+                f"stop that process or choose another port with {claim.setting}=<port>"
+            )
+
+
+def start(settings: Settings, service: Service) -> int:
+    """Start ``service`` unless it is already running; returns its process group id."""
+    pid = running_pid(settings, service.name)
+    if pid is not None:
+        return pid
+    check_ports_free(service, settings.bind_host)
+    if service.prepare:
+        service.prepare()
+    log = log_file(settings, service.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pid_path = _pid_file(settings, service.name)
+    pid_path.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            service.command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **service.env},
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+        )
+    pid_path.write_text(str(proc.pid))
+    return proc.pid
+
+
+def wait_healthy(settings: Settings, service: Service) -> float:
+    """Seconds until ``service`` answered; raises with the log's tail if it never did."""
+    began = time.monotonic()
+    while time.monotonic() - began < service.start_timeout_s:
+        if running_pid(settings, service.name) is None:
+            raise ServiceError(f"{service.name} exited during start-up{_log_tail(settings, service.name)}")
+        if service.healthy():
+            return time.monotonic() - began
+        time.sleep(0.5)
+    raise ServiceError(
+        f"{service.name} was not healthy after {service.start_timeout_s:.0f}s{_log_tail(settings, service.name)}"
+    )
+
+
+def stop(settings: Settings, service: Service, timeout_s: float = 45.0) -> bool:
+    """Stop the whole process group; True if something was running."""
+    pid = running_pid(settings, service.name)
+    if pid is None:
+        return False
+    _signal_group(pid, service.stop_signal)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.25)
+    if _group_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+        while _group_alive(pid):
+            time.sleep(0.1)
+    _pid_file(settings, service.name).unlink(missing_ok=True)
+    return True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # already gone, which is the goal
+
+
+def _log_tail(settings: Settings, name: str, lines: int = 25) -> str:
+    path = log_file(settings, name)
+    if not path.exists():
+        return ""
+    tail = path.read_text(errors="replace").splitlines()[-lines:]
+    return f"; see {path}. Last lines:\n  " + "\n  ".join(tail)
+
+
+# --- health probes ----------------------------------------------------------
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _airflow_healthy(base_url: str) -> bool:
+    try:
+        body = httpx.get(f"{base_url}/api/v2/monitor/health", timeout=2.0).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return all(
+        (body.get(part) or {}).get("status") == "healthy"
+        for part in ("metadatabase", "scheduler", "dag_processor")
+    )
+
+
+def _kafka_answers(settings: Settings) -> bool:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    host, port = settings.bind_host, settings.kafka_port
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+        admin = KafkaAdminClient(bootstrap_servers=f"{host}:{port}", request_timeout_ms=3000)
+    except (OSError, KafkaError):
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def _require_java() -> str:
+    java = shutil.which("java")
+    if not java:
+        raise ServiceError("java was not found on PATH; install OpenJDK 17 (e.g. `apt-get install openjdk-17-jre-headless`)")
+    return java
+
+
+# --- CLI ----------------------------------------------------------------------
+
+
+def up(settings: Settings, names: Sequence[str] = ()) -> None:
+    services = build_services(settings, names)
+    began = time.monotonic()
+    started = {s.name: running_pid(settings, s.name) is None for s in services}
+    for service in services:  # start all first: they warm up in parallel
+        start(settings, service)
+    for service in services:
+        took = wait_healthy(settings, service)
+        verb = "started" if started[service.name] else "already running"
+        print(f"  {service.name:<8} {verb:<16} {service.url:<32} ready after {took:4.1f}s  log: {log_file(settings, service.name)}")
+    print(f"all {len(services)} service(s) healthy {time.monotonic() - began:.1f}s after `up`")
+
+
+def down(settings: Settings, names: Sequence[str] = ()) -> None:
+    for service in reversed(build_services(settings, names)):
+        was_running = stop(settings, service)
+        print(f"  {service.name:<8} {'stopped' if was_running else 'not running'}")
+
+
+def status(settings: Settings, names: Sequence[str] = ()) -> int:
+    """Prints each service's state; returns how many are not healthy."""
+    unhealthy = 0
+    for service in build_services(settings, names):
+        pid = running_pid(settings, service.name)
+        state = "down" if pid is None else ("healthy" if service.healthy() else "starting/unhealthy")
+        unhealthy += state != "healthy"
+        print(f"  {service.name:<8} {state:<18} {service.url:<32} pid={pid or '-'}")
+    return unhealthy
+
+
+def airflow_cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Runs the `airflow` CLI against the local instance (its home, DAG folder and database)."""
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [str(VENV_BIN / "airflow"), *args],
+        env={**os.environ, **airflow_env(settings)},
+        cwd=PROJECT_ROOT,
+        check=check,
+        text=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adstream.services", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down", "status", "airflow"])
+    parser.add_argument("args", nargs=argparse.REMAINDER,
+                        help=f"services, a subset of {list(SERVICE_FACTORIES)}; or, after `airflow`, its CLI arguments")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if args.action == "airflow":
+        return airflow_cli(settings, *args.args, check=False).returncode
+    args.services = args.args
+    try:
+        if args.action == "up":
+            up(settings, args.services)
+        elif args.action == "down":
+            down(settings, args.services)
+        else:
+            return 1 if status(settings, args.services) else 0
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

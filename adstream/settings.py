@@ -1,0 +1,128 @@
+"""The one place AdStream reads its environment.
+
+Every other module takes a ``Settings`` (or calls ``get_settings()``); none reads
+``os.environ``. Defaults are the embedded single-machine stack; pointing the same
+code at a Kafka cluster, a Spark master, S3 or PostgreSQL is a matter of setting
+the variables below (see README, "Running against a cluster").
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+# Credentials that ship in the repo for the embedded stack. They are refused
+# outside local mode, so a copied .env can never expose a production service.
+LOCAL_DEFAULT_SECRETS = frozenset({"", "local-dev-token", "adstream", "minioadmin"})
+
+
+class Environment(StrEnum):
+    LOCAL = "local"
+    PROD = "prod"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    adstream_env: Environment = Environment.LOCAL
+
+    # Storage and engines (names are the contract in architecture.md).
+    lake_root: str = "./lake"
+    kafka_bootstrap_servers: str = ""
+    mlflow_tracking_uri: str = ""
+    campaign_db_url: str = ""
+    spark_master: str = "local[*]"
+    kaggle_dir: Path = Path("data/kaggle")
+
+    # Local ports; the URLs above default to them when not set explicitly.
+    kafka_port: Port = 9092
+    kafka_controller_port: Port = 9093
+    mlflow_port: Port = 5000
+    airflow_port: Port = 8080
+    auction_port: Port = 8000
+    bind_host: str = "127.0.0.1"
+
+    # Where `make setup` and `make up` keep machine-local state (git-ignored).
+    local_dir: Path = Path(".local")
+    jar_cache_dir: Path | None = None
+
+    # Spark tuning that is not a per-job choice.
+    spark_driver_memory: str = "2g"
+    spark_shuffle_partitions: int = Field(default=4, ge=1)
+
+    # S3-compatible lake (MinIO in docker-compose). Credentials come from the
+    # standard AWS variables and are only passed through to Hadoop's s3a.
+    s3_endpoint_url: str = ""
+    aws_access_key_id: SecretStr = SecretStr("")
+    aws_secret_access_key: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _fill_derived_urls(self) -> Settings:
+        # A frozen model: derived defaults are set once, here, via object.__setattr__.
+        if not self.kafka_bootstrap_servers:
+            object.__setattr__(self, "kafka_bootstrap_servers", f"127.0.0.1:{self.kafka_port}")
+        if not self.mlflow_tracking_uri:
+            object.__setattr__(self, "mlflow_tracking_uri", f"http://127.0.0.1:{self.mlflow_port}")
+        if not self.campaign_db_url:
+            db = self.local_dir.resolve() / "campaigns.db"
+            object.__setattr__(self, "campaign_db_url", f"sqlite:///{db}")
+        if self.jar_cache_dir is None:
+            object.__setattr__(self, "jar_cache_dir", self.local_dir / "jars")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_local_secrets_outside_local(self) -> Settings:
+        if self.adstream_env is Environment.LOCAL:
+            return self
+        if self.lake_root.startswith("s3a://"):
+            secret = self.aws_secret_access_key.get_secret_value()
+            if secret in LOCAL_DEFAULT_SECRETS:
+                raise ValueError(
+                    "AWS_SECRET_ACCESS_KEY is empty or a local default while "
+                    f"ADSTREAM_ENV={self.adstream_env.value}; set a real secret"
+                )
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.adstream_env is Environment.LOCAL
+
+    def lake_path(self, table: str) -> str:
+        """Full path (or s3a URL) of a lake table such as ``bronze/advertising``."""
+        return f"{self.lake_root.rstrip('/')}/{table}"
+
+    def checkpoint_path(self, query: str) -> str:
+        return self.lake_path(f"_checkpoints/{query}")
+
+    @property
+    def spark_jar_dir(self) -> Path:
+        return Path(self.jar_cache_dir) / "spark"
+
+    @property
+    def kafka_jar_dir(self) -> Path:
+        return Path(self.jar_cache_dir) / "kafka"
+
+    @property
+    def s3_jar_dir(self) -> Path:
+        return Path(self.jar_cache_dir) / "s3"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.local_dir / "logs"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.local_dir / "airflow"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests build ``Settings(...)`` directly instead."""
+    return Settings()

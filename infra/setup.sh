@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# `make setup`: everything AdStream needs, from the package registries only.
+# Idempotent: each step is skipped when its inputs have not changed since it last ran.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+LOCAL_DIR="${LOCAL_DIR:-$ROOT/.local}"
+JARS="${JAR_CACHE_DIR:-$LOCAL_DIR/jars}"
+PYTHON="${PYTHON:-python3.11}"
+UV_VERSION="0.13.9"
+STAMPS="$LOCAL_DIR/stamps"
+mkdir -p "$STAMPS"
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { printf '\nsetup failed: %s\n' "$*" >&2; exit 1; }
+fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
+fresh() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
+  || die "Python 3.11 is required (found: $("$PYTHON" --version 2>&1)). Install python3.11 or set PYTHON=/path/to/python3.11."
+command -v java >/dev/null 2>&1 \
+  || die "java was not found. Install OpenJDK 17 (Debian: apt-get install openjdk-17-jdk-headless) and re-run make setup."
+java -version 2>&1 | grep -qE 'version "(17|21)' \
+  || die "Java 17 or 21 is required by Spark 4 (found: $(java -version 2>&1 | head -1))."
+command -v mvn >/dev/null 2>&1 \
+  || die "mvn (Apache Maven) was not found. Install it (Debian: apt-get install maven) and re-run make setup."
+
+step "Python environment (.venv, pinned by requirements.lock)"
+key=$(fingerprint requirements.lock pyproject.toml)
+if fresh python "$key" && [ -x .venv/bin/python ]; then
+  echo "up to date"
+else
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet "uv==$UV_VERSION"
+  .venv/bin/uv pip sync --quiet --python .venv/bin/python requirements.lock
+  .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .
+  echo "$key" > "$STAMPS/python"
+  echo "installed $(.venv/bin/uv pip list --python .venv/bin/python 2>/dev/null | tail -n +3 | wc -l) packages"
+fi
+
+# Resolves one profile of infra/maven/pom.xml into $JARS/<profile>. For Spark,
+# jars that pyspark already bundles are dropped so its own versions stay in charge.
+resolve_jars() {
+  local profile="$1" out="$JARS/$1" tmp
+  local key
+  key=$(fingerprint infra/maven/pom.xml infra/setup.sh)
+  if fresh "jars-$profile" "$key" && [ -d "$out" ]; then
+    echo "$profile: up to date ($(ls "$out" | wc -l) jars in $out)"
+    return
+  fi
+  tmp="$(mktemp -d)"
+  mvn -q -B -f infra/maven/pom.xml -P "$profile" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp" \
+    || die "Maven could not resolve the '$profile' jars from Maven Central (see the output above)."
+  if [ "$profile" != kafka ]; then
+    .venv/bin/python - "$tmp" <<'PY'
+import os, re, sys
+import pyspark
+bundled_dir = os.path.join(os.path.dirname(pyspark.__file__), "jars")
+artifact = lambda jar: re.sub(r"-\d[\w.\-]*\.jar$", "", jar)
+bundled = {artifact(j) for j in os.listdir(bundled_dir)}
+for jar in os.listdir(sys.argv[1]):
+    if artifact(jar) in bundled:
+        os.remove(os.path.join(sys.argv[1], jar))
+PY
+  fi
+  rm -rf "$out"
+  mkdir -p "$JARS"
+  mv "$tmp" "$out"
+  echo "$key" > "$STAMPS/jars-$profile"
+  echo "$profile: $(ls "$out" | wc -l) jars in $out"
+}
+
+step "JVM artifacts from Maven Central (Delta, Spark-Kafka connector, Kafka broker)"
+resolve_jars spark
+resolve_jars kafka
+if [ "${WITH_S3:-0}" = 1 ]; then
+  resolve_jars s3
+fi
+
+step "Airflow metadata database (SQLite under .local/airflow)"
+key=$(fingerprint requirements.lock)
+if fresh airflow-db "$key" && [ -f "$LOCAL_DIR/airflow/airflow.db" ]; then
+  echo "up to date"
+else
+  .venv/bin/python -m adstream.services airflow db migrate > "$LOCAL_DIR/airflow-db-migrate.log" 2>&1 \
+    || die "airflow db migrate failed; see $LOCAL_DIR/airflow-db-migrate.log"
+  echo "$key" > "$STAMPS/airflow-db"
+fi
+
+printf '\nsetup complete.\n'
