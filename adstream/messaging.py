@@ -7,6 +7,7 @@ only after its effect is stored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable
@@ -14,7 +15,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from adstream.settings import Settings
 
@@ -44,7 +45,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     config.update(overrides)
     try:
         return KafkaProducer(**config)
-    except NoBrokersAvailable as exc:
+    except KafkaError as exc:
         raise BrokerUnavailable(_unreachable(settings)) from exc
 
 
@@ -61,7 +62,7 @@ def make_consumer(settings: Settings, group_id: str | None, *topics: str, **over
     config.update(overrides)
     try:
         return KafkaConsumer(*topics, **config)
-    except NoBrokersAvailable as exc:
+    except KafkaError as exc:
         raise BrokerUnavailable(_unreachable(settings)) from exc
 
 
@@ -73,10 +74,9 @@ def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 3
         if not missing:
             return
         new = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in sorted(missing)]
-        try:
+        # Another client may create one concurrently; the goal is met either way.
+        with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics(new, raise_errors=True, wait_for_metadata=True)
-        except TopicAlreadyExistsError:
-            pass  # created concurrently by another client: the goal is met
     finally:
         admin.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -109,8 +110,15 @@ def _kafka(settings: Settings) -> Service:
     data_dir = home / "data"
     classpath = f"{Path(settings.kafka_jar_dir).resolve()}/*"
     java = _require_java()
-    jvm = (java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-cp", classpath,
-           f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'infra/kafka/log4j2.properties'}")
+    jvm = (
+        java,
+        "-Xms256m",
+        "-Xmx768m",
+        "-XX:+UseG1GC",
+        "-cp",
+        classpath,
+        f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'infra/kafka/log4j2.properties'}",
+    )
 
     def prepare() -> None:
         if not any(Path(settings.kafka_jar_dir).glob("kafka_*.jar")):
@@ -122,14 +130,18 @@ def _kafka(settings: Settings) -> Service:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
             [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
 
     return Service(
         name="kafka",
         url=settings.kafka_bootstrap_servers,
-        ports=(PortClaim(settings.kafka_port, "KAFKA_PORT"),
-               PortClaim(settings.kafka_controller_port, "KAFKA_CONTROLLER_PORT")),
+        ports=(
+            PortClaim(settings.kafka_port, "KAFKA_PORT"),
+            PortClaim(settings.kafka_controller_port, "KAFKA_CONTROLLER_PORT"),
+        ),
         command=(*jvm, "kafka.Kafka", str(props)),
         healthy=lambda: _kafka_answers(settings),
         prepare=prepare,
@@ -149,11 +161,18 @@ def _mlflow(settings: Settings) -> Service:
         url=url,
         ports=(PortClaim(settings.mlflow_port, "MLFLOW_PORT"),),
         command=(
-            str(VENV_BIN / "mlflow"), "server",
-            "--host", settings.bind_host, "--port", str(settings.mlflow_port),
-            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-            "--artifacts-destination", str(home / "artifacts"),
-            "--workers", "1",
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            settings.bind_host,
+            "--port",
+            str(settings.mlflow_port),
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+            "--workers",
+            "1",
         ),
         healthy=lambda: _http_ok(f"{url}/health"),
         prepare=prepare,
@@ -331,10 +350,8 @@ def stop(settings: Settings, service: Service, timeout_s: float = 45.0) -> bool:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone, which is the goal
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass  # already gone, which is the goal
 
 
 def _log_tail(settings: Settings, name: str, lines: int = 25) -> str:
@@ -361,8 +378,7 @@ def _airflow_healthy(base_url: str) -> bool:
     except (httpx.HTTPError, ValueError):
         return False
     return all(
-        (body.get(part) or {}).get("status") == "healthy"
-        for part in ("metadatabase", "scheduler", "dag_processor")
+        (body.get(part) or {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "dag_processor")
     )
 
 
@@ -388,7 +404,9 @@ def _kafka_answers(settings: Settings) -> bool:
 def _require_java() -> str:
     java = shutil.which("java")
     if not java:
-        raise ServiceError("java was not found on PATH; install OpenJDK 17 (e.g. `apt-get install openjdk-17-jre-headless`)")
+        raise ServiceError(
+            "java was not found on PATH; install OpenJDK 17 (e.g. `apt-get install openjdk-17-jre-headless`)"
+        )
     return java
 
 
@@ -404,7 +422,8 @@ def up(settings: Settings, names: Sequence[str] = ()) -> None:
     for service in services:
         took = wait_healthy(settings, service)
         verb = "started" if started[service.name] else "already running"
-        print(f"  {service.name:<8} {verb:<16} {service.url:<32} ready after {took:4.1f}s  log: {log_file(settings, service.name)}")
+        log = log_file(settings, service.name)
+        print(f"  {service.name:<8} {verb:<16} {service.url:<32} ready after {took:4.1f}s  log: {log}")
     print(f"all {len(services)} service(s) healthy {time.monotonic() - began:.1f}s after `up`")
 
 
@@ -440,8 +459,11 @@ def airflow_cli(settings: Settings, *args: str, check: bool = True) -> subproces
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adstream.services", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down", "status", "airflow"])
-    parser.add_argument("args", nargs=argparse.REMAINDER,
-                        help=f"services, a subset of {list(SERVICE_FACTORIES)}; or, after `airflow`, its CLI arguments")
+    parser.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help=f"services, a subset of {list(SERVICE_FACTORIES)}; or, after `airflow`, its CLI arguments",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.action == "airflow":

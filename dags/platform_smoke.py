@@ -1,0 +1,40 @@
+"""Smoke DAG: Kafka -> Spark -> Delta, proving the engines work together under Airflow.
+
+Wiring only: each task calls `spark_jobs.smoke`, whose steps also run as
+`python -m spark_jobs.smoke produce|land|verify --run-id …`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import dag, task
+
+SMOKE_EVENTS = 100
+
+
+@dag(dag_id="platform_smoke", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, tags=["platform"])
+def platform_smoke():
+    @task
+    def produce_events(run_id: str) -> str:
+        from spark_jobs import smoke
+
+        return smoke.produce_step(run_id, SMOKE_EVENTS)
+
+    @task
+    def land_events(smoke_run: str) -> str:
+        from spark_jobs import smoke
+
+        return smoke.land_step()
+
+    @task
+    def verify_events(smoke_run: str, table_path: str) -> int:
+        from spark_jobs import smoke
+
+        return smoke.verify_step(smoke_run, SMOKE_EVENTS)
+
+    smoke_run = produce_events(run_id="{{ run_id }}")
+    verify_events(smoke_run, land_events(smoke_run))
+
+
+platform_smoke()
