@@ -87,9 +87,11 @@ def wait_for_broker(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminCl
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
+            budget_ms = max(500, int((deadline - time.monotonic()) * 1000))
             admin = KafkaAdminClient(
                 bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-                request_timeout_ms=5000,
+                request_timeout_ms=min(5000, budget_ms),
+                bootstrap_timeout_ms=min(5000, budget_ms),
             )
             admin.list_topics()
             return admin

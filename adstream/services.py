@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from adstream.settings import Settings, get_settings
+from adstream.settings import Settings, child_process_env, get_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -185,7 +185,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     return {
         "AIRFLOW_HOME": str(home),
         # `airflow standalone` launches its components as `airflow …` from PATH.
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{VENV_BIN}{os.pathsep}{child_process_env().get('PATH', '')}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -310,7 +310,7 @@ def start(settings: Settings, service: Service) -> int:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **service.env},
+            env=child_process_env(**service.env),
             cwd=PROJECT_ROOT,
             start_new_session=True,
         )
@@ -449,7 +449,7 @@ def airflow_cli(settings: Settings, *args: str, check: bool = True) -> subproces
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [str(VENV_BIN / "airflow"), *args],
-        env={**os.environ, **airflow_env(settings)},
+        env=child_process_env(**airflow_env(settings)),
         cwd=PROJECT_ROOT,
         check=check,
         text=True,

@@ -8,6 +8,7 @@ the variables below (see README, "Running against a cluster").
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -120,6 +121,14 @@ class Settings(BaseSettings):
     @property
     def airflow_home(self) -> Path:
         return self.local_dir / "airflow"
+
+
+def child_process_env(**overrides: str) -> dict[str, str]:
+    """This process's environment plus ``overrides``, for launching services and CLIs.
+
+    The pass-through lives here so that configuration is still read in one module.
+    """
+    return {**os.environ, **overrides}
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,82 @@
+"""The local service manager behind `make up` / `make down` / `make status`."""
+
+import socket
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from adstream import services
+from tests.conftest import free_port, make_settings
+
+
+def test_kraft_config_binds_both_listeners_on_the_configured_ports(tmp_path):
+    settings = make_settings(tmp_path, kafka_port=19092, kafka_controller_port=19093)
+    props = dict(
+        line.split("=", 1)
+        for line in services.kafka_server_properties(settings, tmp_path / "data").splitlines()
+        if line
+    )
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert props["log.dirs"] == str(tmp_path / "data")
+    assert props["transaction.state.log.replication.factor"] == "1"
+
+
+def test_a_taken_port_is_named_with_the_variable_that_moves_it(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        settings = make_settings(tmp_path, mlflow_port=taken)
+        (mlflow_service,) = services.build_services(settings, ["mlflow"])
+        with pytest.raises(services.ServiceError, match=rf"port {taken} .*MLFLOW_PORT=<port>"):
+            services.start(settings, mlflow_service)
+    assert services.running_pid(settings, "mlflow") is None
+
+
+def test_unknown_service_names_are_refused(tmp_path):
+    with pytest.raises(services.ServiceError, match="unknown service"):
+        services.build_services(make_settings(tmp_path), ["zookeeper"])
+
+
+def test_airflow_points_at_the_project_dags_and_settings(tmp_path):
+    settings = make_settings(tmp_path, airflow_port=18080)
+    env = services.airflow_env(settings)
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(services.PROJECT_ROOT / "dags")
+    assert env["AIRFLOW__API__PORT"] == "18080"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+    assert env["LAKE_ROOT"] == str(tmp_path / "lake")
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == settings.kafka_bootstrap_servers
+
+
+@pytest.mark.slow
+def test_mlflow_server_starts_once_serves_runs_and_stops_completely(tmp_path, capsys):
+    port = free_port()
+    settings = make_settings(tmp_path, mlflow_port=port, mlflow_tracking_uri=f"http://127.0.0.1:{port}")
+    (server,) = services.build_services(settings, ["mlflow"])
+    try:
+        services.up(settings, ["mlflow"])
+        pid = services.running_pid(settings, "mlflow")
+        assert pid is not None
+        services.up(settings, ["mlflow"])  # a second `up` is harmless
+        assert services.running_pid(settings, "mlflow") == pid
+        assert "already running" in capsys.readouterr().out
+
+        client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+        experiment_id = client.create_experiment("services-test")
+        run = client.create_run(experiment_id)
+        client.log_metric(run.info.run_id, "roc_auc", 0.91)
+        client.set_terminated(run.info.run_id)
+        assert client.get_run(run.info.run_id).data.metrics == {"roc_auc": 0.91}
+        assert services.status(settings, ["mlflow"]) == 0
+    finally:
+        assert services.stop(settings, server)
+    assert services.running_pid(settings, "mlflow") is None
+    assert not services._group_alive(pid)
+    assert not services.port_in_use("127.0.0.1", port)
+    assert services.status(settings, ["mlflow"]) == 1
+    assert (settings.log_dir / "mlflow.log").exists()
+    mlflow.set_tracking_uri(None)
