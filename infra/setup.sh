@@ -80,6 +80,8 @@ if [ "${WITH_S3:-0}" = 1 ]; then
   resolve_jars s3
 fi
 
+if [ "${SKIP_AIRFLOW_DB:-0}" = 1 ]; then printf "\nsetup complete (no local Airflow database).\n"; exit 0; fi
+
 step "Airflow metadata database (SQLite under .local/airflow)"
 key=$(fingerprint requirements.lock)
 if fresh airflow-db "$key" && [ -f "$LOCAL_DIR/airflow/airflow.db" ]; then

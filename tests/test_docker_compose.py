@@ -1,0 +1,97 @@
+"""docker-compose.yml cannot run here (no Docker engine), so it is parsed and checked."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adstream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED_SERVICES = {
+    "kafka", "spark-master", "spark-worker", "airflow-init", "airflow-api-server", "airflow-scheduler",
+    "airflow-dag-processor", "mlflow", "postgres", "minio", "auction-service", "streaming-job",
+}
+ONE_SHOT = {"airflow-init", "minio-init"}
+# Variables read by third-party code in project images, not by AdStream's settings.
+THIRD_PARTY_ENV = {"MLFLOW_S3_ENDPOINT_URL"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def raw_compose() -> str:
+    return (ROOT / "docker-compose.yml").read_text()
+
+
+def test_the_whole_stack_is_there(compose):
+    assert REQUIRED_SERVICES <= set(compose["services"])
+    assert not any("zookeeper" in name for name in compose["services"])
+
+
+def test_kafka_runs_in_kraft_mode_on_the_pinned_broker_version(compose):
+    kafka = compose["services"]["kafka"]
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    pom = (ROOT / "infra/maven/pom.xml").read_text()
+    broker_version = re.search(r"<kafka.broker.version>(.+?)<", pom).group(1)
+    assert kafka["image"] == f"apache/kafka:{broker_version}"
+
+
+def test_images_match_the_python_pins(compose):
+    pins = dict(
+        dep.split("==") for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    )
+    spark_image = compose["services"]["spark-master"]["image"]
+    assert spark_image.startswith(f"apache/spark:{pins['pyspark']}-")
+    assert compose["services"]["spark-worker"]["image"] == spark_image
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"FROM apache/airflow:{pins['apache-airflow']}-python3.11 AS airflow" in dockerfile
+
+
+def test_every_long_running_service_has_a_healthcheck_and_waits_on_conditions(compose):
+    for name, service in compose["services"].items():
+        if name not in ONE_SHOT:
+            assert "test" in service.get("healthcheck", {}), f"{name} has no healthcheck"
+        for dependency, rule in (service.get("depends_on") or {}).items():
+            assert dependency in compose["services"], f"{name} depends on unknown {dependency}"
+            assert rule["condition"] in {"service_healthy", "service_completed_successfully"}, (name, dependency)
+            if dependency not in ONE_SHOT:
+                assert rule["condition"] == "service_healthy", (name, dependency)
+
+
+def test_no_image_floats_on_latest(compose):
+    for name, service in compose["services"].items():
+        image = service.get("image", "")
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image tag ({image!r})"
+
+
+def test_project_services_pass_only_real_settings(compose):
+    settings_env = {name.upper() for name in Settings.model_fields}
+    built = {name: s for name, s in compose["services"].items() if "build" in s}
+    assert {"auction-service", "streaming-job", "airflow-scheduler"} <= set(built)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for name, service in built.items():
+        assert f" AS {service['build']['target']}" in dockerfile, f"{name}: no Dockerfile target"
+        for variable in service.get("environment", {}):
+            if variable.startswith("AIRFLOW__") or variable in THIRD_PARTY_ENV:
+                continue
+            assert variable in settings_env, f"{name} passes {variable}, which no setting reads"
+
+
+def test_secrets_must_come_from_the_environment(raw_compose, compose):
+    for name, service in compose["services"].items():
+        for variable, value in (service.get("environment") or {}).items():
+            if any(word in variable for word in ("PASSWORD", "SECRET")):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), f"{name}.{variable} must be ${{VAR:?…}}"
+    # Connection strings embed the password through the same required variable.
+    for url in re.findall(r"postgresql\+\w+://[^\s\"]+", raw_compose):
+        assert "${POSTGRES_PASSWORD:?" in url, url
+    example = (ROOT / ".env.example").read_text()
+    for line in example.splitlines():
+        if "PASSWORD" in line or "SECRET" in line:
+            assert line.endswith("="), f".env.example must not carry a value: {line}"
