@@ -318,9 +318,9 @@ def start(settings: Settings, service: Service) -> int:
     return proc.pid
 
 
-def wait_healthy(settings: Settings, service: Service) -> float:
-    """Seconds until ``service`` answered; raises with the log's tail if it never did."""
-    began = time.monotonic()
+def wait_healthy(settings: Settings, service: Service, began: float | None = None) -> float:
+    """Seconds from ``began`` (default: now) until ``service`` answered; raises with the log's tail if it never did."""
+    began = time.monotonic() if began is None else began
     while time.monotonic() - began < service.start_timeout_s:
         if running_pid(settings, service.name) is None:
             raise ServiceError(f"{service.name} exited during start-up{_log_tail(settings, service.name)}")
@@ -420,11 +420,11 @@ def up(settings: Settings, names: Sequence[str] = ()) -> None:
     for service in services:  # start all first: they warm up in parallel
         start(settings, service)
     for service in services:
-        took = wait_healthy(settings, service)
+        took = wait_healthy(settings, service, began)
         verb = "started" if started[service.name] else "already running"
         log = log_file(settings, service.name)
-        print(f"  {service.name:<8} {verb:<16} {service.url:<32} ready after {took:4.1f}s  log: {log}")
-    print(f"all {len(services)} service(s) healthy {time.monotonic() - began:.1f}s after `up`")
+        print(f"  {service.name:<8} {verb:<16} {service.url:<32} ready {took:4.1f}s after `up`  log: {log}")
+    print(f"all {len(services)} service(s) healthy {time.monotonic() - began:.1f}s after `up`", flush=True)
 
 
 def down(settings: Settings, names: Sequence[str] = ()) -> None:

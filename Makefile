@@ -1,0 +1,44 @@
+# AdStream — the commands a newcomer uses. `make run` and `make test` set everything up first.
+SHELL := /bin/bash
+PY    := .venv/bin/python
+KEEP_UP ?= 0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup up down status run test lint format lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: ## Install Python deps (.venv, pinned) and JVM jars (Maven Central -> .local/jars); idempotent
+	@bash infra/setup.sh
+
+up: setup ## Start Kafka (KRaft), MLflow and Airflow locally; waits until healthy
+	@$(PY) -m adstream.services up
+
+down: ## Stop every local service (no-op when nothing runs)
+	@if [ -x $(PY) ]; then $(PY) -m adstream.services down; else echo "nothing to stop (no .venv)"; fi
+
+status: ## Show each local service and its URL
+	@$(PY) -m adstream.services status
+
+run: setup ## Set up, start the platform and push data through it end to end (KEEP_UP=1 leaves it running)
+	@$(PY) -m adstream.run $(if $(filter 1,$(KEEP_UP)),--keep-up)
+
+test: setup ## Lint and run the whole test suite (starts and stops the Kafka broker it needs)
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+	@$(PY) -m pytest
+
+lint: setup ## ruff check + format check
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+
+format: setup ## Apply ruff's fixes and formatting
+	@.venv/bin/ruff check --fix .
+	@.venv/bin/ruff format .
+
+lock: setup ## Re-resolve requirements.lock from pyproject.toml's pins
+	@.venv/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --universal --quiet --no-header -o requirements.lock
+
+clean: down ## Remove the local lake and service state (keeps .venv and the jar cache)
+	rm -rf lake .local/kafka .local/mlflow .local/airflow .local/logs .local/run
