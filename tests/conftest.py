@@ -15,8 +15,8 @@ import pytest
 from adstream import services
 from adstream.settings import Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-JAR_CACHE = PROJECT_ROOT / ".local" / "jars"
+# The jar cache `make setup` filled (JAR_CACHE_DIR, default .local/jars).
+JAR_CACHE = Path(Settings().jar_cache_dir).resolve()
 
 
 def free_port() -> int:
