@@ -195,6 +195,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__BASE_URL": f"http://{settings.bind_host}:{settings.airflow_port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{settings.bind_host}:{settings.airflow_port}/execution/",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.airflow_worker_log_port),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.airflow_trigger_log_port),
         **settings_env(settings),
     }
 
@@ -208,7 +210,11 @@ def _airflow(settings: Settings) -> Service:
     return Service(
         name="airflow",
         url=url,
-        ports=(PortClaim(settings.airflow_port, "AIRFLOW_PORT"),),
+        ports=(
+            PortClaim(settings.airflow_port, "AIRFLOW_PORT"),
+            PortClaim(settings.airflow_worker_log_port, "AIRFLOW_WORKER_LOG_PORT"),
+            PortClaim(settings.airflow_trigger_log_port, "AIRFLOW_TRIGGER_LOG_PORT"),
+        ),
         command=(str(VENV_BIN / "airflow"), "standalone"),
         env=airflow_env(settings),
         healthy=lambda: _airflow_healthy(url),
@@ -444,7 +450,9 @@ def status(settings: Settings, names: Sequence[str] = ()) -> int:
     return unhealthy
 
 
-def airflow_cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def airflow_cli(
+    settings: Settings, *args: str, check: bool = True, capture_output: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Runs the `airflow` CLI against the local instance (its home, DAG folder and database)."""
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
@@ -453,6 +461,7 @@ def airflow_cli(settings: Settings, *args: str, check: bool = True) -> subproces
         cwd=PROJECT_ROOT,
         check=check,
         text=True,
+        capture_output=capture_output,
     )
 
 

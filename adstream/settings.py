@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     kafka_controller_port: Port = 9093
     mlflow_port: Port = 5000
     airflow_port: Port = 8080
+    airflow_worker_log_port: Port = 8793
+    airflow_trigger_log_port: Port = 8794
     auction_port: Port = 8000
     bind_host: str = "127.0.0.1"
 

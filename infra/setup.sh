@@ -51,7 +51,7 @@ resolve_jars() {
     return
   fi
   tmp="$(mktemp -d)"
-  mvn -q -B -f infra/maven/pom.xml -P "$profile" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f infra/maven/pom.xml -P "$profile" dependency:copy-dependencies \
       -DincludeScope=runtime -DoutputDirectory="$tmp" \
     || die "Maven could not resolve the '$profile' jars from Maven Central (see the output above)."
   if [ "$profile" != kafka ]; then

@@ -36,6 +36,8 @@ def make_settings(tmp: Path, **overrides: object) -> Settings:
         "kafka_controller_port": free_port(),
         "mlflow_port": free_port(),
         "airflow_port": free_port(),
+        "airflow_worker_log_port": free_port(),
+        "airflow_trigger_log_port": free_port(),
     }
     values.update(overrides)
     return Settings(**values)

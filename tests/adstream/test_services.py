@@ -80,3 +80,32 @@ def test_mlflow_server_starts_once_serves_runs_and_stops_completely(tmp_path, ca
     assert services.status(settings, ["mlflow"]) == 1
     assert (settings.log_dir / "mlflow.log").exists()
     mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_up_brings_the_whole_stack_to_healthy_and_down_leaves_nothing_running(tmp_path, capsys):
+    settings = make_settings(tmp_path)
+    ports = [
+        settings.kafka_port,
+        settings.kafka_controller_port,
+        settings.mlflow_port,
+        settings.airflow_port,
+        settings.airflow_worker_log_port,
+        settings.airflow_trigger_log_port,
+    ]
+    services.airflow_cli(settings, "db", "migrate", capture_output=True)
+    try:
+        services.up(settings)
+        assert services.status(settings) == 0
+        pids = {name: services.running_pid(settings, name) for name in services.SERVICE_FACTORIES}
+        assert all(pids.values()), pids
+    finally:
+        services.down(settings)
+    out = capsys.readouterr().out
+    assert out.count("started") >= 3 and out.count("stopped") == 3
+    assert not any(services._group_alive(pid) for pid in pids.values())
+    assert not any(services.port_in_use("127.0.0.1", port) for port in ports)
+    assert services.status(settings) == 3
+    # A second `down` has nothing to do and says so.
+    services.down(settings)
+    assert capsys.readouterr().out.count("not running") == 3

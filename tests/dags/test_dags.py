@@ -9,6 +9,7 @@ import pytest
 from adstream import services
 from adstream.contracts import DagId, Table
 from adstream.settings import child_process_env
+from tests.conftest import make_settings
 
 PARSE_DAG_FOLDER = """
 import json
@@ -34,22 +35,30 @@ def _airflow(settings, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_dag_folder_has_no_import_errors(tmp_path):
-    from tests.conftest import make_settings
-
-    settings = make_settings(tmp_path)
-    settings.airflow_home.mkdir(parents=True)
+def parse_dag_folder(settings, dag_folder) -> dict:
+    """DagBag's view of ``dag_folder``, parsed in a clean Airflow process as the dag-processor would."""
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    env = child_process_env(**{**services.airflow_env(settings), "AIRFLOW__CORE__DAGS_FOLDER": str(dag_folder)})
     result = subprocess.run(
-        [sys.executable, "-c", PARSE_DAG_FOLDER],
-        env=child_process_env(**services.airflow_env(settings)),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-c", PARSE_DAG_FOLDER], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    parsed = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_dag_folder_has_no_import_errors(tmp_path):
+    parsed = parse_dag_folder(make_settings(tmp_path), services.PROJECT_ROOT / "dags")
     assert parsed["import_errors"] == {}
     assert DagId.PLATFORM_SMOKE in parsed["dag_ids"]
+
+
+def test_a_broken_dag_file_is_reported(tmp_path):
+    broken = tmp_path / "dags"
+    broken.mkdir()
+    (broken / "broken_dag.py").write_text("from airflow.sdk import dag\nimport adstream.no_such_module\n")
+    parsed = parse_dag_folder(make_settings(tmp_path), broken)
+    assert list(parsed["import_errors"]) == [str(broken / "broken_dag.py")]
+    assert "no_such_module" in next(iter(parsed["import_errors"].values()))
 
 
 def test_dag_files_do_no_heavy_imports_at_top_level():
