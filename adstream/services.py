@@ -128,12 +128,13 @@ def _kafka(settings: Settings) -> Service:
         if (data_dir / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        subprocess.run(
+        formatted = subprocess.run(
             [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
-            check=True,
             capture_output=True,
             text=True,
         )
+        if formatted.returncode != 0:
+            raise ServiceError(f"formatting the Kafka storage in {data_dir} failed:\n{formatted.stderr[-2000:]}")
 
     return Service(
         name="kafka",
