@@ -54,7 +54,6 @@ class Service:
     healthy: Callable[[], bool]
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None
-    stop_signal: signal.Signals = signal.SIGTERM
     start_timeout_s: float = 90.0
 
 
@@ -196,6 +195,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__BASE_URL": f"http://{settings.bind_host}:{settings.airflow_port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{settings.bind_host}:{settings.airflow_port}/execution/",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        # LocalExecutor forks one worker per parallelism slot up front; 2 cores need few.
+        "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.airflow_worker_log_port),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.airflow_trigger_log_port),
         **settings_env(settings),
@@ -220,8 +221,6 @@ def _airflow(settings: Settings) -> Service:
         env=airflow_env(settings),
         healthy=lambda: _airflow_healthy(url),
         prepare=prepare,
-        # `airflow standalone` shuts its components down on SIGINT only.
-        stop_signal=signal.SIGINT,
         start_timeout_s=150.0,
     )
 
@@ -339,21 +338,25 @@ def wait_healthy(settings: Settings, service: Service, began: float | None = Non
     )
 
 
-def stop(settings: Settings, service: Service, timeout_s: float = 45.0) -> bool:
-    """Stop the whole process group; True if something was running."""
+def stop(settings: Settings, service: Service, timeout_s: float = 30.0) -> str:
+    """Stops the whole process group: "stopped", "killed" (did not exit in time) or "not running"."""
     pid = running_pid(settings, service.name)
     if pid is None:
-        return False
-    _signal_group(pid, service.stop_signal)
+        return "not running"
+    # The whole group: `airflow standalone` would leave its components behind on SIGTERM alone,
+    # while each component shuts down gracefully on its own SIGTERM.
+    _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and _group_alive(pid):
         time.sleep(0.25)
+    outcome = "stopped"
     if _group_alive(pid):
+        outcome = f"killed (still running {timeout_s:.0f}s after SIGTERM)"
         _signal_group(pid, signal.SIGKILL)
         while _group_alive(pid):
             time.sleep(0.1)
     _pid_file(settings, service.name).unlink(missing_ok=True)
-    return True
+    return outcome
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -436,8 +439,7 @@ def up(settings: Settings, names: Sequence[str] = ()) -> None:
 
 def down(settings: Settings, names: Sequence[str] = ()) -> None:
     for service in reversed(build_services(settings, names)):
-        was_running = stop(settings, service)
-        print(f"  {service.name:<8} {'stopped' if was_running else 'not running'}")
+        print(f"  {service.name:<8} {stop(settings, service)}", flush=True)
 
 
 def status(settings: Settings, names: Sequence[str] = ()) -> int:

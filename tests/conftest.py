@@ -53,7 +53,7 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         services.wait_healthy(settings, broker)
         yield settings
     finally:
-        services.stop(settings, broker)
+        assert services.stop(settings, broker) == "stopped"
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,7 @@ def test_mlflow_server_starts_once_serves_runs_and_stops_completely(tmp_path, ca
         assert client.get_run(run.info.run_id).data.metrics == {"roc_auc": 0.91}
         assert services.status(settings, ["mlflow"]) == 0
     finally:
-        assert services.stop(settings, server)
+        assert services.stop(settings, server) == "stopped"
     assert services.running_pid(settings, "mlflow") is None
     assert not services._group_alive(pid)
     assert not services.port_in_use("127.0.0.1", port)
