@@ -51,9 +51,9 @@ resolve_jars() {
     return
   fi
   tmp="$(mktemp -d)"
-  mvn -q -B -Dstyle.color=never -f infra/maven/pom.xml -P "$profile" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$tmp" \
-    || die "Maven could not resolve the '$profile' jars from Maven Central (see the output above)."
+  mvn -B -f infra/maven/pom.xml -P "$profile" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp" > "$LOCAL_DIR/maven-$profile.log" 2>&1 \
+    || die "Maven could not resolve the '$profile' jars from Maven Central; see $LOCAL_DIR/maven-$profile.log"
   if [ "$profile" != kafka ]; then
     .venv/bin/python - "$tmp" <<'PY'
 import os, re, sys
