@@ -53,9 +53,8 @@ def test_kafka_runs_in_kraft_mode_on_the_pinned_broker_version(compose):
 
 
 def test_images_match_the_python_pins(compose):
-    pins = dict(
-        dep.split("==") for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    )
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = dict(re.sub(r"\[.*\]", "", dep).split("==") for dep in dependencies)
     spark_image = compose["services"]["spark-master"]["image"]
     assert spark_image.startswith(f"apache/spark:{pins['pyspark']}-")
     assert compose["services"]["spark-worker"]["image"] == spark_image
