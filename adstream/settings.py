@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     local_dir: Path = Path(".local")
     jar_cache_dir: Path | None = None
 
+    # Ingestion: where GX validation results go, and the share of a table's
+    # records that may be quarantined before the whole load is refused.
+    reports_dir: Path = Path("reports")
+    ingest_max_reject_share: float = Field(default=0.05, ge=0, le=1)
+
     # Spark tuning that is not a per-job choice.
     spark_driver_memory: str = "2g"
     spark_shuffle_partitions: int = Field(default=4, ge=1)
@@ -103,6 +108,20 @@ class Settings(BaseSettings):
 
     def checkpoint_path(self, query: str) -> str:
         return self.lake_path(f"_checkpoints/{query}")
+
+    def delta_rs_location(self, table: str) -> tuple[str, dict[str, str]]:
+        """URI and storage options for delta-rs (which names S3 ``s3://`` where Hadoop says ``s3a://``)."""
+        path = self.lake_path(table)
+        if not path.startswith("s3a://"):
+            return str(Path(path).resolve()), {}
+        options = {"AWS_REGION": "us-east-1", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+        if self.aws_access_key_id.get_secret_value():
+            options["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id.get_secret_value()
+            options["AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key.get_secret_value()
+        if self.s3_endpoint_url:
+            options["AWS_ENDPOINT_URL"] = self.s3_endpoint_url
+            options["AWS_ALLOW_HTTP"] = str(self.s3_endpoint_url.startswith("http://")).lower()
+        return "s3://" + path.removeprefix("s3a://"), options
 
     @property
     def spark_jar_dir(self) -> Path:
