@@ -64,8 +64,12 @@ def list_source_files(root: Path, relative_to: Path) -> list[SourceFile]:
     for folder, _, names in os.walk(root):
         for name in names:
             path = Path(folder) / name
-            stat = path.stat()
-            files.append(SourceFile(path, path.relative_to(relative_to).as_posix(), stat.st_size, stat.st_mtime_ns))
+            try:
+                stat = path.stat()
+                size, mtime_ns = stat.st_size, stat.st_mtime_ns
+            except OSError:
+                size, mtime_ns = -1, -1  # unreadable (e.g. a broken link): the parser reports it
+            files.append(SourceFile(path, path.relative_to(relative_to).as_posix(), size, mtime_ns))
     return sorted(files, key=lambda source: source.relative)
 
 
@@ -93,7 +97,10 @@ def detect_changes(files: list[SourceFile], manifest: pd.DataFrame) -> Changes:
             unchanged.append(source)
             hashes[source.relative] = previous.sha256
             continue
-        hashes[source.relative] = sha256_of(source.path)
+        try:
+            hashes[source.relative] = sha256_of(source.path)
+        except OSError:
+            hashes[source.relative] = "unreadable"
         if previous is not None and previous.sha256 == hashes[source.relative]:
             unchanged.append(source)
             restatted.append(source)
