@@ -227,3 +227,19 @@ def ingest(settings: Settings, dataset_name: str, load_id: str | None = None) ->
     manifest.record_loaded(settings, dataset.name, changes, load_id, loaded_at)
     report.seconds = time.monotonic() - began
     return report
+
+
+def ingest_task(dataset_name: str) -> dict[str, object]:
+    """Airflow task body: one dataset with the process settings; raises (failing the task) on a refused load."""
+    from adstream.settings import get_settings
+
+    report = ingest(get_settings(), dataset_name)
+    print(report.summary())
+    return {
+        "dataset": report.dataset,
+        "load_id": report.load_id,
+        "unchanged": report.unchanged,
+        "rows_written": report.rows_written,
+        "rows_quarantined": report.rows_quarantined,
+        "validation_results": report.results,
+    }

@@ -15,7 +15,11 @@ PARSE_DAG_FOLDER = """
 import json
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag()
-print(json.dumps({"dag_ids": sorted(bag.dag_ids), "import_errors": bag.import_errors}))
+tasks = {
+    dag_id: {task.task_id: sorted(outlet.name for outlet in task.outlets) for task in dag.tasks}
+    for dag_id, dag in bag.dags.items()
+}
+print(json.dumps({"dag_ids": sorted(bag.dag_ids), "import_errors": bag.import_errors, "tasks": tasks}))
 """
 
 
@@ -50,6 +54,11 @@ def test_dag_folder_has_no_import_errors(tmp_path):
     parsed = parse_dag_folder(make_settings(tmp_path), services.PROJECT_ROOT / "dags")
     assert parsed["import_errors"] == {}
     assert DagId.PLATFORM_SMOKE in parsed["dag_ids"]
+    assert parsed["tasks"][DagId.KAGGLE_INGESTION] == {
+        "advertising.load_bronze": ["bronze/advertising"],
+        "ads16.load_bronze": ["bronze/ads16_ads", "bronze/ads16_ratings", "bronze/ads16_users"],
+        "amazon.load_bronze": ["bronze/amazon_ads"],
+    }
 
 
 def test_a_broken_dag_file_is_reported(tmp_path):

@@ -1,0 +1,14 @@
+"""Airflow Assets for lake tables, so DAGs can be scheduled on the tables other DAGs publish.
+
+Identity is the table's logical name, not its path, so a moved LAKE_ROOT keeps the schedule.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+from adstream.contracts import Table
+
+
+def table_asset(table: Table) -> Asset:
+    return Asset(name=table.value, uri=f"adstream://lake/{table.value}", group="lake")
