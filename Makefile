@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 KEEP_UP ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status run test lint format lock clean
+.PHONY: help setup up down status run test bench lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: setup ## Lint and run the whole test suite (starts and stops the Kafka bro
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
 	@$(PY) -m pytest
+
+bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/bench/ (REPEATS=3)
+	@$(PY) -m ingestion.benchmark --repeats $(or $(REPEATS),3)
 
 lint: setup ## ruff check + format check
 	@.venv/bin/ruff check .

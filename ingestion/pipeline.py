@@ -22,7 +22,7 @@ import pandas as pd
 
 from adstream.contracts import quarantine_table
 from adstream.settings import Settings
-from ingestion import bronze, manifest, quality
+from ingestion import bronze, manifest
 from ingestion.advertising import parse_advertising
 from ingestion.amazon import parse_amazon_file
 from ingestion.records import SOURCE_FILE, ParsedSource, Rejection, SourceError
@@ -181,6 +181,9 @@ def ingest(settings: Settings, dataset_name: str, load_id: str | None = None) ->
             manifest.record_loaded(settings, dataset.name, changes, load_id, loaded_at)
         report.seconds = time.monotonic() - began
         return report
+
+    # Great Expectations takes seconds to import: only a load with work to do pays for it.
+    from ingestion import quality
 
     parsed = dataset.parse(root, kaggle_dir, changes.changed)
     report.skipped.update(parsed.skipped)
