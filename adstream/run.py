@@ -49,6 +49,12 @@ def start_services(settings: Settings) -> None:
     services.up(settings)
 
 
+def ingest_kaggle(settings: Settings) -> None:
+    run_logged(settings, "ingestion", sys.executable, "-m", "ingestion", "all")
+    for line in services.log_file(settings, "run-ingestion").read_text().strip().splitlines():
+        print(f"    {line}")
+
+
 def smoke_flow(settings: Settings) -> None:
     run_logged(settings, "smoke", sys.executable, "-m", "spark_jobs.smoke", "all", "--events", str(SMOKE_EVENTS))
     print(f"    {services.log_file(settings, 'run-smoke').read_text().strip().splitlines()[-1]}")
@@ -70,6 +76,7 @@ SMOKE_EVENTS = 500
 SMOKE_EXPERIMENT = "platform-smoke"
 STAGES = (
     Stage("start services (Kafka, MLflow, Airflow)", start_services),
+    Stage("ingest the Kaggle datasets into bronze Delta, gated by Great Expectations", ingest_kaggle),
     Stage("smoke flow: Kafka -> Spark Structured Streaming -> Delta", smoke_flow),
     Stage("record the smoke run in MLflow", record_in_mlflow),
 )
@@ -81,7 +88,8 @@ def summary(settings: Settings) -> str:
         [
             "Where things are:",
             f"  Kafka bootstrap    {settings.kafka_bootstrap_servers}  (topic '{Topic.PLATFORM_SMOKE}')",
-            f"  Delta table        {services.settings_env(settings)['LAKE_ROOT']}/{Table.SMOKE_EVENTS}",
+            f"  Lake (Delta)       {services.settings_env(settings)['LAKE_ROOT']}  (bronze/, quarantine/, smoke/)",
+            f"  Quality results    {settings.reports_dir.resolve() / 'quality'}",
             f"  MLflow UI          http://{settings.bind_host}:{settings.mlflow_port}"
             f"  (experiment '{SMOKE_EXPERIMENT}')",
             f"  Airflow UI         http://{settings.bind_host}:{settings.airflow_port}"

@@ -72,6 +72,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "KAGGLE_DIR": str(settings.kaggle_dir.resolve()),
         "LOCAL_DIR": str(settings.local_dir.resolve()),
         "JAR_CACHE_DIR": str(Path(settings.jar_cache_dir).resolve()),
+        "REPORTS_DIR": str(settings.reports_dir.resolve()),
     }
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from deltalake import DeltaTable
 
 from adstream import services
 from adstream.contracts import DagId, Table
@@ -91,3 +92,21 @@ def test_airflow_dags_test_runs_the_smoke_dag(airflow_settings, spark):
     table = spark.read.format("delta").load(airflow_settings.lake_path(Table.SMOKE_EVENTS))
     smoke_runs = table.where(table.run_id.startswith("manual__")).groupBy("run_id").count().collect()
     assert [row["count"] for row in smoke_runs] == [100]
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_ingests_the_committed_samples(tmp_path):
+    settings = make_settings(
+        tmp_path, kaggle_dir=services.PROJECT_ROOT / "data" / "kaggle", reports_dir=tmp_path / "reports"
+    )
+    assert _airflow(settings, "db", "migrate").returncode == 0
+    result = _airflow(settings, "dags", "test", DagId.KAGGLE_INGESTION)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "state=success" in log, log[-5000:]
+    counts = {
+        table: len(DeltaTable(settings.delta_rs_location(table)[0]).to_pyarrow_table())
+        for table in (Table.BRONZE_ADVERTISING, Table.BRONZE_ADS16_USERS, Table.BRONZE_AMAZON_ADS)
+    }
+    assert counts == {Table.BRONZE_ADVERTISING: 1000, Table.BRONZE_ADS16_USERS: 24, Table.BRONZE_AMAZON_ADS: 11521}
+    assert (tmp_path / "reports" / "quality" / "amazon_ads" / "latest.json").exists()
