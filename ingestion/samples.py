@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ingestion.ads16 import ADS16_CATEGORIES, ADS_PER_CATEGORY
+
 SCALES = ("small", "full")
 DATASET_DIRS = ("advertising", "ads16", "amazon")
 
@@ -170,13 +172,7 @@ def advertising_csv(seed: int) -> bytes:
 
 # --------------------------------------------------------------------------- ADS-16
 
-ADS16_CATEGORIES = (
-    "Clothing & Shoes", "Automotive", "Baby Products", "Health & Beauty", "Media (BMVD)",
-    "Consumer Electronics", "Console & Video Games", "DIY & Tools", "Garden & Outdoor living", "Grocery",
-    "Kitchen & Home", "Betting", "Jewellery & Watches", "Musical Instruments", "Office Products",
-    "Pet Supplies", "Computer Software", "Sports & Outdoors", "Toys & Games", "Dating Sites",
-)  # fmt: skip
-ADS16_ADS_PER_CATEGORY = 15
+ADS16_ADS_PER_CATEGORY = ADS_PER_CATEGORY
 ADS16_PARTS = ("ADS16_Benchmark_part1", "ADS16_Benchmark_part2")
 ADS16_FIRST_USER = (1, 61)  # part2's numbering starts at U0061 whatever the scale
 ADS16_USERS_PER_PART = {"small": 12, "full": 60}

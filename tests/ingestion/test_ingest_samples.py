@@ -72,3 +72,18 @@ def test_a_user_missing_a_file_is_loaded_and_the_gap_quarantined(kaggle):
     quarantine = table(kaggle, "quarantine/ads16")
     gap = quarantine[quarantine.source_file.str.endswith("U0003/U0003-PREF.csv")]
     assert gap.bronze_table.tolist() == ["ads16_users"] and "missing" in gap.reason.iloc[0]
+
+
+def test_the_committed_samples_are_what_the_generator_writes(tmp_path):
+    from ingestion.samples import generate
+
+    generate(tmp_path / "regenerated", "small", seed=7)
+    committed = {p.relative_to(SAMPLES): p.read_bytes() for p in SAMPLES.rglob("*") if p.is_file()}
+    regenerated = {
+        p.relative_to(tmp_path / "regenerated"): p.read_bytes()
+        for p in (tmp_path / "regenerated").rglob("*")
+        if p.is_file()
+    }
+    committed.pop(Path("README.md"))
+    assert committed.keys() == regenerated.keys()
+    assert [path for path in committed if committed[path] != regenerated[path]] == []
