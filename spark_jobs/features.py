@@ -1,0 +1,260 @@
+"""Gold features and the CTR training set, taken as of each example's time.
+
+    python -m spark_jobs.features [--start ISO --end ISO]
+
+Documented rules:
+- Rating-to-label (ADS-16): a rating of 4 or 5 is a click (label 1), 1 or 2 is not
+  (label 0); 3 is ambiguous and left out of training.
+- ADS-16 carries no time, so its examples are spread over the Advertising period
+  (2016-01-01 .. 2016-07-24) by a hash of (user, ad): deterministic, and the
+  time-based split cuts both sources alike.
+- Point in time: every rate feature of an example (segment x category affinity,
+  category CTR, ad CTR) uses only examples strictly earlier than it, smoothed
+  toward a fixed prior (PRIOR_CTR with PRIOR_WEIGHT pseudo-examples), so no label
+  from the example's own time or later leaks in. A test proves it.
+- Serving features (gold/user_features, gold/ad_features) use all history: they
+  are what the auction sees now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from adstream.contracts import Table
+from adstream.settings import Settings, get_settings
+
+PRIOR_CTR = 0.1
+PRIOR_WEIGHT = 20.0
+ADS16_PERIOD_START = "2016-01-01 00:00:00"
+ADS16_PERIOD_SECONDS = 205 * 24 * 3600  # through 2016-07-24
+UNKNOWN = "unknown"
+TRAINING_COLUMNS = (
+    "example_id", "source", "event_time", "label", "user_id", "ad_id",
+    "age", "daily_time_spent_on_site", "daily_internet_usage", "area_income",
+    "category_affinity", "ad_ctr_smoothed", "category_ctr_smoothed", "hour_of_day", "day_of_week",
+    "gender", "income_band", "country", "ad_category", "device_type",
+)  # fmt: skip
+
+
+def age_band(age: Column) -> Column:
+    return (
+        F.when(age.isNull(), UNKNOWN)
+        .when(age < 25, "18-24")
+        .when(age < 35, "25-34")
+        .when(age < 45, "35-44")
+        .when(age < 55, "45-54")
+        .otherwise("55+")
+    )
+
+
+def segment(gender: Column, age: Column) -> Column:
+    """The demographic segment affinities are learned for: gender x age band."""
+    return F.concat_ws("|", F.coalesce(gender, F.lit(UNKNOWN)), age_band(age))
+
+
+def smoothed(clicks: Column, examples: Column) -> Column:
+    return (F.coalesce(clicks, F.lit(0.0)) + PRIOR_CTR * PRIOR_WEIGHT) / (
+        F.coalesce(examples, F.lit(0.0)) + PRIOR_WEIGHT
+    )
+
+
+def rating_label(rating: Column) -> Column:
+    return F.when(rating >= 4, 1).when(rating <= 2, 0)
+
+
+def ads16_examples(ratings: DataFrame, users: DataFrame) -> DataFrame:
+    """ADS-16 ratings as labelled impressions of ADS-16 ads, with a hashed pseudo-time."""
+    user_key = F.concat(F.lit("ads16-"), F.col("user_id"))
+    spread = F.pmod(F.xxhash64(F.col("user_id"), F.col("ad_id")), F.lit(ADS16_PERIOD_SECONDS))
+    start = F.unix_timestamp(F.lit(ADS16_PERIOD_START))
+    return (
+        ratings.where(rating_label(F.col("rating")).isNotNull())
+        .select(
+            F.concat_ws(":", F.lit("ads16"), F.col("user_id"), F.col("ad_id")).alias("example_id"),
+            user_key.alias("user_id"),
+            F.col("ad_id"),
+            F.col("category_name").alias("ad_category"),
+            F.timestamp_seconds(start + spread).alias("event_time"),
+            rating_label(F.col("rating")).alias("label"),
+        )
+        .join(users, "user_id", "left")
+    )
+
+
+def advertising_examples(advertising: DataFrame, users: DataFrame) -> DataFrame:
+    """Advertising rows as labelled impressions; the ad's category is not known."""
+    return advertising.select(
+        F.concat(F.lit("adv:"), F.col("source_row").cast("string")).alias("example_id"),
+        F.concat(F.lit("adv-"), F.lpad(F.col("source_row").cast("string"), 6, "0")).alias("user_id"),
+        F.concat(F.lit("adv-ad-"), F.col("source_row").cast("string")).alias("ad_id"),
+        F.lit(UNKNOWN).alias("ad_category"),
+        F.col("timestamp").alias("event_time"),
+        F.col("clicked_on_ad").cast("int").alias("label"),
+    ).join(users, "user_id", "left")
+
+
+def _rate_before(examples: DataFrame, keys: list[str], name: str) -> DataFrame:
+    """Adds ``name``: the smoothed click rate of earlier examples sharing ``keys`` (strictly before)."""
+    # Ties on event_time must not see each other: aggregate per (keys, time) first, then
+    # accumulate over strictly earlier times only.
+    per_time = examples.groupBy(*keys, "event_time").agg(
+        F.sum("label").cast("double").alias("_clicks"), F.count("*").cast("double").alias("_n")
+    )
+    earlier = Window.partitionBy(*keys).orderBy("event_time").rowsBetween(Window.unboundedPreceding, -1)
+    rates = per_time.select(
+        *keys,
+        "event_time",
+        smoothed(F.sum("_clicks").over(earlier), F.sum("_n").over(earlier)).alias(name),
+    )
+    return examples.join(rates, [*keys, "event_time"], "left")
+
+
+def build_training_set(advertising: DataFrame, ratings: DataFrame, users: DataFrame) -> DataFrame:
+    """Bootstrap examples with every rate feature as of the example's time."""
+    user_columns = users.select(
+        "user_id", "age", "gender", "income_band", "country",
+        "daily_time_spent_on_site", "daily_internet_usage", "area_income",
+    )  # fmt: skip
+    examples = advertising_examples(advertising, user_columns).unionByName(ads16_examples(ratings, user_columns))
+    examples = examples.withColumn("segment", segment(F.col("gender"), F.col("age")))
+    examples = _rate_before(examples, ["segment", "ad_category"], "category_affinity")
+    examples = _rate_before(examples, ["ad_category"], "category_ctr_smoothed")
+    examples = _rate_before(examples, ["ad_id"], "ad_ctr_smoothed")
+    return examples.select(
+        "example_id",
+        F.lit("bootstrap").alias("source"),
+        "event_time",
+        F.col("label").cast("int").alias("label"),
+        "user_id",
+        "ad_id",
+        F.col("age").cast("double").alias("age"),
+        "daily_time_spent_on_site",
+        "daily_internet_usage",
+        "area_income",
+        "category_affinity",
+        "ad_ctr_smoothed",
+        "category_ctr_smoothed",
+        F.hour("event_time").alias("hour_of_day"),
+        F.dayofweek("event_time").alias("day_of_week"),
+        F.coalesce(F.col("gender"), F.lit(UNKNOWN)).alias("gender"),
+        F.coalesce(F.col("income_band"), F.lit(UNKNOWN)).alias("income_band"),
+        F.coalesce(F.col("country"), F.lit(UNKNOWN)).alias("country"),
+        "ad_category",
+        F.lit(None).cast("string").alias("device_type"),
+    )
+
+
+def segment_affinities(ratings: DataFrame, users: DataFrame) -> DataFrame:
+    """Serving view: smoothed click rate per (segment, category) over all ADS-16 ratings."""
+    labelled = ads16_examples(ratings, users.select("user_id", "age", "gender"))
+    return (
+        labelled.withColumn("segment", segment(F.col("gender"), F.col("age")))
+        .groupBy("segment", "ad_category")
+        .agg(smoothed(F.sum("label"), F.count("*")).alias("affinity"))
+    )
+
+
+def build_user_features(users: DataFrame, affinities: DataFrame) -> DataFrame:
+    """One serving row per user, with the affinity map of the user's segment."""
+    per_segment = affinities.groupBy("segment").agg(
+        F.map_from_entries(F.collect_list(F.struct("ad_category", "affinity"))).alias("category_affinity")
+    )
+    return (
+        users.withColumn("segment", segment(F.col("gender"), F.col("age")))
+        .withColumn("age_band", age_band(F.col("age")))
+        .join(per_segment, "segment", "left")
+        .select(
+            "user_id", "source", "age", "age_band", "gender", "income_band", "country", "segment",
+            "daily_time_spent_on_site", "daily_internet_usage", "area_income",
+            F.size("interests").alias("interest_count"),
+            F.coalesce("category_affinity", F.create_map().cast("map<string,double>")).alias("category_affinity"),
+        )
+    )  # fmt: skip
+
+
+def build_ad_features(ads: DataFrame, training_set: DataFrame) -> DataFrame:
+    """One serving row per ad: category and smoothed CTRs from all labelled history."""
+    by_ad = training_set.groupBy("ad_id").agg(smoothed(F.sum("label"), F.count("*")).alias("ad_ctr_smoothed"))
+    by_category = training_set.groupBy(F.col("ad_category").alias("category")).agg(
+        smoothed(F.sum("label"), F.count("*")).alias("category_ctr_smoothed")
+    )
+    return (
+        ads.join(by_ad, "ad_id", "left")
+        .join(by_category, "category", "left")
+        .select(
+            "ad_id", "source", "category", "title",
+            F.coalesce("ad_ctr_smoothed", F.lit(PRIOR_CTR)).alias("ad_ctr_smoothed"),
+            F.coalesce("category_ctr_smoothed", F.lit(PRIOR_CTR)).alias("category_ctr_smoothed"),
+        )
+    )  # fmt: skip
+
+
+def in_interval(frame: DataFrame, start: datetime | None, end: datetime | None) -> DataFrame:
+    if start is not None:
+        frame = frame.where(F.col("event_time") >= F.lit(start))
+    if end is not None:
+        frame = frame.where(F.col("event_time") < F.lit(end))
+    return frame
+
+
+def build(
+    spark: SparkSession, settings: Settings, start: datetime | None = None, end: datetime | None = None
+) -> dict[str, int]:
+    """Writes gold features; with an interval, replaces exactly that interval of the training set."""
+
+    def read(table: Table) -> DataFrame:
+        return spark.read.format("delta").load(settings.lake_path(table))
+
+    users, ads = read(Table.SILVER_USERS), read(Table.SILVER_ADS)
+    ratings, advertising = read(Table.BRONZE_ADS16_RATINGS), read(Table.BRONZE_ADVERTISING)
+    training = in_interval(build_training_set(advertising, ratings, users), start, end).cache()
+    rows = training.count()
+    written = {}
+    if rows == 0:
+        print(f"no examples in [{start}, {end}): the training set is left as it is")
+    else:
+        writer = training.withColumn("event_date", F.to_date("event_time")).write.format("delta")
+        if start is not None or end is not None:
+            condition = " AND ".join(
+                clause
+                for clause in (
+                    f"event_time >= '{start.isoformat()}'" if start else "",
+                    f"event_time < '{end.isoformat()}'" if end else "",
+                )
+                if clause
+            )
+            writer = writer.mode("overwrite").option("replaceWhere", condition)
+        else:
+            writer = writer.mode("overwrite").option("overwriteSchema", "true")
+        writer.partitionBy("event_date").save(settings.lake_path(Table.GOLD_CTR_TRAINING_SET))
+        written[Table.GOLD_CTR_TRAINING_SET.value] = rows
+    affinities = segment_affinities(ratings, users)
+    user_features = build_user_features(users, affinities)
+    ad_features = build_ad_features(ads, read(Table.GOLD_CTR_TRAINING_SET) if rows else training)
+    for table, frame in ((Table.GOLD_USER_FEATURES, user_features), (Table.GOLD_AD_FEATURES, ad_features)):
+        frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(settings.lake_path(table))
+        written[table.value] = read(table).count()
+    training.unpersist()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spark_jobs.features", description=__doc__.splitlines()[0])
+    parser.add_argument("--start", type=datetime.fromisoformat, default=None, help="interval start (inclusive)")
+    parser.add_argument("--end", type=datetime.fromisoformat, default=None, help="interval end (exclusive)")
+    args = parser.parse_args(argv)
+    from spark_jobs.session import get_spark
+
+    settings = get_settings()
+    for table, rows in build(get_spark("features", settings), settings, args.start, args.end).items():
+        print(f"{table}: {rows} rows at {settings.lake_path(table)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
