@@ -69,6 +69,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "CAMPAIGN_DB_URL": settings.campaign_db_url,
         "SPARK_MASTER": settings.spark_master,
+        "SPARK_SHUFFLE_PARTITIONS": str(settings.spark_shuffle_partitions),
         "KAGGLE_DIR": str(settings.kaggle_dir.resolve()),
         "LOCAL_DIR": str(settings.local_dir.resolve()),
         "JAR_CACHE_DIR": str(Path(settings.jar_cache_dir).resolve()),

@@ -243,6 +243,22 @@ def build(
     return written
 
 
+def interval_for_run(
+    run_type: str, start: datetime | None, end: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """Scheduled (hourly) runs rebuild their data interval; asset-triggered and manual runs rebuild everything."""
+    return (start, end) if run_type == "scheduled" else (None, None)
+
+
+def build_task(run_type: str, start: datetime | None, end: datetime | None) -> dict[str, int]:
+    """Airflow task body (process settings, a session of its own)."""
+    from spark_jobs.session import get_spark
+
+    settings = get_settings()
+    start, end = interval_for_run(run_type, start, end)
+    return build(get_spark("features", settings), settings, start, end)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spark_jobs.features", description=__doc__.splitlines()[0])
     parser.add_argument("--start", type=datetime.fromisoformat, default=None, help="interval start (inclusive)")

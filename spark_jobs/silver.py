@@ -159,6 +159,14 @@ def build(spark: SparkSession, settings: Settings, which: str = "all") -> dict[s
     return written
 
 
+def build_task(which: str = "all") -> dict[str, int]:
+    """Airflow task body (process settings, a session of its own)."""
+    from spark_jobs.session import get_spark
+
+    settings = get_settings()
+    return build(get_spark("silver", settings), settings, which)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spark_jobs.silver", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["users", "ads", "all"], nargs="?", default="all")

@@ -110,3 +110,28 @@ def test_airflow_dags_test_ingests_the_committed_samples(tmp_path):
     }
     assert counts == {Table.BRONZE_ADVERTISING: 1000, Table.BRONZE_ADS16_USERS: 24, Table.BRONZE_AMAZON_ADS: 11521}
     assert (tmp_path / "reports" / "quality" / "amazon_ads" / "latest.json").exists()
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_builds_features_from_bronze(tmp_path):
+    from ingestion.pipeline import ingest
+
+    settings = make_settings(
+        tmp_path,
+        kaggle_dir=services.PROJECT_ROOT / "data" / "kaggle",
+        reports_dir=tmp_path / "reports",
+        spark_master="local[2]",
+        spark_shuffle_partitions=2,
+    )
+    for dataset in ("advertising", "ads16", "amazon"):
+        ingest(settings, dataset)
+    assert _airflow(settings, "db", "migrate").returncode == 0
+    result = _airflow(settings, "dags", "test", DagId.FEATURE_BUILD)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "state=success" in log, log[-5000:]
+    training = DeltaTable(settings.delta_rs_location(Table.GOLD_CTR_TRAINING_SET)[0]).to_pyarrow_table()
+    assert training.num_rows > 1000
+    assert set(training.column("source").to_pylist()) == {"bootstrap"}
+    users = DeltaTable(settings.delta_rs_location(Table.GOLD_USER_FEATURES)[0]).to_pyarrow_table()
+    assert users.num_rows == 1024
