@@ -55,6 +55,15 @@ def ingest_kaggle(settings: Settings) -> None:
         print(f"    {line}")
 
 
+def build_features(settings: Settings) -> None:
+    for module in ("spark_jobs.silver", "spark_jobs.features"):
+        stage = module.rsplit(".", 1)[1]
+        run_logged(settings, stage, sys.executable, "-m", module)
+        for line in services.log_file(settings, f"run-{stage}").read_text().strip().splitlines():
+            if line.startswith(("silver/", "gold/")):
+                print(f"    {line}")
+
+
 def smoke_flow(settings: Settings) -> None:
     run_logged(settings, "smoke", sys.executable, "-m", "spark_jobs.smoke", "all", "--events", str(SMOKE_EVENTS))
     print(f"    {services.log_file(settings, 'run-smoke').read_text().strip().splitlines()[-1]}")
@@ -77,6 +86,7 @@ SMOKE_EXPERIMENT = "platform-smoke"
 STAGES = (
     Stage("start services (Kafka, MLflow, Airflow)", start_services),
     Stage("ingest the Kaggle datasets into bronze Delta, gated by Great Expectations", ingest_kaggle),
+    Stage("build silver users/ads and gold features with Spark", build_features),
     Stage("smoke flow: Kafka -> Spark Structured Streaming -> Delta", smoke_flow),
     Stage("record the smoke run in MLflow", record_in_mlflow),
 )
@@ -88,7 +98,7 @@ def summary(settings: Settings) -> str:
         [
             "Where things are:",
             f"  Kafka bootstrap    {settings.kafka_bootstrap_servers}  (topic '{Topic.PLATFORM_SMOKE}')",
-            f"  Lake (Delta)       {services.settings_env(settings)['LAKE_ROOT']}  (bronze/, quarantine/, smoke/)",
+            f"  Lake (Delta)       {services.settings_env(settings)['LAKE_ROOT']}  (bronze/, quarantine/, silver/, gold/, smoke/)",
             f"  Quality results    {settings.reports_dir.resolve() / 'quality'}",
             f"  MLflow UI          http://{settings.bind_host}:{settings.mlflow_port}"
             f"  (experiment '{SMOKE_EXPERIMENT}')",
