@@ -98,7 +98,8 @@ def summary(settings: Settings) -> str:
         [
             "Where things are:",
             f"  Kafka bootstrap    {settings.kafka_bootstrap_servers}  (topic '{Topic.PLATFORM_SMOKE}')",
-            f"  Lake (Delta)       {services.settings_env(settings)['LAKE_ROOT']}  (bronze/, quarantine/, silver/, gold/, smoke/)",
+            f"  Lake (Delta)       {services.settings_env(settings)['LAKE_ROOT']}"
+            "  (bronze/, quarantine/, silver/, gold/, smoke/)",
             f"  Quality results    {settings.reports_dir.resolve() / 'quality'}",
             f"  MLflow UI          http://{settings.bind_host}:{settings.mlflow_port}"
             f"  (experiment '{SMOKE_EXPERIMENT}')",
