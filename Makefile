@@ -31,6 +31,7 @@ test: setup ## Lint and run the whole test suite (starts and stops the Kafka bro
 
 bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/bench/ (REPEATS=3)
 	@$(PY) -m ingestion.benchmark --repeats $(or $(REPEATS),3)
+	@$(PY) -m ml.bench_scorer
 
 lint: setup ## ruff check + format check
 	@.venv/bin/ruff check .

@@ -1,0 +1,195 @@
+"""The ``ctr-model`` registry: new versions become the challenger; promotion to champion is guarded.
+
+Rule: the challenger becomes champion when its calibration (predicted / observed
+clicks) on the holdout lies within CALIBRATION_BOUNDS and either there is no
+champion yet or its normalized entropy on the **same** holdout is strictly lower
+than the champion's. The champion is re-scored on that holdout from its registered
+artifact, so both numbers share the denominator and the data.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import skops.io
+import yaml
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from sklearn.pipeline import Pipeline
+
+from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
+from ml.features import FEATURES, LABEL
+from ml.metrics import evaluate
+from ml.models import SKOPS_TRUSTED_TYPES
+from ml.tracking import tracking_client
+
+CALIBRATION_BOUNDS = (0.8, 1.2)
+DECISION_ARTIFACT = "promotion_decision.json"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def decide_promotion(
+    challenger_metrics: Mapping[str, float],
+    champion_metrics: Mapping[str, float] | None,
+    calibration_bounds: tuple[float, float] = CALIBRATION_BOUNDS,
+) -> Decision:
+    """Whether the challenger replaces the champion, both scored on the same holdout (see module doc)."""
+    low, high = calibration_bounds
+    calibration = challenger_metrics["calibration"]
+    challenger_ne = challenger_metrics["normalized_entropy"]
+    reasons = []
+    calibrated = low <= calibration <= high  # False for NaN
+    if not calibrated:
+        reasons.append(f"challenger calibration {calibration:.4f} is outside [{low}, {high}]")
+    if math.isnan(challenger_ne):
+        reasons.append("challenger normalized entropy is undefined on this holdout")
+        return Decision(False, reasons)
+    if champion_metrics is None:
+        reasons.append("there is no champion yet")
+        return Decision(calibrated, reasons)
+    champion_ne = champion_metrics["normalized_entropy"]
+    better = challenger_ne < champion_ne
+    comparison = "<" if better else ">="
+    reasons.append(
+        f"challenger normalized entropy {challenger_ne:.6f} {comparison} "
+        f"champion's {champion_ne:.6f} on the same holdout"
+    )
+    return Decision(calibrated and better, reasons)
+
+
+def _registered_aliases(client: MlflowClient) -> dict[str, str] | None:
+    """alias -> version of ``ctr-model``, or None when the model is not registered yet."""
+    try:
+        return {alias: str(version) for alias, version in client.get_registered_model(REGISTERED_MODEL).aliases.items()}
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+
+
+def version_by_alias(tracking_uri: str, alias: str) -> str | None:
+    """The version number ``ctr-model@alias`` points at, if any."""
+    aliases = _registered_aliases(tracking_client(tracking_uri))
+    return None if aliases is None else aliases.get(alias)
+
+
+def register_challenger(tracking_uri: str, model_uri: str, model_id: str | None, run_id: str, family: str) -> str:
+    """Registers a logged model as a new version of ``ctr-model`` with alias ``challenger``; returns the version."""
+    client = tracking_client(tracking_uri)
+    if _registered_aliases(client) is None:
+        client.create_registered_model(REGISTERED_MODEL)
+    version = client.create_model_version(
+        REGISTERED_MODEL, source=model_uri, run_id=run_id, tags={"model_family": family}, model_id=model_id
+    )
+    client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER_ALIAS, version.version)
+    return str(version.version)
+
+
+def load_model_version(tracking_uri: str, version: str) -> Pipeline:
+    """The fitted pipeline of ``ctr-model`` version ``version``.
+
+    Read with skops directly rather than ``mlflow.sklearn.load_model``: the URIs are
+    explicit (``load_model`` only knows the process-wide ones), and the allow-list of
+    types is the one kept in code (``ml.models.SKOPS_TRUSTED_TYPES``), not the one
+    stored in the artifact, so a tampered model cannot widen it.
+    """
+    with tempfile.TemporaryDirectory(prefix="ctr-model-") as scratch:
+        local = Path(
+            download_artifacts(
+                artifact_uri=f"models:/{REGISTERED_MODEL}/{version}",
+                dst_path=scratch,
+                tracking_uri=tracking_uri,
+                registry_uri=tracking_uri,
+            )
+        )
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["sklearn"]
+        if flavor.get("serialization_format") != "skops":
+            raise ValueError(
+                f"{REGISTERED_MODEL} version {version} is serialized as {flavor.get('serialization_format')!r}; "
+                "only skops models are loaded"
+            )
+        return skops.io.load(local / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
+
+
+def holdout_metrics(pipeline: Pipeline, holdout: pd.DataFrame) -> dict[str, float]:
+    return evaluate(holdout[LABEL].to_numpy(), pipeline.predict_proba(holdout[list(FEATURES)])[:, 1])
+
+
+@dataclass(frozen=True)
+class Promotion:
+    decision: Decision
+    challenger_version: str
+    champion_before: str | None
+    champion_after: str | None
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None  # the previous champion, on the same holdout
+
+    def report(self) -> dict[str, Any]:
+        """What ``promotion_decision.json`` holds (NaN metrics as null, so it is strict JSON)."""
+
+        def finite(metrics: Mapping[str, float] | None) -> dict[str, float | None] | None:
+            if metrics is None:
+                return None
+            return {name: (None if math.isnan(value) else value) for name, value in metrics.items()}
+
+        return {
+            "registered_model": REGISTERED_MODEL,
+            "promoted": self.decision.promote,
+            "reasons": self.decision.reasons,
+            "challenger_version": self.challenger_version,
+            "champion_version_before": self.champion_before,
+            "champion_version_after": self.champion_after,
+            "calibration_bounds": list(CALIBRATION_BOUNDS),
+            "challenger_metrics": finite(self.challenger_metrics),
+            "champion_metrics": finite(self.champion_metrics),
+        }
+
+
+def apply_promotion(tracking_uri: str, challenger_version: str, holdout: pd.DataFrame, run_id: str) -> Promotion:
+    """Scores the challenger and the current champion on ``holdout``, decides, moves the alias, logs why.
+
+    Both models are loaded from the registry, so the decision is about the artifacts
+    serving will load. The decision goes to run ``run_id`` as ``promotion.*`` tags and
+    a ``promotion_decision.json`` artifact.
+    """
+    client = tracking_client(tracking_uri)
+    champion = version_by_alias(tracking_uri, CHAMPION_ALIAS)
+    challenger_metrics = holdout_metrics(load_model_version(tracking_uri, challenger_version), holdout)
+    champion_metrics = None
+    if champion is not None:
+        champion_metrics = holdout_metrics(load_model_version(tracking_uri, champion), holdout)
+    decision = decide_promotion(challenger_metrics, champion_metrics)
+    if decision.promote:
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, challenger_version)
+    promotion = Promotion(
+        decision=decision,
+        challenger_version=challenger_version,
+        champion_before=champion,
+        champion_after=challenger_version if decision.promote else champion,
+        challenger_metrics=challenger_metrics,
+        champion_metrics=champion_metrics,
+    )
+    tags = {
+        "promotion.promoted": str(decision.promote).lower(),
+        "promotion.reasons": "; ".join(decision.reasons),
+        "promotion.challenger_version": challenger_version,
+        "promotion.champion_version_before": champion or "none",
+        "promotion.champion_version_after": promotion.champion_after or "none",
+    }
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.log_dict(run_id, promotion.report(), DECISION_ARTIFACT)
+    return promotion

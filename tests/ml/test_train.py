@@ -1,0 +1,147 @@
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.models import Model
+
+from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, Table
+from ml.features import FEATURES, MissingFeatureError
+from ml.registry import DECISION_ARTIFACT
+from ml.tracking import TrackingServerUnreachable, tracking_client
+from ml.train import TrainingSetError, load_training_set, main, train
+from tests.conftest import free_port, make_settings
+from tests.ml.factories import training_frame
+
+FAMILY_NAMES = {"logistic_regression", "gradient_boosted_trees", "trees_plus_lr"}
+
+
+def runs_of(uri: str) -> list:
+    client = tracking_client(uri)
+    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    return client.search_runs([experiment.experiment_id])
+
+
+def registered_versions(uri: str) -> list:
+    return tracking_client(uri).search_model_versions(f"name='{REGISTERED_MODEL}'")
+
+
+def test_the_training_set_is_read_with_its_delta_version(trained):
+    settings, frame = trained
+    loaded, version = load_training_set(*settings.delta_rs_location(Table.GOLD_CTR_TRAINING_SET))
+    assert version == 1
+    assert sorted(loaded["example_id"]) == sorted(frame["example_id"])
+
+
+def test_end_to_end_leaves_a_champion_and_one_run_per_family(trained):
+    settings, _ = trained
+    uri = settings.mlflow_tracking_uri
+    client = tracking_client(uri)
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+    assert str(champion.version) == "1"
+    runs = runs_of(uri)
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {run.data.tags["model_family"] for run in children} == FAMILY_NAMES
+    for run in children:
+        params = run.data.params
+        assert params["training_table_version"] == "1"
+        assert (params["train_rows"], params["holdout_rows"]) == ("480", "120")
+        assert params["model_family"] == run.data.tags["model_family"]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/roc_curve.png", "plots/calibration.png", "plots/feature_importance.png"} <= artifacts
+        importance_path = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="feature_importance.json", tracking_uri=uri
+        )
+        with open(importance_path) as fh:
+            assert {"age", "daily_time_spent_on_site", "device_type"} <= set(json.load(fh))
+    # The registered version is the best family's model, logged by that family's run.
+    best = parent.data.tags["best_family"]
+    assert champion.run_id == next(run.info.run_id for run in children if run.data.tags["model_family"] == best)
+    assert parent.data.tags["promotion.promoted"] == "true"
+    path = mlflow.artifacts.download_artifacts(
+        run_id=parent.info.run_id, artifact_path=DECISION_ARTIFACT, tracking_uri=uri
+    )
+    with open(path) as fh:
+        assert json.load(fh)["champion_version_after"] == "1"
+
+
+def test_the_registered_model_carries_a_signature_and_an_input_example(trained, tmp_path):
+    settings, _ = trained
+    uri = settings.mlflow_tracking_uri
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}",
+        dst_path=str(tmp_path),
+        tracking_uri=uri,
+        registry_uri=uri,
+    )
+    model = Model.load(local)
+    inputs = {spec.name: spec.type.name for spec in model.get_input_schema().inputs}
+    assert inputs["hour_of_day"] == "long" and inputs["age"] == "double" and inputs["country"] == "string"
+    assert set(inputs) == set(FEATURES)
+    example = json.loads((Path(local) / model.saved_input_example_info["artifact_path"]).read_text())
+    assert example["columns"][:2] == ["age", "daily_time_spent_on_site"] and len(example["data"]) == 5
+    assert model.flavors["sklearn"]["serialization_format"] == "skops"
+
+
+def test_the_champion_is_compared_with_a_constant_ctr_and_plain_logistic_regression(trained):
+    settings, _ = trained
+    (parent,) = [run for run in runs_of(settings.mlflow_tracking_uri) if "mlflow.parentRunId" not in run.data.tags]
+    metrics = parent.data.metrics
+    assert metrics["constant_ctr.normalized_entropy"] == pytest.approx(1.0, abs=0.05)
+    assert metrics["logistic_regression.normalized_entropy"] < 0.8
+    assert metrics["champion.normalized_entropy"] <= metrics["logistic_regression.normalized_entropy"]
+    assert metrics["champion.ne_minus_constant_ctr"] < -0.2
+    assert metrics["logistic_regression.roc_auc"] >= 0.95
+
+
+def test_an_empty_training_set_is_refused_and_nothing_is_registered(mlflow_uri, tmp_path):
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
+    with pytest.raises(TrainingSetError, match="empty"):
+        train(settings, training_frame(10).head(0), table_version=0)
+    assert registered_versions(mlflow_uri) == [] and runs_of(mlflow_uri) == []
+
+
+def test_a_single_class_training_set_is_refused_and_nothing_is_registered(mlflow_uri, tmp_path):
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
+    with pytest.raises(TrainingSetError, match=r"single class \(label 0: 200 rows\)"):
+        train(settings, training_frame(200).assign(label=0), table_version=3)
+    assert registered_versions(mlflow_uri) == [] and runs_of(mlflow_uri) == []
+
+
+def test_a_holdout_without_clicks_is_refused_too(mlflow_uri, tmp_path):
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
+    frame = training_frame(200)
+    frame.loc[frame.index[-40:], "label"] = 0  # the latest 20 % never click
+    with pytest.raises(TrainingSetError, match="holdout"):
+        train(settings, frame, table_version=3)
+    assert registered_versions(mlflow_uri) == []
+
+
+def test_a_renamed_feature_column_fails_before_training_naming_it(mlflow_uri, tmp_path):
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
+    frame = training_frame(200).rename(columns={"ad_category": "ad_category_name"})
+    with pytest.raises(MissingFeatureError, match=r"'ad_category' \(renamed to 'ad_category_name'\?\)"):
+        train(settings, frame, table_version=3)
+    assert runs_of(mlflow_uri) == []
+
+
+def test_an_unreachable_tracking_server_fails_fast_naming_mlflow_tracking_uri(tmp_path):
+    settings = make_settings(tmp_path, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    began = time.monotonic()
+    with pytest.raises(TrackingServerUnreachable, match="MLFLOW_TRACKING_URI"):
+        train(settings, training_frame(200), table_version=3)
+    assert time.monotonic() - began < 5
+
+
+def test_the_command_line_reports_an_unreachable_server_and_exits_1(tmp_path, capsys):
+    settings = make_settings(tmp_path, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    assert main([], settings=settings) == 1
+    assert "MLFLOW_TRACKING_URI" in capsys.readouterr().err
+
+
+def test_the_command_line_reports_a_missing_training_table_and_exits_1(mlflow_uri, tmp_path, capsys):
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
+    assert main(["--training-table", str(tmp_path / "nowhere")], settings=settings) == 1
+    assert "no Delta table at" in capsys.readouterr().err
