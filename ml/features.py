@@ -1,7 +1,7 @@
 """The CTR training-set contract: the columns of ``gold/ctr_training_set`` that training relies on.
 
-The Spark job (``spark_jobs.features``) writes the table; this module is the
-training side's statement of what it needs, checked before any model is fitted
+The Spark job (``spark_jobs.features``) writes the table and takes its column
+list from here, so producer and consumer share one statement of what training needs, checked before any model is fitted
 so a renamed column fails loudly instead of silently training without it.
 """
 

@@ -27,18 +27,15 @@ from pyspark.sql import functions as F
 
 from adstream.contracts import Table
 from adstream.settings import Settings, get_settings
+from ml.features import EXAMPLE_ID, FEATURES, LABEL, SOURCE, TIME_COLUMN
 
 PRIOR_CTR = 0.1
 PRIOR_WEIGHT = 20.0
 ADS16_PERIOD_START = "2016-01-01 00:00:00"
 ADS16_PERIOD_SECONDS = 205 * 24 * 3600  # through 2016-07-24
 UNKNOWN = "unknown"
-TRAINING_COLUMNS = (
-    "example_id", "source", "event_time", "label", "user_id", "ad_id",
-    "age", "daily_time_spent_on_site", "daily_internet_usage", "area_income",
-    "category_affinity", "ad_ctr_smoothed", "category_ctr_smoothed", "hour_of_day", "day_of_week",
-    "gender", "income_band", "country", "ad_category", "device_type",
-)  # fmt: skip
+# The training side's contract (ml.features) names the feature columns; this job adds the ids.
+TRAINING_COLUMNS = (EXAMPLE_ID, SOURCE, TIME_COLUMN, LABEL, "user_id", "ad_id", *FEATURES)
 
 
 def age_band(age: Column) -> Column:
