@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from airflow.sdk import Asset
 
-from adstream.contracts import Table
+from adstream.contracts import REGISTERED_MODEL, Table
 
 
 def table_asset(table: Table) -> Asset:
     return Asset(name=table.value, uri=f"adstream://lake/{table.value}", group="lake")
+
+
+def registered_model_asset() -> Asset:
+    """The MLflow registered model whose champion alias serving loads."""
+    return Asset(name=REGISTERED_MODEL, uri=f"adstream://mlflow/{REGISTERED_MODEL}", group="model")

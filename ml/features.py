@@ -16,6 +16,8 @@ EXAMPLE_ID = "example_id"  # string, unique
 SOURCE = "source"  # "bootstrap" or "logged"
 TIME_COLUMN = "event_time"  # timestamp, UTC
 LABEL = "label"  # int, 1 = clicked
+# Optional: where an example came from ("advertising", "ads16", "auctions"); training logs metrics per dataset.
+DATASET = "dataset"
 
 # Doubles unless noted; daily_time_spent_on_site, daily_internet_usage and area_income may be null.
 NUMERIC_FEATURES: tuple[str, ...] = (

@@ -1,6 +1,7 @@
 """Train the CTR model families on gold/ctr_training_set, register the best, guard its promotion.
 
-    python -m ml.train [--training-table PATH]   (default: LAKE_ROOT/gold/ctr_training_set)
+    python -m ml.train [--training-table PATH] [--dataset NAME] [--skip-promotion]
+    python -m ml.promote [--training-run RUN_ID]   (the promotion step on its own)
 
 One parent MLflow run (experiment ``ctr``) holds one child run per model family.
 Every family is fitted on the earlier part of a time-based split and judged on the
@@ -8,7 +9,12 @@ latest events (the holdout). The family with the lowest normalized entropy is
 registered as a new version of ``ctr-model`` (alias ``challenger``) and then
 promoted to ``champion`` only under the rule in ``ml.registry``. The parent run
 also records a constant-CTR baseline and plain logistic regression on the same
-holdout, so the champion can be read against both.
+holdout, so the champion can be read against both. Where the training set says
+which Kaggle dataset (or the auction log) an example came from, every family's
+holdout metrics are also logged per dataset (``advertising.roc_auc``, …).
+
+``--dataset advertising`` trains on one dataset's examples alone: an evaluation run
+that registers nothing, since its holdout is not the one champions are judged on.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 import pandas as pd
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+from mlflow.entities import Run
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from sklearn.inspection import permutation_importance
@@ -37,6 +44,7 @@ from adstream.settings import Settings, get_settings
 from ml import plots
 from ml.features import (
     CATEGORICAL_FEATURES,
+    DATASET,
     FEATURES,
     INTEGER_FEATURES,
     LABEL,
@@ -54,6 +62,7 @@ from ml.split import time_split
 from ml.tracking import TrackingServerUnreachable, ensure_reachable, point_fluent_api_at, tracking_client
 
 HOLDOUT_FRACTION = 0.2
+REGISTERED_VERSION_TAG = "registered_version"  # on the parent run: the ctr-model version it produced
 BASELINE_FAMILY = "logistic_regression"  # the plain model the champion is also compared with
 MODEL_NAME = "model"  # the logged model's name within its run
 IMPORTANCE_REPEATS = 3
@@ -73,32 +82,25 @@ class FamilyRun:
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class Candidate:
+    """What one training produced before promotion: the family runs and, unless evaluation only, a version."""
+
     parent_run_id: str
     training_table_version: int | None
     runs: dict[str, FamilyRun]
     best_family: str
-    model_version: str
-    constant_ctr_metrics: dict[str, float]  # predicting the training CTR for every holdout example
+    model_version: str | None  # None for an evaluation-only run
+    constant_ctr_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TrainResult(Candidate):
+    """A training that registered a version and applied the guarded promotion to it."""
+
     promotion: Promotion
 
     def summary(self) -> str:
-        lines = [
-            f"training table version {self.training_table_version}, parent run {self.parent_run_id}",
-            f"constant CTR baseline: NE {self.constant_ctr_metrics['normalized_entropy']:.4f}",
-        ]
-        for run in self.runs.values():
-            m = run.metrics
-            lines.append(
-                f"{run.family}: NE {m['normalized_entropy']:.4f}, ROC AUC {m['roc_auc']:.4f}, "
-                f"calibration {m['calibration']:.3f} (run {run.run_id})"
-            )
-        verdict = "promoted to champion" if self.promotion.decision.promote else "not promoted"
-        lines.append(
-            f"registered {self.best_family} as ctr-model version {self.model_version}: {verdict} "
-            f"({'; '.join(self.promotion.decision.reasons)})"
-        )
-        return "\n".join(lines)
+        return f"{candidate_summary(self)}\n{promotion_summary(self.promotion)}"
 
 
 def _describe_labels(labels: pd.Series) -> str:
@@ -122,10 +124,12 @@ def check_training_set(frame: pd.DataFrame, what: str = "training set") -> None:
         )
 
 
-def load_training_set(location: str, storage_options: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, int]:
-    """The Delta table at ``location`` as a frame, with the table version that was read."""
+def load_training_set(
+    location: str, storage_options: Mapping[str, str] | None = None, version: int | None = None
+) -> tuple[pd.DataFrame, int]:
+    """The Delta table at ``location`` (at ``version``, or the latest) as a frame, with the version read."""
     try:
-        table = DeltaTable(location, storage_options=dict(storage_options or {}))
+        table = DeltaTable(location, storage_options=dict(storage_options or {}), version=version)
     except TableNotFoundError as exc:
         raise TrainingSetError(f"no Delta table at {location}: build it first (DAG feature_build)") from exc
     return table.to_pandas(), table.version()
@@ -200,7 +204,7 @@ def _train_family(
         mlflow.log_params({**common_params, "model_family": family, **_scalar_params(pipeline[-1])})
         pipeline.fit(train_features, train_set[LABEL].to_numpy())
         pctr = pipeline.predict_proba(holdout_features)[:, 1]
-        metrics = evaluate(holdout_labels, pctr)
+        metrics = {**evaluate(holdout_labels, pctr), **_dataset_metrics(holdout, pctr)}
         mlflow.log_metrics(metrics)
         mlflow.log_figure(plots.roc_figure(holdout_labels, pctr, f"{family}: holdout ROC"), "plots/roc_curve.png")
         mlflow.log_figure(
@@ -226,7 +230,22 @@ def _train_family(
     return FamilyRun(family, run.info.run_id, logged.model_uri, logged.model_id, metrics)
 
 
-def train(
+def _dataset_metrics(frame: pd.DataFrame, pctr: np.ndarray) -> dict[str, float]:
+    """Holdout metrics per dataset the examples came from (only where the slice has both classes)."""
+    if DATASET not in frame:
+        return {}
+    metrics = {}
+    labels = frame[LABEL].to_numpy()
+    for dataset in sorted(frame[DATASET].dropna().unique()):
+        in_slice = (frame[DATASET] == dataset).to_numpy()
+        if np.unique(labels[in_slice]).size == 2:
+            metrics.update(
+                {f"{dataset}.{name}": value for name, value in evaluate(labels[in_slice], pctr[in_slice]).items()}
+            )
+    return metrics
+
+
+def fit_and_register(
     settings: Settings,
     frame: pd.DataFrame,
     table_version: int | None,
@@ -234,15 +253,22 @@ def train(
     training_table: str = "",
     holdout_fraction: float = HOLDOUT_FRACTION,
     families: Mapping[str, Callable[[], Pipeline]] = FAMILIES,
-) -> TrainResult:
-    """Trains every family on ``frame``, registers the best as challenger and applies the guarded promotion.
+    register: bool = True,
+    dataset: str | None = None,
+) -> tuple[Candidate, pd.DataFrame]:
+    """Trains and evaluates every family; registers the best as ``challenger`` (unless ``register`` is False).
 
-    Refuses (``TrainingSetError`` / ``MissingFeatureError``) before any MLflow call
-    when the data cannot train or judge a model, so nothing is registered then.
+    Returns the candidate and the holdout it was judged on. Refuses
+    (``TrainingSetError`` / ``MissingFeatureError``) before any MLflow call when the
+    data cannot train or judge a model, so nothing is registered then.
     """
     if BASELINE_FAMILY not in families:
         raise ValueError(f"families must include {BASELINE_FAMILY!r}, the baseline the champion is compared with")
-    check_training_set(frame)
+    if dataset is not None:
+        check_columns(frame, (DATASET,))
+        frame = frame[frame[DATASET] == dataset]
+    what = "training set" if dataset is None else f"training set (dataset {dataset!r} only)"
+    check_training_set(frame, what)
     train_set, holdout = time_split(frame, holdout_fraction)
     check_training_set(train_set, "training part of the time split")
     check_training_set(holdout, "holdout (latest events) of the time split")
@@ -255,6 +281,7 @@ def train(
         "training_table": training_table or "(in-memory frame)",
         "training_table_version": "unknown" if table_version is None else str(table_version),
         "holdout_fraction": holdout_fraction,
+        "dataset_filter": dataset or "all",
         "train_rows": len(train_set),
         "holdout_rows": len(holdout),
         "train_time_range": _time_range(train_set),
@@ -265,6 +292,7 @@ def train(
     point_fluent_api_at(tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name="ctr-training") as parent:
         mlflow.log_params(common_params)
+        mlflow.set_tag("run_kind", "training" if register else "evaluation")
         constant = evaluate(holdout[LABEL].to_numpy(), np.full(len(holdout), train_ctr))
         mlflow.log_metrics({f"constant_ctr.{name}": value for name, value in constant.items()})
         runs = {
@@ -275,28 +303,142 @@ def train(
             mlflow.log_metrics({f"{run.family}.{name}": value for name, value in run.metrics.items()})
         best = min(runs.values(), key=lambda run: run.metrics["normalized_entropy"])
         mlflow.set_tag("best_family", best.family)
-        version = register_challenger(tracking_uri, best.model_uri, best.model_id, best.run_id, best.family)
-        promotion = apply_promotion(tracking_uri, version, holdout, parent.info.run_id)
-        champion = promotion.challenger_metrics if promotion.decision.promote else promotion.champion_metrics
-        if champion is not None:
-            champion_ne = champion["normalized_entropy"]
-            mlflow.log_metrics(
-                {
-                    "champion.normalized_entropy": champion_ne,
-                    "champion.ne_minus_constant_ctr": champion_ne - constant["normalized_entropy"],
-                    "champion.ne_minus_logistic_regression": champion_ne
-                    - runs[BASELINE_FAMILY].metrics["normalized_entropy"],
-                }
-            )
-    return TrainResult(
+        version = None
+        if register:
+            version = register_challenger(tracking_uri, best.model_uri, best.model_id, best.run_id, best.family)
+            mlflow.set_tag(REGISTERED_VERSION_TAG, version)
+    candidate = Candidate(
         parent_run_id=parent.info.run_id,
         training_table_version=table_version,
         runs=runs,
         best_family=best.family,
         model_version=version,
         constant_ctr_metrics=constant,
+    )
+    return candidate, holdout
+
+
+def promote(settings: Settings, parent_run_id: str, model_version: str, holdout: pd.DataFrame) -> Promotion:
+    """The guarded promotion of ``model_version`` on ``holdout``; logs the decision and the champion's
+    standing against the constant-CTR baseline and plain logistic regression to the training run."""
+    tracking_uri = settings.mlflow_tracking_uri
+    promotion = apply_promotion(tracking_uri, model_version, holdout, parent_run_id)
+    champion = promotion.challenger_metrics if promotion.decision.promote else promotion.champion_metrics
+    if champion is not None:
+        client = tracking_client(tracking_uri)
+        logged = client.get_run(parent_run_id).data.metrics
+        champion_ne = champion["normalized_entropy"]
+        for name, value in {
+            "champion.normalized_entropy": champion_ne,
+            "champion.ne_minus_constant_ctr": champion_ne - logged["constant_ctr.normalized_entropy"],
+            "champion.ne_minus_logistic_regression": champion_ne - logged[f"{BASELINE_FAMILY}.normalized_entropy"],
+        }.items():
+            client.log_metric(parent_run_id, name, value)
+    return promotion
+
+
+def train(
+    settings: Settings,
+    frame: pd.DataFrame,
+    table_version: int | None,
+    *,
+    training_table: str = "",
+    holdout_fraction: float = HOLDOUT_FRACTION,
+    families: Mapping[str, Callable[[], Pipeline]] = FAMILIES,
+) -> TrainResult:
+    """Trains every family on ``frame``, registers the best as challenger and applies the guarded promotion."""
+    candidate, holdout = fit_and_register(
+        settings, frame, table_version, training_table=training_table, holdout_fraction=holdout_fraction,
+        families=families,
+    )  # fmt: skip
+    assert candidate.model_version is not None  # registering is the default
+    promotion = promote(settings, candidate.parent_run_id, candidate.model_version, holdout)
+    return TrainResult(
+        parent_run_id=candidate.parent_run_id,
+        training_table_version=table_version,
+        runs=candidate.runs,
+        best_family=candidate.best_family,
+        model_version=candidate.model_version,
+        constant_ctr_metrics=candidate.constant_ctr_metrics,
         promotion=promotion,
     )
+
+
+def default_training_table(settings: Settings) -> tuple[str, dict[str, str]]:
+    return settings.delta_rs_location(Table.GOLD_CTR_TRAINING_SET)
+
+
+def registering_runs(settings: Settings, max_results: int) -> list[Run]:
+    """The latest training runs that registered a ``ctr-model`` version, newest first."""
+    client = tracking_client(settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    if experiment is None:
+        return []
+    return list(
+        client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.{REGISTERED_VERSION_TAG} != ''",
+            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+        )
+    )
+
+
+def last_trained_version(settings: Settings, training_table: str) -> tuple[str, int] | None:
+    """(run id, table version) of the latest training run that registered a model from ``training_table``."""
+    for run in registering_runs(settings, max_results=20):
+        params = run.data.params
+        if params.get("training_table") == training_table and params.get("training_table_version", "").isdigit():
+            return run.info.run_id, int(params["training_table_version"])
+    return None
+
+
+def train_task(settings: Settings | None = None, force: bool = False) -> dict[str, Any]:
+    """Airflow task body: train on the current training table and register the challenger (no promotion).
+
+    A table version that already produced a registered model is not trained again
+    (hourly feature builds often add nothing) unless ``force``.
+    """
+    settings = settings or get_settings()
+    ensure_reachable(settings.mlflow_tracking_uri)
+    location, options = default_training_table(settings)
+    frame, version = load_training_set(location, options)
+    previous = None if force else last_trained_version(settings, location)
+    if previous is not None and previous[1] == version:
+        print(f"training table version {version} was already trained in run {previous[0]}; nothing to do")
+        return {"trained": False, "training_run": previous[0], "training_table_version": version}
+    candidate, _ = fit_and_register(settings, frame, version, training_table=location)
+    print(candidate_summary(candidate), flush=True)
+    return {
+        "trained": True,
+        "training_run": candidate.parent_run_id,
+        "model_version": candidate.model_version,
+        "best_family": candidate.best_family,
+        "training_table_version": version,
+    }
+
+
+def candidate_summary(candidate: Candidate) -> str:
+    lines = [
+        f"training table version {candidate.training_table_version}, parent run {candidate.parent_run_id}",
+        f"constant CTR baseline: NE {candidate.constant_ctr_metrics['normalized_entropy']:.4f}",
+    ]
+    for run in candidate.runs.values():
+        m = run.metrics
+        lines.append(
+            f"{run.family}: NE {m['normalized_entropy']:.4f}, ROC AUC {m['roc_auc']:.4f}, "
+            f"calibration {m['calibration']:.3f} (run {run.run_id})"
+        )
+        lines += [
+            f"  {name.split('.')[0]} only: ROC AUC {value:.4f}"
+            for name, value in sorted(m.items())
+            if name.endswith(".roc_auc")
+        ]
+    if candidate.model_version is None:
+        lines.append(f"evaluation only: best family {candidate.best_family}, nothing registered")
+    else:
+        lines.append(f"registered {candidate.best_family} as ctr-model version {candidate.model_version} (challenger)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
@@ -307,21 +449,42 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         help="path or URI of the Delta training set (default: LAKE_ROOT/gold/ctr_training_set)",
     )
     parser.add_argument("--holdout-fraction", type=float, default=HOLDOUT_FRACTION)
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="train and evaluate on one dataset's examples alone (advertising, ads16, auctions); registers nothing",
+    )
+    parser.add_argument(
+        "--skip-promotion", action="store_true", help="register the challenger only (python -m ml.promote decides)"
+    )
     args = parser.parse_args(argv)
     settings = settings or get_settings()
     if args.training_table:
         location, options = args.training_table, {}
     else:
-        location, options = settings.delta_rs_location(Table.GOLD_CTR_TRAINING_SET)
+        location, options = default_training_table(settings)
     try:
         ensure_reachable(settings.mlflow_tracking_uri)
         frame, version = load_training_set(location, options)
-        result = train(settings, frame, version, training_table=location, holdout_fraction=args.holdout_fraction)
+        candidate, holdout = fit_and_register(
+            settings, frame, version, training_table=location, holdout_fraction=args.holdout_fraction,
+            register=args.dataset is None, dataset=args.dataset,
+        )  # fmt: skip
     except (TrainingSetError, MissingFeatureError, TrackingServerUnreachable) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 1
-    print(result.summary(), flush=True)
+    print(candidate_summary(candidate), flush=True)
+    if candidate.model_version is not None and not args.skip_promotion:
+        print(promotion_summary(promote(settings, candidate.parent_run_id, candidate.model_version, holdout)))
     return 0
+
+
+def promotion_summary(promotion: Promotion) -> str:
+    verdict = "promoted to champion" if promotion.decision.promote else "not promoted"
+    return (
+        f"ctr-model version {promotion.challenger_version}: {verdict} ({'; '.join(promotion.decision.reasons)}); "
+        f"champion is now version {promotion.champion_after}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,12 @@ tasks = {
     dag_id: {task.task_id: sorted(outlet.name for outlet in task.outlets) for task in dag.tasks}
     for dag_id, dag in bag.dags.items()
 }
-print(json.dumps({"dag_ids": sorted(bag.dag_ids), "import_errors": bag.import_errors, "tasks": tasks}))
+def scheduled_on(dag):
+    condition = getattr(dag.timetable, "asset_condition", None)
+    return sorted(asset.name for asset in getattr(condition, "objects", []))
+schedules = {dag_id: scheduled_on(dag) for dag_id, dag in bag.dags.items()}
+print(json.dumps({"dag_ids": sorted(bag.dag_ids), "import_errors": bag.import_errors, "tasks": tasks,
+                  "schedules": schedules}))
 """
 
 
@@ -60,6 +65,11 @@ def test_dag_folder_has_no_import_errors(tmp_path):
         "ads16.load_bronze": ["bronze/ads16_ads", "bronze/ads16_ratings", "bronze/ads16_users"],
         "amazon.load_bronze": ["bronze/amazon_ads"],
     }
+    assert parsed["tasks"][DagId.CTR_TRAINING] == {"train_and_register": [], "promote_challenger": ["ctr-model"]}
+    assert parsed["schedules"][DagId.CTR_TRAINING] == ["gold/ctr_training_set"]
+    assert parsed["schedules"][DagId.FEATURE_BUILD] == [
+        "bronze/ads16_ads", "bronze/ads16_ratings", "bronze/ads16_users", "bronze/advertising", "bronze/amazon_ads",
+    ]  # fmt: skip
 
 
 def test_a_broken_dag_file_is_reported(tmp_path):
@@ -135,3 +145,24 @@ def test_airflow_dags_test_builds_features_from_bronze(tmp_path):
     assert set(training.column("source").to_pylist()) == {"bootstrap"}
     users = DeltaTable(settings.delta_rs_location(Table.GOLD_USER_FEATURES)[0]).to_pyarrow_table()
     assert users.num_rows == 1024
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_trains_and_leaves_a_champion(tmp_path):
+    from deltalake import write_deltalake
+
+    from ml.registry import version_by_alias
+    from ml.synthetic import training_frame
+    from ml.tracking import tracking_client
+
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
+    tracking_client(mlflow_uri).create_experiment("ctr", artifact_location=str(tmp_path / "artifacts"))
+    write_deltalake(settings.delta_rs_location(Table.GOLD_CTR_TRAINING_SET)[0], training_frame(600, seed=3))
+    assert _airflow(settings, "db", "migrate").returncode == 0
+    result = _airflow(settings, "dags", "test", DagId.CTR_TRAINING)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "state=success" in log, log[-5000:]
+    assert version_by_alias(mlflow_uri, "champion") == "1"
+    assert "promoted to champion (there is no champion yet)" in log

@@ -1,0 +1,44 @@
+"""gold/ctr_training_set -> CTR model families in MLflow -> guarded promotion of ctr-model@champion.
+
+Runs when feature_build publishes the training set (Asset). Wiring only: the tasks
+call `ml.train.train_task` and `ml.promote.promote_after_training`, also runnable
+as `python -m ml.train --skip-promotion` and `python -m ml.promote`. A training-set
+version that was already trained is skipped unless the run's param `force` is true.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from adstream.assets import registered_model_asset, table_asset
+from adstream.contracts import Table
+
+
+@dag(
+    dag_id="ctr_training",
+    schedule=[table_asset(Table.GOLD_CTR_TRAINING_SET)],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params={"force": Param(False, type="boolean", description="train even if this table version was trained")},
+    tags=["ml", "mlflow"],
+)
+def ctr_training():
+    @task
+    def train_and_register() -> dict:
+        from ml.train import train_task
+
+        return train_task(force=bool(get_current_context()["params"]["force"]))
+
+    @task(outlets=[registered_model_asset()])
+    def promote_challenger(training: dict) -> dict:
+        from ml.promote import promote_after_training
+
+        return promote_after_training(training)
+
+    promote_challenger(train_and_register())
+
+
+ctr_training()
