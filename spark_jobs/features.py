@@ -12,6 +12,13 @@ Documented rules:
   category CTR, ad CTR) uses only examples strictly earlier than it, smoothed
   toward a fixed prior (PRIOR_CTR with PRIOR_WEIGHT pseudo-examples), so no label
   from the example's own time or later leaks in. A test proves it.
+- Logged examples (source ``logged``, dataset ``auctions``): every filled auction
+  of silver/auctions whose ad was shown (an ``impression`` in silver/feedback_events)
+  is one example at the auction's time; its label is 1 when a ``click`` on that
+  auction arrives within ATTRIBUTION_WINDOW (30 min) of the impression, else 0.
+  Clicks without an impression, and unfilled auctions, make no example.
+- Hourly (scheduled) runs rebuild the logged examples of the hour that ended one
+  attribution window ago, [start - window, end - window): their labels are final.
 - Serving features (gold/user_features, gold/ad_features) use all history: they
   are what the auction sees now.
 """
@@ -20,22 +27,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from adstream.contracts import Table
+from adstream.events import EventType
 from adstream.settings import Settings, get_settings
-from ml.features import EXAMPLE_ID, FEATURES, LABEL, SOURCE, TIME_COLUMN
+from ml.features import DATASET, EXAMPLE_ID, FEATURES, LABEL, SOURCE, TIME_COLUMN
 
 PRIOR_CTR = 0.1
 PRIOR_WEIGHT = 20.0
 ADS16_PERIOD_START = "2016-01-01 00:00:00"
 ADS16_PERIOD_SECONDS = 205 * 24 * 3600  # through 2016-07-24
 UNKNOWN = "unknown"
+ATTRIBUTION_WINDOW = timedelta(minutes=30)
 # The training side's contract (ml.features) names the feature columns; this job adds the ids.
-TRAINING_COLUMNS = (EXAMPLE_ID, SOURCE, TIME_COLUMN, LABEL, "user_id", "ad_id", *FEATURES)
+TRAINING_COLUMNS = (EXAMPLE_ID, SOURCE, DATASET, TIME_COLUMN, LABEL, "user_id", "ad_id", *FEATURES)
 
 
 def age_band(age: Column) -> Column:
@@ -78,6 +88,9 @@ def ads16_examples(ratings: DataFrame, users: DataFrame) -> DataFrame:
             F.col("category_name").alias("ad_category"),
             F.timestamp_seconds(start + spread).alias("event_time"),
             rating_label(F.col("rating")).alias("label"),
+            F.lit("bootstrap").alias("source"),
+            F.lit("ads16").alias("dataset"),
+            F.lit(None).cast("string").alias("device_type"),
         )
         .join(users, "user_id", "left")
     )
@@ -92,7 +105,54 @@ def advertising_examples(advertising: DataFrame, users: DataFrame) -> DataFrame:
         F.lit(UNKNOWN).alias("ad_category"),
         F.col("timestamp").alias("event_time"),
         F.col("clicked_on_ad").cast("int").alias("label"),
+        F.lit("bootstrap").alias("source"),
+        F.lit("advertising").alias("dataset"),
+        F.lit(None).cast("string").alias("device_type"),
     ).join(users, "user_id", "left")
+
+
+def logged_examples(auctions: DataFrame, feedback: DataFrame, users: DataFrame) -> DataFrame:
+    """Served auctions as labelled impressions: clicked within the attribution window or not."""
+    impressions = (
+        feedback.where(F.col("event_type") == EventType.IMPRESSION.value)
+        .groupBy("auction_id")
+        .agg(F.min("event_time").alias("impression_time"))
+    )
+    clicks = feedback.where(F.col("event_type") == EventType.CLICK.value).select(
+        "auction_id", F.col("event_time").alias("click_time")
+    )
+    attributed = (
+        impressions.join(clicks, "auction_id", "left")
+        .groupBy("auction_id", "impression_time")
+        .agg(
+            F.max(
+                (
+                    (F.col("click_time") >= F.col("impression_time"))
+                    & (F.col("click_time") <= F.col("impression_time") + F.expr(_interval(ATTRIBUTION_WINDOW)))
+                ).cast("int")
+            ).alias("label")
+        )
+    )
+    served = auctions.where(F.col("filled") & F.col("ad_id").isNotNull()).dropDuplicates(["auction_id"])
+    return (
+        served.join(attributed, "auction_id")
+        .select(
+            F.concat(F.lit("auction:"), F.col("auction_id")).alias("example_id"),
+            "user_id",
+            "ad_id",
+            F.coalesce(F.col("ad_category"), F.lit(UNKNOWN)).alias("ad_category"),
+            "event_time",
+            F.coalesce(F.col("label"), F.lit(0)).alias("label"),
+            F.lit("logged").alias("source"),
+            F.lit("auctions").alias("dataset"),
+            "device_type",
+        )
+        .join(users, "user_id", "left")
+    )
+
+
+def _interval(delta: timedelta) -> str:
+    return f"INTERVAL {int(delta.total_seconds())} SECONDS"
 
 
 def _rate_before(examples: DataFrame, keys: list[str], name: str) -> DataFrame:
@@ -111,20 +171,30 @@ def _rate_before(examples: DataFrame, keys: list[str], name: str) -> DataFrame:
     return examples.join(rates, [*keys, "event_time"], "left")
 
 
-def build_training_set(advertising: DataFrame, ratings: DataFrame, users: DataFrame) -> DataFrame:
-    """Bootstrap examples with every rate feature as of the example's time."""
+def build_training_set(
+    advertising: DataFrame,
+    ratings: DataFrame,
+    users: DataFrame,
+    auctions: DataFrame | None = None,
+    feedback: DataFrame | None = None,
+) -> DataFrame:
+    """Bootstrap examples, and logged ones given the auction log and feedback, with every rate feature
+    as of the example's time."""
     user_columns = users.select(
         "user_id", "age", "gender", "income_band", "country",
         "daily_time_spent_on_site", "daily_internet_usage", "area_income",
     )  # fmt: skip
     examples = advertising_examples(advertising, user_columns).unionByName(ads16_examples(ratings, user_columns))
+    if auctions is not None and feedback is not None:
+        examples = examples.unionByName(logged_examples(auctions, feedback, user_columns))
     examples = examples.withColumn("segment", segment(F.col("gender"), F.col("age")))
     examples = _rate_before(examples, ["segment", "ad_category"], "category_affinity")
     examples = _rate_before(examples, ["ad_category"], "category_ctr_smoothed")
     examples = _rate_before(examples, ["ad_id"], "ad_ctr_smoothed")
     return examples.select(
         "example_id",
-        F.lit("bootstrap").alias("source"),
+        "source",
+        "dataset",
         "event_time",
         F.col("label").cast("int").alias("label"),
         "user_id",
@@ -142,7 +212,7 @@ def build_training_set(advertising: DataFrame, ratings: DataFrame, users: DataFr
         F.coalesce(F.col("income_band"), F.lit(UNKNOWN)).alias("income_band"),
         F.coalesce(F.col("country"), F.lit(UNKNOWN)).alias("country"),
         "ad_category",
-        F.lit(None).cast("string").alias("device_type"),
+        "device_type",
     )
 
 
@@ -174,19 +244,32 @@ def build_user_features(users: DataFrame, affinities: DataFrame) -> DataFrame:
     )  # fmt: skip
 
 
-def build_ad_features(ads: DataFrame, training_set: DataFrame) -> DataFrame:
-    """One serving row per ad: category and smoothed CTRs from all labelled history."""
+def build_ad_features(ads: DataFrame, training_set: DataFrame, feedback: DataFrame | None = None) -> DataFrame:
+    """One serving row per ad: category and smoothed CTRs from all labelled history (bootstrap and
+    attributed auctions), plus the raw impression and click counts the feedback stream has logged."""
     by_ad = training_set.groupBy("ad_id").agg(smoothed(F.sum("label"), F.count("*")).alias("ad_ctr_smoothed"))
     by_category = training_set.groupBy(F.col("ad_category").alias("category")).agg(
         smoothed(F.sum("label"), F.count("*")).alias("category_ctr_smoothed")
     )
+    if feedback is not None:
+        counts = feedback.groupBy("ad_id").agg(
+            F.count_distinct(F.when(F.col("event_type") == EventType.IMPRESSION.value, F.col("auction_id")))
+            .alias("logged_impressions"),
+            F.count_distinct(F.when(F.col("event_type") == EventType.CLICK.value, F.col("auction_id")))
+            .alias("logged_clicks"),
+        )  # fmt: skip
+        counted = ads.join(counts, "ad_id", "left")
+    else:
+        counted = ads.withColumn("logged_impressions", F.lit(None)).withColumn("logged_clicks", F.lit(None))
     return (
-        ads.join(by_ad, "ad_id", "left")
+        counted.join(by_ad, "ad_id", "left")
         .join(by_category, "category", "left")
         .select(
             "ad_id", "source", "category", "title",
             F.coalesce("ad_ctr_smoothed", F.lit(PRIOR_CTR)).alias("ad_ctr_smoothed"),
             F.coalesce("category_ctr_smoothed", F.lit(PRIOR_CTR)).alias("category_ctr_smoothed"),
+            F.coalesce(F.col("logged_impressions").cast("long"), F.lit(0)).alias("logged_impressions"),
+            F.coalesce(F.col("logged_clicks").cast("long"), F.lit(0)).alias("logged_clicks"),
         )
     )  # fmt: skip
 
@@ -207,9 +290,17 @@ def build(
     def read(table: Table) -> DataFrame:
         return spark.read.format("delta").load(settings.lake_path(table))
 
+    def read_if_any(table: Table) -> DataFrame | None:
+        # The auction log and feedback exist once the platform has served; before that, bootstrap only.
+        return read(table) if DeltaTable.isDeltaTable(spark, settings.lake_path(table)) else None
+
     users, ads = read(Table.SILVER_USERS), read(Table.SILVER_ADS)
     ratings, advertising = read(Table.BRONZE_ADS16_RATINGS), read(Table.BRONZE_ADVERTISING)
-    training = in_interval(build_training_set(advertising, ratings, users), start, end).cache()
+    auctions, feedback = read_if_any(Table.SILVER_AUCTIONS), read_if_any(Table.SILVER_FEEDBACK_EVENTS)
+    if auctions is None or feedback is None:
+        print("no silver/auctions + silver/feedback_events yet: bootstrap examples only")
+    examples = build_training_set(advertising, ratings, users, auctions, feedback)
+    training = in_interval(examples, start, end).cache()
     rows = training.count()
     written = {}
     if rows == 0:
@@ -232,7 +323,7 @@ def build(
         written[Table.GOLD_CTR_TRAINING_SET.value] = rows
     affinities = segment_affinities(ratings, users)
     user_features = build_user_features(users, affinities)
-    ad_features = build_ad_features(ads, read(Table.GOLD_CTR_TRAINING_SET) if rows else training)
+    ad_features = build_ad_features(ads, read(Table.GOLD_CTR_TRAINING_SET) if rows else training, feedback)
     for table, frame in ((Table.GOLD_USER_FEATURES, user_features), (Table.GOLD_AD_FEATURES, ad_features)):
         frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(settings.lake_path(table))
         written[table.value] = read(table).count()
@@ -243,8 +334,11 @@ def build(
 def interval_for_run(
     run_type: str, start: datetime | None, end: datetime | None
 ) -> tuple[datetime | None, datetime | None]:
-    """Scheduled (hourly) runs rebuild their data interval; asset-triggered and manual runs rebuild everything."""
-    return (start, end) if run_type == "scheduled" else (None, None)
+    """Scheduled (hourly) runs rebuild the examples of the hour whose attribution window has closed,
+    [start - window, end - window); asset-triggered and manual runs rebuild everything."""
+    if run_type != "scheduled" or start is None or end is None:
+        return None, None
+    return start - ATTRIBUTION_WINDOW, end - ATTRIBUTION_WINDOW
 
 
 def build_task(run_type: str, start: datetime | None, end: datetime | None) -> dict[str, int]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from adstream.events import AuctionRecord, FeedbackEvent, spark_ddl
 from ingestion.pipeline import ingest
 from spark_jobs import features, silver
 from tests.conftest import make_settings
@@ -32,6 +33,91 @@ def frames(spark, clicks: list[bool]):
     )
     ratings = spark.createDataFrame([], RATINGS_SCHEMA)
     return advertising, ratings, users
+
+
+T1 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+def auction(auction_id: str, at: datetime, ad_id: str = "amazon-ad-1", filled: bool = True) -> dict:
+    winner = {
+        "campaign_id": "cmp-1", "advertiser_id": "adv-1", "ad_id": ad_id, "ad_category": "Electronics",
+        "pricing_model": "CPC", "bid_micros": 500_000, "clearing_price_micros": 310_000, "pctr": 0.05,
+    } if filled else {}  # fmt: skip
+    return AuctionRecord(
+        auction_id=auction_id, event_time=at, user_id="adv-000001", device_type="mobile", floor_micros=100_000,
+        candidate_count=3 if filled else 0, filled=filled, latency_ms=2.5, **winner,
+    ).model_dump()  # fmt: skip
+
+
+def event(event_id: str, auction_id: str, event_type: str, at: datetime, ad_id: str = "amazon-ad-1") -> dict:
+    return FeedbackEvent(
+        event_id=event_id, event_type=event_type, event_time=at, auction_id=auction_id, campaign_id="cmp-1",
+        advertiser_id="adv-1", ad_id=ad_id, user_id="adv-000001", pricing_model="CPC",
+        cost_micros=310_000 if event_type == "click" else 0,
+    ).model_dump()  # fmt: skip
+
+
+def auction_log(spark, auctions: list[dict], events: list[dict]):
+    return (
+        spark.createDataFrame(auctions, spark_ddl(AuctionRecord)),
+        spark.createDataFrame(events, spark_ddl(FeedbackEvent)),
+    )
+
+
+def test_logged_labels_follow_the_attribution_window(spark):
+    minute = timedelta(minutes=1)
+    auctions, feedback = auction_log(
+        spark,
+        [auction(a, T1) for a in ("a1", "a2", "a3", "a5", "a6")] + [auction("a4", T1, filled=False)],
+        [
+            event("e1", "a1", "impression", T1), event("e2", "a1", "click", T1 + 10 * minute),
+            event("e3", "a2", "impression", T1 + minute), event("e4", "a2", "click", T1 + 45 * minute),
+            event("e5", "a3", "click", T1 + minute),  # a click without an impression
+            event("e6", "a5", "impression", T1), event("e7", "a5", "click", T1 + 2 * minute),
+            event("e8", "a5", "click", T1 + 3 * minute),
+            event("e9", "a6", "impression", T1), event("e10", "a6", "impression", T1 + minute),
+            event("e11", "a6", "click", T1 - minute),  # before the impression: not attributed
+        ],
+    )  # fmt: skip
+    users = spark.createDataFrame([("adv-000001", 30, "F", "low", "Chad", 60.0, 150.0, 40000.0)], USERS_SCHEMA)
+    rows = features.logged_examples(auctions, feedback, users).collect()
+    assert {row.example_id: row.label for row in rows} == {
+        "auction:a1": 1, "auction:a2": 0, "auction:a5": 1, "auction:a6": 0,
+    }  # fmt: skip
+    assert {(row.source, row.dataset, row.device_type, row.ad_category, row.country) for row in rows} == {
+        ("logged", "auctions", "mobile", "Electronics", "Chad")
+    }
+
+
+def test_logged_examples_see_only_earlier_labels_of_their_ad(spark):
+    hour = timedelta(hours=1)
+    auctions, feedback = auction_log(
+        spark,
+        [auction("b1", T1), auction("b2", T1 + hour), auction("b3", T1 + 2 * hour)],
+        [
+            event("f1", "b1", "impression", T1), event("f2", "b1", "click", T1 + timedelta(minutes=5)),
+            event("f3", "b2", "impression", T1 + hour), event("f4", "b2", "click", T1 + hour),
+            event("f5", "b3", "impression", T1 + 2 * hour),
+        ],
+    )  # fmt: skip
+    advertising, ratings, users = frames(spark, [])
+    training = features.build_training_set(advertising, ratings, users, auctions, feedback)
+    ctr = {row.example_id: row.ad_ctr_smoothed for row in training.where(F.col("source") == "logged").collect()}
+    prior, weight = features.PRIOR_CTR, features.PRIOR_WEIGHT
+    # b1's own click (5 min after it) is not a feature of b1; b3 sees b1 and b2, both clicked.
+    assert ctr == pytest.approx(
+        {"auction:b1": prior, "auction:b2": (1 + prior * weight) / (1 + weight),
+         "auction:b3": (2 + prior * weight) / (2 + weight)}
+    )  # fmt: skip
+
+
+def test_hourly_runs_rebuild_the_hour_whose_attribution_window_closed():
+    start, end = datetime(2026, 11, 24, 10, tzinfo=UTC), datetime(2026, 11, 24, 11, tzinfo=UTC)
+    assert features.interval_for_run("scheduled", start, end) == (
+        datetime(2026, 11, 24, 9, 30, tzinfo=UTC), datetime(2026, 11, 24, 10, 30, tzinfo=UTC),
+    )  # fmt: skip
+    assert features.interval_for_run("manual", start, end) == (None, None)
+    assert features.interval_for_run("asset_triggered", start, end) == (None, None)
 
 
 def affinity_by_example(training) -> dict[str, float]:
@@ -79,10 +165,24 @@ def test_gold_tables_from_the_committed_samples_and_interval_replace(spark, tmp_
     for dataset in ("advertising", "ads16", "amazon"):
         ingest(settings, dataset)
     silver.build(spark, settings)
+    assert "gold/ctr_training_set" in features.build(spark, settings)  # before any auction: bootstrap only
+    ad_id = spark.read.format("delta").load(settings.lake_path("silver/ads")).first().ad_id
+    auctions, feedback = auction_log(
+        spark,
+        [auction(f"s{i}", T1 + timedelta(minutes=i), ad_id=ad_id) for i in range(3)],
+        [event(f"g{i}", f"s{i}", "impression", T1 + timedelta(minutes=i), ad_id=ad_id) for i in range(3)]
+        + [event("g9", "s0", "click", T1 + timedelta(minutes=4), ad_id=ad_id)],
+    )
+    auctions.write.format("delta").save(settings.lake_path("silver/auctions"))
+    feedback.write.format("delta").save(settings.lake_path("silver/feedback_events"))
     written = features.build(spark, settings)
     training = spark.read.format("delta").load(settings.lake_path("gold/ctr_training_set"))
     assert written["gold/ctr_training_set"] == training.count()
-    assert {row.source for row in training.select("source").distinct().collect()} == {"bootstrap"}
+    assert {row.source for row in training.select("source").distinct().collect()} == {"bootstrap", "logged"}
+    logged = {row.example_id: row.label for row in training.where(F.col("source") == "logged").collect()}
+    assert logged == {"auction:s0": 1, "auction:s1": 0, "auction:s2": 0}
+    ad = spark.read.format("delta").load(settings.lake_path("gold/ad_features")).where(F.col("ad_id") == ad_id)
+    assert [(row.logged_impressions, row.logged_clicks) for row in ad.collect()] == [(3, 1)]
     assert training.where(F.col("example_id").startswith("adv:")).count() == 1000
     assert training.select("example_id").distinct().count() == training.count()
     assert set(features.TRAINING_COLUMNS) <= set(training.columns)

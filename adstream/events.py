@@ -1,0 +1,135 @@
+"""The versioned record schemas of the Kafka topics ``ad-feedback`` and ``auctions``, kept in one place.
+
+The auction service validates and publishes with these models; the streaming job
+parses with the Spark schema derived from the same models (``spark_ddl``), and
+the feature and billing jobs read the silver tables that carry these columns.
+Money is integer micros (1 USD = 1,000,000), never a float.
+
+A change that old readers cannot parse is a new ``SCHEMA_VERSION``; adding an
+optional field is not.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+MICROS_PER_UNIT = 1_000_000
+
+
+class EventType(StrEnum):
+    IMPRESSION = "impression"
+    CLICK = "click"
+    CONVERSION = "conversion"
+    VIDEO_START = "video_start"
+    VIDEO_COMPLETE = "video_complete"
+
+
+class PricingModel(StrEnum):
+    CPM = "CPM"  # billed per impression (the bid is per thousand)
+    CPC = "CPC"  # billed per click
+    CPA = "CPA"  # billed per conversion
+
+
+# The one event type each pricing model pays for.
+BILLABLE_EVENT: dict[PricingModel, EventType] = {
+    PricingModel.CPM: EventType.IMPRESSION,
+    PricingModel.CPC: EventType.CLICK,
+    PricingModel.CPA: EventType.CONVERSION,
+}
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+
+class FeedbackEvent(_Record):
+    """One record of ``ad-feedback`` (key: auction_id), as the auction service publishes it.
+
+    The service fills the auction's fields (campaign, ad, pricing, pctr, cost) from
+    its own auction log, so a client cannot set what it is charged.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(min_length=1, max_length=64)
+    event_type: EventType
+    event_time: AwareDatetime
+    auction_id: str = Field(min_length=1, max_length=64)
+    campaign_id: str
+    advertiser_id: str
+    ad_id: str
+    user_id: str | None = None
+    device_type: str | None = None
+    channel: str | None = None  # "web" or "app"
+    content_type: str | None = None  # "display" or "video"
+    pricing_model: PricingModel
+    cost_micros: int = Field(ge=0)  # what this event is billed; 0 unless it is the billable type
+    currency: str = "USD"
+    pctr: float | None = Field(default=None, ge=0, le=1)
+    model_version: str | None = None
+
+
+class AuctionRecord(_Record):
+    """One record of ``auctions`` (key: auction_id): the request context, the outcome and its price."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    auction_id: str = Field(min_length=1, max_length=64)
+    event_time: AwareDatetime
+    user_id: str | None = None
+    country: str | None = None
+    age: int | None = None
+    gender: str | None = None
+    device_type: str | None = None
+    channel: str | None = None
+    content_type: str | None = None
+    floor_micros: int = Field(ge=0)
+    candidate_count: int = Field(ge=0)
+    filled: bool
+    campaign_id: str | None = None  # the winner's, when filled
+    advertiser_id: str | None = None
+    ad_id: str | None = None
+    ad_category: str | None = None
+    pricing_model: PricingModel | None = None
+    bid_micros: int | None = None  # in the winner's billing unit (CPM: per thousand impressions)
+    clearing_price_micros: int | None = None  # same unit; never above the bid
+    pctr: float | None = None
+    ecpm_micros: int | None = None
+    runner_up_ecpm_micros: int | None = None
+    model_version: str | None = None
+    latency_ms: float = Field(ge=0)
+    currency: str = "USD"
+
+
+_SPARK_TYPES: dict[type, str] = {
+    str: "string",
+    int: "bigint",
+    float: "double",
+    bool: "boolean",
+    datetime: "timestamp",
+    AwareDatetime: "timestamp",
+    EventType: "string",
+    PricingModel: "string",
+}
+
+
+def _spark_type(annotation: object) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (inner,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _spark_type(inner)
+    if typing.get_origin(annotation) is Literal:
+        return _spark_type(type(typing.get_args(annotation)[0]))
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _spark_type(typing.get_args(annotation)[0])
+    return _SPARK_TYPES[annotation]  # type: ignore[index]
+
+
+def spark_ddl(model: type[BaseModel]) -> str:
+    """The Spark DDL schema of ``model``'s JSON, field for field (for ``from_json`` and table schemas)."""
+    hints = typing.get_type_hints(model, include_extras=True)
+    return ", ".join(f"{name} {_spark_type(hints[name])}" for name in model.model_fields)
