@@ -1,0 +1,61 @@
+"""The topic record schemas: strict validation, and the Spark schema derived from the same models."""
+
+from datetime import datetime
+
+import pytest
+from pydantic import ValidationError
+
+from adstream.events import BILLABLE_EVENT, AuctionRecord, EventType, FeedbackEvent, PricingModel, spark_ddl
+
+CLICK = {
+    "event_id": "e-1", "event_type": "click", "event_time": "2026-11-24T10:00:00Z", "auction_id": "a-1",
+    "campaign_id": "c-1", "advertiser_id": "adv-1", "ad_id": "ad-1", "pricing_model": "CPC", "cost_micros": 250_000,
+}  # fmt: skip
+
+
+def test_a_valid_event_round_trips_through_json():
+    event = FeedbackEvent.model_validate(CLICK)
+    assert event.schema_version == 1 and event.event_type == "click"
+    assert FeedbackEvent.model_validate_json(event.model_dump_json()) == event
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"event_type": "hover"}, "event_type"),
+        ({"event_time": "2026-11-24T10:00:00"}, "event_time"),  # no time zone
+        ({"cost_micros": -1}, "cost_micros"),
+        ({"pctr": 1.5}, "pctr"),
+        ({"surprise": 1}, "surprise"),
+        ({"schema_version": 2}, "schema_version"),
+    ],
+)
+def test_invalid_events_are_refused_naming_the_field(change, field):
+    with pytest.raises(ValidationError) as error:
+        FeedbackEvent.model_validate({**CLICK, **change})
+    assert [e["loc"][0] for e in error.value.errors()] == [field]
+
+
+def test_each_pricing_model_bills_one_event_type():
+    assert BILLABLE_EVENT == {
+        PricingModel.CPM: EventType.IMPRESSION, PricingModel.CPC: EventType.CLICK,
+        PricingModel.CPA: EventType.CONVERSION,
+    }  # fmt: skip
+
+
+def test_the_spark_schema_follows_the_models():
+    feedback = spark_ddl(FeedbackEvent)
+    assert feedback.startswith("schema_version bigint, event_id string, event_type string, event_time timestamp, ")
+    assert "cost_micros bigint" in feedback and "pctr double" in feedback
+    auction = dict(part.split(" ") for part in spark_ddl(AuctionRecord).split(", "))
+    assert auction["filled"] == "boolean" and auction["clearing_price_micros"] == "bigint"
+    assert auction["latency_ms"] == "double" and auction["age"] == "bigint"
+    assert list(auction) == list(AuctionRecord.model_fields)
+
+
+def test_an_unfilled_auction_needs_no_winner():
+    record = AuctionRecord(
+        auction_id="a-9", event_time=datetime.fromisoformat("2026-11-24T10:00:00+00:00"), floor_micros=0,
+        candidate_count=0, filled=False, latency_ms=1.0,
+    )  # fmt: skip
+    assert record.campaign_id is None and record.clearing_price_micros is None
