@@ -4,10 +4,10 @@ PY    := .venv/bin/python
 KEEP_UP ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status run test bench lint format lock clean
+.PHONY: help setup up down status run test bench compare-runs lint format lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: ## Install Python deps (.venv, pinned) and JVM jars (Maven Central -> .local/jars); idempotent
 	@bash infra/setup.sh
@@ -32,6 +32,9 @@ test: setup ## Lint and run the whole test suite (starts and stops the Kafka bro
 bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/bench/ (REPEATS=3)
 	@$(PY) -m ingestion.benchmark --repeats $(or $(REPEATS),3)
 	@$(PY) -m ml.bench_scorer
+
+compare-runs: setup ## Compare CTR training runs side by side (metrics, params, champion/challenger decision); LAST=N
+	@$(PY) -m ml.compare --execute-notebook $(if $(LAST),--last $(LAST))
 
 lint: setup ## ruff check + format check
 	@.venv/bin/ruff check .
