@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adstream import services
-from adstream.contracts import Table, Topic
+from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, Topic
 from adstream.settings import Settings, child_process_env, get_settings
 
 
@@ -69,26 +69,23 @@ def smoke_flow(settings: Settings) -> None:
     print(f"    {services.log_file(settings, 'run-smoke').read_text().strip().splitlines()[-1]}")
 
 
-def record_in_mlflow(settings: Settings) -> None:
-    """Logs the smoke run to the MLflow server, proving tracking works end to end."""
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment(SMOKE_EXPERIMENT)
-    with mlflow.start_run(run_name="make-run-smoke") as run:
-        mlflow.log_param("lake_table", settings.lake_path(Table.SMOKE_EVENTS))
-        mlflow.log_metric("smoke_events_landed", SMOKE_EVENTS)
-    print(f"    MLflow run {run.info.run_id} in experiment '{SMOKE_EXPERIMENT}'")
+def train_ctr_model(settings: Settings) -> None:
+    """Trains the CTR families against the MLflow server and applies the guarded promotion."""
+    run_logged(settings, "training", sys.executable, "-m", "ml.train")
+    for line in services.log_file(settings, "run-training").read_text().strip().splitlines():
+        if line.startswith(
+            ("constant CTR", "logistic_regression", "gradient_boosted", "trees_plus", "  ", "ctr-model")
+        ):
+            print(f"    {line}")
 
 
 SMOKE_EVENTS = 500
-SMOKE_EXPERIMENT = "platform-smoke"
 STAGES = (
     Stage("start services (Kafka, MLflow, Airflow)", start_services),
     Stage("ingest the Kaggle datasets into bronze Delta, gated by Great Expectations", ingest_kaggle),
     Stage("build silver users/ads and gold features with Spark", build_features),
     Stage("smoke flow: Kafka -> Spark Structured Streaming -> Delta", smoke_flow),
-    Stage("record the smoke run in MLflow", record_in_mlflow),
+    Stage("train CTR models, register ctr-model and guard its promotion (MLflow)", train_ctr_model),
 )
 
 
@@ -102,7 +99,7 @@ def summary(settings: Settings) -> str:
             "  (bronze/, quarantine/, silver/, gold/, smoke/)",
             f"  Quality results    {settings.reports_dir.resolve() / 'quality'}",
             f"  MLflow UI          http://{settings.bind_host}:{settings.mlflow_port}"
-            f"  (experiment '{SMOKE_EXPERIMENT}')",
+            f"  (experiment '{MLFLOW_EXPERIMENT}', model '{REGISTERED_MODEL}@{CHAMPION_ALIAS}')",
             f"  Airflow UI         http://{settings.bind_host}:{settings.airflow_port}"
             f"  (user admin, password in {password_file})",
             f"  Service logs       {settings.log_dir.resolve()}",
