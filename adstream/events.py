@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 MICROS_PER_UNIT = 1_000_000
@@ -133,3 +133,75 @@ def spark_ddl(model: type[BaseModel]) -> str:
     """The Spark DDL schema of ``model``'s JSON, field for field (for ``from_json`` and table schemas)."""
     hints = typing.get_type_hints(model, include_extras=True)
     return ", ".join(f"{name} {_spark_type(hints[name])}" for name in model.model_fields)
+
+
+class CampaignStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STOPPED = "stopped"  # final: a stopped campaign never serves again
+
+
+class Targeting(_Record):
+    """Who a campaign may be shown to; an empty list or a missing bound means "any"."""
+
+    countries: list[str] = Field(default_factory=list, max_length=250)
+    age_min: int | None = Field(default=None, ge=13, le=120)
+    age_max: int | None = Field(default=None, ge=13, le=120)
+    genders: list[Literal["F", "M"]] = Field(default_factory=list)
+    device_types: list[Literal["mobile", "desktop", "tablet", "ctv"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _age_range(self) -> Targeting:
+        if self.age_min is not None and self.age_max is not None and self.age_min > self.age_max:
+            raise ValueError(f"age_min {self.age_min} is above age_max {self.age_max}")
+        return self
+
+
+class CampaignSpec(_Record):
+    """A campaign as its manager states it. Budgets and bids in integer micros of ``currency``;
+    the bid is per thousand impressions (CPM), per click (CPC) or per conversion (CPA)."""
+
+    advertiser_id: str = Field(min_length=1, max_length=64)
+    ad_id: str = Field(min_length=1, max_length=64)  # the creative, an ad of silver/ads
+    category: str = Field(min_length=1, max_length=64)
+    targeting: Targeting = Field(default_factory=Targeting)
+    pricing_model: PricingModel
+    bid_micros: int = Field(gt=0)
+    total_budget_micros: int = Field(gt=0)
+    daily_budget_micros: int = Field(gt=0)
+    flight_start: AwareDatetime
+    flight_end: AwareDatetime
+    frequency_cap_per_day: int = Field(default=10, ge=1, le=1000)  # impressions per user per UTC day
+    currency: Literal["USD"] = "USD"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignSpec:
+        if self.flight_end <= self.flight_start:
+            raise ValueError("flight_end must be after flight_start")
+        if self.daily_budget_micros > self.total_budget_micros:
+            raise ValueError("daily_budget_micros cannot exceed total_budget_micros")
+        return self
+
+
+class InstructionAction(StrEnum):
+    CREATE = "create"
+    STOP = "stop"
+
+
+class CampaignInstruction(_Record):
+    """One record of ``campaign-instructions`` (key: campaign_id); the ad manager applies each once."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    instruction_id: str = Field(min_length=1, max_length=64)  # idempotency key: a replay changes nothing
+    action: InstructionAction
+    campaign_id: str = Field(min_length=1, max_length=64)
+    issued_at: AwareDatetime
+    campaign: CampaignSpec | None = None  # required for create, absent for stop
+
+    @model_validator(mode="after")
+    def _campaign_matches_action(self) -> CampaignInstruction:
+        if self.action == InstructionAction.CREATE and self.campaign is None:
+            raise ValueError("a create instruction needs the campaign")
+        if self.action == InstructionAction.STOP and self.campaign is not None:
+            raise ValueError("a stop instruction carries no campaign")
+        return self

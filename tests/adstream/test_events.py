@@ -5,7 +5,15 @@ from datetime import datetime
 import pytest
 from pydantic import ValidationError
 
-from adstream.events import BILLABLE_EVENT, AuctionRecord, EventType, FeedbackEvent, PricingModel, spark_ddl
+from adstream.events import (
+    BILLABLE_EVENT,
+    AuctionRecord,
+    CampaignInstruction,
+    EventType,
+    FeedbackEvent,
+    PricingModel,
+    spark_ddl,
+)
 
 CLICK = {
     "event_id": "e-1", "event_type": "click", "event_time": "2026-11-24T10:00:00Z", "auction_id": "a-1",
@@ -59,3 +67,34 @@ def test_an_unfilled_auction_needs_no_winner():
         candidate_count=0, filled=False, latency_ms=1.0,
     )  # fmt: skip
     assert record.campaign_id is None and record.clearing_price_micros is None
+
+
+SPEC = {
+    "advertiser_id": "adv-1", "ad_id": "amazon-00001", "category": "Electronics", "pricing_model": "CPC",
+    "bid_micros": 400_000, "total_budget_micros": 50_000_000, "daily_budget_micros": 10_000_000,
+    "flight_start": "2026-11-01T00:00:00Z", "flight_end": "2026-12-01T00:00:00Z",
+    "targeting": {"countries": ["France"], "age_min": 25, "age_max": 44, "device_types": ["mobile"]},
+}  # fmt: skip
+CREATE = {"instruction_id": "i-1", "action": "create", "campaign_id": "c-1", "issued_at": "2026-11-24T10:00:00Z"}
+
+
+def test_a_create_instruction_carries_its_campaign():
+    instruction = CampaignInstruction.model_validate({**CREATE, "campaign": SPEC})
+    assert instruction.campaign.targeting.countries == ["France"]
+    assert instruction.campaign.frequency_cap_per_day == 10
+
+
+@pytest.mark.parametrize(
+    ("instruction", "message"),
+    [
+        (CREATE, "a create instruction needs the campaign"),
+        ({**CREATE, "action": "stop", "campaign": SPEC}, "a stop instruction carries no campaign"),
+        ({**CREATE, "campaign": {**SPEC, "flight_end": "2026-10-01T00:00:00Z"}}, "flight_end must be after"),
+        ({**CREATE, "campaign": {**SPEC, "daily_budget_micros": 60_000_000}}, "cannot exceed total_budget"),
+        ({**CREATE, "campaign": {**SPEC, "targeting": {"age_min": 50, "age_max": 30}}}, "age_min 50 is above"),
+        ({**CREATE, "campaign": {**SPEC, "bid_micros": 0}}, "greater than 0"),
+    ],
+)
+def test_inconsistent_instructions_are_refused_saying_why(instruction, message):
+    with pytest.raises(ValidationError, match=message):
+        CampaignInstruction.model_validate(instruction)
