@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     aws_access_key_id: SecretStr = SecretStr("")
     aws_secret_access_key: SecretStr = SecretStr("")
 
+    # Auction service. The bearer token guards the campaign endpoints; the service
+    # refuses to start with the local default outside local mode (checked there, so
+    # batch jobs in a prod deployment need no token).
+    auction_api_token: SecretStr = SecretStr("local-dev-token")
+    auction_max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    auction_reserve_price_micros: int = Field(default=10_000, ge=0)  # CPM floor when a request states none
+    auction_ttl_s: int = Field(default=3600, ge=60)  # how long after an auction its events are accepted
+    campaign_refresh_s: float = Field(default=0.25, gt=0)  # the service sees store changes within ~1 s
+    model_poll_s: float = Field(default=5.0, gt=0)  # how often serving checks ctr-model@champion
+    ad_manager_group: str = "ad-manager"
+
     @model_validator(mode="after")
     def _fill_derived_urls(self) -> Settings:
         # A frozen model: derived defaults are set once, here, via object.__setattr__.
@@ -142,6 +153,11 @@ class Settings(BaseSettings):
     @property
     def airflow_home(self) -> Path:
         return self.local_dir / "airflow"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """The last good copy of the champion, for serving when MLflow is down at start."""
+        return self.local_dir / "models"
 
 
 def child_process_env(**overrides: str) -> dict[str, str]:
