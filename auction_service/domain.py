@@ -1,0 +1,54 @@
+"""The auction's view of campaigns and requests: plain, immutable values shared by the store and the auction.
+
+The campaign store (``auction_service.store``) turns its rows into ``ServingCampaign``;
+both API flavours (our JSON, OpenRTB) turn a request into ``AuctionContext``; the pure
+auction (``auction_service.auction``) reads only these. Money is integer micros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from adstream.events import CampaignStatus, PricingModel
+
+
+@dataclass(frozen=True, slots=True)
+class ServingCampaign:
+    campaign_id: str
+    advertiser_id: str
+    ad_id: str
+    category: str
+    pricing_model: PricingModel
+    bid_micros: int  # per thousand impressions (CPM), per click (CPC) or per conversion (CPA)
+    flight_start: datetime
+    flight_end: datetime
+    frequency_cap_per_day: int
+    status: CampaignStatus
+    total_budget_micros: int
+    daily_budget_micros: int
+    spent_micros: int  # all time, from the spend ledger
+    spent_today_micros: int  # the current UTC day
+    countries: frozenset[str] = frozenset()  # empty: any
+    age_min: int | None = None
+    age_max: int | None = None
+    genders: frozenset[str] = frozenset()
+    device_types: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class AuctionContext:
+    """One ad request: who asks, where, and the seller's rules."""
+
+    auction_id: str
+    at: datetime  # UTC
+    user_id: str | None = None
+    country: str | None = None
+    age: int | None = None
+    gender: str | None = None
+    device_type: str | None = None
+    channel: str | None = None  # "web" or "app"
+    content_type: str | None = None  # "display" or "video"
+    floor_cpm_micros: int = 0  # the seller's floor, per thousand impressions
+    blocked_categories: frozenset[str] = field(default_factory=frozenset)
+    blocked_advertisers: frozenset[str] = field(default_factory=frozenset)
