@@ -98,14 +98,12 @@ def register_challenger(tracking_uri: str, model_uri: str, model_id: str | None,
     return str(version.version)
 
 
-def load_model_version(tracking_uri: str, version: str) -> Pipeline:
-    """The fitted pipeline of ``ctr-model`` version ``version``.
+class NotSkopsModel(ValueError):
+    """A registered version that is not serialized with skops (only skops models are loaded)."""
 
-    Read with skops directly rather than ``mlflow.sklearn.load_model``: the URIs are
-    explicit (``load_model`` only knows the process-wide ones), and the allow-list of
-    types is the one kept in code (``ml.models.SKOPS_TRUSTED_TYPES``), not the one
-    stored in the artifact, so a tampered model cannot widen it.
-    """
+
+def model_artifact(tracking_uri: str, version: str) -> bytes:
+    """The serialized pipeline of ``ctr-model`` version ``version``, exactly as registered."""
     with tempfile.TemporaryDirectory(prefix="ctr-model-") as scratch:
         local = Path(
             download_artifacts(
@@ -117,11 +115,22 @@ def load_model_version(tracking_uri: str, version: str) -> Pipeline:
         )
         flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["sklearn"]
         if flavor.get("serialization_format") != "skops":
-            raise ValueError(
+            raise NotSkopsModel(
                 f"{REGISTERED_MODEL} version {version} is serialized as {flavor.get('serialization_format')!r}; "
                 "only skops models are loaded"
             )
-        return skops.io.load(local / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
+        return (local / flavor["pickled_model"]).read_bytes()
+
+
+def load_model_version(tracking_uri: str, version: str) -> Pipeline:
+    """The fitted pipeline of ``ctr-model`` version ``version``.
+
+    Read with skops directly rather than ``mlflow.sklearn.load_model``: the URIs are
+    explicit (``load_model`` only knows the process-wide ones), and the allow-list of
+    types is the one kept in code (``ml.models.SKOPS_TRUSTED_TYPES``), not the one
+    stored in the artifact, so a tampered model cannot widen it.
+    """
+    return skops.io.loads(model_artifact(tracking_uri, version), trusted=list(SKOPS_TRUSTED_TYPES))
 
 
 def holdout_metrics(pipeline: Pipeline, holdout: pd.DataFrame) -> dict[str, float]:

@@ -52,7 +52,8 @@ def training_frame(
             "ad_ctr_smoothed": rng.uniform(0.05, 0.2, rows),
             "category_ctr_smoothed": rng.uniform(0.05, 0.2, rows),
             "hour_of_day": event_time.hour.to_numpy().astype("int32"),
-            "day_of_week": (event_time.dayofweek.to_numpy() + 1).astype("int32"),
+            # Spark's dayofweek, as the feature job writes it: 1 = Sunday .. 7 = Saturday.
+            "day_of_week": ((event_time.dayofweek.to_numpy() + 1) % 7 + 1).astype("int32"),
             "gender": rng.choice(["F", "M", "unknown"], rows),
             "income_band": rng.choice(INCOME_BANDS, rows),
             "country": rng.choice(COUNTRIES, rows),
