@@ -26,7 +26,7 @@ from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, MLFLOW_EXPERIME
 from adstream.notebooks import NOTEBOOKS_DIR, execute_notebook
 from adstream.settings import Settings, child_process_env, get_settings
 from ml.registry import CALIBRATION_BOUNDS
-from ml.tracking import TrackingServerUnreachable, ensure_reachable, tracking_client
+from ml.tracking import TrackingServerUnreachable, ensure_reachable, search_ctr_runs, tracking_client
 
 TRAINING_RUN_NAME = "ctr-training"  # the parent run ml.train opens per training
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -69,16 +69,8 @@ def training_runs(client: MlflowClient, last: int = DEFAULT_LAST) -> list[Run]:
 
     Running or failed trainings are left out: their family runs and decision are incomplete.
     """
-    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-    if experiment is None:
-        return []
-    return list(
-        client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"attributes.run_name = '{TRAINING_RUN_NAME}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=last,
-        )
+    return search_ctr_runs(
+        client, f"attributes.run_name = '{TRAINING_RUN_NAME}' and attributes.status = 'FINISHED'", last
     )
 
 

@@ -7,6 +7,9 @@ from urllib.parse import urlsplit
 import httpx
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from adstream.contracts import MLFLOW_EXPERIMENT
 
 # MLflow's own client retries an unreachable server for minutes; one short probe answers first.
 REACHABILITY_TIMEOUT_S = 3.0
@@ -52,3 +55,18 @@ def point_fluent_api_at(tracking_uri: str) -> None:
     the settings resolved, so a training process stays consistent.
     """
     mlflow.set_tracking_uri(tracking_uri)
+
+
+def search_ctr_runs(client: MlflowClient, filter_string: str, max_results: int) -> list[Run]:
+    """Runs of the ``ctr`` experiment matching ``filter_string``, newest first; none before the first training."""
+    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    if experiment is None:
+        return []
+    return list(
+        client.search_runs(
+            [experiment.experiment_id],
+            filter_string=filter_string,
+            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+        )
+    )

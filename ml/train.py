@@ -59,7 +59,13 @@ from ml.metrics import evaluate
 from ml.models import FAMILIES, RANDOM_STATE, SKOPS_TRUSTED_TYPES
 from ml.registry import Promotion, apply_promotion, register_challenger
 from ml.split import time_split
-from ml.tracking import TrackingServerUnreachable, ensure_reachable, point_fluent_api_at, tracking_client
+from ml.tracking import (
+    TrackingServerUnreachable,
+    ensure_reachable,
+    point_fluent_api_at,
+    search_ctr_runs,
+    tracking_client,
+)
 
 HOLDOUT_FRACTION = 0.2
 REGISTERED_VERSION_TAG = "registered_version"  # on the parent run: the ctr-model version it produced
@@ -370,17 +376,8 @@ def default_training_table(settings: Settings) -> tuple[str, dict[str, str]]:
 
 def registering_runs(settings: Settings, max_results: int) -> list[Run]:
     """The latest training runs that registered a ``ctr-model`` version, newest first."""
-    client = tracking_client(settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-    if experiment is None:
-        return []
-    return list(
-        client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.{REGISTERED_VERSION_TAG} != ''",
-            order_by=["attributes.start_time DESC"],
-            max_results=max_results,
-        )
+    return search_ctr_runs(
+        tracking_client(settings.mlflow_tracking_uri), f"tags.{REGISTERED_VERSION_TAG} != ''", max_results
     )
 
 
