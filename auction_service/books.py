@@ -1,0 +1,170 @@
+"""In-memory books the auction keeps between requests: in-flight exposure, frequency and counters.
+
+Budget bound (documented in the README): a campaign serves only while
+``spent + reserved < budget`` (total and daily). Every filled auction reserves the
+*expected* cost of its billable event (CPM: the impression's price; CPC: price x pCTR;
+CPA: price x pCTR x pCVR) until that event is billed or the auction expires
+(AUCTION_TTL_S). Spend is always recorded in full, so the most a campaign can
+overspend is the unreserved part of its in-flight exposure:
+
+    overspend <= sum over its served, unbilled, unexpired auctions of (billable cost - reservation)
+
+which is 0 for CPM and at most price x (1 - pCTR) per outstanding auction for CPC.
+At most one billable event per auction is charged (the ledger is unique on event_id
+and the service derives no second charge for an auction), so the bound holds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+from adstream.events import PricingModel
+
+
+def billable_cost_micros(pricing_model: PricingModel | str, clearing_price_micros: int) -> int:
+    """What one billable event costs. CPM prices are per thousand impressions: the impression
+    costs a thousandth, rounded up to a whole micro so a campaign is never charged less than it cleared."""
+    if PricingModel(pricing_model) is PricingModel.CPM:
+        return -(-clearing_price_micros // 1000)
+    return clearing_price_micros
+
+
+def expected_cost_micros(
+    pricing_model: PricingModel | str, clearing_price_micros: int, pctr: float, pcvr: float
+) -> int:
+    """The reservation a filled auction holds until its billable event arrives or it expires."""
+    cost = billable_cost_micros(pricing_model, clearing_price_micros)
+    model = PricingModel(pricing_model)
+    if model is PricingModel.CPM:
+        return cost
+    # Decimal of the shortest float repr: 0.05 x 0.1 is 0.005 here, not 0.005000000000000001.
+    probability = Decimal(repr(pctr)) if model is PricingModel.CPC else Decimal(repr(pctr)) * Decimal(repr(pcvr))
+    return min(cost, math.ceil(cost * probability))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    auction_id: str
+    campaign_id: str
+    amount_micros: int
+    expires_at: datetime
+
+
+@dataclass
+class ExposureBook:
+    """Reserved (in-flight) micros per campaign. Reads are lock-free dict lookups; writes hold the lock."""
+
+    reserved_micros: dict[str, int] = field(default_factory=dict)
+    _by_auction: dict[str, Reservation] = field(default_factory=dict)
+    _expiry: list[tuple[datetime, str]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reserve(self, reservation: Reservation) -> None:
+        with self._lock:
+            self._by_auction[reservation.auction_id] = reservation
+            heapq.heappush(self._expiry, (reservation.expires_at, reservation.auction_id))
+            campaign = reservation.campaign_id
+            self.reserved_micros[campaign] = self.reserved_micros.get(campaign, 0) + reservation.amount_micros
+
+    def release(self, auction_id: str) -> Reservation | None:
+        """Frees an auction's reservation (its billable event arrived); None if it had none left."""
+        with self._lock:
+            return self._release(auction_id)
+
+    def _release(self, auction_id: str) -> Reservation | None:
+        reservation = self._by_auction.pop(auction_id, None)
+        if reservation is not None:
+            left = self.reserved_micros.get(reservation.campaign_id, 0) - reservation.amount_micros
+            if left > 0:
+                self.reserved_micros[reservation.campaign_id] = left
+            else:
+                self.reserved_micros.pop(reservation.campaign_id, None)
+        return reservation
+
+    def expire(self, now: datetime) -> int:
+        """Drops reservations of auctions past their TTL; returns how many."""
+        dropped = 0
+        with self._lock:
+            while self._expiry and self._expiry[0][0] <= now:
+                _, auction_id = heapq.heappop(self._expiry)
+                dropped += self._release(auction_id) is not None
+        return dropped
+
+    def outstanding(self) -> int:
+        return len(self._by_auction)
+
+
+@dataclass
+class FrequencyBook:
+    """Impressions per (user, campaign) on the current UTC day; a new day starts from zero."""
+
+    day: date | None = None
+    _counts: dict[str, Counter[str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record_impression(self, user_id: str, campaign_id: str, at: datetime) -> None:
+        with self._lock:
+            self._roll(at.date())
+            self._counts.setdefault(user_id, Counter())[campaign_id] += 1
+
+    def impressions_today(self, user_id: str | None, at: datetime) -> Counter[str]:
+        if user_id is None or self.day != at.date():
+            return Counter()
+        return self._counts.get(user_id) or Counter()
+
+    def _roll(self, day: date) -> None:
+        if self.day != day:
+            self.day, self._counts = day, {}
+
+
+@dataclass
+class AuctionStats:
+    """The figures of GET /v1/stats since the service started."""
+
+    requests: int = 0
+    filled: int = 0
+    no_fill: int = 0
+    pctr_sum: float = 0.0  # of winners
+    candidates_scored: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    rejected_events: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def auction(self, filled: bool, pctr: float | None, scored: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.candidates_scored += scored
+            if filled:
+                self.filled += 1
+                self.pctr_sum += pctr or 0.0
+            else:
+                self.no_fill += 1
+
+    def event(self, status: str, reason: str | None = None) -> None:
+        with self._lock:
+            self.events[status] += 1
+            if reason:
+                self.rejected_events[reason] += 1
+
+    @property
+    def fill_rate(self) -> float:
+        return self.filled / self.requests if self.requests else 0.0
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "auctions": self.requests,
+                "filled": self.filled,
+                "no_fill": self.no_fill,
+                "fill_rate": self.fill_rate,
+                "average_pctr": self.pctr_sum / self.filled if self.filled else None,
+                "candidates_scored": self.candidates_scored,
+                "events": dict(self.events),
+                "rejected_events_by_reason": dict(self.rejected_events),
+            }
