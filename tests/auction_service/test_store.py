@@ -1,0 +1,470 @@
+"""The campaign store on a real SQLite file: migrations, instructions, serving reads and spend."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import BigInteger, Column, MetaData, Table, create_engine, func, inspect, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, PricingModel, Targeting
+from auction_service import store
+from auction_service.db import make_engine, make_session_factory, migrate
+from auction_service.models import Base, Campaign, DailySpend, SpendLedgerEntry
+from auction_service.store import ApplyOutcome, SpendOutcome
+from tests.conftest import free_port, make_settings
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+TABLES = {"campaigns", "applied_instructions", "spend_ledger", "daily_spend", "quarantined_instructions"}
+
+
+def spec(**overrides: object) -> CampaignSpec:
+    values: dict[str, object] = {
+        "advertiser_id": "adv-1",
+        "ad_id": "amz-0001",
+        "category": "Automotive",
+        "pricing_model": "CPC",
+        "bid_micros": 400_000,
+        "total_budget_micros": 500_000_000,
+        "daily_budget_micros": 100_000_000,
+        "flight_start": NOW - timedelta(days=1),
+        "flight_end": NOW + timedelta(days=30),
+        "frequency_cap_per_day": 5,
+    }
+    values.update(overrides)
+    return CampaignSpec(**values)
+
+
+def create(campaign_id: str, instruction_id: str | None = None, **overrides: object) -> CampaignInstruction:
+    return CampaignInstruction(
+        instruction_id=instruction_id or f"create-{campaign_id}",
+        action="create",
+        campaign_id=campaign_id,
+        issued_at=NOW,
+        campaign=spec(**overrides),
+    )
+
+
+def stop(campaign_id: str, instruction_id: str | None = None) -> CampaignInstruction:
+    return CampaignInstruction(
+        instruction_id=instruction_id or f"stop-{campaign_id}",
+        action="stop",
+        campaign_id=campaign_id,
+        issued_at=NOW,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server for this run (URL without a database), from the installed binaries."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
+    root = Path(tempfile.mkdtemp(prefix="adstream-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        run_as = ["runuser", "-u", "nobody", "--"]
+        os.chown(root, pwd.getpwnam("nobody").pw_uid, -1)
+    port = free_port()
+    data = root / "data"
+    subprocess.run(
+        [*run_as, initdb, "-D", str(data), "-U", "adstream", "--auth=trust"], check=True, capture_output=True
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [*run_as, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://adstream@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*run_as, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], check=True, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def settings(request, tmp_path):
+    """Settings whose store is a fresh SQLite file, or a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return make_settings(tmp_path, campaign_db_url=f"sqlite:///{tmp_path / 'store' / 'campaigns.db'}")
+    server = request.getfixturevalue("postgres_server")
+    database = f"campaigns_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {database}")
+    admin.dispose()
+    return make_settings(tmp_path, campaign_db_url=f"{server}/{database}")
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path):
+    return make_settings(tmp_path, campaign_db_url=f"sqlite:///{tmp_path / 'store' / 'campaigns.db'}")
+
+
+@pytest.fixture
+def sessions(settings):
+    engine = make_engine(settings)
+    migrate(settings, engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def spend(session: Session, event_id: str, campaign_id: str = "c1", cost: int = 250_000, at: datetime = NOW):
+    return store.record_spend(
+        session,
+        event_id=event_id,
+        auction_id=f"auction-{event_id}",
+        campaign_id=campaign_id,
+        event_type="click",
+        cost_micros=cost,
+        event_time=at,
+    )
+
+
+# --- migrations ---
+
+
+def test_migrate_creates_the_tables_on_an_empty_store_and_a_second_run_is_harmless(settings):
+    engine = make_engine(settings)
+    try:
+        assert inspect(engine).get_table_names() == []
+        migrate(settings, engine)
+        assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
+        with make_session_factory(engine)() as session:
+            store.apply_instruction(session, create("c1"))
+        migrate(settings)  # again, with an engine of its own
+        with make_session_factory(engine)() as session:
+            assert store.get_campaign(session, "c1") is not None
+            assert session.scalar(select(func.count()).select_from(Campaign)) == 1
+    finally:
+        engine.dispose()
+
+
+def test_the_migrated_schema_matches_the_orm_models(settings, sessions):
+    engine = make_engine(settings)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            # The comparison does see a difference when there is one.
+            drifted = MetaData()
+            for table in Base.metadata.sorted_tables:
+                table.to_metadata(drifted)
+            Table("campaigns", drifted, Column("extra_micros", BigInteger), extend_existing=True)
+            diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), drifted)
+            assert [entry[0] for entry in diff] == ["add_column"]
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_store_uses_wal_and_enforces_foreign_keys(sqlite_settings):
+    engine = make_engine(sqlite_settings)
+    with make_session_factory(engine)() as session:
+        assert session.connection().exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert session.connection().exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert session.connection().exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+    engine.dispose()
+
+
+# --- instructions ---
+
+
+def test_create_makes_an_active_campaign_with_its_spec(sessions):
+    targeting = Targeting(countries=["FR", "DE"], age_min=25, age_max=44, genders=["F"], device_types=["mobile"])
+    instruction = create("c1", pricing_model="CPM", bid_micros=2_500_000, targeting=targeting)
+    with sessions() as session:
+        result = store.apply_instruction(session, instruction)
+        assert (result.outcome, result.changed) == (ApplyOutcome.CREATED, True)
+    with sessions() as session:
+        view = store.get_campaign(session, "c1")
+    assert view is not None
+    assert view.status is CampaignStatus.ACTIVE
+    assert view.spec == instruction.campaign
+    assert view.spec.targeting.countries == ["FR", "DE"]
+    assert view.spec.flight_start == datetime(2026, 3, 9, 12, 0, tzinfo=UTC)
+    assert view.spec.flight_start.tzinfo is not None
+    assert (view.spent_micros, view.remaining_budget_micros) == (0, 500_000_000)
+    assert view.last_instruction_id == "create-c1"
+
+
+def test_a_replayed_create_changes_nothing(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        before = store.get_campaign(session, "c1")
+        marker = store.campaign_change_marker(session)
+    with sessions() as session:
+        result = store.apply_instruction(session, create("c1"))
+        assert (result.outcome, result.changed) == (ApplyOutcome.ALREADY_APPLIED, False)
+        assert store.get_campaign(session, "c1") == before
+        assert store.campaign_change_marker(session) == marker
+
+
+def test_a_create_for_an_existing_campaign_under_another_instruction_is_refused(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1", bid_micros=400_000))
+        result = store.apply_instruction(session, create("c1", instruction_id="create-c1-again", bid_micros=9_000_000))
+        assert result.outcome is ApplyOutcome.CAMPAIGN_EXISTS
+        view = store.get_campaign(session, "c1")
+        assert (view.spec.bid_micros, view.last_instruction_id) == (400_000, "create-c1")
+
+
+def test_stopping_is_final(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        assert store.apply_instruction(session, stop("c1")).outcome is ApplyOutcome.STOPPED
+        assert store.get_campaign(session, "c1").status is CampaignStatus.STOPPED
+        marker = store.campaign_change_marker(session)
+        # A second stop, a replayed create and a fresh create for the same id: all leave it stopped.
+        assert store.apply_instruction(session, stop("c1", "stop-c1-again")).outcome is ApplyOutcome.ALREADY_STOPPED
+        assert store.apply_instruction(session, create("c1")).outcome is ApplyOutcome.ALREADY_APPLIED
+        assert store.apply_instruction(session, create("c1", "create-c1-v2")).outcome is ApplyOutcome.CAMPAIGN_EXISTS
+        assert store.get_campaign(session, "c1").status is CampaignStatus.STOPPED
+        assert store.get_campaign(session, "c1").last_instruction_id == "stop-c1"
+        assert store.campaign_change_marker(session) == marker
+
+
+def test_stopping_an_unknown_campaign_is_recorded_so_it_is_not_retried(sessions):
+    with sessions() as session:
+        assert store.apply_instruction(session, stop("ghost")).outcome is ApplyOutcome.UNKNOWN_CAMPAIGN
+        assert store.apply_instruction(session, stop("ghost")).outcome is ApplyOutcome.ALREADY_APPLIED
+        assert store.get_campaign(session, "ghost") is None
+
+
+def test_quarantine_keeps_a_record_once(sessions):
+    record = {"topic": "campaign-instructions", "partition": 2, "offset": 17, "key": b"c1", "raw_value": b"{oops"}
+    with sessions() as session:
+        assert store.quarantine_instruction(session, **record, reason="invalid JSON") is True
+        assert store.quarantine_instruction(session, **record, reason="invalid JSON") is False
+        (kept,) = store.quarantined_instructions(session)
+    assert (kept.topic, kept.partition, kept.offset, kept.raw_value, kept.reason) == (
+        "campaign-instructions",
+        2,
+        17,
+        b"{oops",
+        "invalid JSON",
+    )
+
+
+# --- what the auction reads ---
+
+
+def test_serving_campaigns_are_the_active_ones_with_todays_spend(sessions):
+    with sessions() as session:
+        store.apply_instruction(
+            session,
+            create("c1", targeting=Targeting(countries=["FR"], age_min=18, genders=["M"], device_types=["tablet"])),
+        )
+        store.apply_instruction(session, create("c2", pricing_model="CPA", bid_micros=20_000_000))
+        store.apply_instruction(session, create("stopped"))
+        store.apply_instruction(session, stop("stopped"))
+        store.apply_instruction(
+            session, create("ended", flight_start=NOW - timedelta(days=9), flight_end=NOW - timedelta(seconds=1))
+        )
+        store.apply_instruction(
+            session, create("upcoming", flight_start=NOW + timedelta(days=2), flight_end=NOW + timedelta(days=9))
+        )
+        spend(session, "e1", "c1", 300_000, at=datetime(2026, 3, 10, 0, 0, tzinfo=UTC))
+        spend(session, "e2", "c1", 200_000, at=datetime(2026, 3, 9, 23, 59, 59, tzinfo=UTC))  # yesterday (UTC)
+        # 01:30 at UTC+2 on the 10th is 23:30 UTC on the 9th: not today either.
+        spend(session, "e3", "c1", 50_000, at=datetime(2026, 3, 10, 1, 30, tzinfo=timezone(timedelta(hours=2))))
+        spend(session, "e4", "c2", 7_000_000, at=NOW)
+        serving = {campaign.campaign_id: campaign for campaign in store.serving_campaigns(session, NOW)}
+
+    assert sorted(serving) == ["c1", "c2", "upcoming"]
+    c1 = serving["c1"]
+    assert (c1.spent_micros, c1.spent_today_micros) == (550_000, 300_000)
+    assert (serving["c2"].spent_micros, serving["c2"].spent_today_micros) == (7_000_000, 7_000_000)
+    assert (serving["upcoming"].spent_micros, serving["upcoming"].spent_today_micros) == (0, 0)
+    assert c1.countries == frozenset({"FR"}) and c1.genders == frozenset({"M"})
+    assert c1.device_types == frozenset({"tablet"}) and (c1.age_min, c1.age_max) == (18, None)
+    assert serving["c2"].countries == frozenset() and serving["c2"].pricing_model is PricingModel.CPA
+    assert serving["c2"].bid_micros == 20_000_000 and c1.status is CampaignStatus.ACTIVE
+    assert c1.flight_end == datetime(2026, 4, 9, 12, 0, tzinfo=UTC)
+
+
+def test_serving_campaigns_refuses_a_naive_time(sessions):
+    with sessions() as session, pytest.raises(ValueError, match="naive"):
+        store.serving_campaigns(session, datetime(2026, 3, 10, 12, 0))
+
+
+def test_the_change_marker_moves_on_create_stop_and_spend_only(sessions):
+    with sessions() as session:
+        markers = [store.campaign_change_marker(session)]
+        store.apply_instruction(session, create("c1"))
+        markers.append(store.campaign_change_marker(session))
+        spend(session, "e1")
+        markers.append(store.campaign_change_marker(session))
+        spend(session, "e1")  # duplicate
+        store.apply_instruction(session, create("c1"))  # replay
+        assert store.campaign_change_marker(session) == markers[-1]
+        store.apply_instruction(session, stop("c1"))
+        markers.append(store.campaign_change_marker(session))
+    assert len(set(markers)) == 4
+
+
+def test_a_session_kept_open_by_a_reader_sees_other_writers_commits(sessions):
+    with sessions() as reader, sessions() as writer:
+        store.apply_instruction(writer, create("c1"))
+        marker = store.campaign_change_marker(reader)
+        assert store.get_campaign(reader, "c1").spent_micros == 0
+        assert [c.spent_today_micros for c in store.serving_campaigns(reader, NOW)] == [0]
+        spend(writer, "e1", cost=5)
+        store.apply_instruction(writer, create("c2"))
+        assert store.campaign_change_marker(reader) != marker
+        assert store.get_campaign(reader, "c1").spent_micros == 5
+        assert [c.spent_today_micros for c in store.serving_campaigns(reader, NOW)] == [5, 0]
+        assert not reader.in_transaction()  # the reads hold no snapshot (and no WAL checkpoint back)
+
+
+# --- spend ---
+
+
+def test_record_spend_charges_once_per_event(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1", total_budget_micros=1_000_000, daily_budget_micros=600_000))
+        first = spend(session, "e1", cost=250_000)
+        second = spend(session, "e2", cost=400_000)
+        replay = spend(session, "e1", cost=250_000)
+        over = spend(session, "e3", cost=500_000)
+        unknown = spend(session, "e4", campaign_id="ghost")
+        ledger = session.scalars(select(SpendLedgerEntry.event_id).order_by(SpendLedgerEntry.event_id)).all()
+        view = store.get_campaign(session, "c1", now=NOW)
+
+    assert (first.outcome, first.spent_micros, first.remaining_micros) == (SpendOutcome.RECORDED, 250_000, 750_000)
+    assert (second.spent_today_micros, second.daily_remaining_micros) == (650_000, 0)
+    assert (replay.outcome, replay.spent_micros, replay.remaining_micros) == (SpendOutcome.DUPLICATE, 650_000, 350_000)
+    # The event is owed even past the budget; the overspend shows as spent above the budget.
+    assert (over.spent_micros, over.remaining_micros) == (1_150_000, 0)
+    assert unknown.outcome is SpendOutcome.UNKNOWN_CAMPAIGN
+    assert ledger == ["e1", "e2", "e3"]
+    assert (view.spent_micros, view.spent_today_micros, view.remaining_budget_micros) == (1_150_000, 1_150_000, 0)
+
+
+def test_record_spend_refuses_negative_costs_and_naive_times(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        with pytest.raises(ValueError, match="cost_micros"):
+            spend(session, "e1", cost=-1)
+        with pytest.raises(ValueError, match="naive"):
+            spend(session, "e1", at=datetime(2026, 3, 10, 12, 0))
+        assert store.get_campaign(session, "c1").spent_micros == 0
+
+
+THREADS, EVENTS_PER_THREAD = 8, 50
+COST = {"c1": 130_000, "c2": 70_001}
+
+
+def _events_of(worker: int) -> list[tuple[str, str]]:
+    """(event_id, campaign_id): 30 own events, and 20 shared with the neighbouring worker (duplicates)."""
+    own = [(f"w{worker}-e{i}", "c1" if i % 3 else "c2") for i in range(30)]
+    shared = [(f"shared-{(worker // 2)}-e{i}", "c2" if i % 2 else "c1") for i in range(20)]
+    return own + shared
+
+
+def _record_all(sessions: sessionmaker[Session], worker: int, barrier: threading.Barrier | None) -> list[str]:
+    if barrier is not None:
+        barrier.wait()
+    outcomes = []
+    with sessions() as session:
+        for event_id, campaign_id in _events_of(worker):
+            result = spend(session, event_id, campaign_id, COST[campaign_id], at=NOW + timedelta(minutes=worker))
+            outcomes.append(str(result.outcome))
+    return outcomes
+
+
+def _assert_exact_totals(sessions: sessionmaker[Session], outcomes: list[str], workers: int) -> None:
+    # 30 own events per worker and 20 shared per pair of workers: each pair's 20 are charged once.
+    unique_c1 = workers * 20 + (workers // 2) * 10
+    unique_c2 = workers * 10 + (workers // 2) * 10
+    assert Counter(outcomes) == {"recorded": unique_c1 + unique_c2, "duplicate": (workers // 2) * 20}
+    with sessions() as session:
+        spent = dict(session.execute(select(Campaign.campaign_id, Campaign.spent_micros)).all())
+        daily = dict(session.execute(select(DailySpend.campaign_id, DailySpend.spent_micros)).all())
+        ledger = session.scalar(select(func.count()).select_from(SpendLedgerEntry))
+    assert spent == {"c1": unique_c1 * 130_000, "c2": unique_c2 * 70_001}
+    assert daily == spent
+    assert ledger == unique_c1 + unique_c2
+
+
+def test_concurrent_spend_from_threads_is_exact(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        store.apply_instruction(session, create("c2"))
+    barrier = threading.Barrier(THREADS)
+    outcomes: list[list[str]] = [[] for _ in range(THREADS)]
+
+    def work(worker: int) -> None:
+        outcomes[worker] = _record_all(sessions, worker, barrier)
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(len(result) == EVENTS_PER_THREAD for result in outcomes)
+    _assert_exact_totals(sessions, [outcome for result in outcomes for outcome in result], THREADS)
+
+
+def _record_in_process(url: str, worker: int) -> list[str]:
+    from adstream.settings import Settings
+
+    engine = make_engine(Settings(campaign_db_url=url))
+    try:
+        return _record_all(make_session_factory(engine), worker, None)
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_spend_from_processes_is_exact(settings, sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        store.apply_instruction(session, create("c2"))
+    workers = 4
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = pool.starmap(_record_in_process, [(settings.campaign_db_url, worker) for worker in range(workers)])
+    _assert_exact_totals(sessions, [outcome for result in results for outcome in result], workers)
+
+
+def test_spend_by_campaign_hour_sums_the_ledger_per_utc_hour(sessions):
+    at = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        store.apply_instruction(session, create("c2"))
+        spend(session, "before", "c1", 1, at=at - timedelta(microseconds=1))
+        spend(session, "a", "c1", 100_000, at=at)
+        spend(session, "b", "c1", 250_000, at=at + timedelta(minutes=59, seconds=59))
+        spend(session, "c", "c1", 40_000, at=at + timedelta(hours=1))
+        spend(session, "d", "c2", 5_000_000, at=datetime(2026, 3, 10, 12, 30, tzinfo=timezone(timedelta(hours=2))))
+        spend(session, "b", "c1", 250_000, at=at + timedelta(minutes=5))  # duplicate: not counted twice
+        spend(session, "at-end", "c2", 9, at=at + timedelta(hours=2))
+        totals = store.spend_by_campaign_hour(session, at, at + timedelta(hours=2))
+    assert totals == {
+        ("c1", datetime(2026, 3, 10, 10, 0, tzinfo=UTC)): 350_000,
+        ("c1", datetime(2026, 3, 10, 11, 0, tzinfo=UTC)): 40_000,
+        ("c2", datetime(2026, 3, 10, 10, 0, tzinfo=UTC)): 5_000_000,
+    }
+
+
+def test_daily_spend_is_bucketed_by_the_events_utc_day(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        spend(session, "late", "c1", 10, at=datetime(2026, 3, 10, 20, 0, tzinfo=timezone(timedelta(hours=-5))))
+        spend(session, "early", "c1", 20, at=datetime(2026, 3, 11, 0, 0, tzinfo=UTC))
+        spend(session, "day-before", "c1", 40, at=datetime(2026, 3, 10, 23, 59, tzinfo=UTC))
+        days = dict(session.execute(select(DailySpend.day, DailySpend.spent_micros)).all())
+    assert days == {date(2026, 3, 11): 30, date(2026, 3, 10): 40}
