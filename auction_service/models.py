@@ -15,6 +15,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -107,12 +108,36 @@ class SpendLedgerEntry(Base):
     __tablename__ = "spend_ledger"
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    auction_id: Mapped[str] = mapped_column(String(64), index=True)
+    # Unique: an auction is billed at most once (its one billable event), whatever event ids a client sends.
+    auction_id: Mapped[str] = mapped_column(String(64), index=True, unique=True)
     campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.campaign_id"), index=True)
     event_type: Mapped[str] = mapped_column(String(32))
     cost_micros: Mapped[int] = mapped_column(BigInteger)
     event_time: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ServedAuction(Base):
+    """A filled auction, kept so its events can be validated and priced (written behind, in batches)."""
+
+    __tablename__ = "served_auctions"
+
+    auction_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.campaign_id"), index=True)
+    advertiser_id: Mapped[str] = mapped_column(String(64))
+    ad_id: Mapped[str] = mapped_column(String(64))
+    pricing_model: Mapped[str] = mapped_column(String(8))
+    clearing_price_micros: Mapped[int] = mapped_column(BigInteger)
+    billable_cost_micros: Mapped[int] = mapped_column(BigInteger)
+    reserved_micros: Mapped[int] = mapped_column(BigInteger)
+    pctr: Mapped[float] = mapped_column(Float)
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    device_type: Mapped[str | None] = mapped_column(String(16))
+    channel: Mapped[str | None] = mapped_column(String(8))
+    content_type: Mapped[str | None] = mapped_column(String(8))
+    model_version: Mapped[str] = mapped_column(String(32))
+    served_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class DailySpend(Base):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Concatenate, ParamSpec, TypeVar
@@ -25,7 +25,14 @@ from sqlalchemy.orm import Session
 from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, InstructionAction, PricingModel
 from auction_service.db import begin_write
 from auction_service.domain import ServingCampaign
-from auction_service.models import AppliedInstruction, Campaign, DailySpend, QuarantinedInstruction, SpendLedgerEntry
+from auction_service.models import (
+    AppliedInstruction,
+    Campaign,
+    DailySpend,
+    QuarantinedInstruction,
+    ServedAuction,
+    SpendLedgerEntry,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -532,3 +539,52 @@ def spend_by_campaign_hour(session: Session, start: datetime, end: datetime) -> 
         hour = event_time.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         totals[(campaign_id, hour)] += cost_micros
     return dict(totals)
+
+
+# --- served auctions (written behind by the auction service, read to validate events) ---
+
+
+@dataclass(frozen=True, slots=True)
+class ServedAuctionRow:
+    auction_id: str
+    campaign_id: str
+    advertiser_id: str
+    ad_id: str
+    pricing_model: str
+    clearing_price_micros: int
+    billable_cost_micros: int
+    reserved_micros: int
+    pctr: float
+    user_id: str | None
+    device_type: str | None
+    channel: str | None
+    content_type: str | None
+    model_version: str
+    served_at: datetime
+    expires_at: datetime
+
+
+def record_served_auctions(session: Session, rows: Sequence[ServedAuctionRow]) -> int:
+    """Inserts a batch of filled auctions in one transaction; ids already stored are skipped. Returns the count."""
+    if not rows:
+        return 0
+    ids = [row.auction_id for row in rows]
+    begin_write(session)
+    try:
+        known = set(session.scalars(select(ServedAuction.auction_id).where(ServedAuction.auction_id.in_(ids))))
+        fresh = [asdict(row) for row in rows if row.auction_id not in known]
+        if fresh:
+            session.execute(insert(ServedAuction), fresh)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return len(fresh)
+
+
+def served_auction(session: Session, auction_id: str) -> ServedAuctionRow | None:
+    row = session.get(ServedAuction, auction_id)
+    session.rollback()  # end the read transaction so later reads see new rows
+    if row is None:
+        return None
+    return ServedAuctionRow(**{name: getattr(row, name) for name in ServedAuctionRow.__dataclass_fields__})

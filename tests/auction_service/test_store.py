@@ -29,7 +29,9 @@ from auction_service.store import ApplyOutcome, SpendOutcome
 from tests.conftest import free_port, make_settings
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-TABLES = {"campaigns", "applied_instructions", "spend_ledger", "daily_spend", "quarantined_instructions"}
+TABLES = {
+    "campaigns", "applied_instructions", "spend_ledger", "daily_spend", "quarantined_instructions", "served_auctions",
+}  # fmt: skip
 
 
 def spec(**overrides: object) -> CampaignSpec:
@@ -468,3 +470,34 @@ def test_daily_spend_is_bucketed_by_the_events_utc_day(sessions):
         spend(session, "day-before", "c1", 40, at=datetime(2026, 3, 10, 23, 59, tzinfo=UTC))
         days = dict(session.execute(select(DailySpend.day, DailySpend.spent_micros)).all())
     assert days == {date(2026, 3, 11): 30, date(2026, 3, 10): 40}
+
+
+def test_an_auction_is_charged_once_whatever_event_ids_arrive(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        kwargs = {"auction_id": "a-1", "campaign_id": "c1", "event_type": "click", "event_time": NOW}
+        first = store.record_spend(session, event_id="click-1", cost_micros=300_000, **kwargs)
+        second = store.record_spend(session, event_id="click-2", cost_micros=300_000, **kwargs)
+        assert (first.outcome, second.outcome) == (SpendOutcome.RECORDED, SpendOutcome.DUPLICATE)
+        assert store.get_campaign(session, "c1").spent_micros == 300_000
+
+
+def served(auction_id: str, campaign_id: str = "c1") -> store.ServedAuctionRow:
+    return store.ServedAuctionRow(
+        auction_id=auction_id, campaign_id=campaign_id, advertiser_id="adv-1", ad_id="ad-1", pricing_model="CPC",
+        clearing_price_micros=310_000, billable_cost_micros=310_000, reserved_micros=15_500, pctr=0.05,
+        user_id="u1", device_type="mobile", channel="web", content_type="display", model_version="3",
+        served_at=NOW, expires_at=NOW + timedelta(hours=1),
+    )  # fmt: skip
+
+
+def test_served_auctions_are_stored_in_batches_once_and_read_back(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        assert store.record_served_auctions(session, [served("a-1"), served("a-2")]) == 2
+        assert store.record_served_auctions(session, [served("a-2"), served("a-3")]) == 1  # a-2 is kept once
+        assert store.record_served_auctions(session, []) == 0
+        row = store.served_auction(session, "a-2")
+        assert store.served_auction(session, "a-9") is None
+    assert row == served("a-2")
+    assert row.served_at.tzinfo is not None
