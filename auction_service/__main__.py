@@ -1,0 +1,20 @@
+"""``python -m auction_service``: the auction service under uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from adstream.settings import get_settings
+from auction_service.main import create_app
+
+
+def main() -> int:
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.auction_port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

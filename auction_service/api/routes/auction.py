@@ -1,0 +1,70 @@
+"""POST /v1/auction (our JSON) and POST /openrtb2/auction (OpenRTB 2.6 subset). No fill is 204."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from fastapi import APIRouter, Request, Response
+
+from adstream.events import MICROS_PER_UNIT
+from auction_service import openrtb
+from auction_service.api.deps import StateDep
+from auction_service.domain import AuctionContext
+from auction_service.flows import serve_auction
+from auction_service.schemas import AuctionRequest, AuctionResponse, TrackingUrls
+
+router = APIRouter(tags=["auction"])
+NO_FILL = {204: {"description": "no campaign is eligible above the floor (no fill)"}}
+
+
+def to_micros(amount: Decimal | None) -> int:
+    return 0 if amount is None else int(amount * MICROS_PER_UNIT)
+
+
+def tracking_urls(request: Request, auction_id: str) -> TrackingUrls:
+    base = str(request.base_url).rstrip("/")
+    return TrackingUrls(
+        impression=f"{base}/v1/events/track/{auction_id}/impression",
+        click=f"{base}/v1/events/track/{auction_id}/click",
+    )
+
+
+@router.post("/v1/auction", response_model=AuctionResponse, responses=NO_FILL)
+def auction(body: AuctionRequest, request: Request, state: StateDep) -> AuctionResponse | Response:
+    auction_id = uuid.uuid4().hex
+    context = AuctionContext(
+        auction_id=auction_id, at=datetime.now(UTC), user_id=body.user_id, country=body.country, age=body.age,
+        gender=body.gender, device_type=body.device_type, channel=body.channel, content_type=body.content_type,
+        floor_cpm_micros=to_micros(body.floor_cpm), blocked_categories=frozenset(body.blocked_categories),
+        blocked_advertisers=frozenset(body.blocked_advertisers),
+    )  # fmt: skip
+    served = serve_auction(state, context)
+    winner = served.outcome.winner
+    if winner is None:
+        return Response(status_code=204)
+    price = served.outcome.clearing_price_micros
+    return AuctionResponse(
+        auction_id=auction_id, ad_id=winner.ad_id, campaign_id=winner.campaign_id,
+        advertiser_id=winner.advertiser_id, category=winner.category, pricing_model=winner.pricing_model,
+        clearing_price_micros=price, clearing_price=str(Decimal(price) / MICROS_PER_UNIT),
+        pctr=float(served.outcome.pctr or 0.0), ecpm_micros=served.outcome.ecpm_micros or 0,
+        model_version=served.model_version, tracking=tracking_urls(request, auction_id),
+    )  # fmt: skip
+
+
+@router.post("/openrtb2/auction", responses=NO_FILL, response_model=None)
+def openrtb_auction(body: openrtb.BidRequest, request: Request, state: StateDep) -> Response | dict:
+    auction_id = uuid.uuid4().hex
+    context = openrtb.to_context(
+        body,
+        auction_id=auction_id,
+        at=datetime.now(UTC),
+        reserve_price_micros=state.settings.auction_reserve_price_micros,
+    )
+    served = serve_auction(state, context, first_price=body.first_price)
+    if served.outcome.winner is None:
+        return Response(status_code=204)
+    urls = tracking_urls(request, auction_id)
+    return openrtb.bid_response(body, served.outcome, ad_markup_url=urls.impression, nurl=urls.impression)

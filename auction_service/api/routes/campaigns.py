@@ -1,0 +1,72 @@
+"""Campaign management over HTTP: instructions go through Kafka to the ad manager, like the CLI's.
+
+Bearer token required (AUCTION_API_TOKEN). Create and stop answer 202 once the broker has
+the instruction; the ad manager applies it within about a second.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, HTTPException, status
+from kafka.errors import KafkaError
+
+from adstream.events import CampaignSpec, CampaignStatus
+from auction_service import store
+from auction_service.api.deps import CampaignAuth, StateDep
+from auction_service.campaigns import create_instruction, publish_instructions, stop_instruction
+from auction_service.schemas import CampaignAccepted, CampaignCreate, CampaignView
+
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[CampaignAuth])
+
+
+def _publish(state, instruction) -> CampaignAccepted:
+    try:
+        publish_instructions(state.settings, [instruction], producer=state.producer, timeout_s=10)
+    except KafkaError as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"Kafka did not take the instruction ({type(exc).__name__}); retry: the instruction is not applied",
+            headers={"Retry-After": "1"},
+        ) from exc
+    return CampaignAccepted(
+        campaign_id=instruction.campaign_id, instruction_id=instruction.instruction_id, action=instruction.action
+    )
+
+
+@router.post("", response_model=CampaignAccepted, status_code=202)
+def create_campaign(body: CampaignCreate, state: StateDep) -> CampaignAccepted:
+    ads = state.features.current.ads
+    if ads and body.ad_id not in ads:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"ad_id {body.ad_id!r} is not in the ad catalog (silver/ads)"
+        )
+    if body.campaign_id is not None:
+        with state.sessions() as session:
+            if store.get_campaign(session, body.campaign_id) is not None:
+                raise HTTPException(status.HTTP_409_CONFLICT, f"campaign {body.campaign_id} already exists")
+    spec = CampaignSpec(**body.model_dump(exclude={"campaign_id"}))
+    return _publish(state, create_instruction(spec, now=datetime.now(UTC), campaign_id=body.campaign_id))
+
+
+@router.post("/{campaign_id}/stop", response_model=CampaignAccepted, status_code=202)
+def stop_campaign(campaign_id: str, state: StateDep) -> CampaignAccepted:
+    with state.sessions() as session:
+        campaign = store.get_campaign(session, campaign_id)
+    if campaign is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id}")
+    if campaign.status == CampaignStatus.STOPPED:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"campaign {campaign_id} is already stopped (stopping is final)")
+    return _publish(state, stop_instruction(campaign_id, now=datetime.now(UTC)))
+
+
+@router.get("/{campaign_id}", response_model=CampaignView)
+def get_campaign(campaign_id: str, state: StateDep) -> CampaignView:
+    with state.sessions() as session:
+        campaign = store.get_campaign(session, campaign_id)
+    if campaign is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id} (created ones appear within ~1 s)")
+    return CampaignView(
+        campaign_id=campaign.campaign_id, status=campaign.status, spec=campaign.spec,
+        spent_micros=campaign.spent_micros, remaining_budget_micros=campaign.remaining_budget_micros,
+    )  # fmt: skip

@@ -1,0 +1,46 @@
+"""POST /v1/events (one event or a batch) and the tracking pixels of served ads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, HTTPException, Response, status
+
+from adstream.events import EventType
+from auction_service.api.deps import StateDep
+from auction_service.flows import BrokerUnavailable, record_events
+from auction_service.schemas import EventBatch, EventBatchResult, EventIn
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+RETRY = "retry the same events with the same event_id: a replay is never charged twice"
+
+
+def _record(state, events: list[EventIn]) -> EventBatchResult:
+    try:
+        results = record_events(state, events, datetime.now(UTC))
+    except BrokerUnavailable as exc:
+        unavailable = status.HTTP_503_SERVICE_UNAVAILABLE
+        raise HTTPException(unavailable, f"{exc}; {RETRY}", headers={"Retry-After": "1"}) from exc
+    counts = {status_: sum(r.status == status_ for r in results) for status_ in ("accepted", "duplicate", "rejected")}
+    return EventBatchResult(**counts, results=results)
+
+
+@router.post("", response_model=EventBatchResult, status_code=202)
+def post_events(body: EventIn | EventBatch, state: StateDep, response: Response) -> EventBatchResult:
+    """One event, or ``{"events": [...]}`` (up to 1000). Rejected events are listed with their reason;
+    a single rejected event answers 422."""
+    events = body.events if isinstance(body, EventBatch) else [body]
+    result = _record(state, events)
+    if isinstance(body, EventIn) and result.rejected:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, result.results[0].reason)
+    return result
+
+
+@router.get("/track/{auction_id}/{event_type}", status_code=204, responses={204: {"description": "recorded"}})
+def track(auction_id: str, event_type: EventType, state: StateDep) -> Response:
+    """A tracking pixel: the event id is derived from the auction, so a pixel that fires twice counts once."""
+    event = EventIn(event_id=f"{auction_id}-{event_type}", event_type=event_type, auction_id=auction_id)
+    result = _record(state, [event])
+    if result.rejected:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, result.results[0].reason)
+    return Response(status_code=204)

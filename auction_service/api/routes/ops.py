@@ -1,0 +1,72 @@
+"""Operations: liveness, readiness (with the reason when not ready), Prometheus metrics, stats, pCTR."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, HTTPException, Response, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from auction_service.api.deps import StateDep
+from auction_service.api.routes.auction import to_micros
+from auction_service.domain import AuctionContext
+from auction_service.schemas import Prediction, PredictRequest, PredictResponse
+from auction_service.serving_features import candidate_batch
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(state: StateDep) -> JSONResponse:
+    model = state.model
+    body = {
+        "ready": model.ready,
+        "model_version": model.version,
+        "campaigns": len(state.campaigns.campaigns),
+        "features": state.features.reason or "loaded",
+    }
+    if not model.ready:
+        body["reason"] = model.reason
+    return JSONResponse(body, status_code=200 if model.ready else 503)
+
+
+@router.get("/metrics")
+def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/stats")
+def stats(state: StateDep) -> dict:
+    return {**state.stats.snapshot(), "model_version": state.model.version, "campaigns": len(state.campaigns.campaigns)}
+
+
+@router.post("/v1/predict_ctr", response_model=PredictResponse)
+def predict_ctr(body: PredictRequest, state: StateDep) -> PredictResponse:
+    """pCTR of the given campaigns' ads for one request context, scored in one batch."""
+    by_id = state.campaigns.by_id
+    known = [by_id[campaign_id] for campaign_id in body.campaign_ids if campaign_id in by_id]
+    unknown = [campaign_id for campaign_id in body.campaign_ids if campaign_id not in by_id]
+    if not known:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"none of the campaigns is active: {', '.join(unknown)}")
+    c = body.context
+    context = AuctionContext(
+        auction_id=uuid.uuid4().hex, at=datetime.now(UTC), user_id=c.user_id, country=c.country, age=c.age,
+        gender=c.gender, device_type=c.device_type, channel=c.channel, content_type=c.content_type,
+        floor_cpm_micros=to_micros(c.floor_cpm),
+    )  # fmt: skip
+    pctr, version = state.model.score(candidate_batch(context, known, state.features.current))
+    return PredictResponse(
+        model_version=version,
+        predictions=[
+            Prediction(campaign_id=campaign.campaign_id, ad_id=campaign.ad_id, pctr=float(p))
+            for campaign, p in zip(known, pctr, strict=True)
+        ],
+        unknown_campaigns=unknown,
+    )

@@ -1,0 +1,188 @@
+"""The two hot paths of the service, on top of ``ServiceState``: serve an auction, record an event.
+
+Auction: eligible campaigns -> one scoring batch -> ranked, priced (``auction_service.auction``)
+-> reserve the winner's expected cost -> remember the auction -> publish it to ``auctions``.
+
+Event: validate against the served auction -> publish to ``ad-feedback`` and wait for the
+broker's ack -> for the billable type, charge the ledger (once per event id and once per
+auction) -> free the reservation. Kafka first: when the broker is down nothing is charged and
+the client gets 503 and retries with the same event_id; a retry after a charge is a
+duplicate in the ledger (free) and at most a duplicate record downstream, deduplicated there
+by event_id.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from kafka.errors import KafkaError
+
+from adstream.contracts import Topic
+from adstream.events import BILLABLE_EVENT, FeedbackEvent, PricingModel
+from auction_service import store
+from auction_service.auction import DEFAULT_PCVR, AuctionOutcome, auction_record, eligible, run_auction
+from auction_service.books import Reservation, billable_cost_micros, expected_cost_micros
+from auction_service.domain import AuctionContext
+from auction_service.schemas import EventIn, EventResult
+from auction_service.serving_features import candidate_batch
+from auction_service.state import ServiceState
+
+PUBLISH_TIMEOUT_S = 5.0
+CLOCK_SKEW = timedelta(seconds=5)  # events may carry a client time slightly before the auction's
+
+
+class BrokerUnavailable(RuntimeError):
+    """Kafka did not acknowledge in time: nothing was charged, the client should retry."""
+
+
+@dataclass(frozen=True)
+class ServedAd:
+    outcome: AuctionOutcome
+    model_version: str
+
+
+def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: bool = False) -> ServedAd:
+    """Runs one auction; raises ``ModelNotReady`` when no model is loaded."""
+    began = time.perf_counter()
+    loaded = state.model.current  # one snapshot for the whole auction, even if a swap lands meanwhile
+    snapshot = state.campaigns
+    candidates, filtered = eligible(
+        context,
+        snapshot.campaigns,
+        impressions_today=state.frequency.impressions_today(context.user_id, context.at),
+        reserved_micros=state.exposure.reserved_micros,
+    )
+    pctr = loaded.scorer.score(candidate_batch(context, candidates, state.features.current)) if candidates else []
+    outcome = run_auction(
+        context,
+        candidates,
+        pctr,
+        reserve_price_micros=state.settings.auction_reserve_price_micros,
+        first_price=first_price,
+        filtered=filtered,
+    )
+    if outcome.winner is not None:
+        _hold(state, context, outcome, loaded.version)
+    latency_ms = (time.perf_counter() - began) * 1000
+    record = auction_record(context, outcome, model_version=loaded.version, latency_ms=latency_ms)
+    if state.producer is not None:
+        # Not awaited: the auction log is best effort on the request path; failures are counted.
+        state.producer.send(Topic.AUCTIONS, key=context.auction_id, value=record.model_dump(mode="json")).add_errback(
+            lambda _exc: state.metrics.auctions.labels(outcome="unlogged").inc()
+        )
+    state.stats.auction(outcome.filled, outcome.pctr, len(candidates))
+    state.metrics.auctions.labels(outcome="filled" if outcome.filled else "no_fill").inc()
+    state.metrics.fill_rate.set(state.stats.fill_rate)
+    return ServedAd(outcome, loaded.version)
+
+
+def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str) -> None:
+    winner = outcome.winner
+    assert winner is not None
+    cost = billable_cost_micros(winner.pricing_model, outcome.clearing_price_micros)
+    reserved = expected_cost_micros(
+        winner.pricing_model, outcome.clearing_price_micros, outcome.pctr or 0.0, DEFAULT_PCVR
+    )
+    expires_at = context.at + timedelta(seconds=state.settings.auction_ttl_s)
+    state.exposure.reserve(Reservation(context.auction_id, winner.campaign_id, reserved, expires_at))
+    state.remember_served(
+        store.ServedAuctionRow(
+            auction_id=context.auction_id, campaign_id=winner.campaign_id, advertiser_id=winner.advertiser_id,
+            ad_id=winner.ad_id, pricing_model=PricingModel(winner.pricing_model).value,
+            clearing_price_micros=outcome.clearing_price_micros, billable_cost_micros=cost, reserved_micros=reserved,
+            pctr=float(outcome.pctr or 0.0), user_id=context.user_id, device_type=context.device_type,
+            channel=context.channel, content_type=context.content_type, model_version=model_version,
+            served_at=context.at, expires_at=expires_at,
+        )
+    )  # fmt: skip
+
+
+def _rejected(state: ServiceState, event: EventIn, reason: str) -> EventResult:
+    state.stats.event("rejected", reason.split(":")[0])
+    state.metrics.events.labels(event_type=event.event_type, status="rejected").inc()
+    return EventResult(event_id=event.event_id, status="rejected", reason=reason)
+
+
+def record_events(state: ServiceState, events: list[EventIn], received_at: datetime) -> list[EventResult]:
+    """Validates, publishes (waiting for the acks) and bills a batch of events; one result per event.
+
+    Raises ``BrokerUnavailable`` before anything is charged when Kafka does not acknowledge.
+    """
+    checked: list[tuple[EventIn, store.ServedAuctionRow, FeedbackEvent, bool]] = []
+    results: dict[int, EventResult] = {}
+    for index, event in enumerate(events):
+        served = state.served_auction(event.auction_id)
+        event_time = (event.event_time or received_at).astimezone(UTC)
+        if served is None:
+            results[index] = _rejected(state, event, f"unknown auction_id: no auction {event.auction_id} was served")
+            continue
+        if event_time > served.expires_at:
+            ttl = state.settings.auction_ttl_s
+            results[index] = _rejected(state, event, f"auction expired: events are accepted for {ttl} s after it")
+            continue
+        if event_time < served.served_at - CLOCK_SKEW:
+            results[index] = _rejected(state, event, "event_time is before its auction: send the time in UTC")
+            continue
+        billable = BILLABLE_EVENT[PricingModel(served.pricing_model)] == event.event_type
+        feedback = FeedbackEvent(
+            event_id=event.event_id, event_type=event.event_type, event_time=event_time,
+            auction_id=served.auction_id, campaign_id=served.campaign_id, advertiser_id=served.advertiser_id,
+            ad_id=served.ad_id, user_id=served.user_id, device_type=served.device_type, channel=served.channel,
+            content_type=served.content_type, pricing_model=served.pricing_model,
+            cost_micros=served.billable_cost_micros if billable else 0, pctr=served.pctr,
+            model_version=served.model_version,
+        )  # fmt: skip
+        checked.append((event, served, feedback, billable))
+        results[index] = EventResult(event_id=event.event_id, status="accepted")
+    _publish(state, [feedback for _, _, feedback, _ in checked])
+    charged = {
+        event.event_id: _bill(state, served, feedback) for event, served, feedback, billable in checked if billable
+    }
+    for index, result in results.items():
+        if result.status == "accepted" and result.event_id in charged:
+            outcome = charged[result.event_id]
+            results[index] = result.model_copy(
+                update={"status": "duplicate" if outcome is None else "accepted", "charged_micros": outcome or 0}
+            )
+    for event, served, _, _ in checked:
+        if event.event_type == "impression" and served.user_id is not None:
+            state.frequency.record_impression(served.user_id, served.campaign_id, received_at)
+    for index in sorted(results):
+        result = results[index]
+        if result.status != "rejected":
+            state.stats.event(result.status)
+            state.metrics.events.labels(event_type=events[index].event_type, status=result.status).inc()
+    return [results[index] for index in sorted(results)]
+
+
+def _publish(state: ServiceState, feedback: list[FeedbackEvent]) -> None:
+    if not feedback:
+        return
+    if state.producer is None:
+        raise BrokerUnavailable("no Kafka producer: the broker was unreachable when the service started")
+    try:
+        futures = [
+            state.producer.send(Topic.AD_FEEDBACK, key=event.auction_id, value=event.model_dump(mode="json"))
+            for event in feedback
+        ]
+        deadline = time.monotonic() + PUBLISH_TIMEOUT_S
+        for future in futures:
+            future.get(timeout=max(0.1, deadline - time.monotonic()))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka did not acknowledge the events ({type(exc).__name__})") from exc
+
+
+def _bill(state: ServiceState, served: store.ServedAuctionRow, feedback: FeedbackEvent) -> int | None:
+    """Charges the billable event; the micros charged, or None for a duplicate (nothing charged)."""
+    with state.sessions() as session:
+        result = store.record_spend(
+            session, event_id=feedback.event_id, auction_id=served.auction_id, campaign_id=served.campaign_id,
+            event_type=feedback.event_type, cost_micros=feedback.cost_micros, event_time=feedback.event_time,
+        )  # fmt: skip
+    if result.outcome is not store.SpendOutcome.RECORDED:
+        return None
+    state.exposure.release(served.auction_id)
+    state.metrics.spend.labels(pricing_model=served.pricing_model).inc(feedback.cost_micros)
+    return feedback.cost_micros

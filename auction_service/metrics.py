@@ -1,0 +1,34 @@
+"""Prometheus metrics of one service instance (its own registry, so tests can build many apps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Auctions answer in about a millisecond; the buckets resolve that and the tail.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass
+class ServiceMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.auction_latency = Histogram(
+            "adstream_auction_latency_seconds", "Auction handling time, request to response", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.auctions = Counter("adstream_auctions_total", "Auctions run", ["outcome"], registry=r)
+        self.fill_rate = Gauge("adstream_fill_rate", "Share of auctions that returned an ad", registry=r)
+        self.events = Counter("adstream_events_total", "Feedback events", ["event_type", "status"], registry=r)
+        self.spend = Counter(
+            "adstream_spend_micros_total", "Spend recorded in the ledger (micros)", ["pricing_model"], registry=r
+        )
+        self.model_version = Gauge("adstream_model_version", "Serving ctr-model version", registry=r)
+        self.model_swaps = Counter("adstream_model_swaps_total", "Champion hot swaps", registry=r)
+        self.campaigns_serving = Gauge("adstream_campaigns_serving", "Active campaigns in the cache", registry=r)
+        self.rejected_requests = Counter(
+            "adstream_rejected_requests_total", "Requests refused with 4xx", ["reason"], registry=r
+        )

@@ -1,0 +1,168 @@
+"""What one auction-service process holds between requests, and the housekeeping thread that keeps it fresh.
+
+- the champion model (hot-swapped by ``ModelWatcher``) and the serving features;
+- the active campaigns, reloaded from the store when its change marker or the UTC day moves;
+- the books: in-flight exposure, frequency, stats (``auction_service.books``);
+- served auctions: kept in memory for their TTL and written behind to the store in batches,
+  so events can be validated after a restart without a database write per auction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kafka import KafkaProducer
+from sqlalchemy.orm import Session, sessionmaker
+
+from adstream.messaging import BrokerUnavailable, make_producer
+from adstream.settings import Settings
+from auction_service import store
+from auction_service.books import AuctionStats, ExposureBook, FrequencyBook
+from auction_service.db import make_engine, make_session_factory, migrate
+from auction_service.domain import ServingCampaign
+from auction_service.metrics import ServiceMetrics
+from auction_service.model import ModelWatcher, ServingModel
+from auction_service.serving_features import FeatureStore
+
+log = logging.getLogger(__name__)
+FEATURE_RELOAD_EVERY = 40  # housekeeping ticks (about 10 s at the default 250 ms)
+
+
+@dataclass(frozen=True)
+class CampaignSnapshot:
+    campaigns: tuple[ServingCampaign, ...]
+    by_id: dict[str, ServingCampaign]
+    marker: tuple[int, int] | None
+    day: Any  # the UTC date it was loaded for
+    loaded_at: datetime
+
+
+def _snapshot(campaigns: list[ServingCampaign], marker: tuple[int, int] | None, now: datetime) -> CampaignSnapshot:
+    return CampaignSnapshot(tuple(campaigns), {c.campaign_id: c for c in campaigns}, marker, now.date(), now)
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    model: ServingModel
+    features: FeatureStore
+    producer: KafkaProducer | None
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    stats: AuctionStats = field(default_factory=AuctionStats)
+    exposure: ExposureBook = field(default_factory=ExposureBook)
+    frequency: FrequencyBook = field(default_factory=FrequencyBook)
+    campaigns: CampaignSnapshot = field(default_factory=lambda: _snapshot([], None, datetime.now(UTC)))
+    watcher: ModelWatcher | None = None
+    served: dict[str, store.ServedAuctionRow] = field(default_factory=dict)
+    _served_order: deque[tuple[datetime, str]] = field(default_factory=deque)
+    _unwritten: list[store.ServedAuctionRow] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    # --- lifecycle ---
+
+    @classmethod
+    def open(cls, settings: Settings, *, producer: KafkaProducer | None = None) -> ServiceState:
+        """Migrates the store, loads the champion (or the last good copy), features and campaigns."""
+        engine = make_engine(settings)
+        migrate(settings, engine)
+        state = cls(
+            settings=settings,
+            sessions=make_session_factory(engine),
+            model=ServingModel.load_at_start(settings),
+            features=FeatureStore.load(settings),
+            producer=producer,
+        )
+        state.refresh_campaigns(force=True)
+        return state
+
+    def start(self) -> None:
+        if self.producer is None:
+            try:
+                self.producer = make_producer(self.settings, client_id="auction-service")
+            except BrokerUnavailable as exc:
+                # Auctions still serve; events answer 503 (retry) until a restart finds the broker.
+                log.error("auction service without Kafka: %s", exc)
+        self.watcher = ModelWatcher(self.settings, self.model)
+        self.watcher.start()
+        self._thread = threading.Thread(target=self._housekeeping, name="auction-housekeeping", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.flush_served()
+        if self.producer is not None:
+            self.producer.flush(timeout=10)
+            self.producer.close(timeout=10)
+
+    def _housekeeping(self) -> None:
+        tick = 0
+        while not self._stop.wait(self.settings.campaign_refresh_s):
+            tick += 1
+            try:
+                now = datetime.now(UTC)
+                self.refresh_campaigns()
+                self.exposure.expire(now)
+                self.forget_expired(now)
+                self.flush_served()
+                if tick % FEATURE_RELOAD_EVERY == 0:
+                    self.features.reload_if_changed()
+                self.metrics.model_version.set(float(self.model.version or 0))
+            except Exception:  # a failed tick must not end the thread; the next one retries
+                log.exception("auction housekeeping failed")
+
+    # --- campaigns ---
+
+    def refresh_campaigns(self, force: bool = False) -> bool:
+        """Reloads the active campaigns when the store changed or a new UTC day began."""
+        now = datetime.now(UTC)
+        with self.sessions() as session:
+            marker = store.campaign_change_marker(session)
+            if not force and marker == self.campaigns.marker and now.date() == self.campaigns.day:
+                return False
+            campaigns = store.serving_campaigns(session, now)
+        self.campaigns = _snapshot(campaigns, marker, now)
+        self.metrics.campaigns_serving.set(len(campaigns))
+        return True
+
+    # --- served auctions ---
+
+    def remember_served(self, row: store.ServedAuctionRow) -> None:
+        with self._lock:
+            self.served[row.auction_id] = row
+            self._served_order.append((row.expires_at, row.auction_id))
+            self._unwritten.append(row)
+
+    def served_auction(self, auction_id: str) -> store.ServedAuctionRow | None:
+        row = self.served.get(auction_id)
+        if row is not None:
+            return row
+        with self.sessions() as session:  # served before a restart, or by another instance
+            return store.served_auction(session, auction_id)
+
+    def flush_served(self) -> int:
+        with self._lock:
+            batch, self._unwritten = self._unwritten, []
+        if not batch:
+            return 0
+        with self.sessions() as session:
+            return store.record_served_auctions(session, batch)
+
+    def forget_expired(self, now: datetime) -> None:
+        # Kept a little past the TTL so an event arriving right at expiry is judged by its own time.
+        horizon = now - timedelta(seconds=60)
+        with self._lock:
+            while self._served_order and self._served_order[0][0] <= horizon:
+                _, auction_id = self._served_order.popleft()
+                self.served.pop(auction_id, None)

@@ -1,0 +1,197 @@
+"""The auction service over HTTP with real parts: a Kafka broker, a SQLite campaign store, an MLflow champion."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka import KafkaConsumer
+
+from adstream.contracts import Topic
+from adstream.events import CampaignInstruction, CampaignSpec, Targeting
+from auction_service import ad_manager, store
+from auction_service.main import DefaultTokenOutsideLocal, create_app
+from auction_service.state import ServiceState
+from ml.tracking import tracking_client
+from ml.train import train
+from tests.conftest import free_port, make_settings
+from tests.ml.conftest import new_store, one_openmp_thread
+from tests.ml.factories import training_frame
+
+pytestmark = pytest.mark.slow
+TOKEN = {"Authorization": "Bearer local-dev-token"}
+
+
+def instruction(campaign_id: str, **overrides: object) -> CampaignInstruction:
+    now = datetime.now(UTC)
+    values: dict[str, object] = {
+        "advertiser_id": f"adv-{campaign_id}", "ad_id": f"ad-{campaign_id}", "category": "Automotive",
+        "pricing_model": "CPC", "bid_micros": 500_000, "total_budget_micros": 50_000_000,
+        "daily_budget_micros": 20_000_000, "flight_start": now - timedelta(days=1),
+        "flight_end": now + timedelta(days=7), "frequency_cap_per_day": 50,
+    }  # fmt: skip
+    values.update(overrides)
+    return CampaignInstruction(
+        instruction_id=f"create-{campaign_id}", action="create", campaign_id=campaign_id, issued_at=now,
+        campaign=CampaignSpec(**values),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def service_settings(kafka_settings, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("auction-service")
+    template = workdir / "template.db"
+    tracking_client(f"sqlite:///{template}").search_experiments()
+    settings = kafka_settings.model_copy(
+        update={
+            "local_dir": workdir / "local",
+            "lake_root": str(workdir / "lake"),
+            "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}",
+            "mlflow_tracking_uri": new_store(workdir, template),
+            "ad_manager_group": f"ad-manager-{free_port()}",
+        }
+    )
+    with one_openmp_thread(), pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(workdir)
+        train(settings, training_frame(300, seed=11), table_version=0)  # leaves ctr-model@champion = 1
+    return settings
+
+
+@pytest.fixture(scope="module")
+def client(service_settings):
+    state = ServiceState.open(service_settings)
+    with state.sessions() as session:
+        store.apply_instruction(session, instruction("cpc-1"))
+        store.apply_instruction(session, instruction("cpc-2", bid_micros=300_000))
+        store.apply_instruction(
+            session, instruction("tablets", targeting=Targeting(device_types=["tablet"]), pricing_model="CPM")
+        )
+    state.refresh_campaigns(force=True)
+    state.start()
+    try:
+        with TestClient(create_app(state=state)) as test_client:
+            yield test_client
+    finally:
+        state.stop()
+
+
+def test_an_auction_fills_at_a_second_price_within_the_bid(client):
+    response = client.post("/v1/auction", json={"user_id": "u-1", "device_type": "mobile", "country": "France"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["campaign_id"] in {"cpc-1", "cpc-2"} and body["pricing_model"] == "CPC"
+    assert 0 < body["clearing_price_micros"] <= (500_000 if body["campaign_id"] == "cpc-1" else 300_000)
+    assert body["model_version"] == "1" and 0 < body["pctr"] < 1
+    assert body["tracking"]["click"].endswith(f"/v1/events/track/{body['auction_id']}/click")
+
+
+def test_no_eligible_campaign_is_204(client):
+    response = client.post("/v1/auction", json={"device_type": "ctv", "blocked_categories": ["Automotive"]})
+    assert response.status_code == 204
+
+
+def test_a_click_is_charged_once_and_replays_are_free(client, service_settings):
+    auction = client.post("/v1/auction", json={"user_id": "u-2", "device_type": "desktop"}).json()
+    impression = {"event_id": "imp-1", "event_type": "impression", "auction_id": auction["auction_id"]}
+    click = {"event_id": "clk-1", "event_type": "click", "auction_id": auction["auction_id"]}
+    assert client.post("/v1/events", json=impression).json()["results"][0]["charged_micros"] == 0
+    charged = client.post("/v1/events", json=click).json()["results"][0]
+    assert (charged["status"], charged["charged_micros"]) == ("accepted", auction["clearing_price_micros"])
+    replay = client.post("/v1/events", json={"events": [click, {**click, "event_id": "clk-2"}]}).json()
+    assert [r["status"] for r in replay["results"]] == ["duplicate", "duplicate"]
+    assert sum(r["charged_micros"] for r in replay["results"]) == 0
+    with ServiceState.open(service_settings).sessions() as session:
+        ledger = store.spend_by_campaign_hour(session, datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC))
+    assert sum(ledger.values()) == auction["clearing_price_micros"]
+
+
+def test_events_land_on_the_feedback_topic_keyed_by_auction(client, service_settings):
+    auction = client.post("/v1/auction", json={"user_id": "u-3", "device_type": "mobile"}).json()
+    event = {"event_id": "imp-topic", "event_type": "impression", "auction_id": auction["auction_id"]}
+    assert client.post("/v1/events", json=event).status_code == 202
+    consumer = KafkaConsumer(
+        Topic.AD_FEEDBACK, bootstrap_servers=service_settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest", consumer_timeout_ms=10_000,
+    )  # fmt: skip
+    records = [r for r in consumer if r.key == auction["auction_id"].encode()]
+    consumer.close()
+    (record,) = records
+    published = json.loads(record.value)
+    assert published["event_id"] == "imp-topic" and published["campaign_id"] == auction["campaign_id"]
+    assert published["cost_micros"] == 0 and published["schema_version"] == 1
+
+
+def test_an_event_for_an_unknown_auction_is_refused_saying_why(client):
+    single = client.post("/v1/events", json={"event_id": "e-x", "event_type": "click", "auction_id": "nope"})
+    assert single.status_code == 422 and "unknown auction_id" in single.json()["detail"]
+    batch = client.post(
+        "/v1/events", json={"events": [{"event_id": "e-y", "event_type": "click", "auction_id": "nope"}]}
+    ).json()
+    assert batch["rejected"] == 1 and batch["results"][0]["status"] == "rejected"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"user_id": ', "JSON decode error"),
+        ('{"age": -3}', "age: Input should be greater than or equal to 13"),
+        ('{"floor_cpm": "1.1234567"}', "floor_cpm"),
+        ('{"surprise": 1}', "surprise: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_auction_requests_are_422_with_what_to_fix(client, body, expected):
+    response = client.post("/v1/auction", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert expected in response.json()["detail"]
+
+
+def test_an_oversized_body_is_413(client):
+    response = client.post("/v1/events", content=b"x" * 2_000_000, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "smaller batches" in response.json()["detail"]
+
+
+def test_campaign_endpoints_need_the_token_and_reach_the_store_through_kafka(client, service_settings):
+    assert client.get("/v1/campaigns/cpc-1").status_code == 401
+    assert client.get("/v1/campaigns/cpc-1", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert client.get("/v1/campaigns/cpc-1", headers=TOKEN).json()["status"] == "active"
+    stop_event = threading.Event()
+    manager = threading.Thread(target=ad_manager.run, args=(service_settings, stop_event), daemon=True)
+    manager.start()
+    try:
+        spec = instruction("x").campaign.model_dump(mode="json")
+        created = client.post("/v1/campaigns", json={**spec, "campaign_id": "api-1"}, headers=TOKEN)
+        assert created.status_code == 202, created.text
+        deadline = time.monotonic() + 30
+        while client.get("/v1/campaigns/api-1", headers=TOKEN).status_code == 404 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.get("/v1/campaigns/api-1", headers=TOKEN).json()["status"] == "active"
+        assert client.post("/v1/campaigns/api-1/stop", headers=TOKEN).status_code == 202
+        assert client.post("/v1/campaigns/ghost/stop", headers=TOKEN).status_code == 404
+        bad = client.post("/v1/campaigns", json={**spec, "bid_micros": -5}, headers=TOKEN)
+        assert bad.status_code == 422 and "bid_micros" in bad.json()["detail"]
+    finally:
+        stop_event.set()
+        manager.join(timeout=30)
+
+
+def test_operations_endpoints(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == "1"
+    metrics = client.get("/metrics").text
+    assert "adstream_auction" in metrics and "adstream_model_version" in metrics
+    stats = client.get("/v1/stats").json()
+    assert stats["auctions"] >= 1 and 0 <= stats["fill_rate"] <= 1
+    predicted = client.post("/v1/predict_ctr", json={"campaign_ids": ["cpc-1", "ghost"]}).json()
+    assert predicted["unknown_campaigns"] == ["ghost"] and 0 < predicted["predictions"][0]["pctr"] < 1
+    assert "/v1/auction" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_default_token_is_refused_outside_local_mode(tmp_path):
+    with pytest.raises(DefaultTokenOutsideLocal, match="AUCTION_API_TOKEN"):
+        create_app(make_settings(tmp_path, adstream_env="prod"))
+    assert create_app(make_settings(tmp_path, adstream_env="prod", auction_api_token="s3cret-Xy9")) is not None
