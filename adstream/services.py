@@ -55,6 +55,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None
     start_timeout_s: float = 90.0
+    needs_infrastructure: bool = False  # started only once Kafka/MLflow/Airflow are healthy
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -74,6 +75,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LOCAL_DIR": str(settings.local_dir.resolve()),
         "JAR_CACHE_DIR": str(Path(settings.jar_cache_dir).resolve()),
         "REPORTS_DIR": str(settings.reports_dir.resolve()),
+        "BIND_HOST": settings.bind_host,
+        "AUCTION_PORT": str(settings.auction_port),
+        "AD_MANAGER_GROUP": settings.ad_manager_group,
     }
 
 
@@ -227,10 +231,45 @@ def _airflow(settings: Settings) -> Service:
     )
 
 
+def _ad_manager(settings: Settings) -> Service:
+    log = log_file(settings, "ad-manager")
+    return Service(
+        name="ad-manager",
+        url=f"consumer group {settings.ad_manager_group}",
+        ports=(),
+        command=(sys.executable, "-m", "auction_service.ad_manager"),
+        env=settings_env(settings),
+        # No port to probe: healthy once it has joined the topic (its log says so) and still runs.
+        healthy=lambda: (
+            running_pid(settings, "ad-manager") is not None
+            and log.exists()
+            and "ad manager consuming" in log.read_text(errors="replace")
+        ),
+        needs_infrastructure=True,
+        start_timeout_s=60.0,
+    )
+
+
+def _auction(settings: Settings) -> Service:
+    url = f"http://{settings.bind_host}:{settings.auction_port}"
+    return Service(
+        name="auction",
+        url=url,
+        ports=(PortClaim(settings.auction_port, "AUCTION_PORT"),),
+        command=(sys.executable, "-m", "auction_service"),
+        env=settings_env(settings),
+        healthy=lambda: _http_ok(f"{url}/healthz"),
+        needs_infrastructure=True,
+        start_timeout_s=90.0,
+    )
+
+
 SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
     "kafka": _kafka,
     "mlflow": _mlflow,
     "airflow": _airflow,
+    "ad-manager": _ad_manager,
+    "auction": _auction,
 }
 
 
@@ -429,19 +468,22 @@ def up(settings: Settings, names: Sequence[str] = ()) -> None:
     services = build_services(settings, names)
     began = time.monotonic()
     started = {s.name: running_pid(settings, s.name) is None for s in services}
-    for service in services:  # start all first: they warm up in parallel
-        start(settings, service)
-    for service in services:
-        took = wait_healthy(settings, service, began)
-        verb = "started" if started[service.name] else "already running"
-        log = log_file(settings, service.name)
-        print(f"  {service.name:<8} {verb:<16} {service.url:<32} ready {took:4.1f}s after `up`  log: {log}")
+    # Infrastructure first, all at once (they warm up in parallel); then what needs it.
+    for wave in (False, True):
+        batch = [service for service in services if service.needs_infrastructure is wave]
+        for service in batch:
+            start(settings, service)
+        for service in batch:
+            took = wait_healthy(settings, service, began)
+            verb = "started" if started[service.name] else "already running"
+            log = log_file(settings, service.name)
+            print(f"  {service.name:<10} {verb:<16} {service.url:<32} ready {took:4.1f}s after `up`  log: {log}")
     print(f"all {len(services)} service(s) healthy {time.monotonic() - began:.1f}s after `up`", flush=True)
 
 
 def down(settings: Settings, names: Sequence[str] = ()) -> None:
     for service in reversed(build_services(settings, names)):
-        print(f"  {service.name:<8} {stop(settings, service)}", flush=True)
+        print(f"  {service.name:<10} {stop(settings, service)}", flush=True)
 
 
 def status(settings: Settings, names: Sequence[str] = ()) -> int:

@@ -92,6 +92,7 @@ def test_up_brings_the_whole_stack_to_healthy_and_down_leaves_nothing_running(tm
         settings.airflow_port,
         settings.airflow_worker_log_port,
         settings.airflow_trigger_log_port,
+        settings.auction_port,
     ]
     services.airflow_cli(settings, "db", "migrate", capture_output=True)
     try:
@@ -102,10 +103,11 @@ def test_up_brings_the_whole_stack_to_healthy_and_down_leaves_nothing_running(tm
     finally:
         services.down(settings)
     out = capsys.readouterr().out
-    assert out.count("started") >= 3 and out.count("stopped") == 3
+    everything = len(services.SERVICE_FACTORIES)  # Kafka, MLflow, Airflow, the ad manager, the auction service
+    assert out.count("started") >= everything and out.count("stopped") == everything
     assert not any(services._group_alive(pid) for pid in pids.values())
     assert not any(services.port_in_use("127.0.0.1", port) for port in ports)
-    assert services.status(settings) == 3
+    assert services.status(settings) == everything
     # A second `down` has nothing to do and says so.
     services.down(settings)
-    assert capsys.readouterr().out.count("not running") == 3
+    assert capsys.readouterr().out.count("not running") == everything
