@@ -79,13 +79,44 @@ def train_ctr_model(settings: Settings) -> None:
             print(f"    {line}")
 
 
+def wait_for_auction_service(settings: Settings, campaigns: int, timeout_s: float = 90.0) -> dict:
+    """Until the service has loaded the champion and sees the seeded campaigns."""
+    import httpx
+
+    url = f"http://{settings.bind_host}:{settings.auction_port}/readyz"
+    deadline, body = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        try:
+            body = httpx.get(url, timeout=2.0).json()
+        except httpx.HTTPError as exc:
+            body = {"reason": str(exc)}
+        if body.get("ready") and body.get("campaigns", 0) >= campaigns:
+            return body
+        time.sleep(1.0)
+    raise StageFailed(f"the auction service was not ready with {campaigns} campaigns after {timeout_s:.0f}s: {body}")
+
+
+def seed_and_serve(settings: Settings) -> None:
+    """Seeds campaigns through Kafka (the ad manager applies them), then simulated users see ads."""
+    run_logged(settings, "seed", sys.executable, "-m", "auction_service.campaigns", "seed", str(SEED_CAMPAIGNS),
+               "--seed", "7")  # fmt: skip
+    ready = wait_for_auction_service(settings, SEED_CAMPAIGNS)
+    print(f"    {ready['campaigns']} campaigns serving, ctr-model version {ready['model_version']}")
+    run_logged(settings, "simulator", sys.executable, "-m", "auction_service.simulator", "--duration",
+               f"{SIMULATION_S}s", "--rate", "20", "--users", "300")  # fmt: skip
+    print(f"    {services.log_file(settings, 'run-simulator').read_text().strip().splitlines()[-1]}")
+
+
+SEED_CAMPAIGNS = 200
+SIMULATION_S = 30
 SMOKE_EVENTS = 500
 STAGES = (
-    Stage("start services (Kafka, MLflow, Airflow)", start_services),
+    Stage("start services (Kafka, MLflow, Airflow, ad manager, auction service)", start_services),
     Stage("ingest the Kaggle datasets into bronze Delta, gated by Great Expectations", ingest_kaggle),
     Stage("build silver users/ads and gold features with Spark", build_features),
     Stage("smoke flow: Kafka -> Spark Structured Streaming -> Delta", smoke_flow),
     Stage("train CTR models, register ctr-model and guard its promotion (MLflow)", train_ctr_model),
+    Stage("seed campaigns through Kafka and serve simulated users (auction service)", seed_and_serve),
 )
 
 
@@ -102,6 +133,7 @@ def summary(settings: Settings) -> str:
             f"  (experiment '{MLFLOW_EXPERIMENT}', model '{REGISTERED_MODEL}@{CHAMPION_ALIAS}')",
             f"  Airflow UI         http://{settings.bind_host}:{settings.airflow_port}"
             f"  (user admin, password in {password_file})",
+            f"  Auction API        http://{settings.bind_host}:{settings.auction_port}/docs",
             f"  Service logs       {settings.log_dir.resolve()}",
         ]
     )
