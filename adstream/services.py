@@ -232,19 +232,16 @@ def _airflow(settings: Settings) -> Service:
 
 
 def _ad_manager(settings: Settings) -> Service:
-    log = log_file(settings, "ad-manager")
+    from auction_service.ad_manager import is_alive
+
     return Service(
         name="ad-manager",
         url=f"consumer group {settings.ad_manager_group}",
         ports=(),
         command=(sys.executable, "-m", "auction_service.ad_manager"),
         env=settings_env(settings),
-        # No port to probe: healthy once it has joined the topic (its log says so) and still runs.
-        healthy=lambda: (
-            running_pid(settings, "ad-manager") is not None
-            and log.exists()
-            and "ad manager consuming" in log.read_text(errors="replace")
-        ),
+        # No port to probe: healthy while it runs and its poll loop beats.
+        healthy=lambda: running_pid(settings, "ad-manager") is not None and is_alive(settings),
         needs_infrastructure=True,
         start_timeout_s=60.0,
     )

@@ -19,9 +19,11 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from kafka.consumer.fetcher import ConsumerRecord
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 500  # how long a stop request may wait for the poll to return
 MAX_BATCH = 500
+HEARTBEAT_EVERY_S = 5.0
+HEARTBEAT_MAX_AGE_S = 30.0
 QUARANTINED = "quarantined"
 
 OnApplied = Callable[[CampaignInstruction, store.ApplyResult], None]
@@ -132,8 +136,14 @@ def run(
         max_poll_records=MAX_BATCH,
     )
     log.info("ad manager consuming %s as group %s", topic, settings.ad_manager_group)
+    beat = heartbeat_file(settings)
+    beat.parent.mkdir(parents=True, exist_ok=True)
+    last_beat = 0.0
     try:
         while not stop_event.is_set():
+            if time.monotonic() - last_beat >= HEARTBEAT_EVERY_S:
+                beat.touch()  # health checks read its age: the loop is alive and polling
+                last_beat = time.monotonic()
             batch = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
             records = [record for partition_records in batch.values() for record in partition_records]
             if not records:
@@ -153,7 +163,21 @@ def run(
     return stats
 
 
-def main() -> int:
+def heartbeat_file(settings: Settings) -> Path:
+    return settings.local_dir.resolve() / "run" / "ad-manager.heartbeat"
+
+
+def is_alive(settings: Settings, max_age_s: float = HEARTBEAT_MAX_AGE_S) -> bool:
+    """Whether a running ad manager polled recently (its heartbeat file is fresh)."""
+    beat = heartbeat_file(settings)
+    return beat.exists() and time.time() - beat.stat().st_mtime <= max_age_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv == ["--check"]:  # the container health check
+        return 0 if is_alive(get_settings()) else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop_event = threading.Event()
 

@@ -318,3 +318,21 @@ def test_sigterm_finishes_the_batch_commits_and_exits_cleanly(settings, sessions
     assert process.returncode == 0, output
     assert "SIGTERM: stopping after the current batch" in output
     assert "ad manager stopped" in output
+
+
+def test_the_health_check_reads_the_heartbeat_age(tmp_path):
+    import os
+    import time
+
+    from auction_service.ad_manager import heartbeat_file, is_alive
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path)
+    assert not is_alive(settings)  # never ran
+    beat = heartbeat_file(settings)
+    beat.parent.mkdir(parents=True)
+    beat.touch()
+    assert is_alive(settings)
+    old = time.time() - 120
+    os.utime(beat, (old, old))
+    assert not is_alive(settings)  # a stuck loop stops beating
