@@ -104,10 +104,13 @@ class NotSkopsModel(ValueError):
 
 def model_artifact(tracking_uri: str, version: str) -> bytes:
     """The serialized pipeline of ``ctr-model`` version ``version``, exactly as registered."""
+    # Resolved through an explicit client: MLflow resolves ``models:/`` URIs with the
+    # process-wide registry URI, whatever ``registry_uri`` a download is given.
+    location = tracking_client(tracking_uri).get_model_version_download_uri(REGISTERED_MODEL, version)
     with tempfile.TemporaryDirectory(prefix="ctr-model-") as scratch:
         local = Path(
             download_artifacts(
-                artifact_uri=f"models:/{REGISTERED_MODEL}/{version}",
+                artifact_uri=location,
                 dst_path=scratch,
                 tracking_uri=tracking_uri,
                 registry_uri=tracking_uri,
