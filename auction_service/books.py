@@ -3,15 +3,17 @@
 Budget bound (documented in the README): a campaign serves only while
 ``spent + reserved < budget`` (total and daily). Every filled auction reserves the
 *expected* cost of its billable event (CPM: the impression's price; CPC: price x pCTR;
-CPA: price x pCTR x pCVR) until that event is billed or the auction expires
-(AUCTION_TTL_S). Spend is always recorded in full, so the most a campaign can
-overspend is the unreserved part of its in-flight exposure:
+CPA: price x pCTR x pCVR) until that event is billed (the reservation is released once
+the campaign cache holds the new spend) or the auction expires (AUCTION_TTL_S). Spend is
+always recorded in full, so a campaign can overspend by at most
 
-    overspend <= sum over its served, unbilled, unexpired auctions of (billable cost - reservation)
+    sum over its served, unbilled, unexpired auctions of (billable cost - reservation)
+    + the reservations of the auctions that passed the check while it was about to close
+      (at most one per request in flight: the check and the reservation are not one step)
 
-which is 0 for CPM and at most price x (1 - pCTR) per outstanding auction for CPC.
-At most one billable event per auction is charged (the ledger is unique on event_id
-and the service derives no second charge for an auction), so the bound holds.
+The first term is 0 for CPM and at most price x (1 - pCTR) per outstanding auction for
+CPC; the second is at most (requests in flight) x (largest billable cost). At most one
+billable event per auction is charged (the ledger is unique on event_id and on auction_id).
 """
 
 from __future__ import annotations
