@@ -4,12 +4,12 @@ PY    := .venv/bin/python
 KEEP_UP ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status run test bench compare-runs lint format lock clean
+.PHONY: help setup up down status run test bench bench-auction compare-runs lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup: ## Install Python deps (.venv, pinned) and JVM jars (Maven Central -> .local/jars); idempotent
+setup: ## Install Python deps (.venv, pinned), JVM jars (Maven Central -> .local/jars) and the load generator (npm); idempotent
 	@bash infra/setup.sh
 
 up: setup ## Start Kafka (KRaft), MLflow and Airflow locally; waits until healthy
@@ -32,6 +32,9 @@ test: setup ## Lint and run the whole test suite (starts and stops the Kafka bro
 bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/bench/ (REPEATS=3)
 	@$(PY) -m ingestion.benchmark --repeats $(or $(REPEATS),3)
 	@$(PY) -m ml.bench_scorer
+
+bench-auction: setup ## Load-test the auction service (autocannon, 32 connections) vs a naive baseline (REPEATS=3 DURATION=20)
+	@$(PY) -m auction_service.bench --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20)
 
 compare-runs: setup ## Compare CTR training runs side by side (metrics, params, champion/challenger decision); LAST=N
 	@$(PY) -m ml.compare --execute-notebook $(if $(LAST),--last $(LAST))

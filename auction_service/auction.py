@@ -1,8 +1,11 @@
 """The auction: which campaigns may serve a request, how they rank, and what the winner pays.
 
 Pure functions over ``auction_service.domain`` values: no I/O, no clock (the request
-time is ``AuctionContext.at``), no pandas. The caller filters with ``eligible``, scores
-every eligible campaign in one batch, and hands the pCTRs to ``run_auction``.
+time is ``AuctionContext.at``), no pandas. The caller filters with ``eligible`` (or, for
+many requests over one snapshot of campaigns, with its ``CampaignIndex``), scores every
+eligible campaign in one batch, and hands the pCTRs to ``run_auction``. Both work on
+numpy arrays where a Python loop over hundreds of campaigns would cost milliseconds,
+and decide money with exact integers.
 
 Rules, in one place:
 
@@ -40,7 +43,10 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import repeat
+from typing import ClassVar
 
 import numpy as np
 
@@ -91,6 +97,32 @@ class AuctionOutcome:
         return self.winner is not None
 
 
+@dataclass(frozen=True, slots=True)
+class CandidateBids:
+    """The candidates' bids as floats, aligned with them, for eCPM *estimates* (``_Ecpms``):
+    estimate = cpm + pCTR_q x (cpc + pCVR_q x cpa), each array zero where the pricing model differs."""
+
+    cpm: np.ndarray  # the bid, for CPM (eCPM is the bid)
+    cpc: np.ndarray  # bid x 1000 / 1e9, for CPC (pCTR in billionths)
+    cpa: np.ndarray  # bid x 1000 / 1e18, for CPA (pCTR and pCVR in billionths)
+
+    @classmethod
+    def of(cls, candidates: Sequence[ServingCampaign]) -> CandidateBids:
+        n = len(candidates)
+        bids = np.fromiter((campaign.bid_micros for campaign in candidates), dtype=np.float64, count=n)
+        models = [campaign.pricing_model for campaign in candidates]
+        cpc = np.fromiter((model == PricingModel.CPC for model in models), dtype=bool, count=n)
+        cpa = np.fromiter((model == PricingModel.CPA for model in models), dtype=bool, count=n)
+        return cls(
+            cpm=np.where(cpc | cpa, 0.0, bids),
+            cpc=np.where(cpc, bids * 1e-6, 0.0),
+            cpa=np.where(cpa, bids * 1e-15, 0.0),
+        )
+
+    def take(self, rows: np.ndarray) -> CandidateBids:
+        return CandidateBids(self.cpm[rows], self.cpc[rows], self.cpa[rows])
+
+
 def eligible(
     context: AuctionContext,
     campaigns: Iterable[ServingCampaign],
@@ -101,57 +133,267 @@ def eligible(
     """The campaigns that may serve ``context``, and how many were filtered for each reason.
 
     ``impressions_today`` is this user's impressions today per campaign_id (empty for an
-    unknown user); ``reserved_micros`` the in-flight exposure held per campaign_id.
+    unknown user); ``reserved_micros`` the in-flight exposure held per campaign_id. For many
+    requests over the same campaigns, build a ``CampaignIndex`` once instead.
     """
-    kept: list[ServingCampaign] = []
-    filtered: Counter[str] = Counter()
-    for campaign in campaigns:
-        reason = _first_failed_rule(context, campaign, impressions_today, reserved_micros)
-        if reason is None:
-            kept.append(campaign)
-        else:
-            filtered[reason] += 1
-    return kept, filtered
+    index = CampaignIndex.build(tuple(campaigns))
+    rows, filtered = index.eligible_rows(context, impressions_today=impressions_today, reserved_micros=reserved_micros)
+    return index.take(rows), filtered
 
 
-def _first_failed_rule(
-    context: AuctionContext,
-    campaign: ServingCampaign,
-    impressions_today: Mapping[str, int],
-    reserved_micros: Mapping[str, int],
-) -> FilterReason | None:
-    if campaign.status != CampaignStatus.ACTIVE:
-        return FilterReason.STATUS
-    if not campaign.flight_start <= context.at < campaign.flight_end:
-        return FilterReason.FLIGHT_DATES
-    if campaign.category in context.blocked_categories:
-        return FilterReason.BLOCKED_CATEGORY
-    if campaign.advertiser_id in context.blocked_advertisers:
-        return FilterReason.BLOCKED_ADVERTISER
-    # An unstated attribute (None) is never in a non-empty target set.
-    if campaign.countries and context.country not in campaign.countries:
-        return FilterReason.COUNTRY
-    if (campaign.age_min is not None or campaign.age_max is not None) and not _age_matches(campaign, context.age):
-        return FilterReason.AGE
-    if campaign.genders and context.gender not in campaign.genders:
-        return FilterReason.GENDER
-    if campaign.device_types and context.device_type not in campaign.device_types:
-        return FilterReason.DEVICE_TYPE
-    reserved = reserved_micros.get(campaign.campaign_id, 0)
-    if campaign.total_budget_micros - campaign.spent_micros - reserved <= 0:
-        return FilterReason.TOTAL_BUDGET
-    if campaign.daily_budget_micros - campaign.spent_today_micros - reserved <= 0:
-        return FilterReason.DAILY_BUDGET
-    if impressions_today.get(campaign.campaign_id, 0) >= campaign.frequency_cap_per_day:
-        return FilterReason.FREQUENCY_CAP
-    return None
+# Budgets left and reservations are compared as int64; a value beyond int64 (over nine
+# trillion dollars in micros) is checked with Python integers instead.
+_INT64_LIMIT = 2**63
+_NO_ROWS = np.empty(0, dtype=np.intp)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+# The rules ``CampaignIndex`` decides with precomputed masks, in order (budgets and frequency
+# follow). Each has one bit of a byte per row, the first rule the highest bit, so the first
+# rule a row fails is the number of leading zeros of its byte (8: it failed none).
+_MASKED_RULES = (
+    FilterReason.STATUS,
+    FilterReason.FLIGHT_DATES,
+    FilterReason.BLOCKED_CATEGORY,
+    FilterReason.BLOCKED_ADVERTISER,
+    FilterReason.COUNTRY,
+    FilterReason.AGE,
+    FilterReason.GENDER,
+    FilterReason.DEVICE_TYPE,
+)
+_BIT = {reason: np.uint8(1 << (7 - i)) for i, reason in enumerate(_MASKED_RULES)}
+_LEADING_ZEROS = np.array([8 - byte.bit_length() for byte in range(256)], dtype=np.intp)
 
 
-def _age_matches(campaign: ServingCampaign, age: int | None) -> bool:
-    if age is None:
-        return False
-    above_min = campaign.age_min is None or age >= campaign.age_min
-    return above_min and (campaign.age_max is None or age <= campaign.age_max)
+def _object_array(values: Sequence[object]) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values  # element by element, even for values numpy could take for sequences
+    return array
+
+
+def _micros_since_epoch(moment: datetime) -> int:
+    """Exact integer microseconds, so array comparisons agree with datetime comparisons."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _bits(failing: Sequence[bool] | np.ndarray, reason: FilterReason) -> np.ndarray:
+    """A rule's failing rows as its bit (uint8 per row, 0 where the row passes)."""
+    return np.asarray(failing, dtype=np.uint8) * _BIT[reason]
+
+
+def _bits_by_key(keys: Sequence[str], reason: FilterReason) -> dict[str, np.ndarray]:
+    """For a blocking rule: key -> the rows with that key, as the rule's bit."""
+    return {key: _bits([k == key for k in keys], reason) for key in set(keys)}
+
+
+@dataclass(frozen=True)
+class _TargetingBits:
+    """One set-valued targeting rule (countries, genders, device types) over a snapshot's rows."""
+
+    targeted: np.ndarray  # rows with a target set: they fail an unstated value, or one no set holds
+    by_value: dict[str, np.ndarray]  # value -> the targeted rows whose set lacks it
+
+    @classmethod
+    def build(cls, sets: Sequence[frozenset[str]], reason: FilterReason) -> _TargetingBits:
+        targeted = [bool(targets) for targets in sets]
+        values = {value for targets in sets for value in targets}
+        by_value = {v: _bits([bool(t) and v not in t for t in sets], reason) for v in values}
+        return cls(_bits(targeted, reason), by_value)
+
+    def failing(self, value: str | None) -> np.ndarray:
+        return self.targeted if value is None else self.by_value.get(value, self.targeted)
+
+
+@dataclass(frozen=True, eq=False)
+class CampaignIndex:
+    """``eligible`` over one snapshot of campaigns, as numpy arrays built once per snapshot.
+
+    Each masked rule's failing rows are precomputed per value a request can state (status,
+    blocked category or advertiser, targeting per country, gender and device type, age
+    range per age) or one comparison of arrays (flight dates), held as that rule's bit of
+    a byte per row. A request ORs its rules' bits: a row is kept when its byte is 0 and
+    counted under its first failing rule otherwise, so each campaign counts once, under
+    its first failing rule, as the module docstring says. Budgets and frequency need the
+    request's reservations and impressions, so they are checked after, for the rows that
+    passed every masked rule.
+    """
+
+    campaigns: tuple[ServingCampaign, ...]
+    by_row: np.ndarray  # the campaigns again, as an object array (taking rows from it is one call)
+    campaign_ids: np.ndarray  # object array of str
+    inactive: np.ndarray
+    flight_start: np.ndarray  # int64 microseconds since the epoch
+    flight_end: np.ndarray
+    every_flight: tuple[int, int]  # (latest start, earliest end): in between no campaign is out of its flight
+    by_category: dict[str, np.ndarray]
+    by_advertiser: dict[str, np.ndarray]
+    countries: _TargetingBits
+    genders: _TargetingBits
+    device_types: _TargetingBits
+    age_targeted: np.ndarray
+    age_min: np.ndarray  # float, -inf when unbounded
+    age_max: np.ndarray  # float, +inf when unbounded
+    by_age: dict[int | None, np.ndarray]  # filled on first use of each age (requests state 13 to 120)
+    total_left: np.ndarray  # int64 micros: total budget - spent
+    daily_left: np.ndarray  # int64 micros: daily budget - spent today
+    frequency_cap: np.ndarray
+    bids: CandidateBids  # by row
+    int64_safe: bool  # every budget left fits int64
+    no_row: np.ndarray
+    _last: ClassVar[CampaignIndex | None] = None
+
+    @classmethod
+    def of(cls, campaigns: tuple[ServingCampaign, ...]) -> CampaignIndex:
+        """The index of ``campaigns``, built on first use: a service replaces its snapshot tuple whole
+        when campaigns change, so the last index built serves every request until then."""
+        last = cls._last
+        if last is None or last.campaigns is not campaigns:
+            last = cls._last = cls.build(campaigns)
+        return last
+
+    @classmethod
+    def build(cls, campaigns: tuple[ServingCampaign, ...]) -> CampaignIndex:
+        total_left = [c.total_budget_micros - c.spent_micros for c in campaigns]
+        daily_left = [c.daily_budget_micros - c.spent_today_micros for c in campaigns]
+        int64_safe = all(-_INT64_LIMIT < v < _INT64_LIMIT for v in (*total_left, *daily_left))
+        flight_start = [_micros_since_epoch(c.flight_start) for c in campaigns]
+        flight_end = [_micros_since_epoch(c.flight_end) for c in campaigns]
+        return cls(
+            campaigns=campaigns,
+            by_row=_object_array(campaigns),
+            campaign_ids=_object_array([c.campaign_id for c in campaigns]),
+            inactive=_bits([c.status != CampaignStatus.ACTIVE for c in campaigns], FilterReason.STATUS),
+            flight_start=np.array(flight_start, dtype=np.int64),
+            flight_end=np.array(flight_end, dtype=np.int64),
+            every_flight=(max(flight_start, default=0), min(flight_end, default=0)),
+            by_category=_bits_by_key([c.category for c in campaigns], FilterReason.BLOCKED_CATEGORY),
+            by_advertiser=_bits_by_key([c.advertiser_id for c in campaigns], FilterReason.BLOCKED_ADVERTISER),
+            countries=_TargetingBits.build([c.countries for c in campaigns], FilterReason.COUNTRY),
+            genders=_TargetingBits.build([c.genders for c in campaigns], FilterReason.GENDER),
+            device_types=_TargetingBits.build([c.device_types for c in campaigns], FilterReason.DEVICE_TYPE),
+            age_targeted=np.array([c.age_min is not None or c.age_max is not None for c in campaigns], dtype=bool),
+            age_min=np.array([-np.inf if c.age_min is None else c.age_min for c in campaigns], dtype=np.float64),
+            age_max=np.array([np.inf if c.age_max is None else c.age_max for c in campaigns], dtype=np.float64),
+            by_age={},
+            total_left=np.array(total_left if int64_safe else [0] * len(campaigns), dtype=np.int64),
+            daily_left=np.array(daily_left if int64_safe else [0] * len(campaigns), dtype=np.int64),
+            frequency_cap=np.array([c.frequency_cap_per_day for c in campaigns], dtype=np.int64),
+            bids=CandidateBids.of(campaigns),
+            int64_safe=int64_safe,
+            no_row=np.zeros(len(campaigns), dtype=np.uint8),
+        )
+
+    def take(self, rows: np.ndarray) -> list[ServingCampaign]:
+        return self.by_row[rows].tolist()
+
+    def eligible_rows(
+        self,
+        context: AuctionContext,
+        *,
+        impressions_today: Mapping[str, int],
+        reserved_micros: Mapping[str, int],
+    ) -> tuple[np.ndarray, Counter[str]]:
+        """The rows (ascending) of the campaigns that may serve ``context``, and the filter counts, as ``eligible``."""
+        failed = (
+            self.inactive
+            | self._flight_bits(_micros_since_epoch(context.at))
+            | self._blocked_bits(self.by_category, context.blocked_categories)
+            | self._blocked_bits(self.by_advertiser, context.blocked_advertisers)
+            | self.countries.failing(context.country)
+            | self._age_bits(context.age)
+            | self.genders.failing(context.gender)
+            | self.device_types.failing(context.device_type)
+        )
+        first_failed = np.bincount(_LEADING_ZEROS[failed], minlength=9).tolist()
+        filtered: Counter[str] = Counter(
+            {reason: count for reason, count in zip(_MASKED_RULES, first_failed, strict=False) if count}
+        )
+        if not first_failed[8]:
+            return _NO_ROWS, filtered
+        rows = np.flatnonzero(failed == 0)
+        return self._affordable(rows, filtered, impressions_today, reserved_micros), filtered
+
+    def _flight_bits(self, at: int) -> np.ndarray:
+        latest_start, earliest_end = self.every_flight
+        if latest_start <= at < earliest_end:
+            return self.no_row
+        return _bits((self.flight_start > at) | (self.flight_end <= at), FilterReason.FLIGHT_DATES)
+
+    def _blocked_bits(self, by_key: Mapping[str, np.ndarray], blocked: frozenset[str]) -> np.ndarray:
+        bits = self.no_row
+        for key in blocked:
+            if key in by_key:
+                bits = bits | by_key[key]
+        return bits
+
+    def _age_bits(self, age: int | None) -> np.ndarray:
+        age_bits = self.by_age.get(age)
+        if age_bits is None:
+            out_of_range = True if age is None else (self.age_min > age) | (self.age_max < age)  # None: in no range
+            age_bits = self.by_age[age] = _bits(self.age_targeted & out_of_range, FilterReason.AGE)
+        return age_bits
+
+    def _affordable(
+        self,
+        rows: np.ndarray,
+        filtered: Counter[str],
+        impressions_today: Mapping[str, int],
+        reserved_micros: Mapping[str, int],
+    ) -> np.ndarray:
+        """``rows`` less those out of total or daily budget (reservations counted) or at the frequency cap.
+
+        The books are read with ``get`` only (other threads write them under their own locks).
+        """
+        row_ids = self.campaign_ids[rows].tolist() if reserved_micros or impressions_today else []
+        held: np.ndarray | int = 0
+        if reserved_micros:
+            try:
+                held = np.fromiter(map(reserved_micros.get, row_ids, repeat(0)), dtype=np.int64, count=rows.size)
+            except OverflowError:  # a reservation beyond int64: Python integers decide
+                return self._affordable_exactly(rows, filtered, impressions_today, reserved_micros)
+        if not self.int64_safe:
+            return self._affordable_exactly(rows, filtered, impressions_today, reserved_micros)
+        # "budget - spent - reserved <= 0" as "left <= reserved": no subtraction that could overflow.
+        over_total = self.total_left[rows] <= held
+        over_daily = (self.daily_left[rows] <= held) & ~over_total
+        keep = ~(over_total | over_daily)
+        capped = np.zeros(0, dtype=bool)
+        if impressions_today:
+            seen = np.fromiter(map(impressions_today.get, row_ids, repeat(0)), dtype=np.int64, count=rows.size)
+            capped = keep & (seen >= self.frequency_cap[rows])
+            keep &= ~capped
+        for reason, dropped in (
+            (FilterReason.TOTAL_BUDGET, over_total),
+            (FilterReason.DAILY_BUDGET, over_daily),
+            (FilterReason.FREQUENCY_CAP, capped),
+        ):
+            count = int(np.count_nonzero(dropped))
+            if count:
+                filtered[reason] += count
+        return rows[keep]
+
+    def _affordable_exactly(
+        self,
+        rows: np.ndarray,
+        filtered: Counter[str],
+        impressions_today: Mapping[str, int],
+        reserved_micros: Mapping[str, int],
+    ) -> np.ndarray:
+        kept = []
+        for row in rows.tolist():
+            campaign = self.campaigns[row]
+            campaign_id, held = campaign.campaign_id, reserved_micros.get(campaign.campaign_id, 0)
+            if campaign.total_budget_micros - campaign.spent_micros - held <= 0:
+                filtered[FilterReason.TOTAL_BUDGET] += 1
+            elif campaign.daily_budget_micros - campaign.spent_today_micros - held <= 0:
+                filtered[FilterReason.DAILY_BUDGET] += 1
+            elif impressions_today.get(campaign_id, 0) >= campaign.frequency_cap_per_day:
+                filtered[FilterReason.FREQUENCY_CAP] += 1
+            else:
+                kept.append(row)
+        return np.array(kept, dtype=np.intp)
 
 
 def quantize_probability(probability: float) -> int:
@@ -196,6 +438,52 @@ def _checked_pctrs(pctr: Sequence[float] | np.ndarray, candidate_count: int) -> 
     return values
 
 
+class _Ecpms:
+    """The candidates' exact eCPMs, computed only where they decide something.
+
+    Exact eCPMs are Python integers (``_ecpm``), too slow to compute for every one of
+    hundreds of candidates per request. A float64 estimate of each is within a tiny
+    relative error of the exact value before rounding down, so ``margin`` (far wider
+    than that error, plus the 1 the rounding down can take) bounds |estimate - exact|.
+    The exact value is then needed only for a candidate within ``margin`` of the floor
+    and for the candidates that can rank first or second: any campaign whose exact
+    eCPM reaches the second best exact value has an estimate above the second best
+    estimate minus twice the margin.
+    """
+
+    def __init__(
+        self, candidates: Sequence[ServingCampaign], bids: CandidateBids, pctr_q: np.ndarray, pcvr_q: int
+    ) -> None:
+        self._candidates = candidates
+        self._pctr_q = pctr_q
+        self._pcvr_q = pcvr_q
+        self.estimate = bids.cpm + pctr_q * (bids.cpc + pcvr_q * bids.cpa)
+        largest = float(self.estimate.max()) if len(candidates) else 0.0
+        self.margin = 1.0 + 1e-9 * largest
+        self._exact: dict[int, int] = {}
+
+    def exact(self, index: int) -> int:
+        ecpm = self._exact.get(index)
+        if ecpm is None:
+            campaign = self._candidates[index]
+            ecpm = _ecpm(campaign.pricing_model, campaign.bid_micros, int(self._pctr_q[index]), self._pcvr_q)
+            self._exact[index] = ecpm
+        return ecpm
+
+    def rows_at_or_above(self, floor: int) -> np.ndarray:
+        """The indices (ascending) of the candidates whose exact eCPM is at least ``floor``."""
+        above = self.estimate - self.margin >= floor
+        for index in np.flatnonzero(~above & (self.estimate + self.margin >= floor)).tolist():
+            above[index] = self.exact(index) >= floor
+        return np.flatnonzero(above)
+
+    def top_two_and_ties(self, rows: np.ndarray) -> dict[int, int]:
+        """Exact eCPMs of every row of ``rows`` that can rank first or second (ties included)."""
+        estimates = self.estimate[rows]
+        second = np.partition(estimates, -2)[-2] if rows.size > 1 else estimates[0]
+        return {index: self.exact(index) for index in rows[estimates > second - 2 * self.margin].tolist()}
+
+
 def run_auction(
     context: AuctionContext,
     candidates: Sequence[ServingCampaign],
@@ -205,29 +493,28 @@ def run_auction(
     pcvr: float = DEFAULT_PCVR,
     first_price: bool = False,
     filtered: Mapping[str, int] | None = None,
+    bids: CandidateBids | None = None,
 ) -> AuctionOutcome:
     """Rank the eligible ``candidates`` by eCPM and price the winner (rules in the module docstring).
 
     ``pctr[i]`` is the model's pCTR for ``candidates[i]``. ``filtered`` (the counts from
-    ``eligible``) is carried into the outcome, with the "below floor" count added.
+    ``eligible``) is carried into the outcome, with the "below floor" count added. ``bids``
+    saves building the candidates' bid arrays when the caller has them (``CampaignIndex.bids``).
     """
     if not 0 < pcvr <= 1:
         raise ValueError(f"pcvr must be in (0, 1], got {pcvr}")
     pctr_values = _checked_pctrs(pctr, len(candidates))
-    pctr_q: list[int] = np.rint(pctr_values * PROBABILITY_SCALE).astype(np.int64).tolist()
+    pctr_q = np.rint(pctr_values * PROBABILITY_SCALE).astype(np.int64)
     pcvr_q = quantize_probability(pcvr)
     floor = max(context.floor_cpm_micros, reserve_price_micros)
     reasons: Counter[str] = Counter(filtered or {})
 
-    ecpms = [
-        _ecpm(campaign.pricing_model, campaign.bid_micros, campaign_pctr, pcvr_q)
-        for campaign, campaign_pctr in zip(candidates, pctr_q, strict=True)
-    ]
-    above_floor = [ecpm for ecpm in ecpms if ecpm >= floor]
-    if len(above_floor) < len(candidates):  # a Counter keeps zero counts; add none
-        reasons[FilterReason.BELOW_FLOOR] += len(candidates) - len(above_floor)
+    ecpms = _Ecpms(candidates, bids or CandidateBids.of(candidates), pctr_q, pcvr_q)
+    above = ecpms.rows_at_or_above(floor)
+    if above.size < len(candidates):  # a Counter keeps zero counts; add none
+        reasons[FilterReason.BELOW_FLOOR] += len(candidates) - above.size
 
-    if not above_floor:
+    if not above.size:
         return AuctionOutcome(
             auction_id=context.auction_id,
             winner=None,
@@ -244,14 +531,15 @@ def run_auction(
 
     # Only the runner-up's eCPM sets the price, so the two best values suffice; the winner is
     # the first, by the tie-break rule, of the campaigns with the best eCPM.
-    best_ecpm, *runner_up = heapq.nlargest(2, above_floor)
+    contenders = ecpms.top_two_and_ties(above)
+    best_ecpm, *runner_up = heapq.nlargest(2, contenders.values())
     runner_up_ecpm = runner_up[0] if runner_up else None
     best_index = min(
-        (index for index, ecpm in enumerate(ecpms) if ecpm == best_ecpm),
-        key=lambda index: (-pctr_q[index], candidates[index].campaign_id),
+        (index for index, ecpm in contenders.items() if ecpm == best_ecpm),
+        key=lambda index: (-int(pctr_q[index]), candidates[index].campaign_id),
     )
     winner = candidates[best_index]
-    numerator, denominator = _value_per_micro(winner.pricing_model, pctr_q[best_index], pcvr_q)
+    numerator, denominator = _value_per_micro(winner.pricing_model, int(pctr_q[best_index]), pcvr_q)
     if first_price:
         price = winner.bid_micros
     else:
@@ -268,7 +556,7 @@ def run_auction(
         runner_up_ecpm_micros=runner_up_ecpm,
         floor_cpm_micros=floor,
         candidate_count=len(candidates),
-        above_floor_count=len(above_floor),
+        above_floor_count=above.size,
         filtered=reasons,
     )
 

@@ -22,11 +22,11 @@ from kafka.errors import KafkaError
 from adstream.contracts import Topic
 from adstream.events import BILLABLE_EVENT, FeedbackEvent, PricingModel
 from auction_service import store
-from auction_service.auction import DEFAULT_PCVR, AuctionOutcome, auction_record, eligible, run_auction
+from auction_service.auction import DEFAULT_PCVR, AuctionOutcome, CampaignIndex, auction_record, run_auction
 from auction_service.books import Reservation, billable_cost_micros, expected_cost_micros
 from auction_service.domain import AuctionContext
 from auction_service.schemas import EventIn, EventResult
-from auction_service.serving_features import candidate_batch
+from auction_service.serving_features import CampaignFeatures, candidate_columns
 from auction_service.state import ServiceState
 
 PUBLISH_TIMEOUT_S = 5.0
@@ -47,14 +47,16 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
     """Runs one auction; raises ``ModelNotReady`` when no model is loaded."""
     began = time.perf_counter()
     loaded = state.model.current  # one snapshot for the whole auction, even if a swap lands meanwhile
-    snapshot = state.campaigns
-    candidates, filtered = eligible(
+    campaigns, features = state.campaigns.campaigns, state.features.current
+    index = CampaignIndex.of(campaigns)
+    rows, filtered = index.eligible_rows(
         context,
-        snapshot.campaigns,
         impressions_today=state.frequency.impressions_today(context.user_id, context.at),
         reserved_micros=state.exposure.reserved_micros,
     )
-    pctr = loaded.scorer.score(candidate_batch(context, candidates, state.features.current)) if candidates else []
+    candidates = index.take(rows)
+    batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
+    pctr = loaded.scorer.score(batch) if candidates else []
     outcome = run_auction(
         context,
         candidates,
@@ -62,6 +64,7 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
         reserve_price_micros=state.settings.auction_reserve_price_micros,
         first_price=first_price,
         filtered=filtered,
+        bids=index.bids.take(rows),
     )
     if outcome.winner is not None:
         _hold(state, context, outcome, loaded.version)
@@ -110,7 +113,7 @@ def record_events(state: ServiceState, events: list[EventIn], received_at: datet
 
     Raises ``BrokerUnavailable`` before anything is charged when Kafka does not acknowledge.
     """
-    checked: list[tuple[EventIn, store.ServedAuctionRow, FeedbackEvent, bool]] = []
+    checked: list[tuple[int, EventIn, store.ServedAuctionRow, FeedbackEvent, bool]] = []
     results: dict[int, EventResult] = {}
     for index, event in enumerate(events):
         served = state.served_auction(event.auction_id)
@@ -134,19 +137,17 @@ def record_events(state: ServiceState, events: list[EventIn], received_at: datet
             cost_micros=served.billable_cost_micros if billable else 0, pctr=served.pctr,
             model_version=served.model_version,
         )  # fmt: skip
-        checked.append((event, served, feedback, billable))
+        checked.append((index, event, served, feedback, billable))
         results[index] = EventResult(event_id=event.event_id, status="accepted")
-    _publish(state, [feedback for _, _, feedback, _ in checked])
-    charged = {
-        event.event_id: _bill(state, served, feedback) for event, served, feedback, billable in checked if billable
-    }
-    for index, result in results.items():
-        if result.status == "accepted" and result.event_id in charged:
-            outcome = charged[result.event_id]
-            results[index] = result.model_copy(
-                update={"status": "duplicate" if outcome is None else "accepted", "charged_micros": outcome or 0}
-            )
-    for event, served, _, _ in checked:
+    _publish(state, [feedback for _, _, _, feedback, _ in checked])
+    # By position, not event_id: an event sent twice in one batch is charged once, and the copy that
+    # was charged must say so.
+    charged = {index: _bill(state, served, feedback) for index, _, served, feedback, billable in checked if billable}
+    for index, outcome in charged.items():
+        results[index] = results[index].model_copy(
+            update={"status": "duplicate" if outcome is None else "accepted", "charged_micros": outcome or 0}
+        )
+    for _, event, served, _, _ in checked:
         if event.event_type == "impression" and served.user_id is not None:
             state.frequency.record_impression(served.user_id, served.campaign_id, received_at)
     for index in sorted(results):
@@ -183,6 +184,6 @@ def _bill(state: ServiceState, served: store.ServedAuctionRow, feedback: Feedbac
         )  # fmt: skip
     if result.outcome is not store.SpendOutcome.RECORDED:
         return None
-    state.exposure.release(served.auction_id)
+    state.release_when_reloaded(served.auction_id)
     state.metrics.spend.labels(pricing_model=served.pricing_model).inc(feedback.cost_micros)
     return feedback.cost_micros

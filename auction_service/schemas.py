@@ -7,20 +7,35 @@ units (at most 6 decimals) and becomes integer micros at once.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from adstream.events import CampaignSpec, CampaignStatus, EventType, PricingModel
+from adstream.events import MICROS_PER_UNIT, CampaignSpec, CampaignStatus, EventType, PricingModel
 
 Gender = Literal["F", "M"]
 DeviceType = Literal["mobile", "desktop", "tablet", "ctv"]
 Channel = Literal["web", "app"]
 ContentType = Literal["display", "video"]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)]
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
+ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
 MAX_EVENTS_PER_BATCH = 1000
+# Far above any real campaign and far below the store's 64-bit integers: a bid or budget past them is a typo.
+MAX_BID_MICROS = 1_000 * MICROS_PER_UNIT
+MAX_BUDGET_MICROS = 100_000_000 * MICROS_PER_UNIT
+
+
+def _in_utc(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable UTC time
+        raise ValueError("out of range once converted to UTC") from exc
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class _Strict(BaseModel):
@@ -69,7 +84,7 @@ class EventIn(_Strict):
     event_id: Id
     event_type: EventType
     auction_id: Id
-    event_time: AwareDatetime | None = Field(default=None, description="UTC; default: when the service receives it")
+    event_time: UtcTime | None = Field(default=None, description="UTC; default: when the service receives it")
 
 
 class EventBatch(_Strict):
@@ -94,8 +109,17 @@ class EventBatchResult(BaseModel):
 
 
 class CampaignCreate(CampaignSpec):
-    """A campaign to create; ``campaign_id`` is generated when left out."""
+    """A campaign to create; ``campaign_id`` is generated when left out.
 
+    Tighter than ``CampaignSpec``: an instruction the store cannot hold must be refused here
+    with a 422, not published for the ad manager to fail on.
+    """
+
+    bid_micros: int = Field(gt=0, le=MAX_BID_MICROS)
+    total_budget_micros: int = Field(gt=0, le=MAX_BUDGET_MICROS)
+    daily_budget_micros: int = Field(gt=0, le=MAX_BUDGET_MICROS)
+    flight_start: UtcTime
+    flight_end: UtcTime
     campaign_id: Id | None = None
 
 

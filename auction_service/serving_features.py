@@ -32,8 +32,9 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
@@ -160,6 +161,53 @@ def _known(value: str | None) -> str | None:
     return None if value is None or value == UNKNOWN else value
 
 
+@dataclass(frozen=True, slots=True)
+class _UserColumns:
+    """The request's side of the features: the same for every candidate of one auction."""
+
+    age: float | None
+    gender: str
+    income_band: str
+    country: str
+    daily_time_spent_on_site: float | None
+    daily_internet_usage: float | None
+    area_income: float | None
+    affinity: Mapping[str, float]  # by ad category
+    hour_of_day: int
+    day_of_week: int
+
+
+def _user_columns(context: AuctionContext, features: ServingFeatures) -> _UserColumns:
+    user = features.users.get(context.user_id) if context.user_id is not None else None
+    hour, day = hour_and_day_of_week(context.at)
+    if user is not None:
+        return _UserColumns(
+            age=user.age if user.age is not None else _float(context.age),
+            gender=_known(user.gender) or context.gender or UNKNOWN,
+            income_band=_known(user.income_band) or UNKNOWN,
+            country=_known(user.country) or context.country or UNKNOWN,
+            daily_time_spent_on_site=user.daily_time_spent_on_site,
+            daily_internet_usage=user.daily_internet_usage,
+            area_income=user.area_income,
+            affinity=user.category_affinity,
+            hour_of_day=hour,
+            day_of_week=day,
+        )
+    age = _float(context.age)
+    return _UserColumns(
+        age=age,
+        gender=context.gender or UNKNOWN,
+        income_band=UNKNOWN,
+        country=context.country or UNKNOWN,
+        daily_time_spent_on_site=None,
+        daily_internet_usage=None,
+        area_income=None,
+        affinity=features.segment_affinity.get(segment(context.gender, age), {}),
+        hour_of_day=hour,
+        day_of_week=day,
+    )
+
+
 def candidate_batch(
     context: AuctionContext, campaigns: Sequence[ServingCampaign], store: FeatureStore | ServingFeatures
 ) -> dict[str, list[Any]]:
@@ -167,39 +215,96 @@ def candidate_batch(
     per campaign, in order. See the module doc for where each value comes from."""
     features = store.current if isinstance(store, FeatureStore) else store  # one snapshot per request
     n = len(campaigns)
-    user = features.users.get(context.user_id) if context.user_id is not None else None
-    if user is not None:
-        age = user.age if user.age is not None else _float(context.age)
-        gender = _known(user.gender) or context.gender or UNKNOWN
-        income_band = _known(user.income_band) or UNKNOWN
-        country = _known(user.country) or context.country or UNKNOWN
-        numerics = (user.daily_time_spent_on_site, user.daily_internet_usage, user.area_income)
-        affinity = user.category_affinity
-    else:
-        age = _float(context.age)
-        gender = context.gender or UNKNOWN
-        income_band = UNKNOWN
-        country = context.country or UNKNOWN
-        numerics = (None, None, None)
-        affinity = features.segment_affinity.get(segment(context.gender, age), {})
-    hour, day = hour_and_day_of_week(context.at)
+    user = _user_columns(context, features)
     ads, category_ctr = features.ads, features.category_ctr
     categories = [campaign.category for campaign in campaigns]
     ad_rows = [ads.get(campaign.ad_id) for campaign in campaigns]
     return {
-        "age": [age] * n,
-        "daily_time_spent_on_site": [numerics[0]] * n,
-        "daily_internet_usage": [numerics[1]] * n,
-        "area_income": [numerics[2]] * n,
-        "category_affinity": [affinity.get(category, PRIOR_CTR) for category in categories],
+        "age": [user.age] * n,
+        "daily_time_spent_on_site": [user.daily_time_spent_on_site] * n,
+        "daily_internet_usage": [user.daily_internet_usage] * n,
+        "area_income": [user.area_income] * n,
+        "category_affinity": [user.affinity.get(category, PRIOR_CTR) for category in categories],
         "ad_ctr_smoothed": [PRIOR_CTR if ad is None else ad.ad_ctr_smoothed for ad in ad_rows],
         "category_ctr_smoothed": [category_ctr.get(category, PRIOR_CTR) for category in categories],
-        "hour_of_day": [hour] * n,
-        "day_of_week": [day] * n,
-        "gender": [gender] * n,
-        "income_band": [income_band] * n,
-        "country": [country] * n,
+        "hour_of_day": [user.hour_of_day] * n,
+        "day_of_week": [user.day_of_week] * n,
+        "gender": [user.gender] * n,
+        "income_band": [user.income_band] * n,
+        "country": [user.country] * n,
         "ad_category": categories,
+        "device_type": [context.device_type] * n,
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class CampaignFeatures:
+    """The campaign side of ``candidate_batch`` for one campaign snapshot and one ``ServingFeatures``,
+    as arrays by campaign row, so an auction over the rows a ``CampaignIndex`` kept gathers its
+    columns with a few array operations (``candidate_columns``)."""
+
+    categories: np.ndarray  # each row's category (object array: taking rows from it is one call)
+    category_names: tuple[str, ...]  # the distinct categories
+    category_code: np.ndarray  # each row's category, as an index into category_names
+    ad_ctr_smoothed: np.ndarray
+    category_ctr_smoothed: np.ndarray
+    _last: ClassVar[tuple[Sequence[ServingCampaign], ServingFeatures, CampaignFeatures] | None] = None
+
+    @classmethod
+    def of(cls, campaigns: Sequence[ServingCampaign], features: ServingFeatures) -> CampaignFeatures:
+        """Built on first use for this campaign snapshot and features snapshot (both are replaced whole
+        on change, never edited), then reused until either changes."""
+        last = cls._last
+        if last is not None and last[0] is campaigns and last[1] is features:
+            return last[2]
+        built = cls.build(campaigns, features)
+        cls._last = (campaigns, features, built)
+        return built
+
+    @classmethod
+    def build(cls, campaigns: Sequence[ServingCampaign], features: ServingFeatures) -> CampaignFeatures:
+        categories = [campaign.category for campaign in campaigns]
+        names = tuple(dict.fromkeys(categories))
+        code = {name: i for i, name in enumerate(names)}
+        ads, category_ctr = features.ads, features.category_ctr
+        ad_rows = [ads.get(campaign.ad_id) for campaign in campaigns]
+        by_row = np.empty(len(categories), dtype=object)
+        by_row[:] = categories
+        return cls(
+            categories=by_row,
+            category_names=names,
+            category_code=np.array([code[category] for category in categories], dtype=np.intp),
+            ad_ctr_smoothed=np.array([PRIOR_CTR if ad is None else ad.ad_ctr_smoothed for ad in ad_rows]),
+            category_ctr_smoothed=np.array([category_ctr.get(category, PRIOR_CTR) for category in categories]),
+        )
+
+
+def candidate_columns(
+    context: AuctionContext, campaign_features: CampaignFeatures, rows: np.ndarray, features: ServingFeatures
+) -> dict[str, Any]:
+    """``candidate_batch`` for the campaigns at ``rows``, with the same values: numeric columns as float
+    arrays (None as NaN, which the scorer reads alike), categorical columns as lists."""
+    n = rows.size
+    user = _user_columns(context, features)
+    affinity = np.array([user.affinity.get(name, PRIOR_CTR) for name in campaign_features.category_names])
+
+    def constant(value: float | None) -> np.ndarray:
+        return np.full(n, np.nan if value is None else value)
+
+    return {
+        "age": constant(user.age),
+        "daily_time_spent_on_site": constant(user.daily_time_spent_on_site),
+        "daily_internet_usage": constant(user.daily_internet_usage),
+        "area_income": constant(user.area_income),
+        "category_affinity": affinity[campaign_features.category_code[rows]],
+        "ad_ctr_smoothed": campaign_features.ad_ctr_smoothed[rows],
+        "category_ctr_smoothed": campaign_features.category_ctr_smoothed[rows],
+        "hour_of_day": constant(user.hour_of_day),
+        "day_of_week": constant(user.day_of_week),
+        "gender": [user.gender] * n,
+        "income_band": [user.income_band] * n,
+        "country": [user.country] * n,
+        "ad_category": campaign_features.categories[rows].tolist(),
         "device_type": [context.device_type] * n,
     }
 

@@ -62,6 +62,7 @@ class ServiceState:
     served: dict[str, store.ServedAuctionRow] = field(default_factory=dict)
     _served_order: deque[tuple[datetime, str]] = field(default_factory=deque)
     _unwritten: list[store.ServedAuctionRow] = field(default_factory=list)
+    _charged: list[str] = field(default_factory=list)  # auctions billed since the last campaign reload
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -125,16 +126,39 @@ class ServiceState:
     # --- campaigns ---
 
     def refresh_campaigns(self, force: bool = False) -> bool:
-        """Reloads the active campaigns when the store changed or a new UTC day began."""
+        """Reloads the active campaigns when the store changed or a new UTC day began.
+
+        Then frees the reservations of the auctions charged before the reload: the new snapshot's
+        spend now covers them.
+        """
         now = datetime.now(UTC)
-        with self.sessions() as session:
-            marker = store.campaign_change_marker(session)
-            if not force and marker == self.campaigns.marker and now.date() == self.campaigns.day:
-                return False
-            campaigns = store.serving_campaigns(session, now)
+        with self._lock:
+            charged, self._charged = self._charged, []
+        try:
+            with self.sessions() as session:
+                marker = store.campaign_change_marker(session)
+                if not charged and not force and marker == self.campaigns.marker and now.date() == self.campaigns.day:
+                    return False
+                campaigns = store.serving_campaigns(session, now)
+        except BaseException:
+            with self._lock:
+                self._charged[:0] = charged
+            raise
         self.campaigns = _snapshot(campaigns, marker, now)
+        for auction_id in charged:
+            self.exposure.release(auction_id)
         self.metrics.campaigns_serving.set(len(campaigns))
         return True
+
+    def release_when_reloaded(self, auction_id: str) -> None:
+        """Frees a charged auction's reservation at the next campaign reload, not now.
+
+        The auction reads spend from the snapshot and reservations live: freeing the reservation
+        at once would leave the charge counted nowhere until the reload, and the campaign would
+        serve past its budget meanwhile.
+        """
+        with self._lock:
+            self._charged.append(auction_id)
 
     # --- served auctions ---
 

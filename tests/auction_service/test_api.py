@@ -8,75 +8,16 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
 from adstream.contracts import Topic
-from adstream.events import CampaignInstruction, CampaignSpec, Targeting
 from auction_service import ad_manager, store
 from auction_service.main import DefaultTokenOutsideLocal, create_app
 from auction_service.state import ServiceState
-from ml.tracking import tracking_client
-from ml.train import train
-from tests.conftest import free_port, make_settings
-from tests.ml.conftest import new_store, one_openmp_thread
-from tests.ml.factories import training_frame
+from tests.auction_service.conftest import TOKEN, instruction
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow
-TOKEN = {"Authorization": "Bearer local-dev-token"}
-
-
-def instruction(campaign_id: str, **overrides: object) -> CampaignInstruction:
-    now = datetime.now(UTC)
-    values: dict[str, object] = {
-        "advertiser_id": f"adv-{campaign_id}", "ad_id": f"ad-{campaign_id}", "category": "Automotive",
-        "pricing_model": "CPC", "bid_micros": 500_000, "total_budget_micros": 50_000_000,
-        "daily_budget_micros": 20_000_000, "flight_start": now - timedelta(days=1),
-        "flight_end": now + timedelta(days=7), "frequency_cap_per_day": 50,
-    }  # fmt: skip
-    values.update(overrides)
-    return CampaignInstruction(
-        instruction_id=f"create-{campaign_id}", action="create", campaign_id=campaign_id, issued_at=now,
-        campaign=CampaignSpec(**values),
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def service_settings(kafka_settings, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("auction-service")
-    template = workdir / "template.db"
-    tracking_client(f"sqlite:///{template}").search_experiments()
-    settings = kafka_settings.model_copy(
-        update={
-            "local_dir": workdir / "local",
-            "lake_root": str(workdir / "lake"),
-            "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}",
-            "mlflow_tracking_uri": new_store(workdir, template),
-            "ad_manager_group": f"ad-manager-{free_port()}",
-        }
-    )
-    with one_openmp_thread(), pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.chdir(workdir)
-        train(settings, training_frame(300, seed=11), table_version=0)  # leaves ctr-model@champion = 1
-    return settings
-
-
-@pytest.fixture(scope="module")
-def client(service_settings):
-    state = ServiceState.open(service_settings)
-    with state.sessions() as session:
-        store.apply_instruction(session, instruction("cpc-1"))
-        store.apply_instruction(session, instruction("cpc-2", bid_micros=300_000))
-        store.apply_instruction(
-            session, instruction("tablets", targeting=Targeting(device_types=["tablet"]), pricing_model="CPM")
-        )
-    state.refresh_campaigns(force=True)
-    state.start()
-    try:
-        with TestClient(create_app(state=state)) as test_client:
-            yield test_client
-    finally:
-        state.stop()
 
 
 def test_an_auction_fills_at_a_second_price_within_the_bid(client):

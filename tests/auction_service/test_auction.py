@@ -22,6 +22,7 @@ from adstream.events import AuctionRecord, CampaignStatus, PricingModel
 from auction_service.auction import (
     DEFAULT_PCVR,
     AuctionOutcome,
+    CampaignIndex,
     FilterReason,
     auction_record,
     ecpm_micros,
@@ -329,6 +330,101 @@ def test_a_campaign_counts_once_under_its_first_failing_rule() -> None:
     assert FilterReason.STATUS == "status"
 
 
+def test_budgets_beyond_int64_are_compared_exactly() -> None:
+    huge = 2**70
+    campaign = make_campaign(total_budget_micros=huge, daily_budget_micros=huge, spent_micros=huge - 5)
+    assert only_reason(campaign, make_context(), reserved_micros={"c1": 4}) == Counter()
+    assert only_reason(campaign, make_context(), reserved_micros={"c1": 5}) == Counter({"total budget": 1})
+    # And a reservation beyond int64 against an ordinary budget.
+    assert only_reason(make_campaign(), make_context(), reserved_micros={"c1": 2**64}) == Counter({"total budget": 1})
+
+
+def first_failed_rule(
+    context: AuctionContext, campaign: ServingCampaign, impressions: dict[str, int], reserved: dict[str, int]
+) -> str | None:
+    """The rules of the module docstring, one campaign at a time: the oracle for ``CampaignIndex``."""
+    age_targeted = campaign.age_min is not None or campaign.age_max is not None
+    in_age_range = context.age is not None and (campaign.age_min or 0) <= context.age <= (campaign.age_max or 999)
+    held = reserved.get(campaign.campaign_id, 0)
+    rules = [
+        ("status", campaign.status != CampaignStatus.ACTIVE),
+        ("flight dates", not campaign.flight_start <= context.at < campaign.flight_end),
+        ("blocked category", campaign.category in context.blocked_categories),
+        ("blocked advertiser", campaign.advertiser_id in context.blocked_advertisers),
+        ("country targeting", bool(campaign.countries) and context.country not in campaign.countries),
+        ("age targeting", age_targeted and not in_age_range),
+        ("gender targeting", bool(campaign.genders) and context.gender not in campaign.genders),
+        ("device type targeting", bool(campaign.device_types) and context.device_type not in campaign.device_types),
+        ("total budget", campaign.total_budget_micros - campaign.spent_micros - held <= 0),
+        ("daily budget", campaign.daily_budget_micros - campaign.spent_today_micros - held <= 0),
+        ("frequency cap", impressions.get(campaign.campaign_id, 0) >= campaign.frequency_cap_per_day),
+    ]
+    return next((reason for reason, fails in rules if fails), None)
+
+
+def subsets(values: tuple[str, ...]) -> st.SearchStrategy[frozenset[str]]:
+    return st.frozensets(st.sampled_from(values))
+
+
+campaign_fields = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(list(CampaignStatus)),
+        "category": st.sampled_from(["Automotive", "Betting", "Travel"]),
+        "advertiser_id": st.sampled_from(["adv-1", "adv-2"]),
+        "flight_start": st.sampled_from([AT - timedelta(days=1), AT, AT + timedelta(microseconds=1)]),
+        "flight_end": st.sampled_from([AT, AT + timedelta(microseconds=1), AT + timedelta(days=3)]),
+        "countries": subsets(("Canada", "Italy", "Chad")),
+        "age_min": st.sampled_from([None, 18, 25, 35]),
+        "age_max": st.sampled_from([None, 24, 34, 54]),
+        "genders": subsets(("F", "M")),
+        "device_types": subsets(("mobile", "desktop", "ctv")),
+        "total_budget_micros": st.integers(min_value=1, max_value=5),
+        "daily_budget_micros": st.integers(min_value=1, max_value=5),
+        "spent_micros": st.integers(min_value=0, max_value=5),
+        "spent_today_micros": st.integers(min_value=0, max_value=5),
+        "frequency_cap_per_day": st.integers(min_value=1, max_value=3),
+    }
+)
+contexts = st.builds(
+    make_context,
+    at=st.sampled_from([AT, AT + timedelta(days=2)]),
+    country=st.sampled_from([None, "Canada", "Italy", "Norway"]),
+    age=st.sampled_from([None, 18, 24, 25, 40, 60]),
+    gender=st.sampled_from([None, "F", "M"]),
+    device_type=st.sampled_from([None, "mobile", "tablet", "ctv"]),
+    blocked_categories=subsets(("Betting", "Travel", "Gambling")),
+    blocked_advertisers=subsets(("adv-2", "adv-9")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.lists(campaign_fields, max_size=25),
+    context=contexts,
+    held=st.lists(st.integers(min_value=0, max_value=4), max_size=25),
+    seen=st.lists(st.integers(min_value=0, max_value=3), max_size=25),
+)
+def test_the_campaign_index_applies_every_rule_like_the_rules_one_by_one(
+    fields: list[dict[str, object]], context: AuctionContext, held: list[int], seen: list[int]
+) -> None:
+    campaigns = [make_campaign(f"c{i}", **values) for i, values in enumerate(fields)]
+    reserved = {f"c{i}": amount for i, amount in enumerate(held) if amount} | {"not-serving": 10**9}
+    impressions = {f"c{i}": count for i, count in enumerate(seen) if count}
+    expected = {c.campaign_id: first_failed_rule(context, c, impressions, reserved) for c in campaigns}
+
+    index = CampaignIndex.build(tuple(campaigns))
+    rows, filtered = index.eligible_rows(context, impressions_today=impressions, reserved_micros=reserved)
+    assert index.take(rows) == [c for c in campaigns if expected[c.campaign_id] is None]
+    assert filtered == Counter(reason for reason in expected.values() if reason is not None)
+
+
+def test_the_index_of_a_snapshot_is_built_once() -> None:
+    campaigns = (make_campaign("c1"), make_campaign("c2"))
+    index = CampaignIndex.of(campaigns)
+    assert CampaignIndex.of(campaigns) is index
+    assert CampaignIndex.of((make_campaign("c1"),)) is not index
+
+
 # --- the auctions record ------------------------------------------------------------------------
 
 
@@ -409,6 +505,37 @@ bidders = st.lists(
     seed=st.integers(min_value=0, max_value=2**32),
 )
 def test_second_price_properties(
+    bidders: list[tuple[PricingModel, int, int]], floor: int, reserve: int, pcvr_ppb: int, seed: int
+) -> None:
+    check_second_price(bidders, floor, reserve, pcvr_ppb, seed)
+
+
+# Hundreds of candidates whose eCPMs tie or differ by a micro, around a floor that sometimes equals one
+# of them: where the auction's float estimates of eCPM must hand the decision to exact integers.
+crowded_bidders = st.integers(min_value=1, max_value=50_000_000).flatmap(
+    lambda base_bid: st.lists(
+        st.tuples(
+            st.sampled_from(list(PricingModel)),
+            st.integers(min_value=base_bid, max_value=base_bid + 3),
+            st.sampled_from([0, 1, PPB // 10, PPB // 10 + 1, PPB // 3, PPB]),
+        ),
+        min_size=2,
+        max_size=300,
+    )
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(bidders=crowded_bidders, floor_pick=st.integers(min_value=0), pcvr_ppb=st.sampled_from([1, PPB // 20, PPB]))
+def test_second_price_properties_with_many_near_ties(
+    bidders: list[tuple[PricingModel, int, int]], floor_pick: int, pcvr_ppb: int
+) -> None:
+    ecpms = sorted(math.floor(bid * value_per_micro(model, ppb, pcvr_ppb)) for model, bid, ppb in bidders)
+    floor = ecpms[floor_pick % len(ecpms)]  # exactly some candidate's eCPM
+    check_second_price(bidders, floor, 0, pcvr_ppb, floor_pick)
+
+
+def check_second_price(
     bidders: list[tuple[PricingModel, int, int]], floor: int, reserve: int, pcvr_ppb: int, seed: int
 ) -> None:
     campaigns = [

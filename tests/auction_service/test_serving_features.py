@@ -17,8 +17,10 @@ from auction_service.domain import AuctionContext, ServingCampaign
 from auction_service.serving_features import (
     PRIOR_CTR,
     UNKNOWN,
+    CampaignFeatures,
     FeatureStore,
     candidate_batch,
+    candidate_columns,
     hour_and_day_of_week,
     segment,
 )
@@ -211,6 +213,40 @@ def test_the_batch_has_exactly_the_model_features_one_entry_per_candidate(store)
     assert list(batch) == list(FEATURES)
     assert {len(values) for values in batch.values()} == {len(CAMPAIGNS)}
     assert candidate_batch(AuctionContext(auction_id="a-2", at=AT), [], store) == {name: [] for name in FEATURES}
+
+
+def same_values(left: list | np.ndarray, right: list | np.ndarray) -> bool:
+    """Equal as the scorer reads them: numbers as floats with None and NaN alike, strings as they are."""
+    if isinstance(left, np.ndarray) or isinstance(right, np.ndarray):
+        return np.array_equal(np.asarray(left, dtype=float), np.asarray(right, dtype=float), equal_nan=True)
+    return list(left) == list(right)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        AuctionContext(auction_id="a-1", at=AT, user_id="adv-000001", device_type="mobile"),
+        AuctionContext(auction_id="a-2", at=AT, user_id="ads16-U7", country="Chad"),  # profile gaps
+        AuctionContext(auction_id="a-3", at=AT, user_id="new-user", age=27, gender="F", device_type="tablet"),
+        AuctionContext(auction_id="a-4", at=AT),  # anonymous
+    ],
+)
+def test_candidate_columns_equal_candidate_batch_for_any_rows(store, context):
+    features = store.current
+    campaign_features = CampaignFeatures.build(CAMPAIGNS, features)
+    for rows in ([0, 1, 2, 3], [3, 1], [2], []):
+        columns = candidate_columns(context, campaign_features, np.array(rows, dtype=np.intp), features)
+        batch = candidate_batch(context, [CAMPAIGNS[i] for i in rows], features)
+        assert list(columns) == list(batch)
+        for name in FEATURES:
+            assert same_values(columns[name], batch[name]), name
+
+
+def test_campaign_features_are_reused_until_a_snapshot_is_replaced(store):
+    campaigns, features = tuple(CAMPAIGNS), store.current
+    first = CampaignFeatures.of(campaigns, features)
+    assert CampaignFeatures.of(campaigns, features) is first
+    assert CampaignFeatures.of(tuple(CAMPAIGNS), features) is not first  # the service loaded campaigns again
 
 
 # --- defaults -------------------------------------------------------------------------------------

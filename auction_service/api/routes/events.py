@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Path, Response, status
 
 from adstream.events import EventType
 from auction_service.api.deps import StateDep
 from auction_service.flows import BrokerUnavailable, record_events
-from auction_service.schemas import EventBatch, EventBatchResult, EventIn
+from auction_service.schemas import ID_PATTERN, EventBatch, EventBatchResult, EventIn
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 RETRY = "retry the same events with the same event_id: a replay is never charged twice"
+# Short enough that the derived event id "<auction_id>-<event_type>" is still a valid Id.
+TrackedAuctionId = Annotated[str, Path(min_length=1, max_length=64 - len("-video_complete"), pattern=ID_PATTERN)]
 
 
 def _record(state, events: list[EventIn]) -> EventBatchResult:
@@ -37,7 +40,7 @@ def post_events(body: EventIn | EventBatch, state: StateDep, response: Response)
 
 
 @router.get("/track/{auction_id}/{event_type}", status_code=204, responses={204: {"description": "recorded"}})
-def track(auction_id: str, event_type: EventType, state: StateDep) -> Response:
+def track(auction_id: TrackedAuctionId, event_type: EventType, state: StateDep) -> Response:
     """A tracking pixel: the event id is derived from the auction, so a pixel that fires twice counts once."""
     event = EventIn(event_id=f"{auction_id}-{event_type}", event_type=event_type, auction_id=auction_id)
     result = _record(state, [event])

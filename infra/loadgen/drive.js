@@ -1,0 +1,61 @@
+// One closed-loop load run for `make bench-auction` (auction_service/bench.py starts it).
+//
+// autocannon, from npm: its HTTP client runs on Node's JIT in one process and keeps 32
+// connections busy at a few thousand requests/s on a fraction of one core, which a Python
+// generator sharing the same two cores cannot (it would measure itself). The CLI sends one
+// body; this script sends a mix of bodies (round robin over the list, shared by all
+// connections) and records every response's latency at microsecond resolution (autocannon's
+// own histogram keeps whole milliseconds), so the percentiles are computed by the bench.
+//
+// stdin:  {"url", "method", "connections", "duration_s", "timeout_s", "headers", "bodies": [string],
+//          "amount" (optional: stop after this many requests instead of after duration_s)}
+// stdout: {"duration_s", "latencies_ms": [...], "status": {"200": n, ...}, "errors", "timeouts",
+//          "sent", "cpu_s"} where cpu_s is this process's user + system CPU time during the run.
+'use strict'
+
+const fs = require('fs')
+const autocannon = require('autocannon')
+
+const spec = JSON.parse(fs.readFileSync(0, 'utf8'))
+const bodies = spec.bodies
+let next = 0
+const latencies = []
+const status = {}
+
+const cpuBefore = process.cpuUsage()
+const began = process.hrtime.bigint()
+const instance = autocannon({
+  url: spec.url,
+  connections: spec.connections,
+  duration: spec.duration_s,
+  amount: spec.amount,
+  timeout: spec.timeout_s,
+  requests: [{
+    method: spec.method,
+    headers: spec.headers,
+    setupRequest: (request) => {
+      request.body = bodies[next]
+      next = (next + 1) % bodies.length
+      return request
+    }
+  }]
+})
+
+instance.on('response', (client, statusCode, bytes, responseTimeMs) => {
+  latencies.push(responseTimeMs)
+  status[statusCode] = (status[statusCode] || 0) + 1
+})
+
+instance.on('done', (result) => {
+  const seconds = Number(process.hrtime.bigint() - began) / 1e9
+  const cpu = process.cpuUsage(cpuBefore)
+  process.stdout.write(JSON.stringify({
+    duration_s: seconds,
+    latencies_ms: latencies,
+    status,
+    errors: result.errors,
+    timeouts: result.timeouts,
+    sent: result.requests.sent,
+    cpu_s: (cpu.user + cpu.system) / 1e6
+  }))
+})

@@ -1,0 +1,170 @@
+"""The auction service with real parts: a Kafka broker, a SQLite campaign store per module, an MLflow champion.
+
+The champion is trained once per run; each module serves it from its own copy of the
+MLflow database (the artifacts are shared, read only), so a module may move the
+``champion`` alias without the others seeing it.
+
+MLflow 3 downloads ``models:/ctr-model/<version>``, and registers a version from a logged
+model, through its process-wide URI whatever URI the caller passes
+(``ModelsArtifactRepository._get_model_uri_infos``). So each module points that URI at its
+copy while it runs (``mlflow_process_uri``): otherwise the service would load whatever
+store an earlier test left there, or create ``./mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import mlflow
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from adstream.events import CampaignInstruction, CampaignSpec, Targeting
+from adstream.settings import Settings
+from auction_service import store
+from auction_service.main import create_app
+from auction_service.state import ServiceState
+from ml.tracking import tracking_client
+from ml.train import train
+from tests.conftest import free_port, make_settings
+from tests.ml.conftest import new_store, one_openmp_thread
+from tests.ml.factories import training_frame
+
+TOKEN = {"Authorization": "Bearer local-dev-token"}
+
+
+def instruction(campaign_id: str, **overrides: object) -> CampaignInstruction:
+    now = datetime.now(UTC)
+    values: dict[str, object] = {
+        "advertiser_id": f"adv-{campaign_id}", "ad_id": f"ad-{campaign_id}", "category": "Automotive",
+        "pricing_model": "CPC", "bid_micros": 500_000, "total_budget_micros": 50_000_000,
+        "daily_budget_micros": 20_000_000, "flight_start": now - timedelta(days=1),
+        "flight_end": now + timedelta(days=7), "frequency_cap_per_day": 50,
+    }  # fmt: skip
+    values.update(overrides)
+    return CampaignInstruction(
+        instruction_id=f"create-{campaign_id}", action="create", campaign_id=campaign_id, issued_at=now,
+        campaign=CampaignSpec(**values),
+    )  # fmt: skip
+
+
+def stop(campaign_id: str) -> CampaignInstruction:
+    return CampaignInstruction(
+        instruction_id=f"stop-{campaign_id}", action="stop", campaign_id=campaign_id, issued_at=datetime.now(UTC)
+    )
+
+
+def open_service(settings: Settings, *instructions: CampaignInstruction) -> ServiceState:
+    """A service state (not started) whose store holds the given campaigns, already loaded for serving."""
+    state = ServiceState.open(settings)
+    with state.sessions() as session:
+        for applied in instructions:
+            store.apply_instruction(session, applied)
+    state.refresh_campaigns(force=True)
+    return state
+
+
+@contextmanager
+def live_server(app: FastAPI) -> Iterator[str]:
+    """``app`` behind a real uvicorn server on a free loopback port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def topic_records(settings: Settings, topic: str) -> list[ConsumerRecord]:
+    """Every record of ``topic`` up to its current end, read without a consumer group."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    try:
+        if topic not in consumer.topics():  # fetches the cluster's metadata
+            return []  # nothing was ever published to it
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+@contextmanager
+def mlflow_process_uri(uri: str) -> Iterator[str]:
+    """MLflow's process-wide tracking URI (and its environment variable) set to ``uri`` meanwhile."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def champion_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database where ``ml.train`` left ctr-model@champion = version 1."""
+    workdir = tmp_path_factory.mktemp("champion")
+    template = workdir / "template.db"
+    tracking_client(f"sqlite:///{template}").search_experiments()
+    settings = make_settings(workdir, mlflow_tracking_uri=new_store(workdir, template))
+    with one_openmp_thread(), mlflow_process_uri(settings.mlflow_tracking_uri), pytest.MonkeyPatch.context() as cwd:
+        cwd.chdir(workdir)
+        train(settings, training_frame(300, seed=11), table_version=0)
+    return workdir / "mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def service_settings(kafka_settings, champion_db, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("auction-service")
+    shutil.copyfile(champion_db, workdir / "mlflow.db")
+    with mlflow_process_uri(f"sqlite:///{workdir / 'mlflow.db'}") as mlflow_uri:
+        yield kafka_settings.model_copy(
+            update={
+                "local_dir": workdir / "local",
+                "lake_root": str(workdir / "lake"),
+                "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}",
+                "mlflow_tracking_uri": mlflow_uri,
+                "ad_manager_group": f"ad-manager-{free_port()}",
+            }
+        )
+
+
+@pytest.fixture(scope="module")
+def client(service_settings):
+    state = open_service(
+        service_settings,
+        instruction("cpc-1"),
+        instruction("cpc-2", bid_micros=300_000),
+        instruction("tablets", targeting=Targeting(device_types=["tablet"]), pricing_model="CPM"),
+    )
+    state.start()
+    try:
+        with TestClient(create_app(state=state)) as test_client:
+            yield test_client
+    finally:
+        state.stop()
