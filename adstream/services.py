@@ -468,10 +468,11 @@ def up(settings: Settings, names: Sequence[str] = ()) -> None:
     # Infrastructure first, all at once (they warm up in parallel); then what needs it.
     for wave in (False, True):
         batch = [service for service in services if service.needs_infrastructure is wave]
+        wave_began = time.monotonic()  # each wave's start-up timeouts count from its own start
         for service in batch:
             start(settings, service)
         for service in batch:
-            took = wait_healthy(settings, service, began)
+            took = wait_healthy(settings, service, wave_began) + (wave_began - began)
             verb = "started" if started[service.name] else "already running"
             log = log_file(settings, service.name)
             print(f"  {service.name:<10} {verb:<16} {service.url:<32} ready {took:4.1f}s after `up`  log: {log}")
