@@ -38,6 +38,7 @@ def make_settings(tmp: Path, **overrides: object) -> Settings:
         "airflow_port": free_port(),
         "airflow_worker_log_port": free_port(),
         "airflow_trigger_log_port": free_port(),
+        "auction_port": free_port(),  # so a running `make up` on 8000 cannot collide with a test
     }
     values.update(overrides)
     return Settings(**values)
