@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     model_poll_s: float = Field(default=5.0, gt=0)  # how often serving checks ctr-model@champion
     ad_manager_group: str = "ad-manager"
 
+    # Streaming (issue 6). The watermark is the one lateness allowance: the stream drops a
+    # duplicate event_id within it and quarantines events older than it, and the service
+    # refuses events older than it, so every charged event reaches silver.
+    stream_trigger_s: float = Field(default=5.0, gt=0)
+    stream_watermark_s: int = Field(default=600, ge=60)
+
     @model_validator(mode="after")
     def _fill_derived_urls(self) -> Settings:
         # A frozen model: derived defaults are set once, here, via object.__setattr__.
