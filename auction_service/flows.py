@@ -70,11 +70,9 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
         _hold(state, context, outcome, loaded.version)
     latency_ms = (time.perf_counter() - began) * 1000
     record = auction_record(context, outcome, model_version=loaded.version, latency_ms=latency_ms)
-    if state.producer is not None:
-        # Not awaited: the auction log is best effort on the request path; failures are counted.
-        state.producer.send(Topic.AUCTIONS, key=context.auction_id, value=record.model_dump(mode="json")).add_errback(
-            lambda _exc: state.metrics.auctions.labels(outcome="unlogged").inc()
-        )
+    if state.auction_log is not None:
+        # Not awaited: the auction log is best effort on the request path; losses are counted.
+        state.auction_log.send(Topic.AUCTIONS, context.auction_id, record.model_dump_json().encode())
     state.stats.auction(outcome.filled, outcome.pctr, len(candidates))
     state.metrics.auctions.labels(outcome="filled" if outcome.filled else "no_fill").inc()
     state.metrics.fill_rate.set(state.stats.fill_rate)

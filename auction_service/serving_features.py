@@ -41,6 +41,7 @@ from deltalake.exceptions import TableNotFoundError
 from adstream.contracts import DagId, Table
 from adstream.settings import Settings
 from auction_service.domain import AuctionContext, ServingCampaign
+from ml.scorer import Coded
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +244,6 @@ class CampaignFeatures:
     as arrays by campaign row, so an auction over the rows a ``CampaignIndex`` kept gathers its
     columns with a few array operations (``candidate_columns``)."""
 
-    categories: np.ndarray  # each row's category (object array: taking rows from it is one call)
     category_names: tuple[str, ...]  # the distinct categories
     category_code: np.ndarray  # each row's category, as an index into category_names
     ad_ctr_smoothed: np.ndarray
@@ -268,10 +268,7 @@ class CampaignFeatures:
         code = {name: i for i, name in enumerate(names)}
         ads, category_ctr = features.ads, features.category_ctr
         ad_rows = [ads.get(campaign.ad_id) for campaign in campaigns]
-        by_row = np.empty(len(categories), dtype=object)
-        by_row[:] = categories
         return cls(
-            categories=by_row,
             category_names=names,
             category_code=np.array([code[category] for category in categories], dtype=np.intp),
             ad_ctr_smoothed=np.array([PRIOR_CTR if ad is None else ad.ad_ctr_smoothed for ad in ad_rows]),
@@ -283,7 +280,8 @@ def candidate_columns(
     context: AuctionContext, campaign_features: CampaignFeatures, rows: np.ndarray, features: ServingFeatures
 ) -> dict[str, Any]:
     """``candidate_batch`` for the campaigns at ``rows``, with the same values: numeric columns as float
-    arrays (None as NaN, which the scorer reads alike), categorical columns as lists."""
+    arrays (None as NaN, which the scorer reads alike), categorical columns as ``Coded`` (the scorer
+    then encodes each distinct value once, not once per candidate)."""
     n = rows.size
     user = _user_columns(context, features)
     affinity = np.array([user.affinity.get(name, PRIOR_CTR) for name in campaign_features.category_names])
@@ -301,11 +299,11 @@ def candidate_columns(
         "category_ctr_smoothed": campaign_features.category_ctr_smoothed[rows],
         "hour_of_day": constant(user.hour_of_day),
         "day_of_week": constant(user.day_of_week),
-        "gender": [user.gender] * n,
-        "income_band": [user.income_band] * n,
-        "country": [user.country] * n,
-        "ad_category": campaign_features.categories[rows].tolist(),
-        "device_type": [context.device_type] * n,
+        "gender": Coded.repeat(user.gender, n),
+        "income_band": Coded.repeat(user.income_band, n),
+        "country": Coded.repeat(user.country, n),
+        "ad_category": Coded(campaign_features.category_names, campaign_features.category_code[rows]),
+        "device_type": Coded.repeat(context.device_type, n),
     }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from kafka import KafkaProducer
 from sqlalchemy.orm import Session, sessionmaker
 
-from adstream.messaging import BrokerUnavailable, make_producer
+from adstream.messaging import BrokerUnavailable, LogProducer, make_producer
 from adstream.settings import Settings
 from auction_service import store
 from auction_service.books import AuctionStats, ExposureBook, FrequencyBook
@@ -52,7 +52,8 @@ class ServiceState:
     sessions: sessionmaker[Session]
     model: ServingModel
     features: FeatureStore
-    producer: KafkaProducer | None
+    producer: KafkaProducer | None  # ad-feedback and campaign instructions: sends that wait for the ack
+    auction_log: LogProducer | None = None  # the auctions topic: one record per auction, not waited for
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     stats: AuctionStats = field(default_factory=AuctionStats)
     exposure: ExposureBook = field(default_factory=ExposureBook)
@@ -85,9 +86,15 @@ class ServiceState:
         return state
 
     def start(self) -> None:
+        self.auction_log = LogProducer(
+            self.settings,
+            client_id="auction-service-log",
+            on_lost=lambda _reason: self.metrics.auctions.labels(outcome="unlogged").inc(),
+        )
         if self.producer is None:
             try:
-                self.producer = make_producer(self.settings, client_id="auction-service")
+                # A send waits at most this long for metadata when the broker went away since.
+                self.producer = make_producer(self.settings, client_id="auction-service", max_block_ms=5_000)
             except BrokerUnavailable as exc:
                 # Auctions still serve; events answer 503 (retry) until a restart finds the broker.
                 log.error("auction service without Kafka: %s", exc)
@@ -103,6 +110,8 @@ class ServiceState:
         if self.watcher is not None:
             self.watcher.stop()
         self.flush_served()
+        if self.auction_log is not None:
+            self.auction_log.flush(10)
         if self.producer is not None:
             self.producer.flush(timeout=10)
             self.producer.close(timeout=10)
@@ -117,6 +126,8 @@ class ServiceState:
                 self.exposure.expire(now)
                 self.forget_expired(now)
                 self.flush_served()
+                if self.auction_log is not None:
+                    self.auction_log.poll()
                 if tick % FEATURE_RELOAD_EVERY == 0:
                     self.features.reload_if_changed()
                 self.metrics.model_version.set(float(self.model.version or 0))

@@ -56,6 +56,28 @@ class UnsupportedModelError(TypeError):
 
 
 @dataclass(frozen=True)
+class Coded:
+    """A categorical column given as its distinct values and, per row, an index into them.
+
+    ``CompiledScorer.score`` encodes each distinct value once instead of once per row: a
+    request's user columns are one value repeated, an ad-category column holds a few.
+    """
+
+    values: Sequence[Any]
+    codes: np.ndarray
+
+    @classmethod
+    def repeat(cls, value: Any, rows: int) -> Coded:
+        return cls((value,), np.zeros(rows, dtype=np.intp))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def tolist(self) -> list[Any]:
+        return [self.values[code] for code in self.codes.tolist()]
+
+
+@dataclass(frozen=True)
 class _CategoryLookup:
     """One categorical column: value -> the number the fitted preprocessing turns it into."""
 
@@ -64,7 +86,9 @@ class _CategoryLookup:
     missing: float  # for None / NaN
     unseen: float
 
-    def encode(self, values: Sequence[Any] | np.ndarray) -> list[float]:
+    def encode(self, values: Sequence[Any] | np.ndarray | Coded) -> list[float] | np.ndarray:
+        if isinstance(values, Coded):
+            return np.asarray(self.encode(values.values), dtype=np.float64)[values.codes]
         get, absent, missing, unseen = self.table.get, _ABSENT, self.missing, self.unseen
         # None and pd.NA are keys of the table; any float NaN is the value that differs from itself.
         return [code if (code := get(v, absent)) is not absent else (missing if v != v else unseen) for v in values]
@@ -239,8 +263,9 @@ class CompiledScorer:
             return _compile_trees_plus_lr(prepare, classifier)
         raise UnsupportedModelError(f"no compiler for {type(classifier).__name__}")
 
-    def score(self, batch: Mapping[str, Sequence[Any] | np.ndarray]) -> np.ndarray:
-        """pCTRs, one per candidate, for a mapping of column name -> values (one per candidate)."""
+    def score(self, batch: Mapping[str, Sequence[Any] | np.ndarray | Coded]) -> np.ndarray:
+        """pCTRs, one per candidate, for a mapping of column name -> values (one per candidate); a
+        categorical column may come as ``Coded``."""
         absent = [name for name in self.features if name not in batch]
         if absent:
             raise KeyError(f"batch lacks feature column(s) {absent}")

@@ -95,6 +95,19 @@ def test_an_oversized_body_is_413(client):
     assert response.status_code == 413 and "smaller batches" in response.json()["detail"]
 
 
+def test_a_chunked_body_is_capped_while_it_arrives_and_passed_on_whole_under_the_cap(client):
+    def chunks(payload: bytes, size: int = 64 * 1024):
+        yield from (payload[i : i + size] for i in range(0, len(payload), size))
+
+    too_big = client.post("/v1/events", content=chunks(b"x" * 2_000_000), headers={"content-type": "application/json"})
+    assert "content-length" not in too_big.request.headers  # really sent chunked
+    assert too_big.status_code == 413 and "smaller batches" in too_big.json()["detail"]
+    body = b'{"events": [{"event_id": "e-chunked", "event_type": "click", "auction_id": "no-such-auction"}]}'
+    small = client.post("/v1/events", content=chunks(body, size=16), headers={"content-type": "application/json"})
+    assert small.status_code == 202, small.text
+    assert small.json()["results"][0]["reason"].startswith("unknown auction_id")
+
+
 def test_campaign_endpoints_need_the_token_and_reach_the_store_through_kafka(client, service_settings):
     assert client.get("/v1/campaigns/cpc-1").status_code == 401
     assert client.get("/v1/campaigns/cpc-1", headers={"Authorization": "Bearer wrong"}).status_code == 403

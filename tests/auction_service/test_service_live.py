@@ -59,6 +59,49 @@ def campaign_instructions_for(settings, campaign_ids: set[str]) -> list[dict]:
     return [json.loads(r.value) for r in records if r.key is not None and r.key.decode() in campaign_ids]
 
 
+# --- the auction log ---
+
+
+def test_every_auction_is_published_to_the_auctions_topic_with_its_outcome(live):
+    state, client = live
+    served = [client.post("/v1/auction", json=KAFKA_CONTEXT) for _ in range(5)]
+    unfilled = client.post("/v1/auction", json={**KAFKA_CONTEXT, "country": "Atlantis"})
+    assert [r.status_code for r in served] == [200] * 5 and unfilled.status_code == 204
+    assert state.auction_log.flush(30) == 0
+    records = [json.loads(r.value) for r in topic_records(state.settings, Topic.AUCTIONS)]
+    by_id = {record["auction_id"]: record for record in records}
+    for response in served:
+        body = response.json()
+        record = by_id[body["auction_id"]]  # one record per auction, keyed by it
+        assert record["filled"] is True and record["campaign_id"] == "live-kafka"
+        assert record["clearing_price_micros"] == body["clearing_price_micros"]
+        assert record["country"] == "Norway" and record["device_type"] == "desktop"
+        assert record["candidate_count"] >= 1 and record["model_version"] == body["model_version"]
+        assert record["latency_ms"] > 0 and record["schema_version"] == 1
+    no_fill = [r for r in records if r["country"] == "Atlantis"]
+    assert no_fill and all(r["filled"] is False and r["campaign_id"] is None for r in no_fill)
+
+
+def test_auctions_do_not_wait_for_a_broker_that_went_away(live):
+    from adstream.messaging import LogProducer
+
+    state, client = live
+    unreachable = state.settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    lost: list[str] = []
+    working, state.auction_log = (
+        state.auction_log,
+        LogProducer(unreachable, client_id="test-away", on_lost=lost.append, timeout_ms=1_000),
+    )
+    try:
+        began = time.monotonic()
+        assert all(client.post("/v1/auction", json=KAFKA_CONTEXT).status_code == 200 for _ in range(20))
+        assert time.monotonic() - began < 5  # no send waits for the broker
+        state.auction_log.flush(5)  # the records time out undelivered: counted as lost, not hidden
+        assert len(lost) == 20
+    finally:
+        state.auction_log = working
+
+
 # --- Kafka down during /v1/events ---
 
 

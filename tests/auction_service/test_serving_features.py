@@ -26,7 +26,7 @@ from auction_service.serving_features import (
 )
 from ml.features import FEATURES, LABEL
 from ml.models import logistic_regression
-from ml.scorer import CompiledScorer
+from ml.scorer import Coded, CompiledScorer
 from tests.conftest import make_settings
 from tests.ml.factories import training_frame
 
@@ -215,8 +215,9 @@ def test_the_batch_has_exactly_the_model_features_one_entry_per_candidate(store)
     assert candidate_batch(AuctionContext(auction_id="a-2", at=AT), [], store) == {name: [] for name in FEATURES}
 
 
-def same_values(left: list | np.ndarray, right: list | np.ndarray) -> bool:
+def same_values(left: list | np.ndarray | Coded, right: list | np.ndarray | Coded) -> bool:
     """Equal as the scorer reads them: numbers as floats with None and NaN alike, strings as they are."""
+    left, right = (side.tolist() if isinstance(side, Coded) else side for side in (left, right))
     if isinstance(left, np.ndarray) or isinstance(right, np.ndarray):
         return np.array_equal(np.asarray(left, dtype=float), np.asarray(right, dtype=float), equal_nan=True)
     return list(left) == list(right)

@@ -5,7 +5,7 @@ from sklearn.pipeline import Pipeline
 
 from ml.features import FEATURES, LABEL
 from ml.models import FAMILIES
-from ml.scorer import CompiledScorer, UnsupportedModelError
+from ml.scorer import Coded, CompiledScorer, UnsupportedModelError
 from ml.split import time_split
 from tests.ml.factories import awkward_candidates, training_frame
 
@@ -40,6 +40,23 @@ def test_compiled_scores_equal_predict_proba_on_100_candidates(fitted, data):
     np.testing.assert_allclose(scorer.score(as_arrays), expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(scorer.score_records(candidates.to_dict(orient="records")), expected, rtol=0, atol=1e-9)
     assert expected.std() > 0.1  # a model that says the same for everyone would make this test vacuous
+
+
+def test_categorical_columns_given_as_distinct_values_and_codes_score_the_same(fitted, data):
+    _, pipeline = fitted
+    _, candidates = data
+    expected = pipeline.predict_proba(candidates)[:, 1]
+    batch: dict = {name: candidates[name].to_numpy() for name in FEATURES}
+    for name in ("gender", "income_band", "country", "ad_category", "device_type"):
+        # None, NaN and unseen values among the distinct ones (the batch holds all three)
+        column = candidates[name].tolist()
+        index = {value: i for i, value in enumerate(dict.fromkeys(column))}  # by identity first: NA, NaN
+        batch[name] = Coded(tuple(index), np.array([index[value] for value in column], dtype=np.intp))
+    scorer = CompiledScorer.from_pipeline(pipeline)
+    np.testing.assert_allclose(scorer.score(batch), expected, rtol=0, atol=1e-9)
+    one_user = {name: candidates[name].to_numpy()[:1].repeat(7) for name in FEATURES}
+    repeated = one_user | {"country": Coded.repeat(candidates["country"].iloc[0], 7)}
+    np.testing.assert_allclose(scorer.score(repeated), scorer.score(one_user), rtol=0, atol=1e-12)
 
 
 def test_an_absent_key_in_a_record_scores_as_missing(fitted, data):

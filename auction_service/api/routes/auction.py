@@ -12,7 +12,7 @@ the auction just computed.
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -34,8 +34,28 @@ def to_micros(amount: Decimal | None) -> int:
     return 0 if amount is None else int(amount * MICROS_PER_UNIT)
 
 
+def new_auction_id() -> str:
+    return os.urandom(16).hex()  # 128 random bits as uuid4().hex, without building a UUID object
+
+
+_BASE_URLS: dict[tuple[Any, ...], str] = {}
+
+
+def _base_url(request: Request) -> str:
+    # Starlette builds a URL object per call; a service sees a handful of (scheme, Host) pairs.
+    scope = request.scope
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    key = (scope["scheme"], host, tuple(scope.get("server") or ()), scope.get("root_path", ""))
+    base = _BASE_URLS.get(key)
+    if base is None:
+        base = str(request.base_url).rstrip("/")
+        if len(_BASE_URLS) < 256:  # bounded: Host is client-controlled
+            _BASE_URLS[key] = base
+    return base
+
+
 def tracking_urls(request: Request, auction_id: str) -> dict[str, str]:
-    base = str(request.base_url).rstrip("/")
+    base = _base_url(request)
     return {
         "impression": f"{base}/v1/events/track/{auction_id}/impression",
         "click": f"{base}/v1/events/track/{auction_id}/click",
@@ -53,7 +73,7 @@ def _json(body: dict[str, Any]) -> Response:
 @router.post("/v1/auction", response_model=AuctionResponse, responses=NO_FILL)
 async def auction(body: AuctionRequest, request: Request) -> Response:
     state = _state(request)
-    auction_id = uuid.uuid4().hex
+    auction_id = new_auction_id()
     context = AuctionContext(
         auction_id=auction_id, at=datetime.now(UTC), user_id=body.user_id, country=body.country, age=body.age,
         gender=body.gender, device_type=body.device_type, channel=body.channel, content_type=body.content_type,
@@ -81,7 +101,7 @@ async def auction(body: AuctionRequest, request: Request) -> Response:
 @router.post("/openrtb2/auction", responses=NO_FILL, response_model=None)
 async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> Response:
     state = _state(request)
-    auction_id = uuid.uuid4().hex
+    auction_id = new_auction_id()
     context = openrtb.to_context(
         body,
         auction_id=auction_id,
