@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Concatenate, ParamSpec, TypeVar
@@ -564,6 +564,9 @@ class ServedAuctionRow:
     expires_at: datetime
 
 
+_SERVED_FIELDS = tuple(ServedAuctionRow.__dataclass_fields__)
+
+
 def record_served_auctions(session: Session, rows: Sequence[ServedAuctionRow]) -> int:
     """Inserts a batch of filled auctions in one transaction; ids already stored are skipped. Returns the count."""
     if not rows:
@@ -572,7 +575,8 @@ def record_served_auctions(session: Session, rows: Sequence[ServedAuctionRow]) -
     begin_write(session)
     try:
         known = set(session.scalars(select(ServedAuction.auction_id).where(ServedAuction.auction_id.in_(ids))))
-        fresh = [asdict(row) for row in rows if row.auction_id not in known]
+        # Shallow on purpose: dataclasses.asdict deep-copies every value (two thirds of a flush).
+        fresh = [{name: getattr(row, name) for name in _SERVED_FIELDS} for row in rows if row.auction_id not in known]
         if fresh:
             session.execute(insert(ServedAuction), fresh)
         session.commit()
