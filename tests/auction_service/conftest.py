@@ -75,6 +75,17 @@ def open_service(settings: Settings, *instructions: CampaignInstruction) -> Serv
 
 
 @contextmanager
+def running_service(settings: Settings, *instructions: CampaignInstruction) -> Iterator[ServiceState]:
+    """``open_service``, started (housekeeping, model watcher, producers) and stopped afterwards."""
+    state = open_service(settings, *instructions)
+    state.start()
+    try:
+        yield state
+    finally:
+        state.stop()
+
+
+@contextmanager
 def live_server(app: FastAPI) -> Iterator[str]:
     """``app`` behind a real uvicorn server on a free loopback port; yields its base URL."""
     port = free_port()
@@ -156,15 +167,13 @@ def service_settings(kafka_settings, champion_db, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(service_settings):
-    state = open_service(
-        service_settings,
-        instruction("cpc-1"),
-        instruction("cpc-2", bid_micros=300_000),
-        instruction("tablets", targeting=Targeting(device_types=["tablet"]), pricing_model="CPM"),
-    )
-    state.start()
-    try:
-        with TestClient(create_app(state=state)) as test_client:
-            yield test_client
-    finally:
-        state.stop()
+    with (
+        running_service(
+            service_settings,
+            instruction("cpc-1"),
+            instruction("cpc-2", bid_micros=300_000),
+            instruction("tablets", targeting=Targeting(device_types=["tablet"]), pricing_model="CPM"),
+        ) as state,
+        TestClient(create_app(state=state)) as test_client,
+    ):
+        yield test_client

@@ -20,27 +20,30 @@ from schemathesis.checks import not_a_server_error
 
 from adstream.settings import Environment, Settings
 from auction_service.main import create_app
-from tests.auction_service.conftest import TOKEN, instruction, live_server, open_service
+from tests.auction_service.conftest import TOKEN, instruction, live_server, running_service
 
 pytestmark = pytest.mark.slow
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 schema = schemathesis.openapi.from_dict(create_app(Settings(adstream_env=Environment.LOCAL)).openapi())
 
 
+TABLETS = {"device_types": ["tablet"]}
+
+
 @pytest.fixture(scope="module")
 def base_url(service_settings):
-    state = open_service(
-        service_settings,
-        instruction("fuzz-cpc"),
-        instruction("fuzz-cpm", pricing_model="CPM", bid_micros=2_000_000, category="Travel"),
-        instruction("fuzz-tablets", pricing_model="CPA", bid_micros=5_000_000, targeting={"device_types": ["tablet"]}),
-    )
-    state.start()
-    try:
-        with live_server(create_app(state=state)) as url:
-            yield url
-    finally:
-        state.stop()
+    with (
+        running_service(
+            service_settings,
+            instruction("fuzz-cpc"),
+            instruction("fuzz-cpm", pricing_model="CPM", bid_micros=2_000_000, category="Travel"),
+            instruction(
+                "fuzz-tablets", pricing_model="CPA", bid_micros=5_000_000, targeting={"device_types": ["tablet"]}
+            ),
+        ) as state,
+        live_server(create_app(state=state)) as url,
+    ):
+        yield url
 
 
 @schema.parametrize()

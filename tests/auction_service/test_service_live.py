@@ -26,6 +26,7 @@ from tests.auction_service.conftest import (
     live_server,
     mlflow_process_uri,
     open_service,
+    running_service,
     stop,
     topic_records,
 )
@@ -40,18 +41,16 @@ NEW_CONTEXT = {"device_type": "ctv", "country": "Iceland"}
 @pytest.fixture(scope="module")
 def live(service_settings):
     """A started service (housekeeping every CAMPAIGN_REFRESH_S, real producer) and a client for it."""
-    state = open_service(
-        service_settings,
-        instruction("live-kafka", targeting=KAFKA_TARGETING, category="Books"),
-        instruction("live-stopped", category="Books"),
-        stop("live-stopped"),
-    )
-    state.start()
-    try:
-        with TestClient(create_app(state=state)) as client:
-            yield state, client
-    finally:
-        state.stop()
+    with (
+        running_service(
+            service_settings,
+            instruction("live-kafka", targeting=KAFKA_TARGETING, category="Books"),
+            instruction("live-stopped", category="Books"),
+            stop("live-stopped"),
+        ) as state,
+        TestClient(create_app(state=state)) as client,
+    ):
+        yield state, client
 
 
 def campaign_instructions_for(settings, campaign_ids: set[str]) -> list[dict]:
