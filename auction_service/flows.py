@@ -21,6 +21,7 @@ from kafka.errors import KafkaError
 
 from adstream.contracts import Topic
 from adstream.events import BILLABLE_EVENT, FeedbackEvent, PricingModel
+from adstream.settings import Settings
 from auction_service import store
 from auction_service.auction import DEFAULT_PCVR, AuctionOutcome, CampaignIndex, auction_record, run_auction
 from auction_service.books import Reservation, billable_cost_micros, expected_cost_micros
@@ -100,6 +101,16 @@ def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome,
     )  # fmt: skip
 
 
+def max_lateness_s(settings: Settings) -> int:
+    """How old an event may be when it arrives: half the stream's watermark.
+
+    An older event would be quarantined as late by the stream, so it is refused here and
+    never charged: the ledger and silver/feedback_events then hold the same billable events.
+    The other half of the watermark absorbs the stream's lag and clock skew.
+    """
+    return settings.stream_watermark_s // 2
+
+
 def _rejected(state: ServiceState, event: EventIn, reason: str) -> EventResult:
     state.stats.event("rejected", reason.split(":")[0])
     state.metrics.events.labels(event_type=event.event_type, status="rejected").inc()
@@ -118,6 +129,13 @@ def record_events(state: ServiceState, events: list[EventIn], received_at: datet
         event_time = (event.event_time or received_at).astimezone(UTC)
         if served is None:
             results[index] = _rejected(state, event, f"unknown auction_id: no auction {event.auction_id} was served")
+            continue
+        if event_time > received_at + CLOCK_SKEW:
+            results[index] = _rejected(state, event, "event_time is in the future: send the time in UTC")
+            continue
+        if event_time < received_at - timedelta(seconds=max_lateness_s(state.settings)):
+            late = max_lateness_s(state.settings)
+            results[index] = _rejected(state, event, f"event_time too old: events must arrive within {late} s")
             continue
         if event_time > served.expires_at:
             ttl = state.settings.auction_ttl_s

@@ -75,6 +75,22 @@ def test_an_event_for_an_unknown_auction_is_refused_saying_why(client):
     assert batch["rejected"] == 1 and batch["results"][0]["status"] == "rejected"
 
 
+def test_events_from_the_future_or_older_than_the_stream_watermark_are_refused(client, service_settings):
+    auction = client.post("/v1/auction", json={"user_id": "u-4", "device_type": "mobile"}).json()
+    now = datetime.now(UTC)
+    late = now - timedelta(seconds=service_settings.stream_watermark_s / 2 + 30)  # half the watermark
+    events = [
+        {"event_id": "t-future", "event_type": "click", "auction_id": auction["auction_id"],
+         "event_time": (now + timedelta(hours=1)).isoformat()},
+        {"event_id": "t-late", "event_type": "click", "auction_id": auction["auction_id"],
+         "event_time": late.isoformat()},
+    ]  # fmt: skip
+    results = client.post("/v1/events", json={"events": events}).json()["results"]
+    assert [r["status"] for r in results] == ["rejected", "rejected"]
+    assert "in the future" in results[0]["reason"] and "too old" in results[1]["reason"]
+    assert sum(r["charged_micros"] for r in results) == 0
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
