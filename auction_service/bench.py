@@ -308,9 +308,12 @@ class PerRowPyfuncScorer:
     def __init__(self, pyfunc_model: Any) -> None:
         self._model = pyfunc_model
 
-    def score(self, batch: Mapping[str, Sequence[Any]]) -> np.ndarray:
+    def score(self, batch: Mapping[str, Any]) -> np.ndarray:
         from ml.features import FEATURES, INTEGER_FEATURES
+        from ml.scorer import Coded
 
+        # The service hands categorical columns over as ``Coded``; the seed design had plain values.
+        batch = {name: values.tolist() if isinstance(values, Coded) else values for name, values in batch.items()}
         pctr = np.empty(len(batch[FEATURES[0]]))
         for i in range(pctr.size):
             row = {name: batch[name][i] for name in FEATURES}

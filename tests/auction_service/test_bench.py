@@ -16,6 +16,7 @@ from auction_service import bench
 from auction_service.schemas import AuctionRequest
 from auction_service.serving_features import segment
 from ml.features import FEATURES, INTEGER_FEATURES, REQUIRED_COLUMNS, check_columns
+from ml.scorer import Coded
 
 
 def loadgen_output(**overrides: object) -> dict[str, object]:
@@ -187,3 +188,16 @@ def test_the_naive_scorer_predicts_one_row_at_a_time_with_the_models_types() -> 
     for frame in model.frames:
         assert list(frame.columns) == list(FEATURES)
         assert all(isinstance(frame[name].iloc[0], (int, np.integer)) for name in INTEGER_FEATURES)
+
+
+def test_the_naive_scorer_takes_the_coded_columns_the_service_passes() -> None:
+    batch = {name: [None, None] for name in FEATURES} | {
+        "hour_of_day": np.array([5.0, 9.0]),
+        "day_of_week": [1, 2],
+        "country": Coded.repeat("Norway", 2),
+        "ad_category": Coded(("Books", "Travel"), np.array([1, 0])),
+    }
+    model = RecordingModel()
+    np.testing.assert_allclose(bench.PerRowPyfuncScorer(model).score(batch), [0.05, 0.09])
+    assert [frame["ad_category"].iloc[0] for frame in model.frames] == ["Travel", "Books"]
+    assert [frame["country"].iloc[0] for frame in model.frames] == ["Norway", "Norway"]
