@@ -708,7 +708,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve" and args.naive_requests < args.connections:
+        parser.error(f"--naive-requests ({args.naive_requests}) must be at least --connections ({args.connections})")
     if args.command == "serve":
         return serve(args.mode, args.port)
     loadgen_command()  # fails before anything is built when the load generator is missing
