@@ -1,0 +1,164 @@
+"""Driving the running Airflow through its public REST API (v2), as a data engineer would.
+
+`make run` uses it to unpause DAGs, trigger ``kaggle_ingestion`` and wait for the runs
+that Airflow's own scheduler starts from it (``feature_build`` and ``ctr_training`` are
+Asset-scheduled). Authentication is the simple auth manager's JWT: ``POST /auth/token``
+with the password `airflow standalone` generated into AIRFLOW_HOME (local mode only).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from adstream.settings import Settings
+
+FINISHED = frozenset({"success", "failed"})
+PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+
+
+class AirflowRunFailed(RuntimeError):
+    """A DAG run failed or did not finish in time; the message names the run, its tasks and logs."""
+
+
+@dataclass(frozen=True)
+class DagRun:
+    dag_id: str
+    run_id: str
+    state: str
+    run_type: str
+    queued_at: datetime | None
+    start_date: datetime | None
+    end_date: datetime | None
+
+    @classmethod
+    def from_api(cls, body: Mapping[str, Any]) -> DagRun:
+        return cls(
+            dag_id=body["dag_id"],
+            run_id=body["dag_run_id"],
+            state=body["state"],
+            run_type=body.get("run_type", ""),
+            queued_at=_time(body.get("queued_at")),
+            start_date=_time(body.get("start_date")),
+            end_date=_time(body.get("end_date")),
+        )
+
+    @property
+    def seconds(self) -> float | None:
+        if self.start_date is None or self.end_date is None:
+            return None
+        return (self.end_date - self.start_date).total_seconds()
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def first_run_after(runs: Sequence[DagRun], after: datetime) -> DagRun | None:
+    """The earliest run queued at or after ``after`` (the run a trigger or an Asset event created)."""
+    later = [run for run in runs if run.queued_at is not None and run.queued_at >= after]
+    return min(later, key=lambda run: run.queued_at or after, default=None)
+
+
+def admin_password(airflow_home: Path) -> str:
+    path = airflow_home / PASSWORD_FILE
+    try:
+        return json.loads(path.read_text())["admin"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
+        raise AirflowRunFailed(f"no admin password in {path}: is `airflow standalone` (make up) running?") from exc
+
+
+class AirflowClient:
+    def __init__(self, settings: Settings, *, timeout_s: float = 30.0) -> None:
+        self.base_url = f"http://{settings.bind_host}:{settings.airflow_port}"
+        self.log_dir = settings.airflow_home.resolve() / "logs"
+        token = self._token(admin_password(settings.airflow_home.resolve()), timeout_s)
+        self._http = httpx.Client(
+            base_url=f"{self.base_url}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
+        )
+
+    def _token(self, password: str, timeout_s: float) -> str:
+        response = httpx.post(
+            f"{self.base_url}/auth/token", json={"username": "admin", "password": password}, timeout=timeout_s
+        )
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    def close(self) -> None:
+        self._http.close()
+
+    def wait_for_dags(self, dag_ids: Sequence[str], timeout_s: float = 180.0) -> None:
+        """Until the DAG processor has parsed each DAG (the API answers 404 before)."""
+        deadline = time.monotonic() + timeout_s
+        missing = list(dag_ids)
+        while missing:
+            missing = [dag_id for dag_id in missing if self._http.get(f"/dags/{dag_id}").status_code == 404]
+            if missing and time.monotonic() > deadline:
+                raise AirflowRunFailed(f"Airflow has not parsed {missing} after {timeout_s:.0f}s; see dags/ imports")
+            if missing:
+                time.sleep(2.0)
+
+    def unpause(self, dag_id: str) -> None:
+        self._http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None) -> DagRun:
+        response = self._http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf or {})})
+        response.raise_for_status()
+        return DagRun.from_api(response.json())
+
+    def runs(self, dag_id: str, limit: int = 20) -> list[DagRun]:
+        response = self._http.get(f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": limit})
+        response.raise_for_status()
+        return [DagRun.from_api(body) for body in response.json()["dag_runs"]]
+
+    def run(self, dag_id: str, run_id: str) -> DagRun:
+        response = self._http.get(f"/dags/{dag_id}/dagRuns/{run_id}")
+        response.raise_for_status()
+        return DagRun.from_api(response.json())
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        response = self._http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        response.raise_for_status()
+        return {ti["task_id"]: ti["state"] or "none" for ti in response.json()["task_instances"]}
+
+    def wait_for_run(
+        self,
+        dag_id: str,
+        *,
+        run_id: str | None = None,
+        created_after: datetime | None = None,
+        timeout_s: float = 900.0,
+        progress: Callable[[str], None] = print,
+    ) -> DagRun:
+        """Until the run (given, or the first one queued after ``created_after``) finishes; it must succeed."""
+        deadline = time.monotonic() + timeout_s
+        last_line = ""
+        while time.monotonic() < deadline:
+            run = self.run(dag_id, run_id) if run_id else first_run_after(self.runs(dag_id), created_after)
+            if run is not None:
+                run_id = run.run_id
+                states = self.task_states(dag_id, run.run_id)
+                line = f"{dag_id} {run.state}: " + ", ".join(f"{task} {state}" for task, state in states.items())
+                if line != last_line:
+                    progress(line)
+                    last_line = line
+                if run.state == "success":
+                    return run
+                if run.state == "failed":
+                    failed = [task for task, state in states.items() if state in ("failed", "upstream_failed")]
+                    raise AirflowRunFailed(
+                        f"DAG run {dag_id}/{run.run_id} failed (tasks {failed}); task logs under "
+                        f"{self.log_dir / f'dag_id={dag_id}' / f'run_id={run.run_id}'}"
+                    )
+            time.sleep(3.0)
+        raise AirflowRunFailed(
+            f"{dag_id} run {run_id or '(not created yet)'} did not finish within {timeout_s:.0f}s; "
+            f"see the Airflow UI at {self.base_url}"
+        )
