@@ -49,6 +49,7 @@ class DagId(StrEnum):
     CTR_TRAINING = "ctr_training"
     HOURLY_BILLING = "hourly_billing"
     PLATFORM_SMOKE = "platform_smoke"
+    LAKE_MAINTENANCE = "lake_maintenance"
 
 
 MLFLOW_EXPERIMENT = "ctr"
