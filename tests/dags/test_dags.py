@@ -67,6 +67,7 @@ def test_dag_folder_has_no_import_errors(tmp_path):
     }
     assert parsed["tasks"][DagId.CTR_TRAINING] == {"train_and_register": [], "promote_challenger": ["ctr-model"]}
     assert parsed["schedules"][DagId.CTR_TRAINING] == ["gold/ctr_training_set"]
+    assert parsed["tasks"][DagId.HOURLY_BILLING] == {"bill": ["gold/billing_hourly"], "reconcile": [], "export": []}
     assert parsed["schedules"][DagId.FEATURE_BUILD] == [
         "bronze/ads16_ads", "bronze/ads16_ratings", "bronze/ads16_users", "bronze/advertising", "bronze/amazon_ads",
     ]  # fmt: skip
@@ -166,3 +167,30 @@ def test_airflow_dags_test_trains_and_leaves_a_champion(tmp_path):
     assert "state=success" in log, log[-5000:]
     assert version_by_alias(mlflow_uri, "champion") == "1"
     assert "promoted to champion (there is no champion yet)" in log
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_bills_the_hour_before_the_run(tmp_path):
+    from tests.spark_jobs.test_billing import AUCTIONS, HOUR_10, LATE, write_silver
+
+    # No campaign store here: the bill's budget columns stay empty and the ledger side is skipped.
+    settings = make_settings(
+        tmp_path, reports_dir=tmp_path / "reports", spark_master="local[2]", spark_shuffle_partitions=2
+    )
+    write_silver(settings, HOUR_10 + LATE, auctions=list(AUCTIONS))
+    assert _airflow(settings, "db", "migrate").returncode == 0
+    result = _airflow(settings, "dags", "test", DagId.HOURLY_BILLING, "2026-11-24T11:00:00+00:00")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "state=success" in log, log[-5000:]
+    bill = DeltaTable(settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)[0]).to_pandas()
+    assert dict(zip(bill["campaign_id"], bill["spend_micros"], strict=True)) == {
+        "cmp-cpm": 3_705, "cmp-cpc": 930_000, "cmp-cpa": 5_000_000,
+    }  # fmt: skip
+    assert set(bill["hour"].astype(str)) == {"2026-11-24 10:00:00+00:00"}
+    assert set(bill["status"]) == {"final"} and bill["budget_total_micros"].isna().all()
+    exported = tmp_path / "reports" / "billing" / "2026-11-24"
+    assert {path.name for path in exported.iterdir()} == {"10.csv", "10.html", "10.reconciliation.json"}
+    reconciliation = json.loads((exported / "10.reconciliation.json").read_text())
+    assert reconciliation["checked"] == ["bill", "auction log"] and reconciliation["mismatches"] == []
+    assert "no campaign store" in reconciliation["skipped"]["ledger"]
