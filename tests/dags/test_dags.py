@@ -68,6 +68,7 @@ def test_dag_folder_has_no_import_errors(tmp_path):
     assert parsed["tasks"][DagId.CTR_TRAINING] == {"train_and_register": [], "promote_challenger": ["ctr-model"]}
     assert parsed["schedules"][DagId.CTR_TRAINING] == ["gold/ctr_training_set"]
     assert parsed["tasks"][DagId.HOURLY_BILLING] == {"bill": ["gold/billing_hourly"], "reconcile": [], "export": []}
+    assert parsed["tasks"][DagId.LAKE_MAINTENANCE] == {"compact_and_vacuum": []}
     assert parsed["schedules"][DagId.FEATURE_BUILD] == [
         "bronze/ads16_ads", "bronze/ads16_ratings", "bronze/ads16_users", "bronze/advertising", "bronze/amazon_ads",
     ]  # fmt: skip
