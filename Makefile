@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 KEEP_UP ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status run test bench bench-auction compare-runs lint format lock clean
+.PHONY: help setup up down status run test bench bench-auction bench-billing compare-runs lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -21,8 +21,8 @@ down: ## Stop every local service (no-op when nothing runs)
 status: ## Show each local service and its URL
 	@$(PY) -m adstream.services status
 
-run: setup ## Set up, start the platform and push data through it end to end (KEEP_UP=1 leaves it running)
-	@$(PY) -m adstream.run $(if $(filter 1,$(KEEP_UP)),--keep-up)
+run: setup ## Set up, start the platform and push data through it end to end (DURATION=3m; KEEP_UP=1 leaves it running)
+	@$(PY) -m adstream.run $(if $(filter 1,$(KEEP_UP)),--keep-up) $(if $(DURATION),--duration $(DURATION))
 
 test: setup ## Lint and run the whole test suite (starts and stops the Kafka broker it needs)
 	@.venv/bin/ruff check .
@@ -35,6 +35,9 @@ bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/
 
 bench-auction: setup ## Load-test the auction service (autocannon, 32 connections) vs a naive baseline (REPEATS=3 DURATION=20)
 	@$(PY) -m auction_service.bench --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20)
+
+bench-billing: setup ## Bill one hour of 1,000,000 events (local[2]) vs a DuckDB baseline; reports/bench/billing.json (REPEATS=3)
+	@$(PY) -m spark_jobs.bench_billing --repeats $(or $(REPEATS),3)
 
 compare-runs: setup ## Compare CTR training runs side by side (metrics, params, champion/challenger decision); LAST=N
 	@$(PY) -m ml.compare --execute-notebook $(if $(LAST),--last $(LAST))
