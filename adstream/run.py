@@ -7,15 +7,22 @@ Services are stopped at the end unless KEEP_UP=1.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 from adstream import services
-from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, Topic
+from adstream.airflow_api import AirflowClient, AirflowRunFailed
+from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
+from adstream.events import MICROS_PER_UNIT
 from adstream.settings import Settings, child_process_env, get_settings
+from auction_service.simulator import parse_duration
 
 
 class StageFailed(RuntimeError):
@@ -25,7 +32,7 @@ class StageFailed(RuntimeError):
 @dataclass(frozen=True)
 class Stage:
     name: str
-    action: Callable[[Settings], None]
+    action: Callable[[Settings, RunState], None]
 
 
 def run_logged(settings: Settings, stage: str, *command: str) -> None:
@@ -45,41 +52,67 @@ def run_logged(settings: Settings, stage: str, *command: str) -> None:
         raise StageFailed(f"`{' '.join(command[1:])}` exited with {result.returncode}; log: {log}\n    {tail}")
 
 
-def start_services(settings: Settings) -> None:
-    services.up(settings)
+INFRASTRUCTURE = ("kafka", "mlflow", "airflow")
+PLATFORM = ("ad-manager", "auction", "streaming")
+# Unpaused for the run; Airflow's scheduler starts feature_build and ctr_training from the
+# Assets the one before publishes. hourly_billing stays paused (catchup would bill every
+# hour since its start date); make run bills the hours it covered with `airflow dags test`.
+BATCH_DAGS = (DagId.KAGGLE_INGESTION, DagId.FEATURE_BUILD, DagId.CTR_TRAINING)
 
 
-def ingest_kaggle(settings: Settings) -> None:
-    run_logged(settings, "ingestion", sys.executable, "-m", "ingestion", "all")
-    for line in services.log_file(settings, "run-ingestion").read_text().strip().splitlines():
-        print(f"    {line}")
+@dataclass
+class RunState:
+    """What the stages learn for the ones after them and the summary."""
+
+    simulation_start: datetime | None = None
+    simulation_end: datetime | None = None
+    simulation: dict = field(default_factory=dict)
+    dag_seconds: dict[str, float] = field(default_factory=dict)
+    billed_hours: list[datetime] = field(default_factory=list)
 
 
-def build_features(settings: Settings) -> None:
-    for module in ("spark_jobs.silver", "spark_jobs.features"):
-        stage = module.rsplit(".", 1)[1]
-        run_logged(settings, stage, sys.executable, "-m", module)
-        for line in services.log_file(settings, f"run-{stage}").read_text().strip().splitlines():
-            if line.startswith(("silver/", "gold/")):
-                print(f"    {line}")
+def start_infrastructure(settings: Settings, state: RunState) -> None:
+    services.up(settings, INFRASTRUCTURE)
 
 
-def smoke_flow(settings: Settings) -> None:
-    run_logged(settings, "smoke", sys.executable, "-m", "spark_jobs.smoke", "all", "--events", str(SMOKE_EVENTS))
-    print(f"    {services.log_file(settings, 'run-smoke').read_text().strip().splitlines()[-1]}")
+def run_batch_dags(settings: Settings, state: RunState) -> None:
+    """Triggers kaggle_ingestion through Airflow's REST API and waits for it and the runs it sets off."""
+    client = AirflowClient(settings)
+    try:
+        client.wait_for_dags(BATCH_DAGS)
+        for dag_id in BATCH_DAGS:
+            client.unpause(dag_id)
+        triggered = client.trigger(DagId.KAGGLE_INGESTION)
+        after = triggered.queued_at or datetime.now(UTC)
+        for dag_id in BATCH_DAGS:
+            waited = (
+                client.wait_for_run(dag_id, run_id=triggered.run_id, progress=_indent)
+                if dag_id == DagId.KAGGLE_INGESTION
+                else client.wait_for_run(dag_id, created_after=after, progress=_indent)
+            )
+            state.dag_seconds[dag_id] = waited.seconds or 0.0
+            after = waited.queued_at or after  # the next DAG's run is queued by this one's Asset events
+            print(f"    {dag_id}: {waited.run_id} succeeded in {waited.seconds or 0:.0f}s", flush=True)
+    except AirflowRunFailed as exc:
+        raise StageFailed(str(exc)) from exc
+    finally:
+        client.close()
 
 
-def train_ctr_model(settings: Settings) -> None:
-    """Trains the CTR families against the MLflow server and applies the guarded promotion."""
-    run_logged(settings, "training", sys.executable, "-m", "ml.train")
-    for line in services.log_file(settings, "run-training").read_text().strip().splitlines():
-        if line.startswith(
-            ("constant CTR", "logistic_regression", "gradient_boosted", "trees_plus", "  ", "ctr-model")
-        ):
-            print(f"    {line}")
+def _indent(line: str) -> None:
+    print(f"    {line}", flush=True)
 
 
-def wait_for_auction_service(settings: Settings, campaigns: int, timeout_s: float = 90.0) -> dict:
+def start_platform(settings: Settings, state: RunState) -> None:
+    """The ad manager, the auction service and the streaming job, then campaigns seeded through Kafka."""
+    services.up(settings, PLATFORM)
+    run_logged(settings, "seed", sys.executable, "-m", "auction_service.campaigns", "seed", str(SEED_CAMPAIGNS),
+               "--seed", "7")  # fmt: skip
+    ready = wait_for_auction_service(settings, SEED_CAMPAIGNS)
+    print(f"    {ready['campaigns']} campaigns serving, ctr-model version {ready['model_version']}")
+
+
+def wait_for_auction_service(settings: Settings, campaigns: int, timeout_s: float = 120.0) -> dict:
     """Until the service has loaded the champion and sees the seeded campaigns."""
     import httpx
 
@@ -96,66 +129,227 @@ def wait_for_auction_service(settings: Settings, campaigns: int, timeout_s: floa
     raise StageFailed(f"the auction service was not ready with {campaigns} campaigns after {timeout_s:.0f}s: {body}")
 
 
-def seed_and_serve(settings: Settings) -> None:
-    """Seeds campaigns through Kafka (the ad manager applies them), then simulated users see ads."""
-    run_logged(settings, "seed", sys.executable, "-m", "auction_service.campaigns", "seed", str(SEED_CAMPAIGNS),
-               "--seed", "7")  # fmt: skip
-    ready = wait_for_auction_service(settings, SEED_CAMPAIGNS)
-    print(f"    {ready['campaigns']} campaigns serving, ctr-model version {ready['model_version']}")
-    run_logged(settings, "simulator", sys.executable, "-m", "auction_service.simulator", "--duration",
-               f"{SIMULATION_S}s", "--rate", "20", "--users", "300")  # fmt: skip
-    print(f"    {services.log_file(settings, 'run-simulator').read_text().strip().splitlines()[-1]}")
+def simulate(settings: Settings, state: RunState, duration_s: float) -> None:
+    """Simulated users for ``duration_s``; the streaming KPIs are printed while they run."""
+    summary_file = settings.local_dir.resolve() / "run" / "simulation.json"
+    summary_file.parent.mkdir(parents=True, exist_ok=True)
+    log = services.log_file(settings, "run-simulator")
+    command = [
+        sys.executable, "-m", "auction_service.simulator", "--duration", f"{duration_s:.0f}s",
+        "--rate", str(SIMULATION_RATE), "--users", "500", "--seed", "7", "--summary-file", str(summary_file),
+    ]  # fmt: skip
+    state.simulation_start = datetime.now(UTC)
+    with log.open("w") as out:
+        simulator = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=child_process_env(**services.settings_env(settings)),
+            cwd=services.PROJECT_ROOT,
+        )  # fmt: skip
+        while simulator.poll() is None:
+            time.sleep(KPI_EVERY_S if simulator.poll() is None else 0)
+            progress = _last_line(log)
+            if progress:
+                print(f"    simulator: {progress}", flush=True)
+            print(f"    KPIs (gold/kpi_minute): {kpi_line(settings)}", flush=True)
+    state.simulation_end = datetime.now(UTC)
+    if simulator.returncode != 0:
+        raise StageFailed(f"the simulator exited with {simulator.returncode}; log: {log}\n    {_last_line(log)}")
+    state.simulation = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    print(f"    {_last_line(log)}")
+    wait_for_stream(settings, state.simulation_end)
+    print(f"    KPIs (gold/kpi_minute): {kpi_line(settings)}", flush=True)
+
+
+def _last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return lines[-1] if lines else ""
+
+
+def kpi_line(settings: Settings) -> str:
+    """Totals of gold/kpi_minute so far, read with delta-rs (no Spark)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    location, options = settings.delta_rs_location(Table.GOLD_KPI_MINUTE)
+    try:
+        frame = DeltaTable(location, storage_options=options).to_pandas(
+            columns=["minute", "impressions", "clicks", "video_starts", "video_completes", "spend_micros"]
+        )
+    except TableNotFoundError:
+        return "no rows yet (the streaming job writes them as events arrive)"
+    if frame.empty:
+        return "no rows yet"
+    impressions, clicks = int(frame["impressions"].sum()), int(frame["clicks"].sum())
+    starts, completes = int(frame["video_starts"].sum()), int(frame["video_completes"].sum())
+    spend = Decimal(int(frame["spend_micros"].sum())) / MICROS_PER_UNIT
+    return (
+        f"{frame['minute'].nunique()} minutes, {impressions:,} impressions, {clicks:,} clicks, "
+        f"CTR {clicks / impressions if impressions else 0:.2%}, "
+        f"completion {completes / starts if starts else 0:.0%}, spend {spend:,.2f} USD, "
+        f"RPAI {spend / impressions if impressions else 0:.4f} USD"
+    )
+
+
+def wait_for_stream(settings: Settings, until: datetime, timeout_s: float = 120.0) -> None:
+    """Until silver/feedback_events holds events up to the end of the simulation (the stream caught up)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    location, options = settings.delta_rs_location(Table.SILVER_FEEDBACK_EVENTS)
+    deadline, latest = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            times = DeltaTable(location, storage_options=options).to_pyarrow_table(columns=["event_time"])
+            latest = max(times.column("event_time").to_pylist(), default=None)
+        except TableNotFoundError:
+            latest = None
+        if latest is not None and latest >= until - timedelta(seconds=30):
+            return
+        time.sleep(3.0)
+    raise StageFailed(
+        f"silver/feedback_events stops at {latest}, the simulation ran until {until}: the stream did not "
+        f"catch up in {timeout_s:.0f}s; log: {services.log_file(settings, 'streaming')}"
+    )
+
+
+def bill_hours(settings: Settings, state: RunState) -> None:
+    """`airflow dags test hourly_billing <hour>` for each hour the simulation touched."""
+    assert state.simulation_start is not None and state.simulation_end is not None
+    hour = state.simulation_start.replace(minute=0, second=0, microsecond=0)
+    while hour <= state.simulation_end:
+        stage = f"billing-{hour:%Y%m%dT%H}"
+        log = services.log_file(settings, f"run-{stage}")
+        with log.open("w") as out:
+            # The run at H+1 bills [H, H+1): the data interval of the hourly timetable.
+            run_at = (hour + timedelta(hours=1)).isoformat()
+            done = services.airflow_cli(
+                settings, "dags", "test", DagId.HOURLY_BILLING, run_at, check=False, capture_output=True
+            )
+            out.write(done.stdout + done.stderr)
+        if done.returncode != 0:
+            tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise StageFailed(
+                f"hourly_billing for {hour:%Y-%m-%d %H}:00 exited with {done.returncode}; log: {log}\n    {tail}"
+            )
+        state.billed_hours.append(hour)
+        print(f"    hourly_billing {hour:%Y-%m-%d %H}:00 done; {bill_line(settings, hour)}", flush=True)
+        hour += timedelta(hours=1)
+
+
+def bill_line(settings: Settings, hour: datetime) -> str:
+    from deltalake import DeltaTable
+
+    location, options = settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)
+    frame = DeltaTable(location, storage_options=options).to_pandas()
+    rows = frame[frame["hour"] == pd_timestamp(hour)] if "hour" in frame else frame.iloc[0:0]
+    if rows.empty:
+        return "no bill rows"
+    status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
+    spend = Decimal(int(rows["spend_micros"].sum())) / MICROS_PER_UNIT if "spend_micros" in rows else Decimal(0)
+    return f"{len(rows)} campaign rows, spend {spend:,.2f} USD, status {status}"
+
+
+def pd_timestamp(hour: datetime) -> object:  # pandas is imported lazily
+    import pandas as pd
+
+    return pd.Timestamp(hour)
 
 
 SEED_CAMPAIGNS = 200
-SIMULATION_S = 30
-SMOKE_EVENTS = 500
-STAGES = (
-    Stage("start services (Kafka, MLflow, Airflow, ad manager, auction service)", start_services),
-    Stage("ingest the Kaggle datasets into bronze Delta, gated by Great Expectations", ingest_kaggle),
-    Stage("build silver users/ads and gold features with Spark", build_features),
-    Stage("smoke flow: Kafka -> Spark Structured Streaming -> Delta", smoke_flow),
-    Stage("train CTR models, register ctr-model and guard its promotion (MLflow)", train_ctr_model),
-    Stage("seed campaigns through Kafka and serve simulated users (auction service)", seed_and_serve),
-)
+SIMULATION_RATE = 20  # auction requests per second
+KPI_EVERY_S = 20.0
+DEFAULT_DURATION_S = 180.0
 
 
-def summary(settings: Settings) -> str:
-    password_file = settings.airflow_home.resolve() / "simple_auth_manager_passwords.json.generated"
-    return "\n".join(
-        [
-            "Where things are:",
-            f"  Kafka bootstrap    {settings.kafka_bootstrap_servers}  (topic '{Topic.PLATFORM_SMOKE}')",
-            f"  Lake (Delta)       {services.settings_env(settings)['LAKE_ROOT']}"
-            "  (bronze/, quarantine/, silver/, gold/, smoke/)",
-            f"  Quality results    {settings.reports_dir.resolve() / 'quality'}",
-            f"  MLflow UI          http://{settings.bind_host}:{settings.mlflow_port}"
-            f"  (experiment '{MLFLOW_EXPERIMENT}', model '{REGISTERED_MODEL}@{CHAMPION_ALIAS}')",
-            f"  Airflow UI         http://{settings.bind_host}:{settings.airflow_port}"
-            f"  (user admin, password in {password_file})",
-            f"  Auction API        http://{settings.bind_host}:{settings.auction_port}/docs",
-            f"  Service logs       {settings.log_dir.resolve()}",
-        ]
+def stages(duration_s: float) -> tuple[Stage, ...]:
+    return (
+        Stage("start Kafka, MLflow and Airflow", start_infrastructure),
+        Stage("Airflow: kaggle_ingestion -> feature_build -> ctr_training (ctr-model@champion)", run_batch_dags),
+        Stage("start the ad manager, auction service and streaming job; seed campaigns", start_platform),
+        Stage(
+            f"simulate users for {duration_s:.0f}s (KPIs from the stream)",
+            lambda settings, state: simulate(settings, state, duration_s),
+        ),
+        Stage("hourly_billing for the hours covered", bill_hours),
     )
+
+
+def summary(settings: Settings, state: RunState) -> str:
+    password_file = settings.airflow_home.resolve() / "simple_auth_manager_passwords.json.generated"
+    sim = state.simulation
+    lines = ["Summary:"]
+    if sim:
+        lines += [
+            f"  auctions           {sim.get('auctions', 0):,}  (fill rate {sim.get('fill_rate', 0):.1%})",
+            f"  impressions/clicks {sim.get('impressions', 0):,} / {sim.get('clicks', 0):,}"
+            f"  (CTR {sim.get('ctr', 0):.2%})",
+            f"  spend              {sim.get('spend', '0')} USD  (errors {sim.get('errors', 0)})",
+        ]
+    lines += top_campaigns(settings, state)
+    lines += [
+        "Where things are:",
+        f"  Lake (Delta)       {services.settings_env(settings)['LAKE_ROOT']}"
+        "  (bronze/, silver/, gold/kpi_minute, gold/billing_hourly, quarantine/)",
+        f"  Bill reports       {settings.reports_dir.resolve() / 'billing'}",
+        f"  MLflow UI          http://{settings.bind_host}:{settings.mlflow_port}"
+        f"  (experiment '{MLFLOW_EXPERIMENT}', model '{REGISTERED_MODEL}@{CHAMPION_ALIAS}')",
+        f"  Airflow UI         http://{settings.bind_host}:{settings.airflow_port}"
+        f"  (user admin, password in {password_file})",
+        f"  Auction API        http://{settings.bind_host}:{settings.auction_port}/docs",
+        f"  Service logs       {settings.log_dir.resolve()}",
+    ]
+    return "\n".join(lines)
+
+
+def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
+    """The bill's top campaigns by spend over the hours billed, and each hour's status."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    location, options = settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)
+    try:
+        bill = DeltaTable(location, storage_options=options).to_pandas()
+    except TableNotFoundError:
+        return ["  (no bill yet)"]
+    if bill.empty or "spend_micros" not in bill:
+        return ["  (the bill is empty)"]
+    lines = ["  bills:"]
+    for hour, rows in bill.groupby("hour"):
+        status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
+        spend = Decimal(int(rows["spend_micros"].sum())) / MICROS_PER_UNIT
+        lines.append(f"    {hour:%Y-%m-%d %H}:00  {status:<12} spend {spend:,.2f} USD")
+    top = bill.groupby("campaign_id")["spend_micros"].sum().nlargest(n)
+    lines.append(f"  top {len(top)} campaigns by billed spend:")
+    lines += [f"    {cid:<28} {Decimal(int(v)) / MICROS_PER_UNIT:>10,.2f} USD" for cid, v in top.items()]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adstream.run", description=__doc__.splitlines()[0])
     parser.add_argument("--keep-up", action="store_true", help="leave the services running (make run KEEP_UP=1)")
+    parser.add_argument(
+        "--duration", type=parse_duration, default=DEFAULT_DURATION_S,
+        help="how long users are simulated, e.g. 90s, 5m (make run DURATION=...; default 3m)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     settings = get_settings()
+    state = RunState()
+    plan = stages(args.duration)
     began = time.monotonic()
+    timings: list[tuple[str, float]] = []
     try:
-        for number, stage in enumerate(STAGES, start=1):
-            print(f"[{number}/{len(STAGES)}] {stage.name} ...", flush=True)
+        for number, stage in enumerate(plan, start=1):
+            print(f"[{number}/{len(plan)}] {stage.name} ...", flush=True)
             stage_began = time.monotonic()
             try:
-                stage.action(settings)
+                stage.action(settings, state)
             except (StageFailed, services.ServiceError) as exc:
-                print(f"[{number}/{len(STAGES)}] FAILED: {stage.name}\n    {exc}", file=sys.stderr)
+                print(f"[{number}/{len(plan)}] FAILED: {stage.name}\n    {exc}", file=sys.stderr)
                 return 1
-            print(f"[{number}/{len(STAGES)}] done in {time.monotonic() - stage_began:.1f}s", flush=True)
-        print(f"\nAdStream ran end to end in {time.monotonic() - began:.1f}s.\n{summary(settings)}")
+            timings.append((stage.name, time.monotonic() - stage_began))
+            print(f"[{number}/{len(plan)}] done in {timings[-1][1]:.1f}s", flush=True)
+        print(f"\nAdStream ran end to end in {time.monotonic() - began:.1f}s.")
+        print("Stage times:\n" + "\n".join(f"  {seconds:7.1f}s  {name}" for name, seconds in timings))
+        print(summary(settings, state))
     finally:
         if args.keep_up:
             print("\nServices left running (KEEP_UP=1); stop them with `make down`.")

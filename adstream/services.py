@@ -261,12 +261,33 @@ def _auction(settings: Settings) -> Service:
     )
 
 
+def _streaming(settings: Settings) -> Service:
+    from spark_jobs.streaming import is_alive
+
+    def healthy() -> bool:
+        # No port to probe: healthy while it runs and its driver loop beats (once the JVM is up).
+        pid = running_pid(settings, "streaming")
+        return pid is not None and is_alive(settings, pid)
+
+    return Service(
+        name="streaming",
+        url=f"Kafka -> {settings.lake_root}",
+        ports=(),
+        command=(sys.executable, "-m", "spark_jobs.streaming"),
+        env=settings_env(settings),
+        healthy=healthy,
+        needs_infrastructure=True,
+        start_timeout_s=150.0,
+    )
+
+
 SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
     "kafka": _kafka,
     "mlflow": _mlflow,
     "airflow": _airflow,
     "ad-manager": _ad_manager,
     "auction": _auction,
+    "streaming": _streaming,
 }
 
 

@@ -1,0 +1,478 @@
+"""Kafka -> Delta, exactly once: ``ad-feedback`` and ``auctions`` into bronze, silver, quarantine and gold KPIs.
+
+    python -m spark_jobs.streaming [--source feedback|auctions|all] [--available-now] [--trigger-s N]
+
+One Structured Streaming query per topic, checkpointed in ``_checkpoints/<source>_stream``. Each
+micro-batch (``foreachBatch``) writes, in this order:
+1. bronze/<source>_raw: every Kafka record as it came (key, value text, topic, partition, offset,
+   Kafka timestamp, ingest time), partitioned by ingest date;
+2. quarantine/<source>: records that fail the versioned schema of adstream.events (malformed
+   JSON, wrong schema_version, missing field, wrong type, out-of-range value such as a negative
+   cost, unknown enum value such as an unknown event_type), events ahead of their Kafka timestamp
+   by more than the watermark, and late events, each with a reason, a detail, the raw value and
+   its origin (spark_jobs.stream_transforms). A bad record never stops the stream;
+3. silver/feedback_events (silver/auctions): the valid records, one per event_id (auction_id),
+   with the model's columns plus their origin, partitioned by event_date;
+4. gold/kpi_minute (feedback only): the (campaign, minute) pairs the batch touched, recomputed
+   from silver and MERGEd, so a minute that gains a late event is corrected, not double counted.
+
+Watermark: STREAM_WATERMARK_S, 600 s (10 min) by default, behind the latest valid event time of
+the batches before (kept in a small Delta table next to the checkpoint, so a replayed batch sees
+the same watermark). An event older than the watermark is quarantined as ``late``; a replay of an
+event_id within it is dropped. Why 10 minutes: the auction service refuses events older than half
+of it, so everything it charges reaches silver; the other half absorbs the stream's own lag (a
+restart, a broker outage, a backlog) and producer clock skew. Longer would hold billing hours open
+longer (an hour is final one watermark after it ends) and widen the window each batch deduplicates
+against.
+
+Deduplication: within a batch the copy Kafka received first is kept; across batches the silver
+MERGE inserts only event_ids it does not hold, looking back to two watermarks behind the latest
+event time (a copy older than that could only pair with a late replay, which is quarantined).
+
+Exactly once: every write of a batch carries Delta's idempotent-write pair (txnAppId = the source
+and the checkpoint's query id, txnVersion = the batch id): DataFrame writer options for appends,
+the session's ``spark.databricks.delta.write.txnAppId/txnVersion`` for MERGEs. Spark replays a batch
+whose commit it did not record with the same offsets and id, and each table skips the writes it
+already holds. A new checkpoint gets a new query id, so its batch 0 is not mistaken for an old one.
+
+Partitioning: silver by event_date; an hourly billing read prunes to its day and skips files by
+event_time statistics (each micro-batch's files span minutes).
+
+failOnDataLoss is on: offsets that vanished (retention, a recreated topic) would be spend that
+never reaches billing, so the query fails loudly instead of skipping them.
+
+Stopping: SIGTERM or SIGINT waits for the running batch to finish, stops the queries and exits 0.
+The JVM is started with both signals ignored so that `make down` (SIGTERM to the process group)
+does not tear Spark down mid-batch; a batch cut short anyway (SIGKILL) is replayed on restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+
+from delta.tables import DeltaTable
+from pydantic import BaseModel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.types import StructField, StructType
+
+from adstream.contracts import Table, Topic, quarantine_table
+from adstream.events import AuctionRecord, FeedbackEvent
+from adstream.messaging import BrokerUnavailable, ensure_topics
+from adstream.settings import Settings, get_settings
+from spark_jobs.stream_transforms import (
+    EVENT_TIME,
+    KAFKA_RECORD_DDL,
+    KPI_KEY,
+    EventClock,
+    advance_clock,
+    bronze_records,
+    classify_records,
+    first_per_key,
+    kpi_by_minute,
+    kpi_for_minutes,
+    quarantined_records,
+    touched_minutes,
+    valid_events,
+    watermark_for,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_RECORDS_PER_BATCH = 50_000  # bounds a batch's duration when a backlog waits (a restart, an outage)
+POLL_S = 1.0  # how often the driver loop beats and looks for a stop request
+STOP_WAIT_S = 60.0  # how long a stop request waits for the running batch
+HEARTBEAT_MAX_AGE_S = 30.0
+TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class StreamFailed(RuntimeError):
+    """A streaming query stopped with an error."""
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """One topic and the tables it lands in."""
+
+    name: str  # also the quarantine source: quarantine/<name>
+    topic: str
+    model: type[BaseModel]
+    key: str  # the id a record is deduplicated on
+    bronze: Table
+    silver: Table
+    with_kpis: bool = False
+
+    @property
+    def query_name(self) -> str:
+        return f"{self.name}_stream"
+
+    @property
+    def quarantine(self) -> str:
+        return quarantine_table(self.name)
+
+
+SOURCES = {
+    "feedback": StreamSource(
+        "feedback", Topic.AD_FEEDBACK, FeedbackEvent, "event_id", Table.BRONZE_FEEDBACK_RAW,
+        Table.SILVER_FEEDBACK_EVENTS, with_kpis=True,
+    ),
+    "auctions": StreamSource(
+        "auctions", Topic.AUCTIONS, AuctionRecord, "auction_id", Table.BRONZE_AUCTIONS_RAW, Table.SILVER_AUCTIONS
+    ),
+}  # fmt: skip
+
+
+def clock_path(settings: Settings, source: StreamSource) -> str:
+    """The stream's event-time clock lives with its checkpoint: a new checkpoint starts a new clock."""
+    return f"{settings.checkpoint_path(source.query_name)}/event_clock"
+
+
+# --- tables ---
+
+
+def _all_nullable(schema: StructType) -> StructType:
+    # Delta would enforce NOT NULL from literal columns; the transforms, not the table, own validity.
+    return StructType([StructField(field.name, field.dataType, nullable=True) for field in schema.fields])
+
+
+def _create_table(spark: SparkSession, path: str, schema: StructType, partition_by: Sequence[str] = ()) -> None:
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(_all_nullable(schema))
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    builder.execute()
+
+
+def ensure_tables(spark: SparkSession, settings: Settings, source: StreamSource) -> None:
+    """Creates the source's tables with the transforms' schemas, so the first MERGE has a target and
+    readers (features, billing) find the tables before the first event."""
+    no_records = spark.createDataFrame([], KAFKA_RECORD_DDL)
+    classified = classify_records(no_records, source.model, watermark_micros=None, max_ahead=timedelta(0))
+    silver = valid_events(classified, source.model, EPOCH)
+    _create_table(spark, settings.lake_path(source.bronze), bronze_records(no_records, EPOCH).schema, ["ingest_date"])
+    _create_table(spark, settings.lake_path(source.silver), silver.schema, ["event_date"])
+    _create_table(spark, settings.lake_path(source.quarantine), quarantined_records(classified, EPOCH).schema)
+    if source.with_kpis:
+        _create_table(spark, settings.lake_path(Table.GOLD_KPI_MINUTE), kpi_by_minute(silver).schema, ["event_date"])
+
+
+# --- one micro-batch ---
+
+
+@contextmanager
+def idempotent_dml(session: SparkSession, app_id: str, version: int) -> Iterator[None]:
+    """Delta skips a MERGE whose (app_id, version) the target table already committed.
+
+    ``session`` is the query's own (foreachBatch hands each query a clone), so two queries of
+    this job never see each other's setting.
+    """
+    session.conf.set(TXN_APP_ID_CONF, app_id)
+    session.conf.set(TXN_VERSION_CONF, str(version))
+    try:
+        yield
+    finally:
+        session.conf.unset(TXN_APP_ID_CONF)
+        session.conf.unset(TXN_VERSION_CONF)
+
+
+def _micros_to_date(micros: int) -> date:
+    return (EPOCH + timedelta(microseconds=micros)).date()
+
+
+class MicroBatch:
+    """The ``foreachBatch`` body of one source; see the module docstring for what it writes."""
+
+    def __init__(self, settings: Settings, source: StreamSource, *, app_id: str | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.delay = timedelta(seconds=settings.stream_watermark_s)
+        self._app_id = app_id
+        self._clock: EventClock | None = None  # as last written by this process; read from Delta after a restart
+
+    def app_id(self, session: SparkSession) -> str:
+        """The source plus the checkpoint's query id (stable across restarts, new with a new checkpoint)."""
+        if self._app_id is None:
+            metadata = session.read.text(f"{self.settings.checkpoint_path(self.source.query_name)}/metadata").first()
+            self._app_id = f"adstream-{self.source.name}-{json.loads(metadata[0])['id']}"
+        return self._app_id
+
+    def __call__(self, records: DataFrame, batch_id: int) -> None:
+        records = records.persist()
+        try:
+            if not records.isEmpty():
+                self.process(records, batch_id, ingested_at=datetime.now(UTC))
+        finally:
+            records.unpersist()
+
+    def process(self, records: DataFrame, batch_id: int, *, ingested_at: datetime) -> dict[str, int]:
+        """Lands one batch of Kafka records; returns the records per outcome (``silver`` or a reason)."""
+        session, source = records.sparkSession, self.source
+        app_id = self.app_id(session)
+        clock = self.read_clock(session)
+        watermark = watermark_for(batch_id, clock, self.delay)
+        classified = classify_records(records, source.model, watermark_micros=watermark, max_ahead=self.delay)
+        classified = classified.persist()
+        try:
+            event_time = F.col("_typed")[EVENT_TIME]
+            outcomes = {
+                row.reason or "silver": row
+                for row in classified.groupBy("reason")
+                .agg(
+                    F.count("*").alias("records"),
+                    F.max(F.unix_micros(event_time)).alias("latest"),
+                    F.collect_set(F.to_date(event_time)).alias("days"),
+                )
+                .collect()
+            }
+            self._append(bronze_records(records, ingested_at), source.bronze, app_id, batch_id)
+            if set(outcomes) - {"silver"}:
+                self._append(quarantined_records(classified, ingested_at), source.quarantine, app_id, batch_id)
+            if "silver" in outcomes:
+                events = first_per_key(valid_events(classified, source.model, ingested_at), source.key).persist()
+                try:
+                    self._merge_new_events(events, watermark, app_id, batch_id)
+                    if source.with_kpis:
+                        self._merge_kpis(events, sorted(outcomes["silver"].days), app_id, batch_id)
+                finally:
+                    events.unpersist()
+            batch_max = outcomes["silver"].latest if "silver" in outcomes else None
+            self.write_clock(session, advance_clock(clock, batch_id, watermark, batch_max), app_id)
+        finally:
+            classified.unpersist()
+        counts = {outcome: row.records for outcome, row in outcomes.items()}
+        log.info("%s batch %d: %s (watermark %s)", source.name, batch_id, counts, _as_time(watermark))
+        return counts
+
+    def _append(self, frame: DataFrame, table: str, app_id: str, batch_id: int) -> None:
+        (
+            frame.write.format("delta")
+            .mode("append")
+            .option("txnAppId", app_id)
+            .option("txnVersion", batch_id)
+            .save(self.settings.lake_path(table))
+        )
+
+    def _merge_new_events(self, events: DataFrame, watermark: int | None, app_id: str, batch_id: int) -> None:
+        key = self.source.key
+        condition = f"s.{key} = e.{key}"
+        if watermark is not None:
+            # Copies older than this are behind any watermark a replay could pass, so need no lookup.
+            horizon = watermark - int(self.delay.total_seconds() * 1_000_000)
+            condition += (
+                f" AND s.event_date >= DATE'{_micros_to_date(horizon).isoformat()}'"
+                f" AND s.{EVENT_TIME} >= timestamp_micros({horizon})"
+            )
+        silver = DeltaTable.forPath(events.sparkSession, self.settings.lake_path(self.source.silver))
+        with idempotent_dml(events.sparkSession, app_id, batch_id):
+            silver.alias("s").merge(events.alias("e"), condition).whenNotMatchedInsertAll().execute()
+
+    def _merge_kpis(self, events: DataFrame, days: list[date], app_id: str, batch_id: int) -> None:
+        """Recomputes the touched (campaign, minute) KPIs from silver, which now holds this batch."""
+        session = events.sparkSession
+        silver = session.read.format("delta").load(self.settings.lake_path(self.source.silver))
+        kpis = kpi_for_minutes(silver.where(F.col("event_date").isin(days)), touched_minutes(events))
+        in_days = ", ".join(f"DATE'{day.isoformat()}'" for day in days)
+        condition = " AND ".join([f"g.event_date IN ({in_days})", *(f"g.{column} = k.{column}" for column in KPI_KEY)])
+        gold = DeltaTable.forPath(session, self.settings.lake_path(Table.GOLD_KPI_MINUTE))
+        with idempotent_dml(session, app_id, batch_id):
+            gold.alias("g").merge(kpis.alias("k"), condition).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+
+    def read_clock(self, session: SparkSession) -> EventClock | None:
+        if self._clock is not None:
+            return self._clock
+        path = clock_path(self.settings, self.source)
+        if not DeltaTable.isDeltaTable(session, path):
+            return None
+        row = session.read.format("delta").load(path).first()
+        return None if row is None else EventClock(row.batch_id, row.watermark_micros, row.max_event_time_micros)
+
+    def write_clock(self, session: SparkSession, clock: EventClock, app_id: str) -> None:
+        frame = session.createDataFrame(
+            [(clock.batch_id, clock.watermark_micros, clock.max_event_time_micros)],
+            "batch_id bigint, watermark_micros bigint, max_event_time_micros bigint",
+        )
+        (
+            frame.write.format("delta")
+            .mode("overwrite")
+            .option("txnAppId", app_id)
+            .option("txnVersion", clock.batch_id)
+            .save(clock_path(self.settings, self.source))
+        )
+        self._clock = clock
+
+
+def _as_time(micros: int | None) -> str:
+    return "none yet" if micros is None else (EPOCH + timedelta(microseconds=micros)).isoformat()
+
+
+# --- queries ---
+
+
+def start_query(
+    spark: SparkSession, settings: Settings, source: StreamSource, *, available_now: bool, trigger_s: float
+) -> StreamingQuery:
+    records = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+        .option("subscribe", source.topic)
+        .option("startingOffsets", "earliest")
+        .option("failOnDataLoss", "true")
+        .option("kafka.isolation.level", "read_committed")
+        .option("maxOffsetsPerTrigger", MAX_RECORDS_PER_BATCH)
+        .load()
+    )
+    writer = (
+        records.writeStream.queryName(source.query_name)
+        .option("checkpointLocation", settings.checkpoint_path(source.query_name))
+        .foreachBatch(MicroBatch(settings, source))
+    )
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{round(trigger_s * 1000)} milliseconds")
+    return writer.start()
+
+
+def heartbeat_file(settings: Settings) -> Path:
+    return settings.local_dir.resolve() / "run" / "streaming.heartbeat"
+
+
+def is_alive(settings: Settings, pid: int | None = None, max_age_s: float = HEARTBEAT_MAX_AGE_S) -> bool:
+    """Whether a streaming job's driver loop beat recently; with ``pid``, that process's (a beat left
+    by an earlier run does not count)."""
+    beat = heartbeat_file(settings)
+    try:
+        fresh = time.time() - beat.stat().st_mtime <= max_age_s
+        return fresh and (pid is None or json.loads(beat.read_text())["pid"] == pid)
+    except (FileNotFoundError, ValueError, KeyError):
+        return False
+
+
+def _beat(path: Path, queries: Sequence[StreamingQuery]) -> None:
+    """The heartbeat names its process and carries each query's last progress, for humans."""
+    progress = {}
+    for query in queries:
+        last = query.lastProgress or {}
+        progress[query.name] = {
+            "batch_id": last.get("batchId"),
+            "input_rows": last.get("numInputRows"),
+            "at": last.get("timestamp"),
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps({"pid": os.getpid(), "queries": progress}))
+    partial.replace(path)
+
+
+def _stop_after_current_batch(queries: Sequence[StreamingQuery]) -> None:
+    deadline = time.monotonic() + STOP_WAIT_S
+    for query in queries:
+        # A batch starting between this check and stop() is interrupted and replayed on restart.
+        while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        query.stop()
+
+
+def run(
+    spark: SparkSession,
+    settings: Settings,
+    sources: Sequence[StreamSource],
+    *,
+    available_now: bool = False,
+    trigger_s: float | None = None,
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Runs one query per source until they are done (available-now), one fails, or ``stop_event`` is set."""
+    stop_event = stop_event or threading.Event()
+    ensure_topics(settings, [source.topic for source in sources])
+    for source in sources:
+        ensure_tables(spark, settings, source)
+    trigger_s = settings.stream_trigger_s if trigger_s is None else trigger_s
+    queries = [
+        start_query(spark, settings, source, available_now=available_now, trigger_s=trigger_s) for source in sources
+    ]
+    mode = "available-now" if available_now else f"every {trigger_s:g} s"
+    log.info("streaming %s from %s (%s)", [str(s.topic) for s in sources], settings.kafka_bootstrap_servers, mode)
+    try:
+        while True:
+            failed = [query for query in queries if not query.isActive and query.exception() is not None]
+            if failed:
+                raise StreamFailed(f"query {failed[0].name} failed: {failed[0].exception()}")
+            if not any(query.isActive for query in queries):
+                return
+            _beat(heartbeat_file(settings), queries)
+            if stop_event.wait(POLL_S):
+                log.info("stopping after the current batch")
+                _stop_after_current_batch(queries)
+                return
+    finally:
+        for query in queries:
+            if query.isActive:
+                query.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spark_jobs.streaming", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", choices=[*SOURCES, "all"], default="all")
+    parser.add_argument("--available-now", action="store_true", help="process what the topics hold, then exit")
+    parser.add_argument("--trigger-s", type=float, default=None, help="micro-batch interval (STREAM_TRIGGER_S)")
+    parser.add_argument("--topic", default=None, help="read this topic instead of the source's (one --source only)")
+    args = parser.parse_args(argv)
+    sources = list(SOURCES.values()) if args.source == "all" else [SOURCES[args.source]]
+    if args.topic:
+        if len(sources) != 1:
+            parser.error("--topic needs a single --source")
+        sources = [replace(sources[0], topic=args.topic)]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the topic check's admin client narrates every connection
+    from spark_jobs.session import get_spark
+
+    settings = get_settings()
+    heartbeat_file(settings).unlink(missing_ok=True)  # a beat from an earlier run must not pass for this one
+    stop_event = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: stopping after the current batch", signal.Signals(signum).name)
+        stop_event.set()
+
+    # Ignored signals stay ignored in the JVM launched now, so only this process decides when Spark stops.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, signal.SIG_IGN)
+    # Each micro-batch commits to ~5 small tables; Delta's default of 50 tasks per log replay is sized
+    # for large tables on a cluster and dominated the batch time here.
+    spark = get_spark(
+        "streaming",
+        settings,
+        extra={"spark.databricks.delta.snapshotPartitions": str(settings.spark_shuffle_partitions)},
+    )
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, request_stop)
+    try:
+        run(spark, settings, sources, available_now=args.available_now, trigger_s=args.trigger_s,
+            stop_event=stop_event)  # fmt: skip
+    except (BrokerUnavailable, StreamFailed) as exc:
+        print(f"streaming failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    print("streaming stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""The streaming job: Kafka -> bronze/silver/quarantine/gold Delta, exactly once.
+
+Expected values come from the records each test produces, never from the code under test.
+Topics are per test (``--topic``) so the session broker's other users cannot change the counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from pyspark.sql import Row
+from pyspark.testing import assertDataFrameEqual
+
+from adstream import services
+from adstream.contracts import Table, Topic, quarantine_table
+from adstream.events import FeedbackEvent
+from adstream.messaging import ensure_topics, make_producer
+from adstream.settings import Settings, child_process_env
+from spark_jobs import streaming
+from spark_jobs.spend import reconcile_spend
+from spark_jobs.stream_transforms import (
+    KAFKA_RECORD_DDL,
+    EventClock,
+    QuarantineReason,
+    advance_clock,
+    first_per_key,
+    kpi_by_minute,
+    parse_records,
+    watermark_for,
+)
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.slow
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+FEEDBACK = streaming.SOURCES["feedback"]
+
+
+def feedback(event_id: str, event_type: str = "impression", at: datetime = T0, **fields: object) -> dict:
+    """A valid ad-feedback record, as the auction service publishes it (validated by the model)."""
+    values: dict = {
+        "event_id": event_id, "event_type": event_type, "event_time": at, "auction_id": f"auc-{event_id}",
+        "campaign_id": "cmp-1", "advertiser_id": "adv-1", "ad_id": "ad-1", "device_type": "mobile",
+        "channel": "app", "content_type": "video", "pricing_model": "CPM", "cost_micros": 0, "pctr": None,
+    }  # fmt: skip
+    values.update(fields)
+    return FeedbackEvent(**values).model_dump(mode="json")
+
+
+def encoded(record: dict | str) -> bytes:
+    return (record if isinstance(record, str) else json.dumps(record)).encode()
+
+
+def kafka_frame(spark, values: list[dict | str], kafka_time: datetime = T0 + MINUTE, topic: str = "ad-feedback"):
+    """Rows shaped like the Kafka source's, one partition, offsets 0.."""
+    rows = [(b"k", encoded(value), topic, 0, offset, kafka_time, 0) for offset, value in enumerate(values)]
+    return spark.createDataFrame(rows, KAFKA_RECORD_DDL)
+
+
+def lake_settings(tmp_path: Path, kafka_settings: Settings | None = None, **overrides: object) -> Settings:
+    if kafka_settings is not None:
+        overrides["kafka_bootstrap_servers"] = kafka_settings.kafka_bootstrap_servers
+    return make_settings(tmp_path, **overrides)
+
+
+def table(spark, settings: Settings, name: str):
+    return spark.read.format("delta").load(settings.lake_path(name))
+
+
+def produce(settings: Settings, topic: str, values: list[dict | str], producer=None) -> None:
+    owned = producer is None
+    producer = producer or make_producer(settings, value_serializer=None)
+    for value in values:
+        key = value["auction_id"] if isinstance(value, dict) else "malformed"
+        producer.send(topic, key=key, value=encoded(value))
+    if owned:
+        producer.flush(timeout=60)
+        producer.close()
+
+
+# --- pure transforms ---
+
+
+def test_each_schema_violation_is_quarantined_with_its_reason_and_origin(spark):
+    good = feedback("e-ok", cost_micros=2_500)
+    without_campaign = {k: v for k, v in feedback("e-m").items() if k != "campaign_id"}
+    cases = [
+        (good, None),
+        ("{not json", QuarantineReason.MALFORMED_JSON),
+        ('["a", "list"]', QuarantineReason.MALFORMED_JSON),
+        ({**feedback("e-v"), "schema_version": 2}, QuarantineReason.WRONG_SCHEMA_VERSION),
+        (without_campaign, QuarantineReason.MISSING_FIELD),
+        ({**feedback("e-t"), "cost_micros": "2500"}, QuarantineReason.WRONG_TYPE),
+        ({**feedback("e-z"), "event_time": "2026-03-01T12:00:00"}, QuarantineReason.WRONG_TYPE),
+        ({**feedback("e-n"), "cost_micros": -1}, QuarantineReason.OUT_OF_RANGE),
+        ({**feedback("e-p"), "pctr": 1.5}, QuarantineReason.OUT_OF_RANGE),
+        ({**feedback("e-u"), "event_type": "hover"}, QuarantineReason.UNKNOWN_VALUE),
+        ({**feedback("e-r"), "pricing_model": "CPX"}, QuarantineReason.UNKNOWN_VALUE),
+        (feedback("e-f", at=T0 + timedelta(hours=1)), QuarantineReason.FUTURE),
+        (feedback("e-l", at=T0 - timedelta(minutes=20)), QuarantineReason.LATE),
+        ({**feedback("e-x"), "added_later": "ignored"}, None),  # an optional addition is not a new version
+    ]
+    records = kafka_frame(spark, [value for value, _ in cases], topic="ad-feedback-test")
+    valid, quarantined = parse_records(
+        records,
+        FeedbackEvent,
+        ingested_at=T0 + MINUTE,
+        watermark_micros=int((T0 - timedelta(minutes=10)).timestamp() * 1_000_000),
+        max_ahead=timedelta(minutes=10),
+    )
+
+    assert sorted(row.event_id for row in valid.collect()) == ["e-ok", "e-x"]
+    rejected = {row.kafka_offset: row for row in quarantined.collect()}
+    expected = {offset: reason.value for offset, (_, reason) in enumerate(cases) if reason is not None}
+    assert {offset: row.reason for offset, row in rejected.items()} == expected
+    assert "cost_micros" in rejected[7].detail and "campaign_id" in rejected[4].detail
+    assert rejected[1].raw_value == "{not json"
+    assert {(row.kafka_topic, row.kafka_partition) for row in rejected.values()} == {("ad-feedback-test", 0)}
+
+
+def test_silver_rows_carry_exactly_the_model_columns_plus_origin(spark):
+    record = feedback("e-1", cost_micros=2_500, pctr=0.25)
+    del record["currency"]  # a defaulted field may be left out
+    valid, _ = parse_records(
+        kafka_frame(spark, [record]), FeedbackEvent, ingested_at=T0, watermark_micros=None, max_ahead=MINUTE * 10
+    )
+    assert valid.columns[: len(FeedbackEvent.model_fields)] == list(FeedbackEvent.model_fields)
+    assert set(valid.columns) - set(FeedbackEvent.model_fields) == {
+        "kafka_topic", "kafka_partition", "kafka_offset", "ingested_at", "event_date",
+    }  # fmt: skip
+    (row,) = valid.collect()
+    assert (row.currency, row.cost_micros, row.pctr, row.event_date.isoformat()) == ("USD", 2_500, 0.25, "2026-03-01")
+
+
+def test_a_batch_keeps_the_first_copy_of_each_event_id(spark):
+    copies = [feedback("e-1"), feedback("e-2"), feedback("e-1", cost_micros=7), feedback("e-1")]
+    valid, _ = parse_records(
+        kafka_frame(spark, copies), FeedbackEvent, ingested_at=T0, watermark_micros=None, max_ahead=MINUTE * 10
+    )
+    kept = {row.event_id: (row.kafka_offset, row.cost_micros) for row in first_per_key(valid, "event_id").collect()}
+    assert kept == {"e-1": (0, 0), "e-2": (1, 0)}
+
+
+def test_the_watermark_trails_the_latest_event_of_earlier_batches_and_replays_see_the_same():
+    delay = timedelta(minutes=10)
+    us = 1_000_000
+    assert watermark_for(0, None, delay) is None
+    after_0 = advance_clock(None, 0, None, 1_000 * us)
+    assert watermark_for(1, after_0, delay) == 400 * us
+    # An older batch maximum does not move the clock back.
+    after_1 = advance_clock(after_0, 1, 400 * us, 900 * us)
+    assert after_1 == EventClock(1, 400 * us, 1_000 * us)
+    assert watermark_for(2, after_1, delay) == 400 * us
+    # Batch 1 replayed after its clock was written: the watermark it used, not a newer one.
+    assert watermark_for(1, advance_clock(after_1, 1, 400 * us, 2_000 * us), delay) == 400 * us
+
+
+def test_kpi_minute_values_for_a_hand_computed_input(spark):
+    at = T0 + timedelta(seconds=5)
+    events = [
+        # cmp-1, 12:00, mobile/app/video: 4 CPM impressions of 2,500 micros, 1 click, 2 starts, 1 complete.
+        feedback("i1", at=at, cost_micros=2_500, pctr=0.1),
+        feedback("i2", at=at, cost_micros=2_500, pctr=0.2),
+        feedback("i3", at=at, cost_micros=2_500, pctr=0.3),
+        feedback("i4", at=at + timedelta(seconds=50), cost_micros=2_500, pctr=0.4),
+        feedback("c1", "click", at=at),
+        feedback("s1", "video_start", at=at),
+        feedback("s2", "video_start", at=at),
+        feedback("v1", "video_complete", at=at),
+        # cmp-2, 12:01, no device: a CPC impression (free) and a paid click of 1.333333 USD; 1 conversion.
+        feedback("j1", at=at + MINUTE, campaign_id="cmp-2", pricing_model="CPC", device_type=None, pctr=0.05),
+        feedback("d1", "click", at=at + MINUTE, campaign_id="cmp-2", pricing_model="CPC", device_type=None,
+                 cost_micros=1_333_333),
+        feedback("k1", "conversion", at=at + MINUTE, campaign_id="cmp-2", pricing_model="CPC", device_type=None),
+    ]  # fmt: skip
+    valid, _ = parse_records(
+        kafka_frame(spark, events), FeedbackEvent, ingested_at=T0, watermark_micros=None, max_ahead=MINUTE * 10
+    )
+    kpis = kpi_by_minute(valid)
+    cmp_1 = {
+        "campaign_id": "cmp-1",
+        "minute": T0,
+        "device_type": "mobile",
+        "channel": "app",
+        "content_type": "video",
+        "impressions": 4,
+        "clicks": 1,
+        "conversions": 0,
+        "video_starts": 2,
+        "video_completes": 1,
+        "spend_micros": 10_000,
+        "spend": Decimal("0.010000"),
+        "ctr": 1 / 4,
+        "ad_completion_rate": 1 / 2,
+        "rpai": Decimal("0.002500"),
+        "ad_relevance_score": (0.1 + 0.2 + 0.3 + 0.4) / 4,
+        "event_date": T0.date(),
+    }
+    cmp_2 = {
+        **cmp_1, "campaign_id": "cmp-2", "minute": T0 + MINUTE, "device_type": "unknown",
+        "impressions": 1, "clicks": 1, "conversions": 1, "video_starts": 0, "video_completes": 0,
+        "spend_micros": 1_333_333, "spend": Decimal("1.333333"), "ctr": 1.0, "ad_completion_rate": None,
+        "rpai": Decimal("1.333333"), "ad_relevance_score": 0.05,
+    }  # fmt: skip
+    expected = spark.createDataFrame([Row(**cmp_1), Row(**cmp_2)], kpis.schema)
+    assertDataFrameEqual(kpis, expected, rtol=1e-9)
+    assert dict(kpis.dtypes)["spend"] == "decimal(18,6)" and dict(kpis.dtypes)["spend_micros"] == "bigint"
+
+
+# --- one micro-batch against real Delta tables ---
+
+
+def delta_versions(spark, settings: Settings, *names: str) -> dict[str, int]:
+    from delta.tables import DeltaTable
+
+    return {name: DeltaTable.forPath(spark, settings.lake_path(name)).history(1).collect()[0].version for name in names}
+
+
+def test_a_replayed_batch_id_writes_nothing_twice(spark, tmp_path):
+    settings = lake_settings(tmp_path)
+    streaming.ensure_tables(spark, settings, FEEDBACK)
+    batch = streaming.MicroBatch(settings, FEEDBACK, app_id="test-replay")
+    first = [feedback("e-1", cost_micros=2_500, pctr=0.2), feedback("e-2", "click"), "not json"]
+    counts = batch.process(kafka_frame(spark, first), 0, ingested_at=T0 + MINUTE)
+    assert counts == {"silver": 2, QuarantineReason.MALFORMED_JSON.value: 1}
+    tables = (FEEDBACK.bronze, FEEDBACK.silver, FEEDBACK.quarantine, Table.GOLD_KPI_MINUTE)
+    versions = delta_versions(spark, settings, *tables)
+
+    # Spark replays batch 0 after a crash; even with other content, no table commits anything.
+    replay = [*first, feedback("e-3", cost_micros=9_999), "{also bad"]
+    batch.process(kafka_frame(spark, replay), 0, ingested_at=T0 + 2 * MINUTE)
+    assert delta_versions(spark, settings, *tables) == versions
+    assert table(spark, settings, FEEDBACK.bronze).count() == 3
+
+    # The next batch id is written.
+    batch.process(kafka_frame(spark, [feedback("e-3", cost_micros=9_999)]), 1, ingested_at=T0 + 2 * MINUTE)
+    assert table(spark, settings, FEEDBACK.silver).count() == 3
+    (kpi,) = table(spark, settings, Table.GOLD_KPI_MINUTE).collect()
+    assert (kpi.impressions, kpi.clicks, kpi.spend_micros) == (2, 1, 12_499)
+
+
+def test_reconcile_spend_sums_billable_micros_per_campaign_and_hour(spark, tmp_path):
+    settings = lake_settings(tmp_path)
+    streaming.ensure_tables(spark, settings, FEEDBACK)
+    ten, eleven = T0 - timedelta(hours=2), T0 - timedelta(hours=1)  # 10:00 and 11:00
+    events = [
+        feedback("a1", at=ten + timedelta(minutes=5), cost_micros=1_500),
+        feedback("a2", at=ten + timedelta(minutes=59, seconds=59), cost_micros=2_500),
+        feedback("a3", "click", at=ten + timedelta(minutes=6)),  # not billable: no cost
+        feedback("a4", at=eleven, cost_micros=4_000),
+        feedback("b1", "click", at=eleven + timedelta(minutes=30), campaign_id="cmp-2", pricing_model="CPC",
+                 cost_micros=700_000),
+        feedback("z1", at=T0, cost_micros=99),  # outside [10:00, 12:00)
+        feedback("z0", at=ten - timedelta(seconds=1), cost_micros=98),  # outside too
+    ]  # fmt: skip
+    batch = streaming.MicroBatch(settings, FEEDBACK, app_id="test-spend")
+    batch.process(kafka_frame(spark, [*events, events[0]], kafka_time=T0 + MINUTE), 0, ingested_at=T0)  # a copy
+    assert reconcile_spend(spark, settings, ten, T0) == {
+        ("cmp-1", ten): 4_000,
+        ("cmp-1", eleven): 4_000,
+        ("cmp-2", eleven): 700_000,
+    }
+    with pytest.raises(ValueError, match="timezone-aware"):
+        reconcile_spend(spark, settings, ten.replace(tzinfo=None), T0)
+
+
+def test_duplicates_replays_out_of_order_and_late_events_land_once(spark, tmp_path):
+    settings = lake_settings(tmp_path)
+    streaming.ensure_tables(spark, settings, FEEDBACK)
+    batch = streaming.MicroBatch(settings, FEEDBACK, app_id="test-dedupe")
+    first = [feedback(f"e{i}", at=T0 + i * MINUTE, cost_micros=1_000) for i in range(5)]
+    kafka_time = T0 + 10 * MINUTE
+    batch.process(kafka_frame(spark, [*first, first[1], first[1]], kafka_time), 0, ingested_at=kafka_time)
+    # The watermark of the next batch: e4's time (T0 + 4 min) - 10 min = T0 - 6 min.
+    second = [
+        first[2],  # a replay, later in the stream
+        feedback("e5", at=T0 - 5 * MINUTE, cost_micros=1_000),  # out of order, within the watermark
+        feedback("e6", at=T0 - 7 * MINUTE, cost_micros=1_000),  # behind the watermark
+        feedback("e7", at=T0 + 5 * MINUTE, cost_micros=1_000),
+        first[0],
+    ]
+    counts = batch.process(kafka_frame(spark, second, kafka_time), 1, ingested_at=kafka_time)
+    assert counts == {"silver": 4, "late": 1}
+
+    silver = table(spark, settings, Table.SILVER_FEEDBACK_EVENTS)
+    assert sorted(row.event_id for row in silver.collect()) == ["e0", "e1", "e2", "e3", "e4", "e5", "e7"]
+    quarantined = table(spark, settings, quarantine_table("feedback")).collect()
+    assert [(json.loads(row.raw_value)["event_id"], row.reason) for row in quarantined] == [("e6", "late")]
+    assert table(spark, settings, Table.BRONZE_FEEDBACK_RAW).count() == 12
+    gold = table(spark, settings, Table.GOLD_KPI_MINUTE).collect()
+    assert sorted((row.minute.minute, row.impressions, row.spend_micros) for row in gold) == sorted(
+        ((T0 + i * MINUTE).minute, 1, 1_000) for i in (-5, 0, 1, 2, 3, 4, 5)
+    )
+
+
+# --- through Kafka ---
+
+
+def _job(settings: Settings, log: Path, *args: str) -> subprocess.Popen:
+    env = child_process_env(
+        **services.settings_env(settings),
+        SPARK_DRIVER_MEMORY="1g",
+        PYSPARK_SUBMIT_ARGS="--conf spark.ui.enabled=false pyspark-shell",
+    )
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "spark_jobs.streaming", "--source", "feedback", *args],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=services.PROJECT_ROOT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _wait_for(condition, timeout_s: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+    pytest.fail(f"{what} did not happen within {timeout_s:.0f}s; job log:\n{tail}")
+
+
+def test_a_job_killed_mid_run_restarts_from_its_checkpoint_and_lands_every_record_once(spark, tmp_path, kafka_settings):
+    settings = lake_settings(tmp_path, kafka_settings, spark_master="local[2]", spark_shuffle_partitions=1)
+    topic = f"ad-feedback-{uuid.uuid4().hex[:8]}"
+    ensure_topics(settings, [topic])
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    malformed_kinds = ["{truncated", '{"schema_version": 1}', "null"]
+    records: list[dict | str] = []
+    for i in range(2_000):
+        if i % 100 == 42:  # 1 %
+            records.append(malformed_kinds[i % 3])
+        else:
+            records.append(feedback(f"ev-{i:05d}", at=now + timedelta(milliseconds=i), cost_micros=i))
+    records += [records[i] for i in range(0, 2_000, 250)]  # re-sent copies of 8 valid events
+    unique_valid = {record["event_id"]: record for record in records if isinstance(record, dict)}
+    valid_ids = set(unique_valid)
+    log = tmp_path / "streaming.log"
+
+    produce(settings, topic, records[:1_000])
+    job = _job(settings, log, "--topic", topic, "--trigger-s", "1")
+    first_batch = Path(settings.lake_path(Table.BRONZE_FEEDBACK_RAW)) / "_delta_log" / f"{1:020d}.json"
+    _wait_for(first_batch.exists, 150, "the first batch", log)
+    producer = make_producer(settings, value_serializer=None)
+    for chunk in range(1_000, len(records), 250):
+        produce(settings, topic, records[chunk : chunk + 250], producer)
+        producer.flush(timeout=30)
+        time.sleep(0.3)
+    producer.close()
+    os.killpg(job.pid, signal.SIGKILL)  # no chance to finish the batch or commit offsets
+    assert job.wait(timeout=30) == -signal.SIGKILL
+
+    # The restart needs no manual step: the checkpoint says where to resume.
+    streaming.run(spark, settings, [replace(FEEDBACK, topic=topic)], available_now=True)
+
+    silver = table(spark, settings, Table.SILVER_FEEDBACK_EVENTS)
+    assert silver.count() == silver.select("event_id").distinct().count() == len(valid_ids)
+    assert {row.event_id for row in silver.select("event_id").collect()} == valid_ids
+    quarantine = table(spark, settings, quarantine_table("feedback")).collect()
+    assert sorted(row.raw_value for row in quarantine) == sorted(r for r in records if isinstance(r, str))
+    assert {row.reason for row in quarantine} == {"malformed_json", "missing_field"}
+    (kpis,) = (
+        table(spark, settings, Table.GOLD_KPI_MINUTE).selectExpr("sum(impressions)", "sum(spend_micros)").collect()
+    )
+    assert tuple(kpis) == (len(unique_valid), sum(record["cost_micros"] for record in unique_valid.values()))
+    bronze = table(spark, settings, Table.BRONZE_FEEDBACK_RAW)
+    assert bronze.count() == bronze.select("kafka_partition", "kafka_offset").distinct().count() == len(records)
+
+
+def test_a_broker_outage_during_production_loses_and_duplicates_nothing(spark, tmp_path):
+    # A broker of its own: this test stops it.
+    settings = make_settings(tmp_path, spark_master="local[2]", spark_shuffle_partitions=1)
+    (broker,) = services.build_services(settings, ["kafka"])
+    services.start(settings, broker)
+    try:
+        services.wait_healthy(settings, broker)
+        ensure_topics(settings, [Topic.AD_FEEDBACK])
+        source = FEEDBACK
+        now = datetime.now(UTC) - timedelta(minutes=5)
+        events = [feedback(f"out-{i:04d}", at=now + timedelta(milliseconds=i), cost_micros=10) for i in range(600)]
+        producer = make_producer(
+            settings, value_serializer=None, delivery_timeout_ms=180_000, reconnect_backoff_max_ms=1_000
+        )
+        produce(settings, Topic.AD_FEEDBACK, events[:300], producer)
+        producer.flush(timeout=30)
+        streaming.run(spark, settings, [source], available_now=True)
+        assert table(spark, settings, Table.SILVER_FEEDBACK_EVENTS).count() == 300
+
+        assert services.stop(settings, broker) == "stopped"
+        produce(settings, Topic.AD_FEEDBACK, events[300:], producer)  # buffered and retried by the producer
+        services.start(settings, broker)  # the same data directory
+        services.wait_healthy(settings, broker)
+        producer.flush(timeout=120)
+        producer.close()
+
+        streaming.run(spark, settings, [source], available_now=True)
+        silver = table(spark, settings, Table.SILVER_FEEDBACK_EVENTS)
+        assert silver.count() == silver.select("event_id").distinct().count() == 600
+        assert table(spark, settings, Table.BRONZE_FEEDBACK_RAW).count() == 600  # the producer sent each once
+
+        # The `streaming` service on this lake: it resumes from the same checkpoint with nothing to do,
+        # is healthy once its driver loop beats, and `make down` (SIGTERM to its group) ends it cleanly.
+        (job,) = services.build_services(settings, ["streaming"])
+        services.start(settings, job)
+        try:
+            services.wait_healthy(settings, job)
+            assert set(json.loads(streaming.heartbeat_file(settings).read_text())["queries"]) == {
+                "feedback_stream", "auctions_stream",
+            }  # fmt: skip
+        finally:
+            assert services.stop(settings, job) == "stopped"
+        assert "streaming stopped" in services.log_file(settings, "streaming").read_text()  # exit 0, not torn down
+        assert table(spark, settings, Table.SILVER_FEEDBACK_EVENTS).count() == 600
+    finally:
+        services.stop(settings, broker)
