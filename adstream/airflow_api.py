@@ -61,9 +61,12 @@ def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def first_run_after(runs: Sequence[DagRun], after: datetime) -> DagRun | None:
-    """The earliest run queued at or after ``after`` (the run a trigger or an Asset event created)."""
-    later = [run for run in runs if run.queued_at is not None and run.queued_at >= after]
+def first_run_after(runs: Sequence[DagRun], after: datetime, run_type: str | None = None) -> DagRun | None:
+    """The earliest run queued at or after ``after`` (of ``run_type``, when given: e.g. the run an
+    Asset event created, not a cron tick that happened to come at the same time)."""
+    later = [
+        run for run in runs if run.queued_at is not None and run.queued_at >= after and run_type in (None, run.run_type)
+    ]
     return min(later, key=lambda run: run.queued_at or after, default=None)
 
 
@@ -134,6 +137,7 @@ class AirflowClient:
         *,
         run_id: str | None = None,
         created_after: datetime | None = None,
+        run_type: str | None = None,
         timeout_s: float = 900.0,
         progress: Callable[[str], None] = print,
     ) -> DagRun:
@@ -141,7 +145,11 @@ class AirflowClient:
         deadline = time.monotonic() + timeout_s
         last_line = ""
         while time.monotonic() < deadline:
-            run = self.run(dag_id, run_id) if run_id else first_run_after(self.runs(dag_id), created_after)
+            run = (
+                self.run(dag_id, run_id)
+                if run_id
+                else first_run_after(self.runs(dag_id), created_after or datetime.min, run_type)
+            )
             if run is not None:
                 run_id = run.run_id
                 states = self.task_states(dag_id, run.run_id)

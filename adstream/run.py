@@ -88,7 +88,7 @@ def run_batch_dags(settings: Settings, state: RunState) -> None:
             waited = (
                 client.wait_for_run(dag_id, run_id=triggered.run_id, progress=_indent)
                 if dag_id == DagId.KAGGLE_INGESTION
-                else client.wait_for_run(dag_id, created_after=after, progress=_indent)
+                else client.wait_for_run(dag_id, created_after=after, run_type="asset_triggered", progress=_indent)
             )
             state.dag_seconds[dag_id] = waited.seconds or 0.0
             after = waited.queued_at or after  # the next DAG's run is queued by this one's Asset events

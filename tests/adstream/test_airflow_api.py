@@ -33,6 +33,8 @@ def test_the_run_an_asset_event_queued_is_the_first_at_or_after_the_upstream_run
     ]
     assert first_run_after(runs, T0).run_id == "first"
     assert first_run_after(runs, datetime(2026, 11, 24, 11, tzinfo=UTC)) is None
+    cron_tick = DagRun.from_api(api_run("cron", "2026-11-24T10:00:00Z") | {"run_type": "scheduled"})
+    assert first_run_after([cron_tick, *runs], T0, "asset_triggered").run_id == "first"
 
 
 def test_a_missing_password_file_says_to_start_airflow(tmp_path):
