@@ -48,13 +48,14 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
     """Runs one auction; raises ``ModelNotReady`` when no model is loaded."""
     began = time.perf_counter()
     loaded = state.model.current  # one snapshot for the whole auction, even if a swap lands meanwhile
-    campaigns, features = state.campaigns.campaigns, state.features.current
-    index = CampaignIndex.of(campaigns)
-    rows, filtered = index.eligible_rows(
-        context,
-        impressions_today=state.frequency.impressions_today(context.user_id, context.at),
-        reserved_micros=state.exposure.reserved_micros,
-    )
+    with state.snapshot_lock:  # the spend of the snapshot and the reservations from the same moment
+        campaigns, features = state.campaigns.campaigns, state.features.current
+        index = CampaignIndex.of(campaigns)
+        rows, filtered = index.eligible_rows(
+            context,
+            impressions_today=state.frequency.impressions_today(context.user_id, context.at),
+            reserved_micros=state.exposure.reserved_micros,
+        )
     candidates = index.take(rows)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
     pctr = loaded.scorer.score(batch) if candidates else []

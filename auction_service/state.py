@@ -65,6 +65,9 @@ class ServiceState:
     _unwritten: list[store.ServedAuctionRow] = field(default_factory=list)
     _charged: list[str] = field(default_factory=list)  # auctions billed since the last campaign reload
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held by an auction while it reads the snapshot and the reservations, and by a reload while it
+    # swaps the snapshot and frees the charged reservations: an auction sees both before or both after.
+    snapshot_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -155,9 +158,10 @@ class ServiceState:
             with self._lock:
                 self._charged[:0] = charged
             raise
-        self.campaigns = _snapshot(campaigns, marker, now)
-        for auction_id in charged:
-            self.exposure.release(auction_id)
+        with self.snapshot_lock:
+            self.campaigns = _snapshot(campaigns, marker, now)
+            for auction_id in charged:
+                self.exposure.release(auction_id)
         self.metrics.campaigns_serving.set(len(campaigns))
         return True
 
