@@ -129,14 +129,21 @@ def wait_for_auction_service(settings: Settings, campaigns: int, timeout_s: floa
     raise StageFailed(f"the auction service was not ready with {campaigns} campaigns after {timeout_s:.0f}s: {body}")
 
 
-def simulate(settings: Settings, state: RunState, duration_s: float) -> None:
-    """Simulated users for ``duration_s``; the streaming KPIs are printed while they run."""
+@dataclass(frozen=True)
+class Simulation:
+    duration_s: float = 180.0
+    rate: float = 20.0  # auction requests per second
+    users: int = 500
+
+
+def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
+    """Simulated users for ``plan.duration_s``; the streaming KPIs are printed while they run."""
     summary_file = settings.local_dir.resolve() / "run" / "simulation.json"
     summary_file.parent.mkdir(parents=True, exist_ok=True)
     log = services.log_file(settings, "run-simulator")
     command = [
-        sys.executable, "-m", "auction_service.simulator", "--duration", f"{duration_s:.0f}s",
-        "--rate", str(SIMULATION_RATE), "--users", "500", "--seed", "7", "--summary-file", str(summary_file),
+        sys.executable, "-m", "auction_service.simulator", "--duration", f"{plan.duration_s:.0f}s",
+        "--rate", f"{plan.rate:g}", "--users", str(plan.users), "--seed", "7", "--summary-file", str(summary_file),
     ]  # fmt: skip
     state.simulation_start = datetime.now(UTC)
     with log.open("w") as out:
@@ -155,7 +162,13 @@ def simulate(settings: Settings, state: RunState, duration_s: float) -> None:
         raise StageFailed(f"the simulator exited with {simulator.returncode}; log: {log}\n    {_last_line(log)}")
     state.simulation = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     print(f"    {_last_line(log)}")
-    wait_for_stream(settings, state.simulation_end)
+    sent = Counts(
+        events=int(state.simulation.get("events", {}).get("accepted", 0)),
+        impressions=int(state.simulation.get("impressions", 0)),
+    )
+    landed = wait_for_stream(settings, state.simulation_start, sent)
+    print(f"    the stream caught up: {landed.events:,} events in silver/feedback_events, "
+          f"{landed.impressions:,} impressions in gold/kpi_minute", flush=True)  # fmt: skip
     print(f"    KPIs (gold/kpi_minute): {kpi_line(settings)}", flush=True)
 
 
@@ -189,26 +202,55 @@ def kpi_line(settings: Settings) -> str:
     )
 
 
-def wait_for_stream(settings: Settings, until: datetime, timeout_s: float = 120.0) -> None:
-    """Until silver/feedback_events holds events up to the end of the simulation (the stream caught up)."""
+def wait_for_stream(settings: Settings, since: datetime, expected: Counts, timeout_s: float = 180.0) -> Counts:
+    """Until silver/feedback_events and gold/kpi_minute hold every event the simulator had accepted.
+
+    Counting events since the simulation began, not the latest event time, is what tells a caught-up
+    stream from one that has written a later micro-batch but not an earlier one's aggregates.
+    """
+    deadline, landed = time.monotonic() + timeout_s, Counts(0, 0)
+    while time.monotonic() < deadline:
+        landed = landed_counts(settings, since)
+        if landed.events >= expected.events and landed.impressions >= expected.impressions:
+            return landed
+        time.sleep(3.0)
+    raise StageFailed(
+        f"the stream holds {landed.events:,} events ({landed.impressions:,} impressions in gold/kpi_minute) of the "
+        f"{expected.events:,} ({expected.impressions:,}) the simulator sent: it did not catch up in {timeout_s:.0f}s; "
+        f"log: {services.log_file(settings, 'streaming')}"
+    )
+
+
+@dataclass(frozen=True)
+class Counts:
+    events: int  # rows of silver/feedback_events
+    impressions: int  # the sum of gold/kpi_minute's impressions
+
+
+def landed_counts(settings: Settings, since: datetime) -> Counts:
+    """Events since ``since`` in silver/feedback_events and impressions in gold/kpi_minute, read with delta-rs."""
+    import pyarrow.compute as pc
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    location, options = settings.delta_rs_location(Table.SILVER_FEEDBACK_EVENTS)
-    deadline, latest = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
+    # A minute of slack: gold's rows are keyed by the minute the first event fell in.
+    floor = since.replace(second=0, microsecond=0) - timedelta(minutes=1)
+    counts = []
+    for table, column, summed in (
+        (Table.SILVER_FEEDBACK_EVENTS, "event_time", None),
+        (Table.GOLD_KPI_MINUTE, "minute", "impressions"),
+    ):
+        location, options = settings.delta_rs_location(table)
         try:
-            times = DeltaTable(location, storage_options=options).to_pyarrow_table(columns=["event_time"])
-            latest = max(times.column("event_time").to_pylist(), default=None)
+            rows = DeltaTable(location, storage_options=options).to_pyarrow_table(
+                columns=[column] + ([summed] if summed else [])
+            )
         except TableNotFoundError:
-            latest = None
-        if latest is not None and latest >= until - timedelta(seconds=30):
-            return
-        time.sleep(3.0)
-    raise StageFailed(
-        f"silver/feedback_events stops at {latest}, the simulation ran until {until}: the stream did not "
-        f"catch up in {timeout_s:.0f}s; log: {services.log_file(settings, 'streaming')}"
-    )
+            counts.append(0)
+            continue
+        recent = rows.filter(pc.greater_equal(rows.column(column), floor))
+        counts.append(recent.num_rows if summed is None else int(pc.sum(recent.column(summed)).as_py() or 0))
+    return Counts(events=counts[0], impressions=counts[1])
 
 
 def bill_hours(settings: Settings, state: RunState) -> None:
@@ -255,19 +297,17 @@ def pd_timestamp(hour: datetime) -> object:  # pandas is imported lazily
 
 
 SEED_CAMPAIGNS = 200
-SIMULATION_RATE = 20  # auction requests per second
 KPI_EVERY_S = 20.0
-DEFAULT_DURATION_S = 180.0
 
 
-def stages(duration_s: float) -> tuple[Stage, ...]:
+def stages(plan: Simulation) -> tuple[Stage, ...]:
     return (
         Stage("start Kafka, MLflow and Airflow", start_infrastructure),
         Stage("Airflow: kaggle_ingestion -> feature_build -> ctr_training (ctr-model@champion)", run_batch_dags),
         Stage("start the ad manager, auction service and streaming job; seed campaigns", start_platform),
         Stage(
-            f"simulate users for {duration_s:.0f}s (KPIs from the stream)",
-            lambda settings, state: simulate(settings, state, duration_s),
+            f"simulate {plan.users} users, {plan.rate:g} auctions/s for {plan.duration_s:.0f}s (KPIs from the stream)",
+            lambda settings, state: simulate(settings, state, plan),
         ),
         Stage("hourly_billing for the hours covered", bill_hours),
     )
@@ -327,13 +367,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adstream.run", description=__doc__.splitlines()[0])
     parser.add_argument("--keep-up", action="store_true", help="leave the services running (make run KEEP_UP=1)")
     parser.add_argument(
-        "--duration", type=parse_duration, default=DEFAULT_DURATION_S,
-        help="how long users are simulated, e.g. 90s, 5m (make run DURATION=...; default 3m)",
+        "--duration", type=parse_duration, default=Simulation.duration_s,
+        help="how long users are simulated, e.g. 90s, 5m, 1h (make run DURATION=...; default 3m)",
     )  # fmt: skip
+    parser.add_argument("--rate", type=float, default=Simulation.rate, help="auction requests per second (RATE=...)")
+    parser.add_argument("--users", type=int, default=Simulation.users, help="simulated users (USERS=...)")
     args = parser.parse_args(argv)
     settings = get_settings()
     state = RunState()
-    plan = stages(args.duration)
+    plan = stages(Simulation(duration_s=args.duration, rate=args.rate, users=args.users))
     began = time.monotonic()
     timings: list[tuple[str, float]] = []
     try:

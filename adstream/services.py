@@ -81,6 +81,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id. One starting with "-" would be read as an option by kafka-storage
+    (1 in 64 of them), so, like Kafka's own Uuid.randomUuid, those are drawn again."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        continue
+    return cluster_id
+
+
 def kafka_server_properties(settings: Settings, data_dir: Path) -> str:
     """A single-node KRaft broker+controller on loopback."""
     host = settings.bind_host
@@ -132,7 +140,7 @@ def _kafka(settings: Settings) -> Service:
         props.write_text(kafka_server_properties(settings, data_dir))
         if (data_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kafka_cluster_id()
         formatted = subprocess.run(
             [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
             capture_output=True,

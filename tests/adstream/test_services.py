@@ -1,6 +1,7 @@
 """The local service manager behind `make up` / `make down` / `make status`."""
 
 import socket
+import uuid
 
 import mlflow
 import pytest
@@ -35,6 +36,13 @@ def test_a_taken_port_is_named_with_the_variable_that_moves_it(tmp_path):
         with pytest.raises(services.ServiceError, match=rf"port {taken} .*MLFLOW_PORT=<port>"):
             services.start(settings, mlflow_service)
     assert services.running_pid(settings, "mlflow") is None
+
+
+def test_a_cluster_id_never_starts_like_an_option(monkeypatch):
+    # 0xF8 encodes to "-" first in URL-safe base64; kafka-storage would read "-t -..." as two options.
+    drawn = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
+    monkeypatch.setattr(services.uuid, "uuid4", lambda: next(drawn))
+    assert services.kafka_cluster_id() == "AQEBAQEBAQEBAQEBAQEBAQ"
 
 
 def test_unknown_service_names_are_refused(tmp_path):
