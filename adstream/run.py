@@ -287,7 +287,22 @@ def bill_line(settings: Settings, hour: datetime) -> str:
         return "no bill rows"
     status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
     spend = Decimal(int(rows["spend_micros"].sum())) / MICROS_PER_UNIT if "spend_micros" in rows else Decimal(0)
-    return f"{len(rows)} campaign rows, spend {spend:,.2f} USD, status {status}"
+    return f"{len(rows)} campaign rows, spend {spend:,.2f} USD, status {status}; {reconciliation_line(settings, hour)}"
+
+
+def reconciliation_line(settings: Settings, hour: datetime) -> str:
+    """What the DAG's reconcile task found: a final hour with a mismatch fails the DAG; a provisional one is listed."""
+    from adstream.finance import reconciliation_path
+
+    path = reconciliation_path(settings.reports_dir.resolve(), hour)
+    if not path.exists():
+        return "not reconciled"
+    found = json.loads(path.read_text())
+    against = " and ".join(name for name in found.get("checked", []) if name != "bill") or "nothing"
+    mismatches = found.get("mismatches", [])
+    return f"{len(mismatches)} campaign(s) differ from the {against}" + (
+        "" if not mismatches else f": {', '.join(str(m.get('campaign_id', m)) for m in mismatches[:5])}"
+    )
 
 
 def pd_timestamp(hour: datetime) -> object:  # pandas is imported lazily

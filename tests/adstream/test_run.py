@@ -45,3 +45,18 @@ def test_a_later_batch_is_not_taken_for_a_caught_up_stream(tmp_path):
         wait_for_stream(settings, START, Counts(events=3, impressions=2), timeout_s=0.5)
     write_silver(settings, [START + timedelta(seconds=30)])
     assert wait_for_stream(settings, START, Counts(events=3, impressions=2), timeout_s=5) == Counts(3, 2)
+
+
+def test_the_bill_line_says_what_reconciliation_found(tmp_path):
+    from adstream.finance import reconciliation_path
+    from adstream.run import reconciliation_line
+
+    settings = make_settings(tmp_path)
+    hour = START.replace(minute=0, second=0)
+    assert reconciliation_line(settings, hour) == "not reconciled"
+    path = reconciliation_path(settings.reports_dir.resolve(), hour)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"checked": ["bill", "ledger", "auction log"], "mismatches": []}')
+    assert reconciliation_line(settings, hour) == "0 campaign(s) differ from the ledger and auction log"
+    path.write_text('{"checked": ["bill", "ledger"], "mismatches": [{"campaign_id": "cmp-1", "bill_micros": 5}]}')
+    assert reconciliation_line(settings, hour) == "1 campaign(s) differ from the ledger: cmp-1"
