@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 KEEP_UP ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status run test bench bench-auction bench-billing compare-runs lint format lock clean
+.PHONY: help setup up down status run test bench bench-auction bench-billing bench-streaming compare-runs lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ bench-auction: setup ## Load-test the auction service (autocannon, 32 connection
 
 bench-billing: setup ## Bill one hour of 1,000,000 events (local[2]) vs a DuckDB baseline; reports/bench/billing.json (REPEATS=3)
 	@$(PY) -m spark_jobs.bench_billing --repeats $(or $(REPEATS),3)
+
+bench-streaming: setup ## Kafka -> Delta streaming job (local[2]): throughput vs a raw-append baseline, latency p95, RSS soak; reports/bench/streaming.json (REPEATS=3 EVENTS=1000000 SOAK=30m)
+	@$(PY) -m spark_jobs.bench_streaming --repeats $(or $(REPEATS),3) --events $(or $(EVENTS),1000000) --soak $(or $(SOAK),30m)
 
 compare-runs: setup ## Compare CTR training runs side by side (metrics, params, champion/challenger decision); LAST=N
 	@$(PY) -m ml.compare --execute-notebook $(if $(LAST),--last $(LAST))
