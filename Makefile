@@ -7,7 +7,7 @@ KEEP_UP ?= 0
 .PHONY: help setup up down status run test bench bench-auction bench-billing bench-streaming compare-runs lint format lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 setup: ## Install Python deps (.venv, pinned), JVM jars (Maven Central -> .local/jars) and the load generator (npm); idempotent
 	@bash infra/setup.sh
