@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -424,6 +424,18 @@ def stop(settings: Settings, service: Service, timeout_s: float = 30.0) -> str:
             time.sleep(0.1)
     _pid_file(settings, service.name).unlink(missing_ok=True)
     return outcome
+
+
+@contextlib.contextmanager
+def running(settings: Settings, name: str) -> Iterator[int]:
+    """One service for the length of a ``with`` block (benchmarks' private brokers); yields its pid."""
+    (service,) = build_services(settings, [name])
+    pid = start(settings, service)
+    try:
+        wait_healthy(settings, service)
+        yield pid
+    finally:
+        stop(settings, service)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -487,19 +487,14 @@ def build_platform(settings: Settings, workdir: Path, args: argparse.Namespace) 
 
 @contextlib.contextmanager
 def kafka_broker(settings: Settings) -> Iterator[int]:
-    """A single-node broker for the run, started as the tests start theirs; yields its pid."""
+    """A single-node broker for the run, with the auction log's topic; yields its pid."""
     from adstream import services
     from adstream.contracts import Topic
     from adstream.messaging import ensure_topics
 
-    (broker,) = services.build_services(settings, ["kafka"])
-    pid = services.start(settings, broker)
-    try:
-        services.wait_healthy(settings, broker)
+    with services.running(settings, "kafka") as pid:
         ensure_topics(settings, [Topic.AUCTIONS])
         yield pid
-    finally:
-        services.stop(settings, broker)
 
 
 # --- the service and the load generator (I/O) ---

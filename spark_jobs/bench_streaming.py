@@ -59,7 +59,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -565,20 +565,6 @@ def bench_settings(workdir: Path) -> Settings:
     )
 
 
-@contextlib.contextmanager
-def kafka_broker(settings: Settings) -> Iterator[int]:
-    """A single-node broker for the run, started as the tests start theirs; yields its process group id."""
-    from adstream import services
-
-    (broker,) = services.build_services(settings, ["kafka"])
-    pid = services.start(settings, broker)
-    try:
-        services.wait_healthy(settings, broker)
-        yield pid
-    finally:
-        services.stop(settings, broker)
-
-
 def launch(settings: Settings, log: Path, command: Sequence[str]) -> subprocess.Popen:
     """A child Python process (its own process group) with ``settings`` as its environment."""
     from adstream import services
@@ -1060,6 +1046,8 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from adstream import services
+
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     settings = bench_settings(workdir)
@@ -1079,7 +1067,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     }
-    with kafka_broker(settings) as broker_pid:
+    with services.running(settings, "kafka") as broker_pid:
         print(f"Kafka: a private broker at {settings.kafka_bootstrap_servers}; scratch in {workdir}", flush=True)
         if args.only in (None, "throughput"):
             result["throughput"] = throughput_phase(settings, workdir, broker_pid, args)
