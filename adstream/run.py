@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -52,6 +53,8 @@ def run_logged(settings: Settings, stage: str, *command: str) -> None:
         raise StageFailed(f"`{' '.join(command[1:])}` exited with {result.returncode}; log: {log}\n    {tail}")
 
 
+MIN_CONCURRENCY = 16
+VISIT_BUDGET_S = 0.25  # seconds a visit may take before the simulator falls behind its rate
 INFRASTRUCTURE = ("kafka", "mlflow", "airflow")
 PLATFORM = ("ad-manager", "auction", "streaming")
 # Unpaused for the run; Airflow's scheduler starts feature_build and ctr_training from the
@@ -135,6 +138,12 @@ class Simulation:
     rate: float = 20.0  # auction requests per second
     users: int = 500
 
+    @property
+    def concurrency(self) -> int:
+        """Visits in flight: enough for ``rate`` when each visit (auction, then its event batch) takes
+        up to VISIT_BUDGET_S, as under load on 2 cores; 16 at the least (Little's law)."""
+        return max(MIN_CONCURRENCY, math.ceil(self.rate * VISIT_BUDGET_S))
+
 
 def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
     """Simulated users for ``plan.duration_s``; the streaming KPIs are printed while they run."""
@@ -144,6 +153,7 @@ def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
     command = [
         sys.executable, "-m", "auction_service.simulator", "--duration", f"{plan.duration_s:.0f}s",
         "--rate", f"{plan.rate:g}", "--users", str(plan.users), "--seed", "7", "--summary-file", str(summary_file),
+        "--concurrency", str(plan.concurrency),
     ]  # fmt: skip
     state.simulation_start = datetime.now(UTC)
     with log.open("w") as out:

@@ -30,6 +30,7 @@ def make_settings(tmp: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "lake_root": str(tmp / "lake"),
         "local_dir": tmp / "local",
+        "reports_dir": tmp / "reports",
         "jar_cache_dir": JAR_CACHE,
         "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
         "kafka_port": free_port(),

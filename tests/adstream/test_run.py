@@ -9,7 +9,7 @@ import pytest
 from deltalake import write_deltalake
 
 from adstream.contracts import Table
-from adstream.run import Counts, StageFailed, landed_counts, wait_for_stream
+from adstream.run import Counts, Simulation, StageFailed, landed_counts, wait_for_stream
 from tests.conftest import make_settings
 
 START = datetime(2026, 11, 24, 12, 30, 20, tzinfo=UTC)
@@ -60,3 +60,9 @@ def test_the_bill_line_says_what_reconciliation_found(tmp_path):
     assert reconciliation_line(settings, hour) == "0 campaign(s) differ from the ledger and auction log"
     path.write_text('{"checked": ["bill", "ledger"], "mismatches": [{"campaign_id": "cmp-1", "bill_micros": 5}]}')
     assert reconciliation_line(settings, hour) == "1 campaign(s) differ from the ledger: cmp-1"
+
+
+@pytest.mark.parametrize(("rate", "in_flight"), [(20, 16), (64, 16), (65, 17), (200, 50), (1000, 250)])
+def test_visits_in_flight_grow_with_the_rate(rate, in_flight):
+    # 0.25 s per visit: 200/s needs 50 in flight; never below 16
+    assert Simulation(rate=rate).concurrency == in_flight
