@@ -11,7 +11,7 @@ Phases:
               lake and checkpoint:
                 job       ``python -m spark_jobs.streaming --source feedback --topic T --available-now``, the
                           production job unchanged (bronze append, quarantine, silver MERGE dedupe, gold KPI
-                          MERGE, event clock; maxOffsetsPerTrigger = streaming.MAX_RECORDS_PER_BATCH);
+                          MERGE; maxOffsetsPerTrigger = streaming.MAX_RECORDS_PER_BATCH);
                 baseline  the same topic read by the same Kafka source options and batch bound, in a session
                           built the same way, appended as-is to one Delta table (no parsing, no dedupe, no
                           MERGE): what this machine does for Kafka -> Delta at all.
@@ -19,8 +19,8 @@ Phases:
               silver/feedback_events (baseline: to its table) by every batch after the first, over the time
               between the first and the last batch's commit, so the JVM start and the first batch's warm-up
               are excluded (the wall rate including them is reported too). The job's batches are also broken
-              down by the commit times of the five tables each writes in order (bronze, quarantine, silver,
-              gold, event clock).
+              down by the commit times of the four tables each writes in order (bronze with the event
+              clock, quarantine, silver, gold).
   continuous  ``python -m spark_jobs.streaming --source feedback --topic T --trigger-s 5`` runs while records
               are produced at ``--rate`` per second (default 2,000, or half the job's measured throughput
               when lower), steadily: ``--warmup-s`` (not measured), then
@@ -294,13 +294,12 @@ def latency_slices(events: Sequence[tuple[int, int]], slices: int) -> list[dict[
 # --- per-batch analysis of a job run (pure, over commits) ---
 
 # A batch's steps in order. "planning" (the previous batch's Spark commit -> this batch's offsets written) and
-# "spark_commit" (the event clock -> Spark's commit of the batch) come from the checkpoint's offsets/ and
-# commits/ files; "to_bronze" holds the Kafka fetch, the JSON parse and classification (its count per
-# outcome is collected) and the bronze append.
-STAGES = (
-    "planning", "to_bronze", "bronze_to_quarantine", "to_silver_merge", "silver_to_gold_merge", "gold_to_clock",
-    "spark_commit",
-)  # fmt: skip
+# "spark_commit" (the batch's last table commit -> Spark's commit of the batch) come from the checkpoint's
+# offsets/ and commits/ files; "to_bronze" holds the Kafka fetch, the JSON parse and classification (its count
+# per outcome is collected) and the bronze append, which also carries the event clock.
+STAGES = ("planning", "to_bronze", "bronze_to_quarantine", "to_silver_merge", "silver_to_gold_merge", "spark_commit")
+TABLE_STAGES = (("to_bronze", "bronze"), ("bronze_to_quarantine", "quarantine"), ("to_silver_merge", "silver"),
+                ("silver_to_gold_merge", "gold"))  # fmt: skip
 
 
 def checkpoint_marks(checkpoint: Path) -> dict[str, dict[int, int]]:
@@ -332,21 +331,24 @@ def batch_breakdown(
     tables: dict[str, list[DeltaCommit]], marks: dict[str, dict[int, int]] | None = None
 ) -> list[dict[str, Any]]:
     """Per batch of the job (after its first), the seconds between the steps it takes in order (STAGES): the
-    commits it makes to bronze, quarantine (when it had rejects), silver (MERGE), gold (MERGE) and the event
-    clock, each measured from the step before; with the checkpoint's ``marks``, also Spark's own steps around
-    them. Without marks, "to_bronze" counts from the previous batch's clock commit."""
+    commits it makes to bronze, quarantine (when it had rejects), silver (MERGE) and gold (MERGE), each
+    measured from the step before; with the checkpoint's ``marks``, also Spark's own steps around them.
+    Without marks, a batch starts at the previous batch's last table commit."""
     by_table = {name: batch_commits(commits) for name, commits in tables.items()}
-    clock = by_table["clock"]
     offsets, spark_commits = (marks or {}).get("offsets", {}), (marks or {}).get("commits", {})
+
+    def last_commit_ms(batch_id: int) -> int:
+        return max(by_table[name][batch_id].timestamp_ms for name in by_table if batch_id in by_table[name])
+
     rows = []
-    for batch_id in sorted(clock):
-        if batch_id - 1 not in clock:
+    for batch_id in sorted(by_table["bronze"]):
+        if batch_id - 1 not in by_table["bronze"]:
             continue
-        previous = spark_commits.get(batch_id - 1, clock[batch_id - 1].timestamp_ms)
+        previous = spark_commits.get(batch_id - 1, last_commit_ms(batch_id - 1))
         steps: list[tuple[str, int | None]] = [("planning", offsets.get(batch_id))]
         steps += [
-            (stage, commit.timestamp_ms if (commit := by_table[name].get(batch_id)) else None)
-            for stage, name in zip(STAGES[1:6], ("bronze", "quarantine", "silver", "gold", "clock"), strict=True)
+            (stage, commit.timestamp_ms if (commit := by_table.get(name, {}).get(batch_id)) else None)
+            for stage, name in TABLE_STAGES
         ]
         steps.append(("spark_commit", spark_commits.get(batch_id)))
         seconds: dict[str, float | None] = {}
@@ -354,12 +356,12 @@ def batch_breakdown(
         for stage, at in steps:
             seconds[stage] = None if at is None else (at - mark) / 1000
             mark = mark if at is None else at
-        bronze, silver = by_table["bronze"].get(batch_id), by_table["silver"].get(batch_id)
+        bronze, silver = by_table["bronze"][batch_id], by_table["silver"].get(batch_id)
         merge_ms = silver.metrics.get("executionTimeMs") if silver else None
         rows.append(
             {
                 "batch_id": batch_id,
-                "records": bronze.rows_added if bronze else None,
+                "records": bronze.rows_added,
                 "silver_rows": silver.rows_added if silver else 0,
                 "total_s": (mark - previous) / 1000,
                 **seconds,
@@ -672,15 +674,12 @@ def table_dir(settings: Settings, table: str) -> Path:
 
 def job_tables(settings: Settings) -> dict[str, list[DeltaCommit]]:
     from adstream.contracts import Table, quarantine_table
-    from spark_jobs.streaming import SOURCES, clock_path
 
-    source = SOURCES["feedback"]
     return {
         "bronze": read_delta_log(table_dir(settings, Table.BRONZE_FEEDBACK_RAW)),
         "quarantine": read_delta_log(table_dir(settings, quarantine_table("feedback"))),
         "silver": read_delta_log(table_dir(settings, Table.SILVER_FEEDBACK_EVENTS)),
         "gold": read_delta_log(table_dir(settings, Table.GOLD_KPI_MINUTE)),
-        "clock": read_delta_log(Path(clock_path(settings, source))),
     }
 
 

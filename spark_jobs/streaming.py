@@ -15,15 +15,16 @@ micro-batch (``foreachBatch``) writes, in this order:
    with the model's columns plus their origin, partitioned by event_date;
 4. gold/kpi_minute (feedback only): the (campaign, minute) pairs the batch touched, recomputed
    from silver and MERGEd, so a minute that gains a late event is corrected, not double counted.
+   Silver is read only between the batch's first and last minute (file skipping on event_time).
 
-Watermark: STREAM_WATERMARK_S, 600 s (10 min) by default, behind the latest valid event time of
-the batches before (kept in a small Delta table next to the checkpoint, so a replayed batch sees
-the same watermark). An event older than the watermark is quarantined as ``late``; a replay of an
-event_id within it is dropped. Why 10 minutes: the auction service refuses events older than half
-of it, so everything it charges reaches silver; the other half absorbs the stream's own lag (a
-restart, a broker outage, a backlog) and producer clock skew. Longer would hold billing hours open
-longer (an hour is final one watermark after it ends) and widen the window each batch deduplicates
-against.
+Watermark: STREAM_WATERMARK_S, 600 s (10 min) by default, behind the latest valid event time of the
+batches before. The clock travels in the bronze append's commit (``userMetadata``), the first write
+of every batch, so a replayed batch sees the same watermark at no extra commit. An event older than
+the watermark is quarantined as ``late``; a replay of an event_id within it is dropped. Why 10
+minutes: the auction service refuses events older than half of it, so everything it charges reaches
+silver; the other half absorbs the stream's own lag (a restart, a broker outage, a backlog) and
+producer clock skew. Longer would hold billing hours open longer (an hour is final one watermark
+after it ends) and widen the window each batch deduplicates against.
 
 Deduplication: within a batch the copy Kafka received first is kept; across batches the silver
 MERGE inserts only event_ids it does not hold, looking back to two watermarks behind the latest
@@ -58,7 +59,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -93,13 +94,17 @@ from spark_jobs.stream_transforms import (
 
 log = logging.getLogger(__name__)
 
-MAX_RECORDS_PER_BATCH = 50_000  # bounds a batch's duration when a backlog waits (a restart, an outage)
+# Bounds a batch's duration when a backlog waits (a restart, an outage); large, since each batch
+# pays a few seconds of Delta commits whatever its size.
+MAX_RECORDS_PER_BATCH = 200_000
 POLL_S = 1.0  # how often the driver loop beats and looks for a stop request
 STOP_WAIT_S = 60.0  # how long a stop request waits for the running batch
 HEARTBEAT_MAX_AGE_S = 30.0
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MINUTE_MICROS = 60_000_000
+CLOCK_HISTORY = 1_000  # bronze commits searched for the clock at start; table maintenance adds a few per hour
 
 
 class StreamFailed(RuntimeError):
@@ -136,11 +141,6 @@ SOURCES = {
         "auctions", Topic.AUCTIONS, AuctionRecord, "auction_id", Table.BRONZE_AUCTIONS_RAW, Table.SILVER_AUCTIONS
     ),
 }  # fmt: skip
-
-
-def clock_path(settings: Settings, source: StreamSource) -> str:
-    """The stream's event-time clock lives with its checkpoint: a new checkpoint starts a new clock."""
-    return f"{settings.checkpoint_path(source.query_name)}/event_clock"
 
 
 # --- tables ---
@@ -223,7 +223,7 @@ class MicroBatch:
         """Lands one batch of Kafka records; returns the records per outcome (``silver`` or a reason)."""
         session, source = records.sparkSession, self.source
         app_id = self.app_id(session)
-        clock = self.read_clock(session)
+        clock = self.read_clock(session, app_id)
         watermark = watermark_for(batch_id, clock, self.delay)
         classified = classify_records(records, source.model, watermark_micros=watermark, max_ahead=self.delay)
         classified = classified.persist()
@@ -234,38 +234,41 @@ class MicroBatch:
                 for row in classified.groupBy("reason")
                 .agg(
                     F.count("*").alias("records"),
+                    F.min(F.unix_micros(event_time)).alias("earliest"),
                     F.max(F.unix_micros(event_time)).alias("latest"),
                     F.collect_set(F.to_date(event_time)).alias("days"),
                 )
                 .collect()
             }
-            self._append(bronze_records(records, ingested_at), source.bronze, app_id, batch_id)
+            silver = outcomes.get("silver")
+            advanced = advance_clock(clock, batch_id, watermark, silver.latest if silver else None)
+            self._append(bronze_records(records, ingested_at), source.bronze, app_id, batch_id, clock=advanced)
+            self._clock = advanced
             if set(outcomes) - {"silver"}:
                 self._append(quarantined_records(classified, ingested_at), source.quarantine, app_id, batch_id)
-            if "silver" in outcomes:
+            if silver is not None:
                 events = first_per_key(valid_events(classified, source.model, ingested_at), source.key).persist()
                 try:
                     self._merge_new_events(events, watermark, app_id, batch_id)
                     if source.with_kpis:
-                        self._merge_kpis(events, sorted(outcomes["silver"].days), app_id, batch_id)
+                        minutes = (silver.earliest // MINUTE_MICROS * MINUTE_MICROS,
+                                   (silver.latest // MINUTE_MICROS + 1) * MINUTE_MICROS)  # fmt: skip
+                        self._merge_kpis(events, sorted(silver.days), minutes, app_id, batch_id)
                 finally:
                     events.unpersist()
-            batch_max = outcomes["silver"].latest if "silver" in outcomes else None
-            self.write_clock(session, advance_clock(clock, batch_id, watermark, batch_max), app_id)
         finally:
             classified.unpersist()
         counts = {outcome: row.records for outcome, row in outcomes.items()}
         log.info("%s batch %d: %s (watermark %s)", source.name, batch_id, counts, _as_time(watermark))
         return counts
 
-    def _append(self, frame: DataFrame, table: str, app_id: str, batch_id: int) -> None:
-        (
-            frame.write.format("delta")
-            .mode("append")
-            .option("txnAppId", app_id)
-            .option("txnVersion", batch_id)
-            .save(self.settings.lake_path(table))
-        )
+    def _append(
+        self, frame: DataFrame, table: str, app_id: str, batch_id: int, *, clock: EventClock | None = None
+    ) -> None:
+        writer = frame.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
+        if clock is not None:
+            writer = writer.option("userMetadata", clock_metadata(app_id, clock))
+        writer.save(self.settings.lake_path(table))
 
     def _merge_new_events(self, events: DataFrame, watermark: int | None, app_id: str, batch_id: int) -> None:
         key = self.source.key
@@ -281,39 +284,55 @@ class MicroBatch:
         with idempotent_dml(events.sparkSession, app_id, batch_id):
             silver.alias("s").merge(events.alias("e"), condition).whenNotMatchedInsertAll().execute()
 
-    def _merge_kpis(self, events: DataFrame, days: list[date], app_id: str, batch_id: int) -> None:
-        """Recomputes the touched (campaign, minute) KPIs from silver, which now holds this batch."""
+    def _merge_kpis(
+        self, events: DataFrame, days: list[date], minutes: tuple[int, int], app_id: str, batch_id: int
+    ) -> None:
+        """Recomputes the touched (campaign, minute) KPIs from silver, which now holds this batch;
+        ``minutes`` is [first, end) of the batch's minutes, in epoch microseconds."""
         session = events.sparkSession
+        first, end = (F.timestamp_micros(F.lit(bound)) for bound in minutes)
         silver = session.read.format("delta").load(self.settings.lake_path(self.source.silver))
-        kpis = kpi_for_minutes(silver.where(F.col("event_date").isin(days)), touched_minutes(events))
+        in_range = F.col("event_date").isin(days) & (F.col(EVENT_TIME) >= first) & (F.col(EVENT_TIME) < end)
+        kpis = kpi_for_minutes(silver.where(in_range), touched_minutes(events))
         in_days = ", ".join(f"DATE'{day.isoformat()}'" for day in days)
-        condition = " AND ".join([f"g.event_date IN ({in_days})", *(f"g.{column} = k.{column}" for column in KPI_KEY)])
+        condition = " AND ".join(
+            [
+                f"g.event_date IN ({in_days})",
+                f"g.minute >= timestamp_micros({minutes[0]}) AND g.minute < timestamp_micros({minutes[1]})",
+                *(f"g.{column} = k.{column}" for column in KPI_KEY),
+            ]
+        )
         gold = DeltaTable.forPath(session, self.settings.lake_path(Table.GOLD_KPI_MINUTE))
         with idempotent_dml(session, app_id, batch_id):
             gold.alias("g").merge(kpis.alias("k"), condition).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
 
-    def read_clock(self, session: SparkSession) -> EventClock | None:
+    def read_clock(self, session: SparkSession, app_id: str) -> EventClock | None:
+        """This process's clock, or after a restart the one the latest bronze commit of this query carries."""
         if self._clock is not None:
             return self._clock
-        path = clock_path(self.settings, self.source)
-        if not DeltaTable.isDeltaTable(session, path):
+        bronze = self.settings.lake_path(self.source.bronze)
+        if not DeltaTable.isDeltaTable(session, bronze):
             return None
-        row = session.read.format("delta").load(path).first()
-        return None if row is None else EventClock(row.batch_id, row.watermark_micros, row.max_event_time_micros)
+        history = DeltaTable.forPath(session, bronze).history(CLOCK_HISTORY)
+        carried = history.where(F.col("userMetadata").isNotNull()).orderBy(F.col("version").desc())
+        return latest_clock([row.userMetadata for row in carried.select("userMetadata").collect()], app_id)
 
-    def write_clock(self, session: SparkSession, clock: EventClock, app_id: str) -> None:
-        frame = session.createDataFrame(
-            [(clock.batch_id, clock.watermark_micros, clock.max_event_time_micros)],
-            "batch_id bigint, watermark_micros bigint, max_event_time_micros bigint",
-        )
-        (
-            frame.write.format("delta")
-            .mode("overwrite")
-            .option("txnAppId", app_id)
-            .option("txnVersion", clock.batch_id)
-            .save(clock_path(self.settings, self.source))
-        )
-        self._clock = clock
+
+def clock_metadata(app_id: str, clock: EventClock) -> str:
+    """The clock as the bronze commit's userMetadata, tagged with the query it belongs to."""
+    return json.dumps({"app_id": app_id, "event_clock": asdict(clock)}, separators=(",", ":"))
+
+
+def latest_clock(user_metadata: Sequence[str], app_id: str) -> EventClock | None:
+    """The first clock of ``app_id`` in commit metadata listed newest first; other text is skipped."""
+    for text in user_metadata:
+        try:
+            carried = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(carried, dict) and carried.get("app_id") == app_id and "event_clock" in carried:
+            return EventClock(**carried["event_clock"])
+    return None
 
 
 def _as_time(micros: int | None) -> str:

@@ -167,6 +167,23 @@ def test_the_watermark_trails_the_latest_event_of_earlier_batches_and_replays_se
     assert watermark_for(1, advance_clock(after_1, 1, 400 * us, 2_000 * us), delay) == 400 * us
 
 
+def test_the_clock_is_read_back_from_the_newest_commit_of_its_own_query():
+    clock = EventClock(7, 400, 1_000)
+    carried = streaming.clock_metadata("adstream-feedback-q1", clock)
+    assert json.loads(carried) == {
+        "app_id": "adstream-feedback-q1",
+        "event_clock": {"batch_id": 7, "watermark_micros": 400, "max_event_time_micros": 1_000},
+    }
+    older = streaming.clock_metadata("adstream-feedback-q1", EventClock(6, None, 900))
+    other_query = streaming.clock_metadata("adstream-feedback-q0", EventClock(99, 1, 2))
+    # Newest first: another query's clock and foreign metadata are skipped.
+    assert (
+        streaming.latest_clock([other_query, "compaction by maintenance", carried, older], "adstream-feedback-q1")
+        == clock
+    )
+    assert streaming.latest_clock([other_query, "{}"], "adstream-feedback-q1") is None
+
+
 def test_kpi_minute_values_for_a_hand_computed_input(spark):
     at = T0 + timedelta(seconds=5)
     events = [
@@ -291,7 +308,9 @@ def test_duplicates_replays_out_of_order_and_late_events_land_once(spark, tmp_pa
         feedback("e7", at=T0 + 5 * MINUTE, cost_micros=1_000),
         first[0],
     ]
-    counts = batch.process(kafka_frame(spark, second, kafka_time), 1, ingested_at=kafka_time)
+    # A restarted job (a new MicroBatch) reads the clock from the bronze commit of batch 0.
+    restarted = streaming.MicroBatch(settings, FEEDBACK, app_id="test-dedupe")
+    counts = restarted.process(kafka_frame(spark, second, kafka_time), 1, ingested_at=kafka_time)
     assert counts == {"silver": 4, "late": 1}
 
     silver = table(spark, settings, Table.SILVER_FEEDBACK_EVENTS)
