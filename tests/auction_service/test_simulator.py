@@ -14,6 +14,8 @@ import httpx
 import pandas as pd
 import pytest
 from deltalake import write_deltalake
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
 from adstream.contracts import Table
 from adstream.settings import Settings
@@ -23,6 +25,7 @@ from auction_service.main import create_app
 from auction_service.simulator import (
     Placement,
     SimulatedUser,
+    SimulationStats,
     auction_request,
     main,
     openrtb_request,
@@ -31,7 +34,7 @@ from auction_service.simulator import (
     simulate,
 )
 from tests.auction_service.conftest import instruction, live_server, running_service
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 # The lake the live run reads. Advertising has no signal (each profile clicked once and not once),
 # so every user's click propensity is exactly 1; every ADS-16 user rates Automotive 4, Kitchen & Home
@@ -188,49 +191,50 @@ def test_an_openrtb_bid_is_placed_in_its_category():
     assert served_ad(shared, True, known).category is None  # three categories share IAB18: neutral affinity
 
 
-# --- a failing service (httpx's MockTransport in place of the network) ---
+# --- a failing service (a real HTTP server answering as told) ---
+
+
+def fake_service(answer) -> FastAPI:
+    """An app that hands every POST to ``answer(path, body)`` and returns what it answers."""
+    app = FastAPI()
+
+    @app.post("/{path:path}")
+    async def post(path: str, request: Request) -> Response:
+        return await answer(f"/{path}", json.loads(await request.body()))
+
+    return app
 
 
 def test_errors_are_counted_by_kind_and_refused_events_retried_with_the_same_ids():
     auctions = Counter[str]()
     event_attempts: dict[tuple[str, ...], int] = Counter()
 
-    def service(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/openrtb2/auction":
-            raise httpx.ReadTimeout("slow", request=request)
-        if request.url.path == "/v1/auction":
+    async def answer(path: str, body: dict) -> Response:
+        if path == "/openrtb2/auction":
+            await asyncio.sleep(0.5)  # beyond the client's 0.1 s timeout
+            return Response(status_code=204)
+        if path == "/v1/auction":
             auctions["n"] += 1
             n = auctions["n"]
             if n % 4 == 0:
-                return httpx.Response(500, json={"detail": "boom"})
+                return JSONResponse({"detail": "boom"}, status_code=500)
             if n % 4 == 1:
-                return httpx.Response(204)
-            return httpx.Response(
-                200, json={"auction_id": f"a{n}", "campaign_id": "c", "category": "Automotive", "pctr": 0.5}
-            )
-        events = json.loads(request.content)["events"]
-        ids = tuple(event["event_id"] for event in events)
+                return Response(status_code=204)
+            return JSONResponse({"auction_id": f"a{n}", "campaign_id": "c", "category": "Automotive", "pctr": 0.5})
+        ids = tuple(event["event_id"] for event in body["events"])
         event_attempts[ids] += 1
         if event_attempts[ids] == 1:  # Kafka is "down" for every batch's first attempt
-            return httpx.Response(503, headers={"Retry-After": "0"}, json={"detail": "retry"})
+            return JSONResponse({"detail": "retry"}, status_code=503, headers={"Retry-After": "0"})
         results = [{"event_id": i, "status": "accepted", "charged_micros": 0} for i in ids]
-        return httpx.Response(202, json={"accepted": len(ids), "duplicate": 0, "rejected": 0, "results": results})
+        return JSONResponse({"accepted": len(ids), "duplicate": 0, "rejected": 0, "results": results}, status_code=202)
 
-    stats, _ = asyncio.run(
-        simulate(
-            "http://sim.test",
-            population(),
-            truth(),
-            duration_s=1.0,
-            rate=60,
-            concurrency=4,
-            seed=5,
-            openrtb_share=0.25,
-            progress_every_s=60,
-            out=io.StringIO(),
-            transport=httpx.MockTransport(service),
-        )
-    )
+    with live_server(fake_service(answer)) as url:
+        stats, _ = asyncio.run(
+            simulate(
+                url, population(), truth(), duration_s=1.0, rate=60, concurrency=4, seed=5, openrtb_share=0.25,
+                progress_every_s=60, out=io.StringIO(), http_timeout_s=0.1,
+            )
+        )  # fmt: skip
     openrtb_visits = stats.errors["openrtb_timeout"]
     assert openrtb_visits > 0 and stats.visits == openrtb_visits + auctions["n"]
     assert stats.errors["auction_500"] == auctions["n"] // 4
@@ -243,32 +247,51 @@ def test_errors_are_counted_by_kind_and_refused_events_retried_with_the_same_ids
     assert stats.impressions == stats.filled and sum(stats.rejected.values()) == 0
 
 
-def test_visits_in_flight_never_exceed_the_concurrency():
-    in_flight, peak, tasks = 0, 0, 0
+def test_a_service_that_cannot_be_reached_is_counted_not_raised():
+    stats, _ = asyncio.run(
+        simulate(
+            f"http://127.0.0.1:{free_port()}", population(), truth(), duration_s=0.2, rate=20, concurrency=2, seed=1,
+            progress_every_s=60, out=io.StringIO(),
+        )
+    )  # fmt: skip
+    assert stats.visits > 0 and stats.auctions == 0
+    assert sum(stats.errors.values()) == stats.visits
+    assert set(stats.errors) <= {"auction_connect", "openrtb_connect"}
 
-    async def slow_service(request: httpx.Request) -> httpx.Response:
-        nonlocal in_flight, peak, tasks
+
+def test_visits_in_flight_never_exceed_the_concurrency():
+    in_flight, peak = 0, 0
+
+    async def slow(path: str, body: dict) -> Response:
+        nonlocal in_flight, peak
         in_flight += 1
-        peak, tasks = max(peak, in_flight), max(tasks, len(asyncio.all_tasks()))
+        peak = max(peak, in_flight)
         await asyncio.sleep(0.05)
         in_flight -= 1
-        return httpx.Response(204)
+        return Response(status_code=204)
 
-    stats, elapsed = asyncio.run(
-        simulate(
-            "http://sim.test",
-            population(),
-            truth(),
-            duration_s=1.0,
-            rate=1_000,
-            concurrency=4,
-            seed=1,
-            progress_every_s=60,
+    async def run(url: str) -> tuple[SimulationStats, float, int]:
+        tasks, done = 0, asyncio.Event()
+
+        async def count_tasks() -> None:
+            nonlocal tasks
+            while not done.is_set():
+                tasks = max(tasks, len(asyncio.all_tasks()))
+                await asyncio.sleep(0.005)
+
+        sampler = asyncio.create_task(count_tasks())
+        stats, elapsed = await simulate(
+            url, population(), truth(), duration_s=1.0, rate=1_000, concurrency=4, seed=1, progress_every_s=60,
             out=io.StringIO(),
-            transport=httpx.MockTransport(slow_service),
-        )
-    )
-    assert peak == 4 and tasks <= 2 * 4 + 2  # per worker its wait for the due time; the reporter, the main task
+        )  # fmt: skip
+        done.set()
+        await sampler
+        return stats, elapsed, tasks
+
+    with live_server(fake_service(slow)) as url:
+        stats, elapsed, tasks = asyncio.run(run(url))
+    # Per worker its wait for the due time; the reporter, this sampler and the main task.
+    assert peak == 4 and tasks <= 2 * 4 + 3
     # Far below the asked 1,000/s: 4 at a time, 50 ms each; late visits are run, never queued as tasks.
     assert stats.visits == stats.auctions and 40 <= stats.visits <= 4 / 0.05 * elapsed + 4
 
