@@ -345,6 +345,8 @@ def summary(settings: Settings, state: RunState) -> str:
     if sim:
         lines += [
             f"  auctions           {sim.get('auctions', 0):,}  (fill rate {sim.get('fill_rate', 0):.1%})",
+            f"  HTTP requests      {sim.get('requests', 0):,}  ({sim.get('requests_per_s', 0):,.1f}/s, auctions"
+            f" and event batches; {sim.get('achieved_rate', 0):,.1f} visits/s)",
             f"  impressions/clicks {sim.get('impressions', 0):,} / {sim.get('clicks', 0):,}"
             f"  (CTR {sim.get('ctr', 0):.2%})",
             f"  spend              {sim.get('spend', '0')} USD  (errors {sim.get('errors', 0)})",

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,7 @@ from adstream.settings import Settings, child_process_env, get_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+BATCH_NICENESS = 10  # the streaming job and Airflow's tasks (feature builds, training, billing)
 
 
 class ServiceError(RuntimeError):
@@ -56,6 +58,9 @@ class Service:
     prepare: Callable[[], None] | None = None
     start_timeout_s: float = 90.0
     needs_infrastructure: bool = False  # started only once Kafka/MLflow/Airflow are healthy
+    # Batch work yields the CPU to the request path (auctions, events, Kafka) on a shared machine;
+    # it only runs slower when that path is busy.
+    niceness: int = 0
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -236,6 +241,7 @@ def _airflow(settings: Settings) -> Service:
         healthy=lambda: _airflow_healthy(url),
         prepare=prepare,
         start_timeout_s=150.0,
+        niceness=BATCH_NICENESS,
     )
 
 
@@ -286,6 +292,7 @@ def _streaming(settings: Settings) -> Service:
         healthy=healthy,
         needs_infrastructure=True,
         start_timeout_s=150.0,
+        niceness=BATCH_NICENESS,
     )
 
 
@@ -386,6 +393,7 @@ def start(settings: Settings, service: Service) -> int:
             env=child_process_env(**service.env),
             cwd=PROJECT_ROOT,
             start_new_session=True,
+            preexec_fn=partial(os.nice, service.niceness) if service.niceness else None,
         )
     pid_path.write_text(str(proc.pid))
     return proc.pid

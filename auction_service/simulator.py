@@ -99,6 +99,7 @@ class SimulationStats:
     """Counters only: what a run of any length keeps."""
 
     visits: int = 0
+    requests: int = 0  # HTTP requests sent: auctions and event batches, retries included
     auctions: int = 0  # answered 200 or 204
     openrtb_auctions: int = 0
     filled: int = 0
@@ -142,6 +143,8 @@ class SimulationStats:
             "elapsed_s": round(elapsed_s, 3),
             "visits": self.visits,
             "achieved_rate": round(self.visits / elapsed_s, 3) if elapsed_s else 0.0,
+            "requests": self.requests,
+            "requests_per_s": round(self.requests / elapsed_s, 3) if elapsed_s else 0.0,
             "auctions": self.auctions,
             "openrtb_auctions": self.openrtb_auctions,
             "filled": self.filled,
@@ -412,6 +415,7 @@ class Visitor:
         return []
 
     async def _post(self, endpoint: str, path: str, body: dict[str, Any]) -> Reply | None:
+        self.stats.requests += 1
         try:
             async with self.client.post(path, json=body) as response:
                 content = await response.read()

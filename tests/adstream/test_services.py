@@ -1,6 +1,8 @@
 """The local service manager behind `make up` / `make down` / `make status`."""
 
+import os
 import socket
+import sys
 import uuid
 
 import mlflow
@@ -43,6 +45,21 @@ def test_a_cluster_id_never_starts_like_an_option(monkeypatch):
     drawn = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
     monkeypatch.setattr(services.uuid, "uuid4", lambda: next(drawn))
     assert services.kafka_cluster_id() == "AQEBAQEBAQEBAQEBAQEBAQ"
+
+
+def test_batch_services_run_below_the_request_path(tmp_path):
+    settings = make_settings(tmp_path)
+    niceness = {service.name: service.niceness for service in services.build_services(settings, [])}
+    assert niceness == {"kafka": 0, "mlflow": 0, "airflow": 10, "ad-manager": 0, "auction": 0, "streaming": 10}
+    idle = services.Service(
+        name="idle", url="-", ports=(), command=(sys.executable, "-c", "import time; time.sleep(60)"),
+        healthy=lambda: True, niceness=10,
+    )  # fmt: skip
+    pid = services.start(settings, idle)
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    finally:
+        assert services.stop(settings, idle) == "stopped"
 
 
 def test_unknown_service_names_are_refused(tmp_path):

@@ -243,6 +243,8 @@ def test_errors_are_counted_by_kind_and_refused_events_retried_with_the_same_ids
     # Every batch was refused once, then accepted with exactly the same event ids.
     assert set(event_attempts.values()) == {2} and len(event_attempts) == stats.filled
     assert stats.errors["events_503"] == stats.filled
+    # One auction request per visit, two event requests per filled one (the refused and the retry).
+    assert stats.requests == stats.visits + 2 * stats.filled
     assert all(ids[0] == f"sim-{ids[0].split('-')[1]}-impression" for ids in event_attempts)
     assert stats.impressions == stats.filled and sum(stats.rejected.values()) == 0
 
@@ -293,7 +295,7 @@ def test_visits_in_flight_never_exceed_the_concurrency():
     # Per worker its wait for the due time; the reporter, this sampler and the main task.
     assert peak == 4 and tasks <= 2 * 4 + 3
     # Far below the asked 1,000/s: 4 at a time, 50 ms each; late visits are run, never queued as tasks.
-    assert stats.visits == stats.auctions and 40 <= stats.visits <= 4 / 0.05 * elapsed + 4
+    assert stats.visits == stats.auctions == stats.requests and 40 <= stats.visits <= 4 / 0.05 * elapsed + 4
 
 
 # --- against the running service ---
