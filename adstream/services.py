@@ -393,10 +393,23 @@ def start(settings: Settings, service: Service) -> int:
             env=child_process_env(**service.env),
             cwd=PROJECT_ROOT,
             start_new_session=True,
-            preexec_fn=partial(os.nice, service.niceness) if service.niceness else None,
+            preexec_fn=partial(_lower_priority, service.niceness) if service.niceness else None,
         )
     pid_path.write_text(str(proc.pid))
     return proc.pid
+
+
+def _lower_priority(niceness: int) -> None:
+    """Runs in the child after setsid. With autogroup scheduling (on by default in many kernels, and
+    here) a session is scheduled as one group whose own nice is all that counts against other
+    sessions, so the group's nice is set as well as the process's."""
+    os.nice(niceness)
+    with contextlib.suppress(OSError):
+        fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+        try:
+            os.write(fd, str(niceness).encode())
+        finally:
+            os.close(fd)
 
 
 def wait_healthy(settings: Settings, service: Service, began: float | None = None) -> float:

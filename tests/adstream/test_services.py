@@ -4,6 +4,7 @@ import os
 import socket
 import sys
 import uuid
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -58,6 +59,9 @@ def test_batch_services_run_below_the_request_path(tmp_path):
     pid = services.start(settings, idle)
     try:
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+        autogroup = Path(f"/proc/{pid}/autogroup")  # its session's share against other sessions
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-2:] == ["nice", "10"]
     finally:
         assert services.stop(settings, idle) == "stopped"
 
