@@ -23,7 +23,7 @@ from adstream.airflow_api import AirflowClient, AirflowRunFailed
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
 from adstream.events import MICROS_PER_UNIT
 from adstream.settings import Settings, child_process_env, get_settings
-from auction_service.simulator import parse_duration
+from auction_service.simulator import DEFAULT_CONCURRENCY, parse_duration
 
 
 class StageFailed(RuntimeError):
@@ -53,7 +53,6 @@ def run_logged(settings: Settings, stage: str, *command: str) -> None:
         raise StageFailed(f"`{' '.join(command[1:])}` exited with {result.returncode}; log: {log}\n    {tail}")
 
 
-MIN_CONCURRENCY = 16
 VISIT_BUDGET_S = 0.25  # seconds a visit may take before the simulator falls behind its rate
 INFRASTRUCTURE = ("kafka", "mlflow", "airflow")
 PLATFORM = ("ad-manager", "auction", "streaming")
@@ -142,7 +141,7 @@ class Simulation:
     def concurrency(self) -> int:
         """Visits in flight: enough for ``rate`` when each visit (auction, then its event batch) takes
         up to VISIT_BUDGET_S, as under load on 2 cores; 16 at the least (Little's law)."""
-        return max(MIN_CONCURRENCY, math.ceil(self.rate * VISIT_BUDGET_S))
+        return max(DEFAULT_CONCURRENCY, math.ceil(self.rate * VISIT_BUDGET_S))
 
 
 def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:

@@ -80,6 +80,7 @@ MAX_KNOWN_CAMPAIGNS = 100_000  # campaign -> category, learnt from /v1/auction a
 EVENT_ATTEMPTS = 6
 HTTP_TIMEOUT_S = 5.0
 MAX_CONCURRENCY = 10_000
+DEFAULT_CONCURRENCY = 16
 USER_COLUMNS = tuple(profile_field.name for profile_field in fields(UserProfile))  # all in silver/users
 DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smh]?)")
 
@@ -529,7 +530,10 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=20.0, help="auction requests per second (default 20)")
     parser.add_argument("--users", type=int, default=500, help="population size (default 500)")
     parser.add_argument("--seed", type=int, default=7, help="population, placements and behaviour (default 7)")
-    parser.add_argument("--concurrency", type=int, default=16, help="visits in flight at most (default 16)")
+    parser.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+        help=f"visits in flight at most (default {DEFAULT_CONCURRENCY})",
+    )  # fmt: skip
     parser.add_argument(
         "--base-url",
         default=f"http://{settings.bind_host}:{settings.auction_port}",
