@@ -42,7 +42,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import repeat
@@ -51,7 +51,7 @@ from typing import ClassVar
 import numpy as np
 
 from adstream.events import AuctionRecord, CampaignStatus, PricingModel
-from auction_service.domain import AuctionContext, ServingCampaign
+from auction_service.domain import AuctionContext, ServingCampaign, spend_changed_rows
 
 DEFAULT_PCVR = 0.05  # conversions per click for CPA campaigns, until a conversion model exists
 PRICE_INCREMENT_MICROS = 10_000  # one cent: what the winner pays above the runner-up's eCPM
@@ -184,8 +184,17 @@ def _bits(failing: Sequence[bool] | np.ndarray, reason: FilterReason) -> np.ndar
 
 
 def _bits_by_key(keys: Sequence[str], reason: FilterReason) -> dict[str, np.ndarray]:
-    """For a blocking rule: key -> the rows with that key, as the rule's bit."""
-    return {key: _bits([k == key for k in keys], reason) for key in set(keys)}
+    """For a blocking rule: key -> the rows with that key, as the rule's bit (in one pass: a
+    snapshot may hold as many advertisers as campaigns)."""
+    rows_by_key: dict[str, list[int]] = {}
+    for row, key in enumerate(keys):
+        rows_by_key.setdefault(key, []).append(row)
+    by_key = {}
+    for key, rows in rows_by_key.items():
+        bits = np.zeros(len(keys), dtype=np.uint8)
+        bits[rows] = _BIT[reason]
+        by_key[key] = bits
+    return by_key
 
 
 @dataclass(frozen=True)
@@ -250,8 +259,23 @@ class CampaignIndex:
         when campaigns change, so the last index built serves every request until then."""
         last = cls._last
         if last is None or last.campaigns is not campaigns:
-            last = cls._last = cls.build(campaigns)
+            rows = None if last is None else spend_changed_rows(last.campaigns, campaigns)
+            last = cls._last = cls.build(campaigns) if rows is None else last.with_spend(campaigns, rows)
         return last
+
+    def with_spend(self, campaigns: tuple[ServingCampaign, ...], rows: Sequence[int]) -> CampaignIndex:
+        """This index for ``campaigns``, which differ from its own in the spend of ``rows`` only."""
+        total_left, daily_left = self.total_left.copy(), self.daily_left.copy()
+        for row in rows:
+            campaign = campaigns[row]
+            total = campaign.total_budget_micros - campaign.spent_micros
+            daily = campaign.daily_budget_micros - campaign.spent_today_micros
+            if not (self.int64_safe and -_INT64_LIMIT < total < _INT64_LIMIT and -_INT64_LIMIT < daily < _INT64_LIMIT):
+                return self.build(campaigns)
+            total_left[row], daily_left[row] = total, daily
+        return replace(
+            self, campaigns=campaigns, by_row=_object_array(campaigns), total_left=total_left, daily_left=daily_left
+        )
 
     @classmethod
     def build(cls, campaigns: tuple[ServingCampaign, ...]) -> CampaignIndex:

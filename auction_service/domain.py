@@ -7,7 +7,8 @@ auction (``auction_service.auction``) reads only these. Money is integer micros.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from adstream.events import CampaignStatus, PricingModel
@@ -52,3 +53,19 @@ class AuctionContext:
     floor_cpm_micros: int = 0  # the seller's floor, per thousand impressions
     blocked_categories: frozenset[str] = field(default_factory=frozenset)
     blocked_advertisers: frozenset[str] = field(default_factory=frozenset)
+
+
+def spend_changed_rows(old: Sequence[ServingCampaign], new: Sequence[ServingCampaign]) -> list[int] | None:
+    """The rows where ``new`` differs from ``old`` in spend only, or None when anything else differs.
+
+    A reload after a charge replaces a few campaigns by copies with new spend: what is built
+    per snapshot (``CampaignIndex``, ``CampaignFeatures``) then updates those rows, not all.
+    """
+    if len(old) != len(new):
+        return None
+    rows = [row for row, (before, after) in enumerate(zip(old, new, strict=True)) if before is not after]
+    for row in rows:
+        before, after = old[row], new[row]
+        if replace(after, spent_micros=before.spent_micros, spent_today_micros=before.spent_today_micros) != before:
+            return None
+    return rows

@@ -13,14 +13,14 @@ by event_id.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from kafka.errors import KafkaError
-
 from adstream.contracts import Topic
 from adstream.events import BILLABLE_EVENT, FeedbackEvent, PricingModel
+from adstream.messaging import PublishFailed
 from adstream.settings import Settings
 from auction_service import store
 from auction_service.auction import DEFAULT_PCVR, AuctionOutcome, CampaignIndex, auction_record, run_auction
@@ -30,7 +30,6 @@ from auction_service.schemas import EventIn, EventResult
 from auction_service.serving_features import CampaignFeatures, candidate_columns
 from auction_service.state import ServiceState
 
-PUBLISH_TIMEOUT_S = 5.0
 CLOCK_SKEW = timedelta(seconds=5)  # events may carry a client time slightly before the auction's
 
 
@@ -118,7 +117,7 @@ def _rejected(state: ServiceState, event: EventIn, reason: str) -> EventResult:
     return EventResult(event_id=event.event_id, status="rejected", reason=reason)
 
 
-def record_events(state: ServiceState, events: list[EventIn], received_at: datetime) -> list[EventResult]:
+async def record_events(state: ServiceState, events: list[EventIn], received_at: datetime) -> list[EventResult]:
     """Validates, publishes (waiting for the acks) and bills a batch of events; one result per event.
 
     Raises ``BrokerUnavailable`` before anything is charged when Kafka does not acknowledge.
@@ -156,10 +155,12 @@ def record_events(state: ServiceState, events: list[EventIn], received_at: datet
         )  # fmt: skip
         checked.append((index, event, served, feedback, billable))
         results[index] = EventResult(event_id=event.event_id, status="accepted")
-    _publish(state, [feedback for _, _, _, feedback, _ in checked])
+    await _publish(state, [feedback for _, _, _, feedback, _ in checked])
     # By position, not event_id: an event sent twice in one batch is charged once, and the copy that
     # was charged must say so.
-    charged = {index: _bill(state, served, feedback) for index, _, served, feedback, billable in checked if billable}
+    billable = [(index, served, feedback) for index, _, served, feedback, billable in checked if billable]
+    # The store's transactions wait on disk and locks: one hop to a thread for the whole batch.
+    charged = await asyncio.to_thread(_bill_all, state, billable) if billable else {}
     for index, outcome in charged.items():
         results[index] = results[index].model_copy(
             update={"status": "duplicate" if outcome is None else "accepted", "charged_micros": outcome or 0}
@@ -175,21 +176,22 @@ def record_events(state: ServiceState, events: list[EventIn], received_at: datet
     return [results[index] for index in sorted(results)]
 
 
-def _publish(state: ServiceState, feedback: list[FeedbackEvent]) -> None:
+async def _publish(state: ServiceState, feedback: list[FeedbackEvent]) -> None:
     if not feedback:
         return
-    if state.producer is None:
-        raise BrokerUnavailable("no Kafka producer: the broker was unreachable when the service started")
+    if state.feedback_log is None:
+        raise BrokerUnavailable("no Kafka producer for ad-feedback: the service was not started")
+    records = [(event.auction_id, event.model_dump_json().encode()) for event in feedback]
     try:
-        futures = [
-            state.producer.send(Topic.AD_FEEDBACK, key=event.auction_id, value=event.model_dump(mode="json"))
-            for event in feedback
-        ]
-        deadline = time.monotonic() + PUBLISH_TIMEOUT_S
-        for future in futures:
-            future.get(timeout=max(0.1, deadline - time.monotonic()))
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"Kafka did not acknowledge the events ({type(exc).__name__})") from exc
+        await state.feedback_log.publish(Topic.AD_FEEDBACK, records)
+    except PublishFailed as exc:
+        raise BrokerUnavailable(f"Kafka did not acknowledge the events ({exc})") from exc
+
+
+def _bill_all(
+    state: ServiceState, billable: list[tuple[int, store.ServedAuctionRow, FeedbackEvent]]
+) -> dict[int, int | None]:
+    return {index: _bill(state, served, feedback) for index, served, feedback in billable}
 
 
 def _bill(state: ServiceState, served: store.ServedAuctionRow, feedback: FeedbackEvent) -> int | None:

@@ -40,7 +40,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from adstream.contracts import DagId, Table
 from adstream.settings import Settings
-from auction_service.domain import AuctionContext, ServingCampaign
+from auction_service.domain import AuctionContext, ServingCampaign, spend_changed_rows
 from ml.scorer import Coded
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,9 @@ class CampaignFeatures:
         on change, never edited), then reused until either changes."""
         last = cls._last
         if last is not None and last[0] is campaigns and last[1] is features:
+            return last[2]
+        if last is not None and last[1] is features and spend_changed_rows(last[0], campaigns) is not None:
+            cls._last = (campaigns, features, last[2])  # copies with new spend, which no feature reads
             return last[2]
         built = cls.build(campaigns, features)
         cls._last = (campaigns, features, built)

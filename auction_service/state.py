@@ -19,7 +19,7 @@ from typing import Any
 from kafka import KafkaProducer
 from sqlalchemy.orm import Session, sessionmaker
 
-from adstream.messaging import BrokerUnavailable, LogProducer, make_producer
+from adstream.messaging import AckedProducer, BrokerUnavailable, LogProducer, make_producer
 from adstream.settings import Settings
 from auction_service import store
 from auction_service.books import AuctionStats, ExposureBook, FrequencyBook
@@ -31,6 +31,7 @@ from auction_service.serving_features import FeatureStore
 
 log = logging.getLogger(__name__)
 FEATURE_RELOAD_EVERY = 40  # housekeeping ticks (about 10 s at the default 250 ms)
+PUBLISH_TIMEOUT_S = 5.0  # an event batch not acknowledged by then answers 503 (retry), nothing charged
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,13 @@ class CampaignSnapshot:
     marker: tuple[int, int] | None
     day: Any  # the UTC date it was loaded for
     loaded_at: datetime
+    revisions: dict[str, int] = field(default_factory=dict)  # of the campaigns, as they were loaded
 
 
-def _snapshot(campaigns: list[ServingCampaign], marker: tuple[int, int] | None, now: datetime) -> CampaignSnapshot:
-    return CampaignSnapshot(tuple(campaigns), {c.campaign_id: c for c in campaigns}, marker, now.date(), now)
+def _snapshot(
+    campaigns: list[ServingCampaign], marker: tuple[int, int] | None, now: datetime, revisions: dict[str, int]
+) -> CampaignSnapshot:
+    return CampaignSnapshot(tuple(campaigns), {c.campaign_id: c for c in campaigns}, marker, now.date(), now, revisions)
 
 
 @dataclass
@@ -52,13 +56,14 @@ class ServiceState:
     sessions: sessionmaker[Session]
     model: ServingModel
     features: FeatureStore
-    producer: KafkaProducer | None  # ad-feedback and campaign instructions: sends that wait for the ack
+    producer: KafkaProducer | None  # campaign instructions: sends that wait for the ack
     auction_log: LogProducer | None = None  # the auctions topic: one record per auction, not waited for
+    feedback_log: AckedProducer | None = None  # ad-feedback: each batch waits for the acks
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     stats: AuctionStats = field(default_factory=AuctionStats)
     exposure: ExposureBook = field(default_factory=ExposureBook)
     frequency: FrequencyBook = field(default_factory=FrequencyBook)
-    campaigns: CampaignSnapshot = field(default_factory=lambda: _snapshot([], None, datetime.now(UTC)))
+    campaigns: CampaignSnapshot = field(default_factory=lambda: _snapshot([], None, datetime.now(UTC), {}))
     watcher: ModelWatcher | None = None
     served: dict[str, store.ServedAuctionRow] = field(default_factory=dict)
     _served_order: deque[tuple[datetime, str]] = field(default_factory=deque)
@@ -94,6 +99,9 @@ class ServiceState:
             client_id="auction-service-log",
             on_lost=lambda _reason: self.metrics.auctions.labels(outcome="unlogged").inc(),
         )
+        self.feedback_log = AckedProducer(
+            self.settings, client_id="auction-service-feedback", timeout_s=PUBLISH_TIMEOUT_S
+        )
         if self.producer is None:
             try:
                 # A send waits at most this long for metadata when the broker went away since.
@@ -115,6 +123,8 @@ class ServiceState:
         self.flush_served()
         if self.auction_log is not None:
             self.auction_log.flush(10)
+        if self.feedback_log is not None:
+            self.feedback_log.close(10)
         if self.producer is not None:
             self.producer.flush(timeout=10)
             self.producer.close(timeout=10)
@@ -148,18 +158,26 @@ class ServiceState:
         now = datetime.now(UTC)
         with self._lock:
             charged, self._charged = self._charged, []
+        current = self.campaigns
         try:
             with self.sessions() as session:
                 marker = store.campaign_change_marker(session)
-                if not charged and not force and marker == self.campaigns.marker and now.date() == self.campaigns.day:
+                if not charged and not force and marker == current.marker and now.date() == current.day:
                     return False
-                campaigns = store.serving_campaigns(session, now)
+                revisions = store.serving_revisions(session, now)
+                if force or now.date() != current.day or revisions.keys() != current.revisions.keys():
+                    campaigns = store.serving_campaigns(session, now)
+                else:
+                    # Mostly a charge or two since the last load: read back only the campaigns they changed.
+                    changed = [cid for cid, revision in revisions.items() if current.revisions[cid] != revision]
+                    fresh = {c.campaign_id: c for c in store.serving_campaigns(session, now, only=changed)}
+                    campaigns = [fresh.get(c.campaign_id, c) for c in current.campaigns]
         except BaseException:
             with self._lock:
                 self._charged[:0] = charged
             raise
         with self.snapshot_lock:
-            self.campaigns = _snapshot(campaigns, marker, now)
+            self.campaigns = _snapshot(campaigns, marker, now, revisions)
             for auction_id in charged:
                 self.exposure.release(auction_id)
         self.metrics.campaigns_serving.set(len(campaigns))

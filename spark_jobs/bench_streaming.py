@@ -391,7 +391,7 @@ class Tally:
 
 
 def iso_time(micros: int) -> str:
-    """As the auction service's ``model_dump(mode="json")`` writes an event time."""
+    """As the auction service's ``model_dump_json`` writes an event time."""
     return datetime.fromtimestamp(micros / 1e6, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

@@ -425,6 +425,23 @@ def test_the_index_of_a_snapshot_is_built_once() -> None:
     assert CampaignIndex.of((make_campaign("c1"),)) is not index
 
 
+def test_a_reload_that_changed_spend_only_updates_those_rows_of_the_index() -> None:
+    campaigns = (make_campaign("c1"), make_campaign("c2"), make_campaign("c3"))
+    index = CampaignIndex.of(campaigns)
+    c2 = dataclasses.replace(campaigns[1], spent_micros=100_000_000, spent_today_micros=4_000_000)  # budget spent
+    c3 = dataclasses.replace(campaigns[2], spent_today_micros=9_000_000)
+    charged = (campaigns[0], c2, c3)
+    updated = CampaignIndex.of(charged)
+    assert updated is not index and updated.by_age is index.by_age  # updated, not rebuilt
+    assert updated.total_left.tolist() == [100_000_000, 0, 100_000_000]
+    assert updated.daily_left.tolist() == [10_000_000, 6_000_000, 1_000_000]
+    rows, filtered = updated.eligible_rows(make_context(), impressions_today={}, reserved_micros={"c3": 1_000_000})
+    assert updated.take(rows) == [campaigns[0]]
+    assert filtered == Counter({FilterReason.TOTAL_BUDGET: 1, FilterReason.DAILY_BUDGET: 1})
+    rebid = CampaignIndex.of((campaigns[0], c2, dataclasses.replace(c3, bid_micros=1)))
+    assert rebid.by_age is not index.by_age and rebid.bids.cpm.tolist() == [5_000_000, 5_000_000, 1]
+
+
 # --- the auctions record ------------------------------------------------------------------------
 
 

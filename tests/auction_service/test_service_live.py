@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adstream.contracts import CHAMPION_ALIAS, REGISTERED_MODEL, Topic
-from adstream.messaging import make_producer
+from adstream.messaging import AckedProducer
 from auction_service import store
 from auction_service.main import create_app
 from auction_service.model import PollOutcome
@@ -116,22 +116,22 @@ def test_kafka_down_during_events_is_503_with_retry_advice_and_nothing_recorded(
     reserved_before = state.exposure.reserved_micros.get("live-kafka")
     assert reserved_before
 
-    # A broker nobody listens on (metadata never arrives, sends fail after max_block_ms), then
-    # no producer at all (the broker was unreachable when the service started).
+    # A broker nobody listens on (no record is acknowledged within the timeout), then no
+    # producer at all (a service that was not started).
     unreachable = state.settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
-    dead = make_producer(unreachable, api_version=(3, 9), max_block_ms=500)
-    working = state.producer
+    dead = AckedProducer(unreachable, client_id="test-dead", timeout_s=0.5)
+    working = state.feedback_log
     try:
         for producer in (dead, None):
-            state.producer = producer
+            state.feedback_log = producer
             for body in ({"events": events}, events[0]):
                 refused = client.post("/v1/events", json=body)
                 assert refused.status_code == 503, refused.text
                 assert refused.headers["Retry-After"] == "1"
                 assert "retry the same events with the same event_id" in refused.json()["detail"]
     finally:
-        state.producer = working
-        dead.close(timeout=1)
+        state.feedback_log = working
+        dead.close(timeout_s=1)
 
     # Nothing half-recorded: no spend, no ledger row, the reservations still held, nothing on the topic.
     now = datetime.now(UTC)

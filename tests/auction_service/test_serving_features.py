@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -247,7 +248,11 @@ def test_campaign_features_are_reused_until_a_snapshot_is_replaced(store):
     campaigns, features = tuple(CAMPAIGNS), store.current
     first = CampaignFeatures.of(campaigns, features)
     assert CampaignFeatures.of(campaigns, features) is first
-    assert CampaignFeatures.of(tuple(CAMPAIGNS), features) is not first  # the service loaded campaigns again
+    charged = (dataclasses.replace(campaigns[0], spent_micros=7, spent_today_micros=7), *campaigns[1:])
+    assert CampaignFeatures.of(charged, features) is first  # spend is no feature
+    recategorised = (*charged[:-1], dataclasses.replace(charged[-1], category="Finance"))
+    rebuilt = CampaignFeatures.of(recategorised, features)
+    assert rebuilt is not first and rebuilt.category_names[rebuilt.category_code[-1]] == "Finance"
 
 
 # --- defaults -------------------------------------------------------------------------------------

@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
 from adstream.events import EventType
-from auction_service.api.deps import StateDep
 from auction_service.flows import BrokerUnavailable, record_events
 from auction_service.schemas import ID_PATTERN, EventBatch, EventBatchResult, EventIn
 
@@ -18,9 +17,9 @@ RETRY = "retry the same events with the same event_id: a replay is never charged
 TrackedAuctionId = Annotated[str, Path(min_length=1, max_length=64 - len("-video_complete"), pattern=ID_PATTERN)]
 
 
-def _record(state, events: list[EventIn]) -> EventBatchResult:
+async def _record(request: Request, events: list[EventIn]) -> EventBatchResult:
     try:
-        results = record_events(state, events, datetime.now(UTC))
+        results = await record_events(request.app.state.service, events, datetime.now(UTC))
     except BrokerUnavailable as exc:
         unavailable = status.HTTP_503_SERVICE_UNAVAILABLE
         raise HTTPException(unavailable, f"{exc}; {RETRY}", headers={"Retry-After": "1"}) from exc
@@ -29,21 +28,21 @@ def _record(state, events: list[EventIn]) -> EventBatchResult:
 
 
 @router.post("", response_model=EventBatchResult, status_code=202)
-def post_events(body: EventIn | EventBatch, state: StateDep, response: Response) -> EventBatchResult:
+async def post_events(body: EventIn | EventBatch, request: Request) -> EventBatchResult:
     """One event, or ``{"events": [...]}`` (up to 1000). Rejected events are listed with their reason;
     a single rejected event answers 422."""
     events = body.events if isinstance(body, EventBatch) else [body]
-    result = _record(state, events)
+    result = await _record(request, events)
     if isinstance(body, EventIn) and result.rejected:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, result.results[0].reason)
     return result
 
 
 @router.get("/track/{auction_id}/{event_type}", status_code=204, responses={204: {"description": "recorded"}})
-def track(auction_id: TrackedAuctionId, event_type: EventType, state: StateDep) -> Response:
+async def track(auction_id: TrackedAuctionId, event_type: EventType, request: Request) -> Response:
     """A tracking pixel: the event id is derived from the auction, so a pixel that fires twice counts once."""
     event = EventIn(event_id=f"{auction_id}-{event_type}", event_type=event_type, auction_id=auction_id)
-    result = _record(state, [event])
+    result = await _record(request, [event])
     if result.rejected:
         raise HTTPException(status.HTTP_404_NOT_FOUND, result.results[0].reason)
     return Response(status_code=204)
