@@ -232,6 +232,7 @@ class CampaignIndex:
     campaigns: tuple[ServingCampaign, ...]
     by_row: np.ndarray  # the campaigns again, as an object array (taking rows from it is one call)
     campaign_ids: np.ndarray  # object array of str
+    row_of: dict[str, int]  # campaign id -> row
     inactive: np.ndarray
     flight_start: np.ndarray  # int64 microseconds since the epoch
     flight_end: np.ndarray
@@ -288,6 +289,7 @@ class CampaignIndex:
             campaigns=campaigns,
             by_row=_object_array(campaigns),
             campaign_ids=_object_array([c.campaign_id for c in campaigns]),
+            row_of={c.campaign_id: row for row, c in enumerate(campaigns)},
             inactive=_bits([c.status != CampaignStatus.ACTIVE for c in campaigns], FilterReason.STATUS),
             flight_start=np.array(flight_start, dtype=np.int64),
             flight_end=np.array(flight_end, dtype=np.int64),
@@ -318,8 +320,13 @@ class CampaignIndex:
         *,
         impressions_today: Mapping[str, int],
         reserved_micros: Mapping[str, int],
+        held_by_row: np.ndarray | None = None,
     ) -> tuple[np.ndarray, Counter[str]]:
-        """The rows (ascending) of the campaigns that may serve ``context``, and the filter counts, as ``eligible``."""
+        """The rows (ascending) of the campaigns that may serve ``context``, and the filter counts, as ``eligible``.
+
+        ``held_by_row``, when given, is ``reserved_micros`` again as an int64 array by row (read
+        in one gather instead of a lookup per candidate: ``ExposureBook.held_by_row``).
+        """
         failed = (
             self.inactive
             | self._flight_bits(_micros_since_epoch(context.at))
@@ -337,7 +344,7 @@ class CampaignIndex:
         if not first_failed[8]:
             return _NO_ROWS, filtered
         rows = np.flatnonzero(failed == 0)
-        return self._affordable(rows, filtered, impressions_today, reserved_micros), filtered
+        return self._affordable(rows, filtered, impressions_today, reserved_micros, held_by_row), filtered
 
     def _flight_bits(self, at: int) -> np.ndarray:
         latest_start, earliest_end = self.every_flight
@@ -365,14 +372,17 @@ class CampaignIndex:
         filtered: Counter[str],
         impressions_today: Mapping[str, int],
         reserved_micros: Mapping[str, int],
+        held_by_row: np.ndarray | None,
     ) -> np.ndarray:
         """``rows`` less those out of total or daily budget (reservations counted) or at the frequency cap.
 
         The books are read with ``get`` only (other threads write them under their own locks).
         """
-        row_ids = self.campaign_ids[rows].tolist() if reserved_micros or impressions_today else []
         held: np.ndarray | int = 0
-        if reserved_micros:
+        if held_by_row is not None:
+            held = held_by_row[rows]
+        elif reserved_micros:
+            row_ids = self.campaign_ids[rows].tolist()
             try:
                 held = np.fromiter(map(reserved_micros.get, row_ids, repeat(0)), dtype=np.int64, count=rows.size)
             except OverflowError:  # a reservation beyond int64: Python integers decide
@@ -384,9 +394,14 @@ class CampaignIndex:
         over_daily = (self.daily_left[rows] <= held) & ~over_total
         keep = ~(over_total | over_daily)
         capped = np.zeros(0, dtype=bool)
-        if impressions_today:
-            seen = np.fromiter(map(impressions_today.get, row_ids, repeat(0)), dtype=np.int64, count=rows.size)
-            capped = keep & (seen >= self.frequency_cap[rows])
+        # A user has seen a few campaigns today: look those up, not every candidate.
+        at_cap = [
+            row
+            for campaign_id, seen in impressions_today.items()
+            if (row := self.row_of.get(campaign_id)) is not None and seen >= self.frequency_cap[row]
+        ]
+        if at_cap:
+            capped = keep & np.isin(rows, at_cap)
             keep &= ~capped
         for reason, dropped in (
             (FilterReason.TOTAL_BUDGET, over_total),

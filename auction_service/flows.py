@@ -54,6 +54,7 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
             context,
             impressions_today=state.frequency.impressions_today(context.user_id, context.at),
             reserved_micros=state.exposure.reserved_micros,
+            held_by_row=state.exposure.held_by_row(index.campaign_ids),
         )
     candidates = index.take(rows)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)

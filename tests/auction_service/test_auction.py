@@ -416,6 +416,12 @@ def test_the_campaign_index_applies_every_rule_like_the_rules_one_by_one(
     rows, filtered = index.eligible_rows(context, impressions_today=impressions, reserved_micros=reserved)
     assert index.take(rows) == [c for c in campaigns if expected[c.campaign_id] is None]
     assert filtered == Counter(reason for reason in expected.values() if reason is not None)
+    # The reservations as an array by row (how the service passes them) decide the same.
+    by_row = np.array([reserved.get(c.campaign_id, 0) for c in campaigns], dtype=np.int64)
+    rows_by_array, filtered_by_array = index.eligible_rows(
+        context, impressions_today=impressions, reserved_micros=reserved, held_by_row=by_row
+    )
+    assert rows_by_array.tolist() == rows.tolist() and filtered_by_array == filtered
 
 
 def test_the_index_of_a_snapshot_is_built_once() -> None:

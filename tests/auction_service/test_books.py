@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from auction_service.books import (
@@ -43,6 +44,31 @@ def test_exposure_is_held_until_billed_or_expired():
     assert book.expire(T + timedelta(minutes=10)) == 1
     assert book.reserved_micros == {"c2": 50} and book.outstanding() == 1
     assert book.expire(T + timedelta(minutes=30)) == 0
+
+
+def test_the_reservations_by_row_follow_the_exact_totals_for_any_campaign_order():
+    book = ExposureBook()
+    later = T + timedelta(hours=1)
+    # More campaigns than the array starts with, so it grows while reservations come and go.
+    for i in range(1_500):
+        book.reserve(Reservation(f"a{i}", f"c{i % 1_100}", 10 + i, later))
+    for i in range(0, 1_500, 3):
+        book.release(f"a{i}")
+    rows = np.array([f"c{i}" for i in (1_099, 0, 5, 1_050, 7)] + ["never-reserved"], dtype=object)
+    held = book.held_by_row(rows)
+    assert held.dtype == np.int64
+    assert held.tolist() == [book.reserved_micros.get(campaign_id, 0) for campaign_id in rows.tolist()]
+    assert held.tolist()[:2] == [1_109, 1_110 + 0]  # c1099: a1099 only; c0: a1100 (a0 released)
+    assert book.held_by_row(rows) is not held and book.held_by_row(rows).tolist() == held.tolist()
+
+
+def test_reservations_beyond_int64_leave_only_the_exact_totals():
+    book = ExposureBook()
+    later = T + timedelta(hours=1)
+    book.reserve(Reservation("a1", "c1", 2**62, later))
+    book.reserve(Reservation("a2", "c1", 2**62, later))  # 2**63: no int64 holds it
+    assert book.reserved_micros == {"c1": 2**63}
+    assert book.held_by_row(np.array(["c1"], dtype=object)) is None
 
 
 def test_frequency_counts_per_user_and_campaign_and_restarts_each_utc_day():
