@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Concatenate, ParamSpec, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, Insert, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, Insert, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -434,6 +434,32 @@ def campaign_change_marker(session: Session) -> tuple[int, int]:
 # --- spend (the auction service, per billable event) ---
 
 
+# The statements of record_spend, built once: building and hashing a statement per billable
+# event cost more than running it. Core (table-level) statements: there are no ORM objects to sync.
+_CAMPAIGNS, _DAILY_SPEND = Campaign.__table__, DailySpend.__table__
+_CHARGE_CAMPAIGN = (
+    update(_CAMPAIGNS)
+    .where(_CAMPAIGNS.c.campaign_id == bindparam("b_campaign_id"))
+    .values(
+        spent_micros=_CAMPAIGNS.c.spent_micros + bindparam("b_cost"),
+        revision=_CAMPAIGNS.c.revision + 1,
+        updated_at=bindparam("b_now", type_=_CAMPAIGNS.c.updated_at.type),
+    )
+    .returning(_CAMPAIGNS.c.spent_micros, _CAMPAIGNS.c.total_budget_micros, _CAMPAIGNS.c.daily_budget_micros)
+)
+_LEDGER_INSERT = insert(SpendLedgerEntry.__table__)
+_CHARGE_DAY = (
+    update(_DAILY_SPEND)
+    .where(
+        _DAILY_SPEND.c.campaign_id == bindparam("b_campaign_id"),
+        _DAILY_SPEND.c.day == bindparam("b_day", type_=_DAILY_SPEND.c.day.type),
+    )
+    .values(spent_micros=_DAILY_SPEND.c.spent_micros + bindparam("b_cost"))
+    .returning(_DAILY_SPEND.c.spent_micros)
+)
+_DAY_INSERT = insert(_DAILY_SPEND)
+
+
 def record_spend(
     session: Session,
     *,
@@ -458,15 +484,7 @@ def record_spend(
     try:
         # The campaign row first: it is the lock every spend on this campaign queues on.
         charged = session.execute(
-            update(Campaign)
-            .where(Campaign.campaign_id == campaign_id)
-            .values(
-                spent_micros=Campaign.spent_micros + cost_micros,
-                revision=Campaign.revision + 1,
-                updated_at=now,
-            )
-            .returning(Campaign.spent_micros, Campaign.total_budget_micros, Campaign.daily_budget_micros)
-            .execution_options(synchronize_session=False)  # no ORM objects to refresh: this is the hot path
+            _CHARGE_CAMPAIGN, {"b_campaign_id": campaign_id, "b_cost": cost_micros, "b_now": now}
         ).one_or_none()
         if charged is None:
             session.rollback()
@@ -474,29 +492,26 @@ def record_spend(
         spent, total_budget, daily_budget = charged
         try:
             session.execute(
-                insert(SpendLedgerEntry).values(
-                    event_id=event_id,
-                    auction_id=auction_id,
-                    campaign_id=campaign_id,
-                    event_type=str(event_type),
-                    cost_micros=cost_micros,
-                    event_time=event_time,
-                    recorded_at=now,
-                )
+                _LEDGER_INSERT,
+                {
+                    "event_id": event_id,
+                    "auction_id": auction_id,
+                    "campaign_id": campaign_id,
+                    "event_type": str(event_type),
+                    "cost_micros": cost_micros,
+                    "event_time": event_time,
+                    "recorded_at": now,
+                },
             )
         except IntegrityError:
             session.rollback()
             return _current_spend(session, SpendOutcome.DUPLICATE, campaign_id, day)
         spent_today = session.execute(
-            update(DailySpend)
-            .where(DailySpend.campaign_id == campaign_id, DailySpend.day == day)
-            .values(spent_micros=DailySpend.spent_micros + cost_micros)
-            .returning(DailySpend.spent_micros)
-            .execution_options(synchronize_session=False)
+            _CHARGE_DAY, {"b_campaign_id": campaign_id, "b_day": day, "b_cost": cost_micros}
         ).scalar_one_or_none()
         if spent_today is None:
             # No row for that day yet. The campaign row lock taken above means no concurrent insert can race this one.
-            session.execute(insert(DailySpend).values(campaign_id=campaign_id, day=day, spent_micros=cost_micros))
+            session.execute(_DAY_INSERT, {"campaign_id": campaign_id, "day": day, "spent_micros": cost_micros})
             spent_today = cost_micros
         session.commit()
     except BaseException:
