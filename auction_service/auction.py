@@ -51,7 +51,7 @@ from typing import ClassVar
 import numpy as np
 
 from adstream.events import AuctionRecord, CampaignStatus, PricingModel
-from auction_service.domain import AuctionContext, ServingCampaign, spend_changed_rows
+from auction_service.domain import AuctionContext, ServingCampaign, fits_int64, spend_changed_rows
 
 DEFAULT_PCVR = 0.05  # conversions per click for CPA campaigns, until a conversion model exists
 PRICE_INCREMENT_MICROS = 10_000  # one cent: what the winner pays above the runner-up's eCPM
@@ -141,9 +141,6 @@ def eligible(
     return index.take(rows), filtered
 
 
-# Budgets left and reservations are compared as int64; a value beyond int64 (over nine
-# trillion dollars in micros) is checked with Python integers instead.
-_INT64_LIMIT = 2**63
 _NO_ROWS = np.empty(0, dtype=np.intp)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -271,7 +268,7 @@ class CampaignIndex:
             campaign = campaigns[row]
             total = campaign.total_budget_micros - campaign.spent_micros
             daily = campaign.daily_budget_micros - campaign.spent_today_micros
-            if not (self.int64_safe and -_INT64_LIMIT < total < _INT64_LIMIT and -_INT64_LIMIT < daily < _INT64_LIMIT):
+            if not (self.int64_safe and fits_int64(total, daily)):
                 return self.build(campaigns)
             total_left[row], daily_left[row] = total, daily
         return replace(
@@ -282,7 +279,7 @@ class CampaignIndex:
     def build(cls, campaigns: tuple[ServingCampaign, ...]) -> CampaignIndex:
         total_left = [c.total_budget_micros - c.spent_micros for c in campaigns]
         daily_left = [c.daily_budget_micros - c.spent_today_micros for c in campaigns]
-        int64_safe = all(-_INT64_LIMIT < v < _INT64_LIMIT for v in (*total_left, *daily_left))
+        int64_safe = fits_int64(*total_left, *daily_left)
         flight_start = [_micros_since_epoch(c.flight_start) for c in campaigns]
         flight_end = [_micros_since_epoch(c.flight_end) for c in campaigns]
         return cls(

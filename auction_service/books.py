@@ -29,6 +29,7 @@ from decimal import Decimal
 import numpy as np
 
 from adstream.events import PricingModel
+from auction_service.domain import fits_int64
 
 
 def billable_cost_micros(pricing_model: PricingModel | str, clearing_price_micros: int) -> int:
@@ -58,9 +59,6 @@ class Reservation:
     campaign_id: str
     amount_micros: int
     expires_at: datetime
-
-
-_INT64_LIMIT = 2**63
 
 
 @dataclass
@@ -105,7 +103,7 @@ class ExposureBook:
             self.reserved_micros[campaign_id] = total
         else:
             self.reserved_micros.pop(campaign_id, None)
-        if not -_INT64_LIMIT < total < _INT64_LIMIT:
+        if not fits_int64(total):
             self._beyond_int64 = True
             return
         slot = self._slot(campaign_id)  # first: it may replace the array

@@ -55,6 +55,12 @@ class AuctionContext:
     blocked_advertisers: frozenset[str] = field(default_factory=frozenset)
 
 
+def fits_int64(*values: int) -> bool:
+    """Whether numpy int64 holds every value. Budgets and reservations are compared as int64; beyond
+    it (over nine trillion dollars in micros) Python integers decide."""
+    return all(-(2**63) < value < 2**63 for value in values)
+
+
 def spend_changed_rows(old: Sequence[ServingCampaign], new: Sequence[ServingCampaign]) -> list[int] | None:
     """The rows where ``new`` differs from ``old`` in spend only, or None when anything else differs.
 
