@@ -13,7 +13,6 @@ by event_id.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -160,8 +159,7 @@ async def record_events(state: ServiceState, events: list[EventIn], received_at:
     # By position, not event_id: an event sent twice in one batch is charged once, and the copy that
     # was charged must say so.
     billable = [(index, served, feedback) for index, _, served, feedback, billable in checked if billable]
-    # The store's transactions wait on disk and locks: one hop to a thread for the whole batch.
-    charged = await asyncio.to_thread(_bill_all, state, billable) if billable else {}
+    charged = await _bill_all(state, billable) if billable else {}
     for index, outcome in charged.items():
         results[index] = results[index].model_copy(
             update={"status": "duplicate" if outcome is None else "accepted", "charged_micros": outcome or 0}
@@ -189,21 +187,25 @@ async def _publish(state: ServiceState, feedback: list[FeedbackEvent]) -> None:
         raise BrokerUnavailable(f"Kafka did not acknowledge the events ({exc})") from exc
 
 
-def _bill_all(
+async def _bill_all(
     state: ServiceState, billable: list[tuple[int, store.ServedAuctionRow, FeedbackEvent]]
 ) -> dict[int, int | None]:
-    return {index: _bill(state, served, feedback) for index, served, feedback in billable}
+    """Charges the billable events; by index, the micros charged, or None for a duplicate (nothing charged)."""
+    charges = [_charge_of(served, feedback) for _, served, feedback in billable]
+    results = await state.spend_ledger.record(charges)
+    charged: dict[int, int | None] = {}
+    for (index, served, feedback), result in zip(billable, results, strict=True):
+        if result.outcome is not store.SpendOutcome.RECORDED:
+            charged[index] = None
+            continue
+        state.release_when_reloaded(served.auction_id)
+        state.metrics.spend.labels(pricing_model=served.pricing_model).inc(feedback.cost_micros)
+        charged[index] = feedback.cost_micros
+    return charged
 
 
-def _bill(state: ServiceState, served: store.ServedAuctionRow, feedback: FeedbackEvent) -> int | None:
-    """Charges the billable event; the micros charged, or None for a duplicate (nothing charged)."""
-    with state.sessions() as session:
-        result = store.record_spend(
-            session, event_id=feedback.event_id, auction_id=served.auction_id, campaign_id=served.campaign_id,
-            event_type=feedback.event_type, cost_micros=feedback.cost_micros, event_time=feedback.event_time,
-        )  # fmt: skip
-    if result.outcome is not store.SpendOutcome.RECORDED:
-        return None
-    state.release_when_reloaded(served.auction_id)
-    state.metrics.spend.labels(pricing_model=served.pricing_model).inc(feedback.cost_micros)
-    return feedback.cost_micros
+def _charge_of(served: store.ServedAuctionRow, feedback: FeedbackEvent) -> store.Charge:
+    return store.Charge(
+        event_id=feedback.event_id, auction_id=served.auction_id, campaign_id=served.campaign_id,
+        event_type=feedback.event_type, cost_micros=feedback.cost_micros, event_time=feedback.event_time,
+    )  # fmt: skip

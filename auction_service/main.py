@@ -8,14 +8,18 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import get_type_hints
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adstream.settings import LOCAL_DEFAULT_SECRETS, Settings, get_settings
+from auction_service.api.direct import DirectRoute, DirectRoutes, replaying
 from auction_service.api.routes import auction, campaigns, events, ops
 from auction_service.model import ModelNotReady
 from auction_service.state import ServiceState
@@ -68,11 +72,7 @@ class BodySizeCap:
                 return
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(messages, receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = {"detail": f"request body over {self.limit} bytes; send smaller batches"}
@@ -123,8 +123,6 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     if state is not None:
         app.state.service = state
 
-    app.add_middleware(BodySizeCap, limit=settings.auction_max_body_bytes)
-
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -139,7 +137,23 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
 
     for router in (auction.router, events.router, campaigns.router, ops.router):
         app.include_router(router)
+    # Added last is outermost: the size cap sees every request before the direct routes do.
+    app.add_middleware(DirectRoutes, routes=direct_routes(app), exception_handlers=app.exception_handlers)
+    app.add_middleware(BodySizeCap, limit=settings.auction_max_body_bytes)
     return app
+
+
+HOT_ENDPOINTS = (auction.auction, auction.openrtb_auction, events.post_events)
+
+
+def direct_routes(app: FastAPI) -> dict[str, DirectRoute]:
+    """The hot routes by path, with the path, body type and status taken from the app's own routes."""
+    table = {}
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.endpoint in HOT_ENDPOINTS and route.methods == {"POST"}:
+            body_type = get_type_hints(route.endpoint)["body"]
+            table[route.path] = DirectRoute(TypeAdapter(body_type), route.endpoint, route.status_code or 200)
+    return table
 
 
 def jsonable(errors: list[dict]) -> list[dict]:

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Concatenate, ParamSpec, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, Insert, and_, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Insert, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -447,7 +447,11 @@ _CHARGE_CAMPAIGN = (
     )
     .returning(_CAMPAIGNS.c.spent_micros, _CAMPAIGNS.c.total_budget_micros, _CAMPAIGNS.c.daily_budget_micros)
 )
-_LEDGER_INSERT = insert(SpendLedgerEntry.__table__)
+_UNDO_CHARGE = (
+    update(_CAMPAIGNS)
+    .where(_CAMPAIGNS.c.campaign_id == bindparam("b_campaign_id"))
+    .values(spent_micros=_CAMPAIGNS.c.spent_micros - bindparam("b_cost"), revision=_CAMPAIGNS.c.revision - 1)
+)
 _CHARGE_DAY = (
     update(_DAILY_SPEND)
     .where(
@@ -458,6 +462,35 @@ _CHARGE_DAY = (
     .returning(_DAILY_SPEND.c.spent_micros)
 )
 _DAY_INSERT = insert(_DAILY_SPEND)
+_LEDGER = SpendLedgerEntry.__table__
+_BILLED = select(_LEDGER.c.event_id, _LEDGER.c.auction_id).where(
+    _LEDGER.c.event_id.in_(bindparam("b_event_ids", expanding=True))
+    | _LEDGER.c.auction_id.in_(bindparam("b_auction_ids", expanding=True))
+)
+
+
+def _insert_new(session: Session, table: Table) -> Insert:
+    """INSERT .. ON CONFLICT DO NOTHING RETURNING the key: a row that breaks any unique key is
+    skipped, and only the rows inserted come back (on SQLite and PostgreSQL alike)."""
+    return _insert_new_for(session.get_bind().dialect.name, table)
+
+
+@functools.cache
+def _insert_new_for(dialect_name: str, table: Table) -> Insert:
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}[dialect_name]
+    return dialect.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One billable event to charge: ``cost_micros`` to ``campaign_id``, once per event_id and per auction."""
+
+    event_id: str
+    auction_id: str
+    campaign_id: str
+    event_type: str
+    cost_micros: int
+    event_time: datetime
 
 
 def record_spend(
@@ -470,61 +503,76 @@ def record_spend(
     cost_micros: int,
     event_time: datetime,
 ) -> SpendResult:
-    """Charge one billable event to its campaign, once, in one committed transaction.
+    """Charge one billable event, once, in one committed transaction; see ``record_spends``."""
+    charge = Charge(event_id, auction_id, campaign_id, event_type, cost_micros, event_time)
+    return record_spends(session, [charge])[0]
 
-    The ledger row (unique on event_id), the campaign's total and the event's UTC day
-    move together or not at all. A replayed event_id charges nothing and reports
-    ``duplicate`` with the campaign's current spend.
+
+def record_spends(session: Session, charges: Sequence[Charge]) -> list[SpendResult]:
+    """Charge billable events to their campaigns, each once, in one committed transaction; a result per charge.
+
+    Per charge, the ledger row (unique on event_id and on auction_id), the campaign's total
+    and the event's UTC day move together. A replayed event, or a second event of an auction
+    already billed (also within ``charges``), charges nothing and reports ``duplicate`` with
+    the campaign's spend. A batch is one commit however many charges it holds: the auction
+    service groups the charges of concurrent requests this way.
     """
-    if cost_micros < 0:
-        raise ValueError(f"cost_micros must be >= 0, got {cost_micros}")
-    day = _utc_day(event_time)
+    for charge in charges:
+        if charge.cost_micros < 0:
+            raise ValueError(f"cost_micros must be >= 0, got {charge.cost_micros}")
+    days = [_utc_day(charge.event_time) for charge in charges]
     now = _utcnow()
+    results: list[SpendResult | None] = [None] * len(charges)
+    ledger_insert = _insert_new(session, _LEDGER)
     begin_write(session)
     try:
-        # The campaign row first: it is the lock every spend on this campaign queues on.
-        charged = session.execute(
-            _CHARGE_CAMPAIGN, {"b_campaign_id": campaign_id, "b_cost": cost_micros, "b_now": now}
-        ).one_or_none()
-        if charged is None:
-            session.rollback()
-            return SpendResult(SpendOutcome.UNKNOWN_CAMPAIGN, campaign_id)
-        spent, total_budget, daily_budget = charged
-        try:
-            session.execute(
-                _LEDGER_INSERT,
-                {
-                    "event_id": event_id,
-                    "auction_id": auction_id,
-                    "campaign_id": campaign_id,
-                    "event_type": str(event_type),
-                    "cost_micros": cost_micros,
-                    "event_time": event_time,
-                    "recorded_at": now,
-                },
-            )
-        except IntegrityError:
-            session.rollback()
-            return _current_spend(session, SpendOutcome.DUPLICATE, campaign_id, day)
-        spent_today = session.execute(
-            _CHARGE_DAY, {"b_campaign_id": campaign_id, "b_day": day, "b_cost": cost_micros}
-        ).scalar_one_or_none()
-        if spent_today is None:
-            # No row for that day yet. The campaign row lock taken above means no concurrent insert can race this one.
-            session.execute(_DAY_INSERT, {"campaign_id": campaign_id, "day": day, "spent_micros": cost_micros})
-            spent_today = cost_micros
+        # One look at the ledger for the whole batch; then a replay touches no campaign row.
+        event_ids, auction_ids = {c.event_id for c in charges}, {c.auction_id for c in charges}
+        billed = session.execute(_BILLED, {"b_event_ids": list(event_ids), "b_auction_ids": list(auction_ids)}).all()
+        billed_events, billed_auctions = {row.event_id for row in billed}, {row.auction_id for row in billed}
+        # In (campaign, event) order: concurrent batches then take row locks in one order (PostgreSQL).
+        for index in sorted(range(len(charges)), key=lambda i: (charges[i].campaign_id, charges[i].event_id)):
+            charge, day = charges[index], days[index]
+            if charge.event_id in billed_events or charge.auction_id in billed_auctions:
+                results[index] = _current_spend(session, SpendOutcome.DUPLICATE, charge.campaign_id, day)
+                continue
+            results[index] = result = _charge(session, ledger_insert, charge, day, now)
+            if result.outcome is SpendOutcome.RECORDED:
+                billed_events.add(charge.event_id)
+                billed_auctions.add(charge.auction_id)
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return SpendResult(
-        SpendOutcome.RECORDED,
-        campaign_id,
-        spent_micros=spent,
-        remaining_micros=max(0, total_budget - spent),
-        spent_today_micros=spent_today,
-        daily_remaining_micros=max(0, daily_budget - spent_today),
-    )
+    return results  # type: ignore[return-value]
+
+
+def _charge(session: Session, ledger_insert: Insert, charge: Charge, day: date, now: datetime) -> SpendResult:
+    # The campaign row first: it is the lock every spend on this campaign queues on, and the
+    # ledger's foreign key needs the campaign to exist.
+    amount = {"b_campaign_id": charge.campaign_id, "b_cost": charge.cost_micros}
+    charged = session.execute(_CHARGE_CAMPAIGN, {**amount, "b_now": now}).one_or_none()
+    if charged is None:
+        return SpendResult(SpendOutcome.UNKNOWN_CAMPAIGN, charge.campaign_id)
+    row = {
+        "event_id": charge.event_id, "auction_id": charge.auction_id, "campaign_id": charge.campaign_id,
+        "event_type": str(charge.event_type), "cost_micros": charge.cost_micros, "event_time": charge.event_time,
+        "recorded_at": now,
+    }  # fmt: skip
+    if session.execute(ledger_insert, row).first() is None:
+        # Billed by a concurrent transaction since the look at the ledger (PostgreSQL; SQLite's writer
+        # holds the database): take this charge back, the batch's other charges stand.
+        session.execute(_UNDO_CHARGE, amount)
+        return _current_spend(session, SpendOutcome.DUPLICATE, charge.campaign_id, day)
+    spent, total_budget, daily_budget = charged
+    spent_today = session.execute(_CHARGE_DAY, {**amount, "b_day": day}).scalar_one_or_none()
+    if spent_today is None:
+        # No row for that day yet. The campaign row lock taken above means no concurrent insert can race this one.
+        session.execute(
+            _DAY_INSERT, {"campaign_id": charge.campaign_id, "day": day, "spent_micros": charge.cost_micros}
+        )
+        spent_today = charge.cost_micros
+    return _spend_result(SpendOutcome.RECORDED, charge.campaign_id, spent, total_budget, spent_today, daily_budget)
 
 
 def _current_spend(session: Session, outcome: SpendOutcome, campaign_id: str, day: date) -> SpendResult:
@@ -538,8 +586,13 @@ def _current_spend(session: Session, outcome: SpendOutcome, campaign_id: str, da
         .outerjoin(DailySpend, and_(DailySpend.campaign_id == Campaign.campaign_id, DailySpend.day == day))
         .where(Campaign.campaign_id == campaign_id)
     ).one()
-    session.rollback()  # end the read transaction; nothing was written
     spent, total_budget, daily_budget, spent_today = row
+    return _spend_result(outcome, campaign_id, spent, total_budget, spent_today, daily_budget)
+
+
+def _spend_result(
+    outcome: SpendOutcome, campaign_id: str, spent: int, total_budget: int, spent_today: int, daily_budget: int
+) -> SpendResult:
     return SpendResult(
         outcome,
         campaign_id,
@@ -605,7 +658,7 @@ def record_served_auctions(session: Session, rows: Sequence[ServedAuctionRow]) -
         # per row, and no query for the ids already there. Shallow dicts on purpose:
         # dataclasses.asdict deep-copies every value.
         inserted = session.execute(
-            _insert_new_served(session),
+            _insert_new(session, ServedAuction.__table__),
             [{name: getattr(row, name) for name in _SERVED_FIELDS} for row in rows],
         ).all()
         session.commit()
@@ -613,13 +666,6 @@ def record_served_auctions(session: Session, rows: Sequence[ServedAuctionRow]) -
         session.rollback()
         raise
     return len(inserted)
-
-
-def _insert_new_served(session: Session) -> Insert:
-    table = ServedAuction.__table__
-    dialect = {"sqlite": sqlite, "postgresql": postgresql}[session.get_bind().dialect.name]
-    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=[table.c.auction_id])
-    return statement.returning(table.c.auction_id)  # only the rows inserted: the count, on either dialect
 
 
 def served_auction(session: Session, auction_id: str) -> ServedAuctionRow | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import pwd
@@ -25,6 +26,7 @@ from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, P
 from auction_service import store
 from auction_service.db import make_engine, make_session_factory, migrate
 from auction_service.models import Base, Campaign, DailySpend, SpendLedgerEntry
+from auction_service.state import SpendLedger
 from auction_service.store import ApplyOutcome, SpendOutcome
 from tests.conftest import free_port, make_settings
 
@@ -365,6 +367,127 @@ def test_record_spend_refuses_negative_costs_and_naive_times(sessions):
         with pytest.raises(ValueError, match="naive"):
             spend(session, "e1", at=datetime(2026, 3, 10, 12, 0))
         assert store.get_campaign(session, "c1").spent_micros == 0
+
+
+def charge(event_id: str, campaign_id: str = "c1", cost: int = 250_000, auction_id: str | None = None):
+    return store.Charge(event_id, auction_id or f"auction-{event_id}", campaign_id, "click", cost, NOW)
+
+
+def test_a_batch_of_charges_is_one_transaction_with_a_result_per_charge(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1", total_budget_micros=1_000_000, daily_budget_micros=900_000))
+        store.apply_instruction(session, create("c2", total_budget_micros=2_000_000, daily_budget_micros=2_000_000))
+        spend(session, "old", cost=100_000)
+        results = store.record_spends(
+            session,
+            [
+                charge("e1", "c2", 300_000),
+                charge("old", "c1", 100_000),  # charged in an earlier transaction
+                charge("e2", "c1", 250_000),
+                charge("e2", "c1", 250_000),  # the same event twice in the batch
+                charge("e3", "c1", 50_000, auction_id="auction-e2"),  # a second event of a billed auction
+                charge("e4", "ghost", 10_000),
+                charge("e5", "c2", 400_000),
+            ],
+        )
+        ledger = dict(session.execute(select(SpendLedgerEntry.event_id, SpendLedgerEntry.cost_micros)).all())
+        days = dict(session.execute(select(DailySpend.campaign_id, DailySpend.spent_micros)).all())
+        c1, c2 = store.get_campaign(session, "c1", now=NOW), store.get_campaign(session, "c2", now=NOW)
+
+    outcomes = [result.outcome for result in results]
+    assert outcomes == [
+        SpendOutcome.RECORDED, SpendOutcome.DUPLICATE, SpendOutcome.RECORDED, SpendOutcome.DUPLICATE,
+        SpendOutcome.DUPLICATE, SpendOutcome.UNKNOWN_CAMPAIGN, SpendOutcome.RECORDED,
+    ]  # fmt: skip
+    # c2's charges in (campaign, event) order: e1 (300,000), then e5.
+    assert (results[0].spent_micros, results[6].spent_micros, results[6].remaining_micros) == (
+        300_000, 700_000, 1_300_000,
+    )  # fmt: skip
+    # A duplicate reports the campaign's spend without itself: c1's charges run e2, e2, e3, old,
+    # so each of them sees old + e2.
+    assert [r.spent_micros for r in results[1:5]] == [350_000, 350_000, 350_000, 350_000]
+    assert (results[3].spent_today_micros, results[3].daily_remaining_micros) == (350_000, 550_000)
+    assert ledger == {"old": 100_000, "e1": 300_000, "e2": 250_000, "e5": 400_000}
+    assert days == {"c1": 350_000, "c2": 700_000}
+    assert (c1.spent_micros, c2.spent_micros) == (350_000, 700_000)
+
+
+def test_a_batch_with_a_bad_charge_writes_nothing(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        with pytest.raises(ValueError, match="cost_micros"):
+            store.record_spends(session, [charge("e1", cost=100), charge("e2", cost=-5)])
+        assert store.get_campaign(session, "c1").spent_micros == 0
+        assert session.scalar(select(func.count()).select_from(SpendLedgerEntry)) == 0
+
+
+def test_a_charge_billed_by_a_concurrent_transaction_is_taken_back(sessions):
+    # The race record_spends' look at the ledger cannot see: the row lands between it and the insert.
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        spend(session, "e1", cost=250_000)
+        before = session.execute(select(Campaign.spent_micros, Campaign.revision)).one()
+        store.begin_write(session)
+        ledger_insert = store._insert_new(session, SpendLedgerEntry.__table__)
+        again = store._charge(session, ledger_insert, charge("e1", cost=250_000), NOW.date(), NOW)
+        session.commit()
+        after = session.execute(select(Campaign.spent_micros, Campaign.revision)).one()
+    assert (again.outcome, again.spent_micros, again.spent_today_micros) == (SpendOutcome.DUPLICATE, 250_000, 250_000)
+    assert tuple(after) == tuple(before) == (250_000, before.revision)
+
+
+class CountedLedger(SpendLedger):
+    """The service's spend ledger, noting the size of each write (and failing the ones asked to)."""
+
+    def __init__(self, sessions, failing: int = 0) -> None:
+        super().__init__(sessions)
+        self.writes: list[int] = []
+        self.failing = failing
+
+    def _write(self, charges):
+        self.writes.append(len(charges))
+        if self.failing:
+            self.failing -= 1
+            raise OSError("disk I/O error")
+        return super()._write(charges)
+
+
+def test_the_service_ledger_writes_concurrent_charges_in_group_commits(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1", total_budget_micros=10**9, daily_budget_micros=10**9))
+    ledger = CountedLedger(sessions)
+    ledger.MAX_CHARGES_PER_WRITE = 25
+
+    async def requests():
+        first = await ledger.record([charge("lone", cost=7)])  # nothing else queued: written alone
+        rest = await asyncio.gather(
+            *(ledger.record([charge(f"e{i}", cost=1_000 + i)]) for i in range(60)),
+            ledger.record([charge("e0", cost=1_000), charge("e61", cost=5)]),
+        )
+        return first, rest
+
+    first, rest = asyncio.run(requests())
+    assert ledger.writes == [1, 25, 25, 12]  # 62 charges queued while the first write was in flight
+    assert first[0].outcome is SpendOutcome.RECORDED
+    assert [r[0].outcome for r in rest[:60]] == [SpendOutcome.RECORDED] * 60
+    assert [r.outcome for r in rest[60]] == [SpendOutcome.DUPLICATE, SpendOutcome.RECORDED]
+    with sessions() as session:
+        assert store.get_campaign(session, "c1").spent_micros == 7 + 60 * 1_000 + sum(range(60)) + 5
+
+
+def test_a_failed_ledger_write_fails_every_request_it_held_and_the_next_write_runs(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+    ledger = CountedLedger(sessions, failing=1)
+
+    async def requests():
+        return await asyncio.gather(*(ledger.record([charge(f"e{i}")]) for i in range(3)), return_exceptions=True)
+
+    failed = asyncio.run(requests())
+    assert [type(result) for result in failed] == [OSError] * 3
+    retried = asyncio.run(requests())
+    assert [result[0].outcome for result in retried] == [SpendOutcome.RECORDED] * 3
+    assert ledger.writes == [3, 3]
 
 
 THREADS, EVENTS_PER_THREAD = 8, 50
