@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from adstream.contracts import Topic
 from adstream.events import BILLABLE_EVENT, FeedbackEvent, PricingModel
 from adstream.messaging import PublishFailed
@@ -34,6 +36,14 @@ CLOCK_SKEW = timedelta(seconds=5)  # events may carry a client time slightly bef
 
 class BrokerUnavailable(RuntimeError):
     """Kafka did not acknowledge in time: nothing was charged, the client should retry."""
+
+
+class LedgerUnavailable(RuntimeError):
+    """The campaign store did not take the charges (locked, full, gone): nothing was charged, retry.
+
+    The events are on the topic already; the retry publishes them again under the same ids,
+    which the stream keeps once, and the ledger then charges each once.
+    """
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,8 @@ def _rejected(state: ServiceState, event: EventIn, reason: str) -> EventResult:
 async def record_events(state: ServiceState, events: list[EventIn], received_at: datetime) -> list[EventResult]:
     """Validates, publishes (waiting for the acks) and bills a batch of events; one result per event.
 
-    Raises ``BrokerUnavailable`` before anything is charged when Kafka does not acknowledge.
+    Raises ``BrokerUnavailable`` before anything is charged when Kafka does not acknowledge, and
+    ``LedgerUnavailable`` when the store does not take the charges (then nothing is charged either).
     """
     checked: list[tuple[int, EventIn, store.ServedAuctionRow, FeedbackEvent, bool]] = []
     results: dict[int, EventResult] = {}
@@ -159,7 +170,10 @@ async def record_events(state: ServiceState, events: list[EventIn], received_at:
     # By position, not event_id: an event sent twice in one batch is charged once, and the copy that
     # was charged must say so.
     billable = [(index, served, feedback) for index, _, served, feedback, billable in checked if billable]
-    charged = await _bill_all(state, billable) if billable else {}
+    try:
+        charged = await _bill_all(state, billable) if billable else {}
+    except SQLAlchemyError as exc:
+        raise LedgerUnavailable(f"the campaign store did not record the charges ({exc.__class__.__name__})") from exc
     for index, outcome in charged.items():
         results[index] = results[index].model_copy(
             update={"status": "duplicate" if outcome is None else "accepted", "charged_micros": outcome or 0}

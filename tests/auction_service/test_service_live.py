@@ -13,12 +13,15 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
 
 from adstream.contracts import CHAMPION_ALIAS, REGISTERED_MODEL, Topic
 from adstream.messaging import AckedProducer
 from auction_service import store
 from auction_service.main import create_app
 from auction_service.model import PollOutcome
+from auction_service.state import SpendLedger
 from ml.tracking import tracking_client
 from tests.auction_service.conftest import (
     TOKEN,
@@ -155,6 +158,33 @@ def test_kafka_down_during_events_is_503_with_retry_advice_and_nothing_recorded(
     assert spent == sum(a["clearing_price_micros"] for a in auctions)
     feedback = {json.loads(r.value)["event_id"] for r in topic_records(state.settings, Topic.AD_FEEDBACK)}
     assert {e["event_id"] for e in events} <= feedback
+
+
+def test_a_store_that_refuses_the_charges_is_503_and_the_retry_charges_once(live, tmp_path):
+    state, client = live
+    auction = client.post("/v1/auction", json=KAFKA_CONTEXT).json()
+    click = {"event_id": f"l-{auction['auction_id']}", "event_type": "click", "auction_id": auction["auction_id"]}
+    with state.sessions() as session:
+        spent_before = store.get_campaign(session, "live-kafka").spent_micros
+    working = state.spend_ledger
+    # A store that cannot be opened: every write raises OperationalError.
+    state.spend_ledger = SpendLedger(sessionmaker(create_engine(f"sqlite:///{tmp_path / 'gone' / 'campaigns.db'}")))
+    try:
+        refused = client.post("/v1/events", json=click)
+    finally:
+        state.spend_ledger = working
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["detail"].startswith("the campaign store did not record the charges (OperationalError)")
+    assert "retry the same events with the same event_id" in refused.json()["detail"]
+    with state.sessions() as session:
+        assert store.get_campaign(session, "live-kafka").spent_micros == spent_before
+
+    retried = [client.post("/v1/events", json=click).json()["results"][0] for _ in range(2)]
+    assert [(r["status"], r["charged_micros"]) for r in retried] == [
+        ("accepted", auction["clearing_price_micros"]), ("duplicate", 0),
+    ]  # fmt: skip
+    with state.sessions() as session:
+        assert store.get_campaign(session, "live-kafka").spent_micros == spent_before + auction["clearing_price_micros"]
 
 
 # --- store changes reach the auction within 1 s ---

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
 from adstream.events import EventType
-from auction_service.flows import BrokerUnavailable, record_events
+from auction_service.flows import BrokerUnavailable, LedgerUnavailable, record_events
 from auction_service.schemas import ID_PATTERN, EventBatch, EventBatchResult, EventIn
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -20,7 +20,7 @@ TrackedAuctionId = Annotated[str, Path(min_length=1, max_length=64 - len("-video
 async def _record(request: Request, events: list[EventIn]) -> EventBatchResult:
     try:
         results = await record_events(request.app.state.service, events, datetime.now(UTC))
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, LedgerUnavailable) as exc:
         unavailable = status.HTTP_503_SERVICE_UNAVAILABLE
         raise HTTPException(unavailable, f"{exc}; {RETRY}", headers={"Retry-After": "1"}) from exc
     counts = {status_: sum(r.status == status_ for r in results) for status_ in ("accepted", "duplicate", "rejected")}
