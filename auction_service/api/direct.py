@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette._exception_handler import _lookup_exception_handler
+from starlette._utils import is_async_callable
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -86,7 +88,10 @@ class DirectRoutes:
             handler = _lookup_exception_handler(self.exception_handlers, exc)
             if handler is None:
                 raise  # the server-error middleware outside answers 500 and logs it
-            response = await handler(request, exc)
+            if is_async_callable(handler):
+                response = await handler(request, exc)
+            else:
+                response = await run_in_threadpool(handler, request, exc)
         if isinstance(response, BaseModel):
             response = Response(response.model_dump_json(), route.status_code, media_type="application/json")
         await response(scope, receive, send)

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -50,9 +51,7 @@ def _app(direct_body: type[BaseModel] = Bid) -> tuple[FastAPI, list[bytes]]:
         return {"served_by": "router", "campaign_id": body.campaign_id}
 
     @app.exception_handler(LookupError)
-    async def lookup_failed(request: Request, exc: LookupError):
-        from fastapi.responses import JSONResponse
-
+    def lookup_failed(request: Request, exc: LookupError) -> JSONResponse:  # a sync handler, as Starlette allows
         return JSONResponse({"detail": f"lookup failed: {exc}"}, status_code=404)
 
     routes = {"/bids": DirectRoute(TypeAdapter(direct_body), place, 201)}
