@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     auction_max_body_bytes: int = Field(default=1_000_000, ge=1024)
     auction_reserve_price_micros: int = Field(default=10_000, ge=0)  # CPM floor when a request states none
     auction_ttl_s: int = Field(default=3600, ge=60)  # how long after an auction its events are accepted
+    # Filled auctions stay in the service's memory this long; older ones are read back from the store.
+    served_in_memory_s: int = Field(default=600, ge=60)
     campaign_refresh_s: float = Field(default=0.25, gt=0)  # the service sees store changes within ~1 s
     model_poll_s: float = Field(default=5.0, gt=0)  # how often serving checks ctr-model@champion
     ad_manager_group: str = "ad-manager"

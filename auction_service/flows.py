@@ -13,6 +13,7 @@ by event_id.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -135,8 +136,12 @@ async def record_events(state: ServiceState, events: list[EventIn], received_at:
     """
     checked: list[tuple[int, EventIn, store.ServedAuctionRow, FeedbackEvent, bool]] = []
     results: dict[int, EventResult] = {}
+    served_by_id = {event.auction_id: state.served_in_memory(event.auction_id) for event in events}
+    older = [auction_id for auction_id, served in served_by_id.items() if served is None]
+    if older:  # the store, in a thread: the event loop does not wait on disk
+        served_by_id.update(await asyncio.to_thread(_served_from_store, state, older))
     for index, event in enumerate(events):
-        served = state.served_auction(event.auction_id)
+        served = served_by_id[event.auction_id]
         event_time = (event.event_time or received_at).astimezone(UTC)
         if served is None:
             results[index] = _rejected(state, event, f"unknown auction_id: no auction {event.auction_id} was served")
@@ -187,6 +192,10 @@ async def record_events(state: ServiceState, events: list[EventIn], received_at:
             state.stats.event(result.status)
             state.metrics.events.labels(event_type=events[index].event_type, status=result.status).inc()
     return [results[index] for index in sorted(results)]
+
+
+def _served_from_store(state: ServiceState, auction_ids: list[str]) -> dict[str, store.ServedAuctionRow | None]:
+    return {auction_id: state.served_auction(auction_id) for auction_id in auction_ids}
 
 
 async def _publish(state: ServiceState, feedback: list[FeedbackEvent]) -> None:

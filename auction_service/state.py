@@ -249,16 +249,23 @@ class ServiceState:
     # --- served auctions ---
 
     def remember_served(self, row: store.ServedAuctionRow) -> None:
+        # In memory for the first served_in_memory_s of its TTL, when nearly all its events come:
+        # an hour of auctions at a few hundred a second would be a gigabyte.
+        in_memory = timedelta(seconds=self.settings.served_in_memory_s)
         with self._lock:
             self.served[row.auction_id] = row
-            self._served_order.append((row.expires_at, row.auction_id))
+            self._served_order.append((min(row.expires_at, row.served_at + in_memory), row.auction_id))
             self._unwritten.append(row)
 
+    def served_in_memory(self, auction_id: str) -> store.ServedAuctionRow | None:
+        return self.served.get(auction_id)
+
     def served_auction(self, auction_id: str) -> store.ServedAuctionRow | None:
+        """From memory, else from the store (served longer ago, before a restart, or by another instance)."""
         row = self.served.get(auction_id)
         if row is not None:
             return row
-        with self.sessions() as session:  # served before a restart, or by another instance
+        with self.sessions() as session:
             return store.served_auction(session, auction_id)
 
     def flush_served(self) -> int:
@@ -266,13 +273,24 @@ class ServiceState:
             batch, self._unwritten = self._unwritten, []
         if not batch:
             return 0
-        with self.sessions() as session:
-            return store.record_served_auctions(session, batch)
+        try:
+            with self.sessions() as session:
+                return store.record_served_auctions(session, batch)
+        except BaseException:
+            with self._lock:  # back in front of what came since: the next tick writes them
+                self._unwritten[:0] = batch
+            raise
 
     def forget_expired(self, now: datetime) -> None:
-        # Kept a little past the TTL so an event arriving right at expiry is judged by its own time.
+        """Drops auctions from memory once past their window (a little past it, so an event arriving
+        right at expiry is judged by its own time); one the store has not got yet stays."""
         horizon = now - timedelta(seconds=60)
         with self._lock:
+            unwritten = {row.auction_id for row in self._unwritten} if self._unwritten else set()
             while self._served_order and self._served_order[0][0] <= horizon:
-                _, auction_id = self._served_order.popleft()
+                _, auction_id = self._served_order[0]
+                row = self.served.get(auction_id)
+                if auction_id in unwritten and row is not None and row.expires_at > horizon:
+                    break  # the store is behind: keep it (and all after it) findable
+                self._served_order.popleft()
                 self.served.pop(auction_id, None)

@@ -187,6 +187,19 @@ def test_a_store_that_refuses_the_charges_is_503_and_the_retry_charges_once(live
         assert store.get_campaign(session, "live-kafka").spent_micros == spent_before + auction["clearing_price_micros"]
 
 
+def test_an_event_for_an_auction_no_longer_in_memory_is_judged_from_the_store(live):
+    state, client = live
+    auction = client.post("/v1/auction", json=KAFKA_CONTEXT).json()
+    state.flush_served()
+    state.forget_expired(datetime.now(UTC) + timedelta(seconds=state.settings.served_in_memory_s + 61))
+    assert state.served_in_memory(auction["auction_id"]) is None
+    click = {"event_id": f"s-{auction['auction_id']}", "event_type": "click", "auction_id": auction["auction_id"]}
+    result = client.post("/v1/events", json=click).json()["results"][0]
+    assert (result["status"], result["charged_micros"]) == ("accepted", auction["clearing_price_micros"])
+    unknown = client.post("/v1/events", json={**click, "event_id": "s-x", "auction_id": "never-served"})
+    assert unknown.status_code == 422 and "unknown auction_id" in unknown.json()["detail"]
+
+
 # --- store changes reach the auction within 1 s ---
 
 

@@ -26,7 +26,7 @@ from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, P
 from auction_service import store
 from auction_service.db import make_engine, make_session_factory, migrate
 from auction_service.models import Base, Campaign, DailySpend, SpendLedgerEntry
-from auction_service.state import SpendLedger
+from auction_service.state import ServiceState, SpendLedger
 from auction_service.store import ApplyOutcome, SpendOutcome
 from tests.conftest import free_port, make_settings
 
@@ -624,3 +624,47 @@ def test_served_auctions_are_stored_in_batches_once_and_read_back(sessions):
         assert store.served_auction(session, "a-9") is None
     assert row == served("a-2")
     assert row.served_at.tzinfo is not None
+
+
+# --- the service's served auctions: a window in memory, the rest in the store ---
+
+
+@pytest.fixture
+def service_state(sqlite_settings):
+    """A service state with only its store (no model, features or broker): the served-auction book."""
+    settings = sqlite_settings.model_copy(update={"served_in_memory_s": 600})
+    engine = make_engine(settings)
+    migrate(settings, engine)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+    yield ServiceState(settings=settings, sessions=sessions, model=None, features=None, producer=None)
+    engine.dispose()
+
+
+def test_served_auctions_leave_memory_after_the_window_and_are_read_back_from_the_store(service_state):
+    for index in range(3):
+        service_state.remember_served(served(f"a-{index}"))
+    assert service_state.flush_served() == 3
+    service_state.forget_expired(NOW + timedelta(seconds=600 + 59))  # within the window (and its minute of grace)
+    assert set(service_state.served) == {"a-0", "a-1", "a-2"}
+    service_state.forget_expired(NOW + timedelta(seconds=600 + 61))
+    assert service_state.served == {} and service_state.served_in_memory("a-1") is None
+    assert service_state.served_auction("a-1") == served("a-1")  # from the store
+
+
+def test_a_failed_flush_keeps_the_auctions_for_the_next_and_in_memory_meanwhile(service_state):
+    working = service_state.sessions
+    service_state.remember_served(served("a-1"))
+    service_state.sessions = sessionmaker(create_engine("sqlite:////nonexistent-dir/campaigns.db"))
+    with pytest.raises(Exception, match="unable to open database file"):
+        service_state.flush_served()
+    service_state.remember_served(served("a-2"))
+    # Past the window but not the TTL: an auction the store has not got stays findable.
+    service_state.forget_expired(NOW + timedelta(seconds=700))
+    assert set(service_state.served) == {"a-1", "a-2"}
+    service_state.sessions = working
+    assert service_state.flush_served() == 2
+    service_state.forget_expired(NOW + timedelta(seconds=700))
+    assert service_state.served == {}
+    assert [service_state.served_auction(a) for a in ("a-1", "a-2")] == [served("a-1"), served("a-2")]
