@@ -71,7 +71,8 @@ class ExposureBook:
     """
 
     reserved_micros: dict[str, int] = field(default_factory=dict)
-    _by_auction: dict[str, Reservation] = field(default_factory=dict)
+    # auction id -> (campaign id, micros, expiry): a plain tuple, untracked by the collector (ServedAuctionRow.packed)
+    _by_auction: dict[str, tuple[str, int, datetime]] = field(default_factory=dict)
     _expiry: list[tuple[datetime, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: dict[str, int] = field(default_factory=dict)
@@ -81,7 +82,11 @@ class ExposureBook:
 
     def reserve(self, reservation: Reservation) -> None:
         with self._lock:
-            self._by_auction[reservation.auction_id] = reservation
+            self._by_auction[reservation.auction_id] = (
+                reservation.campaign_id,
+                reservation.amount_micros,
+                reservation.expires_at,
+            )
             heapq.heappush(self._expiry, (reservation.expires_at, reservation.auction_id))
             campaign = reservation.campaign_id
             self._set(campaign, self.reserved_micros.get(campaign, 0) + reservation.amount_micros)
@@ -92,10 +97,12 @@ class ExposureBook:
             return self._release(auction_id)
 
     def _release(self, auction_id: str) -> Reservation | None:
-        reservation = self._by_auction.pop(auction_id, None)
-        if reservation is not None:
-            campaign = reservation.campaign_id
-            self._set(campaign, self.reserved_micros.get(campaign, 0) - reservation.amount_micros)
+        held = self._by_auction.pop(auction_id, None)
+        if held is None:
+            return None
+        reservation = Reservation(auction_id, *held)
+        campaign = reservation.campaign_id
+        self._set(campaign, self.reserved_micros.get(campaign, 0) - reservation.amount_micros)
         return reservation
 
     def _set(self, campaign_id: str, total: int) -> None:

@@ -83,12 +83,14 @@ def calm_garbage_collector() -> None:
     """Fewer, shorter collector pauses, which are most of the auction path's tail latency.
 
     What is loaded at start (model, features, campaigns) lives as long as the process:
-    ``freeze`` takes it out of every later collection. A request allocates thousands of
-    short-lived objects, so the youngest generation is collected less often.
+    ``freeze`` takes it out of every later collection. What an auction leaves behind for
+    minutes (its served row, its reservation) is held as plain tuples, which the collector
+    untracks, so the older generations stay small. The youngest is collected every 10,000
+    net allocations: a pause of 3-5 ms at 1,800 auctions/s (50,000 paused 20-25 ms).
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(10_000, 20, 20)
 
 
 def _describe(error: dict) -> str:

@@ -114,7 +114,7 @@ class ServiceState:
     frequency: FrequencyBook = field(default_factory=FrequencyBook)
     campaigns: CampaignSnapshot = field(default_factory=lambda: _snapshot([], None, datetime.now(UTC), {}))
     watcher: ModelWatcher | None = None
-    served: dict[str, store.ServedAuctionRow] = field(default_factory=dict)
+    served: dict[str, tuple] = field(default_factory=dict)  # auction id -> ServedAuctionRow.packed()
     _served_order: deque[tuple[datetime, str]] = field(default_factory=deque)
     _unwritten: list[store.ServedAuctionRow] = field(default_factory=list)
     _charged: list[str] = field(default_factory=list)  # auctions billed since the last campaign reload
@@ -253,16 +253,17 @@ class ServiceState:
         # an hour of auctions at a few hundred a second would be a gigabyte.
         in_memory = timedelta(seconds=self.settings.served_in_memory_s)
         with self._lock:
-            self.served[row.auction_id] = row
+            self.served[row.auction_id] = row.packed()
             self._served_order.append((min(row.expires_at, row.served_at + in_memory), row.auction_id))
             self._unwritten.append(row)
 
     def served_in_memory(self, auction_id: str) -> store.ServedAuctionRow | None:
-        return self.served.get(auction_id)
+        packed = self.served.get(auction_id)
+        return None if packed is None else store.ServedAuctionRow.unpacked(packed)
 
     def served_auction(self, auction_id: str) -> store.ServedAuctionRow | None:
         """From memory, else from the store (served longer ago, before a restart, or by another instance)."""
-        row = self.served.get(auction_id)
+        row = self.served_in_memory(auction_id)
         if row is not None:
             return row
         with self.sessions() as session:
@@ -289,8 +290,8 @@ class ServiceState:
             unwritten = {row.auction_id for row in self._unwritten} if self._unwritten else set()
             while self._served_order and self._served_order[0][0] <= horizon:
                 _, auction_id = self._served_order[0]
-                row = self.served.get(auction_id)
-                if auction_id in unwritten and row is not None and row.expires_at > horizon:
+                row = self.served_in_memory(auction_id) if auction_id in unwritten else None
+                if row is not None and row.expires_at > horizon:
                     break  # the store is behind: keep it (and all after it) findable
                 self._served_order.popleft()
                 self.served.pop(auction_id, None)

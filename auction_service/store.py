@@ -10,6 +10,7 @@ it (PostgreSQL) or on the database lock (SQLite) and no update is lost.
 from __future__ import annotations
 
 import functools
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -644,8 +645,21 @@ class ServedAuctionRow:
     served_at: datetime
     expires_at: datetime
 
+    def packed(self) -> tuple:
+        """The fields as a plain tuple of str, int, float and datetime, for holding in memory.
+
+        The garbage collector untracks such a tuple at its first collection; a dataclass stays
+        tracked, and minutes of served auctions would be traversed by every collection.
+        """
+        return _pack_served(self)
+
+    @classmethod
+    def unpacked(cls, packed: tuple) -> ServedAuctionRow:
+        return cls(*packed)
+
 
 _SERVED_FIELDS = tuple(ServedAuctionRow.__dataclass_fields__)
+_pack_served = operator.attrgetter(*_SERVED_FIELDS)
 
 
 def record_served_auctions(session: Session, rows: Sequence[ServedAuctionRow]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import pwd
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, PricingModel, Targeting
 from auction_service import store
+from auction_service.books import Reservation
 from auction_service.db import make_engine, make_session_factory, migrate
 from auction_service.models import Base, Campaign, DailySpend, SpendLedgerEntry
 from auction_service.state import ServiceState, SpendLedger
@@ -651,6 +653,19 @@ def test_served_auctions_leave_memory_after_the_window_and_are_read_back_from_th
     service_state.forget_expired(NOW + timedelta(seconds=600 + 61))
     assert service_state.served == {} and service_state.served_in_memory("a-1") is None
     assert service_state.served_auction("a-1") == served("a-1")  # from the store
+
+
+def test_what_an_auction_leaves_in_memory_is_untracked_by_the_garbage_collector(service_state):
+    # Tracked, ten minutes of auctions would be traversed by every collection: pauses of
+    # hundreds of ms on the auction path once they reach the older generations.
+    service_state.remember_served(served("a-1"))
+    service_state.exposure.reserve(Reservation("a-1", "c1", 15_500, NOW + timedelta(hours=1)))
+    gc.collect()
+    assert not gc.is_tracked(service_state.served["a-1"])
+    assert not gc.is_tracked(service_state.exposure._by_auction["a-1"])
+    assert gc.is_tracked(served("a-2"))  # the dataclass itself would be
+    assert service_state.served_in_memory("a-1") == served("a-1")
+    assert service_state.exposure.release("a-1") == Reservation("a-1", "c1", 15_500, NOW + timedelta(hours=1))
 
 
 def test_a_failed_flush_keeps_the_auctions_for_the_next_and_in_memory_meanwhile(service_state):
