@@ -194,6 +194,26 @@ def _micros_to_date(micros: int) -> date:
     return (EPOCH + timedelta(microseconds=micros)).date()
 
 
+class StepTimer:
+    """Seconds per step of a batch, for its log line: where a batch's time goes."""
+
+    def __init__(self) -> None:
+        self.began = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - began
+
+    def __str__(self) -> str:
+        steps = ", ".join(f"{name} {seconds:.2f}" for name, seconds in self.seconds.items())
+        return f"{time.perf_counter() - self.began:.2f}s ({steps})"
+
+
 class MicroBatch:
     """The ``foreachBatch`` body of one source; see the module docstring for what it writes."""
 
@@ -222,6 +242,7 @@ class MicroBatch:
     def process(self, records: DataFrame, batch_id: int, *, ingested_at: datetime) -> dict[str, int]:
         """Lands one batch of Kafka records; returns the records per outcome (``silver`` or a reason)."""
         session, source = records.sparkSession, self.source
+        steps = StepTimer()
         app_id = self.app_id(session)
         clock = self.read_clock(session, app_id)
         watermark = watermark_for(batch_id, clock, self.delay)
@@ -229,37 +250,42 @@ class MicroBatch:
         classified = classified.persist()
         try:
             event_time = F.col("_typed")[EVENT_TIME]
-            outcomes = {
-                row.reason or "silver": row
-                for row in classified.groupBy("reason")
-                .agg(
-                    F.count("*").alias("records"),
-                    F.min(F.unix_micros(event_time)).alias("earliest"),
-                    F.max(F.unix_micros(event_time)).alias("latest"),
-                    F.collect_set(F.to_date(event_time)).alias("days"),
-                )
-                .collect()
-            }
+            with steps.step("classify"):
+                outcomes = {
+                    row.reason or "silver": row
+                    for row in classified.groupBy("reason")
+                    .agg(
+                        F.count("*").alias("records"),
+                        F.min(F.unix_micros(event_time)).alias("earliest"),
+                        F.max(F.unix_micros(event_time)).alias("latest"),
+                        F.collect_set(F.to_date(event_time)).alias("days"),
+                    )
+                    .collect()
+                }
             silver = outcomes.get("silver")
             advanced = advance_clock(clock, batch_id, watermark, silver.latest if silver else None)
-            self._append(bronze_records(records, ingested_at), source.bronze, app_id, batch_id, clock=advanced)
+            with steps.step("bronze"):
+                self._append(bronze_records(records, ingested_at), source.bronze, app_id, batch_id, clock=advanced)
             self._clock = advanced
             if set(outcomes) - {"silver"}:
-                self._append(quarantined_records(classified, ingested_at), source.quarantine, app_id, batch_id)
+                with steps.step("quarantine"):
+                    self._append(quarantined_records(classified, ingested_at), source.quarantine, app_id, batch_id)
             if silver is not None:
                 events = first_per_key(valid_events(classified, source.model, ingested_at), source.key).persist()
                 try:
-                    self._merge_new_events(events, watermark, app_id, batch_id)
+                    with steps.step("silver"):
+                        self._merge_new_events(events, watermark, app_id, batch_id)
                     if source.with_kpis:
                         minutes = (silver.earliest // MINUTE_MICROS * MINUTE_MICROS,
                                    (silver.latest // MINUTE_MICROS + 1) * MINUTE_MICROS)  # fmt: skip
-                        self._merge_kpis(events, sorted(silver.days), minutes, app_id, batch_id)
+                        with steps.step("gold"):
+                            self._merge_kpis(events, sorted(silver.days), minutes, app_id, batch_id)
                 finally:
                     events.unpersist()
         finally:
             classified.unpersist()
         counts = {outcome: row.records for outcome, row in outcomes.items()}
-        log.info("%s batch %d: %s (watermark %s)", source.name, batch_id, counts, _as_time(watermark))
+        log.info("%s batch %d: %s (watermark %s) in %s", source.name, batch_id, counts, _as_time(watermark), steps)
         return counts
 
     def _append(
