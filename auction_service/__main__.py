@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
 from adstream.settings import get_settings
 from auction_service.main import create_app
+from auction_service.server import run
 
 
 def main() -> int:
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.auction_port, log_level="warning")
+    run(create_app(settings), host=settings.bind_host, port=settings.auction_port)
     return 0
 
 

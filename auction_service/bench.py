@@ -349,8 +349,7 @@ def install_naive_scorer(state: Any, tracking_uri: str) -> None:
 
 def serve(mode: str, port: int) -> int:
     """One service process under uvicorn, with the platform's settings from the environment."""
-    import uvicorn
-
+    from auction_service import server
     from auction_service.main import create_app
     from auction_service.state import ServiceState
 
@@ -360,7 +359,7 @@ def serve(mode: str, port: int) -> int:
         install_naive_scorer(state, settings.mlflow_tracking_uri)
     state.start()
     try:
-        uvicorn.run(create_app(settings, state=state), host=settings.bind_host, port=port, log_level="warning")
+        server.run(create_app(settings, state=state), host=settings.bind_host, port=port)
     finally:
         state.stop()
     return 0

@@ -31,6 +31,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from adstream.events import CampaignInstruction, CampaignSpec, Targeting
 from adstream.settings import Settings
+from auction_service import server as serving
 from auction_service import store
 from auction_service.main import create_app
 from auction_service.state import ServiceState
@@ -87,9 +88,9 @@ def running_service(settings: Settings, *instructions: CampaignInstruction) -> I
 
 @contextmanager
 def live_server(app: FastAPI) -> Iterator[str]:
-    """``app`` behind a real uvicorn server on a free loopback port; yields its base URL."""
+    """``app`` behind the service's own uvicorn set-up on a free loopback port; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(serving.config(app, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -14,20 +14,21 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import BigInteger, Column, MetaData, Table, create_engine, func, inspect, select
+from sqlalchemy import BigInteger, Column, MetaData, Table, create_engine, func, insert, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, PricingModel, Targeting
 from auction_service import store
 from auction_service.books import Reservation
 from auction_service.db import make_engine, make_session_factory, migrate
-from auction_service.models import Base, Campaign, DailySpend, SpendLedgerEntry
+from auction_service.models import Base, Campaign, DailySpend, ServedAuction, SpendLedgerEntry
 from auction_service.state import ServiceState, SpendLedger
 from auction_service.store import ApplyOutcome, SpendOutcome
 from tests.conftest import free_port, make_settings
@@ -626,6 +627,48 @@ def test_served_auctions_are_stored_in_batches_once_and_read_back(sessions):
         assert store.served_auction(session, "a-9") is None
     assert row == served("a-2")
     assert row.served_at.tzinfo is not None
+
+
+def test_sqlite_served_auctions_are_written_as_sqlalchemy_writes_them_in_statements_of_500(sqlite_settings):
+    engine = make_engine(sqlite_settings)
+    migrate(sqlite_settings, engine)
+    sessions = make_session_factory(engine)
+    plus_two = timezone(timedelta(hours=2))
+    times = [
+        NOW,  # no microseconds: still written with six digits, as SQLAlchemy does
+        datetime(2026, 3, 10, 14, 30, 5, 123_456, tzinfo=plus_two),  # another zone: stored as UTC
+    ]
+    with sessions() as session:
+        store.apply_instruction(session, create("c1"))
+        # SQLAlchemy's own INSERT, for the reference text of each time.
+        session.execute(
+            insert(ServedAuction),
+            [
+                {**vars_of(served(f"ref-{i}")), "served_at": at, "expires_at": at + timedelta(hours=1)}
+                for i, at in enumerate(times)
+            ],
+        )
+        session.commit()
+        rows = [
+            replace(served(f"fast-{i}"), served_at=at, expires_at=at + timedelta(hours=1)) for i, at in enumerate(times)
+        ]
+        many = [served(f"many-{i}") for i in range(1_100)]  # three statements: 500, 500 and 100 rows
+        assert store.record_served_auctions(session, rows + many) == 1_102
+        assert store.record_served_auctions(session, [*many[450:560], served("new")]) == 1  # ids across statements
+        with pytest.raises(ValueError, match="naive"):
+            store.record_served_auctions(session, [replace(served("naive"), served_at=datetime(2026, 3, 10))])
+        both_times = "SELECT auction_id, served_at || ' / ' || expires_at FROM served_auctions"
+        text = dict(session.connection().exec_driver_sql(both_times).tuples().all())
+        assert store.served_auction(session, "fast-1") == rows[1]
+        assert store.served_auction(session, "naive") is None  # the failed batch wrote nothing
+        assert len(text) == 2 + 1_102 + 1
+    assert text["fast-0"] == text["ref-0"] == "2026-03-10 12:00:00.000000 / 2026-03-10 13:00:00.000000"
+    assert text["fast-1"] == text["ref-1"] == "2026-03-10 12:30:05.123456 / 2026-03-10 13:30:05.123456"
+    engine.dispose()
+
+
+def vars_of(row: store.ServedAuctionRow) -> dict[str, object]:
+    return {name: getattr(row, name) for name in row.__dataclass_fields__}
 
 
 # --- the service's served auctions: a window in memory, the rest in the store ---
