@@ -295,11 +295,11 @@ def latency_slices(events: Sequence[tuple[int, int]], slices: int) -> list[dict[
 
 # A batch's steps in order. "planning" (the previous batch's Spark commit -> this batch's offsets written) and
 # "spark_commit" (the batch's last table commit -> Spark's commit of the batch) come from the checkpoint's
-# offsets/ and commits/ files; "to_bronze" holds the Kafka fetch, the JSON parse and classification (its count
-# per outcome is collected) and the bronze append, which also carries the event clock.
-STAGES = ("planning", "to_bronze", "bronze_to_quarantine", "to_silver_merge", "silver_to_gold_merge", "spark_commit")
-TABLE_STAGES = (("to_bronze", "bronze"), ("bronze_to_quarantine", "quarantine"), ("to_silver_merge", "silver"),
-                ("silver_to_gold_merge", "gold"))  # fmt: skip
+# offsets/ and commits/ files; "to_silver_merge" holds the Kafka fetch, the JSON parse and classification (its
+# count per outcome is collected) and the silver MERGE; then the bronze append, which carries the event clock.
+STAGES = ("planning", "to_silver_merge", "silver_to_bronze", "bronze_to_quarantine", "to_gold_merge", "spark_commit")
+TABLE_STAGES = (("to_silver_merge", "silver"), ("silver_to_bronze", "bronze"), ("bronze_to_quarantine", "quarantine"),
+                ("to_gold_merge", "gold"))  # fmt: skip
 
 
 def checkpoint_marks(checkpoint: Path) -> dict[str, dict[int, int]]:
@@ -331,7 +331,7 @@ def batch_breakdown(
     tables: dict[str, list[DeltaCommit]], marks: dict[str, dict[int, int]] | None = None
 ) -> list[dict[str, Any]]:
     """Per batch of the job (after its first), the seconds between the steps it takes in order (STAGES): the
-    commits it makes to bronze, quarantine (when it had rejects), silver (MERGE) and gold (MERGE), each
+    commits it makes to silver (MERGE), bronze, quarantine (when it had rejects) and gold (MERGE), each
     measured from the step before; with the checkpoint's ``marks``, also Spark's own steps around them.
     Without marks, a batch starts at the previous batch's last table commit."""
     by_table = {name: batch_commits(commits) for name, commits in tables.items()}

@@ -3,23 +3,24 @@
     python -m spark_jobs.streaming [--source feedback|auctions|all] [--available-now] [--trigger-s N]
 
 One Structured Streaming query per topic, checkpointed in ``_checkpoints/<source>_stream``. Each
-micro-batch (``foreachBatch``) writes, in this order:
-1. bronze/<source>_raw: every Kafka record as it came (key, value text, topic, partition, offset,
+micro-batch (``foreachBatch``) writes, in this order (silver first: it is what readers wait for):
+1. silver/feedback_events (silver/auctions): the valid records, one per event_id (auction_id),
+   with the model's columns plus their origin, partitioned by event_date;
+2. bronze/<source>_raw: every Kafka record as it came (key, value text, topic, partition, offset,
    Kafka timestamp, ingest time), partitioned by ingest date;
-2. quarantine/<source>: records that fail the versioned schema of adstream.events (malformed
+3. quarantine/<source>: records that fail the versioned schema of adstream.events (malformed
    JSON, wrong schema_version, missing field, wrong type, out-of-range value such as a negative
    cost, unknown enum value such as an unknown event_type), events ahead of their Kafka timestamp
    by more than the watermark, and late events, each with a reason, a detail, the raw value and
    its origin (spark_jobs.stream_transforms). A bad record never stops the stream;
-3. silver/feedback_events (silver/auctions): the valid records, one per event_id (auction_id),
-   with the model's columns plus their origin, partitioned by event_date;
 4. gold/kpi_minute (feedback only): the (campaign, minute) pairs the batch touched, recomputed
    from silver and MERGEd, so a minute that gains a late event is corrected, not double counted.
    Silver is read only between the batch's first and last minute (file skipping on event_time).
 
 Watermark: STREAM_WATERMARK_S, 600 s (10 min) by default, behind the latest valid event time of the
-batches before. The clock travels in the bronze append's commit (``userMetadata``), the first write
-of every batch, so a replayed batch sees the same watermark at no extra commit. An event older than
+batches before. The clock travels in the bronze append's commit (``userMetadata``), so a replayed
+batch sees the same watermark at no extra commit: cut off before that commit, it reads the clock it
+read the first time; after it, the clock names the batch and keeps its watermark. An event older than
 the watermark is quarantined as ``late``; a replay of an event_id within it is dropped. Why 10
 minutes: the auction service refuses events older than half of it, so everything it charges reaches
 silver; the other half absorbs the stream's own lag (a restart, a broker outage, a backlog) and
@@ -264,23 +265,29 @@ class MicroBatch:
                 }
             silver = outcomes.get("silver")
             advanced = advance_clock(clock, batch_id, watermark, silver.latest if silver else None)
-            with steps.step("bronze"):
-                self._append(bronze_records(records, ingested_at), source.bronze, app_id, batch_id, clock=advanced)
-            self._clock = advanced
-            if set(outcomes) - {"silver"}:
-                with steps.step("quarantine"):
-                    self._append(quarantined_records(classified, ingested_at), source.quarantine, app_id, batch_id)
+            # Silver first: it is what readers wait for (produce -> visible), and each step's commit
+            # costs seconds. Every write is idempotent per (app id, batch), and the clock only moves
+            # with bronze's commit, so a batch cut off after silver is replayed the same way.
+            events = None
             if silver is not None:
                 events = first_per_key(valid_events(classified, source.model, ingested_at), source.key).persist()
-                try:
+            try:
+                if events is not None:
                     with steps.step("silver"):
                         self._merge_new_events(events, watermark, app_id, batch_id)
-                    if source.with_kpis:
-                        minutes = (silver.earliest // MINUTE_MICROS * MINUTE_MICROS,
-                                   (silver.latest // MINUTE_MICROS + 1) * MINUTE_MICROS)  # fmt: skip
-                        with steps.step("gold"):
-                            self._merge_kpis(events, sorted(silver.days), minutes, app_id, batch_id)
-                finally:
+                with steps.step("bronze"):
+                    self._append(bronze_records(records, ingested_at), source.bronze, app_id, batch_id, clock=advanced)
+                self._clock = advanced
+                if set(outcomes) - {"silver"}:
+                    with steps.step("quarantine"):
+                        self._append(quarantined_records(classified, ingested_at), source.quarantine, app_id, batch_id)
+                if events is not None and silver is not None and source.with_kpis:
+                    minutes = (silver.earliest // MINUTE_MICROS * MINUTE_MICROS,
+                               (silver.latest // MINUTE_MICROS + 1) * MINUTE_MICROS)  # fmt: skip
+                    with steps.step("gold"):
+                        self._merge_kpis(events, sorted(silver.days), minutes, app_id, batch_id)
+            finally:
+                if events is not None:
                     events.unpersist()
         finally:
             classified.unpersist()

@@ -145,33 +145,33 @@ def test_steady_rate_counts_the_batches_after_the_first_over_the_time_since_the_
 
 
 def test_each_batch_is_broken_down_by_the_commits_it_makes_in_order():
-    # Batch 0 ends with its gold commit at 10.0 s. Batch 1: bronze 1.0 s later, then 0.5 + 2.0 + 1.5 = 5.0 s.
-    # Batch 2 had no rejects, so no quarantine commit: its silver MERGE is timed from bronze.
+    # Batch 0 ends with its gold commit at 10.0 s. Batch 1: silver 3.0 s later, then 1.0 + 0.5 + 1.5 = 6.0 s.
+    # Batch 2 had no rejects, so no quarantine commit: its gold MERGE is timed from bronze.
     tables = {
-        "bronze": [_commit(1, 9_000, 0, 100), _commit(2, 11_000, 1, 50_000), _commit(3, 16_250, 2, 40_000)],
-        "quarantine": [_commit(1, 11_500, 1, 250)],
-        "silver": [_commit(1, 13_500, 1, 49_000, executionTimeMs="1800"), _commit(2, 18_250, 2, 39_500)],
-        "gold": [_commit(1, 10_000, 0), _commit(2, 15_000, 1), _commit(3, 20_000, 2)],
+        "bronze": [_commit(1, 9_000, 0, 100), _commit(2, 14_000, 1, 50_000), _commit(3, 19_250, 2, 40_000)],
+        "quarantine": [_commit(1, 14_500, 1, 250)],
+        "silver": [_commit(1, 13_000, 1, 49_000, executionTimeMs="1800"), _commit(2, 18_000, 2, 39_500)],
+        "gold": [_commit(1, 10_000, 0), _commit(2, 16_000, 1), _commit(3, 21_000, 2)],
     }
     first, second = bench.batch_breakdown(tables)
     assert first == {
-        "batch_id": 1, "records": 50_000, "silver_rows": 49_000, "total_s": 5.0, "planning": None, "to_bronze": 1.0,
-        "bronze_to_quarantine": 0.5, "to_silver_merge": 2.0, "silver_to_gold_merge": 1.5, "spark_commit": None,
-        "silver_merge_execution_s": 1.8,
+        "batch_id": 1, "records": 50_000, "silver_rows": 49_000, "total_s": 6.0, "planning": None,
+        "to_silver_merge": 3.0, "silver_to_bronze": 1.0, "bronze_to_quarantine": 0.5, "to_gold_merge": 1.5,
+        "spark_commit": None, "silver_merge_execution_s": 1.8,
     }  # fmt: skip
-    # Batch 2 starts at batch 1's gold commit (15.0 s): bronze 1.25, silver 2.0, gold 1.75.
-    assert (second["to_bronze"], second["bronze_to_quarantine"], second["to_silver_merge"]) == (1.25, None, 2.0)
-    assert (second["silver_to_gold_merge"], second["total_s"]) == (1.75, 5.0)
+    # Batch 2 starts at batch 1's gold commit (16.0 s): silver 2.0, bronze 1.25, gold 1.75.
+    assert (second["to_silver_merge"], second["silver_to_bronze"], second["bronze_to_quarantine"]) == (2.0, 1.25, None)
+    assert (second["to_gold_merge"], second["total_s"]) == (1.75, 5.0)
     medians = bench.breakdown_medians([first, second])
-    assert (medians["total_s"], medians["bronze_to_quarantine"], medians["records"]) == (5.0, 0.5, 45_000)
+    assert (medians["total_s"], medians["bronze_to_quarantine"], medians["records"]) == (5.5, 0.5, 45_000)
 
     # With the checkpoint: batch 0 committed to Spark at 10.1 s, batch 1's offsets were written at 10.4 s and
-    # its commit at 15.45 s: planning 0.3, to bronze 0.6, ..., gold -> Spark commit 0.45; 5.35 s in all.
-    marks = {"offsets": {1: 10_400, 2: 15_500}, "commits": {0: 10_100, 1: 15_450}}
+    # its commit at 16.45 s: planning 0.3, to silver 2.6, ..., gold -> Spark commit 0.45; 6.35 s in all.
+    marks = {"offsets": {1: 10_400, 2: 16_500}, "commits": {0: 10_100, 1: 16_450}}
     first, second = bench.batch_breakdown(tables, marks)
-    assert (first["planning"], first["to_bronze"], first["spark_commit"]) == (0.3, 0.6, 0.45)
-    assert first["total_s"] == pytest.approx(5.35)
-    # Batch 2 has no commit file (the job stopped first): it ends at its gold commit, 20.0 - 15.45 = 4.55 s.
+    assert (first["planning"], first["to_silver_merge"], first["spark_commit"]) == (0.3, 2.6, 0.45)
+    assert first["total_s"] == pytest.approx(6.35)
+    # Batch 2 has no commit file (the job stopped first): it ends at its gold commit, 21.0 - 16.45 = 4.55 s.
     assert (second["planning"], second["spark_commit"]) == (pytest.approx(0.05), None)
     assert second["total_s"] == pytest.approx(4.55)
 
