@@ -34,6 +34,7 @@ from auction_service.models import (
     QuarantinedInstruction,
     ServedAuction,
     SpendLedgerEntry,
+    UtcDateTime,
 )
 
 P = ParamSpec("P")
@@ -704,11 +705,14 @@ def _sqlite_served_insert(rows: int) -> str:
     )
 
 
+_UTC_DATETIME, _SQLITE_DIALECT = UtcDateTime(), sqlite.dialect()
+
+
 def sqlite_utc_text(value: datetime) -> str:
-    """An aware time as SQLite holds it (naive UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``), like ``UtcDateTime``."""
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r}: the campaign store keeps UTC-aware times only")
-    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+    """An aware time as SQLite holds it: ``UtcDateTime``'s naive UTC, as DateTime's ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    naive = _UTC_DATETIME.process_bind_param(value, _SQLITE_DIALECT)
+    assert naive is not None  # the rows' times are never None
+    return naive.isoformat(" ", "microseconds")
 
 
 def _insert_served_sqlite(session: Session, rows: Sequence[ServedAuctionRow]) -> int:
