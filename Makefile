@@ -39,8 +39,8 @@ bench-auction: setup ## Load-test the auction service (autocannon, 32 connection
 bench-billing: setup ## Bill one hour of 1,000,000 events (local[2]) vs a DuckDB baseline; reports/bench/billing.json (REPEATS=3)
 	@$(PY) -m spark_jobs.bench_billing --repeats $(or $(REPEATS),3)
 
-bench-streaming: setup ## Kafka -> Delta streaming job (local[2]): throughput vs a raw-append baseline, latency p95, RSS soak; reports/bench/streaming.json (REPEATS=3 EVENTS=1000000 SOAK=30m)
-	@$(PY) -m spark_jobs.bench_streaming --repeats $(or $(REPEATS),3) --events $(or $(EVENTS),1000000) --soak $(or $(SOAK),30m)
+bench-streaming: setup ## Kafka -> Delta streaming job (local[2]): throughput vs a raw-append baseline, latency p95, RSS soak; reports/bench/streaming.json (REPEATS=3 EVENTS=2000000 SOAK=30m)
+	@$(PY) -m spark_jobs.bench_streaming --repeats $(or $(REPEATS),3) --events $(or $(EVENTS),2000000) --soak $(or $(SOAK),30m)
 
 compare-runs: setup ## Compare CTR training runs side by side (metrics, params, champion/challenger decision); LAST=N
 	@$(PY) -m ml.compare --execute-notebook $(if $(LAST),--last $(LAST))

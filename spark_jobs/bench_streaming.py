@@ -10,8 +10,8 @@ Phases:
               private topic (3 partitions, as the job's topics). Then, ``--repeats`` times, each on a fresh
               lake and checkpoint:
                 job       ``python -m spark_jobs.streaming --source feedback --topic T --available-now``, the
-                          production job unchanged (bronze append, quarantine, silver MERGE dedupe, gold KPI
-                          MERGE; maxOffsetsPerTrigger = streaming.MAX_RECORDS_PER_BATCH);
+                          production job unchanged (silver dedupe and append, bronze append, quarantine, then
+                          the KPI query's gold MERGEs; maxOffsetsPerTrigger = streaming.MAX_RECORDS_PER_BATCH);
                 baseline  the same topic read by the same Kafka source options and batch bound, in a session
                           built the same way, appended as-is to one Delta table (no parsing, no dedupe, no
                           MERGE): what this machine does for Kafka -> Delta at all.
@@ -19,8 +19,9 @@ Phases:
               silver/feedback_events (baseline: to its table) by every batch after the first, over the time
               between the first and the last batch's commit, so the JVM start and the first batch's warm-up
               are excluded (the wall rate including them is reported too). The job's batches are also broken
-              down by the commit times of the four tables each writes in order (bronze with the event
-              clock, quarantine, silver, gold).
+              down by the commit times of the three tables each writes in order (silver, bronze with the
+              event clock, quarantine); the KPI query's run after them is reported as the time gold took
+              to cover the last silver commit.
   continuous  ``python -m spark_jobs.streaming --source feedback --topic T --trigger-s 5`` runs while records
               are produced at ``--rate`` per second (default 2,000, or half the job's measured throughput
               when lower), steadily: ``--warmup-s`` (not measured), then
@@ -36,7 +37,7 @@ Targets (reported, never asserted): >= 20,000 events/s into silver; latency p95 
 RSS flat over a 30-minute soak (second-half slope <= 2 MB/min). Medians and ratios go to stdout and to
 reports/bench/streaming.json.
 
-    python -m spark_jobs.bench_streaming [--repeats 3] [--events 1000000] [--soak 30m] [--rate N]
+    python -m spark_jobs.bench_streaming [--repeats 3] [--events 2000000] [--soak 30m] [--rate N]
         [--latency-s 120] [--warmup-s 30] [--only throughput|continuous] [--max-records-per-batch N]
 """
 
@@ -295,11 +296,11 @@ def latency_slices(events: Sequence[tuple[int, int]], slices: int) -> list[dict[
 
 # A batch's steps in order. "planning" (the previous batch's Spark commit -> this batch's offsets written) and
 # "spark_commit" (the batch's last table commit -> Spark's commit of the batch) come from the checkpoint's
-# offsets/ and commits/ files; "to_silver_merge" holds the Kafka fetch, the JSON parse and classification (its
-# count per outcome is collected) and the silver MERGE; then the bronze append, which carries the event clock.
-STAGES = ("planning", "to_silver_merge", "silver_to_bronze", "bronze_to_quarantine", "to_gold_merge", "spark_commit")
-TABLE_STAGES = (("to_silver_merge", "silver"), ("silver_to_bronze", "bronze"), ("bronze_to_quarantine", "quarantine"),
-                ("to_gold_merge", "gold"))  # fmt: skip
+# offsets/ and commits/ files; "to_silver" holds the Kafka fetch, the JSON parse and classification (its count
+# per outcome is collected), the dedupe against silver and silver's append; then the bronze append, which
+# carries the event clock. gold/kpi_minute is written by a query of its own (``kpi_lag``).
+STAGES = ("planning", "to_silver", "silver_to_bronze", "bronze_to_quarantine", "spark_commit")
+TABLE_STAGES = (("to_silver", "silver"), ("silver_to_bronze", "bronze"), ("bronze_to_quarantine", "quarantine"))
 
 
 def checkpoint_marks(checkpoint: Path) -> dict[str, dict[int, int]]:
@@ -310,6 +311,32 @@ def checkpoint_marks(checkpoint: Path) -> dict[str, dict[int, int]]:
         files = [path for path in folder.iterdir() if path.name.isdigit()] if folder.is_dir() else []
         marks[kind] = {int(path.name): path.stat().st_mtime_ns // 1_000_000 for path in files}
     return marks
+
+
+def kpi_read_ends(checkpoint: Path) -> dict[int, int]:
+    """Per batch of the KPI query, the first silver version it had not read: the Delta source's end offset in
+    the checkpoint's offsets/ file (a starting snapshot at version v includes v)."""
+    folder = Path(checkpoint) / "offsets"
+    ends = {}
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if path.name.isdigit():
+            offset = json.loads(path.read_text().splitlines()[-1])
+            ends[int(path.name)] = int(offset["reservoirVersion"]) + bool(offset.get("isStartingVersion"))
+    return ends
+
+
+def kpi_lags(silver: Iterable[DeltaCommit], gold: Iterable[DeltaCommit], read_ends: dict[int, int]) -> list[float]:
+    """Per silver commit that added rows, the seconds until gold committed the KPI batch that first read it
+    (silver and gold commit times); silver commits no KPI batch has covered yet are left out."""
+    gold_by_batch = batch_commits(gold)
+    lags = []
+    for commit in silver:
+        if commit.txn_version is None or commit.rows_added == 0:
+            continue
+        covering = [batch for batch, end in read_ends.items() if end > commit.version and batch in gold_by_batch]
+        if covering:
+            lags.append((gold_by_batch[min(covering)].timestamp_ms - commit.timestamp_ms) / 1000)
+    return lags
 
 
 def steady_rate(commits: Sequence[DeltaCommit]) -> dict[str, float | int | None]:
@@ -331,10 +358,10 @@ def batch_breakdown(
     tables: dict[str, list[DeltaCommit]], marks: dict[str, dict[int, int]] | None = None
 ) -> list[dict[str, Any]]:
     """Per batch of the job (after its first), the seconds between the steps it takes in order (STAGES): the
-    commits it makes to silver (MERGE), bronze, quarantine (when it had rejects) and gold (MERGE), each
-    measured from the step before; with the checkpoint's ``marks``, also Spark's own steps around them.
-    Without marks, a batch starts at the previous batch's last table commit."""
-    by_table = {name: batch_commits(commits) for name, commits in tables.items()}
+    commits it makes to silver, bronze and quarantine (when it had rejects), each measured from the step
+    before; with the checkpoint's ``marks``, also Spark's own steps around them. Without marks, a batch
+    starts at the previous batch's last table commit."""
+    by_table = {name: batch_commits(tables.get(name, [])) for _, name in TABLE_STAGES}
     offsets, spark_commits = (marks or {}).get("offsets", {}), (marks or {}).get("commits", {})
 
     def last_commit_ms(batch_id: int) -> int:
@@ -357,7 +384,6 @@ def batch_breakdown(
             seconds[stage] = None if at is None else (at - mark) / 1000
             mark = mark if at is None else at
         bronze, silver = by_table["bronze"][batch_id], by_table["silver"].get(batch_id)
-        merge_ms = silver.metrics.get("executionTimeMs") if silver else None
         rows.append(
             {
                 "batch_id": batch_id,
@@ -365,14 +391,13 @@ def batch_breakdown(
                 "silver_rows": silver.rows_added if silver else 0,
                 "total_s": (mark - previous) / 1000,
                 **seconds,
-                "silver_merge_execution_s": int(merge_ms) / 1000 if merge_ms is not None else None,
             }
         )
     return rows
 
 
 def breakdown_medians(batches: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    keys = ("records", "silver_rows", "total_s", *STAGES, "silver_merge_execution_s")
+    keys = ("records", "silver_rows", "total_s", *STAGES)
     return {key: median_or_none(batch[key] for batch in batches) for key in keys}
 
 
@@ -708,7 +733,9 @@ def measure_job(
     batches = batch_breakdown(tables, checkpoint_marks(Path(settings.checkpoint_path("feedback_stream"))))
     steady = [batch for batch in batches if batch["batch_id"] >= 1]
     silver_rows = sum(c.rows_added for c in silver)
-    merges = [c.metrics for c in silver]
+    from spark_jobs.streaming import KPI_QUERY
+
+    gold_lags = kpi_lags(silver, tables["gold"], kpi_read_ends(Path(settings.checkpoint_path(KPI_QUERY))))
     return {
         "silver_rows": silver_rows,
         "silver_rows_expected": expected_silver,
@@ -723,10 +750,8 @@ def measure_job(
         "wall_events_per_s": round(silver_rows / wall_s, 1),
         "cpu": cpu,
         "batch_medians_s": breakdown_medians(steady),
-        "silver_merge_medians": {
-            key: median_or_none(int(m[key]) for m in merges if key in m)
-            for key in ("executionTimeMs", "scanTimeMs", "rewriteTimeMs", "numTargetFilesAdded", "numSourceRows")
-        },
+        # The KPI query runs after the topic's (available-now): how long gold took to cover silver's last commit.
+        "gold_after_last_silver_s": gold_lags[-1] if gold_lags else None,
         "per_batch": batches,
     }
 
@@ -768,14 +793,7 @@ def baseline_job(topic: str, max_records: int | None) -> int:
     )
     try:
         query = (
-            spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-            .option("subscribe", topic)
-            .option("startingOffsets", "earliest")
-            .option("failOnDataLoss", "true")
-            .option("kafka.isolation.level", "read_committed")
-            .option("maxOffsetsPerTrigger", max_records or streaming.MAX_RECORDS_PER_BATCH)
-            .load()
+            streaming.kafka_records(spark, settings, topic, max_records)
             .writeStream.format("delta")
             .queryName(BASELINE_QUERY)
             .option("checkpointLocation", settings.checkpoint_path(BASELINE_QUERY))
@@ -831,6 +849,8 @@ def throughput_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
             flush=True,
         )
         print("  median batch (s): " + ", ".join(f"{k} {_num(v)}" for k, v in medians.items()), flush=True)
+        print(f"  gold/kpi_minute covered the last silver commit {_num(job['gold_after_last_silver_s'])}s after it",
+              flush=True)  # fmt: skip
     job_median = median_or_none(r["job"]["events_per_s"] for r in repeats)
     baseline_median = median_or_none(r["baseline"]["events_per_s"] for r in repeats)
     from spark_jobs.streaming import MAX_RECORDS_PER_BATCH
@@ -850,6 +870,7 @@ def throughput_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
             key: median_or_none(r["job"]["batch_medians_s"][key] for r in repeats)
             for key in repeats[0]["job"]["batch_medians_s"]
         },
+        "median_gold_after_last_silver_s": median_or_none(r["job"]["gold_after_last_silver_s"] for r in repeats),
         "target_events_per_s": TARGET_EVENTS_PER_S,
         "target_met": job_median is not None and job_median >= TARGET_EVENTS_PER_S,
     }
@@ -946,6 +967,13 @@ def continuous_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
     finally:
         stop_group(proc)
     commits = read_delta_log(silver_dir)
+    from spark_jobs.streaming import KPI_QUERY
+
+    gold_lags = kpi_lags(
+        commits,
+        read_delta_log(table_dir(settings, Table.GOLD_KPI_MINUTE)),
+        kpi_read_ends(Path(settings.checkpoint_path(KPI_QUERY))),
+    )
     pairs = produced_and_visible(silver_dir, [c for c in commits if c.txn_version is not None], "wls")
     latencies = {tag: [(visible - produced) / 1e6 for produced, visible in events] for tag, events in pairs.items()}
     batches = [c for c in commits if c.txn_version is not None and c.rows_added > 0]
@@ -977,6 +1005,7 @@ def continuous_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
         "median_batch_interval_s": median_or_none(intervals),
         "median_batch_rows": median_or_none(b.rows_added for b in batches),
         "latency": latency_summary(measured),
+        "silver_to_gold_s": latency_summary(gold_lags),
         "latency_missing": valid_by_tag.get("l", 0) - len(latencies["l"]),
         "latency_during_soak": latency_summary(latencies["s"]),
         "latency_during_soak_by_sixth": latency_slices(pairs["s"], 6),
@@ -1102,6 +1131,10 @@ def summary(result: dict[str, Any], out: Path) -> str:
         lines.append(
             "  median batch (s): " + ", ".join(f"{k} {_num(v)}" for k, v in throughput["median_batch_s"].items())
         )
+        lines.append(
+            f"  gold/kpi_minute covered the last silver commit {_num(throughput['median_gold_after_last_silver_s'])}s "
+            "after it (the KPI query runs after the topic's)"
+        )
     continuous = result.get("continuous")
     if continuous:
         latency, memory = continuous["latency"], continuous["memory"]["total"]
@@ -1110,6 +1143,11 @@ def summary(result: dict[str, Any], out: Path) -> str:
             f"{continuous['trigger_s']:g}s): p50 {latency['p50_s']}s p95 {latency['p95_s']}s "
             f"p99 {latency['p99_s']}s max {latency['max_s']}s; batches every "
             f"{_num(continuous['median_batch_interval_s'])}s of {_num(continuous['median_batch_rows'])} rows"
+        )
+        gold = continuous["silver_to_gold_s"]
+        lines.append(
+            f"gold/kpi_minute after silver ({gold['events']:,} silver commits): p50 {gold['p50_s']}s "
+            f"p95 {gold['p95_s']}s max {gold['max_s']}s"
         )
         soak = continuous["latency_during_soak"]
         if soak["events"]:
@@ -1146,7 +1184,12 @@ def summary(result: dict[str, Any], out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spark_jobs.bench_streaming", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--events", type=int, default=1_000_000, help="backlog records for the throughput phase")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=2_000_000,
+        help="backlog records for the throughput phase (four batches of the job)",
+    )
     parser.add_argument("--soak", default="30m", help="soak duration, e.g. 30m, 2m, 0 (none)")
     parser.add_argument(
         "--rate", type=int, default=None,

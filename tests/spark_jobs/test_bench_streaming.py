@@ -145,35 +145,62 @@ def test_steady_rate_counts_the_batches_after_the_first_over_the_time_since_the_
 
 
 def test_each_batch_is_broken_down_by_the_commits_it_makes_in_order():
-    # Batch 0 ends with its gold commit at 10.0 s. Batch 1: silver 3.0 s later, then 1.0 + 0.5 + 1.5 = 6.0 s.
-    # Batch 2 had no rejects, so no quarantine commit: its gold MERGE is timed from bronze.
+    # Batch 0 ends with its bronze commit at 10.0 s. Batch 1: silver 3.0 s later, then bronze 1.0 and quarantine
+    # 0.5: 4.5 s. Batch 2 had no rejects, so no quarantine commit. Gold (the KPI query's) is not a step.
     tables = {
-        "bronze": [_commit(1, 9_000, 0, 100), _commit(2, 14_000, 1, 50_000), _commit(3, 19_250, 2, 40_000)],
+        "silver": [_commit(1, 9_000, 0, 90), _commit(2, 13_000, 1, 49_000), _commit(3, 17_000, 2, 39_500)],
+        "bronze": [_commit(1, 10_000, 0, 100), _commit(2, 14_000, 1, 50_000), _commit(3, 19_250, 2, 40_000)],
         "quarantine": [_commit(1, 14_500, 1, 250)],
-        "silver": [_commit(1, 13_000, 1, 49_000, executionTimeMs="1800"), _commit(2, 18_000, 2, 39_500)],
-        "gold": [_commit(1, 10_000, 0), _commit(2, 16_000, 1), _commit(3, 21_000, 2)],
+        "gold": [_commit(1, 30_000, 0), _commit(2, 31_000, 1)],
     }
     first, second = bench.batch_breakdown(tables)
     assert first == {
-        "batch_id": 1, "records": 50_000, "silver_rows": 49_000, "total_s": 6.0, "planning": None,
-        "to_silver_merge": 3.0, "silver_to_bronze": 1.0, "bronze_to_quarantine": 0.5, "to_gold_merge": 1.5,
-        "spark_commit": None, "silver_merge_execution_s": 1.8,
+        "batch_id": 1, "records": 50_000, "silver_rows": 49_000, "total_s": 4.5, "planning": None,
+        "to_silver": 3.0, "silver_to_bronze": 1.0, "bronze_to_quarantine": 0.5, "spark_commit": None,
     }  # fmt: skip
-    # Batch 2 starts at batch 1's gold commit (16.0 s): silver 2.0, bronze 1.25, gold 1.75.
-    assert (second["to_silver_merge"], second["silver_to_bronze"], second["bronze_to_quarantine"]) == (2.0, 1.25, None)
-    assert (second["to_gold_merge"], second["total_s"]) == (1.75, 5.0)
+    # Batch 2 starts at batch 1's quarantine commit (14.5 s): silver 2.5, bronze 2.25.
+    assert (second["to_silver"], second["silver_to_bronze"], second["bronze_to_quarantine"]) == (2.5, 2.25, None)
+    assert second["total_s"] == 4.75
     medians = bench.breakdown_medians([first, second])
-    assert (medians["total_s"], medians["bronze_to_quarantine"], medians["records"]) == (5.5, 0.5, 45_000)
+    assert (medians["total_s"], medians["bronze_to_quarantine"], medians["records"]) == (4.625, 0.5, 45_000)
 
     # With the checkpoint: batch 0 committed to Spark at 10.1 s, batch 1's offsets were written at 10.4 s and
-    # its commit at 16.45 s: planning 0.3, to silver 2.6, ..., gold -> Spark commit 0.45; 6.35 s in all.
-    marks = {"offsets": {1: 10_400, 2: 16_500}, "commits": {0: 10_100, 1: 16_450}}
+    # its commit at 14.95 s: planning 0.3, to silver 2.6, ..., quarantine -> Spark commit 0.45; 4.85 s in all.
+    marks = {"offsets": {1: 10_400, 2: 15_000}, "commits": {0: 10_100, 1: 14_950}}
     first, second = bench.batch_breakdown(tables, marks)
-    assert (first["planning"], first["to_silver_merge"], first["spark_commit"]) == (0.3, 2.6, 0.45)
-    assert first["total_s"] == pytest.approx(6.35)
-    # Batch 2 has no commit file (the job stopped first): it ends at its gold commit, 21.0 - 16.45 = 4.55 s.
+    assert (first["planning"], first["to_silver"], first["spark_commit"]) == (0.3, 2.6, 0.45)
+    assert first["total_s"] == pytest.approx(4.85)
+    # Batch 2 has no commit file (the job stopped first): it ends at its bronze commit, 19.25 - 14.95 = 4.3 s.
     assert (second["planning"], second["spark_commit"]) == (pytest.approx(0.05), None)
-    assert second["total_s"] == pytest.approx(4.55)
+    assert second["total_s"] == pytest.approx(4.3)
+
+
+def test_the_kpi_query_read_ends_come_from_its_delta_source_offsets(tmp_path):
+    offsets = tmp_path / "offsets"
+    offsets.mkdir()
+    header = 'v1\n{"batchWatermarkMs":0,"batchTimestampMs":1795592465365,"conf":{}}\n'
+    source = '{"sourceVersion":1,"reservoirId":"r","reservoirVersion":%d,"index":%d,"isStartingVersion":%s}'
+    (offsets / "0").write_text(header + source % (3, 1, "true"))  # the starting snapshot of version 3
+    (offsets / "1").write_text(header + source % (7, -1, "false"))  # versions before 7
+    (offsets / ".1.crc").write_text("not a batch")
+    assert bench.kpi_read_ends(tmp_path) == {0: 4, 1: 7}
+    assert bench.kpi_read_ends(tmp_path / "absent") == {}
+
+
+def test_gold_lag_is_from_each_silver_commit_to_the_gold_commit_of_the_first_kpi_batch_that_read_it():
+    silver = [
+        _commit(0, 1_000, None),  # table creation: no rows
+        _commit(1, 5_000, 0, 100),
+        _commit(2, 10_000, 1, 100),
+        _commit(3, 15_000, 2, 0),  # a batch of duplicates only: nothing for gold to cover
+        _commit(4, 20_000, 3, 100),
+        _commit(5, 25_000, 4, 100),  # not read by any KPI batch yet
+    ]
+    # KPI batch 0 read versions < 2 and committed gold at 12 s; batch 1 (versions < 5) at 31.5 s.
+    gold = [_commit(1, 12_000, 0), _commit(2, 31_500, 1)]
+    assert bench.kpi_lags(silver, gold, {0: 2, 1: 5}) == [7.0, 21.5, 11.5]
+    # A KPI batch that committed nothing (a replay) does not count as covering.
+    assert bench.kpi_lags(silver, gold[1:], {0: 2, 1: 5}) == [26.5, 21.5, 11.5]
 
 
 def test_checkpoint_marks_are_the_times_spark_wrote_each_batch_file(tmp_path):

@@ -252,7 +252,7 @@ def test_a_replayed_batch_id_writes_nothing_twice(spark, tmp_path):
     first = [feedback("e-1", cost_micros=2_500, pctr=0.2), feedback("e-2", "click"), "not json"]
     counts = batch.process(kafka_frame(spark, first), 0, ingested_at=T0 + MINUTE)
     assert counts == {"silver": 2, QuarantineReason.MALFORMED_JSON.value: 1}
-    tables = (FEEDBACK.bronze, FEEDBACK.silver, FEEDBACK.quarantine, Table.GOLD_KPI_MINUTE)
+    tables = (FEEDBACK.bronze, FEEDBACK.silver, FEEDBACK.quarantine)
     versions = delta_versions(spark, settings, *tables)
 
     # Spark replays batch 0 after a crash; even with other content, no table commits anything.
@@ -264,8 +264,65 @@ def test_a_replayed_batch_id_writes_nothing_twice(spark, tmp_path):
     # The next batch id is written.
     batch.process(kafka_frame(spark, [feedback("e-3", cost_micros=9_999)]), 1, ingested_at=T0 + 2 * MINUTE)
     assert table(spark, settings, FEEDBACK.silver).count() == 3
-    (kpi,) = table(spark, settings, Table.GOLD_KPI_MINUTE).collect()
-    assert (kpi.impressions, kpi.clicks, kpi.spend_micros) == (2, 1, 12_499)
+
+
+def test_kpi_batches_recompute_their_minutes_from_silver_and_a_replay_commits_nothing(spark, tmp_path):
+    settings = lake_settings(tmp_path)
+    streaming.ensure_tables(spark, settings, FEEDBACK)
+    batch = streaming.MicroBatch(settings, FEEDBACK, app_id="test-kpi-feedback")
+    kpis = streaming.KpiBatch(settings, app_id="test-kpi")
+    silver = table(spark, settings, FEEDBACK.silver)
+
+    def totals() -> list[tuple]:
+        rows = table(spark, settings, Table.GOLD_KPI_MINUTE).collect()
+        return sorted((row.campaign_id, row.minute, row.impressions, row.clicks, row.spend_micros) for row in rows)
+
+    batch.process(kafka_frame(spark, [feedback("e-1", cost_micros=2_500), feedback("e-2", "click")]), 0, ingested_at=T0)
+    assert kpis.process(silver, 0) == 2
+    assert totals() == [("cmp-1", T0.replace(tzinfo=None), 1, 1, 2_500)]
+
+    # Only e-3 is new to silver, but its minute is recomputed from all three events, not added to.
+    batch.process(kafka_frame(spark, [feedback("e-3", at=T0 + timedelta(seconds=30), cost_micros=1_000)]), 1,
+                  ingested_at=T0)  # fmt: skip
+    new_rows = silver.where("event_id = 'e-3'")
+    gold_version = delta_versions(spark, settings, Table.GOLD_KPI_MINUTE)
+    assert kpis.process(new_rows, 0) == 1  # a replay of KPI batch 0: Delta skips the MERGE
+    assert delta_versions(spark, settings, Table.GOLD_KPI_MINUTE) == gold_version
+    assert kpis.process(new_rows, 1) == 1
+    assert totals() == [("cmp-1", T0.replace(tzinfo=None), 2, 1, 3_500)]
+    gold_version = delta_versions(spark, settings, Table.GOLD_KPI_MINUTE)
+    assert kpis.process(silver.where("event_id = 'none'"), 2) == 0  # nothing new: no commit
+    assert delta_versions(spark, settings, Table.GOLD_KPI_MINUTE) == gold_version
+
+
+def test_a_kpi_merge_that_loses_to_a_compaction_is_run_again(spark, tmp_path, monkeypatch):
+    from delta.exceptions import ConcurrentDeleteReadException
+
+    settings = lake_settings(tmp_path)
+    streaming.ensure_tables(spark, settings, FEEDBACK)
+    streaming.MicroBatch(settings, FEEDBACK, app_id="test-retry").process(
+        kafka_frame(spark, [feedback("e-1", cost_micros=2_500)]), 0, ingested_at=T0
+    )
+    kpis = streaming.KpiBatch(settings, app_id="test-retry-kpi")
+    merge, attempts = kpis._merge_kpis, []
+
+    def compacted_first(*args):
+        attempts.append(args[-1])
+        if len(attempts) == 1:
+            raise ConcurrentDeleteReadException("a concurrent OPTIMIZE removed a file this MERGE read", None, None)
+        return merge(*args)
+
+    monkeypatch.setattr(kpis, "_merge_kpis", compacted_first)
+    assert kpis.process(table(spark, settings, FEEDBACK.silver), 0) == 1
+    assert attempts == [0, 0]
+    assert [row.impressions for row in table(spark, settings, Table.GOLD_KPI_MINUTE).collect()] == [1]
+
+    def always_compacted(*args):
+        raise ConcurrentDeleteReadException("again", None, None)
+
+    monkeypatch.setattr(kpis, "_merge_kpis", always_compacted)
+    with pytest.raises(ConcurrentDeleteReadException):
+        kpis.process(table(spark, settings, FEEDBACK.silver), 1)
 
 
 def test_reconcile_spend_sums_billable_micros_per_campaign_and_hour(spark, tmp_path):
@@ -318,6 +375,7 @@ def test_duplicates_replays_out_of_order_and_late_events_land_once(spark, tmp_pa
     quarantined = table(spark, settings, quarantine_table("feedback")).collect()
     assert [(json.loads(row.raw_value)["event_id"], row.reason) for row in quarantined] == [("e6", "late")]
     assert table(spark, settings, Table.BRONZE_FEEDBACK_RAW).count() == 12
+    streaming.KpiBatch(settings, app_id="test-dedupe-kpi").process(silver, 0)
     gold = table(spark, settings, Table.GOLD_KPI_MINUTE).collect()
     assert sorted((row.minute.minute, row.impressions, row.spend_micros) for row in gold) == sorted(
         ((T0 + i * MINUTE).minute, 1, 1_000) for i in (-5, 0, 1, 2, 3, 4, 5)
@@ -435,7 +493,7 @@ def test_a_broker_outage_during_production_loses_and_duplicates_nothing(spark, t
         try:
             services.wait_healthy(settings, job)
             assert set(json.loads(streaming.heartbeat_file(settings).read_text())["queries"]) == {
-                "feedback_stream", "auctions_stream",
+                "feedback_stream", "auctions_stream", "kpi_minute_stream",
             }  # fmt: skip
         finally:
             assert services.stop(settings, job) == "stopped"
