@@ -328,7 +328,10 @@ class MicroBatch:
                 (F.col("event_date") >= F.lit(_micros_to_date(horizon)))
                 & (F.col(EVENT_TIME) >= F.timestamp_micros(F.lit(horizon)))
             )
-        new = first_per_key(events, key).join(held.select(key), key, "left_anti").select(*events.columns)
+        # Silver's side is probed against the batch's ids, broadcast: only the few it holds are
+        # shuffled, not the ~2.4M ids of a 20-minute horizon at 2,000 events/s.
+        held_ids = held.select(key).join(F.broadcast(events.select(key)), key, "left_semi")
+        new = first_per_key(events, key).join(held_ids, key, "left_anti").select(*events.columns)
         append_batch(new, path, app_id, batch_id)
 
     def read_clock(self, session: SparkSession, app_id: str) -> EventClock | None:

@@ -111,6 +111,8 @@ def test_each_schema_violation_is_quarantined_with_its_reason_and_origin(spark):
         (feedback("e-f", at=T0 + timedelta(hours=1)), QuarantineReason.FUTURE),
         (feedback("e-l", at=T0 - timedelta(minutes=20)), QuarantineReason.LATE),
         ({**feedback("e-x"), "added_later": "ignored"}, None),  # an optional addition is not a new version
+        # Late and of an unknown type: the schema's reason comes first (the watermark is the last check).
+        ({**feedback("e-q", at=T0 - timedelta(minutes=20)), "event_type": "hover"}, QuarantineReason.UNKNOWN_VALUE),
     ]
     records = kafka_frame(spark, [value for value, _ in cases], topic="ad-feedback-test")
     valid, quarantined = parse_records(
@@ -126,6 +128,7 @@ def test_each_schema_violation_is_quarantined_with_its_reason_and_origin(spark):
     expected = {offset: reason.value for offset, (_, reason) in enumerate(cases) if reason is not None}
     assert {offset: row.reason for offset, row in rejected.items()} == expected
     assert "cost_micros" in rejected[7].detail and "campaign_id" in rejected[4].detail
+    assert "behind the watermark" in rejected[12].detail and "event_type = hover" in rejected[14].detail
     assert rejected[1].raw_value == "{not json"
     assert {(row.kafka_topic, row.kafka_partition) for row in rejected.values()} == {("ad-feedback-test", 0)}
 
