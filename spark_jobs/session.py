@@ -7,6 +7,8 @@ runs on `local[*]` or a `spark://` master, on a filesystem lake or `s3a://`.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -31,8 +33,36 @@ def local_jars(jar_dir: Path) -> list[Path]:
     return jars
 
 
-def spark_conf(settings: Settings, jars: list[Path], *, extra: dict[str, str] | None = None) -> dict[str, str]:
+# A job that runs for days (the stream) should hold at start the memory it will hold at the end.
+# - Its heap is committed and touched up front (-Xms = -Xmx, pre-touched), as Kafka and Elasticsearch
+#   run theirs, instead of growing into the cap page by page over the first minutes of load.
+# - The UI keeps the last few hundred jobs and SQL plans, not 1,000 of each: the stream runs about
+#   ten jobs every trigger, and each kept streaming plan is tens of KB of heap that GC must scan.
+LONG_RUNNING_UI_CONF = {
+    "spark.ui.retainedJobs": "200",
+    "spark.ui.retainedStages": "200",
+    "spark.sql.ui.retainedExecutions": "50",
+}
+# glibc gives each busy thread its own 64 MB malloc arena, up to 8 per core; the JVM's native
+# allocations (codecs, Netty, compiler threads) then leave RSS fragmented across them.
+MALLOC_ARENA_MAX = "2"
+
+
+def jvm_memory_option(spark_memory: str) -> str:
+    """Spark's memory string ("2g", "2048m", "1gb", "512" = MiB) as the size a -Xms/-Xmx option takes."""
+    match = re.fullmatch(r"(\d+)\s*(?:([kmgt])b?)?", spark_memory.strip().lower())
+    if not match:
+        raise ValueError(f"SPARK_DRIVER_MEMORY {spark_memory!r} is not a size like 2g or 2048m")
+    return f"{match[1]}{match[2] or 'm'}"
+
+
+def spark_conf(
+    settings: Settings, jars: list[Path], *, extra: dict[str, str] | None = None, long_running: bool = False
+) -> dict[str, str]:
     """Everything a session needs, as plain config, so it can be checked without a JVM."""
+    java_options = ["-Duser.timezone=UTC"]
+    if long_running:
+        java_options += [f"-Xms{jvm_memory_option(settings.spark_driver_memory)}", "-XX:+AlwaysPreTouch"]
     conf = {
         "spark.master": settings.spark_master,
         "spark.jars": ",".join(str(jar.resolve()) for jar in jars),
@@ -42,7 +72,7 @@ def spark_conf(settings: Settings, jars: list[Path], *, extra: dict[str, str] | 
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",
         # Event times are UTC everywhere; no host-local surprises in partitions.
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": " ".join(java_options),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.sql.streaming.stopGracefullyOnShutdown": "true",
@@ -52,6 +82,8 @@ def spark_conf(settings: Settings, jars: list[Path], *, extra: dict[str, str] | 
         # instead: classification of 100k records took 1.8 s, not 3.1 s.
         "spark.sql.codegen.hugeMethodLimit": "8000",
     }
+    if long_running:
+        conf.update(LONG_RUNNING_UI_CONF)
     if settings.lake_root.startswith("s3a://"):
         conf.update(s3a_conf(settings))
     conf.update(extra or {})
@@ -93,10 +125,18 @@ def session_jars(settings: Settings) -> list[Path]:
     return jars
 
 
-def get_spark(app_name: str, settings: Settings | None = None, extra: dict[str, str] | None = None) -> SparkSession:
-    """A (possibly existing) session configured for AdStream; ``extra`` overrides single keys."""
+def get_spark(
+    app_name: str, settings: Settings | None = None, extra: dict[str, str] | None = None, *, long_running: bool = False
+) -> SparkSession:
+    """A (possibly existing) session configured for AdStream; ``extra`` overrides single keys.
+
+    ``long_running`` sizes the JVM for a job that runs for days (see LONG_RUNNING_UI_CONF); it
+    applies only when this call starts the JVM, which inherits the malloc arena cap.
+    """
     settings = settings or get_settings()
-    conf = spark_conf(settings, session_jars(settings), extra=extra)
+    conf = spark_conf(settings, session_jars(settings), extra=extra, long_running=long_running)
+    if long_running:
+        os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
     builder = SparkSession.builder.appName(app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)

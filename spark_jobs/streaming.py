@@ -615,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         "streaming",
         settings,
         extra={"spark.databricks.delta.snapshotPartitions": str(settings.spark_shuffle_partitions)},
+        long_running=True,
     )
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, request_stop)

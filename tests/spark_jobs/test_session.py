@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs.session import MissingJarsError, local_jars, session_jars, spark_conf
+from spark_jobs.session import MissingJarsError, jvm_memory_option, local_jars, session_jars, spark_conf
 from tests.conftest import make_settings
 
 
@@ -64,3 +64,28 @@ def test_an_s3a_lake_without_the_s3_jars_says_how_to_fetch_them(tmp_path):
     settings = make_settings(tmp_path, jar_cache_dir=jar_cache, lake_root="s3a://bucket/lake")
     with pytest.raises(MissingJarsError, match="WITH_S3=1 make setup"):
         session_jars(settings)
+
+
+def test_a_long_running_session_holds_its_whole_heap_from_the_start(tmp_path):
+    settings = make_settings(tmp_path, spark_driver_memory="3g")
+    batch = spark_conf(settings, [])
+    stream = spark_conf(settings, [], long_running=True)
+    assert batch["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC"
+    assert "spark.ui.retainedJobs" not in batch
+    assert stream["spark.driver.extraJavaOptions"].split() == ["-Duser.timezone=UTC", "-Xms3g", "-XX:+AlwaysPreTouch"]
+    assert stream["spark.driver.memory"] == "3g"  # spark-submit turns this into -Xmx3g
+    assert stream["spark.sql.ui.retainedExecutions"] == "50"
+    assert int(stream["spark.ui.retainedJobs"]) < 1000  # Spark's default
+
+
+@pytest.mark.parametrize(
+    ("spark_memory", "java_size"), [("2g", "2g"), ("2048m", "2048m"), ("1gb", "1g"), ("512", "512m"), (" 4G ", "4g")]
+)
+def test_spark_memory_strings_become_java_heap_sizes(spark_memory, java_size):
+    assert jvm_memory_option(spark_memory) == java_size
+
+
+@pytest.mark.parametrize("spark_memory", ["512b", "two gigs", "1.5g", ""])
+def test_a_memory_string_java_cannot_take_is_refused_with_the_setting_named(spark_memory):
+    with pytest.raises(ValueError, match="SPARK_DRIVER_MEMORY"):
+        jvm_memory_option(spark_memory)
