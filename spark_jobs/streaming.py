@@ -1,6 +1,7 @@
 """Kafka -> Delta, exactly once: ``ad-feedback`` and ``auctions`` into bronze, silver, quarantine and gold KPIs.
 
     python -m spark_jobs.streaming [--source feedback|auctions|all] [--available-now] [--trigger-s N]
+    python -m spark_jobs.streaming --check     # exit 0 if a running job's driver loop beat recently
 
 One Structured Streaming query per topic, checkpointed in ``_checkpoints/<source>_stream``. Each of its
 micro-batches (``foreachBatch``) writes, in this order (silver first: it is what readers wait for):
@@ -588,7 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--available-now", action="store_true", help="process what the topics hold, then exit")
     parser.add_argument("--trigger-s", type=float, default=None, help="micro-batch interval (STREAM_TRIGGER_S)")
     parser.add_argument("--topic", default=None, help="read this topic instead of the source's (one --source only)")
+    parser.add_argument("--check", action="store_true", help="exit 0 if a running job beat recently (health check)")
     args = parser.parse_args(argv)
+    if args.check:
+        return 0 if is_alive(get_settings()) else 1
     sources = list(SOURCES.values()) if args.source == "all" else [SOURCES[args.source]]
     if args.topic:
         if len(sources) != 1:

@@ -1,5 +1,6 @@
 """docker-compose.yml cannot run here (no Docker engine), so it is parsed and checked."""
 
+import importlib.util
 import re
 import tomllib
 from pathlib import Path
@@ -104,3 +105,18 @@ def test_secrets_must_come_from_the_environment(raw_compose, compose):
     for line in example.splitlines():
         if "PASSWORD" in line or "SECRET" in line:
             assert line.endswith("="), f".env.example must not carry a value: {line}"
+
+
+def _python_modules(service: dict) -> list[str]:
+    """The modules a service runs or health-checks with ``python -m``."""
+    commands = [service.get("command"), (service.get("healthcheck") or {}).get("test")]
+    return [c[c.index("-m") + 1] for c in commands if isinstance(c, list) and "python" in c and "-m" in c]
+
+
+def test_every_python_module_a_service_runs_exists(compose):
+    modules = {name: _python_modules(service) for name, service in compose["services"].items()}
+    assert modules["streaming-job"] == ["spark_jobs.streaming", "spark_jobs.streaming"]
+    assert "auction_service.ad_manager" in modules["ad-manager"]
+    for name, names in modules.items():
+        for module in names:
+            assert importlib.util.find_spec(module) is not None, f"{name} runs python -m {module}, which does not exist"

@@ -385,6 +385,24 @@ def test_duplicates_replays_out_of_order_and_late_events_land_once(spark, tmp_pa
     )
 
 
+def test_the_health_check_passes_only_while_a_job_beats(tmp_path):
+    settings = make_settings(tmp_path)
+    env = child_process_env(**services.settings_env(settings))
+
+    def check() -> int:
+        command = [sys.executable, "-m", "spark_jobs.streaming", "--check"]
+        return subprocess.run(command, env=env, cwd=services.PROJECT_ROOT, timeout=60).returncode
+
+    assert check() == 1  # no job has run
+    beat = streaming.heartbeat_file(settings)
+    beat.parent.mkdir(parents=True)
+    beat.write_text(json.dumps({"pid": 12345, "queries": {}}))
+    assert check() == 0
+    stale = time.time() - 31  # the check allows 30 s between beats
+    os.utime(beat, (stale, stale))
+    assert check() == 1
+
+
 # --- through Kafka ---
 
 
