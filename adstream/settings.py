@@ -179,6 +179,12 @@ def child_process_env(**overrides: str) -> dict[str, str]:
     return {**os.environ, **overrides}
 
 
+def default_child_env(name: str, value: str) -> None:
+    """Gives the processes this one launches from now on ``name`` = ``value``, unless it is already set
+    (a JVM reads MALLOC_ARENA_MAX once, at start)."""
+    os.environ.setdefault(name, value)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Process-wide settings; tests build ``Settings(...)`` directly instead."""

@@ -7,13 +7,12 @@ runs on `local[*]` or a `spark://` master, on a filesystem lake or `s3a://`.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from adstream.settings import Settings, get_settings
+from adstream.settings import Settings, default_child_env, get_settings
 
 
 class MissingJarsError(RuntimeError):
@@ -136,7 +135,7 @@ def get_spark(
     settings = settings or get_settings()
     conf = spark_conf(settings, session_jars(settings), extra=extra, long_running=long_running)
     if long_running:
-        os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
+        default_child_env("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
     builder = SparkSession.builder.appName(app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from adstream.settings import Environment, Settings
+from adstream.settings import Environment, Settings, child_process_env, default_child_env
 
 
 @pytest.fixture(autouse=True)
@@ -90,3 +90,12 @@ def test_only_the_settings_module_reads_the_environment():
             if "os.environ" in text or "getenv(" in text:
                 offenders.append(str(source.relative_to(root)))
     assert offenders == []
+
+
+def test_a_child_env_default_yields_to_what_the_operator_set(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    default_child_env("MALLOC_ARENA_MAX", "2")
+    assert child_process_env()["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    default_child_env("MALLOC_ARENA_MAX", "2")
+    assert child_process_env()["MALLOC_ARENA_MAX"] == "8"
