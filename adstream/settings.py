@@ -29,6 +29,10 @@ class Environment(StrEnum):
     PROD = "prod"
 
 
+# A memory size both Spark and the JVM's -Xms/-Xmx accept: digits, then an optional k/m/g/t (and b).
+SPARK_MEMORY_PATTERN = r"^\s*(\d+)\s*(?:([kKmMgGtT])[bB]?)?\s*$"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
@@ -62,7 +66,7 @@ class Settings(BaseSettings):
     ingest_max_reject_share: float = Field(default=0.05, ge=0, le=1)
 
     # Spark tuning that is not a per-job choice.
-    spark_driver_memory: str = "2g"
+    spark_driver_memory: str = Field(default="2g", pattern=SPARK_MEMORY_PATTERN)  # 2g, 2048m, 1gb; no unit = MiB
     spark_shuffle_partitions: int = Field(default=4, ge=1)
 
     # S3-compatible lake (MinIO in docker-compose). Credentials come from the

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from adstream.settings import Settings, default_child_env, get_settings
+from adstream.settings import SPARK_MEMORY_PATTERN, Settings, default_child_env, get_settings
 
 
 class MissingJarsError(RuntimeError):
@@ -50,10 +50,10 @@ MALLOC_ARENA_MAX = "2"
 
 def jvm_memory_option(spark_memory: str) -> str:
     """Spark's memory string ("2g", "2048m", "1gb", "512" = MiB) as the size a -Xms/-Xmx option takes."""
-    match = re.fullmatch(r"(\d+)\s*(?:([kmgt])b?)?", spark_memory.strip().lower())
+    match = re.match(SPARK_MEMORY_PATTERN, spark_memory)
     if not match:
         raise ValueError(f"SPARK_DRIVER_MEMORY {spark_memory!r} is not a size like 2g or 2048m")
-    return f"{match[1]}{match[2] or 'm'}"
+    return f"{match[1]}{(match[2] or 'm').lower()}"
 
 
 def spark_conf(

@@ -99,3 +99,10 @@ def test_a_child_env_default_yields_to_what_the_operator_set(monkeypatch: pytest
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     default_child_env("MALLOC_ARENA_MAX", "2")
     assert child_process_env()["MALLOC_ARENA_MAX"] == "8"
+
+
+@pytest.mark.parametrize("memory", ["1.5g", "2 gigs", "512b", ""])
+def test_a_driver_memory_java_cannot_take_is_refused_naming_the_setting(memory: str):
+    with pytest.raises(ValidationError, match="spark_driver_memory"):
+        Settings(spark_driver_memory=memory)
+    assert Settings(spark_driver_memory="3G").spark_driver_memory == "3G"
