@@ -13,16 +13,16 @@ setup: ## Install Python deps (.venv, pinned), JVM jars (Maven Central -> .local
 	@bash infra/setup.sh
 
 up: setup ## Start Kafka (KRaft), MLflow and Airflow locally; waits until healthy
-	@$(PY) -m adstream.services up
+	@$(PY) -m devstack.services up
 
 down: ## Stop every local service (no-op when nothing runs)
-	@if [ -x $(PY) ]; then $(PY) -m adstream.services down; else echo "nothing to stop (no .venv)"; fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack.services down; else echo "nothing to stop (no .venv)"; fi
 
 status: ## Show each local service and its URL
-	@$(PY) -m adstream.services status
+	@$(PY) -m devstack.services status
 
 run: setup ## Set up, start the platform and push data through it end to end (DURATION=3m RATE=20 USERS=500; KEEP_UP=1 leaves it running)
-	@$(PY) -m adstream.run $(if $(filter 1,$(KEEP_UP)),--keep-up) $(if $(DURATION),--duration $(DURATION)) $(if $(RATE),--rate $(RATE)) $(if $(USERS),--users $(USERS))
+	@$(PY) -m devstack.run $(if $(filter 1,$(KEEP_UP)),--keep-up) $(if $(DURATION),--duration $(DURATION)) $(if $(RATE),--rate $(RATE)) $(if $(USERS),--users $(USERS))
 
 test: setup ## Lint and run the whole test suite (starts and stops the Kafka broker it needs)
 	@.venv/bin/ruff check .
@@ -30,17 +30,17 @@ test: setup ## Lint and run the whole test suite (starts and stops the Kafka bro
 	@$(PY) -m pytest
 
 bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/bench/ (REPEATS=3)
-	@$(PY) -m ingestion.benchmark --repeats $(or $(REPEATS),3)
-	@$(PY) -m ml.bench_scorer
+	@$(PY) -m benchmarks.ingestion --repeats $(or $(REPEATS),3)
+	@$(PY) -m benchmarks.scorer
 
 bench-auction: setup ## Load-test the auction service (autocannon, 32 connections) vs a naive baseline (REPEATS=3 DURATION=20)
-	@$(PY) -m auction_service.bench --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20)
+	@$(PY) -m benchmarks.auction --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20)
 
 bench-billing: setup ## Bill one hour of 1,000,000 events (local[2]) vs a DuckDB baseline; reports/bench/billing.json (REPEATS=3)
-	@$(PY) -m spark_jobs.bench_billing --repeats $(or $(REPEATS),3)
+	@$(PY) -m benchmarks.billing --repeats $(or $(REPEATS),3)
 
 bench-streaming: setup ## Kafka -> Delta streaming job (local[2]): throughput vs a raw-append baseline, latency p95, RSS soak; reports/bench/streaming.json (REPEATS=3 EVENTS=2000000 SOAK=30m)
-	@$(PY) -m spark_jobs.bench_streaming --repeats $(or $(REPEATS),3) --events $(or $(EVENTS),2000000) --soak $(or $(SOAK),30m)
+	@$(PY) -m benchmarks.streaming --repeats $(or $(REPEATS),3) --events $(or $(EVENTS),2000000) --soak $(or $(SOAK),30m)
 
 compare-runs: setup ## Compare CTR training runs side by side (metrics, params, champion/challenger decision); LAST=N
 	@$(PY) -m ml.compare --execute-notebook $(if $(LAST),--last $(LAST))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from adstream.settings import get_settings
-from auction_service.main import create_app
-from auction_service.server import run
+from auction_service.api.app import create_app
+from auction_service.fastpath.server import run
 
 
 def main() -> int:

@@ -1,8 +1,8 @@
 """The auction's view of campaigns and requests: plain, immutable values shared by the store and the auction.
 
-The campaign store (``auction_service.store``) turns its rows into ``ServingCampaign``;
+The campaign store (``auction_service.campaign_store.store``) turns its rows into ``ServingCampaign``;
 both API flavours (our JSON, OpenRTB) turn a request into ``AuctionContext``; the pure
-auction (``auction_service.auction``) reads only these. Money is integer micros.
+auction (``auction_service.serving.auction``) reads only these. Money is integer micros.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each run bills the hour of its data interval (usually provisional: the stream's watermark
 trails the clock) and re-bills the still-provisional hours before it, which are final once the
-watermark has passed them. Wiring only: the tasks call `spark_jobs.billing`, also runnable as
-`python -m spark_jobs.billing --hour … [--step bill|reconcile|export] [--with-provisional]`.
+watermark has passed them. Wiring only: the tasks call `spark_jobs.billing.job`, also runnable as
+`python -m spark_jobs.billing.job --hour … [--step bill|reconcile|export] [--with-provisional]`.
 """
 
 from __future__ import annotations
@@ -28,19 +28,19 @@ from adstream.contracts import Table
 def hourly_billing():
     @task(outlets=[table_asset(Table.GOLD_BILLING_HOURLY)])
     def bill() -> list[str]:
-        from spark_jobs.billing import bill_task
+        from spark_jobs.billing.job import bill_task
 
         return bill_task(get_current_context()["data_interval_start"])
 
     @task
     def reconcile(hours: list[str]) -> list[str]:
-        from spark_jobs.billing import reconcile_task
+        from spark_jobs.billing.job import reconcile_task
 
         return reconcile_task(hours)
 
     @task
     def export(hours: list[str]) -> list[str]:
-        from spark_jobs.billing import export_task
+        from spark_jobs.billing.job import export_task
 
         return export_task(hours)
 

@@ -107,7 +107,7 @@ key=$(fingerprint requirements.lock)
 if fresh airflow-db "$key" && [ -f "$LOCAL_DIR/airflow/airflow.db" ]; then
   echo "up to date"
 else
-  .venv/bin/python -m adstream.services airflow db migrate > "$LOCAL_DIR/airflow-db-migrate.log" 2>&1 \
+  .venv/bin/python -m devstack.services airflow db migrate > "$LOCAL_DIR/airflow-db-migrate.log" 2>&1 \
     || die "airflow db migrate failed; see $LOCAL_DIR/airflow-db-migrate.log"
   echo "$key" > "$STAMPS/airflow-db"
 fi

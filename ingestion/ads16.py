@@ -35,31 +35,9 @@ from typing import Generic, TypeVar
 
 import pandas as pd
 
+from adstream.taxonomy import ADS16_CATEGORIES, ADS_PER_CATEGORY
 from ingestion.records import SOURCE_FILE, SOURCE_ROW, ParsedSource, Rejection, SourceError, truncate_raw
 
-ADS16_CATEGORIES: tuple[str, ...] = (
-    "Clothing & Shoes",
-    "Automotive",
-    "Baby Products",
-    "Health & Beauty",
-    "Media (BMVD)",
-    "Consumer Electronics",
-    "Console & Video Games",
-    "DIY & Tools",
-    "Garden & Outdoor living",
-    "Grocery",
-    "Kitchen & Home",
-    "Betting",
-    "Jewellery & Watches",
-    "Musical Instruments",
-    "Office Products",
-    "Pet Supplies",
-    "Computer Software",
-    "Sports & Outdoors",
-    "Toys & Games",
-    "Dating Sites",
-)
-ADS_PER_CATEGORY = 15
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 USERS_TABLE = "ads16_users"

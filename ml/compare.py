@@ -23,8 +23,8 @@ from mlflow.entities.model_registry import ModelVersion
 from nbclient.exceptions import CellExecutionError
 
 from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId
-from adstream.notebooks import NOTEBOOKS_DIR, execute_notebook
 from adstream.settings import Settings, child_process_env, get_settings
+from ml.notebooks import NOTEBOOKS_DIR, execute_notebook
 from ml.registry import CALIBRATION_BOUNDS
 from ml.tracking import TrackingServerUnreachable, ensure_reachable, search_ctr_runs, tracking_client
 

@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
 from ml.features import FEATURES, LABEL
 from ml.metrics import evaluate
-from ml.models import SKOPS_TRUSTED_TYPES
+from ml.pipelines import SKOPS_TRUSTED_TYPES
 from ml.tracking import tracking_client
 
 CALIBRATION_BOUNDS = (0.8, 1.2)
@@ -130,7 +130,7 @@ def load_model_version(tracking_uri: str, version: str) -> Pipeline:
 
     Read with skops directly rather than ``mlflow.sklearn.load_model``: the URIs are
     explicit (``load_model`` only knows the process-wide ones), and the allow-list of
-    types is the one kept in code (``ml.models.SKOPS_TRUSTED_TYPES``), not the one
+    types is the one kept in code (``ml.pipelines.SKOPS_TRUSTED_TYPES``), not the one
     stored in the artifact, so a tampered model cannot widen it.
     """
     return skops.io.loads(model_artifact(tracking_uri, version), trusted=list(SKOPS_TRUSTED_TYPES))

@@ -1,4 +1,4 @@
-"""A fast in-process pCTR scorer compiled from a fitted pipeline of ``ml.models``.
+"""A fast in-process pCTR scorer compiled from a fitted pipeline of ``ml.pipelines``.
 
 The auction scores about 100 candidates per request. ``pipeline.predict_proba`` on a
 pandas frame spends milliseconds in DataFrame construction and sklearn's input
@@ -6,7 +6,7 @@ validation; ``CompiledScorer`` reads the fitted parameters once and then scores 
 a few numpy operations on the whole batch, equal to ``predict_proba(frame)[:, 1]``
 to floating-point rounding (tests hold it to 1e-9).
 
-Supported families (``ml.models.FAMILIES``), all three:
+Supported families (``ml.pipelines.FAMILIES``), all three:
 
 - ``logistic_regression``: imputation, standardization and the one-hot weights are
   folded into a dense linear model: each categorical value maps straight to its
@@ -43,7 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from ml.models import FillMissingCategory, TreesPlusLogisticRegression
+from ml.pipelines import FillMissingCategory, TreesPlusLogisticRegression
 
 # A value no fitted encoder has seen: probes what an unseen category turns into.
 _UNSEEN = "\x00unseen-category-probe"
@@ -253,7 +253,7 @@ class CompiledScorer:
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> CompiledScorer:
-        """Compiles a fitted pipeline built by ``ml.models``; raises ``UnsupportedModelError`` otherwise."""
+        """Compiles a fitted pipeline built by ``ml.pipelines``; raises ``UnsupportedModelError`` otherwise."""
         prepare, classifier = _split_pipeline(pipeline)
         if isinstance(classifier, LogisticRegression):
             return _compile_logistic_regression(prepare, classifier)

@@ -56,7 +56,7 @@ from ml.features import (
     check_columns,
 )
 from ml.metrics import evaluate
-from ml.models import FAMILIES, RANDOM_STATE, SKOPS_TRUSTED_TYPES
+from ml.pipelines import FAMILIES, RANDOM_STATE, SKOPS_TRUSTED_TYPES
 from ml.registry import Promotion, apply_promotion, register_challenger
 from ml.split import time_split
 from ml.tracking import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from ingestion.ads16 import ADS16_CATEGORIES
+from adstream.taxonomy import ADS16_CATEGORIES
 
 OTHER = "Other"
 TAXONOMY = (*ADS16_CATEGORIES, OTHER)

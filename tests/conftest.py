@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from adstream import services
 from adstream.settings import Settings
+from devstack import services
 
 # The jar cache `make setup` filled (JAR_CACHE_DIR, default .local/jars).
 JAR_CACHE = Path(Settings().jar_cache_dir).resolve()

@@ -116,7 +116,7 @@ def _python_modules(service: dict) -> list[str]:
 def test_every_python_module_a_service_runs_exists(compose):
     modules = {name: _python_modules(service) for name, service in compose["services"].items()}
     assert modules["streaming-job"] == ["spark_jobs.streaming", "spark_jobs.streaming"]
-    assert "auction_service.ad_manager" in modules["ad-manager"]
+    assert "auction_service.campaign_store.ad_manager" in modules["ad-manager"]
     for name, names in modules.items():
         for module in names:
             assert importlib.util.find_spec(module) is not None, f"{name} runs python -m {module}, which does not exist"

@@ -11,8 +11,8 @@ import pytest
 from deltalake import write_deltalake
 
 from adstream.contracts import Table
-from adstream.notebooks import NOTEBOOKS_DIR, execute_notebook
 from adstream.settings import Settings, child_process_env
+from ml.notebooks import NOTEBOOKS_DIR, execute_notebook
 from tests.conftest import make_settings
 
 NOTEBOOK = NOTEBOOKS_DIR / "explore_lake.ipynb"

@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from adstream.settings import Settings
-from auction_service.state import ServiceState
+from auction_service.serving.state import ServiceState
 
 _bearer = HTTPBearer(auto_error=False, description="AUCTION_API_TOKEN from the settings")
 

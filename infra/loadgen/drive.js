@@ -1,4 +1,4 @@
-// One closed-loop load run for `make bench-auction` (auction_service/bench.py starts it).
+// One closed-loop load run for `make bench-auction` (benchmarks/auction.py starts it).
 //
 // autocannon, from npm: its HTTP client runs on Node's JIT in one process and keeps 32
 // connections busy at a few thousand requests/s on a fraction of one core, which a Python

@@ -31,10 +31,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from adstream.events import CampaignInstruction, CampaignSpec, Targeting
 from adstream.settings import Settings
-from auction_service import server as serving
-from auction_service import store
-from auction_service.main import create_app
-from auction_service.state import ServiceState
+from auction_service.api.app import create_app
+from auction_service.campaign_store import store
+from auction_service.fastpath import server as serving
+from auction_service.serving.state import ServiceState
 from ml.tracking import tracking_client
 from ml.train import train
 from tests.conftest import free_port, make_settings

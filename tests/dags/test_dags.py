@@ -7,9 +7,9 @@ import sys
 import pytest
 from deltalake import DeltaTable
 
-from adstream import services
 from adstream.contracts import DagId, Table
 from adstream.settings import child_process_env
+from devstack import services
 from tests.conftest import make_settings
 
 PARSE_DAG_FOLDER = """
@@ -154,8 +154,8 @@ def test_airflow_dags_test_trains_and_leaves_a_champion(tmp_path):
     from deltalake import write_deltalake
 
     from ml.registry import version_by_alias
-    from ml.synthetic import training_frame
     from ml.tracking import tracking_client
+    from simulator.ctr_examples import training_frame
 
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)

@@ -75,7 +75,7 @@ def test_a_user_missing_a_file_is_loaded_and_the_gap_quarantined(kaggle):
 
 
 def test_the_committed_samples_are_what_the_generator_writes(tmp_path):
-    from ingestion.samples import generate
+    from simulator.kaggle_samples import generate
 
     generate(tmp_path / "regenerated", "small", seed=7)
     committed = {p.relative_to(SAMPLES): p.read_bytes() for p in SAMPLES.rglob("*") if p.is_file()}

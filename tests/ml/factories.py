@@ -1,4 +1,4 @@
-"""Test inputs: synthetic training sets (ml.synthetic) and candidate batches with awkward values."""
+"""Test inputs: synthetic training sets (simulator.ctr_examples) and candidate batches with awkward values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ml.features import FEATURES
-from ml.synthetic import training_frame
+from simulator.ctr_examples import training_frame
 
 __all__ = ["awkward_candidates", "training_frame"]
 

@@ -10,9 +10,9 @@ import nbformat
 import pytest
 
 from adstream.contracts import MLFLOW_EXPERIMENT, REGISTERED_MODEL
-from adstream.notebooks import KERNEL_NAME, VenvKernelManager
 from adstream.settings import Settings
 from ml.compare import NOTEBOOK, Comparison, compare_runs, main, training_runs
+from ml.notebooks import KERNEL_NAME, VenvKernelManager
 from ml.tracking import tracking_client
 from ml.train import TrainResult, train
 from tests.conftest import free_port, make_settings

@@ -8,7 +8,7 @@ import pytest
 from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL
 from ml.features import FEATURES, LABEL
 from ml.metrics import evaluate
-from ml.models import SKOPS_TRUSTED_TYPES, logistic_regression
+from ml.pipelines import SKOPS_TRUSTED_TYPES, logistic_regression
 from ml.registry import DECISION_ARTIFACT, apply_promotion, decide_promotion, register_challenger
 from ml.split import time_split
 from ml.tracking import point_fluent_api_at, tracking_client

@@ -4,7 +4,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.pipeline import Pipeline
 
 from ml.features import FEATURES, LABEL
-from ml.models import FAMILIES
+from ml.pipelines import FAMILIES
 from ml.scorer import Coded, CompiledScorer, UnsupportedModelError
 from ml.split import time_split
 from tests.ml.factories import awkward_candidates, training_frame

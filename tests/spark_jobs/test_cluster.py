@@ -16,9 +16,9 @@ from pathlib import Path
 import pyspark
 import pytest
 
-from adstream import services
 from adstream.contracts import Table
 from adstream.settings import child_process_env
+from devstack import services
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow

@@ -22,13 +22,13 @@ import pytest
 from pyspark.sql import Row
 from pyspark.testing import assertDataFrameEqual
 
-from adstream import services
 from adstream.contracts import Table, Topic, quarantine_table
 from adstream.events import FeedbackEvent
 from adstream.messaging import ensure_topics, make_producer
 from adstream.settings import Settings, child_process_env
+from devstack import services
 from spark_jobs import streaming
-from spark_jobs.spend import reconcile_spend
+from spark_jobs.billing.spend import reconcile_spend
 from spark_jobs.stream_transforms import (
     KAFKA_RECORD_DDL,
     EventClock,

@@ -20,11 +20,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from adstream.events import MICROS_PER_UNIT
-from auction_service import openrtb
+from auction_service.api.schemas import AuctionRequest, AuctionResponse
 from auction_service.domain import AuctionContext
-from auction_service.flows import serve_auction
-from auction_service.schemas import AuctionRequest, AuctionResponse
-from auction_service.state import ServiceState
+from auction_service.serving import openrtb
+from auction_service.serving.flows import serve_auction
+from auction_service.serving.state import ServiceState
 
 router = APIRouter(tags=["auction"])
 NO_FILL = {204: {"description": "no campaign is eligible above the floor (no fill)"}}

@@ -12,10 +12,10 @@ from fastapi import APIRouter, HTTPException, status
 from kafka.errors import KafkaError
 
 from adstream.events import CampaignSpec, CampaignStatus
-from auction_service import store
 from auction_service.api.deps import CampaignAuth, StateDep
-from auction_service.campaigns import create_instruction, publish_instructions, stop_instruction
-from auction_service.schemas import CampaignAccepted, CampaignCreate, CampaignView
+from auction_service.api.schemas import CampaignAccepted, CampaignCreate, CampaignView
+from auction_service.campaign_store import store
+from auction_service.campaign_store.instructions import create_instruction, publish_instructions, stop_instruction
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[CampaignAuth])
 

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
 from adstream.events import EventType
-from auction_service.flows import BrokerUnavailable, LedgerUnavailable, record_events
-from auction_service.schemas import ID_PATTERN, EventBatch, EventBatchResult, EventIn
+from auction_service.api.schemas import ID_PATTERN, EventBatch, EventBatchResult, EventIn
+from auction_service.serving.flows import BrokerUnavailable, LedgerUnavailable, record_events
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 RETRY = "retry the same events with the same event_id: a replay is never charged twice"

@@ -11,9 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from auction_service.api.deps import StateDep
 from auction_service.api.routes.auction import to_micros
+from auction_service.api.schemas import Prediction, PredictRequest, PredictResponse
 from auction_service.domain import AuctionContext
-from auction_service.schemas import Prediction, PredictRequest, PredictResponse
-from auction_service.serving_features import candidate_batch
+from auction_service.serving.features import candidate_batch
 
 router = APIRouter(tags=["operations"])
 

@@ -1,0 +1,156 @@
+"""The HTTP API's request and response bodies (our JSON; OpenRTB lives in ``auction_service.serving.openrtb``).
+
+Requests are strict: unknown fields and wrong types are refused with 422 and a
+message per field. Money in requests is a decimal string or number in currency
+units (at most 6 decimals) and becomes integer micros at once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from adstream.events import MICROS_PER_UNIT, CampaignSpec, CampaignStatus, EventType, PricingModel
+
+Gender = Literal["F", "M"]
+DeviceType = Literal["mobile", "desktop", "tablet", "ctv"]
+Channel = Literal["web", "app"]
+ContentType = Literal["display", "video"]
+Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)]
+ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
+MAX_EVENTS_PER_BATCH = 1000
+# Far above any real campaign and far below the store's 64-bit integers: a bid or budget past them is a typo.
+MAX_BID_MICROS = 1_000 * MICROS_PER_UNIT
+MAX_BUDGET_MICROS = 100_000_000 * MICROS_PER_UNIT
+
+
+def _in_utc(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable UTC time
+        raise ValueError("out of range once converted to UTC") from exc
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuctionRequest(_Strict):
+    """One ad request: who is asking and where. Unknown attributes may be left out."""
+
+    user_id: Id | None = None
+    country: str | None = Field(default=None, max_length=64)
+    age: int | None = Field(default=None, ge=13, le=120)
+    gender: Gender | None = None
+    device_type: DeviceType | None = None
+    channel: Channel | None = None
+    content_type: ContentType = "display"
+    floor_cpm: Money | None = Field(default=None, description="seller floor, currency units per 1000 impressions")
+    blocked_categories: list[str] = Field(default_factory=list, max_length=50)
+    blocked_advertisers: list[str] = Field(default_factory=list, max_length=50)
+
+
+class TrackingUrls(BaseModel):
+    impression: str
+    click: str
+
+
+class AuctionResponse(BaseModel):
+    auction_id: str
+    ad_id: str
+    campaign_id: str
+    advertiser_id: str
+    category: str
+    pricing_model: PricingModel
+    clearing_price_micros: int = Field(description="in the winner's billing unit (CPM: per 1000 impressions)")
+    clearing_price: str = Field(description="the same, as a decimal string in currency units")
+    currency: str = "USD"
+    pctr: float
+    ecpm_micros: int
+    model_version: str
+    tracking: TrackingUrls
+
+
+class EventIn(_Strict):
+    """A user event on a served ad. The event_id makes retries safe: a replay charges nothing."""
+
+    event_id: Id
+    event_type: EventType
+    auction_id: Id
+    event_time: UtcTime | None = Field(default=None, description="UTC; default: when the service receives it")
+
+
+class EventBatch(_Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+
+
+EventStatus = Literal["accepted", "duplicate", "rejected"]
+
+
+class EventResult(BaseModel):
+    event_id: str
+    status: EventStatus
+    reason: str | None = None
+    charged_micros: int = 0
+
+
+class EventBatchResult(BaseModel):
+    accepted: int
+    duplicate: int
+    rejected: int
+    results: list[EventResult]
+
+
+class CampaignCreate(CampaignSpec):
+    """A campaign to create; ``campaign_id`` is generated when left out.
+
+    Tighter than ``CampaignSpec``: an instruction the store cannot hold must be refused here
+    with a 422, not published for the ad manager to fail on.
+    """
+
+    bid_micros: int = Field(gt=0, le=MAX_BID_MICROS)
+    total_budget_micros: int = Field(gt=0, le=MAX_BUDGET_MICROS)
+    daily_budget_micros: int = Field(gt=0, le=MAX_BUDGET_MICROS)
+    flight_start: UtcTime
+    flight_end: UtcTime
+    campaign_id: Id | None = None
+
+
+class CampaignAccepted(BaseModel):
+    campaign_id: str
+    instruction_id: str
+    action: str
+    status: Literal["published"] = "published"
+    detail: str = "applied by the ad manager within about a second; GET /v1/campaigns/{id} shows it"
+
+
+class CampaignView(BaseModel):
+    campaign_id: str
+    status: CampaignStatus
+    spec: CampaignSpec
+    spent_micros: int
+    remaining_budget_micros: int
+
+
+class PredictRequest(_Strict):
+    context: AuctionRequest = Field(default_factory=AuctionRequest)
+    campaign_ids: list[Id] = Field(min_length=1, max_length=500)
+
+
+class Prediction(BaseModel):
+    campaign_id: str
+    ad_id: str
+    pctr: float
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    predictions: list[Prediction]
+    unknown_campaigns: list[str] = Field(default_factory=list)

@@ -1,0 +1,200 @@
+"""The ad manager: applies ``campaign-instructions`` to the campaign store.
+
+    python -m auction_service.campaign_store.ad_manager
+
+A Kafka consumer group (``AD_MANAGER_GROUP``). For each batch of records:
+- a valid instruction is applied with ``store.apply_instruction``, in its own committed
+  transaction; a replayed instruction_id is a no-op there;
+- a record that is not a valid instruction (bad JSON, schema violation, key that is
+  not its campaign_id) is quarantined in ``quarantined_instructions`` with the reason
+  and its topic, partition and offset, counted and logged;
+- the Kafka offsets are committed only after every record of the batch is stored.
+A crash between the store commit and the offset commit replays those records, which
+then change nothing. SIGTERM or SIGINT finishes the current batch, commits and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from adstream.contracts import Topic
+from adstream.events import CampaignInstruction
+from adstream.messaging import BrokerUnavailable, ensure_topics, make_consumer
+from adstream.settings import Settings, get_settings
+from auction_service.campaign_store import store
+from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 500  # how long a stop request may wait for the poll to return
+MAX_BATCH = 500
+HEARTBEAT_EVERY_S = 5.0
+HEARTBEAT_MAX_AGE_S = 30.0
+QUARANTINED = "quarantined"
+
+OnApplied = Callable[[CampaignInstruction, store.ApplyResult], None]
+
+
+class InvalidInstruction(ValueError):
+    """A record of campaign-instructions that cannot be applied; the message is the quarantine reason."""
+
+
+@dataclass
+class AdManagerStats:
+    """Records handled by one ``run``, by outcome (``created``, ``already applied``, ``quarantined``, …)."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    batches_committed: int = 0
+
+    @property
+    def quarantined(self) -> int:
+        return self.outcomes[QUARANTINED]
+
+
+def parse_instruction(key: bytes | None, value: bytes | None) -> CampaignInstruction:
+    """The instruction a record carries, or ``InvalidInstruction`` saying what is wrong with it."""
+    if value is None:
+        raise InvalidInstruction("empty record (no value)")
+    try:
+        instruction = CampaignInstruction.model_validate_json(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'record'}: {error['msg']}" for error in exc.errors()
+        )
+        raise InvalidInstruction(f"not a valid campaign instruction: {problems}") from exc
+    # Records of one campaign must share a partition, or a stop could overtake its create.
+    if key != instruction.campaign_id.encode():
+        shown = key.decode(errors="replace") if key is not None else None
+        raise InvalidInstruction(f"record key {shown!r} is not the campaign_id {instruction.campaign_id!r}")
+    return instruction
+
+
+def handle_record(sessions: sessionmaker[Session], record: ConsumerRecord, on_applied: OnApplied | None = None) -> str:
+    """Apply or quarantine one record; returns its outcome. Both paths commit to the store before returning."""
+    try:
+        instruction = parse_instruction(record.key, record.value)
+    except InvalidInstruction as exc:
+        log.warning("quarantined %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+        with sessions() as session:
+            store.quarantine_instruction(
+                session,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                raw_value=record.value,
+                reason=str(exc),
+            )
+        return QUARANTINED
+    with sessions() as session:
+        result = store.apply_instruction(session, instruction)
+    log.info("%s %s %s: %s", instruction.action, instruction.campaign_id, instruction.instruction_id, result.outcome)
+    if on_applied is not None:
+        on_applied(instruction, result)
+    return str(result.outcome)
+
+
+def run(
+    settings: Settings,
+    stop_event: threading.Event,
+    on_applied: OnApplied | None = None,
+    *,
+    topic: str = Topic.CAMPAIGN_INSTRUCTIONS,
+) -> AdManagerStats:
+    """Consume campaign-instructions until ``stop_event`` is set; returns what was done.
+
+    ``on_applied(instruction, result)`` is called after each store commit and before the
+    batch's offsets are committed (tests use it to crash in between). ``topic`` is for
+    tests that must not leave malformed records on the shared topic.
+    """
+    engine = make_engine(settings)
+    migrate(settings, engine)
+    ensure_topics(settings, [topic])
+    sessions = make_session_factory(engine)
+    stats = AdManagerStats()
+    # Raw bytes: a record that does not decode must reach the quarantine, not crash the poll.
+    consumer = make_consumer(
+        settings,
+        settings.ad_manager_group,
+        topic,
+        value_deserializer=None,
+        key_deserializer=None,
+        max_poll_records=MAX_BATCH,
+    )
+    log.info("ad manager consuming %s as group %s", topic, settings.ad_manager_group)
+    beat = heartbeat_file(settings)
+    beat.parent.mkdir(parents=True, exist_ok=True)
+    last_beat = 0.0
+    try:
+        while not stop_event.is_set():
+            if time.monotonic() - last_beat >= HEARTBEAT_EVERY_S:
+                beat.touch()  # health checks read its age: the loop is alive and polling
+                last_beat = time.monotonic()
+            batch = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            records = [record for partition_records in batch.values() for record in partition_records]
+            if not records:
+                continue
+            for record in records:
+                stats.outcomes[handle_record(sessions, record, on_applied)] += 1
+            try:
+                consumer.commit()
+                stats.batches_committed += 1
+            except CommitFailedError as exc:
+                # The group rebalanced; the new owner replays these records, which the store ignores.
+                log.warning("offset commit failed, records will be replayed: %s", exc)
+    finally:
+        consumer.close(autocommit=False)  # offsets move only in the loop above, after the store
+        engine.dispose()
+    log.info("ad manager stopped: %s", dict(stats.outcomes))
+    return stats
+
+
+def heartbeat_file(settings: Settings) -> Path:
+    return settings.local_dir.resolve() / "run" / "ad-manager.heartbeat"
+
+
+def is_alive(settings: Settings, max_age_s: float = HEARTBEAT_MAX_AGE_S) -> bool:
+    """Whether a running ad manager polled recently (its heartbeat file is fresh)."""
+    beat = heartbeat_file(settings)
+    return beat.exists() and time.time() - beat.stat().st_mtime <= max_age_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv == ["--check"]:  # the container health check
+        return 0 if is_alive(get_settings()) else 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop_event = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: stopping after the current batch", signal.Signals(signum).name)
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        stats = run(get_settings(), stop_event)
+    except BrokerUnavailable as exc:
+        print(f"ad manager failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"ad manager stopped: {dict(stats.outcomes)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

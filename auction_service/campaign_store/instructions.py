@@ -1,0 +1,391 @@
+"""The campaign manager's CLI: campaign instructions published to Kafka, never written to the store directly.
+
+    python -m auction_service.campaign_store.instructions create --advertiser ADV --ad-id AD --category CAT \\
+        --pricing-model CPC --bid 0.40 --budget 500 --daily-budget 100 --end 2026-06-30 \\
+        [--start ISO] [--countries FR,DE] \\
+        [--age-min 18] [--age-max 44] [--genders F] [--devices mobile,tablet] [--frequency-cap 5] [--campaign-id ID]
+    python -m auction_service.campaign_store.instructions stop CAMPAIGN_ID
+    python -m auction_service.campaign_store.instructions show CAMPAIGN_ID
+    python -m auction_service.campaign_store.instructions seed N [--seed S]
+
+Money on the command line is in currency units (USD) and becomes integer micros
+through Decimal; the bid is per thousand impressions (CPM), per click (CPC) or per
+conversion (CPA). Times are ISO 8601; a time without an offset is UTC. Instructions
+are keyed by campaign_id and published with the idempotent producer; the command
+returns once the broker acknowledged them, and the ad manager applies them.
+
+``seed`` draws N campaigns from the ad catalog ``silver/ads``. The same ``--seed``
+gives the same campaigns and instruction ids, so seeding twice with it creates
+nothing new; without ``--seed`` a random one is drawn and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from kafka.producer.future import RecordMetadata
+from pydantic import ValidationError
+
+from adstream.contracts import Table, Topic
+from adstream.events import (
+    MICROS_PER_UNIT,
+    CampaignInstruction,
+    CampaignSpec,
+    InstructionAction,
+    PricingModel,
+    Targeting,
+)
+from adstream.messaging import BrokerUnavailable, ensure_topics, make_producer
+from adstream.settings import Settings, get_settings
+from auction_service.campaign_store import store
+from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
+
+MAX_DECIMALS = 6  # micros
+
+# Seeding: what a realistic mix of campaigns looks like.
+PRICING_MIX = ((PricingModel.CPC, 6), (PricingModel.CPM, 3), (PricingModel.CPA, 1))
+BID_RANGE_CENTS = {PricingModel.CPM: (100, 800), PricingModel.CPC: (20, 200), PricingModel.CPA: (500, 4000)}
+TOTAL_BUDGET_RANGE_USD = (50, 500)
+CAMPAIGNS_PER_ADVERTISER = (3, 5)
+FREQUENCY_CAP_RANGE = (3, 20)
+FLIGHT_END_RANGE_DAYS = (7, 30)  # flights start within the last day and end 7 to 30 days ahead
+# Country names, as silver/users and the auction context carry them (the Advertising data names countries).
+TARGET_COUNTRIES = (
+    "United States", "United Kingdom", "France", "Germany", "Ireland", "Portugal", "Norway", "India", "Colombia",
+    "New Zealand", "Hungary", "Uruguay",
+)  # fmt: skip
+TARGET_DEVICES = ("mobile", "desktop", "tablet")
+
+
+class CatalogMissing(RuntimeError):
+    """The ad catalog silver/ads is not there (or empty), so campaigns cannot be seeded from it."""
+
+
+# --- parsing what a manager types ---
+
+
+def parse_money(text: str) -> int:
+    """An amount in currency units ("0.40", "500") as integer micros; refuses negatives and sub-micro digits."""
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not an amount (use digits and a dot, e.g. 0.40)") from None
+    if not amount.is_finite():
+        raise ValueError(f"{text!r} is not a finite amount")
+    if amount < 0:
+        raise ValueError(f"{text!r} is negative; amounts must be 0 or more")
+    if amount.as_tuple().exponent < -MAX_DECIMALS:
+        raise ValueError(f"{text!r} has more than {MAX_DECIMALS} decimals (the smallest unit is one micro, 0.000001)")
+    return int(amount * MICROS_PER_UNIT)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 date or time; without an offset it is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time (e.g. 2026-06-30 or 2026-06-30T12:00:00Z)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+# --- instructions (pure; the HTTP endpoints build theirs with these too) ---
+
+
+def new_campaign_id() -> str:
+    return f"cmp-{uuid.uuid4().hex}"
+
+
+def create_instruction(
+    spec: CampaignSpec, *, now: datetime, campaign_id: str | None = None, instruction_id: str | None = None
+) -> CampaignInstruction:
+    """The instruction that creates ``spec`` (a new campaign id unless one is given)."""
+    return CampaignInstruction(
+        instruction_id=instruction_id or f"ins-{uuid.uuid4().hex}",
+        action=InstructionAction.CREATE,
+        campaign_id=campaign_id or new_campaign_id(),
+        issued_at=now,
+        campaign=spec,
+    )
+
+
+def stop_instruction(campaign_id: str, *, now: datetime, instruction_id: str | None = None) -> CampaignInstruction:
+    """The instruction that stops ``campaign_id`` for good."""
+    return CampaignInstruction(
+        instruction_id=instruction_id or f"ins-{uuid.uuid4().hex}",
+        action=InstructionAction.STOP,
+        campaign_id=campaign_id,
+        issued_at=now,
+    )
+
+
+def seed_instructions(ads: list[dict], n: int, seed: int, now: datetime) -> list[CampaignInstruction]:
+    """``n`` create instructions for realistic campaigns on ``ads`` (rows of silver/ads), the same for the same seed.
+
+    Each advertiser runs 3 to 5 campaigns on ads of one category; pricing is mostly
+    CPC, some CPM, a few CPA, with bids and budgets in the usual ranges for each.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    usable = {
+        ad["ad_id"]: ad
+        for ad in ads
+        if ad.get("ad_id") and ad.get("category") and len(ad["ad_id"]) <= 64 and len(ad["category"]) <= 64
+    }
+    if not usable and n:
+        raise CatalogMissing("the ad catalog has no ad with an ad_id and a category")
+    # Sorted, so the catalog's file order does not change what a seed draws.
+    catalog = [usable[ad_id] for ad_id in sorted(usable)]
+    by_category: dict[str, list[dict]] = defaultdict(list)
+    for ad in catalog:
+        by_category[ad["category"]].append(ad)
+    rng = random.Random(seed)
+    instructions: list[CampaignInstruction] = []
+    while len(instructions) < n:
+        advertiser_id = f"adv-{rng.getrandbits(40):010x}"
+        category = rng.choice(catalog)["category"]  # categories weighted by their share of the catalog
+        campaigns = min(rng.randint(*CAMPAIGNS_PER_ADVERTISER), n - len(instructions))
+        for _ in range(campaigns):
+            ad = rng.choice(by_category[category])
+            campaign_id = f"cmp-{rng.getrandbits(64):016x}"
+            instructions.append(
+                create_instruction(
+                    _seed_spec(rng, advertiser_id, ad, now),
+                    now=now,
+                    campaign_id=campaign_id,
+                    instruction_id=f"seed-{campaign_id}",
+                )
+            )
+    return instructions
+
+
+def _seed_spec(rng: random.Random, advertiser_id: str, ad: dict, now: datetime) -> CampaignSpec:
+    pricing_model = rng.choices([model for model, _ in PRICING_MIX], weights=[weight for _, weight in PRICING_MIX])[0]
+    low, high = BID_RANGE_CENTS[pricing_model]
+    total_usd = rng.randint(*TOTAL_BUDGET_RANGE_USD)
+    daily_usd = rng.randint(max(1, total_usd // 10), total_usd // 2)
+    shortest_days, longest_days = FLIGHT_END_RANGE_DAYS
+    return CampaignSpec(
+        advertiser_id=advertiser_id,
+        ad_id=ad["ad_id"],
+        category=ad["category"],
+        targeting=_seed_targeting(rng),
+        pricing_model=pricing_model,
+        bid_micros=rng.randint(low, high) * (MICROS_PER_UNIT // 100),
+        total_budget_micros=total_usd * MICROS_PER_UNIT,
+        daily_budget_micros=daily_usd * MICROS_PER_UNIT,
+        flight_start=now - timedelta(seconds=rng.randint(0, 24 * 3600)),
+        flight_end=now + timedelta(seconds=rng.randint(shortest_days * 24 * 3600, longest_days * 24 * 3600)),
+        frequency_cap_per_day=rng.randint(*FREQUENCY_CAP_RANGE),
+    )
+
+
+def _seed_targeting(rng: random.Random) -> Targeting:
+    countries = sorted(rng.sample(TARGET_COUNTRIES, rng.randint(1, 3))) if rng.random() < 0.3 else []
+    age_min = age_max = None
+    if rng.random() < 0.25:
+        age_min = rng.choice((18, 25, 35, 45))
+        age_max = age_min + rng.choice((10, 15, 20, 30))
+    genders = [rng.choice(("F", "M"))] if rng.random() < 0.1 else []
+    devices = sorted(rng.sample(TARGET_DEVICES, rng.randint(1, 2))) if rng.random() < 0.25 else []
+    return Targeting(countries=countries, age_min=age_min, age_max=age_max, genders=genders, device_types=devices)
+
+
+# --- I/O: the catalog, Kafka ---
+
+
+def read_ad_catalog(settings: Settings) -> list[dict]:
+    """The rows (ad_id, source, category, title) of silver/ads, read with delta-rs."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    uri, options = settings.delta_rs_location(Table.SILVER_ADS)
+    try:
+        table = DeltaTable(uri, storage_options=options or None)
+    except TableNotFoundError:
+        raise CatalogMissing(
+            f"the ad catalog {Table.SILVER_ADS} does not exist at {uri}; build it with "
+            "`python -m ingestion all` then `python -m spark_jobs.silver ads` (or check LAKE_ROOT)"
+        ) from None
+    return table.to_pyarrow_table(columns=["ad_id", "source", "category", "title"]).to_pylist()
+
+
+def publish_instructions(
+    settings: Settings,
+    instructions: Sequence[CampaignInstruction],
+    *,
+    producer: KafkaProducer | None = None,
+    timeout_s: float = 30.0,
+    topic: str = Topic.CAMPAIGN_INSTRUCTIONS,
+) -> list[RecordMetadata]:
+    """Publish to campaign-instructions keyed by campaign_id; returns once the broker acknowledged every record.
+
+    Pass a long-lived ``producer`` (the service does); otherwise one is made and closed here.
+    Raises ``KafkaError`` (e.g. ``KafkaTimeoutError``) when the broker does not acknowledge in time.
+    """
+    owned = producer is None
+    if producer is None:
+        producer = make_producer(settings, max_block_ms=int(timeout_s * 1000))
+    try:
+        futures = [
+            producer.send(topic, key=instruction.campaign_id, value=instruction.model_dump(mode="json"))
+            for instruction in instructions
+        ]
+        producer.flush(timeout=timeout_s)
+        return [future.get(timeout=timeout_s) for future in futures]
+    finally:
+        if owned:
+            producer.close(timeout=timeout_s)
+
+
+# --- the command line ---
+
+
+def _money(text: str) -> int:
+    try:
+        return parse_money(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m auction_service.campaign_store.instructions",
+        description=__doc__.splitlines()[0],
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    create = commands.add_parser("create", help="create a campaign")
+    create.add_argument("--advertiser", required=True)
+    create.add_argument("--ad-id", required=True, help="the creative: an ad_id of silver/ads")
+    create.add_argument("--category", required=True)
+    create.add_argument("--pricing-model", required=True, type=str.upper, choices=[str(m) for m in PricingModel])
+    create.add_argument("--bid", required=True, type=_money, help="USD per 1000 impressions, click or conversion")
+    create.add_argument("--budget", required=True, type=_money, help="total budget, USD")
+    create.add_argument("--daily-budget", required=True, type=_money, help="daily budget, USD")
+    create.add_argument("--start", type=_time, default=None, help="flight start, ISO 8601 (default: now)")
+    create.add_argument("--end", required=True, type=_time, help="flight end, ISO 8601")
+    create.add_argument("--countries", type=parse_list, default=[], help="comma-separated, e.g. FR,DE")
+    create.add_argument("--age-min", type=int, default=None)
+    create.add_argument("--age-max", type=int, default=None)
+    create.add_argument("--genders", type=parse_list, default=[], help="F, M or F,M")
+    create.add_argument("--devices", type=parse_list, default=[], help="mobile, desktop, tablet, ctv")
+    create.add_argument("--frequency-cap", type=int, default=10, help="impressions per user per UTC day")
+    create.add_argument("--campaign-id", default=None, help="default: a new id")
+
+    stop = commands.add_parser("stop", help="stop a campaign for good")
+    stop.add_argument("campaign_id")
+
+    show = commands.add_parser("show", help="print a campaign and its spend from the store")
+    show.add_argument("campaign_id")
+
+    seed = commands.add_parser("seed", help="create N realistic campaigns from the ad catalog silver/ads")
+    seed.add_argument("n", type=int)
+    seed.add_argument("--seed", type=int, default=None, help="default: a random seed, printed")
+    return parser
+
+
+def _spec_from_args(args: argparse.Namespace, now: datetime) -> CampaignSpec:
+    return CampaignSpec(
+        advertiser_id=args.advertiser,
+        ad_id=args.ad_id,
+        category=args.category,
+        targeting={  # a dict, so its errors are reported under "targeting"
+            "countries": args.countries,
+            "age_min": args.age_min,
+            "age_max": args.age_max,
+            "genders": args.genders,
+            "device_types": args.devices,
+        },
+        pricing_model=args.pricing_model,
+        bid_micros=args.bid,
+        total_budget_micros=args.budget,
+        daily_budget_micros=args.daily_budget,
+        flight_start=args.start or now,
+        flight_end=args.end,
+        frequency_cap_per_day=args.frequency_cap,
+    )
+
+
+def _explain(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'campaign'}: {error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    )
+
+
+def _publish(settings: Settings, instructions: list[CampaignInstruction]) -> None:
+    ensure_topics(settings, [Topic.CAMPAIGN_INSTRUCTIONS])
+    publish_instructions(settings, instructions)
+
+
+def _show(settings: Settings, campaign_id: str, now: datetime) -> int:
+    engine = make_engine(settings)
+    try:
+        migrate(settings, engine)
+        with make_session_factory(engine)() as session:
+            view = store.get_campaign(session, campaign_id, now=now)
+    finally:
+        engine.dispose()
+    if view is None:
+        print(f"unknown campaign {campaign_id!r} (not in the store at {engine.url!r})", file=sys.stderr)
+        return 1
+    print(view.model_dump_json(indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = settings or get_settings()
+    now = datetime.now(UTC)
+    if args.command == "show":
+        return _show(settings, args.campaign_id, now)
+    try:
+        if args.command == "create":
+            instructions = [create_instruction(_spec_from_args(args, now), now=now, campaign_id=args.campaign_id)]
+        elif args.command == "stop":
+            instructions = [stop_instruction(args.campaign_id, now=now)]
+        else:
+            if args.n < 1:
+                parser.error("seed: N must be at least 1")
+            seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+            instructions = seed_instructions(read_ad_catalog(settings), args.n, seed, now)
+            print(f"seed {seed}: {len(instructions)} campaigns", file=sys.stderr)
+    except ValidationError as exc:
+        parser.error(f"{args.command}: {_explain(exc)}")
+    except CatalogMissing as exc:
+        print(f"seed failed: {exc}", file=sys.stderr)
+        return 1
+    try:
+        _publish(settings, instructions)
+    except (BrokerUnavailable, KafkaError) as exc:
+        print(f"{args.command} failed: the instructions were not acknowledged by Kafka: {exc}", file=sys.stderr)
+        return 1
+    for instruction in instructions:
+        print(instruction.campaign_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""What one auction-service process holds between requests, and the housekeeping thread that keeps it fresh.
+
+- the champion model (hot-swapped by ``ModelWatcher``) and the serving features;
+- the active campaigns, reloaded from the store when its change marker or the UTC day moves;
+- the books: in-flight exposure, frequency, stats (``auction_service.serving.books``);
+- served auctions: kept in memory for their TTL and written behind to the store in batches,
+  so events can be validated after a restart without a database write per auction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kafka import KafkaProducer
+from sqlalchemy.orm import Session, sessionmaker
+
+from adstream.messaging import AckedProducer, BrokerUnavailable, LogProducer, make_producer
+from adstream.settings import Settings
+from auction_service.campaign_store import store
+from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
+from auction_service.domain import ServingCampaign
+from auction_service.serving.books import AuctionStats, ExposureBook, FrequencyBook
+from auction_service.serving.champion import ModelWatcher, ServingModel
+from auction_service.serving.features import FeatureStore
+from auction_service.serving.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+FEATURE_RELOAD_EVERY = 40  # housekeeping ticks (about 10 s at the default 250 ms)
+PUBLISH_TIMEOUT_S = 5.0  # an event batch not acknowledged by then answers 503 (retry), nothing charged
+
+
+@dataclass(frozen=True)
+class CampaignSnapshot:
+    campaigns: tuple[ServingCampaign, ...]
+    by_id: dict[str, ServingCampaign]
+    marker: tuple[int, int] | None
+    day: Any  # the UTC date it was loaded for
+    loaded_at: datetime
+    revisions: dict[str, int] = field(default_factory=dict)  # of the campaigns, as they were loaded
+
+
+def _snapshot(
+    campaigns: list[ServingCampaign], marker: tuple[int, int] | None, now: datetime, revisions: dict[str, int]
+) -> CampaignSnapshot:
+    return CampaignSnapshot(tuple(campaigns), {c.campaign_id: c for c in campaigns}, marker, now.date(), now, revisions)
+
+
+class SpendLedger:
+    """The charges of concurrent requests, written to the store together: one transaction per write.
+
+    A lone request's charges are written at once. Charges that arrive while a write is in
+    flight wait for the next one, so its commit is shared by all of them (a group commit):
+    at a few hundred billable events a second, a transaction each would take a core.
+    """
+
+    MAX_CHARGES_PER_WRITE = 500
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self._queued: list[tuple[store.Charge, asyncio.Future[store.SpendResult]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, charges: list[store.Charge]) -> list[store.SpendResult]:
+        """A result per charge, once its transaction committed; a failed write raises in every caller it held."""
+        loop = asyncio.get_running_loop()
+        results = [loop.create_future() for _ in charges]
+        self._queued.extend(zip(charges, results, strict=True))
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_queued())
+        return list(await asyncio.gather(*results))
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._queued:
+                size = self.MAX_CHARGES_PER_WRITE
+                batch, self._queued = self._queued[:size], self._queued[size:]
+                try:
+                    # The store's transactions wait on disk and locks: a thread, off the event loop.
+                    written = await asyncio.to_thread(self._write, [charge for charge, _ in batch])
+                except Exception as exc:
+                    for _, result in batch:
+                        if not result.done():  # a caller that went away cancelled its own
+                            result.set_exception(exc)
+                    continue
+                for (_, result), spend in zip(batch, written, strict=True):
+                    if not result.done():
+                        result.set_result(spend)
+        finally:
+            self._writer = None
+
+    def _write(self, charges: list[store.Charge]) -> list[store.SpendResult]:
+        with self._sessions() as session:
+            return store.record_spends(session, charges)
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    model: ServingModel
+    features: FeatureStore
+    producer: KafkaProducer | None  # campaign instructions: sends that wait for the ack
+    auction_log: LogProducer | None = None  # the auctions topic: one record per auction, not waited for
+    feedback_log: AckedProducer | None = None  # ad-feedback: each batch waits for the acks
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    stats: AuctionStats = field(default_factory=AuctionStats)
+    exposure: ExposureBook = field(default_factory=ExposureBook)
+    frequency: FrequencyBook = field(default_factory=FrequencyBook)
+    campaigns: CampaignSnapshot = field(default_factory=lambda: _snapshot([], None, datetime.now(UTC), {}))
+    watcher: ModelWatcher | None = None
+    served: dict[str, tuple] = field(default_factory=dict)  # auction id -> ServedAuctionRow.packed()
+    _served_order: deque[tuple[datetime, str]] = field(default_factory=deque)
+    _unwritten: list[store.ServedAuctionRow] = field(default_factory=list)
+    _charged: list[str] = field(default_factory=list)  # auctions billed since the last campaign reload
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held by an auction while it reads the snapshot and the reservations, and by a reload while it
+    # swaps the snapshot and frees the charged reservations: an auction sees both before or both after.
+    snapshot_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    spend_ledger: SpendLedger = field(init=False)  # billable events, charged in group commits
+
+    def __post_init__(self) -> None:
+        self.spend_ledger = SpendLedger(self.sessions)
+
+    # --- lifecycle ---
+
+    @classmethod
+    def open(cls, settings: Settings, *, producer: KafkaProducer | None = None) -> ServiceState:
+        """Migrates the store, loads the champion (or the last good copy), features and campaigns."""
+        engine = make_engine(settings)
+        migrate(settings, engine)
+        state = cls(
+            settings=settings,
+            sessions=make_session_factory(engine),
+            model=ServingModel.load_at_start(settings),
+            features=FeatureStore.load(settings),
+            producer=producer,
+        )
+        state.refresh_campaigns(force=True)
+        return state
+
+    def start(self) -> None:
+        self.auction_log = LogProducer(
+            self.settings,
+            client_id="auction-service-log",
+            on_lost=lambda _reason: self.metrics.auctions.labels(outcome="unlogged").inc(),
+        )
+        self.feedback_log = AckedProducer(
+            self.settings, client_id="auction-service-feedback", timeout_s=PUBLISH_TIMEOUT_S
+        )
+        if self.producer is None:
+            try:
+                # A send waits at most this long for metadata when the broker went away since.
+                self.producer = make_producer(self.settings, client_id="auction-service", max_block_ms=5_000)
+            except BrokerUnavailable as exc:
+                # Auctions still serve; events answer 503 (retry) until a restart finds the broker.
+                log.error("auction service without Kafka: %s", exc)
+        self.watcher = ModelWatcher(self.settings, self.model)
+        self.watcher.start()
+        self._thread = threading.Thread(target=self._housekeeping, name="auction-housekeeping", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.flush_served()
+        if self.auction_log is not None:
+            self.auction_log.flush(10)
+        if self.feedback_log is not None:
+            self.feedback_log.close(10)
+        if self.producer is not None:
+            self.producer.flush(timeout=10)
+            self.producer.close(timeout=10)
+
+    def _housekeeping(self) -> None:
+        tick = 0
+        while not self._stop.wait(self.settings.campaign_refresh_s):
+            tick += 1
+            try:
+                now = datetime.now(UTC)
+                self.refresh_campaigns()
+                self.exposure.expire(now)
+                self.forget_expired(now)
+                self.flush_served()
+                if self.auction_log is not None:
+                    self.auction_log.poll()
+                if tick % FEATURE_RELOAD_EVERY == 0:
+                    self.features.reload_if_changed()
+                self.metrics.model_version.set(float(self.model.version or 0))
+            except Exception:  # a failed tick must not end the thread; the next one retries
+                log.exception("auction housekeeping failed")
+
+    # --- campaigns ---
+
+    def refresh_campaigns(self, force: bool = False) -> bool:
+        """Reloads the active campaigns when the store changed or a new UTC day began.
+
+        Then frees the reservations of the auctions charged before the reload: the new snapshot's
+        spend now covers them.
+        """
+        now = datetime.now(UTC)
+        with self._lock:
+            charged, self._charged = self._charged, []
+        current = self.campaigns
+        try:
+            with self.sessions() as session:
+                marker = store.campaign_change_marker(session)
+                if not charged and not force and marker == current.marker and now.date() == current.day:
+                    return False
+                revisions = store.serving_revisions(session, now)
+                if force or now.date() != current.day or revisions.keys() != current.revisions.keys():
+                    campaigns = store.serving_campaigns(session, now)
+                else:
+                    # Mostly a charge or two since the last load: read back only the campaigns they changed.
+                    changed = [cid for cid, revision in revisions.items() if current.revisions[cid] != revision]
+                    fresh = {c.campaign_id: c for c in store.serving_campaigns(session, now, only=changed)}
+                    campaigns = [fresh.get(c.campaign_id, c) for c in current.campaigns]
+        except BaseException:
+            with self._lock:
+                self._charged[:0] = charged
+            raise
+        with self.snapshot_lock:
+            self.campaigns = _snapshot(campaigns, marker, now, revisions)
+            for auction_id in charged:
+                self.exposure.release(auction_id)
+        self.metrics.campaigns_serving.set(len(campaigns))
+        return True
+
+    def release_when_reloaded(self, auction_id: str) -> None:
+        """Frees a charged auction's reservation at the next campaign reload, not now.
+
+        The auction reads spend from the snapshot and reservations live: freeing the reservation
+        at once would leave the charge counted nowhere until the reload, and the campaign would
+        serve past its budget meanwhile.
+        """
+        with self._lock:
+            self._charged.append(auction_id)
+
+    # --- served auctions ---
+
+    def remember_served(self, row: store.ServedAuctionRow) -> None:
+        # In memory for the first served_in_memory_s of its TTL, when nearly all its events come:
+        # an hour of auctions at a few hundred a second would be a gigabyte.
+        in_memory = timedelta(seconds=self.settings.served_in_memory_s)
+        with self._lock:
+            self.served[row.auction_id] = row.packed()
+            self._served_order.append((min(row.expires_at, row.served_at + in_memory), row.auction_id))
+            self._unwritten.append(row)
+
+    def served_in_memory(self, auction_id: str) -> store.ServedAuctionRow | None:
+        packed = self.served.get(auction_id)
+        return None if packed is None else store.ServedAuctionRow.unpacked(packed)
+
+    def served_auction(self, auction_id: str) -> store.ServedAuctionRow | None:
+        """From memory, else from the store (served longer ago, before a restart, or by another instance)."""
+        row = self.served_in_memory(auction_id)
+        if row is not None:
+            return row
+        with self.sessions() as session:
+            return store.served_auction(session, auction_id)
+
+    def flush_served(self) -> int:
+        with self._lock:
+            batch, self._unwritten = self._unwritten, []
+        if not batch:
+            return 0
+        try:
+            with self.sessions() as session:
+                return store.record_served_auctions(session, batch)
+        except BaseException:
+            with self._lock:  # back in front of what came since: the next tick writes them
+                self._unwritten[:0] = batch
+            raise
+
+    def forget_expired(self, now: datetime) -> None:
+        """Drops auctions from memory once past their window (a little past it, so an event arriving
+        right at expiry is judged by its own time); one the store has not got yet stays."""
+        horizon = now - timedelta(seconds=60)
+        with self._lock:
+            unwritten = {row.auction_id for row in self._unwritten} if self._unwritten else set()
+            while self._served_order and self._served_order[0][0] <= horizon:
+                _, auction_id = self._served_order[0]
+                row = self.served_in_memory(auction_id) if auction_id in unwritten else None
+                if row is not None and row.expires_at > horizon:
+                    break  # the store is behind: keep it (and all after it) findable
+                self._served_order.popleft()
+                self.served.pop(auction_id, None)

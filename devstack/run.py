@@ -1,0 +1,431 @@
+"""`make run`: bring the platform up and push data through it, one visible stage at a time.
+
+Each stage prints a progress line; a failing stage names itself and its log file.
+Services are stopped at the end unless KEEP_UP=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
+from adstream.events import MICROS_PER_UNIT
+from adstream.settings import Settings, child_process_env, get_settings
+from devstack import services
+from devstack.airflow_client import AirflowClient, AirflowRunFailed
+from simulator.traffic import DEFAULT_CONCURRENCY, parse_duration
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    action: Callable[[Settings, RunState], None]
+
+
+def run_logged(settings: Settings, stage: str, *command: str) -> None:
+    """Runs a step of the platform as its own process, its output in .local/logs/run-<stage>.log."""
+    log = services.log_file(settings, f"run-{stage}")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        result = subprocess.run(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_process_env(**services.settings_env(settings)),
+            cwd=services.PROJECT_ROOT,
+        )
+    if result.returncode != 0:
+        tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise StageFailed(f"`{' '.join(command[1:])}` exited with {result.returncode}; log: {log}\n    {tail}")
+
+
+VISIT_BUDGET_S = 0.25  # seconds a visit may take before the simulator falls behind its rate
+INFRASTRUCTURE = ("kafka", "mlflow", "airflow")
+PLATFORM = ("ad-manager", "auction", "streaming")
+# Unpaused for the run; Airflow's scheduler starts feature_build and ctr_training from the
+# Assets the one before publishes. hourly_billing stays paused (catchup would bill every
+# hour since its start date); make run bills the hours it covered with `airflow dags test`.
+BATCH_DAGS = (DagId.KAGGLE_INGESTION, DagId.FEATURE_BUILD, DagId.CTR_TRAINING)
+
+
+@dataclass
+class RunState:
+    """What the stages learn for the ones after them and the summary."""
+
+    simulation_start: datetime | None = None
+    simulation_end: datetime | None = None
+    simulation: dict = field(default_factory=dict)
+    dag_seconds: dict[str, float] = field(default_factory=dict)
+    billed_hours: list[datetime] = field(default_factory=list)
+
+
+def start_infrastructure(settings: Settings, state: RunState) -> None:
+    services.up(settings, INFRASTRUCTURE)
+
+
+def run_batch_dags(settings: Settings, state: RunState) -> None:
+    """Triggers kaggle_ingestion through Airflow's REST API and waits for it and the runs it sets off."""
+    client = AirflowClient(settings)
+    try:
+        client.wait_for_dags(BATCH_DAGS)
+        for dag_id in BATCH_DAGS:
+            client.unpause(dag_id)
+        triggered = client.trigger(DagId.KAGGLE_INGESTION)
+        after = triggered.queued_at or datetime.now(UTC)
+        for dag_id in BATCH_DAGS:
+            waited = (
+                client.wait_for_run(dag_id, run_id=triggered.run_id, progress=_indent)
+                if dag_id == DagId.KAGGLE_INGESTION
+                else client.wait_for_run(dag_id, created_after=after, run_type="asset_triggered", progress=_indent)
+            )
+            state.dag_seconds[dag_id] = waited.seconds or 0.0
+            after = waited.queued_at or after  # the next DAG's run is queued by this one's Asset events
+            print(f"    {dag_id}: {waited.run_id} succeeded in {waited.seconds or 0:.0f}s", flush=True)
+    except AirflowRunFailed as exc:
+        raise StageFailed(str(exc)) from exc
+    finally:
+        client.close()
+
+
+def _indent(line: str) -> None:
+    print(f"    {line}", flush=True)
+
+
+def start_platform(settings: Settings, state: RunState) -> None:
+    """The ad manager, the auction service and the streaming job, then campaigns seeded through Kafka."""
+    services.up(settings, PLATFORM)
+    run_logged(settings, "seed", sys.executable, "-m", "auction_service.campaign_store.instructions", "seed",
+               str(SEED_CAMPAIGNS), "--seed", "7")  # fmt: skip
+    ready = wait_for_auction_service(settings, SEED_CAMPAIGNS)
+    print(f"    {ready['campaigns']} campaigns serving, ctr-model version {ready['model_version']}")
+
+
+def wait_for_auction_service(settings: Settings, campaigns: int, timeout_s: float = 120.0) -> dict:
+    """Until the service has loaded the champion and sees the seeded campaigns."""
+    import httpx
+
+    url = f"http://{settings.bind_host}:{settings.auction_port}/readyz"
+    deadline, body = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        try:
+            body = httpx.get(url, timeout=2.0).json()
+        except httpx.HTTPError as exc:
+            body = {"reason": str(exc)}
+        if body.get("ready") and body.get("campaigns", 0) >= campaigns:
+            return body
+        time.sleep(1.0)
+    raise StageFailed(f"the auction service was not ready with {campaigns} campaigns after {timeout_s:.0f}s: {body}")
+
+
+@dataclass(frozen=True)
+class Simulation:
+    duration_s: float = 180.0
+    rate: float = 20.0  # auction requests per second
+    users: int = 500
+
+    @property
+    def concurrency(self) -> int:
+        """Visits in flight: enough for ``rate`` when each visit (auction, then its event batch) takes
+        up to VISIT_BUDGET_S, as under load on 2 cores; 16 at the least (Little's law)."""
+        return max(DEFAULT_CONCURRENCY, math.ceil(self.rate * VISIT_BUDGET_S))
+
+
+def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
+    """Simulated users for ``plan.duration_s``; the streaming KPIs are printed while they run."""
+    summary_file = settings.local_dir.resolve() / "run" / "simulation.json"
+    summary_file.parent.mkdir(parents=True, exist_ok=True)
+    log = services.log_file(settings, "run-simulator")
+    command = [
+        sys.executable, "-m", "simulator.traffic", "--duration", f"{plan.duration_s:.0f}s",
+        "--rate", f"{plan.rate:g}", "--users", str(plan.users), "--seed", "7", "--summary-file", str(summary_file),
+        "--concurrency", str(plan.concurrency),
+    ]  # fmt: skip
+    state.simulation_start = datetime.now(UTC)
+    with log.open("w") as out:
+        simulator = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=child_process_env(**services.settings_env(settings)),
+            cwd=services.PROJECT_ROOT,
+        )  # fmt: skip
+        while simulator.poll() is None:
+            time.sleep(KPI_EVERY_S if simulator.poll() is None else 0)
+            progress = _last_line(log)
+            if progress:
+                print(f"    simulator: {progress}", flush=True)
+            print(f"    KPIs (gold/kpi_minute): {kpi_line(settings)}", flush=True)
+    state.simulation_end = datetime.now(UTC)
+    if simulator.returncode != 0:
+        raise StageFailed(f"the simulator exited with {simulator.returncode}; log: {log}\n    {_last_line(log)}")
+    state.simulation = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    print(f"    {_last_line(log)}")
+    sent = Counts(
+        events=int(state.simulation.get("events", {}).get("accepted", 0)),
+        impressions=int(state.simulation.get("impressions", 0)),
+    )
+    landed = wait_for_stream(settings, state.simulation_start, sent)
+    print(f"    the stream caught up: {landed.events:,} events in silver/feedback_events, "
+          f"{landed.impressions:,} impressions in gold/kpi_minute", flush=True)  # fmt: skip
+    print(f"    KPIs (gold/kpi_minute): {kpi_line(settings)}", flush=True)
+
+
+def _last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return lines[-1] if lines else ""
+
+
+def kpi_line(settings: Settings) -> str:
+    """Totals of gold/kpi_minute so far, read with delta-rs (no Spark)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    location, options = settings.delta_rs_location(Table.GOLD_KPI_MINUTE)
+    try:
+        frame = DeltaTable(location, storage_options=options).to_pandas(
+            columns=["minute", "impressions", "clicks", "video_starts", "video_completes", "spend_micros"]
+        )
+    except TableNotFoundError:
+        return "no rows yet (the streaming job writes them as events arrive)"
+    if frame.empty:
+        return "no rows yet"
+    impressions, clicks = int(frame["impressions"].sum()), int(frame["clicks"].sum())
+    starts, completes = int(frame["video_starts"].sum()), int(frame["video_completes"].sum())
+    spend = Decimal(int(frame["spend_micros"].sum())) / MICROS_PER_UNIT
+    return (
+        f"{frame['minute'].nunique()} minutes, {impressions:,} impressions, {clicks:,} clicks, "
+        f"CTR {clicks / impressions if impressions else 0:.2%}, "
+        f"completion {completes / starts if starts else 0:.0%}, spend {spend:,.2f} USD, "
+        f"RPAI {spend / impressions if impressions else 0:.4f} USD"
+    )
+
+
+def wait_for_stream(settings: Settings, since: datetime, expected: Counts, timeout_s: float = 180.0) -> Counts:
+    """Until silver/feedback_events and gold/kpi_minute hold every event the simulator had accepted.
+
+    Counting events since the simulation began, not the latest event time, is what tells a caught-up
+    stream from one that has written a later micro-batch but not an earlier one's aggregates.
+    """
+    deadline, landed = time.monotonic() + timeout_s, Counts(0, 0)
+    while time.monotonic() < deadline:
+        landed = landed_counts(settings, since)
+        if landed.events >= expected.events and landed.impressions >= expected.impressions:
+            return landed
+        time.sleep(3.0)
+    raise StageFailed(
+        f"the stream holds {landed.events:,} events ({landed.impressions:,} impressions in gold/kpi_minute) of the "
+        f"{expected.events:,} ({expected.impressions:,}) the simulator sent: it did not catch up in {timeout_s:.0f}s; "
+        f"log: {services.log_file(settings, 'streaming')}"
+    )
+
+
+@dataclass(frozen=True)
+class Counts:
+    events: int  # rows of silver/feedback_events
+    impressions: int  # the sum of gold/kpi_minute's impressions
+
+
+def landed_counts(settings: Settings, since: datetime) -> Counts:
+    """Events since ``since`` in silver/feedback_events and impressions in gold/kpi_minute, read with delta-rs."""
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    # A minute of slack: gold's rows are keyed by the minute the first event fell in.
+    floor = since.replace(second=0, microsecond=0) - timedelta(minutes=1)
+    counts = []
+    for table, column, summed in (
+        (Table.SILVER_FEEDBACK_EVENTS, "event_time", None),
+        (Table.GOLD_KPI_MINUTE, "minute", "impressions"),
+    ):
+        location, options = settings.delta_rs_location(table)
+        try:
+            rows = DeltaTable(location, storage_options=options).to_pyarrow_table(
+                columns=[column] + ([summed] if summed else [])
+            )
+        except TableNotFoundError:
+            counts.append(0)
+            continue
+        recent = rows.filter(pc.greater_equal(rows.column(column), floor))
+        counts.append(recent.num_rows if summed is None else int(pc.sum(recent.column(summed)).as_py() or 0))
+    return Counts(events=counts[0], impressions=counts[1])
+
+
+def bill_hours(settings: Settings, state: RunState) -> None:
+    """`airflow dags test hourly_billing <hour>` for each hour the simulation touched."""
+    assert state.simulation_start is not None and state.simulation_end is not None
+    hour = state.simulation_start.replace(minute=0, second=0, microsecond=0)
+    while hour <= state.simulation_end:
+        stage = f"billing-{hour:%Y%m%dT%H}"
+        log = services.log_file(settings, f"run-{stage}")
+        with log.open("w") as out:
+            # The run at H+1 bills [H, H+1): the data interval of the hourly timetable.
+            run_at = (hour + timedelta(hours=1)).isoformat()
+            done = services.airflow_cli(
+                settings, "dags", "test", DagId.HOURLY_BILLING, run_at, check=False, capture_output=True
+            )
+            out.write(done.stdout + done.stderr)
+        if done.returncode != 0:
+            tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise StageFailed(
+                f"hourly_billing for {hour:%Y-%m-%d %H}:00 exited with {done.returncode}; log: {log}\n    {tail}"
+            )
+        state.billed_hours.append(hour)
+        print(f"    hourly_billing {hour:%Y-%m-%d %H}:00 done; {bill_line(settings, hour)}", flush=True)
+        hour += timedelta(hours=1)
+
+
+def bill_line(settings: Settings, hour: datetime) -> str:
+    from deltalake import DeltaTable
+
+    location, options = settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)
+    frame = DeltaTable(location, storage_options=options).to_pandas()
+    rows = frame[frame["hour"] == pd_timestamp(hour)] if "hour" in frame else frame.iloc[0:0]
+    if rows.empty:
+        return "no bill rows"
+    status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
+    spend = Decimal(int(rows["spend_micros"].sum())) / MICROS_PER_UNIT if "spend_micros" in rows else Decimal(0)
+    return f"{len(rows)} campaign rows, spend {spend:,.2f} USD, status {status}; {reconciliation_line(settings, hour)}"
+
+
+def reconciliation_line(settings: Settings, hour: datetime) -> str:
+    """What the DAG's reconcile task found: a final hour with a mismatch fails the DAG; a provisional one is listed."""
+    from spark_jobs.billing.reports import reconciliation_path
+
+    path = reconciliation_path(settings.reports_dir.resolve(), hour)
+    if not path.exists():
+        return "not reconciled"
+    found = json.loads(path.read_text())
+    against = " and ".join(name for name in found.get("checked", []) if name != "bill") or "nothing"
+    mismatches = found.get("mismatches", [])
+    return f"{len(mismatches)} campaign(s) differ from the {against}" + (
+        "" if not mismatches else f": {', '.join(str(m.get('campaign_id', m)) for m in mismatches[:5])}"
+    )
+
+
+def pd_timestamp(hour: datetime) -> object:  # pandas is imported lazily
+    import pandas as pd
+
+    return pd.Timestamp(hour)
+
+
+SEED_CAMPAIGNS = 200
+KPI_EVERY_S = 20.0
+
+
+def stages(plan: Simulation) -> tuple[Stage, ...]:
+    return (
+        Stage("start Kafka, MLflow and Airflow", start_infrastructure),
+        Stage("Airflow: kaggle_ingestion -> feature_build -> ctr_training (ctr-model@champion)", run_batch_dags),
+        Stage("start the ad manager, auction service and streaming job; seed campaigns", start_platform),
+        Stage(
+            f"simulate {plan.users} users, {plan.rate:g} auctions/s for {plan.duration_s:.0f}s (KPIs from the stream)",
+            lambda settings, state: simulate(settings, state, plan),
+        ),
+        Stage("hourly_billing for the hours covered", bill_hours),
+    )
+
+
+def summary(settings: Settings, state: RunState) -> str:
+    password_file = settings.airflow_home.resolve() / "simple_auth_manager_passwords.json.generated"
+    sim = state.simulation
+    lines = ["Summary:"]
+    if sim:
+        lines += [
+            f"  auctions           {sim.get('auctions', 0):,}  (fill rate {sim.get('fill_rate', 0):.1%})",
+            f"  HTTP requests      {sim.get('requests', 0):,}  ({sim.get('requests_per_s', 0):,.1f}/s, auctions"
+            f" and event batches; {sim.get('achieved_rate', 0):,.1f} visits/s)",
+            f"  impressions/clicks {sim.get('impressions', 0):,} / {sim.get('clicks', 0):,}"
+            f"  (CTR {sim.get('ctr', 0):.2%})",
+            f"  spend              {sim.get('spend', '0')} USD  (errors {sim.get('errors', 0)})",
+        ]
+    lines += top_campaigns(settings, state)
+    lines += [
+        "Where things are:",
+        f"  Lake (Delta)       {services.settings_env(settings)['LAKE_ROOT']}"
+        "  (bronze/, silver/, gold/kpi_minute, gold/billing_hourly, quarantine/)",
+        f"  Bill reports       {settings.reports_dir.resolve() / 'billing'}",
+        f"  MLflow UI          http://{settings.bind_host}:{settings.mlflow_port}"
+        f"  (experiment '{MLFLOW_EXPERIMENT}', model '{REGISTERED_MODEL}@{CHAMPION_ALIAS}')",
+        f"  Airflow UI         http://{settings.bind_host}:{settings.airflow_port}"
+        f"  (user admin, password in {password_file})",
+        f"  Auction API        http://{settings.bind_host}:{settings.auction_port}/docs",
+        f"  Service logs       {settings.log_dir.resolve()}",
+    ]
+    return "\n".join(lines)
+
+
+def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
+    """The bill's top campaigns by spend over the hours billed, and each hour's status."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    location, options = settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)
+    try:
+        bill = DeltaTable(location, storage_options=options).to_pandas()
+    except TableNotFoundError:
+        return ["  (no bill yet)"]
+    if bill.empty or "spend_micros" not in bill:
+        return ["  (the bill is empty)"]
+    lines = ["  bills:"]
+    for hour, rows in bill.groupby("hour"):
+        status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
+        spend = Decimal(int(rows["spend_micros"].sum())) / MICROS_PER_UNIT
+        lines.append(f"    {hour:%Y-%m-%d %H}:00  {status:<12} spend {spend:,.2f} USD")
+    top = bill.groupby("campaign_id")["spend_micros"].sum().nlargest(n)
+    lines.append(f"  top {len(top)} campaigns by billed spend:")
+    lines += [f"    {cid:<28} {Decimal(int(v)) / MICROS_PER_UNIT:>10,.2f} USD" for cid, v in top.items()]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep-up", action="store_true", help="leave the services running (make run KEEP_UP=1)")
+    parser.add_argument(
+        "--duration", type=parse_duration, default=Simulation.duration_s,
+        help="how long users are simulated, e.g. 90s, 5m, 1h (make run DURATION=...; default 3m)",
+    )  # fmt: skip
+    parser.add_argument("--rate", type=float, default=Simulation.rate, help="auction requests per second (RATE=...)")
+    parser.add_argument("--users", type=int, default=Simulation.users, help="simulated users (USERS=...)")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    state = RunState()
+    plan = stages(Simulation(duration_s=args.duration, rate=args.rate, users=args.users))
+    began = time.monotonic()
+    timings: list[tuple[str, float]] = []
+    try:
+        for number, stage in enumerate(plan, start=1):
+            print(f"[{number}/{len(plan)}] {stage.name} ...", flush=True)
+            stage_began = time.monotonic()
+            try:
+                stage.action(settings, state)
+            except (StageFailed, services.ServiceError) as exc:
+                print(f"[{number}/{len(plan)}] FAILED: {stage.name}\n    {exc}", file=sys.stderr)
+                return 1
+            timings.append((stage.name, time.monotonic() - stage_began))
+            print(f"[{number}/{len(plan)}] done in {timings[-1][1]:.1f}s", flush=True)
+        print(f"\nAdStream ran end to end in {time.monotonic() - began:.1f}s.")
+        print("Stage times:\n" + "\n".join(f"  {seconds:7.1f}s  {name}" for name, seconds in timings))
+        print(summary(settings, state))
+    finally:
+        if args.keep_up:
+            print("\nServices left running (KEEP_UP=1); stop them with `make down`.")
+        else:
+            print("\nStopping services (KEEP_UP=1 keeps them running) ...")
+            services.down(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

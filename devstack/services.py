@@ -1,0 +1,602 @@
+"""Local services behind `make up` / `make down` / `make status`.
+
+Each service runs as its own process group, logs to ``.local/logs/<name>.log``,
+keeps its pid in ``.local/run/<name>.pid`` and is healthy only when it answers
+on its port. ``up`` is idempotent: a healthy service is left alone.
+
+    python -m devstack.services up [kafka mlflow airflow]
+    python -m devstack.services down
+    python -m devstack.services status
+    python -m devstack.services airflow dags list   # the airflow CLI, pointed at the local instance
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import httpx
+
+from adstream.settings import Settings, child_process_env, get_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+BATCH_NICENESS = 10  # the streaming job and Airflow's tasks (feature builds, training, billing)
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PortClaim:
+    port: int
+    setting: str  # the environment variable that moves it
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    url: str
+    ports: tuple[PortClaim, ...]
+    command: tuple[str, ...]
+    healthy: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: Callable[[], None] | None = None
+    start_timeout_s: float = 90.0
+    needs_infrastructure: bool = False  # started only once Kafka/MLflow/Airflow are healthy
+    # Batch work yields the CPU to the request path (auctions, events, Kafka) on a shared machine;
+    # it only runs slower when that path is busy.
+    niceness: int = 0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The project's settings as environment variables, with absolute paths, for child processes."""
+    lake_root = settings.lake_root
+    if "://" not in lake_root:
+        lake_root = str(Path(lake_root).resolve())
+    return {
+        "ADSTREAM_ENV": settings.adstream_env.value,
+        "LAKE_ROOT": lake_root,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "CAMPAIGN_DB_URL": settings.campaign_db_url,
+        "SPARK_MASTER": settings.spark_master,
+        "SPARK_SHUFFLE_PARTITIONS": str(settings.spark_shuffle_partitions),
+        "KAGGLE_DIR": str(settings.kaggle_dir.resolve()),
+        "LOCAL_DIR": str(settings.local_dir.resolve()),
+        "JAR_CACHE_DIR": str(Path(settings.jar_cache_dir).resolve()),
+        "REPORTS_DIR": str(settings.reports_dir.resolve()),
+        "BIND_HOST": settings.bind_host,
+        "AUCTION_PORT": str(settings.auction_port),
+        "AD_MANAGER_GROUP": settings.ad_manager_group,
+    }
+
+
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id. One starting with "-" would be read as an option by kafka-storage
+    (1 in 64 of them), so, like Kafka's own Uuid.randomUuid, those are drawn again."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        continue
+    return cluster_id
+
+
+def kafka_server_properties(settings: Settings, data_dir: Path) -> str:
+    """A single-node KRaft broker+controller on loopback."""
+    host = settings.bind_host
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{host}:{settings.kafka_controller_port}",
+            f"listeners=PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
+            f"advertised.listeners=PLAINTEXT://{host}:{settings.kafka_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data_dir}",
+            "num.partitions=3",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            # One node: no point waiting for more group members to join.
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "",
+        ]
+    )
+
+
+def _kafka(settings: Settings) -> Service:
+    home = settings.local_dir.resolve() / "kafka"
+    props = home / "server.properties"
+    data_dir = home / "data"
+    classpath = f"{Path(settings.kafka_jar_dir).resolve()}/*"
+    java = _require_java()
+    jvm = (
+        java,
+        "-Xms256m",
+        "-Xmx768m",
+        "-XX:+UseG1GC",
+        "-cp",
+        classpath,
+        f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'infra/kafka/log4j2.properties'}",
+    )
+
+    def prepare() -> None:
+        if not any(Path(settings.kafka_jar_dir).glob("kafka_*.jar")):
+            raise ServiceError(f"no Kafka broker jars in {settings.kafka_jar_dir}; run `make setup` first")
+        home.mkdir(parents=True, exist_ok=True)
+        props.write_text(kafka_server_properties(settings, data_dir))
+        if (data_dir / "meta.properties").exists():
+            return
+        cluster_id = kafka_cluster_id()
+        formatted = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+            capture_output=True,
+            text=True,
+        )
+        if formatted.returncode != 0:
+            raise ServiceError(f"formatting the Kafka storage in {data_dir} failed:\n{formatted.stderr[-2000:]}")
+
+    return Service(
+        name="kafka",
+        url=settings.kafka_bootstrap_servers,
+        ports=(
+            PortClaim(settings.kafka_port, "KAFKA_PORT"),
+            PortClaim(settings.kafka_controller_port, "KAFKA_CONTROLLER_PORT"),
+        ),
+        command=(*jvm, "kafka.Kafka", str(props)),
+        healthy=lambda: _kafka_answers(settings),
+        prepare=prepare,
+        start_timeout_s=60.0,
+    )
+
+
+def _mlflow(settings: Settings) -> Service:
+    home = settings.local_dir.resolve() / "mlflow"
+    url = f"http://{settings.bind_host}:{settings.mlflow_port}"
+
+    def prepare() -> None:
+        (home / "artifacts").mkdir(parents=True, exist_ok=True)
+
+    return Service(
+        name="mlflow",
+        url=url,
+        ports=(PortClaim(settings.mlflow_port, "MLFLOW_PORT"),),
+        command=(
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            settings.bind_host,
+            "--port",
+            str(settings.mlflow_port),
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+            "--workers",
+            "1",
+        ),
+        healthy=lambda: _http_ok(f"{url}/health"),
+        prepare=prepare,
+    )
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Airflow configuration for the local standalone instance and `airflow dags test`."""
+    home = settings.airflow_home.resolve()
+    return {
+        "AIRFLOW_HOME": str(home),
+        # `airflow standalone` launches its components as `airflow …` from PATH.
+        "PATH": f"{VENV_BIN}{os.pathsep}{child_process_env().get('PATH', '')}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": settings.bind_host,
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__API__BASE_URL": f"http://{settings.bind_host}:{settings.airflow_port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{settings.bind_host}:{settings.airflow_port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        # LocalExecutor forks one worker per parallelism slot up front; 2 cores need few.
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.airflow_worker_log_port),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.airflow_trigger_log_port),
+        **settings_env(settings),
+    }
+
+
+def _airflow(settings: Settings) -> Service:
+    url = f"http://{settings.bind_host}:{settings.airflow_port}"
+
+    def prepare() -> None:
+        settings.airflow_home.mkdir(parents=True, exist_ok=True)
+
+    return Service(
+        name="airflow",
+        url=url,
+        ports=(
+            PortClaim(settings.airflow_port, "AIRFLOW_PORT"),
+            PortClaim(settings.airflow_worker_log_port, "AIRFLOW_WORKER_LOG_PORT"),
+            PortClaim(settings.airflow_trigger_log_port, "AIRFLOW_TRIGGER_LOG_PORT"),
+        ),
+        command=(str(VENV_BIN / "airflow"), "standalone"),
+        env=airflow_env(settings),
+        healthy=lambda: _airflow_healthy(url),
+        prepare=prepare,
+        start_timeout_s=150.0,
+        niceness=BATCH_NICENESS,
+    )
+
+
+def _ad_manager(settings: Settings) -> Service:
+    from auction_service.campaign_store.ad_manager import is_alive
+
+    return Service(
+        name="ad-manager",
+        url=f"consumer group {settings.ad_manager_group}",
+        ports=(),
+        command=(sys.executable, "-m", "auction_service.campaign_store.ad_manager"),
+        env=settings_env(settings),
+        # No port to probe: healthy while it runs and its poll loop beats.
+        healthy=lambda: running_pid(settings, "ad-manager") is not None and is_alive(settings),
+        needs_infrastructure=True,
+        start_timeout_s=60.0,
+    )
+
+
+def _auction(settings: Settings) -> Service:
+    url = f"http://{settings.bind_host}:{settings.auction_port}"
+    return Service(
+        name="auction",
+        url=url,
+        ports=(PortClaim(settings.auction_port, "AUCTION_PORT"),),
+        command=(sys.executable, "-m", "auction_service"),
+        env=settings_env(settings),
+        healthy=lambda: _http_ok(f"{url}/healthz"),
+        needs_infrastructure=True,
+        start_timeout_s=90.0,
+    )
+
+
+def _streaming(settings: Settings) -> Service:
+    from spark_jobs.streaming import is_alive
+
+    def healthy() -> bool:
+        # No port to probe: healthy while it runs and its driver loop beats (once the JVM is up).
+        pid = running_pid(settings, "streaming")
+        return pid is not None and is_alive(settings, pid)
+
+    return Service(
+        name="streaming",
+        url=f"Kafka -> {settings.lake_root}",
+        ports=(),
+        command=(sys.executable, "-m", "spark_jobs.streaming"),
+        env=settings_env(settings),
+        healthy=healthy,
+        needs_infrastructure=True,
+        start_timeout_s=150.0,
+        niceness=BATCH_NICENESS,
+    )
+
+
+SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
+    "kafka": _kafka,
+    "mlflow": _mlflow,
+    "airflow": _airflow,
+    "ad-manager": _ad_manager,
+    "auction": _auction,
+    "streaming": _streaming,
+}
+
+
+def build_services(settings: Settings, names: Sequence[str] = ()) -> list[Service]:
+    unknown = set(names) - set(SERVICE_FACTORIES)
+    if unknown:
+        raise ServiceError(f"unknown service(s) {sorted(unknown)}; choose from {list(SERVICE_FACTORIES)}")
+    return [SERVICE_FACTORIES[name](settings) for name in (names or SERVICE_FACTORIES)]
+
+
+# --- process control -------------------------------------------------------
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.local_dir.resolve() / "run" / f"{name}.pid"
+
+
+def log_file(settings: Settings, name: str) -> Path:
+    return settings.log_dir.resolve() / f"{name}.log"
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    path = _pid_file(settings, name)
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if _group_alive(pid):
+        return pid
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie leader of a group with no other members is not alive.
+    try:
+        waited, _ = os.waitpid(pgid, os.WNOHANG)
+        if waited == pgid:
+            return _group_alive(pgid)
+    except ChildProcessError:
+        pass  # not our child: killpg's answer stands
+    return True
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(service: Service, host: str) -> None:
+    for claim in service.ports:
+        if port_in_use(host, claim.port):
+            raise ServiceError(
+                f"{service.name}: port {claim.port} on {host} is already taken by another process; "
+                f"stop that process or choose another port with {claim.setting}=<port>"
+            )
+
+
+def start(settings: Settings, service: Service) -> int:
+    """Start ``service`` unless it is already running; returns its process group id."""
+    pid = running_pid(settings, service.name)
+    if pid is not None:
+        return pid
+    check_ports_free(service, settings.bind_host)
+    if service.prepare:
+        service.prepare()
+    log = log_file(settings, service.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pid_path = _pid_file(settings, service.name)
+    pid_path.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            service.command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_process_env(**service.env),
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+            preexec_fn=partial(_lower_priority, service.niceness) if service.niceness else None,
+        )
+    pid_path.write_text(str(proc.pid))
+    return proc.pid
+
+
+def _lower_priority(niceness: int) -> None:
+    """Runs in the child after setsid. With autogroup scheduling (on by default in many kernels, and
+    here) a session is scheduled as one group whose own nice is all that counts against other
+    sessions, so the group's nice is set as well as the process's."""
+    os.nice(niceness)
+    with contextlib.suppress(OSError):
+        fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+        try:
+            os.write(fd, str(niceness).encode())
+        finally:
+            os.close(fd)
+
+
+def wait_healthy(settings: Settings, service: Service, began: float | None = None) -> float:
+    """Seconds from ``began`` (default: now) until ``service`` answered; raises with the log's tail if it never did."""
+    began = time.monotonic() if began is None else began
+    while time.monotonic() - began < service.start_timeout_s:
+        if running_pid(settings, service.name) is None:
+            raise ServiceError(f"{service.name} exited during start-up{_log_tail(settings, service.name)}")
+        if service.healthy():
+            return time.monotonic() - began
+        time.sleep(0.5)
+    raise ServiceError(
+        f"{service.name} was not healthy after {service.start_timeout_s:.0f}s{_log_tail(settings, service.name)}"
+    )
+
+
+def stop(settings: Settings, service: Service, timeout_s: float = 30.0) -> str:
+    """Stops the whole process group: "stopped", "killed" (did not exit in time) or "not running"."""
+    pid = running_pid(settings, service.name)
+    if pid is None:
+        return "not running"
+    # The whole group: `airflow standalone` would leave its components behind on SIGTERM alone,
+    # while each component shuts down gracefully on its own SIGTERM.
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.25)
+    outcome = "stopped"
+    if _group_alive(pid):
+        outcome = f"killed (still running {timeout_s:.0f}s after SIGTERM)"
+        _signal_group(pid, signal.SIGKILL)
+        while _group_alive(pid):
+            time.sleep(0.1)
+    _pid_file(settings, service.name).unlink(missing_ok=True)
+    return outcome
+
+
+@contextlib.contextmanager
+def running(settings: Settings, name: str) -> Iterator[int]:
+    """One service for the length of a ``with`` block (benchmarks' private brokers); yields its pid."""
+    (service,) = build_services(settings, [name])
+    pid = start(settings, service)
+    try:
+        wait_healthy(settings, service)
+        yield pid
+    finally:
+        stop(settings, service)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone, which is the goal
+        os.killpg(pgid, sig)
+
+
+def _log_tail(settings: Settings, name: str, lines: int = 25) -> str:
+    path = log_file(settings, name)
+    if not path.exists():
+        return ""
+    tail = path.read_text(errors="replace").splitlines()[-lines:]
+    return f"; see {path}. Last lines:\n  " + "\n  ".join(tail)
+
+
+# --- health probes ----------------------------------------------------------
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _airflow_healthy(base_url: str) -> bool:
+    try:
+        body = httpx.get(f"{base_url}/api/v2/monitor/health", timeout=2.0).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return all(
+        (body.get(part) or {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "dag_processor")
+    )
+
+
+def _kafka_answers(settings: Settings) -> bool:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    host, port = settings.bind_host, settings.kafka_port
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+        admin = KafkaAdminClient(bootstrap_servers=f"{host}:{port}", request_timeout_ms=3000)
+    except (OSError, KafkaError):
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def _require_java() -> str:
+    java = shutil.which("java")
+    if not java:
+        raise ServiceError(
+            "java was not found on PATH; install OpenJDK 17 (e.g. `apt-get install openjdk-17-jre-headless`)"
+        )
+    return java
+
+
+# --- CLI ----------------------------------------------------------------------
+
+
+def up(settings: Settings, names: Sequence[str] = ()) -> None:
+    services = build_services(settings, names)
+    began = time.monotonic()
+    started = {s.name: running_pid(settings, s.name) is None for s in services}
+    # Infrastructure first, all at once (they warm up in parallel); then what needs it.
+    for wave in (False, True):
+        batch = [service for service in services if service.needs_infrastructure is wave]
+        wave_began = time.monotonic()  # each wave's start-up timeouts count from its own start
+        for service in batch:
+            start(settings, service)
+        for service in batch:
+            took = wait_healthy(settings, service, wave_began) + (wave_began - began)
+            verb = "started" if started[service.name] else "already running"
+            log = log_file(settings, service.name)
+            print(f"  {service.name:<10} {verb:<16} {service.url:<32} ready {took:4.1f}s after `up`  log: {log}")
+    print(f"all {len(services)} service(s) healthy {time.monotonic() - began:.1f}s after `up`", flush=True)
+
+
+def down(settings: Settings, names: Sequence[str] = ()) -> None:
+    for service in reversed(build_services(settings, names)):
+        print(f"  {service.name:<10} {stop(settings, service)}", flush=True)
+
+
+def status(settings: Settings, names: Sequence[str] = ()) -> int:
+    """Prints each service's state; returns how many are not healthy."""
+    unhealthy = 0
+    for service in build_services(settings, names):
+        pid = running_pid(settings, service.name)
+        state = "down" if pid is None else ("healthy" if service.healthy() else "starting/unhealthy")
+        unhealthy += state != "healthy"
+        print(f"  {service.name:<8} {state:<18} {service.url:<32} pid={pid or '-'}")
+    return unhealthy
+
+
+def airflow_cli(
+    settings: Settings, *args: str, check: bool = True, capture_output: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Runs the `airflow` CLI against the local instance (its home, DAG folder and database)."""
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [str(VENV_BIN / "airflow"), *args],
+        env=child_process_env(**airflow_env(settings)),
+        cwd=PROJECT_ROOT,
+        check=check,
+        text=True,
+        capture_output=capture_output,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.services", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down", "status", "airflow"])
+    parser.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help=f"services, a subset of {list(SERVICE_FACTORIES)}; or, after `airflow`, its CLI arguments",
+    )
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if args.action == "airflow":
+        return airflow_cli(settings, *args.args, check=False).returncode
+    args.services = args.args
+    try:
+        if args.action == "up":
+            up(settings, args.services)
+        elif args.action == "down":
+            down(settings, args.services)
+        else:
+            return 1 if status(settings, args.services) else 0
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The auction service over HTTP with real parts: a Kafka broker, a SQLite campaign store, an MLflow champion."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from kafka import KafkaConsumer
+
+from adstream.contracts import Topic
+from auction_service.api.app import DefaultTokenOutsideLocal, create_app
+from auction_service.campaign_store import ad_manager, store
+from auction_service.serving.state import ServiceState
+from tests.auction_service.conftest import TOKEN, instruction
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_auction_fills_at_a_second_price_within_the_bid(client):
+    response = client.post("/v1/auction", json={"user_id": "u-1", "device_type": "mobile", "country": "France"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["campaign_id"] in {"cpc-1", "cpc-2"} and body["pricing_model"] == "CPC"
+    assert 0 < body["clearing_price_micros"] <= (500_000 if body["campaign_id"] == "cpc-1" else 300_000)
+    assert body["model_version"] == "1" and 0 < body["pctr"] < 1
+    assert body["tracking"]["click"].endswith(f"/v1/events/track/{body['auction_id']}/click")
+
+
+def test_no_eligible_campaign_is_204(client):
+    response = client.post("/v1/auction", json={"device_type": "ctv", "blocked_categories": ["Automotive"]})
+    assert response.status_code == 204
+
+
+def test_a_click_is_charged_once_and_replays_are_free(client, service_settings):
+    auction = client.post("/v1/auction", json={"user_id": "u-2", "device_type": "desktop"}).json()
+    impression = {"event_id": "imp-1", "event_type": "impression", "auction_id": auction["auction_id"]}
+    click = {"event_id": "clk-1", "event_type": "click", "auction_id": auction["auction_id"]}
+    assert client.post("/v1/events", json=impression).json()["results"][0]["charged_micros"] == 0
+    charged = client.post("/v1/events", json=click).json()["results"][0]
+    assert (charged["status"], charged["charged_micros"]) == ("accepted", auction["clearing_price_micros"])
+    replay = client.post("/v1/events", json={"events": [click, {**click, "event_id": "clk-2"}]}).json()
+    assert [r["status"] for r in replay["results"]] == ["duplicate", "duplicate"]
+    assert sum(r["charged_micros"] for r in replay["results"]) == 0
+    with ServiceState.open(service_settings).sessions() as session:
+        ledger = store.spend_by_campaign_hour(session, datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC))
+    assert sum(ledger.values()) == auction["clearing_price_micros"]
+
+
+def test_events_land_on_the_feedback_topic_keyed_by_auction(client, service_settings):
+    auction = client.post("/v1/auction", json={"user_id": "u-3", "device_type": "mobile"}).json()
+    event = {"event_id": "imp-topic", "event_type": "impression", "auction_id": auction["auction_id"]}
+    assert client.post("/v1/events", json=event).status_code == 202
+    consumer = KafkaConsumer(
+        Topic.AD_FEEDBACK, bootstrap_servers=service_settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest", consumer_timeout_ms=10_000,
+    )  # fmt: skip
+    records = [r for r in consumer if r.key == auction["auction_id"].encode()]
+    consumer.close()
+    (record,) = records
+    published = json.loads(record.value)
+    assert published["event_id"] == "imp-topic" and published["campaign_id"] == auction["campaign_id"]
+    assert published["cost_micros"] == 0 and published["schema_version"] == 1
+
+
+def test_an_event_for_an_unknown_auction_is_refused_saying_why(client):
+    single = client.post("/v1/events", json={"event_id": "e-x", "event_type": "click", "auction_id": "nope"})
+    assert single.status_code == 422 and "unknown auction_id" in single.json()["detail"]
+    batch = client.post(
+        "/v1/events", json={"events": [{"event_id": "e-y", "event_type": "click", "auction_id": "nope"}]}
+    ).json()
+    assert batch["rejected"] == 1 and batch["results"][0]["status"] == "rejected"
+
+
+def test_events_from_the_future_or_older_than_the_stream_watermark_are_refused(client, service_settings):
+    auction = client.post("/v1/auction", json={"user_id": "u-4", "device_type": "mobile"}).json()
+    now = datetime.now(UTC)
+    late = now - timedelta(seconds=service_settings.stream_watermark_s / 2 + 30)  # half the watermark
+    events = [
+        {"event_id": "t-future", "event_type": "click", "auction_id": auction["auction_id"],
+         "event_time": (now + timedelta(hours=1)).isoformat()},
+        {"event_id": "t-late", "event_type": "click", "auction_id": auction["auction_id"],
+         "event_time": late.isoformat()},
+    ]  # fmt: skip
+    results = client.post("/v1/events", json={"events": events}).json()["results"]
+    assert [r["status"] for r in results] == ["rejected", "rejected"]
+    assert "in the future" in results[0]["reason"] and "too old" in results[1]["reason"]
+    assert sum(r["charged_micros"] for r in results) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"user_id": ', "JSON decode error"),
+        ('{"age": -3}', "age: Input should be greater than or equal to 13"),
+        ('{"floor_cpm": "1.1234567"}', "floor_cpm"),
+        ('{"surprise": 1}', "surprise: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_auction_requests_are_422_with_what_to_fix(client, body, expected):
+    response = client.post("/v1/auction", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert expected in response.json()["detail"]
+
+
+def test_an_oversized_body_is_413(client):
+    response = client.post("/v1/events", content=b"x" * 2_000_000, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "smaller batches" in response.json()["detail"]
+
+
+def test_a_chunked_body_is_capped_while_it_arrives_and_passed_on_whole_under_the_cap(client):
+    def chunks(payload: bytes, size: int = 64 * 1024):
+        yield from (payload[i : i + size] for i in range(0, len(payload), size))
+
+    too_big = client.post("/v1/events", content=chunks(b"x" * 2_000_000), headers={"content-type": "application/json"})
+    assert "content-length" not in too_big.request.headers  # really sent chunked
+    assert too_big.status_code == 413 and "smaller batches" in too_big.json()["detail"]
+    body = b'{"events": [{"event_id": "e-chunked", "event_type": "click", "auction_id": "no-such-auction"}]}'
+    small = client.post("/v1/events", content=chunks(body, size=16), headers={"content-type": "application/json"})
+    assert small.status_code == 202, small.text
+    assert small.json()["results"][0]["reason"].startswith("unknown auction_id")
+
+
+def test_campaign_endpoints_need_the_token_and_reach_the_store_through_kafka(client, service_settings):
+    assert client.get("/v1/campaigns/cpc-1").status_code == 401
+    assert client.get("/v1/campaigns/cpc-1", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert client.get("/v1/campaigns/cpc-1", headers=TOKEN).json()["status"] == "active"
+    stop_event = threading.Event()
+    manager = threading.Thread(target=ad_manager.run, args=(service_settings, stop_event), daemon=True)
+    manager.start()
+    try:
+        spec = instruction("x").campaign.model_dump(mode="json")
+        created = client.post("/v1/campaigns", json={**spec, "campaign_id": "api-1"}, headers=TOKEN)
+        assert created.status_code == 202, created.text
+        deadline = time.monotonic() + 30
+        while client.get("/v1/campaigns/api-1", headers=TOKEN).status_code == 404 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.get("/v1/campaigns/api-1", headers=TOKEN).json()["status"] == "active"
+        assert client.post("/v1/campaigns/api-1/stop", headers=TOKEN).status_code == 202
+        assert client.post("/v1/campaigns/ghost/stop", headers=TOKEN).status_code == 404
+        bad = client.post("/v1/campaigns", json={**spec, "bid_micros": -5}, headers=TOKEN)
+        assert bad.status_code == 422 and "bid_micros" in bad.json()["detail"]
+    finally:
+        stop_event.set()
+        manager.join(timeout=30)
+
+
+def test_operations_endpoints(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == "1"
+    metrics = client.get("/metrics").text
+    assert "adstream_auction" in metrics and "adstream_model_version" in metrics
+    stats = client.get("/v1/stats").json()
+    assert stats["auctions"] >= 1 and 0 <= stats["fill_rate"] <= 1
+    predicted = client.post("/v1/predict_ctr", json={"campaign_ids": ["cpc-1", "ghost"]}).json()
+    assert predicted["unknown_campaigns"] == ["ghost"] and 0 < predicted["predictions"][0]["pctr"] < 1
+    assert "/v1/auction" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_default_token_is_refused_outside_local_mode(tmp_path):
+    with pytest.raises(DefaultTokenOutsideLocal, match="AUCTION_API_TOKEN"):
+        create_app(make_settings(tmp_path, adstream_env="prod"))
+    assert create_app(make_settings(tmp_path, adstream_env="prod", auction_api_token="s3cret-Xy9")) is not None
