@@ -1,5 +1,6 @@
 # Project images for docker-compose.yml.
 #   app:     auction service, ad manager, streaming job, MLflow server (same pins as `make setup`)
+#            Product code only: the tools (simulator, benchmarks, devstack) stay out, so `adstream` lacks their commands.
 #   airflow: the official Airflow image, extended with AdStream's packages, Java and jars
 # Both resolve the JVM jars with Maven at build time, so containers download nothing at run time.
 
@@ -15,6 +16,7 @@ COPY ingestion ./ingestion
 COPY spark_jobs ./spark_jobs
 COPY ml ./ml
 COPY auction_service ./auction_service
+COPY cli ./cli
 COPY dags ./dags
 COPY Makefile ./
 RUN SKIP_AIRFLOW_DB=1 WITH_S3=1 bash infra/setup.sh

@@ -1,6 +1,7 @@
 # AdStream — the commands a newcomer uses. `make run` and `make test` set everything up first.
 SHELL := /bin/bash
 PY    := .venv/bin/python
+ADSTREAM := .venv/bin/adstream
 KEEP_UP ?= 0
 
 .DEFAULT_GOAL := help
@@ -13,41 +14,43 @@ setup: ## Install Python deps (.venv, pinned), JVM jars (Maven Central -> .local
 	@bash infra/setup.sh
 
 up: setup ## Start Kafka (KRaft), MLflow and Airflow locally; waits until healthy
-	@$(PY) -m devstack.services up
+	@$(ADSTREAM) up
 
 down: ## Stop every local service (no-op when nothing runs)
-	@if [ -x $(PY) ]; then $(PY) -m devstack.services down; else echo "nothing to stop (no .venv)"; fi
+	@if [ -x $(ADSTREAM) ]; then $(ADSTREAM) down; else echo "nothing to stop (no .venv)"; fi
 
 status: ## Show each local service and its URL
-	@$(PY) -m devstack.services status
+	@$(ADSTREAM) status
 
 run: setup ## Set up, start the platform and push data through it end to end (DURATION=3m RATE=20 USERS=500; KEEP_UP=1 leaves it running)
-	@$(PY) -m devstack.run $(if $(filter 1,$(KEEP_UP)),--keep-up) $(if $(DURATION),--duration $(DURATION)) $(if $(RATE),--rate $(RATE)) $(if $(USERS),--users $(USERS))
+	@$(ADSTREAM) run $(if $(filter 1,$(KEEP_UP)),--keep-up) $(if $(DURATION),--duration $(DURATION)) $(if $(RATE),--rate $(RATE)) $(if $(USERS),--users $(USERS))
 
 test: setup ## Lint and run the whole test suite (starts and stops the Kafka broker it needs)
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
+	@.venv/bin/lint-imports
 	@$(PY) -m pytest
 
 bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/bench/ (REPEATS=3)
-	@$(PY) -m benchmarks.ingestion --repeats $(or $(REPEATS),3)
-	@$(PY) -m benchmarks.scorer
+	@$(ADSTREAM) bench ingestion --repeats $(or $(REPEATS),3)
+	@$(ADSTREAM) bench scorer
 
 bench-auction: setup ## Load-test the auction service (autocannon, 32 connections) vs a naive baseline (REPEATS=3 DURATION=20)
-	@$(PY) -m benchmarks.auction --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20)
+	@$(ADSTREAM) bench auction --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20)
 
 bench-billing: setup ## Bill one hour of 1,000,000 events (local[2]) vs a DuckDB baseline; reports/bench/billing.json (REPEATS=3)
-	@$(PY) -m benchmarks.billing --repeats $(or $(REPEATS),3)
+	@$(ADSTREAM) bench billing --repeats $(or $(REPEATS),3)
 
 bench-streaming: setup ## Kafka -> Delta streaming job (local[2]): throughput vs a raw-append baseline, latency p95, RSS soak; reports/bench/streaming.json (REPEATS=3 EVENTS=2000000 SOAK=30m)
-	@$(PY) -m benchmarks.streaming --repeats $(or $(REPEATS),3) --events $(or $(EVENTS),2000000) --soak $(or $(SOAK),30m)
+	@$(ADSTREAM) bench streaming --repeats $(or $(REPEATS),3) --events $(or $(EVENTS),2000000) --soak $(or $(SOAK),30m)
 
 compare-runs: setup ## Compare CTR training runs side by side (metrics, params, champion/challenger decision); LAST=N
-	@$(PY) -m ml.compare --execute-notebook $(if $(LAST),--last $(LAST))
+	@$(ADSTREAM) compare --execute-notebook $(if $(LAST),--last $(LAST))
 
-lint: setup ## ruff check + format check
+lint: setup ## ruff check + format check + the import rules (.importlinter)
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
+	@.venv/bin/lint-imports
 
 format: setup ## Apply ruff's fixes and formatting
 	@.venv/bin/ruff check --fix .

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # batch jobs in a prod deployment need no token).
     auction_api_token: SecretStr = SecretStr("local-dev-token")
     auction_max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    # The hot routes served past FastAPI's router and each response in one socket write; off: plain
+    # FastAPI routing and stock uvicorn, the same answers (a switch for when a Starlette or uvicorn upgrade breaks it).
+    auction_fast_path: bool = True
     auction_reserve_price_micros: int = Field(default=10_000, ge=0)  # CPM floor when a request states none
     auction_ttl_s: int = Field(default=3600, ge=60)  # how long after an auction its events are accepted
     # Filled auctions stay in the service's memory this long; older ones are read back from the store.

@@ -14,7 +14,7 @@ A platform is built in a scratch directory:
 
 Each run starts the service fresh under uvicorn in its own process on a free loopback
 port (reservations and caches start empty each time), warms it up, then drives
-``POST /v1/auction`` with ``infra/loadgen`` (autocannon, installed by ``make setup``) at
+``POST /v1/auction`` with ``benchmarks/loadgen`` (autocannon, installed by ``make setup``) at
 32 connections for ``--duration`` seconds (naive: for ``--naive-requests`` requests, as
 it answers under one auction per second), over 2,000 request bodies (users from a pool
 of 10,000, 80% of them in gold/user_features; countries, ages, genders and devices each
@@ -27,16 +27,15 @@ Medians over the repeats (auctions/s, p50/p99 latency, fill rate, errors, CPU sh
 process) and the compiled/naive ratios are printed and written to reports/bench/auction.json.
 Targets (compiled): >= 1,500 auctions/s and p99 <= 25 ms.
 
-    python -m benchmarks.auction [--duration 20] [--repeats 3] [--connections 32] [--family NAME]
-                                    [--tracking-uri URI] [--no-kafka] [--workdir DIR]
+    adstream bench auction [--duration 20] [--repeats 3] [--connections 32] [--family NAME]
+                           [--tracking-uri URI] [--no-kafka] [--workdir DIR]
 
-The naive mode exists only in this module (its own ``serve --mode naive`` child process
-wraps the loaded model); the service has no setting for it.
+The naive mode exists only in this module (its own ``adstream bench auction-serve --mode naive``
+child process wraps the loaded model); the service has no setting for it.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -46,23 +45,53 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import httpx
+import mlflow
 import numpy as np
 import pandas as pd
+import psutil
+import pyarrow as pa
+import typer
+from deltalake import write_deltalake
 
+from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, Table, Topic
+from adstream.messaging import ensure_topics
 from adstream.settings import Settings, child_process_env, get_settings
-from auction_service.campaign_store.instructions import TARGET_COUNTRIES
+from auction_service.api.app import create_app
+from auction_service.campaign_store import store
+from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
+from auction_service.campaign_store.instructions import TARGET_COUNTRIES, seed_instructions
+from auction_service.fastpath import server
 from auction_service.serving.features import segment
 from auction_service.serving.openrtb import IAB_CATEGORIES
+from auction_service.serving.state import ServiceState
+from benchmarks.harness import (
+    BUSY_MACHINE_CORES,
+    check_choices,
+    free_port,
+    isolated_settings,
+    launch,
+    ratio,
+    report_path,
+    write_report,
+)
+from devstack import services
+from devstack.lazy_cli import commands_app
+from ml.features import FEATURES, INTEGER_FEATURES
+from ml.pipelines import FAMILIES
+from ml.registry import register_challenger
+from ml.scorer import Coded
+from ml.tracking import tracking_client
+from ml.train import BASELINE_FAMILY, fit_and_register, train
+from simulator.ctr_examples import training_frame
 
 MODES = ("compiled", "naive")
 TARGET_AUCTIONS_PER_S = 1_500
@@ -73,9 +102,7 @@ TRAINING_ROWS = 3_000
 USERS = 10_000
 KNOWN_USER_SHARE = 0.8  # users with a row in gold/user_features; the others get the request's attributes
 BODIES = 2_000
-BUSY_MACHINE_CORES = 0.25  # CPU used by processes outside the bench above which a run is flagged
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LOADGEN = PROJECT_ROOT / "infra" / "loadgen"
+LOADGEN = Path(__file__).resolve().parent / "loadgen"
 
 CATEGORIES = tuple(IAB_CATEGORIES)  # the ADS-16 categories silver/ads carries
 COUNTRIES = (*TARGET_COUNTRIES, "Brazil", "Japan", "Canada", "Spain", "Kenya")  # the last five no campaign targets
@@ -186,8 +213,6 @@ def ad_feature_rows(ads: Sequence[Mapping[str, str]], seed: int) -> list[dict[st
 def champion_training_frame(rows: int, seed: int) -> pd.DataFrame:
     """``simulator.ctr_examples.training_frame`` with the bench's countries and ad categories drawn in place of its
     own, so every value the service sends was seen in training (the synthetic signal is elsewhere)."""
-    from simulator.ctr_examples import training_frame
-
     frame = training_frame(rows, seed=seed)
     rng = np.random.default_rng(seed)
     frame["country"] = rng.choice(COUNTRIES, rows)
@@ -255,13 +280,10 @@ def comparison(compiled: Mapping[str, Any], naive: Mapping[str, Any] | None) -> 
     """The targets (compiled) and, with a naive baseline, the ratios: auctions/s compiled over naive,
     latency naive over compiled (so every ratio above 1 favours the compiled service)."""
 
-    def ratio(numerator: float, denominator: float) -> float | None:
-        return numerator / denominator if naive is not None and denominator else None
-
     return {
-        "throughput_ratio": ratio(compiled["auctions_per_s"], naive["auctions_per_s"] if naive else 0),
-        "p50_ratio": ratio(naive["p50_ms"] if naive else 0, compiled["p50_ms"]),
-        "p99_ratio": ratio(naive["p99_ms"] if naive else 0, compiled["p99_ms"]),
+        "throughput_ratio": ratio(compiled["auctions_per_s"], naive["auctions_per_s"]) if naive else None,
+        "p50_ratio": ratio(naive["p50_ms"], compiled["p50_ms"]) if naive else None,
+        "p99_ratio": ratio(naive["p99_ms"], compiled["p99_ms"]) if naive else None,
         "target_auctions_per_s_met": compiled["auctions_per_s"] >= TARGET_AUCTIONS_PER_S,
         "target_p99_met": compiled["p99_ms"] <= TARGET_P99_MS,
     }
@@ -309,9 +331,6 @@ class PerRowPyfuncScorer:
         self._model = pyfunc_model
 
     def score(self, batch: Mapping[str, Any]) -> np.ndarray:
-        from ml.features import FEATURES, INTEGER_FEATURES
-        from ml.scorer import Coded
-
         # The service hands categorical columns over as ``Coded``; the seed design had plain values.
         batch = {name: values.tolist() if isinstance(values, Coded) else values for name, values in batch.items()}
         pctr = np.empty(len(batch[FEATURES[0]]))
@@ -329,12 +348,6 @@ def install_naive_scorer(state: Any, tracking_uri: str) -> None:
     The model watcher swaps only when the alias moves, so the wrapper stays for the run.
     Refuses a baseline that does not score a probe like the compiled scorer (to 1e-9).
     """
-    import mlflow
-
-    from adstream.contracts import REGISTERED_MODEL
-    from ml.features import FEATURES
-    from simulator.ctr_examples import training_frame
-
     loaded = state.model.current
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -347,19 +360,16 @@ def install_naive_scorer(state: Any, tracking_uri: str) -> None:
     state.model.swap(replace(loaded, scorer=naive))
 
 
-def serve(mode: str, port: int) -> int:
-    """One service process under uvicorn, with the platform's settings from the environment."""
-    from auction_service.api.app import create_app
-    from auction_service.fastpath import server
-    from auction_service.serving.state import ServiceState
-
-    settings = get_settings()
+def serve(settings: Settings, mode: str, port: int) -> int:
+    """One service process under uvicorn, with the platform's settings (from the environment)."""
     state = ServiceState.open(settings)
     if mode == "naive":
         install_naive_scorer(state, settings.mlflow_tracking_uri)
     state.start()
     try:
-        server.run(create_app(settings, state=state), host=settings.bind_host, port=port)
+        server.run(
+            create_app(settings, state=state), host=settings.bind_host, port=port, fast_path=settings.auction_fast_path
+        )
     finally:
         state.stop()
     return 0
@@ -368,38 +378,14 @@ def serve(mode: str, port: int) -> int:
 # --- building the platform (I/O) ---
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def platform_settings(base: Settings, workdir: Path, tracking_uri: str | None) -> Settings:
     """Settings isolated in ``workdir``, on free ports, sharing the project's jar cache and reports."""
-    kafka_port = free_port()
-    return base.model_copy(
-        update={
-            "local_dir": workdir / "local",
-            "lake_root": str(workdir / "lake"),
-            "jar_cache_dir": Path(base.jar_cache_dir).resolve(),
-            "reports_dir": base.reports_dir.resolve(),
-            "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}",
-            "mlflow_tracking_uri": tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}",
-            "kafka_port": kafka_port,
-            "kafka_controller_port": free_port(),
-            "kafka_bootstrap_servers": f"{base.bind_host}:{kafka_port}",
-        }
-    )
+    given = {"mlflow_tracking_uri": tracking_uri} if tracking_uri else {}
+    return isolated_settings(workdir, reports_dir=base.reports_dir.resolve(), **given)
 
 
 def seed_campaigns(settings: Settings, n: int, seed: int) -> int:
     """``n`` campaigns from ``seed_instructions`` over the synthetic catalog, applied to the store."""
-    from auction_service.campaign_store import store
-    from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
-    from auction_service.campaign_store.instructions import seed_instructions
-
     engine = make_engine(settings)
     migrate(settings, engine)
     instructions = seed_instructions(ad_catalog(ADS, seed), n, seed, datetime.now(UTC))
@@ -410,11 +396,6 @@ def seed_campaigns(settings: Settings, n: int, seed: int) -> int:
 
 
 def write_gold_features(settings: Settings, seed: int) -> None:
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
-    from adstream.contracts import Table
-
     known_users = user_profiles(USERS, seed)[: int(USERS * KNOWN_USER_SHARE)]
     user_schema = pa.schema(
         [
@@ -433,12 +414,6 @@ def write_gold_features(settings: Settings, seed: int) -> None:
 def train_champion(settings: Settings, workdir: Path, seed: int, family: str | None) -> str:
     """A champion in a fresh MLflow store: ``ml.train.train`` over every family (the best is promoted),
     or ``family`` trained beside the baseline and made champion. Returns the champion's family."""
-    from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL
-    from ml.pipelines import FAMILIES
-    from ml.registry import register_challenger
-    from ml.tracking import tracking_client
-    from ml.train import BASELINE_FAMILY, fit_and_register, train
-
     uri = settings.mlflow_tracking_uri
     tracking_client(uri).create_experiment(MLFLOW_EXPERIMENT, artifact_location=str(workdir / "mlflow-artifacts"))
     frame = champion_training_frame(TRAINING_ROWS, seed)
@@ -460,10 +435,15 @@ def train_champion(settings: Settings, workdir: Path, seed: int, family: str | N
         os.chdir(cwd)
 
 
-def build_platform(settings: Settings, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def build_platform(settings: Settings, workdir: Path, options: Options) -> dict[str, Any]:
     """Store, gold features and champion in ``workdir``; a workdir that already holds them is reused."""
     marker = workdir / "platform.json"
-    wanted = {"campaigns": args.campaigns, "seed": args.seed, "family": args.family, "tracking_uri": args.tracking_uri}
+    wanted = {
+        "campaigns": options.campaigns,
+        "seed": options.seed,
+        "family": options.family,
+        "tracking_uri": options.tracking_uri,
+    }
     if marker.exists():
         platform = json.loads(marker.read_text())
         if platform["wanted"] != wanted:
@@ -473,12 +453,12 @@ def build_platform(settings: Settings, workdir: Path, args: argparse.Namespace) 
     began = time.monotonic()
     platform = {
         "wanted": wanted,
-        "campaigns": seed_campaigns(settings, args.campaigns, args.seed),
+        "campaigns": seed_campaigns(settings, options.campaigns, options.seed),
         "champion_family": "(given)"
-        if args.tracking_uri
-        else train_champion(settings, workdir, args.seed, args.family),
+        if options.tracking_uri
+        else train_champion(settings, workdir, options.seed, options.family),
     }
-    write_gold_features(settings, args.seed)
+    write_gold_features(settings, options.seed)
     marker.write_text(json.dumps(platform))
     print(f"platform built in {time.monotonic() - began:.0f}s in {workdir}", flush=True)
     return platform
@@ -487,10 +467,6 @@ def build_platform(settings: Settings, workdir: Path, args: argparse.Namespace) 
 @contextlib.contextmanager
 def kafka_broker(settings: Settings) -> Iterator[int]:
     """A single-node broker for the run, with the auction log's topic; yields its pid."""
-    from adstream.contracts import Topic
-    from adstream.messaging import ensure_topics
-    from devstack import services
-
     with services.running(settings, "kafka") as pid:
         ensure_topics(settings, [Topic.AUCTIONS])
         yield pid
@@ -499,21 +475,45 @@ def kafka_broker(settings: Settings) -> Iterator[int]:
 # --- the service and the load generator (I/O) ---
 
 
-def loadgen_modules() -> Path:
-    return get_settings().local_dir.resolve() / "node" / "node_modules"  # where `make setup` installs it
+@dataclass(frozen=True)
+class Options:
+    """What a run of the bench is asked for (the options of `adstream bench auction`)."""
+
+    duration: float = 20.0  # seconds of load per compiled run
+    warmup: float = 3.0  # seconds of load before each compiled run
+    repeats: int = 3
+    connections: int = 32
+    campaigns: int = CAMPAIGNS
+    seed: int = 7
+    modes: tuple[str, ...] = MODES
+    naive_requests: int = 32  # requests per naive run
+    naive_timeout: float = 600.0  # request timeout of naive runs (s)
+    family: str | None = None  # champion family (default: the best one trained)
+    tracking_uri: str | None = None  # serve this MLflow store's champion instead of training one
+    no_kafka: bool = False
 
 
-def loadgen_command() -> list[str]:
+@dataclass(frozen=True)
+class LoadGenerator:
+    """benchmarks/loadgen/drive.js under node, with the autocannon `make setup` installed."""
+
+    command: tuple[str, ...]
+    node_modules: Path
+
+
+def load_generator(settings: Settings) -> LoadGenerator:
     node = shutil.which("node")
-    if node is None or not (loadgen_modules() / "autocannon").is_dir():
+    modules = settings.local_dir.resolve() / "node" / "node_modules"  # where `make setup` installs it
+    if node is None or not (modules / "autocannon").is_dir():
         raise SystemExit(
-            f"the load generator is not installed (node: {node or 'not found'}; autocannon in {loadgen_modules()}): "
-            "run `make setup`, which installs infra/loadgen with `npm ci` (Node.js 18 or later is needed)"
+            f"the load generator is not installed (node: {node or 'not found'}; autocannon in {modules}): "
+            "run `make setup`, which installs benchmarks/loadgen with `npm ci` (Node.js 18 or later is needed)"
         )
-    return [node, str(LOADGEN / "drive.js")]
+    return LoadGenerator((node, str(LOADGEN / "drive.js")), modules)
 
 
 def drive(
+    loadgen: LoadGenerator,
     url: str,
     bodies: Sequence[str],
     connections: int,
@@ -533,11 +533,11 @@ def drive(
         "bodies": list(bodies),
     }
     done = subprocess.run(
-        loadgen_command(),
+        loadgen.command,
         input=json.dumps(spec),
         capture_output=True,
         text=True,
-        env=child_process_env(NODE_PATH=str(loadgen_modules())),
+        env=child_process_env(NODE_PATH=str(loadgen.node_modules)),
         check=False,
     )
     if done.returncode != 0:
@@ -548,20 +548,10 @@ def drive(
 @contextlib.contextmanager
 def service_process(settings: Settings, mode: str, log_path: Path) -> Iterator[tuple[str, int]]:
     """The service under uvicorn in its own process; yields (base URL, pid) once /readyz answers 200."""
-    from devstack.services import settings_env
-
     port = free_port()
     url = f"http://{settings.bind_host}:{port}"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.auction", "serve", "--mode", mode, "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_process_env(**settings_env(settings)),
-            cwd=PROJECT_ROOT,
-        )
+    command = [str(services.ADSTREAM), "bench", "auction-serve", "--mode", mode, "--port", str(port)]
+    process = launch(settings, log_path, command)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -585,8 +575,6 @@ def service_process(settings: Settings, mode: str, log_path: Path) -> Iterator[t
 
 
 def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
-    import psutil
-
     seconds = {}
     for name, pid in pids.items():
         with contextlib.suppress(psutil.Error):
@@ -596,17 +584,21 @@ def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
 
 
 def busy_seconds() -> float:
-    import psutil
-
     times = psutil.cpu_times()
     return sum(times) - times.idle - times.iowait
 
 
 def measure(
-    settings: Settings, mode: str, repeat: int, bodies: Sequence[str], args: argparse.Namespace, kafka_pid: int | None
+    settings: Settings,
+    mode: str,
+    repeat: int,
+    bodies: Sequence[str],
+    options: Options,
+    kafka_pid: int | None,
+    loadgen: LoadGenerator,
 ) -> RunResult:
-    """One run: a fresh service process, a warm-up, then ``args.duration`` seconds of load (compiled)
-    or ``args.naive_requests`` requests (naive)."""
+    """One run: a fresh service process, a warm-up, then ``options.duration`` seconds of load (compiled)
+    or ``options.naive_requests`` requests (naive)."""
     log_path = settings.local_dir / "logs" / f"service-{mode}-{repeat}.log"
     with service_process(settings, mode, log_path) as (url, pid):
         target = f"{url}/v1/auction"
@@ -614,38 +606,39 @@ def measure(
         # one warm-up request, then ``naive_requests`` at the same concurrency, all answered (in a
         # run of fixed length the 32 connections' requests would all still be queued at its end).
         naive = mode == "naive"
-        timeout_s = args.naive_timeout if naive else 10
-        drive(target, bodies, 1 if naive else args.connections, args.warmup, timeout_s, amount=1 if naive else None)
+        timeout_s = options.naive_timeout if naive else 10
+        connections = 1 if naive else options.connections
+        drive(loadgen, target, bodies, connections, options.warmup, timeout_s, amount=1 if naive else None)
         pids = {"service": pid} if kafka_pid is None else {"service": pid, "kafka": kafka_pid}
         before, machine_before = cpu_seconds(pids), busy_seconds()
-        amount = args.naive_requests if naive else None
-        loadgen = drive(target, bodies, args.connections, args.duration, timeout_s, amount=amount)
+        amount = options.naive_requests if naive else None
+        measured = drive(loadgen, target, bodies, options.connections, options.duration, timeout_s, amount=amount)
         after, machine_after = cpu_seconds(pids), busy_seconds()
-    wall = loadgen["duration_s"]
+    wall = measured["duration_s"]
     share = {name: (after[name] - before[name]) / wall for name in before if name in after}
-    share["loadgen"] = loadgen["cpu_s"] / wall
+    share["loadgen"] = measured["cpu_s"] / wall
     share["other"] = max(0.0, (machine_after - machine_before) / wall - sum(share.values()))
-    return run_result(mode, repeat, loadgen, share)
+    return run_result(mode, repeat, measured, share)
 
 
-def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    settings = platform_settings(get_settings(), workdir, args.tracking_uri)
-    platform = build_platform(settings, workdir, args)
-    profiles = user_profiles(USERS, args.seed)
-    bodies = [json.dumps(body, separators=(",", ":")) for body in request_bodies(profiles, BODIES, args.seed)]
+def run(base: Settings, options: Options, workdir: Path, loadgen: LoadGenerator) -> dict[str, Any]:
+    settings = platform_settings(base, workdir, options.tracking_uri)
+    platform = build_platform(settings, workdir, options)
+    profiles = user_profiles(USERS, options.seed)
+    bodies = [json.dumps(body, separators=(",", ":")) for body in request_bodies(profiles, BODIES, options.seed)]
     runs: list[RunResult] = []
     with contextlib.ExitStack() as stack:
         kafka_pid = None
-        if args.no_kafka:
+        if options.no_kafka:
             # Nothing listens there: the service logs that it runs without Kafka and publishes nothing.
             settings = settings.model_copy(update={"kafka_bootstrap_servers": f"{settings.bind_host}:{free_port()}"})
             print("Kafka: DISABLED (--no-kafka): auctions are not published to the auctions topic", flush=True)
         else:
             kafka_pid = stack.enter_context(kafka_broker(settings))
             print(f"Kafka: a real broker at {settings.kafka_bootstrap_servers}; every auction is published", flush=True)
-        for repeat in range(1, args.repeats + 1):
-            for mode in args.modes:
-                result = measure(settings, mode, repeat, bodies, args, kafka_pid)
+        for repeat in range(1, options.repeats + 1):
+            for mode in options.modes:
+                result = measure(settings, mode, repeat, bodies, options, kafka_pid, loadgen)
                 runs.append(result)
                 print(
                     f"repeat {repeat} {mode:<8} {result.auctions_per_s:>8,.1f} auctions/s  p50 {result.p50_ms:.1f} ms"
@@ -653,19 +646,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     + ", ".join(f"{name} {share:.2f}" for name, share in result.cpu_share.items()),
                     flush=True,
                 )
-    medians = {mode: mode_medians([r for r in runs if r.mode == mode]) for mode in args.modes}
+    medians = {mode: mode_medians([r for r in runs if r.mode == mode]) for mode in options.modes}
     compared = comparison(medians["compiled"], medians.get("naive")) if "compiled" in medians else {}
     return {
         "setup": {
             "campaigns": platform["campaigns"],
             "champion_family": platform["champion_family"],
-            "tracking_uri": args.tracking_uri or "(scratch MLflow store)",
-            "kafka": "disabled" if args.no_kafka else "real broker",
-            "connections": args.connections,
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "naive_requests": args.naive_requests,
-            "repeats": args.repeats,
+            "tracking_uri": options.tracking_uri or "(scratch MLflow store)",
+            "kafka": "disabled" if options.no_kafka else "real broker",
+            "connections": options.connections,
+            "duration_s": options.duration,
+            "warmup_s": options.warmup,
+            "naive_requests": options.naive_requests,
+            "repeats": options.repeats,
             "request_bodies": len(bodies),
             "cores": os.cpu_count(),
             "loadgen": "autocannon " + json.loads((LOADGEN / "package.json").read_text())["dependencies"]["autocannon"],
@@ -676,51 +669,77 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
-def _parser() -> argparse.ArgumentParser:
-    from ml.pipelines import FAMILIES
-
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.auction", description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run (default 20)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each compiled run")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--campaigns", type=int, default=CAMPAIGNS)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--naive-requests", type=int, default=32, help="requests per naive run (default 32)")
-    parser.add_argument("--naive-timeout", type=float, default=600.0, help="request timeout of naive runs (s)")
-    parser.add_argument("--family", choices=list(FAMILIES), help="champion family (default: the best one trained)")
-    parser.add_argument("--tracking-uri", help="serve this MLflow store's ctr-model@champion instead of training one")
-    parser.add_argument("--no-kafka", action="store_true", help="no broker: the service does not publish auctions")
-    parser.add_argument("--workdir", type=Path, help="scratch directory, kept and reused (default: a temporary one)")
-    parser.add_argument("--output", type=Path, help="default: REPORTS_DIR/bench/auction.json")
-    sub = parser.add_subparsers(dest="command")
-    serve_parser = sub.add_parser("serve", help="(internal) one service process of the bench")
-    serve_parser.add_argument("--mode", choices=MODES, required=True)
-    serve_parser.add_argument("--port", type=int, required=True)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command != "serve" and args.naive_requests < args.connections:
-        parser.error(f"--naive-requests ({args.naive_requests}) must be at least --connections ({args.connections})")
-    if args.command == "serve":
-        return serve(args.mode, args.port)
-    loadgen_command()  # fails before anything is built when the load generator is missing
-    output = args.output or get_settings().reports_dir / "bench" / "auction.json"
+def bench(settings: Settings, options: Options, workdir: Path | None = None, output: Path | None = None) -> int:
+    """`adstream bench auction`: the platform, the runs, the report (default REPORTS_DIR/bench/auction.json)."""
+    loadgen = load_generator(settings)  # fails before anything is built when the load generator is missing
     with contextlib.ExitStack() as stack:
-        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-auction-")))
+        workdir = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-auction-")))
         workdir.mkdir(parents=True, exist_ok=True)
-        result = run(args, workdir.resolve())
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+        result = run(settings, options, workdir.resolve(), loadgen)
+    output = write_report(result, output or report_path(settings, "auction"))
     if result["comparison"]:
         print(table(result["medians"], result["comparison"]))
     print(f"written to {output}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# --- the command (`adstream bench auction`; benchmarks.cli loads this module when it runs) ---
+
+commands = commands_app()
+
+
+Mode = Literal["compiled", "naive"]  # MODES
+
+
+@commands.command("auction", help=__doc__.splitlines()[0])
+def auction_command(
+    duration: Annotated[float, typer.Option(help="seconds of load per run (default 20)")] = 20.0,
+    warmup: Annotated[float, typer.Option(help="seconds of load before each compiled run")] = 3.0,
+    repeats: int = 3,
+    connections: int = 32,
+    campaigns: int = CAMPAIGNS,
+    seed: int = 7,
+    modes: Annotated[
+        list[str] | None, typer.Option(help=f"one of {', '.join(MODES)}; repeat it (default: both)")
+    ] = None,
+    naive_requests: Annotated[int, typer.Option(help="requests per naive run (default 32)")] = 32,
+    naive_timeout: Annotated[float, typer.Option(help="request timeout of naive runs (s)")] = 600.0,
+    family: Annotated[
+        str | None, typer.Option(help=f"champion family, one of {', '.join(FAMILIES)} (default: the best trained)")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="serve this MLflow store's ctr-model@champion instead of training one")
+    ] = None,
+    no_kafka: Annotated[
+        bool, typer.Option("--no-kafka", help="no broker: the service does not publish auctions")
+    ] = False,
+    workdir: Annotated[
+        Path | None, typer.Option(help="scratch directory, kept and reused (default: a temporary one)")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="default: REPORTS_DIR/bench/auction.json")] = None,
+) -> None:
+    check_choices("--family", [family] if family else [], list(FAMILIES))
+    check_choices("--modes", modes or [], MODES)
+    if naive_requests < connections:
+        raise typer.BadParameter(f"--naive-requests ({naive_requests}) must be at least --connections ({connections})")
+    options = Options(
+        duration=duration,
+        warmup=warmup,
+        repeats=repeats,
+        connections=connections,
+        campaigns=campaigns,
+        seed=seed,
+        modes=tuple(modes or MODES),
+        naive_requests=naive_requests,
+        naive_timeout=naive_timeout,
+        family=family,
+        tracking_uri=tracking_uri,
+        no_kafka=no_kafka,
+    )
+    raise typer.Exit(bench(get_settings(), options, workdir, output))
+
+
+@commands.command("auction-serve", hidden=True)
+def auction_serve(mode: Annotated[Mode, typer.Option()], port: Annotated[int, typer.Option()]) -> None:
+    """(internal) one service process of the auction bench."""
+    raise typer.Exit(serve(get_settings(), mode, port))

@@ -10,23 +10,21 @@ silver/auctions they belong to, plus a campaign store with those campaigns. Then
             parquet files (no gate, no write): what a bare engine takes for the arithmetic.
 Medians go to stdout and reports/bench/billing.json. Target: the hour billed in <= 60 s.
 
-    python -m benchmarks.billing [--repeats 3] [--events 1000000]
+    adstream bench billing [--repeats 3] [--events 1000000]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
-import statistics
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import typer
 from deltalake import DeltaTable, write_deltalake
 
 from adstream.contracts import Table
@@ -39,6 +37,13 @@ from adstream.events import (
     spark_ddl,
 )
 from adstream.settings import Settings, get_settings
+from auction_service.campaign_store import store
+from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
+from benchmarks.harness import median_of, ratio, report_path, write_report
+from devstack.lazy_cli import commands_app
+from spark_jobs.billing import job as billing
+from spark_jobs.billing.reports import read_bill
+from spark_jobs.session import get_spark
 
 HOUR = datetime(2026, 11, 24, 10, tzinfo=UTC)
 TARGET_S = 60.0
@@ -134,9 +139,6 @@ def _filled(columns: dict[str, pa.Array], model: type) -> pa.Table:
 
 
 def seed_store(settings: Settings) -> None:
-    from auction_service.campaign_store import store
-    from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
-
     engine = make_engine(settings)
     migrate(settings, engine)
     with make_session_factory(engine)() as session:
@@ -193,12 +195,9 @@ def duckdb_baseline(settings: Settings) -> tuple[dict[str, int], float]:
     return spend, time.perf_counter() - began
 
 
-def run(repeats: int, workdir: Path, events: int) -> dict[str, object]:
-    from spark_jobs.billing import job as billing
-    from spark_jobs.session import get_spark
-
+def run(base: Settings, repeats: int, workdir: Path, events: int) -> dict[str, object]:
     shutil.rmtree(workdir, ignore_errors=True)
-    settings = get_settings().model_copy(
+    settings = base.model_copy(
         update={
             "lake_root": str(workdir / "lake"),
             "reports_dir": workdir / "reports",
@@ -215,7 +214,7 @@ def run(repeats: int, workdir: Path, events: int) -> dict[str, object]:
     generate_s = time.perf_counter() - began
     print(f"generated {feedback.num_rows:,} events, {auctions.num_rows:,} auctions in {generate_s:.1f}s", flush=True)
 
-    spark = get_spark("bench-billing", settings, extra={"spark.ui.enabled": "false"})
+    spark = get_spark("bench-billing", settings, extra=billing.SPARK_CONF)
     now = HOUR + timedelta(hours=2)
     measurements = []
     for repeat in range(1, repeats + 1):
@@ -236,8 +235,8 @@ def run(repeats: int, workdir: Path, events: int) -> dict[str, object]:
             flush=True,
         )
     spark.stop()
-    bill_median = statistics.median(m["bill_s"] for m in measurements)
-    baseline_median = statistics.median(m["baseline_duckdb_s"] for m in measurements)
+    bill_median = median_of(measurements, "bill_s")
+    baseline_median = median_of(measurements, "baseline_duckdb_s")
     return {
         "events": feedback.num_rows,
         "auctions": auctions.num_rows,
@@ -248,31 +247,22 @@ def run(repeats: int, workdir: Path, events: int) -> dict[str, object]:
         "repeats": measurements,
         "median_bill_s": bill_median,
         "median_baseline_duckdb_s": baseline_median,
-        "bill_vs_baseline": round(bill_median / baseline_median, 1),
+        "bill_vs_baseline": ratio(bill_median, baseline_median, 1),
         "target_s": TARGET_S,
         "target_met": bill_median <= TARGET_S,
     }
 
 
 def finance_spend(settings: Settings) -> dict[str, int]:
-    from spark_jobs.billing.reports import read_bill
-
     bill = read_bill(settings, start=HOUR, end=HOUR + timedelta(hours=1))
     return {row.campaign_id: int(row.spend_micros) for row in bill.itertuples() if row.campaign_id is not None}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.billing", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--workdir", type=Path, default=None, help="scratch lake (default: LOCAL_DIR/bench/billing)")
-    args = parser.parse_args(argv)
-    settings = get_settings()
-    workdir = (args.workdir or settings.local_dir / "bench" / "billing").resolve()
-    result = run(args.repeats, workdir, args.events)
-    out = settings.reports_dir / "bench" / "billing.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+def bench(settings: Settings, repeats: int = 3, events: int = 1_000_000, workdir: Path | None = None) -> int:
+    """`adstream bench billing`: the repeats in a scratch lake (default LOCAL_DIR/bench/billing), the medians to
+    REPORTS_DIR/bench/billing.json."""
+    result = run(settings, repeats, (workdir or settings.local_dir / "bench" / "billing").resolve(), events)
+    out = write_report(result, report_path(settings, "billing"))
     print(
         f"median: bill {result['median_bill_s']:.1f}s for {result['events']:,} events "
         f"(target <= {TARGET_S:.0f}s: {'met' if result['target_met'] else 'MISSED'}); "
@@ -282,5 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# --- the command (`adstream bench billing`; benchmarks.cli loads this module when it runs) ---
+
+commands = commands_app()
+
+
+@commands.command("billing", help=__doc__.splitlines()[0])
+def billing_command(
+    repeats: int = 3,
+    events: int = 1_000_000,
+    workdir: Annotated[Path | None, typer.Option(help="scratch lake (default: LOCAL_DIR/bench/billing)")] = None,
+) -> None:
+    raise typer.Exit(bench(get_settings(), repeats, events, workdir))

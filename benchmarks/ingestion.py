@@ -7,23 +7,24 @@ Each repeat measures, on a fresh lake, in this order:
 Medians over the repeats are reported with the ratios, and written to reports/bench/ingestion.json.
 Targets: ingest >= 50,000 rows/s; rerun <= 10 % of ingest's time.
 
-    python -m benchmarks.ingestion [--repeats 3]
+    adstream bench ingestion [--repeats 3]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
-import statistics
-import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
+import typer
 from deltalake import write_deltalake
 
-from adstream.settings import get_settings
+from adstream.settings import Settings, get_settings
+from benchmarks.harness import median_of, ratio, report_path, write_report
+from devstack.lazy_cli import commands_app
+from ingestion import quality  # noqa: F401  -- imported here, outside the timings
 from ingestion.pipeline import ingest
 from simulator import kaggle_samples as samples
 
@@ -55,11 +56,8 @@ def pandas_baseline(kaggle_dir: Path, lake: Path) -> tuple[int, float]:
     return len(corpus), time.perf_counter() - began
 
 
-def run(repeats: int, workdir: Path) -> dict[str, object]:
+def run(base_settings: Settings, repeats: int, workdir: Path) -> dict[str, object]:
     kaggle_dir = full_corpus(workdir)
-    from ingestion import quality  # noqa: F401  -- import once, outside the timings
-
-    base_settings = get_settings()
     measurements = []
     for repeat in range(1, repeats + 1):
         lake = workdir / "lake"
@@ -88,34 +86,25 @@ def run(repeats: int, workdir: Path) -> dict[str, object]:
             flush=True,
         )
 
-    def median(key: str) -> float:
-        return statistics.median(m[key] for m in measurements)
-
-    ingest_rate = median("ingest_rows") / median("ingest_s")
-    baseline_rate = median("baseline_rows") / median("baseline_s")
-    rerun_share = median("rerun_s") / median("ingest_s")
+    ingest_rate = median_of(measurements, "ingest_rows") / median_of(measurements, "ingest_s")
+    baseline_rate = median_of(measurements, "baseline_rows") / median_of(measurements, "baseline_s")
+    rerun_share = median_of(measurements, "rerun_s") / median_of(measurements, "ingest_s")
     return {
         "repeats": measurements,
         "median_ingest_rows_per_s": round(ingest_rate),
         "median_baseline_rows_per_s": round(baseline_rate),
-        "ingest_vs_baseline_throughput": round(ingest_rate / baseline_rate, 3),
+        "ingest_vs_baseline_throughput": ratio(ingest_rate, baseline_rate, 3),
         "median_rerun_share_of_first_run": round(rerun_share, 4),
         "target_rows_per_s_met": ingest_rate >= TARGET_ROWS_PER_S,
         "target_rerun_share_met": rerun_share <= TARGET_RERUN_SHARE,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ingestion", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None, help="default: LOCAL_DIR/bench")
-    args = parser.parse_args(argv)
-    settings = get_settings()
-    workdir = (args.workdir or settings.local_dir / "bench").resolve()
-    result = run(args.repeats, workdir)
-    out = settings.reports_dir / "bench" / "ingestion.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+def bench(settings: Settings, repeats: int = 3, workdir: Path | None = None) -> int:
+    """`adstream bench ingestion`: the repeats in a scratch directory (default LOCAL_DIR/bench), the medians to
+    REPORTS_DIR/bench/ingestion.json."""
+    result = run(settings, repeats, (workdir or settings.local_dir / "bench").resolve())
+    out = write_report(result, report_path(settings, "ingestion"))
     print(
         f"median ingest {result['median_ingest_rows_per_s']:,} rows/s "
         f"(target {TARGET_ROWS_PER_S:,}: {'met' if result['target_rows_per_s_met'] else 'MISSED'}); "
@@ -127,5 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# --- the command (`adstream bench ingestion`; benchmarks.cli loads this module when it runs) ---
+
+commands = commands_app()
+
+
+@commands.command("ingestion", help=__doc__.splitlines()[0])
+def ingestion_command(
+    repeats: int = 3,
+    workdir: Annotated[Path | None, typer.Option(help="default: LOCAL_DIR/bench")] = None,
+) -> None:
+    raise typer.Exit(bench(get_settings(), repeats, workdir))

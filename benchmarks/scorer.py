@@ -11,22 +11,23 @@ Reports median and p99 per batch in µs and the naive/compiled ratio of medians,
 checks every pCTR agrees to 1e-9, and writes reports/bench/ctr_scorer.json.
 Target: compiled median <= 1,000 µs per 100-candidate batch.
 
-    python -m benchmarks.scorer [--batches 1000] [--family NAME ...]
+    adstream bench scorer [--batches 1000] [--family NAME ...]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
+import typer
 
-from adstream.settings import get_settings
+from adstream.settings import Settings, get_settings
+from benchmarks.harness import check_choices, report_path, write_report
+from devstack.lazy_cli import commands_app
 from ml.features import FEATURES, LABEL
 from ml.pipelines import FAMILIES
 from ml.scorer import CompiledScorer
@@ -84,13 +85,10 @@ def bench_family(family: str, batches: int, training_rows: int = 5_000) -> dict[
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scorer", description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=1_000)
-    parser.add_argument("--family", action="append", choices=list(FAMILIES), help="default: every family")
-    parser.add_argument("--output", type=Path, default=None, help="default: REPORTS_DIR/bench/ctr_scorer.json")
-    args = parser.parse_args(argv)
-    results = [bench_family(family, args.batches) for family in args.family or FAMILIES]
+def bench(settings: Settings, batches: int = 1_000, families: Sequence[str] = (), output: Path | None = None) -> int:
+    """`adstream bench scorer`: every family (or ``families``), printed and written to ``output`` (default
+    REPORTS_DIR/bench/ctr_scorer.json); 1 when a compiled pCTR disagrees with the pipeline's beyond TOLERANCE."""
+    results = [bench_family(family, batches) for family in families or FAMILIES]
     print(f"{'family':<24}{'input':<10}{'naive median/p99 µs':>22}{'compiled median/p99 µs':>26}{'ratio':>8}")
     failed = False
     for r in results:
@@ -110,12 +108,23 @@ def main(argv: list[str] | None = None) -> int:
             f"median target {TARGET_MEDIAN_US:.0f} µs {'met' if fast else 'MISSED'}"
         )
         failed |= not agrees
-    output = args.output or get_settings().reports_dir / "bench" / "ctr_scorer.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    output = write_report(results, output or report_path(settings, "ctr_scorer"))
     print(f"written to {output}")
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# --- the command (`adstream bench scorer`; benchmarks.cli loads this module when it runs) ---
+
+commands = commands_app()
+
+
+@commands.command("scorer", help=__doc__.splitlines()[0])
+def scorer_command(
+    batches: int = 1_000,
+    family: Annotated[
+        list[str] | None, typer.Option(help=f"one of {', '.join(FAMILIES)}; repeat it (default: every family)")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="default: REPORTS_DIR/bench/ctr_scorer.json")] = None,
+) -> None:
+    check_choices("--family", family or [], list(FAMILIES))
+    raise typer.Exit(bench(get_settings(), batches, family or (), output))

@@ -9,7 +9,7 @@ Phases:
               copies of recent events, ~0.5 % malformed records of several kinds) is produced once to a
               private topic (3 partitions, as the job's topics). Then, ``--repeats`` times, each on a fresh
               lake and checkpoint:
-                job       ``python -m spark_jobs.streaming --source feedback --topic T --available-now``, the
+                job       ``adstream stream --source feedback --topic T --available-now``, the
                           production job unchanged (silver dedupe and append, bronze append, quarantine, then
                           the KPI query's gold MERGEs; maxOffsetsPerTrigger = streaming.MAX_RECORDS_PER_BATCH);
                 baseline  the same topic read by the same Kafka source options and batch bound, in a session
@@ -22,7 +22,7 @@ Phases:
               down by the commit times of the three tables each writes in order (silver, bronze with the
               event clock, quarantine); the KPI query's run after them is reported as the time gold took
               to cover the last silver commit.
-  continuous  ``python -m spark_jobs.streaming --source feedback --topic T --trigger-s 5`` runs while records
+  continuous  ``adstream stream --source feedback --topic T --trigger-s 5`` runs while records
               are produced at ``--rate`` per second (default 2,000, or half the job's measured throughput
               when lower), steadily: ``--warmup-s`` (not measured), then
               ``--latency-s`` (latency), then ``--soak`` (memory; latency measured too). Each event's
@@ -37,13 +37,12 @@ Targets (reported, never asserted): >= 20,000 events/s into silver; latency p95 
 RSS flat over a 30-minute soak (second-half slope <= 2 MB/min). Medians and ratios go to stdout and to
 reports/bench/streaming.json.
 
-    python -m benchmarks.streaming [--repeats 3] [--events 2000000] [--soak 30m] [--rate N]
+    adstream bench streaming [--repeats 3] [--events 2000000] [--soak 30m] [--rate N]
         [--latency-s 120] [--warmup-s 30] [--only throughput|continuous] [--max-records-per-batch N]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
@@ -53,21 +52,39 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
-from adstream.settings import Settings, child_process_env, get_settings
+import confluent_kafka
+import psutil
+import pyarrow.parquet as pq
+import typer
+
+from adstream.contracts import Table, quarantine_table
+from adstream.messaging import ensure_topics
+from adstream.settings import Settings, get_settings
+from benchmarks.harness import (
+    BUSY_MACHINE_CORES,
+    isolated_settings,
+    launch,
+    median_or_none,
+    ratio,
+    report_path,
+    write_report,
+)
+from devstack import services
+from devstack.lazy_cli import commands_app
+from spark_jobs import streaming
+from spark_jobs.session import get_spark
 
 TARGET_EVENTS_PER_S = 20_000.0
 TARGET_P95_S = 10.0
@@ -75,7 +92,6 @@ TARGET_TRIGGER_S = 5.0
 FLAT_MB_PER_MIN = 2.0  # a second-half RSS slope at most this is "flat" (60 MB over 30 minutes)
 FULL_SOAK_S = 30 * 60
 DEFAULT_RATE = 2_000  # records/s of the continuous phase: a busy hour of the platform, well below the target
-BUSY_MACHINE_CORES = 0.25  # CPU used by processes outside the bench above which a run is flagged
 CAMPAIGNS = 300
 ADVERTISERS = 60
 DUPLICATE_SHARE = 0.01  # re-sent copies of a recent event (same event_id), as a retrying producer makes
@@ -85,15 +101,9 @@ BACKLOG_ARRIVAL_PER_S = 2_000  # the backlog's event times are spread as if it h
 BACKLOG_MAX_SPAN_S = 540  # ... but within one watermark (10 min), so no record of it is late
 BASELINE_TABLE = "bench/kafka_raw"
 BASELINE_QUERY = "bench_baseline"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PRICING = ("CPM", "CPC", "CPA")
 BILLABLE = {"CPM": "impression", "CPC": "click", "CPA": "conversion"}
 DEVICES = ("mobile", "mobile", "desktop", "tablet", "ctv", None)
-# The job with a different batch bound (a variant for --max-records-per-batch; the module is not edited).
-PATCHED_JOB = (
-    "import sys; from spark_jobs import streaming as s; "
-    "s.MAX_RECORDS_PER_BATCH = int(sys.argv[1]); sys.exit(s.main(sys.argv[2:]))"
-)
 
 
 # --- pure helpers: durations, statistics ---
@@ -163,11 +173,6 @@ def memory_summary(samples: Sequence[tuple[float, float]]) -> dict[str, float | 
         "peak_mb": round(max(mb for _, mb in samples), 1),
         "slope_mb_per_min_second_half": trend,
     }
-
-
-def median_or_none(values: Iterable[float | None]) -> float | None:
-    present = [value for value in values if value is not None]
-    return statistics.median(present) if present else None
 
 
 # --- reading a Delta table's log (pure: files only, no Spark) ---
@@ -249,8 +254,6 @@ def produced_at_us(event_id: str, tags: str) -> int | None:
 
 
 def read_ids(path: Path, column: str = "event_id") -> list[str]:
-    import pyarrow.parquet as pq
-
     return pq.read_table(path, columns=[column]).column(column).to_pylist()
 
 
@@ -495,8 +498,6 @@ class RecordFactory:
 
 
 def make_producer(settings: Settings, *, linger_ms: int, errors: list[str]):
-    import confluent_kafka
-
     def delivered(error, _message) -> None:
         if error is not None:
             errors.append(error.str())
@@ -560,55 +561,31 @@ def produce_backlog(settings: Settings, topic: str, events: int, seed: int = 7) 
 # --- processes (I/O) ---
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def bench_settings(workdir: Path) -> Settings:
     """The project's settings (driver memory, shuffle partitions, watermark...) moved into ``workdir``: its own
     lake, state, reports and ports; Spark local[2]."""
-    base = get_settings()
-    kafka_port = free_port()
-    return base.model_copy(
-        update={
-            "lake_root": str(workdir / "lake"),
-            "local_dir": workdir / "local",
-            "jar_cache_dir": Path(base.jar_cache_dir).resolve(),
-            "reports_dir": workdir / "reports",
-            "kafka_port": kafka_port,
-            "kafka_controller_port": free_port(),
-            "kafka_bootstrap_servers": f"127.0.0.1:{kafka_port}",
-            "mlflow_port": free_port(),
-            "mlflow_tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
-            "airflow_port": free_port(),
-            "airflow_worker_log_port": free_port(),
-            "airflow_trigger_log_port": free_port(),
-            "auction_port": free_port(),
-            "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}",
-            "spark_master": "local[2]",
-        }
-    )
-
-
-def launch(settings: Settings, log: Path, command: Sequence[str]) -> subprocess.Popen:
-    """A child Python process (its own process group) with ``settings`` as its environment."""
-    from devstack import services
-
-    env = child_process_env(**services.settings_env(settings))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *command], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=PROJECT_ROOT, start_new_session=True,
-        )  # fmt: skip
+    return isolated_settings(workdir, spark_master="local[2]")
 
 
 def job_command(*args: str, max_records: int | None) -> list[str]:
+    """`adstream stream ARGS`, or with another batch bound the bench's variant of it (the job is not edited)."""
     if max_records is None:
-        return ["-m", "spark_jobs.streaming", *args]
-    return ["-c", PATCHED_JOB, str(max_records), *args]
+        return [str(services.ADSTREAM), "stream", *args]
+    return [str(services.ADSTREAM), "bench", "streaming-job", "--max-records-per-batch", str(max_records), *args]
+
+
+def job_variant(
+    settings: Settings, max_records: int, source: str, topic: str | None, available_now: bool, trigger_s: float | None
+) -> int:
+    """What `adstream stream` runs, with MAX_RECORDS_PER_BATCH set to ``max_records`` in this process only."""
+    streaming.MAX_RECORDS_PER_BATCH = max_records
+    sources = streaming.sources_for(source, topic)
+    streaming.configure_logging()
+
+    def start_spark():
+        return get_spark(streaming.SPARK_APP, settings, extra=streaming.spark_extra(settings), long_running=True)
+
+    return streaming.run_until_stopped(settings, sources, start_spark, available_now=available_now, trigger_s=trigger_s)
 
 
 def stop_group(proc: subprocess.Popen, timeout_s: float = 90.0) -> int | None:
@@ -634,9 +611,6 @@ class CpuWatch:
     else on the machine, sampled every second in a thread; the others' share flags a busy machine."""
 
     def __init__(self, roots: Sequence[int]) -> None:
-        import psutil
-
-        self._psutil = psutil
         self.roots = list(roots)
         self._seen: dict[tuple[int, float], float] = {}  # (pid, create time) -> last cpu seconds
         self._first: dict[tuple[int, float], float] = {}
@@ -644,23 +618,23 @@ class CpuWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _busy(self) -> float:
-        times = self._psutil.cpu_times()._asdict()
+        times = psutil.cpu_times()._asdict()
         # guest time is already counted in user time; idle and iowait are not busy.
         return sum(v for k, v in times.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
 
     def _sample(self) -> None:
         for root in self.roots:
             try:
-                parent = self._psutil.Process(root)
+                parent = psutil.Process(root)
                 processes = [parent, *parent.children(recursive=True)]
-            except self._psutil.Error:
+            except psutil.Error:
                 continue
             for process in processes:
                 try:
                     key = (process.pid, process.create_time())
                     times = process.cpu_times()
                     used = times.user + times.system
-                except self._psutil.Error:
+                except psutil.Error:
                     continue
                 self._first.setdefault(key, 0.0 if self._started else used)  # a process born later: all of its CPU
                 self._seen[key] = used
@@ -698,8 +672,6 @@ def table_dir(settings: Settings, table: str) -> Path:
 
 
 def job_tables(settings: Settings) -> dict[str, list[DeltaCommit]]:
-    from adstream.contracts import Table, quarantine_table
-
     return {
         "bronze": read_delta_log(table_dir(settings, Table.BRONZE_FEEDBACK_RAW)),
         "quarantine": read_delta_log(table_dir(settings, quarantine_table("feedback"))),
@@ -710,7 +682,7 @@ def job_tables(settings: Settings) -> dict[str, list[DeltaCommit]]:
 
 def run_to_completion(settings: Settings, command: Sequence[str], log: Path, broker_pid: int, timeout_s: float):
     began = time.time()
-    proc = launch(settings, log, command)
+    proc = launch(settings, log, command, new_session=True)
     with CpuWatch([proc.pid, broker_pid, os.getpid()]) as cpu:
         try:
             proc.wait(timeout=timeout_s)
@@ -733,9 +705,7 @@ def measure_job(
     batches = batch_breakdown(tables, checkpoint_marks(Path(settings.checkpoint_path("feedback_stream"))))
     steady = [batch for batch in batches if batch["batch_id"] >= 1]
     silver_rows = sum(c.rows_added for c in silver)
-    from spark_jobs.streaming import KPI_QUERY
-
-    gold_lags = kpi_lags(silver, tables["gold"], kpi_read_ends(Path(settings.checkpoint_path(KPI_QUERY))))
+    gold_lags = kpi_lags(silver, tables["gold"], kpi_read_ends(Path(settings.checkpoint_path(streaming.KPI_QUERY))))
     return {
         "silver_rows": silver_rows,
         "silver_rows_expected": expected_silver,
@@ -759,7 +729,7 @@ def measure_job(
 def measure_baseline(
     settings: Settings, topic: str, records: int, broker_pid: int, log: Path, max_records: int | None
 ) -> dict[str, Any]:
-    command = ["-m", "benchmarks.streaming", "--baseline-job", topic]
+    command = [str(services.ADSTREAM), "bench", "streaming", "--baseline-job", topic]
     if max_records is not None:
         command += ["--max-records-per-batch", str(max_records)]
     wall_s, cpu = run_to_completion(settings, command, log, broker_pid, timeout_s=max(900.0, records / 500))
@@ -780,12 +750,8 @@ def measure_baseline(
     }
 
 
-def baseline_job(topic: str, max_records: int | None) -> int:
+def baseline_job(settings: Settings, topic: str, max_records: int | None) -> int:
     """Kafka -> one Delta table as-is, with the job's Kafka options, batch bound and session (child process)."""
-    from spark_jobs import streaming
-    from spark_jobs.session import get_spark
-
-    settings = get_settings()
     spark = get_spark(
         "streaming",
         settings,
@@ -806,9 +772,7 @@ def baseline_job(topic: str, max_records: int | None) -> int:
     return 0
 
 
-def throughput_phase(settings: Settings, workdir: Path, broker_pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    from adstream.messaging import ensure_topics
-
+def throughput_phase(settings: Settings, workdir: Path, broker_pid: int, args: Options) -> dict[str, Any]:
     topic = "bench-feedback-backlog"
     ensure_topics(settings, [topic])
     backlog = produce_backlog(settings, topic, args.events)
@@ -833,19 +797,15 @@ def throughput_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
         )  # fmt: skip
         if not args.keep:
             shutil.rmtree(lake, ignore_errors=True)
-        ratio = (
-            round(baseline["events_per_s"] / job["events_per_s"], 2)
-            if job["events_per_s"] and baseline["events_per_s"]
-            else None
-        )
-        repeats.append({"repeat": repeat, "job": job, "baseline": baseline, "baseline_over_job": ratio})
+        over = ratio(baseline["events_per_s"], job["events_per_s"], 2) if baseline["events_per_s"] else None
+        repeats.append({"repeat": repeat, "job": job, "baseline": baseline, "baseline_over_job": over})
         medians = job["batch_medians_s"]
         print(
             f"repeat {repeat}: job {_rate(job['events_per_s'])} events/s into silver over {job['batches']} batches "
             f"(wall {job['wall_s']}s incl. JVM start: {_rate(job['wall_events_per_s'])}/s; silver "
             f"{'complete' if job['silver_complete'] else 'INCOMPLETE'}; cores: job+broker {job['cpu']['bench_cores']}, "
             f"others {job['cpu']['other_cores']}) | baseline {_rate(baseline['events_per_s'])} rows/s "
-            f"(wall {baseline['wall_s']}s) | baseline/job {ratio}",
+            f"(wall {baseline['wall_s']}s) | baseline/job {over}",
             flush=True,
         )
         print("  median batch (s): " + ", ".join(f"{k} {_num(v)}" for k, v in medians.items()), flush=True)
@@ -853,19 +813,17 @@ def throughput_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
               flush=True)  # fmt: skip
     job_median = median_or_none(r["job"]["events_per_s"] for r in repeats)
     baseline_median = median_or_none(r["baseline"]["events_per_s"] for r in repeats)
-    from spark_jobs.streaming import MAX_RECORDS_PER_BATCH
-
     return {
         "backlog": backlog,
         "topic_partitions": 3,
-        "max_records_per_batch": args.max_records_per_batch or MAX_RECORDS_PER_BATCH,
+        "max_records_per_batch": args.max_records_per_batch or streaming.MAX_RECORDS_PER_BATCH,
         "max_records_per_batch_is_the_jobs": args.max_records_per_batch is None,
         "repeats": repeats,
         "median_job_events_per_s": job_median,
         "median_job_wall_events_per_s": median_or_none(r["job"]["wall_events_per_s"] for r in repeats),
         "median_baseline_events_per_s": baseline_median,
-        "baseline_over_job": round(baseline_median / job_median, 2) if job_median and baseline_median else None,
-        "job_share_of_baseline": round(job_median / baseline_median, 3) if job_median and baseline_median else None,
+        "baseline_over_job": ratio(baseline_median, job_median, 2) if baseline_median else None,
+        "job_share_of_baseline": ratio(job_median, baseline_median, 3) if job_median else None,
         "median_batch_s": {
             key: median_or_none(r["job"]["batch_medians_s"][key] for r in repeats)
             for key in repeats[0]["job"]["batch_medians_s"]
@@ -881,8 +839,6 @@ def throughput_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
 
 def rss_mb(pid: int) -> dict[str, float] | None:
     """RSS of the job's Python process and of its descendants (the JVM), MB."""
-    import psutil
-
     try:
         parent = psutil.Process(pid)
         python = parent.memory_info().rss
@@ -899,11 +855,7 @@ def silver_rows(commits: Iterable[DeltaCommit]) -> int:
     return sum(commit.rows_added for commit in commits if commit.txn_version is not None)
 
 
-def continuous_phase(settings: Settings, workdir: Path, broker_pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    from adstream.contracts import Table
-    from adstream.messaging import ensure_topics
-    from spark_jobs.streaming import is_alive
-
+def continuous_phase(settings: Settings, workdir: Path, broker_pid: int, args: Options) -> dict[str, Any]:
     settings = settings.model_copy(update={"lake_root": str(workdir / "lake-continuous")})
     topic = "bench-feedback-live"
     ensure_topics(settings, [topic])
@@ -911,10 +863,10 @@ def continuous_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
     command = job_command("--source", "feedback", "--topic", topic, "--trigger-s", f"{args.trigger_s:g}",
                           max_records=args.max_records_per_batch)  # fmt: skip
     silver_dir = table_dir(settings, Table.SILVER_FEEDBACK_EVENTS)
-    proc = launch(settings, log, command)
+    proc = launch(settings, log, command, new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not is_alive(settings, proc.pid):
+        while not streaming.is_alive(settings, proc.pid):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the continuous job did not come up; {log}:\n{log_tail(log)}")
             time.sleep(0.5)
@@ -967,12 +919,10 @@ def continuous_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
     finally:
         stop_group(proc)
     commits = read_delta_log(silver_dir)
-    from spark_jobs.streaming import KPI_QUERY
-
     gold_lags = kpi_lags(
         commits,
         read_delta_log(table_dir(settings, Table.GOLD_KPI_MINUTE)),
-        kpi_read_ends(Path(settings.checkpoint_path(KPI_QUERY))),
+        kpi_read_ends(Path(settings.checkpoint_path(streaming.KPI_QUERY))),
     )
     pairs = produced_and_visible(silver_dir, [c for c in commits if c.txn_version is not None], "wls")
     latencies = {tag: [(visible - produced) / 1e6 for produced, visible in events] for tag, events in pairs.items()}
@@ -1033,6 +983,31 @@ def continuous_phase(settings: Settings, workdir: Path, broker_pid: int, args: a
 # --- the run ---
 
 
+@dataclass
+class Options:
+    """What a run of the bench is asked for (the options of `adstream bench streaming`). ``rate`` None is decided
+    by the run (DEFAULT_RATE, or half the measured throughput when lower); ``sample_s`` None is about 1/40 of the
+    soak, between 5 and 30 s."""
+
+    repeats: int = 3
+    events: int = 2_000_000
+    soak: str = "30m"
+    rate: int | None = None
+    latency_s: float = 120.0
+    warmup_s: float = 30.0
+    trigger_s: float = TARGET_TRIGGER_S
+    sample_s: float | None = None
+    only: str | None = None
+    max_records_per_batch: int | None = None
+    keep: bool = False
+    soak_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.soak_s = parse_duration(self.soak)  # a ValueError says what a duration looks like
+        if self.sample_s is None:
+            self.sample_s = min(30.0, max(5.0, self.soak_s / 40))
+
+
 def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
@@ -1073,14 +1048,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from devstack import services
-
+def run(args: Options, workdir: Path) -> dict[str, Any]:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     settings = bench_settings(workdir)
-    import psutil
-
     result: dict[str, Any] = {
         "setup": {
             "spark_master": settings.spark_master,
@@ -1181,57 +1152,89 @@ def summary(result: dict[str, Any], out: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.streaming", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--events",
-        type=int,
-        default=2_000_000,
-        help="backlog records for the throughput phase (four batches of the job)",
-    )
-    parser.add_argument("--soak", default="30m", help="soak duration, e.g. 30m, 2m, 0 (none)")
-    parser.add_argument(
-        "--rate", type=int, default=None,
-        help=f"records/s in the continuous phase (default {DEFAULT_RATE:,}, or half the throughput measured "
-        "in this run when that is lower, so the job can keep up)",
-    )  # fmt: skip
-    parser.add_argument("--latency-s", type=float, default=120.0, help="latency window of the continuous phase")
-    parser.add_argument("--warmup-s", type=float, default=30.0, help="production before latency is measured")
-    parser.add_argument("--trigger-s", type=float, default=TARGET_TRIGGER_S)
-    parser.add_argument("--sample-s", type=float, default=None, help="RSS sampling interval (default ~30 s)")
-    parser.add_argument("--only", choices=("throughput", "continuous"), default=None)
-    parser.add_argument(
-        "--max-records-per-batch", type=int, default=None,
-        help="run the job with another maxOffsetsPerTrigger (a variant; default: the job's own)",
-    )  # fmt: skip
-    parser.add_argument("--workdir", type=Path, default=None, help="scratch (default: LOCAL_DIR/bench/streaming)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    parser.add_argument("--out", type=Path, default=None, help="report (default: REPORTS_DIR/bench/streaming.json)")
-    parser.add_argument("--baseline-job", metavar="TOPIC", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.baseline_job:
-        return baseline_job(args.baseline_job, args.max_records_per_batch)
+def bench(settings: Settings, args: Options, workdir: Path | None = None, out: Path | None = None) -> int:
+    """`adstream bench streaming`: the phases in a scratch directory (default LOCAL_DIR/bench/streaming, removed
+    unless ``args.keep``), the report to ``out`` (default REPORTS_DIR/bench/streaming.json)."""
+    scratch = (workdir or settings.local_dir / "bench" / "streaming").resolve()
+    report = (out or report_path(settings, "streaming")).resolve()
     try:
-        args.soak_s = parse_duration(args.soak)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.sample_s is None:
-        args.sample_s = min(30.0, max(5.0, args.soak_s / 40))
-    settings = get_settings()
-    workdir = (args.workdir or settings.local_dir / "bench" / "streaming").resolve()
-    out = (args.out or settings.reports_dir / "bench" / "streaming.json").resolve()
-    try:
-        result = run(args, workdir)
+        result = run(args, scratch)
     finally:
         if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    result["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "baseline_job"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(summary(result, out), flush=True)
+            shutil.rmtree(scratch, ignore_errors=True)
+    given = {"workdir": workdir, "out": out}
+    result["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in {**asdict(args), **given}.items()}
+    write_report(result, report)
+    print(summary(result, report), flush=True)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# --- the command (`adstream bench streaming`; benchmarks.cli loads this module when it runs) ---
+
+commands = commands_app()
+
+
+@commands.command("streaming", help=__doc__.splitlines()[0])
+def streaming_command(
+    repeats: int = 3,
+    events: Annotated[
+        int, typer.Option(help="backlog records for the throughput phase (four batches of the job)")
+    ] = 2_000_000,
+    soak: Annotated[str, typer.Option(help="soak duration, e.g. 30m, 2m, 0 (none)")] = "30m",
+    rate: Annotated[
+        int | None,
+        typer.Option(
+            help=f"records/s in the continuous phase (default {DEFAULT_RATE:,}, or half the throughput "
+            "measured in this run when that is lower, so the job can keep up)"
+        ),
+    ] = None,
+    latency_s: Annotated[float, typer.Option(help="latency window of the continuous phase")] = 120.0,
+    warmup_s: Annotated[float, typer.Option(help="production before latency is measured")] = 30.0,
+    trigger_s: float = TARGET_TRIGGER_S,
+    sample_s: Annotated[float | None, typer.Option(help="RSS sampling interval (default ~30 s)")] = None,
+    only: Literal["throughput", "continuous"] | None = None,
+    max_records_per_batch: Annotated[
+        int | None,
+        typer.Option(help="run the job with another maxOffsetsPerTrigger (a variant; default: the job's own)"),
+    ] = None,
+    workdir: Annotated[Path | None, typer.Option(help="scratch (default: LOCAL_DIR/bench/streaming)")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="keep the scratch directory")] = False,
+    out: Annotated[Path | None, typer.Option(help="report (default: REPORTS_DIR/bench/streaming.json)")] = None,
+    baseline_topic: Annotated[str | None, typer.Option("--baseline-job", metavar="TOPIC", hidden=True)] = None,
+) -> None:
+    settings = get_settings()
+    if baseline_topic:  # the bench's own child process: Kafka -> Delta as-is
+        raise typer.Exit(baseline_job(settings, baseline_topic, max_records_per_batch))
+    try:
+        options = Options(
+            repeats=repeats,
+            events=events,
+            soak=soak,
+            rate=rate,
+            latency_s=latency_s,
+            warmup_s=warmup_s,
+            trigger_s=trigger_s,
+            sample_s=sample_s,
+            only=only,
+            max_records_per_batch=max_records_per_batch,
+            keep=keep,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--soak'") from None
+    raise typer.Exit(bench(settings, options, workdir, out))
+
+
+@commands.command("streaming-job", hidden=True)
+def streaming_job(
+    max_records_per_batch: Annotated[int, typer.Option()],
+    source: Literal["feedback", "auctions", "all"] = "all",  # spark_jobs.streaming.SOURCE_CHOICES
+    topic: str | None = None,
+    available_now: Annotated[bool, typer.Option("--available-now")] = False,
+    trigger_s: float | None = None,
+) -> None:
+    """(internal) `adstream stream` with another batch bound: the bench's --max-records-per-batch variant."""
+    try:
+        code = job_variant(get_settings(), max_records_per_batch, source, topic, available_now, trigger_s)
+    except ValueError as exc:  # --topic with more than one source
+        raise typer.BadParameter(str(exc)) from None
+    raise typer.Exit(code)

@@ -1,9 +1,9 @@
 """gold/ctr_training_set -> CTR model families in MLflow -> guarded promotion of ctr-model@champion.
 
 Runs when feature_build publishes the training set (Asset). Wiring only: the tasks
-call `ml.train.train_task` and `ml.promote.promote_after_training`, also runnable
-as `python -m ml.train --skip-promotion` and `python -m ml.promote`. A training-set
-version that was already trained is skipped unless the run's param `force` is true.
+call `cli.tasks.train` and `cli.tasks.promote`, also runnable as
+`adstream train --skip-promotion` and `adstream promote`. A training-set version
+that was already trained is skipped unless the run's param `force` is true.
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from adstream.contracts import Table
 def ctr_training():
     @task
     def train_and_register() -> dict:
-        from ml.train import train_task
+        from cli import tasks
 
-        return train_task(force=bool(get_current_context()["params"]["force"]))
+        return tasks.train(force=bool(get_current_context()["params"]["force"]))
 
     @task(outlets=[registered_model_asset()])
     def promote_challenger(training: dict) -> dict:
-        from ml.promote import promote_after_training
+        from cli import tasks
 
-        return promote_after_training(training)
+        return tasks.promote(training)
 
     promote_challenger(train_and_register())
 

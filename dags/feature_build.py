@@ -1,8 +1,8 @@
 """Bronze -> silver users/ads -> gold features and the CTR training set.
 
 Runs when ingestion publishes new bronze tables (Assets), and hourly for logged
-data. Wiring only: tasks call `spark_jobs.silver` / `spark_jobs.features`, also
-runnable as `python -m spark_jobs.silver` and `python -m spark_jobs.features`.
+data. Wiring only: the tasks call `cli.tasks.build_silver` / `cli.tasks.build_features`,
+also runnable as `adstream silver` and `adstream features`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ BRONZE = [
 def feature_build():
     @task(outlets=[table_asset(Table.SILVER_USERS), table_asset(Table.SILVER_ADS)])
     def build_silver() -> dict[str, int]:
-        from spark_jobs.silver import build_task
+        from cli import tasks
 
-        return build_task()
+        return tasks.build_silver()
 
     @task(
         outlets=[
@@ -46,12 +46,12 @@ def feature_build():
         ]
     )
     def build_gold(silver: dict[str, int]) -> dict[str, int]:
-        from spark_jobs.features import build_task
+        from cli import tasks
 
         context = get_current_context()
         run_type = context["dag_run"].run_type
         run_type = getattr(run_type, "value", run_type)  # an enum or its value, depending on the runtime
-        return build_task(run_type, context.get("data_interval_start"), context.get("data_interval_end"))
+        return tasks.build_features(run_type, context.get("data_interval_start"), context.get("data_interval_end"))
 
     build_gold(build_silver())
 

@@ -2,8 +2,8 @@
 
 Each run bills the hour of its data interval (usually provisional: the stream's watermark
 trails the clock) and re-bills the still-provisional hours before it, which are final once the
-watermark has passed them. Wiring only: the tasks call `spark_jobs.billing.job`, also runnable as
-`python -m spark_jobs.billing.job --hour … [--step bill|reconcile|export] [--with-provisional]`.
+watermark has passed them. Wiring only: the tasks call `cli.tasks.bill|reconcile|export`, also runnable as
+`adstream bill --hour … [--step bill|reconcile|export] [--with-provisional]`.
 """
 
 from __future__ import annotations
@@ -28,21 +28,21 @@ from adstream.contracts import Table
 def hourly_billing():
     @task(outlets=[table_asset(Table.GOLD_BILLING_HOURLY)])
     def bill() -> list[str]:
-        from spark_jobs.billing.job import bill_task
+        from cli import tasks
 
-        return bill_task(get_current_context()["data_interval_start"])
+        return tasks.bill(get_current_context()["data_interval_start"])
 
     @task
     def reconcile(hours: list[str]) -> list[str]:
-        from spark_jobs.billing.job import reconcile_task
+        from cli import tasks
 
-        return reconcile_task(hours)
+        return tasks.reconcile(hours)
 
     @task
     def export(hours: list[str]) -> list[str]:
-        from spark_jobs.billing.job import export_task
+        from cli import tasks
 
-        return export_task(hours)
+        return tasks.export(hours)
 
     hours = bill()
     # Finance gets the exports only of hours that reconciled.

@@ -1,7 +1,7 @@
 """Kaggle files -> bronze Delta tables, gated by Great Expectations. One task group per dataset.
 
-Wiring only: each task is `ingestion.pipeline.ingest_task`, also runnable as
-`python -m ingestion <dataset>`. Re-runs on unchanged files finish in seconds.
+Wiring only: each task is `cli.tasks.ingest`, also runnable as
+`adstream ingest <dataset>`. Re-runs on unchanged files finish in seconds.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def kaggle_ingestion():
 
             @task(task_id="load_bronze", outlets=[table_asset(table) for table in tables])
             def load_bronze(dataset: str) -> dict:
-                from ingestion.pipeline import ingest_task
+                from cli import tasks
 
-                return ingest_task(dataset)
+                return tasks.ingest(dataset)
 
             load_bronze(dataset)
 

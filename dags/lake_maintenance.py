@@ -1,7 +1,7 @@
 """Compacts the streaming tables' small files and vacuums them with a safe retention, every 6 hours.
 
-Wiring only: the task calls `spark_jobs.maintenance.maintain_task`, also runnable as
-`python -m spark_jobs.maintenance`. It reports each table's file counts before and after.
+Wiring only: the task calls `cli.tasks.maintain`, also runnable as
+`adstream maintain`. It reports each table's file counts before and after.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from airflow.sdk import dag, task
 def lake_maintenance():
     @task
     def compact_and_vacuum() -> list[dict[str, object]]:
-        from spark_jobs.maintenance import maintain_task
+        from cli import tasks
 
-        return maintain_task()
+        return tasks.maintain()
 
     compact_and_vacuum()
 

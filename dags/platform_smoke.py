@@ -1,7 +1,7 @@
 """Smoke DAG: Kafka -> Spark -> Delta, proving the engines work together under Airflow.
 
-Wiring only: each task calls `spark_jobs.smoke`, whose steps also run as
-`python -m spark_jobs.smoke produce|land|verify --run-id …`.
+Wiring only: each task calls `cli.tasks.smoke_*`, whose steps also run as
+`adstream smoke produce|land|verify --run-id …`.
 """
 
 from __future__ import annotations
@@ -17,21 +17,21 @@ SMOKE_EVENTS = 100
 def platform_smoke():
     @task
     def produce_events(run_id: str) -> str:
-        from spark_jobs import smoke
+        from cli import tasks
 
-        return smoke.produce_step(run_id, SMOKE_EVENTS)
+        return tasks.smoke_produce(run_id, SMOKE_EVENTS)
 
     @task
     def land_events(smoke_run: str) -> str:
-        from spark_jobs import smoke
+        from cli import tasks
 
-        return smoke.land_step()
+        return tasks.smoke_land()
 
     @task
     def verify_events(smoke_run: str, table_path: str) -> int:
-        from spark_jobs import smoke
+        from cli import tasks
 
-        return smoke.verify_step(smoke_run, SMOKE_EVENTS)
+        return tasks.smoke_verify(smoke_run, SMOKE_EVENTS)
 
     smoke_run = produce_events(run_id="{{ run_id }}")
     verify_events(smoke_run, land_events(smoke_run))

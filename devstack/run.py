@@ -1,4 +1,4 @@
-"""`make run`: bring the platform up and push data through it, one visible stage at a time.
+"""`adstream run` (`make run`): bring the platform up and push data through it, one visible stage at a time.
 
 Each stage prints a progress line; a failing stage names itself and its log file.
 Services are stopped at the end unless KEEP_UP=1.
@@ -6,24 +6,33 @@ Services are stopped at the end unless KEEP_UP=1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Annotated
+
+import httpx
+import pandas as pd
+import pyarrow.compute as pc
+import typer
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
 from adstream.events import MICROS_PER_UNIT
 from adstream.settings import Settings, child_process_env, get_settings
 from devstack import services
 from devstack.airflow_client import AirflowClient, AirflowRunFailed
+from devstack.lazy_cli import commands_app
 from simulator.traffic import DEFAULT_CONCURRENCY, parse_duration
+from spark_jobs.billing.reports import reconciliation_path
 
 
 class StageFailed(RuntimeError):
@@ -37,7 +46,8 @@ class Stage:
 
 
 def run_logged(settings: Settings, stage: str, *command: str) -> None:
-    """Runs a step of the platform as its own process, its output in .local/logs/run-<stage>.log."""
+    """Runs a step of the platform (an `adstream` command) as its own process, its output in
+    .local/logs/run-<stage>.log."""
     log = services.log_file(settings, f"run-{stage}")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
@@ -50,7 +60,8 @@ def run_logged(settings: Settings, stage: str, *command: str) -> None:
         )
     if result.returncode != 0:
         tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise StageFailed(f"`{' '.join(command[1:])}` exited with {result.returncode}; log: {log}\n    {tail}")
+        shown = " ".join([Path(command[0]).name, *command[1:]])
+        raise StageFailed(f"`{shown}` exited with {result.returncode}; log: {log}\n    {tail}")
 
 
 VISIT_BUDGET_S = 0.25  # seconds a visit may take before the simulator falls behind its rate
@@ -108,16 +119,13 @@ def _indent(line: str) -> None:
 def start_platform(settings: Settings, state: RunState) -> None:
     """The ad manager, the auction service and the streaming job, then campaigns seeded through Kafka."""
     services.up(settings, PLATFORM)
-    run_logged(settings, "seed", sys.executable, "-m", "auction_service.campaign_store.instructions", "seed",
-               str(SEED_CAMPAIGNS), "--seed", "7")  # fmt: skip
+    run_logged(settings, "seed", str(services.ADSTREAM), "campaigns", "seed", str(SEED_CAMPAIGNS), "--seed", "7")
     ready = wait_for_auction_service(settings, SEED_CAMPAIGNS)
     print(f"    {ready['campaigns']} campaigns serving, ctr-model version {ready['model_version']}")
 
 
 def wait_for_auction_service(settings: Settings, campaigns: int, timeout_s: float = 120.0) -> dict:
     """Until the service has loaded the champion and sees the seeded campaigns."""
-    import httpx
-
     url = f"http://{settings.bind_host}:{settings.auction_port}/readyz"
     deadline, body = time.monotonic() + timeout_s, {}
     while time.monotonic() < deadline:
@@ -150,7 +158,7 @@ def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
     summary_file.parent.mkdir(parents=True, exist_ok=True)
     log = services.log_file(settings, "run-simulator")
     command = [
-        sys.executable, "-m", "simulator.traffic", "--duration", f"{plan.duration_s:.0f}s",
+        str(services.ADSTREAM), "simulate", "--duration", f"{plan.duration_s:.0f}s",
         "--rate", f"{plan.rate:g}", "--users", str(plan.users), "--seed", "7", "--summary-file", str(summary_file),
         "--concurrency", str(plan.concurrency),
     ]  # fmt: skip
@@ -188,9 +196,6 @@ def _last_line(path: Path) -> str:
 
 def kpi_line(settings: Settings) -> str:
     """Totals of gold/kpi_minute so far, read with delta-rs (no Spark)."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
     location, options = settings.delta_rs_location(Table.GOLD_KPI_MINUTE)
     try:
         frame = DeltaTable(location, storage_options=options).to_pandas(
@@ -238,10 +243,6 @@ class Counts:
 
 def landed_counts(settings: Settings, since: datetime) -> Counts:
     """Events since ``since`` in silver/feedback_events and impressions in gold/kpi_minute, read with delta-rs."""
-    import pyarrow.compute as pc
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
     # A minute of slack: gold's rows are keyed by the minute the first event fell in.
     floor = since.replace(second=0, microsecond=0) - timedelta(minutes=1)
     counts = []
@@ -287,11 +288,9 @@ def bill_hours(settings: Settings, state: RunState) -> None:
 
 
 def bill_line(settings: Settings, hour: datetime) -> str:
-    from deltalake import DeltaTable
-
     location, options = settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)
     frame = DeltaTable(location, storage_options=options).to_pandas()
-    rows = frame[frame["hour"] == pd_timestamp(hour)] if "hour" in frame else frame.iloc[0:0]
+    rows = frame[frame["hour"] == pd.Timestamp(hour)] if "hour" in frame else frame.iloc[0:0]
     if rows.empty:
         return "no bill rows"
     status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
@@ -301,8 +300,6 @@ def bill_line(settings: Settings, hour: datetime) -> str:
 
 def reconciliation_line(settings: Settings, hour: datetime) -> str:
     """What the DAG's reconcile task found: a final hour with a mismatch fails the DAG; a provisional one is listed."""
-    from spark_jobs.billing.reports import reconciliation_path
-
     path = reconciliation_path(settings.reports_dir.resolve(), hour)
     if not path.exists():
         return "not reconciled"
@@ -312,12 +309,6 @@ def reconciliation_line(settings: Settings, hour: datetime) -> str:
     return f"{len(mismatches)} campaign(s) differ from the {against}" + (
         "" if not mismatches else f": {', '.join(str(m.get('campaign_id', m)) for m in mismatches[:5])}"
     )
-
-
-def pd_timestamp(hour: datetime) -> object:  # pandas is imported lazily
-    import pandas as pd
-
-    return pd.Timestamp(hour)
 
 
 SEED_CAMPAIGNS = 200
@@ -368,9 +359,6 @@ def summary(settings: Settings, state: RunState) -> str:
 
 def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
     """The bill's top campaigns by spend over the hours billed, and each hour's status."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
     location, options = settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)
     try:
         bill = DeltaTable(location, storage_options=options).to_pandas()
@@ -389,37 +377,29 @@ def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--keep-up", action="store_true", help="leave the services running (make run KEEP_UP=1)")
-    parser.add_argument(
-        "--duration", type=parse_duration, default=Simulation.duration_s,
-        help="how long users are simulated, e.g. 90s, 5m, 1h (make run DURATION=...; default 3m)",
-    )  # fmt: skip
-    parser.add_argument("--rate", type=float, default=Simulation.rate, help="auction requests per second (RATE=...)")
-    parser.add_argument("--users", type=int, default=Simulation.users, help="simulated users (USERS=...)")
-    args = parser.parse_args(argv)
-    settings = get_settings()
+def run(settings: Settings, plan: Simulation, keep_up: bool = False) -> int:
+    """Every stage in turn; 1 as soon as one fails (it names itself), else 0. Services are stopped at the end
+    unless ``keep_up``."""
     state = RunState()
-    plan = stages(Simulation(duration_s=args.duration, rate=args.rate, users=args.users))
+    planned = stages(plan)
     began = time.monotonic()
     timings: list[tuple[str, float]] = []
     try:
-        for number, stage in enumerate(plan, start=1):
-            print(f"[{number}/{len(plan)}] {stage.name} ...", flush=True)
+        for number, stage in enumerate(planned, start=1):
+            print(f"[{number}/{len(planned)}] {stage.name} ...", flush=True)
             stage_began = time.monotonic()
             try:
                 stage.action(settings, state)
             except (StageFailed, services.ServiceError) as exc:
-                print(f"[{number}/{len(plan)}] FAILED: {stage.name}\n    {exc}", file=sys.stderr)
+                print(f"[{number}/{len(planned)}] FAILED: {stage.name}\n    {exc}", file=sys.stderr)
                 return 1
             timings.append((stage.name, time.monotonic() - stage_began))
-            print(f"[{number}/{len(plan)}] done in {timings[-1][1]:.1f}s", flush=True)
+            print(f"[{number}/{len(planned)}] done in {timings[-1][1]:.1f}s", flush=True)
         print(f"\nAdStream ran end to end in {time.monotonic() - began:.1f}s.")
         print("Stage times:\n" + "\n".join(f"  {seconds:7.1f}s  {name}" for name, seconds in timings))
         print(summary(settings, state))
     finally:
-        if args.keep_up:
+        if keep_up:
             print("\nServices left running (KEEP_UP=1); stop them with `make down`.")
         else:
             print("\nStopping services (KEEP_UP=1 keeps them running) ...")
@@ -427,5 +407,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# --- the commands (`adstream run`; devstack.cli loads this module when one runs) ---
+
+commands = commands_app()
+
+
+@commands.command("run")
+def run_command(
+    keep_up: Annotated[bool, typer.Option("--keep-up", help="leave the services running (make run KEEP_UP=1)")] = False,
+    duration: Annotated[
+        float,
+        typer.Option(
+            parser=parse_duration,
+            metavar="DURATION",
+            help="how long users are simulated, e.g. 90s, 5m, 1h (make run DURATION=...; default 3m)",
+            show_default=False,
+        ),
+    ] = f"{Simulation.duration_s:g}s",  # type: ignore[assignment]  # click parses defaults too
+    rate: Annotated[float, typer.Option(help="auction requests per second (RATE=...)")] = Simulation.rate,
+    users: Annotated[int, typer.Option(help="simulated users (USERS=...)")] = Simulation.users,
+) -> None:
+    """Bring the platform up and push data through it, one visible stage at a time (`make run`)."""
+    plan = Simulation(duration_s=duration, rate=rate, users=users)
+    raise typer.Exit(run(get_settings(), plan, keep_up=keep_up))

@@ -4,15 +4,16 @@ Each service runs as its own process group, logs to ``.local/logs/<name>.log``,
 keeps its pid in ``.local/run/<name>.pid`` and is healthy only when it answers
 on its port. ``up`` is idempotent: a healthy service is left alone.
 
-    python -m devstack.services up [kafka mlflow airflow]
-    python -m devstack.services down
-    python -m devstack.services status
-    python -m devstack.services airflow dags list   # the airflow CLI, pointed at the local instance
+    adstream up [kafka mlflow airflow]
+    adstream down
+    adstream status
+    adstream airflow dags list   # the airflow CLI, pointed at the local instance
+
+The platform's own processes (ad manager, auction service, streaming job) run as `adstream` subcommands.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import os
@@ -27,13 +28,21 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Annotated
 
 import httpx
+import typer
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from adstream.settings import Settings, child_process_env, get_settings
+from auction_service.campaign_store import ad_manager
+from devstack.lazy_cli import commands_app
+from spark_jobs import streaming
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+ADSTREAM = VENV_BIN / "adstream"  # the console script `make setup`'s editable install creates
 BATCH_NICENESS = 10  # the streaming job and Airflow's tasks (feature builds, training, billing)
 
 
@@ -246,16 +255,14 @@ def _airflow(settings: Settings) -> Service:
 
 
 def _ad_manager(settings: Settings) -> Service:
-    from auction_service.campaign_store.ad_manager import is_alive
-
     return Service(
         name="ad-manager",
         url=f"consumer group {settings.ad_manager_group}",
         ports=(),
-        command=(sys.executable, "-m", "auction_service.campaign_store.ad_manager"),
+        command=(str(ADSTREAM), "ad-manager"),
         env=settings_env(settings),
         # No port to probe: healthy while it runs and its poll loop beats.
-        healthy=lambda: running_pid(settings, "ad-manager") is not None and is_alive(settings),
+        healthy=lambda: running_pid(settings, "ad-manager") is not None and ad_manager.is_alive(settings),
         needs_infrastructure=True,
         start_timeout_s=60.0,
     )
@@ -267,7 +274,7 @@ def _auction(settings: Settings) -> Service:
         name="auction",
         url=url,
         ports=(PortClaim(settings.auction_port, "AUCTION_PORT"),),
-        command=(sys.executable, "-m", "auction_service"),
+        command=(str(ADSTREAM), "serve"),
         env=settings_env(settings),
         healthy=lambda: _http_ok(f"{url}/healthz"),
         needs_infrastructure=True,
@@ -276,18 +283,17 @@ def _auction(settings: Settings) -> Service:
 
 
 def _streaming(settings: Settings) -> Service:
-    from spark_jobs.streaming import is_alive
-
     def healthy() -> bool:
-        # No port to probe: healthy while it runs and its driver loop beats (once the JVM is up).
+        # No port to probe: healthy while it runs and its driver loop beats (once the JVM is up). The beat is
+        # read here, as `adstream stream --check` reads it, and also matched to this job's pid.
         pid = running_pid(settings, "streaming")
-        return pid is not None and is_alive(settings, pid)
+        return pid is not None and streaming.is_alive(settings, pid)
 
     return Service(
         name="streaming",
         url=f"Kafka -> {settings.lake_root}",
         ports=(),
-        command=(sys.executable, "-m", "spark_jobs.streaming"),
+        command=(str(ADSTREAM), "stream"),
         env=settings_env(settings),
         healthy=healthy,
         needs_infrastructure=True,
@@ -493,9 +499,6 @@ def _airflow_healthy(base_url: str) -> bool:
 
 
 def _kafka_answers(settings: Settings) -> bool:
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
     host, port = settings.bind_host, settings.kafka_port
     try:
         socket.create_connection((host, port), timeout=1.0).close()
@@ -520,7 +523,7 @@ def _require_java() -> str:
     return java
 
 
-# --- CLI ----------------------------------------------------------------------
+# --- what `adstream up|down|status|airflow` do ---------------------------------
 
 
 def up(settings: Settings, names: Sequence[str] = ()) -> None:
@@ -572,31 +575,53 @@ def airflow_cli(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack.services", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "status", "airflow"])
-    parser.add_argument(
-        "args",
-        nargs=argparse.REMAINDER,
-        help=f"services, a subset of {list(SERVICE_FACTORIES)}; or, after `airflow`, its CLI arguments",
-    )
-    args = parser.parse_args(argv)
+# --- the commands (`adstream up|down|status|airflow`; devstack.cli loads this module when one runs) ---
+
+commands = commands_app()
+
+SERVICES_HELP = f"services, a subset of {list(SERVICE_FACTORIES)} (default: all)"
+Names = Annotated[list[str] | None, typer.Argument(help=SERVICES_HELP, show_default=False)]
+
+
+def _managed(action: str, names: list[str] | None) -> int:
+    """``action`` on the named services; a ServiceError is reported as `error: ...` with exit status 2."""
     settings = get_settings()
-    if args.action == "airflow":
-        return airflow_cli(settings, *args.args, check=False).returncode
-    args.services = args.args
     try:
-        if args.action == "up":
-            up(settings, args.services)
-        elif args.action == "down":
-            down(settings, args.services)
+        if action == "up":
+            up(settings, names or ())
+        elif action == "down":
+            down(settings, names or ())
         else:
-            return 1 if status(settings, args.services) else 0
+            return 1 if status(settings, names or ()) else 0
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@commands.command("up")
+def up_command(names: Names = None) -> None:
+    """Start the local services (idempotent: a healthy service is left alone)."""
+    raise typer.Exit(_managed("up", names))
+
+
+@commands.command("down")
+def down_command(names: Names = None) -> None:
+    """Stop the local services (each one's whole process group)."""
+    raise typer.Exit(_managed("down", names))
+
+
+@commands.command("status")
+def status_command(names: Names = None) -> None:
+    """Each service's state; exit status 1 when one is not healthy."""
+    raise typer.Exit(_managed("status", names))
+
+
+@commands.command(
+    "airflow",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False},
+    add_help_option=False,
+)
+def airflow_command(ctx: typer.Context) -> None:
+    """The airflow CLI, pointed at the local instance (its home, DAG folder and database)."""
+    raise typer.Exit(airflow_cli(get_settings(), *ctx.args, check=False).returncode)

@@ -80,12 +80,15 @@ if [ "${WITH_S3:-0}" = 1 ]; then
   resolve_jars s3
 fi
 
-# autocannon (npm), the load generator of `make bench-auction`, pinned by infra/loadgen/package-lock.json.
+# autocannon (npm), the load generator of `make bench-auction`, pinned by benchmarks/loadgen/package-lock.json.
 # A Node.js client rather than a Python one: it drives thousands of requests/s on a fraction of
 # one core, so on this 2-core machine the benchmark measures the service, not its own client.
 step "Load generator for make bench-auction (autocannon from npm -> $LOCAL_DIR/node)"
-key=$(fingerprint infra/loadgen/package.json infra/loadgen/package-lock.json)
-if fresh loadgen "$key" && [ -d "$LOCAL_DIR/node/node_modules/autocannon" ]; then
+if [ ! -d benchmarks/loadgen ]; then
+  # A product-only tree (the Docker image) has no benchmarks to drive.
+  echo "skipped: no benchmarks/ in this tree"
+elif key=$(fingerprint benchmarks/loadgen/package.json benchmarks/loadgen/package-lock.json) \
+    && fresh loadgen "$key" && [ -d "$LOCAL_DIR/node/node_modules/autocannon" ]; then
   echo "up to date"
 elif ! command -v npm >/dev/null 2>&1 || ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 18 ? 0 : 1)' 2>/dev/null; then
   # Only the benchmark needs it: say so and go on (make bench-auction refuses to start without it).
@@ -93,7 +96,7 @@ elif ! command -v npm >/dev/null 2>&1 || ! node -e 'process.exit(+process.versio
 else
   rm -rf "$LOCAL_DIR/node"
   mkdir -p "$LOCAL_DIR/node"
-  cp infra/loadgen/package.json infra/loadgen/package-lock.json "$LOCAL_DIR/node/"
+  cp benchmarks/loadgen/package.json benchmarks/loadgen/package-lock.json "$LOCAL_DIR/node/"
   (cd "$LOCAL_DIR/node" && npm ci --ignore-scripts --no-audit --no-fund) > "$LOCAL_DIR/npm-loadgen.log" 2>&1 \
     || die "npm could not install the load generator from the npm registry; see $LOCAL_DIR/npm-loadgen.log"
   echo "$key" > "$STAMPS/loadgen"
@@ -107,7 +110,7 @@ key=$(fingerprint requirements.lock)
 if fresh airflow-db "$key" && [ -f "$LOCAL_DIR/airflow/airflow.db" ]; then
   echo "up to date"
 else
-  .venv/bin/python -m devstack.services airflow db migrate > "$LOCAL_DIR/airflow-db-migrate.log" 2>&1 \
+  .venv/bin/adstream airflow db migrate > "$LOCAL_DIR/airflow-db-migrate.log" 2>&1 \
     || die "airflow db migrate failed; see $LOCAL_DIR/airflow-db-migrate.log"
   echo "$key" > "$STAMPS/airflow-db"
 fi

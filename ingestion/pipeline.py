@@ -22,7 +22,8 @@ import pandas as pd
 
 from adstream.contracts import quarantine_table
 from adstream.settings import Settings
-from ingestion import bronze, manifest
+from ingestion import bronze, manifest, quality
+from ingestion.ads16 import parse_ads16
 from ingestion.advertising import parse_advertising
 from ingestion.amazon import parse_amazon_file
 from ingestion.records import SOURCE_FILE, ParsedSource, Rejection, SourceError
@@ -109,8 +110,6 @@ def _parse_each_file(parse_file: Callable[[bytes, str], ParsedSource], suffix: s
 
 
 def _parse_ads16(root: Path, kaggle_dir: Path, changed: list[manifest.SourceFile]) -> ParsedSource:
-    from ingestion.ads16 import parse_ads16
-
     # ADS-16 is small (120 users): parse it whole, publish only what the changed files feed.
     return parse_ads16(root, kaggle_dir)
 
@@ -182,9 +181,6 @@ def ingest(settings: Settings, dataset_name: str, load_id: str | None = None) ->
         report.seconds = time.monotonic() - began
         return report
 
-    # Great Expectations takes seconds to import: only a load with work to do pays for it.
-    from ingestion import quality
-
     parsed = dataset.parse(root, kaggle_dir, changes.changed)
     report.skipped.update(parsed.skipped)
     affected = affected_sources([s.relative for s in changes.changed])
@@ -232,11 +228,9 @@ def ingest(settings: Settings, dataset_name: str, load_id: str | None = None) ->
     return report
 
 
-def ingest_task(dataset_name: str) -> dict[str, object]:
-    """Airflow task body: one dataset with the process settings; raises (failing the task) on a refused load."""
-    from adstream.settings import get_settings
-
-    report = ingest(get_settings(), dataset_name)
+def ingest_summary(settings: Settings, dataset_name: str) -> dict[str, object]:
+    """Loads one dataset, prints its summary and returns it as plain values; raises on a refused load."""
+    report = ingest(settings, dataset_name)
     print(report.summary())
     return {
         "dataset": report.dataset,

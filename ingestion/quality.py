@@ -15,16 +15,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import great_expectations as gx
-import great_expectations.expectations as gxe
 import pandas as pd
-from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from ingestion.records import SOURCE_FILE, SOURCE_ROW, Rejection, truncate_raw
 from ingestion.tables import ADS16_ADS, ADS16_RATINGS, ADS16_USERS, ADVERTISING, AMAZON_ADS, BronzeTable
 
 ROW, TABLE = "row", "table"
 MAX_ROWS = 100_000_000  # sanity ceiling: a runaway parse, not a real dataset
+
+# Great Expectations takes seconds to import, so it is imported where a suite is built or run:
+# every ingestion imports this module, and a re-run that finds nothing changed never pays for GX.
 
 
 class GateFailed(RuntimeError):
@@ -42,6 +42,8 @@ def _table(expectation: Any) -> Any:
 
 
 def _lineage_checks(table: BronzeTable, min_rows: int, max_rows: int) -> list[Any]:
+    import great_expectations.expectations as gxe
+
     return [
         _table(gxe.ExpectTableColumnsToMatchSet(column_set=[*table.data_columns, SOURCE_FILE, SOURCE_ROW])),
         _table(gxe.ExpectTableRowCountToBeBetween(min_value=min_rows, max_value=max_rows)),
@@ -50,15 +52,21 @@ def _lineage_checks(table: BronzeTable, min_rows: int, max_rows: int) -> list[An
 
 
 def _not_null(*columns: str) -> list[Any]:
+    import great_expectations.expectations as gxe
+
     return [_row(gxe.ExpectColumnValuesToNotBeNull(column=column)) for column in columns]
 
 
 def _between(column: str, low: float, high: float) -> Any:
+    import great_expectations.expectations as gxe
+
     return _row(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
 
 
 def suite_expectations(table: BronzeTable) -> list[Any]:
     """The suite for one bronze table (built fresh: GX expectations are mutable)."""
+    import great_expectations.expectations as gxe
+
     if table is ADVERTISING:
         return [
             *_lineage_checks(table, 1, MAX_ROWS),
@@ -113,6 +121,9 @@ def suite_expectations(table: BronzeTable) -> list[Any]:
 
 @lru_cache(maxsize=1)
 def _context() -> Any:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
@@ -134,6 +145,8 @@ def describe(expectation_config: Any) -> str:
 
 def validate(table: BronzeTable, frame: pd.DataFrame) -> GateOutcome:
     """Runs the table's suite; splits rows into accepted and quarantined; lists table-level failures."""
+    import great_expectations as gx
+
     frame = frame.reset_index(drop=True)
     context = _context()
     name = f"{table.name}"

@@ -1,6 +1,6 @@
 """CTR training runs side by side: every family's holdout metrics, the data it saw, and the promotion decision.
 
-    python -m ml.compare [--last N] [--execute-notebook]
+    adstream compare [--last N] [--execute-notebook]
 
 Reads MLflow only (experiment ``ctr`` and the ``ctr-model`` registry at
 MLFLOW_TRACKING_URI). ``--execute-notebook`` also runs
@@ -10,23 +10,21 @@ to ``REPORTS_DIR/notebooks/``.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
-from nbclient.exceptions import CellExecutionError
 
 from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId
-from adstream.settings import Settings, child_process_env, get_settings
+from adstream.settings import Settings, child_process_env
 from ml.notebooks import NOTEBOOKS_DIR, execute_notebook
 from ml.registry import CALIBRATION_BOUNDS
-from ml.tracking import TrackingServerUnreachable, ensure_reachable, search_ctr_runs, tracking_client
+from ml.tracking import ensure_reachable, search_ctr_runs, tracking_client
 
 TRAINING_RUN_NAME = "ctr-training"  # the parent run ml.train opens per training
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -246,7 +244,7 @@ def compare_runs(tracking_uri: str, last: int = DEFAULT_LAST) -> Comparison:
     if not runs:
         raise NoTrainingRuns(
             f"no finished CTR training run in MLflow experiment {MLFLOW_EXPERIMENT!r} at {tracking_uri}; "
-            f"run `python -m ml.train` or trigger DAG {DagId.CTR_TRAINING} first"
+            f"run `adstream train` or trigger DAG {DagId.CTR_TRAINING} first"
         )
     families = family_runs(client, runs)
     versions = registered_versions(client)
@@ -276,41 +274,20 @@ def report(comparison: Comparison) -> str:
     )
 
 
-def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ml.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--last", type=int, default=DEFAULT_LAST, help="how many training runs, newest first")
-    parser.add_argument(
-        "--execute-notebook",
-        action="store_true",
-        help=f"also execute notebooks/{NOTEBOOK.name} into REPORTS_DIR/notebooks/",
+def executed_notebook_path(settings: Settings) -> Path:
+    """Where the executed copy of the comparison notebook is written."""
+    return settings.reports_dir / "notebooks" / NOTEBOOK.name
+
+
+def execute_comparison_notebook(settings: Settings, last: int = DEFAULT_LAST) -> Path:
+    """Runs notebooks/compare_ctr_runs.ipynb on the latest ``last`` runs; returns the executed copy.
+
+    Raises ``nbclient.exceptions.CellExecutionError`` when a cell fails (the copy is written all the same).
+    """
+    # The kernel is a separate process: it gets the resolved tracking URI through its environment.
+    return execute_notebook(
+        NOTEBOOK,
+        executed_notebook_path(settings),
+        parameters={"LAST": last},
+        env=child_process_env(MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri),
     )
-    args = parser.parse_args(argv)
-    if args.last < 1:
-        parser.error("--last must be at least 1")
-    settings = settings or get_settings()
-    try:
-        comparison = compare_runs(settings.mlflow_tracking_uri, args.last)
-    except (TrackingServerUnreachable, NoTrainingRuns) as exc:
-        print(f"run comparison failed: {exc}", file=sys.stderr)
-        return 1
-    print(report(comparison), flush=True)
-    if not args.execute_notebook:
-        return 0
-    target = settings.reports_dir / "notebooks" / NOTEBOOK.name
-    try:
-        # The kernel is a separate process: it gets the resolved tracking URI through its environment.
-        execute_notebook(
-            NOTEBOOK,
-            target,
-            parameters={"LAST": args.last},
-            env=child_process_env(MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri),
-        )
-    except CellExecutionError as exc:
-        print(f"notebook {NOTEBOOK.name} failed ({exc.ename}: {exc.evalue}); see {target}", file=sys.stderr)
-        return 1
-    print(f"\nexecuted notebook written to {target}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

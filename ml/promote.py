@@ -1,6 +1,6 @@
 """The guarded promotion on its own: judge a training run's registered challenger against the champion.
 
-    python -m ml.promote [--training-run RUN_ID]   (default: the latest training run)
+    adstream promote [--training-run RUN_ID]   (default: the latest training run)
 
 The holdout is rebuilt from what the training run logged (training table, its Delta
 version, the holdout fraction), so the challenger and the champion are scored on
@@ -9,15 +9,13 @@ exactly the examples the training judged the families on.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Any
 
 from adstream.contracts import MLFLOW_EXPERIMENT
-from adstream.settings import Settings, get_settings
+from adstream.settings import Settings
 from ml.registry import Promotion
 from ml.split import time_split
-from ml.tracking import TrackingServerUnreachable, ensure_reachable, tracking_client
+from ml.tracking import ensure_reachable, tracking_client
 from ml.train import (
     REGISTERED_VERSION_TAG,
     TrainingSetError,
@@ -33,18 +31,18 @@ class NoTrainingRun(LookupError):
     """There is no training run (with a registered version) to promote."""
 
 
-def promote_after_training(training: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """Airflow task body after ``ml.train.train_task``: decide only when that task trained something new."""
+def promote_after_training(settings: Settings, training: dict[str, Any]) -> dict[str, Any]:
+    """The step after ``ml.train.train_challenger``: decide only when that training produced something new."""
     if not training["trained"]:
         return {"training_run": training["training_run"], "promoted": False, "reasons": ["nothing new was trained"]}
-    return promote_task(training["training_run"], settings)
+    return decide_promotion(settings, training["training_run"])
 
 
 def latest_training_run(settings: Settings) -> str:
     runs = registering_runs(settings, max_results=1)
     if not runs:
         raise NoTrainingRun(
-            f"no training run with a registered version in experiment {MLFLOW_EXPERIMENT!r}; run `python -m ml.train`"
+            f"no training run with a registered version in experiment {MLFLOW_EXPERIMENT!r}; run `adstream train`"
         )
     return runs[0].info.run_id
 
@@ -70,9 +68,8 @@ def promote_training_run(settings: Settings, run_id: str) -> Promotion:
     return promote(settings, run_id, version, holdout)
 
 
-def promote_task(training_run: str | None = None, settings: Settings | None = None) -> dict[str, Any]:
-    """Airflow task body: the promotion decision for one training run (default: the latest)."""
-    settings = settings or get_settings()
+def decide_promotion(settings: Settings, training_run: str | None = None) -> dict[str, Any]:
+    """The promotion decision for one training run (default: the latest); prints it and returns it as values."""
     ensure_reachable(settings.mlflow_tracking_uri)
     run_id = training_run or latest_training_run(settings)
     promotion = promote_training_run(settings, run_id)
@@ -84,19 +81,3 @@ def promote_task(training_run: str | None = None, settings: Settings | None = No
         "challenger_version": promotion.challenger_version,
         "champion_version": promotion.champion_after,
     }
-
-
-def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ml.promote", description=__doc__.splitlines()[0])
-    parser.add_argument("--training-run", default=None, help="MLflow run id of a training (default: the latest)")
-    args = parser.parse_args(argv)
-    try:
-        promote_task(args.training_run, settings)
-    except (NoTrainingRun, TrainingSetError, TrackingServerUnreachable) as exc:
-        print(f"promotion failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ from ml.tracking import ensure_reachable
 
 
 class NoChampionError(LookupError):
-    """``ctr-model`` has no version with alias ``champion`` yet (run ``python -m ml.train``)."""
+    """``ctr-model`` has no version with alias ``champion`` yet (run ``adstream train``)."""
 
 
 def load_champion_scorer(tracking_uri: str) -> tuple[CompiledScorer, str]:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Run
 
 from adstream.contracts import MLFLOW_EXPERIMENT
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+# MLflow takes seconds to import, so it is imported where a client is made: the command line's
+# composition root imports this module, and its health checks must answer within seconds.
 
 # MLflow's own client retries an unreachable server for minutes; one short probe answers first.
 REACHABILITY_TIMEOUT_S = 3.0
@@ -43,6 +48,8 @@ def ensure_reachable(tracking_uri: str, timeout_s: float = REACHABILITY_TIMEOUT_
 
 def tracking_client(tracking_uri: str) -> MlflowClient:
     """A client for runs and the model registry, both on ``tracking_uri``."""
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -54,6 +61,8 @@ def point_fluent_api_at(tracking_uri: str) -> None:
     the MLFLOW_TRACKING_URI environment variable for child processes: the same value
     the settings resolved, so a training process stays consistent.
     """
+    import mlflow
+
     mlflow.set_tracking_uri(tracking_uri)
 
 

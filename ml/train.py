@@ -1,7 +1,7 @@
 """Train the CTR model families on gold/ctr_training_set, register the best, guard its promotion.
 
-    python -m ml.train [--training-table PATH] [--dataset NAME] [--skip-promotion]
-    python -m ml.promote [--training-run RUN_ID]   (the promotion step on its own)
+    adstream train [--training-table PATH] [--dataset NAME] [--skip-promotion]
+    adstream promote [--training-run RUN_ID]   (the promotion step on its own)
 
 One parent MLflow run (experiment ``ctr``) holds one child run per model family.
 Every family is fitted on the earlier part of a time-based split and judged on the
@@ -19,8 +19,6 @@ that registers nothing, since its holdout is not the one champions are judged on
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -40,7 +38,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 
 from adstream.contracts import MLFLOW_EXPERIMENT, Table
-from adstream.settings import Settings, get_settings
+from adstream.settings import Settings
 from ml import plots
 from ml.features import (
     CATEGORICAL_FEATURES,
@@ -52,7 +50,6 @@ from ml.features import (
     NUMERIC_FEATURES,
     SOURCE,
     TIME_COLUMN,
-    MissingFeatureError,
     check_columns,
 )
 from ml.metrics import evaluate
@@ -60,7 +57,6 @@ from ml.pipelines import FAMILIES, RANDOM_STATE, SKOPS_TRUSTED_TYPES
 from ml.registry import Promotion, apply_promotion, register_challenger
 from ml.split import time_split
 from ml.tracking import (
-    TrackingServerUnreachable,
     ensure_reachable,
     point_fluent_api_at,
     search_ctr_runs,
@@ -390,13 +386,12 @@ def last_trained_version(settings: Settings, training_table: str) -> tuple[str, 
     return None
 
 
-def train_task(settings: Settings | None = None, force: bool = False) -> dict[str, Any]:
-    """Airflow task body: train on the current training table and register the challenger (no promotion).
+def train_challenger(settings: Settings, *, force: bool = False) -> dict[str, Any]:
+    """Trains on the current training table and registers the challenger (no promotion); prints the summary.
 
     A table version that already produced a registered model is not trained again
     (hourly feature builds often add nothing) unless ``force``.
     """
-    settings = settings or get_settings()
     ensure_reachable(settings.mlflow_tracking_uri)
     location, options = default_training_table(settings)
     frame, version = load_training_set(location, options)
@@ -438,51 +433,9 @@ def candidate_summary(candidate: Candidate) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ml.train", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--training-table",
-        default=None,
-        help="path or URI of the Delta training set (default: LAKE_ROOT/gold/ctr_training_set)",
-    )
-    parser.add_argument("--holdout-fraction", type=float, default=HOLDOUT_FRACTION)
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        help="train and evaluate on one dataset's examples alone (advertising, ads16, auctions); registers nothing",
-    )
-    parser.add_argument(
-        "--skip-promotion", action="store_true", help="register the challenger only (python -m ml.promote decides)"
-    )
-    args = parser.parse_args(argv)
-    settings = settings or get_settings()
-    if args.training_table:
-        location, options = args.training_table, {}
-    else:
-        location, options = default_training_table(settings)
-    try:
-        ensure_reachable(settings.mlflow_tracking_uri)
-        frame, version = load_training_set(location, options)
-        candidate, holdout = fit_and_register(
-            settings, frame, version, training_table=location, holdout_fraction=args.holdout_fraction,
-            register=args.dataset is None, dataset=args.dataset,
-        )  # fmt: skip
-    except (TrainingSetError, MissingFeatureError, TrackingServerUnreachable) as exc:
-        print(f"training failed: {exc}", file=sys.stderr)
-        return 1
-    print(candidate_summary(candidate), flush=True)
-    if candidate.model_version is not None and not args.skip_promotion:
-        print(promotion_summary(promote(settings, candidate.parent_run_id, candidate.model_version, holdout)))
-    return 0
-
-
 def promotion_summary(promotion: Promotion) -> str:
     verdict = "promoted to champion" if promotion.decision.promote else "not promoted"
     return (
         f"ctr-model version {promotion.challenger_version}: {verdict} ({'; '.join(promotion.decision.reasons)}); "
         f"champion is now version {promotion.champion_after}"
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

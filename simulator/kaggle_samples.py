@@ -5,7 +5,7 @@ redistributed, so the repository ships these samples instead. Layouts, value
 domains and quirks follow the shared datasets description (datasets.md); every
 value is invented from the word lists below (only country names are real).
 
-    python -m simulator.kaggle_samples --scale small|full --out DIR [--seed 7]
+    adstream samples --scale small|full --out DIR [--seed 7]
 
 The same scale and seed give byte-identical files. Only the three dataset
 folders under ``--out`` (``advertising/``, ``ads16/``, ``amazon/``) are replaced.
@@ -14,24 +14,24 @@ The builders are pure (seed in, bytes out); ``generate`` is the only writer.
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import csv
 import io
 import random
 import shutil
 import struct
-import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
+import typer
 
 from adstream.taxonomy import ADS16_CATEGORIES, ADS_PER_CATEGORY
+from devstack.lazy_cli import commands_app
 
 SCALES = ("small", "full")
 DATASET_DIRS = ("advertising", "ads16", "amazon")
@@ -920,18 +920,18 @@ def generate(out: Path, scale: str, seed: int = 7) -> list[DatasetSummary]:
     return summaries
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulator.kaggle_samples", description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=SCALES, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="KAGGLE_DIR to (re)write the three datasets into")
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
-    if args.seed < 0:
-        parser.error("--seed must be >= 0")
-    for summary in generate(args.out, args.scale, args.seed):
+# --- the command (`adstream samples`; simulator.cli loads this module when it runs) ---
+
+commands = commands_app()
+
+
+@commands.command("samples", help=__doc__.splitlines()[0])
+def samples(
+    scale: Annotated[Literal["small", "full"], typer.Option(show_default=False)],  # SCALES
+    out: Annotated[Path, typer.Option(help="KAGGLE_DIR to (re)write the three datasets into", show_default=False)],
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    if seed < 0:
+        raise typer.BadParameter("--seed must be >= 0")
+    for summary in generate(out, scale, seed):
         print(summary)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """Simulated users who request ads, see them, click, convert and watch videos: load with a known truth.
 
-    python -m simulator.traffic [--duration 60s] [--rate 20] [--users 500] [--seed 7] [--concurrency 16]
-                                        [--base-url URL] [--openrtb-share 0.2] [--base-ctr 0.03]
-                                        [--progress-every 5s] [--summary-file PATH]
+    adstream simulate [--duration 60s] [--rate 20] [--users 500] [--seed 7] [--concurrency 16]
+                      [--base-url URL] [--openrtb-share 0.2] [--base-ctr 0.03]
+                      [--progress-every 5s] [--summary-file PATH]
 
 - The population is ``--users`` profiles sampled (with ``--seed``) from silver/users, read
   with delta-rs. Each user keeps their age, gender, country and income attributes and gets
@@ -29,7 +29,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -45,15 +44,20 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Annotated, Any, TextIO
 
 import aiohttp
+import pandas as pd
 import psutil
+import typer
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from adstream.contracts import Table
 from adstream.events import MICROS_PER_UNIT, EventType
 from adstream.settings import Settings, get_settings
 from auction_service.serving.openrtb import COUNTRY_NAMES, IAB_CATEGORIES
+from devstack.lazy_cli import commands_app
 from simulator.ground_truth import (
     ADS16_USER_COLUMNS,
     ADVERTISING_COLUMNS,
@@ -194,16 +198,13 @@ def final_line(summary: dict[str, Any]) -> str:
 
 
 def read_lake_table(settings: Settings, table: Table, columns: Sequence[str]) -> list[dict[str, Any]]:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
     uri, options = settings.delta_rs_location(table)
     try:
         delta = DeltaTable(uri, storage_options=options or None)
     except TableNotFoundError:
         raise LakeTableMissing(
-            f"{table} does not exist at {uri}; build it with `python -m ingestion all` then "
-            "`python -m spark_jobs.silver` (or check LAKE_ROOT)"
+            f"{table} does not exist at {uri}; build it with `adstream ingest all` then "
+            "`adstream silver` (or check LAKE_ROOT)"
         ) from None
     return delta.to_pyarrow_table(columns=list(columns)).to_pylist()
 
@@ -222,8 +223,6 @@ def load_population(settings: Settings, users: int, seed: int) -> list[Simulated
 
 
 def load_ground_truth(settings: Settings, base_ctr: float = BASE_CTR) -> GroundTruth:
-    import pandas as pd
-
     def frame(table: Table, columns: Sequence[str]) -> pd.DataFrame:
         return pd.DataFrame(read_lake_table(settings, table, columns), columns=list(columns))
 
@@ -518,97 +517,83 @@ def parse_duration(text: str) -> float:
     """'90', '90s', '5m', '1h' (or '1.5m') -> seconds, above 0."""
     match = DURATION.fullmatch(text.strip())
     if match is None or float(match[1]) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration above 0: use e.g. 90s, 5m or 1h")
+        raise ValueError(f"{text!r} is not a duration above 0: use e.g. 90s, 5m or 1h")
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
-def _parser(settings: Settings) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m simulator.traffic", description=__doc__.splitlines()[0], allow_abbrev=False
-    )
-    parser.add_argument("--duration", type=parse_duration, default=60.0, help="e.g. 90s, 5m, 1h (default 60s)")
-    parser.add_argument("--rate", type=float, default=20.0, help="auction requests per second (default 20)")
-    parser.add_argument("--users", type=int, default=500, help="population size (default 500)")
-    parser.add_argument("--seed", type=int, default=7, help="population, placements and behaviour (default 7)")
-    parser.add_argument(
-        "--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-        help=f"visits in flight at most (default {DEFAULT_CONCURRENCY})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--base-url",
-        default=f"http://{settings.bind_host}:{settings.auction_port}",
-        help="the auction service (default http://BIND_HOST:AUCTION_PORT)",
-    )
-    parser.add_argument(
-        "--openrtb-share",
-        type=float,
-        default=OPENRTB_SHARE,
-        help=f"share of requests sent to /openrtb2/auction (default {OPENRTB_SHARE})",
-    )
-    parser.add_argument(
-        "--base-ctr",
-        type=float,
-        default=BASE_CTR,
-        help=f"the ground truth's mean click probability (default {BASE_CTR})",
-    )
-    parser.add_argument("--progress-every", type=parse_duration, default=5.0, help="progress line period (default 5s)")
-    parser.add_argument("--summary-file", type=Path, default=None, help="also write the JSON summary here")
-    return parser
+@dataclass(frozen=True)
+class RunOptions:
+    """What `adstream simulate` is asked for; ``base_url`` None is the service at BIND_HOST:AUCTION_PORT."""
+
+    duration_s: float = 60.0
+    rate: float = 20.0
+    users: int = 500
+    seed: int = 7
+    concurrency: int = DEFAULT_CONCURRENCY
+    base_url: str | None = None
+    openrtb_share: float = OPENRTB_SHARE
+    base_ctr: float = BASE_CTR
+    progress_every_s: float = 5.0
+    summary_file: Path | None = None
+
+    def error(self) -> str | None:
+        """What is wrong with the options, if anything (a usage error)."""
+        for invalid, message in (
+            (not 0 < self.rate < math.inf, "--rate must be a number of requests per second above 0"),
+            (self.users < 1, "--users must be at least 1"),
+            (not 1 <= self.concurrency <= MAX_CONCURRENCY, f"--concurrency must be between 1 and {MAX_CONCURRENCY}"),
+            (not 0 <= self.openrtb_share <= 1, "--openrtb-share must be between 0 and 1"),
+            (not 0 < self.base_ctr <= 1, "--base-ctr must be above 0 and at most 1"),
+        ):
+            if invalid:
+                return message
+        return None
 
 
-def main(argv: Sequence[str] | None = None, settings: Settings | None = None, out: TextIO = sys.stdout) -> int:
-    settings = settings or get_settings()
-    parser = _parser(settings)
-    args = parser.parse_args(argv)
-    for invalid, message in (
-        (not 0 < args.rate < math.inf, "--rate must be a number of requests per second above 0"),
-        (args.users < 1, "--users must be at least 1"),
-        (not 1 <= args.concurrency <= MAX_CONCURRENCY, f"--concurrency must be between 1 and {MAX_CONCURRENCY}"),
-        (not 0 <= args.openrtb_share <= 1, "--openrtb-share must be between 0 and 1"),
-        (not 0 < args.base_ctr <= 1, "--base-ctr must be above 0 and at most 1"),
-    ):
-        if invalid:
-            parser.error(message)
+def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
+    """The simulation of ``options`` against the service; the summary to ``out`` (and the summary file).
+    1 when the lake cannot give a population or ground truth, or no auction was answered at all."""
+    base_url = options.base_url or f"http://{settings.bind_host}:{settings.auction_port}"
     try:
-        population = load_population(settings, args.users, args.seed)
-        truth = load_ground_truth(settings, args.base_ctr)
+        population = load_population(settings, options.users, options.seed)
+        truth = load_ground_truth(settings, options.base_ctr)
     except (LakeTableMissing, ValueError) as exc:
         print(f"simulator: cannot start: {exc}", file=sys.stderr)
         return 1
-    run = {
-        "base_url": args.base_url,
-        "duration_s": args.duration,
-        "rate": args.rate,
+    described = {
+        "base_url": base_url,
+        "duration_s": options.duration_s,
+        "rate": options.rate,
         "users": len(population),
-        "seed": args.seed,
-        "concurrency": args.concurrency,
-        "openrtb_share": args.openrtb_share,
+        "seed": options.seed,
+        "concurrency": options.concurrency,
+        "openrtb_share": options.openrtb_share,
     }
     print(
-        f"simulating {len(population)} users against {args.base_url} for {args.duration:g}s at {args.rate:g}/s; "
+        f"simulating {len(population)} users against {base_url} for {options.duration_s:g}s at {options.rate:g}/s; "
         f"ground truth {json.dumps(truth.summary()['click_model'])}",
         file=out,
         flush=True,
     )
     stats, elapsed = asyncio.run(
         _run_until_signalled(
-            base_url=args.base_url,
+            base_url=base_url,
             population=population,
             truth=truth,
-            duration_s=args.duration,
-            rate=args.rate,
-            concurrency=args.concurrency,
-            seed=args.seed,
-            openrtb_share=args.openrtb_share,
-            progress_every_s=args.progress_every,
+            duration_s=options.duration_s,
+            rate=options.rate,
+            concurrency=options.concurrency,
+            seed=options.seed,
+            openrtb_share=options.openrtb_share,
+            progress_every_s=options.progress_every_s,
             out=out,
         )
     )
-    summary = stats.summary(elapsed_s=elapsed, run=run, truth=truth)
+    summary = stats.summary(elapsed_s=elapsed, run=described, truth=truth)
     text = json.dumps(summary, indent=2)
-    if args.summary_file is not None:
-        args.summary_file.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_file.write_text(text + "\n")
+    if options.summary_file is not None:
+        options.summary_file.parent.mkdir(parents=True, exist_ok=True)
+        options.summary_file.write_text(text + "\n")
     print(text, file=out)
     print(final_line(summary), file=out, flush=True)
     return 0 if stats.auctions else 1
@@ -622,5 +607,49 @@ def _share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# --- the command (`adstream simulate`; simulator.cli loads this module when it runs) ---
+
+commands = commands_app()
+
+
+@commands.command("simulate", help=__doc__.splitlines()[0])
+def simulate_command(
+    duration: Annotated[
+        float, typer.Option(parser=parse_duration, metavar="DURATION", help="e.g. 90s, 5m, 1h (default 60s)")
+    ] = "60s",  # type: ignore[assignment]  # click parses defaults too
+    rate: Annotated[float, typer.Option(help="auction requests per second (default 20)")] = 20.0,
+    users: Annotated[int, typer.Option(help="population size (default 500)")] = 500,
+    seed: Annotated[int, typer.Option(help="population, placements and behaviour (default 7)")] = 7,
+    concurrency: Annotated[
+        int, typer.Option(help=f"visits in flight at most (default {DEFAULT_CONCURRENCY})")
+    ] = DEFAULT_CONCURRENCY,
+    base_url: Annotated[
+        str | None, typer.Option(help="the auction service (default http://BIND_HOST:AUCTION_PORT)")
+    ] = None,
+    openrtb_share: Annotated[
+        float, typer.Option(help=f"share of requests sent to /openrtb2/auction (default {OPENRTB_SHARE})")
+    ] = OPENRTB_SHARE,
+    base_ctr: Annotated[
+        float, typer.Option(help=f"the ground truth's mean click probability (default {BASE_CTR})")
+    ] = BASE_CTR,
+    progress_every: Annotated[
+        float,
+        typer.Option(parser=parse_duration, metavar="DURATION", help="progress line period (default 5s)"),
+    ] = "5s",  # type: ignore[assignment]
+    summary_file: Annotated[Path | None, typer.Option(help="also write the JSON summary here")] = None,
+) -> None:
+    options = RunOptions(
+        duration_s=duration,
+        rate=rate,
+        users=users,
+        seed=seed,
+        concurrency=concurrency,
+        base_url=base_url,
+        openrtb_share=openrtb_share,
+        base_ctr=base_ctr,
+        progress_every_s=progress_every,
+        summary_file=summary_file,
+    )
+    if (error := options.error()) is not None:
+        raise typer.BadParameter(error)
+    raise typer.Exit(run(get_settings(), options, out=sys.stdout))

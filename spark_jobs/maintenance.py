@@ -12,7 +12,7 @@ finance's time travel may still open, so it is refused unless ``--allow-short-re
 (a disposable lake, tests). gold/billing_hourly is compacted but never vacuumed below
 the retention either: bills are re-read as issued through time travel.
 
-    python -m spark_jobs.maintenance [--table silver/feedback_events ...] [--retention-hours 168]
+    adstream maintain [--table silver/feedback_events ...] [--retention-hours 168]
 
 Prints, per table, the active files (the current snapshot) and the data files on storage,
 before and after.
@@ -20,15 +20,14 @@ before and after.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from adstream.contracts import Table, quarantine_table
-from adstream.settings import Settings, get_settings
+from adstream.settings import Settings
 
 SAFE_RETENTION_HOURS = 168
 STREAMING_TABLES: tuple[str, ...] = (
@@ -63,6 +62,7 @@ class MaintenanceReport:
 
 
 def check_retention(retention_hours: float, allow_short: bool) -> None:
+    """Raises UnsafeRetention for a retention under SAFE_RETENTION_HOURS unless ``allow_short``."""
     if retention_hours < SAFE_RETENTION_HOURS and not allow_short:
         raise UnsafeRetention(
             f"a retention of {retention_hours} h is under the safe {SAFE_RETENTION_HOURS} h: readers, restarting "
@@ -90,8 +90,6 @@ def stored_files(spark: SparkSession, path: str) -> int:
 def maintain_table(
     spark: SparkSession, path: str, table: str, retention_hours: float, allow_short: bool = False
 ) -> MaintenanceReport:
-    from delta.tables import DeltaTable
-
     check_retention(retention_hours, allow_short)
     active_before, stored_before = active_files(spark, path), stored_files(spark, path)
     delta = DeltaTable.forPath(spark, path)
@@ -108,8 +106,6 @@ def maintain_table(
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
     return DeltaTable.isDeltaTable(spark, path)
 
 
@@ -132,34 +128,3 @@ def maintain(
         print(report.line(), flush=True)
         reports.append(report)
     return reports
-
-
-def maintain_task(retention_hours: float = SAFE_RETENTION_HOURS) -> list[dict[str, object]]:
-    """The DAG task: every streaming table, safe retention; the reports as XCom-friendly dicts."""
-    from spark_jobs.session import get_spark
-
-    settings = get_settings()
-    spark = get_spark("adstream-lake-maintenance", settings)
-    return [asdict(report) for report in maintain(spark, settings, retention_hours=retention_hours)]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spark_jobs.maintenance", description=__doc__.splitlines()[0])
-    parser.add_argument("--table", action="append", help=f"a table under LAKE_ROOT (default: {len(STREAMING_TABLES)})")
-    parser.add_argument("--retention-hours", type=float, default=SAFE_RETENTION_HOURS)
-    parser.add_argument("--allow-short-retention", action="store_true", help="a disposable lake only")
-    args = parser.parse_args(argv)
-    try:
-        check_retention(args.retention_hours, args.allow_short_retention)
-    except UnsafeRetention as exc:
-        parser.error(str(exc))
-    from spark_jobs.session import get_spark
-
-    settings = get_settings()
-    spark = get_spark("adstream-lake-maintenance", settings)
-    maintain(spark, settings, args.table or STREAMING_TABLES, args.retention_hours, args.allow_short_retention)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,14 +4,15 @@ Proves the engines are wired together: events go to a Kafka topic, an
 `availableNow` stream lands them in a Delta table exactly once (the Delta sink
 plus a checkpoint), and a read-back counts them.
 
-    python -m spark_jobs.smoke all --events 100
-    python -m spark_jobs.smoke produce|land|verify --run-id <id>
+    adstream smoke all --events 100
+    adstream smoke produce|land|verify --run-id <id>
+
+The pure parts (the events of a run, parsing Kafka records) are few and small, so they live
+here beside the steps rather than in a module of their own.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from pyspark.sql.types import IntegerType, StringType, StructField, StructType, 
 
 from adstream.contracts import Table, Topic
 from adstream.messaging import ensure_topics, make_producer
-from adstream.settings import Settings, get_settings
+from adstream.settings import Settings
 
 SMOKE_EVENT_SCHEMA = StructType(
     [
@@ -33,6 +34,7 @@ SMOKE_EVENT_SCHEMA = StructType(
     ]
 )
 CHECKPOINT = "smoke_events"
+STEPS = ("all", "produce", "land", "verify")
 
 
 class SmokeFailed(RuntimeError):
@@ -100,24 +102,9 @@ def landed_count(spark: SparkSession, settings: Settings, run_id: str) -> int:
     return table.where(F.col("run_id") == run_id).select("event_id").distinct().count()
 
 
-def produce_step(run_id: str, count: int) -> str:
-    produce(get_settings(), run_id, count)
-    return run_id
-
-
-def land_step() -> str:
-    from spark_jobs.session import get_spark
-
-    settings = get_settings()
-    return land(get_spark("adstream-smoke", settings), settings)
-
-
-def verify_step(run_id: str, count: int) -> int:
-    """Raises unless exactly ``count`` events of ``run_id`` are in the Delta table."""
-    from spark_jobs.session import get_spark
-
-    settings = get_settings()
-    landed = landed_count(get_spark("adstream-smoke", settings), settings, run_id)
+def verify(spark: SparkSession, settings: Settings, run_id: str, count: int) -> int:
+    """Raises unless exactly ``count`` events of ``run_id`` are in the Delta table; returns that count."""
+    landed = landed_count(spark, settings, run_id)
     if landed != count:
         raise SmokeFailed(
             f"{landed} of {count} smoke events of run {run_id} reached {settings.lake_path(Table.SMOKE_EVENTS)}"
@@ -125,32 +112,27 @@ def verify_step(run_id: str, count: int) -> int:
     return landed
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spark_jobs.smoke", description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["all", "produce", "land", "verify"])
-    parser.add_argument("--events", type=int, default=100)
-    parser.add_argument("--run-id", default=None, help="defaults to a new random id for `all` and `produce`")
-    args = parser.parse_args(argv)
-    if args.step == "verify" and args.run_id is None:
-        parser.error("`verify` needs the --run-id that `produce` printed")
-    run_id = args.run_id or uuid.uuid4().hex[:12]
-    settings = get_settings()
-    try:
-        if args.step in ("all", "produce"):
-            produce_step(run_id, args.events)
-            print(
-                f"produced {args.events} events of run {run_id} to Kafka topic "
-                f"'{Topic.PLATFORM_SMOKE}' at {settings.kafka_bootstrap_servers}"
-            )
-        if args.step in ("all", "land"):
-            print(f"landed the topic into Delta at {land_step()}")
-        if args.step in ("all", "verify"):
-            print(f"verified: {verify_step(run_id, args.events)} events of run {run_id} are in Delta")
-    except SmokeFailed as exc:
-        print(f"smoke failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+def run_id_for(step: str, run_id: str | None) -> str:
+    """The run's id: the one given, or a new random one; ``verify`` needs the id ``produce`` printed."""
+    if step == "verify" and run_id is None:
+        raise ValueError("`verify` needs the --run-id that `produce` printed")
+    return run_id or uuid.uuid4().hex[:12]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def needs_spark(step: str) -> bool:
+    return step in ("all", "land", "verify")
+
+
+def run_steps(settings: Settings, spark: SparkSession | None, step: str, run_id: str, count: int) -> None:
+    """Runs ``step`` (one of STEPS; ``all`` is produce, land, verify), saying what each did; raises SmokeFailed.
+    ``spark`` may be None when not ``needs_spark(step)``."""
+    if step in ("all", "produce"):
+        produce(settings, run_id, count)
+        print(
+            f"produced {count} events of run {run_id} to Kafka topic "
+            f"'{Topic.PLATFORM_SMOKE}' at {settings.kafka_bootstrap_servers}"
+        )
+    if step in ("all", "land"):
+        print(f"landed the topic into Delta at {land(spark, settings)}")
+    if step in ("all", "verify"):
+        print(f"verified: {verify(spark, settings, run_id, count)} events of run {run_id} are in Delta")

@@ -1,7 +1,7 @@
 """Kafka -> Delta, exactly once: ``ad-feedback`` and ``auctions`` into bronze, silver, quarantine and gold KPIs.
 
-    python -m spark_jobs.streaming [--source feedback|auctions|all] [--available-now] [--trigger-s N]
-    python -m spark_jobs.streaming --check     # exit 0 if a running job's driver loop beat recently
+    adstream stream [--source feedback|auctions|all] [--topic T] [--available-now] [--trigger-s N]
+    adstream stream --check     # exit 0 if a running job's driver loop beat recently
 
 One Structured Streaming query per topic, checkpointed in ``_checkpoints/<source>_stream``. Each of its
 micro-batches (``foreachBatch``) writes, in this order (silver first: it is what readers wait for):
@@ -60,7 +60,6 @@ does not tear Spark down mid-batch; a batch cut short anyway (SIGKILL) is replay
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -68,7 +67,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -92,7 +91,7 @@ from pyspark.sql.types import StructField, StructType
 from adstream.contracts import Table, Topic, quarantine_table
 from adstream.events import AuctionRecord, FeedbackEvent
 from adstream.messaging import BrokerUnavailable, ensure_topics
-from adstream.settings import Settings, get_settings
+from adstream.settings import Settings
 from spark_jobs.stream_transforms import (
     EVENT_TIME,
     KAFKA_RECORD_DDL,
@@ -583,26 +582,56 @@ def _drive(settings: Settings, queries: Sequence[StreamingQuery], stop_event: th
             return
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spark_jobs.streaming", description=__doc__.splitlines()[0])
-    parser.add_argument("--source", choices=[*SOURCES, "all"], default="all")
-    parser.add_argument("--available-now", action="store_true", help="process what the topics hold, then exit")
-    parser.add_argument("--trigger-s", type=float, default=None, help="micro-batch interval (STREAM_TRIGGER_S)")
-    parser.add_argument("--topic", default=None, help="read this topic instead of the source's (one --source only)")
-    parser.add_argument("--check", action="store_true", help="exit 0 if a running job beat recently (health check)")
-    args = parser.parse_args(argv)
-    if args.check:
-        return 0 if is_alive(get_settings()) else 1
-    sources = list(SOURCES.values()) if args.source == "all" else [SOURCES[args.source]]
-    if args.topic:
-        if len(sources) != 1:
-            parser.error("--topic needs a single --source")
-        sources = [replace(sources[0], topic=args.topic)]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # the topic check's admin client narrates every connection
-    from spark_jobs.session import get_spark
+# --- running the job in its own process ---
 
-    settings = get_settings()
+SPARK_APP = "streaming"
+SOURCE_CHOICES = (*SOURCES, "all")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def spark_extra(settings: Settings) -> dict[str, str]:
+    """The job's session settings on top of the usual ones (the session is built long-running)."""
+    # Each micro-batch commits to ~5 small tables; Delta's default of 50 tasks per log replay is sized
+    # for large tables on a cluster and dominated the batch time here.
+    return {"spark.databricks.delta.snapshotPartitions": str(settings.spark_shuffle_partitions)}
+
+
+def check_heartbeat(settings: Settings) -> int:
+    """The health check's exit code: 0 if a running job's driver loop beat recently, else 1."""
+    return 0 if is_alive(settings) else 1
+
+
+def sources_for(source: str = "all", topic: str | None = None) -> list[StreamSource]:
+    """The sources a run streams: one of SOURCE_CHOICES, its topic replaced by ``topic`` (one source only)."""
+    if source not in SOURCE_CHOICES:
+        raise ValueError(f"unknown source {source!r}: choose from {', '.join(SOURCE_CHOICES)}")
+    sources = list(SOURCES.values()) if source == "all" else [SOURCES[source]]
+    if topic:
+        if len(sources) != 1:
+            raise ValueError("--topic needs a single --source")
+        sources = [replace(sources[0], topic=topic)]
+    return sources
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the topic check's admin client narrates every connection
+
+
+def run_until_stopped(
+    settings: Settings,
+    sources: Sequence[StreamSource],
+    start_spark: Callable[[], SparkSession],
+    *,
+    available_now: bool = False,
+    trigger_s: float | None = None,
+) -> int:
+    """Runs the job in this process until it is done, fails or is asked to stop; returns its exit code.
+
+    ``start_spark`` builds the (long-running) session: it is called once the stop signals are ignored,
+    so the JVM it launches ignores them too and only this process decides when Spark stops. SIGTERM
+    or SIGINT then stops the job after the running batch. The session is stopped on the way out.
+    """
     heartbeat_file(settings).unlink(missing_ok=True)  # a beat from an earlier run must not pass for this one
     stop_event = threading.Event()
 
@@ -613,19 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     # Ignored signals stay ignored in the JVM launched now, so only this process decides when Spark stops.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, signal.SIG_IGN)
-    # Each micro-batch commits to ~5 small tables; Delta's default of 50 tasks per log replay is sized
-    # for large tables on a cluster and dominated the batch time here.
-    spark = get_spark(
-        "streaming",
-        settings,
-        extra={"spark.databricks.delta.snapshotPartitions": str(settings.spark_shuffle_partitions)},
-        long_running=True,
-    )
+    spark = start_spark()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, request_stop)
     try:
-        run(spark, settings, sources, available_now=args.available_now, trigger_s=args.trigger_s,
-            stop_event=stop_event)  # fmt: skip
+        run(spark, settings, sources, available_now=available_now, trigger_s=trigger_s, stop_event=stop_event)
     except (BrokerUnavailable, StreamFailed) as exc:
         print(f"streaming failed: {exc}", file=sys.stderr)
         return 1
@@ -633,7 +654,3 @@ def main(argv: list[str] | None = None) -> int:
         spark.stop()
     print("streaming stopped", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

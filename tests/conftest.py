@@ -6,43 +6,19 @@ temporary directory, and stopped (its whole process group) when the run ends.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from adstream.settings import Settings
+from benchmarks.harness import free_port, isolated_settings
 from devstack import services
+from spark_jobs.session import get_spark
 
-# The jar cache `make setup` filled (JAR_CACHE_DIR, default .local/jars).
-JAR_CACHE = Path(Settings().jar_cache_dir).resolve()
+__all__ = ["free_port", "make_settings"]  # what the tests import from here
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def make_settings(tmp: Path, **overrides: object) -> Settings:
-    """Settings isolated in ``tmp``, sharing the project's jar cache."""
-    values: dict[str, object] = {
-        "lake_root": str(tmp / "lake"),
-        "local_dir": tmp / "local",
-        "reports_dir": tmp / "reports",
-        "jar_cache_dir": JAR_CACHE,
-        "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-        "kafka_port": free_port(),
-        "kafka_controller_port": free_port(),
-        "mlflow_port": free_port(),
-        "airflow_port": free_port(),
-        "airflow_worker_log_port": free_port(),
-        "airflow_trigger_log_port": free_port(),
-        "auction_port": free_port(),  # so a running `make up` on 8000 cannot collide with a test
-    }
-    values.update(overrides)
-    return Settings(**values)
+# Settings isolated in a test's temporary directory, on free ports, sharing the project's jar cache.
+make_settings = isolated_settings
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +37,6 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
     """One small Delta-enabled session for the whole run (local[1], one shuffle partition, no UI)."""
-    from spark_jobs.session import get_spark
-
     settings = make_settings(tmp_path_factory.mktemp("spark"), spark_master="local[1]")
     session = get_spark(
         "adstream-tests",

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from adstream.settings import Settings
+from cli.main import COMMANDS, load_command
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_SERVICES = {
@@ -107,16 +108,33 @@ def test_secrets_must_come_from_the_environment(raw_compose, compose):
             assert line.endswith("="), f".env.example must not carry a value: {line}"
 
 
+def _commands(service: dict) -> list[list[str]]:
+    """The command lines a service runs or health-checks (exec form, ``CMD`` dropped)."""
+    lines = [service.get("command"), (service.get("healthcheck") or {}).get("test")]
+    return [line[1:] if line[0] == "CMD" else line for line in lines if isinstance(line, list)]
+
+
 def _python_modules(service: dict) -> list[str]:
     """The modules a service runs or health-checks with ``python -m``."""
-    commands = [service.get("command"), (service.get("healthcheck") or {}).get("test")]
-    return [c[c.index("-m") + 1] for c in commands if isinstance(c, list) and "python" in c and "-m" in c]
+    return [line[line.index("-m") + 1] for line in _commands(service) if line[0] == "python" and "-m" in line]
 
 
-def test_every_python_module_a_service_runs_exists(compose):
-    modules = {name: _python_modules(service) for name, service in compose["services"].items()}
-    assert modules["streaming-job"] == ["spark_jobs.streaming", "spark_jobs.streaming"]
-    assert "auction_service.campaign_store.ad_manager" in modules["ad-manager"]
-    for name, names in modules.items():
-        for module in names:
+def _adstream_commands(service: dict) -> list[list[str]]:
+    """The ``adstream`` subcommands (with their options) a service runs or health-checks."""
+    return [line[1:] for line in _commands(service) if line[0] == "adstream"]
+
+
+def test_every_command_a_service_runs_exists_in_the_product_image(compose):
+    commands = {name: _adstream_commands(service) for name, service in compose["services"].items()}
+    assert commands["streaming-job"] == [["stream"], ["stream", "--check"]]
+    assert commands["ad-manager"] == [["ad-manager"], ["ad-manager", "--check"]]
+    assert commands["auction-service"] == [["serve"]]
+    for name, lines in commands.items():
+        for name_and_options in lines:
+            # Product commands only: the image ships without the tools that add the others.
+            assert name_and_options[0] in COMMANDS, f"{name} runs adstream {name_and_options[0]}, not a product command"
+            command = load_command(name_and_options[0])
+            command.make_context("adstream", list(name_and_options[1:]))  # raises on an unknown option
+    for name, service in compose["services"].items():
+        for module in _python_modules(service):
             assert importlib.util.find_spec(module) is not None, f"{name} runs python -m {module}, which does not exist"

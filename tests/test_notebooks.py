@@ -107,8 +107,8 @@ def test_the_notebook_shows_each_layer_and_plots_the_minute_kpis(tmp_path):
     text, outputs = run(tmp_path, with_kpis=True)
     assert f"LAKE_ROOT = {tmp_path / 'lake'}" in text
     assert f"4 of {len(Table)} tables present" in text
-    assert "bronze/amazon_ads: not in the lake yet" in text and "built by python -m ingestion all" in text
-    assert "python -m spark_jobs.features" in text  # the overview says what builds each missing table
+    assert "bronze/amazon_ads: not in the lake yet" in text and "built by adstream ingest all" in text
+    assert "adstream features" in text  # the overview says what builds each missing table
     assert "2 rows, 50.0% clicked" in text
     assert "1 users, 3 ratings, mean rating 2.33" in text
     assert "kpi_minute: 3 minutes, 2 campaigns, 1200 impressions, 36 clicks (CTR 3.00%), spend 6 USD" in text

@@ -1,6 +1,10 @@
 """The auction service's FastAPI app: routes, lifespan, and the errors every route shares.
 
-python -m auction_service            (uvicorn on BIND_HOST:AUCTION_PORT)
+``adstream serve`` runs it under ``auction_service.fastpath.server`` on BIND_HOST:AUCTION_PORT.
+With AUCTION_FAST_PATH on (the default) the hot routes are served by ``DirectRoutes``
+(``auction_service.fastpath.routes``); off, every route goes through FastAPI's router.
+Both give the same answers: the routes return their response models and both ways
+serialize them with pydantic.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pydantic import TypeAdapter
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adstream.settings import LOCAL_DEFAULT_SECRETS, Settings, get_settings
+from adstream.settings import LOCAL_DEFAULT_SECRETS, Settings
 from auction_service.api.routes import auction, campaigns, events, ops
 from auction_service.fastpath.routes import DirectRoute, DirectRoutes, replaying
 from auction_service.serving.champion import ModelNotReady
@@ -99,8 +103,14 @@ def _describe(error: dict) -> str:
 
 
 def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
-    """The app; ``state`` is opened and started in the lifespan unless a test passes one in."""
-    settings = settings or (state.settings if state else get_settings())
+    """The app; ``state`` is opened and started in the lifespan unless a test passes one in.
+
+    ``settings`` default to the state's; one of the two is needed.
+    """
+    if settings is None:
+        if state is None:
+            raise TypeError("create_app needs the settings or a service state")
+        settings = state.settings
     check_token(settings)
 
     @asynccontextmanager
@@ -139,8 +149,9 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
 
     for router in (auction.router, events.router, campaigns.router, ops.router):
         app.include_router(router)
+    if settings.auction_fast_path:
+        app.add_middleware(DirectRoutes, routes=direct_routes(app), exception_handlers=app.exception_handlers)
     # Added last is outermost: the size cap sees every request before the direct routes do.
-    app.add_middleware(DirectRoutes, routes=direct_routes(app), exception_handlers=app.exception_handlers)
     app.add_middleware(BodySizeCap, limit=settings.auction_max_body_bytes)
     return app
 

@@ -1,4 +1,5 @@
-"""The HTTP API's request and response bodies (our JSON; OpenRTB lives in ``auction_service.serving.openrtb``).
+"""The HTTP API's request and response bodies (our JSON; OpenRTB lives in ``auction_service.serving.openrtb``,
+the event flow's own bodies and the shared field types in ``auction_service.serving.bodies``).
 
 Requests are strict: unknown fields and wrong types are refused with 422 and a
 message per field. Money in requests is a decimal string or number in currency
@@ -7,42 +8,26 @@ units (at most 6 decimals) and becomes integer micros at once.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from adstream.events import MICROS_PER_UNIT, CampaignSpec, CampaignStatus, EventType, PricingModel
+from adstream.events import MICROS_PER_UNIT, CampaignSpec, CampaignStatus, PricingModel
+from auction_service.serving.bodies import EventIn, EventResult, Id, StrictBody, UtcTime
 
 Gender = Literal["F", "M"]
 DeviceType = Literal["mobile", "desktop", "tablet", "ctv"]
 Channel = Literal["web", "app"]
 ContentType = Literal["display", "video"]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)]
-ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
 MAX_EVENTS_PER_BATCH = 1000
 # Far above any real campaign and far below the store's 64-bit integers: a bid or budget past them is a typo.
 MAX_BID_MICROS = 1_000 * MICROS_PER_UNIT
 MAX_BUDGET_MICROS = 100_000_000 * MICROS_PER_UNIT
 
 
-def _in_utc(moment: datetime) -> datetime:
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable UTC time
-        raise ValueError("out of range once converted to UTC") from exc
-
-
-UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AuctionRequest(_Strict):
+class AuctionRequest(StrictBody):
     """One ad request: who is asking and where. Unknown attributes may be left out."""
 
     user_id: Id | None = None
@@ -55,6 +40,26 @@ class AuctionRequest(_Strict):
     floor_cpm: Money | None = Field(default=None, description="seller floor, currency units per 1000 impressions")
     blocked_categories: list[str] = Field(default_factory=list, max_length=50)
     blocked_advertisers: list[str] = Field(default_factory=list, max_length=50)
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Refusal(BaseModel):
+    """A 4xx answer: what is wrong and what to do, in words; ``errors`` lists the fields of a request that
+    does not validate."""
+
+    detail: str
+    errors: list[FieldError] = Field(default_factory=list, description="absent unless the request did not validate")
+
+
+# The app answers a request that does not validate with a Refusal (its own handler), not FastAPI's list.
+INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
+    422: {"model": Refusal, "description": "the request does not validate (or, for one event, is refused)"}
+}
 
 
 class TrackingUrls(BaseModel):
@@ -78,27 +83,8 @@ class AuctionResponse(BaseModel):
     tracking: TrackingUrls
 
 
-class EventIn(_Strict):
-    """A user event on a served ad. The event_id makes retries safe: a replay charges nothing."""
-
-    event_id: Id
-    event_type: EventType
-    auction_id: Id
-    event_time: UtcTime | None = Field(default=None, description="UTC; default: when the service receives it")
-
-
-class EventBatch(_Strict):
+class EventBatch(StrictBody):
     events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
-
-
-EventStatus = Literal["accepted", "duplicate", "rejected"]
-
-
-class EventResult(BaseModel):
-    event_id: str
-    status: EventStatus
-    reason: str | None = None
-    charged_micros: int = 0
 
 
 class EventBatchResult(BaseModel):
@@ -139,7 +125,7 @@ class CampaignView(BaseModel):
     remaining_budget_micros: int
 
 
-class PredictRequest(_Strict):
+class PredictRequest(StrictBody):
     context: AuctionRequest = Field(default_factory=AuctionRequest)
     campaign_ids: list[Id] = Field(min_length=1, max_length=500)
 

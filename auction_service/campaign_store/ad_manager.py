@@ -1,6 +1,6 @@
 """The ad manager: applies ``campaign-instructions`` to the campaign store.
 
-    python -m auction_service.campaign_store.ad_manager
+    adstream ad-manager
 
 A Kafka consumer group (``AD_MANAGER_GROUP``). For each batch of records:
 - a valid instruction is applied with ``store.apply_instruction``, in its own committed
@@ -16,15 +16,12 @@ then change nothing. SIGTERM or SIGINT finishes the current batch, commits and e
 from __future__ import annotations
 
 import logging
-import signal
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError
@@ -33,8 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.contracts import Topic
 from adstream.events import CampaignInstruction
-from adstream.messaging import BrokerUnavailable, ensure_topics, make_consumer
-from adstream.settings import Settings, get_settings
+from adstream.messaging import ensure_topics, make_consumer
+from adstream.settings import Settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
 
@@ -171,30 +168,3 @@ def is_alive(settings: Settings, max_age_s: float = HEARTBEAT_MAX_AGE_S) -> bool
     """Whether a running ad manager polled recently (its heartbeat file is fresh)."""
     beat = heartbeat_file(settings)
     return beat.exists() and time.time() - beat.stat().st_mtime <= max_age_s
-
-
-def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv == ["--check"]:  # the container health check
-        return 0 if is_alive(get_settings()) else 1
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop_event = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s: stopping after the current batch", signal.Signals(signum).name)
-        stop_event.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        stats = run(get_settings(), stop_event)
-    except BrokerUnavailable as exc:
-        print(f"ad manager failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"ad manager stopped: {dict(stats.outcomes)}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

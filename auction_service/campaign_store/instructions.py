@@ -1,29 +1,19 @@
-"""The campaign manager's CLI: campaign instructions published to Kafka, never written to the store directly.
+"""Campaign instructions: built from what a manager types, published to Kafka, never written to the store directly.
 
-    python -m auction_service.campaign_store.instructions create --advertiser ADV --ad-id AD --category CAT \\
-        --pricing-model CPC --bid 0.40 --budget 500 --daily-budget 100 --end 2026-06-30 \\
-        [--start ISO] [--countries FR,DE] \\
-        [--age-min 18] [--age-max 44] [--genders F] [--devices mobile,tablet] [--frequency-cap 5] [--campaign-id ID]
-    python -m auction_service.campaign_store.instructions stop CAMPAIGN_ID
-    python -m auction_service.campaign_store.instructions show CAMPAIGN_ID
-    python -m auction_service.campaign_store.instructions seed N [--seed S]
+The ``adstream campaigns create|stop|seed`` commands and the HTTP endpoints build their
+instructions here. Money on the command line is in currency units (USD) and becomes
+integer micros through Decimal; the bid is per thousand impressions (CPM), per click
+(CPC) or per conversion (CPA). Times are ISO 8601; a time without an offset is UTC.
+Instructions are keyed by campaign_id and published with the idempotent producer; the
+publisher returns once the broker acknowledged them, and the ad manager applies them.
 
-Money on the command line is in currency units (USD) and becomes integer micros
-through Decimal; the bid is per thousand impressions (CPM), per click (CPC) or per
-conversion (CPA). Times are ISO 8601; a time without an offset is UTC. Instructions
-are keyed by campaign_id and published with the idempotent producer; the command
-returns once the broker acknowledged them, and the ad manager applies them.
-
-``seed`` draws N campaigns from the ad catalog ``silver/ads``. The same ``--seed``
-gives the same campaigns and instruction ids, so seeding twice with it creates
-nothing new; without ``--seed`` a random one is drawn and printed.
+Seeding draws N campaigns from the ad catalog ``silver/ads``. The same seed gives the
+same campaigns and instruction ids, so seeding twice with it creates nothing new.
 """
 
 from __future__ import annotations
 
-import argparse
 import random
-import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,9 +21,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
 from kafka.producer.future import RecordMetadata
-from pydantic import ValidationError
 
 from adstream.contracts import Table, Topic
 from adstream.events import (
@@ -44,10 +32,8 @@ from adstream.events import (
     PricingModel,
     Targeting,
 )
-from adstream.messaging import BrokerUnavailable, ensure_topics, make_producer
-from adstream.settings import Settings, get_settings
-from auction_service.campaign_store import store
-from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
+from adstream.messaging import make_producer
+from adstream.settings import Settings
 
 MAX_DECIMALS = 6  # micros
 
@@ -217,7 +203,7 @@ def read_ad_catalog(settings: Settings) -> list[dict]:
     except TableNotFoundError:
         raise CatalogMissing(
             f"the ad catalog {Table.SILVER_ADS} does not exist at {uri}; build it with "
-            "`python -m ingestion all` then `python -m spark_jobs.silver ads` (or check LAKE_ROOT)"
+            "`adstream ingest all` then `adstream silver ads` (or check LAKE_ROOT)"
         ) from None
     return table.to_pyarrow_table(columns=["ad_id", "source", "category", "title"]).to_pylist()
 
@@ -248,144 +234,3 @@ def publish_instructions(
     finally:
         if owned:
             producer.close(timeout=timeout_s)
-
-
-# --- the command line ---
-
-
-def _money(text: str) -> int:
-    try:
-        return parse_money(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _time(text: str) -> datetime:
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m auction_service.campaign_store.instructions",
-        description=__doc__.splitlines()[0],
-        allow_abbrev=False,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    create = commands.add_parser("create", help="create a campaign")
-    create.add_argument("--advertiser", required=True)
-    create.add_argument("--ad-id", required=True, help="the creative: an ad_id of silver/ads")
-    create.add_argument("--category", required=True)
-    create.add_argument("--pricing-model", required=True, type=str.upper, choices=[str(m) for m in PricingModel])
-    create.add_argument("--bid", required=True, type=_money, help="USD per 1000 impressions, click or conversion")
-    create.add_argument("--budget", required=True, type=_money, help="total budget, USD")
-    create.add_argument("--daily-budget", required=True, type=_money, help="daily budget, USD")
-    create.add_argument("--start", type=_time, default=None, help="flight start, ISO 8601 (default: now)")
-    create.add_argument("--end", required=True, type=_time, help="flight end, ISO 8601")
-    create.add_argument("--countries", type=parse_list, default=[], help="comma-separated, e.g. FR,DE")
-    create.add_argument("--age-min", type=int, default=None)
-    create.add_argument("--age-max", type=int, default=None)
-    create.add_argument("--genders", type=parse_list, default=[], help="F, M or F,M")
-    create.add_argument("--devices", type=parse_list, default=[], help="mobile, desktop, tablet, ctv")
-    create.add_argument("--frequency-cap", type=int, default=10, help="impressions per user per UTC day")
-    create.add_argument("--campaign-id", default=None, help="default: a new id")
-
-    stop = commands.add_parser("stop", help="stop a campaign for good")
-    stop.add_argument("campaign_id")
-
-    show = commands.add_parser("show", help="print a campaign and its spend from the store")
-    show.add_argument("campaign_id")
-
-    seed = commands.add_parser("seed", help="create N realistic campaigns from the ad catalog silver/ads")
-    seed.add_argument("n", type=int)
-    seed.add_argument("--seed", type=int, default=None, help="default: a random seed, printed")
-    return parser
-
-
-def _spec_from_args(args: argparse.Namespace, now: datetime) -> CampaignSpec:
-    return CampaignSpec(
-        advertiser_id=args.advertiser,
-        ad_id=args.ad_id,
-        category=args.category,
-        targeting={  # a dict, so its errors are reported under "targeting"
-            "countries": args.countries,
-            "age_min": args.age_min,
-            "age_max": args.age_max,
-            "genders": args.genders,
-            "device_types": args.devices,
-        },
-        pricing_model=args.pricing_model,
-        bid_micros=args.bid,
-        total_budget_micros=args.budget,
-        daily_budget_micros=args.daily_budget,
-        flight_start=args.start or now,
-        flight_end=args.end,
-        frequency_cap_per_day=args.frequency_cap,
-    )
-
-
-def _explain(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'campaign'}: {error['msg'].removeprefix('Value error, ')}"
-        for error in exc.errors()
-    )
-
-
-def _publish(settings: Settings, instructions: list[CampaignInstruction]) -> None:
-    ensure_topics(settings, [Topic.CAMPAIGN_INSTRUCTIONS])
-    publish_instructions(settings, instructions)
-
-
-def _show(settings: Settings, campaign_id: str, now: datetime) -> int:
-    engine = make_engine(settings)
-    try:
-        migrate(settings, engine)
-        with make_session_factory(engine)() as session:
-            view = store.get_campaign(session, campaign_id, now=now)
-    finally:
-        engine.dispose()
-    if view is None:
-        print(f"unknown campaign {campaign_id!r} (not in the store at {engine.url!r})", file=sys.stderr)
-        return 1
-    print(view.model_dump_json(indent=2))
-    return 0
-
-
-def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    settings = settings or get_settings()
-    now = datetime.now(UTC)
-    if args.command == "show":
-        return _show(settings, args.campaign_id, now)
-    try:
-        if args.command == "create":
-            instructions = [create_instruction(_spec_from_args(args, now), now=now, campaign_id=args.campaign_id)]
-        elif args.command == "stop":
-            instructions = [stop_instruction(args.campaign_id, now=now)]
-        else:
-            if args.n < 1:
-                parser.error("seed: N must be at least 1")
-            seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-            instructions = seed_instructions(read_ad_catalog(settings), args.n, seed, now)
-            print(f"seed {seed}: {len(instructions)} campaigns", file=sys.stderr)
-    except ValidationError as exc:
-        parser.error(f"{args.command}: {_explain(exc)}")
-    except CatalogMissing as exc:
-        print(f"seed failed: {exc}", file=sys.stderr)
-        return 1
-    try:
-        _publish(settings, instructions)
-    except (BrokerUnavailable, KafkaError) as exc:
-        print(f"{args.command} failed: the instructions were not acknowledged by Kafka: {exc}", file=sys.stderr)
-        return 1
-    for instruction in instructions:
-        print(instruction.campaign_id)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

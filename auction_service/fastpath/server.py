@@ -3,9 +3,11 @@
 uvicorn's HTTP protocol writes a response's head when the app sends ``http.response.start``
 and its body at ``http.response.body``: two ``send`` syscalls and, with TCP_NODELAY, two
 segments per response, each waking the client. At a few thousand small auction responses a
-second that is a tenth of the service's GIL time (py-spy ``--gil``, ``make bench-auction``).
+second that is a tenth of the service's GIL time (py-spy ``--gil``, ``adstream bench auction``).
 ``CoalescingTransport`` holds what is written during one turn of the event loop and sends
 it together at the end of that turn, so a response costs one syscall.
+
+With AUCTION_FAST_PATH off the service runs on uvicorn's own protocol instead.
 """
 
 from __future__ import annotations
@@ -51,10 +53,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
 
-def config(app: Any, *, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", http=CoalescingHttpToolsProtocol, ws="none")
+def config(app: Any, *, host: str, port: int, fast_path: bool) -> uvicorn.Config:
+    """uvicorn's configuration for ``app``: the coalescing protocol with ``fast_path``, else uvicorn's default."""
+    http: type[asyncio.Protocol] | str = CoalescingHttpToolsProtocol if fast_path else "auto"
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", http=http, ws="none")
 
 
-def run(app: Any, *, host: str, port: int) -> None:
-    """Serves ``app`` until SIGINT/SIGTERM, then finishes the requests in progress."""
-    uvicorn.Server(config(app, host=host, port=port)).run()
+def run(app: Any, *, host: str, port: int, fast_path: bool) -> None:
+    """Serves ``app`` until SIGINT/SIGTERM, then finishes the requests in progress.
+
+    ``fast_path`` is AUCTION_FAST_PATH (``Settings.auction_fast_path``), the setting ``app`` was built with.
+    """
+    uvicorn.Server(config(app, host=host, port=port, fast_path=fast_path)).run()

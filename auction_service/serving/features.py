@@ -5,7 +5,7 @@ keyed by id, so a request costs dict lookups and no DataFrame. ``candidate_batch
 builds the column batch ``CompiledScorer.score`` takes: one entry per candidate,
 columns exactly ``ml.features.FEATURES``.
 
-Every feature is computed the way ``spark_jobs.features`` computes it for training:
+Every feature is computed the way ``spark_jobs.feature_transforms`` computes it for training:
 - user numerics and profile (age, daily_time_spent_on_site, daily_internet_usage,
   area_income, gender, income_band, country) from the user's row of gold/user_features;
 - category_affinity: the user's segment (gender x age band) affinity for the
@@ -45,7 +45,7 @@ from ml.scorer import Coded
 
 logger = logging.getLogger(__name__)
 
-# The same values as spark_jobs.features (a test holds them equal); copied so the
+# The same values as spark_jobs.feature_transforms (a test holds them equal); copied so the
 # service does not import pyspark.
 PRIOR_CTR = 0.1
 UNKNOWN = "unknown"
@@ -90,7 +90,7 @@ class ServingFeatures:
 
 
 def age_band(age: float | None) -> str:
-    """spark_jobs.features.age_band."""
+    """spark_jobs.feature_transforms.age_band."""
     if age is None:
         return UNKNOWN
     for upper, band in ((25, "18-24"), (35, "25-34"), (45, "35-44"), (55, "45-54")):
@@ -100,7 +100,7 @@ def age_band(age: float | None) -> str:
 
 
 def segment(gender: str | None, age: float | None) -> str:
-    """spark_jobs.features.segment: gender x age band, the key affinities are learned for."""
+    """spark_jobs.feature_transforms.segment: gender x age band, the key affinities are learned for."""
     return f"{gender or UNKNOWN}|{age_band(age)}"
 
 

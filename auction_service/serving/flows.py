@@ -22,21 +22,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from adstream.contracts import Topic
 from adstream.events import BILLABLE_EVENT, FeedbackEvent, PricingModel
-from adstream.messaging import PublishFailed
+from adstream.messaging import BrokerUnavailable, PublishFailed
 from adstream.settings import Settings
-from auction_service.api.schemas import EventIn, EventResult
 from auction_service.campaign_store import store
 from auction_service.domain import AuctionContext
 from auction_service.serving.auction import DEFAULT_PCVR, AuctionOutcome, CampaignIndex, auction_record, run_auction
+from auction_service.serving.bodies import EventIn, EventResult
 from auction_service.serving.books import Reservation, billable_cost_micros, expected_cost_micros
 from auction_service.serving.features import CampaignFeatures, candidate_columns
 from auction_service.serving.state import ServiceState
 
 CLOCK_SKEW = timedelta(seconds=5)  # events may carry a client time slightly before the auction's
-
-
-class BrokerUnavailable(RuntimeError):
-    """Kafka did not acknowledge in time: nothing was charged, the client should retry."""
 
 
 class LedgerUnavailable(RuntimeError):
@@ -131,8 +127,9 @@ def _rejected(state: ServiceState, event: EventIn, reason: str) -> EventResult:
 async def record_events(state: ServiceState, events: list[EventIn], received_at: datetime) -> list[EventResult]:
     """Validates, publishes (waiting for the acks) and bills a batch of events; one result per event.
 
-    Raises ``BrokerUnavailable`` before anything is charged when Kafka does not acknowledge, and
-    ``LedgerUnavailable`` when the store does not take the charges (then nothing is charged either).
+    Raises ``BrokerUnavailable`` (``adstream.messaging``) before anything is charged when Kafka does not
+    acknowledge in time, and ``LedgerUnavailable`` when the store does not take the charges (then nothing
+    is charged either); the client retries both with the same event ids.
     """
     checked: list[tuple[int, EventIn, store.ServedAuctionRow, FeedbackEvent, bool]] = []
     results: dict[int, EventResult] = {}

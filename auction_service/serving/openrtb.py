@@ -36,7 +36,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -295,7 +295,34 @@ def to_context(request: BidRequest, *, auction_id: str, at: datetime, reserve_pr
     )
 
 
-def bid_response(request: BidRequest, outcome: AuctionOutcome, *, ad_markup_url: str, nurl: str) -> dict[str, Any]:
+class Bid(BaseModel):
+    id: str
+    impid: str = Field(description="the first imp's id: only it is auctioned")
+    price: float = Field(description="the clearing price, USD per thousand impressions")
+    adid: str
+    crid: str
+    cid: str
+    cat: list[str] = Field(description="IAB Content Taxonomy 1.0 tier-1 codes of the ad's category")
+    adomain: list[str]
+    nurl: str
+    adm: str
+
+
+class SeatBid(BaseModel):
+    seat: str
+    bid: list[Bid]
+
+
+class BidResponse(BaseModel):
+    """The 200 body of ``POST /openrtb2/auction``; no fill is HTTP 204 without a body."""
+
+    id: str
+    bidid: str
+    seatbid: list[SeatBid]
+    cur: str = CURRENCY
+
+
+def bid_response(request: BidRequest, outcome: AuctionOutcome, *, ad_markup_url: str, nurl: str) -> BidResponse:
     """The OpenRTB BidResponse for a filled auction (no fill is HTTP 204, not a response body).
 
     ``price`` is the clearing price per thousand impressions in USD, the one place money is
@@ -305,21 +332,21 @@ def bid_response(request: BidRequest, outcome: AuctionOutcome, *, ad_markup_url:
     winner = outcome.winner
     if winner is None or outcome.clearing_price_cpm_micros is None:
         raise ValueError("the auction has no winner: answer HTTP 204 instead of a bid response")
-    bid = {
-        "id": outcome.auction_id,
-        "impid": request.imp[0].id,
-        "price": outcome.clearing_price_cpm_micros / MICROS_PER_UNIT,
-        "adid": winner.ad_id,
-        "crid": winner.ad_id,
-        "cid": winner.campaign_id,
-        "cat": list(iab_categories(winner.category)),
-        "adomain": [winner.advertiser_id],
-        "nurl": nurl,
-        "adm": f'<img src="{html.escape(ad_markup_url, quote=True)}" alt="">',
-    }
-    return {
-        "id": request.id,
-        "bidid": outcome.auction_id,
-        "seatbid": [{"seat": winner.advertiser_id, "bid": [bid]}],
-        "cur": CURRENCY,
-    }
+    bid = Bid(
+        id=outcome.auction_id,
+        impid=request.imp[0].id,
+        price=outcome.clearing_price_cpm_micros / MICROS_PER_UNIT,
+        adid=winner.ad_id,
+        crid=winner.ad_id,
+        cid=winner.campaign_id,
+        cat=list(iab_categories(winner.category)),
+        adomain=[winner.advertiser_id],
+        nurl=nurl,
+        adm=f'<img src="{html.escape(ad_markup_url, quote=True)}" alt="">',
+    )
+    return BidResponse(
+        id=request.id,
+        bidid=outcome.auction_id,
+        seatbid=[SeatBid(seat=winner.advertiser_id, bid=[bid])],
+        cur=CURRENCY,
+    )

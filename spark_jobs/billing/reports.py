@@ -58,7 +58,7 @@ def bill_table(
     settings = settings or get_settings()
     uri, options = settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)
     if not DeltaTable.is_deltatable(uri, options):
-        raise BillNotFound(f"no bill yet: {uri} is not a Delta table (run `python -m spark_jobs.billing.job --hour …`)")
+        raise BillNotFound(f"no bill yet: {uri} is not a Delta table (run `adstream bill --hour …`)")
     table = DeltaTable(uri, storage_options=options or None)
     if version is not None:
         table.load_as_version(version)

@@ -19,6 +19,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "MLFLOW_PORT",
         "ADSTREAM_ENV",
         "LOCAL_DIR",
+        "AUCTION_FAST_PATH",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -106,3 +107,12 @@ def test_a_driver_memory_java_cannot_take_is_refused_naming_the_setting(memory: 
     with pytest.raises(ValidationError, match="spark_driver_memory"):
         Settings(spark_driver_memory=memory)
     assert Settings(spark_driver_memory="3G").spark_driver_memory == "3G"
+
+
+def test_the_auction_fast_path_is_on_by_default_and_switched_off_by_its_variable(monkeypatch: pytest.MonkeyPatch):
+    assert Settings().auction_fast_path is True
+    monkeypatch.setenv("AUCTION_FAST_PATH", "false")
+    assert Settings().auction_fast_path is False
+    monkeypatch.setenv("AUCTION_FAST_PATH", "sometimes")
+    with pytest.raises(ValidationError, match="auction_fast_path"):
+        Settings()

@@ -9,6 +9,10 @@ model, through its process-wide URI whatever URI the caller passes
 (``ModelsArtifactRepository._get_model_uri_infos``). So each module points that URI at its
 copy while it runs (``mlflow_process_uri``): otherwise the service would load whatever
 store an earlier test left there, or create ``./mlflow.db``.
+
+Each module's service runs with the fast path on (AUCTION_FAST_PATH, the default); a module
+that tests routing runs both ways by overriding the ``fast_path`` fixture with
+``@pytest.fixture(scope="module", **BOTH_WAYS)`` (its service is then set up once per way).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -42,6 +47,8 @@ from tests.ml.conftest import new_store, one_openmp_thread
 from tests.ml.factories import training_frame
 
 TOKEN = {"Authorization": "Bearer local-dev-token"}
+# Fixture parameters for AUCTION_FAST_PATH on and off.
+BOTH_WAYS: dict[str, Any] = {"params": [True, False], "ids": ["fast-path-on", "fast-path-off"]}
 
 
 def instruction(campaign_id: str, **overrides: object) -> CampaignInstruction:
@@ -87,10 +94,13 @@ def running_service(settings: Settings, *instructions: CampaignInstruction) -> I
 
 
 @contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    """``app`` behind the service's own uvicorn set-up on a free loopback port; yields its base URL."""
+def live_server(app: FastAPI, *, fast_path: bool = True) -> Iterator[str]:
+    """``app`` behind the service's own uvicorn set-up on a free loopback port; yields its base URL.
+
+    ``fast_path`` as AUCTION_FAST_PATH: the coalescing protocol, or uvicorn's own.
+    """
     port = free_port()
-    server = uvicorn.Server(serving.config(app, host="127.0.0.1", port=port))
+    server = uvicorn.Server(serving.config(app, host="127.0.0.1", port=port, fast_path=fast_path))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -151,7 +161,13 @@ def champion_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service_settings(kafka_settings, champion_db, tmp_path_factory):
+def fast_path() -> bool:
+    """AUCTION_FAST_PATH of the module's service (see the module docstring)."""
+    return True
+
+
+@pytest.fixture(scope="module")
+def service_settings(kafka_settings, champion_db, tmp_path_factory, fast_path):
     workdir = tmp_path_factory.mktemp("auction-service")
     shutil.copyfile(champion_db, workdir / "mlflow.db")
     with mlflow_process_uri(f"sqlite:///{workdir / 'mlflow.db'}") as mlflow_uri:
@@ -162,6 +178,7 @@ def service_settings(kafka_settings, champion_db, tmp_path_factory):
                 "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}",
                 "mlflow_tracking_uri": mlflow_uri,
                 "ad_manager_group": f"ad-manager-{free_port()}",
+                "auction_fast_path": fast_path,
             }
         )
 

@@ -172,7 +172,7 @@ def test_airflow_dags_test_trains_and_leaves_a_champion(tmp_path):
 
 @pytest.mark.slow
 def test_airflow_dags_test_bills_the_hour_before_the_run(tmp_path):
-    from tests.spark_jobs.test_billing import AUCTIONS, HOUR_10, LATE, write_silver
+    from tests.spark_jobs.billing.data import AUCTIONS, HOUR_10, LATE, write_silver
 
     # No campaign store here: the bill's budget columns stay empty and the ledger side is skipped.
     settings = make_settings(

@@ -9,7 +9,8 @@ import pytest
 from deltalake import write_deltalake
 
 from adstream.contracts import Table
-from devstack.run import Counts, Simulation, StageFailed, landed_counts, wait_for_stream
+from devstack.run import Counts, Simulation, StageFailed, landed_counts, reconciliation_line, wait_for_stream
+from spark_jobs.billing.reports import reconciliation_path
 from tests.conftest import make_settings
 
 START = datetime(2026, 11, 24, 12, 30, 20, tzinfo=UTC)
@@ -48,9 +49,6 @@ def test_a_later_batch_is_not_taken_for_a_caught_up_stream(tmp_path):
 
 
 def test_the_bill_line_says_what_reconciliation_found(tmp_path):
-    from devstack.run import reconciliation_line
-    from spark_jobs.billing.reports import reconciliation_path
-
     settings = make_settings(tmp_path)
     hour = START.replace(minute=0, second=0)
     assert reconciliation_line(settings, hour) == "not reconciled"

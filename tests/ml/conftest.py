@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 from adstream.contracts import MLFLOW_EXPERIMENT, Table
 from adstream.settings import Settings
 from ml.tracking import tracking_client
-from ml.train import main
+from ml.train import load_training_set, train
 from tests.conftest import make_settings
 from tests.ml.factories import training_frame
 
@@ -68,7 +68,7 @@ def mlflow_uri(tmp_path: Path, mlflow_db_template: Path, monkeypatch: pytest.Mon
 def trained(
     tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path
 ) -> Iterator[tuple[Settings, pd.DataFrame]]:
-    """``python -m ml.train`` run once, on a 600-row Delta training set at version 1, into a fresh store."""
+    """``adstream train``'s work done once, on a 600-row Delta training set at version 1, into a fresh store."""
     workdir = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as monkeypatch, one_openmp_thread():
         monkeypatch.chdir(workdir)
@@ -78,6 +78,6 @@ def trained(
         frame = training_frame(600, seed=21)
         write_deltalake(location, frame.head(300))
         write_deltalake(location, frame.tail(300), mode="append")  # version 1
-        assert main([], settings=settings) == 0
+        train(settings, *load_training_set(location), training_table=location)
         yield settings, frame
         mlflow.set_tracking_uri(None)

@@ -1,7 +1,5 @@
 import re
-import shutil
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -11,17 +9,17 @@ import pytest
 
 from adstream.contracts import MLFLOW_EXPERIMENT, REGISTERED_MODEL
 from adstream.settings import Settings
-from ml.compare import NOTEBOOK, Comparison, compare_runs, main, training_runs
+from ml.compare import NOTEBOOK, Comparison, compare_runs, training_runs
 from ml.notebooks import KERNEL_NAME, VenvKernelManager
 from ml.tracking import tracking_client
 from ml.train import TrainResult, train
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
 from tests.ml.conftest import forget_fluent_uris, new_store, one_openmp_thread
 from tests.ml.factories import training_frame
 
 FAMILY_NAMES = {"logistic_regression", "gradient_boosted_trees", "trees_plus_lr"}
 ROWS, TRAIN_ROWS, HOLDOUT_ROWS = 300, 240, 60  # ml.train holds out the latest 20 %
-NO_RUNS = "run `python -m ml.train` or trigger DAG ctr_training first"
+NO_RUNS = "run `adstream train` or trigger DAG ctr_training first"
 NOT_BETTER = re.compile(r"challenger normalized entropy [\d.]+ >= champion's [\d.]+ on the same holdout")
 
 
@@ -143,35 +141,6 @@ def test_undecided_and_unfinished_training_runs(mlflow_uri):
     assert comparison.registry["version"].isna().all()  # no alias set
 
 
-def test_the_command_line_prints_families_decisions_and_the_registry(two_trainings, capsys):
-    assert main(["--last", "2"], settings=two_trainings.settings) == 0
-    out = capsys.readouterr().out
-    for expected in [*FAMILY_NAMES, "constant_ctr", "there is no champion yet", ">= champion's", "not promoted"]:
-        assert expected in out
-    assert two_trainings.first.parent_run_id in out and two_trainings.second.parent_run_id in out
-    assert "executed notebook" not in out
-
-
-@pytest.mark.parametrize("with_experiment", [True, False], ids=["empty experiment", "no experiment"])
-def test_no_training_runs_yet_is_one_clear_line_and_exit_1(tmp_path, mlflow_db_template, capsys, with_experiment):
-    if with_experiment:
-        uri = new_store(tmp_path, mlflow_db_template)
-    else:
-        shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main([], settings=make_settings(tmp_path, mlflow_tracking_uri=uri)) == 1
-    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("run comparison failed")]
-    assert line.endswith(NO_RUNS)
-
-
-def test_an_unreachable_tracking_server_names_mlflow_tracking_uri(tmp_path, capsys):
-    settings = make_settings(tmp_path, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
-    began = time.monotonic()
-    assert main([], settings=settings) == 1
-    assert time.monotonic() - began < 5
-    assert "MLFLOW_TRACKING_URI" in capsys.readouterr().err
-
-
 def test_the_stored_notebook_is_valid_and_has_no_outputs():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(notebook)
@@ -182,25 +151,3 @@ def test_the_stored_notebook_is_valid_and_has_no_outputs():
 def test_notebook_kernels_run_on_this_venvs_interpreter():
     # A user-level python3 kernelspec (~/.local/share/jupyter) must not pick another Python.
     assert VenvKernelManager(kernel_name=KERNEL_NAME).kernel_spec.argv[0] == sys.executable
-
-
-@pytest.mark.slow
-def test_the_notebook_executes_against_the_store(two_trainings, monkeypatch, capsys):
-    settings = two_trainings.settings
-    forget_fluent_uris(monkeypatch)  # the kernel must get the URI from the settings, not from a leftover variable
-    assert main(["--execute-notebook", "--last", "1"], settings=settings) == 0
-    target = settings.reports_dir / "notebooks" / NOTEBOOK.name
-    assert f"executed notebook written to {target}" in capsys.readouterr().out
-
-    executed = nbformat.read(target, as_version=4)
-    code = [cell for cell in executed.cells if cell.cell_type == "code"]
-    assert all(cell.execution_count is not None for cell in code)
-    outputs = [output for cell in code for output in cell.outputs]
-    assert [output for output in outputs if output.output_type == "error"] == []
-    text = "\n".join(output.get("data", {}).get("text/plain", "") for output in outputs)
-    assert re.search(rf"champion\s+1\s+{two_trainings.first.best_family}", text)
-    assert re.search(rf"challenger\s+2\s+{two_trainings.second.best_family}", text)
-    assert NOT_BETTER.search(text)
-    # --last 1 reached the kernel: the first training (and its reason) is not in the tables.
-    assert "there is no champion yet" not in text
-    assert any("image/png" in output.get("data", {}) for output in outputs)

@@ -10,7 +10,7 @@ from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MOD
 from ml.features import FEATURES, MissingFeatureError
 from ml.registry import DECISION_ARTIFACT
 from ml.tracking import TrackingServerUnreachable, tracking_client
-from ml.train import TrainingSetError, load_training_set, main, train
+from ml.train import TrainingSetError, load_training_set, train
 from tests.conftest import free_port, make_settings
 from tests.ml.factories import training_frame
 
@@ -133,15 +133,3 @@ def test_an_unreachable_tracking_server_fails_fast_naming_mlflow_tracking_uri(tm
     with pytest.raises(TrackingServerUnreachable, match="MLFLOW_TRACKING_URI"):
         train(settings, training_frame(200), table_version=3)
     assert time.monotonic() - began < 5
-
-
-def test_the_command_line_reports_an_unreachable_server_and_exits_1(tmp_path, capsys):
-    settings = make_settings(tmp_path, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
-    assert main([], settings=settings) == 1
-    assert "MLFLOW_TRACKING_URI" in capsys.readouterr().err
-
-
-def test_the_command_line_reports_a_missing_training_table_and_exits_1(mlflow_uri, tmp_path, capsys):
-    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
-    assert main(["--training-table", str(tmp_path / "nowhere")], settings=settings) == 1
-    assert "no Delta table at" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 
 from simulator import ground_truth
 from simulator.ground_truth import Probabilities, ShownAd, UserProfile, draw_events, fit
+from spark_jobs import silver_transforms
 
 CATEGORIES = ("Baby Products", "Automotive", "Grocery")
 
@@ -196,7 +197,5 @@ def test_bad_tables_are_refused_with_the_reason(segment_ratings):
 
 
 def test_income_bands_are_silvers():
-    from spark_jobs import silver
-
-    assert ground_truth.INCOME_BANDS == silver.INCOME_BANDS
-    assert ground_truth.AREA_INCOME_CUTS == silver.AREA_INCOME_CUTS
+    assert ground_truth.INCOME_BANDS == silver_transforms.INCOME_BANDS
+    assert ground_truth.AREA_INCOME_CUTS == silver_transforms.AREA_INCOME_CUTS

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import html
@@ -20,7 +19,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from typer.testing import CliRunner
 
+from simulator import cli
 from simulator import kaggle_samples as samples
 
 PART1 = "ads16/ADS16_Benchmark_part1/ADS16_Benchmark_part1"
@@ -47,10 +48,9 @@ class Run(NamedTuple):
 
 
 def generate(out: Path, seed: int = 7) -> str:
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert samples.main(["--scale", "small", "--out", str(out), "--seed", str(seed)]) == 0
-    return printed.getvalue()
+    result = CliRunner().invoke(cli.app, ["samples", "--scale", "small", "--out", str(out), "--seed", str(seed)])
+    assert result.exit_code == 0
+    return result.stdout
 
 
 def digests(root: Path) -> dict[str, str]:

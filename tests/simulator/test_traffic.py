@@ -16,18 +16,19 @@ import pytest
 from deltalake import write_deltalake
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from typer.testing import CliRunner
 
 from adstream.contracts import Table
 from adstream.settings import Settings
 from auction_service.api.app import create_app
 from auction_service.campaign_store import store
+from simulator import cli, traffic
 from simulator.ground_truth import UserProfile, fit
 from simulator.traffic import (
     Placement,
     SimulatedUser,
     SimulationStats,
     auction_request,
-    main,
     openrtb_request,
     parse_duration,
     served_ad,
@@ -124,6 +125,12 @@ def truth():
 # --- the command line ---
 
 
+def simulate_command(monkeypatch, settings: Settings, argv: list[str]):
+    """`adstream simulate ARGV` with ``settings``."""
+    monkeypatch.setattr(traffic, "get_settings", lambda: settings)
+    return CliRunner().invoke(cli.app, ["simulate", *argv])
+
+
 def test_durations_read_seconds_minutes_and_hours():
     assert [parse_duration(text) for text in ("90", "90s", "5m", "1h", "1.5m")] == [90, 90, 300, 3600, 90]
 
@@ -131,26 +138,26 @@ def test_durations_read_seconds_minutes_and_hours():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--duration", "abc"], "argument --duration: 'abc' is not a duration above 0: use e.g. 90s, 5m or 1h"),
-        (["--duration", "0s"], "argument --duration: '0s' is not a duration above 0"),
+        (["--duration", "abc"], "'--duration': Value error, 'abc' is not a duration above 0: use e.g. 90s, 5m or 1h"),
+        (["--duration", "0s"], "'--duration': Value error, '0s' is not a duration above 0"),
         (["--rate", "0"], "--rate must be a number of requests per second above 0"),
         (["--users", "0"], "--users must be at least 1"),
         (["--concurrency", "0"], "--concurrency must be between 1 and"),
         (["--openrtb-share", "1.5"], "--openrtb-share must be between 0 and 1"),
-        (["--rate", "fast"], "argument --rate: invalid float value: 'fast'"),
+        (["--rate", "fast"], "Invalid value for '--rate': Input should be a valid number"),
     ],
 )
-def test_bad_arguments_are_a_clear_error(tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) as exited:
-        main(argv, settings=make_settings(tmp_path))
-    assert exited.value.code == 2
-    assert message in capsys.readouterr().err
+def test_bad_arguments_are_a_clear_error(tmp_path, monkeypatch, argv, message):
+    result = simulate_command(monkeypatch, make_settings(tmp_path), argv)
+    assert result.exit_code == 2
+    assert message in result.stderr
 
 
-def test_a_lake_without_users_is_a_clear_error_not_a_traceback(tmp_path, capsys):
-    assert main(["--duration", "1s"], settings=make_settings(tmp_path)) == 1
-    err = capsys.readouterr().err
-    assert "silver/users does not exist" in err and "python -m ingestion all" in err
+def test_a_lake_without_users_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch):
+    result = simulate_command(monkeypatch, make_settings(tmp_path), ["--duration", "1s"])
+    assert result.exit_code == 1
+    err = result.stderr
+    assert "silver/users does not exist" in err and "adstream ingest all" in err
 
 
 def test_requests_state_what_is_known_of_the_user():
@@ -315,9 +322,11 @@ def simulation_service(service_settings):
 
 
 @pytest.mark.slow
-def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predicts(simulation_service, tmp_path):
+def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predicts(
+    simulation_service, tmp_path, monkeypatch
+):
     state, url = simulation_service
-    out, summary_file = io.StringIO(), tmp_path / "summary.json"
+    summary_file = tmp_path / "summary.json"
     argv = [
         "--base-url",
         url,
@@ -340,10 +349,11 @@ def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predict
         "--summary-file",
         str(summary_file),
     ]
-    assert main(argv, settings=state.settings, out=out) == 0
+    result = simulate_command(monkeypatch, state.settings, argv)
+    assert result.exit_code == 0
 
     summary = json.loads(summary_file.read_text())
-    lines = out.getvalue().strip().splitlines()
+    lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith("simulation done: auctions ")  # what `make run` prints
     assert sum("] auctions " in line and "RSS" in line for line in lines) >= 2  # progress lines
     for key in ("auctions", "fill_rate", "impressions", "clicks", "ctr", "expected_ctr", "errors", "rss_mb", "run"):

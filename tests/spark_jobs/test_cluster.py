@@ -92,7 +92,7 @@ def test_smoke_flow_runs_on_a_standalone_cluster(standalone_master, kafka_settin
     run_id = f"cluster-{uuid.uuid4().hex[:8]}"
     env = child_process_env(**services.settings_env(settings), SPARK_DRIVER_MEMORY="1g")
     result = subprocess.run(
-        [sys.executable, "-m", "spark_jobs.smoke", "all", "--events", "40", "--run-id", run_id],
+        [str(Path(sys.executable).with_name("adstream")), "smoke", "all", "--events", "40", "--run-id", run_id],
         env=env,
         capture_output=True,
         text=True,

@@ -22,6 +22,15 @@ def test_smoke_events_are_deterministic_and_unique():
     assert events == list(smoke.smoke_events("r1", 3, start))
 
 
+def test_a_run_id_is_new_unless_given_and_verify_needs_one():
+    assert smoke.run_id_for("verify", "r1") == smoke.run_id_for("all", "r1") == "r1"
+    fresh = smoke.run_id_for("produce", None)
+    assert len(fresh) == 12 and fresh != smoke.run_id_for("all", None)
+    with pytest.raises(ValueError, match="`verify` needs the --run-id that `produce` printed"):
+        smoke.run_id_for("verify", None)
+    assert [step for step in smoke.STEPS if smoke.needs_spark(step)] == ["all", "land", "verify"]
+
+
 def test_parse_keeps_kafka_coordinates_and_types(spark):
     payload = {"event_id": "r1-000001", "run_id": "r1", "seq": 1, "event_time": "2026-03-01T12:00:01+00:00"}
     records = spark.createDataFrame(
@@ -86,3 +95,6 @@ def test_kafka_topic_lands_in_delta_exactly_once(spark, kafka_settings, tmp_path
     rows = landed_rows()
     assert len(rows) == len({row.event_id for row in rows}) == 30
     assert len({(row.kafka_partition, row.kafka_offset) for row in rows}) == 30
+    assert smoke.verify(spark, settings, run_id + "b", 5) == 5
+    with pytest.raises(smoke.SmokeFailed, match=f"25 of 30 smoke events of run {run_id}"):
+        smoke.verify(spark, settings, run_id, 30)

@@ -46,6 +46,7 @@ pytestmark = pytest.mark.slow
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 FEEDBACK = streaming.SOURCES["feedback"]
+ADSTREAM = str(Path(sys.executable).with_name("adstream"))  # the console script the editable install creates
 
 
 def feedback(event_id: str, event_type: str = "impression", at: datetime = T0, **fields: object) -> dict:
@@ -387,20 +388,25 @@ def test_duplicates_replays_out_of_order_and_late_events_land_once(spark, tmp_pa
 
 def test_the_health_check_passes_only_while_a_job_beats(tmp_path):
     settings = make_settings(tmp_path)
-    env = child_process_env(**services.settings_env(settings))
-
-    def check() -> int:
-        command = [sys.executable, "-m", "spark_jobs.streaming", "--check"]
-        return subprocess.run(command, env=env, cwd=services.PROJECT_ROOT, timeout=60).returncode
-
-    assert check() == 1  # no job has run
+    assert streaming.check_heartbeat(settings) == 1  # no job has run
     beat = streaming.heartbeat_file(settings)
     beat.parent.mkdir(parents=True)
     beat.write_text(json.dumps({"pid": 12345, "queries": {}}))
-    assert check() == 0
+    assert streaming.check_heartbeat(settings) == 0
     stale = time.time() - 31  # the check allows 30 s between beats
     os.utime(beat, (stale, stale))
-    assert check() == 1
+    assert streaming.check_heartbeat(settings) == 1
+
+
+def test_a_run_streams_the_sources_asked_for():
+    assert streaming.sources_for() == list(streaming.SOURCES.values())
+    assert streaming.sources_for("auctions") == [streaming.SOURCES["auctions"]]
+    (renamed,) = streaming.sources_for("feedback", "ad-feedback-test")
+    assert renamed == replace(FEEDBACK, topic="ad-feedback-test")
+    with pytest.raises(ValueError, match="--topic needs a single --source"):
+        streaming.sources_for("all", "ad-feedback-test")
+    with pytest.raises(ValueError, match="unknown source 'clicks'"):
+        streaming.sources_for("clicks")
 
 
 # --- through Kafka ---
@@ -414,7 +420,7 @@ def _job(settings: Settings, log: Path, *args: str) -> subprocess.Popen:
     )
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "spark_jobs.streaming", "--source", "feedback", *args],
+            [ADSTREAM, "stream", "--source", "feedback", *args],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=services.PROJECT_ROOT, start_new_session=True,
         )  # fmt: skip
 

@@ -3,15 +3,14 @@
 Both routes are ``async def`` and take the state from the request rather than through
 ``StateDep``: an auction is CPU work with no I/O to wait for (the auction log is sent
 without waiting), and a sync route or a sync dependency would cost a hop to the thread
-pool per request, where the threads then contend for the GIL. The bodies are validated
-by pydantic as usual; the 200 body is written directly (``AuctionResponse`` still
-documents it in OpenAPI), since FastAPI's response-model pass would re-validate values
-the auction just computed.
+pool per request, where the threads then contend for the GIL. A filled auction returns
+its response model (``AuctionResponse``, OpenRTB's ``BidResponse``), which both FastAPI
+and the fast path serialize with pydantic, so the model that documents the 200 body in
+OpenAPI is the one that writes it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,13 +19,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from adstream.events import MICROS_PER_UNIT
-from auction_service.api.schemas import AuctionRequest, AuctionResponse
+from auction_service.api.schemas import INVALID_REQUEST, AuctionRequest, AuctionResponse, TrackingUrls
 from auction_service.domain import AuctionContext
 from auction_service.serving import openrtb
 from auction_service.serving.flows import serve_auction
 from auction_service.serving.state import ServiceState
 
-router = APIRouter(tags=["auction"])
+router = APIRouter(tags=["auction"], responses=INVALID_REQUEST)
 NO_FILL = {204: {"description": "no campaign is eligible above the floor (no fill)"}}
 
 
@@ -54,24 +53,20 @@ def _base_url(request: Request) -> str:
     return base
 
 
-def tracking_urls(request: Request, auction_id: str) -> dict[str, str]:
+def tracking_urls(request: Request, auction_id: str) -> TrackingUrls:
     base = _base_url(request)
-    return {
-        "impression": f"{base}/v1/events/track/{auction_id}/impression",
-        "click": f"{base}/v1/events/track/{auction_id}/click",
-    }
+    return TrackingUrls(
+        impression=f"{base}/v1/events/track/{auction_id}/impression",
+        click=f"{base}/v1/events/track/{auction_id}/click",
+    )
 
 
 def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def _json(body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
-
-
 @router.post("/v1/auction", response_model=AuctionResponse, responses=NO_FILL)
-async def auction(body: AuctionRequest, request: Request) -> Response:
+async def auction(body: AuctionRequest, request: Request) -> AuctionResponse | Response:
     state = _state(request)
     auction_id = new_auction_id()
     context = AuctionContext(
@@ -86,20 +81,17 @@ async def auction(body: AuctionRequest, request: Request) -> Response:
         return Response(status_code=204)
     price = served.outcome.clearing_price_micros
     assert price is not None  # a winner always has a price
-    return _json(
-        {
-            "auction_id": auction_id, "ad_id": winner.ad_id, "campaign_id": winner.campaign_id,
-            "advertiser_id": winner.advertiser_id, "category": winner.category,
-            "pricing_model": str(winner.pricing_model), "clearing_price_micros": price,
-            "clearing_price": str(Decimal(price) / MICROS_PER_UNIT), "currency": "USD",
-            "pctr": float(served.outcome.pctr or 0.0), "ecpm_micros": served.outcome.ecpm_micros or 0,
-            "model_version": served.model_version, "tracking": tracking_urls(request, auction_id),
-        }
+    return AuctionResponse(
+        auction_id=auction_id, ad_id=winner.ad_id, campaign_id=winner.campaign_id,
+        advertiser_id=winner.advertiser_id, category=winner.category, pricing_model=winner.pricing_model,
+        clearing_price_micros=price, clearing_price=str(Decimal(price) / MICROS_PER_UNIT), currency="USD",
+        pctr=float(served.outcome.pctr or 0.0), ecpm_micros=served.outcome.ecpm_micros or 0,
+        model_version=served.model_version, tracking=tracking_urls(request, auction_id),
     )  # fmt: skip
 
 
-@router.post("/openrtb2/auction", responses=NO_FILL, response_model=None)
-async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> Response:
+@router.post("/openrtb2/auction", response_model=openrtb.BidResponse, responses=NO_FILL)
+async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb.BidResponse | Response:
     state = _state(request)
     auction_id = new_auction_id()
     context = openrtb.to_context(
@@ -111,5 +103,5 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> Respons
     served = serve_auction(state, context, first_price=body.first_price)
     if served.outcome.winner is None:
         return Response(status_code=204)
-    urls = tracking_urls(request, auction_id)
-    return _json(openrtb.bid_response(body, served.outcome, ad_markup_url=urls["impression"], nurl=urls["impression"]))
+    impression = tracking_urls(request, auction_id).impression
+    return openrtb.bid_response(body, served.outcome, ad_markup_url=impression, nurl=impression)

@@ -13,11 +13,11 @@ from kafka.errors import KafkaError
 
 from adstream.events import CampaignSpec, CampaignStatus
 from auction_service.api.deps import CampaignAuth, StateDep
-from auction_service.api.schemas import CampaignAccepted, CampaignCreate, CampaignView
+from auction_service.api.schemas import INVALID_REQUEST, CampaignAccepted, CampaignCreate, CampaignView
 from auction_service.campaign_store import store
 from auction_service.campaign_store.instructions import create_instruction, publish_instructions, stop_instruction
 
-router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[CampaignAuth])
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[CampaignAuth], responses=INVALID_REQUEST)
 
 
 def _publish(state, instruction) -> CampaignAccepted:

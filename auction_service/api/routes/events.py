@@ -8,10 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
 from adstream.events import EventType
-from auction_service.api.schemas import ID_PATTERN, EventBatch, EventBatchResult, EventIn
-from auction_service.serving.flows import BrokerUnavailable, LedgerUnavailable, record_events
+from adstream.messaging import BrokerUnavailable
+from auction_service.api.schemas import INVALID_REQUEST, EventBatch, EventBatchResult
+from auction_service.serving.bodies import ID_PATTERN, EventIn
+from auction_service.serving.flows import LedgerUnavailable, record_events
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
+router = APIRouter(prefix="/v1/events", tags=["events"], responses=INVALID_REQUEST)
 RETRY = "retry the same events with the same event_id: a replay is never charged twice"
 # Short enough that the derived event id "<auction_id>-<event_type>" is still a valid Id.
 TrackedAuctionId = Annotated[str, Path(min_length=1, max_length=64 - len("-video_complete"), pattern=ID_PATTERN)]

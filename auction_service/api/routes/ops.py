@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from auction_service.api.deps import StateDep
 from auction_service.api.routes.auction import to_micros
-from auction_service.api.schemas import Prediction, PredictRequest, PredictResponse
+from auction_service.api.schemas import INVALID_REQUEST, Prediction, PredictRequest, PredictResponse
 from auction_service.domain import AuctionContext
 from auction_service.serving.features import candidate_batch
 
@@ -47,7 +47,7 @@ def stats(state: StateDep) -> dict:
     return {**state.stats.snapshot(), "model_version": state.model.version, "campaigns": len(state.campaigns.campaigns)}
 
 
-@router.post("/v1/predict_ctr", response_model=PredictResponse)
+@router.post("/v1/predict_ctr", response_model=PredictResponse, responses=INVALID_REQUEST)
 def predict_ctr(body: PredictRequest, state: StateDep) -> PredictResponse:
     """pCTR of the given campaigns' ads for one request context, scored in one batch."""
     by_id = state.campaigns.by_id

@@ -3,7 +3,7 @@
 ``auction_service.campaign_store.db.migrate`` runs it with an open connection (``config.attributes["connection"]``);
 there is no alembic.ini. Revisions in ``versions/`` are written by hand: copy the newest,
 bump ``revision`` and ``down_revision``, and keep ``auction_service/campaign_store/tables.py`` in step
-(a test compares the migrated schema with the models).
+(a test compares the migrated schema with those tables).
 """
 
 from __future__ import annotations

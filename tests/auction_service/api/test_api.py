@@ -1,10 +1,14 @@
-"""The auction service over HTTP with real parts: a Kafka broker, a SQLite campaign store, an MLflow champion."""
+"""The auction service over HTTP with real parts: a Kafka broker, a SQLite campaign store, an MLflow champion.
+
+Every test runs with the fast path on and off (the routing differs, the answers must not).
+"""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,10 +18,15 @@ from adstream.contracts import Topic
 from auction_service.api.app import DefaultTokenOutsideLocal, create_app
 from auction_service.campaign_store import ad_manager, store
 from auction_service.serving.state import ServiceState
-from tests.auction_service.conftest import TOKEN, instruction
+from tests.auction_service.conftest import BOTH_WAYS, TOKEN, instruction
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", **BOTH_WAYS)
+def fast_path(request: pytest.FixtureRequest) -> bool:
+    return request.param
 
 
 def test_an_auction_fills_at_a_second_price_within_the_bid(client):
@@ -133,13 +142,15 @@ def test_campaign_endpoints_need_the_token_and_reach_the_store_through_kafka(cli
     manager.start()
     try:
         spec = instruction("x").campaign.model_dump(mode="json")
-        created = client.post("/v1/campaigns", json={**spec, "campaign_id": "api-1"}, headers=TOKEN)
+        # Its own id each run: the ad manager replays the topic, with the other way's instructions.
+        api_1 = f"api-{uuid.uuid4().hex[:8]}"
+        created = client.post("/v1/campaigns", json={**spec, "campaign_id": api_1}, headers=TOKEN)
         assert created.status_code == 202, created.text
         deadline = time.monotonic() + 30
-        while client.get("/v1/campaigns/api-1", headers=TOKEN).status_code == 404 and time.monotonic() < deadline:
+        while client.get(f"/v1/campaigns/{api_1}", headers=TOKEN).status_code == 404 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert client.get("/v1/campaigns/api-1", headers=TOKEN).json()["status"] == "active"
-        assert client.post("/v1/campaigns/api-1/stop", headers=TOKEN).status_code == 202
+        assert client.get(f"/v1/campaigns/{api_1}", headers=TOKEN).json()["status"] == "active"
+        assert client.post(f"/v1/campaigns/{api_1}/stop", headers=TOKEN).status_code == 202
         assert client.post("/v1/campaigns/ghost/stop", headers=TOKEN).status_code == 404
         bad = client.post("/v1/campaigns", json={**spec, "bid_micros": -5}, headers=TOKEN)
         assert bad.status_code == 422 and "bid_micros" in bad.json()["detail"]

@@ -8,6 +8,7 @@ Kafka and lookups reach the store.
 The schema is the app's own ``openapi()``, taken at import: schemathesis's fixture-based
 loader (``schemathesis.pytest.from_fixture``) does not run under pytest 9 (it sets
 ``Node._nodeid``, which pytest 9 removed), and building the schema needs no service state.
+Everything runs with the fast path on and off: what reaches the route, and how, differs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from schemathesis.checks import not_a_server_error
 
 from adstream.settings import Environment, Settings
 from auction_service.api.app import create_app
-from tests.auction_service.conftest import TOKEN, instruction, live_server, running_service
+from tests.auction_service.conftest import BOTH_WAYS, TOKEN, instruction, live_server, running_service
 
 pytestmark = pytest.mark.slow
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -28,6 +29,11 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(adstream_env=Environ
 
 
 TABLETS = {"device_types": ["tablet"]}
+
+
+@pytest.fixture(scope="module", **BOTH_WAYS)
+def fast_path(request: pytest.FixtureRequest) -> bool:
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,7 @@ def base_url(service_settings):
                 "fuzz-tablets", pricing_model="CPA", bid_micros=5_000_000, targeting={"device_types": ["tablet"]}
             ),
         ) as state,
-        live_server(create_app(state=state)) as url,
+        live_server(create_app(state=state), fast_path=service_settings.auction_fast_path) as url,
     ):
         yield url
 

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
 from adstream.contracts import CHAMPION_ALIAS, REGISTERED_MODEL, Topic
-from adstream.messaging import AckedProducer
+from adstream.messaging import AckedProducer, LogProducer
 from auction_service.api.app import create_app
 from auction_service.campaign_store import store
 from auction_service.serving.champion import PollOutcome
@@ -85,8 +85,6 @@ def test_every_auction_is_published_to_the_auctions_topic_with_its_outcome(live)
 
 
 def test_auctions_do_not_wait_for_a_broker_that_went_away(live):
-    from adstream.messaging import LogProducer
-
     state, client = live
     unreachable = state.settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
     lost: list[str] = []
@@ -331,9 +329,11 @@ def test_a_new_champion_is_swapped_in_without_failing_a_request(service_settings
     assert state.model.version == "2"
 
 
-def test_without_mlflow_or_a_local_copy_the_service_is_not_ready_and_says_why(service_settings, tmp_path):
+@pytest.mark.parametrize("fast_path_on", [True, False], ids=["fast-path-on", "fast-path-off"])
+def test_without_mlflow_or_a_local_copy_the_service_is_not_ready_and_says_why(service_settings, tmp_path, fast_path_on):
     settings = service_settings.model_copy(
         update={
+            "auction_fast_path": fast_path_on,  # the 503 comes from the app's handler either way
             "mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}",
             "local_dir": tmp_path / "local",  # no local copy of the champion
             "campaign_db_url": f"sqlite:///{tmp_path / 'campaigns.db'}",

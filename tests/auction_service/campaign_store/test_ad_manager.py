@@ -2,16 +2,12 @@
 
 Each test has a consumer group of its own. Tests that publish malformed records use a
 topic of their own too, so no other consumer of the shared campaign-instructions topic
-meets them; tests through the CLI or ``main`` use the shared topic and look only at
-their own campaigns.
+meets them; tests on the shared topic look only at their own campaigns.
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,15 +15,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import pyarrow as pa
 import pytest
-from deltalake import write_deltalake
 from kafka import TopicPartition
 
-from adstream.contracts import Table, Topic
+from adstream.contracts import Topic
 from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus
 from adstream.messaging import ensure_topics, make_producer, wait_for_broker
-from adstream.settings import Settings, child_process_env
+from adstream.settings import Settings
 from auction_service.campaign_store import ad_manager, store
 from auction_service.campaign_store import instructions as campaigns
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
@@ -255,70 +249,6 @@ def test_a_crash_between_store_commit_and_offset_commit_replays_as_a_no_op(setti
     with sessions() as session:
         assert store.get_campaign(session, f"crash-{tag}") == after_crash
     assert committed_offset(settings, stop_ack.partition, topic) > stop_ack.offset
-
-
-def test_seeded_campaigns_reach_the_store_through_kafka(settings, sessions, capsys):
-    catalog = [
-        {"ad_id": f"ad-{i}", "source": "ads16", "category": ("Grocery", "Betting")[i % 2], "title": "t"}
-        for i in range(9)
-    ]
-    uri, _ = settings.delta_rs_location(Table.SILVER_ADS)
-    write_deltalake(uri, pa.Table.from_pylist(catalog))
-    seed = int(uuid.uuid4().int % 2**31)
-    assert campaigns.main(["seed", "12", "--seed", str(seed)], settings=settings) == 0
-    printed = capsys.readouterr().out.split()
-    assert len(set(printed)) == 12
-
-    manager = RunningAdManager(settings)
-
-    def stored() -> list:
-        with sessions() as session:
-            return [view for view in (store.get_campaign(session, cid) for cid in printed) if view is not None]
-
-    wait_until(lambda: len(stored()) == 12, "the 12 seeded campaigns")
-    manager.stop()
-    views = stored()
-    assert all(view.status is CampaignStatus.ACTIVE for view in views)
-    assert {view.spec.ad_id for view in views} <= {ad["ad_id"] for ad in catalog}
-    with sessions() as session:
-        serving = {campaign.campaign_id for campaign in store.serving_campaigns(session, datetime.now(UTC))}
-    assert set(printed) <= serving
-
-
-def test_sigterm_finishes_the_batch_commits_and_exits_cleanly(settings, sessions, tmp_path):
-    tag = uuid.uuid4().hex[:10]
-    create = campaigns.create_instruction(spec(), now=NOW, campaign_id=f"sig-{tag}")
-    (ack,) = campaigns.publish_instructions(settings, [create])
-    env = child_process_env(
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        CAMPAIGN_DB_URL=settings.campaign_db_url,
-        AD_MANAGER_GROUP=settings.ad_manager_group,
-        LOCAL_DIR=str(tmp_path / "local"),
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "auction_service.campaign_store.ad_manager"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-
-        def applied() -> bool:
-            with sessions() as session:
-                return store.get_campaign(session, f"sig-{tag}") is not None
-
-        wait_until(applied, "the ad manager process to apply the instruction")
-        wait_until(lambda: (committed_offset(settings, ack.partition) or 0) > ack.offset, "the offset commit")
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, output
-    assert "SIGTERM: stopping after the current batch" in output
-    assert "ad manager stopped" in output
 
 
 def test_the_health_check_reads_the_heartbeat_age(tmp_path):

@@ -25,6 +25,7 @@ from sqlalchemy import BigInteger, Column, MetaData, Table, create_engine, func,
 from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, PricingModel, Targeting
+from adstream.settings import Settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
 from auction_service.campaign_store.store import ApplyOutcome, SpendOutcome
@@ -549,8 +550,6 @@ def test_concurrent_spend_from_threads_is_exact(sessions):
 
 
 def _record_in_process(url: str, worker: int) -> list[str]:
-    from adstream.settings import Settings
-
     engine = make_engine(Settings(campaign_db_url=url))
     try:
         return _record_all(make_session_factory(engine), worker, None)

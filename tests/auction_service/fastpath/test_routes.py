@@ -150,3 +150,11 @@ def test_the_service_serves_its_three_hot_routes_directly():
         "/openrtb2/auction": "openrtb_auction",
         "/v1/events": "post_events",
     }
+
+
+def test_direct_routes_are_installed_only_with_the_fast_path_on():
+    def installed(fast_path: bool) -> bool:
+        app = create_app(Settings(_env_file=None, auction_fast_path=fast_path))
+        return any(middleware.cls is DirectRoutes for middleware in app.user_middleware)
+
+    assert installed(True) and not installed(False)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from auction_service.fastpath.server import CoalescingTransport
+from auction_service.fastpath.server import CoalescingHttpToolsProtocol, CoalescingTransport, config
 from tests.auction_service.conftest import live_server
 
 
@@ -88,14 +89,15 @@ def _read_response(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes]:
     return head + b"\r\n\r\n" + rest[:length], rest[length:]
 
 
-def test_a_real_server_answers_pipelined_and_closing_requests_whole() -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["coalescing", "uvicorn-default"])
+def test_a_real_server_answers_pipelined_and_closing_requests_whole(fast_path: bool) -> None:
     app = FastAPI()
 
     @app.get("/echo/{word}")
     async def echo(word: str) -> PlainTextResponse:
         return PlainTextResponse(word * 1000)
 
-    with live_server(app) as base:
+    with live_server(app, fast_path=fast_path) as base:
         port = int(base.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             # Three requests in one segment, the last asking to close: three whole responses, then EOF.
@@ -112,3 +114,9 @@ def test_a_real_server_answers_pipelined_and_closing_requests_whole() -> None:
                 bodies.append(response.partition(b"\r\n\r\n")[2])
             assert bodies == [b"a" * 1000, b"b" * 1000, b"c" * 1000]
             assert rest == b"" and sock.recv(1) == b""  # closed after the last response, nothing more
+
+
+def test_the_coalescing_protocol_is_the_fast_paths_and_uvicorns_own_otherwise() -> None:
+    app = FastAPI()
+    assert config(app, host="127.0.0.1", port=1, fast_path=True).http is CoalescingHttpToolsProtocol
+    assert config(app, host="127.0.0.1", port=1, fast_path=False).http == "auto"  # uvicorn's default

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
+from pyspark.sql import functions as F
 
 from adstream.contracts import Table
 from adstream.events import CampaignStatus, PricingModel
@@ -28,6 +29,7 @@ from auction_service.serving.features import (
 from ml.features import FEATURES, LABEL
 from ml.pipelines import logistic_regression
 from ml.scorer import Coded, CompiledScorer
+from spark_jobs import feature_transforms
 from tests.conftest import make_settings
 from tests.ml.factories import training_frame
 
@@ -49,7 +51,7 @@ AD_SCHEMA = pa.schema(
 )  # fmt: skip
 F_25_34 = {"Electronics": 0.125, "Travel": 0.08}
 M_45_54 = {"Electronics": 0.05}
-# Rows as spark_jobs.features.build_user_features writes them (age_band, segment and the
+# Rows as spark_jobs.feature_transforms.build_user_features writes them (age_band, segment and the
 # segment's affinity map included).
 USERS = [
     {
@@ -147,10 +149,6 @@ def test_hour_and_day_of_week_are_sparks(at, hour, day_of_week):
 
 @pytest.mark.slow
 def test_time_features_and_segments_equal_what_spark_computes(spark):
-    from pyspark.sql import functions as F
-
-    from spark_jobs import features
-
     # Aware datetimes, so PySpark does not read them in the Python process's local time zone.
     times = [at if at.tzinfo else at.replace(tzinfo=UTC) for at, _, _ in SPARK_TIME_FEATURES]
     got = spark.createDataFrame([(t,) for t in times], "at timestamp").select(F.hour("at"), F.dayofweek("at"))
@@ -161,22 +159,20 @@ def test_time_features_and_segments_equal_what_spark_computes(spark):
         for age in (None, 18, 24, 25, 34, 35, 44, 45, 54, 55, 80)
     ]
     segments = spark.createDataFrame(people, "gender string, age int").select(
-        features.segment(F.col("gender"), F.col("age"))
+        feature_transforms.segment(F.col("gender"), F.col("age"))
     )
     assert [r[0] for r in segments.collect()] == [segment(gender, age) for gender, age in people]
 
 
 def test_defaults_are_the_feature_jobs():
-    from spark_jobs import features
-
-    assert (PRIOR_CTR, UNKNOWN) == (features.PRIOR_CTR, features.UNKNOWN)
+    assert (PRIOR_CTR, UNKNOWN) == (feature_transforms.PRIOR_CTR, feature_transforms.UNKNOWN)
 
 
 # --- train/serve consistency --------------------------------------------------------------------
 
 
 def test_serving_features_equal_the_training_rows_of_the_same_users_and_ads(store):
-    # What spark_jobs.features.build_training_set writes for a logged auction of these users
+    # What spark_jobs.feature_transforms.build_training_set writes for a logged auction of these users
     # and ads at AT on a mobile device, stated by hand; the rate features are left out (they
     # are as of each example's time in training, all history in serving).
     expected_training_rows = {

@@ -241,7 +241,7 @@ def test_bid_response_for_a_cpc_winner() -> None:
         ad_markup_url="https://ads.example/creatives/ad-c-cpc.png?a=1&b=2",
         nurl="https://ads.example/win/auction-42?price=${AUCTION_PRICE}",
     )
-    assert response == {
+    assert response.model_dump() == {
         "id": "80ce30c53c16e6ede735f123ef6e32361bfc7b22",
         "bidid": "auction-42",
         "cur": "USD",

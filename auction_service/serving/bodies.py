@@ -1,0 +1,53 @@
+"""The bodies the event flow takes and gives (``flows.record_events``), and the field types the API's bodies share.
+
+They are HTTP bodies (``auction_service.api.schemas`` documents them with the rest), kept
+here so that serving does not import the API that is built on it. Requests are strict:
+unknown fields and wrong types are refused with a message per field.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from adstream.events import EventType
+
+ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
+
+
+def _in_utc(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable UTC time
+        raise ValueError("out of range once converted to UTC") from exc
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
+class StrictBody(BaseModel):
+    """A request body: unknown fields refused, immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EventIn(StrictBody):
+    """A user event on a served ad. The event_id makes retries safe: a replay charges nothing."""
+
+    event_id: Id
+    event_type: EventType
+    auction_id: Id
+    event_time: UtcTime | None = Field(default=None, description="UTC; default: when the service receives it")
+
+
+EventStatus = Literal["accepted", "duplicate", "rejected"]
+
+
+class EventResult(BaseModel):
+    event_id: str
+    status: EventStatus
+    reason: str | None = None
+    charged_micros: int = 0

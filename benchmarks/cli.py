@@ -1,0 +1,27 @@
+"""The benchmarks' commands of `adstream`: `adstream bench auction|billing|streaming|ingestion|scorer`.
+
+Each is defined in its bench's module and imported when it runs (see devstack.lazy_cli). Two hidden commands
+are child processes benches start: `bench auction-serve` (one service process of the auction bench) and
+`bench streaming-job` (the streaming job with another batch bound).
+"""
+
+from __future__ import annotations
+
+from devstack.lazy_cli import lazy_app
+
+BENCHES = {
+    "auction": ("benchmarks.auction", "Auction-service load: the real service over HTTP, compiled scorer vs naive."),
+    "billing": ("benchmarks.billing", "One hour of 1,000,000 feedback events billed on local[2]."),
+    "streaming": ("benchmarks.streaming", "The real Kafka -> Delta job on local[2]: throughput, latency, memory."),
+    "ingestion": ("benchmarks.ingestion", "The full-size synthetic Amazon corpus into bronze, GX gate included."),
+    "scorer": ("benchmarks.scorer", "CompiledScorer vs the pipeline's predict_proba, 100 candidates per batch."),
+    "auction-serve": ("benchmarks.auction", None),
+    "streaming-job": ("benchmarks.streaming", None),
+}
+
+app = lazy_app(
+    BENCHES,
+    name="bench",
+    help="The benchmarks; each prints its medians and writes them to REPORTS_DIR/bench/.",
+    no_args_is_help=True,
+)

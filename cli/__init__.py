@@ -1,0 +1,1 @@
+"""The `adstream` command line and the composition root: what builds settings, sessions and clients."""

@@ -1,0 +1,110 @@
+"""``adstream``: the one command line for every job, service and tool.
+
+Product commands live in ``cli.commands``, one module per area, and a module is imported
+only when one of its commands runs: a health check such as ``adstream stream --check``
+must not pay for MLflow, Great Expectations or the API. Tool packages (simulator,
+benchmarks, devstack) add their commands through the ``adstream.commands`` entry points;
+the Docker image ships without them, and then simply lacks those commands. They are
+loaded unless the command is a product one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib.metadata import entry_points
+
+import typer
+from typer.core import TyperGroup
+
+ENTRY_POINT_GROUP = "adstream.commands"
+
+# command -> (module defining it, one-line help shown by `adstream --help` without importing the module)
+COMMANDS = {
+    "ingest": ("cli.commands.ingest", "Load Kaggle files into bronze Delta, gated by Great Expectations."),
+    "silver": ("cli.commands.lake", "Build silver users and ads from bronze."),
+    "features": ("cli.commands.lake", "Build the gold features and the CTR training set."),
+    "train": ("cli.commands.ml", "Train the CTR model families, register the best, guard its promotion."),
+    "promote": ("cli.commands.ml", "Judge a training run's challenger against the champion."),
+    "compare": ("cli.commands.ml", "Compare CTR training runs side by side."),
+    "bill": ("cli.commands.bill", "Bill, reconcile and export hours of spend."),
+    "maintain": ("cli.commands.lake", "Compact and vacuum the streaming tables."),
+    "smoke": ("cli.commands.lake", "Kafka -> Spark -> Delta smoke test."),
+    "stream": ("cli.commands.stream", "The streaming job: Kafka topics into Delta."),
+    "serve": ("cli.commands.serve", "The auction service under uvicorn."),
+    "ad-manager": ("cli.commands.ad_manager", "Apply campaign instructions to the campaign store."),
+    "campaigns": ("cli.commands.campaigns", "Publish campaign instructions, or show a campaign."),
+}
+
+
+def load_command(name: str) -> typer.core.TyperCommand | TyperGroup:
+    """The click command ``name`` of its ``cli.commands`` module (whose ``app`` may define several)."""
+    module = importlib.import_module(COMMANDS[name][0])
+    command = typer.main.get_command(module.app)
+    if isinstance(command, TyperGroup) and name in command.commands:
+        return command.commands[name]
+    return command
+
+
+class AdstreamCommands(TyperGroup):
+    """The root group: product commands load on demand, tool commands are registered by ``main``."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return [*COMMANDS, *(name for name in super().list_commands(ctx) if name not in COMMANDS)]
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> typer.core.TyperCommand | TyperGroup | None:
+        if cmd_name in COMMANDS:
+            return load_command(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: typer.Context, formatter: typer._click.HelpFormatter) -> None:
+        rows = [(name, help) for name, (_, help) in COMMANDS.items()]
+        for name in super().list_commands(ctx):
+            command = super().get_command(ctx, name)
+            if name not in COMMANDS and command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+app = typer.Typer(
+    cls=AdstreamCommands,
+    help="AdStream: every job, service and tool of the platform.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # plain click output: errors and help read the same in logs and health checks
+    pretty_exceptions_enable=False,  # plain tracebacks, without local variables (settings hold secrets)
+)
+
+
+@app.callback()
+def _root() -> None:
+    """AdStream: every job, service and tool of the platform."""
+
+
+def add_tool_commands(root: typer.Typer, group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """Adds each installed tool's commands at the top level of ``root``; returns the tools added.
+
+    A tool whose package is absent (the Docker image ships product code only) is skipped;
+    any other import error is a bug and raises.
+    """
+    added = []
+    for entry_point in entry_points(group=group):
+        package = entry_point.module.split(".")[0]
+        try:
+            tool_app = entry_point.load()
+        except ModuleNotFoundError as exc:
+            if exc.name != package:
+                raise
+            continue
+        root.add_typer(tool_app)
+        added.append(entry_point.name)
+    return added
+
+
+def main() -> None:
+    # A product command needs no tool, and importing the tools takes seconds a health check
+    # such as `adstream stream --check` does not have.
+    if sys.argv[1:2] == [] or sys.argv[1] not in COMMANDS:
+        add_tool_commands(app)
+    app()

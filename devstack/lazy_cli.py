@@ -1,0 +1,58 @@
+"""Typer commands whose module is imported only when they run.
+
+Each tool's ``cli`` module is loaded by every `adstream` call (through the ``adstream.commands`` entry
+points), while the tools' modules bring scikit-learn, MLflow, Spark, DuckDB or Great Expectations with
+them. So a tool's ``cli.app`` lists its commands by name, module and one-line help, and each command's
+module, which defines it on its own ``commands`` Typer, is imported when the command runs or shows its help.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+# command -> (module whose ``commands`` Typer defines it, one-line help; None hides the command)
+CommandIndex = Mapping[str, tuple[str, str | None]]
+
+
+class LazyCommand(TyperCommand):
+    """Stands for command ``name`` of ``module`` in a listing; parsing and running are the real command's."""
+
+    def __init__(self, name: str, module: str, help: str | None) -> None:
+        super().__init__(name, help=help, hidden=help is None, rich_markup_mode=None)
+        self.module = module
+
+    def load(self) -> TyperCommand:
+        command = typer.main.get_command(importlib.import_module(self.module).commands)
+        if isinstance(command, TyperGroup):
+            return command.commands[self.name]
+        return command
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        # The group invokes the command of the context made here: the real one.
+        return self.load().make_context(info_name, args, parent=parent, **extra)
+
+
+def lazy_app(index: CommandIndex, **options: Any) -> typer.Typer:
+    """A Typer of the commands in ``index``, each loaded when it runs (a group of them with ``name=...``),
+    to be merged at the top level of `adstream` with ``add_typer(app)``."""
+
+    class Commands(TyperGroup):
+        def __init__(self, **attrs: Any) -> None:
+            super().__init__(**attrs)
+            for name, (module, help) in index.items():
+                self.add_command(LazyCommand(name, module, help))
+
+    app = typer.Typer(rich_markup_mode=None, add_completion=False)
+    # Typer makes a group of a Typer that holds another; merged without a name, its commands are this one's.
+    app.add_typer(typer.Typer(cls=Commands, rich_markup_mode=None, add_completion=False, **options))
+    return app
+
+
+def commands_app() -> typer.Typer:
+    """The ``commands`` Typer a tool module defines its commands on (plain output, as the root's)."""
+    return typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False)

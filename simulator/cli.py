@@ -1,0 +1,18 @@
+"""The simulator's commands of `adstream`: simulate (users against the auction service) and samples.
+
+Each is defined in its module and imported when it runs (see devstack.lazy_cli).
+"""
+
+from __future__ import annotations
+
+from devstack.lazy_cli import lazy_app
+
+app = lazy_app(
+    {
+        "simulate": (
+            "simulator.traffic",
+            "Simulated users who request ads, click, convert and watch videos.",
+        ),
+        "samples": ("simulator.kaggle_samples", "Deterministic synthetic samples of the three Kaggle datasets."),
+    }
+)

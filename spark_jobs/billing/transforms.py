@@ -1,0 +1,312 @@
+"""Pure transforms of hourly billing (spark_jobs.billing.job): the hour's charged events, the bill's rows,
+its status, and the reconciliation of spend. No I/O, no session and no clock here: the caller passes the
+frames, the hour, the watermark and the time of billing.
+
+Documented rules:
+- An hour is [hour, hour + 1 h) UTC of the event time; one bill row per advertiser x campaign.
+- Billable event: ``cost_micros > 0`` and the event type its pricing model pays for (BILLABLE_EVENT:
+  CPM impression, CPC click, CPA conversion). Deduplicated on event_id, then at most one per
+  auction_id (the earliest, by event time then event id), as the ledger charges an auction once.
+  An auction's events arrive within AUCTION_TTL_S of it, so events that far before the hour are
+  read too: an auction already charged in an earlier hour is not charged again.
+- Spend is the sum of those events' integer ``cost_micros``; every money and ratio column is also
+  an exact decimal(18,6) (half-up rounding on integers, no binary float anywhere).
+- Impressions, clicks and conversions count auctions with such an event in the hour (a repeated
+  pixel or a double click counts once).
+- Status: ``final`` only when the hour has ended and the stream's watermark (max event_time in
+  silver/feedback_events - STREAM_WATERMARK_S) has reached the hour end: the service refuses and
+  the stream quarantines anything older than that watermark, so no event of the hour can still
+  arrive. Otherwise ``provisional``, replaced by a later run (the DAG re-bills the provisional hours
+  of the last REBILL_LOOKBACK). An hour with no activity is one row with a null campaign_id,
+  status ``empty`` (or ``provisional`` while it may still fill).
+- Reconciliation: per campaign, bill spend == campaign-store ledger == auction log (the
+  ``billable_cost_micros`` of the charged events' auctions). A side that is missing is skipped
+  and named, never taken as agreeing.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from adstream.events import BILLABLE_EVENT, EventType, PricingModel
+from spark_jobs.billing.reports import HOUR, BillStatus
+
+DEFAULT_CURRENCY = "USD"  # the one currency campaigns may have (CampaignSpec); used for an empty hour's row
+MICROS = 1_000_000
+MONEY = "decimal(18,6)"
+# Gated but not published: the impressions of auctions whose clicks may land in the hour.
+CLICKABLE_IMPRESSIONS = "clickable_impressions"
+BILL_DDL = (
+    "hour timestamp, advertiser_id string, campaign_id string, pricing_model string, currency string, "
+    "impressions bigint, clicks bigint, conversions bigint, billable_events bigint, "
+    f"spend_micros bigint, spend {MONEY}, ctr {MONEY}, ecpm {MONEY}, effective_cpc {MONEY}, "
+    "budget_total_micros bigint, budget_spent_micros bigint, budget_remaining_micros bigint, "
+    f"budget_remaining {MONEY}, "
+    "status string, stream_watermark timestamp, billed_at timestamp"
+)
+BILL_COLUMNS = tuple(column.split()[0] for column in BILL_DDL.split(", "))
+COUNT_COLUMNS = ("impressions", "clicks", "conversions", "billable_events", "spend_micros", CLICKABLE_IMPRESSIONS)
+
+
+# --- the hour's events and the bill ---
+
+
+def is_billable() -> Column:
+    """The event is the one its pricing model pays for, and carries a cost."""
+    paid_for = functools.reduce(
+        operator.or_,
+        [
+            (F.col("pricing_model") == model.value) & (F.col("event_type") == event.value)
+            for model, event in BILLABLE_EVENT.items()
+        ],
+    )
+    return (F.col("cost_micros") > 0) & paid_for
+
+
+def in_window(frame: DataFrame, start: datetime, end: datetime) -> DataFrame:
+    return frame.where((F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end)))
+
+
+def charged_events(feedback: DataFrame, hour: datetime, lookback: timedelta) -> DataFrame:
+    """The hour's charged events (auction_id, event_time, event_id, campaign_id, cost_micros): per auction,
+    its first billable event, by event time then event id; kept when that event lies in the hour.
+
+    A re-delivered event_id is the same event, so it is charged once; a second billable event of an
+    auction is never charged. ``feedback`` must reach ``lookback`` before the hour, so an auction
+    charged in an earlier hour is seen and not charged again.
+    """
+    first = (
+        in_window(feedback, hour - lookback, hour + HOUR)
+        .where(is_billable())
+        .groupBy("auction_id")
+        # The smallest struct is the earliest event (fields compare in order); one aggregation, no sort.
+        .agg(F.min(F.struct("event_time", "event_id", "campaign_id", "cost_micros")).alias("first"))
+    )
+    return first.select("auction_id", "first.*").where(F.col("event_time") >= F.lit(hour))
+
+
+def rounded_quotient(numerator: str, denominator: str) -> Column:
+    """round-half-up(numerator / denominator) on non-negative longs, exactly; null when dividing by zero."""
+    quotient = F.expr(f"({numerator} * 2 + {denominator}) div ({denominator} * 2)")
+    return F.when(F.col(denominator) > 0, quotient).cast("bigint")
+
+
+def as_money(micros: Column) -> Column:
+    """Integer micros as an exact decimal(18,6) amount."""
+    return (micros.cast("decimal(20,0)") / F.lit(MICROS)).cast(MONEY)
+
+
+def campaign_activity(feedback: DataFrame, hour: datetime, *, lookback: timedelta) -> DataFrame:
+    """Per advertiser x campaign active in the hour: counts, spend and ratios
+    (the BILL_COLUMNS from hour to effective_cpc, plus CLICKABLE_IMPRESSIONS).
+
+    ``feedback`` must reach ``lookback`` before the hour (see ``charged_events``).
+    """
+    # Each (campaign, auction, event type) once, flagged when it happened in the hour: one shuffle
+    # instead of a distinct count per event type.
+    in_hour = (F.col("event_time") >= F.lit(hour)).cast("int")
+    seen = (
+        in_window(feedback, hour - lookback, hour + HOUR)
+        .groupBy("advertiser_id", "campaign_id", "pricing_model", "currency", "auction_id", "event_type")
+        .agg(F.max(in_hour).alias("in_hour"))
+    )
+
+    def auctions_with(event_type: EventType, *, hour_only: bool = True) -> Column:
+        matches = (F.col("event_type") == event_type.value) & ((F.col("in_hour") == 1) if hour_only else F.lit(True))
+        return F.sum(matches.cast("long"))
+
+    activity = (
+        seen.groupBy("advertiser_id", "campaign_id", "pricing_model", "currency")
+        .agg(
+            F.max("in_hour").alias("active"),
+            auctions_with(EventType.IMPRESSION).alias("impressions"),
+            auctions_with(EventType.CLICK).alias("clicks"),
+            auctions_with(EventType.CONVERSION).alias("conversions"),
+            # The impressions this hour's clicks can belong to: an auction's events come within its TTL.
+            auctions_with(EventType.IMPRESSION, hour_only=False).alias(CLICKABLE_IMPRESSIONS),
+        )
+        .where(F.col("active") == 1)
+    )
+    charged = (
+        charged_events(feedback, hour, lookback)
+        .groupBy("campaign_id")
+        .agg(F.count("*").alias("billable_events"), F.sum("cost_micros").alias("spend_micros"))
+    )
+    joined = activity.join(charged, "campaign_id", "left").fillna(0, subset=["billable_events", "spend_micros"])
+    return joined.select(
+        F.lit(hour).cast("timestamp").alias("hour"),
+        "advertiser_id",
+        "campaign_id",
+        "pricing_model",
+        "currency",
+        *(F.col(name).cast("bigint").alias(name) for name in ("impressions", "clicks", "conversions")),
+        F.col("billable_events").cast("bigint").alias("billable_events"),
+        F.col("spend_micros").cast("bigint").alias("spend_micros"),
+        as_money(F.col("spend_micros")).alias("spend"),
+        as_money(rounded_quotient(f"clicks * {MICROS}", "impressions")).alias("ctr"),
+        as_money(rounded_quotient("spend_micros * 1000", "impressions")).alias("ecpm"),
+        as_money(rounded_quotient("spend_micros", "clicks")).alias("effective_cpc"),
+        F.col(CLICKABLE_IMPRESSIONS).cast("bigint").alias(CLICKABLE_IMPRESSIONS),
+    )
+
+
+def finish_bill(
+    activity: pd.DataFrame,
+    hour: datetime,
+    *,
+    budgets: dict[str, tuple[int, int]] | None,
+    status: BillStatus,
+    watermark: datetime | None,
+    billed_at: datetime,
+) -> pd.DataFrame:
+    """The bill (BILL_COLUMNS plus CLICKABLE_IMPRESSIONS) from the hour's ``campaign_activity``.
+
+    ``budgets`` maps a campaign to (total budget, ledger spend before the hour end), in micros;
+    without it, or for a campaign it lacks, the budget columns are empty. No activity gives the
+    one row (null campaign) that records the hour as billed.
+    """
+    if activity.empty:
+        marker = dict.fromkeys(BILL_COLUMNS) | dict.fromkeys(COUNT_COLUMNS, 0)
+        activity = pd.DataFrame([marker | {"hour": hour, "currency": DEFAULT_CURRENCY, "spend": Decimal("0.000000")}])
+    bill = activity.copy()
+    budgets = budgets or {}
+    bill["budget_total_micros"] = bill["campaign_id"].map(lambda c: budgets[c][0] if c in budgets else None)
+    bill["budget_spent_micros"] = bill["campaign_id"].map(lambda c: budgets[c][1] if c in budgets else None)
+    for column in (*COUNT_COLUMNS, "budget_total_micros", "budget_spent_micros"):
+        bill[column] = bill[column].astype("Int64")
+    bill["budget_remaining_micros"] = bill["budget_total_micros"] - bill["budget_spent_micros"]
+    bill["budget_remaining"] = bill["budget_remaining_micros"].map(_money, na_action="ignore")
+    bill["status"] = status.value
+    bill["stream_watermark"] = pd.Timestamp(watermark) if watermark is not None else pd.NaT
+    bill["billed_at"] = pd.Timestamp(billed_at)
+    bill["hour"] = pd.Timestamp(hour)
+    return bill[[*BILL_COLUMNS, CLICKABLE_IMPRESSIONS]]
+
+
+def _money(micros: int) -> Decimal:
+    return Decimal(int(micros)).scaleb(-6)
+
+
+def bill_status(hour: datetime, watermark: datetime | None, now: datetime, *, has_activity: bool) -> BillStatus:
+    """Final only when the hour is over and the stream's watermark reached its end; partial data never is."""
+    closed = now >= hour + HOUR and watermark is not None and watermark >= hour + HOUR
+    if not closed:
+        return BillStatus.PROVISIONAL
+    return BillStatus.FINAL if has_activity else BillStatus.EMPTY
+
+
+# --- reconciliation ---
+
+
+def with_billable_cost(auctions: DataFrame) -> DataFrame:
+    """Adds ``billable_cost_micros``: auction_service.serving.books.billable_cost_micros as a column expression
+    (CPM prices are per thousand: a thousandth, rounded up to a whole micro)."""
+    return auctions.withColumn(
+        "billable_cost_micros",
+        F.when(F.col("pricing_model") == PricingModel.CPM.value, F.expr("(clearing_price_micros + 999) div 1000"))
+        .otherwise(F.col("clearing_price_micros"))
+        .cast("bigint"),
+    )
+
+
+def auction_log_spend(charged: DataFrame, auctions: DataFrame) -> DataFrame:
+    """Per campaign, what the auction log says the charged events cost (campaign_id, spend_micros)."""
+    priced = (
+        with_billable_cost(auctions.where(F.col("filled")))
+        .select("auction_id", F.col("campaign_id").alias("auction_campaign_id"), "billable_cost_micros")
+        .dropDuplicates(["auction_id"])
+    )
+    return (
+        charged.select("auction_id", "campaign_id")
+        .join(priced, "auction_id", "left")
+        # An event without its auction, or charged to another campaign than won it, adds nothing here.
+        .where(F.col("auction_campaign_id") == F.col("campaign_id"))
+        .groupBy("campaign_id")
+        .agg(F.sum("billable_cost_micros").alias("spend_micros"))
+    )
+
+
+@dataclass(frozen=True)
+class CampaignSpend:
+    campaign_id: str
+    bill_micros: int
+    ledger_micros: int | None  # None: that side was skipped
+    auction_log_micros: int | None
+
+
+def spend_mismatches(
+    bill: dict[str, int], ledger: dict[str, int] | None, auction_log: dict[str, int] | None
+) -> list[CampaignSpend]:
+    """Campaigns whose spend differs between the sides present (a campaign missing from a side spent 0 there)."""
+    sides = [side for side in (ledger, auction_log) if side is not None]
+    campaigns = sorted(set(bill).union(*sides))
+    mismatches = []
+    for campaign in campaigns:
+        figures = CampaignSpend(
+            campaign,
+            bill.get(campaign, 0),
+            None if ledger is None else ledger.get(campaign, 0),
+            None if auction_log is None else auction_log.get(campaign, 0),
+        )
+        present = {figures.bill_micros} | {
+            value for value in (figures.ledger_micros, figures.auction_log_micros) if value is not None
+        }
+        if len(present) > 1:
+            mismatches.append(figures)
+    return mismatches
+
+
+@dataclass
+class Reconciliation:
+    hour: datetime
+    status: str
+    checked: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    mismatches: list[CampaignSpend] = field(default_factory=list)
+
+    def report(self) -> str:
+        head = f"reconciliation of {self.hour:%Y-%m-%d %H:00} UTC ({self.status}), sides {', '.join(self.checked)}"
+        lines = [head] + [f"  {side} skipped: {why}" for side, why in self.skipped.items()]
+        if not self.mismatches:
+            return "\n".join([*lines, "  spend matches for every campaign"])
+        lines.append(f"  {len(self.mismatches)} campaign(s) differ (micros: bill / ledger / auction log):")
+        for m in self.mismatches:
+            ledger = "skipped" if m.ledger_micros is None else m.ledger_micros
+            auction_log = "skipped" if m.auction_log_micros is None else m.auction_log_micros
+            lines.append(f"    {m.campaign_id}: {m.bill_micros} / {ledger} / {auction_log}")
+        return "\n".join(lines)
+
+
+# --- hours ---
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A plain UTC datetime. Naive is UTC (Spark returns session-time-zone naive times); pendulum's
+    (Airflow's) ``astimezone`` drops the zone, hence the round trip through the timestamp."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(moment.timestamp(), UTC)
+
+
+def hour_start(moment: datetime) -> datetime:
+    """A UTC hour start; a naive time is read as UTC, and a time inside an hour is refused."""
+    moment = as_utc(moment)
+    if (moment.minute, moment.second, moment.microsecond) != (0, 0, 0):
+        raise ValueError(f"{moment.isoformat()} is not the start of an hour")
+    return moment
+
+
+def hours_between(start: datetime, end: datetime) -> Iterator[datetime]:
+    hour = hour_start(start)
+    while hour < as_utc(end):
+        yield hour
+        hour += HOUR
