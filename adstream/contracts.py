@@ -1,4 +1,4 @@
-"""Names that code, DAGs and tests share (architecture.md, "Contracts").
+"""Names that code, DAGs and tests share: topics, tables, DAG ids and registry names.
 
 One place for each topic, table, DAG id and registry name, so a rename is one
 edit and a typo is an ImportError rather than an empty table.

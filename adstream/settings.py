@@ -38,7 +38,7 @@ class Settings(BaseSettings):
 
     adstream_env: Environment = Environment.LOCAL
 
-    # Storage and engines (names are the contract in architecture.md).
+    # Storage and engines (the environment variable names are part of the platform's contract).
     lake_root: str = "./lake"
     kafka_bootstrap_servers: str = ""
     mlflow_tracking_uri: str = ""
@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     model_poll_s: float = Field(default=5.0, gt=0)  # how often serving checks ctr-model@champion
     ad_manager_group: str = "ad-manager"
 
-    # Streaming (issue 6). The watermark is the one lateness allowance: the stream drops a
+    # Streaming. The watermark is the one lateness allowance: the stream drops a
     # duplicate event_id within it and quarantines events older than it, and the service
     # refuses events older than it, so every charged event reaches silver.
     stream_trigger_s: float = Field(default=5.0, gt=0)

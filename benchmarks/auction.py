@@ -83,8 +83,8 @@ from benchmarks.harness import (
     report_path,
     write_report,
 )
+from cli.lazy import commands_app
 from devstack import services
-from devstack.lazy_cli import commands_app
 from ml.features import FEATURES, INTEGER_FEATURES
 from ml.pipelines import FAMILIES
 from ml.registry import register_challenger

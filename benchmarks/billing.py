@@ -40,7 +40,7 @@ from adstream.settings import Settings, get_settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
 from benchmarks.harness import median_of, ratio, report_path, write_report
-from devstack.lazy_cli import commands_app
+from cli.lazy import commands_app
 from spark_jobs.billing import job as billing
 from spark_jobs.billing.reports import read_bill
 from spark_jobs.session import get_spark

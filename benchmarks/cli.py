@@ -1,13 +1,13 @@
 """The benchmarks' commands of `adstream`: `adstream bench auction|billing|streaming|ingestion|scorer`.
 
-Each is defined in its bench's module and imported when it runs (see devstack.lazy_cli). Two hidden commands
+Each is defined in its bench's module and imported when it runs (see cli.lazy). Two hidden commands
 are child processes benches start: `bench auction-serve` (one service process of the auction bench) and
 `bench streaming-job` (the streaming job with another batch bound).
 """
 
 from __future__ import annotations
 
-from devstack.lazy_cli import lazy_app
+from cli.lazy import lazy_app
 
 BENCHES = {
     "auction": ("benchmarks.auction", "Auction-service load: the real service over HTTP, compiled scorer vs naive."),

@@ -23,7 +23,7 @@ from deltalake import write_deltalake
 
 from adstream.settings import Settings, get_settings
 from benchmarks.harness import median_of, ratio, report_path, write_report
-from devstack.lazy_cli import commands_app
+from cli.lazy import commands_app
 from ingestion import quality  # noqa: F401  -- imported here, outside the timings
 from ingestion.pipeline import ingest
 from simulator import kaggle_samples as samples

@@ -27,7 +27,7 @@ import typer
 
 from adstream.settings import Settings, get_settings
 from benchmarks.harness import check_choices, report_path, write_report
-from devstack.lazy_cli import commands_app
+from cli.lazy import commands_app
 from ml.features import FEATURES, LABEL
 from ml.pipelines import FAMILIES
 from ml.scorer import CompiledScorer

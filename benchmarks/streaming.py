@@ -81,8 +81,8 @@ from benchmarks.harness import (
     report_path,
     write_report,
 )
+from cli.lazy import commands_app
 from devstack import services
-from devstack.lazy_cli import commands_app
 from spark_jobs import streaming
 from spark_jobs.session import get_spark
 

@@ -1,26 +1,25 @@
 """``adstream``: the one command line for every job, service and tool.
 
-Product commands live in ``cli.commands``, one module per area, and a module is imported
-only when one of its commands runs: a health check such as ``adstream stream --check``
-must not pay for MLflow, Great Expectations or the API. Tool packages (simulator,
-benchmarks, devstack) add their commands through the ``adstream.commands`` entry points;
-the Docker image ships without them, and then simply lacks those commands. They are
-loaded unless the command is a product one.
+Product commands live in ``cli.commands``, one module per area, imported only when one of
+its commands runs (``cli.lazy``). Tool packages (simulator, benchmarks, devstack) add their
+commands, listed the same way, through the ``adstream.commands`` entry points; the Docker
+image ships without them, and then simply lacks those commands.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 from importlib.metadata import entry_points
+from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
+
+from cli.lazy import CommandIndex, LazyCommand, add_lazy_commands
 
 ENTRY_POINT_GROUP = "adstream.commands"
 
 # command -> (module defining it, one-line help shown by `adstream --help` without importing the module)
-COMMANDS = {
+COMMANDS: CommandIndex = {
     "ingest": ("cli.commands.ingest", "Load Kaggle files into bronze Delta, gated by Great Expectations."),
     "silver": ("cli.commands.lake", "Build silver users and ads from bronze."),
     "features": ("cli.commands.lake", "Build the gold features and the CTR training set."),
@@ -37,34 +36,21 @@ COMMANDS = {
 }
 
 
-def load_command(name: str) -> typer.core.TyperCommand | TyperGroup:
-    """The click command ``name`` of its ``cli.commands`` module (whose ``app`` may define several)."""
-    module = importlib.import_module(COMMANDS[name][0])
-    command = typer.main.get_command(module.app)
-    if isinstance(command, TyperGroup) and name in command.commands:
-        return command.commands[name]
-    return command
+def load_command(name: str) -> TyperCommand | TyperGroup:
+    """The click command ``name`` of its ``cli.commands`` module."""
+    return LazyCommand(name, *COMMANDS[name]).load()
 
 
 class AdstreamCommands(TyperGroup):
-    """The root group: product commands load on demand, tool commands are registered by ``main``."""
+    """The root group: the product's commands, each loaded when it runs; ``main`` adds the tools'."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        add_lazy_commands(self, COMMANDS)
 
     def list_commands(self, ctx: typer.Context) -> list[str]:
+        # the product's commands first, then the tools'
         return [*COMMANDS, *(name for name in super().list_commands(ctx) if name not in COMMANDS)]
-
-    def get_command(self, ctx: typer.Context, cmd_name: str) -> typer.core.TyperCommand | TyperGroup | None:
-        if cmd_name in COMMANDS:
-            return load_command(cmd_name)
-        return super().get_command(ctx, cmd_name)
-
-    def format_commands(self, ctx: typer.Context, formatter: typer._click.HelpFormatter) -> None:
-        rows = [(name, help) for name, (_, help) in COMMANDS.items()]
-        for name in super().list_commands(ctx):
-            command = super().get_command(ctx, name)
-            if name not in COMMANDS and command is not None and not command.hidden:
-                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
 
 
 app = typer.Typer(
@@ -103,8 +89,5 @@ def add_tool_commands(root: typer.Typer, group: str = ENTRY_POINT_GROUP) -> list
 
 
 def main() -> None:
-    # A product command needs no tool, and importing the tools takes seconds a health check
-    # such as `adstream stream --check` does not have.
-    if sys.argv[1:2] == [] or sys.argv[1] not in COMMANDS:
-        add_tool_commands(app)
+    add_tool_commands(app)
     app()

@@ -1,11 +1,11 @@
 """The local stack's commands of `adstream`: up, down, status, airflow (passthrough) and run.
 
-Each is defined in its module and imported when it runs (see devstack.lazy_cli).
+Each is defined in its module and imported when it runs (see cli.lazy).
 """
 
 from __future__ import annotations
 
-from devstack.lazy_cli import lazy_app
+from cli.lazy import lazy_app
 
 app = lazy_app(
     {

@@ -28,9 +28,9 @@ from deltalake.exceptions import TableNotFoundError
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
 from adstream.events import MICROS_PER_UNIT
 from adstream.settings import Settings, child_process_env, get_settings
+from cli.lazy import commands_app
 from devstack import services
 from devstack.airflow_client import AirflowClient, AirflowRunFailed
-from devstack.lazy_cli import commands_app
 from simulator.traffic import DEFAULT_CONCURRENCY, parse_duration
 from spark_jobs.billing.reports import reconciliation_path
 

@@ -37,7 +37,7 @@ from kafka.errors import KafkaError
 
 from adstream.settings import Settings, child_process_env, get_settings
 from auction_service.campaign_store import ad_manager
-from devstack.lazy_cli import commands_app
+from cli.lazy import commands_app
 from spark_jobs import streaming
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

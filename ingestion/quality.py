@@ -3,7 +3,7 @@
 Each expectation is either row-level (its failing rows are quarantined with the
 expectation as the reason, and the load goes on) or table-level (a failure stops
 the load with a message naming the file and the expectation). Ranges and domains
-are those of the real files in ../shared/datasets.md, so the real data passes.
+are those of the real Kaggle files, as the loaders describe them, so the real data passes.
 Validation results are written as JSON under ``REPORTS_DIR/quality/``.
 """
 

@@ -2,7 +2,7 @@
 
 The real downloads cannot be fetched on build machines and ADS-16 may not be
 redistributed, so the repository ships these samples instead. Layouts, value
-domains and quirks follow the shared datasets description (datasets.md); every
+domains and quirks follow the real datasets' (see the loaders in ingestion/); every
 value is invented from the word lists below (only country names are real).
 
     adstream samples --scale small|full --out DIR [--seed 7]
@@ -31,7 +31,7 @@ import numpy as np
 import typer
 
 from adstream.taxonomy import ADS16_CATEGORIES, ADS_PER_CATEGORY
-from devstack.lazy_cli import commands_app
+from cli.lazy import commands_app
 
 SCALES = ("small", "full")
 DATASET_DIRS = ("advertising", "ads16", "amazon")

@@ -57,7 +57,7 @@ from adstream.contracts import Table
 from adstream.events import MICROS_PER_UNIT, EventType
 from adstream.settings import Settings, get_settings
 from auction_service.serving.openrtb import COUNTRY_NAMES, IAB_CATEGORIES
-from devstack.lazy_cli import commands_app
+from cli.lazy import commands_app
 from simulator.ground_truth import (
     ADS16_USER_COLUMNS,
     ADVERTISING_COLUMNS,

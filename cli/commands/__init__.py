@@ -9,11 +9,6 @@ from enum import StrEnum
 import typer
 
 
-def command_app(**options: object) -> typer.Typer:
-    """A module's ``app``, with the root's plain output (its commands run under the root group)."""
-    return typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False, **options)
-
-
 def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
     """An enum of ``values``, the way typer takes an argument's choices."""
     return StrEnum(name, {value: value for value in values})

@@ -13,15 +13,15 @@ import typer
 
 from adstream.messaging import BrokerUnavailable
 from auction_service.campaign_store.ad_manager import is_alive, run
-from cli.commands import command_app
+from cli.lazy import commands_app
 from cli.resources import current
 
 log = logging.getLogger("auction_service.campaign_store.ad_manager")
 
-app = command_app()
+commands = commands_app()
 
 
-@app.command("ad-manager")
+@commands.command("ad-manager")
 def ad_manager_command(
     ctx: typer.Context,
     check: Annotated[bool, typer.Option("--check", help="exit 0 if a running ad manager polled recently")] = False,

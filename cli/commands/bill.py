@@ -8,16 +8,17 @@ from typing import Annotated
 
 import typer
 
-from cli.commands import choices, command_app, iso_time, usage_error
+from cli.commands import choices, iso_time, usage_error
+from cli.lazy import commands_app
 from cli.resources import current
 from spark_jobs.billing import job
 
-app = command_app()
+commands = commands_app()
 
 BillStep = choices("BillStep", job.STEP_CHOICES)
 
 
-@app.command("bill")
+@commands.command("bill")
 def bill_command(
     ctx: typer.Context,
     hour: Annotated[

@@ -41,10 +41,10 @@ from auction_service.campaign_store.instructions import (
     seed_instructions,
     stop_instruction,
 )
-from cli.commands import command_app
+from cli.lazy import commands_app
 from cli.resources import current
 
-app = command_app(name="campaigns", help=__doc__.splitlines()[0], no_args_is_help=True)
+commands = commands_app(name="campaigns", help=__doc__.splitlines()[0], no_args_is_help=True)
 
 
 def _money(text: str) -> int:
@@ -80,7 +80,7 @@ def _publish(settings: Settings, command: str, instructions: list[CampaignInstru
         print(instruction.campaign_id)
 
 
-@app.command()
+@commands.command()
 def create(
     ctx: typer.Context,
     advertiser: Annotated[str, typer.Option()],
@@ -131,13 +131,13 @@ def create(
     _publish(current(ctx).settings, "create", [create_instruction(spec, now=now, campaign_id=campaign_id)])
 
 
-@app.command()
+@commands.command()
 def stop(ctx: typer.Context, campaign_id: Annotated[str, typer.Argument()]) -> None:
     """Stop a campaign for good."""
     _publish(current(ctx).settings, "stop", [stop_instruction(campaign_id, now=datetime.now(UTC))])
 
 
-@app.command()
+@commands.command()
 def show(ctx: typer.Context, campaign_id: Annotated[str, typer.Argument()]) -> None:
     """Print a campaign and its spend from the store."""
     resources = current(ctx)
@@ -150,7 +150,7 @@ def show(ctx: typer.Context, campaign_id: Annotated[str, typer.Argument()]) -> N
     print(view.model_dump_json(indent=2))
 
 
-@app.command()
+@commands.command()
 def seed(
     ctx: typer.Context,
     n: Annotated[int, typer.Argument(metavar="N")],

@@ -7,16 +7,17 @@ from typing import Annotated
 
 import typer
 
-from cli.commands import choices, command_app
+from cli.commands import choices
+from cli.lazy import commands_app
 from cli.resources import current
 from ingestion.pipeline import DATASETS, IngestionFailed, ingest
 
 Dataset = choices("Dataset", [*DATASETS, "all"])
 
-app = command_app()
+commands = commands_app()
 
 
-@app.command("ingest")
+@commands.command("ingest")
 def ingest_command(
     ctx: typer.Context,
     dataset: Annotated[Dataset, typer.Argument()] = Dataset["all"],

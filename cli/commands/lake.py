@@ -8,11 +8,12 @@ from typing import Annotated
 
 import typer
 
-from cli.commands import choices, command_app, iso_time, usage_error
+from cli.commands import choices, iso_time, usage_error
+from cli.lazy import commands_app
 from cli.resources import SPARK_APPS, Resources, current
 from spark_jobs import features, maintenance, silver, smoke
 
-app = command_app()
+commands = commands_app()
 
 Which = choices("Which", silver.WHICH)
 Step = choices("Step", smoke.STEPS)
@@ -23,14 +24,14 @@ def _print_tables(resources: Resources, rows_by_table: dict[str, int]) -> None:
         print(f"{table}: {rows} rows at {resources.settings.lake_path(table)}")
 
 
-@app.command("silver")
+@commands.command("silver")
 def silver_command(ctx: typer.Context, which: Annotated[Which, typer.Argument()] = Which["all"]) -> None:
     """Bronze -> silver users and ads."""
     resources = current(ctx)
     _print_tables(resources, silver.build(resources.spark(SPARK_APPS["silver"]), resources.settings, str(which)))
 
 
-@app.command("features")
+@commands.command("features")
 def features_command(
     ctx: typer.Context,
     start: Annotated[
@@ -46,7 +47,7 @@ def features_command(
     _print_tables(resources, features.build(spark, resources.settings, start, end))
 
 
-@app.command("maintain")
+@commands.command("maintain")
 def maintain_command(
     ctx: typer.Context,
     table: Annotated[
@@ -73,7 +74,7 @@ def maintain_command(
     )
 
 
-@app.command("smoke")
+@commands.command("smoke")
 def smoke_command(
     ctx: typer.Context,
     step: Annotated[Step, typer.Argument()],

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from nbclient.exceptions import CellExecutionError
 
-from cli.commands import command_app
+from cli.lazy import commands_app
 from cli.resources import current
 from ml.compare import (
     DEFAULT_LAST,
@@ -33,7 +33,7 @@ from ml.train import (
     promotion_summary,
 )
 
-app = command_app()
+commands = commands_app()
 
 
 def _fail(message: str) -> typer.Exit:
@@ -41,7 +41,7 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-@app.command()
+@commands.command()
 def train(
     ctx: typer.Context,
     training_table: Annotated[
@@ -79,7 +79,7 @@ def train(
         print(promotion_summary(promote(settings, candidate.parent_run_id, candidate.model_version, holdout)))
 
 
-@app.command("promote")
+@commands.command("promote")
 def promote_command(
     ctx: typer.Context,
     training_run: Annotated[str | None, typer.Option(help="MLflow run id of a training (default: the latest)")] = None,
@@ -91,7 +91,7 @@ def promote_command(
         raise _fail(f"promotion failed: {exc}") from None
 
 
-@app.command()
+@commands.command()
 def compare(
     ctx: typer.Context,
     last: Annotated[int, typer.Option(help="how many training runs, newest first")] = DEFAULT_LAST,

@@ -6,13 +6,13 @@ import typer
 
 from auction_service.api.app import create_app
 from auction_service.fastpath.server import run
-from cli.commands import command_app
+from cli.lazy import commands_app
 from cli.resources import current
 
-app = command_app()
+commands = commands_app()
 
 
-@app.command("serve")
+@commands.command("serve")
 def serve_command(ctx: typer.Context) -> None:
     """The auction service under uvicorn, on BIND_HOST:AUCTION_PORT."""
     settings = current(ctx).settings

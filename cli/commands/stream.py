@@ -7,16 +7,17 @@ from typing import Annotated
 import typer
 from pyspark.sql import SparkSession
 
-from cli.commands import choices, command_app, usage_error
+from cli.commands import choices, usage_error
+from cli.lazy import commands_app
 from cli.resources import current
 from spark_jobs import streaming
 
-app = command_app()
+commands = commands_app()
 
 Source = choices("Source", streaming.SOURCE_CHOICES)
 
 
-@app.command("stream")
+@commands.command("stream")
 def stream_command(
     ctx: typer.Context,
     source: Annotated[Source, typer.Option()] = Source["all"],

@@ -1,9 +1,10 @@
 """Typer commands whose module is imported only when they run.
 
-Each tool's ``cli`` module is loaded by every `adstream` call (through the ``adstream.commands`` entry
-points), while the tools' modules bring scikit-learn, MLflow, Spark, DuckDB or Great Expectations with
-them. So a tool's ``cli.app`` lists its commands by name, module and one-line help, and each command's
-module, which defines it on its own ``commands`` Typer, is imported when the command runs or shows its help.
+The modules behind `adstream`'s commands bring Spark, MLflow, scikit-learn, DuckDB or Great
+Expectations with them, and a health check such as `adstream stream --check` must not pay for
+them. So a command is listed by name, module and one-line help, and its module, which defines it
+on its own ``commands`` Typer, is imported when the command runs or shows its help. The product's
+commands (``cli.main``) and the tools' (their ``cli`` modules) are listed the same way.
 """
 
 from __future__ import annotations
@@ -26,15 +27,21 @@ class LazyCommand(TyperCommand):
         super().__init__(name, help=help, hidden=help is None, rich_markup_mode=None)
         self.module = module
 
-    def load(self) -> TyperCommand:
+    def load(self) -> TyperCommand | TyperGroup:
         command = typer.main.get_command(importlib.import_module(self.module).commands)
-        if isinstance(command, TyperGroup):
+        # A module may define several commands (a group of them), or be the group itself (`campaigns`).
+        if isinstance(command, TyperGroup) and self.name in command.commands:
             return command.commands[self.name]
         return command
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         # The group invokes the command of the context made here: the real one.
         return self.load().make_context(info_name, args, parent=parent, **extra)
+
+
+def add_lazy_commands(group: TyperGroup, index: CommandIndex) -> None:
+    for name, (module, help) in index.items():
+        group.add_command(LazyCommand(name, module, help))
 
 
 def lazy_app(index: CommandIndex, **options: Any) -> typer.Typer:
@@ -44,8 +51,7 @@ def lazy_app(index: CommandIndex, **options: Any) -> typer.Typer:
     class Commands(TyperGroup):
         def __init__(self, **attrs: Any) -> None:
             super().__init__(**attrs)
-            for name, (module, help) in index.items():
-                self.add_command(LazyCommand(name, module, help))
+            add_lazy_commands(self, index)
 
     app = typer.Typer(rich_markup_mode=None, add_completion=False)
     # Typer makes a group of a Typer that holds another; merged without a name, its commands are this one's.
@@ -53,6 +59,6 @@ def lazy_app(index: CommandIndex, **options: Any) -> typer.Typer:
     return app
 
 
-def commands_app() -> typer.Typer:
-    """The ``commands`` Typer a tool module defines its commands on (plain output, as the root's)."""
-    return typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False)
+def commands_app(**options: Any) -> typer.Typer:
+    """The ``commands`` Typer a module defines its commands on (plain output, as the root's)."""
+    return typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False, **options)
