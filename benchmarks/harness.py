@@ -25,6 +25,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The jar cache `make setup` filled (JAR_CACHE_DIR, default .local/jars), resolved once, where the process
+# started: a test fixture that changes directory must not move it.
+JAR_CACHE = Path(get_settings().jar_cache_dir).resolve()
+
+
 def isolated_settings(workdir: Path, **overrides: object) -> Settings:
     """Settings isolated in ``workdir``: its own lake, local state, reports, campaign store and MLflow store, and
     every port free, so nothing touches the project's lake or a running `make up`. The rest (jar cache, Spark
@@ -34,7 +39,7 @@ def isolated_settings(workdir: Path, **overrides: object) -> Settings:
         "lake_root": str(workdir / "lake"),
         "local_dir": workdir / "local",
         "reports_dir": workdir / "reports",
-        "jar_cache_dir": Path(get_settings().jar_cache_dir).resolve(),
+        "jar_cache_dir": JAR_CACHE,
         "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}",
         "mlflow_tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
         "kafka_port": kafka_port,
