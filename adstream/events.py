@@ -21,6 +21,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 SCHEMA_VERSION = 1
 MICROS_PER_UNIT = 1_000_000
+# Far above any real campaign and far below the store's 64-bit integers: a bid or budget past them is a
+# typo or an attack, refused wherever an instruction is read (CLI, API, the ad manager's topic).
+MAX_BID_MICROS = 1_000 * MICROS_PER_UNIT
+MAX_BUDGET_MICROS = 100_000_000 * MICROS_PER_UNIT
 
 
 class EventType(StrEnum):
@@ -166,9 +170,9 @@ class CampaignSpec(_Record):
     category: str = Field(min_length=1, max_length=64)
     targeting: Targeting = Field(default_factory=Targeting)
     pricing_model: PricingModel
-    bid_micros: int = Field(gt=0)
-    total_budget_micros: int = Field(gt=0)
-    daily_budget_micros: int = Field(gt=0)
+    bid_micros: int = Field(gt=0, le=MAX_BID_MICROS)
+    total_budget_micros: int = Field(gt=0, le=MAX_BUDGET_MICROS)
+    daily_budget_micros: int = Field(gt=0, le=MAX_BUDGET_MICROS)
     flight_start: AwareDatetime
     flight_end: AwareDatetime
     frequency_cap_per_day: int = Field(default=10, ge=1, le=1000)  # impressions per user per UTC day

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from adstream.events import MICROS_PER_UNIT, CampaignSpec, CampaignStatus, PricingModel
+from adstream.events import MAX_BID_MICROS, MAX_BUDGET_MICROS, CampaignSpec, CampaignStatus, PricingModel
 from auction_service.serving.bodies import EventIn, EventResult, Id, StrictBody, UtcTime
 
 Gender = Literal["F", "M"]
@@ -22,9 +22,6 @@ Channel = Literal["web", "app"]
 ContentType = Literal["display", "video"]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)]
 MAX_EVENTS_PER_BATCH = 1000
-# Far above any real campaign and far below the store's 64-bit integers: a bid or budget past them is a typo.
-MAX_BID_MICROS = 1_000 * MICROS_PER_UNIT
-MAX_BUDGET_MICROS = 100_000_000 * MICROS_PER_UNIT
 
 
 class AuctionRequest(StrictBody):

@@ -157,6 +157,9 @@ def test_instructions_are_applied_once_and_bad_records_are_quarantined(settings,
     negative_bid = create_a.model_dump(mode="json")
     negative_bid["campaign"]["bid_micros"] = -5
     negative_bid["campaign_id"] = f"negative-{tag}"
+    huge_budget = create_a.model_dump(mode="json")  # `--budget 1e20`: past the store's 64-bit integers
+    huge_budget["campaign"]["total_budget_micros"] = huge_budget["campaign"]["daily_budget_micros"] = 10**26
+    huge_budget["campaign_id"] = f"huge-{tag}"
     publish_raw(
         settings,
         topic,
@@ -164,6 +167,7 @@ def test_instructions_are_applied_once_and_bad_records_are_quarantined(settings,
             (f"json-{tag}".encode(), b'{"instruction_id": "broken' + tag.encode()),
             (f"nospec-{tag}".encode(), json.dumps(no_campaign).encode()),
             (f"negative-{tag}".encode(), json.dumps(negative_bid).encode()),
+            (f"huge-{tag}".encode(), json.dumps(huge_budget).encode()),
             (f"other-{tag}".encode(), mismatched.model_dump_json().encode()),
             (f"tombstone-{tag}".encode(), None),
             (b"\xff\xfe", b"\xff\xfe" + tag.encode()),
@@ -180,7 +184,7 @@ def test_instructions_are_applied_once_and_bad_records_are_quarantined(settings,
                 if tag.encode() in (record.key or b"") + (record.raw_value or b"")
             ]
 
-    wait_until(lambda: len(ours_quarantined()) == 6 and create_a_again.instruction_id in outcomes.by_instruction, "all")
+    wait_until(lambda: len(ours_quarantined()) == 7 and create_a_again.instruction_id in outcomes.by_instruction, "all")
     stats = manager.stop()
 
     assert outcomes.by_instruction[create_a.instruction_id] == ["created", "already applied"]
@@ -192,13 +196,14 @@ def test_instructions_are_applied_once_and_bad_records_are_quarantined(settings,
         a, b = store.get_campaign(session, f"a-{tag}"), store.get_campaign(session, f"b-{tag}")
         assert (a.status, a.spec.bid_micros, a.last_instruction_id) == ("active", 400_000, create_a.instruction_id)
         assert (b.status, b.last_instruction_id) == (CampaignStatus.STOPPED, stop_b.instruction_id)
-        for never_created in ("ghost", "mismatch", "nospec", "negative"):
+        for never_created in ("ghost", "mismatch", "nospec", "negative", "huge"):
             assert store.get_campaign(session, f"{never_created}-{tag}") is None
 
     reasons = {(record.key or b"").decode(errors="replace"): record.reason for record in ours_quarantined()}
     assert "Invalid JSON" in reasons[f"json-{tag}"]
     assert "a create instruction needs the campaign" in reasons[f"nospec-{tag}"]
     assert "campaign.bid_micros" in reasons[f"negative-{tag}"]
+    assert "campaign.total_budget_micros" in reasons[f"huge-{tag}"]
     assert f"is not the campaign_id 'mismatch-{tag}'" in reasons[f"other-{tag}"]
     assert reasons[f"tombstone-{tag}"] == "empty record (no value)"
     assert "Invalid JSON" in reasons["\ufffd\ufffd"]
@@ -209,9 +214,9 @@ def test_instructions_are_applied_once_and_bad_records_are_quarantined(settings,
         "unknown campaign": 1,
         "already applied": 1,
         "campaign exists": 1,
-        "quarantined": 6,
+        "quarantined": 7,
     }
-    assert stats.quarantined == 6 and stats.batches_committed >= 1
+    assert stats.quarantined == 7 and stats.batches_committed >= 1
     # Offsets were committed past every record once the store had them.
     for ack in acks:
         assert committed_offset(settings, ack.partition, topic) > ack.offset

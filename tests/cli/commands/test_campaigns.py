@@ -43,6 +43,11 @@ def test_create_with_an_inconsistent_campaign_exits_2_with_what_to_fix(tmp_path)
     result = invoke(settings, [*argv, "--daily-budget", "5", "--devices", "smartwatch"])
     assert result.exit_code == 2
     assert "targeting.device_types.0:" in result.stderr
+    # A budget past the store's integers is refused here, before anything reaches the broker.
+    result = invoke(settings, [*CREATE, "--pricing-model", "cpm", "--bid", "2", "--end", "2030-06-30",
+                               "--budget", "1e20", "--daily-budget", "5"])  # fmt: skip
+    assert result.exit_code == 2
+    assert "total_budget_micros: Input should be less than or equal to 100000000000000" in result.stderr
 
 
 def test_show_prints_the_campaign_and_its_spend_from_the_store(tmp_path):
