@@ -82,8 +82,9 @@ class DirectRoutes:
         try:
             # FastAPI's own order: json.loads, then the body type validated in Python mode.
             body = route.body.validate_python(json.loads(b"".join(chunks)), from_attributes=True)
-        except (ValueError, ValidationError):  # JSONDecodeError is a ValueError
-            await self.app(scope, replaying(messages, receive), send)  # FastAPI answers with its 422
+        except (ValueError, ValidationError, RecursionError):  # JSONDecodeError is a ValueError
+            # FastAPI answers: 422 for what does not parse or validate, 400 for JSON nested past Python's stack.
+            await self.app(scope, replaying(messages, receive), send)
             return
         request = Request(scope, replaying(messages, receive))
         try:

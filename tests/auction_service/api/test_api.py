@@ -115,6 +115,14 @@ def test_invalid_auction_requests_are_422_with_what_to_fix(client, body, expecte
     assert expected in response.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/v1/auction", "/openrtb2/auction", "/v1/events"])
+def test_deeply_nested_json_is_a_400_not_a_server_error(client, path):
+    for body in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, (path, response.status_code, response.text[:200])
+        assert "parsing the body" in response.json()["detail"]
+
+
 def test_an_oversized_body_is_413(client):
     response = client.post("/v1/events", content=b"x" * 2_000_000, headers={"content-type": "application/json"})
     assert response.status_code == 413 and "smaller batches" in response.json()["detail"]
