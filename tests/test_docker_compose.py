@@ -75,6 +75,12 @@ def test_every_long_running_service_has_a_healthcheck_and_waits_on_conditions(co
                 assert rule["condition"] == "service_healthy", (name, dependency)
 
 
+def test_every_long_running_service_restarts_after_a_crash(compose):
+    for name, service in compose["services"].items():
+        if name not in ONE_SHOT:
+            assert service.get("restart") in {"unless-stopped", "always", "on-failure"}, f"{name} has no restart policy"
+
+
 def test_no_image_floats_on_latest(compose):
     for name, service in compose["services"].items():
         image = service.get("image", "")
