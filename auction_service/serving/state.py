@@ -33,6 +33,11 @@ from auction_service.serving.metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 FEATURE_RELOAD_EVERY = 40  # housekeeping ticks (about 10 s at the default 250 ms)
 PUBLISH_TIMEOUT_S = 5.0  # an event batch not acknowledged by then answers 503 (retry), nothing charged
+# A campaign request answers 503 within 5 s when Kafka is away: its producer's bootstrap or metadata wait
+# gives up after 2 s, an unacknowledged instruction after 4 s (the two do not add up: a send without
+# metadata fails before any ack wait).
+INSTRUCTION_CONNECT_TIMEOUT_S = 2.0
+INSTRUCTION_ACK_TIMEOUT_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -157,15 +162,26 @@ class ServiceState:
         )
         if self.producer is None:
             try:
-                # A send waits at most this long for metadata when the broker went away since.
-                self.producer = make_producer(self.settings, client_id="auction-service", max_block_ms=5_000)
+                self.instruction_producer()
             except BrokerUnavailable as exc:
-                # Auctions still serve; events answer 503 (retry) until a restart finds the broker.
+                # Auctions still serve; campaign requests answer 503 (retry) and make a producer once it is back.
                 log.error("auction service without Kafka: %s", exc)
         self.watcher = ModelWatcher(self.settings, self.model)
         self.watcher.start()
         self._thread = threading.Thread(target=self._housekeeping, name="auction-housekeeping", daemon=True)
         self._thread.start()
+
+    def instruction_producer(self) -> KafkaProducer:
+        """The producer of campaign instructions, made on first use (so a broker back after a start without
+        it is found); ``BrokerUnavailable`` when the broker does not answer within ``INSTRUCTION_CONNECT_TIMEOUT_S``."""
+        if self.producer is None:
+            self.producer = make_producer(
+                self.settings,
+                client_id="auction-service",
+                max_block_ms=int(INSTRUCTION_CONNECT_TIMEOUT_S * 1000),
+                bootstrap_timeout_ms=int(INSTRUCTION_CONNECT_TIMEOUT_S * 1000),
+            )
+        return self.producer
 
     def stop(self) -> None:
         self._stop.set()

@@ -12,18 +12,21 @@ from fastapi import APIRouter, HTTPException, status
 from kafka.errors import KafkaError
 
 from adstream.events import CampaignSpec, CampaignStatus
+from adstream.messaging import BrokerUnavailable
 from auction_service.api.deps import CampaignAuth, StateDep
 from auction_service.api.schemas import INVALID_REQUEST, CampaignAccepted, CampaignCreate, CampaignView
 from auction_service.campaign_store import store
 from auction_service.campaign_store.instructions import create_instruction, publish_instructions, stop_instruction
+from auction_service.serving.state import INSTRUCTION_ACK_TIMEOUT_S
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[CampaignAuth], responses=INVALID_REQUEST)
 
 
 def _publish(state, instruction) -> CampaignAccepted:
     try:
-        publish_instructions(state.settings, [instruction], producer=state.producer, timeout_s=10)
-    except KafkaError as exc:
+        producer = state.instruction_producer()
+        publish_instructions(state.settings, [instruction], producer=producer, timeout_s=INSTRUCTION_ACK_TIMEOUT_S)
+    except (KafkaError, BrokerUnavailable) as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"Kafka did not take the instruction ({type(exc).__name__}); retry: the instruction is not applied",

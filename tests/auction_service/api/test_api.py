@@ -12,14 +12,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
 from adstream.contracts import Topic
 from auction_service.api.app import DefaultTokenOutsideLocal, create_app
 from auction_service.campaign_store import ad_manager, store
 from auction_service.serving.state import ServiceState
-from tests.auction_service.conftest import BOTH_WAYS, TOKEN, instruction
-from tests.conftest import make_settings
+from tests.auction_service.conftest import BOTH_WAYS, TOKEN, instruction, running_service
+from tests.conftest import free_port, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -165,6 +166,25 @@ def test_campaign_endpoints_need_the_token_and_reach_the_store_through_kafka(cli
     finally:
         stop_event.set()
         manager.join(timeout=30)
+
+
+def test_a_campaign_request_without_kafka_is_a_503_within_5_s(service_settings, tmp_path):
+    # Kafka was away when the service started: nothing listens on this port.
+    away = service_settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
+            "campaign_db_url": f"sqlite:///{tmp_path / 'campaigns.db'}",
+            "local_dir": tmp_path / "local",
+        }
+    )
+    with running_service(away) as state, TestClient(create_app(state=state)) as away_client:
+        spec = instruction("x").campaign.model_dump(mode="json")
+        for _ in range(2):  # each request tries the broker again, and gives up in time again
+            started = time.monotonic()
+            refused = away_client.post("/v1/campaigns", json=spec, headers=TOKEN)
+            assert time.monotonic() - started < 5
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"] == "1" and "not applied" in refused.json()["detail"]
 
 
 def test_operations_endpoints(client):
