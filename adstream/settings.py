@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = ""
     mlflow_tracking_uri: str = ""
     campaign_db_url: str = ""
+    # How long the campaign store may take before a caller gets an error (the API answers 503) instead of a
+    # hang: to connect, to run one statement (PostgreSQL), and to wait for a lock (SQLite's busy timeout,
+    # PostgreSQL's lock_timeout).
+    campaign_db_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    campaign_db_statement_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    campaign_db_lock_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     spark_master: str = "local[*]"
     kaggle_dir: Path = Path("data/kaggle")
 

@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from adstream.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_TIMEOUT_S = 30.0
 # Connection execution option that makes SQLite start the transaction with BEGIN IMMEDIATE.
 WRITE_OPTION = "adstream_write"
 # Any constant: PostgreSQL serialises concurrent `migrate` calls (service and ad manager starting together) on it.
@@ -43,12 +42,19 @@ def make_engine(settings: Settings, **engine_options: Any) -> Engine:
     """The campaign store's engine for ``settings.campaign_db_url``."""
     url = make_url(settings.campaign_db_url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, **engine_options)
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_timeout=settings.campaign_db_connect_timeout_s,
+            connect_args=postgres_timeouts(settings),
+            **engine_options,
+        )
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        # SQLite has no statement timeout; its busy timeout is the lock timeout.
+        connect_args={"timeout": settings.campaign_db_lock_timeout_s, "check_same_thread": False},
         **engine_options,
     )
 
@@ -82,6 +88,17 @@ def make_engine(settings: Settings, **engine_options: Any) -> Engine:
         _return_writer(_dbapi_connection, record)
 
     return engine
+
+
+def postgres_timeouts(settings: Settings) -> dict[str, Any]:
+    """libpq's connect timeout (whole seconds) and the server's statement and lock timeouts, per connection."""
+    return {
+        "connect_timeout": max(1, round(settings.campaign_db_connect_timeout_s)),
+        "options": (
+            f"-c statement_timeout={round(settings.campaign_db_statement_timeout_s * 1000)}"
+            f" -c lock_timeout={round(settings.campaign_db_lock_timeout_s * 1000)}"
+        ),
+    }
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,12 +23,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import BigInteger, Column, MetaData, Table, create_engine, func, insert, inspect, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, PricingModel, Targeting
 from adstream.settings import Settings
 from auction_service.campaign_store import store
-from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
+from auction_service.campaign_store.db import begin_write, make_engine, make_session_factory, migrate
 from auction_service.campaign_store.store import ApplyOutcome, SpendOutcome
 from auction_service.campaign_store.tables import Base, Campaign, DailySpend, ServedAuction, SpendLedgerEntry
 from auction_service.serving.books import Reservation
@@ -190,6 +192,44 @@ def test_sqlite_store_uses_wal_and_enforces_foreign_keys(sqlite_settings):
 
 
 # --- instructions ---
+
+
+def test_a_store_lock_held_elsewhere_fails_the_waiter_within_the_lock_timeout(settings):
+    migrate(settings)
+    holder = make_engine(settings)
+    waiter = make_engine(settings.model_copy(update={"campaign_db_lock_timeout_s": 0.5}))
+    ledger = SpendLedgerEntry.__tablename__
+    try:
+        with holder.connect() as held:
+            if holder.dialect.name == "sqlite":  # SQLite locks the whole database for a writer
+                held.exec_driver_sql(f"DELETE FROM {ledger} WHERE event_id = 'nobody'")
+            else:
+                held.exec_driver_sql(f"LOCK TABLE {ledger} IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with (
+                pytest.raises(OperationalError, match=r"locked|lock timeout"),
+                make_session_factory(waiter)() as session,
+            ):
+                begin_write(session)
+                session.execute(select(func.count()).select_from(SpendLedgerEntry))
+            assert time.monotonic() - started < 5  # not the 30 s default
+            held.rollback()
+    finally:
+        holder.dispose()
+        waiter.dispose()
+
+
+@pytest.mark.slow
+def test_a_slow_postgresql_statement_is_cancelled_at_the_statement_timeout(postgres_server):
+    settings = make_settings(Path(tempfile.mkdtemp()), campaign_db_url=f"{postgres_server}/postgres")
+    engine = make_engine(settings.model_copy(update={"campaign_db_statement_timeout_s": 0.5}))
+    try:
+        with engine.connect() as connection, pytest.raises(OperationalError, match="statement timeout"):
+            started = time.monotonic()
+            connection.exec_driver_sql("SELECT pg_sleep(10)")
+        assert time.monotonic() - started < 5
+    finally:
+        engine.dispose()
 
 
 def test_create_makes_an_active_campaign_with_its_spec(sessions):
