@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -141,6 +143,17 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         return JSONResponse(
             {"detail": "; ".join(_describe(error) for error in errors[:20]), "errors": jsonable(errors[:20])},
             status_code=422,
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The campaign store is down, locked past its timeout or out of connections: a retry may succeed.
+        return JSONResponse(
+            {"detail": f"the campaign store is unavailable ({type(exc).__name__}); retry: nothing was changed"},
+            status_code=503,
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(ModelNotReady)

@@ -6,10 +6,12 @@ Every test runs with the fast path on and off (the routing differs, the answers 
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +20,7 @@ from kafka import KafkaConsumer
 from adstream.contracts import Topic
 from auction_service.api.app import DefaultTokenOutsideLocal, create_app
 from auction_service.campaign_store import ad_manager, store
+from auction_service.campaign_store.db import make_engine, make_session_factory
 from auction_service.serving.state import ServiceState
 from tests.auction_service.conftest import BOTH_WAYS, TOKEN, instruction, running_service
 from tests.conftest import free_port, make_settings
@@ -185,6 +188,29 @@ def test_a_campaign_request_without_kafka_is_a_503_within_5_s(service_settings, 
             assert time.monotonic() - started < 5
             assert refused.status_code == 503, refused.text
             assert refused.headers["Retry-After"] == "1" and "not applied" in refused.json()["detail"]
+
+
+def test_the_store_down_is_a_503_with_retry_advice_on_reads_and_events(client):
+    state = client.app.state.service
+    working = state.sessions
+    # A PostgreSQL store nobody answers for: every connection is refused.
+    down = make_engine(
+        make_settings(Path(tempfile.mkdtemp()), campaign_db_url=f"postgresql+psycopg://x@127.0.0.1:{free_port()}/c")
+    )
+    state.sessions = make_session_factory(down)
+    try:
+        for response in (
+            client.get("/v1/campaigns/cpc-1", headers=TOKEN),
+            client.post(
+                "/v1/events", json={"events": [{"event_id": "e-down", "event_type": "click", "auction_id": "old"}]}
+            ),
+        ):
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"] == "1"
+            assert "campaign store is unavailable" in response.json()["detail"]
+    finally:
+        state.sessions = working
+        down.dispose()
 
 
 def test_operations_endpoints(client):
