@@ -13,6 +13,7 @@ class Topic(StrEnum):
     CAMPAIGN_INSTRUCTIONS = "campaign-instructions"  # key: campaign_id
     AUCTIONS = "auctions"  # one record per auction
     AD_FEEDBACK = "ad-feedback"  # key: auction_id
+    REFUSED_EVENTS = "refused-events"  # key: auction_id; events the service refused, for quarantine/events
     PLATFORM_SMOKE = "platform-smoke"  # `make run` / smoke DAG only
 
 
@@ -35,6 +36,8 @@ class Table(StrEnum):
     GOLD_CTR_TRAINING_SET = "gold/ctr_training_set"
     GOLD_KPI_MINUTE = "gold/kpi_minute"
     GOLD_BILLING_HOURLY = "gold/billing_hourly"
+    GOLD_IVT_HOURLY = "gold/ivt_hourly"
+    QUARANTINE_EVENTS = "quarantine/events"  # events the service refused, with the reason
     SMOKE_EVENTS = "smoke/platform_events"
 
 

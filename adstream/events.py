@@ -49,6 +49,25 @@ BILLABLE_EVENT: dict[PricingModel, EventType] = {
 }
 
 
+class ChargeStatus(StrEnum):
+    """What the ledger did with an event; only ``charged`` carries a cost."""
+
+    CHARGED = "charged"
+    NOT_BILLABLE = "not_billable"  # not the type its pricing model pays for (a CPC campaign's impression)
+    DUPLICATE_AUCTION = "duplicate_auction"  # the auction's billable event was charged under another event_id
+    OVER_BUDGET = "over_budget"  # charging it would take spend past the total or the day's budget
+    OUT_OF_ORDER = "out_of_order"  # a click with no impression before it, a conversion with no click
+    INVALID_TRAFFIC = "invalid_traffic"  # tagged GIVT by the service: never charged
+    UNKNOWN_CAMPAIGN = "unknown_campaign"
+
+
+class IvtCategory(StrEnum):
+    """The IAB/MRC split of invalid traffic."""
+
+    GIVT = "givt"  # general: known bots, non-browser agents, data-center IPs, duplicate or too-fast clicks
+    SIVT = "sivt"  # sophisticated: here, per-user and per-IP click-rate outliers found by the stream
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
 
@@ -77,6 +96,30 @@ class FeedbackEvent(_Record):
     currency: str = "USD"
     pctr: float | None = Field(default=None, ge=0, le=1)
     model_version: str | None = None
+    # Added fields (optional, so records of earlier services still parse). event_time above is the
+    # one the ledger stored when it first saw the event_id: a retry, even hours later, keeps it.
+    charge_status: ChargeStatus | None = None
+    publisher_id: str | None = Field(default=None, max_length=64)  # the auction's caller (its API key's owner)
+    recorded_at: AwareDatetime | None = None  # when the ledger stored it
+    ivt_category: IvtCategory | None = None  # None: valid traffic as far as the service could tell
+    ivt_reason: str | None = Field(default=None, max_length=128)
+    user_agent: str | None = Field(default=None, max_length=512)
+    ip: str | None = Field(default=None, max_length=45)
+
+
+class RefusedEvent(_Record):
+    """One record of ``refused-events``: an event the service refused (unsigned, tampered, expired,
+    unknown auction ...), never charged, landed by the stream in ``quarantine/events``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str | None = Field(default=None, max_length=64)
+    event_type: str | None = Field(default=None, max_length=32)
+    auction_id: str | None = Field(default=None, max_length=64)
+    reason: str = Field(max_length=64)  # a short code, e.g. "signature_invalid"
+    detail: str = Field(max_length=512)  # the message the caller got
+    refused_at: AwareDatetime
+    user_agent: str | None = Field(default=None, max_length=512)
+    ip: str | None = Field(default=None, max_length=45)
 
 
 class AuctionRecord(_Record):
@@ -107,6 +150,7 @@ class AuctionRecord(_Record):
     runner_up_ecpm_micros: int | None = None
     model_version: str | None = None
     latency_ms: float = Field(ge=0)
+    publisher_id: str | None = Field(default=None, max_length=64)
     currency: str = "USD"
 
 

@@ -21,7 +21,8 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 # Credentials that ship in the repo for the embedded stack. They are refused
 # outside local mode, so a copied .env can never expose a production service.
-LOCAL_DEFAULT_SECRETS = frozenset({"", "local-dev-token", "adstream", "minioadmin"})
+LOCAL_SIGNING_SECRET = "adstream-local-event-signing-key"
+LOCAL_DEFAULT_SECRETS = frozenset({"", "local-dev-token", "adstream", "minioadmin", LOCAL_SIGNING_SECRET})
 
 
 class Environment(StrEnum):
@@ -91,6 +92,21 @@ class Settings(BaseSettings):
     auction_fast_path: bool = True
     auction_reserve_price_micros: int = Field(default=10_000, ge=0)  # CPM floor when a request states none
     auction_ttl_s: int = Field(default=3600, ge=60)  # how long after an auction its events are accepted
+    # Event URLs and tokens are HMAC-SHA256 signed. Keys are "key_id:secret" pairs, comma-separated:
+    # the service signs with EVENT_SIGNING_KEY_ID and verifies with any listed key, so a key is rotated
+    # by adding the new one, switching the id, and dropping the old one once its tokens have expired
+    # (AUCTION_TTL_S). The local default is refused outside local mode.
+    event_signing_keys: SecretStr = SecretStr(f"local:{LOCAL_SIGNING_SECRET}")
+    event_signing_key_id: str = "local"
+    # General invalid traffic: clicks sooner than this after their impression are GIVT ("too fast");
+    # requests from these CIDR ranges (comma-separated, e.g. a cloud provider's) are GIVT ("data center").
+    ivt_min_click_delay_ms: int = Field(default=500, ge=0)
+    ivt_datacenter_cidrs: str = ""
+    # Stream-side SIVT-lite: a user or IP whose clicks in a sliding window exceed this many is an outlier.
+    ivt_sivt_window_s: int = Field(default=300, ge=10)
+    ivt_sivt_max_clicks: int = Field(default=20, ge=1)
+    # Anonymous auction callers (no API key) are served only in local mode, under this policy.
+    auction_allow_anonymous: bool = True
     # Filled auctions stay in the service's memory this long; older ones are read back from the store.
     served_in_memory_s: int = Field(default=600, ge=60)
     campaign_refresh_s: float = Field(default=0.25, gt=0)  # the service sees store changes within ~1 s

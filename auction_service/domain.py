@@ -53,6 +53,7 @@ class AuctionContext:
     floor_cpm_micros: int = 0  # the seller's floor, per thousand impressions
     blocked_categories: frozenset[str] = field(default_factory=frozenset)
     blocked_advertisers: frozenset[str] = field(default_factory=frozenset)
+    publisher_id: str | None = None  # the caller, from its API key; None for an anonymous local caller
 
 
 def fits_int64(*values: int) -> bool:

@@ -9,6 +9,8 @@ serialize them with pydantic.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +30,7 @@ from adstream.settings import LOCAL_DEFAULT_SECRETS, Settings
 from auction_service.api.routes import auction, campaigns, events, ops
 from auction_service.fastpath.routes import DirectRoute, DirectRoutes, replaying
 from auction_service.serving.champion import ModelNotReady
+from auction_service.serving.flows import relay_journal
 from auction_service.serving.state import ServiceState
 
 
@@ -122,9 +125,13 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
             service.start()
         app.state.service = service
         calm_garbage_collector()
+        relay = asyncio.create_task(relay_journal(service), name="journal-relay")
         try:
             yield
         finally:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
             if state is None:
                 service.stop()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from adstream.events import MAX_BID_MICROS, MAX_BUDGET_MICROS, CampaignSpec, CampaignStatus, PricingModel
 from auction_service.serving.bodies import EventIn, EventResult, Id, StrictBody, UtcTime
@@ -60,8 +60,23 @@ INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
 
 
 class TrackingUrls(BaseModel):
+    """The served ad's event URLs, each signed for its one event type (GET fires it, no body needed)."""
+
     impression: str
     click: str
+    conversion: str = Field(description="the advertiser's postback: a conversion is accepted only through it")
+    video_start: str
+    video_complete: str
+
+
+class EventTokens(BaseModel):
+    """The same tokens for ``POST /v1/events`` (field ``token``), one per event type."""
+
+    impression: str
+    click: str
+    conversion: str
+    video_start: str
+    video_complete: str
 
 
 class AuctionResponse(BaseModel):
@@ -77,7 +92,9 @@ class AuctionResponse(BaseModel):
     pctr: float
     ecpm_micros: int
     model_version: str
+    expires_at: AwareDatetime = Field(description="events are accepted until then; the tokens expire with it")
     tracking: TrackingUrls
+    event_tokens: EventTokens
 
 
 class EventBatch(StrictBody):

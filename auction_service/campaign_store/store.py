@@ -65,11 +65,12 @@ class SpendOutcome(StrEnum):
     RECORDED = "recorded"
     DUPLICATE = "duplicate"  # this event_id was charged before: nothing is charged again
     UNKNOWN_CAMPAIGN = "unknown campaign"
+    OVER_BUDGET = "over budget"  # charging it would pass the total or the day's budget: nothing is charged
 
 
 @dataclass(frozen=True, slots=True)
 class SpendResult:
-    """The campaign after the charge. Remaining amounts stop at 0; an overspend shows as spent > budget."""
+    """The campaign after the charge. A charge never takes spend past a budget: it is refused (OVER_BUDGET)."""
 
     outcome: SpendOutcome
     campaign_id: str
@@ -439,9 +440,15 @@ def campaign_change_marker(session: Session) -> tuple[int, int]:
 # The statements of record_spend, built once: building and hashing a statement per billable
 # event cost more than running it. Core (table-level) statements: there are no ORM objects to sync.
 _CAMPAIGNS, _DAILY_SPEND = Campaign.__table__, DailySpend.__table__
+# Guarded: the row is updated (and locked) only when the charge fits the total budget; a charge that
+# does not fit changes nothing and is recorded as non-billable by the caller. Zero overspend, whatever
+# the pricing model, because the check and the increment are one statement on the locked row.
 _CHARGE_CAMPAIGN = (
     update(_CAMPAIGNS)
-    .where(_CAMPAIGNS.c.campaign_id == bindparam("b_campaign_id"))
+    .where(
+        _CAMPAIGNS.c.campaign_id == bindparam("b_campaign_id"),
+        _CAMPAIGNS.c.spent_micros + bindparam("b_cost") <= _CAMPAIGNS.c.total_budget_micros,
+    )
     .values(
         spent_micros=_CAMPAIGNS.c.spent_micros + bindparam("b_cost"),
         revision=_CAMPAIGNS.c.revision + 1,
@@ -459,10 +466,19 @@ _CHARGE_DAY = (
     .where(
         _DAILY_SPEND.c.campaign_id == bindparam("b_campaign_id"),
         _DAILY_SPEND.c.day == bindparam("b_day", type_=_DAILY_SPEND.c.day.type),
+        _DAILY_SPEND.c.spent_micros + bindparam("b_cost") <= bindparam("b_daily_budget"),
     )
     .values(spent_micros=_DAILY_SPEND.c.spent_micros + bindparam("b_cost"))
     .returning(_DAILY_SPEND.c.spent_micros)
 )
+_DAY_WHERE = (
+    _DAILY_SPEND.c.campaign_id == bindparam("b_campaign_id"),
+    _DAILY_SPEND.c.day == bindparam("b_day", type_=_DAILY_SPEND.c.day.type),
+)
+_UNDO_DAY = (
+    update(_DAILY_SPEND).where(*_DAY_WHERE).values(spent_micros=_DAILY_SPEND.c.spent_micros - bindparam("b_cost"))
+)
+_SPENT_ON_DAY = select(_DAILY_SPEND.c.spent_micros).where(*_DAY_WHERE)
 _DAY_INSERT = insert(_DAILY_SPEND)
 _LEDGER = SpendLedgerEntry.__table__
 _BILLED = select(_LEDGER.c.event_id, _LEDGER.c.auction_id).where(
@@ -555,7 +571,23 @@ def _charge(session: Session, ledger_insert: Insert, charge: Charge, day: date, 
     amount = {"b_campaign_id": charge.campaign_id, "b_cost": charge.cost_micros}
     charged = session.execute(_CHARGE_CAMPAIGN, {**amount, "b_now": now}).one_or_none()
     if charged is None:
-        return SpendResult(SpendOutcome.UNKNOWN_CAMPAIGN, charge.campaign_id)
+        if session.get(Campaign, charge.campaign_id) is None:
+            return SpendResult(SpendOutcome.UNKNOWN_CAMPAIGN, charge.campaign_id)
+        return _current_spend(session, SpendOutcome.OVER_BUDGET, charge.campaign_id, day)
+    spent, total_budget, daily_budget = charged
+    day_amount = {**amount, "b_day": day, "b_daily_budget": daily_budget}
+    spent_today = session.execute(_CHARGE_DAY, day_amount).scalar_one_or_none()
+    if spent_today is None:
+        # No row for that day, or one the charge does not fit. The campaign row lock taken above means
+        # no concurrent insert can race this one.
+        has_day = session.execute(_SPENT_ON_DAY, day_amount).first() is not None
+        if has_day or charge.cost_micros > daily_budget:
+            session.execute(_UNDO_CHARGE, amount)
+            return _current_spend(session, SpendOutcome.OVER_BUDGET, charge.campaign_id, day)
+        session.execute(
+            _DAY_INSERT, {"campaign_id": charge.campaign_id, "day": day, "spent_micros": charge.cost_micros}
+        )
+        spent_today = charge.cost_micros
     row = {
         "event_id": charge.event_id, "auction_id": charge.auction_id, "campaign_id": charge.campaign_id,
         "event_type": str(charge.event_type), "cost_micros": charge.cost_micros, "event_time": charge.event_time,
@@ -565,15 +597,8 @@ def _charge(session: Session, ledger_insert: Insert, charge: Charge, day: date, 
         # Billed by a concurrent transaction since the look at the ledger (PostgreSQL; SQLite's writer
         # holds the database): take this charge back, the batch's other charges stand.
         session.execute(_UNDO_CHARGE, amount)
+        session.execute(_UNDO_DAY, day_amount)
         return _current_spend(session, SpendOutcome.DUPLICATE, charge.campaign_id, day)
-    spent, total_budget, daily_budget = charged
-    spent_today = session.execute(_CHARGE_DAY, {**amount, "b_day": day}).scalar_one_or_none()
-    if spent_today is None:
-        # No row for that day yet. The campaign row lock taken above means no concurrent insert can race this one.
-        session.execute(
-            _DAY_INSERT, {"campaign_id": charge.campaign_id, "day": day, "spent_micros": charge.cost_micros}
-        )
-        spent_today = charge.cost_micros
     return _spend_result(SpendOutcome.RECORDED, charge.campaign_id, spent, total_budget, spent_today, daily_budget)
 
 
@@ -645,6 +670,7 @@ class ServedAuctionRow:
     model_version: str
     served_at: datetime
     expires_at: datetime
+    publisher_id: str | None = None
 
     def packed(self) -> tuple:
         """The fields as a plain tuple of str, int, float and datetime, for holding in memory.

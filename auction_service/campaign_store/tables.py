@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Dialect,
@@ -136,6 +137,7 @@ class ServedAuction(Base):
     channel: Mapped[str | None] = mapped_column(String(8))
     content_type: Mapped[str | None] = mapped_column(String(8))
     model_version: Mapped[str] = mapped_column(String(32))
+    publisher_id: Mapped[str | None] = mapped_column(String(64))
     served_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -165,3 +167,45 @@ class QuarantinedInstruction(Base):
     raw_value: Mapped[bytes | None] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(Text)
     quarantined_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class FeedbackJournal(Base):
+    """Every accepted event, as published to ``ad-feedback``: the outbox that keeps the ledger and the lake equal.
+
+    Written in the same transaction as the event's charge (``spend_ledger``), with the time it
+    was first seen; a relay publishes the rows whose ``published_at`` is still empty, so an
+    event charged by a service that then died is published all the same, and a retry of an
+    event_id, at any delay, finds its row and charges and publishes nothing new.
+    """
+
+    __tablename__ = "feedback_journal"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    auction_id: Mapped[str] = mapped_column(String(64), index=True)
+    campaign_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(32))
+    event_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    charge_status: Mapped[str] = mapped_column(String(32))
+    cost_micros: Mapped[int] = mapped_column(BigInteger)
+    ivt_category: Mapped[str | None] = mapped_column(String(8))
+    payload: Mapped[str] = mapped_column(Text)  # the FeedbackEvent's JSON, byte for byte what is published
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+
+
+class ApiKey(Base):
+    """A publisher's or exchange's key for the auction endpoints, with the policy its requests get.
+
+    Only the SHA-256 of the secret is kept; the secret is shown once, when the key is made.
+    """
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    caller_id: Mapped[str] = mapped_column(String(64), index=True)  # the publisher or exchange
+    kind: Mapped[str] = mapped_column(String(16))  # "publisher" or "exchange"
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    max_floor_cpm_micros: Mapped[int] = mapped_column(BigInteger)  # a higher floor in a request is capped here
+    first_price_allowed: Mapped[bool] = mapped_column(Boolean)  # else OpenRTB at=1 is refused
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

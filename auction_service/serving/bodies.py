@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from adstream.events import EventType
+from adstream.events import ChargeStatus, EventType, IvtCategory
 
 ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
@@ -40,7 +40,12 @@ class EventIn(StrictBody):
     event_id: Id
     event_type: EventType
     auction_id: Id
+    token: str | None = Field(
+        default=None, max_length=128, description="the event's token from the auction's event_tokens; required"
+    )
     event_time: UtcTime | None = Field(default=None, description="UTC; default: when the service receives it")
+    user_agent: str | None = Field(default=None, max_length=512, description="the device's; default: User-Agent")
+    ip: str | None = Field(default=None, max_length=45, description="the device's; default: the client address")
 
 
 EventStatus = Literal["accepted", "duplicate", "rejected"]
@@ -49,5 +54,8 @@ EventStatus = Literal["accepted", "duplicate", "rejected"]
 class EventResult(BaseModel):
     event_id: str
     status: EventStatus
-    reason: str | None = None
+    reason: str | None = None  # why it was rejected (a code, then what to fix), or why it was not charged
     charged_micros: int = 0
+    charge_status: ChargeStatus | None = None  # accepted and duplicate events: what the ledger did with it
+    ivt_category: IvtCategory | None = None
+    ivt_reason: str | None = None

@@ -3,17 +3,19 @@
 Auction: eligible campaigns -> one scoring batch -> ranked, priced (``auction_service.serving.auction``)
 -> reserve the winner's expected cost -> remember the auction -> publish it to ``auctions``.
 
-Event: validate against the served auction -> publish to ``ad-feedback`` and wait for the
-broker's ack -> for the billable type, charge the ledger (once per event id and once per
-auction) -> free the reservation. Kafka first: when the broker is down nothing is charged and
-the client gets 503 and retries with the same event_id; a retry after a charge is a
-duplicate in the ledger (free) and at most a duplicate record downstream, deduplicated there
-by event_id.
+Event: check it against the served auction (its signed token, its time) -> journal it, decide
+its order and click rules and charge its billable type, in one store transaction
+(``auction_service.campaign_store.journal``) -> publish the journaled record to ``ad-feedback``
+and wait for the broker's ack -> free the reservation. The journal is the outbox: what Kafka
+did not acknowledge (a broker outage, a kill -9 between commit and publish) the relay
+(``relay_journal``) publishes later, so the ledger and the lake hold the same events with the same
+times. A retry, at any delay, is answered from the journal and charges nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,17 +23,19 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from adstream.contracts import Topic
-from adstream.events import BILLABLE_EVENT, FeedbackEvent, PricingModel
+from adstream.events import BILLABLE_EVENT, ChargeStatus, FeedbackEvent, PricingModel, RefusedEvent
 from adstream.messaging import BrokerUnavailable, PublishFailed
 from adstream.settings import Settings
-from auction_service.campaign_store import store
+from adstream.signing import TokenRefused
+from auction_service.campaign_store import journal, store
 from auction_service.domain import AuctionContext
 from auction_service.serving.auction import DEFAULT_PCVR, AuctionOutcome, CampaignIndex, auction_record, run_auction
 from auction_service.serving.bodies import EventIn, EventResult
 from auction_service.serving.books import Reservation, billable_cost_micros, expected_cost_micros
 from auction_service.serving.features import CampaignFeatures, candidate_columns
-from auction_service.serving.state import ServiceState
+from auction_service.serving.state import PUBLISH_TIMEOUT_S, ServiceState
 
+log = logging.getLogger(__name__)
 CLOCK_SKEW = timedelta(seconds=5)  # events may carry a client time slightly before the auction's
 
 
@@ -47,6 +51,8 @@ class LedgerUnavailable(RuntimeError):
 class ServedAd:
     outcome: AuctionOutcome
     model_version: str
+    auction_id: str
+    expires_at: datetime | None = None  # when its events stop being accepted; None without a winner
 
 
 def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: bool = False) -> ServedAd:
@@ -74,8 +80,9 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
         filtered=filtered,
         bids=index.bids.take(rows),
     )
+    expires_at = None
     if outcome.winner is not None:
-        _hold(state, context, outcome, loaded.version)
+        expires_at = _hold(state, context, outcome, loaded.version)
     latency_ms = (time.perf_counter() - began) * 1000
     record = auction_record(context, outcome, model_version=loaded.version, latency_ms=latency_ms)
     if state.auction_log is not None:
@@ -84,10 +91,10 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
     state.stats.auction(outcome.filled, outcome.pctr, len(candidates))
     state.metrics.auctions.labels(outcome="filled" if outcome.filled else "no_fill").inc()
     state.metrics.fill_rate.set(state.stats.fill_rate)
-    return ServedAd(outcome, loaded.version)
+    return ServedAd(outcome, loaded.version, context.auction_id, expires_at)
 
 
-def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str) -> None:
+def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str) -> datetime:
     winner = outcome.winner
     assert winner is not None
     cost = billable_cost_micros(winner.pricing_model, outcome.clearing_price_micros)
@@ -103,9 +110,10 @@ def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome,
             clearing_price_micros=outcome.clearing_price_micros, billable_cost_micros=cost, reserved_micros=reserved,
             pctr=float(outcome.pctr or 0.0), user_id=context.user_id, device_type=context.device_type,
             channel=context.channel, content_type=context.content_type, model_version=model_version,
-            served_at=context.at, expires_at=expires_at,
+            publisher_id=context.publisher_id, served_at=context.at, expires_at=expires_at,
         )
     )  # fmt: skip
+    return expires_at
 
 
 def max_lateness_s(settings: Settings) -> int:
@@ -118,77 +126,136 @@ def max_lateness_s(settings: Settings) -> int:
     return settings.stream_watermark_s // 2
 
 
-def _rejected(state: ServiceState, event: EventIn, reason: str) -> EventResult:
-    state.stats.event("rejected", reason.split(":")[0])
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who sent the request: its agent and address (the event body may state the device's instead)."""
+
+    user_agent: str | None = None
+    ip: str | None = None
+
+
+def _rejected(state: ServiceState, event: EventIn, code: str, message: str, client: Client) -> EventResult:
+    state.stats.event("rejected", code)
     state.metrics.events.labels(event_type=event.event_type, status="rejected").inc()
-    return EventResult(event_id=event.event_id, status="rejected", reason=reason)
+    state.metrics.events_refused.labels(reason=code).inc()
+    if state.auction_log is not None:
+        # Best effort, like the auction log: a refused event moves no money; losses are counted there.
+        refused = RefusedEvent(
+            event_id=event.event_id, event_type=event.event_type, auction_id=event.auction_id, reason=code,
+            detail=message[:512], refused_at=datetime.now(UTC), user_agent=(event.user_agent or client.user_agent),
+            ip=(event.ip or client.ip),
+        )  # fmt: skip
+        state.auction_log.send(Topic.REFUSED_EVENTS, event.auction_id, refused.model_dump_json().encode())
+    return EventResult(event_id=event.event_id, status="rejected", reason=f"{code}: {message}")
 
 
-async def record_events(state: ServiceState, events: list[EventIn], received_at: datetime) -> list[EventResult]:
-    """Validates, publishes (waiting for the acks) and bills a batch of events; one result per event.
+def _check(state: ServiceState, event: EventIn, served: store.ServedAuctionRow | None, received_at: datetime
+           ) -> tuple[str, str] | None:  # fmt: skip
+    """Why the event is refused (a code and what to fix), or None when it is a signed, timely event of its auction."""
+    if served is None:
+        return "unknown_auction", f"no auction {event.auction_id} was served"
+    try:
+        state.signer.verify(
+            event.token, event.auction_id, event.event_type, served.campaign_id, received_at.timestamp()
+        )
+    except TokenRefused as exc:
+        return exc.error.value, str(exc)
+    event_time = (event.event_time or received_at).astimezone(UTC)
+    late = max_lateness_s(state.settings)
+    if event_time > received_at + CLOCK_SKEW:
+        return "event_time_future", "event_time is in the future: send the time in UTC"
+    if event_time < received_at - timedelta(seconds=late):
+        return "event_time_too_old", f"event_time too old: events must arrive within {late} s"
+    if event_time > served.expires_at:
+        return "auction_expired", f"events are accepted for {state.settings.auction_ttl_s} s after the auction"
+    if event_time < served.served_at - CLOCK_SKEW:
+        return "event_time_before_auction", "event_time is before its auction: send the time in UTC"
+    return None
 
-    Raises ``BrokerUnavailable`` (``adstream.messaging``) before anything is charged when Kafka does not
-    acknowledge in time, and ``LedgerUnavailable`` when the store does not take the charges (then nothing
-    is charged either); the client retries both with the same event ids.
+
+async def record_events(
+    state: ServiceState, events: list[EventIn], received_at: datetime, client: Client = Client()
+) -> list[EventResult]:
+    """Checks, journals and charges (one transaction), then publishes a batch of events; one result per event.
+
+    Raises ``LedgerUnavailable`` when the store does not take the batch (nothing was journaled
+    or charged), and ``BrokerUnavailable`` (``adstream.messaging``) when Kafka does not acknowledge
+    in time: then the events are journaled and charged already, and the relay publishes them;
+    the client retries both with the same event ids, and a retry is answered from the journal.
     """
-    checked: list[tuple[int, EventIn, store.ServedAuctionRow, FeedbackEvent, bool]] = []
     results: dict[int, EventResult] = {}
+    entries: list[tuple[int, journal.JournalEntry]] = []
     served_by_id = {event.auction_id: state.served_in_memory(event.auction_id) for event in events}
     older = [auction_id for auction_id, served in served_by_id.items() if served is None]
     if older:  # the store, in a thread: the event loop does not wait on disk
         served_by_id.update(await asyncio.to_thread(_served_from_store, state, older))
     for index, event in enumerate(events):
         served = served_by_id[event.auction_id]
-        event_time = (event.event_time or received_at).astimezone(UTC)
-        if served is None:
-            results[index] = _rejected(state, event, f"unknown auction_id: no auction {event.auction_id} was served")
+        refused = _check(state, event, served, received_at)
+        if refused is not None:
+            results[index] = _rejected(state, event, *refused, client)
             continue
-        if event_time > received_at + CLOCK_SKEW:
-            results[index] = _rejected(state, event, "event_time is in the future: send the time in UTC")
-            continue
-        if event_time < received_at - timedelta(seconds=max_lateness_s(state.settings)):
-            late = max_lateness_s(state.settings)
-            results[index] = _rejected(state, event, f"event_time too old: events must arrive within {late} s")
-            continue
-        if event_time > served.expires_at:
-            ttl = state.settings.auction_ttl_s
-            results[index] = _rejected(state, event, f"auction expired: events are accepted for {ttl} s after it")
-            continue
-        if event_time < served.served_at - CLOCK_SKEW:
-            results[index] = _rejected(state, event, "event_time is before its auction: send the time in UTC")
-            continue
+        assert served is not None
         billable = BILLABLE_EVENT[PricingModel(served.pricing_model)] == event.event_type
+        user_agent = event.user_agent if event.user_agent is not None else client.user_agent
+        ip = event.ip or client.ip
         feedback = FeedbackEvent(
-            event_id=event.event_id, event_type=event.event_type, event_time=event_time,
-            auction_id=served.auction_id, campaign_id=served.campaign_id, advertiser_id=served.advertiser_id,
-            ad_id=served.ad_id, user_id=served.user_id, device_type=served.device_type, channel=served.channel,
+            event_id=event.event_id, event_type=event.event_type,
+            event_time=(event.event_time or received_at).astimezone(UTC), auction_id=served.auction_id,
+            campaign_id=served.campaign_id, advertiser_id=served.advertiser_id, ad_id=served.ad_id,
+            user_id=served.user_id, device_type=served.device_type, channel=served.channel,
             content_type=served.content_type, pricing_model=served.pricing_model,
             cost_micros=served.billable_cost_micros if billable else 0, pctr=served.pctr,
-            model_version=served.model_version,
+            model_version=served.model_version, publisher_id=served.publisher_id, user_agent=user_agent, ip=ip,
         )  # fmt: skip
-        checked.append((index, event, served, feedback, billable))
-        results[index] = EventResult(event_id=event.event_id, status="accepted")
-    await _publish(state, [feedback for _, _, _, feedback, _ in checked])
-    # By position, not event_id: an event sent twice in one batch is charged once, and the copy that
-    # was charged must say so.
-    billable = [(index, served, feedback) for index, _, served, feedback, billable in checked if billable]
+        entries.append((index, journal.JournalEntry(feedback, billable, state.request_ivt.reason(user_agent, ip))))
     try:
-        charged = await _bill_all(state, billable) if billable else {}
-    except SQLAlchemyError as exc:
-        raise LedgerUnavailable(f"the campaign store did not record the charges ({exc.__class__.__name__})") from exc
-    for index, outcome in charged.items():
-        results[index] = results[index].model_copy(
-            update={"status": "duplicate" if outcome is None else "accepted", "charged_micros": outcome or 0}
-        )
-    for _, event, served, _, _ in checked:
-        if event.event_type == "impression" and served.user_id is not None:
-            state.frequency.record_impression(served.user_id, served.campaign_id, received_at)
+        journaled = await state.spend_ledger.record([entry for _, entry in entries]) if entries else []
+    except (SQLAlchemyError, journal.JournalConflict) as exc:
+        raise LedgerUnavailable(f"the campaign store did not record the events ({exc.__class__.__name__})") from exc
+    unpublished = {result.event.event_id: result.event for result in journaled if not result.published}
+    await _publish(state, list(unpublished.values()))
+    for (index, entry), result in zip(entries, journaled, strict=True):
+        results[index] = _accepted(state, entry, result, received_at)
     for index in sorted(results):
         result = results[index]
         if result.status != "rejected":
             state.stats.event(result.status)
             state.metrics.events.labels(event_type=events[index].event_type, status=result.status).inc()
     return [results[index] for index in sorted(results)]
+
+
+def _accepted(state: ServiceState, entry: journal.JournalEntry, result: journal.JournalResult, received_at: datetime
+              ) -> EventResult:  # fmt: skip
+    event = result.event
+    status = ChargeStatus(event.charge_status) if event.charge_status else None
+    if result.new:
+        state.metrics.events_charged.labels(charge_status=str(status)).inc()
+        if event.ivt_reason:
+            state.metrics.events_ivt.labels(reason=event.ivt_reason).inc()
+        if status is ChargeStatus.CHARGED:
+            state.release_when_reloaded(event.auction_id)
+            state.metrics.spend.labels(pricing_model=event.pricing_model).inc(event.cost_micros)
+        elif status is ChargeStatus.OVER_BUDGET:
+            state.exposure.release(event.auction_id)
+        if event.event_type == "impression" and event.user_id is not None and event.ivt_category is None:
+            state.frequency.record_impression(event.user_id, event.campaign_id, received_at)
+    return EventResult(
+        event_id=entry.event.event_id, status="accepted" if result.new else "duplicate",
+        reason=None if status in (None, ChargeStatus.CHARGED) else NOT_CHARGED[status],
+        charged_micros=event.cost_micros if result.new else 0, charge_status=status,
+        ivt_category=event.ivt_category, ivt_reason=event.ivt_reason,
+    )  # fmt: skip
+
+
+NOT_CHARGED = {
+    ChargeStatus.NOT_BILLABLE: "not the event type its campaign pays for",
+    ChargeStatus.DUPLICATE_AUCTION: "its auction's billable event was charged already",
+    ChargeStatus.OVER_BUDGET: "charging it would pass its campaign's budget",
+    ChargeStatus.OUT_OF_ORDER: "no impression (for a click) or click (for a conversion) of its auction came before it",
+    ChargeStatus.INVALID_TRAFFIC: "general invalid traffic (see ivt_reason)",
+    ChargeStatus.UNKNOWN_CAMPAIGN: "its campaign is not in the store",
+}
 
 
 def _served_from_store(state: ServiceState, auction_ids: list[str]) -> dict[str, store.ServedAuctionRow | None]:
@@ -204,28 +271,57 @@ async def _publish(state: ServiceState, feedback: list[FeedbackEvent]) -> None:
     try:
         await state.feedback_log.publish(Topic.AD_FEEDBACK, records)
     except PublishFailed as exc:
-        raise BrokerUnavailable(f"Kafka did not acknowledge the events ({exc})") from exc
+        raise BrokerUnavailable(f"Kafka did not acknowledge the events ({exc}); they are recorded") from exc
+    state.spend_ledger.acknowledged([event.event_id for event in feedback])
 
 
-async def _bill_all(
-    state: ServiceState, billable: list[tuple[int, store.ServedAuctionRow, FeedbackEvent]]
-) -> dict[int, int | None]:
-    """Charges the billable events; by index, the micros charged, or None for a duplicate (nothing charged)."""
-    charges = [_charge_of(served, feedback) for _, served, feedback in billable]
-    results = await state.spend_ledger.record(charges)
-    charged: dict[int, int | None] = {}
-    for (index, served, feedback), result in zip(billable, results, strict=True):
-        if result.outcome is not store.SpendOutcome.RECORDED:
-            charged[index] = None
-            continue
-        state.release_when_reloaded(served.auction_id)
-        state.metrics.spend.labels(pricing_model=served.pricing_model).inc(feedback.cost_micros)
-        charged[index] = feedback.cost_micros
-    return charged
+RELAY_EVERY_S = 2.0
 
 
-def _charge_of(served: store.ServedAuctionRow, feedback: FeedbackEvent) -> store.Charge:
-    return store.Charge(
-        event_id=feedback.event_id, auction_id=served.auction_id, campaign_id=served.campaign_id,
-        event_type=feedback.event_type, cost_micros=feedback.cost_micros, event_time=feedback.event_time,
-    )  # fmt: skip
+async def relay_journal(state: ServiceState, every_s: float = RELAY_EVERY_S) -> None:
+    """Publishes journaled events Kafka never acknowledged, and marks the acknowledged ones; runs until cancelled.
+
+    A row is relayed once it is older than a request's own publish could still be waiting, so a
+    healthy request's events are not sent twice; when they are (a slow ack, several replicas), the
+    stream keeps one copy per event_id.
+    """
+    while True:
+        try:
+            await relay_once(state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a store or broker outage: the next round retries
+            log.warning("journal relay: %s", exc)
+        await asyncio.sleep(every_s)
+
+
+async def relay_once(state: ServiceState, limit: int = 1000) -> int:
+    """One round of ``relay_journal``; returns how many events it published."""
+    if state.feedback_log is None:
+        return 0
+    wait = timedelta(seconds=PUBLISH_TIMEOUT_S + 3)
+    rows = await asyncio.to_thread(_unpublished, state, datetime.now(UTC) - wait, limit)
+    if rows:
+        await state.feedback_log.publish(
+            Topic.AD_FEEDBACK, [(auction_id, payload.encode()) for _, auction_id, payload in rows]
+        )
+        state.spend_ledger.acknowledged([event_id for event_id, _, _ in rows])
+        state.metrics.journal_relayed.inc(len(rows))
+    acked = state.spend_ledger.take_acknowledged()
+    if acked:
+        try:
+            await asyncio.to_thread(_mark_published, state, acked)
+        except BaseException:
+            state.spend_ledger.acknowledged(acked)
+            raise
+    return len(rows)
+
+
+def _unpublished(state: ServiceState, before: datetime, limit: int) -> list[tuple[str, str, str]]:
+    with state.sessions() as session:
+        return journal.unpublished(session, before, limit)
+
+
+def _mark_published(state: ServiceState, event_ids: list[str]) -> None:
+    with state.sessions() as session:
+        journal.mark_published(session, event_ids)

@@ -23,6 +23,18 @@ class ServiceMetrics:
         self.auctions = Counter("adstream_auctions_total", "Auctions run", ["outcome"], registry=r)
         self.fill_rate = Gauge("adstream_fill_rate", "Share of auctions that returned an ad", registry=r)
         self.events = Counter("adstream_events_total", "Feedback events", ["event_type", "status"], registry=r)
+        self.events_refused = Counter(
+            "adstream_events_refused_total", "Events refused (never charged), by reason", ["reason"], registry=r
+        )
+        self.events_charged = Counter(
+            "adstream_events_journaled_total", "Events journaled, by what the ledger did", ["charge_status"], registry=r
+        )
+        self.events_ivt = Counter(
+            "adstream_events_ivt_total", "Events tagged general invalid traffic, by reason", ["reason"], registry=r
+        )
+        self.journal_relayed = Counter(
+            "adstream_journal_relayed_total", "Journaled events published by the relay, not their request", registry=r
+        )
         self.spend = Counter(
             "adstream_spend_micros_total", "Spend recorded in the ledger (micros)", ["pricing_model"], registry=r
         )

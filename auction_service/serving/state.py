@@ -15,24 +15,29 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kafka import KafkaProducer
 from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.messaging import AckedProducer, BrokerUnavailable, LogProducer, make_producer
 from adstream.settings import Settings
-from auction_service.campaign_store import store
+from adstream.signing import EventSigner
+from auction_service.campaign_store import journal, store
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
 from auction_service.domain import ServingCampaign
 from auction_service.serving.books import AuctionStats, ExposureBook, FrequencyBook
 from auction_service.serving.champion import ModelWatcher, ServingModel
 from auction_service.serving.features import FeatureStore
+from auction_service.serving.ivt import RequestIvt
 from auction_service.serving.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+T, R = TypeVar("T"), TypeVar("R")
 FEATURE_RELOAD_EVERY = 40  # housekeeping ticks (about 10 s at the default 250 ms)
-PUBLISH_TIMEOUT_S = 5.0  # an event batch not acknowledged by then answers 503 (retry), nothing charged
+# An event batch not acknowledged by then answers 503 (retry): it is journaled, and the relay or the
+# retry publishes it; with the producer's report slack the 503 comes within 5 s.
+PUBLISH_TIMEOUT_S = 2.5
 # A campaign request answers 503 within 5 s when Kafka is away: its producer's bootstrap or metadata wait
 # gives up after 2 s, an unacknowledged instruction after 4 s (the two do not add up: a send without
 # metadata fails before any ack wait).
@@ -56,26 +61,26 @@ def _snapshot(
     return CampaignSnapshot(tuple(campaigns), {c.campaign_id: c for c in campaigns}, marker, now.date(), now, revisions)
 
 
-class SpendLedger:
-    """The charges of concurrent requests, written to the store together: one transaction per write.
+class GroupCommit(Generic[T, R]):
+    """Items of concurrent requests, written to the store together: one transaction per write.
 
-    A lone request's charges are written at once. Charges that arrive while a write is in
-    flight wait for the next one, so its commit is shared by all of them (a group commit):
-    at a few hundred billable events a second, a transaction each would take a core.
+    A lone request's items are written at once. Items that arrive while a write is in flight
+    wait for the next one, so its commit is shared by all of them (a group commit): at a few
+    hundred events a second, a transaction each would take a core.
     """
 
     MAX_CHARGES_PER_WRITE = 500
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
-        self._queued: list[tuple[store.Charge, asyncio.Future[store.SpendResult]]] = []
+        self._queued: list[tuple[T, asyncio.Future[R]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def record(self, charges: list[store.Charge]) -> list[store.SpendResult]:
-        """A result per charge, once its transaction committed; a failed write raises in every caller it held."""
+    async def record(self, items: list[T]) -> list[R]:
+        """A result per item, once its transaction committed; a failed write raises in every caller it held."""
         loop = asyncio.get_running_loop()
-        results = [loop.create_future() for _ in charges]
-        self._queued.extend(zip(charges, results, strict=True))
+        results = [loop.create_future() for _ in items]
+        self._queued.extend(zip(items, results, strict=True))
         if self._writer is None:
             self._writer = loop.create_task(self._write_queued())
         return list(await asyncio.gather(*results))
@@ -87,21 +92,57 @@ class SpendLedger:
                 batch, self._queued = self._queued[:size], self._queued[size:]
                 try:
                     # The store's transactions wait on disk and locks: a thread, off the event loop.
-                    written = await asyncio.to_thread(self._write, [charge for charge, _ in batch])
+                    written = await asyncio.to_thread(self._write, [item for item, _ in batch])
                 except Exception as exc:
                     for _, result in batch:
                         if not result.done():  # a caller that went away cancelled its own
                             result.set_exception(exc)
                     continue
-                for (_, result), spend in zip(batch, written, strict=True):
+                for (_, result), outcome in zip(batch, written, strict=True):
                     if not result.done():
-                        result.set_result(spend)
+                        result.set_result(outcome)
         finally:
             self._writer = None
 
-    def _write(self, charges: list[store.Charge]) -> list[store.SpendResult]:
+    def _write(self, items: list[T]) -> list[R]:
+        raise NotImplementedError
+
+
+class SpendLedger(GroupCommit[store.Charge, store.SpendResult]):
+    """Charges alone (``store.record_spends``), in group commits."""
+
+    def _write(self, items: list[store.Charge]) -> list[store.SpendResult]:
         with self._sessions() as session:
-            return store.record_spends(session, charges)
+            return store.record_spends(session, items)
+
+
+class EventJournal(GroupCommit[journal.JournalEntry, journal.JournalResult]):
+    """Events journaled and charged (``journal.record_events``), in group commits.
+
+    The ids Kafka acknowledged since the last write are marked published in the next one, so
+    marking costs no transaction of its own; ids lost to a crash are published again by the relay.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], min_click_delay: timedelta) -> None:
+        super().__init__(sessions)
+        self.min_click_delay = min_click_delay
+        self._acked: list[str] = []
+
+    def acknowledged(self, event_ids: list[str]) -> None:
+        self._acked.extend(event_ids)
+
+    def take_acknowledged(self) -> list[str]:
+        acked, self._acked = self._acked, []
+        return acked
+
+    def _write(self, items: list[journal.JournalEntry]) -> list[journal.JournalResult]:
+        acked = self.take_acknowledged()
+        try:
+            with self._sessions() as session:
+                return journal.record_events(session, items, min_click_delay=self.min_click_delay, published=acked)
+        except BaseException:
+            self._acked.extend(acked)  # marked in a later write, or republished: both harmless
+            raise
 
 
 @dataclass
@@ -129,10 +170,14 @@ class ServiceState:
     snapshot_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    spend_ledger: SpendLedger = field(init=False)  # billable events, charged in group commits
+    spend_ledger: EventJournal = field(init=False)  # events journaled and charged, in group commits
+    signer: EventSigner = field(init=False)  # signs the event URLs of served ads, verifies their events
+    request_ivt: RequestIvt = field(init=False)  # GIVT by user agent and address
 
     def __post_init__(self) -> None:
-        self.spend_ledger = SpendLedger(self.sessions)
+        self.spend_ledger = EventJournal(self.sessions, timedelta(milliseconds=self.settings.ivt_min_click_delay_ms))
+        self.signer = EventSigner.from_settings(self.settings)
+        self.request_ivt = RequestIvt.from_settings(self.settings)
 
     # --- lifecycle ---
 

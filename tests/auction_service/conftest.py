@@ -47,6 +47,31 @@ from tests.ml.conftest import new_store, one_openmp_thread
 from tests.ml.factories import training_frame
 
 TOKEN = {"Authorization": "Bearer local-dev-token"}
+# A real browser's agent: test clients' own agents ("testclient", "python-httpx/…") are GIVT non-browser agents.
+BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+BROWSER = {"User-Agent": BROWSER_UA}
+
+
+def signed_event(
+    auction: dict[str, Any], event_type: str, event_id: str | None = None, *, at: datetime | None = None, **fields: Any
+) -> dict[str, Any]:
+    """The body of ``POST /v1/events`` for one event of a served ``/v1/auction`` answer: its token, a browser's agent.
+
+    ``at``: the event_time; a click sent right after its impression is a too-fast click (GIVT), so
+    tests date the impression a few seconds back (``impression_time``).
+    """
+    body: dict[str, Any] = {
+        "event_id": event_id or f"{auction['auction_id'][:40]}-{event_type}", "event_type": event_type,
+        "auction_id": auction["auction_id"], "token": auction["event_tokens"][event_type], "user_agent": BROWSER_UA,
+    }  # fmt: skip
+    if at is not None:
+        body["event_time"] = at.isoformat()
+    return {**body, **fields}
+
+
+def impression_time() -> datetime:
+    """A moment just after an auction served now: long enough before a click sent now that it is not too fast."""
+    return datetime.now(UTC) - timedelta(seconds=2)
 # Fixture parameters for AUCTION_FAST_PATH on and off.
 BOTH_WAYS: dict[str, Any] = {"params": [True, False], "ids": ["fast-path-on", "fast-path-off"]}
 

@@ -1,27 +1,48 @@
-"""POST /v1/events (one event or a batch) and the tracking pixels of served ads."""
+"""POST /v1/events (one event or a batch) and the signed tracking URLs of served ads.
+
+Every event carries its token (``adstream.signing``), issued with the auction for that one
+event type. The device's user agent and address are the event's ``user_agent`` and ``ip``
+(a server relaying events states them) or else the request's ``User-Agent`` and client address
+(uvicorn takes ``X-Forwarded-For`` from the proxies in FORWARDED_ALLOW_IPS, 127.0.0.1 by default).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from adstream.events import EventType
 from adstream.messaging import BrokerUnavailable
+from adstream.signing import TokenError
 from auction_service.api.schemas import INVALID_REQUEST, EventBatch, EventBatchResult
-from auction_service.serving.bodies import ID_PATTERN, EventIn
-from auction_service.serving.flows import LedgerUnavailable, record_events
+from auction_service.serving.bodies import ID_PATTERN, EventIn, EventResult
+from auction_service.serving.flows import Client, LedgerUnavailable, record_events
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=INVALID_REQUEST)
 RETRY = "retry the same events with the same event_id: a replay is never charged twice"
 # Short enough that the derived event id "<auction_id>-<event_type>" is still a valid Id.
 TrackedAuctionId = Annotated[str, Path(min_length=1, max_length=64 - len("-video_complete"), pattern=ID_PATTERN)]
+# A refused event's status: no token 401, a token that is not this event's 403, an expired one 410.
+REFUSAL_STATUS = {
+    TokenError.MISSING: status.HTTP_401_UNAUTHORIZED,
+    TokenError.MALFORMED: status.HTTP_403_FORBIDDEN,
+    TokenError.UNKNOWN_KEY: status.HTTP_403_FORBIDDEN,
+    TokenError.BAD_SIGNATURE: status.HTTP_403_FORBIDDEN,
+    TokenError.EXPIRED: status.HTTP_410_GONE,
+    "unknown_auction": status.HTTP_404_NOT_FOUND,
+}
+
+
+def _client(request: Request) -> Client:
+    address = request.client.host if request.client else None
+    return Client(user_agent=request.headers.get("user-agent"), ip=address)
 
 
 async def _record(request: Request, events: list[EventIn]) -> EventBatchResult:
     try:
-        results = await record_events(request.app.state.service, events, datetime.now(UTC))
+        results = await record_events(request.app.state.service, events, datetime.now(UTC), _client(request))
     except (BrokerUnavailable, LedgerUnavailable) as exc:
         unavailable = status.HTTP_503_SERVICE_UNAVAILABLE
         raise HTTPException(unavailable, f"{exc}; {RETRY}", headers={"Retry-After": "1"}) from exc
@@ -29,22 +50,33 @@ async def _record(request: Request, events: list[EventIn]) -> EventBatchResult:
     return EventBatchResult(**counts, results=results)
 
 
+def _refused(result: EventResult, otherwise: int) -> HTTPException:
+    code = (result.reason or "").split(":", 1)[0]
+    return HTTPException(REFUSAL_STATUS.get(code, otherwise), result.reason)
+
+
 @router.post("", response_model=EventBatchResult, status_code=202)
 async def post_events(body: EventIn | EventBatch, request: Request) -> EventBatchResult:
-    """One event, or ``{"events": [...]}`` (up to 1000). Rejected events are listed with their reason;
-    a single rejected event answers 422."""
+    """One event, or ``{"events": [...]}`` (up to 1000). Rejected events are listed with their reason; a single
+    rejected event answers 401 (no token), 403 (a token not this event's), 410 (expired), 404 (unknown auction)
+    or 422 (its time)."""
     events = body.events if isinstance(body, EventBatch) else [body]
     result = await _record(request, events)
     if isinstance(body, EventIn) and result.rejected:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, result.results[0].reason)
+        raise _refused(result.results[0], status.HTTP_422_UNPROCESSABLE_CONTENT)
     return result
 
 
 @router.get("/track/{auction_id}/{event_type}", status_code=204, responses={204: {"description": "recorded"}})
-async def track(auction_id: TrackedAuctionId, event_type: EventType, request: Request) -> Response:
-    """A tracking pixel: the event id is derived from the auction, so a pixel that fires twice counts once."""
-    event = EventIn(event_id=f"{auction_id}-{event_type}", event_type=event_type, auction_id=auction_id)
+async def track(
+    auction_id: TrackedAuctionId,
+    event_type: EventType,
+    request: Request,
+    t: Annotated[str | None, Query(max_length=128, description="the token the auction put in this URL")] = None,
+) -> Response:
+    """A signed tracking URL: the event id is derived from the auction, so a URL that fires twice counts once."""
+    event = EventIn(event_id=f"{auction_id}-{event_type}", event_type=event_type, auction_id=auction_id, token=t)
     result = await _record(request, [event])
     if result.rejected:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, result.results[0].reason)
+        raise _refused(result.results[0], status.HTTP_422_UNPROCESSABLE_CONTENT)
     return Response(status_code=204)

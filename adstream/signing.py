@@ -1,0 +1,108 @@
+"""HMAC-SHA256 event tokens: what a served ad's event URLs carry so that only its events are charged.
+
+A token is ``<key_id>.<expires_unix>.<signature>``; the signature (43 characters of unpadded
+base64url) covers the auction, the event type, the campaign and the expiry, so a token for one
+auction's impression cannot be replayed as its click, as another auction's event, or after it
+expires. Keys are named, so they can be rotated: sign with the current key, verify with any.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+from enum import StrEnum
+
+from adstream.settings import LOCAL_SIGNING_SECRET, Settings
+
+MIN_SECRET_BYTES = 32
+
+
+class TokenError(StrEnum):
+    """Why a token was refused; the value is the reason code counted and quarantined."""
+
+    MISSING = "token_missing"
+    MALFORMED = "token_malformed"
+    UNKNOWN_KEY = "token_unknown_key"
+    BAD_SIGNATURE = "signature_invalid"
+    EXPIRED = "token_expired"
+
+
+class TokenRefused(ValueError):
+    def __init__(self, error: TokenError, detail: str) -> None:
+        super().__init__(detail)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class EventSigner:
+    keys: dict[str, bytes]  # key id -> secret
+    current: str  # the key id new tokens are signed with
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventSigner:
+        keys = parse_keys(settings.event_signing_keys.get_secret_value())
+        if settings.event_signing_key_id not in keys:
+            raise ValueError(
+                f"EVENT_SIGNING_KEY_ID={settings.event_signing_key_id!r} is not among EVENT_SIGNING_KEYS' key ids "
+                f"({', '.join(sorted(keys))})"
+            )
+        if not settings.is_local:
+            weak = [kid for kid, secret in keys.items() if secret == LOCAL_SIGNING_SECRET.encode() or
+                    len(secret) < MIN_SECRET_BYTES]  # fmt: skip
+            if weak:
+                raise ValueError(
+                    f"EVENT_SIGNING_KEYS has the local default or a secret under {MIN_SECRET_BYTES} bytes "
+                    f"(key ids {', '.join(weak)}) while ADSTREAM_ENV={settings.adstream_env.value}; set real secrets"
+                )
+        return cls(keys, settings.event_signing_key_id)
+
+    def sign(self, auction_id: str, event_type: str, campaign_id: str, expires_unix: int) -> str:
+        signature = _signature(self.keys[self.current], auction_id, event_type, campaign_id, expires_unix)
+        return f"{self.current}.{expires_unix}.{signature}"
+
+    def verify(self, token: str | None, auction_id: str, event_type: str, campaign_id: str, now_unix: float) -> None:
+        """Returns when ``token`` was issued for this event of this auction and has not expired; raises
+        ``TokenRefused`` otherwise."""
+        if not token:
+            raise TokenRefused(TokenError.MISSING, "no event token: send the token of the ad's event URL")
+        parts = token.split(".")
+        if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 12:
+            raise TokenRefused(TokenError.MALFORMED, "the event token is malformed: send it as the auction gave it")
+        key_id, expires, signature = parts
+        secret = self.keys.get(key_id)
+        if secret is None:
+            raise TokenRefused(
+                TokenError.UNKNOWN_KEY, f"the event token's key {key_id[:32]!r} is not known (rotated out?)"
+            )
+        expected = _signature(secret, auction_id, event_type, campaign_id, int(expires))
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise TokenRefused(
+                TokenError.BAD_SIGNATURE,
+                f"the event token does not match this {event_type} of auction {auction_id}: "
+                "each event type of each auction has its own token",
+            )
+        if int(expires) < now_unix:
+            raise TokenRefused(TokenError.EXPIRED, "the event token has expired: events are accepted until its expiry")
+
+
+def parse_keys(value: str) -> dict[str, bytes]:
+    """``"id1:secret1,id2:secret2"`` -> {id: secret}; refuses empty ids or secrets and repeated ids."""
+    keys: dict[str, bytes] = {}
+    for pair in filter(None, (item.strip() for item in value.split(","))):
+        key_id, sep, secret = pair.partition(":")
+        if not sep or not key_id or not secret or "." in key_id:
+            raise ValueError("EVENT_SIGNING_KEYS must be 'key_id:secret' pairs, comma-separated, ids without '.'")
+        if key_id in keys:
+            raise ValueError(f"EVENT_SIGNING_KEYS names key id {key_id!r} twice")
+        keys[key_id] = secret.encode()
+    if not keys:
+        raise ValueError("EVENT_SIGNING_KEYS is empty: set at least one 'key_id:secret' pair")
+    return keys
+
+
+def _signature(secret: bytes, auction_id: str, event_type: str, campaign_id: str, expires_unix: int) -> str:
+    message = f"{auction_id}\n{event_type}\n{campaign_id}\n{expires_unix}".encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
