@@ -33,6 +33,7 @@ COMMANDS: CommandIndex = {
     "serve": ("cli.commands.serve", "The auction service under uvicorn."),
     "ad-manager": ("cli.commands.ad_manager", "Apply campaign instructions to the campaign store."),
     "campaigns": ("cli.commands.campaigns", "Publish campaign instructions, or show a campaign."),
+    "callers": ("cli.commands.callers", "Make, list and revoke the API keys of auction callers."),
 }
 
 

@@ -627,4 +627,5 @@ def auction_record(
         runner_up_ecpm_micros=outcome.runner_up_ecpm_micros,
         model_version=model_version,
         latency_ms=latency_ms,
+        publisher_id=context.publisher_id,
     )

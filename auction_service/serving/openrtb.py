@@ -14,7 +14,8 @@ Supported: ``id``, ``imp[]`` (``id``, ``bidfloor``, ``bidfloorcur``, ``banner``,
 - An imp is "video" when it has a video object and no banner; otherwise "display"
   (our creatives are images).
 - The floor is ``max(bidfloor, reserve price)``; ``bidfloor`` (USD CPM) becomes micros
-  rounded *up*, so a bid at the floor never undercuts the seller.
+  rounded *up*, so a bid at the floor never undercuts the seller. A ``bidfloor`` above the
+  caller's maximum floor (its API key's policy) is lowered to that maximum first.
 - ``yob`` gives ``age = request year - yob`` (the birthday is unknown); an impossible
   age (below 0 or above 120) is treated as not stated.
 - ``user.gender`` "O" is treated as not stated: campaigns target "F" or "M" only.
@@ -271,14 +272,28 @@ def _age(yob: int | None, at: datetime) -> int | None:
     return age if 0 <= age <= MAX_AGE else None
 
 
-def to_context(request: BidRequest, *, auction_id: str, at: datetime, reserve_price_micros: int) -> AuctionContext:
-    """The auction context of the request's first imp, at UTC time ``at``."""
+def to_context(
+    request: BidRequest,
+    *,
+    auction_id: str,
+    at: datetime,
+    reserve_price_micros: int,
+    publisher_id: str | None = None,
+    max_floor_cpm_micros: int | None = None,
+) -> AuctionContext:
+    """The auction context of the request's first imp, at UTC time ``at``, for caller ``publisher_id``.
+
+    ``max_floor_cpm_micros`` caps ``bidfloor`` (None: no cap); the reserve price still applies.
+    """
     imp = request.imp[0]
     device, user = request.device, request.user
     country_code = (device.geo.country if device and device.geo else None) or (
         user.geo.country if user and user.geo else None
     )
     devicetype = device.devicetype if device else None
+    floor = _micros_rounded_up(imp.bidfloor)
+    if max_floor_cpm_micros is not None:
+        floor = min(floor, max_floor_cpm_micros)
     return AuctionContext(
         auction_id=auction_id,
         at=at,
@@ -289,9 +304,10 @@ def to_context(request: BidRequest, *, auction_id: str, at: datetime, reserve_pr
         device_type=None if devicetype is None else DEVICE_TYPES.get(devicetype),
         channel="web" if request.site is not None else "app",
         content_type="video" if imp.video is not None and imp.banner is None else "display",
-        floor_cpm_micros=max(_micros_rounded_up(imp.bidfloor), reserve_price_micros),
+        floor_cpm_micros=max(floor, reserve_price_micros),
         blocked_categories=blocked_categories(request.bcat),
         blocked_advertisers=frozenset(request.badv),
+        publisher_id=publisher_id,
     )
 
 

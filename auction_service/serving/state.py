@@ -27,6 +27,7 @@ from auction_service.campaign_store import journal, store
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
 from auction_service.domain import ServingCampaign
 from auction_service.serving.books import AuctionStats, ExposureBook, FrequencyBook
+from auction_service.serving.callers import CallerKeys
 from auction_service.serving.champion import ModelWatcher, ServingModel
 from auction_service.serving.features import FeatureStore
 from auction_service.serving.ivt import RequestIvt
@@ -173,11 +174,13 @@ class ServiceState:
     spend_ledger: EventJournal = field(init=False)  # events journaled and charged, in group commits
     signer: EventSigner = field(init=False)  # signs the event URLs of served ads, verifies their events
     request_ivt: RequestIvt = field(init=False)  # GIVT by user agent and address
+    caller_keys: CallerKeys = field(init=False)  # the auction callers' API keys in force, reloaded in the background
 
     def __post_init__(self) -> None:
         self.spend_ledger = EventJournal(self.sessions, timedelta(milliseconds=self.settings.ivt_min_click_delay_ms))
         self.signer = EventSigner.from_settings(self.settings)
         self.request_ivt = RequestIvt.from_settings(self.settings)
+        self.caller_keys = CallerKeys(self.sessions)
 
     # --- lifecycle ---
 

@@ -1,5 +1,13 @@
 """POST /v1/auction (our JSON) and POST /openrtb2/auction (OpenRTB 2.6 subset). No fill is 204.
 
+Callers are known: a request carries its publisher's or exchange's API key in ``X-Api-Key``
+(or ``Authorization: Bearer``), else 401, but for an anonymous caller in local mode with
+AUCTION_ALLOW_ANONYMOUS. The key's caller is the auction's ``publisher_id``, and its policy
+bounds the request: a floor above the caller's maximum is lowered to it (the auction still
+runs, at the agreed ceiling; a caller cannot push the clearing price past it), and OpenRTB
+``at=1`` (first price) is refused with 400 unless the caller is allowed it. The key is
+checked after the body validated, so a request that does not validate gets its 422 first.
+
 Both routes are ``async def`` and take the state from the request rather than through
 ``StateDep``: an auction is CPU work with no I/O to wait for (the auction log is sent
 without waiting), and a sync route or a sync dependency would cost a hop to the thread
@@ -16,17 +24,34 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from adstream.events import MICROS_PER_UNIT
-from auction_service.api.schemas import INVALID_REQUEST, AuctionRequest, AuctionResponse, TrackingUrls
+from auction_service.api.schemas import (
+    INVALID_REQUEST,
+    AuctionRequest,
+    AuctionResponse,
+    EventTokens,
+    Refusal,
+    TrackingUrls,
+)
+from auction_service.campaign_store.callers import CallerPolicy
 from auction_service.domain import AuctionContext
-from auction_service.serving import openrtb
-from auction_service.serving.flows import serve_auction
+from auction_service.serving import openrtb, tracking
+from auction_service.serving.callers import anonymous_policy
+from auction_service.serving.flows import ServedAd, serve_auction
 from auction_service.serving.state import ServiceState
 
-router = APIRouter(tags=["auction"], responses=INVALID_REQUEST)
+UNKNOWN_CALLER: dict[int | str, dict[str, Any]] = {
+    401: {"model": Refusal, "description": "no API key (outside local mode), or a key unknown or revoked"}
+}
+router = APIRouter(tags=["auction"], responses={**INVALID_REQUEST, **UNKNOWN_CALLER})
 NO_FILL = {204: {"description": "no campaign is eligible above the floor (no fill)"}}
+NOT_ALLOWED = {400: {"model": Refusal, "description": "at=1 (first price) from a caller not allowed it"}}
+SEND_A_KEY = (
+    "the auction endpoints need the caller's API key: send the header 'X-Api-Key: <key_id>.<secret>' "
+    "(or 'Authorization: Bearer <key_id>.<secret>'); `adstream callers add` makes one"
+)
 
 
 def to_micros(amount: Decimal | None) -> int:
@@ -53,27 +78,61 @@ def _base_url(request: Request) -> str:
     return base
 
 
-def tracking_urls(request: Request, auction_id: str) -> TrackingUrls:
-    base = _base_url(request)
-    return TrackingUrls(
-        impression=f"{base}/v1/events/track/{auction_id}/impression",
-        click=f"{base}/v1/events/track/{auction_id}/click",
-    )
+def signed_events(request: Request, served: ServedAd) -> tuple[TrackingUrls, EventTokens]:
+    """The winner's event URLs and tokens, signed for this auction, its campaign and its expiry."""
+    winner, auction_id = served.outcome.winner, served.auction_id
+    assert winner is not None and served.expires_at is not None
+    tokens = tracking.event_tokens(_state(request).signer, auction_id, winner.campaign_id, served.expires_at)
+    urls = tracking.event_urls(_base_url(request), auction_id, tokens)
+    return TrackingUrls.model_construct(**urls), EventTokens.model_construct(**tokens)
 
 
 def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
+def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The API key of a request's raw headers: ``X-Api-Key``, else an ``Authorization: Bearer`` credential."""
+    bearer = None
+    for name, value in headers:
+        if name == b"x-api-key":
+            return value.decode("latin-1").strip()
+        if name == b"authorization":
+            scheme, _, credential = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                bearer = credential.decode("latin-1").strip()
+    return bearer
+
+
+async def caller_policy(request: Request) -> CallerPolicy:
+    """The policy of the request's caller; 401 when it sent no key (outside local mode) or a key not in force."""
+    api_key = presented_key(request.scope["headers"])
+    if not api_key:
+        anonymous = anonymous_policy(_state(request).settings)
+        if anonymous is not None:
+            return anonymous
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, SEND_A_KEY, headers={"WWW-Authenticate": "Bearer"})
+    policy = await _state(request).caller_keys.policy(api_key)
+    if policy is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "the API key is unknown or revoked: send a key in force, as `adstream callers add` printed it",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return policy
+
+
 @router.post("/v1/auction", response_model=AuctionResponse, responses=NO_FILL)
 async def auction(body: AuctionRequest, request: Request) -> AuctionResponse | Response:
+    caller = await caller_policy(request)
     state = _state(request)
     auction_id = new_auction_id()
     context = AuctionContext(
         auction_id=auction_id, at=datetime.now(UTC), user_id=body.user_id, country=body.country, age=body.age,
         gender=body.gender, device_type=body.device_type, channel=body.channel, content_type=body.content_type,
-        floor_cpm_micros=to_micros(body.floor_cpm), blocked_categories=frozenset(body.blocked_categories),
-        blocked_advertisers=frozenset(body.blocked_advertisers),
+        floor_cpm_micros=caller.floor_cpm_micros(to_micros(body.floor_cpm)),
+        blocked_categories=frozenset(body.blocked_categories), blocked_advertisers=frozenset(body.blocked_advertisers),
+        publisher_id=caller.caller_id,
     )  # fmt: skip
     served = serve_auction(state, context)
     winner = served.outcome.winner
@@ -81,17 +140,24 @@ async def auction(body: AuctionRequest, request: Request) -> AuctionResponse | R
         return Response(status_code=204)
     price = served.outcome.clearing_price_micros
     assert price is not None  # a winner always has a price
+    urls, tokens = signed_events(request, served)
     return AuctionResponse(
         auction_id=auction_id, ad_id=winner.ad_id, campaign_id=winner.campaign_id,
         advertiser_id=winner.advertiser_id, category=winner.category, pricing_model=winner.pricing_model,
         clearing_price_micros=price, clearing_price=str(Decimal(price) / MICROS_PER_UNIT), currency="USD",
         pctr=float(served.outcome.pctr or 0.0), ecpm_micros=served.outcome.ecpm_micros or 0,
-        model_version=served.model_version, tracking=tracking_urls(request, auction_id),
+        model_version=served.model_version, expires_at=served.expires_at, tracking=urls, event_tokens=tokens,
     )  # fmt: skip
 
 
-@router.post("/openrtb2/auction", response_model=openrtb.BidResponse, responses=NO_FILL)
+@router.post("/openrtb2/auction", response_model=openrtb.BidResponse, responses={**NO_FILL, **NOT_ALLOWED})
 async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb.BidResponse | Response:
+    caller = await caller_policy(request)
+    if body.first_price and not caller.first_price_allowed:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"at=1 (first price) is not allowed for caller {caller.caller_id!r}: send at=2 (second price)",
+        )
     state = _state(request)
     auction_id = new_auction_id()
     context = openrtb.to_context(
@@ -99,9 +165,11 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
         auction_id=auction_id,
         at=datetime.now(UTC),
         reserve_price_micros=state.settings.auction_reserve_price_micros,
+        publisher_id=caller.caller_id,
+        max_floor_cpm_micros=caller.max_floor_cpm_micros,
     )
     served = serve_auction(state, context, first_price=body.first_price)
     if served.outcome.winner is None:
         return Response(status_code=204)
-    impression = tracking_urls(request, auction_id).impression
-    return openrtb.bid_response(body, served.outcome, ad_markup_url=impression, nurl=impression)
+    urls, _ = signed_events(request, served)
+    return openrtb.bid_response(body, served.outcome, ad_markup_url=urls.impression, nurl=urls.impression)
