@@ -161,8 +161,6 @@ _SPARK_TYPES: dict[type, str] = {
     bool: "boolean",
     datetime: "timestamp",
     AwareDatetime: "timestamp",
-    EventType: "string",
-    PricingModel: "string",
 }
 
 
@@ -174,6 +172,8 @@ def _spark_type(annotation: object) -> str:
         return _spark_type(type(typing.get_args(annotation)[0]))
     if typing.get_origin(annotation) is typing.Annotated:
         return _spark_type(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, StrEnum):
+        return "string"  # an enum travels as its value
     return _SPARK_TYPES[annotation]  # type: ignore[index]
 
 
