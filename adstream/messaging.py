@@ -196,6 +196,14 @@ class AckedProducer:
         if failures:
             raise PublishFailed(f"{len(failures)} of {len(records)} records not delivered: {failures[0]}")
 
+    def unreachable(self, timeout_s: float = 1.0) -> str | None:
+        """None when a broker answers a metadata request within ``timeout_s``, else why not (readiness)."""
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            return f"no Kafka broker answers ({exc.args[0].str() if exc.args else exc})"
+        return None
+
     def close(self, timeout_s: float = 10.0) -> None:
         self._closed.set()
         self._reports.join(timeout=timeout_s)

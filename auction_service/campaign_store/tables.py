@@ -1,7 +1,7 @@
 """The campaign store's tables (SQLAlchemy 2.0 typed ORM). Money is integer micros, never a float.
 
-Only the modules of ``auction_service.campaign_store`` (``store``, ``journal``, ``callers``) query them; the migrations in
-``auction_service/campaign_store/migrations`` create them, and a test checks the two agree.
+Only the modules of ``auction_service.campaign_store`` (``store``, ``journal``, ``callers``) query them;
+the migrations in ``auction_service/campaign_store/migrations`` create them, and a test checks the two agree.
 """
 
 from __future__ import annotations

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from kafka import KafkaProducer
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.messaging import AckedProducer, BrokerUnavailable, LogProducer, make_producer
@@ -43,6 +46,7 @@ PUBLISH_TIMEOUT_S = 2.5
 # gives up after 2 s, an unacknowledged instruction after 4 s (the two do not add up: a send without
 # metadata fails before any ack wait).
 INSTRUCTION_CONNECT_TIMEOUT_S = 2.0
+READINESS_TTL_S = 1.0
 INSTRUCTION_ACK_TIMEOUT_S = 4.0
 
 
@@ -171,6 +175,8 @@ class ServiceState:
     snapshot_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _dependencies: dict[str, str] = field(default_factory=dict)
+    _checked_at: float = float("-inf")
     spend_ledger: EventJournal = field(init=False)  # events journaled and charged, in group commits
     signer: EventSigner = field(init=False)  # signs the event URLs of served ads, verifies their events
     request_ivt: RequestIvt = field(init=False)  # GIVT by user agent and address
@@ -263,6 +269,30 @@ class ServiceState:
                 self.metrics.model_version.set(float(self.model.version or 0))
             except Exception:  # a failed tick must not end the thread; the next one retries
                 log.exception("auction housekeeping failed")
+
+    # --- readiness ---
+
+    def dependencies(self) -> dict[str, str]:
+        """ "ok", or why not, for the campaign store and the ad-feedback producer's broker; checked at most
+        every ``READINESS_TTL_S`` so that a probe storm costs the store and the broker nothing."""
+        now = time.monotonic()
+        if now - self._checked_at > READINESS_TTL_S:
+            self._dependencies = {"store": self._store_state(), "kafka": self._kafka_state()}
+            self._checked_at = now
+        return self._dependencies
+
+    def _store_state(self) -> str:
+        try:
+            with self.sessions() as session:
+                session.execute(select(1))
+        except SQLAlchemyError as exc:
+            return f"the campaign store does not answer ({exc.__class__.__name__})"
+        return "ok"
+
+    def _kafka_state(self) -> str:
+        if self.feedback_log is None:
+            return "no producer: the service was not started"
+        return self.feedback_log.unreachable() or "ok"
 
     # --- campaigns ---
 

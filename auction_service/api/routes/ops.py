@@ -25,16 +25,23 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(state: StateDep) -> JSONResponse:
+    """200 when the model is loaded and the campaign store and Kafka answer; else 503 with what is not ready.
+
+    Each dependency is listed in ``checks``: auctions need the model, events need the store and Kafka.
+    """
     model = state.model
-    body = {
-        "ready": model.ready,
+    checks = {"model": "ok" if model.ready else (model.reason or "not loaded"), **state.dependencies()}
+    ready = all(value == "ok" for value in checks.values())
+    body: dict[str, object] = {
+        "ready": ready,
         "model_version": model.version,
         "campaigns": len(state.campaigns.campaigns),
         "features": state.features.reason or "loaded",
+        "checks": checks,
     }
-    if not model.ready:
-        body["reason"] = model.reason
-    return JSONResponse(body, status_code=200 if model.ready else 503)
+    if not ready:
+        body["reason"] = "; ".join(f"{name}: {value}" for name, value in checks.items() if value != "ok")
+    return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "5"})
 
 
 @router.get("/metrics")

@@ -121,6 +121,9 @@ def test_after_a_kill_9_and_a_broker_outage_the_ledger_equals_silver_event_by_ev
             outage = http.post("/v1/events", json={"events": pending})
             assert outage.status_code == 503 and time.monotonic() - began < 6, outage.text
             assert outage.headers["Retry-After"]
+            readiness = http.get("/readyz")  # a load balancer sees it too
+            assert readiness.status_code == 503 and readiness.json()["checks"]["kafka"].startswith("no Kafka broker")
+            assert readiness.json()["checks"]["store"] == "ok"
         # 3. kill -9 before the relay could publish anything: the journal holds what Kafka never got.
         kill_9(settings)
         with sessions() as session:
