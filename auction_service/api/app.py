@@ -27,6 +27,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adstream.settings import LOCAL_DEFAULT_SECRETS, Settings
+from adstream.signing import EventSigner
 from auction_service.api.routes import auction, campaigns, events, ops
 from auction_service.fastpath.routes import DirectRoute, DirectRoutes, replaying
 from auction_service.serving.champion import ModelNotReady
@@ -44,6 +45,10 @@ def check_token(settings: Settings) -> None:
             f"AUCTION_API_TOKEN is empty or the local default while ADSTREAM_ENV={settings.adstream_env.value}; "
             "set a real token"
         )
+    try:
+        EventSigner.from_settings(settings)  # the default signing key, or none, refuses to start here too
+    except ValueError as exc:
+        raise DefaultTokenOutsideLocal(str(exc)) from exc
 
 
 class BodySizeCap:

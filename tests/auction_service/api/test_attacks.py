@@ -15,10 +15,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from adstream.contracts import Topic
-from auction_service.api.app import create_app
+from adstream.settings import Environment
+from auction_service.api.app import DefaultTokenOutsideLocal, create_app
 from auction_service.campaign_store.tables import FeedbackJournal, ServedAuction, SpendLedgerEntry
 from tests.auction_service.conftest import (
     BROWSER,
@@ -30,6 +32,7 @@ from tests.auction_service.conftest import (
     signed_event,
     topic_records,
 )
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow
 DATACENTER = "203.0.113.0/24"
@@ -227,3 +230,11 @@ def test_refused_events_at_the_edge_of_their_window(service, http):
     answer = http.post("/v1/events", json=late)
     assert answer.status_code == 422 and answer.json()["detail"].startswith("event_time_too_old")
     assert http.post("/v1/events", json=signed_event({**auction, "auction_id": "nope"}, "click")).status_code == 404
+
+
+def test_the_service_refuses_to_start_outside_local_mode_with_the_default_signing_key(tmp_path):
+    production = make_settings(tmp_path, adstream_env=Environment.PROD, auction_api_token=SecretStr("t" * 40))
+    with pytest.raises(DefaultTokenOutsideLocal, match="EVENT_SIGNING_KEYS has the local default"):
+        create_app(settings=production)
+    keys = SecretStr("2026-12:" + "s" * 48)
+    create_app(settings=production.model_copy(update={"event_signing_keys": keys, "event_signing_key_id": "2026-12"}))
