@@ -338,12 +338,20 @@ class BidResponse(BaseModel):
     cur: str = CURRENCY
 
 
-def bid_response(request: BidRequest, outcome: AuctionOutcome, *, ad_markup_url: str, nurl: str) -> BidResponse:
+def _markup(image_url: str, click_url: str | None) -> str:
+    image = f'<img src="{html.escape(image_url, quote=True)}" alt="">'
+    return image if click_url is None else f'<a href="{html.escape(click_url, quote=True)}">{image}</a>'
+
+
+def bid_response(
+    request: BidRequest, outcome: AuctionOutcome, *, ad_markup_url: str, nurl: str, click_url: str | None = None
+) -> BidResponse:
     """The OpenRTB BidResponse for a filled auction (no fill is HTTP 204, not a response body).
 
     ``price`` is the clearing price per thousand impressions in USD, the one place money is
     a float (the spec says so); it is computed from integer micros. ``ad_markup_url`` is the
-    creative's URL, served as a minimal HTML ``adm``; ``nurl`` is the win notice.
+    creative's URL, served as a minimal HTML ``adm`` (a link to ``click_url`` when given: the
+    ad's signed click URL); ``nurl`` is the win notice.
     """
     winner = outcome.winner
     if winner is None or outcome.clearing_price_cpm_micros is None:
@@ -358,7 +366,7 @@ def bid_response(request: BidRequest, outcome: AuctionOutcome, *, ad_markup_url:
         cat=list(iab_categories(winner.category)),
         adomain=[winner.advertiser_id],
         nurl=nurl,
-        adm=f'<img src="{html.escape(ad_markup_url, quote=True)}" alt="">',
+        adm=_markup(ad_markup_url, click_url),
     )
     return BidResponse(
         id=request.id,

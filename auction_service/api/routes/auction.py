@@ -172,4 +172,6 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
     if served.outcome.winner is None:
         return Response(status_code=204)
     urls, _ = signed_events(request, served)
-    return openrtb.bid_response(body, served.outcome, ad_markup_url=urls.impression, nurl=urls.impression)
+    return openrtb.bid_response(
+        body, served.outcome, ad_markup_url=urls.impression, nurl=urls.impression, click_url=urls.click
+    )

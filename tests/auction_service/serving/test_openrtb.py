@@ -270,6 +270,19 @@ def test_bid_response_for_a_cpc_winner() -> None:
     }
 
 
+def test_the_markup_links_the_signed_click_url_when_given() -> None:
+    request = BidRequest.model_validate(SAMPLE)
+    context = to_context(request, auction_id="auction-44", at=AT, reserve_price_micros=RESERVE)
+    outcome = run_auction(context, [make_campaign("c-1", bid_micros=6_000_000)], [0.1], reserve_price_micros=RESERVE)
+    response = bid_response(
+        request, outcome, ad_markup_url="https://x/i?t=a&b", nurl="https://x/i", click_url="https://x/c?t=k1.9.s&z"
+    )
+    assert (
+        response.seatbid[0].bid[0].adm
+        == '<a href="https://x/c?t=k1.9.s&amp;z"><img src="https://x/i?t=a&amp;b" alt=""></a>'
+    )
+
+
 def test_no_winner_has_no_bid_response() -> None:
     request = BidRequest.model_validate(SAMPLE)
     context = to_context(request, auction_id="auction-43", at=AT, reserve_price_micros=RESERVE)
