@@ -79,6 +79,7 @@ class JournalResult:
 class _Seen:
     event_type: str
     event_time: datetime
+    charge_status: str | None = None
 
 
 def record_events(
@@ -109,11 +110,11 @@ def record_events(
         history: dict[str, list[_Seen]] = defaultdict(list)
         auctions = list({entry.event.auction_id for entry in entries})
         for row in session.execute(
-            select(_JOURNAL.c.auction_id, _JOURNAL.c.event_type, _JOURNAL.c.event_time).where(
+            select(_JOURNAL.c.auction_id, _JOURNAL.c.event_type, _JOURNAL.c.event_time, _JOURNAL.c.charge_status).where(
                 _JOURNAL.c.auction_id.in_(auctions), _JOURNAL.c.charge_status != ChargeStatus.OUT_OF_ORDER
             )
         ):
-            history[row.auction_id].append(_Seen(row.event_type, row.event_time))
+            history[row.auction_id].append(_Seen(row.event_type, row.event_time, row.charge_status))
         journal_insert, taken = _insert_new(session, _JOURNAL), {}
         # By event time, so an impression and its click in one batch are seen in their order.
         for index in sorted(range(len(entries)), key=lambda i: entries[i].event.event_time):
@@ -137,7 +138,7 @@ def record_events(
             if session.execute(journal_insert, journaled).first() is None:
                 raise JournalConflict(f"event {event_id} was journaled by another writer meanwhile")
             if final.charge_status != ChargeStatus.OUT_OF_ORDER:  # it cannot open the way for a later event
-                history[final.auction_id].append(_Seen(final.event_type, final.event_time))
+                history[final.auction_id].append(_Seen(final.event_type, final.event_time, final.charge_status))
             taken[event_id] = final
             results[index] = JournalResult(final, new=True, published=False)
         if published:
@@ -169,6 +170,8 @@ def _decide(
         status = ChargeStatus.INVALID_TRAFFIC
     elif not entry.billable:
         status = ChargeStatus.NOT_BILLABLE
+    elif any(seen.charge_status == ChargeStatus.CHARGED for seen in history):
+        status = ChargeStatus.DUPLICATE_AUCTION  # charged already: not "over budget" once the budget is spent
     else:
         charge = Charge(event.event_id, event.auction_id, event.campaign_id, event.event_type, event.cost_micros,
                         event.event_time)  # fmt: skip

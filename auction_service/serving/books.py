@@ -1,19 +1,13 @@
 """In-memory books the auction keeps between requests: in-flight exposure, frequency and counters.
 
-Budget bound (documented in the README): a campaign serves only while
-``spent + reserved < budget`` (total and daily). Every filled auction reserves the
-*expected* cost of its billable event (CPM: the impression's price; CPC: price x pCTR;
-CPA: price x pCTR x pCVR) until that event is billed (the reservation is released once
-the campaign cache holds the new spend) or the auction expires (AUCTION_TTL_S). Spend is
-always recorded in full, so a campaign can overspend by at most
-
-    sum over its served, unbilled, unexpired auctions of (billable cost - reservation)
-    + the reservations of the auctions that passed the check while it was about to close
-      (at most one per request in flight: the check and the reservation are not one step)
-
-The first term is 0 for CPM and at most price x (1 - pCTR) per outstanding auction for
-CPC; the second is at most (requests in flight) x (largest billable cost). At most one
-billable event per auction is charged (the ledger is unique on event_id and on auction_id).
+Exposure (documented in the README): a campaign serves only while ``spent + reserved < budget``
+(total and daily), and a winner whose budget left after its reservations cannot pay this auction's
+billable event in full is passed over (``flows.serve_auction``). Every filled auction reserves the
+*expected* cost of its billable event (CPM: the impression's price; CPC: price x pCTR; CPA: price x
+pCTR x pCVR) until that event is billed or refused (the reservation is released once the campaign
+cache holds the new spend) or the auction expires (AUCTION_TTL_S). The reservations only pace
+exposure: the ledger never charges past a budget (a charge that does not fit is recorded
+``over_budget``), so the overspend bound is zero whatever the reservations say.
 """
 
 from __future__ import annotations

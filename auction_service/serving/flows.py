@@ -28,8 +28,15 @@ from adstream.messaging import BrokerUnavailable, PublishFailed
 from adstream.settings import Settings
 from adstream.signing import TokenRefused
 from auction_service.campaign_store import journal, store
-from auction_service.domain import AuctionContext
-from auction_service.serving.auction import DEFAULT_PCVR, AuctionOutcome, CampaignIndex, auction_record, run_auction
+from auction_service.domain import AuctionContext, ServingCampaign
+from auction_service.serving.auction import (
+    DEFAULT_PCVR,
+    AuctionOutcome,
+    CampaignIndex,
+    FilterReason,
+    auction_record,
+    run_auction,
+)
 from auction_service.serving.bodies import EventIn, EventResult
 from auction_service.serving.books import Reservation, billable_cost_micros, expected_cost_micros
 from auction_service.serving.features import CampaignFeatures, candidate_columns
@@ -71,15 +78,26 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
     candidates = index.take(rows)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
     pctr = loaded.scorer.score(batch) if candidates else []
-    outcome = run_auction(
-        context,
-        candidates,
-        pctr,
-        reserve_price_micros=state.settings.auction_reserve_price_micros,
-        first_price=first_price,
-        filtered=filtered,
-        bids=index.bids.take(rows),
-    )
+
+    def auction() -> AuctionOutcome:
+        return run_auction(
+            context,
+            candidates,
+            pctr,
+            reserve_price_micros=state.settings.auction_reserve_price_micros,
+            first_price=first_price,
+            filtered=filtered,
+            bids=index.bids.take(rows),
+        )
+
+    outcome = auction()
+    # A charge past a budget is refused: a winner whose budget left (reservations counted) cannot pay this
+    # auction's billable event in full would show an ad it never pays for. The auction runs without it.
+    while (winner := outcome.winner) is not None and not _pays_in_full(state, winner, outcome):
+        keep = [i for i, candidate in enumerate(candidates) if candidate.campaign_id != winner.campaign_id]
+        candidates, pctr, rows = [candidates[i] for i in keep], [pctr[i] for i in keep], rows[keep]
+        filtered[FilterReason.TOTAL_BUDGET] += 1
+        outcome = auction()
     expires_at = None
     if outcome.winner is not None:
         expires_at = _hold(state, context, outcome, loaded.version)
@@ -92,6 +110,12 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
     state.metrics.auctions.labels(outcome="filled" if outcome.filled else "no_fill").inc()
     state.metrics.fill_rate.set(state.stats.fill_rate)
     return ServedAd(outcome, loaded.version, context.auction_id, expires_at)
+
+
+def _pays_in_full(state: ServiceState, winner: ServingCampaign, outcome: AuctionOutcome) -> bool:
+    cost = billable_cost_micros(winner.pricing_model, outcome.clearing_price_micros or 0)
+    left = min(winner.total_budget_micros - winner.spent_micros, winner.daily_budget_micros - winner.spent_today_micros)
+    return cost <= left - state.exposure.reserved_micros.get(winner.campaign_id, 0)
 
 
 def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str) -> datetime:
@@ -234,12 +258,14 @@ def _accepted(state: ServiceState, entry: journal.JournalEntry, result: journal.
         if event.ivt_reason:
             state.metrics.events_ivt.labels(reason=event.ivt_reason).inc()
         if status is ChargeStatus.CHARGED:
-            state.release_when_reloaded(event.auction_id)
             state.metrics.spend.labels(pricing_model=event.pricing_model).inc(event.cost_micros)
-        elif status is ChargeStatus.OVER_BUDGET:
-            state.exposure.release(event.auction_id)
         if event.event_type == "impression" and event.user_id is not None and event.ivt_category is None:
             state.frequency.record_impression(event.user_id, event.campaign_id, received_at)
+    if status in (ChargeStatus.CHARGED, ChargeStatus.OVER_BUDGET):
+        # Over budget too (freed at once, the reservation would reopen the campaign until the snapshot holds
+        # the spend that refused this charge), and on a retry too: after a 503 the first attempt's charge
+        # stood, and the retry is this replica's only news of it (releasing twice is harmless).
+        state.release_when_reloaded(event.auction_id)
     return EventResult(
         event_id=entry.event.event_id, status="accepted" if result.new else "duplicate",
         reason=None if status in (None, ChargeStatus.CHARGED) else NOT_CHARGED[status],

@@ -9,14 +9,14 @@ event type. The device's user agent and address are the event's ``user_agent`` a
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from adstream.events import EventType
 from adstream.messaging import BrokerUnavailable
 from adstream.signing import TokenError
-from auction_service.api.schemas import INVALID_REQUEST, EventBatch, EventBatchResult
+from auction_service.api.schemas import INVALID_REQUEST, EventBatch, EventBatchResult, Refusal
 from auction_service.serving.bodies import ID_PATTERN, EventIn, EventResult
 from auction_service.serving.flows import Client, LedgerUnavailable, record_events
 
@@ -32,6 +32,13 @@ REFUSAL_STATUS = {
     TokenError.BAD_SIGNATURE: status.HTTP_403_FORBIDDEN,
     TokenError.EXPIRED: status.HTTP_410_GONE,
     "unknown_auction": status.HTTP_404_NOT_FOUND,
+}
+# The same refusals as documented answers of a single event (a batch lists them in its 202).
+REFUSED: dict[int | str, dict[str, Any]] = {
+    status.HTTP_401_UNAUTHORIZED: {"model": Refusal, "description": "the event has no token"},
+    status.HTTP_403_FORBIDDEN: {"model": Refusal, "description": "the token is not this event's"},
+    status.HTTP_404_NOT_FOUND: {"model": Refusal, "description": "no such auction was served"},
+    status.HTTP_410_GONE: {"model": Refusal, "description": "the token has expired"},
 }
 
 
@@ -55,7 +62,7 @@ def _refused(result: EventResult, otherwise: int) -> HTTPException:
     return HTTPException(REFUSAL_STATUS.get(code, otherwise), result.reason)
 
 
-@router.post("", response_model=EventBatchResult, status_code=202)
+@router.post("", response_model=EventBatchResult, status_code=202, responses=REFUSED)
 async def post_events(body: EventIn | EventBatch, request: Request) -> EventBatchResult:
     """One event, or ``{"events": [...]}`` (up to 1000). Rejected events are listed with their reason; a single
     rejected event answers 401 (no token), 403 (a token not this event's), 410 (expired), 404 (unknown auction)
@@ -67,7 +74,9 @@ async def post_events(body: EventIn | EventBatch, request: Request) -> EventBatc
     return result
 
 
-@router.get("/track/{auction_id}/{event_type}", status_code=204, responses={204: {"description": "recorded"}})
+@router.get(
+    "/track/{auction_id}/{event_type}", status_code=204, responses={204: {"description": "recorded"}, **REFUSED}
+)
 async def track(
     auction_id: TrackedAuctionId,
     event_type: EventType,

@@ -16,13 +16,22 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
+from pydantic import SecretStr
 
 from adstream.contracts import Topic
 from auction_service.api.app import DefaultTokenOutsideLocal, create_app
 from auction_service.campaign_store import ad_manager, store
 from auction_service.campaign_store.db import make_engine, make_session_factory
 from auction_service.serving.state import ServiceState
-from tests.auction_service.conftest import BOTH_WAYS, TOKEN, instruction, running_service
+from tests.auction_service.conftest import (
+    BOTH_WAYS,
+    BROWSER_UA,
+    TOKEN,
+    impression_time,
+    instruction,
+    running_service,
+    signed_event,
+)
 from tests.conftest import free_port, make_settings
 
 pytestmark = pytest.mark.slow
@@ -40,7 +49,9 @@ def test_an_auction_fills_at_a_second_price_within_the_bid(client):
     assert body["campaign_id"] in {"cpc-1", "cpc-2"} and body["pricing_model"] == "CPC"
     assert 0 < body["clearing_price_micros"] <= (500_000 if body["campaign_id"] == "cpc-1" else 300_000)
     assert body["model_version"] == "1" and 0 < body["pctr"] < 1
-    assert body["tracking"]["click"].endswith(f"/v1/events/track/{body['auction_id']}/click")
+    click_url, token = body["tracking"]["click"].split("?t=")
+    assert click_url.endswith(f"/v1/events/track/{body['auction_id']}/click")
+    assert token == body["event_tokens"]["click"] and datetime.fromisoformat(body["expires_at"]) > datetime.now(UTC)
 
 
 def test_no_eligible_campaign_is_204(client):
@@ -50,13 +61,19 @@ def test_no_eligible_campaign_is_204(client):
 
 def test_a_click_is_charged_once_and_replays_are_free(client, service_settings):
     auction = client.post("/v1/auction", json={"user_id": "u-2", "device_type": "desktop"}).json()
-    impression = {"event_id": "imp-1", "event_type": "impression", "auction_id": auction["auction_id"]}
-    click = {"event_id": "clk-1", "event_type": "click", "auction_id": auction["auction_id"]}
-    assert client.post("/v1/events", json=impression).json()["results"][0]["charged_micros"] == 0
+    impression = signed_event(auction, "impression", "imp-1", at=impression_time())
+    click = signed_event(auction, "click", "clk-1")
+    shown = client.post("/v1/events", json=impression).json()["results"][0]
+    assert (shown["charged_micros"], shown["charge_status"]) == (0, "not_billable")
     charged = client.post("/v1/events", json=click).json()["results"][0]
     assert (charged["status"], charged["charged_micros"]) == ("accepted", auction["clearing_price_micros"])
+    assert (charged["charge_status"], charged["ivt_category"]) == ("charged", None)
+    # A retry of the click is answered from the journal; another click on the auction is a duplicate click (GIVT).
     replay = client.post("/v1/events", json={"events": [click, {**click, "event_id": "clk-2"}]}).json()
-    assert [r["status"] for r in replay["results"]] == ["duplicate", "duplicate"]
+    assert [(r["status"], r["charge_status"]) for r in replay["results"]] == [
+        ("duplicate", "charged"), ("accepted", "invalid_traffic")
+    ]  # fmt: skip
+    assert replay["results"][1]["ivt_reason"] == "duplicate_click"
     assert sum(r["charged_micros"] for r in replay["results"]) == 0
     with ServiceState.open(service_settings).sessions() as session:
         ledger = store.spend_by_campaign_hour(session, datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC))
@@ -65,8 +82,7 @@ def test_a_click_is_charged_once_and_replays_are_free(client, service_settings):
 
 def test_events_land_on_the_feedback_topic_keyed_by_auction(client, service_settings):
     auction = client.post("/v1/auction", json={"user_id": "u-3", "device_type": "mobile"}).json()
-    event = {"event_id": "imp-topic", "event_type": "impression", "auction_id": auction["auction_id"]}
-    assert client.post("/v1/events", json=event).status_code == 202
+    assert client.post("/v1/events", json=signed_event(auction, "impression", "imp-topic")).status_code == 202
     consumer = KafkaConsumer(
         Topic.AD_FEEDBACK, bootstrap_servers=service_settings.kafka_bootstrap_servers,
         auto_offset_reset="earliest", consumer_timeout_ms=10_000,
@@ -77,15 +93,18 @@ def test_events_land_on_the_feedback_topic_keyed_by_auction(client, service_sett
     published = json.loads(record.value)
     assert published["event_id"] == "imp-topic" and published["campaign_id"] == auction["campaign_id"]
     assert published["cost_micros"] == 0 and published["schema_version"] == 1
+    assert (published["charge_status"], published["ivt_category"]) == ("not_billable", None)
+    assert published["user_agent"] == BROWSER_UA
 
 
 def test_an_event_for_an_unknown_auction_is_refused_saying_why(client):
     single = client.post("/v1/events", json={"event_id": "e-x", "event_type": "click", "auction_id": "nope"})
-    assert single.status_code == 422 and "unknown auction_id" in single.json()["detail"]
+    assert single.status_code == 404 and single.json()["detail"].startswith("unknown_auction: no auction nope")
     batch = client.post(
         "/v1/events", json={"events": [{"event_id": "e-y", "event_type": "click", "auction_id": "nope"}]}
     ).json()
     assert batch["rejected"] == 1 and batch["results"][0]["status"] == "rejected"
+    assert batch["results"][0]["reason"].startswith("unknown_auction: ")
 
 
 def test_events_from_the_future_or_older_than_the_stream_watermark_are_refused(client, service_settings):
@@ -93,11 +112,9 @@ def test_events_from_the_future_or_older_than_the_stream_watermark_are_refused(c
     now = datetime.now(UTC)
     late = now - timedelta(seconds=service_settings.stream_watermark_s / 2 + 30)  # half the watermark
     events = [
-        {"event_id": "t-future", "event_type": "click", "auction_id": auction["auction_id"],
-         "event_time": (now + timedelta(hours=1)).isoformat()},
-        {"event_id": "t-late", "event_type": "click", "auction_id": auction["auction_id"],
-         "event_time": late.isoformat()},
-    ]  # fmt: skip
+        signed_event(auction, "click", "t-future", at=now + timedelta(hours=1)),
+        signed_event(auction, "click", "t-late", at=late),
+    ]
     results = client.post("/v1/events", json={"events": events}).json()["results"]
     assert [r["status"] for r in results] == ["rejected", "rejected"]
     assert "in the future" in results[0]["reason"] and "too old" in results[1]["reason"]
@@ -142,7 +159,7 @@ def test_a_chunked_body_is_capped_while_it_arrives_and_passed_on_whole_under_the
     body = b'{"events": [{"event_id": "e-chunked", "event_type": "click", "auction_id": "no-such-auction"}]}'
     small = client.post("/v1/events", content=chunks(body, size=16), headers={"content-type": "application/json"})
     assert small.status_code == 202, small.text
-    assert small.json()["results"][0]["reason"].startswith("unknown auction_id")
+    assert small.json()["results"][0]["reason"].startswith("unknown_auction: ")
 
 
 def test_campaign_endpoints_need_the_token_and_reach_the_store_through_kafka(client, service_settings):
@@ -227,6 +244,10 @@ def test_operations_endpoints(client):
 
 
 def test_the_default_token_is_refused_outside_local_mode(tmp_path):
+    # A real event signing key: the default one is refused outside local mode too (test_attacks).
+    signing = {"event_signing_keys": SecretStr("prod-1:" + "k" * 48), "event_signing_key_id": "prod-1"}
     with pytest.raises(DefaultTokenOutsideLocal, match="AUCTION_API_TOKEN"):
-        create_app(make_settings(tmp_path, adstream_env="prod"))
-    assert create_app(make_settings(tmp_path, adstream_env="prod", auction_api_token="s3cret-Xy9")) is not None
+        create_app(make_settings(tmp_path, adstream_env="prod", **signing))
+    assert (
+        create_app(make_settings(tmp_path, adstream_env="prod", auction_api_token="s3cret-Xy9", **signing)) is not None
+    )

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -22,7 +25,7 @@ from jsonschema import Draft202012Validator
 from adstream.settings import Settings
 from auction_service.api.app import create_app
 from auction_service.serving.state import ServiceState
-from tests.auction_service.conftest import instruction, live_server, running_service
+from tests.auction_service.conftest import impression_time, instruction, live_server, running_service, signed_event
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow
@@ -35,6 +38,9 @@ BID_REQUEST: dict[str, Any] = {
     "device": {"devicetype": 4, "geo": {"country": "USA"}},
     "user": {"id": "u-equivalence", "yob": 1985, "gender": "F"},
 }
+
+
+FUTURE = datetime(2100, 1, 1, tzinfo=UTC)  # an event_time the service refuses (422)
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ def servers(service_settings) -> Iterator[tuple[ServiceState, dict[bool, str]]]:
 
 
 def exchange(base_url: str) -> tuple[list[Answer], list[str]]:
-    """Every kind of answer of the three hot routes: filled, no fill, invalid, a batch, one event, one refused."""
+    """Every kind of answer of the three hot routes: filled, no fill, invalid, a batch, one event, refused ones."""
     answers: list[Answer] = []
 
     def post(path: str, body: Any = None, *, content: bytes | None = None) -> httpx.Response:
@@ -82,22 +88,31 @@ def exchange(base_url: str) -> tuple[list[Answer], list[str]]:
     post("/openrtb2/auction", content=b'{"id": "x", "imp": []}')
     auction_id, bid_id = filled["auction_id"], bid["bidid"]
 
-    def event(event_type: str, auction: str, suffix: str = "") -> dict[str, str]:
-        return {"event_id": f"{auction}-{event_type}{suffix}", "event_type": event_type, "auction_id": auction}
-
-    click = event("click", auction_id)
-    post("/v1/events", {"events": [event("impression", auction_id), click, click, event("click", "never-served")]})
-    post("/v1/events", event("impression", bid_id))
-    post("/v1/events", event("click", "never-served", suffix=f"-{auction_id}"))  # one refused event: 422
+    click = signed_event(filled, "click")
+    never_served = {**click, "event_id": f"{auction_id}-lost", "auction_id": "never-served"}
+    impression = signed_event(filled, "impression", at=impression_time())
+    post("/v1/events", {"events": [impression, click, click, never_served]})
+    (win_token,) = parse_qs(urlsplit(bid["seatbid"][0]["bid"][0]["nurl"]).query)["t"]  # the signed impression URL
+    bid_auction = {"auction_id": bid_id, "event_tokens": {"impression": win_token}}
+    post("/v1/events", signed_event(bid_auction, "impression"))
+    post("/v1/events", never_served)  # one refused event: 404
+    post("/v1/events", signed_event(filled, "click", f"{auction_id}-future", at=FUTURE))  # its time: 422
+    post("/v1/events", {**signed_event(bid_auction, "impression", f"{bid_id}-unsigned"), "token": None})  # 401
     post("/v1/events", {"events": []})
     return answers, [auction_id, bid_id]
 
 
+# An event token (``adstream.signing``) and the events' deadline: both follow the auction's own time.
+TOKEN_PATTERN = re.compile(rb"[A-Za-z0-9_-]+\.[0-9]+\.[A-Za-z0-9_-]{43}")
+EXPIRES_PATTERN = re.compile(rb'"expires_at":"[^"]+"')
+
+
 def normalized(answers: list[Answer], auction_ids: list[str], base_url: str) -> list[Answer]:
-    """The answers with the auction ids and the server's own URL replaced by placeholders."""
+    """The answers with the auction ids, their tokens and deadline and the server's own URL replaced by placeholders."""
     replaced = []
     for answer in answers:
         body = answer.body.replace(base_url.encode(), b"<server>")
+        body = EXPIRES_PATTERN.sub(b'"expires_at":"<expires>"', TOKEN_PATTERN.sub(b"<token>", body))
         for number, auction_id in enumerate(auction_ids):
             body = body.replace(auction_id.encode(), f"<auction-{number}>".encode())
         replaced.append(Answer(answer.path, answer.status, answer.content_type, answer.headers, body))
@@ -130,7 +145,7 @@ def test_the_hot_routes_answer_the_same_both_ways_and_as_documented(servers):
     assert statuses == {
         ("/v1/auction", 200), ("/v1/auction", 204), ("/v1/auction", 422),
         ("/openrtb2/auction", 200), ("/openrtb2/auction", 204), ("/openrtb2/auction", 422),
-        ("/v1/events", 202), ("/v1/events", 422),
+        ("/v1/events", 202), ("/v1/events", 401), ("/v1/events", 404), ("/v1/events", 422),
     }  # fmt: skip
     for on, off in zip(seen[True], seen[False], strict=True):
         assert on == off

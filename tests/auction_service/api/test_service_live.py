@@ -21,15 +21,17 @@ from adstream.messaging import AckedProducer, LogProducer
 from auction_service.api.app import create_app
 from auction_service.campaign_store import store
 from auction_service.serving.champion import PollOutcome
-from auction_service.serving.state import SpendLedger
+from auction_service.serving.state import EventJournal
 from ml.tracking import tracking_client
 from tests.auction_service.conftest import (
     TOKEN,
+    impression_time,
     instruction,
     live_server,
     mlflow_process_uri,
     open_service,
     running_service,
+    signed_event,
     stop,
     topic_records,
 )
@@ -105,17 +107,15 @@ def test_auctions_do_not_wait_for_a_broker_that_went_away(live):
 # --- Kafka down during /v1/events ---
 
 
-def test_kafka_down_during_events_is_503_with_retry_advice_and_nothing_recorded(live):
+def test_kafka_down_during_events_is_503_with_retry_advice_and_the_journal_charges_once(live):
     state, client = live
     auctions = [client.post("/v1/auction", json=KAFKA_CONTEXT).json() for _ in range(3)]
     assert {a["campaign_id"] for a in auctions} == {"live-kafka"}
-    events = [
-        {"event_id": f"k-{a['auction_id']}", "event_type": "click", "auction_id": a["auction_id"]} for a in auctions
-    ]
-    events.append({"event_id": f"k-imp-{auctions[0]['auction_id']}", "event_type": "impression",
-                   "auction_id": auctions[0]["auction_id"]})  # fmt: skip
-    reserved_before = state.exposure.reserved_micros.get("live-kafka")
-    assert reserved_before
+    shown = impression_time()
+    events = [signed_event(a, "impression", f"k-imp-{a['auction_id']}", at=shown) for a in auctions]
+    events += [signed_event(a, "click", f"k-{a['auction_id']}") for a in auctions]
+    event_ids = {e["event_id"] for e in events}
+    price = sum(a["clearing_price_micros"] for a in auctions)
 
     # A broker nobody listens on (no record is acknowledged within the timeout), then no
     # producer at all (a service that was not started).
@@ -125,54 +125,61 @@ def test_kafka_down_during_events_is_503_with_retry_advice_and_nothing_recorded(
     try:
         for producer in (dead, None):
             state.feedback_log = producer
-            for body in ({"events": events}, events[0]):
+            for body in ({"events": events}, events[-1]):
                 refused = client.post("/v1/events", json=body)
                 assert refused.status_code == 503, refused.text
                 assert refused.headers["Retry-After"] == "1"
                 assert "retry the same events with the same event_id" in refused.json()["detail"]
+        # Nothing reached the topic (the relay has no producer either) ...
+        feedback = {json.loads(r.value)["event_id"] for r in topic_records(state.settings, Topic.AD_FEEDBACK)}
+        assert not feedback & event_ids
     finally:
         state.feedback_log = working
         dead.close(timeout_s=1)
 
-    # Nothing half-recorded: no spend, no ledger row, the reservations still held, nothing on the topic.
-    now = datetime.now(UTC)
+    # ... but the journal, the outbox, holds the events: each click charged once, in the transaction that journaled it.
     with state.sessions() as session:
-        assert store.get_campaign(session, "live-kafka").spent_micros == 0
-        ledger = store.spend_by_campaign_hour(session, now - timedelta(hours=2), now + timedelta(hours=1))
-    assert not [campaign_id for campaign_id, _ in ledger if campaign_id == "live-kafka"]
-    assert state.exposure.reserved_micros.get("live-kafka") == reserved_before
-    feedback = {json.loads(r.value)["event_id"] for r in topic_records(state.settings, Topic.AD_FEEDBACK)}
-    assert not feedback & {e["event_id"] for e in events}
+        assert store.get_campaign(session, "live-kafka").spent_micros == price
+        ledger = store.spend_by_campaign_hour(session, shown - timedelta(hours=2), shown + timedelta(hours=1))
+    assert sum(spend for (campaign_id, _), spend in ledger.items() if campaign_id == "live-kafka") == price
 
-    # Broker back: the same events are accepted and each auction is charged exactly once.
-    retried = client.post("/v1/events", json={"events": events}).json()
-    assert [r["status"] for r in retried["results"]] == ["accepted"] * 4
-    assert [r["charged_micros"] for r in retried["results"]] == [a["clearing_price_micros"] for a in auctions] + [0]
-    replayed = client.post("/v1/events", json={"events": events}).json()
-    assert [r["status"] for r in replayed["results"]] == ["duplicate"] * 3 + ["accepted"]
-    assert sum(r["charged_micros"] for r in replayed["results"]) == 0
+    # Broker back: the retry is answered from the journal, charges nothing more and publishes the events.
+    retried = client.post("/v1/events", json={"events": events}).json()["results"]
+    as_journaled = [("duplicate", "not_billable")] * 3 + [("duplicate", "charged")] * 3
+    assert [(r["status"], r["charge_status"]) for r in retried] == as_journaled
+    assert sum(r["charged_micros"] for r in retried) == 0
     with state.sessions() as session:
-        spent = store.get_campaign(session, "live-kafka").spent_micros
-    assert spent == sum(a["clearing_price_micros"] for a in auctions)
-    feedback = {json.loads(r.value)["event_id"] for r in topic_records(state.settings, Topic.AD_FEEDBACK)}
-    assert {e["event_id"] for e in events} <= feedback
+        assert store.get_campaign(session, "live-kafka").spent_micros == price
+    published = {
+        record["event_id"]: record
+        for record in map(json.loads, (r.value for r in topic_records(state.settings, Topic.AD_FEEDBACK)))
+        if record["event_id"] in event_ids
+    }
+    assert published.keys() == event_ids  # the stream keeps one copy should the relay have sent one too
+    assert sum(record["cost_micros"] for record in published.values()) == price
+    # And the retry frees the charged auctions' reservations (at the next reload): their spend is counted now.
+    time.sleep(2 * state.settings.campaign_refresh_s)
+    assert [state.exposure.release(a["auction_id"]) for a in auctions] == [None] * 3  # nothing left to free
 
 
 def test_a_store_that_refuses_the_charges_is_503_and_the_retry_charges_once(live, tmp_path):
     state, client = live
     auction = client.post("/v1/auction", json=KAFKA_CONTEXT).json()
-    click = {"event_id": f"l-{auction['auction_id']}", "event_type": "click", "auction_id": auction["auction_id"]}
+    impression = signed_event(auction, "impression", f"l-imp-{auction['auction_id']}", at=impression_time())
+    assert client.post("/v1/events", json=impression).status_code == 202
+    click = signed_event(auction, "click", f"l-{auction['auction_id']}")
     with state.sessions() as session:
         spent_before = store.get_campaign(session, "live-kafka").spent_micros
     working = state.spend_ledger
     # A store that cannot be opened: every write raises OperationalError.
-    state.spend_ledger = SpendLedger(sessionmaker(create_engine(f"sqlite:///{tmp_path / 'gone' / 'campaigns.db'}")))
+    gone = sessionmaker(create_engine(f"sqlite:///{tmp_path / 'gone' / 'campaigns.db'}"))
+    state.spend_ledger = EventJournal(gone, working.min_click_delay)
     try:
         refused = client.post("/v1/events", json=click)
     finally:
         state.spend_ledger = working
     assert refused.status_code == 503, refused.text
-    assert refused.json()["detail"].startswith("the campaign store did not record the charges (OperationalError)")
+    assert refused.json()["detail"].startswith("the campaign store did not record the events (OperationalError)")
     assert "retry the same events with the same event_id" in refused.json()["detail"]
     with state.sessions() as session:
         assert store.get_campaign(session, "live-kafka").spent_micros == spent_before
@@ -191,11 +198,14 @@ def test_an_event_for_an_auction_no_longer_in_memory_is_judged_from_the_store(li
     state.flush_served()
     state.forget_expired(datetime.now(UTC) + timedelta(seconds=state.settings.served_in_memory_s + 61))
     assert state.served_in_memory(auction["auction_id"]) is None
-    click = {"event_id": f"s-{auction['auction_id']}", "event_type": "click", "auction_id": auction["auction_id"]}
-    result = client.post("/v1/events", json=click).json()["results"][0]
-    assert (result["status"], result["charged_micros"]) == ("accepted", auction["clearing_price_micros"])
+    impression = signed_event(auction, "impression", f"s-imp-{auction['auction_id']}", at=impression_time())
+    click = signed_event(auction, "click", f"s-{auction['auction_id']}")
+    results = client.post("/v1/events", json={"events": [impression, click]}).json()["results"]
+    assert [(r["status"], r["charge_status"], r["charged_micros"]) for r in results] == [
+        ("accepted", "not_billable", 0), ("accepted", "charged", auction["clearing_price_micros"]),
+    ]  # fmt: skip
     unknown = client.post("/v1/events", json={**click, "event_id": "s-x", "auction_id": "never-served"})
-    assert unknown.status_code == 422 and "unknown auction_id" in unknown.json()["detail"]
+    assert unknown.status_code == 404 and "no auction never-served was served" in unknown.json()["detail"]
 
 
 # --- store changes reach the auction within 1 s ---

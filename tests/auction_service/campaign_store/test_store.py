@@ -39,6 +39,7 @@ from tests.conftest import free_port, make_settings
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 TABLES = {
     "campaigns", "applied_instructions", "spend_ledger", "daily_spend", "quarantined_instructions", "served_auctions",
+    "feedback_journal", "api_keys",
 }  # fmt: skip
 
 
@@ -382,25 +383,32 @@ def test_a_session_kept_open_by_a_reader_sees_other_writers_commits(sessions):
 # --- spend ---
 
 
-def test_record_spend_charges_once_per_event(sessions):
+def test_record_spend_charges_once_per_event_and_never_past_a_budget(sessions):
     with sessions() as session:
-        store.apply_instruction(session, create("c1", total_budget_micros=1_000_000, daily_budget_micros=600_000))
+        store.apply_instruction(session, create("c1", total_budget_micros=1_000_000, daily_budget_micros=700_000))
         first = spend(session, "e1", cost=250_000)
         second = spend(session, "e2", cost=400_000)
         replay = spend(session, "e1", cost=250_000)
-        over = spend(session, "e3", cost=500_000)
-        unknown = spend(session, "e4", campaign_id="ghost")
+        over_total = spend(session, "e3", cost=400_000)  # 650k + 400k > the 1M total budget
+        over_day = spend(session, "e4", cost=100_000)  # fits the total, not the day's 700k
+        exact = spend(session, "e5", cost=50_000)  # 700k: exactly the day's budget
+        unknown = spend(session, "e6", campaign_id="ghost")
         ledger = session.scalars(select(SpendLedgerEntry.event_id).order_by(SpendLedgerEntry.event_id)).all()
         view = store.get_campaign(session, "c1", now=NOW)
 
     assert (first.outcome, first.spent_micros, first.remaining_micros) == (SpendOutcome.RECORDED, 250_000, 750_000)
-    assert (second.spent_today_micros, second.daily_remaining_micros) == (650_000, 0)
+    assert (second.spent_today_micros, second.daily_remaining_micros) == (650_000, 50_000)
     assert (replay.outcome, replay.spent_micros, replay.remaining_micros) == (SpendOutcome.DUPLICATE, 650_000, 350_000)
-    # The event is owed even past the budget; the overspend shows as spent above the budget.
-    assert (over.spent_micros, over.remaining_micros) == (1_150_000, 0)
+    assert (over_total.outcome, over_total.spent_micros) == (SpendOutcome.OVER_BUDGET, 650_000)
+    assert (over_day.outcome, over_day.spent_today_micros) == (SpendOutcome.OVER_BUDGET, 650_000)
+    assert (exact.outcome, exact.spent_today_micros, exact.daily_remaining_micros) == (
+        SpendOutcome.RECORDED,
+        700_000,
+        0,
+    )
     assert unknown.outcome is SpendOutcome.UNKNOWN_CAMPAIGN
-    assert ledger == ["e1", "e2", "e3"]
-    assert (view.spent_micros, view.spent_today_micros, view.remaining_budget_micros) == (1_150_000, 1_150_000, 0)
+    assert ledger == ["e1", "e2", "e5"]
+    assert (view.spent_micros, view.spent_today_micros, view.remaining_budget_micros) == (700_000, 700_000, 300_000)
 
 
 def test_record_spend_refuses_negative_costs_and_naive_times(sessions):
@@ -432,6 +440,7 @@ def test_a_batch_of_charges_is_one_transaction_with_a_result_per_charge(sessions
                 charge("e3", "c1", 50_000, auction_id="auction-e2"),  # a second event of a billed auction
                 charge("e4", "ghost", 10_000),
                 charge("e5", "c2", 400_000),
+                charge("e6", "c1", 700_000),  # would take c1 to 1,050,000 of its 1,000,000
             ],
         )
         ledger = dict(session.execute(select(SpendLedgerEntry.event_id, SpendLedgerEntry.cost_micros)).all())
@@ -441,7 +450,7 @@ def test_a_batch_of_charges_is_one_transaction_with_a_result_per_charge(sessions
     outcomes = [result.outcome for result in results]
     assert outcomes == [
         SpendOutcome.RECORDED, SpendOutcome.DUPLICATE, SpendOutcome.RECORDED, SpendOutcome.DUPLICATE,
-        SpendOutcome.DUPLICATE, SpendOutcome.UNKNOWN_CAMPAIGN, SpendOutcome.RECORDED,
+        SpendOutcome.DUPLICATE, SpendOutcome.UNKNOWN_CAMPAIGN, SpendOutcome.RECORDED, SpendOutcome.OVER_BUDGET,
     ]  # fmt: skip
     # c2's charges in (campaign, event) order: e1 (300,000), then e5.
     assert (results[0].spent_micros, results[6].spent_micros, results[6].remaining_micros) == (
@@ -451,6 +460,7 @@ def test_a_batch_of_charges_is_one_transaction_with_a_result_per_charge(sessions
     # so each of them sees old + e2.
     assert [r.spent_micros for r in results[1:5]] == [350_000, 350_000, 350_000, 350_000]
     assert (results[3].spent_today_micros, results[3].daily_remaining_micros) == (350_000, 550_000)
+    assert (results[7].spent_micros, results[7].remaining_micros) == (350_000, 650_000)  # refused, not charged
     assert ledger == {"old": 100_000, "e1": 300_000, "e2": 250_000, "e5": 400_000}
     assert days == {"c1": 350_000, "c2": 700_000}
     assert (c1.spent_micros, c2.spent_micros) == (350_000, 700_000)

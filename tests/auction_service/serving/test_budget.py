@@ -1,18 +1,19 @@
-"""The budget bound under concurrency, over a real uvicorn server, a real broker and a real store.
+"""The budget under concurrency, over a real uvicorn server, a real broker and a real store.
 
 A campaign with a small budget is served by 32 concurrent clients until it stops filling;
-then every billable event of its auctions is sent by 32 concurrent clients, with retries
-(the same event_id again), second billable events for the same auction, non-billable
-events, the same event twice in one batch and events for auctions never served, while
-another client keeps asking for auctions.
+then every billable event of its auctions is sent by 32 concurrent clients (a CPC click after
+its auction's impression: a click counts only after one), with retries (the same event_id
+again), second billable events for the same auction, non-billable events, the same event
+twice in one batch and events for auctions never served, while another client keeps asking
+for auctions.
 
-The bound is computed here, by hand, from the auctions the clients got back. books.py
-documents ``overspend <= sum over served, unbilled auctions of (billable cost - reservation)``.
-That sum alone cannot hold: the campaign stops only once its reservations reach the budget,
-so the reservations themselves overshoot it, by up to one reservation per auction that
-passed the budget check while the budget was still open (at most one per concurrent
-request). The bound asserted is the documented sum plus that overshoot, and the overshoot
-is checked against the concurrency.
+The campaign stops filling once what its reservations leave of the budget cannot pay one
+more billable event, and the reservations overshoot the budget by up to one per auction that
+passed the budget check while it was still open (at most one per concurrent request):
+checked against the concurrency. Spend never passes the budget: a charge that would is
+refused (``over_budget``), none is refused that would have fit in what is left, and once
+what is left pays for no more charge the campaign serves no more ads (it would never be
+paid for them). All is checked here, by hand, from the auctions the clients got back.
 """
 
 from __future__ import annotations
@@ -33,11 +34,21 @@ import pytest
 from adstream.contracts import Topic
 from auction_service.api.app import create_app
 from auction_service.campaign_store import store
-from tests.auction_service.conftest import TOKEN, instruction, live_server, open_service, topic_records
+from tests.auction_service.conftest import (
+    TOKEN,
+    impression_time,
+    instruction,
+    live_server,
+    open_service,
+    signed_event,
+    topic_records,
+)
 
 pytestmark = pytest.mark.slow
 CLIENTS = 32
 STATUSES = {"accepted", "duplicate", "rejected"}
+REFUSED = {401, 403, 404, 410, 422}  # a single rejected event: the reason is the detail
+Request = dict | list[dict]  # one event, or a batch
 
 
 @dataclass(frozen=True)
@@ -48,10 +59,13 @@ class Case:
     budget_micros: int  # total and daily; not a multiple of any reservation
     billable: str
     other: str  # a non-billable event type
+    # (charge_status, ivt_reason) of a second billable event of a charged auction
+    second_billable: tuple[str, str | None]
 
 
-CPC = Case("budget-cpc", "CPC", 500_000, 12_345_678, billable="click", other="impression")
-CPM = Case("budget-cpm", "CPM", 5_000_000, 123_457, billable="impression", other="click")
+# A second click on one auction is GIVT, a second impression the auction's duplicate.
+CPC = Case("budget-cpc", "CPC", 500_000, 12_345_678, "click", "impression", ("invalid_traffic", "duplicate_click"))
+CPM = Case("budget-cpm", "CPM", 5_000_000, 123_457, "impression", "click", ("duplicate_auction", None))
 CATEGORIES = {CPC.campaign_id: "Travel", CPM.campaign_id: "Finance"}
 
 
@@ -95,6 +109,11 @@ def billable_cost(case: Case, auction: dict) -> int:
     return -(-price // 1000) if case.pricing_model == "CPM" else price  # CPM: per impression, rounded up
 
 
+def largest_charge(case: Case) -> int:
+    """What one billable event costs at the campaign's bid: a price never passes it."""
+    return -(-case.bid_micros // 1000) if case.pricing_model == "CPM" else case.bid_micros
+
+
 def reservation(case: Case, auction: dict) -> int:
     cost = billable_cost(case, auction)
     return cost if case.pricing_model == "CPM" else min(cost, math.ceil(cost * Decimal(repr(auction["pctr"]))))
@@ -112,29 +131,40 @@ def serve_until_exhausted(http: httpx.Client, body: dict) -> list[dict]:
         return [auction for won in pool.map(lambda _: client(), range(CLIENTS)) for auction in won]
 
 
-def event_requests(case: Case, auctions: list[dict]) -> list[dict | list[dict]]:
-    """Single events (dicts) and batches (lists): every billable event twice, plus the traps listed above."""
-    requests: list[dict | list[dict]] = []
+def event_requests(case: Case, auctions: list[dict]) -> tuple[list[Request], list[Request]]:
+    """(sent first, then while billing): single events (dicts) and batches (lists).
+
+    First, a CPC auction's impression, dated a few seconds back (its click is then neither out of
+    order nor too fast); then every billable event twice, plus the traps listed above.
+    """
+    shown_at = impression_time()
+
+    def event(auction: dict, event_type: str, event_id: str) -> dict:
+        return signed_event(auction, event_type, event_id, at=shown_at if event_type == "impression" else None)
+
+    first: list[Request] = []
+    billing: list[Request] = []
     for n, auction in enumerate(auctions):
         auction_id = auction["auction_id"]
-        billable = {"event_id": f"b-{auction_id}", "event_type": case.billable, "auction_id": auction_id}
+        billable = event(auction, case.billable, f"b-{auction_id}")
         if n % 4 == 0:
-            requests.append([billable, billable])  # the same event twice in one batch: one copy is charged
+            billing.append([billable, billable])  # the same event twice in one batch: one copy is charged
         else:
-            requests += [billable, billable]  # a retry
-            requests.append({**billable, "event_id": f"b2-{auction_id}"})  # a second billable event, same auction
-        requests.append({"event_id": f"o-{auction_id}", "event_type": case.other, "auction_id": auction_id})
+            billing += [billable, billable]  # a retry
+            billing.append(event(auction, case.billable, f"b2-{auction_id}"))  # a second billable event, same auction
+        other = event(auction, case.other, f"o-{auction_id}")
+        (first if case.other == "impression" else billing).append(other)
     for n in range(8):
         unknown = {"event_id": f"u-{case.campaign_id}-{n}", "event_type": case.billable, "auction_id": f"nope-{n}"}
-        requests.append(unknown if n % 2 else [unknown])
-    return requests
+        billing.append(unknown if n % 2 else [unknown])
+    return first, billing
 
 
-def send_events(http: httpx.Client, request: dict | list[dict]) -> list[tuple[dict, dict]]:
+def send_events(http: httpx.Client, request: Request) -> list[tuple[dict, dict]]:
     """(event sent, its result) for every event of the request."""
     if isinstance(request, dict):
         response = http.post("/v1/events", json=request)
-        if response.status_code == 422:  # a single rejected event: the reason is the detail
+        if response.status_code in REFUSED:
             result = {"event_id": request["event_id"], "status": "rejected", "reason": response.json()["detail"]}
             return [(request, {**result, "charged_micros": 0})]
         assert response.status_code == 202, response.text
@@ -152,8 +182,8 @@ def test_concurrent_billing_stays_within_the_bound_and_loses_no_event(service, c
     auctions = serve_until_exhausted(http, body)
     assert {a["campaign_id"] for a in auctions} == {case.campaign_id} and len(auctions) >= 10
     reserved = sum(reservation(case, a) for a in auctions)
-    # It stopped because spent (0) + reserved reached the budget, not earlier...
-    assert reserved >= case.budget_micros
+    # It stopped because what its reservations left of the budget could not pay one more billable event, not earlier...
+    assert reserved > case.budget_micros - largest_charge(case)
     # ...and no later than the auctions already past the budget check when it closed: one per concurrent client.
     overshoot = reserved - case.budget_micros
     assert overshoot < CLIENTS * max(reservation(case, a) for a in auctions)
@@ -174,11 +204,9 @@ def test_concurrent_billing_stays_within_the_bound_and_loses_no_event(service, c
     prober.start()
     try:
         with ThreadPoolExecutor(CLIENTS) as pool:
-            outcomes = [
-                pair
-                for pairs in pool.map(lambda r: send_events(http, r), event_requests(case, auctions))
-                for pair in pairs
-            ]
+            first, billing = event_requests(case, auctions)
+            outcomes = [pair for requests in (first, billing)
+                        for pairs in pool.map(lambda r: send_events(http, r), requests) for pair in pairs]  # fmt: skip
     finally:
         billing_done.set()
         prober.join()
@@ -187,27 +215,47 @@ def test_concurrent_billing_stays_within_the_bound_and_loses_no_event(service, c
     # Every event got a definite status; the rejected ones say why.
     assert all(result["status"] in STATUSES for _, result in outcomes)
     rejected = [(event, result) for event, result in outcomes if result["status"] == "rejected"]
-    assert len(rejected) == 8 and all("unknown auction_id" in result["reason"] for _, result in rejected)
+    assert len(rejected) == 8 and all(result["reason"].startswith("unknown_auction: ") for _, result in rejected)
     assert all(event["auction_id"].startswith("nope-") for event, _ in rejected)
 
-    # Each auction is charged exactly once, its billable cost; every other copy is a free duplicate.
-    charges: defaultdict[str, list[int]] = defaultdict(list)
+    # Only a charged event costs anything; a retry is answered as its event was journaled; a non-billable
+    # event is free.
+    journaled = {event["event_id"]: result for event, result in outcomes if result["status"] == "accepted"}
+    billed: defaultdict[str, list[dict]] = defaultdict(list)
     for event, result in outcomes:
-        if event["event_type"] == case.billable and result["status"] != "rejected":
-            assert (result["status"] == "accepted") == (result["charged_micros"] > 0), result
-            charges[event["auction_id"]].append(result["charged_micros"])
-        elif result["status"] != "rejected":
-            assert (result["status"], result["charged_micros"]) == ("accepted", 0)
-    assert charges.keys() == {a["auction_id"] for a in auctions}
-    charged_not_once = {
-        a["auction_id"]: charges[a["auction_id"]]
-        for a in auctions
-        if [c for c in charges[a["auction_id"]] if c] != [billable_cost(case, a)]
-    }
-    assert charged_not_once == {}
+        if result["status"] == "rejected":
+            continue
+        charged = result["status"] == "accepted" and result["charge_status"] == "charged"
+        assert (result["charged_micros"] > 0) == charged, result
+        if result["status"] == "duplicate":
+            assert result["charge_status"] == journaled[event["event_id"]]["charge_status"], (event, result)
+        elif event["event_type"] == case.billable:
+            billed[event["auction_id"]].append(result)
+        else:
+            assert result["charge_status"] != "charged", result
+    assert billed.keys() == {a["auction_id"] for a in auctions}
 
-    # Spend is the sum of the distinct charged auctions' prices, in the campaign and in the ledger.
-    expected_spend = sum(billable_cost(case, a) for a in auctions)
+    # Each auction is charged at most once, its billable cost; a first billable event that would pass the
+    # budget is refused. Another billable event of a charged auction is never charged.
+    charged_ids = {aid for aid, results in billed.items() if any(r["charge_status"] == "charged" for r in results)}
+    misjudged = {}
+    for n, auction in enumerate(auctions):
+        results = billed[auction["auction_id"]]
+        if auction["auction_id"] in charged_ids:
+            expected = [("charged", None)] + [case.second_billable] * (n % 4 != 0)
+            costs = [r["charged_micros"] for r in results if r["charged_micros"]]
+            if costs != [billable_cost(case, auction)]:
+                misjudged[auction["auction_id"]] = costs
+        else:
+            second = case.second_billable if case.pricing_model == "CPC" else ("over_budget", None)
+            expected = [("over_budget", None)] + [second] * (n % 4 != 0)
+        judged = sorted((r["charge_status"], r["ivt_reason"]) for r in results)
+        if judged != sorted(expected):
+            misjudged[auction["auction_id"]] = judged
+    assert misjudged == {}
+
+    # Spend is the sum of the charged auctions' prices, in the answers, the campaign and the ledger.
+    expected_spend = sum(billable_cost(case, a) for a in auctions if a["auction_id"] in charged_ids)
     assert sum(result["charged_micros"] for _, result in outcomes) == expected_spend
     spent = http.get(f"/v1/campaigns/{case.campaign_id}", headers=TOKEN).json()["spent_micros"]
     assert spent == expected_spend
@@ -216,20 +264,19 @@ def test_concurrent_billing_stays_within_the_bound_and_loses_no_event(service, c
         ledger = store.spend_by_campaign_hour(session, now - timedelta(hours=2), now + timedelta(hours=1))
     assert sum(micros for (campaign_id, _), micros in ledger.items() if campaign_id == case.campaign_id) == spent
 
-    # The bound: the documented unreserved exposure of the auctions unbilled at the stop (all of them),
-    # plus the reservations' overshoot of the budget.
-    documented = sum(billable_cost(case, a) - reservation(case, a) for a in auctions)
-    assert spent <= case.budget_micros + documented + overshoot
-    if case.pricing_model == "CPM":
-        assert documented == 0  # a CPM auction reserves its whole cost
+    # The bound: never past the budget; what is left pays no refused charge, nor one more at the bid.
+    refused = [billable_cost(case, a) for a in auctions if a["auction_id"] not in charged_ids]
+    assert spent <= case.budget_micros < spent + min(refused, default=largest_charge(case))
 
-    # No event is lost: every accepted (and duplicate) event is on ad-feedback.
-    published_ids = {
-        json.loads(record.value)["event_id"] for record in topic_records(state.settings, Topic.AD_FEEDBACK)
+    # No event is lost: every accepted (and duplicate) event is on ad-feedback, charged as answered.
+    published = {
+        record["event_id"]: record
+        for record in map(json.loads, (r.value for r in topic_records(state.settings, Topic.AD_FEEDBACK)))
     }
     kept = {event["event_id"] for event, result in outcomes if result["status"] != "rejected"}
-    assert kept <= published_ids
+    assert kept <= published.keys()
+    assert sum(published[event_id]["cost_micros"] for event_id in kept) == spent
 
-    # Spent now covers the budget on its own: still no auction.
+    # What is left of the budget pays for no more charge: still no auction.
     time.sleep(2 * state.settings.campaign_refresh_s)
     assert all(http.post("/v1/auction", json=body).status_code == 204 for _ in range(10))
