@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import pandas as pd
@@ -27,12 +27,27 @@ from deltalake.exceptions import TableNotFoundError
 
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
 from adstream.events import MICROS_PER_UNIT
-from adstream.settings import Settings, child_process_env, get_settings
+from adstream.settings import Settings, child_process_env, default_child_env, get_settings
 from cli.lazy import commands_app
 from devstack import services
 from devstack.airflow_client import AirflowClient, AirflowRunFailed
+from simulator.bots import DEFAULT_DATACENTER_CIDRS, Behaviour
+from simulator.ivt_scoring import (
+    LANDED_STATUSES,
+    MIN_GIVT_PRECISION,
+    MIN_GIVT_RECALL,
+    TRUTH_COLUMNS,
+    IvtScore,
+    LandedEvent,
+    TruthEvent,
+    usd,
+)
+from simulator.ivt_scoring import report_lines as ivt_report_lines
+from simulator.ivt_scoring import score as score_ivt
+from simulator.ivt_scoring import target_misses as ivt_target_misses
 from simulator.traffic import DEFAULT_CONCURRENCY, parse_duration
 from spark_jobs.billing.reports import reconciliation_path
+from spark_jobs.ivt import ivt_summary
 
 
 class StageFailed(RuntimeError):
@@ -64,7 +79,10 @@ def run_logged(settings: Settings, stage: str, *command: str) -> None:
         raise StageFailed(f"`{shown}` exited with {result.returncode}; log: {log}\n    {tail}")
 
 
-VISIT_BUDGET_S = 0.25  # seconds a visit may take before the simulator falls behind its rate
+# Seconds a visit may take before the simulator falls behind its rate: an auction and its events under
+# load on 2 cores, plus the wait before a click (~1.5 s on ~3 % of people's visits, more for bots).
+VISIT_BUDGET_S = 0.35
+BOT_SHARE = 0.05  # of the visits: bots of every IVT behaviour, for the filter's precision and recall
 INFRASTRUCTURE = ("kafka", "mlflow", "airflow")
 PLATFORM = ("ad-manager", "auction", "streaming")
 # Unpaused for the run; Airflow's scheduler starts feature_build and ctr_training from the
@@ -80,6 +98,9 @@ class RunState:
     simulation_start: datetime | None = None
     simulation_end: datetime | None = None
     simulation: dict = field(default_factory=dict)
+    ground_truth_file: Path | None = None
+    ivt: IvtScore | None = None
+    ivt_misses: list[str] = field(default_factory=list)  # the IVT targets the run fell short of
     dag_seconds: dict[str, float] = field(default_factory=dict)
     billed_hours: list[datetime] = field(default_factory=list)
 
@@ -144,6 +165,7 @@ class Simulation:
     duration_s: float = 180.0
     rate: float = 20.0  # auction requests per second
     users: int = 500
+    bot_share: float = BOT_SHARE
 
     @property
     def concurrency(self) -> int:
@@ -155,12 +177,14 @@ class Simulation:
 def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
     """Simulated users for ``plan.duration_s``; the streaming KPIs are printed while they run."""
     summary_file = settings.local_dir.resolve() / "run" / "simulation.json"
+    state.ground_truth_file = summary_file.parent / "ivt_ground_truth.csv"
     summary_file.parent.mkdir(parents=True, exist_ok=True)
     log = services.log_file(settings, "run-simulator")
     command = [
         str(services.ADSTREAM), "simulate", "--duration", f"{plan.duration_s:.0f}s",
         "--rate", f"{plan.rate:g}", "--users", str(plan.users), "--seed", "7", "--summary-file", str(summary_file),
-        "--concurrency", str(plan.concurrency),
+        "--concurrency", str(plan.concurrency), "--bot-share", f"{plan.bot_share:g}",
+        "--ground-truth-file", str(state.ground_truth_file),
     ]  # fmt: skip
     state.simulation_start = datetime.now(UTC)
     with log.open("w") as out:
@@ -180,8 +204,8 @@ def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
     state.simulation = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     print(f"    {_last_line(log)}")
     sent = Counts(
-        events=int(state.simulation.get("events", {}).get("accepted", 0)),
-        impressions=int(state.simulation.get("impressions", 0)),
+        events=int(state.simulation.get("events_accepted_total", 0)),  # people's and bots'
+        impressions=int(state.simulation.get("impressions", 0)),  # people's: gold leaves out what is tagged IVT
     )
     landed = wait_for_stream(settings, state.simulation_start, sent)
     print(f"    the stream caught up: {landed.events:,} events in silver/feedback_events, "
@@ -294,8 +318,18 @@ def bill_line(settings: Settings, hour: datetime) -> str:
     if rows.empty:
         return "no bill rows"
     status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
-    spend = Decimal(int(rows["spend_micros"].sum())) / MICROS_PER_UNIT if "spend_micros" in rows else Decimal(0)
-    return f"{len(rows)} campaign rows, spend {spend:,.2f} USD, status {status}; {reconciliation_line(settings, hour)}"
+    published = published_rows(rows)
+    spend = Decimal(int(published["spend_micros"].sum())) / MICROS_PER_UNIT if "spend_micros" in rows else Decimal(0)
+    held = len(rows) - len(published)
+    return (
+        f"{len(rows)} campaign rows ({held} held back), billed {spend:,.2f} USD, status {status}; "
+        f"{reconciliation_line(settings, hour)}"
+    )
+
+
+def published_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The bill's rows that count: a held-back row waits for its reason to be resolved and bills nothing yet."""
+    return rows[rows["status"].astype(str) != "held_back"] if "status" in rows else rows
 
 
 def reconciliation_line(settings: Settings, hour: datetime) -> str:
@@ -309,6 +343,48 @@ def reconciliation_line(settings: Settings, hour: datetime) -> str:
     return f"{len(mismatches)} campaign(s) differ from the {against}" + (
         "" if not mismatches else f": {', '.join(str(m.get('campaign_id', m)) for m in mismatches[:5])}"
     )
+
+
+def score_invalid_traffic(settings: Settings, state: RunState) -> None:
+    """Precision and recall of the IVT tags in silver/feedback_events against the simulator's bots
+    (``simulator.ivt_scoring``); the run fails at the end when the GIVT targets are missed."""
+    if state.ground_truth_file is None or not state.ground_truth_file.exists():
+        raise StageFailed("the simulator wrote no ground truth: no IVT score")
+    truth = read_ground_truth(state.ground_truth_file)
+    if not any(event.behaviour != Behaviour.HUMAN for event in truth):
+        print("    no bot events in this run (bot share 0): nothing to score", flush=True)
+        return
+    assert state.simulation_start is not None
+    state.ivt = score_ivt(truth, landed_ivt_tags(settings, state.simulation_start, {e.event_id for e in truth}))
+    state.ivt_misses = ivt_target_misses(state.ivt)
+    for line in [*ivt_report_lines(state.ivt), ivt_verdict(state.ivt_misses)]:
+        print(f"    {line}", flush=True)
+
+
+def read_ground_truth(path: Path) -> list[TruthEvent]:
+    """The events of the simulator's ground-truth CSV that the service took (so silver should hold them)."""
+    rows = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=list(TRUTH_COLUMNS))
+    taken = rows[rows["status"].isin(LANDED_STATUSES)]
+    return [
+        TruthEvent(row.event_id, row.event_type, row.behaviour, row.expected or None)
+        for row in taken.itertuples(index=False)
+    ]
+
+
+def landed_ivt_tags(settings: Settings, since: datetime, event_ids: set[str]) -> list[LandedEvent]:
+    """The IVT tags and cost that silver/feedback_events holds for ``event_ids`` (events since ``since``)."""
+    floor = since.replace(second=0, microsecond=0) - timedelta(minutes=1)  # as landed_counts
+    rows = ivt_summary(settings, floor, datetime.now(UTC) + timedelta(minutes=1))
+    rows = rows[rows["event_id"].isin(event_ids)]
+    tags = rows[["event_id", "ivt_category", "ivt_reason", "cost_micros"]].astype(object)
+    return [
+        LandedEvent(event_id, _or_none(category), _or_none(reason), int(_or_none(cost) or 0))
+        for event_id, category, reason, cost in tags.itertuples(index=False)
+    ]
+
+
+def _or_none(value: Any) -> Any:
+    return None if pd.isna(value) else value
 
 
 SEED_CAMPAIGNS = 200
@@ -325,7 +401,9 @@ def stages(plan: Simulation) -> tuple[Stage, ...]:
             lambda settings, state: simulate(settings, state, plan),
         ),
         Stage("hourly_billing for the hours covered", bill_hours),
-    )
+        Stage("IVT: the filter's precision and recall on the simulator's bots (silver/feedback_events)",
+              score_invalid_traffic),
+    )  # fmt: skip
 
 
 def summary(settings: Settings, state: RunState) -> str:
@@ -341,6 +419,14 @@ def summary(settings: Settings, state: RunState) -> str:
             f"  (CTR {sim.get('ctr', 0):.2%})",
             f"  spend              {sim.get('spend', '0')} USD  (errors {sim.get('errors', 0)})",
         ]
+        bots = sim.get("bots", {})
+        if bots.get("visits"):
+            lines.append(
+                f"  bots               {bots['visits']:,} visits ({bots.get('share', 0):.0%}), "
+                f"{bots.get('events_accepted', 0):,} events accepted, charged {bots.get('spend', '0')} USD "
+                "as the service answered"
+            )
+    lines += invalid_traffic_lines(state)
     lines += top_campaigns(settings, state)
     lines += [
         "Where things are:",
@@ -357,6 +443,31 @@ def summary(settings: Settings, state: RunState) -> str:
     return "\n".join(lines)
 
 
+def invalid_traffic_lines(state: RunState) -> list[str]:
+    """The IVT filter's score on the simulator's bots, and whether it met the targets."""
+    if state.ivt is None:
+        return []
+    bots = state.ivt.bots()
+    charged = sum(bot.charged_micros for bot in bots)
+    charged_givt = sum(bot.charged_givt_micros for bot in bots)
+    lines = ["  invalid traffic (silver's tags against the simulator's bots):"]
+    lines += [f"    {line}" for line in ivt_report_lines(state.ivt)]
+    lines.append(
+        f"    bots' events charged {usd(charged)} USD in all, {usd(charged_givt)} USD on GIVT-detectable ones "
+        "(target 0)"
+    )
+    lines.append(f"    {ivt_verdict(state.ivt_misses)}")
+    return lines
+
+
+def ivt_verdict(misses: list[str]) -> str:
+    verdict = "met" if not misses else "MISSED: " + "; ".join(misses)
+    return (
+        f"GIVT targets (precision >= {MIN_GIVT_PRECISION}, recall >= {MIN_GIVT_RECALL} per bot, "
+        f"nothing charged): {verdict}"
+    )
+
+
 def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
     """The bill's top campaigns by spend over the hours billed, and each hour's status."""
     location, options = settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)
@@ -369,9 +480,9 @@ def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
     lines = ["  bills:"]
     for hour, rows in bill.groupby("hour"):
         status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
-        spend = Decimal(int(rows["spend_micros"].sum())) / MICROS_PER_UNIT
-        lines.append(f"    {hour:%Y-%m-%d %H}:00  {status:<12} spend {spend:,.2f} USD")
-    top = bill.groupby("campaign_id")["spend_micros"].sum().nlargest(n)
+        spend = Decimal(int(published_rows(rows)["spend_micros"].sum())) / MICROS_PER_UNIT
+        lines.append(f"    {hour:%Y-%m-%d %H}:00  {status:<12} billed {spend:,.2f} USD")
+    top = published_rows(bill).groupby("campaign_id")["spend_micros"].sum().nlargest(n)
     lines.append(f"  top {len(top)} campaigns by billed spend:")
     lines += [f"    {cid:<28} {Decimal(int(v)) / MICROS_PER_UNIT:>10,.2f} USD" for cid, v in top.items()]
     return lines
@@ -382,6 +493,10 @@ def run(settings: Settings, plan: Simulation, keep_up: bool = False) -> int:
     unless ``keep_up``."""
     state = RunState()
     planned = stages(plan)
+    if not settings.ivt_datacenter_cidrs:
+        # The services and the simulator started from here share the data-center ranges: the simulator's
+        # data-center bots come from them, and the service tags their events GIVT.
+        default_child_env("IVT_DATACENTER_CIDRS", DEFAULT_DATACENTER_CIDRS)
     began = time.monotonic()
     timings: list[tuple[str, float]] = []
     try:
@@ -398,6 +513,9 @@ def run(settings: Settings, plan: Simulation, keep_up: bool = False) -> int:
         print(f"\nAdStream ran end to end in {time.monotonic() - began:.1f}s.")
         print("Stage times:\n" + "\n".join(f"  {seconds:7.1f}s  {name}" for name, seconds in timings))
         print(summary(settings, state))
+        if state.ivt_misses:
+            print(f"\nFAILED: the IVT filter missed its targets: {'; '.join(state.ivt_misses)}", file=sys.stderr)
+            return 1
     finally:
         if keep_up:
             print("\nServices left running (KEEP_UP=1); stop them with `make down`.")
@@ -426,7 +544,10 @@ def run_command(
     ] = f"{Simulation.duration_s:g}s",  # type: ignore[assignment]  # click parses defaults too
     rate: Annotated[float, typer.Option(help="auction requests per second (RATE=...)")] = Simulation.rate,
     users: Annotated[int, typer.Option(help="simulated users (USERS=...)")] = Simulation.users,
+    bot_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of visits made by bots (BOT_SHARE=...)")
+    ] = Simulation.bot_share,
 ) -> None:
     """Bring the platform up and push data through it, one visible stage at a time (`make run`)."""
-    plan = Simulation(duration_s=duration, rate=rate, users=users)
+    plan = Simulation(duration_s=duration, rate=rate, users=users, bot_share=bot_share)
     raise typer.Exit(run(get_settings(), plan, keep_up=keep_up))

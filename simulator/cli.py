@@ -11,7 +11,7 @@ app = lazy_app(
     {
         "simulate": (
             "simulator.traffic",
-            "Simulated users who request ads, click, convert and watch videos.",
+            "Simulated users (and bots) who request ads, click, convert and watch videos.",
         ),
         "samples": ("simulator.kaggle_samples", "Deterministic synthetic samples of the three Kaggle datasets."),
     }

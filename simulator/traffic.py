@@ -1,36 +1,53 @@
-"""Simulated users who request ads, see them, click, convert and watch videos: load with a known truth.
+"""Simulated users (and bots) who request ads, see them, click, convert and watch videos: load with a known truth.
 
     adstream simulate [--duration 60s] [--rate 20] [--users 500] [--seed 7] [--concurrency 16]
-                      [--base-url URL] [--openrtb-share 0.2] [--base-ctr 0.03]
-                      [--progress-every 5s] [--summary-file PATH]
+                      [--base-url URL] [--openrtb-share 0.2] [--base-ctr 0.03] [--bot-share 0]
+                      [--progress-every 5s] [--summary-file PATH] [--ground-truth-file PATH]
 
 - The population is ``--users`` profiles sampled (with ``--seed``) from silver/users, read
   with delta-rs. Each user keeps their age, gender, country and income attributes and gets
   a primary device (mix ``DEVICE_MIX``), used for ``PRIMARY_DEVICE_SHARE`` of their visits.
+  A user browses with a real browser User-Agent for the device and from one home address
+  (``simulator.bots``), stated as the ``User-Agent`` and ``X-Forwarded-For`` headers of every
+  request, the ``user_agent`` and ``ip`` of every event and the OpenRTB ``device``.
 - A visit is one ad request: ``POST /v1/auction`` with the user's attributes, or for
   ``--openrtb-share`` of visits ``POST /openrtb2/auction``. CTV requests are video; others
   are video for ``VIDEO_SHARE``. A filled auction is shown (an impression), and what the user
   then does is drawn from ``simulator.ground_truth``: the Kaggle-derived click,
   conversion and video probabilities, never the pCTR the service returned.
-- A visit's events go to ``POST /v1/events`` in one batch, with event ids derived from the
-  auction (``sim-<auction_id>-<event_type>``): unique, and the same on every retry, so a 503
-  (Kafka unavailable, the service asks for a retry) or a timeout is retried safely. The
-  service bills the campaign; the simulator only adds up what the answers say was charged.
+- Events go to ``POST /v1/events``, each with the signed token the auction gave for its type
+  (``event_tokens``, or the ``t`` of the tracking URLs in an OpenRTB bid's ``nurl``/``adm``); an
+  event type the answer has no token for cannot be sent and is counted as unsent. Event ids are
+  derived from the auction (``sim-<auction_id>-<event_type>``): unique, and the same on every
+  retry, so a 503 (Kafka unavailable, the service asks for a retry) or a timeout is retried
+  safely. The impression and video events go at once, a click after a human delay, a conversion
+  after its click (``simulator.bots.human_steps``); a visit stops at an event the service did not
+  take. The service bills the campaign; the simulator only adds up what the answers say was charged.
+- ``--bot-share`` of the visits are bots instead (a crawler, a non-browser agent, a data-center
+  host, a click spammer, a too-fast clicker; ``simulator.bots``). Their data-center addresses are
+  in the service's IVT_DATACENTER_CIDRS (``DEFAULT_DATACENTER_CIDRS`` when it is empty), their
+  fast clicks under its IVT_MIN_CLICK_DELAY_MS. Every event sent, a person's or a bot's, is
+  written to ``--ground-truth-file`` (CSV, ``simulator.ivt_scoring.TRUTH_COLUMNS``) with who sent
+  it and the IVT category the filter should give it, for ``simulator.ivt_scoring``.
 - Visits start at ``--rate`` per second for ``--duration``, on ``--concurrency`` workers (a
   fixed pool: a slow service lowers the achieved rate, it never piles up tasks). Only
   counters are kept, so memory stays flat however long it runs. Errors (HTTP 4xx/5xx,
   timeouts, refused connections) are counted by kind and never stop the run.
 - Every visit draws from its own ``random.Random`` seeded by (seed, visit number), so a seed
-  replays the same users, placements and behaviour whatever the responses' timing.
+  replays the same users, placements and behaviour whatever the responses' timing; whether a
+  visit is a bot is drawn apart, so bots take visits from people without changing the others.
 - A progress line every ``--progress-every``; at the end the summary as JSON (also to
-  ``--summary-file``), then one line (``make run`` prints it). Exit status 1 when no auction
-  was answered at all, 2 for bad arguments.
+  ``--summary-file``), then one line (``make run`` prints it). The people's figures (auctions,
+  impressions, CTR ...) are the top level; the bots' are under ``bots``. Exit status 1 when no
+  auction was answered at all, 2 for bad arguments.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import html
 import itertools
 import json
 import math
@@ -45,6 +62,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TextIO
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pandas as pd
@@ -58,6 +76,8 @@ from adstream.events import MICROS_PER_UNIT, EventType
 from adstream.settings import Settings, get_settings
 from auction_service.serving.openrtb import COUNTRY_NAMES, IAB_CATEGORIES
 from cli.lazy import commands_app
+from simulator import bots
+from simulator.bots import DEFAULT_DATACENTER_CIDRS, Behaviour, Identity, IpNetwork, PlannedEvent, Step
 from simulator.ground_truth import (
     ADS16_USER_COLUMNS,
     ADVERTISING_COLUMNS,
@@ -69,6 +89,7 @@ from simulator.ground_truth import (
     draw_events,
     fit,
 )
+from simulator.ivt_scoring import TRUTH_COLUMNS
 
 DEVICE_MIX = (("mobile", 55), ("desktop", 30), ("tablet", 10), ("ctv", 5))
 PRIMARY_DEVICE_SHARE = 0.8
@@ -86,6 +107,9 @@ HTTP_TIMEOUT_S = 5.0
 MAX_CONCURRENCY = 10_000
 DEFAULT_CONCURRENCY = 16
 USER_COLUMNS = tuple(profile_field.name for profile_field in fields(UserProfile))  # all in silver/users
+# The path of a signed event URL (``auction_service.serving.tracking``): its event type and token.
+TRACKING_URL = re.compile(r"/v1/events/track/[^/\s\"'<>]+/(?P<event_type>[a-z_]+)\?[^\s\"'<>]*")
+MAX_REFUSAL_KINDS = 20  # distinct refusal reasons kept in the summary; the rest are "other"
 DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smh]?)")
 
 
@@ -100,21 +124,80 @@ class SimulatedUser:
 
 
 @dataclass
-class SimulationStats:
-    """Counters only: what a run of any length keeps."""
+class EventCounts:
+    """What the service answered for the events of one kind of visitor (people, or one bot behaviour)."""
+
+    accepted: Counter[str] = field(default_factory=Counter)  # by event type
+    duplicate: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # by event type
+    refusals: Counter[str] = field(default_factory=Counter)  # by the service's reason
+    unsent: Counter[str] = field(default_factory=Counter)  # by event type: the answer had no token for it
+    ivt: Counter[str] = field(default_factory=Counter)  # "category:reason" the service tagged accepted events with
+    charged_micros: int = 0
+
+    def count(self, event_type: str, result: dict[str, Any]) -> None:
+        if result["status"] == "accepted":
+            self.accepted[event_type] += 1
+            if result.get("ivt_category"):
+                self.ivt[f"{result['ivt_category']}:{result.get('ivt_reason') or '?'}"] += 1
+        elif result["status"] == "duplicate":
+            self.duplicate += 1
+        else:
+            self.rejected[event_type] += 1
+            reason = str(result.get("reason") or "?")[:80]
+            if reason in self.refusals or len(self.refusals) < MAX_REFUSAL_KINDS:
+                self.refusals[reason] += 1
+            else:
+                self.refusals["other"] += 1
+        self.charged_micros += int(result.get("charged_micros") or 0)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "accepted": sum(self.accepted.values()),
+            "duplicate": self.duplicate,
+            "rejected": sum(self.rejected.values()),
+            "accepted_by_type": dict(sorted(self.accepted.items())),
+            "rejected_by_type": dict(sorted(self.rejected.items())),
+            "rejected_by_reason": dict(self.refusals.most_common()),
+            "unsent_by_type": dict(sorted(self.unsent.items())),
+            "ivt_tagged_by_service": dict(sorted(self.ivt.items())),
+        }
+
+
+@dataclass
+class BotStats:
+    """One bot behaviour's visits and events."""
 
     visits: int = 0
-    requests: int = 0  # HTTP requests sent: auctions and event batches, retries included
+    auctions: int = 0  # answered 200 or 204
+    filled: int = 0
+    events: EventCounts = field(default_factory=EventCounts)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "visits": self.visits,
+            "auctions": self.auctions,
+            "filled": self.filled,
+            "events": self.events.summary(),
+            "charged_micros": self.events.charged_micros,
+        }
+
+
+@dataclass
+class SimulationStats:
+    """Counters only: what a run of any length keeps. The people's visits at the top; the bots' in ``bots``."""
+
+    visits: int = 0
+    requests: int = 0  # HTTP requests sent, people's and bots': auctions and event batches, retries included
     auctions: int = 0  # answered 200 or 204
     openrtb_auctions: int = 0
     filled: int = 0
     served_pctr_sum: float = 0.0  # /v1/auction answers only (OpenRTB bids carry a price, not a pCTR)
     served_pctr_count: int = 0
-    expected_clicks: float = 0.0  # ground-truth click probabilities of the accepted impressions
-    accepted: Counter[str] = field(default_factory=Counter)  # by event type
-    duplicate: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)  # by event type
-    charged_micros: int = 0
+    clickable_impressions: int = 0  # accepted impressions whose ad came with a click token
+    expected_clicks: float = 0.0  # ground-truth click probabilities of the clickable impressions
+    events: EventCounts = field(default_factory=EventCounts)
+    bots: dict[str, BotStats] = field(default_factory=dict)  # by behaviour
     errors: Counter[str] = field(default_factory=Counter)  # by kind, e.g. "auction_500", "events_timeout"
     rss_start: int = field(default_factory=lambda: _rss())
     rss_peak: int = 0
@@ -126,23 +209,31 @@ class SimulationStats:
 
     @property
     def impressions(self) -> int:
-        return self.accepted[EventType.IMPRESSION]
+        return self.events.accepted[EventType.IMPRESSION]
 
     @property
     def clicks(self) -> int:
-        return self.accepted[EventType.CLICK]
+        return self.events.accepted[EventType.CLICK]
+
+    def bot(self, behaviour: str) -> BotStats:
+        return self.bots.setdefault(behaviour, BotStats())
 
     def progress(self, elapsed_s: float) -> str:
+        bot_visits = sum(bot.visits for bot in self.bots.values())
         return (
             f"[{elapsed_s:6.0f}s] auctions {self.auctions} (fill {_share(self.filled, self.auctions):.1%}), "
-            f"impressions {self.impressions}, clicks {self.clicks} (CTR {_share(self.clicks, self.impressions):.2%}, "
-            f"ground truth {_share(self.expected_clicks, self.impressions):.2%}), "
-            f"errors {sum(self.errors.values())}, RSS {self.observe_rss() / 2**20:.0f} MB"
+            f"impressions {self.impressions}, clicks {self.clicks} "
+            f"(CTR {_share(self.clicks, self.clickable_impressions):.2%}, "
+            f"ground truth {_share(self.expected_clicks, self.clickable_impressions):.2%}), "
+            f"bot visits {bot_visits}, errors {sum(self.errors.values())}, RSS {self.observe_rss() / 2**20:.0f} MB"
         )
 
     def summary(self, *, elapsed_s: float, run: dict[str, Any], truth: GroundTruth) -> dict[str, Any]:
-        impressions, clicks = self.impressions, self.clicks
-        starts = self.accepted[EventType.VIDEO_START]
+        impressions, clicks, clickable = self.impressions, self.clicks, self.clickable_impressions
+        accepted = self.events.accepted
+        starts = accepted[EventType.VIDEO_START]
+        bot_events = [bot.events for bot in self.bots.values()]
+        bots_charged = sum(events.charged_micros for events in bot_events)
         return {
             "run": run,
             "elapsed_s": round(elapsed_s, 3),
@@ -155,24 +246,29 @@ class SimulationStats:
             "filled": self.filled,
             "fill_rate": round(_share(self.filled, self.auctions), 6),
             "impressions": impressions,
+            "clickable_impressions": clickable,
             "clicks": clicks,
-            "conversions": self.accepted[EventType.CONVERSION],
+            "conversions": accepted[EventType.CONVERSION],
             "video_starts": starts,
-            "video_completes": self.accepted[EventType.VIDEO_COMPLETE],
-            "ctr": round(_share(clicks, impressions), 6),
-            "expected_ctr": round(_share(self.expected_clicks, impressions), 6),
+            "video_completes": accepted[EventType.VIDEO_COMPLETE],
+            "ctr": round(_share(clicks, clickable), 6),  # clicks per impression that could be clicked
+            "expected_ctr": round(_share(self.expected_clicks, clickable), 6),
             "served_pctr_mean": round(_share(self.served_pctr_sum, self.served_pctr_count), 6),
-            "conversion_rate": round(_share(self.accepted[EventType.CONVERSION], clicks), 6),
-            "video_completion_rate": round(_share(self.accepted[EventType.VIDEO_COMPLETE], starts), 6),
-            "events": {
-                "accepted": sum(self.accepted.values()),
-                "duplicate": self.duplicate,
-                "rejected": sum(self.rejected.values()),
-                "accepted_by_type": dict(sorted(self.accepted.items())),
-                "rejected_by_type": dict(sorted(self.rejected.items())),
+            "conversion_rate": round(_share(accepted[EventType.CONVERSION], clicks), 6),
+            "video_completion_rate": round(_share(accepted[EventType.VIDEO_COMPLETE], starts), 6),
+            "events": self.events.summary(),
+            "charged_micros": self.events.charged_micros,
+            "spend": _usd(self.events.charged_micros),  # USD, what the service said it charged
+            "bots": {
+                "share": run.get("bot_share", 0.0),
+                "visits": sum(bot.visits for bot in self.bots.values()),
+                "events_accepted": sum(sum(events.accepted.values()) for events in bot_events),
+                "charged_micros": bots_charged,
+                "spend": _usd(bots_charged),
+                "by_behaviour": {name: bot.summary() for name, bot in sorted(self.bots.items())},
             },
-            "charged_micros": self.charged_micros,
-            "spend": str(Decimal(self.charged_micros) / MICROS_PER_UNIT),  # USD, what the service said it charged
+            # Every event the service took, people's and bots': what silver/feedback_events must come to hold.
+            "events_accepted_total": sum(accepted.values()) + sum(sum(e.accepted.values()) for e in bot_events),
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(sorted(self.errors.items())),
             "rss_mb": {
@@ -190,7 +286,7 @@ def final_line(summary: dict[str, Any]) -> str:
         f"impressions {summary['impressions']}, clicks {summary['clicks']} (CTR {summary['ctr']:.2%}, "
         f"ground truth {summary['expected_ctr']:.2%}, served pCTR {summary['served_pctr_mean']:.2%}), "
         f"conversions {summary['conversions']}, video completes {summary['video_completes']}, "
-        f"errors {summary['errors']}"
+        f"bot visits {summary['bots']['visits']}, errors {summary['errors']}"
     )
 
 
@@ -272,10 +368,15 @@ def auction_request(user: UserProfile, placement: Placement) -> dict[str, Any]:
     return body
 
 
-def openrtb_request(user: UserProfile, placement: Placement, request_id: str, year: int) -> dict[str, Any]:
-    """The same request as an OpenRTB 2.6 BidRequest; a country without an ISO code is left out."""
+def openrtb_request(
+    user: UserProfile, placement: Placement, request_id: str, year: int, identity: Identity | None = None
+) -> dict[str, Any]:
+    """The same request as an OpenRTB 2.6 BidRequest; a country without an ISO code is left out. The
+    exchange states the browser's User-Agent and address in ``device`` (``ua``, ``ip``)."""
     imp: dict[str, Any] = {"id": "1", "video" if placement.content_type == "video" else "banner": {}}
     device: dict[str, Any] = {"devicetype": OPENRTB_DEVICE_TYPES[placement.device_type]}
+    if identity is not None:
+        device |= {"ua": identity.user_agent, "ip": identity.ip}
     if user.country in ISO_ALPHA3:
         device["geo"] = {"country": ISO_ALPHA3[user.country]}
     rtb_user: dict[str, Any] = {"id": user.user_id}
@@ -293,18 +394,32 @@ class ServedAd:
     campaign_id: str
     category: str | None
     pctr: float | None
+    tokens: dict[str, str] = field(default_factory=dict)  # event type -> the signed token for it
+
+
+def tracking_tokens(*texts: str) -> dict[str, str]:
+    """Event type -> token of the signed event URLs found in ``texts`` (URLs, HTML or VAST markup)."""
+    tokens: dict[str, str] = {}
+    for text in texts:
+        for match in TRACKING_URL.finditer(html.unescape(text or "")):
+            token = parse_qs(urlsplit(match[0]).query).get("t")
+            if token:
+                tokens.setdefault(match["event_type"], token[0])
+    return tokens
 
 
 def served_ad(body: dict[str, Any], openrtb: bool, categories: dict[str, str]) -> ServedAd:
-    """The winner of an answered auction; an OpenRTB bid's category comes from earlier answers or its IAB codes."""
+    """The winner of an answered auction and its event tokens; an OpenRTB bid's category comes from earlier
+    answers or its IAB codes, its tokens from the event URLs in its ``nurl`` and ``adm``."""
     if not openrtb:
         campaign_id, category = body["campaign_id"], body["category"]
         if campaign_id not in categories and len(categories) < MAX_KNOWN_CAMPAIGNS:
             categories[campaign_id] = category
-        return ServedAd(body["auction_id"], campaign_id, category, float(body["pctr"]))
+        tokens = dict(body.get("event_tokens") or {}) or tracking_tokens(*(body.get("tracking") or {}).values())
+        return ServedAd(body["auction_id"], campaign_id, category, float(body["pctr"]), tokens)
     bid = body["seatbid"][0]["bid"][0]
     category = categories.get(bid["cid"]) or CATEGORY_BY_IAB.get(tuple(bid.get("cat") or ()))
-    return ServedAd(body["bidid"], bid["cid"], category, None)
+    return ServedAd(body["bidid"], bid["cid"], category, None, tracking_tokens(bid.get("nurl"), bid.get("adm")))
 
 
 @dataclass(frozen=True)
@@ -317,8 +432,15 @@ class Reply:
     retry_after: str | None = None
 
 
+def headers(identity: Identity) -> dict[str, str]:
+    """How a request states who sent it: the browser's User-Agent, and its address as a proxy in front of
+    the service would (the service trusts X-Forwarded-For from loopback only)."""
+    return {"User-Agent": identity.user_agent, "X-Forwarded-For": identity.ip}
+
+
 class Visitor:
-    """Runs visits against one service and adds them up in ``stats``."""
+    """Runs visits, people's and bots', against one service and adds them up in ``stats``; every event
+    sent is written to ``ground_truth`` (CSV rows of TRUTH_COLUMNS) when it is given."""
 
     def __init__(
         self,
@@ -329,50 +451,88 @@ class Visitor:
         seed: int,
         openrtb_share: float,
         stats: SimulationStats,
+        bot_share: float = 0.0,
+        datacenters: Sequence[IpNetwork] = (),
+        min_click_delay_s: float = 0.5,
+        ground_truth: TextIO | None = None,
     ) -> None:
         self.client, self.population, self.truth = client, population, truth
         self.seed, self.openrtb_share, self.stats = seed, openrtb_share, stats
+        self.bot_share, self.min_click_delay_s = bot_share, min_click_delay_s
+        self.datacenters = tuple(datacenters) or bots.parse_networks(DEFAULT_DATACENTER_CIDRS)
+        self.residential = bots.residential_networks(self.datacenters)
+        self.truth_rows = csv.writer(ground_truth) if ground_truth is not None else None
         self.categories: dict[str, str] = {}
 
     async def visit(self, number: int) -> None:
         rng = random.Random(f"{self.seed}:{number}")  # per visit, so concurrency cannot reorder the draws
+        behaviour = bots.draw_behaviour(random.Random(f"{self.seed}:{number}:bot"), self.bot_share)
+        if behaviour is Behaviour.HUMAN:
+            await self._person_visit(rng, number)
+        else:
+            await self._bot_visit(behaviour, rng)
+
+    async def _person_visit(self, rng: random.Random, number: int) -> None:
         user = self.population[rng.randrange(len(self.population))]
         placement = choose_placement(user, rng, self.openrtb_share)
+        identity = bots.person(user.profile.user_id, placement.device_type, self.residential)
         self.stats.visits += 1
-        ad = await self._auction(user.profile, placement, number)
+        ad = await self._auction(user.profile, placement, number, identity)
         if ad is None:
             return
         probabilities = self.truth.probabilities(
             user.profile, ShownAd(ad.category, placement.content_type, placement.device_type)
         )
-        kinds = draw_events(probabilities, rng)
-        events = [
-            {"event_id": f"sim-{ad.auction_id}-{kind}", "event_type": kind, "auction_id": ad.auction_id}
-            for kind in kinds
-        ]
-        results = await self._send_events(events)
-        for kind, result in zip(kinds, results, strict=True):
-            if result["status"] == "accepted":
-                self.stats.accepted[kind] += 1
-                if kind == EventType.IMPRESSION:
-                    self.stats.expected_clicks += probabilities.click
-            elif result["status"] == "duplicate":
-                self.stats.duplicate += 1
-            else:
-                self.stats.rejected[kind] += 1
-            self.stats.charged_micros += int(result.get("charged_micros") or 0)
+        steps = bots.human_steps(draw_events(probabilities, rng), rng)
+        taken = await self._play(ad, steps, identity, Behaviour.HUMAN, self.stats.events)
+        if EventType.IMPRESSION in taken and EventType.CLICK in ad.tokens:
+            self.stats.clickable_impressions += 1
+            self.stats.expected_clicks += probabilities.click
 
-    async def _auction(self, user: UserProfile, placement: Placement, number: int) -> ServedAd | None:
-        if placement.openrtb:
-            endpoint, path = "openrtb", "/openrtb2/auction"
-            body = openrtb_request(user, placement, f"sim-{self.seed}-{number}", datetime.now(UTC).year)
-        else:
-            endpoint, path, body = "auction", "/v1/auction", auction_request(user, placement)
-        reply = await self._post(endpoint, path, body)
+    async def _bot_visit(self, behaviour: Behaviour, rng: random.Random) -> None:
+        """A bot asks for an ad like a page would (``/v1/auction``) and acts on it as its behaviour says."""
+        bot = bots.draw_bot(behaviour, rng, self.datacenters, self.residential)
+        stats = self.stats.bot(behaviour)
+        stats.visits += 1
+        content_type = "video" if rng.random() < VIDEO_SHARE else "display"
+        request = {"device_type": bot.device_type, "channel": "web", "content_type": content_type}
+        if bot.user_id is not None:
+            request["user_id"] = bot.user_id
+        reply = await self._ask("auction", "/v1/auction", request, bot.identity)
+        if reply is None:
+            return
+        stats.auctions += 1
+        if reply.status == 204:
+            return
+        try:
+            ad = served_ad(reply.body, False, self.categories)
+        except (ValueError, KeyError, IndexError, TypeError):
+            self.stats.errors["auction_bad_body"] += 1
+            return
+        stats.filled += 1
+        steps = bots.bot_steps(behaviour, rng, video=content_type == "video", min_click_delay_s=self.min_click_delay_s)
+        await self._play(ad, steps, bot.identity, behaviour, stats.events)
+
+    async def _ask(self, endpoint: str, path: str, body: dict[str, Any], identity: Identity) -> Reply | None:
+        """An answered auction (200 or 204), or None (counted as an error)."""
+        reply = await self._post(endpoint, path, body, identity)
         if reply is None:
             return None
         if reply.status not in (200, 204):
             self.stats.errors[f"{endpoint}_{reply.status}"] += 1
+            return None
+        return reply
+
+    async def _auction(
+        self, user: UserProfile, placement: Placement, number: int, identity: Identity
+    ) -> ServedAd | None:
+        if placement.openrtb:
+            endpoint, path = "openrtb", "/openrtb2/auction"
+            body = openrtb_request(user, placement, f"sim-{self.seed}-{number}", datetime.now(UTC).year, identity)
+        else:
+            endpoint, path, body = "auction", "/v1/auction", auction_request(user, placement)
+        reply = await self._ask(endpoint, path, body, identity)
+        if reply is None:
             return None
         self.stats.auctions += 1
         self.stats.openrtb_auctions += placement.openrtb
@@ -389,10 +549,56 @@ class Visitor:
             self.stats.served_pctr_count += 1
         return ad
 
-    async def _send_events(self, events: list[dict[str, str]]) -> list[dict[str, Any]]:
+    async def _play(
+        self, ad: ServedAd, steps: Sequence[Step], identity: Identity, behaviour: Behaviour, counts: EventCounts
+    ) -> set[str]:
+        """Sends ``steps`` in turn, each event with its token; the event types the service took.
+
+        A step whose events were not all taken (refused, or never answered) ends the visit: what
+        came after them (a click after an impression) would be out of order.
+        """
+        taken: set[str] = set()
+        for step in steps:
+            if step.wait_s > 0:
+                await asyncio.sleep(step.wait_s)
+            planned = [event for event in step.events if event.event_type in ad.tokens]
+            counts.unsent.update(event.event_type for event in step.events if event.event_type not in ad.tokens)
+            if not planned:
+                continue
+            events = [self._event(ad, event, identity) for event in planned]
+            results = await self._send_events(events, identity)
+            for index, event in enumerate(planned):
+                result = results[index] if results else {"status": "unanswered"}
+                if results:
+                    counts.count(event.event_type, result)
+                self._record_truth(events[index]["event_id"], event, behaviour, result["status"])
+                if result["status"] in ("accepted", "duplicate"):
+                    taken.add(event.event_type)
+            if not results or any(result["status"] not in ("accepted", "duplicate") for result in results):
+                break
+        return taken
+
+    @staticmethod
+    def _event(ad: ServedAd, event: PlannedEvent, identity: Identity) -> dict[str, str]:
+        return {
+            "event_id": event.event_id(ad.auction_id),
+            "event_type": event.event_type,
+            "auction_id": ad.auction_id,
+            "token": ad.tokens[event.event_type],
+            "user_agent": identity.user_agent,
+            "ip": identity.ip,
+        }
+
+    def _record_truth(self, event_id: str, event: PlannedEvent, behaviour: Behaviour, status: str) -> None:
+        if self.truth_rows is not None:
+            row = {"event_id": event_id, "event_type": event.event_type, "behaviour": behaviour,
+                   "expected": event.expected or "", "status": status}  # fmt: skip
+            self.truth_rows.writerow([row[column] for column in TRUTH_COLUMNS])
+
+    async def _send_events(self, events: list[dict[str, str]], identity: Identity) -> list[dict[str, Any]]:
         """The service's result per event; retried with the same event ids on 503 and transport errors."""
         for attempt in range(EVENT_ATTEMPTS):
-            reply = await self._post("events", "/v1/events", {"events": events})
+            reply = await self._post("events", "/v1/events", {"events": events}, identity)
             wait = min(2.0, 0.25 * 2**attempt)
             if reply is not None and reply.status == 202:
                 try:
@@ -414,10 +620,10 @@ class Visitor:
         self.stats.errors["events_gave_up"] += 1
         return []
 
-    async def _post(self, endpoint: str, path: str, body: dict[str, Any]) -> Reply | None:
+    async def _post(self, endpoint: str, path: str, body: dict[str, Any], identity: Identity) -> Reply | None:
         self.stats.requests += 1
         try:
-            async with self.client.post(path, json=body) as response:
+            async with self.client.post(path, json=body, headers=headers(identity)) as response:
                 content = await response.read()
                 return Reply(response.status, _json_or_none(content), response.headers.get("Retry-After"))
         except TimeoutError:
@@ -453,6 +659,10 @@ async def simulate(
     out: TextIO = sys.stdout,
     stop: asyncio.Event | None = None,
     http_timeout_s: float = HTTP_TIMEOUT_S,
+    bot_share: float = 0.0,
+    datacenters: Sequence[IpNetwork] = (),
+    min_click_delay_s: float = 0.5,
+    ground_truth: TextIO | None = None,
 ) -> tuple[SimulationStats, float]:
     """Visits at ``rate`` per second for ``duration_s`` on ``concurrency`` workers; the stats and the elapsed time.
 
@@ -468,7 +678,10 @@ async def simulate(
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
     timeout = aiohttp.ClientTimeout(total=http_timeout_s)
     async with aiohttp.ClientSession(base_url=base_url, connector=connector, timeout=timeout) as client:
-        visitor = Visitor(client, population, truth, seed=seed, openrtb_share=openrtb_share, stats=stats)
+        visitor = Visitor(
+            client, population, truth, seed=seed, openrtb_share=openrtb_share, stats=stats, bot_share=bot_share,
+            datacenters=datacenters, min_click_delay_s=min_click_delay_s, ground_truth=ground_truth,
+        )  # fmt: skip
         began = loop.time()
         deadline = began + duration_s
 
@@ -535,6 +748,8 @@ class RunOptions:
     base_ctr: float = BASE_CTR
     progress_every_s: float = 5.0
     summary_file: Path | None = None
+    bot_share: float = 0.0
+    ground_truth_file: Path | None = None
 
     def error(self) -> str | None:
         """What is wrong with the options, if anything (a usage error)."""
@@ -544,6 +759,7 @@ class RunOptions:
             (not 1 <= self.concurrency <= MAX_CONCURRENCY, f"--concurrency must be between 1 and {MAX_CONCURRENCY}"),
             (not 0 <= self.openrtb_share <= 1, "--openrtb-share must be between 0 and 1"),
             (not 0 < self.base_ctr <= 1, "--base-ctr must be above 0 and at most 1"),
+            (not 0 <= self.bot_share <= 1, "--bot-share must be between 0 and 1"),
         ):
             if invalid:
                 return message
@@ -551,12 +767,15 @@ class RunOptions:
 
 
 def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
-    """The simulation of ``options`` against the service; the summary to ``out`` (and the summary file).
-    1 when the lake cannot give a population or ground truth, or no auction was answered at all."""
+    """The simulation of ``options`` against the service; the summary to ``out`` (and the summary file), every
+    event sent to the ground-truth file. 1 when the lake cannot give a population or ground truth, or no
+    auction was answered at all."""
     base_url = options.base_url or f"http://{settings.bind_host}:{settings.auction_port}"
     try:
         population = load_population(settings, options.users, options.seed)
         truth = load_ground_truth(settings, options.base_ctr)
+        datacenters = bots.parse_networks(settings.ivt_datacenter_cidrs or DEFAULT_DATACENTER_CIDRS)
+        bots.residential_networks(datacenters)
     except (LakeTableMissing, ValueError) as exc:
         print(f"simulator: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -568,6 +787,10 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
         "seed": options.seed,
         "concurrency": options.concurrency,
         "openrtb_share": options.openrtb_share,
+        "bot_share": options.bot_share,
+        "datacenter_cidrs": [str(network) for network in datacenters],
+        "min_click_delay_ms": settings.ivt_min_click_delay_ms,
+        "ground_truth_file": str(options.ground_truth_file) if options.ground_truth_file else None,
     }
     print(
         f"simulating {len(population)} users against {base_url} for {options.duration_s:g}s at {options.rate:g}/s; "
@@ -575,20 +798,37 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
         file=out,
         flush=True,
     )
-    stats, elapsed = asyncio.run(
-        _run_until_signalled(
-            base_url=base_url,
-            population=population,
-            truth=truth,
-            duration_s=options.duration_s,
-            rate=options.rate,
-            concurrency=options.concurrency,
-            seed=options.seed,
-            openrtb_share=options.openrtb_share,
-            progress_every_s=options.progress_every_s,
-            out=out,
+    if options.bot_share and not settings.ivt_datacenter_cidrs:
+        print(
+            f"simulator: IVT_DATACENTER_CIDRS is empty; data-center bots use {DEFAULT_DATACENTER_CIDRS}, which the "
+            "service only tags as GIVT if it has the same setting",
+            file=out,
+            flush=True,
         )
-    )
+    with contextlib.ExitStack() as files:
+        ground_truth = None
+        if options.ground_truth_file is not None:
+            options.ground_truth_file.parent.mkdir(parents=True, exist_ok=True)
+            ground_truth = files.enter_context(options.ground_truth_file.open("w", newline=""))
+            csv.writer(ground_truth).writerow(TRUTH_COLUMNS)
+        stats, elapsed = asyncio.run(
+            _run_until_signalled(
+                base_url=base_url,
+                population=population,
+                truth=truth,
+                duration_s=options.duration_s,
+                rate=options.rate,
+                concurrency=options.concurrency,
+                seed=options.seed,
+                openrtb_share=options.openrtb_share,
+                progress_every_s=options.progress_every_s,
+                out=out,
+                bot_share=options.bot_share,
+                datacenters=datacenters,
+                min_click_delay_s=settings.ivt_min_click_delay_ms / 1000,
+                ground_truth=ground_truth,
+            )
+        )
     summary = stats.summary(elapsed_s=elapsed, run=described, truth=truth)
     text = json.dumps(summary, indent=2)
     if options.summary_file is not None:
@@ -596,11 +836,15 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
         options.summary_file.write_text(text + "\n")
     print(text, file=out)
     print(final_line(summary), file=out, flush=True)
-    return 0 if stats.auctions else 1
+    return 0 if stats.auctions + sum(bot.auctions for bot in stats.bots.values()) else 1
 
 
 def _rss() -> int:
     return psutil.Process().memory_info().rss
+
+
+def _usd(micros: int) -> str:
+    return str(Decimal(micros) / MICROS_PER_UNIT)
 
 
 def _share(part: float, whole: float) -> float:
@@ -637,6 +881,12 @@ def simulate_command(
         typer.Option(parser=parse_duration, metavar="DURATION", help="progress line period (default 5s)"),
     ] = "5s",  # type: ignore[assignment]
     summary_file: Annotated[Path | None, typer.Option(help="also write the JSON summary here")] = None,
+    bot_share: Annotated[
+        float, typer.Option(help="share of visits made by bots of the five IVT behaviours (default 0)")
+    ] = 0.0,
+    ground_truth_file: Annotated[
+        Path | None, typer.Option(help="write every event sent, with who sent it, as CSV here (for IVT scoring)")
+    ] = None,
 ) -> None:
     options = RunOptions(
         duration_s=duration,
@@ -649,6 +899,8 @@ def simulate_command(
         base_ctr=base_ctr,
         progress_every_s=progress_every,
         summary_file=summary_file,
+        bot_share=bot_share,
+        ground_truth_file=ground_truth_file,
     )
     if (error := options.error()) is not None:
         raise typer.BadParameter(error)

@@ -37,8 +37,11 @@ STREAMING_TABLES: tuple[str, ...] = (
     Table.SILVER_AUCTIONS,
     quarantine_table("feedback"),
     quarantine_table("auctions"),
+    quarantine_table("refused"),
+    Table.QUARANTINE_EVENTS,
     Table.GOLD_KPI_MINUTE,
     Table.GOLD_BILLING_HOURLY,
+    Table.GOLD_IVT_HOURLY,
 )
 
 

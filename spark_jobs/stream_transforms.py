@@ -1,5 +1,6 @@
 """Pure transforms of the streaming job (spark_jobs.streaming): Kafka records to bronze, silver and
-quarantine rows, the stream's event-time watermark, and the per-minute KPIs of gold/kpi_minute.
+quarantine rows (refused events to quarantine/events), the stream's event-time watermark, and the
+per-minute KPIs of gold/kpi_minute (SIVT tagging is spark_jobs.ivt_transforms').
 
 No I/O, no session and no clock here: the caller passes the ingest time and the watermark.
 
@@ -29,6 +30,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from adstream.events import MICROS_PER_UNIT, EventType, spark_ddl
+from spark_jobs.ivt_transforms import is_charged, is_delivered, is_invalid_traffic
 
 # What the Kafka source of Structured Streaming hands each micro-batch.
 KAFKA_RECORD_DDL = (
@@ -186,9 +188,12 @@ def late_check(event_time: Column, watermark_micros: int) -> _Check:
     )  # fmt: skip
 
 
-def classify_records(kafka_records: DataFrame, model: type[BaseModel], *, max_ahead: timedelta) -> DataFrame:
+def classify_records(
+    kafka_records: DataFrame, model: type[BaseModel], *, max_ahead: timedelta, event_time: str | None = EVENT_TIME
+) -> DataFrame:
     """Every Kafka record with its typed fields (``_typed``), its origin and, when it is rejected,
     its ``reason`` and ``detail`` (both null for a valid record), for every check but the watermark's.
+    ``event_time`` names the field the future check reads (None: no such check, as for refusals).
 
     The watermark, which moves every batch, is ``apply_watermark``'s: as a literal here it would make
     the generated code of these ~50 checks new in every batch, recompiled and run cold by the JVM
@@ -205,10 +210,9 @@ def classify_records(kafka_records: DataFrame, model: type[BaseModel], *, max_ah
         F.from_json(text, spark_ddl(model)).alias("_typed"),
     )
     typed = F.col("_typed")
-    checks = [
-        *schema_checks(model, F.col("_raw"), typed),
-        future_check(typed[EVENT_TIME], F.col("kafka_timestamp"), max_ahead),
-    ]
+    checks = schema_checks(model, F.col("_raw"), typed)
+    if event_time is not None:
+        checks.append(future_check(typed[event_time], F.col("kafka_timestamp"), max_ahead))
     reasoned = staged.select(
         "*", F.coalesce(*[F.when(check.failed, F.lit(check.reason.value)) for check in checks]).alias("reason")
     )
@@ -240,8 +244,16 @@ def _field_value(model: type[BaseModel], name: str) -> Column:
     return value.alias(name)
 
 
-def valid_events(classified: DataFrame, model: type[BaseModel], ingested_at: datetime) -> DataFrame:
-    """The accepted records as silver rows: the model's fields, then their origin and event date."""
+def valid_events(
+    classified: DataFrame,
+    model: type[BaseModel],
+    ingested_at: datetime,
+    *,
+    event_time: str = EVENT_TIME,
+    date_column: str = "event_date",
+) -> DataFrame:
+    """The accepted records as silver rows: the model's fields, then their origin and the date of
+    ``event_time`` (the partition column ``date_column``)."""
     return (
         classified.where(F.col("reason").isNull())
         .select(
@@ -249,7 +261,7 @@ def valid_events(classified: DataFrame, model: type[BaseModel], ingested_at: dat
             *KAFKA_LINEAGE,
             F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
         )
-        .withColumn("event_date", F.to_date(EVENT_TIME))
+        .withColumn(date_column, F.to_date(event_time))
     )
 
 
@@ -344,7 +356,11 @@ def kpi_by_minute(feedback_events: DataFrame) -> DataFrame:
     """One row per campaign x minute x device_type x channel x content_type (a missing dimension is
     "unknown"), from deduplicated feedback events.
 
-    - spend: the sum of ``cost_micros`` (integers), also as decimal(18,6);
+    Invalid traffic is left out, as billing leaves it out (spark_jobs.ivt_transforms): impressions,
+    clicks, conversions and video events count deliveries only (``is_delivered``), and the tagged
+    impressions and clicks are counted apart (ivt_impressions, ivt_clicks).
+    - spend: the sum of ``cost_micros`` (integers) of the events the ledger charged that are not
+      invalid traffic, also as decimal(18,6) (an event it did not charge carries no cost anyway);
     - ctr = clicks / impressions; ad_completion_rate = video_completes / video_starts;
     - rpai (revenue per ad impression) = spend / impressions, decimal(18,6) rounded half-up;
     - ad_relevance_score: the mean pCTR the model gave the impressions served (those carrying one),
@@ -352,21 +368,29 @@ def kpi_by_minute(feedback_events: DataFrame) -> DataFrame:
     Ratios are null where their denominator is zero.
     """
 
-    def count_of(event_type: EventType) -> Column:
-        return F.count(F.when(F.col("event_type") == event_type.value, True))
+    def count_of(event_type: EventType, counted: Column) -> Column:
+        return F.count(F.when((F.col("event_type") == event_type.value) & counted, True))
+
+    delivered, ivt = is_delivered(), is_invalid_traffic()
 
     per_minute = feedback_events.groupBy(
         "campaign_id",
         F.date_trunc("minute", EVENT_TIME).alias("minute"),
         *[F.coalesce(F.col(dimension), F.lit(UNKNOWN)).alias(dimension) for dimension in KPI_DIMENSIONS],
     ).agg(
-        count_of(EventType.IMPRESSION).alias("impressions"),
-        count_of(EventType.CLICK).alias("clicks"),
-        count_of(EventType.CONVERSION).alias("conversions"),
-        count_of(EventType.VIDEO_START).alias("video_starts"),
-        count_of(EventType.VIDEO_COMPLETE).alias("video_completes"),
-        F.sum("cost_micros").cast("bigint").alias("spend_micros"),
-        F.avg(F.when(F.col("event_type") == EventType.IMPRESSION.value, F.col("pctr"))).alias("ad_relevance_score"),
+        count_of(EventType.IMPRESSION, delivered).alias("impressions"),
+        count_of(EventType.CLICK, delivered).alias("clicks"),
+        count_of(EventType.CONVERSION, delivered).alias("conversions"),
+        count_of(EventType.VIDEO_START, delivered).alias("video_starts"),
+        count_of(EventType.VIDEO_COMPLETE, delivered).alias("video_completes"),
+        F.coalesce(F.sum(F.when(is_charged() & ~ivt, F.col("cost_micros"))), F.lit(0))
+        .cast("bigint")
+        .alias("spend_micros"),
+        F.avg(F.when((F.col("event_type") == EventType.IMPRESSION.value) & delivered, F.col("pctr"))).alias(
+            "ad_relevance_score"
+        ),
+        count_of(EventType.IMPRESSION, ivt).alias("ivt_impressions"),
+        count_of(EventType.CLICK, ivt).alias("ivt_clicks"),
     )
     rpai = F.col("spend_micros").cast("decimal(20,0)") / (F.col("impressions") * MICROS_PER_UNIT)
     return per_minute.select(
@@ -377,6 +401,7 @@ def kpi_by_minute(feedback_events: DataFrame) -> DataFrame:
         _ratio("video_completes", "video_starts").alias("ad_completion_rate"),
         F.when(F.col("impressions") > 0, rpai.cast(MONEY)).alias("rpai"),
         "ad_relevance_score",
+        "ivt_impressions", "ivt_clicks",
         F.to_date("minute").alias("event_date"),
     )  # fmt: skip
 

@@ -2,17 +2,24 @@
 
 Each hour goes through three steps (the command line `adstream bill` and the DAG hourly_billing run them):
 1. bill: the hour's bill is built (spark_jobs.billing.transforms states its rules), gated by Great
-   Expectations (spark_jobs.billing.quality), then published (spark_jobs.billing.ledger): write-audit-publish,
-   so a bill that fails a check leaves the published one as it was.
-2. reconcile: per campaign, bill spend == campaign-store ledger (``spend_by_campaign_hour``)
-   == auction log (``billable_cost_micros`` of the charged events' auctions in silver/auctions).
-   A side without its store or table is skipped and named. A mismatch fails a final hour; for a
-   provisional hour (the stream may lag the ledger) it is printed, listed, and not raised.
-   The result is written beside the exports (reports/billing/<day>/<HH>.reconciliation.json).
-3. export: the hour's CSV and HTML report for finance (spark_jobs.billing.reports).
+   Expectations (spark_jobs.billing.quality) and reconciled, and only then published
+   (spark_jobs.billing.ledger): write-audit-publish. Reconciliation: per campaign, the bill's gross
+   spend == campaign-store ledger (``spend_by_campaign_hour``) == auction log (``billable_cost_micros``
+   of the charged events' auctions in silver/auctions); a side without its store or table is skipped
+   and named. A campaign row that fails the gate, or, in a closed hour, the reconciliation, is
+   published ``held_back`` with its reason, and the hour's other campaigns publish ``final``; for a
+   provisional hour (the stream may lag the ledger) a mismatch is listed, and held back only if it
+   lasts until the hour closes. The result is written beside the exports
+   (reports/billing/<day>/<HH>.reconciliation.json). The same run counts the hour's invalid traffic
+   into gold/ivt_hourly (spark_jobs.ivt).
+2. reconcile: the published bill checked again against the ledger and the auction log; a final row
+   that no longer agrees (the ledger changed after billing) fails the run. Held-back and provisional
+   rows are listed, not raised.
+3. export: the hour's CSV and HTML report for finance (spark_jobs.billing.reports), held-back rows
+   and their reasons included.
 
-A scheduled run also re-bills the still-provisional hours of the last REBILL_LOOKBACK before its hour:
-they are final once the stream's watermark has passed them.
+A scheduled run also re-bills the still-provisional hours, and those holding a campaign back, of the last
+REBILL_LOOKBACK before its hour: they are final once the stream's watermark has passed them and they reconcile.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from adstream.contracts import Table
 from adstream.settings import Settings
+from spark_jobs import ivt
 from spark_jobs.billing import reports
 from spark_jobs.billing.ledger import (
     CampaignStore,
@@ -37,18 +45,21 @@ from spark_jobs.billing.ledger import (
     read_table,
     stream_watermark,
 )
-from spark_jobs.billing.quality import BillCheckFailed, check_bill
-from spark_jobs.billing.reports import HOUR, BillNotFound, BillStatus
+from spark_jobs.billing.quality import BillCheckFailed, failed_rows
+from spark_jobs.billing.reports import HOUR, BillNotFound, BillStatus, hour_status
 from spark_jobs.billing.transforms import (
     Reconciliation,
     bill_status,
     campaign_activity,
     finish_bill,
+    held_back_reasons,
+    hold_back,
     hour_start,
     hours_between,
     in_window,
     spend_mismatches,
 )
+from spark_jobs.ivt_transforms import with_event_columns
 
 SPARK_APP = "billing"
 SPARK_CONF = {"spark.ui.enabled": "false"}
@@ -57,7 +68,7 @@ STEP_CHOICES = (*STEPS, "all")
 
 
 class ReconciliationError(RuntimeError):
-    """Bill, ledger and auction log disagree on a final hour's spend."""
+    """Bill, ledger and auction log disagree on the spend of a campaign published final."""
 
 
 # What a billing run fails with (the command exits 1 on these).
@@ -67,20 +78,22 @@ FAILURES = (BillCheckFailed, ReconciliationError, BillNotFound)
 @dataclass(frozen=True)
 class HourBill:
     hour: datetime
-    status: BillStatus
+    status: BillStatus  # the hour's; a held-back campaign's row says held_back
     campaigns: int
-    spend_micros: int
+    spend_micros: int  # of the campaigns published, held-back ones left out
     stream_watermark: datetime | None
+    held_back: dict[str, str]  # campaign -> why
 
 
 # --- one hour ---
 
 
 def bill_hour(spark: SparkSession, settings: Settings, hour: datetime, *, now: datetime) -> HourBill:
-    """Builds, gates and publishes one hour's bill."""
+    """Builds, gates, reconciles and publishes one hour's bill, and counts its invalid traffic."""
     hour = hour_start(hour)
     lookback = timedelta(seconds=settings.auction_ttl_s)
     feedback = read_table(spark, settings, Table.SILVER_FEEDBACK_EVENTS)
+    feedback = with_event_columns(feedback) if feedback is not None else None
     watermark = stream_watermark(feedback, hour, settings.stream_watermark_s)
     if feedback is None:
         print(f"no {Table.SILVER_FEEDBACK_EVENTS} yet: {hour:%Y-%m-%d %H:00} is billed empty")
@@ -92,24 +105,29 @@ def bill_hour(spark: SparkSession, settings: Settings, hour: datetime, *, now: d
     status = bill_status(hour, watermark, now, has_activity=not activity.empty)
     budgets = campaign_budgets(settings, sorted(activity["campaign_id"]), hour) if not activity.empty else None
     bill = finish_bill(activity, hour, budgets=budgets, status=status, watermark=watermark, billed_at=now)
-    check_bill(bill, hour)
+    gate = failed_rows(bill, hour)
+    billed = bill[bill["campaign_id"].notna()]
+    gross = {row.campaign_id: int(row.gross_spend_micros) for row in billed.itertuples()}
+    reconciliation = _reconcile(spark, settings, feedback, hour, gross, status.value)
+    held = held_back_reasons(gate, reconciliation.mismatches, status)
+    reconciliation.held_back = held
+    bill = hold_back(bill, held)
     publish_bill(spark, settings, bill, hour)
-    campaigns, spend = int(bill["campaign_id"].notna().sum()), int(bill["spend_micros"].sum())
-    print(f"billed {hour:%Y-%m-%d %H:00} UTC: {status.value}, {campaigns} campaigns, spend {spend} micros")
-    return HourBill(hour, status, campaigns, spend, watermark)
+    _write_reconciliation(settings, reconciliation)
+    ivt.build_ivt_hour(spark, settings, hour, computed_at=now)
+    published = bill[bill["campaign_id"].notna() & (bill["status"] != BillStatus.HELD_BACK.value)]
+    campaigns, spend = len(published), int(published["spend_micros"].sum())
+    held_note = f", {len(held)} held back ({', '.join(sorted(held))})" if held else ""
+    print(f"billed {hour:%Y-%m-%d %H:00} UTC: {status.value}, {campaigns} campaigns, spend {spend} micros{held_note}")
+    return HourBill(hour, status, campaigns, spend, watermark, held)
 
 
-def reconcile_hour(spark: SparkSession, settings: Settings, hour: datetime) -> Reconciliation:
-    """Compares the published bill's spend with the ledger and the auction log; see the module docstring."""
-    hour = hour_start(hour)
-    issued = reports.read_bill(settings, start=hour, end=hour + HOUR)
-    if issued.empty:
-        raise BillNotFound(f"{hour:%Y-%m-%d %H:00} UTC has no bill to reconcile; bill it first")
-    status = str(issued["status"].iloc[0])
-    billed = issued[issued["campaign_id"].notna()]
-    bill = {row.campaign_id: int(row.spend_micros) for row in billed.itertuples()}
+def _reconcile(
+    spark: SparkSession, settings: Settings, feedback: DataFrame | None, hour: datetime, bill: dict[str, int],
+    status: str,
+) -> Reconciliation:  # fmt: skip
+    """The bill's gross spend per campaign against the ledger and the auction log (the sides that exist)."""
     result = Reconciliation(hour, status, checked=["bill"])
-
     ledger = None
     campaign_store, why = CampaignStore.open(settings)
     if campaign_store is None:
@@ -117,20 +135,44 @@ def reconcile_hour(spark: SparkSession, settings: Settings, hour: datetime) -> R
     else:
         ledger = campaign_store.ledger_spend(hour)
         result.checked.append("ledger")
-
-    feedback = read_table(spark, settings, Table.SILVER_FEEDBACK_EVENTS)
     auction_log = auction_log_by_campaign(spark, settings, feedback, hour)
     if auction_log is None:
         result.skipped["auction log"] = f"no {Table.SILVER_AUCTIONS} table"
     else:
         result.checked.append("auction log")
-
     result.mismatches = spend_mismatches(bill, ledger, auction_log)
-    path = reports.reconciliation_path(settings.reports_dir, hour)
+    return result
+
+
+def _write_reconciliation(settings: Settings, result: Reconciliation) -> None:
+    path = reports.reconciliation_path(settings.reports_dir, result.hour)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(result), default=str, indent=2))
+
+
+def reconcile_hour(spark: SparkSession, settings: Settings, hour: datetime) -> Reconciliation:
+    """Checks the published bill's gross spend against the ledger and the auction log again; raises
+    ReconciliationError when a campaign published final (or missing from a closed hour) disagrees."""
+    hour = hour_start(hour)
+    issued = reports.read_bill(settings, start=hour, end=hour + HOUR)
+    if issued.empty:
+        raise BillNotFound(f"{hour:%Y-%m-%d %H:00} UTC has no bill to reconcile; bill it first")
+    status = hour_status(issued)
+    billed = issued[issued["campaign_id"].notna()]
+    # A row published before the gross column existed: its spend was the gross.
+    spend = billed["spend_micros"]
+    gross = billed["gross_spend_micros"].fillna(spend) if "gross_spend_micros" in billed else spend
+    bill = {campaign: int(micros) for campaign, micros in zip(billed["campaign_id"], gross, strict=True)}
+    held_rows = billed[billed["status"] == BillStatus.HELD_BACK.value]
+    held = {row.campaign_id: str(row.held_reason) for row in held_rows.itertuples()}
+    feedback = read_table(spark, settings, Table.SILVER_FEEDBACK_EVENTS)
+    result = _reconcile(spark, settings, with_event_columns(feedback) if feedback is not None else None, hour, bill,
+                        status)  # fmt: skip
+    result.held_back = held
+    _write_reconciliation(settings, result)
     print(result.report())
-    if result.mismatches and status != BillStatus.PROVISIONAL:
+    unheld = [m for m in result.mismatches if m.campaign_id not in held]
+    if unheld and status != BillStatus.PROVISIONAL:
         raise ReconciliationError(result.report())
     return result
 

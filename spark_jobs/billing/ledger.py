@@ -5,8 +5,10 @@
   Budgets are (total budget, ledger spend before the hour end) per campaign; the ledger's spend of an
   hour is ``spend_by_campaign_hour``.
 - Publishing MERGEs the bill on (hour, campaign_id); the hour's rows that the new bill lacks are
-  deleted, so a re-run or backfill replaces the hour exactly.
-- Provisional hours are read back from the published bill, so a later run can replace them.
+  deleted, so a re-run or backfill replaces the hour exactly. Columns the table lacks (a bill from
+  before they existed) are added by the MERGE.
+- Provisional hours, and hours with a held-back campaign, are read back from the published bill,
+  so a later run can replace them.
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ def publish_bill(spark: SparkSession, settings: Settings, rows: pd.DataFrame, ho
         DeltaTable.forPath(spark, path)
         .alias("billed")
         .merge(bill.alias("bill"), "billed.hour = bill.hour AND billed.campaign_id <=> bill.campaign_id")
+        .withSchemaEvolution()
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .whenNotMatchedBySourceDelete(F.col("billed.hour") == F.lit(hour))
@@ -159,10 +162,11 @@ def _plain(value: Any) -> Any:
 
 
 def provisional_hours(settings: Settings, before: datetime) -> list[datetime]:
-    """Hours of the last REBILL_LOOKBACK before ``before`` whose bill is still provisional."""
+    """Hours of the last REBILL_LOOKBACK before ``before`` whose bill is still provisional or holds a campaign back."""
     try:
         issued = reports.read_bill(settings, start=before - REBILL_LOOKBACK, end=before)
     except reports.BillNotFound:
         return []
-    pending = issued.loc[issued["status"] == BillStatus.PROVISIONAL.value, "hour"].drop_duplicates()
+    open_statuses = [BillStatus.PROVISIONAL.value, BillStatus.HELD_BACK.value]
+    pending = issued.loc[issued["status"].isin(open_statuses), "hour"].drop_duplicates()
     return sorted(hour.to_pydatetime() for hour in pending)

@@ -1,9 +1,11 @@
 """The bill's quality gate: Great Expectations checks a bill must pass before it is published.
 
-Write-audit-publish: spark_jobs.billing.job builds the hour's bill, this gate checks it, and only a
-bill that passes is published (spark_jobs.billing.ledger.publish_bill). The rules: no negative spend,
-spend within the campaign's total budget, clicks within the impressions they could belong to,
-currency and hour present, one row per campaign. A failure names each broken rule and its campaigns.
+Write-audit-publish: spark_jobs.billing.job builds the hour's bill, this gate checks it, and only rows
+that pass are published as they are (spark_jobs.billing.ledger.publish_bill). The rules: no negative
+spend, gross spend within the campaign's total budget, clicks within the impressions they could belong
+to, currency and hour present, one row per campaign. A row that breaks a rule is held back, named with
+its rules, and the other campaigns' rows publish; a failure no campaign row can answer for (two rows
+for one campaign, a broken row without a campaign) fails the whole bill, and nothing is published.
 
 Great Expectations is imported inside the functions: it is heavy, and only the bill step needs it.
 """
@@ -20,11 +22,11 @@ from spark_jobs.billing.transforms import CLICKABLE_IMPRESSIONS
 
 
 class BillCheckFailed(RuntimeError):
-    """The bill failed a Great Expectations check: nothing of it was published."""
+    """The bill as a whole failed a Great Expectations check: nothing of it was published."""
 
 
-def _rule(expectation: Any, rule: str) -> Any:
-    expectation.meta = {"rule": rule}
+def _rule(expectation: Any, rule: str, *, per_row: bool = True) -> Any:
+    expectation.meta = {"rule": rule, "per_row": per_row}
     return expectation
 
 
@@ -39,7 +41,7 @@ def bill_expectations() -> list[Any]:
         _rule(
             gxe.ExpectColumnPairValuesAToBeGreaterThanB(
                 column_A="budget_total_micros",
-                column_B="spend_micros",
+                column_B="gross_spend_micros",
                 or_equal=True,
                 ignore_row_if="either_value_is_missing",
             ),
@@ -51,7 +53,11 @@ def bill_expectations() -> list[Any]:
             ),
             "clicks <= impressions (of auctions shown in the hour or the auction TTL before it)",
         ),
-        _rule(gxe.ExpectCompoundColumnsToBeUnique(column_list=["hour", "campaign_id"]), "one row per campaign"),
+        _rule(
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["hour", "campaign_id"]),
+            "one row per campaign",
+            per_row=False,
+        ),
     ]
 
 
@@ -65,10 +71,10 @@ def _gx_context() -> Any:
     return context
 
 
-def check_bill(bill: pd.DataFrame, hour: datetime) -> dict[str, Any]:
-    """Runs the bill's GX suite; raises BillCheckFailed naming each failed rule and its campaigns.
+def failed_rows(bill: pd.DataFrame, hour: datetime) -> dict[str, list[str]]:
+    """Runs the bill's GX suite; returns each failing campaign's broken rules (empty: the bill passed).
 
-    Returns the validation result (JSON-ready).
+    Raises BillCheckFailed, naming each rule, when a failure is of the whole bill (see the module docstring).
     """
     import great_expectations as gx
 
@@ -79,17 +85,24 @@ def check_bill(bill: pd.DataFrame, hour: datetime) -> dict[str, Any]:
     asset = source.add_dataframe_asset(suite.name)
     batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": frame})
     result = batch.validate(suite, result_format={"result_format": "COMPLETE", "partial_unexpected_count": 0})
-    failures = []
+    by_campaign: dict[str, list[str]] = {}
+    whole_bill = []
     for check in result.results:
         if check.success:
             continue
-        rule = (check.expectation_config.meta or {}).get("rule", check.expectation_config.type)
-        rows = check.result.get("unexpected_index_list") or []
-        campaigns = sorted({str(frame.at[int(i), "campaign_id"]) for i in rows if isinstance(i, int | float)})
-        where = f"campaigns {campaigns}" if campaigns else f"observed {check.result.get('observed_value')!r}"
-        failures.append(f"{rule}: failed for {where}")
-    if failures:
+        meta = check.expectation_config.meta or {}
+        rule = meta.get("rule", check.expectation_config.type)
+        rows = [int(i) for i in check.result.get("unexpected_index_list") or [] if isinstance(i, int | float)]
+        campaigns = [frame.at[i, "campaign_id"] for i in rows]
+        if not meta.get("per_row", True) or not campaigns or any(pd.isna(c) for c in campaigns):
+            where = f"rows of campaigns {sorted(map(str, campaigns))}" if campaigns else "the bill"
+            whole_bill.append(f"{rule}: failed for {where} (observed {check.result.get('observed_value')!r})")
+            continue
+        for campaign in sorted(set(campaigns)):
+            by_campaign.setdefault(campaign, []).append(rule)
+    if whole_bill:
         raise BillCheckFailed(
-            f"bill for {hour:%Y-%m-%d %H:00} UTC failed its checks, nothing was published:\n  " + "\n  ".join(failures)
+            f"bill for {hour:%Y-%m-%d %H:00} UTC failed its checks, nothing was published:\n  "
+            + "\n  ".join(whole_bill)
         )
-    return result.to_json_dict()
+    return by_campaign

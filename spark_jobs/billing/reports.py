@@ -7,8 +7,11 @@
     bill_in_duckdb().sql("SELECT advertiser_id, sum(spend) FROM billing_hourly GROUP BY 1").df()
 
 One row per (hour, campaign_id); an hour without billable activity is one row whose
-campaign_id is null (status ``empty``, or ``provisional`` while it may still fill).
-Money is integer micros (``*_micros``) plus decimal(18,6) columns in the row's currency.
+campaign_id is null (status ``empty``, or ``provisional`` while it may still fill). A campaign row
+that failed the quality gate or the reconciliation has status ``held_back`` and a ``held_reason``;
+the hour's other rows carry the hour's status. Money is integer micros (``*_micros``) plus
+decimal(18,6) columns in the row's currency: ``spend`` is what the advertiser pays, ``gross_spend``
+what the ledger charged, and ``ivt_credit`` (gross - spend) the part charged for invalid traffic.
 ``spark_jobs.billing.job`` writes the table; this module never imports pyspark.
 """
 
@@ -43,6 +46,13 @@ class BillStatus(StrEnum):
     FINAL = "final"  # the stream's watermark passed the hour end: no event of the hour can still arrive
     PROVISIONAL = "provisional"  # the hour may still change; a later run replaces it
     EMPTY = "empty"  # final, and no billable activity in the hour
+    HELD_BACK = "held_back"  # this campaign's row failed the quality gate or the reconciliation: see held_reason
+
+
+def hour_status(bill: pd.DataFrame) -> str:
+    """The status of the hour's bill: its rows' that are not held back (``held_back`` if all are)."""
+    statuses = [status for status in bill["status"].astype(str) if status != BillStatus.HELD_BACK]
+    return statuses[0] if statuses else BillStatus.HELD_BACK.value
 
 
 class BillNotFound(LookupError):
@@ -158,7 +168,7 @@ def export_hour(settings: Settings, hour: datetime) -> HourExport:
     reconciliation = reconciliation_path(settings.reports_dir, hour)
     checked = json.loads(reconciliation.read_text()) if reconciliation.exists() else None
     html_path.write_text(bill_html(bill, hour, table_version=table.version(), reconciliation=checked))
-    return HourExport(csv_path, html_path, str(bill["status"].iloc[0]), len(bill))
+    return HourExport(csv_path, html_path, hour_status(bill), len(bill))
 
 
 def bill_csv(bill: pd.DataFrame) -> str:
@@ -190,6 +200,7 @@ STATUS_NOTE = {
         "a later run replaces it with the final bill."
     ),
     BillStatus.EMPTY: "Final: no billable activity in this hour.",
+    BillStatus.HELD_BACK: "Held back: every campaign of this hour failed the quality gate or the reconciliation.",
 }
 
 
@@ -197,16 +208,21 @@ def bill_html(
     bill: pd.DataFrame, hour: datetime, *, table_version: int | None = None, reconciliation: dict | None = None
 ) -> str:
     """A self-contained page (inline CSS and SVG, nothing fetched): status, totals, top campaigns, all rows."""
-    status = BillStatus(str(bill["status"].iloc[0]))
-    campaigns = bill[bill["campaign_id"].notna()]
+    status = BillStatus(hour_status(bill))
+    listed = bill[bill["campaign_id"].notna()]
+    held = listed[listed["status"] == BillStatus.HELD_BACK.value]
+    campaigns = listed[listed["status"] != BillStatus.HELD_BACK.value]
     currency = str(bill["currency"].iloc[0])
     title = f"AdStream bill {hour:%Y-%m-%d %H:00} to {hour + HOUR:%H:00} UTC"
+    gross, credit = (_sum(campaigns, column) for column in ("gross_spend_micros", "ivt_credit_micros"))
     totals = {
         "Campaigns": f"{len(campaigns):,}",
         "Impressions": f"{int(campaigns['impressions'].sum()):,}",
         "Clicks": f"{int(campaigns['clicks'].sum()):,}",
         "Conversions": f"{int(campaigns['conversions'].sum()):,}",
         "Billable events": f"{int(campaigns['billable_events'].sum()):,}",
+        "Gross spend (charged)": _money(gross, currency),
+        "Invalid traffic credit": f"-{_money(credit, currency)}",
         "Spend": _money(int(campaigns["spend_micros"].sum()), currency),
     }
     watermark = bill["stream_watermark"].iloc[0]
@@ -228,6 +244,20 @@ def bill_html(
         "<h2>Totals</h2>",
         _table(["", ""], [[name, value] for name, value in totals.items()], header=False),
     ]
+    if not held.empty:
+        parts += [
+            f"<h2>Held back ({len(held)})</h2>",
+            "<p>Not billed: these rows failed the quality gate or the reconciliation. A later run bills them "
+            "once they pass.</p>",
+            _table(
+                ["Advertiser", "Campaign", "Gross spend", "Reason"],
+                [
+                    [_cell(row.advertiser_id), row.campaign_id, _money(_int(row.gross_spend_micros), currency),
+                     _cell(row.held_reason)]
+                    for row in held.itertuples()
+                ],
+            ),
+        ]  # fmt: skip
     if campaigns.empty:
         parts.append("<p>No campaign had billable activity in this hour.</p>")
     else:
@@ -253,9 +283,18 @@ def bill_html(
 
 
 CAMPAIGN_HEADERS = [
-    "Advertiser", "Campaign", "Model", "Impr.", "Clicks", "Conv.", "Billable", "Spend", "CTR", "eCPM", "eff. CPC",
-    "Budget left",
+    "Advertiser", "Campaign", "Model", "Impr.", "Clicks", "Conv.", "Billable", "IVT credit", "Spend", "CTR", "eCPM",
+    "eff. CPC", "Budget left",
 ]  # fmt: skip
+
+
+def _int(value: object) -> int:
+    """A count or micros cell as int; a column a bill from before it existed lacks reads 0."""
+    return 0 if value is None or pd.isna(value) else int(value)
+
+
+def _sum(rows: pd.DataFrame, column: str) -> int:
+    return int(rows[column].fillna(0).sum()) if column in rows else 0
 
 
 def _campaign_cells(row: Any, currency: str) -> list[str]:
@@ -263,7 +302,8 @@ def _campaign_cells(row: Any, currency: str) -> list[str]:
     counts = (row.impressions, row.clicks, row.conversions, row.billable_events)
     return [
         row.advertiser_id, row.campaign_id, row.pricing_model, *(f"{count:,}" for count in counts),
-        _money(row.spend_micros, currency), _cell(row.ctr), _cell(row.ecpm), _cell(row.effective_cpc), budget_left,
+        _money(_int(getattr(row, "ivt_credit_micros", 0)), currency), _money(row.spend_micros, currency),
+        _cell(row.ctr), _cell(row.ecpm), _cell(row.effective_cpc), budget_left,
     ]  # fmt: skip
 
 
@@ -309,5 +349,6 @@ _CSS = (
     "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
     "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
     ".status{padding:.5em;border-radius:4px}.final,.empty{background:#e3f4e1}.provisional{background:#fff3cd}"
+    ".held_back{background:#f8d7da}"
     ".facts{color:#555}"
 )

@@ -2,7 +2,9 @@
 
 ``reconcile_spend`` answers in the shape of ``auction_service.campaign_store.store.spend_by_campaign_hour``
 ({(campaign_id, UTC hour start): micros}), so the two sides compare with ``==``. Billable
-events are those with ``cost_micros > 0``; silver/feedback_events holds each event_id once.
+events are those the ledger charged (spark_jobs.ivt_transforms.is_charged), invalid traffic
+included: the ledger charged an SIVT click before the stream tagged it. silver/feedback_events
+holds each event_id once.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pyspark.sql import functions as F
 
 from adstream.contracts import Table
 from adstream.settings import Settings
+from spark_jobs.ivt_transforms import is_charged, with_event_columns
 
 
 def spend_by_campaign_hour(feedback_events: DataFrame, start: datetime, end: datetime) -> DataFrame:
     """(campaign_id, hour, spend_micros) of the billable events with an event time in [start, end)."""
-    billable = feedback_events.where(
-        (F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end)) & (F.col("cost_micros") > 0)
+    billable = with_event_columns(feedback_events).where(
+        (F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end)) & is_charged()
     )
     return billable.groupBy("campaign_id", F.date_trunc("hour", "event_time").alias("hour")).agg(
         F.sum("cost_micros").cast("bigint").alias("spend_micros")

@@ -4,24 +4,33 @@ frames, the hour, the watermark and the time of billing.
 
 Documented rules:
 - An hour is [hour, hour + 1 h) UTC of the event time; one bill row per advertiser x campaign.
-- Billable event: ``cost_micros > 0`` and the event type its pricing model pays for (BILLABLE_EVENT:
+- Billable event: one the ledger charged (charge_status ``charged``; for records from before the
+  status was published, ``cost_micros > 0``) of the type its pricing model pays for (BILLABLE_EVENT:
   CPM impression, CPC click, CPA conversion). Deduplicated on event_id, then at most one per
   auction_id (the earliest, by event time then event id), as the ledger charges an auction once.
   An auction's events arrive within AUCTION_TTL_S of it, so events that far before the hour are
   read too: an auction already charged in an earlier hour is not charged again.
-- Spend is the sum of those events' integer ``cost_micros``; every money and ratio column is also
-  an exact decimal(18,6) (half-up rounding on integers, no binary float anywhere).
-- Impressions, clicks and conversions count auctions with such an event in the hour (a repeated
-  pixel or a double click counts once).
+- Gross spend is the sum of those events' integer ``cost_micros``: what the ledger charged, and what
+  is reconciled. The IVT credit is the part of it charged for events tagged invalid traffic (SIVT,
+  found by the stream after the charge; GIVT is never charged). Spend, what the advertiser pays,
+  is gross - credit. Every money and ratio column is also an exact decimal(18,6) (half-up rounding
+  on integers, no binary float anywhere).
+- Impressions, clicks and conversions count auctions with such an event in the hour that is a
+  delivery (spark_jobs.ivt_transforms.is_delivered: not invalid traffic, not refused by the ledger
+  as out of order); a repeated pixel or a double click counts once.
 - Status: ``final`` only when the hour has ended and the stream's watermark (max event_time in
   silver/feedback_events - STREAM_WATERMARK_S) has reached the hour end: the service refuses and
   the stream quarantines anything older than that watermark, so no event of the hour can still
   arrive. Otherwise ``provisional``, replaced by a later run (the DAG re-bills the provisional hours
   of the last REBILL_LOOKBACK). An hour with no activity is one row with a null campaign_id,
   status ``empty`` (or ``provisional`` while it may still fill).
-- Reconciliation: per campaign, bill spend == campaign-store ledger == auction log (the
+- Reconciliation: per campaign, bill gross spend == campaign-store ledger == auction log (the
   ``billable_cost_micros`` of the charged events' auctions). A side that is missing is skipped
   and named, never taken as agreeing.
+- Held back: a campaign row that fails the quality gate, or (once the hour is closed) the
+  reconciliation, is published with status ``held_back`` and its ``held_reason`` instead of
+  ``final``; the hour's other campaigns publish as usual. A campaign the ledger charged that the
+  lake has no event of gets a held-back row of its own.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from pyspark.sql import functions as F
 
 from adstream.events import BILLABLE_EVENT, EventType, PricingModel
 from spark_jobs.billing.reports import HOUR, BillStatus
+from spark_jobs.ivt_transforms import is_charged, is_delivered, is_invalid_traffic
 
 DEFAULT_CURRENCY = "USD"  # the one currency campaigns may have (CampaignSpec); used for an empty hour's row
 MICROS = 1_000_000
@@ -51,17 +61,22 @@ BILL_DDL = (
     f"spend_micros bigint, spend {MONEY}, ctr {MONEY}, ecpm {MONEY}, effective_cpc {MONEY}, "
     "budget_total_micros bigint, budget_spent_micros bigint, budget_remaining_micros bigint, "
     f"budget_remaining {MONEY}, "
-    "status string, stream_watermark timestamp, billed_at timestamp"
+    "status string, stream_watermark timestamp, billed_at timestamp, "
+    f"gross_spend_micros bigint, gross_spend {MONEY}, ivt_credit_events bigint, ivt_credit_micros bigint, "
+    f"ivt_credit {MONEY}, held_reason string"
 )
 BILL_COLUMNS = tuple(column.split()[0] for column in BILL_DDL.split(", "))
-COUNT_COLUMNS = ("impressions", "clicks", "conversions", "billable_events", "spend_micros", CLICKABLE_IMPRESSIONS)
+COUNT_COLUMNS = (
+    "impressions", "clicks", "conversions", "billable_events", "spend_micros", "gross_spend_micros",
+    "ivt_credit_events", "ivt_credit_micros", CLICKABLE_IMPRESSIONS,
+)  # fmt: skip
 
 
 # --- the hour's events and the bill ---
 
 
 def is_billable() -> Column:
-    """The event is the one its pricing model pays for, and carries a cost."""
+    """The ledger charged the event, and it is the one its pricing model pays for."""
     paid_for = functools.reduce(
         operator.or_,
         [
@@ -69,7 +84,7 @@ def is_billable() -> Column:
             for model, event in BILLABLE_EVENT.items()
         ],
     )
-    return (F.col("cost_micros") > 0) & paid_for
+    return is_charged() & paid_for
 
 
 def in_window(frame: DataFrame, start: datetime, end: datetime) -> DataFrame:
@@ -77,8 +92,9 @@ def in_window(frame: DataFrame, start: datetime, end: datetime) -> DataFrame:
 
 
 def charged_events(feedback: DataFrame, hour: datetime, lookback: timedelta) -> DataFrame:
-    """The hour's charged events (auction_id, event_time, event_id, campaign_id, cost_micros): per auction,
-    its first billable event, by event time then event id; kept when that event lies in the hour.
+    """The hour's charged events (auction_id, event_time, event_id, campaign_id, cost_micros, and ``ivt``: tagged
+    invalid traffic): per auction, its first billable event, by event time then event id; kept when that event
+    lies in the hour.
 
     A re-delivered event_id is the same event, so it is charged once; a second billable event of an
     auction is never charged. ``feedback`` must reach ``lookback`` before the hour, so an auction
@@ -89,7 +105,11 @@ def charged_events(feedback: DataFrame, hour: datetime, lookback: timedelta) -> 
         .where(is_billable())
         .groupBy("auction_id")
         # The smallest struct is the earliest event (fields compare in order); one aggregation, no sort.
-        .agg(F.min(F.struct("event_time", "event_id", "campaign_id", "cost_micros")).alias("first"))
+        .agg(
+            F.min(
+                F.struct("event_time", "event_id", "campaign_id", "cost_micros", is_invalid_traffic().alias("ivt"))
+            ).alias("first")
+        )
     )
     return first.select("auction_id", "first.*").where(F.col("event_time") >= F.lit(hour))
 
@@ -106,18 +126,21 @@ def as_money(micros: Column) -> Column:
 
 
 def campaign_activity(feedback: DataFrame, hour: datetime, *, lookback: timedelta) -> DataFrame:
-    """Per advertiser x campaign active in the hour: counts, spend and ratios
-    (the BILL_COLUMNS from hour to effective_cpc, plus CLICKABLE_IMPRESSIONS).
+    """Per advertiser x campaign active in the hour: counts, spend and ratios (the BILL_COLUMNS from hour to
+    effective_cpc, the gross spend and IVT credit, plus CLICKABLE_IMPRESSIONS).
 
     ``feedback`` must reach ``lookback`` before the hour (see ``charged_events``).
     """
-    # Each (campaign, auction, event type) once, flagged when it happened in the hour: one shuffle
-    # instead of a distinct count per event type.
+    # Each (campaign, auction, event type) once, flagged when it happened in the hour (and when a delivery
+    # did): one shuffle instead of a distinct count per event type.
     in_hour = (F.col("event_time") >= F.lit(hour)).cast("int")
     seen = (
         in_window(feedback, hour - lookback, hour + HOUR)
         .groupBy("advertiser_id", "campaign_id", "pricing_model", "currency", "auction_id", "event_type")
-        .agg(F.max(in_hour).alias("in_hour"))
+        .agg(
+            F.max(in_hour).alias("any_in_hour"),
+            F.max(in_hour * is_delivered().cast("int")).alias("in_hour"),
+        )
     )
 
     def auctions_with(event_type: EventType, *, hour_only: bool = True) -> Column:
@@ -127,7 +150,7 @@ def campaign_activity(feedback: DataFrame, hour: datetime, *, lookback: timedelt
     activity = (
         seen.groupBy("advertiser_id", "campaign_id", "pricing_model", "currency")
         .agg(
-            F.max("in_hour").alias("active"),
+            F.max("any_in_hour").alias("active"),
             auctions_with(EventType.IMPRESSION).alias("impressions"),
             auctions_with(EventType.CLICK).alias("clicks"),
             auctions_with(EventType.CONVERSION).alias("conversions"),
@@ -136,12 +159,20 @@ def campaign_activity(feedback: DataFrame, hour: datetime, *, lookback: timedelt
         )
         .where(F.col("active") == 1)
     )
+    ivt = F.col("ivt")
     charged = (
         charged_events(feedback, hour, lookback)
         .groupBy("campaign_id")
-        .agg(F.count("*").alias("billable_events"), F.sum("cost_micros").alias("spend_micros"))
+        .agg(
+            F.count(F.when(~ivt, True)).alias("billable_events"),
+            F.sum(F.when(~ivt, F.col("cost_micros")).otherwise(0)).alias("spend_micros"),
+            F.sum("cost_micros").alias("gross_spend_micros"),
+            F.count(F.when(ivt, True)).alias("ivt_credit_events"),
+            F.sum(F.when(ivt, F.col("cost_micros")).otherwise(0)).alias("ivt_credit_micros"),
+        )
     )
-    joined = activity.join(charged, "campaign_id", "left").fillna(0, subset=["billable_events", "spend_micros"])
+    spent = ["billable_events", "spend_micros", "gross_spend_micros", "ivt_credit_events", "ivt_credit_micros"]
+    joined = activity.join(charged, "campaign_id", "left").fillna(0, subset=spent)
     return joined.select(
         F.lit(hour).cast("timestamp").alias("hour"),
         "advertiser_id",
@@ -155,6 +186,11 @@ def campaign_activity(feedback: DataFrame, hour: datetime, *, lookback: timedelt
         as_money(rounded_quotient(f"clicks * {MICROS}", "impressions")).alias("ctr"),
         as_money(rounded_quotient("spend_micros * 1000", "impressions")).alias("ecpm"),
         as_money(rounded_quotient("spend_micros", "clicks")).alias("effective_cpc"),
+        F.col("gross_spend_micros").cast("bigint").alias("gross_spend_micros"),
+        as_money(F.col("gross_spend_micros")).alias("gross_spend"),
+        F.col("ivt_credit_events").cast("bigint").alias("ivt_credit_events"),
+        F.col("ivt_credit_micros").cast("bigint").alias("ivt_credit_micros"),
+        as_money(F.col("ivt_credit_micros")).alias("ivt_credit"),
         F.col(CLICKABLE_IMPRESSIONS).cast("bigint").alias(CLICKABLE_IMPRESSIONS),
     )
 
@@ -175,8 +211,7 @@ def finish_bill(
     one row (null campaign) that records the hour as billed.
     """
     if activity.empty:
-        marker = dict.fromkeys(BILL_COLUMNS) | dict.fromkeys(COUNT_COLUMNS, 0)
-        activity = pd.DataFrame([marker | {"hour": hour, "currency": DEFAULT_CURRENCY, "spend": Decimal("0.000000")}])
+        activity = pd.DataFrame([_no_activity(hour, campaign_id=None)])
     bill = activity.copy()
     budgets = budgets or {}
     bill["budget_total_micros"] = bill["campaign_id"].map(lambda c: budgets[c][0] if c in budgets else None)
@@ -186,14 +221,60 @@ def finish_bill(
     bill["budget_remaining_micros"] = bill["budget_total_micros"] - bill["budget_spent_micros"]
     bill["budget_remaining"] = bill["budget_remaining_micros"].map(_money, na_action="ignore")
     bill["status"] = status.value
+    bill["held_reason"] = None
     bill["stream_watermark"] = pd.Timestamp(watermark) if watermark is not None else pd.NaT
     bill["billed_at"] = pd.Timestamp(billed_at)
     bill["hour"] = pd.Timestamp(hour)
     return bill[[*BILL_COLUMNS, CLICKABLE_IMPRESSIONS]]
 
 
+def _no_activity(hour: datetime, campaign_id: str | None) -> dict:
+    zero = Decimal("0.000000")
+    return (
+        dict.fromkeys(BILL_COLUMNS)
+        | dict.fromkeys(COUNT_COLUMNS, 0)
+        | {"hour": hour, "campaign_id": campaign_id, "currency": DEFAULT_CURRENCY}
+        | {"spend": zero, "gross_spend": zero, "ivt_credit": zero}
+    )
+
+
 def _money(micros: int) -> Decimal:
     return Decimal(int(micros)).scaleb(-6)
+
+
+def hold_back(bill: pd.DataFrame, reasons: dict[str, str]) -> pd.DataFrame:
+    """The bill with the campaigns of ``reasons`` held back (status ``held_back`` and the reason). A campaign
+    without a row (the ledger charged it, the lake has no event of it) gets one with zero counts."""
+    if not reasons:
+        return bill
+    missing = sorted(set(reasons) - set(bill["campaign_id"].dropna()))
+    if missing:
+        first = bill.iloc[0]
+        added = pd.DataFrame([_no_activity(first["hour"], campaign) for campaign in missing], columns=bill.columns)
+        added["stream_watermark"], added["billed_at"] = first["stream_watermark"], first["billed_at"]
+        bill = pd.concat([bill[bill["campaign_id"].notna()], added], ignore_index=True)  # no empty-hour marker
+        for column in (*COUNT_COLUMNS, "budget_total_micros", "budget_spent_micros", "budget_remaining_micros"):
+            bill[column] = bill[column].astype("Int64")
+    held = bill["campaign_id"].isin(list(reasons))
+    bill = bill.copy()
+    bill.loc[held, "status"] = BillStatus.HELD_BACK.value
+    bill.loc[held, "held_reason"] = bill.loc[held, "campaign_id"].map(reasons)
+    return bill
+
+
+def held_back_reasons(
+    gate_failures: dict[str, list[str]], mismatches: list[CampaignSpend], status: BillStatus
+) -> dict[str, str]:
+    """Why each campaign is held back: the quality rules its row broke, and, once the hour is closed (not
+    provisional: the stream may still be catching up with the ledger), a spend the sides disagree on."""
+    reasons = {campaign: f"quality gate: {'; '.join(rules)}" for campaign, rules in gate_failures.items()}
+    if status != BillStatus.PROVISIONAL:
+        for m in mismatches:
+            ledger = "skipped" if m.ledger_micros is None else m.ledger_micros
+            auction_log = "skipped" if m.auction_log_micros is None else m.auction_log_micros
+            why = f"reconciliation: spend micros bill {m.bill_micros} / ledger {ledger} / auction log {auction_log}"
+            reasons[m.campaign_id] = f"{reasons[m.campaign_id]}; {why}" if m.campaign_id in reasons else why
+    return reasons
 
 
 def bill_status(hour: datetime, watermark: datetime | None, now: datetime, *, has_activity: bool) -> BillStatus:
@@ -272,10 +353,12 @@ class Reconciliation:
     checked: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     mismatches: list[CampaignSpend] = field(default_factory=list)
+    held_back: dict[str, str] = field(default_factory=dict)  # campaign -> why its row was not published
 
     def report(self) -> str:
         head = f"reconciliation of {self.hour:%Y-%m-%d %H:00} UTC ({self.status}), sides {', '.join(self.checked)}"
         lines = [head] + [f"  {side} skipped: {why}" for side, why in self.skipped.items()]
+        lines += [f"  {campaign} held back: {why}" for campaign, why in sorted(self.held_back.items())]
         if not self.mismatches:
             return "\n".join([*lines, "  spend matches for every campaign"])
         lines.append(f"  {len(self.mismatches)} campaign(s) differ (micros: bill / ledger / auction log):")

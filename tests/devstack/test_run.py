@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import os
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -9,7 +11,20 @@ import pytest
 from deltalake import write_deltalake
 
 from adstream.contracts import Table
-from devstack.run import Counts, Simulation, StageFailed, landed_counts, reconciliation_line, wait_for_stream
+from devstack import run as run_module
+from devstack.run import (
+    Counts,
+    RunState,
+    Simulation,
+    StageFailed,
+    invalid_traffic_lines,
+    landed_counts,
+    reconciliation_line,
+    score_invalid_traffic,
+    wait_for_stream,
+)
+from simulator.bots import DEFAULT_DATACENTER_CIDRS
+from simulator.ivt_scoring import TRUTH_COLUMNS, Ratio
 from spark_jobs.billing.reports import reconciliation_path
 from tests.conftest import make_settings
 
@@ -60,7 +75,147 @@ def test_the_bill_line_says_what_reconciliation_found(tmp_path):
     assert reconciliation_line(settings, hour) == "1 campaign(s) differ from the ledger: cmp-1"
 
 
-@pytest.mark.parametrize(("rate", "in_flight"), [(20, 16), (64, 16), (65, 17), (200, 50), (1000, 250)])
+@pytest.mark.parametrize(("rate", "in_flight"), [(20, 16), (45, 16), (46, 17), (200, 70), (1000, 350)])
 def test_visits_in_flight_grow_with_the_rate(rate, in_flight):
-    # 0.25 s per visit: 200/s needs 50 in flight; never below 16
+    # 0.35 s per visit: 200/s needs 70 in flight; never below 16
     assert Simulation(rate=rate).concurrency == in_flight
+
+
+# --- the IVT score of make run's summary ---
+
+
+def write_truth(path, rows: list[tuple[str, str, str, str, str]]) -> None:
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(TRUTH_COLUMNS)
+        writer.writerows(rows)
+
+
+def write_tagged_silver(settings, rows: list[tuple[str, datetime, str | None, str | None, int]]) -> None:
+    location, _ = settings.delta_rs_location(Table.SILVER_FEEDBACK_EVENTS)
+    ids, times, categories, reasons, costs = zip(*rows, strict=True)
+    frame = pa.table(
+        {
+            "event_id": pa.array(ids, pa.string()),
+            "event_time": pa.array(times, STAMP),
+            "ivt_category": pa.array(categories, pa.string()),
+            "ivt_reason": pa.array(reasons, pa.string()),
+            "cost_micros": pa.array(costs, pa.int64()),
+        }
+    )
+    write_deltalake(location, frame, mode="append")
+
+
+def ivt_state(tmp_path) -> RunState:
+    state = RunState(simulation_start=START, ground_truth_file=tmp_path / "truth.csv")
+    write_truth(
+        state.ground_truth_file,
+        [
+            ("c1", "impression", "crawler", "givt", "accepted"),
+            ("c2", "click", "crawler", "givt", "duplicate"),  # taken on an earlier try: in silver too
+            ("c3", "click", "crawler", "givt", "rejected"),  # refused: never in silver, not scored
+            ("f1", "impression", "fast_clicker", "", "accepted"),
+            ("f2", "click", "fast_clicker", "givt", "accepted"),
+            ("h1", "impression", "human", "", "accepted"),
+        ],
+    )
+    return state
+
+
+def test_the_ivt_stage_scores_silvers_tags_of_this_runs_events(tmp_path, capsys):
+    settings = make_settings(tmp_path)
+    state = ivt_state(tmp_path)
+    later = START + timedelta(seconds=5)
+    write_tagged_silver(
+        settings,
+        [
+            ("c1", later, "givt", "known_bot_ua", 0),
+            ("c2", later, "givt", "known_bot_ua", 0),
+            ("f1", later, None, None, 4_000),
+            ("f2", later, "givt", "fast_click", 0),
+            ("h1", later, None, None, 4_000),
+            ("old", START - timedelta(hours=3), "givt", "known_bot_ua", 0),  # an earlier run's
+        ],
+    )
+    score_invalid_traffic(settings, state)
+    assert state.ivt is not None and state.ivt_misses == []
+    assert state.ivt.givt_precision == Ratio(3, 3) and state.ivt.givt_recall == Ratio(3, 3)
+    assert state.ivt.behaviours["fast_clicker"].charged_micros == 4_000  # its impression: no rule sees it
+    printed = capsys.readouterr().out
+    assert "GIVT targets (precision >= 0.95, recall >= 0.9 per bot, nothing charged): met" in printed
+    lines = "\n".join(invalid_traffic_lines(state))
+    assert "bots' events charged 0.004 USD in all, 0 USD on GIVT-detectable ones (target 0)" in lines
+    assert lines.endswith("GIVT targets (precision >= 0.95, recall >= 0.9 per bot, nothing charged): met")
+
+
+def test_a_missed_target_is_reported_and_kept_for_the_runs_exit_status(tmp_path):
+    settings = make_settings(tmp_path)
+    state = ivt_state(tmp_path)
+    later = START + timedelta(seconds=5)
+    write_tagged_silver(
+        settings,
+        [
+            ("c1", later, "givt", "known_bot_ua", 0),
+            ("c2", later, None, None, 0),
+            ("f1", later, None, None, 0),
+            ("f2", later, None, None, 900_000),  # a too-fast click charged
+            ("h1", later, "givt", "datacenter_ip", 0),
+        ],
+    )
+    score_invalid_traffic(settings, state)
+    assert state.ivt_misses == [
+        "GIVT precision 0.500 (1/2) < 0.95",
+        "crawler: GIVT recall 0.500 (1/2) < 0.9",
+        "fast_clicker: GIVT recall 0.000 (0/1) < 0.9",
+        "fast_clicker: 0.9 USD charged for GIVT events",
+    ]
+    assert "MISSED: GIVT precision 0.500 (1/2)" in invalid_traffic_lines(state)[-1]
+
+
+def test_a_silver_without_ivt_tags_misses_the_targets(tmp_path):
+    settings = make_settings(tmp_path)
+    later = START + timedelta(seconds=5)
+    location, _ = settings.delta_rs_location(Table.SILVER_FEEDBACK_EVENTS)
+    ids = ["c1", "c2", "f1", "f2", "h1"]
+    frame = pa.table({"event_id": ids, "event_time": pa.array([later] * 5, STAMP), "cost_micros": [0, 0, 0, 0, 9]})
+    write_deltalake(location, frame)  # from before the stream tagged IVT
+    state = ivt_state(tmp_path)
+    score_invalid_traffic(settings, state)
+    assert state.ivt_misses == [
+        "no event was tagged GIVT",
+        "crawler: GIVT recall 0.000 (0/2) < 0.9",
+        "fast_clicker: GIVT recall 0.000 (0/1) < 0.9",
+    ]
+
+
+def test_bots_whose_events_never_reached_silver_miss_the_targets(tmp_path):
+    settings = make_settings(tmp_path)
+    state = ivt_state(tmp_path)
+    write_tagged_silver(settings, [("h1", START + timedelta(seconds=5), None, None, 0)])
+    score_invalid_traffic(settings, state)
+    assert state.ivt_misses == [
+        "crawler: none of its 2 events is in silver",
+        "fast_clicker: none of its 2 events is in silver",
+    ]
+
+
+def test_a_run_without_bots_has_nothing_to_score(tmp_path):
+    settings = make_settings(tmp_path)
+    state = RunState(simulation_start=START, ground_truth_file=tmp_path / "truth.csv")
+    write_truth(state.ground_truth_file, [("h1", "impression", "human", "", "accepted")])
+    score_invalid_traffic(settings, state)
+    assert state.ivt is None and state.ivt_misses == [] and invalid_traffic_lines(state) == []
+
+
+@pytest.mark.parametrize(("configured", "children_get"), [("", DEFAULT_DATACENTER_CIDRS), ("10.9.0.0/16", None)])
+def test_make_run_gives_its_services_the_data_center_ranges_its_bots_come_from(
+    tmp_path, monkeypatch, configured, children_get
+):
+    monkeypatch.setenv("IVT_DATACENTER_CIDRS", "")  # so that the test's end removes what run() sets
+    monkeypatch.delenv("IVT_DATACENTER_CIDRS")
+    monkeypatch.setattr(run_module, "stages", lambda plan: ())
+    monkeypatch.setattr(run_module.services, "down", lambda settings: None)
+    settings = make_settings(tmp_path).model_copy(update={"ivt_datacenter_cidrs": configured})
+    assert run_module.run(settings, Simulation()) == 0
+    # Unset when the settings name ranges: the children read the same settings (.env or environment).
+    assert os.environ.get("IVT_DATACENTER_CIDRS") == children_get

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import html
 import io
+import ipaddress
 import json
 import math
 import random
+import re
+import time
 from collections import Counter
 from decimal import Decimal
 
@@ -18,12 +23,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from typer.testing import CliRunner
 
-from adstream.contracts import Table
+from adstream.contracts import Table, Topic
+from adstream.events import EventType, FeedbackEvent
 from adstream.settings import Settings
 from auction_service.api.app import create_app
 from auction_service.campaign_store import store
-from simulator import cli, traffic
+from simulator import bots, cli, traffic
 from simulator.ground_truth import UserProfile, fit
+from simulator.ivt_scoring import TRUTH_COLUMNS, LandedEvent, TruthEvent, report_lines, score, target_misses
 from simulator.traffic import (
     Placement,
     SimulatedUser,
@@ -34,7 +41,7 @@ from simulator.traffic import (
     served_ad,
     simulate,
 )
-from tests.auction_service.conftest import instruction, live_server, running_service
+from tests.auction_service.conftest import instruction, live_server, running_service, topic_records
 from tests.conftest import free_port, make_settings
 
 # The lake the live run reads. Advertising has no signal (each profile clicked once and not once),
@@ -144,6 +151,7 @@ def test_durations_read_seconds_minutes_and_hours():
         (["--users", "0"], "--users must be at least 1"),
         (["--concurrency", "0"], "--concurrency must be between 1 and"),
         (["--openrtb-share", "1.5"], "--openrtb-share must be between 0 and 1"),
+        (["--bot-share", "-0.1"], "--bot-share must be between 0 and 1"),
         (["--rate", "fast"], "Invalid value for '--rate': Input should be a valid number"),
     ],
 )
@@ -227,7 +235,10 @@ def test_errors_are_counted_by_kind_and_refused_events_retried_with_the_same_ids
                 return JSONResponse({"detail": "boom"}, status_code=500)
             if n % 4 == 1:
                 return Response(status_code=204)
-            return JSONResponse({"auction_id": f"a{n}", "campaign_id": "c", "category": "Automotive", "pctr": 0.5})
+            return JSONResponse(
+                {"auction_id": f"a{n}", "campaign_id": "c", "category": "Automotive", "pctr": 0.5,
+                 "event_tokens": {kind: f"t-{n}-{kind}" for kind in EventType}}
+            )  # fmt: skip
         ids = tuple(event["event_id"] for event in body["events"])
         event_attempts[ids] += 1
         if event_attempts[ids] == 1:  # Kafka is "down" for every batch's first attempt
@@ -238,7 +249,7 @@ def test_errors_are_counted_by_kind_and_refused_events_retried_with_the_same_ids
     with live_server(fake_service(answer)) as url:
         stats, _ = asyncio.run(
             simulate(
-                url, population(), truth(), duration_s=1.0, rate=60, concurrency=4, seed=5, openrtb_share=0.25,
+                url, population(), truth(), duration_s=1.0, rate=60, concurrency=16, seed=5, openrtb_share=0.25,
                 progress_every_s=60, out=io.StringIO(), http_timeout_s=0.1,
             )
         )  # fmt: skip
@@ -247,13 +258,137 @@ def test_errors_are_counted_by_kind_and_refused_events_retried_with_the_same_ids
     assert stats.errors["auction_500"] == auctions["n"] // 4
     assert stats.auctions == auctions["n"] - stats.errors["auction_500"]
     assert stats.filled == stats.auctions - (auctions["n"] + 3) // 4  # the 204s
-    # Every batch was refused once, then accepted with exactly the same event ids.
-    assert set(event_attempts.values()) == {2} and len(event_attempts) == stats.filled
-    assert stats.errors["events_503"] == stats.filled
-    # One auction request per visit, two event requests per filled one (the refused and the retry).
-    assert stats.requests == stats.visits + 2 * stats.filled
-    assert all(ids[0] == f"sim-{ids[0].split('-')[1]}-impression" for ids in event_attempts)
-    assert stats.impressions == stats.filled and sum(stats.rejected.values()) == 0
+    # Every batch was refused once, then accepted with exactly the same event ids: one batch with the
+    # impression per filled auction, and later ones with its clicks and conversions.
+    assert set(event_attempts.values()) == {2}
+    shown = [ids for ids in event_attempts if ids[0].endswith("-impression")]
+    assert len(shown) == stats.filled and all(ids[0] == f"sim-{ids[0].split('-')[1]}-impression" for ids in shown)
+    assert stats.errors["events_503"] == len(event_attempts) > stats.filled  # BASE_CTR: some clicks
+    # One auction request per visit, two event requests per batch (the refused and the retry).
+    assert stats.requests == stats.visits + 2 * len(event_attempts)
+    assert stats.impressions == stats.filled and sum(stats.events.rejected.values()) == 0
+
+
+class RuleBook:
+    """A stand-in for the service's event side: checks tokens and tags GIVT by the contract's rules
+    (known bot or non-browser agent, data-center address, repeated or too fast click)."""
+
+    DATACENTERS = bots.parse_networks("203.0.113.0/24")
+    FAST_S = 0.5
+
+    def __init__(self) -> None:
+        self.landed: list[LandedEvent] = []
+        self.seen: list[dict] = []  # every request: path, headers, body
+        self.auctions = 0
+        self.shown: dict[str, float] = {}  # auction -> when its impression arrived
+        self.clicked: set[str] = set()
+        self.served_to: dict[str, str] = {}  # auction -> the X-Forwarded-For of its request
+
+    def tag(self, event: dict, now: float) -> tuple[str | None, str | None]:
+        agent, auction = event["user_agent"], event["auction_id"]
+        if re.search(r"bot|crawl|spider", agent, re.IGNORECASE):
+            return "givt", "known_bot_ua"
+        if not agent.startswith("Mozilla/"):
+            return "givt", "non_browser_ua"
+        if any(ipaddress.ip_address(event["ip"]) in network for network in self.DATACENTERS):
+            return "givt", "datacenter_ip"
+        if event["event_type"] == "click":
+            if auction in self.clicked:
+                return "givt", "duplicate_click"
+            self.clicked.add(auction)
+            if now - self.shown[auction] < self.FAST_S:
+                return "givt", "fast_click"
+        return None, None
+
+    async def answer(self, path: str, request: Request, body: dict, base_url: str) -> Response:
+        self.seen.append({"path": path, "headers": dict(request.headers), "body": body})
+        if path in ("/v1/auction", "/openrtb2/auction"):
+            self.auctions += 1
+            auction = f"a{self.auctions}"
+            self.served_to[auction] = request.headers["x-forwarded-for"]
+            urls = {kind: f"{base_url}/v1/events/track/{auction}/{kind}?t=t-{auction}-{kind}" for kind in EventType}
+            if path == "/openrtb2/auction":  # the impression in the win notice, the click around the creative
+                adm = f'<a href="{html.escape(urls["click"])}"><img src="{html.escape(urls["impression"])}"></a>'
+                bid = {"cid": "c", "cat": ["IAB2"], "nurl": urls["impression"], "adm": adm}
+                return JSONResponse({"bidid": auction, "seatbid": [{"bid": [bid]}]})
+            tokens = {kind: f"t-{auction}-{kind}" for kind in EventType}
+            return JSONResponse({"auction_id": auction, "campaign_id": "c", "category": "Automotive", "pctr": 0.5,
+                                 "tracking": urls, "event_tokens": tokens})  # fmt: skip
+        now, results = time.monotonic(), []
+        for event in body["events"]:
+            if event["token"] != f"t-{event['auction_id']}-{event['event_type']}":
+                results.append({"event_id": event["event_id"], "status": "rejected", "reason": "signature_invalid"})
+                continue
+            if event["event_type"] == "impression":
+                self.shown[event["auction_id"]] = now
+            category, reason = self.tag(event, now)
+            cost = 0 if category else 1_000
+            self.landed.append(LandedEvent(event["event_id"], category, reason, cost))
+            results.append({"event_id": event["event_id"], "status": "accepted", "charged_micros": cost,
+                            "ivt_category": category, "ivt_reason": reason})  # fmt: skip
+        return JSONResponse({"results": results}, status_code=202)
+
+
+def test_bots_carry_their_ground_truth_and_each_trips_its_rule(tmp_path):
+    rules = RuleBook()
+    app = FastAPI()
+    base: list[str] = []
+
+    @app.post("/{path:path}")
+    async def post(path: str, request: Request) -> Response:
+        return await rules.answer(f"/{path}", request, json.loads(await request.body()), base[0])
+
+    truth_file = tmp_path / "truth.csv"
+    with live_server(app) as url, truth_file.open("w", newline="") as written:
+        base.append(url)
+        csv.writer(written).writerow(TRUTH_COLUMNS)
+        stats, _ = asyncio.run(
+            simulate(
+                url, population(), truth(), duration_s=2.0, rate=60, concurrency=48, seed=11, openrtb_share=0.25,
+                progress_every_s=60, out=io.StringIO(), bot_share=0.5, datacenters=RuleBook.DATACENTERS,
+                min_click_delay_s=RuleBook.FAST_S, ground_truth=written,
+            )
+        )  # fmt: skip
+    assert stats.errors == Counter() and set(stats.bots) == set(bots.BOT_BEHAVIOURS)
+    assert all(bot.filled >= 5 for bot in stats.bots.values())
+
+    # Every request says who sent it, and every event carries the same in its body.
+    for request in rules.seen:
+        assert request["headers"]["user-agent"] and request["headers"]["x-forwarded-for"]
+        for event in request["body"].get("events", []):
+            assert (event["user_agent"], event["ip"]) == (
+                request["headers"]["user-agent"],
+                request["headers"]["x-forwarded-for"],
+            )
+    addresses: dict[str, set[str]] = {}
+    for request in rules.seen:
+        user = request["body"].get("user_id") or request["body"].get("user", {}).get("id") or ""
+        if not user.startswith("u"):
+            continue  # an event batch, or a bot's auction
+        addresses.setdefault(user, set()).add(request["headers"]["x-forwarded-for"])
+        if "device" in request["body"]:  # OpenRTB: the exchange states the browser in device
+            assert request["body"]["device"]["ua"] == request["headers"]["user-agent"]
+    assert len(addresses) >= 5 and all(len(ips) == 1 for ips in addresses.values())  # stable per user
+
+    # The ground truth has every event sent, and the rules find exactly the bots it names.
+    with truth_file.open() as read:
+        rows = list(csv.DictReader(read))
+    assert len(rows) == len(rules.landed) and {row["status"] for row in rows} == {"accepted"}
+    sent = [TruthEvent(r["event_id"], r["event_type"], r["behaviour"], r["expected"] or None) for r in rows]
+    result = score(sent, rules.landed)
+    assert target_misses(result) == []
+    assert result.givt_precision.value == 1.0 and result.givt_recall.value == 1.0
+    for behaviour in ("crawler", "non_browser", "datacenter", "fast_clicker"):
+        assert result.behaviours[behaviour].givt_recall.total > 0, behaviour
+    assert result.behaviours["click_spammer"].givt_recall.total > 0  # its repeated clicks
+    assert result.behaviours["human"].tagged == {} and result.behaviours["human"].landed > 50
+    by_reason = {key.split(":")[1] for key in result.precision_by_reason}
+    assert by_reason == {"known_bot_ua", "non_browser_ua", "datacenter_ip", "duplicate_click", "fast_click"}
+    # What the service's answers said is counted per behaviour.
+    crawled = stats.bot("crawler").events
+    assert crawled.ivt == Counter({"givt:known_bot_ua": crawled.accepted.total()}) and crawled.accepted.total() > 0
+    # The bids' adm carried a click URL here, so every ad a person saw could be clicked, OpenRTB ones too.
+    assert stats.clicks > 0 and stats.clickable_impressions == stats.impressions
 
 
 def test_a_service_that_cannot_be_reached_is_counted_not_raised():
@@ -308,8 +443,12 @@ def test_visits_in_flight_never_exceed_the_concurrency():
 # --- against the running service ---
 
 
+DATACENTER_CIDRS = "198.51.100.0/24"
+
+
 @pytest.fixture(scope="module")
 def simulation_service(service_settings):
+    service_settings = service_settings.model_copy(update={"ivt_datacenter_cidrs": DATACENTER_CIDRS})
     write_lake(service_settings)
     big = {"total_budget_micros": 10_000_000_000, "daily_budget_micros": 10_000_000_000, "frequency_cap_per_day": 1000}
     campaigns = (
@@ -335,7 +474,7 @@ def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predict
         "--rate",
         "80",
         "--concurrency",
-        "8",
+        "32",
         "--users",
         "40",
         "--seed",
@@ -362,6 +501,9 @@ def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predict
     assert 300 <= summary["auctions"] <= 401 and summary["openrtb_auctions"] > 30
     assert summary["filled"] == summary["auctions"] == summary["impressions"]  # every user is eligible
     assert summary["events"]["rejected"] == summary["events"]["duplicate"] == 0
+    assert summary["events"]["ivt_tagged_by_service"] == {}  # people's browsers, from home
+    # OpenRTB bids link their signed click URL in adm, so every ad served can be clicked.
+    assert summary["clickable_impressions"] == summary["impressions"] > 0
     assert 0 < summary["video_completes"] <= summary["video_starts"]
 
     # The service saw the same: every event accepted, and what it charged is what the answers said.
@@ -373,8 +515,48 @@ def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predict
     assert spent == summary["charged_micros"] > 0 and Decimal(summary["spend"]) * 1_000_000 == spent
 
     # Clicks follow the ground truth (BASE_CTR x Automotive's affinity), not the served pCTR.
-    impressions, served_pctr = summary["impressions"], service_stats["average_pctr"]
+    impressions, served_pctr = summary["clickable_impressions"], service_stats["average_pctr"]
     tolerance = 4 * math.sqrt(AUTOMOTIVE_CTR * (1 - AUTOMOTIVE_CTR) / impressions)
     assert abs(served_pctr - AUTOMOTIVE_CTR) > 3 * tolerance  # else this test could not tell them apart
     assert summary["expected_ctr"] == pytest.approx(AUTOMOTIVE_CTR, rel=1e-3)
     assert abs(summary["ctr"] - AUTOMOTIVE_CTR) < tolerance
+
+
+@pytest.mark.slow
+def test_the_services_givt_rules_find_the_simulated_bots(simulation_service, tmp_path, monkeypatch):
+    """Every bot against the real service: what it published to ad-feedback, scored against the ground truth."""
+    state, url = simulation_service
+    summary_file, truth_file = tmp_path / "summary.json", tmp_path / "truth.csv"
+    argv = ["--base-url", url, "--duration", "6s", "--rate", "40", "--concurrency", "48", "--users", "40",
+            "--seed", "5", "--openrtb-share", "0", "--bot-share", "0.5", "--progress-every", "10s",
+            "--summary-file", str(summary_file), "--ground-truth-file", str(truth_file)]  # fmt: skip
+    result = simulate_command(monkeypatch, state.settings, argv)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(summary_file.read_text())
+    assert summary["errors"] == 0 and set(summary["bots"]["by_behaviour"]) == set(bots.BOT_BEHAVIOURS)
+
+    with truth_file.open() as read:
+        rows = [row for row in csv.DictReader(read)]
+    assert {row["status"] for row in rows} == {"accepted"}  # every token was good
+    sent = [TruthEvent(r["event_id"], r["event_type"], r["behaviour"], r["expected"] or None) for r in rows]
+    deadline = time.monotonic() + 30
+    while True:  # the outbox publishes an accepted event soon after it answered
+        records = topic_records(state.settings, Topic.AD_FEEDBACK)
+        published = [FeedbackEvent.model_validate_json(record.value) for record in records]
+        ivt = score(sent, [LandedEvent(e.event_id, e.ivt_category, e.ivt_reason, e.cost_micros) for e in published])
+        if ivt.missing == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    print("\n".join(report_lines(ivt)))  # shown by pytest -rP
+    assert ivt.missing == 0
+    assert target_misses(ivt) == [], "\n".join(report_lines(ivt))
+    for behaviour in ("crawler", "non_browser", "datacenter", "fast_clicker", "click_spammer"):
+        assert ivt.behaviours[behaviour].givt_recall.total > 0, behaviour
+    assert ivt.behaviours["human"].tagged == {}
+    reasons = {key.split(":")[1] for key in ivt.precision_by_reason}
+    assert reasons == {"known_bot_ua", "non_browser_ua", "datacenter_ip", "duplicate_click", "fast_click"}
+    # The service's answers said the same, and no bot event the rules could see was charged.
+    assert sum(bot.charged_givt_micros for bot in ivt.bots()) == 0
+    assert summary["bots"]["by_behaviour"]["crawler"]["events"]["ivt_tagged_by_service"] == {
+        "givt:known_bot_ua": summary["bots"]["by_behaviour"]["crawler"]["events"]["accepted"]
+    }

@@ -23,12 +23,13 @@ from pyspark.sql import Row
 from pyspark.testing import assertDataFrameEqual
 
 from adstream.contracts import Table, Topic, quarantine_table
-from adstream.events import FeedbackEvent
+from adstream.events import FeedbackEvent, RefusedEvent
 from adstream.messaging import ensure_topics, make_producer
 from adstream.settings import Settings, child_process_env
 from devstack import services
-from spark_jobs import streaming
+from spark_jobs import ivt, streaming
 from spark_jobs.billing.spend import reconcile_spend
+from spark_jobs.ivt_transforms import ADDED_EVENT_COLUMNS
 from spark_jobs.stream_transforms import (
     KAFKA_RECORD_DDL,
     EventClock,
@@ -46,6 +47,7 @@ pytestmark = pytest.mark.slow
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 FEEDBACK = streaming.SOURCES["feedback"]
+REFUSED = streaming.SOURCES["refused"]
 ADSTREAM = str(Path(sys.executable).with_name("adstream"))  # the console script the editable install creates
 
 
@@ -205,6 +207,17 @@ def test_kpi_minute_values_for_a_hand_computed_input(spark):
         feedback("d1", "click", at=at + MINUTE, campaign_id="cmp-2", pricing_model="CPC", device_type=None,
                  cost_micros=1_333_333),
         feedback("k1", "conversion", at=at + MINUTE, campaign_id="cmp-2", pricing_model="CPC", device_type=None),
+        # Neither counted nor spent: a GIVT impression, an SIVT click (charged, credited by billing), a second
+        # click of d1's auction the ledger refused as a duplicate, and a click with no impression before it.
+        feedback("b1", at=at, charge_status="invalid_traffic", ivt_category="givt", ivt_reason="known_bot_ua",
+                 pctr=0.9),
+        feedback("b2", "click", at=at, cost_micros=0, ivt_category="sivt", ivt_reason="user_click_rate"),
+        feedback("d2", "click", at=at + MINUTE, campaign_id="cmp-2", pricing_model="CPC", device_type=None,
+                 charge_status="duplicate_auction"),
+        feedback("d3", "click", at=at + MINUTE, campaign_id="cmp-2", pricing_model="CPC", device_type=None,
+                 charge_status="out_of_order"),
+        feedback("d4", "click", at=at + MINUTE, campaign_id="cmp-2", pricing_model="CPC", device_type=None,
+                 charge_status="charged", cost_micros=500_000, ivt_category="sivt", ivt_reason="ip_click_rate"),
     ]  # fmt: skip
     valid, _ = parse_records(
         kafka_frame(spark, events), FeedbackEvent, ingested_at=T0, watermark_micros=None, max_ahead=MINUTE * 10
@@ -227,13 +240,15 @@ def test_kpi_minute_values_for_a_hand_computed_input(spark):
         "ad_completion_rate": 1 / 2,
         "rpai": Decimal("0.002500"),
         "ad_relevance_score": (0.1 + 0.2 + 0.3 + 0.4) / 4,
+        "ivt_impressions": 1,
+        "ivt_clicks": 1,
         "event_date": T0.date(),
     }
     cmp_2 = {
         **cmp_1, "campaign_id": "cmp-2", "minute": T0 + MINUTE, "device_type": "unknown",
         "impressions": 1, "clicks": 1, "conversions": 1, "video_starts": 0, "video_completes": 0,
         "spend_micros": 1_333_333, "spend": Decimal("1.333333"), "ctr": 1.0, "ad_completion_rate": None,
-        "rpai": Decimal("1.333333"), "ad_relevance_score": 0.05,
+        "rpai": Decimal("1.333333"), "ad_relevance_score": 0.05, "ivt_impressions": 0, "ivt_clicks": 1,
     }  # fmt: skip
     expected = spark.createDataFrame([Row(**cmp_1), Row(**cmp_2)], kpis.schema)
     assertDataFrameEqual(kpis, expected, rtol=1e-9)
@@ -386,6 +401,113 @@ def test_duplicates_replays_out_of_order_and_late_events_land_once(spark, tmp_pa
     )
 
 
+def click(event_id: str, seconds: float, user_id: str | None, ip: str | None, **fields: object) -> dict:
+    return feedback(event_id, "click", at=T0 + timedelta(seconds=seconds), user_id=user_id, ip=ip, **fields)
+
+
+def test_sivt_tags_user_and_ip_click_rate_outliers_against_the_clicks_silver_holds(spark, tmp_path):
+    # More than 2 clicks in the 60 s ending at a click (itself included) make it an outlier.
+    settings = lake_settings(tmp_path, ivt_sivt_window_s=60, ivt_sivt_max_clicks=2)
+    streaming.ensure_tables(spark, settings, FEEDBACK)
+    batch = streaming.MicroBatch(settings, FEEDBACK, app_id="test-sivt")
+    first = [
+        click("k1", 0, "u1", "10.0.0.1"), click("k2", 10, "u1", "10.0.0.2"),
+        feedback("i1", at=T0 + timedelta(seconds=11), user_id="u1", ip="10.0.0.1"),  # not a click: not counted
+        *(click(f"a{i}", 12 + i, None, None) for i in range(5)),  # anonymous: no user or IP to rate
+        # Three users behind one IP: its third click in the window is an outlier.
+        click("p1", 1, "u2", "9.9.9.9"), click("p2", 2, "u3", "9.9.9.9"), click("p3", 3, "u4", "9.9.9.9"),
+        # A click delivered twice is one click: u7 has two, not three.
+        click("r1", 40, "u7", "8.8.8.8"), click("r1", 40, "u7", "8.8.8.8"), click("r2", 41, "u7", "8.8.8.8"),
+    ]  # fmt: skip
+    batch.process(kafka_frame(spark, first), 0, ingested_at=T0 + MINUTE)
+    second = [
+        click("k3", 20, "u1", "10.0.0.3"),  # u1's third click in (-40 s, 20 s]: k1 and k2 are in silver
+        click("g1", 21, "u1", "10.0.0.3", ivt_category="givt", ivt_reason="fast_click"),  # keeps its GIVT tag
+        click("k4", 85, "u1", "10.0.0.3"),  # (25 s, 85 s] holds k4 only
+        click("p4", 70, "u5", "9.9.9.9"),  # the IP's earlier clicks are out of its window
+        # Both the user's and the IP's third: the user's reason is given.
+        click("q1", 30, "u6", "7.7.7.7"), click("q2", 31, "u6", "7.7.7.7"), click("q3", 32, "u6", "7.7.7.7"),
+    ]  # fmt: skip
+    batch.process(kafka_frame(spark, second), 1, ingested_at=T0 + 2 * MINUTE)
+
+    silver = table(spark, settings, Table.SILVER_FEEDBACK_EVENTS)
+    tags = {row.event_id: (row.ivt_category, row.ivt_reason) for row in silver.collect()}
+    assert len(tags) == len(first) + len(second) - 1  # r1's copy
+    assert {event_id: tag for event_id, tag in tags.items() if tag != (None, None)} == {
+        "p3": ("sivt", "ip_click_rate"),
+        "k3": ("sivt", "user_click_rate"),
+        "g1": ("givt", "fast_click"),
+        "q3": ("sivt", "user_click_rate"),
+    }
+    # The same tags without Spark, as a run's summary reads them (the days asked are the partitions read).
+    summary = ivt.ivt_summary(settings, T0, T0 + MINUTE)
+    assert len(summary) == len(first) + len(second) - 3  # r1's copy; k4 and p4 are in the next minute
+    assert dict(zip(summary["event_id"], summary["ivt_reason"], strict=True))["k3"] == "user_click_rate"
+
+
+def test_refused_events_land_in_quarantine_events_once_and_malformed_ones_with_a_reason(spark, tmp_path):
+    settings = lake_settings(tmp_path)
+    streaming.ensure_tables(spark, settings, REFUSED)
+    batch = streaming.RefusalBatch(settings, REFUSED, app_id="test-refused")
+    forged = RefusedEvent(
+        event_id="ev-1", event_type="click", auction_id="auc-1", reason="signature_invalid",
+        detail="the token's signature does not match", refused_at=T0, user_agent="curl/8.5", ip="203.0.113.7",
+    ).model_dump(mode="json")  # fmt: skip
+    unsigned = RefusedEvent(reason="token_missing", detail="no token", refused_at=T0 + MINUTE).model_dump(mode="json")
+    no_reason = {k: v for k, v in forged.items() if k != "reason"}
+    records = [forged, unsigned, forged, "{not json", no_reason]  # the same forged click sent twice: two refusals
+    assert batch.process(kafka_frame(spark, records, topic="refused-events"), 0, ingested_at=T0 + MINUTE) == {
+        "landed": 3, "malformed_json": 1, "missing_field": 1,
+    }  # fmt: skip
+    versions = delta_versions(spark, settings, Table.QUARANTINE_EVENTS, REFUSED.quarantine)
+    batch.process(kafka_frame(spark, records, topic="refused-events"), 0, ingested_at=T0 + 2 * MINUTE)
+    assert delta_versions(spark, settings, Table.QUARANTINE_EVENTS, REFUSED.quarantine) == versions  # a replay
+
+    refused = table(spark, settings, Table.QUARANTINE_EVENTS)
+    assert sorted((row.kafka_offset, row.reason, row.event_id, row.ip) for row in refused.collect()) == [
+        (0, "signature_invalid", "ev-1", "203.0.113.7"), (1, "token_missing", None, None),
+        (2, "signature_invalid", "ev-1", "203.0.113.7"),
+    ]  # fmt: skip
+    assert {row.refused_date.isoformat() for row in refused.collect()} == {"2026-03-01"}
+    malformed = table(spark, settings, quarantine_table("refused")).collect()
+    assert sorted((row.kafka_offset, row.reason) for row in malformed) == [(3, "malformed_json"), (4, "missing_field")]
+
+
+def test_tables_from_before_the_added_fields_take_the_new_columns_and_keep_streaming(spark, tmp_path):
+    settings = lake_settings(tmp_path)
+    silver_path, gold_path = settings.lake_path(FEEDBACK.silver), settings.lake_path(Table.GOLD_KPI_MINUTE)
+    # silver and gold as the job wrote them before FeedbackEvent gained its optional fields.
+    old_event = feedback("old-1", at=T0, cost_micros=2_500)
+    valid, _ = parse_records(
+        kafka_frame(spark, [old_event]), FeedbackEvent, ingested_at=T0, watermark_micros=None, max_ahead=MINUTE * 10
+    )
+    old_silver = valid.drop(*ADDED_EVENT_COLUMNS)
+    old_silver.write.format("delta").partitionBy("event_date").save(silver_path)
+    kpi_by_minute(valid).drop("ivt_impressions", "ivt_clicks").write.format("delta").save(gold_path)
+    streaming.start_kpi_query(spark, settings, available_now=True, trigger_s=1).awaitTermination()
+
+    streaming.ensure_tables(spark, settings, FEEDBACK)
+    assert set(ADDED_EVENT_COLUMNS) <= set(table(spark, settings, FEEDBACK.silver).columns)
+    new_events = [
+        feedback("new-1", at=T0 + timedelta(seconds=5), cost_micros=2_500, charge_status="charged",
+                 publisher_id="pub-1"),
+        feedback("new-2", at=T0 + timedelta(seconds=6), charge_status="invalid_traffic", ivt_category="givt",
+                 ivt_reason="datacenter_ip", ip="198.51.100.4"),
+    ]  # fmt: skip
+    streaming.MicroBatch(settings, FEEDBACK, app_id="test-evolve").process(
+        kafka_frame(spark, new_events), 0, ingested_at=T0 + MINUTE
+    )
+    # The KPI query resumes from its checkpoint over the evolved table.
+    streaming.start_kpi_query(spark, settings, available_now=True, trigger_s=1).awaitTermination()
+
+    silver = {row.event_id: row for row in table(spark, settings, FEEDBACK.silver).collect()}
+    assert (silver["old-1"].charge_status, silver["old-1"].ivt_category) == (None, None)
+    assert (silver["new-1"].charge_status, silver["new-1"].publisher_id) == ("charged", "pub-1")
+    assert (silver["new-2"].ivt_reason, silver["new-2"].ip) == ("datacenter_ip", "198.51.100.4")
+    (kpi,) = table(spark, settings, Table.GOLD_KPI_MINUTE).collect()
+    assert (kpi.impressions, kpi.spend_micros, kpi.ivt_impressions) == (2, 5_000, 1)
+
+
 def test_the_health_check_passes_only_while_a_job_beats(tmp_path):
     settings = make_settings(tmp_path)
     assert streaming.check_heartbeat(settings) == 1  # no job has run
@@ -400,6 +522,10 @@ def test_the_health_check_passes_only_while_a_job_beats(tmp_path):
 
 def test_a_run_streams_the_sources_asked_for():
     assert streaming.sources_for() == list(streaming.SOURCES.values())
+    assert {source.topic for source in streaming.sources_for("all")} == {
+        Topic.AD_FEEDBACK, Topic.AUCTIONS, Topic.REFUSED_EVENTS,
+    }  # fmt: skip
+    assert streaming.sources_for("refused") == [REFUSED]
     assert streaming.sources_for("auctions") == [streaming.SOURCES["auctions"]]
     (renamed,) = streaming.sources_for("feedback", "ad-feedback-test")
     assert renamed == replace(FEEDBACK, topic="ad-feedback-test")
@@ -520,7 +646,7 @@ def test_a_broker_outage_during_production_loses_and_duplicates_nothing(spark, t
         try:
             services.wait_healthy(settings, job)
             assert set(json.loads(streaming.heartbeat_file(settings).read_text())["queries"]) == {
-                "feedback_stream", "auctions_stream", "kpi_minute_stream",
+                "feedback_stream", "auctions_stream", "refused_stream", "kpi_minute_stream",
             }  # fmt: skip
         finally:
             assert services.stop(settings, job) == "stopped"

@@ -50,10 +50,16 @@ AUCTIONS = {
     "a1": ("cmp-cpm", at(10, 4)), "a2": ("cmp-cpm", at(10, 9)), "a3": ("cmp-cpm", at(10, 19)),
     "b1": ("cmp-cpc", at(9, 59, 30)), "b2": ("cmp-cpc", at(10, 29)), "b3": ("cmp-cpc", at(10, 58)),
     "b4": ("cmp-cpc", at(9, 58)), "b5": ("cmp-cpc", at(9, 48)), "b6": ("cmp-cpc", at(11, 9)),
+    "b7": ("cmp-cpc", at(10, 40)), "b8": ("cmp-cpc", at(10, 43)),
     "c1": ("cmp-cpa", at(10, 14)),
 }  # fmt: skip
+# Fields of the auction service's newer records: the ledger's decision and the invalid-traffic tag.
+PUB = {"publisher_id": "pub-a"}
+SIVT = {**PUB, "charge_status": "charged", "ivt_category": "sivt", "ivt_reason": "user_click_rate"}
+GIVT = {**PUB, "charge_status": "invalid_traffic", "ivt_category": "givt", "ivt_reason": "known_bot_ua"}
 
-# (event_id, auction_id, event_type, time); a repeated tuple is a duplicate delivery of one event.
+# (event_id, auction_id, event_type, time[, fields]); a repeated tuple is a duplicate delivery of one event.
+# Events without fields are records from before charge_status existed: a cost means charged.
 HOUR_10 = [
     ("e01", "a1", "impression", at(10, 5)), ("e01", "a1", "impression", at(10, 5)),
     ("e02", "a2", "impression", at(10, 10)),
@@ -76,26 +82,34 @@ HOUR_10 = [
     ("g02", "c1", "click", at(10, 16)),
     ("g03", "c1", "conversion", at(10, 40)),
     ("g04", "c1", "conversion", at(10, 45)),  # a second conversion of c1: not charged again
+    ("f13", "b7", "impression", at(10, 41), {**PUB, "charge_status": "not_billable"}),
+    ("f14", "b7", "click", at(10, 42), SIVT),  # charged by the ledger, tagged SIVT by the stream: credited
+    ("f15", "b8", "impression", at(10, 44), GIVT),  # GIVT: not counted, never charged
+    ("f16", "b8", "click", at(10, 45), GIVT),
+    ("f17", "b2", "click", at(10, 32), {**PUB, "charge_status": "duplicate_auction"}),  # refused: not counted
 ]  # fmt: skip
 LATE = [("h01", "b6", "impression", at(11, 10))]  # moves the stream's watermark to 11:00
 
+# campaign: gross spend (the ledger's), IVT credit events and micros (f14, SIVT after its charge)
+EXPECTED_CREDIT = {"cmp-cpm": (3_705, 0, 0), "cmp-cpc": (1_240_000, 1, 310_000), "cmp-cpa": (5_000_000, 0, 0)}
 EXPECTED_HOUR_10 = {
     # campaign: impressions, clicks, conversions, billable events, spend micros, spend, ctr, ecpm, effective cpc,
     #           ledger spend before 11:00, budget remaining
     "cmp-cpm": (3, 1, 0, 3, 3_705, "0.003705", "0.333333", "1.235000", "0.003705", 3_705, "9.996295"),
-    "cmp-cpc": (3, 4, 0, 3, 930_000, "0.930000", "1.333333", "310.000000", "0.232500", 1_240_000, "48.760000"),
+    "cmp-cpc": (4, 4, 0, 3, 930_000, "0.930000", "1.000000", "232.500000", "0.232500", 1_550_000, "48.450000"),
     "cmp-cpa": (1, 1, 1, 1, 5_000_000, "5.000000", "1.000000", "5000.000000", "5.000000", 5_000_000, "95.000000"),
 }
 
 
-def feedback_row(event_id: str, auction_id: str, event_type: str, moment: datetime) -> dict:
+def feedback_row(event_id: str, auction_id: str, event_type: str, moment: datetime, fields: dict | None = None) -> dict:
     campaign_id = AUCTIONS[auction_id][0]
     campaign = CAMPAIGNS[campaign_id]
-    billable = BILLED_TYPE[campaign.pricing_model] == event_type
+    fields = fields or {}
+    billable = BILLED_TYPE[campaign.pricing_model] == event_type and fields.get("charge_status", "charged") == "charged"
     return FeedbackEvent(
         event_id=event_id, event_type=event_type, event_time=moment, auction_id=auction_id, campaign_id=campaign_id,
         advertiser_id=campaign.advertiser_id, ad_id=f"ad-{campaign_id}", pricing_model=campaign.pricing_model,
-        cost_micros=campaign.cost_micros if billable else 0,
+        cost_micros=campaign.cost_micros if billable else 0, **fields,
     ).model_dump()  # fmt: skip
 
 

@@ -1,0 +1,183 @@
+"""Pure transforms of invalid traffic (IVT): what counts as charged and as delivered, the stream's SIVT-lite
+tags, and the hourly IVT report of gold/ivt_hourly. No I/O, no session and no clock here.
+
+Invalid traffic follows the IAB/MRC split (adstream.events.IvtCategory):
+- GIVT (general) is decided by the auction service when the event arrives (known bot or non-browser
+  user agent, data-center IP, duplicate or too-fast click). It is never charged
+  (charge_status ``invalid_traffic``, cost 0).
+- SIVT-lite (sophisticated) is decided by the stream when a click lands in silver: a click whose user,
+  or IP, had more than ``max_clicks`` clicks (itself included) in the ``window_s`` seconds ending at it,
+  (t - window, t], is tagged ``sivt`` with reason ``user_click_rate`` (checked first) or
+  ``ip_click_rate``. Every click counts towards a rate, GIVT ones too: the rate is the user's
+  behaviour. A click already tagged GIVT keeps its GIVT tag. The ledger has charged an SIVT click
+  when it was made; billing credits it back (spark_jobs.billing.transforms).
+
+Events are tagged, never deleted: silver keeps every event, and billing and the KPIs leave the
+tagged ones out of what they count.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from adstream.events import ChargeStatus, EventType, IvtCategory
+
+EVENT_TIME = "event_time"
+# Columns of silver/feedback_events added after its first release: rows (and tables) from before
+# have none, read as null (spark_jobs.billing reads tables that may predate them).
+ADDED_EVENT_COLUMNS = {
+    "charge_status": "string", "publisher_id": "string", "recorded_at": "timestamp", "ivt_category": "string",
+    "ivt_reason": "string", "user_agent": "string", "ip": "string",
+}  # fmt: skip
+# Events the ledger refused as no delivery of their own: out of order, for an unknown campaign, the
+# auction's billable event again under another id (a second pixel of one impression), and GIVT (tagged too).
+NOT_DELIVERED = tuple(
+    status.value
+    for status in (ChargeStatus.OUT_OF_ORDER, ChargeStatus.UNKNOWN_CAMPAIGN, ChargeStatus.DUPLICATE_AUCTION,
+                   ChargeStatus.INVALID_TRAFFIC)
+)  # fmt: skip
+UNSPECIFIED_REASON = "unspecified"
+MONEY = "decimal(18,6)"
+IVT_HOURLY_KEY = ("hour", "campaign_id", "publisher_id")
+
+
+class SivtReason(StrEnum):
+    USER_CLICK_RATE = "user_click_rate"
+    IP_CLICK_RATE = "ip_click_rate"
+
+
+def with_event_columns(feedback: DataFrame) -> DataFrame:
+    """``feedback`` with the ADDED_EVENT_COLUMNS it lacks, as nulls (a table from before they existed)."""
+    absent = [name for name in ADDED_EVENT_COLUMNS if name not in feedback.columns]
+    missing = {name: F.lit(None).cast(ADDED_EVENT_COLUMNS[name]) for name in absent}
+    return feedback.withColumns(missing) if missing else feedback
+
+
+def is_charged() -> Column:
+    """The ledger charged the event: charge_status ``charged``, or, for records from before the status was
+    published, a cost (only the charged event carried one then too)."""
+    status = F.col("charge_status")
+    return F.coalesce(status == ChargeStatus.CHARGED.value, status.isNull() & (F.col("cost_micros") > 0))
+
+
+def is_invalid_traffic() -> Column:
+    return F.col("ivt_category").isNotNull()
+
+
+def is_delivered() -> Column:
+    """A real delivery, counted as an impression, click or conversion: not invalid traffic and none of
+    NOT_DELIVERED (an event not charged as over budget, or not the billable type, still counts)."""
+    status = F.col("charge_status")
+    return ~is_invalid_traffic() & (status.isNull() | ~status.isin(*NOT_DELIVERED))
+
+
+# --- SIVT-lite, in the stream ---
+
+
+def sivt_outliers(batch_clicks: DataFrame, held_clicks: DataFrame, *, window_s: int, max_clicks: int) -> DataFrame:
+    """(event_id, reason) of the batch's click-rate outliers, new to silver.
+
+    ``batch_clicks`` and ``held_clicks`` are clicks (event_id, user_id, ip, event_time): the batch's (copies
+    included), and those silver holds from ``window_s`` before the batch's earliest click on, the history each
+    click's window looks back at. Rates are taken over both, each event_id once; a click silver already holds
+    is not judged again.
+    """
+    window_us = window_s * 1_000_000
+
+    def clicks_of(frame: DataFrame, new: bool) -> DataFrame:
+        return frame.select(
+            "event_id", "user_id", "ip", F.unix_micros(EVENT_TIME).alias("_at"), F.lit(int(new)).alias("_new")
+        )
+
+    # One row per event_id (copies agree on user, IP and time), silver's copy first; three shuffles in
+    # all, this one and one window per key.
+    clicks = (
+        clicks_of(batch_clicks, True)
+        .unionByName(clicks_of(held_clicks, False))
+        .groupBy("event_id")
+        .agg(F.min("user_id").alias("user_id"), F.min("ip").alias("ip"), F.min("_at").alias("_at"),
+             (F.min("_new") == 1).alias("_new"))
+    )  # fmt: skip
+
+    def clicks_in_window(key: str) -> Column:
+        recent = Window.partitionBy(key).orderBy("_at").rangeBetween(-(window_us - 1), 0)
+        return F.when(F.col(key).isNotNull(), F.count("*").over(recent))
+
+    counted = clicks.withColumn("_user", clicks_in_window("user_id")).withColumn("_ip", clicks_in_window("ip"))
+    by_user, by_ip = F.col("_user") > max_clicks, F.col("_ip") > max_clicks
+    reason = F.when(by_user, F.lit(SivtReason.USER_CLICK_RATE.value)).otherwise(F.lit(SivtReason.IP_CLICK_RATE.value))
+    return counted.where(F.col("_new") & (by_user | by_ip)).select("event_id", reason.alias("reason"))
+
+
+def tag_sivt(new_events: DataFrame, outliers: DataFrame) -> DataFrame:
+    """``new_events`` (silver rows about to land) with the ``outliers`` (event_id, reason) among them tagged SIVT;
+    a GIVT tag is kept."""
+    # Outliers are few: broadcast, so the batch is not shuffled for them.
+    tagged = new_events.join(F.broadcast(outliers.withColumnRenamed("reason", "_sivt_reason")), "event_id", "left")
+    was_ivt = is_invalid_traffic()
+    sivt = F.col("_sivt_reason").isNotNull()
+    return tagged.withColumns(
+        {
+            "ivt_category": F.when(was_ivt, F.col("ivt_category")).when(sivt, F.lit(IvtCategory.SIVT.value)),
+            "ivt_reason": F.when(was_ivt, F.col("ivt_reason")).when(sivt, F.col("_sivt_reason")),
+        }
+    ).select(*new_events.columns)
+
+
+# --- gold/ivt_hourly ---
+
+
+def _ratio(numerator: str, denominator: str) -> Column:
+    """numerator / denominator as decimal(18,6), rounded half-up; null when dividing by zero."""
+    quotient = F.col(numerator).cast("decimal(38,18)") / F.col(denominator)
+    return F.when(F.col(denominator) > 0, F.round(quotient, 6).cast(MONEY))
+
+
+def ivt_by_hour(feedback: DataFrame, hour: datetime, *, computed_at: datetime) -> DataFrame:
+    """One row per campaign x publisher with events in the hour [hour, hour + 1 h) of ``feedback``
+    (deduplicated silver events, already cut to the hour):
+
+    - events, clicks; givt_events, sivt_events, ivt_events and ivt_clicks (tagged events);
+    - ivt_rate = ivt_events / events, click_ivt_rate = ivt_clicks / clicks (decimal(18,6), null on 0);
+    - ivt_by_reason: tagged events per reason (a map, so a new reason code needs no new column);
+    - ivt_charged_micros: what the ledger charged for tagged events (SIVT, found after the charge), the
+      credit billing gives back.
+    """
+    category, click = F.col("ivt_category"), F.col("event_type") == EventType.CLICK.value
+    reason = F.when(is_invalid_traffic(), F.coalesce(F.col("ivt_reason"), F.lit(UNSPECIFIED_REASON)))
+    per_reason = feedback.groupBy("campaign_id", "publisher_id", reason.alias("reason")).agg(
+        F.count("*").alias("events"),
+        F.count(F.when(click, True)).alias("clicks"),
+        F.count(F.when(category == IvtCategory.GIVT.value, True)).alias("givt_events"),
+        F.count(F.when(category == IvtCategory.SIVT.value, True)).alias("sivt_events"),
+        F.count(F.when(click & is_invalid_traffic(), True)).alias("ivt_clicks"),
+        F.sum(F.when(is_charged() & is_invalid_traffic(), F.col("cost_micros")).otherwise(0)).alias("ivt_charged"),
+    )
+    counts = ("events", "clicks", "givt_events", "sivt_events", "ivt_clicks")
+    per_cell = per_reason.groupBy("campaign_id", "publisher_id").agg(
+        *(F.sum(name).cast("bigint").alias(name) for name in counts),
+        F.sum("ivt_charged").cast("bigint").alias("ivt_charged_micros"),
+        F.map_from_entries(
+            F.collect_list(F.when(F.col("reason").isNotNull(), F.struct("reason", F.col("events").cast("bigint"))))
+        ).alias("ivt_by_reason"),
+    )
+    return per_cell.withColumn("ivt_events", F.col("givt_events") + F.col("sivt_events")).select(
+        F.lit(hour).cast("timestamp").alias("hour"),
+        "campaign_id",
+        "publisher_id",
+        "events",
+        "clicks",
+        "givt_events",
+        "sivt_events",
+        "ivt_events",
+        "ivt_clicks",
+        _ratio("ivt_events", "events").alias("ivt_rate"),
+        _ratio("ivt_clicks", "clicks").alias("click_ivt_rate"),
+        "ivt_by_reason",
+        "ivt_charged_micros",
+        F.lit(computed_at).cast("timestamp").alias("computed_at"),
+    )
