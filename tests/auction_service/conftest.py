@@ -72,6 +72,8 @@ def signed_event(
 def impression_time() -> datetime:
     """A moment just after an auction served now: long enough before a click sent now that it is not too fast."""
     return datetime.now(UTC) - timedelta(seconds=2)
+
+
 # Fixture parameters for AUCTION_FAST_PATH on and off.
 BOTH_WAYS: dict[str, Any] = {"params": [True, False], "ids": ["fast-path-on", "fast-path-off"]}
 
