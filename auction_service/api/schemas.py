@@ -65,8 +65,8 @@ class TrackingUrls(BaseModel):
     impression: str
     click: str
     conversion: str = Field(description="the advertiser's postback: a conversion is accepted only through it")
-    video_start: str
-    video_complete: str
+    video_start: str | None = Field(default=None, description="video ads only")
+    video_complete: str | None = Field(default=None, description="video ads only")
 
 
 class EventTokens(BaseModel):
@@ -75,8 +75,8 @@ class EventTokens(BaseModel):
     impression: str
     click: str
     conversion: str
-    video_start: str
-    video_complete: str
+    video_start: str | None = None  # video ads only
+    video_complete: str | None = None
 
 
 class AuctionResponse(BaseModel):

@@ -1,8 +1,7 @@
 """In-memory books the auction keeps between requests: in-flight exposure, frequency and counters.
 
 Exposure (documented in the README): a campaign serves only while ``spent + reserved < budget``
-(total and daily), and a winner whose budget left after its reservations cannot pay this auction's
-billable event in full is passed over (``flows.serve_auction``). Every filled auction reserves the
+(total and daily). Every filled auction reserves the
 *expected* cost of its billable event (CPM: the impression's price; CPC: price x pCTR; CPA: price x
 pCTR x pCVR) until that event is billed or refused (the reservation is released once the campaign
 cache holds the new spend) or the auction expires (AUCTION_TTL_S). The reservations only pace

@@ -28,12 +28,11 @@ from adstream.messaging import BrokerUnavailable, PublishFailed
 from adstream.settings import Settings
 from adstream.signing import TokenRefused
 from auction_service.campaign_store import journal, store
-from auction_service.domain import AuctionContext, ServingCampaign
+from auction_service.domain import AuctionContext
 from auction_service.serving.auction import (
     DEFAULT_PCVR,
     AuctionOutcome,
     CampaignIndex,
-    FilterReason,
     auction_record,
     run_auction,
 )
@@ -78,26 +77,15 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
     candidates = index.take(rows)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
     pctr = loaded.scorer.score(batch) if candidates else []
-
-    def auction() -> AuctionOutcome:
-        return run_auction(
-            context,
-            candidates,
-            pctr,
-            reserve_price_micros=state.settings.auction_reserve_price_micros,
-            first_price=first_price,
-            filtered=filtered,
-            bids=index.bids.take(rows),
-        )
-
-    outcome = auction()
-    # A charge past a budget is refused: a winner whose budget left (reservations counted) cannot pay this
-    # auction's billable event in full would show an ad it never pays for. The auction runs without it.
-    while (winner := outcome.winner) is not None and not _pays_in_full(state, winner, outcome):
-        keep = [i for i, candidate in enumerate(candidates) if candidate.campaign_id != winner.campaign_id]
-        candidates, pctr, rows = [candidates[i] for i in keep], [pctr[i] for i in keep], rows[keep]
-        filtered[FilterReason.TOTAL_BUDGET] += 1
-        outcome = auction()
+    outcome = run_auction(
+        context,
+        candidates,
+        pctr,
+        reserve_price_micros=state.settings.auction_reserve_price_micros,
+        first_price=first_price,
+        filtered=filtered,
+        bids=index.bids.take(rows),
+    )
     expires_at = None
     if outcome.winner is not None:
         expires_at = _hold(state, context, outcome, loaded.version)
@@ -110,12 +98,6 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
     state.metrics.auctions.labels(outcome="filled" if outcome.filled else "no_fill").inc()
     state.metrics.fill_rate.set(state.stats.fill_rate)
     return ServedAd(outcome, loaded.version, context.auction_id, expires_at)
-
-
-def _pays_in_full(state: ServiceState, winner: ServingCampaign, outcome: AuctionOutcome) -> bool:
-    cost = billable_cost_micros(winner.pricing_model, outcome.clearing_price_micros or 0)
-    left = min(winner.total_budget_micros - winner.spent_micros, winner.daily_budget_micros - winner.spent_today_micros)
-    return cost <= left - state.exposure.reserved_micros.get(winner.campaign_id, 0)
 
 
 def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str) -> datetime:

@@ -11,13 +11,15 @@ from datetime import datetime
 from adstream.events import EventType
 from adstream.signing import EventSigner
 
-TRACKED = (EventType.IMPRESSION, EventType.CLICK, EventType.CONVERSION, EventType.VIDEO_START,
-           EventType.VIDEO_COMPLETE)  # fmt: skip
+DISPLAY = (EventType.IMPRESSION.value, EventType.CLICK.value, EventType.CONVERSION.value)
+VIDEO = (*DISPLAY, EventType.VIDEO_START.value, EventType.VIDEO_COMPLETE.value)
 
 
-def event_tokens(signer: EventSigner, auction_id: str, campaign_id: str, expires_at: datetime) -> dict[str, str]:
-    expires = int(expires_at.timestamp())
-    return {str(event_type): signer.sign(auction_id, event_type, campaign_id, expires) for event_type in TRACKED}
+def event_tokens(
+    signer: EventSigner, auction_id: str, campaign_id: str, expires_at: datetime, *, video: bool = False
+) -> dict[str, str]:
+    """The tokens of a served ad's events: a video ad's video events too."""
+    return signer.sign_all(auction_id, VIDEO if video else DISPLAY, campaign_id, int(expires_at.timestamp()))
 
 
 def event_urls(base_url: str, auction_id: str, tokens: dict[str, str]) -> dict[str, str]:

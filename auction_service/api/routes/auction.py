@@ -78,11 +78,13 @@ def _base_url(request: Request) -> str:
     return base
 
 
-def signed_events(request: Request, served: ServedAd) -> tuple[TrackingUrls, EventTokens]:
+def signed_events(request: Request, served: ServedAd, context: AuctionContext) -> tuple[TrackingUrls, EventTokens]:
     """The winner's event URLs and tokens, signed for this auction, its campaign and its expiry."""
     winner, auction_id = served.outcome.winner, served.auction_id
     assert winner is not None and served.expires_at is not None
-    tokens = tracking.event_tokens(_state(request).signer, auction_id, winner.campaign_id, served.expires_at)
+    video = context.content_type == "video"
+    tokens = tracking.event_tokens(_state(request).signer, auction_id, winner.campaign_id, served.expires_at,
+                                   video=video)  # fmt: skip
     urls = tracking.event_urls(_base_url(request), auction_id, tokens)
     return TrackingUrls.model_construct(**urls), EventTokens.model_construct(**tokens)
 
@@ -140,7 +142,7 @@ async def auction(body: AuctionRequest, request: Request) -> AuctionResponse | R
         return Response(status_code=204)
     price = served.outcome.clearing_price_micros
     assert price is not None  # a winner always has a price
-    urls, tokens = signed_events(request, served)
+    urls, tokens = signed_events(request, served, context)
     return AuctionResponse(
         auction_id=auction_id, ad_id=winner.ad_id, campaign_id=winner.campaign_id,
         advertiser_id=winner.advertiser_id, category=winner.category, pricing_model=winner.pricing_model,
@@ -171,7 +173,7 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
     served = serve_auction(state, context, first_price=body.first_price)
     if served.outcome.winner is None:
         return Response(status_code=204)
-    urls, _ = signed_events(request, served)
+    urls, _ = signed_events(request, served, context)
     return openrtb.bid_response(
         body, served.outcome, ad_markup_url=urls.impression, nurl=urls.impression, click_url=urls.click
     )
