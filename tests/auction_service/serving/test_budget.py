@@ -12,8 +12,9 @@ more billable event, and the reservations overshoot the budget by up to one per 
 passed the budget check while it was still open (at most one per concurrent request):
 checked against the concurrency. Spend never passes the budget: a charge that would is
 refused (``over_budget``), none is refused that would have fit in what is left, and once
-what is left pays for no more charge the campaign serves few more ads (reservations freed by
-refused charges may reopen it until the next reload; their events are refused too). All is checked here, by hand, from the auctions the clients got back.
+what is left pays for no more charge the campaign serves few more ads (reservations freed
+by refused charges may reopen it until the next reload; their events are refused too).
+All is checked here, by hand, from the auctions the clients got back.
 """
 
 from __future__ import annotations
