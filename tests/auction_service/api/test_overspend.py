@@ -96,10 +96,9 @@ def test_concurrent_clients_never_overspend_and_every_accepted_billable_event_is
         assert view.spent_micros <= budget, f"{campaign.campaign_id} overspent: {view.spent_micros} > {budget}"
         assert view.spent_micros == ledger.get(campaign.campaign_id, 0) == charged_by_campaign[campaign.campaign_id]
         assert ledger_rows[campaign.campaign_id] == charges_by_campaign[campaign.campaign_id]
-        # The test pressed on every budget: what is left is less than the dearest event it charged, and some
-        # auctions went unfilled or some events past the budget went uncharged.
-        prices = [a["charged_micros"] for a in answers if a["campaign_id"] == campaign.campaign_id]
-        assert budget - view.spent_micros < max(prices), (campaign.campaign_id, view.spent_micros)
+        # The test pressed on every budget: at least 90 % of it spent, and some auctions went unfilled or some
+        # events past the budget went uncharged (what is left may exceed one event: reservations close it too).
+        assert budget - view.spent_micros < budget // 10, (campaign.campaign_id, view.spent_micros)
         refused = sum(a["charge_status"] == "over_budget" for a in answers if a["campaign_id"] == campaign.campaign_id)
         assert refused + no_fills[spec.targeting.device_types[0]] > 0, campaign.campaign_id
     statuses = Counter(answer["charge_status"] for answer in answers)
