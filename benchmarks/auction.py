@@ -66,7 +66,8 @@ from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MOD
 from adstream.messaging import ensure_topics
 from adstream.settings import Settings, child_process_env, get_settings
 from auction_service.api.app import create_app
-from auction_service.campaign_store import store
+from auction_service.campaign_store import callers, store
+from auction_service.campaign_store.callers import CallerKind
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
 from auction_service.campaign_store.instructions import TARGET_COUNTRIES, seed_instructions
 from auction_service.fastpath import server
@@ -395,6 +396,22 @@ def seed_campaigns(settings: Settings, n: int, seed: int) -> int:
     return created
 
 
+def issue_api_key(settings: Settings) -> str:
+    """A key for the load generator's exchange: the auctions are served as a real caller's are, key checked."""
+    engine = make_engine(settings)
+    migrate(settings, engine)  # a platform built before the callers table
+    with make_session_factory(engine)() as session:
+        issued = callers.create_key(
+            session,
+            caller_id="bench-exchange",
+            kind=CallerKind.EXCHANGE,
+            max_floor_cpm_micros=callers.MAX_FLOOR_CPM_MICROS,
+            first_price_allowed=False,
+        )
+    engine.dispose()
+    return issued.api_key
+
+
 def write_gold_features(settings: Settings, seed: int) -> None:
     known_users = user_profiles(USERS, seed)[: int(USERS * KNOWN_USER_SHARE)]
     user_schema = pa.schema(
@@ -520,8 +537,10 @@ def drive(
     duration_s: float,
     timeout_s: float,
     amount: int | None = None,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
     """One load-generator run against ``url``: ``duration_s`` seconds, or ``amount`` requests; its output."""
+    headers = {"content-type": "application/json"} | ({"x-api-key": api_key} if api_key else {})
     spec = {
         "url": url,
         "method": "POST",
@@ -529,7 +548,7 @@ def drive(
         "duration_s": duration_s,
         "timeout_s": timeout_s,
         "amount": amount,
-        "headers": {"content-type": "application/json"},
+        "headers": headers,
         "bodies": list(bodies),
     }
     done = subprocess.run(
@@ -604,6 +623,7 @@ def measure(
     options: Options,
     kafka_pid: int | None,
     loadgen: LoadGenerator,
+    api_key: str,
 ) -> RunResult:
     """One run: a fresh service process, a warm-up, then ``options.duration`` seconds of load (compiled)
     or ``options.naive_requests`` requests (naive)."""
@@ -616,11 +636,14 @@ def measure(
         naive = mode == "naive"
         timeout_s = options.naive_timeout if naive else 10
         connections = 1 if naive else options.connections
-        drive(loadgen, target, bodies, connections, options.warmup, timeout_s, amount=1 if naive else None)
+        drive(loadgen, target, bodies, connections, options.warmup, timeout_s, amount=1 if naive else None,
+              api_key=api_key)  # fmt: skip
         pids = {"service": pid} if kafka_pid is None else {"service": pid, "kafka": kafka_pid}
         before, machine_before = cpu_seconds(pids), busy_seconds()
         amount = options.naive_requests if naive else None
-        measured = drive(loadgen, target, bodies, options.connections, options.duration, timeout_s, amount=amount)
+        measured = drive(
+            loadgen, target, bodies, options.connections, options.duration, timeout_s, amount=amount, api_key=api_key
+        )
         after, machine_after = cpu_seconds(pids), busy_seconds()
     wall = measured["duration_s"]
     share = {name: (after[name] - before[name]) / wall for name in before if name in after}
@@ -632,6 +655,7 @@ def measure(
 def run(base: Settings, options: Options, workdir: Path, loadgen: LoadGenerator) -> dict[str, Any]:
     settings = platform_settings(base, workdir, options.tracking_uri)
     platform = build_platform(settings, workdir, options)
+    api_key = issue_api_key(settings)
     profiles = user_profiles(USERS, options.seed)
     bodies = [json.dumps(body, separators=(",", ":")) for body in request_bodies(profiles, BODIES, options.seed)]
     runs: list[RunResult] = []
@@ -646,7 +670,7 @@ def run(base: Settings, options: Options, workdir: Path, loadgen: LoadGenerator)
             print(f"Kafka: a real broker at {settings.kafka_bootstrap_servers}; every auction is published", flush=True)
         for repeat in range(1, options.repeats + 1):
             for mode in options.modes:
-                result = measure(settings, mode, repeat, bodies, options, kafka_pid, loadgen)
+                result = measure(settings, mode, repeat, bodies, options, kafka_pid, loadgen, api_key)
                 runs.append(result)
                 print(
                     f"repeat {repeat} {mode:<8} {result.auctions_per_s:>8,.1f} auctions/s  p50 {result.p50_ms:.1f} ms"
@@ -662,6 +686,7 @@ def run(base: Settings, options: Options, workdir: Path, loadgen: LoadGenerator)
             "champion_family": platform["champion_family"],
             "tracking_uri": options.tracking_uri or "(scratch MLflow store)",
             "kafka": "disabled" if options.no_kafka else "real broker",
+            "caller": "an exchange's API key in X-Api-Key (checked on every auction)",
             "connections": options.connections,
             "duration_s": options.duration,
             "warmup_s": options.warmup,

@@ -9,9 +9,10 @@ units (at most 6 decimals) and becomes integer micros at once.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import AwareDatetime, BaseModel, Field
+from typing_extensions import TypedDict
 
 from adstream.events import MAX_BID_MICROS, MAX_BUDGET_MICROS, CampaignSpec, CampaignStatus, PricingModel
 from auction_service.serving.bodies import EventIn, EventResult, Id, StrictBody, UtcTime
@@ -59,24 +60,26 @@ INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
 }
 
 
-class TrackingUrls(BaseModel):
-    """The served ad's event URLs, each signed for its one event type (GET fires it, no body needed)."""
+class TrackingUrls(TypedDict):
+    """The served ad's event URLs, each signed for its one event type (GET fires it, no body needed).
+    Video ads alone have ``video_start`` and ``video_complete``."""
 
     impression: str
     click: str
-    conversion: str = Field(description="the advertiser's postback: a conversion is accepted only through it")
-    video_start: str | None = Field(default=None, description="video ads only")
-    video_complete: str | None = Field(default=None, description="video ads only")
+    conversion: Annotated[str, Field(description="the advertiser's postback: a conversion is accepted only through it")]
+    video_start: NotRequired[str]
+    video_complete: NotRequired[str]
 
 
-class EventTokens(BaseModel):
-    """The same tokens for ``POST /v1/events`` (field ``token``), one per event type."""
+class EventTokens(TypedDict):
+    """The same tokens for ``POST /v1/events`` (field ``token``), one per event type; video ads alone have
+    ``video_start`` and ``video_complete``."""
 
     impression: str
     click: str
     conversion: str
-    video_start: str | None = None  # video ads only
-    video_complete: str | None = None
+    video_start: NotRequired[str]
+    video_complete: NotRequired[str]
 
 
 class AuctionResponse(BaseModel):
@@ -93,6 +96,7 @@ class AuctionResponse(BaseModel):
     ecpm_micros: int
     model_version: str
     expires_at: AwareDatetime = Field(description="events are accepted until then; the tokens expire with it")
+    # TypedDicts, not models: the auction path hands them over as dicts, validated in the response's one pass.
     tracking: TrackingUrls
     event_tokens: EventTokens
 

@@ -27,6 +27,7 @@ from auction_service.campaign_store.callers import ActiveKey, CallerPolicy
 
 log = logging.getLogger(__name__)
 KEYS_TTL_S = 5.0
+MAX_ADMITTED = 4096  # presented keys remembered as admitted; a fleet of callers has a few hundred
 
 # A caller without a key, in local mode with AUCTION_ALLOW_ANONYMOUS: any floor, either auction type.
 ANONYMOUS_LOCAL = CallerPolicy(caller_id=None, max_floor_cpm_micros=None, first_price_allowed=True)
@@ -50,6 +51,10 @@ class CallerKeys:
     ) -> None:
         self._sessions, self._ttl_s, self._clock = sessions, ttl_s, clock
         self._keys: dict[str, ActiveKey] | None = None
+        # Presented keys already admitted since the last load, so a caller's later auctions skip the hash.
+        # Only admitted keys enter it: made-up keys cannot grow it. Emptied at every load, so a revoked
+        # key leaves it with the reload that drops it.
+        self._admitted: dict[str, CallerPolicy] = {}
         self._fresh_until = 0.0
         self._reload: asyncio.Task[None] | None = None
 
@@ -58,11 +63,18 @@ class CallerKeys:
         keys = self._keys
         if keys is None or self._clock() >= self._fresh_until:
             keys = await self._current()
+        admitted = self._admitted.get(api_key)
+        if admitted is not None:
+            return admitted
         split = callers.split_key(api_key)
         if split is None:
             return None
         key = keys.get(split[0])
-        return key.policy if key is not None and key.admits(split[1]) else None
+        if key is None or not key.admits(split[1]):
+            return None
+        if len(self._admitted) < MAX_ADMITTED:
+            self._admitted[api_key] = key.policy
+        return key.policy
 
     async def _current(self) -> dict[str, ActiveKey]:
         if self._reload is None:
@@ -81,7 +93,7 @@ class CallerKeys:
                 raise  # nothing to serve with: the waiting requests get the store's error (503)
             log.exception("API keys not reloaded; the %d keys loaded before stay in force", len(self._keys))
         else:
-            self._keys = keys
+            self._keys, self._admitted = keys, {}
         finally:
             self._fresh_until = self._clock() + self._ttl_s
             self._reload = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 from pydantic import SecretStr
 
@@ -80,3 +83,17 @@ def test_the_local_default_key_is_refused_outside_local_mode(tmp_path):
 def test_malformed_key_lists_are_refused(value):
     with pytest.raises(ValueError, match="EVENT_SIGNING_KEYS"):
         parse_keys(value)
+
+
+def test_a_token_is_its_half_of_the_hmac_sha256_of_its_slot(signer):
+    # Recomputed here with hmac itself, from the documented layout, not through the signer.
+    message = f"a-1\nimpression+click\nc-1\n{NOW + 60}".encode()
+    mac = hmac.new(b"b" * 40, message, hashlib.sha256).digest()
+    tokens = signer.sign_all("a-1", ["impression", "click", "conversion"], "c-1", NOW + 60)
+    assert tokens["impression"] == f"k2.{NOW + 60}.{mac[:16].hex()}"
+    assert tokens["click"] == f"k2.{NOW + 60}.{mac[16:].hex()}"
+    alone = hmac.new(b"b" * 40, f"a-1\nconversion+video_start\nc-1\n{NOW + 60}".encode(), hashlib.sha256).digest()
+    assert tokens["conversion"] == f"k2.{NOW + 60}.{alone[:16].hex()}"
+    assert signer.sign("a-1", "click", "c-1", NOW + 60) == tokens["click"]  # one at a time: the same tokens
+    # The other half of a slot is not a token for the event it signs.
+    assert refusal(signer, tokens["impression"], "a-1", "click", "c-1") is TokenError.BAD_SIGNATURE

@@ -103,7 +103,7 @@ def exchange(base_url: str) -> tuple[list[Answer], list[str]]:
 
 
 # An event token (``adstream.signing``) and the events' deadline: both follow the auction's own time.
-TOKEN_PATTERN = re.compile(rb"[A-Za-z0-9_-]+\.[0-9]+\.[A-Za-z0-9_-]{43}")
+TOKEN_PATTERN = re.compile(rb"[A-Za-z0-9_-]+\.[0-9]+\.[0-9a-f]{32}")
 EXPIRES_PATTERN = re.compile(rb'"expires_at":"[^"]+"')
 
 

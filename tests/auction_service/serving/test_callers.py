@@ -108,6 +108,9 @@ def test_a_wrong_secret_or_a_malformed_key_is_not_admitted(sessions):
         assert await keys.policy(issued.key_id) is None
         assert await keys.policy(secret) is None
         assert await keys.policy(issued.api_key) is not None
+        # Once the key is admitted (and remembered), a wrong secret under its id still is not.
+        assert await keys.policy(issued.api_key) is not None
+        assert await keys.policy(f"{issued.key_id}.{secret[::-1]}") is None
 
     asyncio.run(scenario())
 
