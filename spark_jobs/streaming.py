@@ -308,15 +308,14 @@ def append_batch(
     writer.save(path)
 
 
-class MicroBatch:
-    """The ``foreachBatch`` body of one topic's query; see the module docstring for what it writes."""
+class TopicBatch:
+    """A ``foreachBatch`` body of one topic's query: its Delta writes are idempotent under the query's
+    checkpoint id (``app_id``) and the batch id."""
 
     def __init__(self, settings: Settings, source: StreamSource, *, app_id: str | None = None) -> None:
         self.settings = settings
         self.source = source
-        self.delay = timedelta(seconds=settings.stream_watermark_s)
         self._app_id = app_id
-        self._clock: EventClock | None = None  # as last written by this process; read from Delta after a restart
 
     def app_id(self, session: SparkSession) -> str:
         if self._app_id is None:
@@ -325,6 +324,18 @@ class MicroBatch:
 
     def __call__(self, records: DataFrame, batch_id: int) -> None:
         self.process(records, batch_id, ingested_at=datetime.now(UTC))
+
+    def process(self, records: DataFrame, batch_id: int, *, ingested_at: datetime) -> dict[str, int]:
+        raise NotImplementedError
+
+
+class MicroBatch(TopicBatch):
+    """The ``foreachBatch`` body of one topic's query; see the module docstring for what it writes."""
+
+    def __init__(self, settings: Settings, source: StreamSource, *, app_id: str | None = None) -> None:
+        super().__init__(settings, source, app_id=app_id)
+        self.delay = timedelta(seconds=settings.stream_watermark_s)
+        self._clock: EventClock | None = None  # as last written by this process; read from Delta after a restart
 
     def process(self, records: DataFrame, batch_id: int, *, ingested_at: datetime) -> dict[str, int]:
         """Lands one batch of Kafka records; returns the records per outcome (``silver`` or a reason).
@@ -426,22 +437,9 @@ class MicroBatch:
         return latest_clock([row.userMetadata for row in carried.select("userMetadata").collect()], app_id)
 
 
-class RefusalBatch:
+class RefusalBatch(TopicBatch):
     """The ``foreachBatch`` body of the refused-events query: each refusal into quarantine/events, and a
     record that is not a RefusedEvent into quarantine/refused with its reason (see the module docstring)."""
-
-    def __init__(self, settings: Settings, source: StreamSource, *, app_id: str | None = None) -> None:
-        self.settings = settings
-        self.source = source
-        self._app_id = app_id
-
-    def app_id(self, session: SparkSession) -> str:
-        if self._app_id is None:
-            self._app_id = checkpoint_app_id(session, self.settings, self.source.query_name)
-        return self._app_id
-
-    def __call__(self, records: DataFrame, batch_id: int) -> None:
-        self.process(records, batch_id, ingested_at=datetime.now(UTC))
 
     def process(self, records: DataFrame, batch_id: int, *, ingested_at: datetime) -> dict[str, int]:
         """Lands one batch of refusals; returns the records per outcome (``landed`` or a quarantine reason)."""

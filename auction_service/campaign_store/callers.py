@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from auction_service.campaign_store.db import begin_write
-from auction_service.campaign_store.store import _reads
+from auction_service.campaign_store.store import fresh_read
 from auction_service.campaign_store.tables import ApiKey
 
 KEY_SEPARATOR = "."  # token_urlsafe never writes it, so the first one ends the key id
@@ -180,7 +180,7 @@ def revoke_key(session: Session, key_id: str, *, now: datetime | None = None) ->
     return outcome
 
 
-@_reads
+@fresh_read
 def list_keys(session: Session, *, include_revoked: bool = True) -> list[KeyView]:
     """Every key (or only the ones in force), by caller then creation time."""
     query = select(ApiKey).order_by(ApiKey.caller_id, ApiKey.created_at, ApiKey.key_id)
@@ -213,14 +213,14 @@ def _active(key_id: str, secret_sha256: str, caller_id: str, max_floor: int, fir
     return ActiveKey(key_id, bytes.fromhex(secret_sha256), CallerPolicy(caller_id, max_floor, first_price))
 
 
-@_reads
+@fresh_read
 def active_keys(session: Session) -> dict[str, ActiveKey]:
     """Every key in force, by key id, in one query: what the auction service holds in memory."""
     rows = session.execute(select(*_ACTIVE_COLUMNS).where(ApiKey.revoked_at.is_(None)))
     return {row[0]: _active(*row) for row in rows.tuples()}
 
 
-@_reads
+@fresh_read
 def resolve(session: Session, api_key: str) -> CallerPolicy | None:
     """The policy of a presented key, or None when it is malformed, unknown, revoked or its secret is wrong."""
     split = split_key(api_key)

@@ -33,8 +33,8 @@ from auction_service.campaign_store.store import (
     SpendOutcome,
     _charge,
     _insert_new,
-    _reads,
     _utc_day,
+    fresh_read,
 )
 from auction_service.campaign_store.tables import FeedbackJournal
 
@@ -205,7 +205,7 @@ def mark_published(session: Session, event_ids: Collection[str], now: datetime |
         raise
 
 
-@_reads
+@fresh_read
 def unpublished(session: Session, recorded_before: datetime, limit: int = 1000) -> list[tuple[str, str, str]]:
     """(event_id, auction_id, payload) of journaled events not yet acknowledged by Kafka, oldest first."""
     rows = session.execute(
@@ -217,7 +217,7 @@ def unpublished(session: Session, recorded_before: datetime, limit: int = 1000) 
     return [(row.event_id, row.auction_id, row.payload) for row in rows]
 
 
-@_reads
+@fresh_read
 def journaled(session: Session, start: datetime, end: datetime) -> list[FeedbackEvent]:
     """The journaled events with ``start <= event_time < end`` (reconciliation and tests)."""
     rows = session.execute(

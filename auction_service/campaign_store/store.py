@@ -107,7 +107,7 @@ class QuarantinedRecord:
     quarantined_at: datetime
 
 
-def _reads(function: Callable[Concatenate[Session, P], R]) -> Callable[Concatenate[Session, P], R]:
+def fresh_read(function: Callable[Concatenate[Session, P], R]) -> Callable[Concatenate[Session, P], R]:
     """Make a read end the transaction it began, so the next read sees newer commits.
 
     A SQLite transaction reads one snapshot for its whole life: a service that kept one
@@ -266,7 +266,7 @@ def quarantine_instruction(
     return True
 
 
-@_reads
+@fresh_read
 def quarantined_instructions(session: Session) -> list[QuarantinedRecord]:
     """Every quarantined record, in topic order."""
     rows = session.scalars(
@@ -291,7 +291,7 @@ def quarantined_instructions(session: Session) -> list[QuarantinedRecord]:
 # --- reads for managers and for the auction ---
 
 
-@_reads
+@fresh_read
 def get_campaign(session: Session, campaign_id: str, *, now: datetime | None = None) -> CampaignView | None:
     """The campaign with its spend, or None if the store never saw it. ``now`` adds that UTC day's spend."""
     # populate_existing: a session reused across transactions must not answer from its identity map.
@@ -354,13 +354,13 @@ def _serving(now: datetime) -> ColumnElement[bool]:
     return and_(Campaign.status == CampaignStatus.ACTIVE.value, Campaign.flight_end > now)
 
 
-@_reads
+@fresh_read
 def serving_revisions(session: Session, now: datetime) -> dict[str, int]:
     """The revision of each campaign ``serving_campaigns`` returns: which of them changed since a load."""
     return dict(session.execute(select(Campaign.campaign_id, Campaign.revision).where(_serving(now))).tuples().all())
 
 
-@_reads
+@fresh_read
 def serving_campaigns(session: Session, now: datetime, only: Collection[str] | None = None) -> list[ServingCampaign]:
     """Active campaigns whose flight has not ended at ``now``, with their spend on ``now``'s UTC day.
 
@@ -421,7 +421,7 @@ def serving_campaigns(session: Session, now: datetime, only: Collection[str] | N
     return campaigns
 
 
-@_reads
+@fresh_read
 def campaign_change_marker(session: Session) -> tuple[int, int]:
     """A cheap value that changes whenever a campaign is created, stopped or charged.
 
@@ -630,7 +630,7 @@ def _spend_result(
     )
 
 
-@_reads
+@fresh_read
 def spend_by_campaign_hour(session: Session, start: datetime, end: datetime) -> dict[tuple[str, datetime], int]:
     """Ledger spend per (campaign, UTC hour start) for events in ``[start, end)``, in integer micros.
 
