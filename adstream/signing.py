@@ -52,7 +52,7 @@ class TokenRefused(ValueError):
 class EventSigner:
     keys: dict[str, bytes]  # key id -> secret
     current: str  # the key id new tokens are signed with
-    _keyed_cache: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
+    _pads_cache: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EventSigner:
@@ -99,12 +99,12 @@ class EventSigner:
 
     def _pads(self, key_id: str) -> tuple[Any, Any]:
         # RFC 2104's inner and outer hashes, keyed once per key: each token then costs two hash copies.
-        pads = self._keyed_cache.get(key_id)
+        pads = self._pads_cache.get(key_id)
         if pads is None:
             block = hashlib.sha256().block_size
             key = self.keys[key_id]
             key = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
-            pads = self._keyed_cache[key_id] = (
+            pads = self._pads_cache[key_id] = (
                 hashlib.sha256(bytes(byte ^ 0x36 for byte in key)),
                 hashlib.sha256(bytes(byte ^ 0x5C for byte in key)),
             )
