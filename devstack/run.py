@@ -450,11 +450,12 @@ def invalid_traffic_lines(state: RunState) -> list[str]:
     bots = state.ivt.bots()
     charged = sum(bot.charged_micros for bot in bots)
     charged_givt = sum(bot.charged_givt_micros for bot in bots)
-    lines = ["  invalid traffic (silver's tags against the simulator's bots):"]
+    billed = sum(bot.billed_micros for bot in bots)
+    lines = ["  invalid traffic (silver's tags and billing's click bursts against the simulator's bots):"]
     lines += [f"    {line}" for line in ivt_report_lines(state.ivt)]
     lines.append(
         f"    bots' events charged {usd(charged)} USD in all, {usd(charged_givt)} USD on GIVT-detectable ones "
-        "(target 0)"
+        f"(target 0); billed after the IVT credit {usd(billed)} USD (target 0)"
     )
     lines.append(f"    {ivt_verdict(state.ivt_misses)}")
     return lines
@@ -464,7 +465,7 @@ def ivt_verdict(misses: list[str]) -> str:
     verdict = "met" if not misses else "MISSED: " + "; ".join(misses)
     return (
         f"GIVT targets (precision >= {MIN_GIVT_PRECISION}, recall >= {MIN_GIVT_RECALL} per bot, "
-        f"nothing charged): {verdict}"
+        f"nothing charged for GIVT, nothing billed for bots): {verdict}"
     )
 
 

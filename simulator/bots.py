@@ -23,12 +23,14 @@ non_browser    an HTTP library or command-line tool           all (GIVT: non-bro
 datacenter     a browser User-Agent from a data-center range  all (GIVT: data-center IP)
 click_spammer  one user and IP: clicks most ads it sees,      repeated clicks (GIVT: duplicate);
                some several times                             first clicks (SIVT-lite: click rate)
+                                                              and impressions (SIVT-lite: burst)
 fast_clicker   fires its click with its impression, in one    its clicks (GIVT: fast click)
                request: 0 ms after it
 ============== ============================================== ======================================
 
-A bot's other events (the spammer's and the fast clicker's impressions) are invalid too, but
-no rule here can see them: they count as bot events for precision, not in the recall.
+The fast clicker's impressions are invalid too. Only billing tags them, after the fact (its
+auction's fast click): they count as bot events for precision and in what bots are billed, not
+in the GIVT recall, which measures the service's rules.
 """
 
 from __future__ import annotations
@@ -270,7 +272,9 @@ def bot_steps(behaviour: Behaviour, rng: random.Random, *, video: bool, min_clic
     """
     seen_by_rule = behaviour in (Behaviour.CRAWLER, Behaviour.NON_BROWSER, Behaviour.DATACENTER)
     everything = IvtCategory.GIVT if seen_by_rule else None
-    shown = [PlannedEvent(EventType.IMPRESSION, everything)]
+    # The spammer's impressions are its click bursts' traffic (SIVT-lite, after the fact).
+    impression = IvtCategory.SIVT if behaviour is Behaviour.CLICK_SPAMMER else everything
+    shown = [PlannedEvent(EventType.IMPRESSION, impression)]
     if video and behaviour is Behaviour.CRAWLER:  # a crawler's headless renderer autoplays the video
         shown.append(PlannedEvent(EventType.VIDEO_START, everything))
     steps = [Step(0.0, tuple(shown))]

@@ -12,18 +12,21 @@ the events as silver holds them (``LandedEvent``: ``ivt_category``, ``ivt_reason
   already tagged GIVT is not tagged again by the stream.
   What the filter should tag: all events of the crawler, the non-browser agent and the
   data-center bot; the fast clicker's clicks; the click spammer's repeated clicks on one ad
-  (GIVT) and its first clicks (SIVT-lite). The spammer's and fast clicker's impressions are bot
-  events no rule can see: in no recall.
+  (GIVT), and its first clicks and impressions (SIVT-lite: click rate, and its bursts). The fast
+  clicker's impressions are bot events only billing tags (after its auction's fast click): in no
+  recall.
 - **Precision** of a category = its tagged events that a bot sent / all its tagged events (so a
   tagged impression of the fast clicker is right, a tagged person's click is wrong). Also per
   ``ivt_reason``.
 - **Charged** per behaviour: the cost silver holds for its events; on the events the filter
-  should tag GIVT it must be 0.
+  should tag GIVT it must be 0. **Billed**: the part of it on events left untagged, what the bill
+  makes the advertiser pay (billing credits back what was charged for a tagged event); for a bot
+  it must be 0.
 
 Targets (``target_misses``): GIVT precision >= 0.95 and, for every bot with GIVT-detectable
-events, GIVT recall >= 0.90; nothing charged for them; and some of every bot's events in silver
-(a bot none of whose events landed cannot be scored, which is a miss too). SIVT-lite is reported,
-not targeted.
+events, GIVT recall >= 0.90; nothing charged for them; nothing billed for any bot's events; and some
+of every bot's events in silver (a bot none of whose events landed cannot be scored, which is a
+miss too). SIVT-lite precision and recall are reported, not targeted.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class BehaviourScore:
     tagged: dict[str, int]  # category -> its events so tagged, whatever was expected
     charged_micros: int  # over all its landed events
     charged_givt_micros: int  # over those the filter should tag GIVT: must be 0
+    billed_micros: int  # over its untagged events: what the bill charges after the IVT credit
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ def score(truth: Iterable[TruthEvent], landed: Iterable[LandedEvent]) -> IvtScor
         count = counts[who]
         count["landed"] += 1
         count["charged"] += event.cost_micros
+        count["billed"] += event.cost_micros if category is None else 0
         if expected == IvtCategory.GIVT:
             count["givt_expected"] += 1
             count["givt_hit"] += category == IvtCategory.GIVT
@@ -145,6 +150,7 @@ def score(truth: Iterable[TruthEvent], landed: Iterable[LandedEvent]) -> IvtScor
             tagged=dict(sorted(tagged[who].items())),
             charged_micros=count["charged"],
             charged_givt_micros=count["givt_charged"],
+            billed_micros=count["billed"],
         )
         for who, count in sorted(counts.items())
     }
@@ -164,18 +170,33 @@ def score(truth: Iterable[TruthEvent], landed: Iterable[LandedEvent]) -> IvtScor
 
 
 def target_misses(
-    result: IvtScore, min_precision: float = MIN_GIVT_PRECISION, min_recall: float = MIN_GIVT_RECALL
+    result: IvtScore,
+    min_precision: float = MIN_GIVT_PRECISION,
+    min_recall: float = MIN_GIVT_RECALL,
+    *,
+    billed: bool = True,
 ) -> list[str]:
-    """What falls short of the GIVT targets, in words; empty when they are met or there were no bots."""
+    """What falls short of the targets, in words; empty when they are met or there were no bots. ``billed``:
+    whether the tags scored include billing's (tagged after the fact), so a bot billed anything is a miss."""
     misses = [f"{bot.behaviour}: none of its {bot.sent} events is in silver" for bot in result.bots() if not bot.landed]
     bots = [bot for bot in result.bots() if bot.givt_recall.total]
-    if not bots:
-        return misses
-    precision = result.givt_precision.value
+    misses += _givt_misses(bots, result.givt_precision, min_precision, min_recall) if bots else []
+    if billed:
+        misses += [
+            f"{bot.behaviour}: {usd(bot.billed_micros)} USD billed" for bot in result.bots() if bot.billed_micros
+        ]
+    return misses
+
+
+def _givt_misses(
+    bots: list[BehaviourScore], givt_precision: Ratio, min_precision: float, min_recall: float
+) -> list[str]:
+    misses = []
+    precision = givt_precision.value
     if precision is None:
         misses.append("no event was tagged GIVT")
     elif precision < min_precision:
-        misses.append(f"GIVT precision {result.givt_precision} < {min_precision}")
+        misses.append(f"GIVT precision {givt_precision} < {min_precision}")
     for bot in bots:
         recall = bot.givt_recall.value
         if recall is not None and recall < min_recall:
@@ -191,13 +212,13 @@ def report_lines(result: IvtScore) -> list[str]:
         f"GIVT precision {result.givt_precision}, recall {result.givt_recall}; SIVT-lite precision "
         f"{result.sivt_precision}" + (f"; {result.missing} accepted events not in silver" if result.missing else ""),
         f"{'behaviour':<14} {'events':>7} {'GIVT recall':>22} {'SIVT-lite recall':>22} {'tagged g/s':>11} "
-        f"{'charged USD':>12}",
+        f"{'charged USD':>12} {'billed USD':>12}",
     ]
     for who, row in result.behaviours.items():
         tags = f"{row.tagged.get(IvtCategory.GIVT, 0)}/{row.tagged.get(IvtCategory.SIVT, 0)}"
         lines.append(
             f"{who:<14} {row.landed:>7} {row.givt_recall!s:>22} {row.sivt_recall!s:>22} {tags:>11} "
-            f"{usd(row.charged_micros):>12}"
+            f"{usd(row.charged_micros):>12} {usd(row.billed_micros):>12}"
         )
     if result.precision_by_reason:
         lines.append(

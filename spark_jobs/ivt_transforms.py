@@ -3,7 +3,7 @@ tags, and the hourly IVT report of gold/ivt_hourly. No I/O, no session and no cl
 
 Invalid traffic follows the IAB/MRC split (adstream.events.IvtCategory):
 - GIVT (general) is decided by the auction service when the event arrives (known bot or non-browser
-  user agent, data-center IP, duplicate or too-fast click). It is never charged
+  user agent, data-center IP, duplicate or too-fast click). What it tags is never charged
   (charge_status ``invalid_traffic``, cost 0).
 - SIVT-lite (sophisticated) is decided by the stream when a click lands in silver: a click whose user,
   or IP, had more than ``max_clicks`` clicks (itself included) in the ``window_s`` seconds ending at it,
@@ -11,14 +11,31 @@ Invalid traffic follows the IAB/MRC split (adstream.events.IvtCategory):
   ``ip_click_rate``. Every click counts towards a rate, GIVT ones too: the rate is the user's
   behaviour. A click already tagged GIVT keeps its GIVT tag. The ledger has charged an SIVT click
   when it was made; billing credits it back (spark_jobs.billing.transforms).
+Tagged after the fact, by billing and the hourly IVT report, as later traffic shows
+an earlier, untagged event invalid (``with_later_ivt``):
+- a click-rate outlier's burst: an event (of any type) whose user is that of a ``user_click_rate``
+  click, or whose IP is that of an ``ip_click_rate`` click, less than ``window_s`` before or after
+  it, is tagged ``sivt``/``click_burst``. The outlier's first clicks (those up to ``max_clicks``,
+  never flagged themselves) and the impressions around them are its traffic too;
+- a fast clicker's traffic: an event whose user is that of a GIVT ``fast_click``, less than
+  ``window_s`` from it, is tagged ``givt``/``fast_clicker`` (a script clicked: its other ads too);
+- a fast-clicked auction: the other events of an auction whose click was ``fast_click`` (the
+  impression a script fired with its click was never seen by a person) are tagged
+  ``givt``/``fast_click_auction``, whoever sent them.
+An event matched by several takes, in this order, ``fast_click_auction``, ``fast_clicker``,
+``click_burst``; one tagged already keeps its tag. An hour's bill is so final only when the
+stream's watermark has passed its end by ``window_s`` as well (spark_jobs.billing.transforms).
 
 Events are tagged, never deleted: silver keeps every event, and billing and the KPIs leave the
-tagged ones out of what they count.
+tagged ones out of what they count (the minute KPIs, from the stream, know the tags of the first
+two kinds; billing credits back what the ledger charged for an event tagged after its charge).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import functools
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pyspark.sql import Column, DataFrame, Window
@@ -48,6 +65,35 @@ IVT_HOURLY_KEY = ("hour", "campaign_id", "publisher_id")
 class SivtReason(StrEnum):
     USER_CLICK_RATE = "user_click_rate"
     IP_CLICK_RATE = "ip_click_rate"
+
+
+FAST_CLICK = "fast_click"  # the service's GIVT reason for a click too soon after its impression
+
+
+class LaterReason(StrEnum):
+    """Reasons of the tags given after the fact (``with_later_ivt``)."""
+
+    CLICK_BURST = "click_burst"  # SIVT: a click-rate outlier's traffic around it
+    FAST_CLICKER = "fast_clicker"  # GIVT: the traffic around a fast click of its user
+    FAST_CLICK_AUCTION = "fast_click_auction"  # GIVT: another event of a fast-clicked auction
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Traffic tagged around a click with ``reason``: the events sharing its ``key`` less than the window from it."""
+
+    key: str
+    category: IvtCategory
+    reason: LaterReason
+    rank: int  # which tag wins when an event is in several: the highest
+
+
+BURSTS = {
+    SivtReason.USER_CLICK_RATE.value: Burst("user_id", IvtCategory.SIVT, LaterReason.CLICK_BURST, 1),
+    SivtReason.IP_CLICK_RATE.value: Burst("ip", IvtCategory.SIVT, LaterReason.CLICK_BURST, 1),
+    FAST_CLICK: Burst("user_id", IvtCategory.GIVT, LaterReason.FAST_CLICKER, 2),
+}
+FAST_CLICK_AUCTION_RANK = 3
 
 
 def with_event_columns(feedback: DataFrame) -> DataFrame:
@@ -126,6 +172,63 @@ def tag_sivt(new_events: DataFrame, outliers: DataFrame) -> DataFrame:
             "ivt_reason": F.when(was_ivt, F.col("ivt_reason")).when(sivt, F.col("_sivt_reason")),
         }
     ).select(*new_events.columns)
+
+
+def with_later_ivt(events: DataFrame, around: DataFrame, *, window_s: int) -> DataFrame:
+    """``events`` with the untagged ones that later traffic shows invalid tagged (the module doc's rules).
+
+    ``around`` holds the clicks that decide (silver's tags): it must reach ``window_s`` before and after
+    ``events``. An event in several bursts takes the tag of highest rank.
+    """
+    window_us = window_s * 1_000_000
+    clicks = around.where(F.col("event_type") == EventType.CLICK.value)
+
+    def found(reason: str, burst: Burst) -> DataFrame:
+        deciding = clicks.where((F.col("ivt_reason") == reason) & F.col(burst.key).isNotNull()).select(
+            F.col(burst.key).alias("_key"), F.unix_micros(EVENT_TIME).alias("_at")
+        )
+        near = F.abs(F.unix_micros(F.col(EVENT_TIME)) - F.col("_at")) < window_us
+        # Deciding clicks are few: broadcast, so the events are not shuffled for them.
+        return events.join(F.broadcast(deciding), (F.col(burst.key) == F.col("_key")) & near).select(
+            "event_id", _tag(burst.rank, burst.category, burst.reason)
+        )
+
+    fast_auctions = clicks.where(F.col("ivt_reason") == FAST_CLICK).select(F.col("auction_id").alias("_auction"))
+    in_fast_auctions = events.join(F.broadcast(fast_auctions), F.col("auction_id") == F.col("_auction")).select(
+        "event_id", _tag(FAST_CLICK_AUCTION_RANK, IvtCategory.GIVT, LaterReason.FAST_CLICK_AUCTION)
+    )
+    findings = functools.reduce(
+        DataFrame.unionByName, [found(reason, burst) for reason, burst in BURSTS.items()], in_fast_auctions
+    )
+    strongest = findings.groupBy("event_id").agg(F.max("_tag").alias("_tag"))
+    later = ~is_invalid_traffic() & F.col("_tag").isNotNull()
+    return (
+        events.join(strongest, "event_id", "left")
+        .withColumns(
+            {
+                "ivt_category": F.when(later, F.col("_tag.category")).otherwise(F.col("ivt_category")),
+                "ivt_reason": F.when(later, F.col("_tag.reason")).otherwise(F.col("ivt_reason")),
+            }
+        )
+        .select(*events.columns)
+    )
+
+
+def _tag(rank: int, category: IvtCategory, reason: LaterReason) -> Column:
+    return F.struct(
+        F.lit(rank).alias("rank"), F.lit(category.value).alias("category"), F.lit(reason.value).alias("reason")
+    ).alias("_tag")
+
+
+def tagged_between(feedback: DataFrame, start: datetime, end: datetime, *, window_s: int) -> DataFrame:
+    """``feedback``'s events in [start, end), tagged by ``with_later_ivt`` (clicks read ``window_s`` either side)."""
+    reach = timedelta(seconds=window_s)
+    return with_later_ivt(_between(feedback, start, end), _between(feedback, start - reach, end + reach),
+                          window_s=window_s)  # fmt: skip
+
+
+def _between(feedback: DataFrame, start: datetime, end: datetime) -> DataFrame:
+    return feedback.where((F.col(EVENT_TIME) >= F.lit(start)) & (F.col(EVENT_TIME) < F.lit(end)))
 
 
 # --- gold/ivt_hourly ---

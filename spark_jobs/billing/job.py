@@ -56,10 +56,9 @@ from spark_jobs.billing.transforms import (
     hold_back,
     hour_start,
     hours_between,
-    in_window,
     spend_mismatches,
 )
-from spark_jobs.ivt_transforms import with_event_columns
+from spark_jobs.ivt_transforms import tagged_between, with_event_columns
 
 SPARK_APP = "billing"
 SPARK_CONF = {"spark.ui.enabled": "false"}
@@ -100,9 +99,9 @@ def bill_hour(spark: SparkSession, settings: Settings, hour: datetime, *, now: d
         activity = pd.DataFrame()
     else:
         # One small frame per campaign: the bill is finished, gated and published from the driver.
-        frame = campaign_activity(in_window(feedback, hour - lookback, hour + HOUR), hour, lookback=lookback)
-        activity = frame.toArrow().to_pandas()
-    status = bill_status(hour, watermark, now, has_activity=not activity.empty)
+        events = tagged_between(feedback, hour - lookback, hour + HOUR, window_s=settings.ivt_sivt_window_s)
+        activity = campaign_activity(events, hour, lookback=lookback).toArrow().to_pandas()
+    status = bill_status(hour, watermark, now, has_activity=not activity.empty, review_s=settings.ivt_sivt_window_s)
     budgets = campaign_budgets(settings, sorted(activity["campaign_id"]), hour) if not activity.empty else None
     bill = finish_bill(activity, hour, budgets=budgets, status=status, watermark=watermark, billed_at=now)
     gate = failed_rows(bill, hour)

@@ -91,12 +91,21 @@ def write_truth(path, rows: list[tuple[str, str, str, str, str]]) -> None:
         writer.writerows(rows)
 
 
+# event_id -> (event type, auction): the fast clicker's impression and click share an auction.
+EVENT_OF = {
+    "c1": ("impression", "a-c"), "c2": ("click", "a-c"), "f1": ("impression", "a-f"), "f2": ("click", "a-f"),
+    "h1": ("impression", "a-h"), "old": ("impression", "a-old"),
+}  # fmt: skip
+
+
 def write_tagged_silver(settings, rows: list[tuple[str, datetime, str | None, str | None, int]]) -> None:
     location, _ = settings.delta_rs_location(Table.SILVER_FEEDBACK_EVENTS)
     ids, times, categories, reasons, costs = zip(*rows, strict=True)
     frame = pa.table(
         {
             "event_id": pa.array(ids, pa.string()),
+            "event_type": pa.array([EVENT_OF[i][0] for i in ids], pa.string()),
+            "auction_id": pa.array([EVENT_OF[i][1] for i in ids], pa.string()),
             "event_time": pa.array(times, STAMP),
             "ivt_category": pa.array(categories, pa.string()),
             "ivt_reason": pa.array(reasons, pa.string()),
@@ -139,13 +148,23 @@ def test_the_ivt_stage_scores_silvers_tags_of_this_runs_events(tmp_path, capsys)
     )
     score_invalid_traffic(settings, state)
     assert state.ivt is not None and state.ivt_misses == []
-    assert state.ivt.givt_precision == Ratio(3, 3) and state.ivt.givt_recall == Ratio(3, 3)
-    assert state.ivt.behaviours["fast_clicker"].charged_micros == 4_000  # its impression: no rule sees it
-    printed = capsys.readouterr().out
-    assert "GIVT targets (precision >= 0.95, recall >= 0.9 per bot, nothing charged): met" in printed
+    # f1 too: tagged after the fact, a bot's, so right; recall counts what the service could see.
+    assert state.ivt.givt_precision == Ratio(4, 4) and state.ivt.givt_recall == Ratio(3, 3)
+    # Its impression was charged when it came; its auction's fast click tags it after the fact, as billing does.
+    fast = state.ivt.behaviours["fast_clicker"]
+    assert (fast.charged_micros, fast.billed_micros, fast.tagged) == (4_000, 0, {"givt": 2})
+    assert state.ivt.behaviours["human"].billed_micros == 4_000
+    verdict = (
+        "GIVT targets (precision >= 0.95, recall >= 0.9 per bot, nothing charged for GIVT, nothing billed for "
+        "bots): met"
+    )
+    assert verdict in capsys.readouterr().out
     lines = "\n".join(invalid_traffic_lines(state))
-    assert "bots' events charged 0.004 USD in all, 0 USD on GIVT-detectable ones (target 0)" in lines
-    assert lines.endswith("GIVT targets (precision >= 0.95, recall >= 0.9 per bot, nothing charged): met")
+    assert (
+        "bots' events charged 0.004 USD in all, 0 USD on GIVT-detectable ones (target 0); billed after the IVT "
+        "credit 0 USD (target 0)"
+    ) in lines
+    assert lines.endswith(verdict)
 
 
 def test_a_missed_target_is_reported_and_kept_for_the_runs_exit_status(tmp_path):
@@ -168,6 +187,7 @@ def test_a_missed_target_is_reported_and_kept_for_the_runs_exit_status(tmp_path)
         "crawler: GIVT recall 0.500 (1/2) < 0.9",
         "fast_clicker: GIVT recall 0.000 (0/1) < 0.9",
         "fast_clicker: 0.9 USD charged for GIVT events",
+        "fast_clicker: 0.9 USD billed",
     ]
     assert "MISSED: GIVT precision 0.500 (1/2)" in invalid_traffic_lines(state)[-1]
 

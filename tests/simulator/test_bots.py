@@ -136,8 +136,10 @@ def test_what_each_bot_sends_and_what_the_filter_should_make_of_it():
         (EventType.IMPRESSION, None),  # a bot's, but nothing tells it from a person's
         (EventType.CLICK, IvtCategory.GIVT),
     }
-    spammer = [clicks(bot_steps(Behaviour.CLICK_SPAMMER, rng, video=False, min_click_delay_s=0.5))
-               for _ in range(400)]  # fmt: skip
+    spammer_steps = [bot_steps(Behaviour.CLICK_SPAMMER, rng, video=False, min_click_delay_s=0.5) for _ in range(400)]
+    shown = {(e.event_type, e.expected) for steps in spammer_steps for e in steps[0].events}
+    assert shown == {(EventType.IMPRESSION, IvtCategory.SIVT)}  # its bursts' traffic
+    spammer = [clicks(steps) for steps in spammer_steps]
     assert sum(bool(ad) for ad in spammer) == pytest.approx(360, rel=0.08)  # clicks most ads it sees
     repeated = [ad for ad in spammer if len(ad) > 1]
     assert len(repeated) == pytest.approx(180, rel=0.15)

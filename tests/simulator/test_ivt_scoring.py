@@ -26,7 +26,7 @@ def crawler_run(tagged: int, of: int = 10) -> tuple[list[TruthEvent], list[Lande
 
 def test_recall_is_per_behaviour_over_what_the_filter_could_see():
     sent = [
-        truth("fi", "fast_clicker", None, "impression"),  # a bot's impression: invisible to every rule
+        truth("fi", "fast_clicker", None, "impression"),  # a bot's impression: only billing tags it
         truth("fc1", "fast_clicker", "givt"),
         truth("fc2", "fast_clicker", "givt"),
         truth("s1", "click_spammer", "sivt"),
@@ -94,14 +94,27 @@ def test_only_this_runs_landed_events_count_once_each():
 def test_spend_on_bots_is_summed_and_on_their_givt_events_is_a_miss():
     sent = [truth("c1", "crawler", "givt", "impression"), truth("fi", "fast_clicker", None, "impression")]
     sent += [truth("fc", "fast_clicker", "givt")]
-    rows = [landed("c1", "givt", "known_bot_ua"), landed("fi", cost=2_000), landed("fc", "givt", "fast_click")]
+    # The impression was charged when it came, and tagged after its auction's fast click: credited, not billed.
+    rows = [landed("c1", "givt", "known_bot_ua"), landed("fi", "givt", "fast_click_auction", cost=2_000)]
+    rows += [landed("fc", "givt", "fast_click")]
     result = score(sent, rows)
-    assert result.behaviours["fast_clicker"].charged_micros == 2_000  # its impression: no rule could see it
-    assert result.behaviours["fast_clicker"].charged_givt_micros == 0
+    fast = result.behaviours["fast_clicker"]
+    assert (fast.charged_micros, fast.charged_givt_micros, fast.billed_micros) == (2_000, 0, 0)
     assert target_misses(result) == []
     charged = score(sent, [*rows[:2], landed("fc", "givt", "fast_click", cost=500_000)])
     assert charged.behaviours["fast_clicker"].charged_givt_micros == 500_000
     assert target_misses(charged) == ["fast_clicker: 0.5 USD charged for GIVT events"]
+
+
+def test_a_bots_untagged_charged_event_is_billed_and_a_miss_unless_not_asked():
+    sent = [truth("fi", "fast_clicker", None, "impression"), truth("fc", "fast_clicker", "givt")]
+    sent += [truth("h1", "human", None, "impression")]
+    rows = [landed("fi", cost=2_000), landed("fc", "givt", "fast_click"), landed("h1", cost=7_000)]
+    result = score(sent, rows)
+    assert result.behaviours["fast_clicker"].billed_micros == 2_000
+    assert result.behaviours["human"].billed_micros == 7_000  # people are billed: no miss
+    assert target_misses(result) == ["fast_clicker: 0.002 USD billed"]
+    assert target_misses(result, billed=False) == []
 
 
 @pytest.mark.parametrize(("tagged", "misses"), [(10, []), (9, []), (8, ["crawler: GIVT recall 0.800 (8/10) < 0.9"])])

@@ -50,12 +50,13 @@ AUCTIONS = {
     "a1": ("cmp-cpm", at(10, 4)), "a2": ("cmp-cpm", at(10, 9)), "a3": ("cmp-cpm", at(10, 19)),
     "b1": ("cmp-cpc", at(9, 59, 30)), "b2": ("cmp-cpc", at(10, 29)), "b3": ("cmp-cpc", at(10, 58)),
     "b4": ("cmp-cpc", at(9, 58)), "b5": ("cmp-cpc", at(9, 48)), "b6": ("cmp-cpc", at(11, 9)),
-    "b7": ("cmp-cpc", at(10, 40)), "b8": ("cmp-cpc", at(10, 43)),
+    "b7": ("cmp-cpc", at(10, 40)), "b8": ("cmp-cpc", at(10, 43)), "b9": ("cmp-cpc", at(10, 37)),
     "c1": ("cmp-cpa", at(10, 14)),
 }  # fmt: skip
 # Fields of the auction service's newer records: the ledger's decision and the invalid-traffic tag.
 PUB = {"publisher_id": "pub-a"}
-SIVT = {**PUB, "charge_status": "charged", "ivt_category": "sivt", "ivt_reason": "user_click_rate"}
+SPAMMER = {**PUB, "user_id": "u-spam"}
+SIVT = {**SPAMMER, "charge_status": "charged", "ivt_category": "sivt", "ivt_reason": "user_click_rate"}
 GIVT = {**PUB, "charge_status": "invalid_traffic", "ivt_category": "givt", "ivt_reason": "known_bot_ua"}
 
 # (event_id, auction_id, event_type, time[, fields]); a repeated tuple is a duplicate delivery of one event.
@@ -87,16 +88,22 @@ HOUR_10 = [
     ("f15", "b8", "impression", at(10, 44), GIVT),  # GIVT: not counted, never charged
     ("f16", "b8", "click", at(10, 45), GIVT),
     ("f17", "b2", "click", at(10, 32), {**PUB, "charge_status": "duplicate_auction"}),  # refused: not counted
+    # f14's user is a click-rate outlier: its events less than IVT_SIVT_WINDOW_S (300 s) from f14 are its burst,
+    # tagged by billing (f18, f19: the click charged, credited); f20, 300 s after, is not.
+    ("f18", "b9", "impression", at(10, 37, 30), SPAMMER),
+    ("f19", "b9", "click", at(10, 38), SPAMMER),
+    ("f20", "b9", "video_start", at(10, 47), SPAMMER),
 ]  # fmt: skip
-LATE = [("h01", "b6", "impression", at(11, 10))]  # moves the stream's watermark to 11:00
+# Moves the stream's watermark to 11:05: the hour end plus the IVT review (IVT_SIVT_WINDOW_S).
+LATE = [("h01", "b6", "impression", at(11, 15))]
 
-# campaign: gross spend (the ledger's), IVT credit events and micros (f14, SIVT after its charge)
-EXPECTED_CREDIT = {"cmp-cpm": (3_705, 0, 0), "cmp-cpc": (1_240_000, 1, 310_000), "cmp-cpa": (5_000_000, 0, 0)}
+# campaign: gross spend (the ledger's), IVT credit events and micros (f14 SIVT and f19 in its burst, after their charge)
+EXPECTED_CREDIT = {"cmp-cpm": (3_705, 0, 0), "cmp-cpc": (1_550_000, 2, 620_000), "cmp-cpa": (5_000_000, 0, 0)}
 EXPECTED_HOUR_10 = {
     # campaign: impressions, clicks, conversions, billable events, spend micros, spend, ctr, ecpm, effective cpc,
     #           ledger spend before 11:00, budget remaining
     "cmp-cpm": (3, 1, 0, 3, 3_705, "0.003705", "0.333333", "1.235000", "0.003705", 3_705, "9.996295"),
-    "cmp-cpc": (4, 4, 0, 3, 930_000, "0.930000", "1.000000", "232.500000", "0.232500", 1_550_000, "48.450000"),
+    "cmp-cpc": (4, 4, 0, 3, 930_000, "0.930000", "1.000000", "232.500000", "0.232500", 1_860_000, "48.140000"),
     "cmp-cpa": (1, 1, 1, 1, 5_000_000, "5.000000", "1.000000", "5000.000000", "5.000000", 5_000_000, "95.000000"),
 }
 

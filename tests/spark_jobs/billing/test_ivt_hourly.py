@@ -22,15 +22,16 @@ def ivt_rows(spark, settings) -> dict[tuple, object]:
 def test_ivt_is_counted_per_campaign_publisher_and_hour_by_reason(spark, scenario):
     rows = ivt_rows(spark, scenario.settings)
     assert set(rows) == {("cmp-cpm", None), ("cmp-cpc", None), ("cmp-cpa", None), ("cmp-cpc", "pub-a")}
-    # pub-a's events of the hour: f13 (valid impression), f14 (SIVT click, charged), f15 + f16 (GIVT) and
-    # f17 (a click the ledger refused as a duplicate: not invalid traffic).
+    # pub-a's events of the hour: f13 (valid impression), f14 (SIVT click, charged), f15 + f16 (GIVT), f17 (a
+    # click the ledger refused as a duplicate: not invalid traffic), f18 + f19 (f14's burst; f19 charged) and
+    # f20 (its user, 300 s after f14: valid).
     pub_a = rows[("cmp-cpc", "pub-a")]
     assert (pub_a.events, pub_a.clicks, pub_a.givt_events, pub_a.sivt_events, pub_a.ivt_events, pub_a.ivt_clicks) == (
-        5, 3, 2, 1, 3, 2,
+        8, 4, 2, 3, 5, 3,
     )  # fmt: skip
-    assert (pub_a.ivt_rate, pub_a.click_ivt_rate) == (Decimal("0.600000"), Decimal("0.666667"))
-    assert pub_a.ivt_by_reason == {"known_bot_ua": 2, "user_click_rate": 1}
-    assert pub_a.ivt_charged_micros == 310_000  # the SIVT click's charge: the bill's credit
+    assert (pub_a.ivt_rate, pub_a.click_ivt_rate) == (Decimal("0.625000"), Decimal("0.750000"))
+    assert pub_a.ivt_by_reason == {"known_bot_ua": 2, "user_click_rate": 1, "click_burst": 2}
+    assert pub_a.ivt_charged_micros == 620_000  # f14's and f19's charges: the bill's credit
     for key in [("cmp-cpm", None), ("cmp-cpc", None), ("cmp-cpa", None)]:
         assert (rows[key].ivt_events, rows[key].ivt_by_reason, rows[key].ivt_rate) == (0, {}, Decimal("0.000000"))
 
@@ -45,5 +46,6 @@ def test_rebuilding_an_hour_replaces_it_and_the_tags_are_readable_without_spark(
     tagged = tags[tags["ivt_category"].notna()]
     assert sorted(zip(tagged["event_id"], tagged["ivt_category"], tagged["ivt_reason"], strict=True)) == [
         ("f14", "sivt", "user_click_rate"), ("f15", "givt", "known_bot_ua"), ("f16", "givt", "known_bot_ua"),
+        ("f18", "sivt", "click_burst"), ("f19", "sivt", "click_burst"),
     ]  # fmt: skip
     assert "f06" not in set(tags["event_id"])  # 11:00 is the next hour

@@ -53,7 +53,7 @@ def test_the_hour_is_billed_per_campaign_with_duplicates_and_second_charges_left
               for r in bill.itertuples()}  # fmt: skip
     assert credit == EXPECTED_CREDIT
     assert all(r.gross_spend_micros - r.ivt_credit_micros == r.spend_micros for r in bill.itertuples())
-    assert str(bill.set_index("campaign_id").at["cmp-cpc", "ivt_credit"]) == "0.310000"
+    assert str(bill.set_index("campaign_id").at["cmp-cpc", "ivt_credit"]) == "0.620000"
     assert dict(zip(bill["campaign_id"], bill["advertiser_id"], strict=True)) == {
         "cmp-cpm": "adv-north", "cmp-cpc": "adv-north", "cmp-cpa": "adv-south",
     }  # fmt: skip
@@ -63,16 +63,16 @@ def test_the_hour_is_billed_per_campaign_with_duplicates_and_second_charges_left
     assert set(bill["currency"]) == {"USD"}
     assert all(isinstance(value, Decimal) for value in bill["spend"])
     assert list(bill["budget_total_micros"]) == [100_000_000, 50_000_000, 10_000_000]  # ordered by spend
-    assert set(bill["stream_watermark"]) == {pd.Timestamp("2026-11-24 11:00", tz="UTC")}
+    assert set(bill["stream_watermark"]) == {pd.Timestamp("2026-11-24 11:05", tz="UTC")}
     assert set(bill["billed_at"]) == {pd.Timestamp(NOW)}
 
 
-def test_the_bill_is_provisional_until_the_watermark_passes_the_hour_end(scenario):
-    # Before the late event the newest event was f06 at 11:00: watermark 10:50 < 11:00.
+def test_the_bill_is_provisional_until_the_watermark_passes_the_hour_end_and_the_ivt_review(scenario):
+    # Before the late event the newest event was f06 at 11:00: watermark 10:50 < 11:05.
     assert scenario.provisional.status == "provisional"
     assert scenario.provisional.stream_watermark == at(10, 50)
     assert scenario.final.status == "final"
-    assert scenario.final.stream_watermark == at(11, 0)
+    assert scenario.final.stream_watermark == at(11, 5)
     # The provisional bill already had the same figures; the final run replaced it, rows and all.
     assert scenario.provisional.spend_micros == scenario.final.spend_micros == 3_705 + 930_000 + 5_000_000
     history = finance.bill_history(scenario.settings)

@@ -16,15 +16,17 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize(
     ("hour", "watermark", "now", "active", "status"),
     [
-        (H, at(11, 0), at(11, 5), True, "final"),  # the watermark exactly at the hour end closes it
-        (H, at(10, 59, 59), at(12, 0), True, "provisional"),
+        # The watermark exactly at the hour end plus the IVT review (300 s here) closes it.
+        (H, at(11, 5), at(11, 5), True, "final"),
+        (H, at(11, 4, 59), at(12, 0), True, "provisional"),  # a click burst may still reach back into the hour
+        (H, at(11, 0), at(12, 0), True, "provisional"),
         (H, None, at(12, 0), False, "provisional"),  # no stream yet: partial data is never final
-        (H, at(12, 0), at(10, 30), True, "provisional"),  # the hour is not over
-        (H, at(11, 0), at(11, 5), False, "empty"),
+        (H, at(12, 0), at(11, 4), True, "provisional"),  # the review is not over
+        (H, at(11, 5), at(11, 6), False, "empty"),
     ],
 )
 def test_bill_status(hour, watermark, now, active, status):
-    assert transforms.bill_status(hour, watermark, now, has_activity=active) == status
+    assert transforms.bill_status(hour, watermark, now, has_activity=active, review_s=300) == status
 
 
 def test_spend_mismatches_name_every_side():
