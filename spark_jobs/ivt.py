@@ -25,14 +25,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from adstream.contracts import Table
-from adstream.events import EventType, IvtCategory
+from adstream.events import EventType
 from adstream.settings import Settings
 from spark_jobs.ivt_transforms import (
     BURSTS,
-    FAST_CLICK,
-    FAST_CLICK_AUCTION_RANK,
     IVT_HOURLY_KEY,
-    LaterReason,
     ivt_by_hour,
     tagged_between,
     with_event_columns,
@@ -92,27 +89,25 @@ def ivt_summary(settings: Settings, start: datetime, end: datetime) -> pd.DataFr
 
 
 def with_later_ivt_frame(events: pd.DataFrame, *, window_s: int) -> pd.DataFrame:
-    """spark_jobs.ivt_transforms.with_later_ivt on a pandas frame, for readers without Spark (same rules, same
-    precedence)."""
+    """spark_jobs.ivt_transforms.with_later_ivt on a pandas frame, for readers without Spark (same rules, BURSTS,
+    same precedence)."""
     clicks = events[events["event_type"] == EventType.CLICK.value]
     window = pd.Timedelta(seconds=window_s)
     rank = pd.Series(0, index=events.index)
     category = pd.Series(None, index=events.index, dtype=object)
     reason = pd.Series(None, index=events.index, dtype=object)
-
-    def found(rows: pd.Index, burst_rank: int, burst_category: IvtCategory, burst_reason: LaterReason) -> None:
-        stronger = rows[rank.loc[rows] < burst_rank]
-        rank.loc[stronger], category.loc[stronger], reason.loc[stronger] = burst_rank, burst_category, burst_reason
-
-    for clicked, burst in BURSTS.items():
-        deciding = clicks.loc[(clicks["ivt_reason"] == clicked) & clicks[burst.key].notna(), [burst.key, "event_time"]]
-        keyed = events.loc[events[burst.key].notna(), [burst.key, "event_time"]].rename_axis("_row").reset_index()
-        pairs = keyed.merge(deciding.rename(columns={"event_time": "_at"}), on=burst.key)
-        near = (pairs["event_time"] - pairs["_at"]).abs() < window
-        found(pd.Index(pairs.loc[near, "_row"].unique()), burst.rank, burst.category, burst.reason)
-    fast_auctions = set(clicks.loc[clicks["ivt_reason"] == FAST_CLICK, "auction_id"].dropna())
-    in_fast_auctions = events.index[events["auction_id"].isin(fast_auctions)]
-    found(in_fast_auctions, FAST_CLICK_AUCTION_RANK, IvtCategory.GIVT, LaterReason.FAST_CLICK_AUCTION)
+    for clicked, bursts in BURSTS.items():
+        for burst in bursts:
+            deciding = clicks.loc[
+                (clicks["ivt_reason"] == clicked) & clicks[burst.key].notna(), [burst.key, "event_time"]
+            ]
+            keyed = events.loc[events[burst.key].notna(), [burst.key, "event_time"]].rename_axis("_row").reset_index()
+            pairs = keyed.merge(deciding.rename(columns={"event_time": "_at"}), on=burst.key)
+            if burst.windowed:
+                pairs = pairs[(pairs["event_time"] - pairs["_at"]).abs() < window]
+            rows = pd.Index(pairs["_row"].unique())
+            stronger = rows[rank.loc[rows] < burst.rank]
+            rank.loc[stronger], category.loc[stronger], reason.loc[stronger] = burst.rank, burst.category, burst.reason
     later = (rank > 0) & events["ivt_category"].isna()
     tagged = events.copy()
     tagged.loc[later, "ivt_category"] = category[later].map(str)

@@ -33,7 +33,6 @@ two kinds; billing credits back what the ledger charged for an event tagged afte
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -80,20 +79,25 @@ class LaterReason(StrEnum):
 
 @dataclass(frozen=True)
 class Burst:
-    """Traffic tagged around a click with ``reason``: the events sharing its ``key`` less than the window from it."""
+    """What a deciding click tags: the events sharing its ``key`` (less than the window from it, if ``windowed``)."""
 
     key: str
     category: IvtCategory
     reason: LaterReason
     rank: int  # which tag wins when an event is in several: the highest
+    windowed: bool = True
 
 
+# A deciding click's reason -> what it tags.
 BURSTS = {
-    SivtReason.USER_CLICK_RATE.value: Burst("user_id", IvtCategory.SIVT, LaterReason.CLICK_BURST, 1),
-    SivtReason.IP_CLICK_RATE.value: Burst("ip", IvtCategory.SIVT, LaterReason.CLICK_BURST, 1),
-    FAST_CLICK: Burst("user_id", IvtCategory.GIVT, LaterReason.FAST_CLICKER, 2),
+    SivtReason.USER_CLICK_RATE.value: (Burst("user_id", IvtCategory.SIVT, LaterReason.CLICK_BURST, 1),),
+    SivtReason.IP_CLICK_RATE.value: (Burst("ip", IvtCategory.SIVT, LaterReason.CLICK_BURST, 1),),
+    FAST_CLICK: (
+        Burst("user_id", IvtCategory.GIVT, LaterReason.FAST_CLICKER, 2),
+        Burst("auction_id", IvtCategory.GIVT, LaterReason.FAST_CLICK_AUCTION, 3, windowed=False),
+    ),
 }
-FAST_CLICK_AUCTION_RANK = 3
+BURST_KEYS = tuple(sorted({burst.key for bursts in BURSTS.values() for burst in bursts}))
 
 
 def with_event_columns(feedback: DataFrame) -> DataFrame:
@@ -175,32 +179,39 @@ def tag_sivt(new_events: DataFrame, outliers: DataFrame) -> DataFrame:
 
 
 def with_later_ivt(events: DataFrame, around: DataFrame, *, window_s: int) -> DataFrame:
-    """``events`` with the untagged ones that later traffic shows invalid tagged (the module doc's rules).
+    """``events`` with the untagged ones that later traffic shows invalid tagged (the module doc's rules, BURSTS).
 
     ``around`` holds the clicks that decide (silver's tags): it must reach ``window_s`` before and after
     ``events``. An event in several bursts takes the tag of highest rank.
     """
     window_us = window_s * 1_000_000
-    clicks = around.where(F.col("event_type") == EventType.CLICK.value)
-
-    def found(reason: str, burst: Burst) -> DataFrame:
-        deciding = clicks.where((F.col("ivt_reason") == reason) & F.col(burst.key).isNotNull()).select(
-            F.col(burst.key).alias("_key"), F.unix_micros(EVENT_TIME).alias("_at")
-        )
-        near = F.abs(F.unix_micros(F.col(EVENT_TIME)) - F.col("_at")) < window_us
-        # Deciding clicks are few: broadcast, so the events are not shuffled for them.
-        return events.join(F.broadcast(deciding), (F.col(burst.key) == F.col("_key")) & near).select(
-            "event_id", _tag(burst.rank, burst.category, burst.reason)
-        )
-
-    fast_auctions = clicks.where(F.col("ivt_reason") == FAST_CLICK).select(F.col("auction_id").alias("_auction"))
-    in_fast_auctions = events.join(F.broadcast(fast_auctions), F.col("auction_id") == F.col("_auction")).select(
-        "event_id", _tag(FAST_CLICK_AUCTION_RANK, IvtCategory.GIVT, LaterReason.FAST_CLICK_AUCTION)
+    reason = F.col("ivt_reason")
+    opened = [
+        F.when(reason == clicked, F.struct(F.lit(burst.key).alias("kind"), F.col(burst.key).alias("value"),
+                                           F.lit(burst.windowed).alias("windowed"), _tag(burst)))
+        for clicked, bursts in BURSTS.items() for burst in bursts
+    ]  # fmt: skip
+    # One row per deciding click and burst it opens; the events, one row per key they have. Then one equi-join
+    # (deciding clicks are few: broadcast), so the events are read twice whatever the number of rules.
+    deciding = (
+        around.where((F.col("event_type") == EventType.CLICK.value) & reason.isin(*BURSTS))
+        .select(F.unix_micros(EVENT_TIME).alias("_at"), F.explode(F.array(*opened)).alias("_burst"))
+        .where(F.col("_burst.value").isNotNull())
+        .select("_at", "_burst.*")
     )
-    findings = functools.reduce(
-        DataFrame.unionByName, [found(reason, burst) for reason, burst in BURSTS.items()], in_fast_auctions
+    keys = [F.struct(F.lit(key).alias("kind"), F.col(key).alias("value")) for key in BURST_KEYS]
+    keyed = (
+        events.select("event_id", F.unix_micros(EVENT_TIME).alias("_event_at"), F.explode(F.array(*keys)).alias("_key"))
+        .select("event_id", "_event_at", "_key.*")
+        .where(F.col("value").isNotNull())
     )
-    strongest = findings.groupBy("event_id").agg(F.max("_tag").alias("_tag"))
+    near = ~F.col("windowed") | (F.abs(F.col("_event_at") - F.col("_at")) < window_us)
+    strongest = (
+        keyed.join(F.broadcast(deciding), ["kind", "value"])
+        .where(near)
+        .groupBy("event_id")
+        .agg(F.max("_tag").alias("_tag"))
+    )
     later = ~is_invalid_traffic() & F.col("_tag").isNotNull()
     return (
         events.join(strongest, "event_id", "left")
@@ -214,10 +225,11 @@ def with_later_ivt(events: DataFrame, around: DataFrame, *, window_s: int) -> Da
     )
 
 
-def _tag(rank: int, category: IvtCategory, reason: LaterReason) -> Column:
+def _tag(burst: Burst) -> Column:
     return F.struct(
-        F.lit(rank).alias("rank"), F.lit(category.value).alias("category"), F.lit(reason.value).alias("reason")
-    ).alias("_tag")
+        F.lit(burst.rank).alias("rank"), F.lit(burst.category.value).alias("category"),
+        F.lit(burst.reason.value).alias("reason"),
+    ).alias("_tag")  # fmt: skip
 
 
 def tagged_between(feedback: DataFrame, start: datetime, end: datetime, *, window_s: int) -> DataFrame:
