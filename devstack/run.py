@@ -451,7 +451,7 @@ def invalid_traffic_lines(state: RunState) -> list[str]:
     charged = sum(bot.charged_micros for bot in bots)
     charged_givt = sum(bot.charged_givt_micros for bot in bots)
     billed = sum(bot.billed_micros for bot in bots)
-    lines = ["  invalid traffic (silver's tags and billing's click bursts against the simulator's bots):"]
+    lines = ["  invalid traffic (silver's tags, and billing's after the fact, against the simulator's bots):"]
     lines += [f"    {line}" for line in ivt_report_lines(state.ivt)]
     lines.append(
         f"    bots' events charged {usd(charged)} USD in all, {usd(charged_givt)} USD on GIVT-detectable ones "

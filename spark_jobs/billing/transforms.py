@@ -12,20 +12,19 @@ Documented rules:
   read too: an auction already charged in an earlier hour is not charged again.
 - Gross spend is the sum of those events' integer ``cost_micros``: what the ledger charged, and what
   is reconciled. The IVT credit is the part of it charged for events tagged invalid traffic after
-  the charge: SIVT by the stream, and, when billing, a click-rate outlier's burst or a fast-clicked
-  auction's impression (spark_jobs.ivt_transforms.with_later_ivt). What the service tags GIVT is
-  never charged. Spend, what the advertiser pays,
-  is gross - credit. Every money and ratio column is also an exact decimal(18,6) (half-up rounding
-  on integers, no binary float anywhere).
+  the charge: SIVT by the stream, and the tags billing gives after the fact (click bursts, fast
+  clickers; spark_jobs.ivt_transforms.with_later_ivt). What the service tags GIVT is never charged.
+  Spend, what the advertiser pays, is gross - credit. Every money and ratio column is also an exact
+  decimal(18,6) (half-up rounding on integers, no binary float anywhere).
 - Impressions, clicks and conversions count auctions with such an event in the hour that is a
   delivery (spark_jobs.ivt_transforms.is_delivered: not invalid traffic, not refused by the ledger
   as out of order); a repeated pixel or a double click counts once.
 - Status: ``final`` only when the stream's watermark (max event_time in silver/feedback_events -
   STREAM_WATERMARK_S) has passed the hour end by the IVT review, IVT_SIVT_WINDOW_S (and so has the
   clock): the service refuses and the stream quarantines anything older than that watermark, so no
-  event of the hour can still arrive, and no click that would put one of them in a click-rate
-  outlier's burst either. Otherwise ``provisional``, replaced by a later run (the DAG re-bills the provisional hours
-  of the last REBILL_LOOKBACK). An hour with no activity is one row with a null campaign_id,
+  event of the hour can still arrive, and no click that would tag one of them after the fact
+  either. Otherwise ``provisional``, replaced by a later run (the DAG re-bills the provisional
+  hours of the last REBILL_LOOKBACK). An hour with no activity is one row with a null campaign_id,
   status ``empty`` (or ``provisional`` while it may still fill).
 - Reconciliation: per campaign, bill gross spend == campaign-store ledger == auction log (the
   ``billable_cost_micros`` of the charged events' auctions). A side that is missing is skipped
