@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     lake_root: str = "./lake"
     kafka_bootstrap_servers: str = ""
     mlflow_tracking_uri: str = ""
+    # The Redis-protocol store every auction replica shares (reservations, spend, frequency, served
+    # auctions); redis://127.0.0.1:SHARED_STORE_PORT/0 by default, started by `make up`.
+    shared_store_url: str = ""
+    # How long a shared-store call may take before the request answers 503 (retry) instead of hanging.
+    shared_store_timeout_s: float = Field(default=0.5, gt=0, le=30)
     campaign_db_url: str = ""
     # How long the campaign store may take before a caller gets an error (the API answers 503) instead of a
     # hang: to connect, to run one statement (PostgreSQL), and to wait for a lock (SQLite's busy timeout,
@@ -61,6 +66,7 @@ class Settings(BaseSettings):
     airflow_worker_log_port: Port = 8793
     airflow_trigger_log_port: Port = 8794
     auction_port: Port = 8000
+    shared_store_port: Port = 6390
     bind_host: str = "127.0.0.1"
 
     # Where `make setup` and `make up` keep machine-local state (git-ignored).
@@ -90,6 +96,8 @@ class Settings(BaseSettings):
     # The hot routes served past FastAPI's router and each response in one socket write; off: plain
     # FastAPI routing and stock uvicorn, the same answers (a switch for when a Starlette or uvicorn upgrade breaks it).
     auction_fast_path: bool = True
+    # Auction-service processes on AUCTION_PORT (SO_REUSEPORT: the kernel spreads connections over them).
+    auction_replicas: int = Field(default=1, ge=1, le=64)
     auction_reserve_price_micros: int = Field(default=10_000, ge=0)  # CPM floor when a request states none
     auction_ttl_s: int = Field(default=3600, ge=60)  # how long after an auction its events are accepted
     # Event URLs and tokens are HMAC-SHA256 signed. Keys are "key_id:secret" pairs, comma-separated:
@@ -127,6 +135,8 @@ class Settings(BaseSettings):
         # A frozen model: derived defaults are set once, here, via object.__setattr__.
         if not self.kafka_bootstrap_servers:
             object.__setattr__(self, "kafka_bootstrap_servers", f"127.0.0.1:{self.kafka_port}")
+        if not self.shared_store_url:
+            object.__setattr__(self, "shared_store_url", f"redis://127.0.0.1:{self.shared_store_port}/0")
         if not self.mlflow_tracking_uri:
             object.__setattr__(self, "mlflow_tracking_uri", f"http://127.0.0.1:{self.mlflow_port}")
         if not self.campaign_db_url:

@@ -13,6 +13,7 @@ With AUCTION_FAST_PATH off the service runs on uvicorn's own protocol instead.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import uvicorn
@@ -59,9 +60,28 @@ def config(app: Any, *, host: str, port: int, fast_path: bool) -> uvicorn.Config
     return uvicorn.Config(app, host=host, port=port, log_level="warning", http=http, ws="none")
 
 
+def shared_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that other replicas may bind too (SO_REUSEPORT).
+
+    The kernel spreads new connections over every replica's socket; one replica killed takes only
+    its own connections with it, and a restarted one joins without a balancer in front.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(app: Any, *, host: str, port: int, fast_path: bool) -> None:
     """Serves ``app`` until SIGINT/SIGTERM, then finishes the requests in progress.
 
     ``fast_path`` is AUCTION_FAST_PATH (``Settings.auction_fast_path``), the setting ``app`` was built with.
+    The port may be shared with the service's other replicas (``shared_port_socket``).
     """
-    uvicorn.Server(config(app, host=host, port=port, fast_path=fast_path)).run()
+    uvicorn.Server(config(app, host=host, port=port, fast_path=fast_path)).run(
+        sockets=[shared_port_socket(host, port)]
+    )
