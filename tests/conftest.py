@@ -6,6 +6,7 @@ temporary directory, and stopped (its whole process group) when the run ends.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +16,7 @@ from benchmarks.harness import free_port, isolated_settings
 from devstack import services
 from spark_jobs.session import get_spark
 
-__all__ = ["free_port", "make_settings"]  # what the tests import from here
+__all__ = ["free_port", "make_settings", "shared_namespace"]  # what the tests import from here
 
 # Settings isolated in a test's temporary directory, on free ports, sharing the project's jar cache.
 make_settings = isolated_settings
@@ -32,6 +33,25 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         yield settings
     finally:
         assert services.stop(settings, broker) == "stopped"
+
+
+@pytest.fixture(scope="session")
+def shared_store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live redis-server (the auction replicas' shared store) for the whole run; tests isolate themselves by
+    SHARED_STORE_NAMESPACE (``shared_namespace``)."""
+    settings = make_settings(tmp_path_factory.mktemp("shared-store"))
+    (server,) = services.build_services(settings, ["shared-store"])
+    services.start(settings, server)
+    try:
+        services.wait_healthy(settings, server)
+        yield settings.shared_store_url
+    finally:
+        assert services.stop(settings, server) == "stopped"
+
+
+def shared_namespace() -> str:
+    """A namespace of the shared store no other test uses."""
+    return f"t{free_port()}-{time.monotonic_ns() % 1_000_000}"
 
 
 @pytest.fixture(scope="session")

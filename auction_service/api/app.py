@@ -32,6 +32,7 @@ from auction_service.api.routes import auction, campaigns, events, ops
 from auction_service.fastpath.routes import DirectRoute, DirectRoutes, replaying
 from auction_service.serving.champion import ModelNotReady
 from auction_service.serving.flows import relay_journal
+from auction_service.serving.shared import SharedStoreUnavailable
 from auction_service.serving.state import ServiceState
 
 
@@ -166,6 +167,13 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
             {"detail": f"the campaign store is unavailable ({type(exc).__name__}); retry: nothing was changed"},
             status_code=503,
             headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(SharedStoreUnavailable)
+    async def shared_store_unavailable(request: Request, exc: SharedStoreUnavailable) -> JSONResponse:
+        # Budgets, caps and served auctions live there: no replica serves or charges without it.
+        return JSONResponse(
+            {"detail": f"{exc}; retry: nothing was served or charged"}, status_code=503, headers={"Retry-After": "1"}
         )
 
     @app.exception_handler(ModelNotReady)

@@ -761,9 +761,43 @@ def _insert_served_sqlite(session: Session, rows: Sequence[ServedAuctionRow]) ->
     return inserted
 
 
+def _served_row(row: ServedAuction) -> ServedAuctionRow:
+    return ServedAuctionRow(**{name: getattr(row, name) for name in _SERVED_FIELDS})
+
+
+@fresh_read
+def spend_totals(session: Session, day: date) -> tuple[dict[str, int], dict[str, int]]:
+    """Each campaign's charged micros, in all and on ``day``: the shared store's spend, rebuilt."""
+    total = dict(session.execute(select(Campaign.campaign_id, Campaign.spent_micros)).tuples().all())
+    today = session.execute(select(DailySpend.campaign_id, DailySpend.spent_micros).where(DailySpend.day == day))
+    return total, dict(today.tuples().all())
+
+
+@fresh_read
+def unbilled_served_auctions(session: Session, since: datetime, now: datetime) -> list[ServedAuctionRow]:
+    """Auctions served since ``since``, not expired at ``now``, whose billable event was not charged:
+    the reservations still open."""
+    billed = select(SpendLedgerEntry.auction_id).where(SpendLedgerEntry.auction_id == ServedAuction.auction_id)
+    rows = session.scalars(
+        select(ServedAuction).where(ServedAuction.served_at >= since, ServedAuction.expires_at > now, ~billed.exists())
+    )
+    return [_served_row(row) for row in rows]
+
+
+@fresh_read
+def served_per_user(session: Session, since: datetime) -> dict[tuple[str, str], int]:
+    """Ads served to each (user, campaign) since ``since``: the frequency counters, rebuilt."""
+    rows = session.execute(
+        select(ServedAuction.user_id, ServedAuction.campaign_id, func.count())
+        .where(ServedAuction.served_at >= since, ServedAuction.user_id.is_not(None))
+        .group_by(ServedAuction.user_id, ServedAuction.campaign_id)
+    )
+    return {(user_id, campaign_id): count for user_id, campaign_id, count in rows}
+
+
 def served_auction(session: Session, auction_id: str) -> ServedAuctionRow | None:
     row = session.get(ServedAuction, auction_id)
     session.rollback()  # end the read transaction so later reads see new rows
     if row is None:
         return None
-    return ServedAuctionRow(**{name: getattr(row, name) for name in ServedAuctionRow.__dataclass_fields__})
+    return _served_row(row)

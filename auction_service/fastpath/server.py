@@ -82,6 +82,4 @@ def run(app: Any, *, host: str, port: int, fast_path: bool) -> None:
     ``fast_path`` is AUCTION_FAST_PATH (``Settings.auction_fast_path``), the setting ``app`` was built with.
     The port may be shared with the service's other replicas (``shared_port_socket``).
     """
-    uvicorn.Server(config(app, host=host, port=port, fast_path=fast_path)).run(
-        sockets=[shared_port_socket(host, port)]
-    )
+    uvicorn.Server(config(app, host=host, port=port, fast_path=fast_path)).run(sockets=[shared_port_socket(host, port)])

@@ -1,22 +1,20 @@
-"""In-memory books the auction keeps between requests: in-flight exposure, frequency and counters.
+"""What an auction replica keeps between requests: its copy of the shared exposure, the costs, the counters.
 
-Exposure (documented in the README): a campaign serves only while ``spent + reserved < budget``
-(total and daily). Every filled auction reserves the
-*expected* cost of its billable event (CPM: the impression's price; CPC: price x pCTR; CPA: price x
-pCTR x pCVR) until that event is billed or refused (the reservation is released once the campaign
-cache holds the new spend) or the auction expires (AUCTION_TTL_S). The reservations only pace
-exposure: the ledger never charges past a budget (a charge that does not fit is recorded
-``over_budget``), so the overspend bound is zero whatever the reservations say.
+Exposure (documented in the README): a campaign serves an auction only while
+``spent + reserved + this auction's reservation <= budget`` (total and daily), checked and taken at once
+in the shared store (``auction_service.serving.shared``) that every replica uses. Every filled auction
+reserves the *expected* cost of its billable event (CPM: the impression's price; CPC: price x pCTR;
+CPA: price x pCTR x pCVR) until that event is charged or refused, or the auction expires
+(AUCTION_TTL_S). The reservations pace exposure: the ledger never charges past a budget (a charge
+that does not fit is recorded ``over_budget``), so the overspend bound is zero whatever they say.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from decimal import Decimal
 
 import numpy as np
@@ -46,17 +44,11 @@ def expected_cost_micros(
     return min(cost, math.ceil(cost * probability))
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    auction_id: str
-    campaign_id: str
-    amount_micros: int
-    expires_at: datetime
-
-
 @dataclass
 class ExposureBook:
-    """Reserved (in-flight) micros per campaign. Reads are lock-free; writes hold the lock.
+    """This replica's copy of the exposure the shared store holds per campaign: reserved micros, plus spend
+    the campaign snapshot does not show yet. Refreshed every housekeeping tick (``replace``); an auction's
+    pre-filter reads it, and the shared store's hold is the exact check. Reads are lock-free.
 
     The totals are kept twice: exactly, by campaign id, and as an int64 array by campaign
     slot, which an auction reads for all its candidates with one numpy gather
@@ -64,39 +56,19 @@ class ExposureBook:
     """
 
     reserved_micros: dict[str, int] = field(default_factory=dict)
-    # auction id -> (campaign id, micros, expiry): a plain tuple, untracked by the collector (ServedAuctionRow.packed)
-    _by_auction: dict[str, tuple[str, int, datetime]] = field(default_factory=dict)
-    _expiry: list[tuple[datetime, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: dict[str, int] = field(default_factory=dict)
     _held: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=np.int64))
     _beyond_int64: bool = False  # a total outgrew int64 once: only the exact totals are read from then on
     _row_slots: tuple[np.ndarray, np.ndarray] | None = None  # (an index's campaign ids, their slots)
 
-    def reserve(self, reservation: Reservation) -> None:
+    def replace(self, totals: dict[str, int]) -> None:
+        """Makes ``totals`` the exposure of every campaign (those absent hold nothing)."""
         with self._lock:
-            self._by_auction[reservation.auction_id] = (
-                reservation.campaign_id,
-                reservation.amount_micros,
-                reservation.expires_at,
-            )
-            heapq.heappush(self._expiry, (reservation.expires_at, reservation.auction_id))
-            campaign = reservation.campaign_id
-            self._set(campaign, self.reserved_micros.get(campaign, 0) + reservation.amount_micros)
-
-    def release(self, auction_id: str) -> Reservation | None:
-        """Frees an auction's reservation (its billable event arrived); None if it had none left."""
-        with self._lock:
-            return self._release(auction_id)
-
-    def _release(self, auction_id: str) -> Reservation | None:
-        held = self._by_auction.pop(auction_id, None)
-        if held is None:
-            return None
-        reservation = Reservation(auction_id, *held)
-        campaign = reservation.campaign_id
-        self._set(campaign, self.reserved_micros.get(campaign, 0) - reservation.amount_micros)
-        return reservation
+            for campaign in self.reserved_micros.keys() - totals.keys():
+                self._set(campaign, 0)
+            for campaign, total in totals.items():
+                self._set(campaign, total)
 
     def _set(self, campaign_id: str, total: int) -> None:
         if total > 0:
@@ -129,41 +101,6 @@ class ExposureBook:
         if self._beyond_int64:
             return None
         return self._held[row_slots[1]]
-
-    def expire(self, now: datetime) -> int:
-        """Drops reservations of auctions past their TTL; returns how many."""
-        dropped = 0
-        with self._lock:
-            while self._expiry and self._expiry[0][0] <= now:
-                _, auction_id = heapq.heappop(self._expiry)
-                dropped += self._release(auction_id) is not None
-        return dropped
-
-    def outstanding(self) -> int:
-        return len(self._by_auction)
-
-
-@dataclass
-class FrequencyBook:
-    """Impressions per (user, campaign) on the current UTC day; a new day starts from zero."""
-
-    day: date | None = None
-    _counts: dict[str, Counter[str]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record_impression(self, user_id: str, campaign_id: str, at: datetime) -> None:
-        with self._lock:
-            self._roll(at.date())
-            self._counts.setdefault(user_id, Counter())[campaign_id] += 1
-
-    def impressions_today(self, user_id: str | None, at: datetime) -> Counter[str]:
-        if user_id is None or self.day != at.date():
-            return Counter()
-        return self._counts.get(user_id) or Counter()
-
-    def _roll(self, day: date) -> None:
-        if self.day != day:
-            self.day, self._counts = day, {}
 
 
 @dataclass

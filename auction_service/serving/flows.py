@@ -1,7 +1,8 @@
 """The two hot paths of the service, on top of ``ServiceState``: serve an auction, record an event.
 
 Auction: eligible campaigns -> one scoring batch -> ranked, priced (``auction_service.serving.auction``)
--> reserve the winner's expected cost -> remember the auction -> publish it to ``auctions``.
+-> the winner's hold in the shared store (its expected cost, its frequency slot and the served auction,
+at once; refused, the next best is priced and tried) -> publish the auction to ``auctions``.
 
 Event: check it against the served auction (its signed token, its time) -> journal it, decide
 its order and click rules and charge its billable type, in one store transaction
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from adstream.contracts import Topic
@@ -33,12 +35,14 @@ from auction_service.serving.auction import (
     DEFAULT_PCVR,
     AuctionOutcome,
     CampaignIndex,
+    FilterReason,
     auction_record,
     run_auction,
 )
 from auction_service.serving.bodies import EventIn, EventResult
-from auction_service.serving.books import Reservation, billable_cost_micros, expected_cost_micros
+from auction_service.serving.books import billable_cost_micros, expected_cost_micros
 from auction_service.serving.features import CampaignFeatures, candidate_columns
+from auction_service.serving.shared import Hold, HoldRefused
 from auction_service.serving.state import PUBLISH_TIMEOUT_S, ServiceState
 
 log = logging.getLogger(__name__)
@@ -61,46 +65,71 @@ class ServedAd:
     expires_at: datetime | None = None  # when its events stop being accepted; None without a winner
 
 
+HOLD_ATTEMPTS = 3  # winners refused by the shared store (another replica took the budget or the cap) before no fill
+HOLD_REFUSED = {
+    HoldRefused.TOTAL_BUDGET: FilterReason.TOTAL_BUDGET,
+    HoldRefused.DAILY_BUDGET: FilterReason.DAILY_BUDGET,
+    HoldRefused.FREQUENCY_CAP: FilterReason.FREQUENCY_CAP,
+}
+
+
 def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: bool = False) -> ServedAd:
-    """Runs one auction; raises ``ModelNotReady`` when no model is loaded."""
+    """Runs one auction; raises ``ModelNotReady`` when no model is loaded, ``SharedStoreUnavailable``
+    when the shared store does not answer (nothing was held)."""
     began = time.perf_counter()
     loaded = state.model.current  # one snapshot for the whole auction, even if a swap lands meanwhile
-    with state.snapshot_lock:  # the spend of the snapshot and the reservations from the same moment
+    seen = state.shared.frequency_today(context.user_id, context.at.date())
+    with state.snapshot_lock:  # the spend of the snapshot and the exposure from the same moment
         campaigns, features = state.campaigns.campaigns, state.features.current
         index = CampaignIndex.of(campaigns)
         rows, filtered = index.eligible_rows(
             context,
-            impressions_today=state.frequency.impressions_today(context.user_id, context.at),
+            impressions_today=seen,
             reserved_micros=state.exposure.reserved_micros,
             held_by_row=state.exposure.held_by_row(index.campaign_ids),
         )
     candidates = index.take(rows)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
-    pctr = loaded.scorer.score(batch) if candidates else []
-    outcome = run_auction(
-        context,
-        candidates,
-        pctr,
-        reserve_price_micros=state.settings.auction_reserve_price_micros,
-        first_price=first_price,
-        filtered=filtered,
-        bids=index.bids.take(rows),
-    )
-    expires_at = None
-    if outcome.winner is not None:
-        expires_at = _hold(state, context, outcome, loaded.version)
+    pctr = np.asarray(loaded.scorer.score(batch)) if candidates else np.zeros(0)
+    scored = len(candidates)
+    for _ in range(HOLD_ATTEMPTS):
+        outcome = run_auction(
+            context,
+            candidates,
+            pctr,
+            reserve_price_micros=state.settings.auction_reserve_price_micros,
+            first_price=first_price,
+            filtered=filtered,
+            bids=index.bids.take(rows),
+        )
+        if outcome.winner is None:
+            break
+        expires_at, refused = _hold(state, context, outcome, loaded.version)
+        if refused is None:
+            break
+        # Taken meanwhile by another auction (any replica): the winner leaves, the rest are priced again.
+        filtered[HOLD_REFUSED[refused]] += 1
+        keep = np.array([c.campaign_id != outcome.winner.campaign_id for c in candidates], dtype=bool)
+        candidates, pctr, rows = [c for c, k in zip(candidates, keep, strict=True) if k], pctr[keep], rows[keep]
+    else:
+        outcome = run_auction(
+            context, [], [], reserve_price_micros=state.settings.auction_reserve_price_micros, filtered=filtered
+        )
+    if outcome.winner is None:
+        expires_at = None
     latency_ms = (time.perf_counter() - began) * 1000
     record = auction_record(context, outcome, model_version=loaded.version, latency_ms=latency_ms)
     if state.auction_log is not None:
         # Not awaited: the auction log is best effort on the request path; losses are counted.
         state.auction_log.send(Topic.AUCTIONS, context.auction_id, record.model_dump_json().encode())
-    state.stats.auction(outcome.filled, outcome.pctr, len(candidates))
+    state.stats.auction(outcome.filled, outcome.pctr, scored)
     state.metrics.auctions.labels(outcome="filled" if outcome.filled else "no_fill").inc()
     state.metrics.fill_rate.set(state.stats.fill_rate)
     return ServedAd(outcome, loaded.version, context.auction_id, expires_at)
 
 
-def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str) -> datetime:
+def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str
+          ) -> tuple[datetime, HoldRefused | None]:  # fmt: skip
     winner = outcome.winner
     assert winner is not None
     cost = billable_cost_micros(winner.pricing_model, outcome.clearing_price_micros)
@@ -108,18 +137,24 @@ def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome,
         winner.pricing_model, outcome.clearing_price_micros, outcome.pctr or 0.0, DEFAULT_PCVR
     )
     expires_at = context.at + timedelta(seconds=state.settings.auction_ttl_s)
-    state.exposure.reserve(Reservation(context.auction_id, winner.campaign_id, reserved, expires_at))
-    state.remember_served(
-        store.ServedAuctionRow(
-            auction_id=context.auction_id, campaign_id=winner.campaign_id, advertiser_id=winner.advertiser_id,
-            ad_id=winner.ad_id, pricing_model=PricingModel(winner.pricing_model).value,
-            clearing_price_micros=outcome.clearing_price_micros, billable_cost_micros=cost, reserved_micros=reserved,
-            pctr=float(outcome.pctr or 0.0), user_id=context.user_id, device_type=context.device_type,
-            channel=context.channel, content_type=context.content_type, model_version=model_version,
-            publisher_id=context.publisher_id, served_at=context.at, expires_at=expires_at,
+    served = store.ServedAuctionRow(
+        auction_id=context.auction_id, campaign_id=winner.campaign_id, advertiser_id=winner.advertiser_id,
+        ad_id=winner.ad_id, pricing_model=PricingModel(winner.pricing_model).value,
+        clearing_price_micros=outcome.clearing_price_micros, billable_cost_micros=cost, reserved_micros=reserved,
+        pctr=float(outcome.pctr or 0.0), user_id=context.user_id, device_type=context.device_type,
+        channel=context.channel, content_type=context.content_type, model_version=model_version,
+        publisher_id=context.publisher_id, served_at=context.at, expires_at=expires_at,
+    )  # fmt: skip
+    refused = state.shared.hold(
+        Hold(
+            served, total_budget_micros=winner.total_budget_micros, daily_budget_micros=winner.daily_budget_micros,
+            ledger_spent_micros=winner.spent_micros, ledger_spent_today_micros=winner.spent_today_micros,
+            frequency_cap=None if context.user_id is None else winner.frequency_cap_per_day,
         )
     )  # fmt: skip
-    return expires_at
+    if refused is None:
+        state.remember_served(served)
+    return expires_at, refused
 
 
 def max_lateness_s(settings: Settings) -> int:
@@ -191,9 +226,11 @@ async def record_events(
     """
     results: dict[int, EventResult] = {}
     entries: list[tuple[int, journal.JournalEntry]] = []
-    served_by_id = {event.auction_id: state.served_in_memory(event.auction_id) for event in events}
+    # The shared store first: any replica may have served them; the shared store down is a 503 before
+    # anything is journaled or charged.
+    served_by_id = state.served_auctions_shared(list({event.auction_id: None for event in events}))
     older = [auction_id for auction_id, served in served_by_id.items() if served is None]
-    if older:  # the store, in a thread: the event loop does not wait on disk
+    if older:  # the campaign store, in a thread: the event loop does not wait on disk
         served_by_id.update(await asyncio.to_thread(_served_from_store, state, older))
     for index, event in enumerate(events):
         served = served_by_id[event.auction_id]
@@ -221,6 +258,15 @@ async def record_events(
         raise LedgerUnavailable(f"the campaign store did not record the events ({exc.__class__.__name__})") from exc
     unpublished = {result.event.event_id: result.event for result in journaled if not result.published}
     await _publish(state, list(unpublished.values()))
+    settled = [
+        (result.event.auction_id, result.event.campaign_id, _charged(result), result.event.event_time.date())
+        for result in journaled
+        if result.event.charge_status in (ChargeStatus.CHARGED, ChargeStatus.OVER_BUDGET)
+    ]
+    if settled:
+        # After the commit: a charge the shared store missed (it went down, or this replica was killed)
+        # is answered 503, and the retry settles it; meanwhile the ledger's spend heals the mirror.
+        state.shared.settle(settled)
     for (index, entry), result in zip(entries, journaled, strict=True):
         results[index] = _accepted(state, entry, result, received_at)
     for index in sorted(results):
@@ -241,13 +287,6 @@ def _accepted(state: ServiceState, entry: journal.JournalEntry, result: journal.
             state.metrics.events_ivt.labels(reason=event.ivt_reason).inc()
         if status is ChargeStatus.CHARGED:
             state.metrics.spend.labels(pricing_model=event.pricing_model).inc(event.cost_micros)
-        if event.event_type == "impression" and event.user_id is not None and event.ivt_category is None:
-            state.frequency.record_impression(event.user_id, event.campaign_id, received_at)
-    if status in (ChargeStatus.CHARGED, ChargeStatus.OVER_BUDGET):
-        # Over budget too (freed at once, the reservation would reopen the campaign until the snapshot holds
-        # the spend that refused this charge), and on a retry too: after a 503 the first attempt's charge
-        # stood, and the retry is this replica's only news of it (releasing twice is harmless).
-        state.release_when_reloaded(event.auction_id)
     return EventResult(
         event_id=entry.event.event_id, status="accepted" if result.new else "duplicate",
         reason=None if status in (None, ChargeStatus.CHARGED) else NOT_CHARGED[status],
@@ -266,8 +305,12 @@ NOT_CHARGED = {
 }
 
 
+def _charged(result: journal.JournalResult) -> int:
+    return result.event.cost_micros if result.event.charge_status == ChargeStatus.CHARGED else 0
+
+
 def _served_from_store(state: ServiceState, auction_ids: list[str]) -> dict[str, store.ServedAuctionRow | None]:
-    return {auction_id: state.served_auction(auction_id) for auction_id in auction_ids}
+    return state.served_in_campaign_store(auction_ids)
 
 
 async def _publish(state: ServiceState, feedback: list[FeedbackEvent]) -> None:

@@ -2,9 +2,10 @@
 
 - the champion model (hot-swapped by ``ModelWatcher``) and the serving features;
 - the active campaigns, reloaded from the store when its change marker or the UTC day moves;
-- the books: in-flight exposure, frequency, stats (``auction_service.serving.books``);
-- served auctions: kept in memory for their TTL and written behind to the store in batches,
-  so events can be validated after a restart without a database write per auction.
+- the shared books every replica uses: reservations, spend, frequency, served auctions
+  (``auction_service.serving.shared``), and this replica's copy of their exposure, refreshed each tick;
+- served auctions, also written behind to the campaign store in batches, so events are validated
+  after the shared store's window without a database write per auction.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -29,12 +29,13 @@ from adstream.signing import EventSigner
 from auction_service.campaign_store import journal, store
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
 from auction_service.domain import ServingCampaign
-from auction_service.serving.books import AuctionStats, ExposureBook, FrequencyBook
+from auction_service.serving.books import AuctionStats, ExposureBook
 from auction_service.serving.callers import CallerKeys
 from auction_service.serving.champion import ModelWatcher, ServingModel
 from auction_service.serving.features import FeatureStore
 from auction_service.serving.ivt import RequestIvt
 from auction_service.serving.metrics import ServiceMetrics
+from auction_service.serving.shared import SharedBooks, SharedStoreUnavailable, rebuild_source
 
 log = logging.getLogger(__name__)
 T, R = TypeVar("T"), TypeVar("R")
@@ -162,16 +163,12 @@ class ServiceState:
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     stats: AuctionStats = field(default_factory=AuctionStats)
     exposure: ExposureBook = field(default_factory=ExposureBook)
-    frequency: FrequencyBook = field(default_factory=FrequencyBook)
     campaigns: CampaignSnapshot = field(default_factory=lambda: _snapshot([], None, datetime.now(UTC), {}))
     watcher: ModelWatcher | None = None
-    served: dict[str, tuple] = field(default_factory=dict)  # auction id -> ServedAuctionRow.packed()
-    _served_order: deque[tuple[datetime, str]] = field(default_factory=deque)
     _unwritten: list[store.ServedAuctionRow] = field(default_factory=list)
-    _charged: list[str] = field(default_factory=list)  # auctions billed since the last campaign reload
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    # Held by an auction while it reads the snapshot and the reservations, and by a reload while it
-    # swaps the snapshot and frees the charged reservations: an auction sees both before or both after.
+    # Held by an auction while it reads the snapshot and the exposure, and by a reload while it swaps
+    # them: an auction sees both before or both after.
     snapshot_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -181,8 +178,14 @@ class ServiceState:
     signer: EventSigner = field(init=False)  # signs the event URLs of served ads, verifies their events
     request_ivt: RequestIvt = field(init=False)  # GIVT by user agent and address
     caller_keys: CallerKeys = field(init=False)  # the auction callers' API keys in force, reloaded in the background
+    shared: SharedBooks = field(init=False)  # what every replica shares: reservations, spend, frequency, auctions
 
     def __post_init__(self) -> None:
+        self.shared = SharedBooks(
+            self.settings.shared_store_url, namespace=self.settings.shared_store_namespace,
+            timeout_s=self.settings.shared_store_timeout_s, served_s=self.settings.served_in_memory_s,
+            auction_ttl_s=self.settings.auction_ttl_s,
+        )  # fmt: skip
         self.spend_ledger = EventJournal(self.sessions, timedelta(milliseconds=self.settings.ivt_min_click_delay_ms))
         self.signer = EventSigner.from_settings(self.settings)
         self.request_ivt = RequestIvt.from_settings(self.settings)
@@ -203,6 +206,10 @@ class ServiceState:
             producer=producer,
         )
         state.refresh_campaigns(force=True)
+        try:
+            state.ensure_shared_built()
+        except SharedStoreUnavailable as exc:  # serving answers 503 until it is back; housekeeping retries
+            log.error("auction service without its shared store: %s", exc)
         return state
 
     def start(self) -> None:
@@ -244,6 +251,7 @@ class ServiceState:
         if self.watcher is not None:
             self.watcher.stop()
         self.flush_served()
+        self.shared.close()
         if self.auction_log is not None:
             self.auction_log.flush(10)
         if self.feedback_log is not None:
@@ -259,9 +267,8 @@ class ServiceState:
             try:
                 now = datetime.now(UTC)
                 self.refresh_campaigns()
-                self.exposure.expire(now)
-                self.forget_expired(now)
                 self.flush_served()
+                self.refresh_shared(now)
                 if self.auction_log is not None:
                     self.auction_log.poll()
                 if tick % FEATURE_RELOAD_EVERY == 0:
@@ -277,7 +284,11 @@ class ServiceState:
         every ``READINESS_TTL_S`` so that a probe storm costs the store and the broker nothing."""
         now = time.monotonic()
         if now - self._checked_at > READINESS_TTL_S:
-            self._dependencies = {"store": self._store_state(), "kafka": self._kafka_state()}
+            self._dependencies = {
+                "store": self._store_state(),
+                "shared_store": self.shared.ping(),
+                "kafka": self._kafka_state(),
+            }
             self._checked_at = now
         return self._dependencies
 
@@ -297,71 +308,77 @@ class ServiceState:
     # --- campaigns ---
 
     def refresh_campaigns(self, force: bool = False) -> bool:
-        """Reloads the active campaigns when the store changed or a new UTC day began.
-
-        Then frees the reservations of the auctions charged before the reload: the new snapshot's
-        spend now covers them.
-        """
+        """Reloads the active campaigns when the store changed or a new UTC day began."""
         now = datetime.now(UTC)
-        with self._lock:
-            charged, self._charged = self._charged, []
         current = self.campaigns
-        try:
-            with self.sessions() as session:
-                marker = store.campaign_change_marker(session)
-                if not charged and not force and marker == current.marker and now.date() == current.day:
-                    return False
-                revisions = store.serving_revisions(session, now)
-                if force or now.date() != current.day or revisions.keys() != current.revisions.keys():
-                    campaigns = store.serving_campaigns(session, now)
-                else:
-                    # Mostly a charge or two since the last load: read back only the campaigns they changed.
-                    changed = [cid for cid, revision in revisions.items() if current.revisions[cid] != revision]
-                    fresh = {c.campaign_id: c for c in store.serving_campaigns(session, now, only=changed)}
-                    campaigns = [fresh.get(c.campaign_id, c) for c in current.campaigns]
-        except BaseException:
-            with self._lock:
-                self._charged[:0] = charged
-            raise
+        with self.sessions() as session:
+            marker = store.campaign_change_marker(session)
+            if not force and marker == current.marker and now.date() == current.day:
+                return False
+            revisions = store.serving_revisions(session, now)
+            if force or now.date() != current.day or revisions.keys() != current.revisions.keys():
+                campaigns = store.serving_campaigns(session, now)
+            else:
+                # Mostly a charge or two since the last load: read back only the campaigns they changed.
+                changed = [cid for cid, revision in revisions.items() if current.revisions[cid] != revision]
+                fresh = {c.campaign_id: c for c in store.serving_campaigns(session, now, only=changed)}
+                campaigns = [fresh.get(c.campaign_id, c) for c in current.campaigns]
         with self.snapshot_lock:
             self.campaigns = _snapshot(campaigns, marker, now, revisions)
-            for auction_id in charged:
-                self.exposure.release(auction_id)
         self.metrics.campaigns_serving.set(len(campaigns))
         return True
 
-    def release_when_reloaded(self, auction_id: str) -> None:
-        """Frees a charged auction's reservation at the next campaign reload, not now.
+    # --- the shared store ---
 
-        The auction reads spend from the snapshot and reservations live: freeing the reservation
-        at once would leave the charge counted nowhere until the reload, and the campaign would
-        serve past its budget meanwhile.
-        """
-        with self._lock:
-            self._charged.append(auction_id)
+    def ensure_shared_built(self) -> bool:
+        """Rebuilds the shared store from the campaign store when it lost its state; True if this replica did."""
+        if self.shared.built():
+            return False
+        with self.sessions() as session:
+            source = rebuild_source(session, datetime.now(UTC), self.settings.auction_ttl_s)
+        rebuilt = self.shared.rebuild(source)
+        if rebuilt:
+            log.warning("the shared store had no state: rebuilt it from the campaign store")
+        return rebuilt
+
+    def refresh_shared(self, now: datetime) -> None:
+        """Frees expired reservations (anyone's: a replica killed leaves its own), rebuilds a lost store,
+        and copies the exposure every auction's pre-filter reads."""
+        self.shared.sweep(now)
+        self.ensure_shared_built()
+        held, held_today, spent, spent_today = self.shared.exposure(now.date())
+        snapshot = self.campaigns
+        exposure = {}
+        for campaign in snapshot.campaigns:
+            cid = campaign.campaign_id
+            # What the snapshot does not show yet: charges since it was loaded, on top of the reservations.
+            total = held.get(cid, 0) + max(0, spent.get(cid, 0) - campaign.spent_micros)
+            today = held_today.get(cid, 0) + max(0, spent_today.get(cid, 0) - campaign.spent_today_micros)
+            exposure[cid] = max(total, today)
+        with self.snapshot_lock:
+            if self.campaigns is snapshot:
+                self.exposure.replace(exposure)
 
     # --- served auctions ---
 
     def remember_served(self, row: store.ServedAuctionRow) -> None:
-        # In memory for the first served_in_memory_s of its TTL, when nearly all its events come:
-        # an hour of auctions at a few hundred a second would be a gigabyte.
-        in_memory = timedelta(seconds=self.settings.served_in_memory_s)
+        """Queues a served auction for the campaign store (the shared store has it already)."""
         with self._lock:
-            self.served[row.auction_id] = row.packed()
-            self._served_order.append((min(row.expires_at, row.served_at + in_memory), row.auction_id))
             self._unwritten.append(row)
 
-    def served_in_memory(self, auction_id: str) -> store.ServedAuctionRow | None:
-        packed = self.served.get(auction_id)
-        return None if packed is None else store.ServedAuctionRow.unpacked(packed)
+    def served_auctions_shared(self, auction_ids: list[str]) -> dict[str, store.ServedAuctionRow | None]:
+        """The auctions the shared store still holds (served within SERVED_IN_MEMORY_S, by any replica)."""
+        return self.shared.served(auction_ids)
+
+    def served_in_campaign_store(self, auction_ids: list[str]) -> dict[str, store.ServedAuctionRow | None]:
+        """Auctions served before the shared store's window, from their copy written behind (blocking)."""
+        with self.sessions() as session:
+            return {auction_id: store.served_auction(session, auction_id) for auction_id in auction_ids}
 
     def served_auction(self, auction_id: str) -> store.ServedAuctionRow | None:
-        """From memory, else from the store (served longer ago, before a restart, or by another instance)."""
-        row = self.served_in_memory(auction_id)
-        if row is not None:
-            return row
-        with self.sessions() as session:
-            return store.served_auction(session, auction_id)
+        """From the shared store, else the campaign store."""
+        row = self.served_auctions_shared([auction_id])[auction_id]
+        return row if row is not None else self.served_in_campaign_store([auction_id])[auction_id]
 
     def flush_served(self) -> int:
         with self._lock:
@@ -375,17 +392,3 @@ class ServiceState:
             with self._lock:  # back in front of what came since: the next tick writes them
                 self._unwritten[:0] = batch
             raise
-
-    def forget_expired(self, now: datetime) -> None:
-        """Drops auctions from memory once past their window (a little past it, so an event arriving
-        right at expiry is judged by its own time); one the store has not got yet stays."""
-        horizon = now - timedelta(seconds=60)
-        with self._lock:
-            unwritten = {row.auction_id for row in self._unwritten} if self._unwritten else set()
-            while self._served_order and self._served_order[0][0] <= horizon:
-                _, auction_id = self._served_order[0]
-                row = self.served_in_memory(auction_id) if auction_id in unwritten else None
-                if row is not None and row.expires_at > horizon:
-                    break  # the store is behind: keep it (and all after it) findable
-                self._served_order.popleft()
-                self.served.pop(auction_id, None)

@@ -42,7 +42,7 @@ from auction_service.fastpath import server as serving
 from auction_service.serving.state import ServiceState
 from ml.tracking import tracking_client
 from ml.train import train
-from tests.conftest import free_port, make_settings
+from tests.conftest import free_port, make_settings, shared_namespace
 from tests.ml.conftest import new_store, one_openmp_thread
 from tests.ml.factories import training_frame
 
@@ -194,7 +194,7 @@ def fast_path() -> bool:
 
 
 @pytest.fixture(scope="module")
-def service_settings(kafka_settings, champion_db, tmp_path_factory, fast_path):
+def service_settings(kafka_settings, shared_store_url, champion_db, tmp_path_factory, fast_path):
     workdir = tmp_path_factory.mktemp("auction-service")
     shutil.copyfile(champion_db, workdir / "mlflow.db")
     with mlflow_process_uri(f"sqlite:///{workdir / 'mlflow.db'}") as mlflow_uri:
@@ -206,6 +206,8 @@ def service_settings(kafka_settings, champion_db, tmp_path_factory, fast_path):
                 "mlflow_tracking_uri": mlflow_uri,
                 "ad_manager_group": f"ad-manager-{free_port()}",
                 "auction_fast_path": fast_path,
+                "shared_store_url": shared_store_url,
+                "shared_store_namespace": shared_namespace(),
             }
         )
 

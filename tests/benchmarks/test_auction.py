@@ -1,4 +1,5 @@
-"""The auction benchmark's pure parts: the synthetic platform, the request mix, the statistics, the naive scorer.
+"""The auction benchmark's parts: the synthetic platform, the request mix, the schedule, the statistics and the
+headline ratios, the naive scorer, and the echo baseline served by two processes on one port.
 
 The benchmark itself (a service under load for minutes) runs with `make bench-auction`, not here.
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +18,8 @@ import pytest
 from auction_service.api.schemas import AuctionRequest
 from auction_service.serving.features import segment
 from benchmarks import auction as bench
+from benchmarks import echo
+from benchmarks.harness import isolated_settings
 from ml.features import FEATURES, INTEGER_FEATURES, REQUIRED_COLUMNS, check_columns
 from ml.scorer import Coded
 
@@ -99,66 +104,147 @@ def test_the_champion_is_trained_on_the_values_the_service_sends() -> None:
     assert set(frame["ad_category"]) <= set(bench.CATEGORIES)
 
 
+# --- the schedule ------------------------------------------------------------------------------
+
+
+def test_replica_counts_are_parsed_once_each_in_the_order_given() -> None:
+    assert bench.parse_replicas("1") == (1,)
+    assert bench.parse_replicas("1, 2,1") == (1, 2)
+    assert bench.parse_replicas("4,2") == (4, 2)
+    for bad in ("0", "two", "1,", "65"):
+        with pytest.raises(ValueError):
+            bench.parse_replicas(bad)
+
+
+def test_every_round_runs_the_echo_before_the_service_at_each_replica_count_and_the_naive_last() -> None:
+    assert bench.schedule(("echo", "compiled"), (1, 2)) == [("echo", 1), ("compiled", 1), ("echo", 2), ("compiled", 2)]
+    assert bench.schedule(("compiled", "naive", "echo"), (1,)) == [("echo", 1), ("compiled", 1), ("naive", 1)]
+    assert bench.schedule(("naive",), (1, 2)) == [("naive", 1)]  # the naive baseline runs on one replica
+
+
+def test_the_default_champion_is_the_production_family() -> None:
+    assert bench.Options().family == bench.PRODUCTION_FAMILY == "gradient_boosted_trees"
+    assert bench.PRODUCTION_FAMILY in bench.FAMILIES
+    assert bench.Options().modes == ("echo", "compiled")  # the naive baseline only when asked for
+
+
 # --- statistics ---------------------------------------------------------------------------------
 
 
 def test_a_run_counts_auctions_only_and_every_other_answer_as_an_error() -> None:
-    result = bench.run_result("compiled", 1, loadgen_output(), {"service": 0.9})
-    assert result.auctions_per_s == 45.0  # (60 filled + 30 no fill) / 2 s; the 503s are not auctions
+    result = bench.run_result("compiled", 1, 1, loadgen_output(), {"service": 0.9})
+    assert result.per_s == 45.0  # (60 filled + 30 no fill) / 2 s; the 503s are not auctions
     assert result.fill_rate == pytest.approx(60 / 90)
     assert result.errors == 12  # 2 connection errors + 10 responses that were neither 200 nor 204
     assert result.responses == 100
     assert (result.p50_ms, result.p99_ms) == pytest.approx((50.5, 99.01))
     assert result.cpu_share == {"service": 0.9}
+    assert result.label == "compiled-1"
+
+
+def test_the_echo_counts_its_200s_only_and_has_no_fill_rate() -> None:
+    result = bench.run_result("echo", 2, 1, loadgen_output(status={"200": 90, "204": 4, "503": 6}))
+    assert result.per_s == 45.0  # 90 echoes / 2 s
+    assert result.errors == 12  # 2 connection errors + 4 no-content + 6 unavailable: an echo answers 200
+    assert result.fill_rate is None
+    assert result.label == "echo-2"
 
 
 def test_a_run_without_a_single_response_has_no_percentiles() -> None:
-    result = bench.run_result("naive", 1, loadgen_output(latencies_ms=[], status={}, errors=0))
-    assert (result.auctions_per_s, result.fill_rate, result.errors) == (0.0, 0.0, 0)
+    result = bench.run_result("naive", 1, 1, loadgen_output(latencies_ms=[], status={}, errors=0))
+    assert (result.per_s, result.fill_rate, result.errors) == (0.0, 0.0, 0)
     assert math.isnan(result.p50_ms) and math.isnan(result.p99_ms)
 
 
-def test_medians_are_taken_per_figure_over_the_repeats() -> None:
+def test_medians_are_taken_per_figure_over_the_repeats_of_each_label() -> None:
     runs = [
-        bench.run_result("compiled", 1, loadgen_output(duration_s=1.0), {"service": 1.0, "other": 0.1}),
-        bench.run_result("compiled", 2, loadgen_output(duration_s=2.0), {"service": 0.8}),
-        bench.run_result("compiled", 3, loadgen_output(duration_s=3.0), {"service": 0.9, "other": 0.3}),
+        bench.run_result("compiled", 1, 1, loadgen_output(duration_s=1.0), {"service": 1.0, "other": 0.1}),
+        bench.run_result("echo", 1, 1, loadgen_output(duration_s=1.0, status={"200": 100})),
+        bench.run_result("compiled", 1, 2, loadgen_output(duration_s=2.0), {"service": 0.8}),
+        bench.run_result("echo", 1, 2, loadgen_output(duration_s=4.0, status={"200": 100})),
+        bench.run_result("compiled", 1, 3, loadgen_output(duration_s=3.0), {"service": 0.9, "other": 0.3}),
+        bench.run_result("echo", 1, 3, loadgen_output(duration_s=5.0, status={"200": 100})),
     ]
-    medians = bench.mode_medians(runs)
-    assert medians["repeats"] == 3
-    assert medians["auctions_per_s"] == 45.0  # of 90, 45 and 30
-    assert medians["cpu_share"] == {"other": 0.1, "service": 0.9}  # a process a run did not report counts 0
+    medians = bench.all_medians(runs)
+    assert list(medians) == ["compiled-1", "echo-1"]  # in the order they first ran
+    compiled, echoed = medians["compiled-1"], medians["echo-1"]
+    assert compiled["repeats"] == 3
+    assert compiled["per_s"] == 45.0  # of 90, 45 and 30
+    assert compiled["unit"] == "auctions/s" and echoed["unit"] == "requests/s"
+    assert compiled["fill_rate"] == pytest.approx(60 / 90)
+    assert compiled["cpu_share"] == {"other": 0.1, "service": 0.9}  # a process a run did not report counts 0
+    assert echoed["per_s"] == 25.0  # of 100, 25 and 20
+    assert echoed["fill_rate"] is None
 
 
-def test_ratios_favour_the_compiled_service_when_above_one_and_targets_are_judged_on_it() -> None:
-    compiled = {"auctions_per_s": 1_600.0, "p50_ms": 10.0, "p99_ms": 20.0}
-    naive = {"auctions_per_s": 0.5, "p50_ms": 40_000.0, "p99_ms": 60_000.0}
-    compared = bench.comparison(compiled, naive)
-    assert compared["throughput_ratio"] == 3_200.0
-    assert (compared["p50_ratio"], compared["p99_ratio"]) == (4_000.0, 3_000.0)
-    assert compared["target_auctions_per_s_met"] and compared["target_p99_met"]
-    slow = bench.comparison({**compiled, "auctions_per_s": 1_499.9, "p99_ms": 25.1}, None)
-    assert slow["throughput_ratio"] is None
-    assert not slow["target_auctions_per_s_met"] and not slow["target_p99_met"]
-
-
-def test_the_table_names_the_targets_and_warns_of_a_busy_machine() -> None:
-    medians = {
-        "compiled": {
-            "auctions_per_s": 900.0, "p50_ms": 30.0, "p99_ms": 80.0, "fill_rate": 1.0, "errors": 0,
-            "cpu_share": {"service": 1.0, "other": 0.9},
-        },
-        "naive": {
-            "auctions_per_s": 0.4, "p50_ms": 40_000.0, "p99_ms": 79_000.0, "fill_rate": 1.0, "errors": 0,
-            "cpu_share": {"service": 1.0, "other": 0.0},
-        },
+def medians_of(per_s: dict[str, float], p99_ms: dict[str, float], other: float = 0.0) -> dict[str, dict]:
+    return {
+        name: {
+            "per_s": rate, "unit": "requests/s" if name.startswith("echo") else "auctions/s", "p50_ms": 2.0,
+            "p99_ms": p99_ms[name], "fill_rate": None if name.startswith("echo") else 0.9, "errors": 0,
+            "cpu_share": {"service": 1.0, "loadgen": 0.4, "other": other},
+        }
+        for name, rate in per_s.items()
     }  # fmt: skip
-    text = bench.table(medians, bench.comparison(medians["compiled"], medians["naive"]))
-    assert "2,250.0x the auctions/s" in text
-    assert ">= 1,500 auctions/s MISSED" in text and "p99 <= 25 ms MISSED" in text
+
+
+def test_the_headline_is_auctions_per_s_over_the_echos_requests_per_s_at_each_replica_count() -> None:
+    medians = medians_of(
+        {"echo-1": 6_000.0, "compiled-1": 1_800.0, "echo-2": 10_000.0, "compiled-2": 2_900.0},
+        {"echo-1": 4.0, "compiled-1": 15.0, "echo-2": 5.0, "compiled-2": 30.0},
+    )
+    one, two = bench.headline(medians, (1, 2))
+    assert (one["replicas"], one["ratio"], one["ratio_met"]) == (1, 0.3, True)  # 1,800 / 6,000, exactly the target
+    assert (one["p99_ms"], one["target_p99_ms"], one["p99_met"]) == (15.0, 15.0, True)  # <= 15 ms
+    assert (two["replicas"], two["ratio"], two["ratio_met"]) == (2, 0.29, False)  # 2,900 / 10,000
+    assert (two["target_p99_ms"], two["p99_met"]) == (None, None)  # the p99 target is 1 replica's
+    assert (two["auctions_per_s"], two["echo_requests_per_s"]) == (2_900.0, 10_000.0)
+
+
+def test_a_replica_count_without_both_runs_has_no_headline_and_a_slow_p99_misses() -> None:
+    medians = medians_of({"echo-1": 5_000.0, "compiled-1": 2_000.0, "compiled-2": 3_000.0},
+                         {"echo-1": 3.0, "compiled-1": 15.1, "compiled-2": 9.0})  # fmt: skip
+    (one,) = bench.headline(medians, (1, 2))
+    assert (one["ratio"], one["ratio_met"], one["p99_met"]) == (0.4, True, False)
+    zero_echo = medians_of({"echo-1": 0.0, "compiled-1": 10.0}, {"echo-1": 1.0, "compiled-1": 1.0})
+    assert bench.headline(zero_echo, (1,))[0]["ratio"] is None and not bench.headline(zero_echo, (1,))[0]["ratio_met"]
+
+
+def test_the_naive_ratios_favour_the_compiled_service_when_above_one() -> None:
+    compiled = {"per_s": 1_600.0, "p50_ms": 10.0, "p99_ms": 20.0}
+    naive = {"per_s": 0.5, "p50_ms": 40_000.0, "p99_ms": 60_000.0}
+    compared = bench.naive_comparison(compiled, naive)
+    assert compared == {"throughput_ratio": 3_200.0, "p50_ratio": 4_000.0, "p99_ratio": 3_000.0}
+    assert bench.naive_comparison(compiled, None) is None
+
+
+def test_the_table_gives_the_headline_ratios_against_their_targets_and_how_the_cores_are_shared() -> None:
+    medians = medians_of(
+        {"echo-1": 6_000.0, "compiled-1": 1_500.0, "echo-2": 9_000.0, "compiled-2": 3_150.0},
+        {"echo-1": 4.0, "compiled-1": 20.0, "echo-2": 5.0, "compiled-2": 30.0},
+        other=0.9,
+    )
+    text = bench.table(medians, bench.headline(medians, (1, 2)), cores=2)
+    lines = text.splitlines()
+    assert lines[1].split()[:3] == ["echo-1", "6,000.0", "requests/s"] and lines[1].split()[5] == "-"  # no fill
+    assert lines[2].split()[:3] == ["compiled-1", "1,500.0", "auctions/s"] and lines[2].split()[5] == "90.0%"
+    assert (
+        "1 replica: compiled-1 1,500.0 auctions/s / echo-1 6,000.0 requests/s = 0.25x (target >= 0.30x: MISSED); "
+        "p99 20.0 ms (target <= 15 ms: MISSED)" in lines
+    )
+    assert (
+        "2 replicas: compiled-2 3,150.0 auctions/s / echo-2 9,000.0 requests/s = 0.35x (target >= 0.30x: met)" in lines
+    )
+    assert "loadgen 0.40" in lines[1]
+    assert "cores: 2, none pinned" in text and "load generator (one node process)" in text
     assert "WARNING: other processes used 0.90 cores" in text
-    quiet = {mode: {**m, "cpu_share": {"service": 1.0}} for mode, m in medians.items()}
-    assert "WARNING" not in bench.table(quiet, bench.comparison(quiet["compiled"], quiet["naive"]))
+    assert "naive" not in text
+    naive = bench.naive_comparison({"per_s": 1_500.0, "p50_ms": 2.0, "p99_ms": 20.0},
+                                   {"per_s": 0.5, "p50_ms": 40_000.0, "p99_ms": 60_000.0})  # fmt: skip
+    quiet = {name: {**m, "cpu_share": {"service": 1.0}} for name, m in medians.items()}
+    quiet_text = bench.table(quiet, bench.headline(quiet, (1, 2)), naive, cores=2)
+    assert "WARNING" not in quiet_text
+    assert "3,000.0x the auctions/s" in quiet_text and "(not the headline)" in quiet_text
 
 
 # --- the naive baseline -------------------------------------------------------------------------
@@ -201,3 +287,22 @@ def test_the_naive_scorer_takes_the_coded_columns_the_service_passes() -> None:
     np.testing.assert_allclose(bench.PerRowPyfuncScorer(model).score(batch), [0.05, 0.09])
     assert [frame["ad_category"].iloc[0] for frame in model.frames] == ["Travel", "Books"]
     assert [frame["country"].iloc[0] for frame in model.frames] == ["Norway", "Norway"]
+
+
+# --- the echo baseline --------------------------------------------------------------------------
+
+
+def test_the_echo_answers_the_body_as_sent_from_every_process_on_its_port(tmp_path: Path) -> None:
+    settings = isolated_settings(tmp_path)
+    body = b'{"user_id":"bench-u00001","country":"Fran\xc3\xa7e","floor_cpm":"0.50"}'
+    with bench.server_processes(settings, "echo", 2, tmp_path / "logs" / "echo") as (url, pids):
+        answered_by: set[int] = set()
+        for _ in range(200):  # a new connection each time: the kernel spreads them over the two sockets
+            response = httpx.post(f"{url}{echo.ROUTE}", content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 200
+            assert response.content == body
+            assert response.headers["content-type"] == "application/json"
+            answered_by.add(int(response.headers[echo.PID_HEADER]))
+            if len(answered_by) == 2:
+                break
+        assert answered_by == set(pids)

@@ -29,8 +29,11 @@ def test_the_bench_list_imports_no_bench():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["auction", "--naive-requests", "4"], "--naive-requests (4) must be at least --connections (32)"),
-        (["auction", "--modes", "fast"], "'fast' is not one of compiled, naive"),
+        (
+            ["auction", "--modes", "naive", "--naive-requests", "4"],
+            "--naive-requests (4) must be at least --connections (32)",
+        ),
+        (["auction", "--modes", "fast"], "'fast' is not one of echo, compiled, naive"),
         (["auction", "--family", "forest"], "'forest' is not one of logistic_regression"),
         (["scorer", "--family", "forest"], "'forest' is not one of logistic_regression"),
         (["streaming", "--soak", "soon"], "not a duration: 'soon' (e.g. 30m, 90s, 1h)"),

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -157,9 +157,10 @@ def test_kafka_down_during_events_is_503_with_retry_advice_and_the_journal_charg
     }
     assert published.keys() == event_ids  # the stream keeps one copy should the relay have sent one too
     assert sum(record["cost_micros"] for record in published.values()) == price
-    # And the retry frees the charged auctions' reservations (at the next reload): their spend is counted now.
-    time.sleep(2 * state.settings.campaign_refresh_s)
-    assert [state.exposure.release(a["auction_id"]) for a in auctions] == [None] * 3  # nothing left to free
+    # And the charged auctions' reservations are freed in the shared store: their spend is counted there now.
+    reservations = state.shared.client.hmget(state.shared.key("res"), [a["auction_id"] for a in auctions])
+    assert reservations == [None] * 3
+    assert int(state.shared.client.hget(state.shared.key("spent"), "live-kafka")) == price
 
 
 def test_a_store_that_refuses_the_charges_is_503_and_the_retry_charges_once(live, tmp_path):
@@ -192,12 +193,12 @@ def test_a_store_that_refuses_the_charges_is_503_and_the_retry_charges_once(live
         assert store.get_campaign(session, "live-kafka").spent_micros == spent_before + auction["clearing_price_micros"]
 
 
-def test_an_event_for_an_auction_no_longer_in_memory_is_judged_from_the_store(live):
+def test_an_event_for_an_auction_no_longer_in_the_shared_store_is_judged_from_the_campaign_store(live):
     state, client = live
     auction = client.post("/v1/auction", json=KAFKA_CONTEXT).json()
     state.flush_served()
-    state.forget_expired(datetime.now(UTC) + timedelta(seconds=state.settings.served_in_memory_s + 61))
-    assert state.served_in_memory(auction["auction_id"]) is None
+    state.shared.client.delete(state.shared.key("auction", auction["auction_id"]))  # as at SERVED_IN_MEMORY_S
+    assert state.served_auctions_shared([auction["auction_id"]]) == {auction["auction_id"]: None}
     impression = signed_event(auction, "impression", f"s-imp-{auction['auction_id']}", at=impression_time())
     click = signed_event(auction, "click", f"s-{auction['auction_id']}")
     results = client.post("/v1/events", json={"events": [impression, click]}).json()["results"]
@@ -304,7 +305,8 @@ def test_a_new_champion_is_swapped_in_without_failing_a_request(service_settings
     def fire(log: list[tuple[int, str | None]], http: httpx.Client) -> None:
         after_swap = 0
         while not give_up.is_set() and after_swap < 20:
-            response = http.post("/v1/auction", json={"user_id": "u-swap"})
+            # A user each: the frequency cap counts every ad served.
+            response = http.post("/v1/auction", json={"user_id": f"u-swap-{len(log)}-{id(log)}"})
             log.append((response.status_code, response.json().get("model_version") if response.content else None))
             after_swap += swapped.is_set()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import multiprocessing
 import os
 import pwd
@@ -32,9 +31,9 @@ from auction_service.campaign_store import store
 from auction_service.campaign_store.db import begin_write, make_engine, make_session_factory, migrate
 from auction_service.campaign_store.store import ApplyOutcome, SpendOutcome
 from auction_service.campaign_store.tables import Base, Campaign, DailySpend, ServedAuction, SpendLedgerEntry
-from auction_service.serving.books import Reservation
+from auction_service.serving.shared import Hold, HoldRefused
 from auction_service.serving.state import ServiceState, SpendLedger
-from tests.conftest import free_port, make_settings
+from tests.conftest import free_port, make_settings, shared_namespace
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 TABLES = {
@@ -720,13 +719,19 @@ def vars_of(row: store.ServedAuctionRow) -> dict[str, object]:
     return {name: getattr(row, name) for name in row.__dataclass_fields__}
 
 
-# --- the service's served auctions: a window in memory, the rest in the store ---
+# --- the service's served auctions: a window in the shared store, the rest in the campaign store ---
 
 
 @pytest.fixture
-def service_state(sqlite_settings):
-    """A service state with only its store (no model, features or broker): the served-auction book."""
-    settings = sqlite_settings.model_copy(update={"served_in_memory_s": 600})
+def service_state(sqlite_settings, shared_store_url):
+    """A service state with only its stores (no model, features or broker): the served-auction book."""
+    settings = sqlite_settings.model_copy(
+        update={
+            "served_in_memory_s": 600,
+            "shared_store_url": shared_store_url,
+            "shared_store_namespace": shared_namespace(),
+        }
+    )
     engine = make_engine(settings)
     migrate(settings, engine)
     sessions = make_session_factory(engine)
@@ -736,42 +741,32 @@ def service_state(sqlite_settings):
     engine.dispose()
 
 
-def test_served_auctions_leave_memory_after_the_window_and_are_read_back_from_the_store(service_state):
-    for index in range(3):
-        service_state.remember_served(served(f"a-{index}"))
+def hold(state: ServiceState, row: store.ServedAuctionRow) -> HoldRefused | None:
+    return state.shared.hold(Hold(row, 10**12, 10**12, 0, 0, frequency_cap=None))
+
+
+def test_a_served_auction_is_in_the_shared_store_for_its_window_then_read_back_from_the_campaign_store(service_state):
+    rows = [replace(served(f"a-{index}"), served_at=datetime.now(UTC)) for index in range(3)]
+    for row in rows:
+        assert hold(service_state, row) is None
+        service_state.remember_served(row)
+    assert service_state.served_auctions_shared(["a-0", "a-1", "a-9"]) == {"a-0": rows[0], "a-1": rows[1], "a-9": None}
+    ttl = service_state.shared.client.ttl(service_state.shared.key("auction", "a-1"))
+    assert 590 <= ttl <= 600  # SERVED_IN_MEMORY_S
     assert service_state.flush_served() == 3
-    service_state.forget_expired(NOW + timedelta(seconds=600 + 59))  # within the window (and its minute of grace)
-    assert set(service_state.served) == {"a-0", "a-1", "a-2"}
-    service_state.forget_expired(NOW + timedelta(seconds=600 + 61))
-    assert service_state.served == {} and service_state.served_in_memory("a-1") is None
-    assert service_state.served_auction("a-1") == served("a-1")  # from the store
+    service_state.shared.client.delete(service_state.shared.key("auction", "a-1"))  # as at the window's end
+    assert service_state.served_auctions_shared(["a-1"]) == {"a-1": None}
+    assert service_state.served_auction("a-1") == rows[1]  # from the campaign store
 
 
-def test_what_an_auction_leaves_in_memory_is_untracked_by_the_garbage_collector(service_state):
-    # Tracked, ten minutes of auctions would be traversed by every collection: pauses of
-    # hundreds of ms on the auction path once they reach the older generations.
-    service_state.remember_served(served("a-1"))
-    service_state.exposure.reserve(Reservation("a-1", "c1", 15_500, NOW + timedelta(hours=1)))
-    gc.collect()
-    assert not gc.is_tracked(service_state.served["a-1"])
-    assert not gc.is_tracked(service_state.exposure._by_auction["a-1"])
-    assert gc.is_tracked(served("a-2"))  # the dataclass itself would be
-    assert service_state.served_in_memory("a-1") == served("a-1")
-    assert service_state.exposure.release("a-1") == Reservation("a-1", "c1", 15_500, NOW + timedelta(hours=1))
-
-
-def test_a_failed_flush_keeps_the_auctions_for_the_next_and_in_memory_meanwhile(service_state):
+def test_a_failed_flush_keeps_the_auctions_for_the_next(service_state):
     working = service_state.sessions
     service_state.remember_served(served("a-1"))
     service_state.sessions = sessionmaker(create_engine("sqlite:////nonexistent-dir/campaigns.db"))
     with pytest.raises(Exception, match="unable to open database file"):
         service_state.flush_served()
     service_state.remember_served(served("a-2"))
-    # Past the window but not the TTL: an auction the store has not got stays findable.
-    service_state.forget_expired(NOW + timedelta(seconds=700))
-    assert set(service_state.served) == {"a-1", "a-2"}
     service_state.sessions = working
     assert service_state.flush_served() == 2
-    service_state.forget_expired(NOW + timedelta(seconds=700))
-    assert service_state.served == {}
+    assert service_state.flush_served() == 0
     assert [service_state.served_auction(a) for a in ("a-1", "a-2")] == [served("a-1"), served("a-2")]

@@ -1,6 +1,4 @@
-"""In-flight exposure, frequency and the per-event cost: the numbers the budget bound rests on."""
-
-from datetime import UTC, datetime, timedelta
+"""A replica's copy of the exposure, and the per-event cost: the numbers the budget bound rests on."""
 
 import numpy as np
 import pytest
@@ -8,13 +6,9 @@ import pytest
 from auction_service.serving.books import (
     AuctionStats,
     ExposureBook,
-    FrequencyBook,
-    Reservation,
     billable_cost_micros,
     expected_cost_micros,
 )
-
-T = datetime(2026, 11, 24, 10, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -32,57 +26,32 @@ def test_reservations_are_the_expected_cost():
     assert expected_cost_micros("CPC", 400_000, pctr=1.0, pcvr=0.1) == 400_000
 
 
-def test_exposure_is_held_until_billed_or_expired():
+def test_the_exposure_copy_is_replaced_whole():
     book = ExposureBook()
-    book.reserve(Reservation("a1", "c1", 300, T + timedelta(hours=1)))
-    book.reserve(Reservation("a2", "c1", 200, T + timedelta(minutes=10)))
-    book.reserve(Reservation("a3", "c2", 50, T + timedelta(hours=1)))
+    book.replace({"c1": 500, "c2": 50})
     assert book.reserved_micros == {"c1": 500, "c2": 50}
-    assert book.release("a1").amount_micros == 300
-    assert book.release("a1") is None  # a second billable event frees nothing more
-    assert book.reserved_micros == {"c1": 200, "c2": 50}
-    assert book.expire(T + timedelta(minutes=10)) == 1
-    assert book.reserved_micros == {"c2": 50} and book.outstanding() == 1
-    assert book.expire(T + timedelta(minutes=30)) == 0
+    book.replace({"c2": 70, "c3": 0})
+    assert book.reserved_micros == {"c2": 70}  # c1 freed, c3 holds nothing
+    assert book.held_by_row(np.array(["c1", "c2", "c3"], dtype=object)).tolist() == [0, 70, 0]
 
 
-def test_the_reservations_by_row_follow_the_exact_totals_for_any_campaign_order():
+def test_the_exposure_by_row_follows_the_exact_totals_for_any_campaign_order():
     book = ExposureBook()
-    later = T + timedelta(hours=1)
-    # More campaigns than the array starts with, so it grows while reservations come and go.
-    for i in range(1_500):
-        book.reserve(Reservation(f"a{i}", f"c{i % 1_100}", 10 + i, later))
-    for i in range(0, 1_500, 3):
-        book.release(f"a{i}")
+    # More campaigns than the array starts with, so it grows while totals come and go.
+    book.replace({f"c{i}": 10 + i for i in range(1_100)})
+    book.replace({f"c{i}": 10 + i for i in range(1_100) if i % 3})
     rows = np.array([f"c{i}" for i in (1_099, 0, 5, 1_050, 7)] + ["never-reserved"], dtype=object)
     held = book.held_by_row(rows)
     assert held.dtype == np.int64
-    assert held.tolist() == [book.reserved_micros.get(campaign_id, 0) for campaign_id in rows.tolist()]
-    assert held.tolist()[:2] == [1_109, 1_110 + 0]  # c1099: a1099 only; c0: a1100 (a0 released)
+    assert held.tolist() == [1_109, 0, 15, 0, 17, 0]  # 0 and 1050 are multiples of 3: freed
     assert book.held_by_row(rows) is not held and book.held_by_row(rows).tolist() == held.tolist()
 
 
-def test_reservations_beyond_int64_leave_only_the_exact_totals():
+def test_exposure_beyond_int64_leaves_only_the_exact_totals():
     book = ExposureBook()
-    later = T + timedelta(hours=1)
-    book.reserve(Reservation("a1", "c1", 2**62, later))
-    book.reserve(Reservation("a2", "c1", 2**62, later))  # 2**63: no int64 holds it
+    book.replace({"c1": 2**63})  # no int64 holds it
     assert book.reserved_micros == {"c1": 2**63}
     assert book.held_by_row(np.array(["c1"], dtype=object)) is None
-
-
-def test_frequency_counts_per_user_and_campaign_and_restarts_each_utc_day():
-    book = FrequencyBook()
-    for _ in range(3):
-        book.record_impression("u1", "c1", T)
-    book.record_impression("u1", "c2", T)
-    assert book.impressions_today("u1", T) == {"c1": 3, "c2": 1}
-    assert book.impressions_today("u2", T) == {}
-    assert book.impressions_today(None, T) == {}
-    tomorrow = T + timedelta(days=1)
-    assert book.impressions_today("u1", tomorrow) == {}
-    book.record_impression("u1", "c1", tomorrow)
-    assert book.impressions_today("u1", tomorrow) == {"c1": 1}
 
 
 def test_stats_fill_rate_and_average_pctr():

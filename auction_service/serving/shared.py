@@ -1,0 +1,314 @@
+"""The state every auction replica shares, in one Redis-protocol store (Redis 7 / Valkey 8).
+
+What it holds, per namespace (SHARED_STORE_NAMESPACE):
+- ``spent`` / ``spent:<day>``: each campaign's charged micros, total and per UTC day. A mirror of the
+  ledger: raised by each charge (``settle``) and never below what the campaign store says (every hold
+  passes the ledger's figures, and the script keeps the larger).
+- ``held`` / ``held:<day>``: the micros reserved by served auctions whose billable event has not come;
+  ``res`` (auction -> campaign, day, micros) and ``res:exp`` (auction by expiry) are the reservations.
+- ``freq:<day>:<user>``: the ads of each campaign served to a user that day (the frequency cap).
+- ``auction:<id>``: a served auction, for validating its events on any replica, for
+  SERVED_IN_MEMORY_S; after that the campaign store's copy (written behind) answers.
+- ``settled:<id>``: an auction whose charge was added to ``spent`` (so a retry adds nothing).
+
+Every decision that must hold across replicas is one server-side script: a hold checks the
+total and daily budget (spent + held + this auction's reservation) and the frequency cap and
+takes all of them at once, or nothing. The ledger stays the system of record: it never charges
+past a budget whatever this store says, so losing the store can cost exposure pacing, never money.
+When the store is gone (no ``epoch`` key) the first replica to notice rebuilds it from the campaign
+store: spend from the ledger, holds and frequency from today's served auctions.
+
+Lua numbers are doubles: amounts are exact up to 2**53 micros (about $9 billion).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import IntEnum
+
+import redis
+from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
+
+from auction_service.campaign_store import store
+
+log = logging.getLogger(__name__)
+DAY_KEYS_TTL_S = 3 * 24 * 3600  # per-day keys outlive their day (the ledger keeps the history)
+REBUILD_LOCK_S = 120
+
+
+class SharedStoreUnavailable(RuntimeError):
+    """The shared store did not answer in time: the request is refused (503, retry), nothing was changed."""
+
+
+class HoldRefused(IntEnum):
+    """Why a hold was refused by the store (0 is a hold taken)."""
+
+    TOTAL_BUDGET = 1
+    DAILY_BUDGET = 2
+    FREQUENCY_CAP = 3
+
+
+_HOLD = """
+local ns, cid, amount = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ledger, ledger_day = tonumber(ARGV[6]), tonumber(ARGV[7])
+local stored = tonumber(redis.call('HGET', KEYS[1], cid) or '0')
+local stored_day = tonumber(redis.call('HGET', KEYS[2], cid) or '0')
+local held = tonumber(redis.call('HGET', KEYS[3], cid) or '0')
+local held_day = tonumber(redis.call('HGET', KEYS[4], cid) or '0')
+if math.max(stored, ledger) + held + amount > tonumber(ARGV[4]) then return 1 end
+if math.max(stored_day, ledger_day) + held_day + amount > tonumber(ARGV[5]) then return 2 end
+local cap = tonumber(ARGV[8])
+if cap >= 0 then
+  if tonumber(redis.call('HGET', KEYS[7], cid) or '0') >= cap then return 3 end
+  redis.call('HINCRBY', KEYS[7], cid, 1)
+  redis.call('EXPIRE', KEYS[7], ARGV[13])
+end
+-- The ledger's figures heal a mirror that missed a charge (a replica killed between commit and settle).
+if ledger > stored then redis.call('HSET', KEYS[1], cid, ARGV[6]) end
+if ledger_day > stored_day then
+  redis.call('HSET', KEYS[2], cid, ARGV[7])
+  redis.call('EXPIRE', KEYS[2], ARGV[13])
+end
+if amount > 0 then
+  redis.call('HINCRBY', KEYS[3], cid, amount)
+  redis.call('HINCRBY', KEYS[4], cid, amount)
+  redis.call('EXPIRE', KEYS[4], ARGV[13])
+  redis.call('HSET', KEYS[5], ARGV[9], cid .. '|' .. ARGV[14] .. '|' .. ARGV[3])
+  redis.call('ZADD', KEYS[6], ARGV[10], ARGV[9])
+end
+redis.call('SET', KEYS[8], ARGV[11], 'EX', ARGV[12])
+return 0
+"""
+
+# Frees one reservation (if it is still held) from the totals; shared by settle and sweep.
+_RELEASE = """
+local function release(ns, auction)
+  local held = redis.call('HGET', ns .. ':res', auction)
+  if not held then return 0 end
+  local cid, day, amount = string.match(held, '^(.*)|(%d+)|(%d+)$')
+  redis.call('HINCRBY', ns .. ':held', cid, -tonumber(amount))
+  redis.call('HINCRBY', ns .. ':held:' .. day, cid, -tonumber(amount))
+  redis.call('HDEL', ns .. ':res', auction)
+  redis.call('ZREM', ns .. ':res:exp', auction)
+  return tonumber(amount)
+end
+"""
+
+_SETTLE = (
+    _RELEASE
+    + """
+local ns, auction, cid, cost = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local released = release(ns, auction)
+if cost > 0 and redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[6]) then
+  redis.call('HINCRBY', ns .. ':spent', cid, cost)
+  redis.call('HINCRBY', ns .. ':spent:' .. ARGV[5], cid, cost)
+  redis.call('EXPIRE', ns .. ':spent:' .. ARGV[5], ARGV[7])
+end
+return released
+"""
+)
+
+_SWEEP = (
+    _RELEASE
+    + """
+local ns = ARGV[1]
+local due = redis.call('ZRANGEBYSCORE', ns .. ':res:exp', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, auction in ipairs(due) do
+  release(ns, auction)
+  redis.call('ZREM', ns .. ':res:exp', auction)
+end
+return #due
+"""
+)
+
+
+def day_tag(day: date) -> str:
+    return day.strftime("%Y%m%d")
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What a filled auction takes from the shared state, all or nothing."""
+
+    served: store.ServedAuctionRow
+    total_budget_micros: int
+    daily_budget_micros: int
+    ledger_spent_micros: int  # the campaign store's figures, as this replica last loaded them
+    ledger_spent_today_micros: int
+    frequency_cap: int | None  # None: no user to count
+
+
+def pack_served(row: store.ServedAuctionRow) -> bytes:
+    fields = list(row.packed())
+    return json.dumps([value.isoformat() if isinstance(value, datetime) else value for value in fields]).encode()
+
+
+_SERVED_TIMES = ("served_at", "expires_at")
+
+
+def unpack_served(payload: bytes) -> store.ServedAuctionRow:
+    values = dict(zip(store.ServedAuctionRow.__dataclass_fields__, json.loads(payload), strict=True))
+    for name in _SERVED_TIMES:
+        values[name] = datetime.fromisoformat(values[name])
+    return store.ServedAuctionRow(**values)
+
+
+class SharedBooks:
+    """The replicas' shared books: holds, settlements, frequency and served auctions (module docstring)."""
+
+    def __init__(self, url: str, *, namespace: str, timeout_s: float, served_s: int, auction_ttl_s: int) -> None:
+        self.ns = namespace
+        self.served_s, self.auction_ttl_s = served_s, auction_ttl_s
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
+        )
+        self._hold = self.client.register_script(_HOLD)
+        self._settle = self.client.register_script(_SETTLE)
+        self._sweep = self.client.register_script(_SWEEP)
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    def _call(self, what: str, function, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except RedisError as exc:
+            raise SharedStoreUnavailable(f"the shared store did not {what} ({exc.__class__.__name__})") from exc
+
+    # --- the auction ---
+
+    def frequency_today(self, user_id: str | None, day: date) -> dict[str, int]:
+        """The ads of each campaign served to ``user_id`` on ``day``."""
+        if user_id is None:
+            return {}
+        seen = self._call("read the frequency counters", self.client.hgetall, self.key("freq", day_tag(day), user_id))
+        return {campaign.decode(): int(count) for campaign, count in seen.items()}
+
+    def hold(self, hold: Hold) -> HoldRefused | None:
+        """Takes the auction's reservation, frequency slot and served record at once; why not, when refused."""
+        served = hold.served
+        day = day_tag(served.served_at.astimezone(UTC).date())
+        user = served.user_id if hold.frequency_cap is not None else None
+        keys = [
+            self.key("spent"), self.key("spent", day), self.key("held"), self.key("held", day), self.key("res"),
+            self.key("res", "exp"), self.key("freq", day, user or "-"), self.key("auction", served.auction_id),
+        ]  # fmt: skip
+        args = [
+            self.ns, served.campaign_id, served.reserved_micros, hold.total_budget_micros, hold.daily_budget_micros,
+            hold.ledger_spent_micros, hold.ledger_spent_today_micros, -1 if user is None else hold.frequency_cap,
+            served.auction_id, _ms(served.expires_at), pack_served(served), self.served_s, DAY_KEYS_TTL_S, day,
+        ]  # fmt: skip
+        refused = int(self._call("take the auction's hold", self._hold, keys=keys, args=args))
+        return HoldRefused(refused) if refused else None
+
+    # --- events ---
+
+    def served(self, auction_ids: Sequence[str]) -> dict[str, store.ServedAuctionRow | None]:
+        payloads = self._call(
+            "read the served auctions", self.client.mget, [self.key("auction", a) for a in auction_ids]
+        )
+        return {a: None if p is None else unpack_served(p) for a, p in zip(auction_ids, payloads, strict=True)}
+
+    def settle(self, charges: Iterable[tuple[str, str, int, date]]) -> None:
+        """Frees the reservations of (auction, campaign, charged micros, event day) and adds each charge to
+        the campaign's spend once (a charge of 0 only frees)."""
+        pipe = self.client.pipeline(transaction=False)
+        ttl = self.auction_ttl_s + 3600
+        for auction_id, campaign_id, cost, day in charges:
+            self._settle(
+                keys=[self.key("settled", auction_id)],
+                args=[self.ns, auction_id, campaign_id, cost, day_tag(day), ttl, DAY_KEYS_TTL_S],
+                client=pipe,
+            )
+        self._call("settle the charges", pipe.execute)
+
+    # --- housekeeping ---
+
+    def sweep(self, now: datetime, limit: int = 5000) -> int:
+        """Frees the reservations past their auction's TTL, whoever held them; returns how many."""
+        return int(self._call("sweep the reservations", self._sweep, keys=[], args=[self.ns, _ms(now), limit]))
+
+    def exposure(self, day: date) -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]:
+        """Held and spent micros per campaign, total and on ``day``: what every auction's pre-filter reads."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in (("held",), ("held", day_tag(day)), ("spent",), ("spent", day_tag(day))):
+            pipe.hgetall(self.key(*name))
+        tables = self._call("read the exposure", pipe.execute)
+        return tuple({k.decode(): int(v) for k, v in table.items()} for table in tables)  # type: ignore[return-value]
+
+    def ping(self) -> str:
+        try:
+            self.client.ping()
+        except RedisError as exc:
+            return f"the shared store does not answer ({exc.__class__.__name__})"
+        return "ok"
+
+    def built(self) -> bool:
+        return bool(self._call("read its epoch", self.client.exists, self.key("epoch")))
+
+    def rebuild(self, snapshot: RebuildSource) -> bool:
+        """Rebuilds a lost store from the campaign store; False when another replica is at it or it was built."""
+        if self.built() or not self._call(
+            "lock the rebuild", self.client.set, self.key("rebuilding"), "1", nx=True, ex=REBUILD_LOCK_S
+        ):
+            return False
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            day = day_tag(snapshot.day)
+            for name in (("spent",), ("spent", day), ("held",), ("held", day), ("res",), ("res", "exp")):
+                pipe.delete(self.key(*name))
+            if snapshot.spent:
+                pipe.hset(self.key("spent"), mapping=dict(snapshot.spent))
+            if snapshot.spent_today:
+                pipe.hset(self.key("spent", day), mapping=dict(snapshot.spent_today))
+            for row in snapshot.open_auctions:
+                if row.reserved_micros > 0:
+                    served_day = day_tag(row.served_at.astimezone(UTC).date())
+                    pipe.hincrby(self.key("held"), row.campaign_id, row.reserved_micros)
+                    pipe.hincrby(self.key("held", served_day), row.campaign_id, row.reserved_micros)
+                    pipe.expire(self.key("held", served_day), DAY_KEYS_TTL_S)
+                    pipe.hset(self.key("res"), row.auction_id, f"{row.campaign_id}|{served_day}|{row.reserved_micros}")
+                    pipe.zadd(self.key("res", "exp"), {row.auction_id: _ms(row.expires_at)})
+            for (user_id, campaign_id), count in snapshot.frequency.items():
+                pipe.hset(self.key("freq", day, user_id), campaign_id, count)
+                pipe.expire(self.key("freq", day, user_id), DAY_KEYS_TTL_S)
+            pipe.set(self.key("epoch"), datetime.now(UTC).isoformat())
+            self._call("rebuild", pipe.execute)
+        finally:
+            self._call("unlock the rebuild", self.client.delete, self.key("rebuilding"))
+        return True
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass(frozen=True)
+class RebuildSource:
+    """What the campaign store knows of today, to rebuild a lost shared store (``rebuild_source``)."""
+
+    day: date
+    spent: Mapping[str, int]
+    spent_today: Mapping[str, int]
+    open_auctions: Sequence[store.ServedAuctionRow]  # served, unexpired, their billable event not charged
+    frequency: Mapping[tuple[str, str], int]  # (user, campaign) -> ads served today
+
+
+def rebuild_source(session: Session, now: datetime, auction_ttl_s: int) -> RebuildSource:
+    day = now.astimezone(UTC).date()
+    spent, spent_today = store.spend_totals(session, day)
+    return RebuildSource(
+        day=day,
+        spent=spent,
+        spent_today=spent_today,
+        open_auctions=store.unbilled_served_auctions(session, now - timedelta(seconds=auction_ttl_s), now),
+        frequency=store.served_per_user(session, datetime(day.year, day.month, day.day, tzinfo=UTC)),
+    )
