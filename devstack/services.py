@@ -93,6 +93,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AUCTION_PORT": str(settings.auction_port),
         "AUCTION_REPLICAS": str(settings.auction_replicas),
         "SHARED_STORE_URL": settings.shared_store_url,
+        "SHARED_STORE_NAMESPACE": settings.shared_store_namespace,
         "AD_MANAGER_GROUP": settings.ad_manager_group,
     }
 

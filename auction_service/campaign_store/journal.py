@@ -31,6 +31,7 @@ from auction_service.campaign_store.store import (
     _LEDGER,
     Charge,
     SpendOutcome,
+    SpendResult,
     _charge,
     _insert_new,
     _utc_day,
@@ -73,6 +74,9 @@ class JournalResult:
     event: FeedbackEvent  # as journaled and published
     new: bool  # False: the event_id was journaled before; nothing changed
     published: bool  # False: still to publish (new, or a retry of one whose publish failed)
+    # The campaign's spend right after this event's charge was tried (new billable events only): the
+    # figures the shared store's mirror of the ledger takes.
+    spend: SpendResult | None = None
 
 
 @dataclass(slots=True)
@@ -128,7 +132,7 @@ def record_events(
                 previous = FeedbackEvent.model_validate_json(row.payload)
                 results[index] = JournalResult(previous, new=False, published=row.published_at is not None)
                 continue
-            final = _decide(session, entry, history[entry.event.auction_id], min_click_delay, now)
+            final, spend = _decide(session, entry, history[entry.event.auction_id], min_click_delay, now)
             journaled = {
                 "event_id": event_id, "auction_id": final.auction_id, "campaign_id": final.campaign_id,
                 "event_type": final.event_type, "event_time": final.event_time, "recorded_at": now,
@@ -140,7 +144,7 @@ def record_events(
             if final.charge_status != ChargeStatus.OUT_OF_ORDER:  # it cannot open the way for a later event
                 history[final.auction_id].append(_Seen(final.event_type, final.event_time, final.charge_status))
             taken[event_id] = final
-            results[index] = JournalResult(final, new=True, published=False)
+            results[index] = JournalResult(final, new=True, published=False, spend=spend)
         if published:
             session.execute(_MARK_PUBLISHED, {"b_ids": list(published), "b_now": now})
         session.commit()
@@ -152,8 +156,9 @@ def record_events(
 
 def _decide(
     session: Session, entry: JournalEntry, history: list[_Seen], min_click_delay: timedelta, now: datetime
-) -> FeedbackEvent:
+) -> tuple[FeedbackEvent, SpendResult | None]:
     event = entry.event
+    spend = None
     ivt_reason = entry.request_ivt
     needed = _NEEDS.get(EventType(event.event_type))
     before = [seen for seen in history if seen.event_type == needed] if needed else []
@@ -178,12 +183,13 @@ def _decide(
         spend = _charge(session, _insert_new(session, _LEDGER), charge, _utc_day(event.event_time), now)
         status = _CHARGE_STATUS[spend.outcome]
         cost = event.cost_micros if status is ChargeStatus.CHARGED else 0
-    return event.model_copy(
+    decided = event.model_copy(
         update={
             "charge_status": status, "cost_micros": cost, "recorded_at": now,
             "ivt_category": IvtCategory.GIVT if ivt_reason else None, "ivt_reason": ivt_reason,
         }
     )  # fmt: skip
+    return decided, spend
 
 
 _MARK_PUBLISHED = (

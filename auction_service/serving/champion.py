@@ -4,8 +4,14 @@
   number, downloads exactly that version's skops artifact, loads it with the allow-list
   kept in code (``ml.pipelines.SKOPS_TRUSTED_TYPES``), compiles a ``CompiledScorer`` and
   checks that it scores a probe batch to finite probabilities.
-- Each good load is also written to ``settings.model_cache_dir`` (the skops file and
-  ``champion.json``: version, family, tracking URI, time, sha256 of the file). When
+- Native scoring: when the version has a native library logged at registration
+  (``ml.registry.attach_native``) whose manifest names this platform and this skops
+  file's sha256, and it scores the probe batch as the ``CompiledScorer`` does, a
+  ``ml.native.NativeScorer`` serves instead (``LoadedModel.scorer_kind`` "native");
+  otherwise the ``CompiledScorer`` serves ("numpy"), with a warning saying why.
+- Each good load is also written to ``settings.model_cache_dir`` (the skops file, the
+  native library in use if any, and ``champion.json``: version, family, tracking URI,
+  time, sha256 of the file, the native library's directory). When
   MLflow is unreachable at start, or has no champion, or its champion cannot be
   loaded, that local copy is served instead; a copy whose sha256 does not match is
   refused. Without a usable copy the model is not ready and ``reason`` says why and
@@ -28,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -44,8 +51,10 @@ import skops.io
 from adstream.contracts import CHAMPION_ALIAS, REGISTERED_MODEL, DagId
 from adstream.settings import Settings
 from ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from ml.native import MANIFEST_NAME as NATIVE_MANIFEST
+from ml.native import NativeArtifact, NativeScorer, load_native
 from ml.pipelines import SKOPS_TRUSTED_TYPES
-from ml.registry import NotSkopsModel, model_artifact, version_by_alias
+from ml.registry import NotSkopsModel, model_artifact, native_artifact, version_by_alias
 from ml.scorer import CompiledScorer
 from ml.serving import NoChampionError
 from ml.tracking import TrackingServerUnreachable, ensure_reachable
@@ -62,6 +71,8 @@ PROBE_BATCH: dict[str, list[Any]] = {
     **{name: [1.0, None] for name in NUMERIC_FEATURES},
     **{name: ["unknown", None] for name in CATEGORICAL_FEATURES},
 }
+# How far a native scorer may differ from the CompiledScorer on the probe batch before it is not used.
+NATIVE_TOLERANCE = 1e-6
 
 
 class ModelNotReady(RuntimeError):
@@ -80,11 +91,17 @@ class LocalCopyRefused(ValueError):
 class LoadedModel:
     """One champion version, compiled and checked: what a request scores with."""
 
-    scorer: CompiledScorer
+    scorer: CompiledScorer | NativeScorer
     version: str
     family: str
     loaded_at: datetime
     origin: str  # "MLflow at <uri>" or "local copy saved <time> from MLflow at <uri>"
+    native: NativeArtifact | None = None  # the library the NativeScorer was loaded from, for the local copy
+
+    @property
+    def scorer_kind(self) -> str:
+        """Which scorer serves: "native" (the compiled library) or "numpy" (the CompiledScorer)."""
+        return self.scorer.kind
 
 
 @dataclass(frozen=True)
@@ -112,7 +129,14 @@ class ServingModel:
             problem = registry_problem(uri, exc)
         else:
             keep_local_copy(cache_dir, artifact, model, uri)
-            logger.info("serving %s version %s (%s) from %s", REGISTERED_MODEL, model.version, model.family, uri)
+            logger.info(
+                "serving %s version %s (%s, %s scorer) from %s",
+                REGISTERED_MODEL,
+                model.version,
+                model.family,
+                model.scorer_kind,
+                uri,
+            )
             return cls(model)
         try:
             model = load_local_copy(cache_dir)
@@ -186,25 +210,63 @@ def download_artifact(tracking_uri: str, version: str) -> bytes:
         raise ModelRejected(str(exc)) from exc
 
 
-def compile_artifact(artifact: bytes) -> CompiledScorer:
-    """Loads a skops artifact with the allow-list in code, compiles it and probes it.
+def download_native(tracking_uri: str, version: str) -> NativeArtifact | None:
+    """The native library registered with ``ctr-model`` version ``version``; None when it has none or
+    it cannot be downloaded (the numpy scorer then serves)."""
+    try:
+        return native_artifact(tracking_uri, version)
+    except Exception as exc:  # the native library only speeds scoring up: never a reason to refuse a version
+        logger.warning(
+            "native library of %s version %s not downloaded (%s: %s)",
+            REGISTERED_MODEL,
+            version,
+            type(exc).__name__,
+            exc,
+        )
+        return None
+
+
+def compile_artifact(artifact: bytes, native: NativeArtifact | None = None) -> CompiledScorer | NativeScorer:
+    """Loads a skops artifact with the allow-list in code, compiles it and probes it; the ``NativeScorer``
+    of ``native`` when that matches this platform and artifact and agrees on the probe batch, else the
+    ``CompiledScorer``.
 
     Raises on an untrusted type, a pipeline the compiler does not support, or probe
     scores that are not finite probabilities.
     """
-    scorer = CompiledScorer.from_pipeline(skops.io.loads(artifact, trusted=list(SKOPS_TRUSTED_TYPES)))
-    pctr = scorer.score(PROBE_BATCH)
+    compiled = CompiledScorer.from_pipeline(skops.io.loads(artifact, trusted=list(SKOPS_TRUSTED_TYPES)))
+    pctr = compiled.score(PROBE_BATCH)
     if pctr.shape != (2,) or not np.all(np.isfinite(pctr) & (pctr >= 0) & (pctr <= 1)):
         raise ModelRejected(f"it scores the probe batch to {pctr.tolist()}, not to finite probabilities")
+    if native is None:
+        return compiled
+    scorer = load_native(native, compiled, hashlib.sha256(artifact).hexdigest())
+    if scorer is None:
+        return compiled
+    native_pctr = scorer.score(PROBE_BATCH)
+    if native_pctr.shape != pctr.shape or not np.allclose(native_pctr, pctr, rtol=0, atol=NATIVE_TOLERANCE):
+        logger.warning(
+            "native scorer not used: it scores the probe batch to %s, the numpy scorer to %s",
+            native_pctr.tolist(),
+            pctr.tolist(),
+        )
+        return compiled
     return scorer
+
+
+def _loaded(
+    scorer: CompiledScorer | NativeScorer, version: str, origin: str, native: NativeArtifact | None
+) -> LoadedModel:
+    in_use = native if isinstance(scorer, NativeScorer) else None
+    return LoadedModel(scorer, version, scorer.family, datetime.now(UTC), origin, in_use)
 
 
 def load_version(tracking_uri: str, version: str) -> tuple[LoadedModel, bytes]:
     """``ctr-model`` version ``version`` compiled and probed, with its artifact (for the local copy)."""
     artifact = download_artifact(tracking_uri, version)
-    scorer = compile_artifact(artifact)
-    model = LoadedModel(scorer, version, scorer.family, datetime.now(UTC), f"MLflow at {tracking_uri}")
-    return model, artifact
+    native = download_native(tracking_uri, version)
+    scorer = compile_artifact(artifact, native)
+    return _loaded(scorer, version, f"MLflow at {tracking_uri}", native), artifact
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -220,6 +282,13 @@ def save_local_copy(cache_dir: Path, artifact: bytes, model: LoadedModel, tracki
     cache_dir.mkdir(parents=True, exist_ok=True)
     artifact_name = f"{REGISTERED_MODEL}-v{model.version}.skops"
     _write_atomically(cache_dir / artifact_name, artifact)
+    native_name = None
+    if model.native is not None:
+        # Library before its manifest; load_native checks both sha256s, so a torn copy only falls back.
+        native_name = f"{REGISTERED_MODEL}-v{model.version}.native"
+        (cache_dir / native_name).mkdir(exist_ok=True)
+        _write_atomically(cache_dir / native_name / model.native.manifest["library"], model.native.library)
+        _write_atomically(cache_dir / native_name / NATIVE_MANIFEST, json.dumps(model.native.manifest).encode())
     manifest = {
         "registered_model": REGISTERED_MODEL,
         "version": model.version,
@@ -228,11 +297,15 @@ def save_local_copy(cache_dir: Path, artifact: bytes, model: LoadedModel, tracki
         "saved_at": datetime.now(UTC).isoformat(),
         "artifact": artifact_name,
         "sha256": hashlib.sha256(artifact).hexdigest(),
+        "native": native_name,
     }
     _write_atomically(cache_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
     for stale in cache_dir.glob(f"{REGISTERED_MODEL}-v*.skops"):
         if stale.name != artifact_name:
             stale.unlink(missing_ok=True)
+    for stale in cache_dir.glob(f"{REGISTERED_MODEL}-v*.native"):
+        if stale.name != native_name:
+            shutil.rmtree(stale, ignore_errors=True)
     return cache_dir / MANIFEST
 
 
@@ -258,12 +331,18 @@ def load_local_copy(cache_dir: Path) -> LoadedModel | None:
     actual = hashlib.sha256(artifact).hexdigest()
     if actual != expected:
         raise LocalCopyRefused(f"{artifact_name} has sha256 {actual}, its manifest says {expected}: corrupted")
+    native = None
+    if manifest.get("native"):
+        try:
+            native = NativeArtifact.read(cache_dir / Path(str(manifest["native"])).name)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # the numpy scorer serves the copy then
+            logger.warning("native library of the local copy unreadable (%s: %s)", type(exc).__name__, exc)
     try:
-        scorer = compile_artifact(artifact)
+        scorer = compile_artifact(artifact, native)
     except Exception as exc:  # whatever the reason, an unloadable copy is refused with it
         raise LocalCopyRefused(f"{artifact_name} does not load: {type(exc).__name__}: {exc}") from exc
     origin = f"local copy saved {manifest.get('saved_at')} from MLflow at {manifest.get('tracking_uri')}"
-    return LoadedModel(scorer, str(version), scorer.family, datetime.now(UTC), origin)
+    return _loaded(scorer, str(version), origin, native)
 
 
 class PollOutcome(StrEnum):
@@ -334,7 +413,14 @@ class ModelWatcher:
             self._serving_model.swap(model)
             self.swaps += 1
             self._refused = None
-            logger.info("swapped %s version %s for version %s (%s)", REGISTERED_MODEL, current, version, model.family)
+            logger.info(
+                "swapped %s version %s for version %s (%s, %s scorer)",
+                REGISTERED_MODEL,
+                current,
+                version,
+                model.family,
+                model.scorer_kind,
+            )
             keep_local_copy(self._cache_dir, artifact, model, uri)
             return PollOutcome.SWAPPED
 

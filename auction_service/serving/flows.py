@@ -42,7 +42,7 @@ from auction_service.serving.auction import (
 from auction_service.serving.bodies import EventIn, EventResult
 from auction_service.serving.books import billable_cost_micros, expected_cost_micros
 from auction_service.serving.features import CampaignFeatures, candidate_columns
-from auction_service.serving.shared import Hold, HoldRefused
+from auction_service.serving.shared import Hold, HoldRefused, Settlement
 from auction_service.serving.state import PUBLISH_TIMEOUT_S, ServiceState
 
 log = logging.getLogger(__name__)
@@ -258,14 +258,10 @@ async def record_events(
         raise LedgerUnavailable(f"the campaign store did not record the events ({exc.__class__.__name__})") from exc
     unpublished = {result.event.event_id: result.event for result in journaled if not result.published}
     await _publish(state, list(unpublished.values()))
-    settled = [
-        (result.event.auction_id, result.event.campaign_id, _charged(result), result.event.event_time.date())
-        for result in journaled
-        if result.event.charge_status in (ChargeStatus.CHARGED, ChargeStatus.OVER_BUDGET)
-    ]
+    settled = [_settlement(result) for result in journaled if result.event.charge_status in SETTLED]
     if settled:
         # After the commit: a charge the shared store missed (it went down, or this replica was killed)
-        # is answered 503, and the retry settles it; meanwhile the ledger's spend heals the mirror.
+        # is answered 503, and the retry frees its reservation; every hold heals the spend from the ledger.
         state.shared.settle(settled)
     for (index, entry), result in zip(entries, journaled, strict=True):
         results[index] = _accepted(state, entry, result, received_at)
@@ -305,8 +301,15 @@ NOT_CHARGED = {
 }
 
 
-def _charged(result: journal.JournalResult) -> int:
-    return result.event.cost_micros if result.event.charge_status == ChargeStatus.CHARGED else 0
+SETTLED = (ChargeStatus.CHARGED, ChargeStatus.OVER_BUDGET)
+
+
+def _settlement(result: journal.JournalResult) -> Settlement:
+    event, spend = result.event, result.spend
+    return Settlement(
+        event.auction_id, event.campaign_id, event.event_time.astimezone(UTC).date(),
+        -1 if spend is None else spend.spent_micros, -1 if spend is None else spend.spent_today_micros,
+    )  # fmt: skip
 
 
 def _served_from_store(state: ServiceState, auction_ids: list[str]) -> dict[str, store.ServedAuctionRow | None]:

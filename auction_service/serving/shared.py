@@ -9,7 +9,6 @@ What it holds, per namespace (SHARED_STORE_NAMESPACE):
 - ``freq:<day>:<user>``: the ads of each campaign served to a user that day (the frequency cap).
 - ``auction:<id>``: a served auction, for validating its events on any replica, for
   SERVED_IN_MEMORY_S; after that the campaign store's copy (written behind) answers.
-- ``settled:<id>``: an auction whose charge was added to ``spent`` (so a retry adds nothing).
 
 Every decision that must hold across replicas is one server-side script: a hold checks the
 total and daily budget (spent + held + this auction's reservation) and the frequency cap and
@@ -99,15 +98,21 @@ local function release(ns, auction)
 end
 """
 
+# The ledger's totals only grow, so the mirror keeps the largest it was told: a settlement and a hold that
+# heals from an older snapshot can come in any order, and a retry changes nothing.
 _SETTLE = (
     _RELEASE
     + """
-local ns, auction, cid, cost = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ns, auction, cid = ARGV[1], ARGV[2], ARGV[3]
 local released = release(ns, auction)
-if cost > 0 and redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[6]) then
-  redis.call('HINCRBY', ns .. ':spent', cid, cost)
-  redis.call('HINCRBY', ns .. ':spent:' .. ARGV[5], cid, cost)
-  redis.call('EXPIRE', ns .. ':spent:' .. ARGV[5], ARGV[7])
+local spent, spent_day = tonumber(ARGV[4]), tonumber(ARGV[5])
+if spent >= 0 and spent > tonumber(redis.call('HGET', ns .. ':spent', cid) or '0') then
+  redis.call('HSET', ns .. ':spent', cid, ARGV[4])
+end
+local day_key = ns .. ':spent:' .. ARGV[6]
+if spent_day >= 0 and spent_day > tonumber(redis.call('HGET', day_key, cid) or '0') then
+  redis.call('HSET', day_key, cid, ARGV[5])
+  redis.call('EXPIRE', day_key, ARGV[7])
 end
 return released
 """
@@ -145,6 +150,18 @@ class Hold:
     ledger_spent_micros: int  # the campaign store's figures, as this replica last loaded them
     ledger_spent_today_micros: int
     frequency_cap: int | None  # None: no user to count
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """An auction whose billable event the ledger decided: its reservation goes, and the spend mirror
+    takes the ledger's totals after the charge (-1: unknown, a retry answered from the journal)."""
+
+    auction_id: str
+    campaign_id: str
+    day: date  # the event's UTC day, the ledger's
+    ledger_spent_micros: int = -1
+    ledger_spent_today_micros: int = -1
 
 
 def pack_served(row: store.ServedAuctionRow) -> bytes:
@@ -218,17 +235,13 @@ class SharedBooks:
         )
         return {a: None if p is None else unpack_served(p) for a, p in zip(auction_ids, payloads, strict=True)}
 
-    def settle(self, charges: Iterable[tuple[str, str, int, date]]) -> None:
-        """Frees the reservations of (auction, campaign, charged micros, event day) and adds each charge to
-        the campaign's spend once (a charge of 0 only frees)."""
+    def settle(self, settlements: Iterable[Settlement]) -> None:
+        """Frees the auctions' reservations and raises the spend mirror to the ledger's totals after each charge."""
         pipe = self.client.pipeline(transaction=False)
-        ttl = self.auction_ttl_s + 3600
-        for auction_id, campaign_id, cost, day in charges:
-            self._settle(
-                keys=[self.key("settled", auction_id)],
-                args=[self.ns, auction_id, campaign_id, cost, day_tag(day), ttl, DAY_KEYS_TTL_S],
-                client=pipe,
-            )
+        for settled in settlements:
+            args = [self.ns, settled.auction_id, settled.campaign_id, settled.ledger_spent_micros,
+                    settled.ledger_spent_today_micros, day_tag(settled.day), DAY_KEYS_TTL_S]  # fmt: skip
+            self._settle(keys=[], args=args, client=pipe)
         self._call("settle the charges", pipe.execute)
 
     # --- housekeeping ---

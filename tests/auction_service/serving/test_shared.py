@@ -12,6 +12,7 @@ from auction_service.serving.shared import (
     Hold,
     HoldRefused,
     RebuildSource,
+    Settlement,
     SharedBooks,
     SharedStoreUnavailable,
     day_tag,
@@ -72,12 +73,14 @@ def test_the_frequency_cap_counts_every_ad_served_to_the_user_that_day(books):
     assert books.frequency_today(None, TODAY) == {}
 
 
-def test_a_settlement_frees_the_hold_and_adds_the_charge_once(books):
+def test_a_settlement_frees_the_hold_and_keeps_the_ledgers_largest_totals(books):
     assert hold(books, served("a0")) is None and hold(books, served("a1", reserved=300)) is None
-    books.settle([("a0", "c1", 400, TODAY)])
-    books.settle([("a0", "c1", 400, TODAY)])  # a retry: nothing more
+    books.settle([Settlement("a0", "c1", TODAY, 400, 400)])
+    books.settle([Settlement("a0", "c1", TODAY, 400, 400)])  # a retry: nothing more
     assert books.exposure(TODAY) == ({"c1": 300}, {"c1": 300}, {"c1": 400}, {"c1": 400})
-    books.settle([("a1", "c1", 0, TODAY)])  # refused over budget: freed, not charged
+    books.settle([Settlement("a1", "c1", TODAY, 350, 350)])  # refused over budget, told older totals: freed only
+    assert books.exposure(TODAY) == ({"c1": 0}, {"c1": 0}, {"c1": 400}, {"c1": 400})
+    books.settle([Settlement("a7", "c1", TODAY)])  # a retry answered from the journal: no totals, nothing held
     assert books.exposure(TODAY) == ({"c1": 0}, {"c1": 0}, {"c1": 400}, {"c1": 400})
     assert hold(books, served("a2", reserved=600)) is None  # 400 spent + 600 = the budget
 
@@ -88,7 +91,7 @@ def test_a_sweep_frees_only_the_expired_holds_whoever_took_them(books):
     assert books.sweep(NOW + timedelta(seconds=9)) == 0
     assert books.sweep(NOW + timedelta(seconds=10)) == 1
     assert books.exposure(TODAY)[0] == {"c1": 100}
-    books.settle([("a0", "c1", 400, TODAY)])  # its event came in time after all: charged, nothing freed twice
+    books.settle([Settlement("a0", "c1", TODAY, 400, 400)])  # its event came in time after all: nothing freed twice
     assert books.exposure(TODAY) == ({"c1": 100}, {"c1": 100}, {"c1": 400}, {"c1": 400})
 
 
@@ -105,7 +108,7 @@ def test_a_lost_store_is_rebuilt_once_from_the_campaign_stores_figures(books):
     held, held_today, spent, spent_today = books.exposure(TODAY)
     assert (held, held_today, spent, spent_today) == ({"c1": 300}, {"c1": 250}, {"c1": 700, "c2": 5}, {"c1": 100})
     assert books.frequency_today("u1", TODAY) == {"c1": 4}
-    books.settle([("a8", "c1", 50, TODAY)])  # yesterday's reservation is freed from yesterday's day
+    books.settle([Settlement("a8", "c1", TODAY)])  # yesterday's reservation is freed from yesterday's day
     assert books.exposure(TODAY)[0] == {"c1": 250}
     assert books.client.hget(books.key("held", day_tag(TODAY - timedelta(days=1))), "c1") == b"0"
 

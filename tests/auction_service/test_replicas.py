@@ -1,0 +1,258 @@
+"""Auction replicas as real processes on one port, one shared store (redis-server), one campaign store, a broker.
+
+- 3 replicas (``adstream serve`` with AUCTION_REPLICAS=3), 64 concurrent connections, a CPM, a CPC and a
+  CPA campaign with small budgets and a 1-per-day frequency cap; one replica is killed with -9 midway
+  and started again by the supervisor. Budgets, caps and charges must hold exactly.
+- An event posted to another replica right after its auction is accepted.
+- The shared store down: 503 with Retry-After, nothing charged; back, serving resumes by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psutil
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from adstream.settings import Settings
+from auction_service.api.app import create_app
+from auction_service.campaign_store import store
+from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
+from auction_service.campaign_store.tables import SpendLedgerEntry
+from devstack import services
+from tests.auction_service.conftest import BROWSER_UA, instruction, running_service, signed_event
+from tests.conftest import free_port, shared_namespace
+
+pytestmark = pytest.mark.slow
+
+BUDGETS = {
+    "rep-cpm": ("CPM", 2_000_000, 60_000),
+    "rep-cpc": ("CPC", 400_000, 1_500_000),
+    "rep-cpa": ("CPA", 900_000, 2_000_000),
+}
+BILLABLE = {"CPM": "impression", "CPC": "click", "CPA": "conversion"}
+USERS = [f"rep-u{i}" for i in range(120)]
+CONNECTIONS = 64
+CONTEXT = {"device_type": "desktop", "country": "Norway"}
+
+
+def seeded(settings: Settings) -> None:
+    engine = make_engine(settings)
+    migrate(settings, engine)
+    with make_session_factory(engine)() as session:
+        for campaign_id, (pricing, bid, budget) in BUDGETS.items():
+            store.apply_instruction(
+                session,
+                instruction(
+                    campaign_id, pricing_model=pricing, bid_micros=bid, total_budget_micros=budget,
+                    daily_budget_micros=budget, frequency_cap_per_day=1,
+                    targeting={"device_types": ["desktop"], "countries": ["Norway"]},
+                ),
+            )  # fmt: skip
+    engine.dispose()
+
+
+def replica_env(settings: Settings, replicas: int) -> dict[str, str]:
+    return {**os.environ, **services.settings_env(settings), "AUCTION_REPLICAS": str(replicas)}
+
+
+def wait_listening(url: str, supervisor: subprocess.Popen, replicas: int, limit_s: float = 180) -> None:
+    deadline = time.monotonic() + limit_s
+    while True:
+        assert supervisor.poll() is None, "the replicas' supervisor exited"
+        assert time.monotonic() < deadline, "the replicas did not all start"
+        children = psutil.Process(supervisor.pid).children()
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            ready = False
+        if ready and len(children) == replicas and all(c.connections(kind="tcp") for c in children):
+            return
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def fleet(service_settings, tmp_path_factory):
+    """3 replicas on one port (their supervisor), and one more replica on a port of its own."""
+    workdir = tmp_path_factory.mktemp("replicas")
+    settings = service_settings.model_copy(
+        update={
+            "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}", "local_dir": workdir / "local",
+            "auction_port": free_port(), "shared_store_namespace": shared_namespace(),
+        }
+    )  # fmt: skip
+    seeded(settings)
+    logs = open(workdir / "replicas.log", "wb")  # noqa: SIM115 - closed below
+    fleet_process = subprocess.Popen(
+        [".venv/bin/adstream", "serve"], env=replica_env(settings, 3), stdout=logs, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    single = settings.model_copy(update={"auction_port": free_port()})
+    single_process = subprocess.Popen(
+        [".venv/bin/adstream", "serve"], env=replica_env(single, 1), stdout=logs, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url, other = f"http://127.0.0.1:{settings.auction_port}", f"http://127.0.0.1:{single.auction_port}"
+    try:
+        wait_listening(url, fleet_process, 3)
+        wait_listening(other, single_process, 0)
+        yield settings, url, other, fleet_process
+    finally:
+        for process in (fleet_process, single_process):
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in (fleet_process, single_process):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        logs.close()
+
+
+async def post_until_answered(client: httpx.AsyncClient, path: str, body: dict) -> httpx.Response:
+    """A client's retries: a replica killed mid-request drops its connections, so the same body goes again."""
+    for _ in range(50):
+        try:
+            response = await client.post(path, json=body)
+        except httpx.TransportError:
+            await asyncio.sleep(0.1)
+            continue
+        if response.status_code != 503:
+            return response
+        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+    raise AssertionError(f"{path} was never answered")
+
+
+async def drive(url: str, seconds: float, kill) -> tuple[list[dict], list[dict]]:
+    served: list[dict] = []
+    results: list[dict] = []
+    deadline = time.monotonic() + seconds
+    rng = random.Random(5)
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    headers = {"User-Agent": BROWSER_UA}
+
+    async def one(client: httpx.AsyncClient) -> None:
+        while time.monotonic() < deadline:
+            user = rng.choice(USERS)
+            response = await post_until_answered(client, "/v1/auction", {"user_id": user, **CONTEXT})
+            if response.status_code != 200:
+                continue
+            auction = response.json()
+            served.append({"user": user, **auction})
+            shown = datetime.now(UTC) - timedelta(seconds=3)
+            chain = [("impression", shown), ("click", shown + timedelta(seconds=1)), ("conversion", None)]
+            for event_type, at in chain[: ["CPM", "CPC", "CPA"].index(auction["pricing_model"]) + 1]:
+                body = signed_event(auction, event_type, at=at)
+                answered = await post_until_answered(client, "/v1/events", body)
+                results.append({"event_type": event_type, "auction": auction, **answered.json()["results"][0]})
+
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=headers) as client:
+        workers = [asyncio.create_task(one(client)) for _ in range(CONNECTIONS)]
+        await asyncio.sleep(seconds / 3)
+        kill()
+        await asyncio.gather(*workers)
+    return served, results
+
+
+def test_three_replicas_and_a_kill_9_keep_budgets_caps_and_charges_exact(fleet):
+    settings, url, _, supervisor = fleet
+    victims: list[int] = []
+
+    def kill() -> None:
+        victim = psutil.Process(supervisor.pid).children()[1]
+        victims.append(victim.pid)
+        victim.send_signal(signal.SIGKILL)
+
+    served, results = asyncio.run(drive(url, 12.0, kill))
+    wait_listening(url, supervisor, 3)  # the supervisor started it again
+    assert victims and victims[0] not in [child.pid for child in psutil.Process(supervisor.pid).children()]
+
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        ledger = session.execute(
+            select(SpendLedgerEntry.event_id, SpendLedgerEntry.auction_id, SpendLedgerEntry.campaign_id,
+                   SpendLedgerEntry.cost_micros)
+        ).all()  # fmt: skip
+        campaigns = {cid: store.get_campaign(session, cid) for cid in BUDGETS}
+    engine.dispose()
+    # Every campaign served, and stopped at its budget: none spent past it.
+    by_campaign = Counter(a["campaign_id"] for a in served)
+    assert set(by_campaign) == set(BUDGETS), by_campaign
+    for campaign_id, (_, _, budget) in BUDGETS.items():
+        assert 0 < campaigns[campaign_id].spent_micros <= budget
+        assert campaigns[campaign_id].spent_micros == sum(r.cost_micros for r in ledger if r.campaign_id == campaign_id)
+    # A 1-per-day cap: no user was served a campaign twice, whichever replica served it.
+    seen = Counter((a["user"], a["campaign_id"]) for a in served)
+    assert max(seen.values()) == 1, seen.most_common(3)
+    # Every accepted billable event is charged exactly once; no other event is.
+    billable = [r for r in results if r["event_type"] == BILLABLE[r["auction"]["pricing_model"]]]
+    assert billable and all(r["status"] in ("accepted", "duplicate") for r in results)
+    assert {r["charge_status"] for r in billable} <= {"charged", "over_budget"}
+    charged_ids = {r["event_id"] for r in results if r["charge_status"] == "charged"}
+    assert charged_ids == {row.event_id for row in ledger}
+    assert charged_ids <= {r["event_id"] for r in billable}
+    assert len({row.auction_id for row in ledger}) == len(ledger)  # one charge per auction
+    # Every reservation was charged or freed: nothing is held, and the shared spend is the ledger's.
+    shared = redis.Redis.from_url(settings.shared_store_url)
+    ns = settings.shared_store_namespace
+    assert shared.hlen(f"{ns}:res") == 0
+    assert all(int(v) == 0 for v in shared.hvals(f"{ns}:held"))
+    assert {k.decode(): int(v) for k, v in shared.hgetall(f"{ns}:spent").items()} == {
+        cid: view.spent_micros for cid, view in campaigns.items() if view.spent_micros
+    }
+
+
+def test_an_event_for_another_replicas_auction_is_accepted_at_once(fleet):
+    _, url, other, _ = fleet
+    auction = httpx.post(f"{url}/v1/auction", json={"user_id": "rep-cross", **CONTEXT}, timeout=10)
+    assert auction.status_code == 200, auction.text
+    body = signed_event(auction.json(), "impression", at=datetime.now(UTC))
+    answered = httpx.post(f"{other}/v1/events", json=body, headers={"User-Agent": BROWSER_UA}, timeout=10)
+    assert answered.status_code == 202, answered.text
+    assert answered.json()["results"][0]["status"] == "accepted"
+
+
+def test_the_shared_store_down_is_a_503_charging_nothing_and_serving_resumes_when_it_is_back(service_settings):
+    own = service_settings.model_copy(update={"shared_store_port": free_port(), "shared_store_url": ""})
+    own = Settings(**{**own.model_dump(), "shared_store_url": ""})
+    (server,) = services.build_services(own, ["shared-store"])
+    services.start(own, server)
+    services.wait_healthy(own, server)
+    try:
+        with (
+            running_service(own, instruction("down-cpm", pricing_model="CPM", bid_micros=2_000_000)) as state,
+            TestClient(create_app(state=state), headers={"User-Agent": BROWSER_UA}) as client,
+        ):
+            first = client.post("/v1/auction", json={"user_id": "down-1", "device_type": "desktop"})
+            assert first.status_code == 200, first.text
+            services.stop(own, server)
+            refused = client.post("/v1/auction", json={"user_id": "down-2", "device_type": "desktop"})
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+            assert "shared store" in refused.json()["detail"]
+            impression = signed_event(first.json(), "impression", at=datetime.now(UTC))
+            event = client.post("/v1/events", json=impression)
+            assert event.status_code == 503 and "nothing was served or charged" in event.json()["detail"]
+            with state.sessions() as session:
+                assert store.get_campaign(session, "down-cpm").spent_micros == 0
+            services.start(own, server)  # its data is on disk (appendonly): nothing was lost
+            services.wait_healthy(own, server)
+            again = client.post("/v1/auction", json={"user_id": "down-3", "device_type": "desktop"})
+            assert again.status_code == 200, again.text
+            event = client.post("/v1/events", json=impression)
+            assert event.status_code == 202 and event.json()["results"][0]["charge_status"] == "charged"
+            impression_cost = -(-first.json()["clearing_price_micros"] // 1000)  # a thousandth, rounded up
+            with state.sessions() as session:
+                assert store.get_campaign(session, "down-cpm").spent_micros == impression_cost
+    finally:
+        services.stop(own, server)
