@@ -28,7 +28,7 @@ USER 1000:1000
 FROM apache/airflow:3.3.2-python3.11 AS airflow
 USER root
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=app /opt/adstream /opt/adstream
 USER airflow

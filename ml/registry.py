@@ -9,6 +9,9 @@ artifact, so both numbers share the denominator and the data.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import math
 import tempfile
 from collections.abc import Mapping
@@ -28,11 +31,20 @@ from sklearn.pipeline import Pipeline
 from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
 from ml.features import FEATURES, LABEL
 from ml.metrics import evaluate
+from ml.native import NativeArtifact, NotCompilable, build_native
 from ml.pipelines import SKOPS_TRUSTED_TYPES
+from ml.scorer import CompiledScorer
 from ml.tracking import tracking_client
 
 CALIBRATION_BOUNDS = (0.8, 1.2)
 DECISION_ARTIFACT = "promotion_decision.json"
+# The native library of a version (ml.native): logged to the version's run, named by these version tags.
+NATIVE_ARTIFACT_DIR = "native"
+NATIVE_ARTIFACT_TAG = "native.artifact_path"  # relative to the version's run
+NATIVE_COMPILER_TAG = "native.compiler"  # treelite, tl2cgen and C compiler versions
+NATIVE_SKIPPED_TAG = "native.skipped"  # why a version has no native library
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,15 +99,67 @@ def version_by_alias(tracking_uri: str, alias: str) -> str | None:
 
 
 def register_challenger(tracking_uri: str, model_uri: str, model_id: str | None, run_id: str, family: str) -> str:
-    """Registers a logged model as a new version of ``ctr-model`` with alias ``challenger``; returns the version."""
+    """Registers a logged model as a new version of ``ctr-model`` with alias ``challenger``; returns the version.
+
+    The version's trees are also compiled to native code and logged beside it (``attach_native``);
+    when that fails the version is registered all the same and served by the numpy scorer.
+    """
     client = tracking_client(tracking_uri)
     if _registered_aliases(client) is None:
         client.create_registered_model(REGISTERED_MODEL)
     version = client.create_model_version(
         REGISTERED_MODEL, source=model_uri, run_id=run_id, tags={"model_family": family}, model_id=model_id
     )
+    attach_native(tracking_uri, str(version.version), run_id)
     client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER_ALIAS, version.version)
     return str(version.version)
+
+
+def attach_native(tracking_uri: str, version: str, run_id: str) -> str | None:
+    """Compiles ``ctr-model`` version ``version`` (its registered skops file) to a native library, logs it
+    to run ``run_id`` under ``native/<platform>-<sha256 prefix>/`` and tags the version with that path
+    (``NATIVE_ARTIFACT_TAG``) and the compiler versions (``NATIVE_COMPILER_TAG``); returns the path.
+
+    Never raises: a family with nothing to compile (logged as info), no C compiler or any other
+    failure (a warning) tags the version with ``NATIVE_SKIPPED_TAG`` (why) and returns None;
+    serving then uses the numpy scorer.
+    """
+    client = tracking_client(tracking_uri)
+    try:
+        artifact = model_artifact(tracking_uri, version)
+        sha256 = hashlib.sha256(artifact).hexdigest()
+        compiled = CompiledScorer.from_pipeline(skops.io.loads(artifact, trusted=list(SKOPS_TRUSTED_TYPES)))
+        native = build_native(compiled, sha256, model_version=version)
+        path = f"{NATIVE_ARTIFACT_DIR}/{native.manifest['platform']}-{sha256[:16]}"
+        with tempfile.TemporaryDirectory(prefix="ctr-native-") as scratch:
+            client.log_artifacts(run_id, str(native.write(Path(scratch))), path)
+        client.set_model_version_tag(REGISTERED_MODEL, version, NATIVE_ARTIFACT_TAG, path)
+        client.set_model_version_tag(REGISTERED_MODEL, version, NATIVE_COMPILER_TAG, native.compiler)
+    except Exception as exc:  # registration must not depend on a C compiler
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, NotCompilable):
+            logger.info("%s version %s is not compiled to native code: %s", REGISTERED_MODEL, version, exc)
+        else:
+            logger.warning("%s version %s registered without native code (%s)", REGISTERED_MODEL, version, reason)
+        with contextlib.suppress(Exception):  # the tag only explains; its absence must not fail either
+            client.set_model_version_tag(REGISTERED_MODEL, version, NATIVE_SKIPPED_TAG, reason[:5000])
+        return None
+    logger.info("%s version %s compiled to native code (%s) at %s", REGISTERED_MODEL, version, native.compiler, path)
+    return path
+
+
+def native_artifact(tracking_uri: str, version: str) -> NativeArtifact | None:
+    """The native library logged for ``ctr-model`` version ``version`` (``attach_native``), None when it has none."""
+    client = tracking_client(tracking_uri)
+    model_version = client.get_model_version(REGISTERED_MODEL, version)
+    path = model_version.tags.get(NATIVE_ARTIFACT_TAG)
+    if not path or not model_version.run_id:
+        return None
+    with tempfile.TemporaryDirectory(prefix="ctr-native-") as scratch:
+        local = download_artifacts(
+            run_id=model_version.run_id, artifact_path=path, dst_path=scratch, tracking_uri=tracking_uri
+        )
+        return NativeArtifact.read(Path(local))
 
 
 class NotSkopsModel(ValueError):

@@ -241,6 +241,8 @@ class _TreeEnsemble:
 class CompiledScorer:
     """pCTR for a batch of candidates, equal to the source pipeline's ``predict_proba(frame)[:, 1]``."""
 
+    kind = "numpy"  # which scorer serves (``ml.native.NativeScorer`` says "native")
+
     def __init__(
         self, family: str, numerics: _Numerics, categories: tuple[_CategoryLookup, ...], head: _Linear | _TreeEnsemble
     ):
@@ -263,9 +265,14 @@ class CompiledScorer:
             return _compile_trees_plus_lr(prepare, classifier)
         raise UnsupportedModelError(f"no compiler for {type(classifier).__name__}")
 
-    def score(self, batch: Mapping[str, Sequence[Any] | np.ndarray | Coded]) -> np.ndarray:
-        """pCTRs, one per candidate, for a mapping of column name -> values (one per candidate); a
-        categorical column may come as ``Coded``."""
+    @property
+    def head(self) -> _Linear | _TreeEnsemble:
+        """What scores the encoded matrix; ``ml.native`` compiles a tree ensemble to native code."""
+        return self._head
+
+    def encode(self, batch: Mapping[str, Sequence[Any] | np.ndarray | Coded]) -> np.ndarray:
+        """The (rows, len(features)) float64 matrix the head reads, columns in ``features`` order: numerics
+        as the pipeline prepares them, then each categorical value as the number its lookup gives."""
         absent = [name for name in self.features if name not in batch]
         if absent:
             raise KeyError(f"batch lacks feature column(s) {absent}")
@@ -275,7 +282,12 @@ class CompiledScorer:
         matrix[:, :width] = self._numerics.encode(batch, rows)
         for j, lookup in enumerate(self._categories, start=width):
             matrix[:, j] = lookup.encode(batch[lookup.name])
-        return expit(self._head.raw(matrix))
+        return matrix
+
+    def score(self, batch: Mapping[str, Sequence[Any] | np.ndarray | Coded]) -> np.ndarray:
+        """pCTRs, one per candidate, for a mapping of column name -> values (one per candidate); a
+        categorical column may come as ``Coded``."""
+        return expit(self._head.raw(self.encode(batch)))
 
     def score_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """pCTRs for a list of per-candidate dicts; an absent key counts as missing."""

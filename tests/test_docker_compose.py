@@ -14,6 +14,7 @@ from cli.main import COMMANDS, load_command
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_SERVICES = {
     "kafka",
+    "shared-store",
     "spark-master",
     "spark-worker",
     "airflow-init",
@@ -144,3 +145,13 @@ def test_every_command_a_service_runs_exists_in_the_product_image(compose):
     for name, service in compose["services"].items():
         for module in _python_modules(service):
             assert importlib.util.find_spec(module) is not None, f"{name} runs python -m {module}, which does not exist"
+
+
+def test_the_auction_replicas_share_one_persistent_password_protected_store(compose):
+    store = compose["services"]["shared-store"]
+    assert store["image"].startswith("valkey/valkey:") and "--appendonly" in store["command"]
+    assert "--requirepass" in store["command"] and "/data" in store["volumes"][0]
+    auction = compose["services"]["auction-service"]
+    assert auction["depends_on"]["shared-store"] == {"condition": "service_healthy"}
+    assert auction["environment"]["SHARED_STORE_URL"].startswith("redis://:${SHARED_STORE_PASSWORD:?")
+    assert auction["environment"]["AUCTION_REPLICAS"] == "${AUCTION_REPLICAS:-2}"

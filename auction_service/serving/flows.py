@@ -256,13 +256,13 @@ async def record_events(
         journaled = await state.spend_ledger.record([entry for _, entry in entries]) if entries else []
     except (SQLAlchemyError, journal.JournalConflict) as exc:
         raise LedgerUnavailable(f"the campaign store did not record the events ({exc.__class__.__name__})") from exc
-    unpublished = {result.event.event_id: result.event for result in journaled if not result.published}
-    await _publish(state, list(unpublished.values()))
     settled = [_settlement(result) for result in journaled if result.event.charge_status in SETTLED]
     if settled:
         # After the commit: a charge the shared store missed (it went down, or this replica was killed)
         # is answered 503, and the retry frees its reservation; every hold heals the spend from the ledger.
         state.shared.settle(settled)
+    unpublished = {result.event.event_id: result.event for result in journaled if not result.published}
+    await _publish(state, list(unpublished.values()))
     for (index, entry), result in zip(entries, journaled, strict=True):
         results[index] = _accepted(state, entry, result, received_at)
     for index in sorted(results):

@@ -27,7 +27,9 @@ from auction_service.serving.champion import (
     PollOutcome,
     ServingModel,
 )
+from ml import native
 from ml.features import FEATURES, LABEL, NUMERIC_FEATURES
+from ml.native import MANIFEST_NAME as NATIVE_MANIFEST
 from ml.pipelines import SKOPS_TRUSTED_TYPES, gradient_boosted_trees, logistic_regression
 from ml.registry import load_model_version, register_challenger
 from ml.scorer import CompiledScorer
@@ -131,7 +133,9 @@ def test_loads_the_champion_and_keeps_a_verified_local_copy(settings, pipelines,
         "saved_at": None,
         "artifact": "ctr-model-v1.skops",
         "sha256": hashlib.sha256(artifact).hexdigest(),
+        "native": None,  # logistic regression: nothing compiled, the numpy scorer serves
     }
+    assert serving.current.scorer_kind == "numpy"
 
 
 def test_poll_swaps_to_a_newly_promoted_champion(settings, pipelines, batch):
@@ -143,7 +147,8 @@ def test_poll_swaps_to_a_newly_promoted_champion(settings, pipelines, batch):
     assert make_champion(uri, pipelines["v2"]) == "2"
     assert watcher.poll_once() is PollOutcome.SWAPPED
     assert (serving.version, serving.current.family) == ("2", "gradient_boosted_trees")
-    np.testing.assert_array_equal(serving.score(batch)[0], own_scores(uri, "2", batch))
+    assert serving.current.scorer_kind == "native"
+    np.testing.assert_allclose(serving.score(batch)[0], own_scores(uri, "2", batch), rtol=0, atol=1e-9)
     assert (watcher.swaps, watcher.failures, watcher.poll_errors) == (1, 0, 0)
     assert watcher.poll_once() is PollOutcome.UNCHANGED
     # The local copy follows the swap and the old version's file is gone.
@@ -305,3 +310,56 @@ def test_the_watcher_thread_swaps_on_its_own_and_stops(tmp_path, db_template, pi
         mlflow.set_tracking_uri(None)
     assert not watcher.running
     assert watcher.swaps == 1
+
+
+def test_a_tree_champion_is_served_by_its_native_library_and_its_local_copy_keeps_it(settings, pipelines, tmp_path):
+    uri = settings.mlflow_tracking_uri
+    make_champion(uri, pipelines["v2"])  # registration compiled and logged the library
+    serving = ServingModel.load_at_start(settings)
+    assert (serving.current.family, serving.current.scorer_kind) == ("gradient_boosted_trees", "native")
+    assert serving.current.scorer.manifest["model_version"] == "1"
+    candidates = awkward_candidates(training_frame(300, seed=32))
+    columns = {name: candidates[name].tolist() for name in FEATURES}
+    expected = pipelines["v2"].predict_proba(candidates)[:, 1]
+    np.testing.assert_allclose(serving.score(columns)[0], expected, rtol=0, atol=1e-6)
+    manifest = json.loads((settings.model_cache_dir / MANIFEST).read_text())
+    assert manifest["native"] == "ctr-model-v1.native"
+    assert sorted(p.name for p in (settings.model_cache_dir / manifest["native"]).iterdir()) == [
+        "ctr-model.so",
+        NATIVE_MANIFEST,
+    ]
+    copy = ServingModel.load_at_start(unreachable(settings, tmp_path / "down"))
+    assert (copy.version, copy.current.scorer_kind) == ("1", "native")
+    np.testing.assert_allclose(copy.score(columns)[0], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"platform": "plan9-mips-unknown"}, "built for platform plan9-mips-unknown"),
+        ({"model_sha256": "0" * 64}, "built from model sha256 " + "0" * 64),
+    ],
+    ids=["other platform", "other model"],
+)
+def test_a_native_library_for_another_platform_or_model_falls_back_to_numpy(
+    settings, pipelines, batch, tmp_path, change, why, caplog
+):
+    uri = settings.mlflow_tracking_uri
+    make_champion(uri, pipelines["v2"])
+    ServingModel.load_at_start(settings)  # writes the local copy, library included
+    native_dir = settings.model_cache_dir / "ctr-model-v1.native"
+    native_manifest = json.loads((native_dir / NATIVE_MANIFEST).read_text())
+    (native_dir / NATIVE_MANIFEST).write_text(json.dumps(native_manifest | change))
+    serving = ServingModel.load_at_start(unreachable(settings, tmp_path / "down"))
+    assert (serving.ready, serving.version, serving.current.scorer_kind) == (True, "1", "numpy")
+    assert isinstance(serving.current.scorer, CompiledScorer)
+    np.testing.assert_array_equal(serving.score(batch)[0], own_scores(uri, "1", batch))
+    assert why in caplog.text and "scoring with numpy" in caplog.text
+
+
+def test_a_version_registered_without_a_compiler_is_served_by_numpy(settings, pipelines, monkeypatch):
+    monkeypatch.setattr(native, "TOOLCHAIN", "no-such-cc")
+    make_champion(settings.mlflow_tracking_uri, pipelines["v2"])
+    serving = ServingModel.load_at_start(settings)
+    assert (serving.ready, serving.current.scorer_kind) == (True, "numpy")
+    assert json.loads((settings.model_cache_dir / MANIFEST).read_text())["native"] is None
