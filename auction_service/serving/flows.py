@@ -73,12 +73,12 @@ HOLD_REFUSED = {
 }
 
 
-def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: bool = False) -> ServedAd:
+async def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: bool = False) -> ServedAd:
     """Runs one auction; raises ``ModelNotReady`` when no model is loaded, ``SharedStoreUnavailable``
     when the shared store does not answer (nothing was held)."""
     began = time.perf_counter()
     loaded = state.model.current  # one snapshot for the whole auction, even if a swap lands meanwhile
-    seen = state.shared.frequency_today(context.user_id, context.at.date())
+    seen = await state.shared.frequency_today_async(context.user_id, context.at.date())
     with state.snapshot_lock:  # the spend of the snapshot and the exposure from the same moment
         campaigns, features = state.campaigns.campaigns, state.features.current
         index = CampaignIndex.of(campaigns)
@@ -104,7 +104,7 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
         )
         if outcome.winner is None:
             break
-        expires_at, refused = _hold(state, context, outcome, loaded.version)
+        expires_at, refused = await _hold(state, context, outcome, loaded.version)
         if refused is None:
             break
         # Taken meanwhile by another auction (any replica): the winner leaves, the rest are priced again.
@@ -128,7 +128,7 @@ def serve_auction(state: ServiceState, context: AuctionContext, *, first_price: 
     return ServedAd(outcome, loaded.version, context.auction_id, expires_at)
 
 
-def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str
+async def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str
           ) -> tuple[datetime, HoldRefused | None]:  # fmt: skip
     winner = outcome.winner
     assert winner is not None
@@ -145,7 +145,7 @@ def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome,
         channel=context.channel, content_type=context.content_type, model_version=model_version,
         publisher_id=context.publisher_id, served_at=context.at, expires_at=expires_at,
     )  # fmt: skip
-    refused = state.shared.hold(
+    refused = await state.shared.hold_async(
         Hold(
             served, total_budget_micros=winner.total_budget_micros, daily_budget_micros=winner.daily_budget_micros,
             ledger_spent_micros=winner.spent_micros, ledger_spent_today_micros=winner.spent_today_micros,
@@ -228,7 +228,7 @@ async def record_events(
     entries: list[tuple[int, journal.JournalEntry]] = []
     # The shared store first: any replica may have served them; the shared store down is a 503 before
     # anything is journaled or charged.
-    served_by_id = state.served_auctions_shared(list({event.auction_id: None for event in events}))
+    served_by_id = await state.shared.served_async(list({event.auction_id: None for event in events}))
     older = [auction_id for auction_id, served in served_by_id.items() if served is None]
     if older:  # the campaign store, in a thread: the event loop does not wait on disk
         served_by_id.update(await asyncio.to_thread(_served_from_store, state, older))
@@ -260,7 +260,7 @@ async def record_events(
     if settled:
         # After the commit: a charge the shared store missed (it went down, or this replica was killed)
         # is answered 503, and the retry frees its reservation; every hold heals the spend from the ledger.
-        state.shared.settle(settled)
+        await state.shared.settle_async(settled)
     unpublished = {result.event.event_id: result.event for result in journaled if not result.published}
     await _publish(state, list(unpublished.values()))
     for (index, entry), result in zip(entries, journaled, strict=True):

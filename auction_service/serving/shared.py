@@ -11,9 +11,12 @@ What it holds, per namespace (SHARED_STORE_NAMESPACE):
   SERVED_IN_MEMORY_S; after that the campaign store's copy (written behind) answers.
 
 Every decision that must hold across replicas is one server-side script: a hold checks the
-total and daily budget (spent + held + this auction's reservation) and the frequency cap and
-takes all of them at once, or nothing. The ledger stays the system of record: it never charges
-past a budget whatever this store says, so losing the store can cost exposure pacing, never money.
+total and daily budget (the campaign serves while spent + held < budget, the rule every replica's
+pre-filter applies too, so a hold is refused only when another auction took the budget meanwhile)
+and the frequency cap, and takes all of them at once, or nothing. The last hold may pass the budget
+by its own reservation; the ledger refuses any charge past it (``over_budget``). The ledger stays
+the system of record: it never charges past a budget whatever this store says, so losing the store
+can cost exposure pacing, never money.
 When the store is gone (no ``epoch`` key) the first replica to notice rebuilds it from the campaign
 store: spend from the ledger, holds and frequency from today's served auctions.
 
@@ -22,14 +25,17 @@ Lua numbers are doubles: amounts are exact up to 2**53 micros (about $9 billion)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import IntEnum
+from typing import Any
 
 import redis
+import redis.asyncio
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
@@ -38,6 +44,14 @@ from auction_service.campaign_store import store
 log = logging.getLogger(__name__)
 DAY_KEYS_TTL_S = 3 * 24 * 3600  # per-day keys outlive their day (the ledger keeps the history)
 REBUILD_LOCK_S = 120
+
+
+READ_FREQUENCY, TAKE_HOLD, READ_SERVED, SETTLE = (
+    "read the frequency counters",
+    "take the auction's hold",
+    "read the served auctions",
+    "settle the charges",
+)
 
 
 class SharedStoreUnavailable(RuntimeError):
@@ -59,8 +73,8 @@ local stored = tonumber(redis.call('HGET', KEYS[1], cid) or '0')
 local stored_day = tonumber(redis.call('HGET', KEYS[2], cid) or '0')
 local held = tonumber(redis.call('HGET', KEYS[3], cid) or '0')
 local held_day = tonumber(redis.call('HGET', KEYS[4], cid) or '0')
-if math.max(stored, ledger) + held + amount > tonumber(ARGV[4]) then return 1 end
-if math.max(stored_day, ledger_day) + held_day + amount > tonumber(ARGV[5]) then return 2 end
+if math.max(stored, ledger) + held >= tonumber(ARGV[4]) then return 1 end
+if math.max(stored_day, ledger_day) + held_day >= tonumber(ARGV[5]) then return 2 end
 local cap = tonumber(ARGV[8])
 if cap >= 0 then
   if tonumber(redis.call('HGET', KEYS[7], cid) or '0') >= cap then return 3 end
@@ -191,6 +205,19 @@ class SharedBooks:
         self._hold = self.client.register_script(_HOLD)
         self._settle = self.client.register_script(_SETTLE)
         self._sweep = self.client.register_script(_SWEEP)
+        self._url, self._timeout_s = url, timeout_s
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any, Any] | None = None
+
+    def _on_loop(self) -> tuple[redis.asyncio.Redis, Any, Any]:
+        """The request path's client, of the running event loop (its connections belong to that loop):
+        an auction waits on the store without holding up the others."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = redis.asyncio.Redis.from_url(
+                self._url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s
+            )
+            self._async = (loop, client, client.register_script(_HOLD), client.register_script(_SETTLE))
+        return self._async[1:]
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -201,17 +228,34 @@ class SharedBooks:
         except RedisError as exc:
             raise SharedStoreUnavailable(f"the shared store did not {what} ({exc.__class__.__name__})") from exc
 
+    async def _await(self, what: str, pending):
+        try:
+            return await pending
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise SharedStoreUnavailable(f"the shared store did not {what} ({exc.__class__.__name__})") from exc
+
     # --- the auction ---
+
+    def _frequency_key(self, user_id: str, day: date) -> str:
+        return self.key("freq", day_tag(day), user_id)
+
+    @staticmethod
+    def _counts(seen: Mapping[bytes, bytes]) -> dict[str, int]:
+        return {campaign.decode(): int(count) for campaign, count in seen.items()}
 
     def frequency_today(self, user_id: str | None, day: date) -> dict[str, int]:
         """The ads of each campaign served to ``user_id`` on ``day``."""
         if user_id is None:
             return {}
-        seen = self._call("read the frequency counters", self.client.hgetall, self.key("freq", day_tag(day), user_id))
-        return {campaign.decode(): int(count) for campaign, count in seen.items()}
+        return self._counts(self._call(READ_FREQUENCY, self.client.hgetall, self._frequency_key(user_id, day)))
 
-    def hold(self, hold: Hold) -> HoldRefused | None:
-        """Takes the auction's reservation, frequency slot and served record at once; why not, when refused."""
+    async def frequency_today_async(self, user_id: str | None, day: date) -> dict[str, int]:
+        if user_id is None:
+            return {}
+        client, _, _ = self._on_loop()
+        return self._counts(await self._await(READ_FREQUENCY, client.hgetall(self._frequency_key(user_id, day))))
+
+    def _hold_command(self, hold: Hold) -> dict[str, list]:
         served = hold.served
         day = day_tag(served.served_at.astimezone(UTC).date())
         user = served.user_id if hold.frequency_cap is not None else None
@@ -224,25 +268,49 @@ class SharedBooks:
             hold.ledger_spent_micros, hold.ledger_spent_today_micros, -1 if user is None else hold.frequency_cap,
             served.auction_id, _ms(served.expires_at), pack_served(served), self.served_s, DAY_KEYS_TTL_S, day,
         ]  # fmt: skip
-        refused = int(self._call("take the auction's hold", self._hold, keys=keys, args=args))
+        return {"keys": keys, "args": args}
+
+    def hold(self, hold: Hold) -> HoldRefused | None:
+        """Takes the auction's reservation, frequency slot and served record at once; why not, when refused."""
+        refused = int(self._call(TAKE_HOLD, self._hold, **self._hold_command(hold)))
+        return HoldRefused(refused) if refused else None
+
+    async def hold_async(self, hold: Hold) -> HoldRefused | None:
+        _, script, _ = self._on_loop()
+        refused = int(await self._await(TAKE_HOLD, script(**self._hold_command(hold))))
         return HoldRefused(refused) if refused else None
 
     # --- events ---
 
-    def served(self, auction_ids: Sequence[str]) -> dict[str, store.ServedAuctionRow | None]:
-        payloads = self._call(
-            "read the served auctions", self.client.mget, [self.key("auction", a) for a in auction_ids]
-        )
+    def _served_rows(self, auction_ids: Sequence[str], payloads: list[bytes | None]) -> dict:
         return {a: None if p is None else unpack_served(p) for a, p in zip(auction_ids, payloads, strict=True)}
+
+    def served(self, auction_ids: Sequence[str]) -> dict[str, store.ServedAuctionRow | None]:
+        keys = [self.key("auction", a) for a in auction_ids]
+        return self._served_rows(auction_ids, self._call(READ_SERVED, self.client.mget, keys))
+
+    async def served_async(self, auction_ids: Sequence[str]) -> dict[str, store.ServedAuctionRow | None]:
+        client, _, _ = self._on_loop()
+        keys = [self.key("auction", a) for a in auction_ids]
+        return self._served_rows(auction_ids, await self._await(READ_SERVED, client.mget(keys)))
+
+    def _settle_args(self, settled: Settlement) -> list:
+        return [self.ns, settled.auction_id, settled.campaign_id, settled.ledger_spent_micros,
+                settled.ledger_spent_today_micros, day_tag(settled.day), DAY_KEYS_TTL_S]  # fmt: skip
 
     def settle(self, settlements: Iterable[Settlement]) -> None:
         """Frees the auctions' reservations and raises the spend mirror to the ledger's totals after each charge."""
         pipe = self.client.pipeline(transaction=False)
         for settled in settlements:
-            args = [self.ns, settled.auction_id, settled.campaign_id, settled.ledger_spent_micros,
-                    settled.ledger_spent_today_micros, day_tag(settled.day), DAY_KEYS_TTL_S]  # fmt: skip
-            self._settle(keys=[], args=args, client=pipe)
-        self._call("settle the charges", pipe.execute)
+            self._settle(keys=[], args=self._settle_args(settled), client=pipe)
+        self._call(SETTLE, pipe.execute)
+
+    async def settle_async(self, settlements: Iterable[Settlement]) -> None:
+        client, _, script = self._on_loop()
+        pipe = client.pipeline(transaction=False)
+        for settled in settlements:
+            await script(keys=[], args=self._settle_args(settled), client=pipe)
+        await self._await(SETTLE, pipe.execute())
 
     # --- housekeeping ---
 
@@ -302,6 +370,7 @@ class SharedBooks:
 
     def close(self) -> None:
         self.client.close()
+        self._async = None  # its connections close with their loop
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,15 @@ def test_a_cluster_id_never_starts_like_an_option(monkeypatch):
 def test_batch_services_run_below_the_request_path(tmp_path):
     settings = make_settings(tmp_path)
     niceness = {service.name: service.niceness for service in services.build_services(settings, [])}
-    assert niceness == {"kafka": 0, "mlflow": 0, "airflow": 10, "ad-manager": 0, "auction": 0, "streaming": 10}
+    assert niceness == {
+        "kafka": 0,
+        "shared-store": 0,
+        "mlflow": 0,
+        "airflow": 10,
+        "ad-manager": 0,
+        "auction": 0,
+        "streaming": 10,
+    }
     idle = services.Service(
         name="idle", url="-", ports=(), command=(sys.executable, "-c", "import time; time.sleep(60)"),
         healthy=lambda: True, niceness=10,

@@ -140,7 +140,7 @@ async def auction(body: AuctionRequest, request: Request) -> AuctionResponse | R
         blocked_categories=frozenset(body.blocked_categories), blocked_advertisers=frozenset(body.blocked_advertisers),
         publisher_id=caller.caller_id,
     )  # fmt: skip
-    served = serve_auction(state, context)
+    served = await serve_auction(state, context)
     winner = served.outcome.winner
     if winner is None:
         return Response(status_code=204)
@@ -174,7 +174,7 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
         publisher_id=caller.caller_id,
         max_floor_cpm_micros=caller.max_floor_cpm_micros,
     )
-    served = serve_auction(state, context, first_price=body.first_price)
+    served = await serve_auction(state, context, first_price=body.first_price)
     if served.outcome.winner is None:
         return Response(status_code=204)
     urls, _ = signed_events(request, served, context)

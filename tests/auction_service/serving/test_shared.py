@@ -43,22 +43,23 @@ def hold(books, row, total=1_000, daily=1_000, spent=0, spent_today=0, cap: int 
     return books.hold(Hold(row, total, daily, spent, spent_today, frequency_cap=cap))
 
 
-def test_a_hold_takes_budget_until_the_next_would_pass_it_then_refuses(books):
-    assert [hold(books, served(f"a{i}")) for i in range(3)] == [None, None, HoldRefused.TOTAL_BUDGET]  # 400+400+400
-    assert books.exposure(TODAY) == ({"c1": 800}, {"c1": 800}, {}, {})
-    assert books.served(["a0", "a2"]) == {"a0": served("a0"), "a2": None}  # a refused hold leaves no auction
-    assert hold(books, served("b0", reserved=200)) is None  # exactly the budget: 800 + 200 = 1,000
-    assert books.frequency_today("u1", TODAY) == {"c1": 3}  # a0, a1, b0
+def test_a_hold_takes_budget_while_some_is_left_then_refuses(books):
+    # 0, 400, 800 held are below the 1,000 budget: the third hold passes it by its own 400, the fourth is refused.
+    assert [hold(books, served(f"a{i}")) for i in range(4)] == [None, None, None, HoldRefused.TOTAL_BUDGET]
+    assert books.exposure(TODAY) == ({"c1": 1_200}, {"c1": 1_200}, {}, {})
+    assert books.served(["a0", "a3"]) == {"a0": served("a0"), "a3": None}  # a refused hold leaves no auction
+    assert books.frequency_today("u1", TODAY) == {"c1": 3}  # a0, a1, a2
 
 
 def test_the_daily_budget_and_the_ledgers_own_spend_count(books):
-    assert hold(books, served("a0"), total=10_000, spent_today=700) is HoldRefused.DAILY_BUDGET  # 700 + 400 > 1,000
-    assert hold(books, served("a1", reserved=300), total=10_000, spent=500, spent_today=700) is None  # exactly 1,000
+    assert hold(books, served("a0"), total=10_000, spent_today=1_000) is HoldRefused.DAILY_BUDGET  # none left today
+    assert hold(books, served("a1", reserved=300), total=10_000, spent=500, spent_today=700) is None
     # The ledger's figures were higher than the mirror's: the mirror now holds them ...
     assert books.exposure(TODAY) == ({"c1": 300}, {"c1": 300}, {"c1": 500}, {"c1": 700})
-    # ... and counts them for a replica whose figures are older: 500 + 300 + 101 > 900.
-    assert hold(books, served("a2", reserved=101), total=900, daily=10_000) is HoldRefused.TOTAL_BUDGET
-    assert hold(books, served("a3", reserved=100), total=900, daily=10_000) is None
+    assert hold(books, served("a2", reserved=1)) is HoldRefused.DAILY_BUDGET  # 700 spent + 300 held today
+    # ... and counts them for a replica whose figures are older: 500 spent + 300 held leave nothing of 800.
+    assert hold(books, served("a3", reserved=1), total=800, daily=10_000) is HoldRefused.TOTAL_BUDGET
+    assert hold(books, served("a4", reserved=100), total=801, daily=10_000) is None
 
 
 def test_the_frequency_cap_counts_every_ad_served_to_the_user_that_day(books):
@@ -82,7 +83,8 @@ def test_a_settlement_frees_the_hold_and_keeps_the_ledgers_largest_totals(books)
     assert books.exposure(TODAY) == ({"c1": 0}, {"c1": 0}, {"c1": 400}, {"c1": 400})
     books.settle([Settlement("a7", "c1", TODAY)])  # a retry answered from the journal: no totals, nothing held
     assert books.exposure(TODAY) == ({"c1": 0}, {"c1": 0}, {"c1": 400}, {"c1": 400})
-    assert hold(books, served("a2", reserved=600)) is None  # 400 spent + 600 = the budget
+    assert hold(books, served("a2", reserved=600)) is None  # 400 spent, nothing held: 600 left
+    assert hold(books, served("a3", reserved=1)) is HoldRefused.TOTAL_BUDGET  # 400 + 600: none left
 
 
 def test_a_sweep_frees_only_the_expired_holds_whoever_took_them(books):
