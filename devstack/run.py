@@ -83,7 +83,7 @@ def run_logged(settings: Settings, stage: str, *command: str) -> None:
 # load on 2 cores, plus the wait before a click (~1.5 s on ~3 % of people's visits, more for bots).
 VISIT_BUDGET_S = 0.35
 BOT_SHARE = 0.05  # of the visits: bots of every IVT behaviour, for the filter's precision and recall
-INFRASTRUCTURE = ("kafka", "mlflow", "airflow")
+INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
 PLATFORM = ("ad-manager", "auction", "streaming")
 # Unpaused for the run; Airflow's scheduler starts feature_build and ctr_training from the
 # Assets the one before publishes. hourly_billing stays paused (catchup would bill every
@@ -393,7 +393,7 @@ KPI_EVERY_S = 20.0
 
 def stages(plan: Simulation) -> tuple[Stage, ...]:
     return (
-        Stage("start Kafka, MLflow and Airflow", start_infrastructure),
+        Stage("start Kafka, the shared store, MLflow and Airflow", start_infrastructure),
         Stage("Airflow: kaggle_ingestion -> feature_build -> ctr_training (ctr-model@champion)", run_batch_dags),
         Stage("start the ad manager, auction service and streaming job; seed campaigns", start_platform),
         Stage(
