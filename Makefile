@@ -31,9 +31,12 @@ test: setup ## Lint and run the whole test suite (starts and stops the Kafka bro
 	@.venv/bin/lint-imports
 	@$(PY) -m pytest
 
-bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/bench/ (REPEATS=3)
+bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/bench/ (REPEATS=3); the scorer also on make run's champion
 	@$(ADSTREAM) bench ingestion --repeats $(or $(REPEATS),3)
 	@$(ADSTREAM) bench scorer
+	@champion=$$(ls -t .local/models/ctr-model-v*.skops 2>/dev/null | head -1); \
+	 if [ -n "$$champion" ]; then $(ADSTREAM) bench scorer --champion "$$champion" --output reports/bench/ctr_scorer_champion.json; \
+	 else echo "no served champion in .local/models (make run leaves one): scorer timed on the families trained here only"; fi
 
 bench-auction: setup ## Load-test the auction service (autocannon, 32 connections): auctions/s over an echo server's requests/s, 1 and REPLICAS replicas (REPEATS=3 DURATION=20 REPLICAS=2)
 	@$(ADSTREAM) bench auction --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20) --replicas 1,$(or $(REPLICAS),2)

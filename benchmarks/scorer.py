@@ -41,7 +41,7 @@ from benchmarks.harness import check_choices, report_path, write_report
 from cli.lazy import commands_app
 from ml.features import CATEGORICAL_FEATURES, FEATURES, LABEL
 from ml.native import NativeScorer, NotCompilable, build_native, load_native
-from ml.pipelines import FAMILIES
+from ml.pipelines import FAMILIES, SKOPS_TRUSTED_TYPES
 from ml.scorer import Coded, CompiledScorer
 from ml.split import time_split
 from simulator.ctr_examples import candidates, training_frame
@@ -124,10 +124,14 @@ def _max_abs_diff(expected: list[np.ndarray], *outputs: list[np.ndarray]) -> flo
     return max(float(np.max(np.abs(np.concatenate(expected) - np.concatenate(got)))) for got in outputs)
 
 
-def bench_family(family: str, batches: int, repeats: int = 3, training_rows: int = 5_000) -> dict[str, object]:
+def bench_family(
+    family: str, batches: int, repeats: int = 3, training_rows: int = 5_000, pipeline: Any = None
+) -> dict[str, object]:
+    """One family trained here, or ``pipeline`` as given (the champion a run promoted), timed on the same inputs."""
     frame = training_frame(training_rows, seed=11)
     train_set, holdout = time_split(frame)
-    pipeline = FAMILIES[family]().fit(train_set[list(FEATURES)], train_set[LABEL].to_numpy())
+    if pipeline is None:
+        pipeline = FAMILIES[family]().fit(train_set[list(FEATURES)], train_set[LABEL].to_numpy())
     scorer = CompiledScorer.from_pipeline(pipeline)
     native = _native(scorer, pipeline)
     frames = [candidates(holdout, BATCH_SIZE, seed)[list(FEATURES)] for seed in range(batches)]
@@ -179,13 +183,20 @@ def bench(
     families: Sequence[str] = (),
     output: Path | None = None,
     repeats: int = 3,
+    champion: Path | None = None,
 ) -> int:
     """`adstream bench scorer`: every family (or ``families``), printed and written to ``output`` (default
     REPORTS_DIR/bench/ctr_scorer.json); 1 when a pCTR disagrees with the pipeline's beyond its tolerance."""
     # One OpenMP thread, as the service scores: otherwise the idle workers HistGradientBoosting's fit and
     # predict_proba leave spinning take the core from the timings that follow (native x2 slower here).
     with threadpool_limits(limits=1, user_api="openmp"):
-        results = [bench_family(family, batches, repeats) for family in families or FAMILIES]
+        if champion is not None:
+            # The model a run promoted, as the service loaded it (its local copy): what is served, not a stand-in.
+            pipeline = skops.io.loads(champion.read_bytes(), trusted=list(SKOPS_TRUSTED_TYPES))
+            family = f"champion {champion.stem}"
+            results = [bench_family(family, batches, repeats, pipeline=pipeline)]
+        else:
+            results = [bench_family(family, batches, repeats) for family in families or FAMILIES]
     print(
         f"{'family':<24}{'input':<9}{'naive µs':>15}{'compiled µs':>15}{'native µs':>15}"
         f"{'naive/compiled':>16}{'compiled/native':>17}   (median / p99 per 100 candidates)"
@@ -236,6 +247,12 @@ def scorer_command(
         list[str] | None, typer.Option(help=f"one of {', '.join(FAMILIES)}; repeat it (default: every family)")
     ] = None,
     output: Annotated[Path | None, typer.Option(help="default: REPORTS_DIR/bench/ctr_scorer.json")] = None,
+    champion: Annotated[
+        Path | None,
+        typer.Option(help="a served champion's skops file (make run leaves .local/models/ctr-model-v<N>.skops)"),
+    ] = None,
 ) -> None:
     check_choices("--family", family or [], list(FAMILIES))
-    raise typer.Exit(bench(get_settings(), batches, family or (), output, repeats))
+    if champion is not None and not champion.is_file():
+        raise typer.BadParameter(f"{champion} is not a file: run `make run` first, or name a skops file")
+    raise typer.Exit(bench(get_settings(), batches, family or (), output, repeats, champion))

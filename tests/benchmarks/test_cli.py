@@ -36,6 +36,7 @@ def test_the_bench_list_imports_no_bench():
         (["auction", "--modes", "fast"], "'fast' is not one of echo, compiled, naive"),
         (["auction", "--family", "forest"], "'forest' is not one of logistic_regression"),
         (["scorer", "--family", "forest"], "'forest' is not one of logistic_regression"),
+        (["scorer", "--champion", "/nonexistent/ctr-model-v1.skops"], "is not a file: run `make run` first"),
         (["streaming", "--soak", "soon"], "not a duration: 'soon' (e.g. 30m, 90s, 1h)"),
         (["streaming", "--only", "both"], "'both' is not one of 'throughput', 'continuous'"),
     ],
