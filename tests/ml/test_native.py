@@ -7,8 +7,6 @@ import platform
 import sys
 from dataclasses import replace
 
-import mlflow
-import mlflow.sklearn
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +14,7 @@ import tl2cgen
 import treelite
 from sklearn.pipeline import Pipeline
 
-from adstream.contracts import MLFLOW_EXPERIMENT, REGISTERED_MODEL
+from adstream.contracts import REGISTERED_MODEL
 from ml import native as native_module
 from ml.features import FEATURES, LABEL
 from ml.native import (
@@ -28,20 +26,19 @@ from ml.native import (
     load_native,
     platform_tag,
 )
-from ml.pipelines import FAMILIES, SKOPS_TRUSTED_TYPES
+from ml.pipelines import FAMILIES
 from ml.registry import (
     NATIVE_ARTIFACT_TAG,
     NATIVE_COMPILER_TAG,
     NATIVE_SKIPPED_TAG,
     model_artifact,
     native_artifact,
-    register_challenger,
 )
 from ml.scorer import Coded, CompiledScorer
 from ml.split import time_split
-from ml.tracking import point_fluent_api_at, tracking_client
-from ml.train import pip_requirements
+from ml.tracking import tracking_client
 from tests.ml.factories import awkward_candidates, training_frame
+from tests.ml.registered import register
 
 TOLERANCE = 1e-6
 SHA = "0" * 64  # stands for the skops file's sha256 where no file is involved
@@ -210,17 +207,7 @@ def test_without_a_c_compiler_nothing_is_compiled(tree_built):
 
 
 def _log_and_register(uri: str, pipeline) -> str:
-    point_fluent_api_at(uri)
-    experiment_id = tracking_client(uri).get_experiment_by_name(MLFLOW_EXPERIMENT).experiment_id
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        logged = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-            pip_requirements=pip_requirements(),
-        )
-    return register_challenger(uri, logged.model_uri, logged.model_id, run.info.run_id, "gradient_boosted_trees")
+    return register(uri, pipeline, "gradient_boosted_trees")
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import pytest
 from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL
 from ml.features import FEATURES, LABEL
 from ml.metrics import evaluate
-from ml.pipelines import SKOPS_TRUSTED_TYPES, logistic_regression
-from ml.registry import DECISION_ARTIFACT, apply_promotion, decide_promotion, register_challenger
+from ml.pipelines import logistic_regression
+from ml.registry import DECISION_ARTIFACT, apply_promotion, decide_promotion
 from ml.split import time_split
-from ml.tracking import point_fluent_api_at, tracking_client
-from ml.train import pip_requirements
+from ml.tracking import tracking_client
 from tests.ml.factories import training_frame
+from tests.ml.registered import register
 
 # --- the rule ---------------------------------------------------------------------------------
 
@@ -86,20 +86,6 @@ def models(split):
     assert metrics["over_predicting"]["calibration"] > 1.2
     assert metrics["over_predicting"]["normalized_entropy"] < metrics["weak"]["normalized_entropy"]
     return {"strong": strong, "weak": weak, "over_predicting": over_predicting}
-
-
-def register(uri: str, pipeline) -> str:
-    experiment_id = tracking_client(uri).get_experiment_by_name(MLFLOW_EXPERIMENT).experiment_id
-    point_fluent_api_at(uri)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        logged = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-            pip_requirements=pip_requirements(),
-        )
-    return register_challenger(uri, logged.model_uri, logged.model_id, run.info.run_id, "logistic_regression")
 
 
 def promote(uri: str, version: str, holdout: pd.DataFrame):

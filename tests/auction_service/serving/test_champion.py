@@ -17,7 +17,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL
+from adstream.contracts import CHAMPION_ALIAS, REGISTERED_MODEL
 from adstream.settings import Settings
 from auction_service.serving.champion import (
     ADVICE,
@@ -30,14 +30,14 @@ from auction_service.serving.champion import (
 from ml import native
 from ml.features import FEATURES, LABEL, NUMERIC_FEATURES
 from ml.native import MANIFEST_NAME as NATIVE_MANIFEST
-from ml.pipelines import SKOPS_TRUSTED_TYPES, gradient_boosted_trees, logistic_regression
-from ml.registry import load_model_version, register_challenger
+from ml.pipelines import gradient_boosted_trees, logistic_regression
+from ml.registry import load_model_version
 from ml.scorer import CompiledScorer
-from ml.tracking import point_fluent_api_at, tracking_client
-from ml.train import pip_requirements
+from ml.tracking import tracking_client
 from tests.conftest import free_port, make_settings
 from tests.ml.conftest import forget_fluent_uris, new_store, one_openmp_thread
 from tests.ml.factories import awkward_candidates, training_frame
+from tests.ml.registered import register
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -87,17 +87,7 @@ def settings(tmp_path: Path, db_template: Path, monkeypatch: pytest.MonkeyPatch)
 
 def make_champion(uri: str, pipeline: Pipeline) -> str:
     """Logs and registers ``pipeline``, then moves ``champion`` to it (as a promotion would)."""
-    point_fluent_api_at(uri)
-    experiment_id = tracking_client(uri).get_experiment_by_name(MLFLOW_EXPERIMENT).experiment_id
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        logged = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-            pip_requirements=pip_requirements(),
-        )
-    version = register_challenger(uri, logged.model_uri, logged.model_id, run.info.run_id, "test")
+    version = register(uri, pipeline, "test")
     tracking_client(uri).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
     return version
 
