@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -773,26 +773,51 @@ def spend_totals(session: Session, day: date) -> tuple[dict[str, int], dict[str,
     return total, dict(today.tuples().all())
 
 
-@fresh_read
-def unbilled_served_auctions(session: Session, since: datetime, now: datetime) -> list[ServedAuctionRow]:
-    """Auctions served since ``since``, not expired at ``now``, whose billable event was not charged:
-    the reservations still open."""
+REBUILD_ROWS_PER_FETCH = 10_000  # rows a rebuild reads at a time: its memory is this, not an hour of auctions
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReservation:
+    """A served auction whose reservation is still open: what a rebuilt shared store holds for it."""
+
+    auction_id: str
+    campaign_id: str
+    served_at: datetime
+    reserved_micros: int
+    expires_at: datetime
+
+
+def open_reservations(session: Session, since: datetime, now: datetime) -> Iterator[OpenReservation]:
+    """Auctions served since ``since``, not expired at ``now``, holding micros, whose billable event was not
+    charged: the reservations still open, streamed. A fleet's hour of auctions is millions of rows, so the
+    caller reads them in one open session, ``REBUILD_ROWS_PER_FETCH`` at a time."""
     billed = select(SpendLedgerEntry.auction_id).where(SpendLedgerEntry.auction_id == ServedAuction.auction_id)
-    rows = session.scalars(
-        select(ServedAuction).where(ServedAuction.served_at >= since, ServedAuction.expires_at > now, ~billed.exists())
-    )
-    return [_served_row(row) for row in rows]
+    rows = session.execute(
+        select(
+            ServedAuction.auction_id, ServedAuction.campaign_id, ServedAuction.served_at,
+            ServedAuction.reserved_micros, ServedAuction.expires_at,
+        )
+        .where(
+            ServedAuction.served_at >= since, ServedAuction.expires_at > now, ServedAuction.reserved_micros > 0,
+            ~billed.exists(),
+        )
+        .execution_options(yield_per=REBUILD_ROWS_PER_FETCH)
+    )  # fmt: skip
+    for row in rows:
+        yield OpenReservation(*row)
 
 
-@fresh_read
-def served_per_user(session: Session, since: datetime) -> dict[tuple[str, str], int]:
-    """Ads served to each (user, campaign) since ``since``: the frequency counters, rebuilt."""
+def served_per_user(session: Session, since: datetime) -> Iterator[tuple[str, str, int]]:  # (user, campaign, ads)
+    """(user, campaign, ads served) since ``since``, by user: the frequency counters, rebuilt; streamed like
+    ``open_reservations``."""
     rows = session.execute(
         select(ServedAuction.user_id, ServedAuction.campaign_id, func.count())
         .where(ServedAuction.served_at >= since, ServedAuction.user_id.is_not(None))
         .group_by(ServedAuction.user_id, ServedAuction.campaign_id)
+        .order_by(ServedAuction.user_id)
+        .execution_options(yield_per=REBUILD_ROWS_PER_FETCH)
     )
-    return {(user_id, campaign_id): count for user_id, campaign_id, count in rows}
+    yield from rows.tuples()
 
 
 def served_auction(session: Session, auction_id: str) -> ServedAuctionRow | None:

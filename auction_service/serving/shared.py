@@ -26,13 +26,14 @@ Lua numbers are doubles: amounts are exact up to 2**53 micros (about $9 billion)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -43,7 +44,9 @@ from auction_service.campaign_store import store
 
 log = logging.getLogger(__name__)
 DAY_KEYS_TTL_S = 3 * 24 * 3600  # per-day keys outlive their day (the ledger keeps the history)
-REBUILD_LOCK_S = 120
+REBUILD_LOCK_S = 120  # renewed by every chunk a rebuild writes
+REBUILD_CHUNK = 2_000  # reservations or counters per script call of a rebuild
+T = TypeVar("T")
 
 
 READ_FREQUENCY, TAKE_HOLD, READ_SERVED, SETTLE = (
@@ -146,6 +149,41 @@ return #due
 )
 
 
+# A rebuilt reservation counts in the totals only if no hold made it meanwhile: a replica's hold after the
+# rebuild's wipe already added it, and the rows the rebuild reads may include it (written behind since).
+_RESTORE_RESERVATIONS = """
+local ns, ttl = ARGV[1], ARGV[2]
+for i = 3, #ARGV, 5 do
+  local auction, cid, day, amount = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('HSETNX', ns .. ':res', auction, cid .. '|' .. day .. '|' .. amount) == 1 then
+    redis.call('HINCRBY', ns .. ':held', cid, amount)
+    redis.call('HINCRBY', ns .. ':held:' .. day, cid, amount)
+    redis.call('EXPIRE', ns .. ':held:' .. day, ttl)
+    redis.call('ZADD', ns .. ':res:exp', ARGV[i + 4], auction)
+  end
+end
+return 0
+"""
+
+# A counter takes the larger of its own and the campaign store's count: a rebuild done again after one was
+# cut off counts nothing twice, and a hold taken meanwhile that the store has not seen yet is not undone.
+_RESTORE_FREQUENCY = """
+local ttl = ARGV[1]
+for i = 2, #ARGV, 3 do
+  local key, cid, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if tonumber(redis.call('HGET', key, cid) or '0') < count then redis.call('HSET', key, cid, count) end
+  redis.call('EXPIRE', key, ttl)
+end
+return 0
+"""
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
 def day_tag(day: date) -> str:
     return day.strftime("%Y%m%d")
 
@@ -205,6 +243,8 @@ class SharedBooks:
         self._hold = self.client.register_script(_HOLD)
         self._settle = self.client.register_script(_SETTLE)
         self._sweep = self.client.register_script(_SWEEP)
+        self._restore_reservations = self.client.register_script(_RESTORE_RESERVATIONS)
+        self._restore_frequency = self.client.register_script(_RESTORE_FREQUENCY)
         self._url, self._timeout_s = url, timeout_s
         self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any, Any] | None = None
 
@@ -337,36 +377,47 @@ class SharedBooks:
         return bool(self._call("read its epoch", self.client.exists, self.key("epoch")))
 
     def rebuild(self, snapshot: RebuildSource) -> bool:
-        """Rebuilds a lost store from the campaign store; False when another replica is at it or it was built."""
-        if self.built() or not self._call(
-            "lock the rebuild", self.client.set, self.key("rebuilding"), "1", nx=True, ex=REBUILD_LOCK_S
-        ):
+        """Rebuilds a lost store from the campaign store; False when another replica is at it or it was built.
+
+        The open reservations and counters are streamed in chunks (an hour of a fleet's auctions does not fit
+        a replica's memory); ``epoch`` is written last, so a rebuild cut off is done again by the next replica.
+        """
+        lock = self.key("rebuilding")
+        if self.built() or not self._call("lock the rebuild", self.client.set, lock, "1", nx=True, ex=REBUILD_LOCK_S):
             return False
         try:
             pipe = self.client.pipeline(transaction=True)
-            day = day_tag(snapshot.day)
-            for name in (("spent",), ("spent", day), ("held",), ("held", day), ("res",), ("res", "exp")):
+            for name in (("spent",), ("spent", day_tag(snapshot.day)), ("held",), ("held", day_tag(snapshot.day)),
+                         ("res",), ("res", "exp")):  # fmt: skip
                 pipe.delete(self.key(*name))
             if snapshot.spent:
                 pipe.hset(self.key("spent"), mapping=dict(snapshot.spent))
             if snapshot.spent_today:
-                pipe.hset(self.key("spent", day), mapping=dict(snapshot.spent_today))
-            for row in snapshot.open_auctions:
-                if row.reserved_micros > 0:
-                    served_day = day_tag(row.served_at.astimezone(UTC).date())
-                    pipe.hincrby(self.key("held"), row.campaign_id, row.reserved_micros)
-                    pipe.hincrby(self.key("held", served_day), row.campaign_id, row.reserved_micros)
-                    pipe.expire(self.key("held", served_day), DAY_KEYS_TTL_S)
-                    pipe.hset(self.key("res"), row.auction_id, f"{row.campaign_id}|{served_day}|{row.reserved_micros}")
-                    pipe.zadd(self.key("res", "exp"), {row.auction_id: _ms(row.expires_at)})
-            for (user_id, campaign_id), count in snapshot.frequency.items():
-                pipe.hset(self.key("freq", day, user_id), campaign_id, count)
-                pipe.expire(self.key("freq", day, user_id), DAY_KEYS_TTL_S)
-            pipe.set(self.key("epoch"), datetime.now(UTC).isoformat())
+                pipe.hset(self.key("spent", day_tag(snapshot.day)), mapping=dict(snapshot.spent_today))
             self._call("rebuild", pipe.execute)
+            for chunk in _chunks(snapshot.open_auctions, REBUILD_CHUNK):
+                args: list[Any] = [self.ns, DAY_KEYS_TTL_S]
+                for row in chunk:
+                    if row.reserved_micros > 0:
+                        served_day = day_tag(row.served_at.astimezone(UTC).date())
+                        args += [row.auction_id, row.campaign_id, served_day, row.reserved_micros, _ms(row.expires_at)]
+                self._restore_chunk(self._restore_reservations, args, lock)
+            freq_day = day_tag(snapshot.day)
+            for chunk in _chunks(snapshot.frequency, REBUILD_CHUNK):
+                args = [DAY_KEYS_TTL_S]
+                for user_id, campaign_id, count in chunk:
+                    args += [self.key("freq", freq_day, user_id), campaign_id, count]
+                self._restore_chunk(self._restore_frequency, args, lock)
+            self._call("rebuild", self.client.set, self.key("epoch"), datetime.now(UTC).isoformat())
         finally:
-            self._call("unlock the rebuild", self.client.delete, self.key("rebuilding"))
+            self._call("unlock the rebuild", self.client.delete, lock)
         return True
+
+    def _restore_chunk(self, script: Any, args: list[Any], lock: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        script(keys=[], args=args, client=pipe)
+        pipe.expire(lock, REBUILD_LOCK_S)  # still at it: the others keep waiting
+        self._call("rebuild", pipe.execute)
 
     def close(self) -> None:
         self.client.close()
@@ -380,17 +431,19 @@ class RebuildSource:
     day: date
     spent: Mapping[str, int]
     spent_today: Mapping[str, int]
-    open_auctions: Sequence[store.ServedAuctionRow]  # served, unexpired, their billable event not charged
-    frequency: Mapping[tuple[str, str], int]  # (user, campaign) -> ads served today
+    open_auctions: Iterable[store.OpenReservation]  # served, unexpired, their billable event not charged
+    frequency: Iterable[tuple[str, str, int]]  # (user, campaign, ads served today)
 
 
 def rebuild_source(session: Session, now: datetime, auction_ttl_s: int) -> RebuildSource:
+    """Today's figures from the campaign store; the reservations and counters are read as the rebuild goes,
+    so ``session`` stays open until it is done."""
     day = now.astimezone(UTC).date()
     spent, spent_today = store.spend_totals(session, day)
     return RebuildSource(
         day=day,
         spent=spent,
         spent_today=spent_today,
-        open_auctions=store.unbilled_served_auctions(session, now - timedelta(seconds=auction_ttl_s), now),
+        open_auctions=store.open_reservations(session, now - timedelta(seconds=auction_ttl_s), now),
         frequency=store.served_per_user(session, datetime(day.year, day.month, day.day, tzinfo=UTC)),
     )

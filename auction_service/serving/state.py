@@ -334,9 +334,8 @@ class ServiceState:
         """Rebuilds the shared store from the campaign store when it lost its state; True if this replica did."""
         if self.shared.built():
             return False
-        with self.sessions() as session:
-            source = rebuild_source(session, datetime.now(UTC), self.settings.auction_ttl_s)
-        rebuilt = self.shared.rebuild(source)
+        with self.sessions() as session:  # open while the rebuild streams its rows
+            rebuilt = self.shared.rebuild(rebuild_source(session, datetime.now(UTC), self.settings.auction_ttl_s))
         if rebuilt:
             log.warning("the shared store had no state: rebuilt it from the campaign store")
         return rebuilt

@@ -103,7 +103,7 @@ def test_a_lost_store_is_rebuilt_once_from_the_campaign_stores_figures(books):
     yesterday = replace(served("a8", reserved=50), served_at=NOW - timedelta(days=1))
     source = RebuildSource(
         day=TODAY, spent={"c1": 700, "c2": 5}, spent_today={"c1": 100}, open_auctions=[open_auction, yesterday],
-        frequency={("u1", "c1"): 4},
+        frequency=[("u1", "c1", 4)],
     )  # fmt: skip
     assert books.rebuild(source) is True
     assert books.rebuild(source) is False  # built: the others leave it
