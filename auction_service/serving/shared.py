@@ -36,11 +36,11 @@ from enum import IntEnum
 from typing import Any, TypeVar
 
 import redis
-import redis.asyncio
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.orm import Session
 
 from auction_service.campaign_store import store
+from auction_service.serving.resp import RespClient, Script
 
 log = logging.getLogger(__name__)
 DAY_KEYS_TTL_S = 3 * 24 * 3600  # per-day keys outlive their day (the ledger keeps the history)
@@ -246,18 +246,16 @@ class SharedBooks:
         self._restore_reservations = self.client.register_script(_RESTORE_RESERVATIONS)
         self._restore_frequency = self.client.register_script(_RESTORE_FREQUENCY)
         self._url, self._timeout_s = url, timeout_s
-        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any, Any] | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, RespClient] | None = None
+        self._hold_async, self._settle_async = Script(_HOLD), Script(_SETTLE)
 
-    def _on_loop(self) -> tuple[redis.asyncio.Redis, Any, Any]:
-        """The request path's client, of the running event loop (its connections belong to that loop):
+    def _on_loop(self) -> RespClient:
+        """The request path's client, of the running event loop (its connection belongs to that loop):
         an auction waits on the store without holding up the others."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            client = redis.asyncio.Redis.from_url(
-                self._url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s
-            )
-            self._async = (loop, client, client.register_script(_HOLD), client.register_script(_SETTLE))
-        return self._async[1:]
+            self._async = (loop, RespClient(self._url, self._timeout_s))
+        return self._async[1]
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -292,8 +290,8 @@ class SharedBooks:
     async def frequency_today_async(self, user_id: str | None, day: date) -> dict[str, int]:
         if user_id is None:
             return {}
-        client, _, _ = self._on_loop()
-        return self._counts(await self._await(READ_FREQUENCY, client.hgetall(self._frequency_key(user_id, day))))
+        reply = await self._await(READ_FREQUENCY, self._on_loop().execute("HGETALL", self._frequency_key(user_id, day)))
+        return {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}
 
     def _hold_command(self, hold: Hold) -> dict[str, list]:
         served = hold.served
@@ -316,8 +314,7 @@ class SharedBooks:
         return HoldRefused(refused) if refused else None
 
     async def hold_async(self, hold: Hold) -> HoldRefused | None:
-        _, script, _ = self._on_loop()
-        refused = int(await self._await(TAKE_HOLD, script(**self._hold_command(hold))))
+        refused = int(await self._await(TAKE_HOLD, self._hold_async(self._on_loop(), **self._hold_command(hold))))
         return HoldRefused(refused) if refused else None
 
     # --- events ---
@@ -330,9 +327,8 @@ class SharedBooks:
         return self._served_rows(auction_ids, self._call(READ_SERVED, self.client.mget, keys))
 
     async def served_async(self, auction_ids: Sequence[str]) -> dict[str, store.ServedAuctionRow | None]:
-        client, _, _ = self._on_loop()
         keys = [self.key("auction", a) for a in auction_ids]
-        return self._served_rows(auction_ids, await self._await(READ_SERVED, client.mget(keys)))
+        return self._served_rows(auction_ids, await self._await(READ_SERVED, self._on_loop().execute("MGET", *keys)))
 
     def _settle_args(self, settled: Settlement) -> list:
         return [self.ns, settled.auction_id, settled.campaign_id, settled.ledger_spent_micros,
@@ -346,11 +342,19 @@ class SharedBooks:
         self._call(SETTLE, pipe.execute)
 
     async def settle_async(self, settlements: Iterable[Settlement]) -> None:
-        client, _, script = self._on_loop()
-        pipe = client.pipeline(transaction=False)
-        for settled in settlements:
-            await script(keys=[], args=self._settle_args(settled), client=pipe)
-        await self._await(SETTLE, pipe.execute())
+        client, script = self._on_loop(), self._settle_async
+        commands = [script.command([], self._settle_args(settled)) for settled in settlements]
+        if commands:
+            await self._await(SETTLE, self._settle_all(client, commands))
+
+    async def _settle_all(self, client: RespClient, commands: list[tuple[Any, ...]]) -> None:
+        try:
+            await client.execute_many(commands)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            await self._settle_async.load(client)  # the server restarted: a settlement is safe to repeat
+            await client.execute_many(commands)
 
     # --- housekeeping ---
 
@@ -421,7 +425,9 @@ class SharedBooks:
 
     def close(self) -> None:
         self.client.close()
-        self._async = None  # its connections close with their loop
+        if self._async is not None:
+            self._async[1].close()
+        self._async = None
 
 
 @dataclass(frozen=True)
