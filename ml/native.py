@@ -338,7 +338,9 @@ def _load_entry_point(artifact: NativeArtifact, width: int) -> Any:
     with tempfile.TemporaryDirectory(prefix="ctr-native-") as scratch:
         path = Path(scratch) / LIBRARY_NAME
         path.write_bytes(artifact.library)
-        library = ctypes.CDLL(str(path))  # mapped before the file goes, and it outlives it
+        # PyDLL keeps the GIL through the call: a batch takes tens of microseconds, and handing the GIL to the
+        # service's broker and housekeeping threads for it costs more than it saves (py-spy, bench auction).
+        library = ctypes.PyDLL(str(path))  # mapped before the file goes, and it outlives it
     library.get_num_feature.restype = library.get_num_target.restype = ctypes.c_int32
     library.get_threshold_type.restype = library.get_leaf_output_type.restype = ctypes.c_char_p
     compiled_for = (
@@ -359,7 +361,7 @@ class NativeScorer:
     """``CompiledScorer``'s interface (``score``, ``score_records``, ``family``, ``features``), scored by the
     compiled library; equal to the pipeline's ``predict_proba(frame)[:, 1]`` within 1e-6 (tests).
 
-    The library is pure (no state; ctypes releases the GIL during the call), so threads may score at once.
+    The library is pure (no state), so any thread may score; a call holds the GIL (``_load_entry_point``).
     """
 
     kind = "native"

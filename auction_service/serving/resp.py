@@ -3,9 +3,10 @@
 redis-py's asyncio client checks a connection out of a pool, wraps each command in a retry and a
 timeout context and parses in Python around hiredis: about 50 µs of the event loop's time per
 command, two commands per auction (py-spy, ``adstream bench auction``). Here a command is packed by
-hiredis, written to one connection that every auction of the loop shares, and its reply matched
-to it in order (RESP answers in the order it was asked). A reply late past the timeout fails
-every command waiting on that connection, which is closed: the next command opens another.
+hiredis and written to one connection that every auction of the loop shares (the commands of one loop
+turn in one write), and its reply is matched to it in order (RESP answers in the order it was asked).
+A reply late past the timeout fails every command waiting on that connection, which is closed: the next
+command opens another.
 Scripts go by their SHA1 and are loaded once when the server does not know them (a restart).
 """
 
@@ -30,9 +31,21 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.pending: collections.deque[asyncio.Future] = collections.deque()
         self.lost = False
+        self.unsent: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def write(self, command: bytes) -> None:
+        """Queues ``command``; what the auctions of one loop turn asked goes out in one write at its end."""
+        if not self.unsent:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.unsent.append(command)
+
+    def flush(self) -> None:
+        unsent, self.unsent = self.unsent, []
+        if self.transport is not None and not self.lost:
+            self.transport.write(b"".join(unsent))
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -103,8 +116,7 @@ class RespClient:
     def _send(connection: _Connection, command: tuple[Any, ...]) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         connection.pending.append(future)
-        assert connection.transport is not None
-        connection.transport.write(hiredis.pack_command(command))
+        connection.write(hiredis.pack_command(command))
         return future
 
     async def _wait(self, connection: _Connection, future: asyncio.Future) -> Any:
