@@ -169,6 +169,12 @@ class ServingModel:
         model = self._snapshot.model
         return None if model is None else model.version
 
+    @property
+    def scorer_kind(self) -> str | None:
+        """Which scorer serves the loaded model ("native" or "numpy"); None before one is loaded."""
+        model = self._snapshot.model
+        return None if model is None else model.scorer_kind
+
     def score(self, batch: Mapping[str, Sequence[Any] | np.ndarray]) -> tuple[np.ndarray, str]:
         """pCTRs for a candidate batch and the version that produced them, from one snapshot."""
         model = self.current

@@ -51,7 +51,12 @@ def metrics(state: StateDep) -> Response:
 
 @router.get("/v1/stats")
 def stats(state: StateDep) -> dict:
-    return {**state.stats.snapshot(), "model_version": state.model.version, "campaigns": len(state.campaigns.campaigns)}
+    return {
+        **state.stats.snapshot(),
+        "model_version": state.model.version,
+        "scorer": state.model.scorer_kind,
+        "campaigns": len(state.campaigns.campaigns),
+    }
 
 
 @router.post("/v1/predict_ctr", response_model=PredictResponse, responses=INVALID_REQUEST)

@@ -18,11 +18,13 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 from pydantic import SecretStr
 
-from adstream.contracts import Topic
+from adstream.contracts import REGISTERED_MODEL, Topic
 from auction_service.api.app import DefaultTokenOutsideLocal, create_app
 from auction_service.campaign_store import ad_manager, store
 from auction_service.campaign_store.db import make_engine, make_session_factory
 from auction_service.serving.state import ServiceState
+from ml.registry import NATIVE_ARTIFACT_TAG
+from ml.tracking import tracking_client
 from tests.auction_service.conftest import (
     BOTH_WAYS,
     BROWSER_UA,
@@ -230,7 +232,7 @@ def test_the_store_down_is_a_503_with_retry_advice_on_reads_and_events(client):
         down.dispose()
 
 
-def test_operations_endpoints(client):
+def test_operations_endpoints(client, service_settings):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["model_version"] == "1"
@@ -238,6 +240,9 @@ def test_operations_endpoints(client):
     assert "adstream_auction" in metrics and "adstream_model_version" in metrics
     stats = client.get("/v1/stats").json()
     assert stats["auctions"] >= 1 and 0 <= stats["fill_rate"] <= 1
+    # The registry says whether training compiled the champion (a tree family) or left it to numpy (logistic).
+    tags = tracking_client(service_settings.mlflow_tracking_uri).get_model_version(REGISTERED_MODEL, "1").tags
+    assert stats["scorer"] == ("native" if NATIVE_ARTIFACT_TAG in tags else "numpy"), tags
     predicted = client.post("/v1/predict_ctr", json={"campaign_ids": ["cpc-1", "ghost"]}).json()
     assert predicted["unknown_campaigns"] == ["ghost"] and 0 < predicted["predictions"][0]["pctr"] < 1
     assert "/v1/auction" in client.get("/openapi.json").json()["paths"]
