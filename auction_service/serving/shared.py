@@ -247,7 +247,7 @@ class SharedBooks:
         self._restore_frequency = self.client.register_script(_RESTORE_FREQUENCY)
         self._url, self._timeout_s = url, timeout_s
         self._async: tuple[asyncio.AbstractEventLoop, RespClient] | None = None
-        self._hold_async, self._settle_async = Script(_HOLD), Script(_SETTLE)
+        self._hold_script, self._settle_script = Script(_HOLD), Script(_SETTLE)  # the request path's
 
     def _on_loop(self) -> RespClient:
         """The request path's client, of the running event loop (its connection belongs to that loop):
@@ -314,7 +314,7 @@ class SharedBooks:
         return HoldRefused(refused) if refused else None
 
     async def hold_async(self, hold: Hold) -> HoldRefused | None:
-        refused = int(await self._await(TAKE_HOLD, self._hold_async(self._on_loop(), **self._hold_command(hold))))
+        refused = int(await self._await(TAKE_HOLD, self._hold_script(self._on_loop(), **self._hold_command(hold))))
         return HoldRefused(refused) if refused else None
 
     # --- events ---
@@ -342,7 +342,7 @@ class SharedBooks:
         self._call(SETTLE, pipe.execute)
 
     async def settle_async(self, settlements: Iterable[Settlement]) -> None:
-        client, script = self._on_loop(), self._settle_async
+        client, script = self._on_loop(), self._settle_script
         commands = [script.command([], self._settle_args(settled)) for settled in settlements]
         if commands:
             await self._await(SETTLE, self._settle_all(client, commands))
@@ -353,7 +353,7 @@ class SharedBooks:
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            await self._settle_async.load(client)  # the server restarted: a settlement is safe to repeat
+            await self._settle_script.load(client)  # the server restarted: a settlement is safe to repeat
             await client.execute_many(commands)
 
     # --- housekeeping ---
@@ -391,9 +391,12 @@ class SharedBooks:
             return False
         try:
             pipe = self.client.pipeline(transaction=True)
-            for name in (("spent",), ("spent", day_tag(snapshot.day)), ("held",), ("held", day_tag(snapshot.day)),
-                         ("res",), ("res", "exp")):  # fmt: skip
+            # Every day an open reservation may be on: a rebuild cut off and done again adds nothing twice.
+            days = [snapshot.day - timedelta(days=n) for n in range((snapshot.day - snapshot.first_day).days + 1)]
+            for name in (("spent",), ("spent", day_tag(snapshot.day)), ("held",), ("res",), ("res", "exp")):
                 pipe.delete(self.key(*name))
+            for day in days:
+                pipe.delete(self.key("held", day_tag(day)))
             if snapshot.spent:
                 pipe.hset(self.key("spent"), mapping=dict(snapshot.spent))
             if snapshot.spent_today:
@@ -435,6 +438,7 @@ class RebuildSource:
     """What the campaign store knows of today, to rebuild a lost shared store (``rebuild_source``)."""
 
     day: date
+    first_day: date  # the day of the oldest auction whose reservation may be open
     spent: Mapping[str, int]
     spent_today: Mapping[str, int]
     open_auctions: Iterable[store.OpenReservation]  # served, unexpired, their billable event not charged
@@ -444,12 +448,13 @@ class RebuildSource:
 def rebuild_source(session: Session, now: datetime, auction_ttl_s: int) -> RebuildSource:
     """Today's figures from the campaign store; the reservations and counters are read as the rebuild goes,
     so ``session`` stays open until it is done."""
-    day = now.astimezone(UTC).date()
+    day, since = now.astimezone(UTC).date(), now - timedelta(seconds=auction_ttl_s)
     spent, spent_today = store.spend_totals(session, day)
     return RebuildSource(
         day=day,
+        first_day=since.astimezone(UTC).date(),
         spent=spent,
         spent_today=spent_today,
-        open_auctions=store.open_reservations(session, now - timedelta(seconds=auction_ttl_s), now),
+        open_auctions=store.open_reservations(session, since, now),
         frequency=store.served_per_user(session, datetime(day.year, day.month, day.day, tzinfo=UTC)),
     )

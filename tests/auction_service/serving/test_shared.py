@@ -102,13 +102,19 @@ def test_a_lost_store_is_rebuilt_once_from_the_campaign_stores_figures(books):
     open_auction = served("a9", reserved=250)
     yesterday = replace(served("a8", reserved=50), served_at=NOW - timedelta(days=1))
     source = RebuildSource(
-        day=TODAY, spent={"c1": 700, "c2": 5}, spent_today={"c1": 100}, open_auctions=[open_auction, yesterday],
+        day=TODAY, first_day=TODAY - timedelta(days=1), spent={"c1": 700, "c2": 5}, spent_today={"c1": 100},
+        open_auctions=[open_auction, yesterday],
         frequency=[("u1", "c1", 4)],
     )  # fmt: skip
     assert books.rebuild(source) is True
     assert books.rebuild(source) is False  # built: the others leave it
     held, held_today, spent, spent_today = books.exposure(TODAY)
     assert (held, held_today, spent, spent_today) == ({"c1": 300}, {"c1": 250}, {"c1": 700, "c2": 5}, {"c1": 100})
+    assert books.frequency_today("u1", TODAY) == {"c1": 4}
+    books.client.delete(books.key("epoch"))  # as if the first rebuild was cut off before its end
+    assert books.rebuild(source) is True
+    assert books.exposure(TODAY) == (held, held_today, spent, spent_today)  # nothing counted twice
+    assert books.client.hget(books.key("held", day_tag(TODAY - timedelta(days=1))), "c1") == b"50"
     assert books.frequency_today("u1", TODAY) == {"c1": 4}
     books.settle([Settlement("a8", "c1", TODAY)])  # yesterday's reservation is freed from yesterday's day
     assert books.exposure(TODAY)[0] == {"c1": 250}
