@@ -92,8 +92,12 @@ class RespClient:
             setup.append(self._send(connection, ("AUTH", *self._auth)))
         if self._db:
             setup.append(self._send(connection, ("SELECT", self._db)))
-        for reply in setup:
-            await self._wait(connection, reply)
+        try:
+            for reply in setup:
+                await self._wait(connection, reply)
+        except RedisError:  # a wrong password or database: no connection is left open per attempt
+            connection.fail(RedisConnectionError("the connection was refused at its set-up"))
+            raise
         return connection
 
     async def _ready(self) -> _Connection:

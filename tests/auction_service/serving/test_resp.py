@@ -92,3 +92,18 @@ def test_a_closed_port_is_a_connection_error():
             await client.execute("PING")
 
     asyncio.run(main())
+
+
+def test_a_wrong_password_is_refused_each_time_without_leaving_connections_open(shared_store_url):
+    admin = redis.Redis.from_url(shared_store_url)
+    before = len(admin.client_list())
+
+    async def main():
+        client = RespClient(shared_store_url.replace("redis://", "redis://:not-the-password@"), timeout_s=1.0)
+        for _ in range(5):
+            with pytest.raises(ResponseError, match="AUTH"):
+                await client.execute("PING")
+        await asyncio.sleep(0.2)  # the server sees the closes
+        return len(admin.client_list())
+
+    assert asyncio.run(main()) <= before
