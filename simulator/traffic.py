@@ -2,6 +2,7 @@
 
     adstream simulate [--duration 60s] [--rate 20] [--users 500] [--seed 7] [--concurrency 16]
                       [--base-url URL] [--openrtb-share 0.2] [--base-ctr 0.03] [--bot-share 0]
+                      [--traffic-curve flat|diurnal] [--day-length 1h]
                       [--progress-every 5s] [--summary-file PATH] [--ground-truth-file PATH]
 
 - The population is ``--users`` profiles sampled (with ``--seed``) from silver/users, read
@@ -33,6 +34,13 @@
   fixed pool: a slow service lowers the achieved rate, it never piles up tasks). Only
   counters are kept, so memory stays flat however long it runs. Errors (HTTP 4xx/5xx,
   timeouts, refused connections) are counted by kind and never stop the run.
+- ``--traffic-curve diurnal`` plays out a day instead of flat traffic (``simulator.diurnal``):
+  ``--rate`` is then the mean over a day, and the rate at a moment is ``--rate`` times the
+  ``DISPLAY_AD_HOURS`` level of its hour of the simulated day (low at night, peaks late morning
+  and evening), taken at the middle of each hour and joined linearly. The day is ``--day-length`` long (default
+  PACING_DAY_LENGTH_S) and aligned as the platform's pacing days are, on whole days since the
+  Unix epoch; a run as long as a day plays all of it. The summary counts the visits by the
+  hour of the day they were due in (``visits_by_slot``).
 - Every visit draws from its own ``random.Random`` seeded by (seed, visit number), so a seed
   replays the same users, placements and behaviour whatever the responses' timing; whether a
   visit is a bot is drawn apart, so bots take visits from people without changing the others.
@@ -55,6 +63,7 @@ import random
 import re
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -78,6 +87,7 @@ from auction_service.serving.openrtb import COUNTRY_NAMES, IAB_CATEGORIES
 from cli.lazy import commands_app
 from simulator import bots
 from simulator.bots import DEFAULT_DATACENTER_CIDRS, Behaviour, Identity, IpNetwork, PlannedEvent, Step
+from simulator.diurnal import CurveKind, VisitSchedule
 from simulator.ground_truth import (
     ADS16_USER_COLUMNS,
     ADVERTISING_COLUMNS,
@@ -201,6 +211,8 @@ class SimulationStats:
     errors: Counter[str] = field(default_factory=Counter)  # by kind, e.g. "auction_500", "events_timeout"
     rss_start: int = field(default_factory=lambda: _rss())
     rss_peak: int = 0
+    # Visits started, people's and bots', by the slot of the simulated day they were due in (diurnal runs).
+    visits_by_slot: list[int] | None = None
 
     def observe_rss(self) -> int:
         rss = _rss()
@@ -277,6 +289,7 @@ class SimulationStats:
                 "end": round(self.observe_rss() / 2**20, 1),
             },
             "ground_truth": truth.summary(),
+            "visits_by_slot": self.visits_by_slot,
         }
 
 
@@ -663,11 +676,15 @@ async def simulate(
     datacenters: Sequence[IpNetwork] = (),
     min_click_delay_s: float = 0.5,
     ground_truth: TextIO | None = None,
+    traffic_curve: CurveKind = CurveKind.FLAT,
+    day_length_s: float = 86_400.0,
 ) -> tuple[SimulationStats, float]:
-    """Visits at ``rate`` per second for ``duration_s`` on ``concurrency`` workers; the stats and the elapsed time.
+    """Visits at ``rate`` per second (the mean over a day of ``day_length_s`` when ``traffic_curve`` is
+    diurnal) for ``duration_s`` on ``concurrency`` workers; the stats and the elapsed time.
 
-    Visit ``n`` is due at ``n / rate`` seconds; a worker takes the next visit number, waits until
-    it is due (or runs it at once when late) and never holds more than one visit.
+    Visit ``n`` is due ``VisitSchedule.due_s(n)`` seconds after the start (``n / rate`` when flat); a
+    worker takes the next visit number, waits until it is due (or runs it at once when late) and
+    never holds more than one visit.
     """
     stats = SimulationStats()
     stop = stop or asyncio.Event()
@@ -684,11 +701,15 @@ async def simulate(
         )  # fmt: skip
         began = loop.time()
         deadline = began + duration_s
+        schedule = VisitSchedule(rate, time.time(), traffic_curve, day_length_s)
+        if traffic_curve is CurveKind.DIURNAL:
+            stats.visits_by_slot = [0] * schedule.shape.slots
 
         async def worker() -> None:
             while not stop.is_set():
                 number = next(numbers)
-                due = began + number / rate
+                due_s = schedule.due_s(number)
+                due = began + due_s
                 if due >= deadline or loop.time() >= deadline:  # visits still owed at the end are not run
                     return
                 delay = due - loop.time()
@@ -699,6 +720,8 @@ async def simulate(
                         return
                 else:  # late: start at once, but let the progress line and the other workers run first
                     await asyncio.sleep(0)
+                if stats.visits_by_slot is not None:
+                    stats.visits_by_slot[schedule.slot(due_s)] += 1
                 await visitor.visit(number)
 
         async def report_progress() -> None:
@@ -750,6 +773,8 @@ class RunOptions:
     summary_file: Path | None = None
     bot_share: float = 0.0
     ground_truth_file: Path | None = None
+    traffic_curve: CurveKind = CurveKind.FLAT
+    day_length_s: float | None = None  # None: PACING_DAY_LENGTH_S
 
     def error(self) -> str | None:
         """What is wrong with the options, if anything (a usage error)."""
@@ -771,6 +796,7 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
     event sent to the ground-truth file. 1 when the lake cannot give a population or ground truth, or no
     auction was answered at all."""
     base_url = options.base_url or f"http://{settings.bind_host}:{settings.auction_port}"
+    day_length_s = options.day_length_s or float(settings.pacing_day_length_s)
     try:
         population = load_population(settings, options.users, options.seed)
         truth = load_ground_truth(settings, options.base_ctr)
@@ -791,9 +817,13 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
         "datacenter_cidrs": [str(network) for network in datacenters],
         "min_click_delay_ms": settings.ivt_min_click_delay_ms,
         "ground_truth_file": str(options.ground_truth_file) if options.ground_truth_file else None,
+        "traffic_curve": options.traffic_curve.value,
+        "day_length_s": day_length_s,
     }
+    curve = "" if options.traffic_curve is CurveKind.FLAT else f" (mean, diurnal over a {day_length_s:g}s day)"
     print(
-        f"simulating {len(population)} users against {base_url} for {options.duration_s:g}s at {options.rate:g}/s; "
+        f"simulating {len(population)} users against {base_url} for {options.duration_s:g}s at {options.rate:g}/s"
+        f"{curve}; "
         f"ground truth {json.dumps(truth.summary()['click_model'])}",
         file=out,
         flush=True,
@@ -827,6 +857,8 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
                 datacenters=datacenters,
                 min_click_delay_s=settings.ivt_min_click_delay_ms / 1000,
                 ground_truth=ground_truth,
+                traffic_curve=options.traffic_curve,
+                day_length_s=day_length_s,
             )
         )
     summary = stats.summary(elapsed_s=elapsed, run=described, truth=truth)
@@ -861,7 +893,9 @@ def simulate_command(
     duration: Annotated[
         float, typer.Option(parser=parse_duration, metavar="DURATION", help="e.g. 90s, 5m, 1h (default 60s)")
     ] = "60s",  # type: ignore[assignment]  # click parses defaults too
-    rate: Annotated[float, typer.Option(help="auction requests per second (default 20)")] = 20.0,
+    rate: Annotated[
+        float, typer.Option(help="auction requests per second, the mean over a day when diurnal (default 20)")
+    ] = 20.0,
     users: Annotated[int, typer.Option(help="population size (default 500)")] = 500,
     seed: Annotated[int, typer.Option(help="population, placements and behaviour (default 7)")] = 7,
     concurrency: Annotated[
@@ -887,6 +921,15 @@ def simulate_command(
     ground_truth_file: Annotated[
         Path | None, typer.Option(help="write every event sent, with who sent it, as CSV here (for IVT scoring)")
     ] = None,
+    traffic_curve: Annotated[
+        CurveKind, typer.Option(help="flat, or diurnal: --rate is the day's mean, low at night (default flat)")
+    ] = CurveKind.FLAT,
+    day_length: Annotated[
+        float | None,
+        typer.Option(
+            parser=parse_duration, metavar="DURATION", help="the simulated day, e.g. 1h (default PACING_DAY_LENGTH_S)"
+        ),
+    ] = None,
 ) -> None:
     options = RunOptions(
         duration_s=duration,
@@ -901,6 +944,8 @@ def simulate_command(
         summary_file=summary_file,
         bot_share=bot_share,
         ground_truth_file=ground_truth_file,
+        traffic_curve=traffic_curve,
+        day_length_s=day_length,
     )
     if (error := options.error()) is not None:
         raise typer.BadParameter(error)

@@ -153,6 +153,8 @@ def test_durations_read_seconds_minutes_and_hours():
         (["--openrtb-share", "1.5"], "--openrtb-share must be between 0 and 1"),
         (["--bot-share", "-0.1"], "--bot-share must be between 0 and 1"),
         (["--rate", "fast"], "Invalid value for '--rate': Input should be a valid number"),
+        (["--traffic-curve", "hourly"], "'--traffic-curve': Value error, 'hourly' is not one of 'flat', 'diurnal'"),
+        (["--day-length", "0s"], "'--day-length': Value error, '0s' is not a duration above 0"),
     ],
 )
 def test_bad_arguments_are_a_clear_error(tmp_path, monkeypatch, argv, message):
@@ -166,6 +168,34 @@ def test_a_lake_without_users_is_a_clear_error_not_a_traceback(tmp_path, monkeyp
     assert result.exit_code == 1
     err = result.stderr
     assert "silver/users does not exist" in err and "adstream ingest all" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "curve", "day_length_s"),
+    [
+        ([], "flat", 240),  # the day PACING_DAY_LENGTH_S
+        (["--traffic-curve", "diurnal"], "diurnal", 240),
+        (["--traffic-curve", "diurnal", "--day-length", "2.4"], "diurnal", 2.4),
+    ],
+)
+def test_the_summary_states_the_traffic_curve_and_counts_diurnal_visits_by_hour(
+    tmp_path, monkeypatch, argv, curve, day_length_s
+):
+    settings = make_settings(tmp_path, pacing_day_length_s=240)
+    write_lake(settings)
+    summary_file = tmp_path / "summary.json"
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    run = ["--base-url", unreachable, "--duration", "0.3s", "--rate", "40", "--summary-file", str(summary_file)]
+    result = simulate_command(monkeypatch, settings, [*run, *argv])
+    assert result.exit_code == 1  # nothing answered
+    summary = json.loads(summary_file.read_text())
+    assert (summary["run"]["traffic_curve"], summary["run"]["day_length_s"]) == (curve, day_length_s)
+    if curve == "flat":
+        assert summary["visits_by_slot"] is None
+    else:  # every visit counted once, in the hour of the simulated day it was due in
+        assert len(summary["visits_by_slot"]) == 24 and sum(summary["visits_by_slot"]) == summary["visits"] > 0
+    if day_length_s == 2.4:  # 0.3 s is three hours of this day: visits in at most four of them
+        assert 1 <= sum(visits > 0 for visits in summary["visits_by_slot"]) <= 4
 
 
 def test_requests_state_what_is_known_of_the_user():
