@@ -37,6 +37,8 @@ class Table(StrEnum):
     GOLD_KPI_MINUTE = "gold/kpi_minute"
     GOLD_BILLING_HOURLY = "gold/billing_hourly"
     GOLD_IVT_HOURLY = "gold/ivt_hourly"
+    GOLD_CALIBRATION = "gold/calibration"  # observed / expected clicks per model version x hour x pricing x category
+    GOLD_CALIBRATORS = "gold/calibrators"  # every online pCTR calibration fitted, with the model version it maps
     QUARANTINE_EVENTS = "quarantine/events"  # events the service refused, with the reason
     SMOKE_EVENTS = "smoke/platform_events"
 

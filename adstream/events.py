@@ -61,6 +61,16 @@ class ChargeStatus(StrEnum):
     UNKNOWN_CAMPAIGN = "unknown_campaign"
 
 
+# Events the ledger refused as no delivery of their own: out of order, for an unknown campaign, the
+# auction's billable event again under another id (a second pixel of one impression), and GIVT (tagged
+# too). An event refused as over budget, or not the billable type, was still delivered.
+NOT_DELIVERED: tuple[str, ...] = tuple(
+    status.value
+    for status in (ChargeStatus.OUT_OF_ORDER, ChargeStatus.UNKNOWN_CAMPAIGN, ChargeStatus.DUPLICATE_AUCTION,
+                   ChargeStatus.INVALID_TRAFFIC)
+)  # fmt: skip
+
+
 class IvtCategory(StrEnum):
     """The IAB/MRC split of invalid traffic."""
 
@@ -105,6 +115,7 @@ class FeedbackEvent(_Record):
     ivt_reason: str | None = Field(default=None, max_length=128)
     user_agent: str | None = Field(default=None, max_length=512)
     ip: str | None = Field(default=None, max_length=45)
+    raw_pctr: float | None = Field(default=None, ge=0, le=1)  # the model's score before calibration
 
 
 class RefusedEvent(_Record):
@@ -152,6 +163,7 @@ class AuctionRecord(_Record):
     latency_ms: float = Field(ge=0)
     publisher_id: str | None = Field(default=None, max_length=64)
     currency: str = "USD"
+    raw_pctr: float | None = None  # the winner's model score before calibration (pctr is the calibrated one)
 
 
 _SPARK_TYPES: dict[type, str] = {

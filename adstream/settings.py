@@ -120,6 +120,20 @@ class Settings(BaseSettings):
     served_in_memory_s: int = Field(default=600, ge=60)
     campaign_refresh_s: float = Field(default=0.25, gt=0)  # the service sees store changes within ~1 s
     model_poll_s: float = Field(default=5.0, gt=0)  # how often serving checks ctr-model@champion
+    # pCTR calibration (ml.calibration). The live click rate a model trained on other data is corrected
+    # toward at registration; the online Platt map refitted every CALIBRATION_REFRESH_S on the logged
+    # impressions of the last CALIBRATION_WINDOW_S (recency half-life CALIBRATION_HALF_LIFE_S) once they
+    # hold CALIBRATION_MIN_CLICKS clicks; serving picks a new map up within CALIBRATION_POLL_S.
+    ctr_prior: float = Field(default=0.03, gt=0, lt=1)
+    calibration_refresh_s: float = Field(default=60.0, gt=0)
+    calibration_window_s: int = Field(default=7200, ge=60)
+    calibration_half_life_s: float = Field(default=900.0, gt=0)
+    calibration_min_clicks: int = Field(default=50, ge=1)
+    calibration_poll_s: float = Field(default=15.0, gt=0)
+    # Budget pacing. The day of daily budgets, pacing plans and the simulator's traffic curve: 24 h; a
+    # simulation sets it shorter (e.g. 3600) so that one run plays out a whole pacing day.
+    pacing_day_length_s: int = Field(default=86_400, ge=60, le=86_400)
+    pacing_update_s: float = Field(default=10.0, gt=0, le=10.0)  # how often the controllers move λ
     ad_manager_group: str = "ad-manager"
 
     # Streaming. The watermark is the one lateness allowance: the stream drops a

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import typer
@@ -28,9 +29,12 @@ from deltalake.exceptions import TableNotFoundError
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
 from adstream.events import MICROS_PER_UNIT
 from adstream.settings import Settings, child_process_env, default_child_env, get_settings
+from auction_service.serving.auction import DEFAULT_PCVR
 from cli.lazy import commands_app
 from devstack import services
 from devstack.airflow_client import AirflowClient, AirflowRunFailed
+from ml import calibrate
+from ml.calibration import ALERT_BOUNDS, attributed_impressions, observed_over_expected
 from simulator.bots import DEFAULT_DATACENTER_CIDRS, Behaviour
 from simulator.ivt_scoring import (
     LANDED_STATUSES,
@@ -84,7 +88,7 @@ def run_logged(settings: Settings, stage: str, *command: str) -> None:
 VISIT_BUDGET_S = 0.35
 BOT_SHARE = 0.05  # of the visits: bots of every IVT behaviour, for the filter's precision and recall
 INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
-PLATFORM = ("ad-manager", "auction", "streaming")
+PLATFORM = ("ad-manager", "auction", "streaming", "calibrator")
 # Unpaused for the run; Airflow's scheduler starts feature_build and ctr_training from the
 # Assets the one before publishes. hourly_billing stays paused (catchup would bill every
 # hour since its start date); make run bills the hours it covered with `airflow dags test`.
@@ -138,7 +142,7 @@ def _indent(line: str) -> None:
 
 
 def start_platform(settings: Settings, state: RunState) -> None:
-    """The ad manager, the auction service and the streaming job, then campaigns seeded through Kafka."""
+    """The ad manager, the auction service, the streaming job and the calibrator; then campaigns, through Kafka."""
     services.up(settings, PLATFORM)
     run_logged(settings, "seed", str(services.ADSTREAM), "campaigns", "seed", str(SEED_CAMPAIGNS), "--seed", "7")
     ready = wait_for_auction_service(settings, SEED_CAMPAIGNS)
@@ -426,6 +430,8 @@ def summary(settings: Settings, state: RunState) -> str:
                 f"{bots.get('events_accepted', 0):,} events accepted, charged {bots.get('spend', '0')} USD "
                 "as the service answered"
             )
+    lines += calibration_lines(settings, state)
+    lines += clearing_cpm_line(settings, state)
     lines += invalid_traffic_lines(state)
     lines += top_campaigns(settings, state)
     lines += [
@@ -487,6 +493,86 @@ def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
     lines.append(f"  top {len(top)} campaigns by billed spend:")
     lines += [f"    {cid:<28} {Decimal(int(v)) / MICROS_PER_UNIT:>10,.2f} USD" for cid, v in top.items()]
     return lines
+
+
+def _ratio_line(label: str, impressions: pd.DataFrame) -> str:
+    expected, clicks = float(impressions["pctr"].sum()), int(impressions["clicked"].sum())
+    ratio = observed_over_expected(clicks, expected)
+    low, high = ALERT_BOUNDS
+    flag = "" if low <= ratio <= high else "  (outside 0.8-1.25: calibration alert)"
+    return (
+        f"    {label:<26} observed / expected clicks {ratio:.3f}  ({clicks:,} clicks, {expected:,.1f} expected, "
+        f"{len(impressions):,} impressions){flag}"
+    )
+
+
+def calibration_lines(settings: Settings, state: RunState) -> list[str]:
+    """Observed / expected clicks of the run's impressions, from the lake: over the run, per pricing model,
+    and from the first online calibration on; the served mean pCTR beside the CTR; the map in force."""
+    if state.simulation_start is None:
+        return []
+    events, _ = calibrate.read_window(settings, state.simulation_start)
+    impressions = attributed_impressions(events)
+    if impressions.empty:
+        return ["  calibration        (no impressions in the lake)"]
+    lines = [
+        f"  calibration        served mean pCTR {impressions['pctr'].mean():.2%} against CTR "
+        f"{impressions['clicked'].mean():.2%} (silver/feedback_events, gold/calibration)",
+        _ratio_line("over the run", impressions),
+    ]
+    lines += [_ratio_line(f"  {model}", rows) for model, rows in impressions.groupby("pricing_model")]
+    version = str(impressions["model_version"].iloc[-1])
+    latest = calibrate.latest_calibration(settings, version)
+    first = calibrate.first_calibration_since(settings, state.simulation_start)
+    if first is not None:
+        since = impressions[impressions["event_time"] >= pd.Timestamp(first)]
+        if not since.empty:
+            lines.append(_ratio_line(f"from the first refresh ({first:%H:%M:%S})", since))
+            lines += [_ratio_line(f"  {model}", rows) for model, rows in since.groupby("pricing_model")]
+    if latest is not None:
+        lines.append(
+            f"    map in force for version {version}: logit(pCTR) = {latest.slope:.3f} x logit(score) "
+            f"{latest.intercept:+.3f}, fitted on {latest.clicks:,} clicks at {latest.fitted_at}"
+        )
+    else:
+        lines.append(f"    version {version} served its registered calibration only (no online refit yet)")
+    return lines
+
+
+def clearing_cpm_line(settings: Settings, state: RunState) -> list[str]:
+    """The distribution of the run's clearing prices per thousand impressions (every pricing model)."""
+    if state.simulation_start is None:
+        return []
+    location, options = settings.delta_rs_location(Table.SILVER_AUCTIONS)
+    try:
+        auctions = DeltaTable(location, storage_options=options).to_pandas(
+            columns=["event_time", "filled", "pricing_model", "clearing_price_micros", "pctr"],
+            filters=[("event_date", ">=", state.simulation_start.date())],
+        )
+    except TableNotFoundError:
+        return []
+    filled = auctions[auctions["filled"] & (auctions["event_time"] >= pd.Timestamp(state.simulation_start))]
+    if filled.empty:
+        return []
+    cpm = clearing_cpm_usd(filled)
+    p10, p50, p90, p99 = (float(v) for v in np.percentile(cpm, [10, 50, 90, 99]))
+    return [
+        f"  clearing CPM       p10 {p10:.2f}, median {p50:.2f}, p90 {p90:.2f}, p99 {p99:.2f}, max {cpm.max():.2f} USD"
+        f"  ({len(filled):,} filled auctions, every pricing model at its pCTR)"
+    ]
+
+
+def clearing_cpm_usd(filled: pd.DataFrame) -> np.ndarray:
+    """What each filled auction's price is worth per thousand impressions, in USD (a display, not money:
+    CPC and CPA prices at the pCTR, and the default pCVR, the auction priced them with)."""
+    price = filled["clearing_price_micros"].to_numpy(dtype=float) / MICROS_PER_UNIT
+    pctr = filled["pctr"].fillna(0.0).to_numpy()
+    per_impression = np.select(
+        [filled["pricing_model"] == "CPM", filled["pricing_model"] == "CPC"],
+        [price / 1000, price * pctr],
+        price * pctr * DEFAULT_PCVR,
+    )
+    return per_impression * 1000
 
 
 def run(settings: Settings, plan: Simulation, keep_up: bool = False) -> int:

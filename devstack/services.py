@@ -366,6 +366,25 @@ def _streaming(settings: Settings) -> Service:
     )
 
 
+def _calibrator(settings: Settings) -> Service:
+    def healthy() -> bool:
+        from ml import calibrate  # MLflow's client behind it: imported only when this service is asked about
+
+        return running_pid(settings, "calibrator") is not None and calibrate.is_alive(settings)
+
+    return Service(
+        name="calibrator",
+        url=f"{settings.lake_root}/gold/calibrators",
+        ports=(),
+        command=(str(ADSTREAM), "calibrate"),
+        env=settings_env(settings),
+        healthy=healthy,  # no port to probe: healthy while it runs and refreshes (the first within seconds)
+        needs_infrastructure=True,
+        start_timeout_s=90.0,
+        niceness=BATCH_NICENESS,
+    )
+
+
 SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
     "kafka": _kafka,
     "shared-store": _shared_store,
@@ -374,6 +393,7 @@ SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
     "ad-manager": _ad_manager,
     "auction": _auction,
     "streaming": _streaming,
+    "calibrator": _calibrator,
 }
 
 

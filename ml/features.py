@@ -14,6 +14,7 @@ import pandas as pd
 
 EXAMPLE_ID = "example_id"  # string, unique
 SOURCE = "source"  # "bootstrap" or "logged"
+LOGGED_SOURCE = "logged"  # examples from the auction log: the traffic served (the others are the Kaggle bootstrap)
 TIME_COLUMN = "event_time"  # timestamp, UTC
 LABEL = "label"  # int, 1 = clicked
 # Optional: where an example came from ("advertising", "ads16", "auctions"); training logs metrics per dataset.

@@ -14,7 +14,7 @@ from typing import Any
 from adstream.contracts import MLFLOW_EXPERIMENT
 from adstream.settings import Settings
 from ml.registry import Promotion
-from ml.split import time_split
+from ml.split import split_per_source
 from ml.tracking import ensure_reachable, tracking_client
 from ml.train import (
     REGISTERED_VERSION_TAG,
@@ -60,7 +60,7 @@ def promote_training_run(settings: Settings, run_id: str) -> Promotion:
     if not params["training_table_version"].isdigit():
         raise TrainingSetError(f"run {run_id} trained on an in-memory frame; its holdout cannot be rebuilt")
     frame, _ = load_training_set(params["training_table"], options, version=int(params["training_table_version"]))
-    _, holdout = time_split(frame, float(params["holdout_fraction"]))
+    _, holdout = split_per_source(frame, float(params["holdout_fraction"]))
     if len(holdout) != int(params["holdout_rows"]):
         raise TrainingSetError(
             f"the rebuilt holdout has {len(holdout)} rows, run {run_id} logged {params['holdout_rows']}"

@@ -1,10 +1,18 @@
 """The ``ctr-model`` registry: new versions become the challenger; promotion to champion is guarded.
 
-Rule: the challenger becomes champion when its calibration (predicted / observed
-clicks) on the holdout lies within CALIBRATION_BOUNDS and either there is no
-champion yet or its normalized entropy on the **same** holdout is strictly lower
-than the champion's. The champion is re-scored on that holdout from its registered
-artifact, so both numbers share the denominator and the data.
+Rule. Models are judged on **logged traffic** (the holdout's examples from the auction log), with the
+pCTRs serving would price: each model's scores through its calibration (``ml.calibration``; the
+champion's newest online map, else the one it was registered with). The challenger becomes champion
+when its calibration there (predicted / observed clicks) lies within LOGGED_CALIBRATION_BOUNDS and
+either there is no champion yet or its normalized entropy on the **same** examples is strictly lower
+than the champion's. Both are re-scored from their registered artifacts, so the numbers share the
+denominator and the data.
+
+Before the holdout holds LOGGED_MIN_CLICKS logged clicks (a new platform), the whole holdout
+decides instead, on the models' uncalibrated scores and CALIBRATION_BOUNDS: the bootstrap data is
+about half clicks, so only the uncalibrated score can be calibrated there, and the registered
+prior correction is what makes it fit live traffic. The bootstrap part of the holdout is reported
+either way (``bootstrap_holdout`` in the decision).
 """
 
 from __future__ import annotations
@@ -14,11 +22,13 @@ import hashlib
 import logging
 import math
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import skops.io
 import yaml
@@ -29,14 +39,17 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from sklearn.pipeline import Pipeline
 
 from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
-from ml.features import FEATURES, LABEL
+from ml.calibration import CALIBRATION_ARTIFACT, Calibration, identity
+from ml.features import FEATURES, LABEL, LOGGED_SOURCE, SOURCE
 from ml.metrics import evaluate
 from ml.native import NativeArtifact, NotCompilable, build_native
 from ml.pipelines import SKOPS_TRUSTED_TYPES
 from ml.scorer import CompiledScorer
 from ml.tracking import tracking_client
 
-CALIBRATION_BOUNDS = (0.8, 1.2)
+CALIBRATION_BOUNDS = (0.8, 1.2)  # on the bootstrap holdout, uncalibrated scores
+LOGGED_CALIBRATION_BOUNDS = (0.9, 1.1)  # on logged traffic, calibrated pCTRs
+LOGGED_MIN_CLICKS = 30  # logged clicks in the holdout before logged traffic decides
 DECISION_ARTIFACT = "promotion_decision.json"
 # The native library of a version (ml.native): logged to the version's run, named by these version tags.
 NATIVE_ARTIFACT_DIR = "native"
@@ -57,8 +70,21 @@ def decide_promotion(
     challenger_metrics: Mapping[str, float],
     champion_metrics: Mapping[str, float] | None,
     calibration_bounds: tuple[float, float] = CALIBRATION_BOUNDS,
+    judged_on: str | None = None,
 ) -> Decision:
-    """Whether the challenger replaces the champion, both scored on the same holdout (see module doc)."""
+    """Whether the challenger replaces the champion, both scored on the same examples (see module doc);
+    ``judged_on``, when given, names those examples in the last reason."""
+    decision = _decide(challenger_metrics, champion_metrics, calibration_bounds)
+    if judged_on is not None:
+        decision.reasons.append(f"judged on {judged_on}")
+    return decision
+
+
+def _decide(
+    challenger_metrics: Mapping[str, float],
+    champion_metrics: Mapping[str, float] | None,
+    calibration_bounds: tuple[float, float],
+) -> Decision:
     low, high = calibration_bounds
     calibration = challenger_metrics["calibration"]
     challenger_ne = challenger_metrics["normalized_entropy"]
@@ -162,6 +188,25 @@ def native_artifact(tracking_uri: str, version: str) -> NativeArtifact | None:
         return NativeArtifact.read(Path(local))
 
 
+def registered_calibration(tracking_uri: str, version: str) -> Calibration:
+    """The calibration logged with ``ctr-model`` version ``version`` (``calibration.json`` in its run, the
+    prior correction of its training); the identity for a version trained before calibration existed."""
+    client = tracking_client(tracking_uri)
+    run_id = client.get_model_version(REGISTERED_MODEL, version).run_id
+    if not run_id:
+        return identity(version)
+    with tempfile.TemporaryDirectory(prefix="ctr-calibration-") as scratch:
+        try:
+            local = download_artifacts(
+                run_id=run_id, artifact_path=CALIBRATION_ARTIFACT, dst_path=scratch, tracking_uri=tracking_uri
+            )
+        except (MlflowException, OSError) as exc:
+            logger.warning("%s version %s has no %s (%s): served uncalibrated", REGISTERED_MODEL, version,
+                           CALIBRATION_ARTIFACT, exc)  # fmt: skip
+            return identity(version)
+        return replace(Calibration.from_json(Path(local).read_text()), model_version=version)
+
+
 class NotSkopsModel(ValueError):
     """A registered version that is not serialized with skops (only skops models are loaded)."""
 
@@ -200,8 +245,19 @@ def load_model_version(tracking_uri: str, version: str) -> Pipeline:
     return skops.io.loads(model_artifact(tracking_uri, version), trusted=list(SKOPS_TRUSTED_TYPES))
 
 
-def holdout_metrics(pipeline: Pipeline, holdout: pd.DataFrame) -> dict[str, float]:
-    return evaluate(holdout[LABEL].to_numpy(), pipeline.predict_proba(holdout[list(FEATURES)])[:, 1])
+def holdout_metrics(
+    pipeline: Pipeline, holdout: pd.DataFrame, calibration: Calibration | None = None
+) -> dict[str, float]:
+    """The metrics of ``pipeline`` on ``holdout``, through ``calibration`` when given."""
+    scores = pipeline.predict_proba(holdout[list(FEATURES)])[:, 1]
+    return evaluate(holdout[LABEL].to_numpy(), scores if calibration is None else calibration.apply(scores))
+
+
+def logged_mask(holdout: pd.DataFrame) -> np.ndarray:
+    """Which of the holdout's examples are logged traffic (none when the frame does not say its sources)."""
+    if SOURCE not in holdout:
+        return np.zeros(len(holdout), dtype=bool)
+    return (holdout[SOURCE] == LOGGED_SOURCE).to_numpy()
 
 
 @dataclass(frozen=True)
@@ -210,8 +266,10 @@ class Promotion:
     challenger_version: str
     champion_before: str | None
     champion_after: str | None
-    challenger_metrics: dict[str, float]
-    champion_metrics: dict[str, float] | None  # the previous champion, on the same holdout
+    challenger_metrics: dict[str, float]  # on what the decision was judged on
+    champion_metrics: dict[str, float] | None  # the previous champion, on the same examples
+    judged_on: str = "holdout"  # "logged": logged traffic, calibrated; "holdout": the whole holdout, uncalibrated
+    bootstrap_metrics: dict[str, dict[str, float] | None] = field(default_factory=dict)  # the second report
 
     def report(self) -> dict[str, Any]:
         """What ``promotion_decision.json`` holds (NaN metrics as null, so it is strict JSON)."""
@@ -228,26 +286,63 @@ class Promotion:
             "challenger_version": self.challenger_version,
             "champion_version_before": self.champion_before,
             "champion_version_after": self.champion_after,
-            "calibration_bounds": list(CALIBRATION_BOUNDS),
+            "judged_on": self.judged_on,
+            "calibration_bounds": list(LOGGED_CALIBRATION_BOUNDS if self.judged_on == "logged" else CALIBRATION_BOUNDS),
             "challenger_metrics": finite(self.challenger_metrics),
             "champion_metrics": finite(self.champion_metrics),
+            "bootstrap_holdout": {model: finite(metrics) for model, metrics in self.bootstrap_metrics.items()},
         }
 
 
-def apply_promotion(tracking_uri: str, challenger_version: str, holdout: pd.DataFrame, run_id: str) -> Promotion:
-    """Scores the challenger and the current champion on ``holdout``, decides, moves the alias, logs why.
+def apply_promotion(
+    tracking_uri: str,
+    challenger_version: str,
+    holdout: pd.DataFrame,
+    run_id: str,
+    champion_calibration: Callable[[str], Calibration] | None = None,
+) -> Promotion:
+    """Scores the challenger and the current champion as the module doc says, decides, moves the alias,
+    logs why.
 
     Both models are loaded from the registry, so the decision is about the artifacts
-    serving will load. The decision goes to run ``run_id`` as ``promotion.*`` tags and
-    a ``promotion_decision.json`` artifact.
+    serving will load. ``champion_calibration(version)`` is the champion's calibration in
+    force (default: the one registered with it). The decision goes to run ``run_id`` as
+    ``promotion.*`` tags and a ``promotion_decision.json`` artifact.
     """
     client = tracking_client(tracking_uri)
     champion = version_by_alias(tracking_uri, CHAMPION_ALIAS)
-    challenger_metrics = holdout_metrics(load_model_version(tracking_uri, challenger_version), holdout)
-    champion_metrics = None
-    if champion is not None:
-        champion_metrics = holdout_metrics(load_model_version(tracking_uri, champion), holdout)
-    decision = decide_promotion(challenger_metrics, champion_metrics)
+    challenger_model = load_model_version(tracking_uri, challenger_version)
+    champion_model = None if champion is None else load_model_version(tracking_uri, champion)
+    is_logged = logged_mask(holdout)
+    logged, bootstrap = holdout[is_logged], holdout[~is_logged]
+    bootstrap_metrics: dict[str, dict[str, float] | None] = {}
+    if not bootstrap.empty:
+        bootstrap_metrics = {
+            "challenger": holdout_metrics(challenger_model, bootstrap),
+            "champion": None if champion_model is None else holdout_metrics(champion_model, bootstrap),
+        }
+    if int(logged[LABEL].sum()) >= LOGGED_MIN_CLICKS:
+        judged_on = "logged"
+        challenger_metrics = holdout_metrics(
+            challenger_model, logged, registered_calibration(tracking_uri, challenger_version)
+        )
+        champion_metrics = None
+        if champion is not None and champion_model is not None:
+            calibration = (champion_calibration or partial(registered_calibration, tracking_uri))(champion)
+            champion_metrics = holdout_metrics(champion_model, logged, calibration)
+        decision = decide_promotion(
+            challenger_metrics, champion_metrics, LOGGED_CALIBRATION_BOUNDS,
+            f"logged traffic ({len(logged)} examples, {int(logged[LABEL].sum())} clicks), calibrated pCTRs",
+        )  # fmt: skip
+    else:
+        judged_on = "holdout"
+        challenger_metrics = holdout_metrics(challenger_model, holdout)
+        champion_metrics = None if champion_model is None else holdout_metrics(champion_model, holdout)
+        decision = decide_promotion(
+            challenger_metrics, champion_metrics, CALIBRATION_BOUNDS,
+            f"the whole holdout, uncalibrated scores (its logged traffic holds {int(logged[LABEL].sum())} clicks, "
+            f"fewer than {LOGGED_MIN_CLICKS})",
+        )  # fmt: skip
     if decision.promote:
         client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, challenger_version)
     promotion = Promotion(
@@ -257,6 +352,8 @@ def apply_promotion(tracking_uri: str, challenger_version: str, holdout: pd.Data
         champion_after=challenger_version if decision.promote else champion,
         challenger_metrics=challenger_metrics,
         champion_metrics=champion_metrics,
+        judged_on=judged_on,
+        bootstrap_metrics=bootstrap_metrics,
     )
     tags = {
         "promotion.promoted": str(decision.promote).lower(),
@@ -264,6 +361,7 @@ def apply_promotion(tracking_uri: str, challenger_version: str, holdout: pd.Data
         "promotion.challenger_version": challenger_version,
         "promotion.champion_version_before": champion or "none",
         "promotion.champion_version_after": promotion.champion_after or "none",
+        "promotion.judged_on": judged_on,
     }
     for key, value in tags.items():
         client.set_tag(run_id, key, value)

@@ -40,12 +40,15 @@ from sklearn.pipeline import Pipeline
 from adstream.contracts import MLFLOW_EXPERIMENT, Table
 from adstream.settings import Settings
 from ml import plots
+from ml.calibrate import latest_calibration
+from ml.calibration import CALIBRATION_ARTIFACT, Calibration, fit_platt, prior_correction
 from ml.features import (
     CATEGORICAL_FEATURES,
     DATASET,
     FEATURES,
     INTEGER_FEATURES,
     LABEL,
+    LOGGED_SOURCE,
     NULLABLE_FEATURES,
     NUMERIC_FEATURES,
     SOURCE,
@@ -54,8 +57,8 @@ from ml.features import (
 )
 from ml.metrics import evaluate
 from ml.pipelines import FAMILIES, RANDOM_STATE, SKOPS_TRUSTED_TYPES
-from ml.registry import Promotion, apply_promotion, register_challenger
-from ml.split import time_split
+from ml.registry import Promotion, apply_promotion, register_challenger, registered_calibration
+from ml.split import split_per_source
 from ml.tracking import (
     ensure_reachable,
     point_fluent_api_at,
@@ -66,6 +69,7 @@ from ml.tracking import (
 HOLDOUT_FRACTION = 0.2
 REGISTERED_VERSION_TAG = "registered_version"  # on the parent run: the ctr-model version it produced
 BASELINE_FAMILY = "logistic_regression"  # the plain model the champion is also compared with
+LOGGED_MIN_CLICKS = 50  # logged clicks in the training part before calibration is fitted on them
 MODEL_NAME = "model"  # the logged model's name within its run
 IMPORTANCE_REPEATS = 3
 
@@ -189,6 +193,26 @@ def _permutation_importance(pipeline: Pipeline, features: pd.DataFrame, labels: 
     return {name: float(value) for name, value in zip(features.columns, result.importances_mean, strict=True)}
 
 
+def training_calibration(pipeline: Pipeline, train_set: pd.DataFrame, prior_ctr: float) -> Calibration:
+    """The calibration a model is registered with (``ml.calibration``), from its training part only.
+
+    The prior correction from the training part's click rate to ``prior_ctr``; and where that part
+    holds logged traffic with LOGGED_MIN_CLICKS clicks, a Platt map fitted on it instead, centred on
+    the correction toward the logged click rate: the model is then calibrated on the traffic it serves.
+    """
+    prior = prior_correction("", float(train_set[LABEL].mean()), prior_ctr)
+    if SOURCE not in train_set:
+        return prior
+    logged = train_set[train_set[SOURCE] == LOGGED_SOURCE]
+    clicks = int(logged[LABEL].sum())
+    if clicks < LOGGED_MIN_CLICKS or clicks == len(logged):
+        return prior
+    centre = prior_correction("", prior.train_positive_rate or 0.5, clicks / len(logged))
+    scores = pipeline.predict_proba(logged[list(FEATURES)])[:, 1]
+    fitted_at = logged[TIME_COLUMN].max().to_pydatetime()
+    return fit_platt(scores, logged[LABEL].to_numpy(), centre, fitted_at=fitted_at)
+
+
 def _train_family(
     family: str,
     build: Callable[[], Pipeline],
@@ -196,6 +220,7 @@ def _train_family(
     train_set: pd.DataFrame,
     holdout: pd.DataFrame,
     common_params: Mapping[str, Any],
+    prior_ctr: float,
 ) -> FamilyRun:
     train_features, holdout_features = train_set[list(FEATURES)], holdout[list(FEATURES)]
     holdout_labels = holdout[LABEL].to_numpy()
@@ -208,6 +233,9 @@ def _train_family(
         pctr = pipeline.predict_proba(holdout_features)[:, 1]
         metrics = {**evaluate(holdout_labels, pctr), **_dataset_metrics(holdout, pctr)}
         mlflow.log_metrics(metrics)
+        calibration = training_calibration(pipeline, train_set, prior_ctr)
+        mlflow.log_text(calibration.to_json(), CALIBRATION_ARTIFACT)
+        mlflow.log_params({"calibration.kind": calibration.kind, "calibration.prior_ctr": prior_ctr})
         mlflow.log_figure(plots.roc_figure(holdout_labels, pctr, f"{family}: holdout ROC"), "plots/roc_curve.png")
         mlflow.log_figure(
             plots.calibration_figure(holdout_labels, pctr, f"{family}: holdout calibration"), "plots/calibration.png"
@@ -271,7 +299,7 @@ def fit_and_register(
         frame = frame[frame[DATASET] == dataset]
     what = "training set" if dataset is None else f"training set (dataset {dataset!r} only)"
     check_training_set(frame, what)
-    train_set, holdout = time_split(frame, holdout_fraction)
+    train_set, holdout = split_per_source(frame, holdout_fraction)
     check_training_set(train_set, "training part of the time split")
     check_training_set(holdout, "holdout (latest events) of the time split")
     tracking_uri = settings.mlflow_tracking_uri
@@ -298,7 +326,7 @@ def fit_and_register(
         constant = evaluate(holdout[LABEL].to_numpy(), np.full(len(holdout), train_ctr))
         mlflow.log_metrics({f"constant_ctr.{name}": value for name, value in constant.items()})
         runs = {
-            family: _train_family(family, build, experiment_id, train_set, holdout, common_params)
+            family: _train_family(family, build, experiment_id, train_set, holdout, common_params, settings.ctr_prior)
             for family, build in families.items()
         }
         for run in runs.values():
@@ -321,12 +349,22 @@ def fit_and_register(
 
 
 def promote(settings: Settings, parent_run_id: str, model_version: str, holdout: pd.DataFrame) -> Promotion:
-    """The guarded promotion of ``model_version`` on ``holdout``; logs the decision and the champion's
-    standing against the constant-CTR baseline and plain logistic regression to the training run."""
+    """The guarded promotion of ``model_version`` on ``holdout`` (``ml.registry``); logs the decision and
+    the champion's standing to the training run: on logged traffic its NE, calibration and AUC there;
+    on the bootstrap holdout its NE against the constant-CTR baseline and plain logistic regression."""
     tracking_uri = settings.mlflow_tracking_uri
-    promotion = apply_promotion(tracking_uri, model_version, holdout, parent_run_id)
+
+    def champion_calibration(version: str) -> Calibration:
+        # The map serving applies now: the newest online one, else the registered one.
+        return latest_calibration(settings, version) or registered_calibration(tracking_uri, version)
+
+    promotion = apply_promotion(tracking_uri, model_version, holdout, parent_run_id, champion_calibration)
     champion = promotion.challenger_metrics if promotion.decision.promote else promotion.champion_metrics
-    if champion is not None:
+    if champion is not None and promotion.judged_on == "logged":
+        client = tracking_client(tracking_uri)
+        for name in ("normalized_entropy", "calibration", "roc_auc"):
+            client.log_metric(parent_run_id, f"champion.logged_{name}", champion[name])
+    elif champion is not None:
         client = tracking_client(tracking_uri)
         logged = client.get_run(parent_run_id).data.metrics
         champion_ne = champion["normalized_entropy"]

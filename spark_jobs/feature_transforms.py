@@ -28,7 +28,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from adstream.events import EventType
-from ml.features import DATASET, EXAMPLE_ID, FEATURES, LABEL, SOURCE, TIME_COLUMN
+from ml.features import DATASET, EXAMPLE_ID, FEATURES, LABEL, LOGGED_SOURCE, SOURCE, TIME_COLUMN
 
 PRIOR_CTR = 0.1
 PRIOR_WEIGHT = 20.0
@@ -135,7 +135,7 @@ def logged_examples(auctions: DataFrame, feedback: DataFrame, users: DataFrame) 
             F.coalesce(F.col("ad_category"), F.lit(UNKNOWN)).alias("ad_category"),
             "event_time",
             F.coalesce(F.col("label"), F.lit(0)).alias("label"),
-            F.lit("logged").alias("source"),
+            F.lit(LOGGED_SOURCE).alias("source"),
             F.lit("auctions").alias("dataset"),
             "device_type",
         )

@@ -40,7 +40,7 @@ from enum import StrEnum
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from adstream.events import ChargeStatus, EventType, IvtCategory
+from adstream.events import NOT_DELIVERED, ChargeStatus, EventType, IvtCategory
 
 EVENT_TIME = "event_time"
 # Columns of silver/feedback_events added after its first release: rows (and tables) from before
@@ -49,13 +49,6 @@ ADDED_EVENT_COLUMNS = {
     "charge_status": "string", "publisher_id": "string", "recorded_at": "timestamp", "ivt_category": "string",
     "ivt_reason": "string", "user_agent": "string", "ip": "string",
 }  # fmt: skip
-# Events the ledger refused as no delivery of their own: out of order, for an unknown campaign, the
-# auction's billable event again under another id (a second pixel of one impression), and GIVT (tagged too).
-NOT_DELIVERED = tuple(
-    status.value
-    for status in (ChargeStatus.OUT_OF_ORDER, ChargeStatus.UNKNOWN_CAMPAIGN, ChargeStatus.DUPLICATE_AUCTION,
-                   ChargeStatus.INVALID_TRAFFIC)
-)  # fmt: skip
 UNSPECIFIED_REASON = "unspecified"
 MONEY = "decimal(18,6)"
 IVT_HOURLY_KEY = ("hour", "campaign_id", "publisher_id")

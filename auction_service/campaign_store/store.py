@@ -671,6 +671,7 @@ class ServedAuctionRow:
     served_at: datetime
     expires_at: datetime
     publisher_id: str | None = None
+    raw_pctr: float | None = None  # the model's score before calibration; pctr is what the auction priced
 
     def packed(self) -> tuple:
         """The fields as a plain tuple of str, int, float and datetime, for holding in memory.
@@ -718,7 +719,7 @@ def record_served_auctions(session: Session, rows: Sequence[ServedAuctionRow]) -
 # auctions: SQLAlchemy's per-row parameter pass held the GIL about 16 ms per 1,000 rows, a stall
 # the auctions in flight felt as a periodic p99. On SQLite the rows go in as multi-row statements
 # of plain values (about 5 ms); the text of a time is the one SQLAlchemy's DateTime writes and reads.
-_SQLITE_SERVED_ROWS_PER_INSERT = 500  # x 16 columns, well under SQLite's 32,766 parameters
+_SQLITE_SERVED_ROWS_PER_INSERT = 500  # x 18 columns, well under SQLite's 32,766 parameters
 _SERVED_TIME_FIELDS = tuple(index for index, name in enumerate(_SERVED_FIELDS) if name in ("served_at", "expires_at"))
 
 

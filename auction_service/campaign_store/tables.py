@@ -138,6 +138,7 @@ class ServedAuction(Base):
     content_type: Mapped[str | None] = mapped_column(String(8))
     model_version: Mapped[str] = mapped_column(String(32))
     publisher_id: Mapped[str | None] = mapped_column(String(64))
+    raw_pctr: Mapped[float | None] = mapped_column(Float)
     served_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
 

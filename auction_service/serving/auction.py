@@ -35,6 +35,19 @@ Rules, in one place:
   the floor. ``first_price=True`` (OpenRTB ``at=1``) charges the bid.
 - ``clearing_price_cpm_micros`` is that price per thousand impressions, rounded down so
   it stays within [floor, the winner's eCPM].
+- **Pacing** (``pacing_ppm``: each candidate's multiplier λ, in millionths, from ``pacing``):
+  a paced candidate bids λ x its bid. Its paced eCPM, floor(exact eCPM x λ), replaces the
+  eCPM in the floor, the ranking and the price, and is the outcome's ``ecpm_micros`` (and
+  ``runner_up_ecpm_micros``). The price is the generalized second price of the paced bids:
+  the least price whose (unpaced) eCPM reaches the runner-up's paced eCPM plus one cent, or
+  the floor when alone, never above the paced bid rounded up to a whole micro (first price
+  charges that). So a winner never pays more paced than unpaced, and pays less when the cap
+  binds or the runner-up is paced (Conitzer et al., "Multiplicative Pacing Equilibria in
+  Auction Markets"); dividing the price by the winner's own λ would instead make pacing raise
+  its price. The clearing CPM is still at least the floor; it passes the paced eCPM only when
+  the price is that rounded-up paced bid, and then by less than one micro of price's worth
+  (before rounding down).
+  Without ``pacing_ppm`` every λ is 1 and the rules above hold as written.
 """
 
 from __future__ import annotations
@@ -56,6 +69,7 @@ from auction_service.domain import AuctionContext, ServingCampaign, fits_int64, 
 DEFAULT_PCVR = 0.05  # conversions per click for CPA campaigns, until a conversion model exists
 PRICE_INCREMENT_MICROS = 10_000  # one cent: what the winner pays above the runner-up's eCPM
 PROBABILITY_SCALE = 1_000_000_000  # pCTR and pCVR are rounded to 1e-9 for exact integer money
+PACING_SCALE = 1_000_000  # the pacing multiplier λ is given in millionths; this is λ = 1 (unpaced)
 IMPRESSIONS_PER_CPM = 1000
 
 
@@ -457,12 +471,33 @@ def ecpm_micros(pricing_model: PricingModel, bid_micros: int, pctr: float, *, pc
 
 
 def _price_reaching(ecpm_target: int, numerator: int, denominator: int, bid_micros: int) -> int:
-    """The least price whose eCPM reaches ``ecpm_target`` (ceil), capped at the bid."""
+    """The least price whose eCPM reaches ``ecpm_target`` (ceil), capped at ``bid_micros``."""
     if ecpm_target <= 0:
         return 0
     if numerator == 0:  # a zero pCTR reaches no positive eCPM at any price
         return bid_micros
     return min(bid_micros, -(-ecpm_target * denominator // numerator))
+
+
+def _paced_bid(bid_micros: int, pacing_ppm: int) -> int:
+    """λ x the bid, rounded up to a whole micro: the winner's eCPM at it still clears every
+    threshold its paced eCPM clears, and it is never above the bid."""
+    return -(-bid_micros * pacing_ppm // PACING_SCALE)
+
+
+def _checked_pacing(pacing_ppm: np.ndarray | None, candidate_count: int) -> np.ndarray | None:
+    if pacing_ppm is None:
+        return None
+    values = np.asarray(pacing_ppm)
+    if values.shape != (candidate_count,):
+        raise ValueError(
+            f"expected {candidate_count} pacing multipliers aligned with the candidates, not {values.shape}"
+        )
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"pacing multipliers must be integer millionths, got dtype {values.dtype}")
+    if not np.all((values > 0) & (values <= PACING_SCALE)):
+        raise ValueError(f"every pacing multiplier must be in (0, {PACING_SCALE}] millionths")
+    return values.astype(np.int64, copy=False)
 
 
 def _checked_pctrs(pctr: Sequence[float] | np.ndarray, candidate_count: int) -> np.ndarray:
@@ -475,7 +510,7 @@ def _checked_pctrs(pctr: Sequence[float] | np.ndarray, candidate_count: int) -> 
 
 
 class _Ecpms:
-    """The candidates' exact eCPMs, computed only where they decide something.
+    """The candidates' exact (paced) eCPMs, computed only where they decide something.
 
     Exact eCPMs are Python integers (``_ecpm``), too slow to compute for every one of
     hundreds of candidates per request. A float64 estimate of each is within a tiny
@@ -484,16 +519,26 @@ class _Ecpms:
     The exact value is then needed only for a candidate within ``margin`` of the floor
     and for the candidates that can rank first or second: any campaign whose exact
     eCPM reaches the second best exact value has an estimate above the second best
-    estimate minus twice the margin.
+    estimate minus twice the margin. Pacing scales each estimate by λ: one more float
+    product, whose error is as tiny relative to the result, so the margin, taken from the
+    paced estimates, still bounds the error.
     """
 
     def __init__(
-        self, candidates: Sequence[ServingCampaign], bids: CandidateBids, pctr_q: np.ndarray, pcvr_q: int
+        self,
+        candidates: Sequence[ServingCampaign],
+        bids: CandidateBids,
+        pctr_q: np.ndarray,
+        pcvr_q: int,
+        pacing_ppm: np.ndarray | None = None,
     ) -> None:
         self._candidates = candidates
         self._pctr_q = pctr_q
         self._pcvr_q = pcvr_q
+        self._pacing_ppm = pacing_ppm
         self.estimate = bids.cpm + pctr_q * (bids.cpc + pcvr_q * bids.cpa)
+        if pacing_ppm is not None:
+            self.estimate = self.estimate * (pacing_ppm * (1 / PACING_SCALE))
         largest = float(self.estimate.max()) if len(candidates) else 0.0
         self.margin = 1.0 + 1e-9 * largest
         self._exact: dict[int, int] = {}
@@ -502,7 +547,14 @@ class _Ecpms:
         ecpm = self._exact.get(index)
         if ecpm is None:
             campaign = self._candidates[index]
-            ecpm = _ecpm(campaign.pricing_model, campaign.bid_micros, int(self._pctr_q[index]), self._pcvr_q)
+            if self._pacing_ppm is None:
+                ecpm = _ecpm(campaign.pricing_model, campaign.bid_micros, int(self._pctr_q[index]), self._pcvr_q)
+            else:
+                numerator, denominator = _value_per_micro(
+                    campaign.pricing_model, int(self._pctr_q[index]), self._pcvr_q
+                )
+                paced = int(self._pacing_ppm[index])
+                ecpm = campaign.bid_micros * numerator * paced // (denominator * PACING_SCALE)
             self._exact[index] = ecpm
         return ecpm
 
@@ -530,22 +582,26 @@ def run_auction(
     first_price: bool = False,
     filtered: Mapping[str, int] | None = None,
     bids: CandidateBids | None = None,
+    pacing_ppm: np.ndarray | None = None,
 ) -> AuctionOutcome:
-    """Rank the eligible ``candidates`` by eCPM and price the winner (rules in the module docstring).
+    """Rank the eligible ``candidates`` by (paced) eCPM and price the winner (rules in the module docstring).
 
     ``pctr[i]`` is the model's pCTR for ``candidates[i]``. ``filtered`` (the counts from
     ``eligible``) is carried into the outcome, with the "below floor" count added. ``bids``
     saves building the candidates' bid arrays when the caller has them (``CampaignIndex.bids``).
+    ``pacing_ppm[i]``, when given, is ``candidates[i]``'s pacing multiplier λ in millionths
+    (an integer array; ``PACING_SCALE`` is unpaced).
     """
     if not 0 < pcvr <= 1:
         raise ValueError(f"pcvr must be in (0, 1], got {pcvr}")
     pctr_values = _checked_pctrs(pctr, len(candidates))
+    pacing = _checked_pacing(pacing_ppm, len(candidates))
     pctr_q = np.rint(pctr_values * PROBABILITY_SCALE).astype(np.int64)
     pcvr_q = quantize_probability(pcvr)
     floor = max(context.floor_cpm_micros, reserve_price_micros)
     reasons: Counter[str] = Counter(filtered or {})
 
-    ecpms = _Ecpms(candidates, bids or CandidateBids.of(candidates), pctr_q, pcvr_q)
+    ecpms = _Ecpms(candidates, bids or CandidateBids.of(candidates), pctr_q, pcvr_q, pacing)
     above = ecpms.rows_at_or_above(floor)
     if above.size < len(candidates):  # a Counter keeps zero counts; add none
         reasons[FilterReason.BELOW_FLOOR] += len(candidates) - above.size
@@ -576,12 +632,13 @@ def run_auction(
     )
     winner = candidates[best_index]
     numerator, denominator = _value_per_micro(winner.pricing_model, int(pctr_q[best_index]), pcvr_q)
+    bid = winner.bid_micros if pacing is None else _paced_bid(winner.bid_micros, int(pacing[best_index]))
     if first_price:
-        price = winner.bid_micros
+        price = bid
     else:
         # The runner-up's eCPM is at or above the floor, so beating it by a cent also clears the floor.
         target = floor if runner_up_ecpm is None else runner_up_ecpm + PRICE_INCREMENT_MICROS
-        price = _price_reaching(target, numerator, denominator, winner.bid_micros)
+        price = _price_reaching(target, numerator, denominator, bid)
     return AuctionOutcome(
         auction_id=context.auction_id,
         winner=winner,
@@ -598,7 +655,12 @@ def run_auction(
 
 
 def auction_record(
-    context: AuctionContext, outcome: AuctionOutcome, *, model_version: str | None, latency_ms: float
+    context: AuctionContext,
+    outcome: AuctionOutcome,
+    *,
+    model_version: str | None,
+    latency_ms: float,
+    raw_pctr: float | None = None,
 ) -> AuctionRecord:
     """The ``auctions`` topic record of one auction (filled or not)."""
     winner = outcome.winner
@@ -628,4 +690,5 @@ def auction_record(
         model_version=model_version,
         latency_ms=latency_ms,
         publisher_id=context.publisher_id,
+        raw_pctr=raw_pctr,
     )

@@ -33,13 +33,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -50,11 +51,13 @@ import skops.io
 
 from adstream.contracts import CHAMPION_ALIAS, REGISTERED_MODEL, DagId
 from adstream.settings import Settings
+from ml.calibrate import latest_calibration
+from ml.calibration import Calibration, identity
 from ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from ml.native import MANIFEST_NAME as NATIVE_MANIFEST
 from ml.native import NativeArtifact, NativeScorer, load_native
 from ml.pipelines import SKOPS_TRUSTED_TYPES
-from ml.registry import NotSkopsModel, model_artifact, native_artifact, version_by_alias
+from ml.registry import NotSkopsModel, model_artifact, native_artifact, registered_calibration, version_by_alias
 from ml.scorer import CompiledScorer
 from ml.serving import NoChampionError
 from ml.tracking import TrackingServerUnreachable, ensure_reachable
@@ -97,6 +100,14 @@ class LoadedModel:
     loaded_at: datetime
     origin: str  # "MLflow at <uri>" or "local copy saved <time> from MLflow at <uri>"
     native: NativeArtifact | None = None  # the library the NativeScorer was loaded from, for the local copy
+    # The map from the scorer's output to the pCTR the auction prices (ml.calibration); the identity
+    # until one is known. Swapped alone when a newer online map of this version lands.
+    calibration: Calibration | None = None
+
+    def pctrs(self, batch: Mapping[str, Sequence[Any] | np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(served pCTRs, the model's raw scores) of a candidate batch."""
+        scores = np.asarray(self.scorer.score(batch))
+        return (scores if self.calibration is None else self.calibration.apply(scores)), scores
 
     @property
     def scorer_kind(self) -> str:
@@ -170,18 +181,36 @@ class ServingModel:
         return None if model is None else model.version
 
     @property
+    def calibration(self) -> Calibration | None:
+        """The calibration served with the loaded model; None before one is loaded or when it has none."""
+        model = self._snapshot.model
+        return None if model is None else model.calibration
+
+    @property
     def scorer_kind(self) -> str | None:
         """Which scorer serves the loaded model ("native" or "numpy"); None before one is loaded."""
         model = self._snapshot.model
         return None if model is None else model.scorer_kind
 
     def score(self, batch: Mapping[str, Sequence[Any] | np.ndarray]) -> tuple[np.ndarray, str]:
-        """pCTRs for a candidate batch and the version that produced them, from one snapshot."""
+        """Served (calibrated) pCTRs for a candidate batch and the version that produced them, from one snapshot."""
         model = self.current
-        return model.scorer.score(batch), model.version
+        return model.pctrs(batch)[0], model.version
 
     def swap(self, model: LoadedModel) -> None:
         self._snapshot = _Snapshot(model, "")
+
+    def recalibrate(self, calibration: Calibration) -> bool:
+        """Serves ``calibration`` from now on if it maps the version being served; True when it did.
+
+        Called from the watcher's thread only, which also does every model swap, so the version
+        checked here is still the one served when the new snapshot is assigned.
+        """
+        model = self._snapshot.model
+        if model is None or model.version != calibration.model_version or model.calibration == calibration:
+            return False
+        self._snapshot = _Snapshot(replace(model, calibration=calibration), "")
+        return True
 
     def not_ready_because(self, reason: str) -> None:
         """Updates the reason while no model is loaded; a loaded model is never dropped."""
@@ -261,10 +290,25 @@ def compile_artifact(artifact: bytes, native: NativeArtifact | None = None) -> C
 
 
 def _loaded(
-    scorer: CompiledScorer | NativeScorer, version: str, origin: str, native: NativeArtifact | None
+    scorer: CompiledScorer | NativeScorer,
+    version: str,
+    origin: str,
+    native: NativeArtifact | None,
+    calibration: Calibration | None,
 ) -> LoadedModel:
     in_use = native if isinstance(scorer, NativeScorer) else None
-    return LoadedModel(scorer, version, scorer.family, datetime.now(UTC), origin, in_use)
+    return LoadedModel(scorer, version, scorer.family, datetime.now(UTC), origin, in_use, calibration)
+
+
+def download_calibration(tracking_uri: str, version: str) -> Calibration:
+    """The calibration registered with ``ctr-model`` version ``version``; the identity (with a warning)
+    when it cannot be read: an uncalibrated model still ranks, and the online map corrects it."""
+    try:
+        return registered_calibration(tracking_uri, version)
+    except Exception as exc:  # calibration adjusts pCTRs: never a reason to refuse a version
+        logger.warning("calibration of %s version %s not read (%s: %s): serving it uncalibrated until an "
+                       "online map lands", REGISTERED_MODEL, version, type(exc).__name__, exc)  # fmt: skip
+        return identity(version)
 
 
 def load_version(tracking_uri: str, version: str) -> tuple[LoadedModel, bytes]:
@@ -272,7 +316,8 @@ def load_version(tracking_uri: str, version: str) -> tuple[LoadedModel, bytes]:
     artifact = download_artifact(tracking_uri, version)
     native = download_native(tracking_uri, version)
     scorer = compile_artifact(artifact, native)
-    return _loaded(scorer, version, f"MLflow at {tracking_uri}", native), artifact
+    calibration = download_calibration(tracking_uri, version)
+    return _loaded(scorer, version, f"MLflow at {tracking_uri}", native, calibration), artifact
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -304,6 +349,7 @@ def save_local_copy(cache_dir: Path, artifact: bytes, model: LoadedModel, tracki
         "artifact": artifact_name,
         "sha256": hashlib.sha256(artifact).hexdigest(),
         "native": native_name,
+        "calibration": None if model.calibration is None else model.calibration.to_json(),
     }
     _write_atomically(cache_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
     for stale in cache_dir.glob(f"{REGISTERED_MODEL}-v*.skops"):
@@ -347,8 +393,14 @@ def load_local_copy(cache_dir: Path) -> LoadedModel | None:
         scorer = compile_artifact(artifact, native)
     except Exception as exc:  # whatever the reason, an unloadable copy is refused with it
         raise LocalCopyRefused(f"{artifact_name} does not load: {type(exc).__name__}: {exc}") from exc
+    calibration = None
+    if manifest.get("calibration"):
+        try:
+            calibration = Calibration.from_json(manifest["calibration"])
+        except (ValueError, TypeError) as exc:  # served uncalibrated then, until an online map lands
+            logger.warning("calibration of the local copy unreadable (%s: %s)", type(exc).__name__, exc)
     origin = f"local copy saved {manifest.get('saved_at')} from MLflow at {manifest.get('tracking_uri')}"
-    return _loaded(scorer, str(version), origin, native)
+    return _loaded(scorer, str(version), origin, native, calibration)
 
 
 class PollOutcome(StrEnum):
@@ -372,9 +424,12 @@ class ModelWatcher:
     def __init__(
         self, settings: Settings, serving_model: ServingModel, refused_retry_s: float = REFUSED_VERSION_RETRY_S
     ) -> None:
+        self._settings = settings
         self._tracking_uri = settings.mlflow_tracking_uri
         self._cache_dir = settings.model_cache_dir
         self._poll_s = settings.model_poll_s
+        self._calibration_poll_s = settings.calibration_poll_s
+        self._calibration_checked = -math.inf  # monotonic time of the last look at gold/calibrators
         self._serving_model = serving_model
         self._refused_retry_s = refused_retry_s
         self._refused: tuple[str, float] | None = None  # (version, monotonic time it was refused)
@@ -385,6 +440,8 @@ class ModelWatcher:
         self.failures = 0
         self.poll_errors = 0
         self.last_error: str | None = None
+        self.recalibrations = 0  # online calibration maps swapped in
+        self.calibration_errors = 0
 
     def poll_once(self) -> PollOutcome:
         """Checks the alias; loads, compiles, probes and swaps in a new champion. Failures are recorded, not raised."""
@@ -428,7 +485,29 @@ class ModelWatcher:
                 model.scorer_kind,
             )
             keep_local_copy(self._cache_dir, artifact, model, uri)
+            self._calibration_checked = -math.inf  # the new version's online map, if it has one, at once
             return PollOutcome.SWAPPED
+
+    def poll_calibration(self) -> bool:
+        """Swaps in the newest online calibration of the version served (gold/calibrators), if it is
+        new; True when it did. A lake that cannot be read is counted and the current map kept."""
+        with self._lock:
+            self._calibration_checked = time.monotonic()
+            version = self._serving_model.version
+            if version is None:
+                return False
+            try:
+                calibration = latest_calibration(self._settings, version)
+            except Exception as exc:  # the map in force keeps serving
+                self.calibration_errors += 1
+                logger.warning("online calibration not read: %s: %s", type(exc).__name__, exc)
+                return False
+            if calibration is None or not self._serving_model.recalibrate(calibration):
+                return False
+            self.recalibrations += 1
+            logger.info("%s version %s: serving calibration %s (slope %.4f, intercept %.4f)", REGISTERED_MODEL,
+                        version, calibration.calibration_id, calibration.slope, calibration.intercept)  # fmt: skip
+            return True
 
     @property
     def _no_model(self) -> str:
@@ -456,5 +535,7 @@ class ModelWatcher:
         while not self._stop.wait(self._poll_s):
             try:
                 self.poll_once()
-            except Exception:  # poll_once handles its failures; a surprise must not end hot-swapping
+                if time.monotonic() - self._calibration_checked >= self._calibration_poll_s:
+                    self.poll_calibration()
+            except Exception:  # the polls handle their failures; a surprise must not end hot-swapping
                 logger.exception("ctr-model watcher: poll failed")

@@ -25,7 +25,15 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from adstream.contracts import Topic
-from adstream.events import BILLABLE_EVENT, ChargeStatus, FeedbackEvent, PricingModel, RefusedEvent
+from adstream.events import (
+    BILLABLE_EVENT,
+    NOT_DELIVERED,
+    ChargeStatus,
+    EventType,
+    FeedbackEvent,
+    PricingModel,
+    RefusedEvent,
+)
 from adstream.messaging import BrokerUnavailable, PublishFailed
 from adstream.settings import Settings
 from adstream.signing import TokenRefused
@@ -90,7 +98,7 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
         )
     candidates = index.take(rows)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
-    pctr = np.asarray(loaded.scorer.score(batch)) if candidates else np.zeros(0)
+    pctr, raw = loaded.pctrs(batch) if candidates else (np.zeros(0), np.zeros(0))
     scored = len(candidates)
     for _ in range(HOLD_ATTEMPTS):
         outcome = run_auction(
@@ -104,21 +112,27 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
         )
         if outcome.winner is None:
             break
-        expires_at, refused = await _hold(state, context, outcome, loaded.version)
+        winner_raw = float(raw[np.searchsorted(rows, index.row_of[outcome.winner.campaign_id])])
+        expires_at, refused = await _hold(state, context, outcome, loaded.version, winner_raw)
         if refused is None:
             break
         # Taken meanwhile by another auction (any replica): the winner leaves, the rest are priced again.
         filtered[HOLD_REFUSED[refused]] += 1
         keep = np.array([c.campaign_id != outcome.winner.campaign_id for c in candidates], dtype=bool)
-        candidates, pctr, rows = [c for c, k in zip(candidates, keep, strict=True) if k], pctr[keep], rows[keep]
+        candidates, pctr, raw, rows = (
+            [c for c, k in zip(candidates, keep, strict=True) if k],
+            pctr[keep],
+            raw[keep],
+            rows[keep],
+        )
     else:
         outcome = run_auction(
             context, [], [], reserve_price_micros=state.settings.auction_reserve_price_micros, filtered=filtered
         )
     if outcome.winner is None:
-        expires_at = None
+        expires_at, winner_raw = None, None
     latency_ms = (time.perf_counter() - began) * 1000
-    record = auction_record(context, outcome, model_version=loaded.version, latency_ms=latency_ms)
+    record = auction_record(context, outcome, model_version=loaded.version, latency_ms=latency_ms, raw_pctr=winner_raw)
     if state.auction_log is not None:
         # Not awaited: the auction log is best effort on the request path; losses are counted.
         state.auction_log.send(Topic.AUCTIONS, context.auction_id, record.model_dump_json().encode())
@@ -128,8 +142,8 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
     return ServedAd(outcome, loaded.version, context.auction_id, expires_at)
 
 
-async def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str
-          ) -> tuple[datetime, HoldRefused | None]:  # fmt: skip
+async def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str,
+                raw_pctr: float) -> tuple[datetime, HoldRefused | None]:  # fmt: skip
     winner = outcome.winner
     assert winner is not None
     cost = billable_cost_micros(winner.pricing_model, outcome.clearing_price_micros)
@@ -143,7 +157,7 @@ async def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOu
         clearing_price_micros=outcome.clearing_price_micros, billable_cost_micros=cost, reserved_micros=reserved,
         pctr=float(outcome.pctr or 0.0), user_id=context.user_id, device_type=context.device_type,
         channel=context.channel, content_type=context.content_type, model_version=model_version,
-        publisher_id=context.publisher_id, served_at=context.at, expires_at=expires_at,
+        publisher_id=context.publisher_id, served_at=context.at, expires_at=expires_at, raw_pctr=raw_pctr,
     )  # fmt: skip
     refused = await state.shared.hold_async(
         Hold(
@@ -250,6 +264,7 @@ async def record_events(
             content_type=served.content_type, pricing_model=served.pricing_model,
             cost_micros=served.billable_cost_micros if billable else 0, pctr=served.pctr,
             model_version=served.model_version, publisher_id=served.publisher_id, user_agent=user_agent, ip=ip,
+            raw_pctr=served.raw_pctr,
         )  # fmt: skip
         entries.append((index, journal.JournalEntry(feedback, billable, state.request_ivt.reason(user_agent, ip))))
     try:
@@ -283,12 +298,24 @@ def _accepted(state: ServiceState, entry: journal.JournalEntry, result: journal.
             state.metrics.events_ivt.labels(reason=event.ivt_reason).inc()
         if status is ChargeStatus.CHARGED:
             state.metrics.spend.labels(pricing_model=event.pricing_model).inc(event.cost_micros)
+        if event.ivt_category is None and event.charge_status not in NOT_DELIVERED:
+            _count_calibration(state, event)
     return EventResult(
         event_id=entry.event.event_id, status="accepted" if result.new else "duplicate",
         reason=None if status in (None, ChargeStatus.CHARGED) else NOT_CHARGED[status],
         charged_micros=event.cost_micros if result.new else 0, charge_status=status,
         ivt_category=event.ivt_category, ivt_reason=event.ivt_reason,
     )  # fmt: skip
+
+
+def _count_calibration(state: ServiceState, event: FeedbackEvent) -> None:
+    """Observed and expected clicks of a delivered event, as the lake's gold/calibration counts them
+    (an impression expects its pCTR; a click is observed), for live observed / expected per replica."""
+    labels = {"model_version": event.model_version or "unknown", "pricing_model": event.pricing_model}
+    if event.event_type == EventType.IMPRESSION and event.pctr is not None:
+        state.metrics.expected_clicks.labels(**labels).inc(event.pctr)
+    elif event.event_type == EventType.CLICK:
+        state.metrics.observed_clicks.labels(**labels).inc()
 
 
 NOT_CHARGED = {

@@ -40,6 +40,21 @@ class ServiceMetrics:
         )
         self.model_version = Gauge("adstream_model_version", "Serving ctr-model version", registry=r)
         self.model_swaps = Counter("adstream_model_swaps_total", "Champion hot swaps", registry=r)
+        # Calibration live: rate(observed) / rate(expected) is observed / expected clicks (alert outside 0.8-1.25).
+        self.expected_clicks = Counter(
+            "adstream_expected_clicks_total", "Sum of the served pCTRs of delivered impressions",
+            ["model_version", "pricing_model"], registry=r,
+        )  # fmt: skip
+        self.observed_clicks = Counter(
+            "adstream_observed_clicks_total", "Delivered clicks", ["model_version", "pricing_model"], registry=r
+        )
+        self.calibration_slope = Gauge("adstream_pctr_calibration_slope", "Served calibration: slope", registry=r)
+        self.calibration_intercept = Gauge(
+            "adstream_pctr_calibration_intercept", "Served calibration: intercept (log-odds)", registry=r
+        )
+        self.calibration_swaps = Gauge(
+            "adstream_pctr_calibration_swaps", "Online calibration maps swapped in since start", registry=r
+        )
         self.campaigns_serving = Gauge("adstream_campaigns_serving", "Active campaigns in the cache", registry=r)
         self.rejected_requests = Counter(
             "adstream_rejected_requests_total", "Requests refused with 4xx", ["reason"], registry=r

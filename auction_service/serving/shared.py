@@ -225,7 +225,8 @@ _SERVED_TIMES = ("served_at", "expires_at")
 
 
 def unpack_served(payload: bytes) -> store.ServedAuctionRow:
-    values = dict(zip(store.ServedAuctionRow.__dataclass_fields__, json.loads(payload), strict=True))
+    # zip, not strict: a replica of the release before writes fewer fields, the ones added last default
+    values = dict(zip(store.ServedAuctionRow.__dataclass_fields__, json.loads(payload), strict=False))
     for name in _SERVED_TIMES:
         values[name] = datetime.fromisoformat(values[name])
     return store.ServedAuctionRow(**values)

@@ -274,6 +274,12 @@ class ServiceState:
                 if tick % FEATURE_RELOAD_EVERY == 0:
                     self.features.reload_if_changed()
                 self.metrics.model_version.set(float(self.model.version or 0))
+                calibration = self.model.calibration
+                if calibration is not None:
+                    self.metrics.calibration_slope.set(calibration.slope)
+                    self.metrics.calibration_intercept.set(calibration.intercept)
+                if self.watcher is not None:
+                    self.metrics.calibration_swaps.set(self.watcher.recalibrations)
             except Exception:  # a failed tick must not end the thread; the next one retries
                 log.exception("auction housekeeping failed")
 

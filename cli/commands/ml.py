@@ -1,7 +1,9 @@
-"""``adstream train | promote | compare``: CTR training, the guarded promotion, and training runs side by side."""
+"""``adstream train | promote | compare | calibrate``: CTR training, the guarded promotion, training runs side
+by side, and the online pCTR calibration."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated
 
@@ -10,6 +12,7 @@ from nbclient.exceptions import CellExecutionError
 
 from cli.lazy import commands_app
 from cli.resources import current
+from ml import calibrate as calibration_job
 from ml.compare import (
     DEFAULT_LAST,
     NOTEBOOK,
@@ -117,3 +120,17 @@ def compare(
     except CellExecutionError as exc:
         raise _fail(f"notebook {NOTEBOOK.name} failed ({exc.ename}: {exc.evalue}); see {target}") from None
     print(f"\nexecuted notebook written to {target}")
+
+
+@commands.command()
+def calibrate(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="one refresh, then exit")] = False,
+    check: Annotated[bool, typer.Option("--check", help="exit 0 if a running job refreshed recently")] = False,
+) -> None:
+    """Refit each served model's pCTR calibration on logged traffic; keep gold/calibration."""
+    settings = current(ctx).settings
+    if check:
+        raise typer.Exit(0 if calibration_job.is_alive(settings) else 1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise typer.Exit(calibration_job.run(settings, once=once))

@@ -176,11 +176,16 @@ def mlflow_process_uri(uri: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def champion_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite database where ``ml.train`` left ctr-model@champion = version 1."""
+    """An MLflow SQLite database where ``ml.train`` left ctr-model@champion = version 1.
+
+    Registered with a prior of 50 %, the training data's own click rate, so its calibration is
+    about the identity: these modules' budgets and bids are sized for pCTRs at that rate, and the
+    simulator's test needs a served pCTR far from the true CTR (calibration has its own tests).
+    """
     workdir = tmp_path_factory.mktemp("champion")
     template = workdir / "template.db"
     tracking_client(f"sqlite:///{template}").search_experiments()
-    settings = make_settings(workdir, mlflow_tracking_uri=new_store(workdir, template))
+    settings = make_settings(workdir, mlflow_tracking_uri=new_store(workdir, template), ctr_prior=0.5)
     with one_openmp_thread(), mlflow_process_uri(settings.mlflow_tracking_uri), pytest.MonkeyPatch.context() as cwd:
         cwd.chdir(workdir)
         train(settings, training_frame(300, seed=11), table_version=0)

@@ -59,6 +59,7 @@ def test_batch_services_run_below_the_request_path(tmp_path):
         "ad-manager": 0,
         "auction": 0,
         "streaming": 10,
+        "calibrator": 10,
     }
     idle = services.Service(
         name="idle", url="-", ports=(), command=(sys.executable, "-c", "import time; time.sleep(60)"),

@@ -1,11 +1,14 @@
 import json
+from dataclasses import replace
 
 import mlflow
 import mlflow.sklearn
+import numpy as np
 import pandas as pd
 import pytest
 
 from adstream.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL
+from ml.calibration import prior_correction
 from ml.features import FEATURES, LABEL
 from ml.metrics import evaluate
 from ml.pipelines import logistic_regression
@@ -111,7 +114,8 @@ def test_the_first_version_becomes_champion_and_the_decision_is_logged(mlflow_ur
     assert promotion.decision.promote
     assert aliases(mlflow_uri) == {CHALLENGER_ALIAS: "1", CHAMPION_ALIAS: "1"}
     assert tags["promotion.promoted"] == "true"
-    assert tags["promotion.reasons"] == "there is no champion yet"
+    assert tags["promotion.reasons"].startswith("there is no champion yet; judged on the whole holdout")
+    assert tags["promotion.judged_on"] == "holdout"  # its logged part holds too few clicks to decide
     assert (tags["promotion.champion_version_before"], tags["promotion.champion_version_after"]) == ("none", "1")
     assert report["promoted"] is True and report["champion_metrics"] is None
     assert report["challenger_metrics"]["examples"] == 120  # 20 % of 600
@@ -148,3 +152,71 @@ def test_a_miscalibrated_challenger_is_not_promoted_even_with_a_better_ne(mlflow
     assert aliases(mlflow_uri)[CHAMPION_ALIAS] == "1"
     assert "outside [0.8, 1.2]" in tags["promotion.reasons"]
     assert "< champion's" in tags["promotion.reasons"]  # it did have the better NE
+
+
+# --- judged on logged traffic ------------------------------------------------------------------
+
+LIVE_CTR = 0.03
+
+
+@pytest.fixture(scope="module")
+def holdout_with_logged_traffic(models, split):
+    """The bootstrap holdout (about half clicks) plus 20,000 logged impressions whose true click
+    probability is the strong model's score corrected to a 3 % stream (``ml.calibration``'s formula,
+    written out here: odds scaled by odds(3 %) / odds(the training part's rate))."""
+    train, holdout = split
+    logged = training_frame(20_000, seed=31, start="2026-12-01", days=1).assign(source="logged")
+    score = models["strong"].predict_proba(logged[list(FEATURES)])[:, 1]
+    train_rate = train[LABEL].mean()
+    w = (LIVE_CTR / (1 - LIVE_CTR)) / (train_rate / (1 - train_rate))
+    truth = score * w / (score * w + 1 - score)
+    labels = np.random.default_rng(32).uniform(size=len(logged)) < truth
+    return pd.concat([holdout.assign(source="bootstrap"), logged.assign(label=labels.astype(int))])
+
+
+def test_the_gate_refuses_a_challenger_calibrated_on_the_bootstrap_holdout_but_not_on_logged_traffic(
+    mlflow_uri, models, split, holdout_with_logged_traffic
+):
+    train, _ = split
+    holdout = holdout_with_logged_traffic
+    uncalibrated = register(mlflow_uri, models["strong"])  # no calibration: it serves its raw score
+    promotion, tags, report = promote(mlflow_uri, uncalibrated, holdout)
+    assert not promotion.decision.promote
+    assert tags["promotion.judged_on"] == "logged"
+    # Fine where the data is half clicks ...
+    assert 0.8 <= report["bootstrap_holdout"]["challenger"]["calibration"] <= 1.2
+    # ... far too many clicks expected on the traffic it would serve (a confident model: scores near 0 or 1
+    # keep their side after the correction, so the excess is about 1.8x rather than the ~16x of the rates).
+    assert report["challenger_metrics"]["calibration"] > 1.5
+    assert report["challenger_metrics"]["examples"] == 20_000
+    assert "outside [0.9, 1.1]" in tags["promotion.reasons"] and "judged on logged traffic" in tags["promotion.reasons"]
+    assert CHAMPION_ALIAS not in aliases(mlflow_uri)
+
+    corrected = prior_correction("", float(train[LABEL].mean()), LIVE_CTR)
+    calibrated = register(mlflow_uri, models["strong"], calibration=corrected)
+    promotion, tags, report = promote(mlflow_uri, calibrated, holdout)
+    assert promotion.decision.promote, tags["promotion.reasons"]
+    assert 0.9 <= report["challenger_metrics"]["calibration"] <= 1.1
+    assert report["calibration_bounds"] == [0.9, 1.1]
+
+
+def test_on_logged_traffic_the_champion_is_judged_through_the_calibration_in_force(
+    mlflow_uri, models, split, holdout_with_logged_traffic
+):
+    train, _ = split
+    corrected = prior_correction("", float(train[LABEL].mean()), LIVE_CTR)
+    champion = register(mlflow_uri, models["strong"], calibration=corrected)
+    promote(mlflow_uri, champion, holdout_with_logged_traffic)
+    weak = register(mlflow_uri, models["weak"], calibration=corrected)
+    client = tracking_client(mlflow_uri)
+    run_id = client.create_run(client.get_experiment_by_name(MLFLOW_EXPERIMENT).experiment_id).info.run_id
+    in_force = []
+
+    def champion_calibration(version):
+        in_force.append(version)
+        return replace(corrected, model_version=version)
+
+    promotion = apply_promotion(mlflow_uri, weak, holdout_with_logged_traffic, run_id, champion_calibration)
+    assert in_force == [champion]
+    assert not promotion.decision.promote  # the weak model's NE on logged traffic is worse
+    assert promotion.champion_metrics["normalized_entropy"] < promotion.challenger_metrics["normalized_entropy"]

@@ -1,4 +1,5 @@
 import json
+import math
 import time
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 from mlflow.models import Model
 
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, Table
+from ml.calibration import CALIBRATION_ARTIFACT, Calibration, CalibrationKind
 from ml.features import FEATURES, MissingFeatureError
 from ml.registry import DECISION_ARTIFACT
 from ml.tracking import TrackingServerUnreachable, tracking_client
@@ -35,10 +37,12 @@ def test_the_training_set_is_read_with_its_delta_version(trained):
 
 
 def test_end_to_end_leaves_a_champion_and_one_run_per_family(trained):
-    settings, _ = trained
+    settings, frame = trained
     uri = settings.mlflow_tracking_uri
     client = tracking_client(uri)
     champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+    # The latest 20 % of each source is held out (none of the sources shares a timestamp).
+    holdout_rows = sum(math.ceil(0.2 * count) for count in frame["source"].value_counts())
     assert str(champion.version) == "1"
     runs = runs_of(uri)
     (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
@@ -47,7 +51,13 @@ def test_end_to_end_leaves_a_champion_and_one_run_per_family(trained):
     for run in children:
         params = run.data.params
         assert params["training_table_version"] == "1"
-        assert (params["train_rows"], params["holdout_rows"]) == ("480", "120")
+        assert (params["train_rows"], params["holdout_rows"]) == (str(600 - holdout_rows), str(holdout_rows))
+        calibration = Calibration.from_json(
+            Path(mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path=CALIBRATION_ARTIFACT, tracking_uri=uri
+            )).read_text()
+        )  # fmt: skip
+        assert calibration.kind in (CalibrationKind.PRIOR, CalibrationKind.PLATT)
         assert params["model_family"] == run.data.tags["model_family"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/roc_curve.png", "plots/calibration.png", "plots/feature_importance.png"} <= artifacts
@@ -113,7 +123,9 @@ def test_a_single_class_training_set_is_refused_and_nothing_is_registered(mlflow
 def test_a_holdout_without_clicks_is_refused_too(mlflow_uri, tmp_path):
     settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
     frame = training_frame(200)
-    frame.loc[frame.index[-40:], "label"] = 0  # the latest 20 % never click
+    for source in frame["source"].unique():  # the latest 20 % of each source never click
+        rows = frame.index[frame["source"] == source]
+        frame.loc[rows[-math.ceil(0.2 * len(rows)) :], "label"] = 0
     with pytest.raises(TrainingSetError, match="holdout"):
         train(settings, frame, table_version=3)
     assert registered_versions(mlflow_uri) == []

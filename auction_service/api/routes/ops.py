@@ -14,6 +14,7 @@ from auction_service.api.routes.auction import to_micros
 from auction_service.api.schemas import INVALID_REQUEST, Prediction, PredictRequest, PredictResponse
 from auction_service.domain import AuctionContext
 from auction_service.serving.features import candidate_batch
+from ml.calibration import Calibration
 
 router = APIRouter(tags=["operations"])
 
@@ -55,7 +56,20 @@ def stats(state: StateDep) -> dict:
         **state.stats.snapshot(),
         "model_version": state.model.version,
         "scorer": state.model.scorer_kind,
+        "calibration": _calibration(state.model.calibration),
         "campaigns": len(state.campaigns.campaigns),
+    }
+
+
+def _calibration(calibration: Calibration | None) -> dict | None:
+    if calibration is None:
+        return None
+    return {
+        "id": calibration.calibration_id,
+        "kind": calibration.kind,
+        "slope": calibration.slope,
+        "intercept": calibration.intercept,
+        "fitted_on_clicks": calibration.clicks,
     }
 
 

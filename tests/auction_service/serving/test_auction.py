@@ -608,3 +608,210 @@ def check_second_price(
         [campaigns[i] for i in order], [pctr[i] for i in order], floor=floor, reserve=reserve, pcvr=pcvr_ppb / PPB
     )
     assert (shuffled.winner, shuffled.clearing_price_micros) == (winner, price)
+
+
+# --- pacing ---------------------------------------------------------------------------------------
+
+PACED = 1_000_000  # λ = 1 in millionths
+
+
+def paced(candidates: list[ServingCampaign], pctr: list[float], pacing: list[int], **kwargs: object) -> AuctionOutcome:
+    return auction(candidates, pctr, pacing_ppm=np.array(pacing, dtype=np.int64), **kwargs)
+
+
+def test_pacing_can_hand_the_auction_to_an_unpaced_runner_up() -> None:
+    high = make_campaign("c-high", bid_micros=5_000_000)  # paced at 0.5: 2_500_000
+    low = make_campaign("c-low", bid_micros=3_000_000)  # unpaced: 3_000_000
+    outcome = paced([high, low], [0.1, 0.1], [500_000, PACED])
+    assert outcome.winner == low
+    assert (outcome.ecpm_micros, outcome.runner_up_ecpm_micros) == (3_000_000, 2_500_000)
+    assert outcome.clearing_price_micros == 2_510_000  # 2_500_000 + 10_000
+
+
+def test_a_paced_runner_up_lowers_the_price() -> None:
+    high = make_campaign("c-high", bid_micros=5_000_000)  # paced at 0.8: 4_000_000
+    low = make_campaign("c-low", bid_micros=3_000_000)  # paced at 0.5: 1_500_000
+    outcome = paced([high, low], [0.1, 0.1], [800_000, 500_000])
+    assert outcome.winner == high
+    assert (outcome.ecpm_micros, outcome.runner_up_ecpm_micros) == (4_000_000, 1_500_000)
+    assert outcome.clearing_price_micros == 1_510_000  # unpaced it would be 3_010_000
+
+
+def test_a_paced_cpc_winner_pays_the_unpaced_runner_up_price() -> None:
+    # CPC $0.50 at pCTR 0.02 is eCPM 10_000_000; paced at 0.7: 7_000_000, still above the CPM 6_000_000.
+    winner = make_campaign("c-cpc", pricing_model=PricingModel.CPC, bid_micros=500_000)
+    runner_up = make_campaign("c-cpm", bid_micros=6_000_000)
+    outcome = paced([winner, runner_up], [0.02, 0.5], [700_000, PACED])
+    assert outcome.winner == winner and outcome.ecpm_micros == 7_000_000
+    # One micro per click is worth 20 eCPM micros: 6_010_000 / 20 = 300_500 per click, as unpaced.
+    assert outcome.clearing_price_micros == 300_500
+    assert outcome.clearing_price_cpm_micros == 6_010_000
+    # First price charges the paced bid: 500_000 x 0.7.
+    assert paced([winner, runner_up], [0.02, 0.5], [700_000, PACED], first_price=True).clearing_price_micros == 350_000
+
+
+def test_a_close_runner_up_caps_the_price_at_the_paced_bid_rounded_up() -> None:
+    # 5_000_001 x 0.6 = 3_000_000.6: paced eCPM 3_000_000; the runner-up's 2_995_000 + 10_000 = 3_005_000 is out of
+    # reach, so the winner pays its paced bid rounded up to a whole micro: 3_000_001 (below its bid of 5_000_001).
+    winner = make_campaign("c-a", bid_micros=5_000_001)
+    runner_up = make_campaign("c-b", bid_micros=2_995_000)
+    outcome = paced([winner, runner_up], [0.1, 0.1], [600_000, PACED])
+    assert (outcome.winner, outcome.ecpm_micros) == (winner, 3_000_000)
+    assert outcome.clearing_price_micros == 3_000_001
+
+
+def test_pacing_applies_before_the_floor() -> None:
+    # CPM 3_000_000 paced at 0.5 is 1_500_000, below the 2_000_000 floor; the CPC at pCTR 0.03 is worth 30 eCPM
+    # micros per micro: 500_000 x 30 x 0.5 = 7_500_000 clears it and pays the floor, 2_000_000 / 30 -> 66_667.
+    cpm = make_campaign("c-cpm", bid_micros=3_000_000)
+    cpc = make_campaign("c-cpc", pricing_model=PricingModel.CPC, bid_micros=500_000)
+    outcome = paced([cpm, cpc], [0.5, 0.03], [500_000, 500_000], floor=2_000_000)
+    assert outcome.winner == cpc and outcome.ecpm_micros == 7_500_000
+    assert outcome.runner_up_ecpm_micros is None
+    assert outcome.clearing_price_micros == 66_667
+    assert outcome.filtered == Counter({"below floor": 1})
+
+
+def test_pacing_multipliers_must_align_and_be_in_range() -> None:
+    campaign = make_campaign()
+    with pytest.raises(ValueError, match="aligned"):
+        paced([campaign], [0.1], [PACED, PACED])
+    for bad in (0, -1, PACED + 1):
+        with pytest.raises(ValueError, match="pacing multiplier"):
+            paced([campaign], [0.1], [bad])
+    with pytest.raises(ValueError, match="integer"):
+        auction([campaign], [0.1], pacing_ppm=np.array([0.5]))
+
+
+paced_bidders = st.lists(
+    st.tuples(
+        st.sampled_from(list(PricingModel)),
+        st.integers(min_value=1, max_value=50_000_000),  # bid micros
+        st.integers(min_value=0, max_value=PPB // 5),  # pCTR in billionths
+        st.one_of(st.integers(min_value=1, max_value=PACED), st.sampled_from([1, PACED - 1, PACED])),  # λ
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    bidders=paced_bidders,
+    floor=st.integers(min_value=0, max_value=20_000_000),
+    reserve=st.integers(min_value=0, max_value=100_000),
+    pcvr_ppb=st.integers(min_value=1, max_value=PPB),
+)
+def test_paced_second_price_properties(
+    bidders: list[tuple[PricingModel, int, int, int]], floor: int, reserve: int, pcvr_ppb: int
+) -> None:
+    """The pacing rule of the module docstring, from exact fractions: a candidate bids λ x its bid."""
+    campaigns = [
+        make_campaign(f"c{i}", pricing_model=model, bid_micros=bid) for i, (model, bid, *_) in enumerate(bidders)
+    ]
+    pctr = [ppb / PPB for _, _, ppb, _ in bidders]
+    pacing = [ppm for *_, ppm in bidders]
+    outcome = paced(campaigns, pctr, pacing, floor=floor, reserve=reserve, pcvr=pcvr_ppb / PPB)
+
+    effective_floor = max(floor, reserve)
+    value = {
+        c.campaign_id: value_per_micro(c.pricing_model, b[2], pcvr_ppb) for c, b in zip(campaigns, bidders, strict=True)
+    }
+    paced_bid = {c.campaign_id: Fraction(c.bid_micros * ppm, PACED) for c, ppm in zip(campaigns, pacing, strict=True)}
+    paced_value = {c.campaign_id: paced_bid[c.campaign_id] * value[c.campaign_id] for c in campaigns}
+    paced_ecpm = {campaign_id: math.floor(exact) for campaign_id, exact in paced_value.items()}
+    above = [c for c in campaigns if paced_value[c.campaign_id] >= effective_floor]
+    assert outcome.above_floor_count == len(above)
+    if not above:
+        assert outcome.winner is None
+        return
+
+    winner = outcome.winner
+    assert winner is not None
+    win_id = winner.campaign_id
+    assert outcome.ecpm_micros == paced_ecpm[win_id]
+    assert all(paced_ecpm[win_id] >= paced_ecpm[c.campaign_id] for c in above)  # maximal paced eCPM
+    others = [c for c in above if c is not winner]
+    assert outcome.runner_up_ecpm_micros == (max(paced_ecpm[c.campaign_id] for c in others) if others else None)
+
+    price = outcome.clearing_price_micros
+    assert price is not None
+    cap = math.ceil(paced_bid[win_id])  # the paced bid, rounded up to a whole micro
+    assert price <= cap <= winner.bid_micros
+    assert price * value[win_id] >= effective_floor
+    needed = effective_floor if not others else outcome.runner_up_ecpm_micros + 10_000  # type: ignore[operator]
+    assert price * value[win_id] >= needed or price == cap
+    # Minimal for its rank: one micro less would not reach the runner-up's paced eCPM + a cent (or the floor).
+    assert price == 0 or (price - 1) * value[win_id] < needed
+    assert outcome.clearing_price_cpm_micros is not None
+    # Per thousand impressions: at least the floor; above the paced eCPM only by the rounding up of the paced bid.
+    assert effective_floor <= outcome.clearing_price_cpm_micros
+    assert outcome.clearing_price_cpm_micros <= paced_ecpm[win_id] or price > paced_bid[win_id]
+    assert outcome.clearing_price_cpm_micros <= paced_value[win_id] + value[win_id]
+
+    # Pacing never makes a winner pay more: unpaced, the same campaign would pay at least as much.
+    unpaced = auction(campaigns, pctr, floor=floor, reserve=reserve, pcvr=pcvr_ppb / PPB)
+    if unpaced.winner == winner:
+        assert unpaced.clearing_price_micros is not None and price <= unpaced.clearing_price_micros
+
+
+@settings(max_examples=200, deadline=None)
+@given(bidders=bidders, floor=st.integers(min_value=0, max_value=20_000_000), pcvr_ppb=st.integers(1, PPB))
+def test_unpaced_multipliers_are_no_pacing(
+    bidders: list[tuple[PricingModel, int, int]], floor: int, pcvr_ppb: int
+) -> None:
+    campaigns = [
+        make_campaign(f"c{i}", pricing_model=model, bid_micros=bid) for i, (model, bid, _) in enumerate(bidders)
+    ]
+    pctr = [ppb / PPB for _, _, ppb in bidders]
+    for first_price in (False, True):
+        plain = auction(campaigns, pctr, floor=floor, pcvr=pcvr_ppb / PPB, first_price=first_price)
+        ones = paced(
+            campaigns, pctr, [PACED] * len(campaigns), floor=floor, pcvr=pcvr_ppb / PPB, first_price=first_price
+        )
+        assert ones == plain
+
+
+# Hundreds of paced candidates whose paced eCPMs tie or differ by a micro, around a floor equal to one of
+# them: the float estimates, scaled by λ, must still hand every close call to exact integers.
+crowded_paced = st.integers(min_value=1, max_value=50_000_000).flatmap(
+    lambda base_bid: st.lists(
+        st.tuples(
+            st.sampled_from(list(PricingModel)),
+            st.integers(min_value=base_bid, max_value=base_bid + 3),
+            st.sampled_from([0, 1, PPB // 10, PPB // 10 + 1, PPB // 3, PPB]),
+            st.sampled_from([1, 333_333, 500_000, 500_001, 999_999, PACED]),
+        ),
+        min_size=2,
+        max_size=300,
+    )
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(bidders=crowded_paced, floor_pick=st.integers(min_value=0), pcvr_ppb=st.sampled_from([1, PPB // 20, PPB]))
+def test_paced_auction_with_many_near_ties_picks_the_exact_best(
+    bidders: list[tuple[PricingModel, int, int, int]], floor_pick: int, pcvr_ppb: int
+) -> None:
+    exact = [Fraction(bid * ppm, PACED) * value_per_micro(model, ppb, pcvr_ppb) for model, bid, ppb, ppm in bidders]
+    ecpms = [math.floor(value) for value in exact]
+    floor = sorted(ecpms)[floor_pick % len(ecpms)]  # exactly some candidate's paced eCPM
+    campaigns = [
+        make_campaign(f"c{i:03}", pricing_model=model, bid_micros=bid) for i, (model, bid, *_) in enumerate(bidders)
+    ]
+    outcome = paced(
+        campaigns,
+        [ppb / PPB for _, _, ppb, _ in bidders],
+        [ppm for *_, ppm in bidders],
+        floor=floor,
+        reserve=0,
+        pcvr=pcvr_ppb / PPB,
+    )
+    kept = [i for i, value in enumerate(exact) if value >= floor]
+    assert outcome.above_floor_count == len(kept)
+    best = max(ecpms[i] for i in kept)
+    # Ties go to the higher pCTR, then the smaller campaign id.
+    expected = min((i for i in kept if ecpms[i] == best), key=lambda i: (-bidders[i][2], campaigns[i].campaign_id))
+    assert outcome.winner == campaigns[expected]
+    rest = [ecpms[i] for i in kept if i != expected]
+    assert outcome.runner_up_ecpm_micros == (max(rest) if rest else None)

@@ -28,6 +28,8 @@ from auction_service.serving.champion import (
     ServingModel,
 )
 from ml import native
+from ml.calibrate import write_calibrators
+from ml.calibration import Calibration, CalibrationKind, identity, prior_correction
 from ml.features import FEATURES, LABEL, NUMERIC_FEATURES
 from ml.native import MANIFEST_NAME as NATIVE_MANIFEST
 from ml.pipelines import gradient_boosted_trees, logistic_regression
@@ -85,9 +87,9 @@ def settings(tmp_path: Path, db_template: Path, monkeypatch: pytest.MonkeyPatch)
     mlflow.set_registry_uri(None)
 
 
-def make_champion(uri: str, pipeline: Pipeline) -> str:
+def make_champion(uri: str, pipeline: Pipeline, calibration: Calibration | None = None) -> str:
     """Logs and registers ``pipeline``, then moves ``champion`` to it (as a promotion would)."""
-    version = register(uri, pipeline, "test")
+    version = register(uri, pipeline, "test", calibration)
     tracking_client(uri).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
     return version
 
@@ -124,6 +126,7 @@ def test_loads_the_champion_and_keeps_a_verified_local_copy(settings, pipelines,
         "artifact": "ctr-model-v1.skops",
         "sha256": hashlib.sha256(artifact).hexdigest(),
         "native": None,  # logistic regression: nothing compiled, the numpy scorer serves
+        "calibration": identity("1").to_json(),  # registered without one: its raw score is served
     }
     assert serving.current.scorer_kind == "numpy"
 
@@ -353,3 +356,50 @@ def test_a_version_registered_without_a_compiler_is_served_by_numpy(settings, pi
     serving = ServingModel.load_at_start(settings)
     assert (serving.ready, serving.current.scorer_kind) == (True, "numpy")
     assert json.loads((settings.model_cache_dir / MANIFEST).read_text())["native"] is None
+
+
+# --- calibration ----------------------------------------------------------------------------------
+
+
+def test_the_champion_serves_its_registered_calibration_and_its_local_copy_keeps_it(
+    settings, pipelines, batch, tmp_path
+):
+    correction = prior_correction("", train_positive_rate=0.5, prior_ctr=0.03)
+    make_champion(settings.mlflow_tracking_uri, pipelines["v1"], correction)
+    serving = ServingModel.load_at_start(settings)
+    raw = pipelines["v1"].predict_proba(awkward_candidates(training_frame(300, seed=32)))[:, 1]
+    # Written out: odds x odds(3 %) / odds(50 %).
+    odds = raw / (1 - raw) * (0.03 / 0.97)
+    expected = odds / (1 + odds)
+    pctr, _ = serving.score(batch)
+    np.testing.assert_allclose(pctr, expected, rtol=1e-9)
+    assert serving.calibration.kind == CalibrationKind.PRIOR and serving.calibration.model_version == "1"
+    assert np.all(pctr <= raw) and np.all(np.diff(pctr[np.argsort(raw)]) >= 0)  # lower, in the same order
+    served_raw = serving.current.pctrs(batch)[1]
+    np.testing.assert_allclose(served_raw, raw, rtol=0, atol=1e-9)
+
+    offline = ServingModel.load_at_start(unreachable(settings, tmp_path))
+    assert offline.current.origin.startswith("local copy")
+    np.testing.assert_allclose(offline.score(batch)[0], expected, rtol=1e-9)
+
+
+def test_the_watcher_swaps_in_the_newest_online_calibration_of_the_served_version(settings, pipelines, batch):
+    make_champion(settings.mlflow_tracking_uri, pipelines["v1"], prior_correction("", 0.5, 0.03))
+    serving = ServingModel.load_at_start(settings)
+    watcher = ModelWatcher(settings, serving)
+    assert watcher.poll_calibration() is False  # gold/calibrators does not exist yet
+    raw = serving.current.pctrs(batch)[1]
+
+    older = Calibration("1", CalibrationKind.PLATT, slope=0.9, intercept=-3.0, fitted_at="2026-12-06T00:00:00+00:00")
+    newer = Calibration("1", CalibrationKind.PLATT, slope=1.1, intercept=-3.2, fitted_at="2026-12-06T00:01:00+00:00")
+    other = Calibration("7", CalibrationKind.PLATT, slope=2.0, intercept=1.0, fitted_at="2026-12-06T00:02:00+00:00")
+    write_calibrators(settings, [older, newer, other])
+    assert watcher.poll_calibration() is True
+    assert serving.calibration == newer
+    logit = np.log(raw) - np.log1p(-raw)
+    np.testing.assert_allclose(serving.score(batch)[0], 1 / (1 + np.exp(-(1.1 * logit - 3.2))), rtol=1e-9)
+    assert watcher.poll_calibration() is False  # nothing newer
+    assert watcher.recalibrations == 1
+
+    # A map of another version never serves this one.
+    assert serving.recalibrate(other) is False and serving.calibration == newer

@@ -1,0 +1,246 @@
+"""pCTR calibration: the cheap monotone map from the model's score to the probability the auction prices.
+
+Pure numpy: no I/O, no clock (times are passed in).
+
+- **Prior correction** (cold start). The bootstrap training data is about half clicks, live
+  traffic a few percent. A model fitted on data whose click rate is ``r`` predicts odds
+  inflated by odds(r) / odds(prior) over traffic whose rate is ``prior``, as when negatives
+  are down-sampled by w = odds(prior) / odds(r) (He et al., "Practical Lessons from
+  Predicting Clicks on Ads at Facebook", 2014: q = p / (p + (1 - p) / w)). In log-odds the
+  correction is a shift, logit(q) = logit(p) + log w: a Platt map with slope 1.
+- **Online Platt scaling** (Platt 1999): logit(q) = a x logit(p) + b, fitted on the logged
+  impressions of one model version and their attributed clicks, each weighted by recency
+  (half-life ``half_life_s``) so the map follows drift, with a Gaussian prior pulling (a, b)
+  toward the previous calibration so a few clicks cannot swing it. Platt rather than isotonic:
+  two parameters are estimated well from the few hundred clicks minutes of traffic give at a
+  few percent CTR, the map is strictly increasing (it never reorders candidates nor makes the
+  ties a step function would, which matter in an auction that ranks by pCTR), it extrapolates
+  to scores the window did not see, and applying it to 100 candidates costs a few microseconds.
+  The slope is kept in [MIN_SLOPE, MAX_SLOPE], so the map stays increasing whatever the data.
+
+Calibrating never retrains the model: ``Calibration`` is applied after the scorer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from adstream.events import NOT_DELIVERED, EventType
+
+CLIP = 1e-7  # scores are clipped to [CLIP, 1 - CLIP] before the logit: 0 and 1 have none
+MIN_SLOPE, MAX_SLOPE = 0.2, 5.0
+NEWTON_STEPS = 25
+# The prior's standard deviations on (slope, intercept): a refit moves (a, b) as far as the
+# data asks once there are some hundreds of clicks, and little on a handful.
+PRIOR_SD_SLOPE = 0.5
+PRIOR_SD_INTERCEPT = 1.0
+CALIBRATION_ARTIFACT = "calibration.json"  # beside the registered model in MLflow
+
+
+class CalibrationKind:
+    IDENTITY = "identity"  # no correction known (a model trained before calibration existed)
+    PRIOR = "prior"  # the cold-start prior correction, logged at registration
+    PLATT = "platt"  # fitted online on logged traffic
+
+
+def logit(p: np.ndarray | float) -> np.ndarray:
+    clipped = np.clip(np.asarray(p, dtype=np.float64), CLIP, 1 - CLIP)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    # exp of -|z| only, so no overflow warning at either end
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """logit(served pCTR) = slope x logit(model score) + intercept, for one model version."""
+
+    model_version: str
+    kind: str
+    slope: float = 1.0
+    intercept: float = 0.0
+    fitted_at: str = ""  # ISO time of the fit; "" for the prior
+    impressions: int = 0  # the examples behind an online fit
+    clicks: int = 0
+    train_positive_rate: float | None = None  # for the prior: the training data's click rate
+    prior_ctr: float | None = None  # for the prior: the live click rate it corrects toward
+
+    @property
+    def calibration_id(self) -> str:
+        """Names this calibration in the auction log: the version, the kind and when it was fitted."""
+        return f"{self.model_version}:{self.kind}" + (f":{self.fitted_at}" if self.fitted_at else "")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.slope == 1.0 and self.intercept == 0.0
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        """The served pCTRs of the model's scores."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if self.is_identity or scores.size == 0:
+            return scores
+        return sigmoid(self.slope * logit(scores) + self.intercept)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Calibration:
+        fields = json.loads(text)
+        calibration = cls(**fields)
+        if not (MIN_SLOPE <= calibration.slope <= MAX_SLOPE and math.isfinite(calibration.intercept)):
+            raise ValueError(f"calibration slope {calibration.slope} or intercept {calibration.intercept} out of range")
+        return calibration
+
+
+def identity(model_version: str) -> Calibration:
+    return Calibration(model_version, CalibrationKind.IDENTITY)
+
+
+def prior_correction(model_version: str, train_positive_rate: float, prior_ctr: float) -> Calibration:
+    """The cold-start shift from the training data's click rate to the live prior (module doc)."""
+    for name, rate in (("train_positive_rate", train_positive_rate), ("prior_ctr", prior_ctr)):
+        if not 0 < rate < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {rate}")
+    shift = float(logit(prior_ctr) - logit(train_positive_rate))
+    return Calibration(
+        model_version,
+        CalibrationKind.PRIOR,
+        intercept=shift,
+        train_positive_rate=train_positive_rate,
+        prior_ctr=prior_ctr,
+    )
+
+
+def recency_weights(ages_s: np.ndarray, half_life_s: float) -> np.ndarray:
+    """Weight 1 now, 1/2 one half-life ago; negative ages (clock skew) count as now."""
+    return np.exp2(-np.maximum(np.asarray(ages_s, dtype=np.float64), 0.0) / half_life_s)
+
+
+def fit_platt(
+    scores: np.ndarray,
+    clicked: np.ndarray,
+    prior: Calibration,
+    *,
+    weights: np.ndarray | None = None,
+    fitted_at: datetime,
+) -> Calibration:
+    """The Platt map of ``prior.model_version`` fitted on (model score, clicked) pairs, by Newton's
+    method on the weighted log-likelihood plus the Gaussian prior centred on ``prior``."""
+    z = logit(scores)
+    y = np.asarray(clicked, dtype=np.float64)
+    w = np.ones_like(z) if weights is None else np.asarray(weights, dtype=np.float64)
+    if not (z.shape == y.shape == w.shape and z.ndim == 1):
+        raise ValueError(f"scores, clicked and weights must be 1-d and aligned, got {z.shape}, {y.shape}, {w.shape}")
+    centre = np.array([prior.slope, prior.intercept])
+    precision = np.diag([1 / PRIOR_SD_SLOPE**2, 1 / PRIOR_SD_INTERCEPT**2])
+    theta = centre.copy()
+    design = np.column_stack([z, np.ones_like(z)])
+    for _ in range(NEWTON_STEPS):
+        p = sigmoid(design @ theta)
+        gradient = design.T @ (w * (y - p)) - precision @ (theta - centre)
+        hessian = (design * (w * p * (1 - p))[:, None]).T @ design + precision
+        step = np.linalg.solve(hessian, gradient)
+        theta = theta + step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    slope = float(np.clip(theta[0], MIN_SLOPE, MAX_SLOPE))
+    return Calibration(
+        prior.model_version,
+        CalibrationKind.PLATT,
+        slope=slope,
+        intercept=float(theta[1]),
+        fitted_at=fitted_at.isoformat(timespec="seconds"),
+        impressions=int(z.size),
+        clicks=int(y.sum()),
+        train_positive_rate=prior.train_positive_rate,
+        prior_ctr=prior.prior_ctr,
+    )
+
+
+def observed_over_expected(clicks: float, expected_clicks: float) -> float:
+    """Observed ÷ expected clicks (1.0 is calibrated); NaN when nothing was expected."""
+    return clicks / expected_clicks if expected_clicks > 0 else math.nan
+
+
+# --- observed and expected clicks of logged traffic (pandas frames, still no I/O) ---
+
+UNKNOWN = "unknown"
+CALIBRATION_KEY = ("model_version", "hour", "pricing_model", "category")
+ALERT_BOUNDS = (0.8, 1.25)  # observed / expected clicks outside this raises the calibration alert
+ALERT_MIN_EXPECTED_CLICKS = 20.0  # below it a cell's ratio is mostly noise (Poisson sd over 20 %)
+
+
+def attributed_impressions(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per delivered impression that carries a pCTR, with ``clicked`` (a delivered click of the
+    same auction landed). ``events`` has silver/feedback_events' columns event_type, auction_id,
+    event_time, model_version, pricing_model, campaign_id, pctr, raw_pctr, charge_status, ivt_category."""
+    delivered = events["ivt_category"].isna() & ~events["charge_status"].isin(NOT_DELIVERED)
+    impressions = events[delivered & (events["event_type"] == EventType.IMPRESSION.value) & events["pctr"].notna()]
+    impressions = impressions.drop_duplicates("auction_id")  # one impression an auction; silver holds one anyway
+    clicked_auctions = events.loc[delivered & (events["event_type"] == EventType.CLICK.value), "auction_id"]
+    out = impressions[["auction_id", "event_time", "model_version", "pricing_model", "campaign_id", "pctr", "raw_pctr"]]
+    return out.assign(clicked=out["auction_id"].isin(set(clicked_auctions)))
+
+
+def calibration_by_hour(impressions: pd.DataFrame, category_of: Mapping[str, str]) -> pd.DataFrame:
+    """gold/calibration's rows: per model version x hour x pricing model x ad category, the impressions,
+    expected clicks (the sum of the pCTRs served), clicks, observed / expected and whether it alerts
+    (outside ALERT_BOUNDS, on a cell expecting ALERT_MIN_EXPECTED_CLICKS clicks or more)."""
+    frame = impressions.assign(
+        hour=impressions["event_time"].dt.floor("h"),
+        category=impressions["campaign_id"].map(category_of).fillna(UNKNOWN),
+        model_version=impressions["model_version"].fillna(UNKNOWN),
+        pricing_model=impressions["pricing_model"].fillna(UNKNOWN),
+    )
+    grouped = frame.groupby(list(CALIBRATION_KEY), as_index=False).agg(
+        impressions=("auction_id", "size"), expected_clicks=("pctr", "sum"), clicks=("clicked", "sum")
+    )
+    grouped["impressions"] = grouped["impressions"].astype("int64")
+    grouped["clicks"] = grouped["clicks"].astype("int64")
+    ratio = grouped["clicks"] / grouped["expected_clicks"].where(grouped["expected_clicks"] > 0)
+    low, high = ALERT_BOUNDS
+    return grouped.assign(
+        observed_over_expected=ratio,
+        alert=((ratio < low) | (ratio > high)) & (grouped["expected_clicks"] >= ALERT_MIN_EXPECTED_CLICKS),
+        event_date=grouped["hour"].dt.date,
+    )
+
+
+def fit_versions(
+    impressions: pd.DataFrame,
+    priors: Mapping[str, Calibration],
+    *,
+    now: datetime,
+    half_life_s: float,
+    min_clicks: int,
+) -> list[Calibration]:
+    """The online Platt map of every model version in ``priors`` whose logged impressions (with their
+    raw score) hold at least ``min_clicks`` clicks, centred on that version's prior."""
+    fitted = []
+    usable = impressions[impressions["raw_pctr"].notna()]
+    for version, rows in usable.groupby("model_version"):
+        prior = priors.get(str(version))
+        if prior is None or int(rows["clicked"].sum()) < min_clicks:
+            continue
+        ages = (pd.Timestamp(now) - rows["event_time"]).dt.total_seconds().to_numpy()
+        fitted.append(
+            fit_platt(
+                rows["raw_pctr"].to_numpy(),
+                rows["clicked"].to_numpy(),
+                prior,
+                weights=recency_weights(ages, half_life_s),
+                fitted_at=now,
+            )
+        )
+    return fitted

@@ -1,0 +1,149 @@
+"""The online calibration job on real Delta tables and a real MLflow store: gold/calibration and gold/calibrators."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from adstream.contracts import Table
+from adstream.events import ChargeStatus
+from ml.calibrate import Priors, latest_calibration, refresh_once
+from ml.calibration import CalibrationKind, logit, prior_correction, sigmoid
+from ml.features import FEATURES, LABEL
+from ml.pipelines import logistic_regression
+from tests.conftest import make_settings
+from tests.ml.factories import training_frame
+from tests.ml.registered import register
+
+NOW = datetime(2026, 12, 6, 10, 30, tzinfo=UTC)
+TRUE_SHIFT = -2.8  # the truth's log-odds below the model's raw score (the prior says -3.48)
+
+
+def _events(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``n`` impressions of model version 1 over the 90 minutes before NOW (two hours, two pricing
+    models, two campaigns of two categories), their clicks drawn from the truth, and the auctions."""
+    raw = sigmoid(rng.normal(0.0, 1.5, n))
+    served = prior_correction("1", 0.5, 0.03).apply(raw)
+    at = pd.Timestamp(NOW) - pd.to_timedelta(rng.uniform(0, 5400, n), unit="s")
+    clicked = rng.uniform(size=n) < sigmoid(logit(raw) + TRUE_SHIFT)
+    campaign = np.where(rng.uniform(size=n) < 0.5, "c-cpm", "c-cpc")
+    impressions = pd.DataFrame(
+        {
+            "event_type": "impression",
+            "auction_id": [f"a{i}" for i in range(n)],
+            "event_time": at,
+            "model_version": "1",
+            "pricing_model": np.where(campaign == "c-cpm", "CPM", "CPC"),
+            "campaign_id": campaign,
+            "pctr": served,
+            "raw_pctr": raw,
+            "charge_status": np.where(campaign == "c-cpm", ChargeStatus.CHARGED.value, ChargeStatus.NOT_BILLABLE.value),
+            "ivt_category": None,
+        }
+    )
+    clicks = impressions[clicked].assign(
+        event_type="click", event_time=lambda f: f["event_time"] + pd.Timedelta(seconds=5), charge_status="charged"
+    )
+    auctions = pd.DataFrame(
+        {
+            "campaign_id": ["c-cpm", "c-cpc"],
+            "ad_category": ["travel", "fashion"],
+            "event_time": [pd.Timestamp(NOW) - pd.Timedelta(minutes=1)] * 2,
+        }
+    )
+    return pd.concat([impressions, clicks], ignore_index=True), auctions
+
+
+def _write(settings, table: Table, frame: pd.DataFrame) -> None:
+    frame = frame.assign(event_date=frame["event_time"].dt.date)
+    write_deltalake(settings.delta_rs_location(table)[0], frame, mode="append", partition_by=["event_date"])
+
+
+@pytest.fixture
+def lake(tmp_path, mlflow_uri):
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri, calibration_min_clicks=50)
+    frame = training_frame(300, seed=5)
+    model = logistic_regression().fit(frame[list(FEATURES)], frame[LABEL].to_numpy())
+    assert register(mlflow_uri, model, calibration=prior_correction("", 0.5, 0.03)) == "1"
+    rng = np.random.default_rng(3)
+    events, auctions = _events(rng, 20_000)
+    noise = events.head(300).assign(auction_id=lambda f: "x" + f["auction_id"])
+    noise = pd.concat(
+        [
+            noise.head(100).assign(ivt_category="givt"),  # invalid traffic: not an impression
+            noise.iloc[100:200].assign(charge_status=ChargeStatus.DUPLICATE_AUCTION.value),  # not a delivery
+            noise.tail(100).assign(event_time=lambda f: f["event_time"] - pd.Timedelta(hours=5)),  # before the window
+        ]
+    )
+    _write(settings, Table.SILVER_FEEDBACK_EVENTS, pd.concat([events, noise], ignore_index=True))
+    _write(settings, Table.SILVER_AUCTIONS, auctions)
+    return settings, events
+
+
+def test_a_refresh_fits_the_served_versions_map_and_writes_observed_over_expected_per_hour(lake):
+    settings, events = lake
+    done = refresh_once(settings, Priors(settings), NOW)
+    impressions = events[events["event_type"] == "impression"]
+    clicked = set(events.loc[events["event_type"] == "click", "auction_id"])
+    assert done.impressions == len(impressions) and done.clicks == len(clicked)
+
+    # The map: the truth is the raw score shifted by TRUE_SHIFT in log-odds, slope 1.
+    (fitted,) = done.fitted
+    assert fitted.kind == CalibrationKind.PLATT and fitted.model_version == "1"
+    assert fitted.slope == pytest.approx(1.0, abs=0.1) and fitted.intercept == pytest.approx(TRUE_SHIFT, abs=0.15)
+    assert latest_calibration(settings, "1") == fitted
+    assert latest_calibration(settings, "2") is None
+
+    gold = DeltaTable(settings.delta_rs_location(Table.GOLD_CALIBRATION)[0]).to_pandas()
+    expected = (
+        impressions.assign(
+            hour=impressions["event_time"].dt.floor("h"),
+            category=impressions["campaign_id"].map({"c-cpm": "travel", "c-cpc": "fashion"}),
+            clicked=impressions["auction_id"].isin(clicked),
+        )
+        .groupby(["hour", "pricing_model", "category"])
+        .agg(impressions=("pctr", "size"), expected_clicks=("pctr", "sum"), clicks=("clicked", "sum"))
+    )
+    got = gold.set_index(["hour", "pricing_model", "category"]).sort_index()
+    assert set(gold["model_version"]) == {"1"}
+    assert len(got) == len(expected) == 4  # two hours x two pricing models (one category each)
+    assert got["impressions"].tolist() == expected["impressions"].tolist()
+    assert got["clicks"].tolist() == expected["clicks"].tolist()
+    np.testing.assert_allclose(got["expected_clicks"], expected["expected_clicks"], rtol=1e-12)
+    np.testing.assert_allclose(got["observed_over_expected"], expected["clicks"] / expected["expected_clicks"])
+    # The prior (3 %) is not the truth here, so every cell is off and alerts.
+    assert (got["observed_over_expected"] > 1.25).all()
+    assert got["alert"].all() and len(done.alerts) == 4
+
+
+def test_a_refresh_done_again_rewrites_the_same_hours_rather_than_adding_to_them(lake):
+    settings, _ = lake
+    refresh_once(settings, Priors(settings), NOW)
+    first = DeltaTable(settings.delta_rs_location(Table.GOLD_CALIBRATION)[0]).to_pandas()
+    refresh_once(settings, Priors(settings), NOW + timedelta(seconds=60))
+    again = DeltaTable(settings.delta_rs_location(Table.GOLD_CALIBRATION)[0]).to_pandas()
+    key = ["model_version", "hour", "pricing_model", "category"]
+    pd.testing.assert_frame_equal(
+        first.sort_values(key).reset_index(drop=True), again.sort_values(key).reset_index(drop=True)
+    )
+    calibrators = DeltaTable(settings.delta_rs_location(Table.GOLD_CALIBRATORS)[0]).to_pandas()
+    assert len(calibrators) == 2  # one map per refresh: the history is kept
+    assert latest_calibration(settings, "1").fitted_at == (NOW + timedelta(seconds=60)).isoformat(timespec="seconds")
+
+
+def test_too_few_clicks_fit_nothing_but_still_report(lake, tmp_path):
+    settings, _ = lake
+    strict = settings.model_copy(update={"calibration_min_clicks": 10_000})
+    done = refresh_once(strict, Priors(strict), NOW)
+    assert done.fitted == [] and done.hours == 4
+    assert latest_calibration(strict, "1") is None
+
+
+def test_an_empty_lake_is_a_refresh_with_nothing_to_do(tmp_path, mlflow_uri):
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
+    done = refresh_once(settings, Priors(settings), NOW)
+    assert (done.impressions, done.fitted, done.hours) == (0, [], 0)

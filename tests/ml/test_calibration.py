@@ -1,0 +1,146 @@
+"""pCTR calibration: the prior correction on a synthetic 3 % stream, and the online Platt map under drift."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from ml.calibration import (
+    MAX_SLOPE,
+    MIN_SLOPE,
+    Calibration,
+    CalibrationKind,
+    fit_platt,
+    identity,
+    logit,
+    prior_correction,
+    recency_weights,
+    sigmoid,
+)
+
+AT = datetime(2026, 12, 6, tzinfo=UTC)
+TRUE_INTERCEPT = -4.0  # with the slope below, a 3 % click rate over N(0, 1) features (checked below)
+TRUE_COEF = np.array([1.0, -0.6])
+
+
+def _stream(rng: np.random.Generator, n: int, intercept: float = TRUE_INTERCEPT) -> tuple[np.ndarray, np.ndarray]:
+    features = rng.normal(size=(n, 2))
+    clicked = rng.random(n) < sigmoid(intercept + features @ TRUE_COEF)
+    return features, clicked
+
+
+def _balanced(features: np.ndarray, clicked: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Every click and as many non-clicks, drawn uniformly: a 50 %-positive training set, like the bootstrap."""
+    negatives = rng.choice(np.flatnonzero(~clicked), size=int(clicked.sum()), replace=False)
+    rows = np.concatenate([np.flatnonzero(clicked), negatives])
+    return features[rows], clicked[rows]
+
+
+def test_the_prior_correction_calibrates_a_model_trained_on_half_clicks_to_a_three_percent_stream():
+    rng = np.random.default_rng(7)
+    history, history_clicked = _stream(rng, 400_000)
+    assert 0.027 < history_clicked.mean() < 0.033  # the stream's true CTR is about 3 %
+    train_x, train_y = _balanced(history, history_clicked, rng)
+    assert train_y.mean() == 0.5
+    model = LogisticRegression().fit(train_x, train_y)
+
+    live, live_clicked = _stream(rng, 300_000)
+    raw = model.predict_proba(live)[:, 1]
+    # Uncorrected, the model expects about 13x the clicks the stream gives.
+    assert raw.sum() / live_clicked.sum() > 10
+    corrected = prior_correction("1", train_positive_rate=0.5, prior_ctr=0.03).apply(raw)
+    predicted_over_observed = corrected.sum() / live_clicked.sum()
+    assert 0.9 <= predicted_over_observed <= 1.1
+    # A shift in log-odds keeps the order: the ranking is the model's.
+    assert np.array_equal(np.argsort(raw, kind="stable"), np.argsort(corrected, kind="stable"))
+
+
+def test_the_prior_correction_is_the_down_sampling_formula():
+    # Negatives down-sampled by w = odds(0.03) / odds(0.5): q = p / (p + (1 - p) / w).
+    w = (0.03 / 0.97) / 1.0
+    p = np.array([0.1, 0.5, 0.9])
+    expected = p / (p + (1 - p) / w)
+    assert np.allclose(prior_correction("1", 0.5, 0.03).apply(p), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("rates", [(0.0, 0.03), (0.5, 1.0), (1.2, 0.03), (0.5, -0.1)])
+def test_the_prior_correction_refuses_a_rate_that_is_not_a_probability(rates):
+    with pytest.raises(ValueError, match="must be in"):
+        prior_correction("1", *rates)
+
+
+def _platt_refits(drift_at_s: float, *, half_life_s: float, refit_every_s: float, end_s: float):
+    """A model whose log-odds are off by a constant that jumps at ``drift_at_s``; Platt refitted on the
+    traffic so far every ``refit_every_s``. Yields (time, calibration in force, next interval's traffic)."""
+    rng = np.random.default_rng(11)
+    per_second = 50
+    times, scores, clicks = [], [], []
+    calibration = prior_correction("3", train_positive_rate=0.5, prior_ctr=0.03)
+    t = 0.0
+    while t < end_s:
+        n = int(per_second * refit_every_s)
+        at = t + rng.random(n) * refit_every_s
+        score = sigmoid(rng.normal(0.0, 1.0, n))  # the model's score, half-positive scale
+        true_offset = np.where(at < drift_at_s, -3.5, -2.9)  # the truth's log-odds below the model's
+        clicked = rng.random(n) < sigmoid(logit(score) + true_offset)
+        yield t, calibration, score, clicked
+        times.append(at), scores.append(score), clicks.append(clicked)
+        t += refit_every_s
+        all_t, all_s, all_c = np.concatenate(times), np.concatenate(scores), np.concatenate(clicks)
+        calibration = fit_platt(
+            all_s, all_c, calibration, weights=recency_weights(t - all_t, half_life_s), fitted_at=AT
+        )
+
+
+def test_online_platt_converges_on_a_drifting_stream_within_a_bounded_lag():
+    drift_at, half_life, refit_every = 3600.0, 600.0, 120.0
+    ratios = {}
+    for t, calibration, score, clicked in _platt_refits(
+        drift_at, half_life_s=half_life, refit_every_s=refit_every, end_s=7200.0
+    ):
+        ratios[t] = calibration.apply(score).sum() / clicked.sum()
+    # Before the drift: calibrated from 20 minutes on (the prior alone is off: its 3 % is not the truth).
+    settled = [ratio for t, ratio in ratios.items() if 1200 <= t < drift_at]
+    assert 0.9 <= np.median(settled) <= 1.1
+    assert all(0.8 <= ratio <= 1.25 for ratio in settled)
+    # Right after the jump in true CTR (x1.8), the old map under-predicts ...
+    assert ratios[drift_at] < 0.75
+    # ... and 3 half-lives (30 minutes) on, every 2-minute interval is within 0.8-1.25, the median 0.9-1.1.
+    recovered = [ratio for t, ratio in ratios.items() if t >= drift_at + 3 * half_life]
+    assert 0.9 <= np.median(recovered) <= 1.1
+    assert all(0.8 <= ratio <= 1.25 for ratio in recovered)
+
+
+def test_a_fit_on_a_handful_of_clicks_stays_near_its_prior():
+    prior = prior_correction("3", 0.5, 0.03)
+    scores = np.array([0.9, 0.8, 0.2, 0.1])
+    fitted = fit_platt(scores, np.array([1, 1, 1, 1]), prior, fitted_at=AT)  # four clicks in four: no evidence of 100 %
+    assert abs(fitted.intercept - prior.intercept) < 3 * 1.0
+    assert MIN_SLOPE <= fitted.slope <= MAX_SLOPE
+    assert fitted.kind == CalibrationKind.PLATT and fitted.clicks == 4 and fitted.impressions == 4
+
+
+def test_the_slope_is_kept_positive_whatever_the_data():
+    # Clicks only on the lowest scores: the data asks for a decreasing map, which would reorder candidates.
+    scores = np.linspace(0.01, 0.99, 2000)
+    fitted = fit_platt(scores, scores < 0.1, identity("1"), fitted_at=AT)
+    assert fitted.slope == MIN_SLOPE
+    served = fitted.apply(scores)
+    assert np.all(np.diff(served) > 0)
+
+
+def test_a_calibration_round_trips_through_json_and_refuses_an_out_of_range_slope():
+    calibration = prior_correction("4", 0.48, 0.03)
+    assert Calibration.from_json(calibration.to_json()) == calibration
+    assert calibration.calibration_id == "4:prior"
+    bad = calibration.to_json().replace('"slope": 1.0', '"slope": -1.0')
+    with pytest.raises(ValueError, match="out of range"):
+        Calibration.from_json(bad)
+
+
+def test_the_identity_returns_the_scores_unchanged():
+    scores = np.array([0.0, 0.25, 1.0])
+    assert np.array_equal(identity("1").apply(scores), scores)
