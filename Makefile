@@ -22,8 +22,8 @@ down: ## Stop every local service (no-op when nothing runs)
 status: ## Show each local service and its URL
 	@$(ADSTREAM) status
 
-run: setup ## Set up, start the platform and push data through it end to end (DURATION=3m RATE=20 USERS=500 BOT_SHARE=0.05; KEEP_UP=1 leaves it running)
-	@$(ADSTREAM) run $(if $(filter 1,$(KEEP_UP)),--keep-up) $(if $(DURATION),--duration $(DURATION)) $(if $(RATE),--rate $(RATE)) $(if $(USERS),--users $(USERS)) $(if $(BOT_SHARE),--bot-share $(BOT_SHARE))
+run: setup ## Set up, start the platform and push data through it end to end (DURATION=3m RATE=20 USERS=500 BOT_SHARE=0.05 DAY_LENGTH=DURATION; KEEP_UP=1 leaves it running)
+	@$(ADSTREAM) run $(if $(filter 1,$(KEEP_UP)),--keep-up) $(if $(DURATION),--duration $(DURATION)) $(if $(RATE),--rate $(RATE)) $(if $(USERS),--users $(USERS)) $(if $(BOT_SHARE),--bot-share $(BOT_SHARE)) $(if $(DAY_LENGTH),--day-length $(DAY_LENGTH))
 
 test: setup ## Lint and run the whole test suite (starts and stops the Kafka broker it needs)
 	@.venv/bin/ruff check .

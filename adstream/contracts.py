@@ -39,6 +39,8 @@ class Table(StrEnum):
     GOLD_IVT_HOURLY = "gold/ivt_hourly"
     GOLD_CALIBRATION = "gold/calibration"  # observed / expected clicks per model version x hour x pricing x category
     GOLD_CALIBRATORS = "gold/calibrators"  # every online pCTR calibration fitted, with the model version it maps
+    GOLD_TRAFFIC_CURVE = "gold/traffic_curve"  # auctions per slot of the pacing day: the curve even pacing plans on
+    GOLD_PACING_MINUTE = "gold/pacing_minute"  # per campaign and minute: spend, plan, λ, throttle
     QUARANTINE_EVENTS = "quarantine/events"  # events the service refused, with the reason
     SMOKE_EVENTS = "smoke/platform_events"
 

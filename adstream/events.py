@@ -217,6 +217,13 @@ class Targeting(_Record):
         return self
 
 
+class PacingMode(StrEnum):
+    """How a campaign spends its daily budget over the day (auction_service.serving.pacing)."""
+
+    EVEN = "even"  # along the day's traffic curve
+    ASAP = "asap"  # as fast as the market allows, until the daily budget stops it
+
+
 class CampaignSpec(_Record):
     """A campaign as its manager states it. Budgets and bids in integer micros of ``currency``;
     the bid is per thousand impressions (CPM), per click (CPC) or per conversion (CPA)."""
@@ -233,6 +240,7 @@ class CampaignSpec(_Record):
     flight_end: AwareDatetime
     frequency_cap_per_day: int = Field(default=10, ge=1, le=1000)  # impressions per user per UTC day
     currency: Literal["USD"] = "USD"
+    pacing_mode: PacingMode = PacingMode.EVEN
 
     @model_validator(mode="after")
     def _consistent(self) -> CampaignSpec:

@@ -130,9 +130,11 @@ class Settings(BaseSettings):
     calibration_half_life_s: float = Field(default=900.0, gt=0)
     calibration_min_clicks: int = Field(default=50, ge=1)
     calibration_poll_s: float = Field(default=15.0, gt=0)
-    # Budget pacing. The day of daily budgets, pacing plans and the simulator's traffic curve: 24 h; a
-    # simulation sets it shorter (e.g. 3600) so that one run plays out a whole pacing day.
+    # Budget pacing. The day of daily budgets, pacing plans and the simulator's traffic curve (adstream.days):
+    # 24 h from the epoch, the UTC day. A simulation sets it shorter (e.g. 3600) so that one run plays out a
+    # whole day, and sets the origin (seconds since the epoch) to when its traffic starts.
     pacing_day_length_s: int = Field(default=86_400, ge=60, le=86_400)
+    pacing_day_origin_s: int = Field(default=0, ge=0)
     pacing_update_s: float = Field(default=10.0, gt=0, le=10.0)  # how often the controllers move λ
     ad_manager_group: str = "ad-manager"
 

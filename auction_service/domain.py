@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from adstream.events import CampaignStatus, PricingModel
+from adstream.days import (
+    DAY_LENGTH_S,
+    MICROS_PER_S,
+    DayClock,
+    check_day_length,
+    micros_since_epoch,
+)
+from adstream.events import CampaignStatus, PacingMode, PricingModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +42,7 @@ class ServingCampaign:
     age_max: int | None = None
     genders: frozenset[str] = frozenset()
     device_types: frozenset[str] = frozenset()
+    pacing_mode: PacingMode = PacingMode.EVEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +84,23 @@ def spend_changed_rows(old: Sequence[ServingCampaign], new: Sequence[ServingCamp
         if replace(after, spent_micros=before.spent_micros, spent_today_micros=before.spent_today_micros) != before:
             return None
     return rows
+
+
+# --- the day of daily budgets and pacing (adstream.days), for the pure pacing functions ---
+
+
+def day_index(at: datetime, day_length_s: int = DAY_LENGTH_S) -> int:
+    """The day ``at`` falls in: whole days of ``day_length_s`` since the Unix epoch (naive is UTC)."""
+    return DayClock(day_length_s).index(at)
+
+
+def day_bounds(index: int, day_length_s: int = DAY_LENGTH_S) -> tuple[datetime, datetime]:
+    """The start (included) and end (excluded) of day ``index``."""
+    return DayClock(day_length_s).bounds(index)
+
+
+def fraction_of_day(at: datetime, day_start: datetime, day_length_s: int = DAY_LENGTH_S) -> float:
+    """The share of the day starting at ``day_start`` gone at ``at``, clipped to [0, 1]."""
+    check_day_length(day_length_s)
+    gone = (micros_since_epoch(at) - micros_since_epoch(day_start)) / (day_length_s * MICROS_PER_S)
+    return min(1.0, max(0.0, gone))

@@ -87,6 +87,14 @@ def run_logged(settings: Settings, stage: str, *command: str) -> None:
 # load on 2 cores, plus the wait before a click (~1.5 s on ~3 % of people's visits, more for bots).
 VISIT_BUDGET_S = 0.35
 BOT_SHARE = 0.05  # of the visits: bots of every IVT behaviour, for the filter's precision and recall
+SEED_CAMPAIGNS = 200
+ASAP_SHARE = 0.5  # of the seeded campaigns: half pace asap, half even, for the pacing report's comparison
+PACING_LEAD_S = 45  # the platform's start and the seeding, before the pacing day (and the traffic) begin
+# Spend per auction with calibrated pCTRs, about 2 cents (a clearing eCPM of $20: CPC bids of $0.20-$2 at a
+# few % CTR); budgets add up to 60 % of what the day would spend, so the platform is budget-constrained.
+SPEND_PER_AUCTION_USD = 0.02
+BUDGET_PRESSURE = 0.6
+DIURNAL_PEAK = 1.7  # the simulator's diurnal curve peaks near 1.64x its mean rate
 INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
 PLATFORM = ("ad-manager", "auction", "streaming", "calibrator")
 # Unpaused for the run; Airflow's scheduler starts feature_build and ctr_training from the
@@ -107,6 +115,8 @@ class RunState:
     ivt_misses: list[str] = field(default_factory=list)  # the IVT targets the run fell short of
     dag_seconds: dict[str, float] = field(default_factory=dict)
     billed_hours: list[datetime] = field(default_factory=list)
+    day_origin: datetime | None = None  # when the run's pacing day starts (the simulation waits for it)
+    day_length_s: float | None = None
 
 
 def start_infrastructure(settings: Settings, state: RunState) -> None:
@@ -141,10 +151,24 @@ def _indent(line: str) -> None:
     print(f"    {line}", flush=True)
 
 
-def start_platform(settings: Settings, state: RunState) -> None:
-    """The ad manager, the auction service, the streaming job and the calibrator; then campaigns, through Kafka."""
+def start_platform(settings: Settings, state: RunState, plan: Simulation) -> None:
+    """The ad manager, the auction service, the streaming job and the calibrator; then campaigns, through Kafka.
+
+    The run is one pacing day (``adstream.days``): PACING_DAY_LENGTH_S is the simulation's length and
+    the day starts PACING_LEAD_S from now, when the simulation will start (it waits for it), so the
+    plan, the daily budgets and the traffic curve all begin with the traffic. Half the campaigns pace
+    asap; daily budgets add up to BUDGET_PRESSURE of what the day's traffic is expected to spend.
+    """
+    state.day_origin = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=PACING_LEAD_S)
+    state.day_length_s = plan.day_s
+    default_child_env("PACING_DAY_LENGTH_S", str(int(plan.day_s)))
+    default_child_env("PACING_DAY_ORIGIN_S", str(int(state.day_origin.timestamp())))
     services.up(settings, PLATFORM)
-    run_logged(settings, "seed", str(services.ADSTREAM), "campaigns", "seed", str(SEED_CAMPAIGNS), "--seed", "7")
+    low, high = plan.daily_budget_range_usd
+    run_logged(
+        settings, "seed", str(services.ADSTREAM), "campaigns", "seed", str(SEED_CAMPAIGNS), "--seed", "7",
+        "--asap-share", f"{ASAP_SHARE:g}", "--daily-budget-usd", f"{low:.2f}-{high:.2f}",
+    )  # fmt: skip
     ready = wait_for_auction_service(settings, SEED_CAMPAIGNS)
     print(f"    {ready['campaigns']} campaigns serving, ctr-model version {ready['model_version']}")
 
@@ -167,15 +191,27 @@ def wait_for_auction_service(settings: Settings, campaigns: int, timeout_s: floa
 @dataclass(frozen=True)
 class Simulation:
     duration_s: float = 180.0
-    rate: float = 20.0  # auction requests per second
+    rate: float = 20.0  # auction requests per second (the day's mean: traffic follows a diurnal curve)
     users: int = 500
     bot_share: float = BOT_SHARE
+    day_length_s: float | None = None  # the pacing day; None: the simulation's length, so a run is one day
+
+    @property
+    def day_s(self) -> float:
+        return max(60.0, round(self.day_length_s or self.duration_s))
+
+    @property
+    def daily_budget_range_usd(self) -> tuple[float, float]:
+        """Daily budgets of SEED_CAMPAIGNS campaigns averaging BUDGET_PRESSURE of the day's expected spend,
+        drawn from half to one and a half times that average (a cent at the least)."""
+        mean = BUDGET_PRESSURE * self.rate * self.day_s * SPEND_PER_AUCTION_USD / SEED_CAMPAIGNS
+        return max(0.01, 0.5 * mean), max(0.01, 1.5 * mean)
 
     @property
     def concurrency(self) -> int:
         """Visits in flight: enough for ``rate`` when each visit (auction, then its event batch) takes
         up to VISIT_BUDGET_S, as under load on 2 cores; 16 at the least (Little's law)."""
-        return max(DEFAULT_CONCURRENCY, math.ceil(self.rate * VISIT_BUDGET_S))
+        return max(DEFAULT_CONCURRENCY, math.ceil(self.rate * DIURNAL_PEAK * VISIT_BUDGET_S))
 
 
 def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
@@ -188,8 +224,11 @@ def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
         str(services.ADSTREAM), "simulate", "--duration", f"{plan.duration_s:.0f}s",
         "--rate", f"{plan.rate:g}", "--users", str(plan.users), "--seed", "7", "--summary-file", str(summary_file),
         "--concurrency", str(plan.concurrency), "--bot-share", f"{plan.bot_share:g}",
-        "--ground-truth-file", str(state.ground_truth_file),
+        "--ground-truth-file", str(state.ground_truth_file), "--traffic-curve", "diurnal",
     ]  # fmt: skip
+    if state.day_origin is not None and (wait := (state.day_origin - datetime.now(UTC)).total_seconds()) > 0:
+        print(f"    the pacing day starts at {state.day_origin:%H:%M:%S}: waiting {wait:.0f}s", flush=True)
+        time.sleep(wait)
     state.simulation_start = datetime.now(UTC)
     with log.open("w") as out:
         simulator = subprocess.Popen(
@@ -391,7 +430,6 @@ def _or_none(value: Any) -> Any:
     return None if pd.isna(value) else value
 
 
-SEED_CAMPAIGNS = 200
 KPI_EVERY_S = 20.0
 
 
@@ -399,7 +437,11 @@ def stages(plan: Simulation) -> tuple[Stage, ...]:
     return (
         Stage("start Kafka, the shared store, MLflow and Airflow", start_infrastructure),
         Stage("Airflow: kaggle_ingestion -> feature_build -> ctr_training (ctr-model@champion)", run_batch_dags),
-        Stage("start the ad manager, auction service and streaming job; seed campaigns", start_platform),
+        Stage(
+            f"start the ad manager, auction service, streaming job and calibrator; seed campaigns for a "
+            f"{plan.day_s:.0f}s pacing day",
+            lambda settings, state: start_platform(settings, state, plan),
+        ),
         Stage(
             f"simulate {plan.users} users, {plan.rate:g} auctions/s for {plan.duration_s:.0f}s (KPIs from the stream)",
             lambda settings, state: simulate(settings, state, plan),
@@ -431,6 +473,7 @@ def summary(settings: Settings, state: RunState) -> str:
                 "as the service answered"
             )
     lines += calibration_lines(settings, state)
+    lines += pacing_lines(settings, state)
     lines += clearing_cpm_line(settings, state)
     lines += invalid_traffic_lines(state)
     lines += top_campaigns(settings, state)
@@ -539,6 +582,80 @@ def calibration_lines(settings: Settings, state: RunState) -> list[str]:
     return lines
 
 
+def pacing_report(minutes: pd.DataFrame, kpis: pd.DataFrame, day_start: datetime, day_s: float) -> pd.DataFrame:
+    """Per pacing mode, over the campaigns of one day: spend / daily budget at the end (median, min, max),
+    the deviation of spend from plan (per campaign the median over its minutes of |spent - plan| / budget;
+    then median and p90 over campaigns), how many exhausted their budget and the earliest share of the
+    day they did, overspend, and eCPC and eCPA. ``minutes`` are gold/pacing_minute's rows of the day,
+    ``kpis`` gold/kpi_minute's (campaign_id, minute, spend_micros, clicks, conversions)."""
+    last = minutes.sort_values("at").groupby("campaign_id").last()
+    deviation = (
+        ((minutes["spent_today_micros"] - minutes["plan_micros"]).abs() / minutes["plan_budget_micros"].clip(lower=1))
+        .groupby(minutes["campaign_id"])
+        .median()
+    )
+    kpis = kpis[kpis["campaign_id"].isin(last.index)].sort_values("minute")
+    spent = kpis.groupby("campaign_id")["spend_micros"].sum().reindex(last.index, fill_value=0)
+    cumulative = kpis.groupby("campaign_id")["spend_micros"].cumsum()
+    budgets = kpis["campaign_id"].map(last["plan_budget_micros"])
+    exhausted = kpis[cumulative >= 0.99 * budgets].groupby("campaign_id")["minute"].min()
+    share = ((exhausted - pd.Timestamp(day_start)).dt.total_seconds() + 60) / day_s  # the minute's end
+    rows = []
+    for mode, campaigns in last.groupby("mode"):
+        ids = campaigns.index
+        ratio = spent[ids] / campaigns["plan_budget_micros"].clip(lower=1)
+        over = (spent[ids] - campaigns["daily_budget_micros"]).clip(lower=0)
+        clicks = kpis[kpis["campaign_id"].isin(ids)]["clicks"].sum()
+        conversions = kpis[kpis["campaign_id"].isin(ids)]["conversions"].sum()
+        mode_share = share.reindex(ids).dropna()
+        rows.append({
+            "mode": mode, "campaigns": len(ids), "spend_ratio_median": ratio.median(), "spend_ratio_min": ratio.min(),
+            "spend_ratio_max": ratio.max(), "deviation_median": deviation[ids].median(),
+            "deviation_p90": deviation[ids].quantile(0.9), "exhausted": len(mode_share),
+            "first_exhausted_at": mode_share.min() if len(mode_share) else None,
+            "overspent": int((over > 0).sum()), "overspend_usd": over.sum() / MICROS_PER_UNIT,
+            "ecpc_usd": spent[ids].sum() / MICROS_PER_UNIT / clicks if clicks else None,
+            "ecpa_usd": spent[ids].sum() / MICROS_PER_UNIT / conversions if conversions else None,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def pacing_lines(settings: Settings, state: RunState) -> list[str]:
+    """The pacing report of the run's day, per mode side by side (``pacing_report``), from the lake."""
+    if state.day_origin is None or state.day_length_s is None:
+        return []
+    day_s = state.day_length_s
+    day_end = state.day_origin + timedelta(seconds=day_s)
+    try:
+        minutes = DeltaTable(*settings.delta_rs_location(Table.GOLD_PACING_MINUTE)).to_pandas()
+        kpis = DeltaTable(*settings.delta_rs_location(Table.GOLD_KPI_MINUTE)).to_pandas(
+            columns=["campaign_id", "minute", "spend_micros", "clicks", "conversions"]
+        )
+    except TableNotFoundError:
+        return ["  pacing             (no gold/pacing_minute yet)"]
+    minutes, kpis = (
+        frame[(frame["minute"] >= pd.Timestamp(state.day_origin)) & (frame["minute"] < pd.Timestamp(day_end))]
+        for frame in (minutes, kpis)
+    )
+    if minutes.empty:
+        return ["  pacing             (no pacing rows for the run's day)"]
+    report = pacing_report(minutes, kpis, state.day_origin, day_s)
+    lines = [f"  pacing             a {day_s:.0f}s day from {state.day_origin:%H:%M:%S} (gold/pacing_minute)"]
+
+    def cell(value: object, fmt: str) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+    for row in report.itertuples():
+        lines.append(
+            f"    {row.mode:<5} {row.campaigns:>3} campaigns: spend / daily budget median {row.spend_ratio_median:.1%} "
+            f"[{row.spend_ratio_min:.1%}, {row.spend_ratio_max:.1%}], deviation from plan median "
+            f"{row.deviation_median:.1%} p90 {row.deviation_p90:.1%}, exhausted {row.exhausted} "
+            f"(first at {cell(row.first_exhausted_at, '.0%')} of the day), overspent {row.overspent} "
+            f"({row.overspend_usd:.2f} USD), eCPC {cell(row.ecpc_usd, '.3f')}, eCPA {cell(row.ecpa_usd, '.2f')} USD"
+        )
+    return lines
+
+
 def clearing_cpm_line(settings: Settings, state: RunState) -> list[str]:
     """The distribution of the run's clearing prices per thousand impressions (every pricing model)."""
     if state.simulation_start is None:
@@ -634,7 +751,15 @@ def run_command(
     bot_share: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="share of visits made by bots (BOT_SHARE=...)")
     ] = Simulation.bot_share,
+    day_length: Annotated[
+        float | None,
+        typer.Option(
+            parser=parse_duration,
+            metavar="DURATION",
+            help="the pacing day, e.g. 60m (DAY_LENGTH=...; default: the simulation's length)",
+        ),
+    ] = None,
 ) -> None:
     """Bring the platform up and push data through it, one visible stage at a time (`make run`)."""
-    plan = Simulation(duration_s=duration, rate=rate, users=users, bot_share=bot_share)
+    plan = Simulation(duration_s=duration, rate=rate, users=users, bot_share=bot_share, day_length_s=day_length)
     raise typer.Exit(run(get_settings(), plan, keep_up=keep_up))

@@ -1,4 +1,5 @@
-"""The online calibration job: refit each served model's Platt map on logged traffic, and keep gold/calibration.
+"""The feedback job: refit each served model's Platt map on logged traffic, keep gold/calibration, and learn
+the traffic curve pacing plans along (gold/traffic_curve).
 
     adstream calibrate [--once]
     adstream calibrate --check     # exit 0 if a running job refreshed recently
@@ -12,7 +13,13 @@ start of that window's first hour), attributes clicks to impressions by auction,
 - rewrites gold/calibration for the window's hours: per model version x hour x pricing model x ad
   category, impressions, expected clicks (Σ served pCTR), clicks and observed / expected, with
   ``alert`` set outside 0.8-1.25 (also logged as a warning). A recomputation of whole hours, so a
-  refresh done twice, or a click landing late, corrects the row rather than counting twice.
+  refresh done twice, or a click landing late, corrects the row rather than counting twice;
+- lands the pacing controllers' per-minute rows (``pacing:minutes`` in the shared store) in
+  gold/pacing_minute: per campaign and minute, the mode, plan, spend today, λ, throttle rate and
+  projected exhaustion;
+- rewrites gold/traffic_curve: auctions per slot (24) of the pacing day (``adstream.days``) over the
+  last CURVE_DAYS complete days of silver/auctions. The auction service's
+  pacing controllers read it (``auction_service.serving.pacer``), flat until there is a whole day.
 
 The ad category comes from silver/auctions (the winner's category), "unknown" where the auction
 log lost the record. Reads and writes go through delta-rs: no Spark for a table of this size.
@@ -20,6 +27,7 @@ log lost the record. Reads and writes go through delta-rs: no Spark for a table 
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -31,10 +39,12 @@ from types import FrameType
 
 import pandas as pd
 import pyarrow as pa
+import redis
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from adstream.contracts import Table
+from adstream.days import DayClock
 from adstream.events import EventType
 from adstream.settings import Settings
 from ml.calibration import Calibration, attributed_impressions, calibration_by_hour, fit_versions
@@ -153,6 +163,130 @@ def write_gold(settings: Settings, rows: pd.DataFrame, since_hour: datetime) -> 
     write_deltalake(location, data, mode="overwrite", predicate=predicate, storage_options=options)
 
 
+# --- the traffic curve pacing plans along ---
+
+CURVE_DAYS = 7  # complete days of silver/auctions the curve is learned from
+CURVE_SLOTS = 24
+CURVE_SCHEMA = pa.schema([("slot", pa.int32()), ("auctions", pa.int64()), ("days", pa.int32()),
+                          ("day_length_s", pa.int64()), ("day_origin_s", pa.int64()),
+                          ("learned_at", pa.string())])  # fmt: skip
+
+
+def slot_counts(
+    auction_times: pd.Series, *, now: datetime, clock: DayClock, slots: int = CURVE_SLOTS
+) -> tuple[list[int], int]:
+    """Auctions per slot of the pacing day over the complete days of ``clock`` before ``now``'s, at most
+    CURVE_DAYS of them; and how many days that is."""
+    seconds = (pd.to_datetime(auction_times, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    since_origin = seconds - clock.origin_s
+    today = clock.index(now)
+    day = since_origin // clock.length_s
+    complete = (day < today) & (day >= today - CURVE_DAYS)
+    slot = (since_origin[complete] % clock.length_s) * slots // clock.length_s
+    counts = slot.value_counts().reindex(range(slots), fill_value=0).sort_index()
+    return [int(v) for v in counts], int(day[complete].nunique())
+
+
+def write_traffic_curve(settings: Settings, now: datetime) -> int:
+    """Rewrites gold/traffic_curve from silver/auctions; returns the days it was learned from."""
+    clock = DayClock.of(settings)
+    since = now - timedelta(seconds=clock.length_s * (CURVE_DAYS + 1))
+    auctions = _read(settings, Table.SILVER_AUCTIONS, ["event_time", "event_date"], since)
+    if auctions is None or auctions.empty:
+        return 0
+    counts, days = slot_counts(auctions["event_time"], now=now, clock=clock)
+    if not days:
+        return 0
+    rows = [
+        {"slot": slot, "auctions": count, "days": days, "day_length_s": clock.length_s,
+         "day_origin_s": clock.origin_s, "learned_at": now.isoformat(timespec="seconds")}
+        for slot, count in enumerate(counts)
+    ]  # fmt: skip
+    location, options = settings.delta_rs_location(Table.GOLD_TRAFFIC_CURVE)
+    write_deltalake(location, pa.Table.from_pylist(rows, schema=CURVE_SCHEMA), mode="overwrite",
+                    schema_mode="overwrite", storage_options=options)  # fmt: skip
+    return days
+
+
+def traffic_counts(settings: Settings) -> list[int] | None:
+    """Auctions per slot of the pacing day (gold/traffic_curve); None before it exists or when it was
+    learned for other days (another length or origin)."""
+    location, options = settings.delta_rs_location(Table.GOLD_TRAFFIC_CURVE)
+    try:
+        rows = DeltaTable(location, storage_options=options).to_pandas()
+    except TableNotFoundError:
+        return None
+    clock = DayClock.of(settings)
+    if rows.empty:
+        return None
+    # Learned for the same slots: the same length, origins whole days apart.
+    length, origin = int(rows["day_length_s"].iloc[0]), int(rows["day_origin_s"].iloc[0])
+    if (length, origin % length) != (clock.length_s, clock.origin_s % clock.length_s):
+        return None
+    return [int(v) for v in rows.sort_values("slot")["auctions"]]
+
+
+# --- pacing, per campaign and minute, from the controllers' log in the shared store ---
+
+PACING_SCHEMA = pa.schema(
+    [
+        ("campaign_id", pa.string()),
+        ("minute", pa.timestamp("us", tz="UTC")),
+        ("at", pa.timestamp("us", tz="UTC")),
+        ("day_start", pa.timestamp("us", tz="UTC")),
+        ("mode", pa.string()),
+        ("daily_budget_micros", pa.int64()),
+        ("plan_budget_micros", pa.int64()),
+        ("plan_micros", pa.int64()),
+        ("spent_today_micros", pa.int64()),
+        ("pacing_multiplier", pa.float64()),
+        ("throttle_rate", pa.float64()),
+        ("exhausts_at", pa.timestamp("us", tz="UTC")),
+        ("event_date", pa.date32()),
+    ]
+)
+PACING_DRAIN = 50_000  # rows a refresh lands at most
+
+
+def pacing_rows(raw: list[bytes]) -> pd.DataFrame:
+    """The controllers' JSON rows as gold/pacing_minute's, the last of each (campaign, minute) kept."""
+    frame = pd.DataFrame([json.loads(row) for row in raw])
+    for column in ("minute", "at", "day_start", "exhausts_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+    frame = frame.sort_values("at").drop_duplicates(["campaign_id", "minute"], keep="last")
+    return frame.assign(event_date=frame["minute"].dt.date)[PACING_SCHEMA.names]
+
+
+def land_pacing_minutes(settings: Settings, client: redis.Redis) -> int:
+    """Moves the rows the pacing controllers logged (``pacing:minutes``) to gold/pacing_minute; returns how many.
+
+    Written before they are trimmed, and as a rewrite of the minutes they cover: a refresh cut off
+    between the two lands the same rows again over themselves, never twice.
+    """
+    key = f"{settings.shared_store_namespace}:pacing:minutes"
+    raw = client.lrange(key, 0, PACING_DRAIN - 1)
+    if not raw:
+        return 0
+    rows = pacing_rows(raw)
+    first, last = rows["minute"].min(), rows["minute"].max()
+    location, options = settings.delta_rs_location(Table.GOLD_PACING_MINUTE)
+    data = pa.Table.from_pandas(rows, schema=PACING_SCHEMA, preserve_index=False)
+    try:
+        existing = DeltaTable(location, storage_options=options)
+    except TableNotFoundError:
+        write_deltalake(location, data, mode="overwrite", partition_by=["event_date"], storage_options=options)
+    else:
+        span = [("minute", ">=", first.to_pydatetime()), ("minute", "<=", last.to_pydatetime())]
+        kept = existing.to_pandas(filters=span)
+        if not kept.empty:  # rows of these minutes from an earlier drain (a batch can split a minute)
+            rows = pd.concat([kept[PACING_SCHEMA.names], rows]).drop_duplicates(["campaign_id", "minute"], keep="last")
+            data = pa.Table.from_pandas(rows, schema=PACING_SCHEMA, preserve_index=False)
+        predicate = f"minute >= '{first:%Y-%m-%d %H:%M:%S}' AND minute <= '{last:%Y-%m-%d %H:%M:%S}'"
+        write_deltalake(location, data, mode="overwrite", predicate=predicate, storage_options=options)
+    client.ltrim(key, len(raw), -1)
+    return len(raw)
+
+
 class Priors:
     """Each model version's registered calibration, read from MLflow once."""
 
@@ -172,6 +306,7 @@ class Priors:
 
 def refresh_once(settings: Settings, priors: Priors, now: datetime) -> Refresh:
     since = (now - timedelta(seconds=settings.calibration_window_s)).replace(minute=0, second=0, microsecond=0)
+    write_traffic_curve(settings, now)
     events, category_of = read_window(settings, since)
     impressions = attributed_impressions(events)
     if impressions.empty:
@@ -223,7 +358,15 @@ def run(settings: Settings, *, once: bool = False) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     priors = Priors(settings)
+    shared = redis.Redis.from_url(settings.shared_store_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     while True:
+        try:
+            landed = land_pacing_minutes(settings, shared)
+        except Exception:  # the shared store or the lake down: the rows wait in the store for the next refresh
+            log.exception("pacing rows not landed")
+        else:
+            if landed:
+                log.info("landed %d pacing rows in gold/pacing_minute", landed)
         try:
             done = refresh_once(settings, priors, datetime.now(UTC))
         except Exception:  # a lake or MLflow hiccup must not end the loop; the next refresh tries again

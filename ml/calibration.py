@@ -146,14 +146,29 @@ def fit_platt(
     precision = np.diag([1 / PRIOR_SD_SLOPE**2, 1 / PRIOR_SD_INTERCEPT**2])
     theta = centre.copy()
     design = np.column_stack([z, np.ones_like(z)])
+
+    def objective(at: np.ndarray) -> float:
+        scores = design @ at
+        deviation = at - centre
+        return float(np.sum(w * (y * scores - np.logaddexp(0.0, scores))) - 0.5 * deviation @ precision @ deviation)
+
+    current = objective(theta)
     for _ in range(NEWTON_STEPS):
         p = sigmoid(design @ theta)
         gradient = design.T @ (w * (y - p)) - precision @ (theta - centre)
         hessian = (design * (w * p * (1 - p))[:, None]).T @ design + precision
         step = np.linalg.solve(hessian, gradient)
-        theta = theta + step
-        if np.max(np.abs(step)) < 1e-9:
-            break
+        # Halved until it improves: a full Newton step from far off (a score far from the truth) overshoots.
+        scale = 1.0
+        while (candidate := objective(theta + scale * step)) < current:
+            scale /= 2
+            if scale < 1e-6:  # no step improves: at the optimum, to float precision
+                break
+        else:
+            theta, current = theta + scale * step, candidate
+            if np.max(np.abs(scale * step)) >= 1e-9:
+                continue
+        break
     slope = float(np.clip(theta[0], MIN_SLOPE, MAX_SLOPE))
     return Calibration(
         prior.model_version,

@@ -2,9 +2,10 @@
 
 Pure functions and frozen values: no I/O, no clock (the run's start is passed in).
 
-- **Day**: as the platform's pacing days, day ``i`` is ``[i x day_length_s, (i + 1) x day_length_s)``
-  seconds after the Unix epoch, so the fraction of the day at wall time ``t`` is
-  ``(t mod day_length_s) / day_length_s``; with 86 400 s it is the UTC time of day.
+- **Day**: as the platform's pacing days (``adstream.days``), day ``i`` is
+  ``[origin + i x day_length_s, origin + (i + 1) x day_length_s)`` seconds after the Unix epoch, so the
+  fraction of the day at wall time ``t`` is ``((t - origin) mod day_length_s) / day_length_s``; with
+  86 400 s from the epoch it is the UTC time of day.
 - **Shape**: ``DayShape`` is a multiplier of the mean rate at each fraction of the day: a level per
   equal slot (24 hours), normalised to mean 1, drawn through the slots' centres and joined
   linearly (continuous and periodic: after 23:30 it runs back to 00:30's level). A linear
@@ -128,6 +129,7 @@ class VisitSchedule:
     curve: CurveKind = CurveKind.FLAT
     day_length_s: float = 86_400.0
     shape: DayShape = DISPLAY_AD_DAY
+    origin_s: float = 0.0  # when a day starts, in seconds since the epoch
 
     def __post_init__(self) -> None:
         if not 0 < self.rate < math.inf:
@@ -137,7 +139,7 @@ class VisitSchedule:
 
     def fraction_of_day(self, elapsed_s: float) -> float:
         """The fraction of its simulated day gone ``elapsed_s`` after the start."""
-        return ((self.start_s + elapsed_s) % self.day_length_s) / self.day_length_s
+        return ((self.start_s - self.origin_s + elapsed_s) % self.day_length_s) / self.day_length_s
 
     def rate_at(self, elapsed_s: float) -> float:
         """Visits per second ``elapsed_s`` after the start."""

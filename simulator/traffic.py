@@ -678,6 +678,7 @@ async def simulate(
     ground_truth: TextIO | None = None,
     traffic_curve: CurveKind = CurveKind.FLAT,
     day_length_s: float = 86_400.0,
+    day_origin_s: float = 0.0,
 ) -> tuple[SimulationStats, float]:
     """Visits at ``rate`` per second (the mean over a day of ``day_length_s`` when ``traffic_curve`` is
     diurnal) for ``duration_s`` on ``concurrency`` workers; the stats and the elapsed time.
@@ -701,7 +702,7 @@ async def simulate(
         )  # fmt: skip
         began = loop.time()
         deadline = began + duration_s
-        schedule = VisitSchedule(rate, time.time(), traffic_curve, day_length_s)
+        schedule = VisitSchedule(rate, time.time(), traffic_curve, day_length_s, origin_s=day_origin_s)
         if traffic_curve is CurveKind.DIURNAL:
             stats.visits_by_slot = [0] * schedule.shape.slots
 
@@ -859,6 +860,7 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
                 ground_truth=ground_truth,
                 traffic_curve=options.traffic_curve,
                 day_length_s=day_length_s,
+                day_origin_s=settings.pacing_day_origin_s,
             )
         )
     summary = stats.summary(elapsed_s=elapsed, run=described, truth=truth)

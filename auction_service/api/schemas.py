@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import AwareDatetime, BaseModel, Field
 from typing_extensions import TypedDict
 
-from adstream.events import MAX_BID_MICROS, MAX_BUDGET_MICROS, CampaignSpec, CampaignStatus, PricingModel
+from adstream.events import (
+    MAX_BID_MICROS,
+    MAX_BUDGET_MICROS,
+    CampaignSpec,
+    CampaignStatus,
+    PacingMode,
+    PricingModel,
+)
 from auction_service.serving.bodies import EventIn, EventResult, Id, StrictBody, UtcTime
 
 Gender = Literal["F", "M"]
@@ -135,12 +142,27 @@ class CampaignAccepted(BaseModel):
     detail: str = "applied by the ad manager within about a second; GET /v1/campaigns/{id} shows it"
 
 
+class PacingView(BaseModel):
+    """Where a campaign's pacing stands (auction_service.serving.pacing); money in micros."""
+
+    mode: PacingMode
+    day_start: AwareDatetime  # of the budget day (PACING_DAY_LENGTH_S long)
+    daily_budget_micros: int  # what the day's plan spreads (less than the daily budget when the total left is)
+    plan_micros: int  # what the plan has it spend by now
+    spent_today_micros: int
+    pacing_multiplier: float  # λ: its eCPM in the ranking is multiplied by this
+    throttle_rate: float  # the share of auctions it sits out
+    exhausts_at: AwareDatetime | None  # at the last interval's spend rate; now when spent; None: not today
+
+
 class CampaignView(BaseModel):
     campaign_id: str
     status: CampaignStatus
     spec: CampaignSpec
     spent_micros: int
     remaining_budget_micros: int
+    spent_today_micros: int | None = None
+    pacing: PacingView | None = None  # while the campaign serves
 
 
 class PredictRequest(StrictBody):

@@ -13,6 +13,7 @@ same campaigns and instruction ids, so seeding twice with it creates nothing new
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from collections import defaultdict
@@ -29,6 +30,7 @@ from adstream.events import (
     CampaignInstruction,
     CampaignSpec,
     InstructionAction,
+    PacingMode,
     PricingModel,
     Targeting,
 )
@@ -38,6 +40,7 @@ from adstream.settings import Settings
 MAX_DECIMALS = 6  # micros
 
 # Seeding: what a realistic mix of campaigns looks like.
+CENT_MICROS = MICROS_PER_UNIT // 100
 PRICING_MIX = ((PricingModel.CPC, 6), (PricingModel.CPM, 3), (PricingModel.CPA, 1))
 BID_RANGE_CENTS = {PricingModel.CPM: (100, 800), PricingModel.CPC: (20, 200), PricingModel.CPA: (500, 4000)}
 TOTAL_BUDGET_RANGE_USD = (50, 500)
@@ -117,14 +120,29 @@ def stop_instruction(campaign_id: str, *, now: datetime, instruction_id: str | N
     )
 
 
-def seed_instructions(ads: list[dict], n: int, seed: int, now: datetime) -> list[CampaignInstruction]:
+def seed_instructions(
+    ads: list[dict],
+    n: int,
+    seed: int,
+    now: datetime,
+    *,
+    asap_share: float = 0.0,
+    daily_budget_micros: tuple[int, int] | None = None,
+) -> list[CampaignInstruction]:
     """``n`` create instructions for realistic campaigns on ``ads`` (rows of silver/ads), the same for the same seed.
 
     Each advertiser runs 3 to 5 campaigns on ads of one category; pricing is mostly
     CPC, some CPM, a few CPA, with bids and budgets in the usual ranges for each.
+    ``asap_share`` of them (every k-th, in seed order) pace ``asap``, the others ``even``;
+    ``daily_budget_micros`` (low, high), when given, draws daily budgets from that range (in whole
+    cents) instead, so that a simulation can be budget-constrained over its day whatever its traffic.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if not 0 <= asap_share <= 1:
+        raise ValueError(f"asap_share must be within [0, 1], got {asap_share}")
+    if daily_budget_micros is not None and not CENT_MICROS <= daily_budget_micros[0] <= daily_budget_micros[1]:
+        raise ValueError(f"daily_budget_micros must be (low, high), 1 cent <= low <= high, got {daily_budget_micros}")
     usable = {
         ad["ad_id"]: ad
         for ad in ads
@@ -138,6 +156,7 @@ def seed_instructions(ads: list[dict], n: int, seed: int, now: datetime) -> list
     for ad in catalog:
         by_category[ad["category"]].append(ad)
     rng = random.Random(seed)
+    budget_rng = random.Random(f"{seed}-daily-budgets")  # apart: sizing budgets changes no other draw
     instructions: list[CampaignInstruction] = []
     while len(instructions) < n:
         advertiser_id = f"adv-{rng.getrandbits(40):010x}"
@@ -146,9 +165,17 @@ def seed_instructions(ads: list[dict], n: int, seed: int, now: datetime) -> list
         for _ in range(campaigns):
             ad = rng.choice(by_category[category])
             campaign_id = f"cmp-{rng.getrandbits(64):016x}"
+            # Spread evenly over the seed order: every (1 / asap_share)-th campaign paces asap.
+            asap = math.floor((len(instructions) + 1) * asap_share) > math.floor(len(instructions) * asap_share)
+            spec = _seed_spec(rng, advertiser_id, ad, now)
+            update: dict = {"pacing_mode": PacingMode.ASAP if asap else PacingMode.EVEN}
+            if daily_budget_micros is not None:
+                low, high = (bound // CENT_MICROS for bound in daily_budget_micros)
+                daily = budget_rng.randint(low, high) * CENT_MICROS
+                update |= {"daily_budget_micros": daily, "total_budget_micros": max(daily, spec.total_budget_micros)}
             instructions.append(
                 create_instruction(
-                    _seed_spec(rng, advertiser_id, ad, now),
+                    spec.model_copy(update=update),
                     now=now,
                     campaign_id=campaign_id,
                     instruction_id=f"seed-{campaign_id}",

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from adstream.days import UTC_DAYS, DayClock
 from adstream.events import ChargeStatus, EventType, FeedbackEvent, IvtCategory
 from auction_service.campaign_store.db import begin_write
 from auction_service.campaign_store.store import (
@@ -32,9 +33,9 @@ from auction_service.campaign_store.store import (
     Charge,
     SpendOutcome,
     SpendResult,
+    _budget_day,
     _charge,
     _insert_new,
-    _utc_day,
     fresh_read,
 )
 from auction_service.campaign_store.tables import FeedbackJournal
@@ -93,10 +94,12 @@ def record_events(
     min_click_delay: timedelta,
     published: Collection[str] = (),
     now: datetime | None = None,
+    days: DayClock = UTC_DAYS,
 ) -> list[JournalResult]:
     """Journals and charges ``entries`` in one committed transaction; a result per entry, in order.
 
     ``published``: event ids Kafka has acknowledged since the last call, marked in the same commit.
+    A charge counts against the daily budget of its event's budget day (``adstream.days``).
     """
     now = now or datetime.now(UTC)
     results: list[JournalResult | None] = [None] * len(entries)
@@ -132,7 +135,7 @@ def record_events(
                 previous = FeedbackEvent.model_validate_json(row.payload)
                 results[index] = JournalResult(previous, new=False, published=row.published_at is not None)
                 continue
-            final, spend = _decide(session, entry, history[entry.event.auction_id], min_click_delay, now)
+            final, spend = _decide(session, entry, history[entry.event.auction_id], min_click_delay, now, days)
             journaled = {
                 "event_id": event_id, "auction_id": final.auction_id, "campaign_id": final.campaign_id,
                 "event_type": final.event_type, "event_time": final.event_time, "recorded_at": now,
@@ -155,7 +158,12 @@ def record_events(
 
 
 def _decide(
-    session: Session, entry: JournalEntry, history: list[_Seen], min_click_delay: timedelta, now: datetime
+    session: Session,
+    entry: JournalEntry,
+    history: list[_Seen],
+    min_click_delay: timedelta,
+    now: datetime,
+    days: DayClock,
 ) -> tuple[FeedbackEvent, SpendResult | None]:
     event = entry.event
     spend = None
@@ -180,7 +188,8 @@ def _decide(
     else:
         charge = Charge(event.event_id, event.auction_id, event.campaign_id, event.event_type, event.cost_micros,
                         event.event_time)  # fmt: skip
-        spend = _charge(session, _insert_new(session, _LEDGER), charge, _utc_day(event.event_time), now)
+        day = _budget_day(event.event_time, days)
+        spend = _charge(session, _insert_new(session, _LEDGER), charge, day, now)
         status = _CHARGE_STATUS[spend.outcome]
         cost = event.cost_micros if status is ChargeStatus.CHARGED else 0
     decided = event.model_copy(

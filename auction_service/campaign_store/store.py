@@ -24,7 +24,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, InstructionAction, PricingModel
+from adstream.days import UTC_DAYS, DayClock
+from adstream.events import (
+    CampaignInstruction,
+    CampaignSpec,
+    CampaignStatus,
+    InstructionAction,
+    PacingMode,
+    PricingModel,
+)
 from auction_service.campaign_store.db import begin_write
 from auction_service.campaign_store.tables import (
     AppliedInstruction,
@@ -130,10 +138,10 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc_day(moment: datetime) -> date:
+def _budget_day(moment: datetime, days: DayClock) -> date:
     if moment.tzinfo is None:
         raise ValueError(f"naive datetime {moment!r}: pass a UTC-aware time")
-    return moment.astimezone(UTC).date()
+    return days.budget_day(moment)
 
 
 # --- campaign instructions (the ad manager) ---
@@ -203,6 +211,7 @@ def _create(session: Session, instruction: CampaignInstruction, now: datetime) -
             flight_end=spec.flight_end,
             frequency_cap_per_day=spec.frequency_cap_per_day,
             currency=spec.currency,
+            pacing_mode=PacingMode(spec.pacing_mode).value,
             status=CampaignStatus.ACTIVE.value,
             spent_micros=0,
             revision=1,
@@ -292,8 +301,11 @@ def quarantined_instructions(session: Session) -> list[QuarantinedRecord]:
 
 
 @fresh_read
-def get_campaign(session: Session, campaign_id: str, *, now: datetime | None = None) -> CampaignView | None:
-    """The campaign with its spend, or None if the store never saw it. ``now`` adds that UTC day's spend."""
+def get_campaign(
+    session: Session, campaign_id: str, *, now: datetime | None = None, days: DayClock = UTC_DAYS
+) -> CampaignView | None:
+    """The campaign with its spend, or None if the store never saw it. ``now`` adds the spend of its budget
+    day (``adstream.days``: the UTC day unless the simulation says otherwise)."""
     # populate_existing: a session reused across transactions must not answer from its identity map.
     campaign = session.get(Campaign, campaign_id, populate_existing=True)
     if campaign is None:
@@ -302,7 +314,7 @@ def get_campaign(session: Session, campaign_id: str, *, now: datetime | None = N
     if now is not None:
         spent_today = session.scalar(
             select(DailySpend.spent_micros).where(
-                DailySpend.campaign_id == campaign_id, DailySpend.day == _utc_day(now)
+                DailySpend.campaign_id == campaign_id, DailySpend.day == _budget_day(now, days)
             )
         )
         spent_today = spent_today or 0
@@ -322,6 +334,7 @@ def get_campaign(session: Session, campaign_id: str, *, now: datetime | None = N
             flight_end=campaign.flight_end,
             frequency_cap_per_day=campaign.frequency_cap_per_day,
             currency=campaign.currency,
+            pacing_mode=PacingMode(campaign.pacing_mode),
         ),
         spent_micros=campaign.spent_micros,
         remaining_budget_micros=max(0, campaign.total_budget_micros - campaign.spent_micros),
@@ -347,6 +360,7 @@ _SERVING_COLUMNS = (
     Campaign.daily_budget_micros,
     Campaign.spent_micros,
     Campaign.targeting,
+    Campaign.pacing_mode,
 )
 
 
@@ -361,15 +375,17 @@ def serving_revisions(session: Session, now: datetime) -> dict[str, int]:
 
 
 @fresh_read
-def serving_campaigns(session: Session, now: datetime, only: Collection[str] | None = None) -> list[ServingCampaign]:
-    """Active campaigns whose flight has not ended at ``now``, with their spend on ``now``'s UTC day.
+def serving_campaigns(
+    session: Session, now: datetime, only: Collection[str] | None = None, days: DayClock = UTC_DAYS
+) -> list[ServingCampaign]:
+    """Active campaigns whose flight has not ended at ``now``, with their spend on ``now``'s budget day.
 
     One query (campaigns left-joined to that day's spend), plain columns rather than ORM
     objects: the auction service calls it every time the change marker moves, for the
     campaigns in ``only`` when it knows which changed. Budget, flight start and targeting are
     left to the auction, which checks them per request.
     """
-    today = _utc_day(now)
+    today = _budget_day(now, days)
     serving = _serving(now) if only is None else and_(_serving(now), Campaign.campaign_id.in_(only))
     rows = session.execute(
         select(*_SERVING_COLUMNS, func.coalesce(DailySpend.spent_micros, 0))
@@ -393,6 +409,7 @@ def serving_campaigns(session: Session, now: datetime, only: Collection[str] | N
         daily_budget_micros,
         spent_micros,
         targeting,
+        pacing_mode,
         spent_today_micros,
     ) in rows:
         campaigns.append(
@@ -416,6 +433,7 @@ def serving_campaigns(session: Session, now: datetime, only: Collection[str] | N
                 age_max=targeting.get("age_max"),
                 genders=frozenset(targeting.get("genders") or ()),
                 device_types=frozenset(targeting.get("device_types") or ()),
+                pacing_mode=PacingMode(pacing_mode or PacingMode.EVEN),
             )
         )
     return campaigns
@@ -526,11 +544,11 @@ def record_spend(
     return record_spends(session, [charge])[0]
 
 
-def record_spends(session: Session, charges: Sequence[Charge]) -> list[SpendResult]:
+def record_spends(session: Session, charges: Sequence[Charge], days: DayClock = UTC_DAYS) -> list[SpendResult]:
     """Charge billable events to their campaigns, each once, in one committed transaction; a result per charge.
 
     Per charge, the ledger row (unique on event_id and on auction_id), the campaign's total
-    and the event's UTC day move together. A replayed event, or a second event of an auction
+    and the event's budget day (``adstream.days``) move together. A replayed event, or a second event of an auction
     already billed (also within ``charges``), charges nothing and reports ``duplicate`` with
     the campaign's spend. A batch is one commit however many charges it holds: the auction
     service groups the charges of concurrent requests this way.
@@ -538,7 +556,7 @@ def record_spends(session: Session, charges: Sequence[Charge]) -> list[SpendResu
     for charge in charges:
         if charge.cost_micros < 0:
             raise ValueError(f"cost_micros must be >= 0, got {charge.cost_micros}")
-    days = [_utc_day(charge.event_time) for charge in charges]
+    days = [_budget_day(charge.event_time, days) for charge in charges]
     now = _utcnow()
     results: list[SpendResult | None] = [None] * len(charges)
     ledger_insert = _insert_new(session, _LEDGER)

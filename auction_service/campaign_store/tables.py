@@ -81,6 +81,7 @@ class Campaign(Base):
     flight_end: Mapped[datetime] = mapped_column(UtcDateTime)
     frequency_cap_per_day: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
+    pacing_mode: Mapped[str] = mapped_column(String(8), default="even", server_default="even")
     status: Mapped[str] = mapped_column(String(16), index=True)
     spent_micros: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # +1 on every change (instruction or spend): the sum over campaigns is the store's change marker.

@@ -87,6 +87,7 @@ class FilterReason(StrEnum):
     TOTAL_BUDGET = "total budget"
     DAILY_BUDGET = "daily budget"
     FREQUENCY_CAP = "frequency cap"
+    PACING_THROTTLE = "pacing throttle"  # sat this auction out at its pacing throttle rate (serving.pacer)
     BELOW_FLOOR = "below floor"  # checked by run_auction, after scoring
 
 

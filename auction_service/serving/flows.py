@@ -25,6 +25,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from adstream.contracts import Topic
+from adstream.days import DayClock
 from adstream.events import (
     BILLABLE_EVENT,
     NOT_DELIVERED,
@@ -50,6 +51,8 @@ from auction_service.serving.auction import (
 from auction_service.serving.bodies import EventIn, EventResult
 from auction_service.serving.books import billable_cost_micros, expected_cost_micros
 from auction_service.serving.features import CampaignFeatures, candidate_columns
+from auction_service.serving.pacer import Multipliers, throttled_rows
+from auction_service.serving.pacing import PPM
 from auction_service.serving.shared import Hold, HoldRefused, Settlement
 from auction_service.serving.state import PUBLISH_TIMEOUT_S, ServiceState
 
@@ -96,6 +99,12 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
             reserved_micros=state.exposure.reserved_micros,
             held_by_row=state.exposure.held_by_row(index.campaign_ids),
         )
+    multipliers = state.pacer.multipliers(campaigns)
+    if multipliers.any_throttled:
+        sitting_out = throttled_rows(multipliers, rows, state.pacing_draws)
+        if sitting_out.any():
+            filtered[FilterReason.PACING_THROTTLE] += int(sitting_out.sum())
+            rows = rows[~sitting_out]
     candidates = index.take(rows)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
     pctr, raw = loaded.pctrs(batch) if candidates else (np.zeros(0), np.zeros(0))
@@ -109,6 +118,7 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
             first_price=first_price,
             filtered=filtered,
             bids=index.bids.take(rows),
+            pacing_ppm=_paced(multipliers, rows),
         )
         if outcome.winner is None:
             break
@@ -140,6 +150,12 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
     state.metrics.auctions.labels(outcome="filled" if outcome.filled else "no_fill").inc()
     state.metrics.fill_rate.set(state.stats.fill_rate)
     return ServedAd(outcome, loaded.version, context.auction_id, expires_at)
+
+
+def _paced(multipliers: Multipliers, rows: np.ndarray) -> np.ndarray | None:
+    """The candidates' λ, or None when none is paced (the unpaced auction is the cheaper one)."""
+    lam = multipliers.lambda_ppm[rows]
+    return lam if lam.size and int(lam.min()) < PPM else None
 
 
 async def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str,
@@ -271,7 +287,8 @@ async def record_events(
         journaled = await state.spend_ledger.record([entry for _, entry in entries]) if entries else []
     except (SQLAlchemyError, journal.JournalConflict) as exc:
         raise LedgerUnavailable(f"the campaign store did not record the events ({exc.__class__.__name__})") from exc
-    settled = [_settlement(result) for result in journaled if result.event.charge_status in SETTLED]
+    days = DayClock.of(state.settings)
+    settled = [_settlement(r, days) for r in journaled if r.event.charge_status in SETTLED]
     if settled:
         # After the commit: a charge the shared store missed (it went down, or this replica was killed)
         # is answered 503, and the retry frees its reservation; every hold heals the spend from the ledger.
@@ -331,10 +348,10 @@ NOT_CHARGED = {
 SETTLED = (ChargeStatus.CHARGED, ChargeStatus.OVER_BUDGET)
 
 
-def _settlement(result: journal.JournalResult) -> Settlement:
+def _settlement(result: journal.JournalResult, days: DayClock) -> Settlement:
     event, spend = result.event, result.spend
     return Settlement(
-        event.auction_id, event.campaign_id, event.event_time.astimezone(UTC).date(),
+        event.auction_id, event.campaign_id, days.budget_day(event.event_time),
         -1 if spend is None else spend.spent_micros, -1 if spend is None else spend.spent_today_micros,
     )  # fmt: skip
 

@@ -52,6 +52,14 @@ class ServiceMetrics:
         self.calibration_intercept = Gauge(
             "adstream_pctr_calibration_intercept", "Served calibration: intercept (log-odds)", registry=r
         )
+        self.pacing_updates = Counter("adstream_pacing_updates_total", "Pacing controller passes run here", registry=r)
+        self.pacing_leader = Gauge("adstream_pacing_leader", "1 while this replica runs the controllers", registry=r)
+        self.pacing_multiplier = Gauge(
+            "adstream_pacing_multiplier", "Pacing bid multiplier λ per campaign", ["campaign_id"], registry=r
+        )
+        self.pacing_throttle = Gauge(
+            "adstream_pacing_throttle_rate", "Share of auctions a campaign sits out", ["campaign_id"], registry=r
+        )
         self.calibration_swaps = Gauge(
             "adstream_pctr_calibration_swaps", "Online calibration maps swapped in since start", registry=r
         )

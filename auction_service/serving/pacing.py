@@ -10,7 +10,7 @@ enforced elsewhere (the budget check); pacing only decides how evenly it is spen
 
 Rules, in one place:
 
-- **Day**: day ``i`` is ``[i x day_length_s, (i + 1) x day_length_s)`` seconds after the
+- **Day** (``adstream.days``): day ``i`` is ``[i x day_length_s, (i + 1) x day_length_s)`` seconds after the
   Unix epoch, so with the default 86 400 s it is the UTC calendar day (shorter days are for
   simulation). ``spent_today_micros`` is the spend since that day's start.
 - **Plan**: ``daily_budget x curve.cumulative_share(fraction of the day gone)``, where the
@@ -42,11 +42,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import datetime
 from itertools import accumulate
 
-DAY_LENGTH_S = 86_400
+from adstream.days import DAY_LENGTH_S, DayClock, at_micros, micros_since_epoch
+from adstream.events import PacingMode
+
+_MICROS_PER_S = 1_000_000
+
 SLOTS_PER_DAY = 24
 UPDATE_INTERVAL_S = 10  # how often the caller is meant to call ``PacingController.update``
 PPM = 1_000_000  # λ and the throttle rate are integer millionths; λ = PPM is unpaced
@@ -60,45 +63,6 @@ LAMBDA_FLOOR_PPM = 100_000  # below λ = 0.1 the throttle takes over
 MAX_THROTTLE_PPM = 990_000  # keep 1 % of auctions: a campaign never goes silent for the controller
 CATCH_UP_S = 1_800  # a deviation from plan is repaid over about half an hour
 PRIOR_AUCTIONS = 1_000  # the flat prior of a traffic curve, as auctions spread evenly over the slots
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_MICROS_PER_S = 1_000_000
-
-
-def _micros_since_epoch(at: datetime) -> int:
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return (at - _EPOCH) // _MICROSECOND
-
-
-def _at_micros(micros: int) -> datetime:
-    return _EPOCH + micros * _MICROSECOND
-
-
-def day_index(at: datetime, day_length_s: int = DAY_LENGTH_S) -> int:
-    """The pacing day ``at`` falls in: whole days of ``day_length_s`` since the Unix epoch (naive is UTC)."""
-    _check_day_length(day_length_s)
-    return _micros_since_epoch(at) // (day_length_s * _MICROS_PER_S)
-
-
-def day_bounds(index: int, day_length_s: int = DAY_LENGTH_S) -> tuple[datetime, datetime]:
-    """The start (included) and end (excluded) of day ``index``."""
-    _check_day_length(day_length_s)
-    length = day_length_s * _MICROS_PER_S
-    return _at_micros(index * length), _at_micros((index + 1) * length)
-
-
-def fraction_of_day(at: datetime, day_start: datetime, day_length_s: int = DAY_LENGTH_S) -> float:
-    """The share of the day starting at ``day_start`` gone at ``at``, clipped to [0, 1]."""
-    _check_day_length(day_length_s)
-    gone = (_micros_since_epoch(at) - _micros_since_epoch(day_start)) / (day_length_s * _MICROS_PER_S)
-    return min(1.0, max(0.0, gone))
-
-
-def _check_day_length(day_length_s: int) -> None:
-    if not (isinstance(day_length_s, int) and day_length_s > 0):
-        raise ValueError(f"day_length_s must be a positive whole number of seconds, got {day_length_s!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +111,6 @@ class TrafficCurve:
         return min(after, before + (after - before) * (position - slot))
 
 
-class PacingMode(StrEnum):
-    EVEN = "even"  # spend along the plan
-    ASAP = "asap"  # spend as fast as the market allows, until the daily budget stops it
-
-
 @dataclass(frozen=True, slots=True)
 class PacingState:
     """One campaign's pacing, as of its last update. Money is integer micros."""
@@ -180,7 +139,7 @@ class PacingState:
             "lambda_ppm": str(self.lambda_ppm),
             "throttle_ppm": str(self.throttle_ppm),
             "day_index": "" if self.day_index is None else str(self.day_index),
-            "updated_at_us": "" if self.updated_at is None else str(_micros_since_epoch(self.updated_at)),
+            "updated_at_us": "" if self.updated_at is None else str(micros_since_epoch(self.updated_at)),
             "spent_at_update_micros": str(self.spent_at_update_micros),
             "interval_spent_micros": str(self.interval_spent_micros),
             "interval_us": str(self.interval_us),
@@ -196,7 +155,7 @@ class PacingState:
                 lambda_ppm=int(fields["lambda_ppm"]),
                 throttle_ppm=int(fields["throttle_ppm"]),
                 day_index=int(day) if day else None,
-                updated_at=_at_micros(int(updated)) if updated else None,
+                updated_at=at_micros(int(updated)) if updated else None,
                 spent_at_update_micros=int(fields["spent_at_update_micros"]),
                 interval_spent_micros=int(fields["interval_spent_micros"]),
                 interval_us=int(fields["interval_us"]),
@@ -227,14 +186,22 @@ class PacingController:
     """The controller's parameters; ``update`` steps one campaign's ``PacingState`` (rules in the module docstring)."""
 
     day_length_s: int = DAY_LENGTH_S
+    origin_s: int = 0  # seconds since the epoch at which a day starts (adstream.days)
     eta: float = ETA
     max_error: float = MAX_ERROR
     lambda_floor_ppm: int = LAMBDA_FLOOR_PPM
     max_throttle_ppm: int = MAX_THROTTLE_PPM
     catch_up_s: float = CATCH_UP_S
+    clock: DayClock = field(init=False, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, clock: DayClock) -> PacingController:
+        """The controller for days of ``clock``: deviations repaid over the same share of a day as the
+        default's half hour of 24 (a 60-minute simulated day repays over 75 s), never under 30 s."""
+        return cls(clock.length_s, clock.origin_s, catch_up_s=max(30.0, CATCH_UP_S * clock.length_s / DAY_LENGTH_S))
 
     def __post_init__(self) -> None:
-        _check_day_length(self.day_length_s)
+        object.__setattr__(self, "clock", DayClock(self.day_length_s, self.origin_s))  # checks the length
         if not (self.eta > 0 and self.max_error > 0 and self.catch_up_s > 0):
             raise ValueError("eta, max_error and catch_up_s must be positive")
         if not 0 < self.lambda_floor_ppm <= PPM:
@@ -244,10 +211,10 @@ class PacingController:
 
     def today(self, state: PacingState, now: datetime) -> PacingState:
         """``state``, or the start of ``now``'s day when it is from another day (or new)."""
-        index = day_index(now, self.day_length_s)
+        index = self.clock.index(now)
         if state.day_index == index and state.updated_at is not None:
             return state
-        start, _ = day_bounds(index, self.day_length_s)
+        start, _ = self.clock.bounds(index)
         return PacingState(state.mode, state.lambda_ppm, state.throttle_ppm, day_index=index, updated_at=start)
 
     def plan_micros(self, *, now: datetime, daily_budget_micros: int, curve: TrafficCurve) -> int:
@@ -266,7 +233,7 @@ class PacingController:
         """The state at ``now``, given the campaign's spend today and its current daily budget."""
         state = self.today(state, now)
         last = state.updated_at or now  # always set by ``today``
-        elapsed_us = _micros_since_epoch(now) - _micros_since_epoch(last)
+        elapsed_us = micros_since_epoch(now) - micros_since_epoch(last)
         if elapsed_us <= 0:
             return state
         interval_spent = max(0, spent_today_micros - state.spent_at_update_micros)
@@ -306,9 +273,9 @@ class PacingController:
         if left <= 0:
             exhausts_at = now
         elif state.interval_spent_micros > 0:
-            at = _micros_since_epoch(now) + -(-left * state.interval_us // state.interval_spent_micros)
-            if at < _micros_since_epoch(day_bounds(day_index(now, self.day_length_s), self.day_length_s)[1]):
-                exhausts_at = _at_micros(at)
+            at = micros_since_epoch(now) + -(-left * state.interval_us // state.interval_spent_micros)
+            if at < micros_since_epoch(self.clock.bounds(self.clock.index(now))[1]):
+                exhausts_at = at_micros(at)
         return PacingSnapshot(
             mode=state.mode,
             plan_micros=self.plan_micros(now=now, daily_budget_micros=daily_budget_micros, curve=curve),
@@ -319,8 +286,7 @@ class PacingController:
         )
 
     def _planned_share(self, at: datetime, curve: TrafficCurve) -> float:
-        start, _ = day_bounds(day_index(at, self.day_length_s), self.day_length_s)
-        return curve.cumulative_share(fraction_of_day(at, start, self.day_length_s))
+        return curve.cumulative_share(self.clock.fraction(at))
 
     def _level(self, state: PacingState) -> float:
         """The log of the share of full-speed spend kept, λ x (1 - throttle)."""

@@ -39,6 +39,7 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.orm import Session
 
+from adstream.days import UTC_DAYS, DayClock
 from auction_service.campaign_store import store
 from auction_service.serving.resp import RespClient, Script
 
@@ -211,7 +212,7 @@ class Settlement:
 
     auction_id: str
     campaign_id: str
-    day: date  # the event's UTC day, the ledger's
+    day: date  # the event's budget day, the ledger's
     ledger_spent_micros: int = -1
     ledger_spent_today_micros: int = -1
 
@@ -235,9 +236,19 @@ def unpack_served(payload: bytes) -> store.ServedAuctionRow:
 class SharedBooks:
     """The replicas' shared books: holds, settlements, frequency and served auctions (module docstring)."""
 
-    def __init__(self, url: str, *, namespace: str, timeout_s: float, served_s: int, auction_ttl_s: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        timeout_s: float,
+        served_s: int,
+        auction_ttl_s: int,
+        days: DayClock = UTC_DAYS,
+    ) -> None:
         self.ns = namespace
         self.served_s, self.auction_ttl_s = served_s, auction_ttl_s
+        self.days = days  # of daily budgets (held and spent per day); frequency is per UTC day
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
         )
@@ -296,11 +307,13 @@ class SharedBooks:
 
     def _hold_command(self, hold: Hold) -> dict[str, list]:
         served = hold.served
-        day = day_tag(served.served_at.astimezone(UTC).date())
+        day = day_tag(self.days.budget_day(served.served_at))
+        frequency_day = day_tag(served.served_at.astimezone(UTC).date())
         user = served.user_id if hold.frequency_cap is not None else None
         keys = [
             self.key("spent"), self.key("spent", day), self.key("held"), self.key("held", day), self.key("res"),
-            self.key("res", "exp"), self.key("freq", day, user or "-"), self.key("auction", served.auction_id),
+            self.key("res", "exp"), self.key("freq", frequency_day, user or "-"),
+            self.key("auction", served.auction_id),
         ]  # fmt: skip
         args = [
             self.ns, served.campaign_id, served.reserved_micros, hold.total_budget_micros, hold.daily_budget_micros,
@@ -407,10 +420,10 @@ class SharedBooks:
                 args: list[Any] = [self.ns, DAY_KEYS_TTL_S]
                 for row in chunk:
                     if row.reserved_micros > 0:
-                        served_day = day_tag(row.served_at.astimezone(UTC).date())
+                        served_day = day_tag(self.days.budget_day(row.served_at))
                         args += [row.auction_id, row.campaign_id, served_day, row.reserved_micros, _ms(row.expires_at)]
                 self._restore_chunk(self._restore_reservations, args, lock)
-            freq_day = day_tag(snapshot.day)
+            freq_day = day_tag(snapshot.frequency_day)
             for chunk in _chunks(snapshot.frequency, REBUILD_CHUNK):
                 args = [DAY_KEYS_TTL_S]
                 for user_id, campaign_id, count in chunk:
@@ -438,24 +451,27 @@ class SharedBooks:
 class RebuildSource:
     """What the campaign store knows of today, to rebuild a lost shared store (``rebuild_source``)."""
 
-    day: date
-    first_day: date  # the day of the oldest auction whose reservation may be open
+    day: date  # the budget day (``adstream.days``)
+    first_day: date  # the budget day of the oldest auction whose reservation may be open
     spent: Mapping[str, int]
     spent_today: Mapping[str, int]
     open_auctions: Iterable[store.OpenReservation]  # served, unexpired, their billable event not charged
     frequency: Iterable[tuple[str, str, int]]  # (user, campaign, ads served today)
+    frequency_day: date  # the UTC day the frequency counts are for
 
 
-def rebuild_source(session: Session, now: datetime, auction_ttl_s: int) -> RebuildSource:
+def rebuild_source(session: Session, now: datetime, auction_ttl_s: int, days: DayClock = UTC_DAYS) -> RebuildSource:
     """Today's figures from the campaign store; the reservations and counters are read as the rebuild goes,
     so ``session`` stays open until it is done."""
-    day, since = now.astimezone(UTC).date(), now - timedelta(seconds=auction_ttl_s)
+    day, since = days.budget_day(now), now - timedelta(seconds=auction_ttl_s)
     spent, spent_today = store.spend_totals(session, day)
+    utc_day = now.astimezone(UTC).date()
     return RebuildSource(
         day=day,
-        first_day=since.astimezone(UTC).date(),
+        first_day=days.budget_day(since),
         spent=spent,
         spent_today=spent_today,
         open_auctions=store.open_reservations(session, since, now),
-        frequency=store.served_per_user(session, datetime(day.year, day.month, day.day, tzinfo=UTC)),
+        frequency=store.served_per_user(session, datetime(utc_day.year, utc_day.month, utc_day.day, tzinfo=UTC)),
+        frequency_day=utc_day,
     )

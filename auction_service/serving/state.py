@@ -16,13 +16,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 from kafka import KafkaProducer
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from adstream.days import DayClock
 from adstream.messaging import AckedProducer, BrokerUnavailable, LogProducer, make_producer
 from adstream.settings import Settings
 from adstream.signing import EventSigner
@@ -35,7 +38,10 @@ from auction_service.serving.champion import ModelWatcher, ServingModel
 from auction_service.serving.features import FeatureStore
 from auction_service.serving.ivt import RequestIvt
 from auction_service.serving.metrics import ServiceMetrics
+from auction_service.serving.pacer import Pacer
+from auction_service.serving.pacing import PacingController
 from auction_service.serving.shared import SharedBooks, SharedStoreUnavailable, rebuild_source
+from ml.calibrate import traffic_counts
 
 log = logging.getLogger(__name__)
 T, R = TypeVar("T"), TypeVar("R")
@@ -56,15 +62,16 @@ class CampaignSnapshot:
     campaigns: tuple[ServingCampaign, ...]
     by_id: dict[str, ServingCampaign]
     marker: tuple[int, int] | None
-    day: Any  # the UTC date it was loaded for
+    day: Any  # the budget day it was loaded for (``adstream.days``)
     loaded_at: datetime
     revisions: dict[str, int] = field(default_factory=dict)  # of the campaigns, as they were loaded
 
 
 def _snapshot(
-    campaigns: list[ServingCampaign], marker: tuple[int, int] | None, now: datetime, revisions: dict[str, int]
-) -> CampaignSnapshot:
-    return CampaignSnapshot(tuple(campaigns), {c.campaign_id: c for c in campaigns}, marker, now.date(), now, revisions)
+    campaigns: list[ServingCampaign], marker: tuple[int, int] | None, now: datetime, revisions: dict[str, int],
+    day: Any = None,
+) -> CampaignSnapshot:  # fmt: skip
+    return CampaignSnapshot(tuple(campaigns), {c.campaign_id: c for c in campaigns}, marker, day, now, revisions)
 
 
 class GroupCommit(Generic[T, R]):
@@ -129,9 +136,10 @@ class EventJournal(GroupCommit[journal.JournalEntry, journal.JournalResult]):
     marking costs no transaction of its own; ids lost to a crash are published again by the relay.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], min_click_delay: timedelta) -> None:
+    def __init__(self, sessions: sessionmaker[Session], min_click_delay: timedelta, days: DayClock) -> None:
         super().__init__(sessions)
         self.min_click_delay = min_click_delay
+        self.days = days
         self._acked: list[str] = []
 
     def acknowledged(self, event_ids: list[str]) -> None:
@@ -145,7 +153,10 @@ class EventJournal(GroupCommit[journal.JournalEntry, journal.JournalResult]):
         acked = self.take_acknowledged()
         try:
             with self._sessions() as session:
-                return journal.record_events(session, items, min_click_delay=self.min_click_delay, published=acked)
+                return journal.record_events(
+                    session, items, min_click_delay=self.min_click_delay, published=acked,
+                    days=self.days,
+                )  # fmt: skip
         except BaseException:
             self._acked.extend(acked)  # marked in a later write, or republished: both harmless
             raise
@@ -179,17 +190,28 @@ class ServiceState:
     request_ivt: RequestIvt = field(init=False)  # GIVT by user agent and address
     caller_keys: CallerKeys = field(init=False)  # the auction callers' API keys in force, reloaded in the background
     shared: SharedBooks = field(init=False)  # what every replica shares: reservations, spend, frequency, auctions
+    pacer: Pacer = field(init=False)  # the pacing controllers (one replica at a time) and their multipliers
+    spent_today_mirror: dict[str, int] = field(default_factory=dict)  # the shared store's spend today, last read
+    pacing_draws: np.random.Generator = field(default_factory=np.random.default_rng)  # throttling's coin (loop only)
 
     def __post_init__(self) -> None:
         self.shared = SharedBooks(
             self.settings.shared_store_url, namespace=self.settings.shared_store_namespace,
             timeout_s=self.settings.shared_store_timeout_s, served_s=self.settings.served_in_memory_s,
-            auction_ttl_s=self.settings.auction_ttl_s,
+            auction_ttl_s=self.settings.auction_ttl_s, days=DayClock.of(self.settings),
         )  # fmt: skip
-        self.spend_ledger = EventJournal(self.sessions, timedelta(milliseconds=self.settings.ivt_min_click_delay_ms))
+        self.spend_ledger = EventJournal(
+            self.sessions, timedelta(milliseconds=self.settings.ivt_min_click_delay_ms),
+            DayClock.of(self.settings),
+        )  # fmt: skip
         self.signer = EventSigner.from_settings(self.settings)
         self.request_ivt = RequestIvt.from_settings(self.settings)
         self.caller_keys = CallerKeys(self.sessions)
+        self.pacer = Pacer(
+            self.shared.client, self.settings.shared_store_namespace,
+            PacingController.of(DayClock.of(self.settings)), self.settings.pacing_update_s,
+            curve_source=partial(traffic_counts, self.settings),
+        )  # fmt: skip
 
     # --- lifecycle ---
 
@@ -269,6 +291,7 @@ class ServiceState:
                 self.refresh_campaigns()
                 self.flush_served()
                 self.refresh_shared(now)
+                self.pace(now)
                 if self.auction_log is not None:
                     self.auction_log.poll()
                 if tick % FEATURE_RELOAD_EVERY == 0:
@@ -314,23 +337,25 @@ class ServiceState:
     # --- campaigns ---
 
     def refresh_campaigns(self, force: bool = False) -> bool:
-        """Reloads the active campaigns when the store changed or a new UTC day began."""
+        """Reloads the active campaigns when the store changed or a new budget day began."""
         now = datetime.now(UTC)
+        days = DayClock.of(self.settings)
+        day = days.budget_day(now)
         current = self.campaigns
         with self.sessions() as session:
             marker = store.campaign_change_marker(session)
-            if not force and marker == current.marker and now.date() == current.day:
+            if not force and marker == current.marker and day == current.day:
                 return False
             revisions = store.serving_revisions(session, now)
-            if force or now.date() != current.day or revisions.keys() != current.revisions.keys():
-                campaigns = store.serving_campaigns(session, now)
+            if force or day != current.day or revisions.keys() != current.revisions.keys():
+                campaigns = store.serving_campaigns(session, now, days=days)
             else:
                 # Mostly a charge or two since the last load: read back only the campaigns they changed.
                 changed = [cid for cid, revision in revisions.items() if current.revisions[cid] != revision]
-                fresh = {c.campaign_id: c for c in store.serving_campaigns(session, now, only=changed)}
+                fresh = {c.campaign_id: c for c in store.serving_campaigns(session, now, changed, days=days)}
                 campaigns = [fresh.get(c.campaign_id, c) for c in current.campaigns]
         with self.snapshot_lock:
-            self.campaigns = _snapshot(campaigns, marker, now, revisions)
+            self.campaigns = _snapshot(campaigns, marker, now, revisions, day)
         self.metrics.campaigns_serving.set(len(campaigns))
         return True
 
@@ -341,7 +366,8 @@ class ServiceState:
         if self.shared.built():
             return False
         with self.sessions() as session:  # open while the rebuild streams its rows
-            rebuilt = self.shared.rebuild(rebuild_source(session, datetime.now(UTC), self.settings.auction_ttl_s))
+            source = rebuild_source(session, datetime.now(UTC), self.settings.auction_ttl_s, DayClock.of(self.settings))
+            rebuilt = self.shared.rebuild(source)
         if rebuilt:
             log.warning("the shared store had no state: rebuilt it from the campaign store")
         return rebuilt
@@ -351,7 +377,8 @@ class ServiceState:
         and copies the exposure every auction's pre-filter reads."""
         self.shared.sweep(now)
         self.ensure_shared_built()
-        held, held_today, spent, spent_today = self.shared.exposure(now.date())
+        held, held_today, spent, spent_today = self.shared.exposure(DayClock.of(self.settings).budget_day(now))
+        self.spent_today_mirror = spent_today
         snapshot = self.campaigns
         exposure = {}
         for campaign in snapshot.campaigns:
@@ -363,6 +390,15 @@ class ServiceState:
         with self.snapshot_lock:
             if self.campaigns is snapshot:
                 self.exposure.replace(exposure)
+
+    # --- pacing ---
+
+    def pace(self, now: datetime) -> None:
+        """The pacing controllers' turn (``Pacer.tick``: an update every PACING_UPDATE_S by the lease holder)
+        and this replica's copy of the multipliers."""
+        if self.pacer.tick(now, self.campaigns.campaigns, self.spent_today_mirror):
+            self.metrics.pacing_updates.inc()
+        self.metrics.pacing_leader.set(1 if self.pacer.is_leader else 0)
 
     # --- served auctions ---
 

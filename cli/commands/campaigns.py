@@ -21,12 +21,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Annotated
 
+import redis
 import typer
 from kafka.errors import KafkaError
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from adstream.contracts import Topic
-from adstream.events import CampaignInstruction, CampaignSpec, PricingModel
+from adstream.days import DayClock
+from adstream.events import CampaignInstruction, CampaignSpec, PacingMode, PricingModel
 from adstream.messaging import BrokerUnavailable, ensure_topics
 from adstream.settings import Settings
 from auction_service.campaign_store import store
@@ -41,8 +44,10 @@ from auction_service.campaign_store.instructions import (
     seed_instructions,
     stop_instruction,
 )
+from auction_service.serving.pacer import Pacer, plan_budget
+from auction_service.serving.pacing import PacingController
 from cli.lazy import commands_app
-from cli.resources import current
+from cli.resources import Resources, current
 
 commands = commands_app(name="campaigns", help=__doc__.splitlines()[0], no_args_is_help=True)
 
@@ -102,6 +107,9 @@ def create(
     genders: Annotated[str, typer.Option(help="F, M or F,M")] = "",
     devices: Annotated[str, typer.Option(help="mobile, desktop, tablet, ctv")] = "",
     frequency_cap: Annotated[int, typer.Option(help="impressions per user per UTC day")] = 10,
+    pacing: Annotated[
+        PacingMode, typer.Option(help="even: spread the daily budget along the day's traffic; asap: spend at once")
+    ] = PacingMode.EVEN,
     campaign_id: Annotated[str | None, typer.Option(help="default: a new id")] = None,
 ) -> None:
     """Create a campaign."""
@@ -125,6 +133,7 @@ def create(
             flight_start=start or now,
             flight_end=end,
             frequency_cap_per_day=frequency_cap,
+            pacing_mode=pacing,
         )
     except ValidationError as exc:
         raise typer.BadParameter(f"create: {_explain(exc)}") from None
@@ -142,12 +151,38 @@ def show(ctx: typer.Context, campaign_id: Annotated[str, typer.Argument()]) -> N
     """Print a campaign and its spend from the store."""
     resources = current(ctx)
     with resources.campaign_sessions() as session:
-        view = store.get_campaign(session, campaign_id, now=datetime.now(UTC))
+        now = datetime.now(UTC)
+        view = store.get_campaign(session, campaign_id, now=now, days=DayClock.of(resources.settings))
     if view is None:
         url = resources.campaign_engine.url
         print(f"unknown campaign {campaign_id!r} (not in the store at {url!r})", file=sys.stderr)
         raise typer.Exit(1)
     print(view.model_dump_json(indent=2))
+    print(pacing_line(resources, campaign_id, now))
+
+
+def pacing_line(resources: Resources, campaign_id: str, now: datetime) -> str:
+    """The campaign's pacing as the fleet's controllers left it in the shared store, in one line."""
+    settings = resources.settings
+    client = redis.Redis.from_url(settings.shared_store_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    pacer = Pacer(client, settings.shared_store_namespace,
+                  PacingController.of(DayClock.of(settings)), settings.pacing_update_s)  # fmt: skip
+    with resources.campaign_sessions() as session:
+        serving = store.serving_campaigns(session, now, [campaign_id], days=DayClock.of(settings))
+    if not serving:
+        return "pacing: not serving (stopped or out of its flight)"
+    try:
+        report = pacer.report(serving[0], now)
+    except RedisError as exc:
+        return f"pacing: the shared store at {settings.shared_store_url} did not answer ({type(exc).__name__})"
+    finally:
+        client.close()
+    exhausts = "not today" if report.exhausts_at is None else report.exhausts_at.isoformat(timespec="seconds")
+    return (
+        f"pacing: {report.mode}, spent today {report.spent_micros / 1e6:,.2f} of plan {report.plan_micros / 1e6:,.2f} "
+        f"(daily {plan_budget(serving[0]) / 1e6:,.2f}) USD, multiplier {report.pacing_multiplier:.3f}, "
+        f"throttle {report.throttle_rate:.1%}, exhausts {exhausts}"
+    )
 
 
 @commands.command()
@@ -155,14 +190,33 @@ def seed(
     ctx: typer.Context,
     n: Annotated[int, typer.Argument(metavar="N")],
     seed: Annotated[int | None, typer.Option(help="default: a random seed, printed")] = None,
+    asap_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of the campaigns that pace asap (the others: even)")
+    ] = 0.0,
+    daily_budget_usd: Annotated[
+        str | None, typer.Option(metavar="LOW-HIGH", help="draw daily budgets from this range of USD, e.g. 0.50-2")
+    ] = None,
 ) -> None:
     """Create N realistic campaigns from the ad catalog silver/ads."""
     if n < 1:
         raise typer.BadParameter("seed: N must be at least 1")
+    budgets = None
+    if daily_budget_usd is not None:
+        low, _, high = daily_budget_usd.partition("-")
+        try:
+            budgets = (_money(low), _money(high))
+        except (typer.BadParameter, ValueError):
+            budgets = None
+        if budgets is None or not 10_000 <= budgets[0] <= budgets[1]:
+            raise typer.BadParameter(
+                f"--daily-budget-usd: LOW-HIGH in USD, at least a cent, e.g. 0.50-2; not {daily_budget_usd!r}"
+            )
     settings = current(ctx).settings
     seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
     try:
-        instructions = seed_instructions(read_ad_catalog(settings), n, seed, datetime.now(UTC))
+        instructions = seed_instructions(
+            read_ad_catalog(settings), n, seed, datetime.now(UTC), asap_share=asap_share, daily_budget_micros=budgets
+        )
     except CatalogMissing as exc:
         print(f"seed failed: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None

@@ -6,6 +6,7 @@ import csv
 import os
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
@@ -239,3 +240,30 @@ def test_make_run_gives_its_services_the_data_center_ranges_its_bots_come_from(
     assert run_module.run(settings, Simulation()) == 0
     # Unset when the settings name ranges: the children read the same settings (.env or environment).
     assert os.environ.get("IVT_DATACENTER_CIDRS") == children_get
+
+
+def test_the_pacing_report_puts_the_modes_side_by_side():
+    start = datetime(2026, 12, 6, 10, tzinfo=UTC)
+    minute = lambda m: pd.Timestamp(start + timedelta(minutes=m))  # noqa: E731
+    # A 4-minute day. "even" spends $1 a minute on a $4 plan exactly; "asap" spends its $4 in minute 0.
+    minutes = pd.DataFrame(
+        [
+            {"campaign_id": cid, "minute": minute(m), "at": minute(m) + pd.Timedelta(seconds=30), "mode": mode,
+             "daily_budget_micros": 4_000_000, "plan_budget_micros": 4_000_000, "plan_micros": 1_000_000 * (m + 1),
+             "spent_today_micros": spent}
+            for cid, mode, spends in (("e", "even", [1, 2, 3, 4]), ("a", "asap", [4, 4, 4, 4]))
+            for m, spent in enumerate(s * 1_000_000 for s in spends)
+        ]
+    )  # fmt: skip
+    kpis = pd.DataFrame(
+        [{"campaign_id": "e", "minute": minute(m), "spend_micros": 1_000_000, "clicks": 2, "conversions": 0}
+         for m in range(4)]
+        + [{"campaign_id": "a", "minute": minute(0), "spend_micros": 4_000_000, "clicks": 4, "conversions": 1}]
+    )  # fmt: skip
+    report = run_module.pacing_report(minutes, kpis, start, 240.0).set_index("mode")
+    assert report.loc["even", "spend_ratio_median"] == 1.0 and report.loc["asap", "spend_ratio_median"] == 1.0
+    assert report.loc["even", "deviation_median"] == 0.0
+    assert report.loc["asap", "deviation_median"] == pytest.approx(0.375)  # median of 3/4, 2/4, 1/4, 0/4
+    assert report.loc["asap", "first_exhausted_at"] == 0.25 and report.loc["even", "first_exhausted_at"] == 1.0
+    assert (report.loc["even", "overspent"], report.loc["asap", "overspent"]) == (0, 0)
+    assert report.loc["even", "ecpc_usd"] == 0.5 and report.loc["asap", "ecpa_usd"] == 4.0

@@ -10,8 +10,9 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from adstream.contracts import Table
+from adstream.days import DayClock
 from adstream.events import ChargeStatus
-from ml.calibrate import Priors, latest_calibration, refresh_once
+from ml.calibrate import Priors, latest_calibration, refresh_once, slot_counts
 from ml.calibration import CalibrationKind, logit, prior_correction, sigmoid
 from ml.features import FEATURES, LABEL
 from ml.pipelines import logistic_regression
@@ -147,3 +148,17 @@ def test_an_empty_lake_is_a_refresh_with_nothing_to_do(tmp_path, mlflow_uri):
     settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
     done = refresh_once(settings, Priors(settings), NOW)
     assert (done.impressions, done.fitted, done.hours) == (0, [], 0)
+
+
+def test_the_traffic_curve_counts_auctions_per_slot_of_complete_days_only():
+    origin = datetime(2026, 12, 6, 9, 0, 30, tzinfo=UTC)
+    clock = DayClock(240, int(origin.timestamp()))  # 24 slots of 10 s
+    # Two complete days: slot 3 gets 5 auctions a day, slot 20 gets 2; the day in progress is left out.
+    times = []
+    for day in (0, 1):
+        start = origin + timedelta(seconds=240 * day)
+        times += [start + timedelta(seconds=31)] * 5 + [start + timedelta(seconds=205)] * 2
+    times += [origin + timedelta(seconds=480 + 31)] * 50  # today, in slot 3
+    counts, days = slot_counts(pd.Series(times), now=origin + timedelta(seconds=500), clock=clock)
+    assert days == 2 and sum(counts) == 14
+    assert counts[3] == 10 and counts[20] == 4

@@ -144,3 +144,14 @@ def test_a_calibration_round_trips_through_json_and_refuses_an_out_of_range_slop
 def test_the_identity_returns_the_scores_unchanged():
     scores = np.array([0.0, 0.25, 1.0])
     assert np.array_equal(identity("1").apply(scores), scores)
+
+
+def test_a_fit_far_from_its_prior_converges_instead_of_overshooting():
+    # Scores that rank but are far too confident (as a model trained on other data serves): the truth's
+    # log-odds are 0.25 x the score's minus 3.7. A full Newton step from the prior (slope 1) overshoots.
+    rng = np.random.default_rng(5)
+    scores = sigmoid(rng.normal(1.0, 4.0, 3000))
+    clicked = rng.uniform(size=scores.size) < sigmoid(0.25 * logit(scores) - 3.7)
+    fitted = fit_platt(scores, clicked, prior_correction("1", 0.22, 0.03), fitted_at=AT)
+    assert fitted.slope == pytest.approx(0.25, abs=0.08) and fitted.intercept == pytest.approx(-3.7, abs=0.3)
+    assert fitted.apply(scores).sum() == pytest.approx(clicked.sum(), rel=0.05)

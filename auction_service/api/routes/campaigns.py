@@ -10,13 +10,16 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException, status
 from kafka.errors import KafkaError
+from redis.exceptions import RedisError
 
+from adstream.days import DayClock
 from adstream.events import CampaignSpec, CampaignStatus
 from adstream.messaging import BrokerUnavailable
 from auction_service.api.deps import CampaignAuth, StateDep
-from auction_service.api.schemas import INVALID_REQUEST, CampaignAccepted, CampaignCreate, CampaignView
+from auction_service.api.schemas import INVALID_REQUEST, CampaignAccepted, CampaignCreate, CampaignView, PacingView
 from auction_service.campaign_store import store
 from auction_service.campaign_store.instructions import create_instruction, publish_instructions, stop_instruction
+from auction_service.serving.pacer import plan_budget
 from auction_service.serving.state import INSTRUCTION_ACK_TIMEOUT_S
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[CampaignAuth], responses=INVALID_REQUEST)
@@ -65,11 +68,33 @@ def stop_campaign(campaign_id: str, state: StateDep) -> CampaignAccepted:
 
 @router.get("/{campaign_id}", response_model=CampaignView)
 def get_campaign(campaign_id: str, state: StateDep) -> CampaignView:
+    now = datetime.now(UTC)
     with state.sessions() as session:
-        campaign = store.get_campaign(session, campaign_id)
+        campaign = store.get_campaign(session, campaign_id, now=now, days=DayClock.of(state.settings))
     if campaign is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id} (created ones appear within ~1 s)")
     return CampaignView(
         campaign_id=campaign.campaign_id, status=campaign.status, spec=campaign.spec,
         spent_micros=campaign.spent_micros, remaining_budget_micros=campaign.remaining_budget_micros,
+        spent_today_micros=campaign.spent_today_micros, pacing=_pacing(state, campaign_id, now),
+    )  # fmt: skip
+
+
+def _pacing(state, campaign_id: str, now: datetime) -> PacingView | None:
+    serving = state.campaigns.by_id.get(campaign_id)
+    if serving is None:
+        return None
+    try:
+        report = state.pacer.report(serving, now, state.spent_today_mirror.get(campaign_id))
+    except RedisError as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the shared store holding pacing state did not answer ({type(exc).__name__}); retry",
+            headers={"Retry-After": "1"},
+        ) from exc
+    return PacingView(
+        mode=report.mode, day_start=DayClock.of(state.settings).start(now),
+        daily_budget_micros=plan_budget(serving), plan_micros=report.plan_micros,
+        spent_today_micros=report.spent_micros, pacing_multiplier=report.pacing_multiplier,
+        throttle_rate=report.throttle_rate, exhausts_at=report.exhausts_at,
     )  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 from deltalake import write_deltalake
 
 from adstream.contracts import Table, Topic
-from adstream.events import CampaignInstruction, CampaignSpec, InstructionAction, PricingModel
+from adstream.events import CampaignInstruction, CampaignSpec, InstructionAction, PacingMode, PricingModel
 from auction_service.campaign_store import instructions as campaigns
 from auction_service.campaign_store.instructions import CatalogMissing, parse_money, parse_time, seed_instructions
 from tests.conftest import make_settings
@@ -168,3 +168,23 @@ def test_publish_instructions_waits_for_the_broker_and_keeps_order_per_campaign(
     acks = campaigns.publish_instructions(kafka_settings, [create, stop])
     assert [ack.topic for ack in acks] == [Topic.CAMPAIGN_INSTRUCTIONS] * 2
     assert acks[0].partition == acks[1].partition and acks[0].offset < acks[1].offset
+
+
+def test_a_share_of_the_seeded_campaigns_paces_asap_and_budgets_can_be_sized_for_a_run():
+    plain = seed_instructions(CATALOG, 200, seed=7, now=NOW)
+    paced = seed_instructions(CATALOG, 200, seed=7, now=NOW, asap_share=0.5, daily_budget_micros=(2_000_000, 8_000_000))
+    modes = [i.campaign.pacing_mode for i in paced]
+    assert modes.count(PacingMode.ASAP) == modes.count(PacingMode.EVEN) == 100
+    assert modes[:4] == [PacingMode.EVEN, PacingMode.ASAP, PacingMode.EVEN, PacingMode.ASAP]  # spread, not a block
+    assert {i.campaign.daily_budget_micros for i in paced} <= {cents * 10_000 for cents in range(200, 801)}
+    assert all(i.campaign.daily_budget_micros <= i.campaign.total_budget_micros for i in paced)
+    # Everything else is what the same seed gives without them; and without them nothing changed.
+    assert [i.campaign.ad_id for i in paced] == [i.campaign.ad_id for i in plain]
+    assert all(i.campaign.pacing_mode == PacingMode.EVEN for i in plain)
+    assert [i.campaign_id for i in seed_instructions(CATALOG, 200, seed=7, now=NOW, asap_share=0.0)] == [
+        i.campaign_id for i in plain
+    ]
+    with pytest.raises(ValueError, match="asap_share"):
+        seed_instructions(CATALOG, 1, seed=7, now=NOW, asap_share=1.5)
+    with pytest.raises(ValueError, match="daily_budget_micros"):
+        seed_instructions(CATALOG, 1, seed=7, now=NOW, daily_budget_micros=(5_000_000, 2_000_000))

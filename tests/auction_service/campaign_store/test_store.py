@@ -26,7 +26,8 @@ from sqlalchemy import BigInteger, Column, MetaData, Table, create_engine, func,
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, PricingModel, Targeting
+from adstream.days import DayClock
+from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, PacingMode, PricingModel, Targeting
 from adstream.settings import Settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import begin_write, make_engine, make_session_factory, migrate
@@ -645,6 +646,33 @@ def test_daily_spend_is_bucketed_by_the_events_utc_day(sessions):
         spend(session, "day-before", "c1", 40, at=datetime(2026, 3, 10, 23, 59, tzinfo=UTC))
         days = dict(session.execute(select(DailySpend.day, DailySpend.spent_micros)).all())
     assert days == {date(2026, 3, 11): 30, date(2026, 3, 10): 40}
+
+
+def test_with_a_short_simulated_day_the_daily_budget_resets_every_day_of_it(sessions):
+    origin = datetime(2026, 3, 10, 9, 30, tzinfo=UTC)
+    hours = DayClock(3600, int(origin.timestamp()))
+    with sessions() as session:
+        store.apply_instruction(session, create("c1", total_budget_micros=10_000, daily_budget_micros=100))
+        charges = [
+            store.Charge("a", "auction-a", "c1", "click", 60, origin + timedelta(minutes=10)),
+            store.Charge("b", "auction-b", "c1", "click", 60, origin + timedelta(minutes=50)),  # past 100 that day
+            store.Charge("c", "auction-c", "c1", "click", 60, origin + timedelta(minutes=70)),  # the next day
+        ]
+        outcomes = [result.outcome for result in store.record_spends(session, charges, hours)]
+        assert outcomes == [SpendOutcome.RECORDED, SpendOutcome.OVER_BUDGET, SpendOutcome.RECORDED]
+        view = store.get_campaign(session, "c1", now=origin + timedelta(minutes=80), days=hours)
+        assert (view.spent_micros, view.spent_today_micros) == (120, 60)
+        (serving,) = store.serving_campaigns(session, origin + timedelta(minutes=20), days=hours)
+        assert serving.spent_today_micros == 60 and serving.pacing_mode == PacingMode.EVEN
+
+
+def test_a_campaigns_pacing_mode_is_stored_and_served(sessions):
+    with sessions() as session:
+        store.apply_instruction(session, create("fast", pacing_mode=PacingMode.ASAP))
+        store.apply_instruction(session, create("even"))
+        assert store.get_campaign(session, "fast").spec.pacing_mode == PacingMode.ASAP
+        modes = {c.campaign_id: c.pacing_mode for c in store.serving_campaigns(session, NOW)}
+    assert modes == {"fast": PacingMode.ASAP, "even": PacingMode.EVEN}
 
 
 def test_an_auction_is_charged_once_whatever_event_ids_arrive(sessions):

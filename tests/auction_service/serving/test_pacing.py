@@ -23,16 +23,14 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pytest
 
+from adstream.events import PacingMode
+from auction_service.domain import day_bounds, day_index, fraction_of_day
 from auction_service.serving.pacing import (
     PPM,
     PacingController,
-    PacingMode,
     PacingSnapshot,
     PacingState,
     TrafficCurve,
-    day_bounds,
-    day_index,
-    fraction_of_day,
     throttled,
 )
 

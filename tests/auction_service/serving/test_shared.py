@@ -104,7 +104,7 @@ def test_a_lost_store_is_rebuilt_once_from_the_campaign_stores_figures(books):
     source = RebuildSource(
         day=TODAY, first_day=TODAY - timedelta(days=1), spent={"c1": 700, "c2": 5}, spent_today={"c1": 100},
         open_auctions=[open_auction, yesterday],
-        frequency=[("u1", "c1", 4)],
+        frequency=[("u1", "c1", 4)], frequency_day=TODAY,
     )  # fmt: skip
     assert books.rebuild(source) is True
     assert books.rebuild(source) is False  # built: the others leave it
