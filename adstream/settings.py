@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     # impressions of the last CALIBRATION_WINDOW_S (recency half-life CALIBRATION_HALF_LIFE_S) once they
     # hold CALIBRATION_MIN_CLICKS clicks; serving picks a new map up within CALIBRATION_POLL_S.
     ctr_prior: float = Field(default=0.03, gt=0, lt=1)
+    calibration_cold_start: bool = True  # match served winners to CTR_PRIOR until an online map (ColdStart)
     calibration_refresh_s: float = Field(default=60.0, gt=0)
     calibration_window_s: int = Field(default=7200, ge=60)
     calibration_half_life_s: float = Field(default=900.0, gt=0)

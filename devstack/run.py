@@ -89,7 +89,7 @@ VISIT_BUDGET_S = 0.35
 BOT_SHARE = 0.05  # of the visits: bots of every IVT behaviour, for the filter's precision and recall
 SEED_CAMPAIGNS = 200
 ASAP_SHARE = 0.5  # of the seeded campaigns: half pace asap, half even, for the pacing report's comparison
-PACING_LEAD_S = 45  # the platform's start and the seeding, before the pacing day (and the traffic) begin
+PACING_LEAD_S = 60  # the platform's start and the seeding (25 s here, 63 s under load) before the day begins
 # Spend per auction with calibrated pCTRs, about 2 cents (a clearing eCPM of $20: CPC bids of $0.20-$2 at a
 # few % CTR); budgets add up to 60 % of what the day would spend, so the platform is budget-constrained.
 SPEND_PER_AUCTION_USD = 0.02
@@ -163,6 +163,9 @@ def start_platform(settings: Settings, state: RunState, plan: Simulation) -> Non
     state.day_length_s = plan.day_s
     default_child_env("PACING_DAY_LENGTH_S", str(int(plan.day_s)))
     default_child_env("PACING_DAY_ORIGIN_S", str(int(state.day_origin.timestamp())))
+    # A run of minutes: the online calibration refits every 15 s and serving picks it up within 5 s.
+    default_child_env("CALIBRATION_REFRESH_S", "15")
+    default_child_env("CALIBRATION_POLL_S", "5")
     services.up(settings, PLATFORM)
     low, high = plan.daily_budget_range_usd
     run_logged(
@@ -229,6 +232,9 @@ def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
     if state.day_origin is not None and (wait := (state.day_origin - datetime.now(UTC)).total_seconds()) > 0:
         print(f"    the pacing day starts at {state.day_origin:%H:%M:%S}: waiting {wait:.0f}s", flush=True)
         time.sleep(wait)
+    elif state.day_origin is not None:
+        late = f"{-wait:.0f}s into the pacing day (the platform took over {PACING_LEAD_S}s to start)"
+        print(f"    the traffic starts {late}: the plan expects spend from {state.day_origin:%H:%M:%S}", flush=True)
     state.simulation_start = datetime.now(UTC)
     with log.open("w") as out:
         simulator = subprocess.Popen(
@@ -624,11 +630,13 @@ def pacing_lines(settings: Settings, state: RunState) -> list[str]:
     """The pacing report of the run's day, per mode side by side (``pacing_report``), from the lake."""
     if state.day_origin is None or state.day_length_s is None:
         return []
-    day_s = state.day_length_s
+    day_s = float(state.day_length_s)
     day_end = state.day_origin + timedelta(seconds=day_s)
     try:
-        minutes = DeltaTable(*settings.delta_rs_location(Table.GOLD_PACING_MINUTE)).to_pandas()
-        kpis = DeltaTable(*settings.delta_rs_location(Table.GOLD_KPI_MINUTE)).to_pandas(
+        location, options = settings.delta_rs_location(Table.GOLD_PACING_MINUTE)
+        minutes = DeltaTable(location, storage_options=options).to_pandas()
+        location, options = settings.delta_rs_location(Table.GOLD_KPI_MINUTE)
+        kpis = DeltaTable(location, storage_options=options).to_pandas(
             columns=["campaign_id", "minute", "spend_micros", "clicks", "conversions"]
         )
     except TableNotFoundError:

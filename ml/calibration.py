@@ -259,3 +259,44 @@ def fit_versions(
             )
         )
     return fitted
+
+
+# --- cold start on served traffic, until an online map exists ---
+
+COLD_START_RATE = 0.05  # per filled auction: the served mean follows about the last 20 winners
+
+
+class ColdStart:
+    """Prior matching on served traffic, for a model version served with no online map yet.
+
+    Whatever the registered correction, the winners of an auction are the candidates the model
+    scored highest, so a model sure of itself on data unlike the traffic (the bootstrap's) still
+    serves pCTRs far above the traffic's click rate. Until the calibrator has the clicks to fit a
+    Platt map, each replica shifts the log-odds of every pCTR it serves by ``offset``, moved after
+    each filled auction so that the served winners' mean pCTR comes to the prior CTR (about the last
+    20 winners' mean; the shift changes no ranking among candidates of one pricing model). It needs
+    no clicks, so it is right from the first seconds when the traffic clicks at the prior's rate,
+    and the online map replaces it at its first refresh. Not thread-safe: one event loop uses it.
+    """
+
+    def __init__(self, prior_ctr: float, rate: float = COLD_START_RATE) -> None:
+        self.target = float(logit(prior_ctr))
+        self.rate = rate
+        self.version: str | None = None
+        self.offset = 0.0
+        self.served_mean: float | None = None  # a running mean of the winners' served pCTR
+
+    def apply(self, version: str, pctr: np.ndarray) -> np.ndarray:
+        if version != self.version:  # a new model: its scores start afresh
+            self.version, self.offset, self.served_mean = version, 0.0, None
+        if self.offset == 0.0 or pctr.size == 0:
+            return pctr
+        return sigmoid(logit(pctr) + self.offset)
+
+    def observe(self, version: str, winner_pctr: float) -> None:
+        """A filled auction's served pCTR (with the offset it was served with)."""
+        if version != self.version:
+            return
+        mean = self.served_mean
+        self.served_mean = mean = winner_pctr if mean is None else mean + self.rate * (winner_pctr - mean)
+        self.offset += self.rate * (self.target - float(logit(mean)))

@@ -55,6 +55,7 @@ from auction_service.serving.pacer import Multipliers, throttled_rows
 from auction_service.serving.pacing import PPM
 from auction_service.serving.shared import Hold, HoldRefused, Settlement
 from auction_service.serving.state import PUBLISH_TIMEOUT_S, ServiceState
+from ml.calibration import CalibrationKind
 
 log = logging.getLogger(__name__)
 CLOCK_SKEW = timedelta(seconds=5)  # events may carry a client time slightly before the auction's
@@ -108,6 +109,11 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
     candidates = index.take(rows)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
     pctr, raw = loaded.pctrs(batch) if candidates else (np.zeros(0), np.zeros(0))
+    cold = state.settings.calibration_cold_start and (
+        loaded.calibration is None or loaded.calibration.kind != CalibrationKind.PLATT
+    )
+    if cold:  # no online map yet: served winners are matched to the prior CTR (ml.calibration.ColdStart)
+        pctr = state.cold_start.apply(loaded.version, pctr)
     scored = len(candidates)
     for _ in range(HOLD_ATTEMPTS):
         outcome = run_auction(
@@ -141,6 +147,8 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
         )
     if outcome.winner is None:
         expires_at, winner_raw = None, None
+    elif cold:
+        state.cold_start.observe(loaded.version, outcome.pctr or 0.0)
     latency_ms = (time.perf_counter() - began) * 1000
     record = auction_record(context, outcome, model_version=loaded.version, latency_ms=latency_ms, raw_pctr=winner_raw)
     if state.auction_log is not None:

@@ -109,6 +109,7 @@ class Pacer:
         self._multipliers: Multipliers | None = None
         self.is_leader = False
         self.updates = 0  # controller passes this replica ran
+        self.serve_changes = 0  # times the multipliers read changed (for /metrics)
         self._last_minute: datetime | None = None
         self._written: dict[str, str] = {}
 
@@ -134,6 +135,12 @@ class Pacer:
         if serve != self._serve:
             self._serve = serve
             self._multipliers = None
+            self.serve_changes += 1
+
+    @property
+    def serving(self) -> Mapping[str, tuple[int, int]]:
+        """campaign -> (λ_ppm, throttle_ppm) as last read."""
+        return self._serve
 
     # --- the leader ---
 

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from adstream.days import DayClock
+from adstream.days import UTC_DAYS, DayClock
 from adstream.messaging import AckedProducer, BrokerUnavailable, LogProducer, make_producer
 from adstream.settings import Settings
 from adstream.signing import EventSigner
@@ -39,9 +39,10 @@ from auction_service.serving.features import FeatureStore
 from auction_service.serving.ivt import RequestIvt
 from auction_service.serving.metrics import ServiceMetrics
 from auction_service.serving.pacer import Pacer
-from auction_service.serving.pacing import PacingController
+from auction_service.serving.pacing import PPM, PacingController
 from auction_service.serving.shared import SharedBooks, SharedStoreUnavailable, rebuild_source
 from ml.calibrate import traffic_counts
+from ml.calibration import ColdStart
 
 log = logging.getLogger(__name__)
 T, R = TypeVar("T"), TypeVar("R")
@@ -136,7 +137,7 @@ class EventJournal(GroupCommit[journal.JournalEntry, journal.JournalResult]):
     marking costs no transaction of its own; ids lost to a crash are published again by the relay.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], min_click_delay: timedelta, days: DayClock) -> None:
+    def __init__(self, sessions: sessionmaker[Session], min_click_delay: timedelta, days: DayClock = UTC_DAYS) -> None:
         super().__init__(sessions)
         self.min_click_delay = min_click_delay
         self.days = days
@@ -193,6 +194,7 @@ class ServiceState:
     pacer: Pacer = field(init=False)  # the pacing controllers (one replica at a time) and their multipliers
     spent_today_mirror: dict[str, int] = field(default_factory=dict)  # the shared store's spend today, last read
     pacing_draws: np.random.Generator = field(default_factory=np.random.default_rng)  # throttling's coin (loop only)
+    cold_start: ColdStart = field(init=False)  # prior matching of served pCTRs until an online map (loop only)
 
     def __post_init__(self) -> None:
         self.shared = SharedBooks(
@@ -207,6 +209,7 @@ class ServiceState:
         self.signer = EventSigner.from_settings(self.settings)
         self.request_ivt = RequestIvt.from_settings(self.settings)
         self.caller_keys = CallerKeys(self.sessions)
+        self.cold_start = ColdStart(self.settings.ctr_prior)
         self.pacer = Pacer(
             self.shared.client, self.settings.shared_store_namespace,
             PacingController.of(DayClock.of(self.settings)), self.settings.pacing_update_s,
@@ -396,9 +399,14 @@ class ServiceState:
     def pace(self, now: datetime) -> None:
         """The pacing controllers' turn (``Pacer.tick``: an update every PACING_UPDATE_S by the lease holder)
         and this replica's copy of the multipliers."""
+        changes = self.pacer.serve_changes
         if self.pacer.tick(now, self.campaigns.campaigns, self.spent_today_mirror):
             self.metrics.pacing_updates.inc()
         self.metrics.pacing_leader.set(1 if self.pacer.is_leader else 0)
+        if self.pacer.serve_changes != changes:
+            for campaign_id, (lambda_ppm, throttle_ppm) in self.pacer.serving.items():
+                self.metrics.pacing_multiplier.labels(campaign_id=campaign_id).set(lambda_ppm / PPM)
+                self.metrics.pacing_throttle.labels(campaign_id=campaign_id).set(throttle_ppm / PPM)
 
     # --- served auctions ---
 

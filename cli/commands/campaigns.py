@@ -16,6 +16,7 @@ applies them. ``seed`` without ``--seed`` draws a random seed and prints it.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from datetime import UTC, datetime
@@ -157,8 +158,8 @@ def show(ctx: typer.Context, campaign_id: Annotated[str, typer.Argument()]) -> N
         url = resources.campaign_engine.url
         print(f"unknown campaign {campaign_id!r} (not in the store at {url!r})", file=sys.stderr)
         raise typer.Exit(1)
-    print(view.model_dump_json(indent=2))
-    print(pacing_line(resources, campaign_id, now))
+    shown = view.model_dump(mode="json") | {"pacing": pacing_line(resources, campaign_id, now)}
+    print(json.dumps(shown, indent=2))
 
 
 def pacing_line(resources: Resources, campaign_id: str, now: datetime) -> str:
@@ -170,16 +171,16 @@ def pacing_line(resources: Resources, campaign_id: str, now: datetime) -> str:
     with resources.campaign_sessions() as session:
         serving = store.serving_campaigns(session, now, [campaign_id], days=DayClock.of(settings))
     if not serving:
-        return "pacing: not serving (stopped or out of its flight)"
+        return "not serving (stopped or out of its flight)"
     try:
         report = pacer.report(serving[0], now)
     except RedisError as exc:
-        return f"pacing: the shared store at {settings.shared_store_url} did not answer ({type(exc).__name__})"
+        return f"unknown: the shared store at {settings.shared_store_url} did not answer ({type(exc).__name__})"
     finally:
         client.close()
     exhausts = "not today" if report.exhausts_at is None else report.exhausts_at.isoformat(timespec="seconds")
     return (
-        f"pacing: {report.mode}, spent today {report.spent_micros / 1e6:,.2f} of plan {report.plan_micros / 1e6:,.2f} "
+        f"{report.mode}, spent today {report.spent_micros / 1e6:,.2f} of plan {report.plan_micros / 1e6:,.2f} "
         f"(daily {plan_budget(serving[0]) / 1e6:,.2f}) USD, multiplier {report.pacing_multiplier:.3f}, "
         f"throttle {report.throttle_rate:.1%}, exhausts {exhausts}"
     )

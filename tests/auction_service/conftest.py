@@ -213,6 +213,8 @@ def service_settings(kafka_settings, shared_store_url, champion_db, tmp_path_fac
                 "auction_fast_path": fast_path,
                 "shared_store_url": shared_store_url,
                 "shared_store_namespace": shared_namespace(),
+                # The champion serves its own scores here (see champion_db): no matching to a prior.
+                "calibration_cold_start": False,
             }
         )
 

@@ -76,9 +76,9 @@ def test_the_bill_line_says_what_reconciliation_found(tmp_path):
     assert reconciliation_line(settings, hour) == "1 campaign(s) differ from the ledger: cmp-1"
 
 
-@pytest.mark.parametrize(("rate", "in_flight"), [(20, 16), (45, 16), (46, 17), (200, 70), (1000, 350)])
+@pytest.mark.parametrize(("rate", "in_flight"), [(20, 16), (26, 16), (27, 17), (200, 119), (1000, 595)])
 def test_visits_in_flight_grow_with_the_rate(rate, in_flight):
-    # 0.35 s per visit: 200/s needs 70 in flight; never below 16
+    # 0.35 s per visit at the diurnal peak, 1.7x the mean rate: 200/s needs 119 in flight; never below 16
     assert Simulation(rate=rate).concurrency == in_flight
 
 
@@ -267,3 +267,26 @@ def test_the_pacing_report_puts_the_modes_side_by_side():
     assert report.loc["asap", "first_exhausted_at"] == 0.25 and report.loc["even", "first_exhausted_at"] == 1.0
     assert (report.loc["even", "overspent"], report.loc["asap", "overspent"]) == (0, 0)
     assert report.loc["even", "ecpc_usd"] == 0.5 and report.loc["asap", "ecpa_usd"] == 4.0
+
+
+def test_the_summary_reads_the_pacing_report_from_the_lake(tmp_path):
+    settings = make_settings(tmp_path)
+    start = datetime(2026, 12, 6, 10, tzinfo=UTC)
+    state = run_module.RunState(day_origin=start, day_length_s=120.0)
+    assert run_module.pacing_lines(settings, state) == ["  pacing             (no gold/pacing_minute yet)"]
+    minute = lambda m: start + timedelta(minutes=m)  # noqa: E731
+    rows = [
+        {"campaign_id": "e", "minute": minute(m), "at": minute(m) + timedelta(seconds=30), "day_start": start,
+         "mode": "even", "daily_budget_micros": 2_000_000, "plan_budget_micros": 2_000_000,
+         "plan_micros": 1_000_000 * (m + 1), "spent_today_micros": 1_000_000 * (m + 1), "pacing_multiplier": 0.5,
+         "throttle_rate": 0.0, "exhausts_at": None, "event_date": start.date()}
+        for m in range(2)
+    ]  # fmt: skip
+    write_deltalake(settings.delta_rs_location(Table.GOLD_PACING_MINUTE)[0], pa.Table.from_pylist(rows))
+    kpis = [{"campaign_id": "e", "minute": minute(m), "spend_micros": 1_000_000, "clicks": 1, "conversions": 0}
+            for m in range(2)]  # fmt: skip
+    write_deltalake(settings.delta_rs_location(Table.GOLD_KPI_MINUTE)[0], pa.Table.from_pylist(kpis))
+    lines = run_module.pacing_lines(settings, state)
+    assert lines[0].startswith("  pacing             a 120s day from 10:00:00")
+    assert "even    1 campaigns: spend / daily budget median 100.0%" in lines[1]
+    assert "overspent 0" in lines[1] and "eCPC 1.000" in lines[1]

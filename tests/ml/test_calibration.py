@@ -13,6 +13,7 @@ from ml.calibration import (
     MIN_SLOPE,
     Calibration,
     CalibrationKind,
+    ColdStart,
     fit_platt,
     identity,
     logit,
@@ -155,3 +156,26 @@ def test_a_fit_far_from_its_prior_converges_instead_of_overshooting():
     fitted = fit_platt(scores, clicked, prior_correction("1", 0.22, 0.03), fitted_at=AT)
     assert fitted.slope == pytest.approx(0.25, abs=0.08) and fitted.intercept == pytest.approx(-3.7, abs=0.3)
     assert fitted.apply(scores).sum() == pytest.approx(clicked.sum(), rel=0.05)
+
+
+def test_cold_start_brings_the_served_winners_to_the_prior_ctr_within_a_hundred_auctions():
+    rng = np.random.default_rng(9)
+    cold = ColdStart(prior_ctr=0.03)
+    served = []
+    for _ in range(1500):
+        # 100 candidates of an overconfident model; the auction takes the highest pCTR.
+        candidates = sigmoid(rng.normal(0.0, 3.0, 100))
+        pctr = cold.apply("7", candidates)
+        winner = float(pctr.max())
+        cold.observe("7", winner)
+        served.append(winner)
+    assert np.mean(served[:20]) > 0.5  # what the model alone serves
+    # From the 100th auction on, the served winners expect the prior's clicks (it hunts by about 30 % around
+    # it over a hundred auctions, and averages out over more).
+    assert np.mean(served[100:]) == pytest.approx(0.03, rel=0.1)
+    assert all(0.015 < np.mean(served[i : i + 100]) < 0.06 for i in range(100, 1500, 100))
+    # A shift in log-odds: the candidates keep their order.
+    candidates = sigmoid(rng.normal(0.0, 3.0, 100))
+    assert np.array_equal(np.argsort(cold.apply("7", candidates)), np.argsort(candidates))
+    # A new model version starts afresh.
+    assert np.array_equal(cold.apply("8", candidates), candidates)
