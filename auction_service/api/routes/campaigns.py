@@ -25,15 +25,17 @@ from auction_service.serving.state import INSTRUCTION_ACK_TIMEOUT_S
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[CampaignAuth], responses=INVALID_REQUEST)
 
 
+def _unavailable(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "1"})
+
+
 def _publish(state, instruction) -> CampaignAccepted:
     try:
         producer = state.instruction_producer()
         publish_instructions(state.settings, [instruction], producer=producer, timeout_s=INSTRUCTION_ACK_TIMEOUT_S)
     except (KafkaError, BrokerUnavailable) as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"Kafka did not take the instruction ({type(exc).__name__}); retry: the instruction is not applied",
-            headers={"Retry-After": "1"},
+        raise _unavailable(
+            f"Kafka did not take the instruction ({type(exc).__name__}); retry: the instruction is not applied"
         ) from exc
     return CampaignAccepted(
         campaign_id=instruction.campaign_id, instruction_id=instruction.instruction_id, action=instruction.action
@@ -87,11 +89,7 @@ def _pacing(state, campaign_id: str, now: datetime) -> PacingView | None:
     try:
         report = state.pacer.report(serving, now, state.spent_today_mirror.get(campaign_id))
     except RedisError as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"the shared store holding pacing state did not answer ({type(exc).__name__}); retry",
-            headers={"Retry-After": "1"},
-        ) from exc
+        raise _unavailable(f"the shared store holding pacing did not answer ({type(exc).__name__}); retry") from exc
     return PacingView(
         mode=report.mode, day_start=DayClock.of(state.settings).start(now),
         daily_budget_micros=plan_budget(serving), plan_micros=report.plan_micros,

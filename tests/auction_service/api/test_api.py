@@ -167,7 +167,13 @@ def test_a_chunked_body_is_capped_while_it_arrives_and_passed_on_whole_under_the
 def test_campaign_endpoints_need_the_token_and_reach_the_store_through_kafka(client, service_settings):
     assert client.get("/v1/campaigns/cpc-1").status_code == 401
     assert client.get("/v1/campaigns/cpc-1", headers={"Authorization": "Bearer wrong"}).status_code == 403
-    assert client.get("/v1/campaigns/cpc-1", headers=TOKEN).json()["status"] == "active"
+    shown = client.get("/v1/campaigns/cpc-1", headers=TOKEN).json()
+    assert shown["status"] == "active"
+    # Its pacing as the fleet's controller left it: even by default, a plan no larger than its budget.
+    pacing = shown["pacing"]
+    assert pacing["mode"] == "even" and 0 <= pacing["plan_micros"] <= pacing["daily_budget_micros"]
+    assert 0 < pacing["pacing_multiplier"] <= 1 and 0 <= pacing["throttle_rate"] < 1
+    assert pacing["spent_today_micros"] == shown["spent_today_micros"] >= 0
     stop_event = threading.Event()
     manager = threading.Thread(target=ad_manager.run, args=(service_settings, stop_event), daemon=True)
     manager.start()

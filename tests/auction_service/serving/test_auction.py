@@ -508,15 +508,12 @@ def value_per_micro(model: PricingModel, pctr_ppb: int, pcvr_ppb: int) -> Fracti
     return Fraction(pctr_ppb, PPB) * Fraction(pcvr_ppb, PPB) * 1000
 
 
-bidders = st.lists(
-    st.tuples(
-        st.sampled_from(list(PricingModel)),
-        st.integers(min_value=1, max_value=50_000_000),  # bid micros
-        st.integers(min_value=0, max_value=PPB // 5),  # pCTR in billionths, up to 0.2
-    ),
-    min_size=1,
-    max_size=6,
+bidder = st.tuples(
+    st.sampled_from(list(PricingModel)),
+    st.integers(min_value=1, max_value=50_000_000),  # bid micros
+    st.integers(min_value=0, max_value=PPB // 5),  # pCTR in billionths, up to 0.2
 )
+bidders = st.lists(bidder, min_size=1, max_size=6)
 
 
 @settings(max_examples=400, deadline=None)
@@ -683,16 +680,8 @@ def test_pacing_multipliers_must_align_and_be_in_range() -> None:
         auction([campaign], [0.1], pacing_ppm=np.array([0.5]))
 
 
-paced_bidders = st.lists(
-    st.tuples(
-        st.sampled_from(list(PricingModel)),
-        st.integers(min_value=1, max_value=50_000_000),  # bid micros
-        st.integers(min_value=0, max_value=PPB // 5),  # pCTR in billionths
-        st.one_of(st.integers(min_value=1, max_value=PACED), st.sampled_from([1, PACED - 1, PACED])),  # λ
-    ),
-    min_size=1,
-    max_size=6,
-)
+pacing = st.one_of(st.integers(min_value=1, max_value=PACED), st.sampled_from([1, PACED - 1, PACED]))  # λ
+paced_bidders = st.lists(st.builds(lambda bid, lam: (*bid, lam), bidder, pacing), min_size=1, max_size=6)
 
 
 @settings(max_examples=400, deadline=None)
