@@ -1,8 +1,10 @@
 """The day of daily budgets and pacing: ``DayClock``.
 
-A day is DAY_LENGTH seconds long and days repeat from an origin: day i is
-``[origin + i x length, origin + (i + 1) x length)``. The defaults (86,400 s from the Unix
-epoch) make it the UTC calendar day. A simulation shortens it (PACING_DAY_LENGTH_S) so that one
+A day is DAY_LENGTH seconds long and a day starts at the origin: day i is
+``[phase + i x length, phase + (i + 1) x length)`` seconds after the Unix epoch, where the phase is the
+origin modulo the length, so days are counted from the epoch whatever the origin (a run on a store
+that holds an earlier run's days never reuses one of them). The defaults (86,400 s from the epoch)
+make it the UTC calendar day. A simulation shortens it (PACING_DAY_LENGTH_S) so that one
 run plays out a whole day, and moves the origin (PACING_DAY_ORIGIN_S) so that the run's first
 day starts when its traffic does. Only daily budgets, pacing plans and the simulator's traffic
 curve follow this clock; frequency caps, bills and partitions keep the UTC day.
@@ -17,6 +19,7 @@ from typing import Protocol
 DAY_LENGTH_S = 86_400
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = _EPOCH.date().toordinal()
+_LAST_ORDINAL = date.max.toordinal()
 _MICROSECOND = timedelta(microseconds=1)
 MICROS_PER_S = 1_000_000
 
@@ -54,12 +57,18 @@ class DayClock:
     def of(cls, settings: _DaySettings) -> DayClock:
         return cls(settings.pacing_day_length_s, settings.pacing_day_origin_s)
 
+    @property
+    def phase_s(self) -> int:
+        """Where in the epoch-aligned grid of days the origin falls: days start at phase + i x length."""
+        return self.origin_s % self.length_s
+
     def index(self, at: datetime) -> int:
-        return (micros_since_epoch(at) - self.origin_s * MICROS_PER_S) // (self.length_s * MICROS_PER_S)
+        """The day ``at`` falls in, counted from the epoch (so two runs' days never share an index)."""
+        return (micros_since_epoch(at) - self.phase_s * MICROS_PER_S) // (self.length_s * MICROS_PER_S)
 
     def bounds(self, index: int) -> tuple[datetime, datetime]:
         """The start (included) and end (excluded) of day ``index``."""
-        start = (self.origin_s + index * self.length_s) * MICROS_PER_S
+        start = (self.phase_s + index * self.length_s) * MICROS_PER_S
         return at_micros(start), at_micros(start + self.length_s * MICROS_PER_S)
 
     def start(self, at: datetime) -> datetime:
@@ -73,7 +82,9 @@ class DayClock:
     def budget_day(self, at: datetime) -> date:
         """Day ``index(at)`` as the ledger's ``day`` column holds it: the date that many days after the epoch.
         With the defaults that is the UTC date; consecutive days stay consecutive dates."""
-        return date.fromordinal(_EPOCH_ORDINAL + self.index(at))
+        # Wrapped within what a date holds: a 3-minute day is some 10 million days after the epoch, and
+        # the names repeat only after 3.6 million days (10,000 years of 24-hour days).
+        return date.fromordinal(1 + (_EPOCH_ORDINAL - 1 + self.index(at)) % _LAST_ORDINAL)
 
 
 UTC_DAYS = DayClock()

@@ -11,7 +11,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,10 +25,14 @@ import pyarrow.compute as pc
 import typer
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
+from adstream.days import DayClock
 from adstream.events import MICROS_PER_UNIT
 from adstream.settings import Settings, child_process_env, default_child_env, get_settings
+from auction_service.campaign_store import store
+from auction_service.campaign_store.db import make_engine, make_session_factory
 from auction_service.serving.auction import DEFAULT_PCVR
 from cli.lazy import commands_app
 from devstack import services
@@ -588,12 +592,23 @@ def calibration_lines(settings: Settings, state: RunState) -> list[str]:
     return lines
 
 
-def pacing_report(minutes: pd.DataFrame, kpis: pd.DataFrame, day_start: datetime, day_s: float) -> pd.DataFrame:
+def store_sessions(settings: Settings) -> sessionmaker[Session]:
+    return make_session_factory(make_engine(settings))
+
+
+def pacing_report(
+    minutes: pd.DataFrame,
+    kpis: pd.DataFrame,
+    day_start: datetime,
+    day_s: float,
+    ledger_spend: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
     """Per pacing mode, over the campaigns of one day: spend / daily budget at the end (median, min, max),
     the deviation of spend from plan (per campaign the median over its minutes of |spent - plan| / budget;
     then median and p90 over campaigns), how many exhausted their budget and the earliest share of the
     day they did, overspend, and eCPC and eCPA. ``minutes`` are gold/pacing_minute's rows of the day,
-    ``kpis`` gold/kpi_minute's (campaign_id, minute, spend_micros, clicks, conversions)."""
+    ``kpis`` gold/kpi_minute's (campaign_id, minute, spend_micros, clicks, conversions); ``ledger_spend``
+    the ledger's spend of the day per campaign, exact where minutes cut the day's edges (else the KPIs')."""
     last = minutes.sort_values("at").groupby("campaign_id").last()
     deviation = (
         ((minutes["spent_today_micros"] - minutes["plan_micros"]).abs() / minutes["plan_budget_micros"].clip(lower=1))
@@ -602,6 +617,8 @@ def pacing_report(minutes: pd.DataFrame, kpis: pd.DataFrame, day_start: datetime
     )
     kpis = kpis[kpis["campaign_id"].isin(last.index)].sort_values("minute")
     spent = kpis.groupby("campaign_id")["spend_micros"].sum().reindex(last.index, fill_value=0)
+    if ledger_spend is not None:
+        spent = pd.Series({cid: ledger_spend.get(cid, 0) for cid in last.index}, dtype="int64")
     cumulative = kpis.groupby("campaign_id")["spend_micros"].cumsum()
     budgets = kpis["campaign_id"].map(last["plan_budget_micros"])
     exhausted = kpis[cumulative >= 0.99 * budgets].groupby("campaign_id")["minute"].min()
@@ -647,7 +664,10 @@ def pacing_lines(settings: Settings, state: RunState) -> list[str]:
     )
     if minutes.empty:
         return ["  pacing             (no pacing rows for the run's day)"]
-    report = pacing_report(minutes, kpis, state.day_origin, day_s)
+    day = DayClock(int(day_s), int(state.day_origin.timestamp())).budget_day(state.day_origin)
+    with store_sessions(settings)() as session:  # the ledger's spend of the run's budget day, exact
+        _, ledger_spend = store.spend_totals(session, day)
+    report = pacing_report(minutes, kpis, state.day_origin, day_s, ledger_spend)
     lines = [f"  pacing             a {day_s:.0f}s day from {state.day_origin:%H:%M:%S} (gold/pacing_minute)"]
 
     def cell(value: object, fmt: str) -> str:

@@ -178,11 +178,11 @@ def slot_counts(
     """Auctions per slot of the pacing day over the complete days of ``clock`` before ``now``'s, at most
     CURVE_DAYS of them; and how many days that is."""
     seconds = (pd.to_datetime(auction_times, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    since_origin = seconds - clock.origin_s
+    since_phase = seconds - clock.phase_s
     today = clock.index(now)
-    day = since_origin // clock.length_s
+    day = since_phase // clock.length_s
     complete = (day < today) & (day >= today - CURVE_DAYS)
-    slot = (since_origin[complete] % clock.length_s) * slots // clock.length_s
+    slot = (since_phase[complete] % clock.length_s) * slots // clock.length_s
     counts = slot.value_counts().reindex(range(slots), fill_value=0).sort_index()
     return [int(v) for v in counts], int(day[complete].nunique())
 

@@ -34,3 +34,13 @@ def test_a_short_day_from_an_origin_starts_at_the_origin_and_repeats():
 def test_a_day_length_that_is_not_a_positive_whole_number_is_refused(length):
     with pytest.raises(ValueError, match="day_length_s"):
         DayClock(length)
+
+
+def test_short_days_are_named_by_dates_too_and_two_runs_never_share_one():
+    origin = datetime(2026, 12, 6, 1, 52, 24, tzinfo=UTC)
+    minutes = DayClock(180, int(origin.timestamp()))  # millions of days after the epoch
+    first, second = minutes.budget_day(origin), minutes.budget_day(origin + timedelta(seconds=180))
+    assert second == first + timedelta(days=1)
+    later_run = DayClock(180, int(origin.timestamp()) + 3600 + 17)  # an hour later, another phase
+    assert later_run.budget_day(origin + timedelta(seconds=3600 + 17)) not in (first, second)
+    assert later_run.start(origin + timedelta(seconds=3600 + 17)) == origin + timedelta(seconds=3600 + 17)

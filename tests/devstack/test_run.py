@@ -12,6 +12,11 @@ import pytest
 from deltalake import write_deltalake
 
 from adstream.contracts import Table
+from adstream.days import DayClock
+from adstream.events import CampaignSpec
+from auction_service.campaign_store import store
+from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
+from auction_service.campaign_store.instructions import create_instruction
 from devstack import run as run_module
 from devstack.run import (
     Counts,
@@ -286,6 +291,21 @@ def test_the_summary_reads_the_pacing_report_from_the_lake(tmp_path):
     kpis = [{"campaign_id": "e", "minute": minute(m), "spend_micros": 1_000_000, "clicks": 1, "conversions": 0}
             for m in range(2)]  # fmt: skip
     write_deltalake(settings.delta_rs_location(Table.GOLD_KPI_MINUTE)[0], pa.Table.from_pylist(kpis))
+    # The ledger: the day's two charges, and one just after the day's end (the next day's, not this one's).
+    engine = make_engine(settings)
+    migrate(settings, engine)
+    spec = CampaignSpec(
+        advertiser_id="adv", ad_id="ad", category="Books", pricing_model="CPC", bid_micros=500_000,
+        total_budget_micros=9_000_000, daily_budget_micros=2_000_000, flight_start=start - timedelta(days=1),
+        flight_end=start + timedelta(days=1),
+    )  # fmt: skip
+    days = DayClock(120, int(start.timestamp()))
+    with make_session_factory(engine)() as session:
+        store.apply_instruction(session, create_instruction(spec, now=start, campaign_id="e"))
+        charges = [store.Charge(f"x{m}", f"a{m}", "e", "click", 1_000_000, start + timedelta(seconds=s))
+                   for m, s in ((0, 30), (1, 90), (2, 125))]  # fmt: skip
+        store.record_spends(session, charges, days)
+    engine.dispose()
     lines = run_module.pacing_lines(settings, state)
     assert lines[0].startswith("  pacing             a 120s day from 10:00:00")
     assert "even    1 campaigns: spend / daily budget median 100.0%" in lines[1]
