@@ -29,13 +29,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
 from adstream.days import DayClock
-from adstream.events import MICROS_PER_UNIT
+from adstream.events import MICROS_PER_UNIT, CampaignInstruction
 from adstream.settings import Settings, child_process_env, default_child_env, get_settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import make_engine, make_session_factory
+from auction_service.campaign_store.instructions import publish_instructions, read_ad_catalog, stop_instruction
 from auction_service.serving.auction import DEFAULT_PCVR
 from cli.lazy import commands_app
-from devstack import services
+from devstack import forecast, services
 from devstack.airflow_client import AirflowClient, AirflowRunFailed
 from ml import calibrate
 from ml.calibration import ALERT_BOUNDS, attributed_impressions, observed_over_expected
@@ -93,10 +94,11 @@ VISIT_BUDGET_S = 0.35
 BOT_SHARE = 0.05  # of the visits: bots of every IVT behaviour, for the filter's precision and recall
 SEED_CAMPAIGNS = 200
 ASAP_SHARE = 0.5  # of the seeded campaigns: half pace asap, half even, for the pacing report's comparison
-PACING_LEAD_S = 60  # the platform's start and the seeding (25 s here, 63 s under load) before the day begins
-# Spend per auction with calibrated pCTRs: 3.98 USD over 3,393 auctions in a 3-minute run, about 0.12 cent;
-# budgets add up to 60 % of what the day would spend, so the platform is budget-constrained.
-SPEND_PER_AUCTION_USD = 0.0012
+PACING_LEAD_S = 60  # the platform's start and the seeding (25 s here, 63 s under load) before the forecast
+BOOKING_S = 20  # the forecast's stops and bookings, applied by the ad manager and the service (about 8 s here)
+SEED = 7  # of the seeded campaigns and the simulated users
+# Daily budgets are booked at this share of what each campaign can win at its full bid (devstack.forecast),
+# so every campaign that wins is bound by its budget and the platform is budget-constrained.
 BUDGET_PRESSURE = 0.6
 DIURNAL_PEAK = 1.7  # the simulator's diurnal curve peaks near 1.64x its mean rate
 INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
@@ -121,6 +123,9 @@ class RunState:
     billed_hours: list[datetime] = field(default_factory=list)
     day_origin: datetime | None = None  # when the run's pacing day starts (the simulation waits for it)
     day_length_s: float | None = None
+    catalog: list[dict] = field(default_factory=list)  # silver/ads, which the campaigns are seeded on
+    seeded_at: datetime | None = None
+    probe: list[CampaignInstruction] | None = None  # the campaigns as the forecast served them
 
 
 def start_infrastructure(settings: Settings, state: RunState) -> None:
@@ -156,14 +161,16 @@ def _indent(line: str) -> None:
 
 
 def start_platform(settings: Settings, state: RunState, plan: Simulation) -> None:
-    """The ad manager, the auction service, the streaming job and the calibrator; then campaigns, through Kafka.
+    """The ad manager, the auction service, the streaming job and the calibrator; then the campaigns'
+    probe (``devstack.forecast``), through Kafka.
 
     The run is one pacing day (``adstream.days``): PACING_DAY_LENGTH_S is the simulation's length and
-    the day starts PACING_LEAD_S from now, when the simulation will start (it waits for it), so the
-    plan, the daily budgets and the traffic curve all begin with the traffic. Half the campaigns pace
-    asap; daily budgets add up to BUDGET_PRESSURE of what the day's traffic is expected to spend.
+    the day starts once the platform is up and the forecast is done (PACING_LEAD_S, the forecast's
+    traffic and BOOKING_S from now), when the simulation will start (it waits for it), so the plan,
+    the daily budgets and the traffic curve all begin with the traffic.
     """
-    state.day_origin = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=PACING_LEAD_S)
+    lead_s = PACING_LEAD_S + plan.forecast_s + BOOKING_S
+    state.day_origin = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=lead_s)
     state.day_length_s = plan.day_s
     default_child_env("PACING_DAY_LENGTH_S", str(int(plan.day_s)))
     default_child_env("PACING_DAY_ORIGIN_S", str(int(state.day_origin.timestamp())))
@@ -171,28 +178,94 @@ def start_platform(settings: Settings, state: RunState, plan: Simulation) -> Non
     default_child_env("CALIBRATION_REFRESH_S", "15")
     default_child_env("CALIBRATION_POLL_S", "5")
     services.up(settings, PLATFORM)
-    low, high = plan.daily_budget_range_usd
-    run_logged(
-        settings, "seed", str(services.ADSTREAM), "campaigns", "seed", str(SEED_CAMPAIGNS), "--seed", "7",
-        "--asap-share", f"{ASAP_SHARE:g}", "--daily-budget-usd", f"{low:.2f}-{high:.2f}",
-    )  # fmt: skip
-    ready = wait_for_auction_service(settings, SEED_CAMPAIGNS)
-    print(f"    {ready['campaigns']} campaigns serving, ctr-model version {ready['model_version']}")
+    state.catalog = read_ad_catalog(settings)
+    state.seeded_at = datetime.now(UTC)
+    state.probe = forecast.probe_instructions(state.catalog, SEED_CAMPAIGNS, SEED, state.seeded_at)
+    serving = _serving_campaigns(settings)
+    publish_instructions(settings, state.probe)
+    ready = wait_for_auction_service(settings, serving + SEED_CAMPAIGNS)
+    version = ready["model_version"]
+    print(f"    {SEED_CAMPAIGNS} campaigns serving unpaced for the forecast, ctr-model version {version}")
 
 
-def wait_for_auction_service(settings: Settings, campaigns: int, timeout_s: float = 120.0) -> dict:
-    """Until the service has loaded the champion and sees the seeded campaigns."""
-    url = f"http://{settings.bind_host}:{settings.auction_port}/readyz"
+def forecast_and_book(settings: Settings, state: RunState, plan: Simulation) -> None:
+    """What each campaign wins at its full bid over ``plan.forecast_s`` of traffic (its spend in the
+    ledger), then its daily budget booked at BUDGET_PRESSURE of that over the day (``devstack.forecast``):
+    the probe campaigns stop, and the same campaigns are booked under new ids, ASAP_SHARE of them asap."""
+    if state.probe is None or state.seeded_at is None:
+        raise StageFailed("no probe campaigns: the platform stage did not seed them")
+    summary_file = settings.local_dir.resolve() / "run" / "forecast.json"
+    began = datetime.now(UTC)
+    log = services.log_file(settings, "run-forecast")
+    run_simulator(settings, plan, plan.forecast_s, summary_file, summary_file.with_suffix(".csv"), log)
+    probe_auctions = int(json.loads(summary_file.read_text()).get("auctions", 0)) if summary_file.exists() else 0
+    probe_ids = [instruction.campaign_id for instruction in state.probe]
+    spend = _settled_spend(settings, probe_ids)
+    if probe_auctions <= 0 or not any(spend.values()):
+        raise StageFailed(f"the forecast's {probe_auctions} auctions since {began:%H:%M:%S} spent nothing; log: {log}")
+    budgets = forecast.booked_budgets(
+        spend, probe_ids, probe_auctions=probe_auctions, day_auctions=plan.rate * plan.day_s, pressure=BUDGET_PRESSURE
+    )
+    serving = _serving_campaigns(settings)
+    publish_instructions(settings, [stop_instruction(cid, now=datetime.now(UTC)) for cid in probe_ids])
+    wait_for_auction_service(settings, serving - len(probe_ids), at_most=True)
+    booked = forecast.booked_instructions(
+        state.catalog, state.probe, budgets, seed=SEED, now=state.seeded_at, asap_share=ASAP_SHARE
+    )
+    publish_instructions(settings, booked)
+    ready = wait_for_auction_service(settings, serving - len(probe_ids) + len(booked))
+    won = sum(1 for cid in probe_ids if spend.get(cid, 0) > 0)
+    total = sum(budgets.values()) / MICROS_PER_UNIT
+    print(
+        f"    forecast: {probe_auctions:,} auctions, {won} of {len(probe_ids)} campaigns won; booked daily budgets of "
+        f"{total:,.2f} USD in all ({BUDGET_PRESSURE:.0%} of what each can win at its full bid over the day), "
+        f"{ready['campaigns']} campaigns serving",
+        flush=True,
+    )
+
+
+def _settled_spend(settings: Settings, campaign_ids: list[str], timeout_s: float = 30.0) -> dict[str, int]:
+    """The campaigns' spend in the ledger once the last charges of the traffic before have landed in it."""
+    wanted, last, deadline = set(campaign_ids), None, time.monotonic() + timeout_s
+    while True:
+        with store_sessions(settings)() as session:
+            total, _ = store.spend_totals(session, datetime.now(UTC).date())
+        spend = {cid: micros for cid, micros in total.items() if cid in wanted}
+        if spend == last or time.monotonic() > deadline:
+            return spend
+        last = spend
+        time.sleep(3.0)
+
+
+def _serving_campaigns(settings: Settings) -> int:
+    try:
+        return int(httpx.get(_readyz(settings), timeout=2.0).json().get("campaigns", 0))
+    except (httpx.HTTPError, ValueError):
+        return 0
+
+
+def _readyz(settings: Settings) -> str:
+    return f"http://{settings.bind_host}:{settings.auction_port}/readyz"
+
+
+def wait_for_auction_service(
+    settings: Settings, campaigns: int, timeout_s: float = 120.0, *, at_most: bool = False
+) -> dict:
+    """Until the service has loaded the champion and serves ``campaigns`` campaigns or more (``at_most``: or fewer)."""
     deadline, body = time.monotonic() + timeout_s, {}
     while time.monotonic() < deadline:
         try:
-            body = httpx.get(url, timeout=2.0).json()
+            body = httpx.get(_readyz(settings), timeout=2.0).json()
         except httpx.HTTPError as exc:
             body = {"reason": str(exc)}
-        if body.get("ready") and body.get("campaigns", 0) >= campaigns:
+        serving = body.get("campaigns", -1 if at_most else 0)
+        if body.get("ready") and (0 <= serving <= campaigns if at_most else serving >= campaigns):
             return body
         time.sleep(1.0)
-    raise StageFailed(f"the auction service was not ready with {campaigns} campaigns after {timeout_s:.0f}s: {body}")
+    bound = "at most" if at_most else "at least"
+    raise StageFailed(
+        f"the auction service was not ready with {bound} {campaigns} campaigns after {timeout_s:.0f}s: {body}"
+    )
 
 
 @dataclass(frozen=True)
@@ -208,11 +281,9 @@ class Simulation:
         return max(60.0, round(self.day_length_s or self.duration_s))
 
     @property
-    def daily_budget_range_usd(self) -> tuple[float, float]:
-        """Daily budgets of SEED_CAMPAIGNS campaigns averaging BUDGET_PRESSURE of the day's expected spend,
-        drawn from half to one and a half times that average (a cent at the least)."""
-        mean = BUDGET_PRESSURE * self.rate * self.day_s * SPEND_PER_AUCTION_USD / SEED_CAMPAIGNS
-        return max(0.01, 0.5 * mean), max(0.01, 1.5 * mean)
+    def forecast_s(self) -> float:
+        """The forecast's traffic before the day: a twentieth of the day, from 30 s to 3 minutes."""
+        return float(min(180, max(30, round(self.day_s / 20))))
 
     @property
     def concurrency(self) -> int:
@@ -225,35 +296,16 @@ def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
     """Simulated users for ``plan.duration_s``; the streaming KPIs are printed while they run."""
     summary_file = settings.local_dir.resolve() / "run" / "simulation.json"
     state.ground_truth_file = summary_file.parent / "ivt_ground_truth.csv"
-    summary_file.parent.mkdir(parents=True, exist_ok=True)
-    log = services.log_file(settings, "run-simulator")
-    command = [
-        str(services.ADSTREAM), "simulate", "--duration", f"{plan.duration_s:.0f}s",
-        "--rate", f"{plan.rate:g}", "--users", str(plan.users), "--seed", "7", "--summary-file", str(summary_file),
-        "--concurrency", str(plan.concurrency), "--bot-share", f"{plan.bot_share:g}",
-        "--ground-truth-file", str(state.ground_truth_file), "--traffic-curve", "diurnal",
-    ]  # fmt: skip
     if state.day_origin is not None and (wait := (state.day_origin - datetime.now(UTC)).total_seconds()) > 0:
         print(f"    the pacing day starts at {state.day_origin:%H:%M:%S}: waiting {wait:.0f}s", flush=True)
         time.sleep(wait)
     elif state.day_origin is not None:
-        late = f"{-wait:.0f}s into the pacing day (the platform took over {PACING_LEAD_S}s to start)"
+        late = f"{-wait:.0f}s into the pacing day (the platform and the forecast took longer than planned)"
         print(f"    the traffic starts {late}: the plan expects spend from {state.day_origin:%H:%M:%S}", flush=True)
     state.simulation_start = datetime.now(UTC)
-    with log.open("w") as out:
-        simulator = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=child_process_env(**services.settings_env(settings)),
-            cwd=services.PROJECT_ROOT,
-        )  # fmt: skip
-        while simulator.poll() is None:
-            time.sleep(KPI_EVERY_S if simulator.poll() is None else 0)
-            progress = _last_line(log)
-            if progress:
-                print(f"    simulator: {progress}", flush=True)
-            print(f"    KPIs (gold/kpi_minute): {kpi_line(settings)}", flush=True)
+    log = services.log_file(settings, "run-simulator")
+    run_simulator(settings, plan, plan.duration_s, summary_file, state.ground_truth_file, log, show_kpis=True)
     state.simulation_end = datetime.now(UTC)
-    if simulator.returncode != 0:
-        raise StageFailed(f"the simulator exited with {simulator.returncode}; log: {log}\n    {_last_line(log)}")
     state.simulation = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     print(f"    {_last_line(log)}")
     sent = Counts(
@@ -264,6 +316,42 @@ def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
     print(f"    the stream caught up: {landed.events:,} events in silver/feedback_events, "
           f"{landed.impressions:,} impressions in gold/kpi_minute", flush=True)  # fmt: skip
     print(f"    KPIs (gold/kpi_minute): {kpi_line(settings)}", flush=True)
+
+
+def run_simulator(
+    settings: Settings,
+    plan: Simulation,
+    duration_s: float,
+    summary_file: Path,
+    ground_truth_file: Path,
+    log: Path,
+    *,
+    show_kpis: bool = False,
+) -> None:
+    """`adstream simulate` for ``duration_s`` at the plan's rate, users and bots along the diurnal curve;
+    its progress (and, ``show_kpis``, the streaming KPIs) printed while it runs."""
+    summary_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(services.ADSTREAM), "simulate", "--duration", f"{duration_s:.0f}s",
+        "--rate", f"{plan.rate:g}", "--users", str(plan.users), "--seed", str(SEED),
+        "--summary-file", str(summary_file),
+        "--concurrency", str(plan.concurrency), "--bot-share", f"{plan.bot_share:g}",
+        "--ground-truth-file", str(ground_truth_file), "--traffic-curve", "diurnal",
+    ]  # fmt: skip
+    with log.open("w") as out:
+        simulator = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=child_process_env(**services.settings_env(settings)),
+            cwd=services.PROJECT_ROOT,
+        )  # fmt: skip
+        while simulator.poll() is None:
+            time.sleep(min(KPI_EVERY_S, duration_s / 3))
+            progress = _last_line(log)
+            if progress:
+                print(f"    simulator: {progress}", flush=True)
+            if show_kpis:
+                print(f"    KPIs (gold/kpi_minute): {kpi_line(settings)}", flush=True)
+    if simulator.returncode != 0:
+        raise StageFailed(f"the simulator exited with {simulator.returncode}; log: {log}\n    {_last_line(log)}")
 
 
 def _last_line(path: Path) -> str:
@@ -453,6 +541,10 @@ def stages(plan: Simulation) -> tuple[Stage, ...]:
             lambda settings, state: start_platform(settings, state, plan),
         ),
         Stage(
+            f"forecast what each campaign wins at its full bid over {plan.forecast_s:.0f}s, then book daily budgets",
+            lambda settings, state: forecast_and_book(settings, state, plan),
+        ),
+        Stage(
             f"simulate {plan.users} users, {plan.rate:g} auctions/s for {plan.duration_s:.0f}s (KPIs from the stream)",
             lambda settings, state: simulate(settings, state, plan),
         ),
@@ -608,39 +700,69 @@ def pacing_report(
     then median and p90 over campaigns), how many exhausted their budget and the earliest share of the
     day they did, overspend, and eCPC and eCPA. ``minutes`` are gold/pacing_minute's rows of the day,
     ``kpis`` gold/kpi_minute's (campaign_id, minute, spend_micros, clicks, conversions); ``ledger_spend``
-    the ledger's spend of the day per campaign, exact where minutes cut the day's edges (else the KPIs')."""
+    the ledger's spend of the day per campaign, exact where minutes cut the day's edges (else the KPIs').
+
+    Even campaigns are also reported in two parts (``bound``): those their controller held back at some
+    point (λ under 1 or a throttle: bound by their budget, the ones pacing is for) and those it never did
+    (bound by their bid: at full bid all day they could not keep up with the plan). "all" is every one.
+    """
     last = minutes.sort_values("at").groupby("campaign_id").last()
     deviation = (
         ((minutes["spent_today_micros"] - minutes["plan_micros"]).abs() / minutes["plan_budget_micros"].clip(lower=1))
         .groupby(minutes["campaign_id"])
         .median()
     )
+    held = (
+        ((minutes["pacing_multiplier"] < 0.999) | (minutes["throttle_rate"] > 0)).groupby(minutes["campaign_id"]).any()
+    )
     kpis = kpis[kpis["campaign_id"].isin(last.index)].sort_values("minute")
     spent = kpis.groupby("campaign_id")["spend_micros"].sum().reindex(last.index, fill_value=0)
     if ledger_spend is not None:
         spent = pd.Series({cid: ledger_spend.get(cid, 0) for cid in last.index}, dtype="int64")
-    cumulative = kpis.groupby("campaign_id")["spend_micros"].cumsum()
-    budgets = kpis["campaign_id"].map(last["plan_budget_micros"])
-    exhausted = kpis[cumulative >= 0.99 * budgets].groupby("campaign_id")["minute"].min()
-    share = ((exhausted - pd.Timestamp(day_start)).dt.total_seconds() + 60) / day_s  # the minute's end
-    rows = []
+    share = exhaustion_share(kpis, last["plan_budget_micros"], day_start, day_s)
+    groups = []
     for mode, campaigns in last.groupby("mode"):
-        ids = campaigns.index
+        groups.append((mode, "all", campaigns.index))
+        if mode == "even":
+            groups += [(mode, "budget", campaigns.index[held[campaigns.index]]),
+                       (mode, "bid", campaigns.index[~held[campaigns.index]])]  # fmt: skip
+    rows = []
+    for mode, bound, ids in groups:
+        if not len(ids):
+            continue
+        campaigns = last.loc[ids]
         ratio = spent[ids] / campaigns["plan_budget_micros"].clip(lower=1)
         over = (spent[ids] - campaigns["daily_budget_micros"]).clip(lower=0)
         clicks = kpis[kpis["campaign_id"].isin(ids)]["clicks"].sum()
         conversions = kpis[kpis["campaign_id"].isin(ids)]["conversions"].sum()
         mode_share = share.reindex(ids).dropna()
         rows.append({
-            "mode": mode, "campaigns": len(ids), "spend_ratio_median": ratio.median(), "spend_ratio_min": ratio.min(),
-            "spend_ratio_max": ratio.max(), "deviation_median": deviation[ids].median(),
+            "mode": mode, "bound": bound, "campaigns": len(ids), "spend_ratio_median": ratio.median(),
+            "spend_ratio_min": ratio.min(), "spend_ratio_max": ratio.max(),
+            "within_95_100": int(((ratio >= 0.95) & (ratio <= 1.0)).sum()), "deviation_median": deviation[ids].median(),
             "deviation_p90": deviation[ids].quantile(0.9), "exhausted": len(mode_share),
             "first_exhausted_at": mode_share.min() if len(mode_share) else None,
+            "exhausted_before_90": int((mode_share < 0.9).sum()),
             "overspent": int((over > 0).sum()), "overspend_usd": over.sum() / MICROS_PER_UNIT,
             "ecpc_usd": spent[ids].sum() / MICROS_PER_UNIT / clicks if clicks else None,
             "ecpa_usd": spent[ids].sum() / MICROS_PER_UNIT / conversions if conversions else None,
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def exhaustion_share(kpis: pd.DataFrame, budgets: pd.Series, day_start: datetime, day_s: float) -> pd.Series:
+    """Per campaign that spent 99 % of its budget, the share of the day at which it did: within the minute
+    that crossed it, in proportion to that minute's spend (a minute's end would put a minute cut by the
+    day's end after it)."""
+    cumulative = kpis.groupby("campaign_id")["spend_micros"].cumsum()
+    target = 0.99 * kpis["campaign_id"].map(budgets)
+    crossed = kpis[(cumulative >= target) & (cumulative - kpis["spend_micros"] < target)]
+    if crossed.empty:
+        return pd.Series(dtype=float)
+    before = (cumulative - kpis["spend_micros"])[crossed.index]
+    into_minute = 60 * (target[crossed.index] - before) / crossed["spend_micros"].clip(lower=1)
+    at = (crossed["minute"] - pd.Timestamp(day_start)).dt.total_seconds() + into_minute
+    return (at.clip(0, day_s) / day_s).groupby(crossed["campaign_id"]).min()
 
 
 def pacing_lines(settings: Settings, state: RunState) -> list[str]:
@@ -658,10 +780,12 @@ def pacing_lines(settings: Settings, state: RunState) -> list[str]:
         )
     except TableNotFoundError:
         return ["  pacing             (no gold/pacing_minute yet)"]
-    minutes, kpis = (
-        frame[(frame["minute"] >= pd.Timestamp(state.day_origin)) & (frame["minute"] < pd.Timestamp(day_end))]
-        for frame in (minutes, kpis)
+    # The controllers' minutes of this day; the KPIs' minutes overlapping it (the first begins before it).
+    minutes = minutes[minutes["day_start"] == pd.Timestamp(state.day_origin)]
+    overlapping = (kpis["minute"] > pd.Timestamp(state.day_origin - timedelta(minutes=1))) & (
+        kpis["minute"] < pd.Timestamp(day_end)
     )
+    kpis = kpis[overlapping]
     if minutes.empty:
         return ["  pacing             (no pacing rows for the run's day)"]
     day = DayClock(int(day_s), int(state.day_origin.timestamp())).budget_day(state.day_origin)
@@ -674,12 +798,15 @@ def pacing_lines(settings: Settings, state: RunState) -> list[str]:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
     for row in report.itertuples():
+        label = {"all": f"{row.mode:<5}", "budget": "  held back by pacing (bound by budget)",
+                 "bid": "  never held back (bound by bid)"}[row.bound]  # fmt: skip
         lines.append(
-            f"    {row.mode:<5} {row.campaigns:>3} campaigns: spend / daily budget median {row.spend_ratio_median:.1%} "
-            f"[{row.spend_ratio_min:.1%}, {row.spend_ratio_max:.1%}], deviation from plan median "
-            f"{row.deviation_median:.1%} p90 {row.deviation_p90:.1%}, exhausted {row.exhausted} "
-            f"(first at {cell(row.first_exhausted_at, '.0%')} of the day), overspent {row.overspent} "
-            f"({row.overspend_usd:.2f} USD), eCPC {cell(row.ecpc_usd, '.3f')}, eCPA {cell(row.ecpa_usd, '.2f')} USD"
+            f"    {label} {row.campaigns:>3} campaigns: spend / daily budget median {row.spend_ratio_median:.1%} "
+            f"[{row.spend_ratio_min:.1%}, {row.spend_ratio_max:.1%}], {row.within_95_100} within 95-100%, "
+            f"deviation from plan median {row.deviation_median:.1%} p90 {row.deviation_p90:.1%}, "
+            f"exhausted {row.exhausted} ({row.exhausted_before_90} before 90% of the day, first at "
+            f"{cell(row.first_exhausted_at, '.0%')}), overspent {row.overspent} ({row.overspend_usd:.2f} USD), "
+            f"eCPC {cell(row.ecpc_usd, '.3f')}, eCPA {cell(row.ecpa_usd, '.2f')} USD"
         )
     return lines
 

@@ -167,6 +167,9 @@ def write_gold(settings: Settings, rows: pd.DataFrame, since_hour: datetime) -> 
 
 CURVE_DAYS = 7  # complete days of silver/auctions the curve is learned from
 CURVE_SLOTS = 24
+# A day teaches the curve only when it saw auctions in this share of its slots: a day the platform
+# served part of (it started, stopped or was down mid-day) would teach it the shape of that outage.
+CURVE_MIN_SLOT_SHARE = 0.75
 CURVE_SCHEMA = pa.schema([("slot", pa.int32()), ("auctions", pa.int64()), ("days", pa.int32()),
                           ("day_length_s", pa.int64()), ("day_origin_s", pa.int64()),
                           ("learned_at", pa.string())])  # fmt: skip
@@ -176,15 +179,18 @@ def slot_counts(
     auction_times: pd.Series, *, now: datetime, clock: DayClock, slots: int = CURVE_SLOTS
 ) -> tuple[list[int], int]:
     """Auctions per slot of the pacing day over the complete days of ``clock`` before ``now``'s, at most
-    CURVE_DAYS of them; and how many days that is."""
+    CURVE_DAYS of them, each with auctions in CURVE_MIN_SLOT_SHARE of its slots; and how many days that is."""
     seconds = (pd.to_datetime(auction_times, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     since_phase = seconds - clock.phase_s
     today = clock.index(now)
     day = since_phase // clock.length_s
     complete = (day < today) & (day >= today - CURVE_DAYS)
-    slot = (since_phase[complete] % clock.length_s) * slots // clock.length_s
-    counts = slot.value_counts().reindex(range(slots), fill_value=0).sort_index()
-    return [int(v) for v in counts], int(day[complete].nunique())
+    slot = (since_phase % clock.length_s) * slots // clock.length_s
+    seen = pd.DataFrame({"day": day[complete], "slot": slot[complete]}).drop_duplicates().groupby("day").size()
+    covered = seen[seen >= CURVE_MIN_SLOT_SHARE * slots].index
+    learned = complete & day.isin(covered)
+    counts = slot[learned].value_counts().reindex(range(slots), fill_value=0).sort_index()
+    return [int(v) for v in counts], len(covered)
 
 
 def write_traffic_curve(settings: Settings, now: datetime) -> int:

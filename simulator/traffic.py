@@ -6,8 +6,11 @@
                       [--progress-every 5s] [--summary-file PATH] [--ground-truth-file PATH]
 
 - The population is ``--users`` profiles sampled (with ``--seed``) from silver/users, read
-  with delta-rs. Each user keeps their age, gender, country and income attributes and gets
-  a primary device (mix ``DEVICE_MIX``), used for ``PRIMARY_DEVICE_SHARE`` of their visits.
+  with delta-rs. A site has more visitors than the Kaggle sample (about 1,100): beyond it, each
+  user is a lookalike, a sampled profile under a new id (``<id>@<n>``), a visitor the platform
+  has no features for, as it has none for most real ones. Each user keeps their age, gender,
+  country and income attributes and gets a primary device (mix ``DEVICE_MIX``), used for
+  ``PRIMARY_DEVICE_SHARE`` of their visits.
   A user browses with a real browser User-Agent for the device and from one home address
   (``simulator.bots``), stated as the ``User-Agent`` and ``X-Forwarded-For`` headers of every
   request, the ``user_agent`` and ``ip`` of every event and the OpenRTB ``device``.
@@ -319,16 +322,22 @@ def read_lake_table(settings: Settings, table: Table, columns: Sequence[str]) ->
 
 
 def load_population(settings: Settings, users: int, seed: int) -> list[SimulatedUser]:
-    """``users`` profiles of silver/users (all of them if it holds fewer), the same for the same seed."""
+    """``users`` profiles of silver/users, the same for the same seed; lookalikes beyond the table's rows."""
     rows = sorted(read_lake_table(settings, Table.SILVER_USERS, USER_COLUMNS), key=lambda row: row["user_id"])
     if not rows:
         raise LakeTableMissing(f"{Table.SILVER_USERS} is empty: there is nobody to simulate")
+    return population(rows, users, seed)
+
+
+def population(rows: Sequence[dict], users: int, seed: int) -> list[SimulatedUser]:
+    """``users`` of ``rows`` (silver/users profiles) drawn without replacement, then, past all of them,
+    lookalikes: profiles drawn again under the new id ``<user_id>@<n>`` (an id the API takes)."""
     rng = random.Random(seed)
     devices, weights = zip(*DEVICE_MIX, strict=True)
-    return [
-        SimulatedUser(UserProfile(**row), primary_device=rng.choices(devices, weights)[0])
-        for row in rng.sample(rows, min(users, len(rows)))
-    ]
+    profiles = [UserProfile(**row) for row in rng.sample(rows, min(users, len(rows)))]
+    lookalikes = [rng.choice(rows) for _ in range(users - len(profiles))]
+    profiles += [UserProfile(**(row | {"user_id": f"{row['user_id']}@{n}"})) for n, row in enumerate(lookalikes, 1)]
+    return [SimulatedUser(profile, primary_device=rng.choices(devices, weights)[0]) for profile in profiles]
 
 
 def load_ground_truth(settings: Settings, base_ctr: float = BASE_CTR) -> GroundTruth:

@@ -250,28 +250,48 @@ def test_make_run_gives_its_services_the_data_center_ranges_its_bots_come_from(
 def test_the_pacing_report_puts_the_modes_side_by_side():
     start = datetime(2026, 12, 6, 10, tzinfo=UTC)
     minute = lambda m: pd.Timestamp(start + timedelta(minutes=m))  # noqa: E731
-    # A 4-minute day. "even" spends $1 a minute on a $4 plan exactly; "asap" spends its $4 in minute 0.
+    # A 4-minute day. "e" spends $1 a minute on a $4 plan exactly, held back at λ 0.5; "b" spends $1 of
+    # its $4 at full bid all day; "a" spends its $4 in minute 0 (asap).
     minutes = pd.DataFrame(
         [
             {"campaign_id": cid, "minute": minute(m), "at": minute(m) + pd.Timedelta(seconds=30), "mode": mode,
              "daily_budget_micros": 4_000_000, "plan_budget_micros": 4_000_000, "plan_micros": 1_000_000 * (m + 1),
-             "spent_today_micros": spent}
-            for cid, mode, spends in (("e", "even", [1, 2, 3, 4]), ("a", "asap", [4, 4, 4, 4]))
+             "spent_today_micros": spent, "pacing_multiplier": multiplier, "throttle_rate": 0.0}
+            for cid, mode, spends, multiplier in (("e", "even", [1, 2, 3, 4], 0.5), ("b", "even", [1, 1, 1, 1], 1.0),
+                                                  ("a", "asap", [4, 4, 4, 4], 1.0))
             for m, spent in enumerate(s * 1_000_000 for s in spends)
         ]
     )  # fmt: skip
     kpis = pd.DataFrame(
         [{"campaign_id": "e", "minute": minute(m), "spend_micros": 1_000_000, "clicks": 2, "conversions": 0}
          for m in range(4)]
+        + [{"campaign_id": "b", "minute": minute(0), "spend_micros": 1_000_000, "clicks": 1, "conversions": 0}]
         + [{"campaign_id": "a", "minute": minute(0), "spend_micros": 4_000_000, "clicks": 4, "conversions": 1}]
     )  # fmt: skip
-    report = run_module.pacing_report(minutes, kpis, start, 240.0).set_index("mode")
-    assert report.loc["even", "spend_ratio_median"] == 1.0 and report.loc["asap", "spend_ratio_median"] == 1.0
-    assert report.loc["even", "deviation_median"] == 0.0
-    assert report.loc["asap", "deviation_median"] == pytest.approx(0.375)  # median of 3/4, 2/4, 1/4, 0/4
-    assert report.loc["asap", "first_exhausted_at"] == 0.25 and report.loc["even", "first_exhausted_at"] == 1.0
-    assert (report.loc["even", "overspent"], report.loc["asap", "overspent"]) == (0, 0)
-    assert report.loc["even", "ecpc_usd"] == 0.5 and report.loc["asap", "ecpa_usd"] == 4.0
+    report = run_module.pacing_report(minutes, kpis, start, 240.0).set_index(["mode", "bound"])
+    assert sorted(report.index) == [("asap", "all"), ("even", "all"), ("even", "bid"), ("even", "budget")]
+    assert report.loc[("even", "all"), "campaigns"] == 2 and report.loc[("even", "all"), "within_95_100"] == 1
+    budget, bid, asap = report.loc[("even", "budget")], report.loc[("even", "bid")], report.loc[("asap", "all")]
+    assert budget["spend_ratio_median"] == 1.0 and bid["spend_ratio_median"] == 0.25
+    assert asap["spend_ratio_median"] == 1.0
+    assert budget["deviation_median"] == 0.0 and bid["deviation_median"] == pytest.approx(0.375)
+    assert asap["deviation_median"] == pytest.approx(0.375)  # median of 3/4, 2/4, 1/4, 0/4
+    # 99 % of $4 is reached 59.4 s into asap's first minute; 57.6 s into even's last.
+    assert asap["first_exhausted_at"] == pytest.approx(59.4 / 240) and asap["exhausted_before_90"] == 1
+    assert budget["first_exhausted_at"] == pytest.approx(237.6 / 240) and budget["exhausted_before_90"] == 0
+    assert bid["exhausted"] == 0
+    assert (report.loc[("even", "all"), "overspent"], asap["overspent"]) == (0, 0)
+    assert budget["ecpc_usd"] == 0.5 and asap["ecpa_usd"] == 4.0
+
+
+def test_exhaustion_within_a_minute_cut_by_the_days_end_is_at_most_the_days_end():
+    start = datetime(2026, 12, 6, 10, 0, 30, tzinfo=UTC)  # the day starts and ends half way into a minute
+    kpis = pd.DataFrame(
+        [{"campaign_id": "c", "minute": pd.Timestamp(datetime(2026, 12, 6, 10, m, tzinfo=UTC)),
+          "spend_micros": 1_000_000} for m in range(3)]
+    )  # fmt: skip
+    share = run_module.exhaustion_share(kpis, pd.Series({"c": 3_000_000}), start, 120.0)
+    assert share["c"] == 1.0  # the crossing falls 59.4 s into the minute from 10:02, after the day's end
 
 
 def test_the_summary_reads_the_pacing_report_from_the_lake(tmp_path):

@@ -153,12 +153,14 @@ def test_an_empty_lake_is_a_refresh_with_nothing_to_do(tmp_path, mlflow_uri):
 def test_the_traffic_curve_counts_auctions_per_slot_of_complete_days_only():
     origin = datetime(2026, 12, 6, 9, 0, 30, tzinfo=UTC)
     clock = DayClock(240, int(origin.timestamp()))  # 24 slots of 10 s
-    # Two complete days: slot 3 gets 5 auctions a day, slot 20 gets 2; the day in progress is left out.
-    times = []
+    # Two complete days, an auction in every slot and more in slots 3 and 20 (5 and 2 in all); the day in
+    # progress is left out, and so is the day before them, which saw only its last 2 slots (a start mid-day).
+    times = [origin - timedelta(seconds=15)] * 40 + [origin - timedelta(seconds=5)] * 40
     for day in (0, 1):
         start = origin + timedelta(seconds=240 * day)
-        times += [start + timedelta(seconds=31)] * 5 + [start + timedelta(seconds=205)] * 2
+        times += [start + timedelta(seconds=10 * slot + 1) for slot in range(24)]
+        times += [start + timedelta(seconds=31)] * 4 + [start + timedelta(seconds=205)]
     times += [origin + timedelta(seconds=480 + 31)] * 50  # today, in slot 3
     counts, days = slot_counts(pd.Series(times), now=origin + timedelta(seconds=500), clock=clock)
-    assert days == 2 and sum(counts) == 14
-    assert counts[3] == 10 and counts[20] == 4
+    assert days == 2 and sum(counts) == 58
+    assert counts[3] == 10 and counts[20] == 4 and counts[22] == counts[23] == 2

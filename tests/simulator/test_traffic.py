@@ -592,3 +592,24 @@ def test_the_services_givt_rules_find_the_simulated_bots(simulation_service, tmp
     assert summary["bots"]["by_behaviour"]["crawler"]["events"]["ivt_tagged_by_service"] == {
         "givt:known_bot_ua": summary["bots"]["by_behaviour"]["crawler"]["events"]["accepted"]
     }
+
+
+def test_a_population_larger_than_the_sample_adds_lookalikes_under_new_ids():
+    rows = [{"user_id": f"u{i}", "age": 20 + i, "gender": "F", "country": "France"} for i in range(5)]
+    assert [u.profile.user_id for u in traffic.population(rows, 3, seed=7)] == [
+        u.profile.user_id for u in traffic.population(rows, 3, seed=7)
+    ]
+    assert len({u.profile.user_id for u in traffic.population(rows, 3, seed=7)}) == 3
+    users = traffic.population(rows, 12, seed=7)
+    ids = [u.profile.user_id for u in users]
+    assert len(ids) == len(set(ids)) == 12
+    assert sorted(ids[:5]) == [f"u{i}" for i in range(5)]  # every profile once before any lookalike
+    assert all(re.fullmatch(r"u[0-4]@([1-7])", i) for i in ids[5:]) and [i.split("@")[1] for i in ids[5:]] == [
+        str(n) for n in range(1, 8)
+    ]
+    for user in users[5:]:  # a lookalike is its profile's attributes under the new id
+        original = rows[int(user.profile.user_id[1])]
+        assert (user.profile.age, user.profile.gender, user.profile.country) == (
+            original["age"], original["gender"], original["country"],
+        )  # fmt: skip
+    assert re.fullmatch(r"^[A-Za-z0-9._:@-]+$", ids[-1])  # the auction API's id pattern
