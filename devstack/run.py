@@ -677,7 +677,8 @@ def calibration_lines(settings: Settings, state: RunState) -> list[str]:
     if latest is not None:
         lines.append(
             f"    map in force for version {version}: logit(pCTR) = {latest.slope:.3f} x logit(score) "
-            f"{latest.intercept:+.3f}, fitted on {latest.clicks:,} clicks at {latest.fitted_at}"
+            f"{latest.intercept:+.3f} + offset (CPM {latest.offset_cpm:+.3f}, CPC {latest.offset_cpc:+.3f}, "
+            f"CPA {latest.offset_cpa:+.3f}), fitted on {latest.clicks:,} clicks at {latest.fitted_at}"
         )
     else:
         lines.append(f"    version {version} served its registered calibration only (no online refit yet)")

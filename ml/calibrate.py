@@ -68,6 +68,9 @@ CALIBRATOR_SCHEMA = pa.schema(
         ("clicks", pa.int64()),
         ("train_positive_rate", pa.float64()),
         ("prior_ctr", pa.float64()),
+        ("offset_cpm", pa.float64()),
+        ("offset_cpc", pa.float64()),
+        ("offset_cpa", pa.float64()),
     ]
 )
 COMPACT_EVERY = 60  # appends to gold/calibrators between compactions: serving reads it every few seconds
@@ -123,7 +126,9 @@ def latest_calibration(settings: Settings, model_version: str) -> Calibration | 
     newest = rows.sort_values("fitted_at").iloc[-1].to_dict()
     newest.pop("calibration_id")
     fields = {name: (None if pd.isna(value) else value) for name, value in newest.items()}
-    return Calibration(**{**fields, "impressions": int(fields["impressions"]), "clicks": int(fields["clicks"])})
+    offsets = {name: float(fields.get(name) or 0.0) for name in ("offset_cpm", "offset_cpc", "offset_cpa")}
+    counts = {"impressions": int(fields["impressions"]), "clicks": int(fields["clicks"])}
+    return Calibration(**{**fields, **counts, **offsets})
 
 
 def first_calibration_since(settings: Settings, since: datetime) -> datetime | None:
@@ -143,8 +148,9 @@ def write_calibrators(settings: Settings, calibrations: list[Calibration]) -> No
         return
     rows = [{"calibration_id": c.calibration_id, **asdict(c)} for c in calibrations]
     location, options = settings.delta_rs_location(Table.GOLD_CALIBRATORS)
+    # Merged: a table from before the per-pricing offsets gains their columns (its rows read as 0).
     write_deltalake(location, pa.Table.from_pylist(rows, schema=CALIBRATOR_SCHEMA), mode="append",
-                    storage_options=options)  # fmt: skip
+                    schema_mode="merge", storage_options=options)  # fmt: skip
     table = DeltaTable(location, storage_options=options)
     if table.version() % COMPACT_EVERY == 0:
         table.optimize.compact()
@@ -378,7 +384,11 @@ def run(settings: Settings, *, once: bool = False) -> int:
         except Exception:  # a lake or MLflow hiccup must not end the loop; the next refresh tries again
             log.exception("calibration refresh failed")
         else:
-            fits = ", ".join(f"v{c.model_version} slope {c.slope:.3f} intercept {c.intercept:.3f}" for c in done.fitted)
+            fits = ", ".join(
+                f"v{c.model_version} slope {c.slope:.3f} intercept {c.intercept:.3f} offsets CPM {c.offset_cpm:+.3f} "
+                f"CPC {c.offset_cpc:+.3f} CPA {c.offset_cpa:+.3f}"
+                for c in done.fitted
+            )
             log.info("calibration refresh: %d impressions, %d clicks; %s; %d gold rows", done.impressions,
                      done.clicks, fits or "nothing refitted", done.hours)  # fmt: skip
             for alert in done.alerts:

@@ -17,6 +17,13 @@ Pure numpy: no I/O, no clock (times are passed in).
   ties a step function would, which matter in an auction that ranks by pCTR), it extrapolates
   to scores the window did not see, and applying it to 100 candidates costs a few microseconds.
   The slope is kept in [MIN_SLOPE, MAX_SLOPE], so the map stays increasing whatever the data.
+- **Per pricing model** (the winner's curse). An auction serves the candidate it values most, and
+  it values a CPC or CPA candidate by its pCTR: among them, the ones whose pCTR was overestimated
+  win more often, so their served pCTRs run above their clicks even when the model is calibrated
+  on average (a CPM candidate's value does not depend on its pCTR, so it is not selected on it).
+  The map therefore adds a log-odds offset per pricing model, logit(q) = a x logit(p) + b + d[m],
+  fitted jointly with (a, b), each offset with a Gaussian prior at 0 (sd PRIOR_SD_OFFSET): one
+  pricing model's few clicks leave its offset near the pooled map, its thousands correct it.
 
 Calibrating never retrains the model: ``Calibration`` is applied after the scorer.
 """
@@ -25,9 +32,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -41,6 +49,10 @@ NEWTON_STEPS = 25
 # data asks once there are some hundreds of clicks, and little on a handful.
 PRIOR_SD_SLOPE = 0.5
 PRIOR_SD_INTERCEPT = 1.0
+PRIOR_SD_OFFSET = 0.5
+# The pricing models the map has an offset for, in the order of the codes ``pricing_codes`` gives
+# (a row of none of them, code -1, gets no offset).
+PRICING_MODELS = ("CPM", "CPC", "CPA")
 CALIBRATION_ARTIFACT = "calibration.json"  # beside the registered model in MLflow
 
 
@@ -74,22 +86,33 @@ class Calibration:
     clicks: int = 0
     train_positive_rate: float | None = None  # for the prior: the training data's click rate
     prior_ctr: float | None = None  # for the prior: the live click rate it corrects toward
+    # Log-odds added for candidates of each pricing model (module doc: the winner's curse).
+    offset_cpm: float = 0.0
+    offset_cpc: float = 0.0
+    offset_cpa: float = 0.0
 
     @property
     def calibration_id(self) -> str:
         """Names this calibration in the auction log: the version, the kind and when it was fitted."""
         return f"{self.model_version}:{self.kind}" + (f":{self.fitted_at}" if self.fitted_at else "")
 
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """The offsets in PRICING_MODELS order, then 0 for a row of none of them (code -1 indexes it)."""
+        return np.array([self.offset_cpm, self.offset_cpc, self.offset_cpa, 0.0])
+
     @property
     def is_identity(self) -> bool:
-        return self.slope == 1.0 and self.intercept == 0.0
+        return self.slope == 1.0 and self.intercept == 0.0 and not self.offsets.any()
 
-    def apply(self, scores: np.ndarray) -> np.ndarray:
-        """The served pCTRs of the model's scores."""
+    def apply(self, scores: np.ndarray, pricing: np.ndarray | None = None) -> np.ndarray:
+        """The served pCTRs of the model's scores; ``pricing``, the candidates' ``pricing_codes``, adds
+        each one's pricing-model offset (without it the pooled map alone is applied)."""
         scores = np.asarray(scores, dtype=np.float64)
         if self.is_identity or scores.size == 0:
             return scores
-        return sigmoid(self.slope * logit(scores) + self.intercept)
+        z = self.slope * logit(scores) + self.intercept
+        return sigmoid(z if pricing is None else z + self.offsets[pricing])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -98,9 +121,16 @@ class Calibration:
     def from_json(cls, text: str | bytes) -> Calibration:
         fields = json.loads(text)
         calibration = cls(**fields)
-        if not (MIN_SLOPE <= calibration.slope <= MAX_SLOPE and math.isfinite(calibration.intercept)):
+        finite = math.isfinite(calibration.intercept) and np.isfinite(calibration.offsets).all()
+        if not (MIN_SLOPE <= calibration.slope <= MAX_SLOPE and finite):
             raise ValueError(f"calibration slope {calibration.slope} or intercept {calibration.intercept} out of range")
         return calibration
+
+
+def pricing_codes(pricing_models: Sequence[str | None] | np.ndarray) -> np.ndarray:
+    """Each pricing model's index in PRICING_MODELS (int8), -1 for one not there (or None)."""
+    index = {model: code for code, model in enumerate(PRICING_MODELS)}
+    return np.fromiter((index.get(str(m), -1) for m in pricing_models), dtype=np.int8, count=len(pricing_models))
 
 
 def identity(model_version: str) -> Calibration:
@@ -133,19 +163,25 @@ def fit_platt(
     prior: Calibration,
     *,
     weights: np.ndarray | None = None,
+    pricing: np.ndarray | None = None,
     fitted_at: datetime,
 ) -> Calibration:
     """The Platt map of ``prior.model_version`` fitted on (model score, clicked) pairs, by Newton's
-    method on the weighted log-likelihood plus the Gaussian prior centred on ``prior``."""
+    method on the weighted log-likelihood plus the Gaussian prior centred on ``prior``; with
+    ``pricing`` (the rows' ``pricing_codes``) the offsets per pricing model too, each centred on 0."""
     z = logit(scores)
     y = np.asarray(clicked, dtype=np.float64)
     w = np.ones_like(z) if weights is None else np.asarray(weights, dtype=np.float64)
-    if not (z.shape == y.shape == w.shape and z.ndim == 1):
-        raise ValueError(f"scores, clicked and weights must be 1-d and aligned, got {z.shape}, {y.shape}, {w.shape}")
-    centre = np.array([prior.slope, prior.intercept])
-    precision = np.diag([1 / PRIOR_SD_SLOPE**2, 1 / PRIOR_SD_INTERCEPT**2])
+    codes = np.full(z.shape, -1, dtype=np.int8) if pricing is None else np.asarray(pricing, dtype=np.int8)
+    if not (z.shape == y.shape == w.shape == codes.shape and z.ndim == 1):
+        raise ValueError(f"scores, clicked, weights and pricing must be 1-d and aligned, got {z.shape}, {y.shape}, "
+                         f"{w.shape}, {codes.shape}")  # fmt: skip
+    models = len(PRICING_MODELS) if pricing is not None else 0
+    centre = np.array([prior.slope, prior.intercept, *[0.0] * models])
+    precision = np.diag([1 / PRIOR_SD_SLOPE**2, 1 / PRIOR_SD_INTERCEPT**2, *[1 / PRIOR_SD_OFFSET**2] * models])
     theta = centre.copy()
-    design = np.column_stack([z, np.ones_like(z)])
+    indicators = [(codes == code).astype(np.float64) for code in range(models)]
+    design = np.column_stack([z, np.ones_like(z), *indicators])
 
     def objective(at: np.ndarray) -> float:
         scores = design @ at
@@ -170,6 +206,7 @@ def fit_platt(
                 continue
         break
     slope = float(np.clip(theta[0], MIN_SLOPE, MAX_SLOPE))
+    offsets = dict(zip(("offset_cpm", "offset_cpc", "offset_cpa"), map(float, theta[2:]), strict=False))
     return Calibration(
         prior.model_version,
         CalibrationKind.PLATT,
@@ -180,6 +217,7 @@ def fit_platt(
         clicks=int(y.sum()),
         train_positive_rate=prior.train_positive_rate,
         prior_ctr=prior.prior_ctr,
+        **offsets,
     )
 
 
@@ -241,7 +279,8 @@ def fit_versions(
     min_clicks: int,
 ) -> list[Calibration]:
     """The online Platt map of every model version in ``priors`` whose logged impressions (with their
-    raw score) hold at least ``min_clicks`` clicks, centred on that version's prior."""
+    raw score) hold at least ``min_clicks`` clicks, centred on that version's prior, with an offset per
+    pricing model."""
     fitted = []
     usable = impressions[impressions["raw_pctr"].notna()]
     for version, rows in usable.groupby("model_version"):
@@ -255,6 +294,7 @@ def fit_versions(
                 rows["clicked"].to_numpy(),
                 prior,
                 weights=recency_weights(ages, half_life_s),
+                pricing=pricing_codes(rows["pricing_model"].to_numpy()),
                 fitted_at=now,
             )
         )

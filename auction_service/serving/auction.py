@@ -65,6 +65,7 @@ import numpy as np
 
 from adstream.events import AuctionRecord, CampaignStatus, PricingModel
 from auction_service.domain import AuctionContext, ServingCampaign, fits_int64, spend_changed_rows
+from ml.calibration import pricing_codes
 
 DEFAULT_PCVR = 0.05  # conversions per click for CPA campaigns, until a conversion model exists
 PRICE_INCREMENT_MICROS = 10_000  # one cent: what the winner pays above the runner-up's eCPM
@@ -120,6 +121,7 @@ class CandidateBids:
     cpm: np.ndarray  # the bid, for CPM (eCPM is the bid)
     cpc: np.ndarray  # bid x 1000 / 1e9, for CPC (pCTR in billionths)
     cpa: np.ndarray  # bid x 1000 / 1e18, for CPA (pCTR and pCVR in billionths)
+    pricing: np.ndarray  # ml.calibration.pricing_codes: which offset of the calibration each one takes
 
     @classmethod
     def of(cls, candidates: Sequence[ServingCampaign]) -> CandidateBids:
@@ -132,10 +134,11 @@ class CandidateBids:
             cpm=np.where(cpc | cpa, 0.0, bids),
             cpc=np.where(cpc, bids * 1e-6, 0.0),
             cpa=np.where(cpa, bids * 1e-15, 0.0),
+            pricing=pricing_codes(models),
         )
 
     def take(self, rows: np.ndarray) -> CandidateBids:
-        return CandidateBids(self.cpm[rows], self.cpc[rows], self.cpa[rows])
+        return CandidateBids(self.cpm[rows], self.cpc[rows], self.cpa[rows], self.pricing[rows])
 
 
 def eligible(

@@ -104,10 +104,13 @@ class LoadedModel:
     # until one is known. Swapped alone when a newer online map of this version lands.
     calibration: Calibration | None = None
 
-    def pctrs(self, batch: Mapping[str, Sequence[Any] | np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(served pCTRs, the model's raw scores) of a candidate batch."""
+    def pctrs(
+        self, batch: Mapping[str, Sequence[Any] | np.ndarray], pricing: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(served pCTRs, the model's raw scores) of a candidate batch; ``pricing``, the candidates'
+        ``ml.calibration.pricing_codes``, for the calibration's offset per pricing model."""
         scores = np.asarray(self.scorer.score(batch))
-        return (scores if self.calibration is None else self.calibration.apply(scores)), scores
+        return (scores if self.calibration is None else self.calibration.apply(scores, pricing)), scores
 
     @property
     def scorer_kind(self) -> str:
@@ -192,10 +195,12 @@ class ServingModel:
         model = self._snapshot.model
         return None if model is None else model.scorer_kind
 
-    def score(self, batch: Mapping[str, Sequence[Any] | np.ndarray]) -> tuple[np.ndarray, str]:
+    def score(
+        self, batch: Mapping[str, Sequence[Any] | np.ndarray], pricing: np.ndarray | None = None
+    ) -> tuple[np.ndarray, str]:
         """Served (calibrated) pCTRs for a candidate batch and the version that produced them, from one snapshot."""
         model = self.current
-        return model.pctrs(batch)[0], model.version
+        return model.pctrs(batch, pricing)[0], model.version
 
     def swap(self, model: LoadedModel) -> None:
         self._snapshot = _Snapshot(model, "")

@@ -106,9 +106,9 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
         if sitting_out.any():
             filtered[FilterReason.PACING_THROTTLE] += int(sitting_out.sum())
             rows = rows[~sitting_out]
-    candidates = index.take(rows)
+    candidates, bids = index.take(rows), index.bids.take(rows)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
-    pctr, raw = loaded.pctrs(batch) if candidates else (np.zeros(0), np.zeros(0))
+    pctr, raw = loaded.pctrs(batch, bids.pricing) if candidates else (np.zeros(0), np.zeros(0))
     cold = state.settings.calibration_cold_start and (
         loaded.calibration is None or loaded.calibration.kind != CalibrationKind.PLATT
     )
@@ -123,7 +123,7 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
             reserve_price_micros=state.settings.auction_reserve_price_micros,
             first_price=first_price,
             filtered=filtered,
-            bids=index.bids.take(rows),
+            bids=bids,
             pacing_ppm=_paced(multipliers, rows),
         )
         if outcome.winner is None:
@@ -135,11 +135,12 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
         # Taken meanwhile by another auction (any replica): the winner leaves, the rest are priced again.
         filtered[HOLD_REFUSED[refused]] += 1
         keep = np.array([c.campaign_id != outcome.winner.campaign_id for c in candidates], dtype=bool)
-        candidates, pctr, raw, rows = (
+        candidates, pctr, raw, rows, bids = (
             [c for c, k in zip(candidates, keep, strict=True) if k],
             pctr[keep],
             raw[keep],
             rows[keep],
+            bids.take(keep),
         )
     else:
         outcome = run_auction(

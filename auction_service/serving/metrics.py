@@ -52,6 +52,10 @@ class ServiceMetrics:
         self.calibration_intercept = Gauge(
             "adstream_pctr_calibration_intercept", "Served calibration: intercept (log-odds)", registry=r
         )
+        self.calibration_offset = Gauge(
+            "adstream_pctr_calibration_offset", "Served calibration: log-odds offset of a pricing model",
+            ["pricing_model"], registry=r,
+        )  # fmt: skip
         self.pacing_updates = Counter("adstream_pacing_updates_total", "Pacing controller passes run here", registry=r)
         self.pacing_leader = Gauge("adstream_pacing_leader", "1 while this replica runs the controllers", registry=r)
         self.pacing_multiplier = Gauge(

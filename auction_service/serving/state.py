@@ -42,7 +42,7 @@ from auction_service.serving.pacer import Pacer
 from auction_service.serving.pacing import PPM, PacingController
 from auction_service.serving.shared import SharedBooks, SharedStoreUnavailable, rebuild_source
 from ml.calibrate import traffic_counts
-from ml.calibration import ColdStart
+from ml.calibration import PRICING_MODELS, ColdStart
 
 log = logging.getLogger(__name__)
 T, R = TypeVar("T"), TypeVar("R")
@@ -304,6 +304,8 @@ class ServiceState:
                 if calibration is not None:
                     self.metrics.calibration_slope.set(calibration.slope)
                     self.metrics.calibration_intercept.set(calibration.intercept)
+                    for model, offset in zip(PRICING_MODELS, calibration.offsets, strict=False):
+                        self.metrics.calibration_offset.labels(pricing_model=model).set(offset)
                 if self.watcher is not None:
                     self.metrics.calibration_swaps.set(self.watcher.recalibrations)
             except Exception:  # a failed tick must not end the thread; the next one retries

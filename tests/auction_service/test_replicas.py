@@ -4,6 +4,8 @@
   CPA campaign with small budgets and a 1-per-day frequency cap; one replica is killed with -9 midway
   and started again by the supervisor. Budgets, caps and charges must hold exactly.
 - An event posted to another replica right after its auction is accepted.
+- The pacing leader killed with -9: another replica takes the lease and its controllers continue from the
+  states in the shared store.
 - The shared store down: 503 with Retry-After, nothing charged; back, serving resumes by itself.
 """
 
@@ -56,15 +58,21 @@ def seeded(settings: Settings) -> None:
                 session,
                 instruction(
                     campaign_id, pricing_model=pricing, bid_micros=bid, total_budget_micros=budget,
-                    daily_budget_micros=budget, frequency_cap_per_day=1,
+                    daily_budget_micros=budget, frequency_cap_per_day=1, pacing_mode="asap",
                     targeting={"device_types": ["desktop"], "countries": ["Norway"]},
                 ),
             )  # fmt: skip
     engine.dispose()
 
 
+PACING_UPDATE_S = 1  # the controllers' interval here: the leader's lease is 3 of them
+
+
 def replica_env(settings: Settings, replicas: int) -> dict[str, str]:
-    return {**os.environ, **services.settings_env(settings), "AUCTION_REPLICAS": str(replicas)}
+    return {
+        **os.environ, **services.settings_env(settings), "AUCTION_REPLICAS": str(replicas),
+        "PACING_UPDATE_S": str(PACING_UPDATE_S),
+    }  # fmt: skip
 
 
 def wait_listening(url: str, supervisor: subprocess.Popen, replicas: int, limit_s: float = 180) -> None:
@@ -221,6 +229,48 @@ def test_an_event_for_another_replicas_auction_is_accepted_at_once(fleet):
     answered = httpx.post(f"{other}/v1/events", json=body, headers={"User-Agent": BROWSER_UA}, timeout=10)
     assert answered.status_code == 202, answered.text
     assert answered.json()["results"][0]["status"] == "accepted"
+
+
+def _pacing_state(shared: redis.Redis, key: str, campaign_id: str) -> dict[str, str] | None:
+    value = shared.hget(key, campaign_id)
+    return None if value is None else dict(part.split("=", 1) for part in value.decode().split(" "))
+
+
+def test_a_kill_9_of_the_pacing_leader_hands_its_controllers_to_another_replica_that_continues(fleet):
+    settings, _, _, supervisor = fleet
+    shared = redis.Redis.from_url(settings.shared_store_url)
+    leader_key, state_key = (
+        f"{settings.shared_store_namespace}:pacing:leader",
+        f"{settings.shared_store_namespace}:pacing:state",
+    )
+    deadline = time.monotonic() + 30
+    while (leader := shared.get(leader_key)) is None or _pacing_state(shared, state_key, "rep-cpm") is None:
+        assert time.monotonic() < deadline, "no replica took the pacing lease"
+        time.sleep(0.2)
+    leader_pid = int(leader.decode().split("-", 1)[0])
+    replicas = [p.pid for p in psutil.Process(supervisor.pid).children()]
+    assert psutil.pid_exists(leader_pid)  # a replica of the fleet, or the one on a port of its own
+    os.kill(leader_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    before = _pacing_state(shared, state_key, "rep-cpm")  # the dead leader's last update
+    deadline = time.monotonic() + 30
+    while True:
+        after = _pacing_state(shared, state_key, "rep-cpm")
+        if after["updated_at_us"] != before["updated_at_us"]:
+            break
+        assert time.monotonic() < deadline, "nobody updated the controllers after the leader's kill"
+        time.sleep(0.05)
+    took_over_s = time.monotonic() - killed_at
+    new_leader = shared.get(leader_key)
+    assert new_leader is not None and new_leader != leader
+    if leader_pid in replicas:  # the supervisor starts a killed replica again
+        wait_listening(f"http://127.0.0.1:{settings.auction_port}", supervisor, 3)
+    # Within the lease (3 intervals) and the next housekeeping pass, on a noisy machine.
+    assert took_over_s < 3 * PACING_UPDATE_S + 5
+    # It stepped from the state in the store: its interval starts at the dead leader's last update (a fresh
+    # controller would have measured it from the day's start).
+    assert int(after["interval_us"]) == int(after["updated_at_us"]) - int(before["updated_at_us"])
+    assert int(after["interval_us"]) < 10 * 1_000_000
 
 
 def test_the_shared_store_down_is_a_503_charging_nothing_and_serving_resumes_when_it_is_back(service_settings):

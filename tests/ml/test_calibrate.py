@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from adstream.contracts import Table
 from adstream.days import DayClock
 from adstream.events import ChargeStatus
-from ml.calibrate import Priors, latest_calibration, refresh_once, slot_counts
-from ml.calibration import CalibrationKind, logit, prior_correction, sigmoid
+from ml.calibrate import CALIBRATOR_SCHEMA, Priors, latest_calibration, refresh_once, slot_counts, write_calibrators
+from ml.calibration import Calibration, CalibrationKind, logit, prior_correction, sigmoid
 from ml.features import FEATURES, LABEL
 from ml.pipelines import logistic_regression
 from tests.conftest import make_settings
@@ -95,8 +97,12 @@ def test_a_refresh_fits_the_served_versions_map_and_writes_observed_over_expecte
     # The map: the truth is the raw score shifted by TRUE_SHIFT in log-odds, slope 1.
     (fitted,) = done.fitted
     assert fitted.kind == CalibrationKind.PLATT and fitted.model_version == "1"
-    assert fitted.slope == pytest.approx(1.0, abs=0.1) and fitted.intercept == pytest.approx(TRUE_SHIFT, abs=0.15)
-    assert latest_calibration(settings, "1") == fitted
+    assert fitted.slope == pytest.approx(1.0, abs=0.1)
+    # The same truth for both pricing models: each one's intercept with its offset is the shift.
+    for offset in (fitted.offset_cpm, fitted.offset_cpc):
+        assert fitted.intercept + offset == pytest.approx(TRUE_SHIFT, abs=0.15)
+    assert abs(fitted.offset_cpc - fitted.offset_cpm) < 0.1 and fitted.offset_cpa == 0.0  # no CPA impressions
+    assert latest_calibration(settings, "1") == fitted  # offsets and all, through gold/calibrators
     assert latest_calibration(settings, "2") is None
 
     gold = DeltaTable(settings.delta_rs_location(Table.GOLD_CALIBRATION)[0]).to_pandas()
@@ -164,3 +170,18 @@ def test_the_traffic_curve_counts_auctions_per_slot_of_complete_days_only():
     counts, days = slot_counts(pd.Series(times), now=origin + timedelta(seconds=500), clock=clock)
     assert days == 2 and sum(counts) == 58
     assert counts[3] == 10 and counts[20] == 4 and counts[22] == counts[23] == 2
+
+
+def test_a_calibrators_table_from_before_the_offsets_gains_them(tmp_path):
+    settings = make_settings(tmp_path)
+    old_schema = pa.schema([field for field in CALIBRATOR_SCHEMA if not field.name.startswith("offset_")])
+    before = Calibration("1", CalibrationKind.PLATT, slope=0.9, intercept=-3.0, fitted_at="2026-12-06T10:00:00+00:00")
+    row = {
+        "calibration_id": before.calibration_id,
+        **{k: v for k, v in asdict(before).items() if k in old_schema.names},
+    }
+    write_deltalake(settings.delta_rs_location(Table.GOLD_CALIBRATORS)[0], pa.Table.from_pylist([row], old_schema))
+    assert latest_calibration(settings, "1") == before  # no offset columns: none
+    after = replace(before, fitted_at="2026-12-06T10:01:00+00:00", offset_cpc=-0.4)
+    write_calibrators(settings, [after])
+    assert latest_calibration(settings, "1") == after

@@ -17,6 +17,7 @@ from ml.calibration import (
     fit_platt,
     identity,
     logit,
+    pricing_codes,
     prior_correction,
     recency_weights,
     sigmoid,
@@ -179,3 +180,56 @@ def test_cold_start_brings_the_served_winners_to_the_prior_ctr_within_a_hundred_
     assert np.array_equal(np.argsort(cold.apply("7", candidates)), np.argsort(candidates))
     # A new model version starts afresh.
     assert np.array_equal(cold.apply("8", candidates), candidates)
+
+
+def _served_by_auction(rng: np.random.Generator, auctions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(winner's model score, clicked, pricing code) of auctions between 10 CPC candidates, valued at their
+    score, and one CPM candidate at a price of its own. The model is unbiased in log-odds but noisy, as any is."""
+    true_logit = rng.normal(-3.5, 0.5, size=(auctions, 10))
+    score = sigmoid(true_logit + rng.normal(0.0, 1.0, size=(auctions, 10)))
+    best = score.argmax(axis=1)
+    cpc_wins = 1_000 * score[np.arange(auctions), best] > rng.uniform(50, 150, size=auctions)  # CPC's eCPM vs CPM's
+    cpm_score = sigmoid(rng.normal(-3.5, 0.5, size=auctions) + rng.normal(0.0, 1.0, size=auctions))
+    cpm_truth = logit(cpm_score)  # the CPM winner is not chosen on its score: its truth is its score's, on average
+    winner_score = np.where(cpc_wins, score[np.arange(auctions), best], cpm_score)
+    winner_truth = np.where(cpc_wins, true_logit[np.arange(auctions), best], cpm_truth)
+    clicked = rng.random(auctions) < sigmoid(winner_truth)
+    return winner_score, clicked, np.where(cpc_wins, 1, 0).astype(np.int8)  # codes: CPM 0, CPC 1
+
+
+def test_offsets_per_pricing_model_undo_the_winners_curse_that_one_pooled_map_cannot():
+    rng = np.random.default_rng(23)
+    scores, clicked, pricing = _served_by_auction(rng, 60_000)
+    assert 0.2 < pricing.mean() < 0.8  # both pricing models win a fair share
+    start = identity("1")
+    pooled = fit_platt(scores, clicked, start, fitted_at=AT)
+    per_model = fit_platt(scores, clicked, start, pricing=pricing, fitted_at=AT)
+    # Judged on fresh auctions of the same traffic: observed / expected clicks per pricing model.
+    scores, clicked, pricing = _served_by_auction(rng, 60_000)
+
+    def ratio(calibration: Calibration, code: int, with_offsets: bool) -> float:
+        rows = pricing == code
+        served = calibration.apply(scores[rows], pricing[rows] if with_offsets else None)
+        return clicked[rows].sum() / served.sum()
+
+    # The premise: one map for both serves CPC winners above their clicks and CPM winners below theirs.
+    assert ratio(pooled, 1, False) < 0.9 and ratio(pooled, 0, False) > 1.25
+    assert 0.9 < ratio(per_model, 0, True) < 1.1 and 0.9 < ratio(per_model, 1, True) < 1.1
+    assert per_model.offset_cpc < per_model.offset_cpm - 0.2  # CPC winners are marked down
+    assert per_model.offset_cpa == 0.0  # no CPA rows: its offset stays at its prior
+
+
+def test_offsets_apply_per_candidate_and_round_trip():
+    calibration = Calibration("3", CalibrationKind.PLATT, slope=1.0, intercept=-1.0, offset_cpc=-0.5, offset_cpa=0.25)
+    scores = np.full(4, 0.5)  # logit 0
+    codes = pricing_codes(["CPM", "CPC", "CPA", None])
+    assert list(codes) == [0, 1, 2, -1]
+    served = calibration.apply(scores, codes)
+    assert np.allclose(logit(served), [-1.0, -1.5, -0.75, -1.0])
+    assert np.allclose(logit(calibration.apply(scores)), -1.0)  # without the candidates' models: the pooled map
+    assert Calibration.from_json(calibration.to_json()) == calibration
+    # A map written before offsets existed still reads, with none.
+    old = '{"clicks": 0, "fitted_at": "", "impressions": 0, "intercept": 0.5, "kind": "prior", "model_version": "2", ' \
+          '"prior_ctr": null, "slope": 1.0, "train_positive_rate": null}'  # fmt: skip
+    assert Calibration.from_json(old).offsets.tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert not Calibration("3", CalibrationKind.PLATT, offset_cpm=0.1).is_identity

@@ -14,7 +14,7 @@ from auction_service.api.routes.auction import to_micros
 from auction_service.api.schemas import INVALID_REQUEST, Prediction, PredictRequest, PredictResponse
 from auction_service.domain import AuctionContext
 from auction_service.serving.features import candidate_batch
-from ml.calibration import Calibration
+from ml.calibration import PRICING_MODELS, Calibration, pricing_codes
 
 router = APIRouter(tags=["operations"])
 
@@ -69,6 +69,7 @@ def _calibration(calibration: Calibration | None) -> dict | None:
         "kind": calibration.kind,
         "slope": calibration.slope,
         "intercept": calibration.intercept,
+        "offsets": dict(zip(PRICING_MODELS, map(float, calibration.offsets), strict=False)),
         "fitted_on_clicks": calibration.clicks,
     }
 
@@ -87,7 +88,8 @@ def predict_ctr(body: PredictRequest, state: StateDep) -> PredictResponse:
         gender=c.gender, device_type=c.device_type, channel=c.channel, content_type=c.content_type,
         floor_cpm_micros=to_micros(c.floor_cpm),
     )  # fmt: skip
-    pctr, version = state.model.score(candidate_batch(context, known, state.features.current))
+    pricing = pricing_codes([campaign.pricing_model for campaign in known])
+    pctr, version = state.model.score(candidate_batch(context, known, state.features.current), pricing)
     return PredictResponse(
         model_version=version,
         predictions=[

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -403,3 +404,12 @@ def test_the_watcher_swaps_in_the_newest_online_calibration_of_the_served_versio
 
     # A map of another version never serves this one.
     assert serving.recalibrate(other) is False and serving.calibration == newer
+
+    # A map with offsets per pricing model: each candidate takes its own model's.
+    offsets = replace(newer, fitted_at="2026-12-06T00:03:00+00:00", offset_cpc=-0.5, offset_cpa=0.3)
+    write_calibrators(settings, [offsets])
+    assert watcher.poll_calibration() is True
+    pricing = np.resize(np.array([0, 1, 2], dtype=np.int8), len(raw))
+    shift = np.array([0.0, -0.5, 0.3])[pricing]
+    served = serving.score(batch, pricing)[0]
+    np.testing.assert_allclose(served, 1 / (1 + np.exp(-(1.1 * logit - 3.2 + shift))), rtol=1e-9)
