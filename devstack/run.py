@@ -177,6 +177,7 @@ def start_platform(settings: Settings, state: RunState, plan: Simulation) -> Non
     # A run of minutes: the online calibration refits every 15 s and serving picks it up within 5 s.
     default_child_env("CALIBRATION_REFRESH_S", "15")
     default_child_env("CALIBRATION_POLL_S", "5")
+    default_child_env("AUCTION_TTL_S", str(plan.auction_ttl_s))
     services.up(settings, PLATFORM)
     state.catalog = read_ad_catalog(settings)
     state.seeded_at = datetime.now(UTC)
@@ -279,6 +280,15 @@ class Simulation:
     @property
     def day_s(self) -> float:
         return max(60.0, round(self.day_length_s or self.duration_s))
+
+    @property
+    def auction_ttl_s(self) -> int:
+        """How long an auction's events are accepted, and its reservation held: a 24th of the day, as
+        AUCTION_TTL_S's hour is of a real one (60 s at the least; the simulator's events come within
+        seconds). Until its billable event or this, a CPC or CPA auction holds its expected cost
+        against the budget, so an hour's hold in a day of minutes would lock half of every CPC and
+        CPA budget for the rest of the day (a 10-minute run's such campaigns stalled near 50 %)."""
+        return max(60, round(self.day_s / 24))
 
     @property
     def forecast_s(self) -> float:

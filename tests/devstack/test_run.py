@@ -330,3 +330,14 @@ def test_the_summary_reads_the_pacing_report_from_the_lake(tmp_path):
     assert lines[0].startswith("  pacing             a 120s day from 10:00:00")
     assert "even    1 campaigns: spend / daily budget median 100.0%" in lines[1]
     assert "overspent 0" in lines[1] and "eCPC 1.000" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("duration_s", "day_length_s", "ttl_s"), [(180, None, 60), (3600, None, 150), (600, 3600, 150), (600, 86400, 3600)]
+)
+def test_an_auctions_reservation_holds_a_24th_of_the_runs_day_as_an_hour_of_a_real_one(duration_s, day_length_s, ttl_s):
+    assert Simulation(duration_s=duration_s, day_length_s=day_length_s).auction_ttl_s == ttl_s
+
+
+def test_the_forecast_takes_a_twentieth_of_the_day_within_half_a_minute_and_three():
+    assert [Simulation(duration_s=d).forecast_s for d in (180, 1200, 3600, 7200)] == [30.0, 60.0, 180.0, 180.0]
