@@ -1,0 +1,129 @@
+"""The optimizer's decision: a bid multiplier per campaign x platform, every tick, from the forecasts.
+
+Pure numpy: no I/O, no clock; the random draws come from the generator passed in.
+
+**Bid your value.** In a second-price auction the bid that maximizes an advertiser's surplus is its
+value for the impression. The auction values a candidate per impression as CPM: the bid / 1000;
+CPC: bid x pCTR; CPA: bid x pCTR x the default pCVR. The advertiser's value per impression on
+platform p is CTR_p x CVR_p x V, with V the campaign's conversion value (its target CPA when it
+states one instead). The multiplier that turns the first into the second is
+
+    CPM: CTR_p CVR_p V / (bid / 1000)     CPC: CVR_p V / bid     CPA: CVR_p V / (bid x pCVR0)
+
+(pCTR cancels where the auction already uses it). It is clipped to [MIN_MULTIPLIER, MAX_MULTIPLIER]
+and so that bid x multiplier stays under the campaign's max bid and the platform's bid limit.
+
+**Budget across platforms.** Pacing multiplies every bid of a campaign by its λ, the price of its
+budget (``auction_service.serving.pacing``): with bids proportional to value, a uniform λ is the
+dual update of Balseiro, Lu and Mirrokni ("dual mirror descent", 2020), bid = value / (1 + μ), and
+the budget goes where value per cost is highest, marginal ROI equal across the platforms that
+serve. The order is base bid x platform multiplier x λ, capped at the max bid.
+
+**Uncertainty.** CTR and CVR are drawn from their Beta posteriors (Thompson sampling), so a thin
+cell, whose posterior is wide, sometimes draws high and gets traffic to learn from; a well-measured
+one draws near its mean. A platform is **paused** (multiplier 0) when the posterior says with
+PAUSE_CONFIDENCE that a click costs more than it returns (P(CVR x V < CPC) >= 0.95) over
+MIN_PAUSE_CLICKS clicks or more: money spent there is waste. The **fallback** is the base bid
+(multiplier 1): for a campaign whose window holds fewer than MIN_CLICKS clicks, or no value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from optimizer.forecast import Forecast
+
+MIN_MULTIPLIER, MAX_MULTIPLIER = 0.0, 2.0
+MIN_CLICKS = 30  # a campaign's clicks in the window before it leaves the base bid
+MIN_PAUSE_CLICKS = 50  # a platform's clicks before it may be paused
+PAUSE_CONFIDENCE = 0.95
+DEFAULT_PCVR = 0.05  # the auction's pCVR for CPA candidates (auction_service.serving.auction)
+PRICING_CODES = {"CPM": 0, "CPC": 1, "CPA": 2}
+
+
+class Reason(IntEnum):
+    """Why a cell got its multiplier (written with every decision)."""
+
+    STATIC = 0  # optimize is off: the base bid
+    FALLBACK = 1  # too little data, or no conversion value: the base bid
+    VALUE = 2  # bid its value: the posterior draw near its mean
+    EXPLORE = 3  # a thin cell's draw well above its mean: traffic to learn from
+    PAUSED = 4  # confidently losing money: no bids
+    CAPPED = 5  # its value, cut to the max bid or the platform's limit
+
+
+@dataclass(frozen=True)
+class Campaigns:
+    """The campaigns of a tick, one entry per window row."""
+
+    pricing: np.ndarray  # PRICING_CODES
+    bid_micros: np.ndarray  # the base bid, in its pricing model's unit
+    value_micros: np.ndarray  # the value of a conversion (or the target CPA); 0 when none
+    optimize: np.ndarray  # bool
+    max_bid_micros: np.ndarray  # float, inf when none
+    platform_limit_micros: np.ndarray  # (campaigns, platforms) float, inf when none
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Per campaign x platform: the multiplier, the reason, and what it was decided on."""
+
+    multiplier: np.ndarray
+    reason: np.ndarray
+    value_per_click_micros: np.ndarray  # the drawn CVR x V
+    cpc_micros: np.ndarray  # the expected cost per click (NaN without clicks)
+    roi_per_click_micros: np.ndarray  # value per click - cost per click
+    p_losing: np.ndarray  # P(CVR x V < CPC) under the posterior
+
+
+def decide(campaigns: Campaigns, forecast: Forecast, rng: np.random.Generator) -> Decision:
+    shape = forecast.clicks.shape
+    n = shape[0]
+    if not all(len(getattr(campaigns, f)) == n for f in ("pricing", "bid_micros", "value_micros", "optimize")):
+        raise ValueError("the campaigns and the forecast must have one row per campaign")
+    value = campaigns.value_micros.astype(np.float64)[:, None]
+    bid = campaigns.bid_micros.astype(np.float64)[:, None]
+    pricing = campaigns.pricing[:, None]
+    ctr_draw = np.clip(forecast.ctr.sample(rng), 1e-9, 1.0)
+    cvr_draw = np.clip(forecast.cvr.sample(rng), 0.0, 1.0)
+    per_impression = ctr_draw * cvr_draw * value
+    with np.errstate(divide="ignore", invalid="ignore"):
+        multiplier = np.select(
+            [pricing == PRICING_CODES["CPM"], pricing == PRICING_CODES["CPC"]],
+            [per_impression / (bid / 1000), cvr_draw * value / bid],
+            cvr_draw * value / (bid * DEFAULT_PCVR),
+        )
+        cpc = np.where(forecast.clicks > 0, forecast.spend_micros / forecast.clicks, np.nan)
+        p_losing = np.where(
+            (forecast.clicks > 0) & (value > 0), forecast.cvr.cdf(np.where(value > 0, cpc / value, 1.0)), 0.0
+        )
+    value_per_click = cvr_draw * value
+    multiplier = np.clip(np.nan_to_num(multiplier, nan=1.0, posinf=MAX_MULTIPLIER), MIN_MULTIPLIER, MAX_MULTIPLIER)
+    reason = np.where(
+        cvr_draw > forecast.cvr.mean + 2 * np.sqrt(forecast.cvr.variance), Reason.EXPLORE, Reason.VALUE
+    ).astype(np.int8)
+    cap = np.minimum(campaigns.max_bid_micros.astype(np.float64)[:, None], campaigns.platform_limit_micros) / bid
+    capped = multiplier > cap
+    multiplier = np.where(capped, cap, multiplier)
+    reason = np.where(capped, Reason.CAPPED, reason)
+    paused = (p_losing >= PAUSE_CONFIDENCE) & (forecast.clicks >= MIN_PAUSE_CLICKS)
+    multiplier = np.where(paused, 0.0, multiplier)
+    reason = np.where(paused, Reason.PAUSED, reason)
+    thin = (forecast.clicks.sum(axis=1) < MIN_CLICKS) | (campaigns.value_micros <= 0)
+    fallback = np.broadcast_to(thin[:, None], shape)
+    multiplier = np.where(fallback, np.minimum(1.0, cap), multiplier)
+    reason = np.where(fallback, Reason.FALLBACK, reason)
+    static = np.broadcast_to(~campaigns.optimize.astype(bool)[:, None], shape)
+    multiplier = np.where(static, 1.0, multiplier)
+    reason = np.where(static, Reason.STATIC, reason).astype(np.int8)
+    return Decision(
+        multiplier=multiplier,
+        reason=reason,
+        value_per_click_micros=value_per_click,
+        cpc_micros=cpc,
+        roi_per_click_micros=value_per_click - cpc,
+        p_losing=p_losing,
+    )

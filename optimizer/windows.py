@@ -1,0 +1,120 @@
+"""Sliding windows of live performance per campaign x platform, as arrays.
+
+Pure numpy: no I/O, no clock (times are passed in).
+
+A platform is an inventory segment the auction already knows: channel (web, app) x device type
+(mobile, desktop, tablet, ctv), eight in all (``PLATFORMS``). A window is ``buckets`` buckets of
+``bucket_s`` seconds each (30 of a minute by default) per campaign x platform, a ring: bucket ``i``
+of the epoch's ``bucket_s``-second buckets lives in slot ``i % buckets``, and a slot is zeroed when
+a newer bucket takes it. Counts are int64: impressions, clicks, conversions and spend in micros
+(money is never a float sum). Rows are campaigns, in the order of ``campaign_ids``; a campaign seen
+for the first time gets the next row (the arrays grow by doubling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CHANNELS = ("web", "app")
+DEVICE_TYPES = ("mobile", "desktop", "tablet", "ctv")
+PLATFORMS = tuple(f"{channel}/{device}" for channel in CHANNELS for device in DEVICE_TYPES)
+METRICS = ("impressions", "clicks", "conversions", "spend_micros")
+IMPRESSIONS, CLICKS, CONVERSIONS, SPEND = range(len(METRICS))
+BUCKETS = 30
+BUCKET_S = 60
+
+
+def platform_of(channel: str | None, device_type: str | None) -> int:
+    """The index of (channel, device type) in PLATFORMS; -1 for a pair outside them (not counted)."""
+    try:
+        return CHANNELS.index(channel or "") * len(DEVICE_TYPES) + DEVICE_TYPES.index(device_type or "")
+    except ValueError:
+        return -1
+
+
+@dataclass
+class Windows:
+    """Counts per (campaign row, platform, metric, slot); ``add`` folds in a batch of events."""
+
+    buckets: int = BUCKETS
+    bucket_s: int = BUCKET_S
+    campaign_ids: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    counts: np.ndarray = field(init=False)
+    slot_bucket: np.ndarray = field(init=False)  # which epoch bucket each slot holds (-1: none yet)
+    latest_bucket: int = -1
+
+    def __post_init__(self) -> None:
+        if self.buckets < 2 or self.bucket_s <= 0:
+            raise ValueError(
+                f"a window needs 2 buckets or more of a positive length, got {self.buckets} x {self.bucket_s}"
+            )
+        self.counts = np.zeros((16, len(PLATFORMS), len(METRICS), self.buckets), dtype=np.int64)
+        self.slot_bucket = np.full(self.buckets, -1, dtype=np.int64)
+
+    @property
+    def span_s(self) -> int:
+        return self.buckets * self.bucket_s
+
+    def row_of(self, campaign_id: str) -> int:
+        row = self.rows.get(campaign_id)
+        if row is None:
+            row = self.rows[campaign_id] = len(self.campaign_ids)
+            self.campaign_ids.append(campaign_id)
+            if row >= self.counts.shape[0]:
+                grown = np.zeros((2 * self.counts.shape[0], *self.counts.shape[1:]), dtype=np.int64)
+                grown[: self.counts.shape[0]] = self.counts
+                self.counts = grown
+        return row
+
+    def advance(self, now_s: float) -> None:
+        """Moves the window's end to ``now_s`` (seconds since the epoch): slots of buckets that fell out are zeroed."""
+        bucket = int(now_s // self.bucket_s)
+        if bucket <= self.latest_bucket:
+            return
+        first = max(self.latest_bucket + 1, bucket - self.buckets + 1)
+        for b in range(first, bucket + 1):
+            slot = b % self.buckets
+            self.counts[:, :, :, slot] = 0
+            self.slot_bucket[slot] = b
+        self.latest_bucket = bucket
+
+    def add(
+        self,
+        campaign_ids: Sequence[str],
+        platforms: np.ndarray,
+        at_s: np.ndarray,
+        values: np.ndarray,
+    ) -> int:
+        """Folds in events: per event its campaign, platform index, time (seconds since the epoch) and a row
+        of METRICS values. Events older than the window, of no platform, or ahead of it (a clock's skew,
+        folded into the latest bucket) are handled as said; returns how many were counted."""
+        if not len(campaign_ids):
+            return 0
+        at_s = np.asarray(at_s, dtype=np.float64)
+        self.advance(float(at_s.max()))
+        buckets = (at_s // self.bucket_s).astype(np.int64)
+        keep = (np.asarray(platforms) >= 0) & (buckets > self.latest_bucket - self.buckets)
+        if not keep.any():
+            return 0
+        rows = np.fromiter((self.row_of(cid) for cid in campaign_ids), dtype=np.int64, count=len(campaign_ids))
+        slots = buckets % self.buckets
+        values = np.asarray(values, dtype=np.int64)
+        for metric in range(len(METRICS)):
+            np.add.at(self.counts[:, :, metric, :], (rows[keep], platforms[keep], slots[keep]), values[keep, metric])
+        return int(keep.sum())
+
+    def ordered(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The counts with slots in time order, oldest first: (campaigns, platforms, metrics, buckets)."""
+        start = (self.latest_bucket + 1) % self.buckets
+        order = (np.arange(self.buckets) + start) % self.buckets
+        counts = self.counts[: len(self.campaign_ids)] if rows is None else self.counts[rows]
+        return counts[..., order]
+
+    def totals(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Each metric summed over the window: (campaigns, platforms, metrics)."""
+        counts = self.counts[: len(self.campaign_ids)] if rows is None else self.counts[rows]
+        return counts.sum(axis=-1)

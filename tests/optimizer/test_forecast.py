@@ -1,0 +1,82 @@
+"""The optimizer's windows and forecasts against closed-form answers on synthetic windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from optimizer.forecast import PRIOR_STRENGTH_IMPRESSIONS, beta_posterior, forecast, weighted_trend
+from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, PLATFORMS, SPEND, Windows, platform_of
+
+
+def test_platforms_are_channel_by_device_and_anything_else_is_none():
+    assert len(PLATFORMS) == 8 and PLATFORMS[platform_of("app", "ctv")] == "app/ctv"
+    assert platform_of("web", "mobile") == 0 and platform_of("dooh", "mobile") == -1 and platform_of(None, None) == -1
+
+
+def test_a_window_counts_per_bucket_and_forgets_what_slides_out():
+    windows = Windows(buckets=3, bucket_s=60)
+    t0 = 1_800_000_000 - 1_800_000_000 % 60
+    values = np.array([[1, 0, 0, 2_000], [1, 1, 0, 500_000], [1, 1, 1, 500_000], [5, 0, 0, 0]])
+    counted = windows.add(["a", "a", "b", "a"], np.array([0, 0, 3, -1]), np.array([t0, t0 + 10, t0 + 70, t0]), values)
+    assert counted == 3  # the last has no platform
+    totals = windows.totals()
+    assert totals[windows.rows["a"], 0].tolist() == [2, 1, 0, 502_000]
+    assert totals[windows.rows["b"], 3].tolist() == [1, 1, 1, 500_000]
+    ordered = windows.ordered()
+    assert ordered[windows.rows["a"], 0, IMPRESSIONS].tolist() == [0, 2, 0]  # buckets t0-60, t0, t0+60
+    windows.advance(t0 + 190)  # buckets t0+60 to t0+180 now: t0's slides out, t0+60's stays
+    assert windows.totals()[windows.rows["a"], 0, IMPRESSIONS] == 0
+    assert windows.totals()[windows.rows["b"], 3, CONVERSIONS] == 1
+    # An event older than the window is not counted.
+    assert windows.add(["a"], np.array([0]), np.array([t0 - 600.0]), np.array([[1, 0, 0, 0]])) == 0
+
+
+def test_rows_grow_past_the_first_allocation():
+    windows = Windows()
+    ids = [f"c{i}" for i in range(40)]
+    windows.add(ids, np.zeros(40, dtype=np.int64), np.full(40, 1_800_000_000.0), np.ones((40, 4), dtype=np.int64))
+    assert windows.totals().shape == (40, 8, 4) and int(windows.totals()[:, 0, SPEND].sum()) == 40
+
+
+def test_the_trend_is_the_weighted_least_squares_line():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(3, 10))
+    w = rng.uniform(0.5, 3.0, size=(3, 10))
+    trend = weighted_trend(y, w)
+    for cell in range(3):
+        x = np.arange(10.0)
+        slope, intercept = np.polyfit(x, y[cell], 1, w=np.sqrt(w[cell]))  # polyfit weights multiply residuals
+        assert trend.slope[cell] == pytest.approx(slope) and trend.level[cell] == pytest.approx(intercept + 9 * slope)
+    # A line is recovered exactly; one weighted bucket has no slope; none has nothing.
+    exact = weighted_trend(np.array([[1.0, 3.0, 5.0, 7.0]]), np.ones((1, 4)))
+    assert exact.slope[0] == pytest.approx(2.0) and exact.at(1)[0] == pytest.approx(9.0)
+    one = weighted_trend(np.array([[0.0, 4.0, 0.0]]), np.array([[0.0, 2.0, 0.0]]))
+    assert one.slope[0] == 0.0 and one.level[0] == 4.0
+    assert weighted_trend(np.zeros((1, 3)), np.zeros((1, 3))).level[0] == 0.0
+
+
+def test_the_beta_posterior_is_conjugate_and_shrinks_toward_the_category_prior():
+    posterior = beta_posterior(np.array([0.0, 30.0, 3_000.0]), np.array([0.0, 1_000.0, 100_000.0]), np.array(0.01), 200)
+    assert posterior.alpha.tolist() == [2.0, 32.0, 3_002.0]
+    assert posterior.beta.tolist() == pytest.approx([198.0, 1_168.0, 97_198.0])
+    assert posterior.mean[0] == pytest.approx(0.01)  # no data: the prior
+    assert 0.01 < posterior.mean[1] < 0.03  # some: between
+    assert posterior.mean[2] == pytest.approx(0.03, abs=1e-3)  # plenty: its own rate
+    assert posterior.variance[1] == pytest.approx(stats.beta(32, 1_168).var())
+    assert posterior.cdf(0.02)[1] == pytest.approx(stats.beta(32, 1_168).cdf(0.02))
+
+
+def test_a_forecast_reads_totals_rates_and_trends_off_the_ordered_window():
+    ordered = np.zeros((2, 8, 4, 3), dtype=np.int64)
+    ordered[0, 1, IMPRESSIONS] = [100, 200, 300]
+    ordered[0, 1, CLICKS] = [2, 6, 12]  # CTR 2 %, 3 %, 4 %: rising a point a bucket
+    ordered[0, 1, CONVERSIONS] = [0, 1, 1]
+    ordered[0, 1, SPEND] = [1_000_000, 3_000_000, 6_000_000]  # 0.5 USD a click throughout
+    result = forecast(ordered, prior_ctr=np.array([0.02, 0.05]), prior_cvr=np.array([0.05, 0.05]))
+    assert result.clicks[0, 1] == 20 and result.spend_micros[0, 1] == 10_000_000
+    assert result.cpc_micros[0, 1] == 500_000 and np.isnan(result.cpc_micros[1, 1])
+    assert result.ctr.alpha[0, 1] == pytest.approx(0.02 * PRIOR_STRENGTH_IMPRESSIONS + 20)
+    assert result.ctr.mean[1, 5] == pytest.approx(0.05)  # an empty cell is its campaign's prior
+    assert result.ctr_trend.slope[0, 1] > 0.009 and result.cpc_trend.slope[0, 1] == pytest.approx(0.0, abs=1e-6)
