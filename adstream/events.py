@@ -224,6 +224,45 @@ class PacingMode(StrEnum):
     ASAP = "asap"  # as fast as the market allows, until the daily budget stops it
 
 
+# The inventory segments the optimizer tells apart: channel x device type ("web/mobile", ...).
+CHANNELS = ("web", "app")
+DEVICE_TYPES = ("mobile", "desktop", "tablet", "ctv")
+PLATFORMS = tuple(f"{channel}/{device}" for channel in CHANNELS for device in DEVICE_TYPES)
+Platform = Literal[
+    "web/mobile", "web/desktop", "web/tablet", "web/ctv", "app/mobile", "app/desktop", "app/tablet", "app/ctv"
+]
+
+
+class CampaignGoals(_Record):
+    """What the campaign optimizer works toward (``optimizer``), and the bounds it bids within.
+
+    With ``optimize`` on, the optimizer sets a bid multiplier per platform from the campaign's
+    value: the conversion value, or the target CPA when that is what the advertiser states (one of
+    the two is required). The multiplier stays within 0-2x; ``max_bid_micros`` and a platform's
+    limit in ``platform_bid_limits_micros`` cap the bid it gives (in the bid's unit)."""
+
+    optimize: bool = False
+    conversion_value_micros: int | None = Field(default=None, gt=0, le=MAX_BID_MICROS)
+    target_cpa_micros: int | None = Field(default=None, gt=0, le=MAX_BID_MICROS)
+    max_bid_micros: int | None = Field(default=None, gt=0, le=MAX_BID_MICROS)
+    platform_bid_limits_micros: dict[Platform, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _a_value_to_optimize_for(self) -> CampaignGoals:
+        if self.conversion_value_micros is not None and self.target_cpa_micros is not None:
+            raise ValueError("state a conversion value or a target CPA, not both")
+        if self.optimize and self.conversion_value_micros is None and self.target_cpa_micros is None:
+            raise ValueError("optimize needs a conversion value or a target CPA to optimize for")
+        if any(not 0 < limit <= MAX_BID_MICROS for limit in self.platform_bid_limits_micros.values()):
+            raise ValueError(f"a platform's bid limit must be in (0, {MAX_BID_MICROS}] micros")
+        return self
+
+    @property
+    def value_micros(self) -> int:
+        """What a conversion is worth to the advertiser: its value, else its target CPA; 0 when neither."""
+        return self.conversion_value_micros or self.target_cpa_micros or 0
+
+
 class CampaignSpec(_Record):
     """A campaign as its manager states it. Budgets and bids in integer micros of ``currency``;
     the bid is per thousand impressions (CPM), per click (CPC) or per conversion (CPA)."""
@@ -241,6 +280,7 @@ class CampaignSpec(_Record):
     frequency_cap_per_day: int = Field(default=10, ge=1, le=1000)  # impressions per user per UTC day
     currency: Literal["USD"] = "USD"
     pacing_mode: PacingMode = PacingMode.EVEN
+    goals: CampaignGoals = Field(default_factory=CampaignGoals)
 
     @model_validator(mode="after")
     def _consistent(self) -> CampaignSpec:
@@ -248,6 +288,8 @@ class CampaignSpec(_Record):
             raise ValueError("flight_end must be after flight_start")
         if self.daily_budget_micros > self.total_budget_micros:
             raise ValueError("daily_budget_micros cannot exceed total_budget_micros")
+        if self.goals.max_bid_micros is not None and self.goals.max_bid_micros < self.bid_micros:
+            raise ValueError("goals.max_bid_micros cannot be below bid_micros")
         return self
 
 

@@ -18,7 +18,9 @@ from adstream.days import (
     check_day_length,
     micros_since_epoch,
 )
-from adstream.events import CampaignStatus, PacingMode, PricingModel
+from adstream.events import CampaignGoals, CampaignStatus, PacingMode, PricingModel
+
+NO_GOALS = CampaignGoals()  # frozen: one instance serves every campaign without goals
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ class ServingCampaign:
     genders: frozenset[str] = frozenset()
     device_types: frozenset[str] = frozenset()
     pacing_mode: PacingMode = PacingMode.EVEN
+    goals: CampaignGoals = NO_GOALS  # what the optimizer bids toward, and its bounds
 
 
 @dataclass(frozen=True, slots=True)

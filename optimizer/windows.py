@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CHANNELS = ("web", "app")
-DEVICE_TYPES = ("mobile", "desktop", "tablet", "ctv")
-PLATFORMS = tuple(f"{channel}/{device}" for channel in CHANNELS for device in DEVICE_TYPES)
+from adstream.events import CHANNELS, DEVICE_TYPES, PLATFORMS
+
 METRICS = ("impressions", "clicks", "conversions", "spend_micros")
 IMPRESSIONS, CLICKS, CONVERSIONS, SPEND = range(len(METRICS))
 BUCKETS = 30

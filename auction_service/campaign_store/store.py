@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Insert, Table, and_, bindparam, func, insert, select, update
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from adstream.days import UTC_DAYS, DayClock
 from adstream.events import (
+    CampaignGoals,
     CampaignInstruction,
     CampaignSpec,
     CampaignStatus,
@@ -43,7 +44,7 @@ from auction_service.campaign_store.tables import (
     SpendLedgerEntry,
     UtcDateTime,
 )
-from auction_service.domain import ServingCampaign
+from auction_service.domain import NO_GOALS, ServingCampaign
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -212,6 +213,7 @@ def _create(session: Session, instruction: CampaignInstruction, now: datetime) -
             frequency_cap_per_day=spec.frequency_cap_per_day,
             currency=spec.currency,
             pacing_mode=PacingMode(spec.pacing_mode).value,
+            goals=None if spec.goals == NO_GOALS else spec.goals.model_dump(mode="json"),
             status=CampaignStatus.ACTIVE.value,
             spent_micros=0,
             revision=1,
@@ -335,6 +337,7 @@ def get_campaign(
             frequency_cap_per_day=campaign.frequency_cap_per_day,
             currency=campaign.currency,
             pacing_mode=PacingMode(campaign.pacing_mode),
+            goals=_goals(campaign.goals),
         ),
         spent_micros=campaign.spent_micros,
         remaining_budget_micros=max(0, campaign.total_budget_micros - campaign.spent_micros),
@@ -361,6 +364,7 @@ _SERVING_COLUMNS = (
     Campaign.spent_micros,
     Campaign.targeting,
     Campaign.pacing_mode,
+    Campaign.goals,
 )
 
 
@@ -410,6 +414,7 @@ def serving_campaigns(
         spent_micros,
         targeting,
         pacing_mode,
+        goals,
         spent_today_micros,
     ) in rows:
         campaigns.append(
@@ -434,9 +439,14 @@ def serving_campaigns(
                 genders=frozenset(targeting.get("genders") or ()),
                 device_types=frozenset(targeting.get("device_types") or ()),
                 pacing_mode=PacingMode(pacing_mode or PacingMode.EVEN),
+                goals=_goals(goals),
             )
         )
     return campaigns
+
+
+def _goals(stored: dict[str, Any] | None) -> CampaignGoals:
+    return NO_GOALS if not stored else CampaignGoals(**stored)
 
 
 @fresh_read

@@ -111,10 +111,30 @@ def create(
     pacing: Annotated[
         PacingMode, typer.Option(help="even: spread the daily budget along the day's traffic; asap: spend at once")
     ] = PacingMode.EVEN,
+    optimize: Annotated[
+        bool, typer.Option(help="let the optimizer set a bid multiplier per platform (needs a value to optimize for)")
+    ] = False,
+    conversion_value: Annotated[
+        int | None, typer.Option(parser=_money, metavar="USD", help="what a conversion is worth to the advertiser")
+    ] = None,
+    target_cpa: Annotated[
+        int | None, typer.Option(parser=_money, metavar="USD", help="the cost per conversion aimed at (or a value)")
+    ] = None,
+    max_bid: Annotated[
+        int | None, typer.Option(parser=_money, metavar="USD", help="the optimizer's bids stay under it")
+    ] = None,
+    platform_bid_limit: Annotated[
+        list[str] | None,
+        typer.Option(metavar="PLATFORM=USD", help="a platform's bid limit, e.g. app/ctv=0.80 (repeatable)"),
+    ] = None,
     campaign_id: Annotated[str | None, typer.Option(help="default: a new id")] = None,
 ) -> None:
     """Create a campaign."""
     now = datetime.now(UTC)
+    limits = {}
+    for item in platform_bid_limit or []:
+        platform, _, usd = item.partition("=")
+        limits[platform.strip()] = _money(usd)
     try:
         spec = CampaignSpec(
             advertiser_id=advertiser,
@@ -135,6 +155,13 @@ def create(
             flight_end=end,
             frequency_cap_per_day=frequency_cap,
             pacing_mode=pacing,
+            goals={  # a dict, so its errors are reported under "goals"
+                "optimize": optimize,
+                "conversion_value_micros": conversion_value,
+                "target_cpa_micros": target_cpa,
+                "max_bid_micros": max_bid,
+                "platform_bid_limits_micros": limits,
+            },
         )
     except ValidationError as exc:
         raise typer.BadParameter(f"create: {_explain(exc)}") from None

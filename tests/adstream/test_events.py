@@ -1,14 +1,17 @@
 """The topic record schemas: strict validation, and the Spark schema derived from the same models."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
 from adstream.events import (
     BILLABLE_EVENT,
+    PLATFORMS,
     AuctionRecord,
+    CampaignGoals,
     CampaignInstruction,
+    CampaignSpec,
     EventType,
     FeedbackEvent,
     PricingModel,
@@ -98,3 +101,25 @@ def test_a_create_instruction_carries_its_campaign():
 def test_inconsistent_instructions_are_refused_saying_why(instruction, message):
     with pytest.raises(ValidationError, match=message):
         CampaignInstruction.model_validate(instruction)
+
+
+def test_campaign_goals_need_a_value_to_optimize_for_and_keep_their_bounds():
+    with pytest.raises(ValidationError, match="conversion value or a target CPA to optimize for"):
+        CampaignGoals(optimize=True)
+    with pytest.raises(ValidationError, match="not both"):
+        CampaignGoals(conversion_value_micros=1, target_cpa_micros=1)
+    with pytest.raises(ValidationError, match="app/dooh"):
+        CampaignGoals(platform_bid_limits_micros={"app/dooh": 1})
+    with pytest.raises(ValidationError, match="bid limit"):
+        CampaignGoals(platform_bid_limits_micros={"web/mobile": 0})
+    assert CampaignGoals(optimize=True, target_cpa_micros=5_000_000).value_micros == 5_000_000
+    assert PLATFORMS == ("web/mobile", "web/desktop", "web/tablet", "web/ctv",
+                         "app/mobile", "app/desktop", "app/tablet", "app/ctv")  # fmt: skip
+    spec = dict(
+        advertiser_id="a", ad_id="ad", category="c", pricing_model="CPC", bid_micros=500_000,
+        total_budget_micros=10_000_000, daily_budget_micros=1_000_000,
+        flight_start=datetime(2026, 12, 6, tzinfo=UTC), flight_end=datetime(2026, 12, 7, tzinfo=UTC),
+    )  # fmt: skip
+    with pytest.raises(ValidationError, match="max_bid_micros cannot be below bid_micros"):
+        CampaignSpec(**spec, goals={"max_bid_micros": 400_000})
+    assert CampaignSpec(**spec).goals == CampaignGoals()  # a spec from before goals reads as none

@@ -27,7 +27,15 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.days import DayClock
-from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus, PacingMode, PricingModel, Targeting
+from adstream.events import (
+    CampaignGoals,
+    CampaignInstruction,
+    CampaignSpec,
+    CampaignStatus,
+    PacingMode,
+    PricingModel,
+    Targeting,
+)
 from adstream.settings import Settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import begin_write, make_engine, make_session_factory, migrate
@@ -673,6 +681,21 @@ def test_a_campaigns_pacing_mode_is_stored_and_served(sessions):
         assert store.get_campaign(session, "fast").spec.pacing_mode == PacingMode.ASAP
         modes = {c.campaign_id: c.pacing_mode for c in store.serving_campaigns(session, NOW)}
     assert modes == {"fast": PacingMode.ASAP, "even": PacingMode.EVEN}
+
+
+def test_a_campaigns_goals_are_stored_and_served(sessions):
+    goals = CampaignGoals(
+        optimize=True, conversion_value_micros=12_000_000, max_bid_micros=900_000,
+        platform_bid_limits_micros={"app/ctv": 600_000},
+    )  # fmt: skip
+    with sessions() as session:
+        store.apply_instruction(session, create("optimized", goals=goals))
+        store.apply_instruction(session, create("plain"))
+        assert store.get_campaign(session, "optimized").spec.goals == goals
+        assert store.get_campaign(session, "plain").spec.goals == CampaignGoals()
+        served = {c.campaign_id: c.goals for c in store.serving_campaigns(session, NOW)}
+    assert served == {"optimized": goals, "plain": CampaignGoals()}
+    assert served["optimized"].value_micros == 12_000_000 and served["plain"].value_micros == 0
 
 
 def test_an_auction_is_charged_once_whatever_event_ids_arrive(sessions):

@@ -48,6 +48,13 @@ def test_create_with_an_inconsistent_campaign_exits_2_with_what_to_fix(tmp_path)
                                "--budget", "1e20", "--daily-budget", "5"])  # fmt: skip
     assert result.exit_code == 2
     assert "total_budget_micros: Input should be less than or equal to 100000000000000" in result.stderr
+    # Goals: optimizing needs a value; a platform must be one the optimizer knows.
+    result = invoke(settings, [*argv, "--daily-budget", "5", "--optimize"])
+    assert result.exit_code == 2
+    assert "goals: optimize needs a conversion value or a target CPA to optimize for" in result.stderr
+    result = invoke(settings, [*argv, "--daily-budget", "5", "--platform-bid-limit", "dooh/screen=1"])
+    assert result.exit_code == 2
+    assert "goals.platform_bid_limits_micros.dooh/screen" in result.stderr
 
 
 def test_show_prints_the_campaign_and_its_spend_from_the_store(tmp_path):
@@ -120,6 +127,7 @@ def test_create_and_stop_publish_keyed_instructions_and_print_the_id(kafka_setti
     argv += ["--pricing-model", "CPC", "--bid", "0.40", "--budget", "500", "--daily-budget", "100"]
     argv += ["--start", "2026-05-01", "--end", "2026-06-30T00:00:00Z", "--countries", "FR,DE", "--age-min", "25"]
     argv += ["--genders", "F", "--devices", "mobile", "--frequency-cap", "5", "--campaign-id", campaign_id]
+    argv += ["--optimize", "--conversion-value", "12.50", "--max-bid", "0.90", "--platform-bid-limit", "app/ctv=0.60"]
     created = invoke(kafka_settings, argv)
     assert created.exit_code == 0, created.output
     assert created.stdout.split() == [campaign_id]
@@ -133,3 +141,5 @@ def test_create_and_stop_publish_keyed_instructions_and_print_the_id(kafka_setti
     assert (spec.flight_start, spec.flight_end) == (datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 6, 30, tzinfo=UTC))
     assert spec.targeting.countries == ["FR", "DE"] and spec.targeting.genders == ["F"]
     assert (spec.targeting.age_min, spec.targeting.device_types, spec.frequency_cap_per_day) == (25, ["mobile"], 5)
+    assert spec.goals.optimize and spec.goals.conversion_value_micros == 12_500_000
+    assert (spec.goals.max_bid_micros, spec.goals.platform_bid_limits_micros) == (900_000, {"app/ctv": 600_000})
