@@ -48,6 +48,10 @@ Rules, in one place:
   the price is that rounded-up paced bid, and then by less than one micro of price's worth
   (before rounding down).
   Without ``pacing_ppm`` every λ is 1 and the rules above hold as written.
+- **The optimizer's bids** (``bid_micros``: each candidate's bid for this request's platform,
+  from ``optimizer`` decisions: base bid x platform multiplier, capped at the campaign's max bid
+  and the platform's limit): it replaces the campaign's bid everywhere above, in its eCPM, its
+  price cap and the record. Pacing applies on top, so a candidate bids base x multiplier x λ.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from adstream.events import AuctionRecord, CampaignStatus, PricingModel
+from adstream.events import MAX_BID_MICROS, AuctionRecord, CampaignStatus, PricingModel
 from auction_service.domain import AuctionContext, ServingCampaign, fits_int64, spend_changed_rows
 from ml.calibration import pricing_codes
 
@@ -89,6 +93,7 @@ class FilterReason(StrEnum):
     DAILY_BUDGET = "daily budget"
     FREQUENCY_CAP = "frequency cap"
     PACING_THROTTLE = "pacing throttle"  # sat this auction out at its pacing throttle rate (serving.pacer)
+    OPTIMIZER_PAUSE = "optimizer pause"  # the optimizer paused it on this platform (serving.decisions)
     BELOW_FLOOR = "below floor"  # checked by run_auction, after scoring
 
 
@@ -107,6 +112,7 @@ class AuctionOutcome:
     candidate_count: int  # eligible campaigns, before the floor
     above_floor_count: int
     filtered: Counter[str] = field(default_factory=Counter)
+    placed_bid_micros: int | None = None  # the winner's bid here: the optimizer's when it set one, before λ
 
     @property
     def filled(self) -> bool:
@@ -139,6 +145,16 @@ class CandidateBids:
 
     def take(self, rows: np.ndarray) -> CandidateBids:
         return CandidateBids(self.cpm[rows], self.cpc[rows], self.cpa[rows], self.pricing[rows])
+
+    def with_bids(self, bid_micros: np.ndarray) -> CandidateBids:
+        """The same candidates bidding ``bid_micros`` instead (each in its own pricing model's unit)."""
+        bids = np.asarray(bid_micros, dtype=np.float64)
+        return CandidateBids(
+            cpm=np.where(self.pricing == 0, bids, 0.0),
+            cpc=np.where(self.pricing == 1, bids * 1e-6, 0.0),
+            cpa=np.where(self.pricing == 2, bids * 1e-15, 0.0),
+            pricing=self.pricing,
+        )
 
 
 def eligible(
@@ -504,6 +520,17 @@ def _checked_pacing(pacing_ppm: np.ndarray | None, candidate_count: int) -> np.n
     return values.astype(np.int64, copy=False)
 
 
+def _checked_bids(bid_micros: np.ndarray | None, candidate_count: int) -> np.ndarray | None:
+    if bid_micros is None:
+        return None
+    values = np.asarray(bid_micros)
+    if values.shape != (candidate_count,) or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"expected {candidate_count} integer bids aligned with the candidates, not {values.shape}")
+    if not np.all((values > 0) & (values <= MAX_BID_MICROS)):
+        raise ValueError(f"every bid must be in (0, {MAX_BID_MICROS}] micros")
+    return values.astype(np.int64, copy=False)
+
+
 def _checked_pctrs(pctr: Sequence[float] | np.ndarray, candidate_count: int) -> np.ndarray:
     values = np.asarray(pctr, dtype=np.float64)
     if values.shape != (candidate_count,):
@@ -535,11 +562,13 @@ class _Ecpms:
         pctr_q: np.ndarray,
         pcvr_q: int,
         pacing_ppm: np.ndarray | None = None,
+        bid_micros: np.ndarray | None = None,
     ) -> None:
         self._candidates = candidates
         self._pctr_q = pctr_q
         self._pcvr_q = pcvr_q
         self._pacing_ppm = pacing_ppm
+        self._bids = bid_micros
         self.estimate = bids.cpm + pctr_q * (bids.cpc + pcvr_q * bids.cpa)
         if pacing_ppm is not None:
             self.estimate = self.estimate * (pacing_ppm * (1 / PACING_SCALE))
@@ -551,14 +580,15 @@ class _Ecpms:
         ecpm = self._exact.get(index)
         if ecpm is None:
             campaign = self._candidates[index]
+            bid = campaign.bid_micros if self._bids is None else int(self._bids[index])
             if self._pacing_ppm is None:
-                ecpm = _ecpm(campaign.pricing_model, campaign.bid_micros, int(self._pctr_q[index]), self._pcvr_q)
+                ecpm = _ecpm(campaign.pricing_model, bid, int(self._pctr_q[index]), self._pcvr_q)
             else:
                 numerator, denominator = _value_per_micro(
                     campaign.pricing_model, int(self._pctr_q[index]), self._pcvr_q
                 )
                 paced = int(self._pacing_ppm[index])
-                ecpm = campaign.bid_micros * numerator * paced // (denominator * PACING_SCALE)
+                ecpm = bid * numerator * paced // (denominator * PACING_SCALE)
             self._exact[index] = ecpm
         return ecpm
 
@@ -587,6 +617,7 @@ def run_auction(
     filtered: Mapping[str, int] | None = None,
     bids: CandidateBids | None = None,
     pacing_ppm: np.ndarray | None = None,
+    bid_micros: np.ndarray | None = None,
 ) -> AuctionOutcome:
     """Rank the eligible ``candidates`` by (paced) eCPM and price the winner (rules in the module docstring).
 
@@ -594,18 +625,23 @@ def run_auction(
     ``eligible``) is carried into the outcome, with the "below floor" count added. ``bids``
     saves building the candidates' bid arrays when the caller has them (``CampaignIndex.bids``).
     ``pacing_ppm[i]``, when given, is ``candidates[i]``'s pacing multiplier λ in millionths
-    (an integer array; ``PACING_SCALE`` is unpaced).
+    (an integer array; ``PACING_SCALE`` is unpaced). ``bid_micros[i]``, when given, is the bid
+    ``candidates[i]`` places here instead of its campaign's (the optimizer's, module docstring);
+    ``bids`` must then be of those bids.
     """
     if not 0 < pcvr <= 1:
         raise ValueError(f"pcvr must be in (0, 1], got {pcvr}")
     pctr_values = _checked_pctrs(pctr, len(candidates))
     pacing = _checked_pacing(pacing_ppm, len(candidates))
+    placed = _checked_bids(bid_micros, len(candidates))
     pctr_q = np.rint(pctr_values * PROBABILITY_SCALE).astype(np.int64)
     pcvr_q = quantize_probability(pcvr)
     floor = max(context.floor_cpm_micros, reserve_price_micros)
     reasons: Counter[str] = Counter(filtered or {})
 
-    ecpms = _Ecpms(candidates, bids or CandidateBids.of(candidates), pctr_q, pcvr_q, pacing)
+    if bids is None:
+        bids = CandidateBids.of(candidates) if placed is None else CandidateBids.of(candidates).with_bids(placed)
+    ecpms = _Ecpms(candidates, bids, pctr_q, pcvr_q, pacing, placed)
     above = ecpms.rows_at_or_above(floor)
     if above.size < len(candidates):  # a Counter keeps zero counts; add none
         reasons[FilterReason.BELOW_FLOOR] += len(candidates) - above.size
@@ -636,7 +672,8 @@ def run_auction(
     )
     winner = candidates[best_index]
     numerator, denominator = _value_per_micro(winner.pricing_model, int(pctr_q[best_index]), pcvr_q)
-    bid = winner.bid_micros if pacing is None else _paced_bid(winner.bid_micros, int(pacing[best_index]))
+    placed_bid = winner.bid_micros if placed is None else int(placed[best_index])
+    bid = placed_bid if pacing is None else _paced_bid(placed_bid, int(pacing[best_index]))
     if first_price:
         price = bid
     else:
@@ -655,6 +692,7 @@ def run_auction(
         candidate_count=len(candidates),
         above_floor_count=above.size,
         filtered=reasons,
+        placed_bid_micros=placed_bid,
     )
 
 
@@ -686,7 +724,7 @@ def auction_record(
         ad_id=None if winner is None else winner.ad_id,
         ad_category=None if winner is None else winner.category,
         pricing_model=None if winner is None else winner.pricing_model,
-        bid_micros=None if winner is None else winner.bid_micros,
+        bid_micros=None if winner is None else outcome.placed_bid_micros or winner.bid_micros,
         clearing_price_micros=outcome.clearing_price_micros,
         pctr=outcome.pctr,
         ecpm_micros=outcome.ecpm_micros,

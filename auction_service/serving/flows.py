@@ -50,6 +50,7 @@ from auction_service.serving.auction import (
 )
 from auction_service.serving.bodies import EventIn, EventResult
 from auction_service.serving.books import billable_cost_micros, expected_cost_micros
+from auction_service.serving.decisions import platform_of
 from auction_service.serving.features import CampaignFeatures, candidate_columns
 from auction_service.serving.pacer import Multipliers, throttled_rows
 from auction_service.serving.pacing import PPM
@@ -106,7 +107,16 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
         if sitting_out.any():
             filtered[FilterReason.PACING_THROTTLE] += int(sitting_out.sum())
             rows = rows[~sitting_out]
+    placed = None
+    decided = state.decisions.table(campaigns).placed_bids(rows, platform_of(context))
+    if decided is not None:  # the optimizer's bids for this platform; a paused campaign leaves here
+        bidding, placed = decided
+        if not bidding.all():
+            filtered[FilterReason.OPTIMIZER_PAUSE] += int((~bidding).sum())
+            rows = rows[bidding]
     candidates, bids = index.take(rows), index.bids.take(rows)
+    if placed is not None:
+        bids = bids.with_bids(placed)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
     pctr, raw = loaded.pctrs(batch, bids.pricing) if candidates else (np.zeros(0), np.zeros(0))
     cold = state.settings.calibration_cold_start and (
@@ -125,6 +135,7 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
             filtered=filtered,
             bids=bids,
             pacing_ppm=_paced(multipliers, rows),
+            bid_micros=placed,
         )
         if outcome.winner is None:
             break
@@ -142,6 +153,7 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
             rows[keep],
             bids.take(keep),
         )
+        placed = None if placed is None else placed[keep]
     else:
         outcome = run_auction(
             context, [], [], reserve_price_micros=state.settings.auction_reserve_price_micros, filtered=filtered

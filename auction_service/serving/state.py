@@ -35,6 +35,7 @@ from auction_service.domain import ServingCampaign
 from auction_service.serving.books import AuctionStats, ExposureBook
 from auction_service.serving.callers import CallerKeys
 from auction_service.serving.champion import ModelWatcher, ServingModel
+from auction_service.serving.decisions import DecisionBook
 from auction_service.serving.features import FeatureStore
 from auction_service.serving.ivt import RequestIvt
 from auction_service.serving.metrics import ServiceMetrics
@@ -215,6 +216,7 @@ class ServiceState:
             PacingController.of(DayClock.of(self.settings)), self.settings.pacing_update_s,
             curve_source=partial(traffic_counts, self.settings),
         )  # fmt: skip
+        self.decisions = DecisionBook(self.shared.client, self.settings.shared_store_namespace)
 
     # --- lifecycle ---
 
@@ -295,6 +297,7 @@ class ServiceState:
                 self.flush_served()
                 self.refresh_shared(now)
                 self.pace(now)
+                self.decisions.read()
                 if self.auction_log is not None:
                     self.auction_log.poll()
                 if tick % FEATURE_RELOAD_EVERY == 0:

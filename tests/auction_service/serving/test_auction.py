@@ -804,3 +804,47 @@ def test_paced_auction_with_many_near_ties_picks_the_exact_best(
     assert outcome.winner == campaigns[expected]
     rest = [ecpms[i] for i in kept if i != expected]
     assert outcome.runner_up_ecpm_micros == (max(rest) if rest else None)
+
+
+# --- the optimizer's bids -------------------------------------------------------------------------
+
+placed_bidders = st.lists(
+    st.tuples(bidder, st.integers(min_value=1, max_value=50_000_000), pacing), min_size=1, max_size=6
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bidders=placed_bidders, floor=st.integers(min_value=0, max_value=20_000_000), pcvr_ppb=st.integers(1, PPB))
+def test_placed_bids_auction_as_if_they_were_the_campaigns_bids(
+    bidders: list[tuple[tuple[PricingModel, int, int], int, int]], floor: int, pcvr_ppb: int
+) -> None:
+    """The optimizer's bid replaces the campaign's everywhere: the same outcome as campaigns bidding it, paced
+    or not, second or first price; the record carries the bid placed."""
+    base = [make_campaign(f"c{i}", pricing_model=m, bid_micros=bid) for i, ((m, bid, _), _, _) in enumerate(bidders)]
+    as_bid = [dataclasses.replace(c, bid_micros=placed) for c, (_, placed, _) in zip(base, bidders, strict=True)]
+    pctr = [ppb / PPB for (_, _, ppb), _, _ in bidders]
+    placed = np.array([placed for _, placed, _ in bidders], dtype=np.int64)
+    lam = np.array([ppm for *_, ppm in bidders], dtype=np.int64)
+    for first_price in (False, True):
+        for pacing_ppm in (None, lam):
+            kwargs = {"floor": floor, "pcvr": pcvr_ppb / PPB, "first_price": first_price, "pacing_ppm": pacing_ppm}
+            with_placed = auction(base, pctr, bid_micros=placed, **kwargs)
+            expected = auction(as_bid, pctr, **kwargs)
+            assert (with_placed.winner is None) == (expected.winner is None)
+            if expected.winner is None:
+                continue
+            assert with_placed.winner.campaign_id == expected.winner.campaign_id
+            assert with_placed.clearing_price_micros == expected.clearing_price_micros
+            assert (with_placed.ecpm_micros, with_placed.runner_up_ecpm_micros) == (
+                expected.ecpm_micros, expected.runner_up_ecpm_micros,
+            )  # fmt: skip
+            assert with_placed.placed_bid_micros == expected.winner.bid_micros
+            record = auction_record(make_context(), with_placed, model_version="1", latency_ms=1.0)
+            assert record.bid_micros == expected.winner.bid_micros
+
+
+def test_placed_bids_must_align_and_be_in_range() -> None:
+    campaign = make_campaign("c1")
+    for bad in (np.array([1, 2]), np.array([0]), np.array([1.5]), np.array([10**10])):
+        with pytest.raises(ValueError, match="bid"):
+            auction([campaign], [0.1], bid_micros=bad)
