@@ -14,6 +14,7 @@ class Topic(StrEnum):
     AUCTIONS = "auctions"  # one record per auction
     AD_FEEDBACK = "ad-feedback"  # key: auction_id
     REFUSED_EVENTS = "refused-events"  # key: auction_id; events the service refused, for quarantine/events
+    CAMPAIGN_DECISIONS = "campaign-decisions"  # key: campaign_id; the optimizer's multipliers (optimizer)
     PLATFORM_SMOKE = "platform-smoke"  # `make run` / smoke DAG only
 
 
@@ -41,6 +42,7 @@ class Table(StrEnum):
     GOLD_CALIBRATORS = "gold/calibrators"  # every online pCTR calibration fitted, with the model version it maps
     GOLD_TRAFFIC_CURVE = "gold/traffic_curve"  # auctions per slot of the pacing day: the curve even pacing plans on
     GOLD_PACING_MINUTE = "gold/pacing_minute"  # per campaign and minute: spend, plan, λ, throttle
+    GOLD_OPTIMIZER_DECISIONS = "gold/optimizer_decisions"  # every optimizer decision, its inputs and reasons
     QUARANTINE_EVENTS = "quarantine/events"  # events the service refused, with the reason
     SMOKE_EVENTS = "smoke/platform_events"
 

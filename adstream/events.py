@@ -186,7 +186,16 @@ def _spark_type(annotation: object) -> str:
         return _spark_type(typing.get_args(annotation)[0])
     if isinstance(annotation, type) and issubclass(annotation, StrEnum):
         return "string"  # an enum travels as its value
+    if typing.get_origin(annotation) is list:
+        return f"array<{_spark_type(typing.get_args(annotation)[0])}>"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"struct<{', '.join(_spark_fields(annotation))}>"
     return _SPARK_TYPES[annotation]  # type: ignore[index]
+
+
+def _spark_fields(model: type[BaseModel]) -> list[str]:
+    hints = typing.get_type_hints(model, include_extras=True)
+    return [f"{name}: {_spark_type(hints[name])}" for name in model.model_fields]
 
 
 def spark_ddl(model: type[BaseModel]) -> str:
@@ -315,3 +324,38 @@ class CampaignInstruction(_Record):
         if self.action == InstructionAction.STOP and self.campaign is not None:
             raise ValueError("a stop instruction carries no campaign")
         return self
+
+
+class PlatformDecision(_Record):
+    """One platform of a campaign's decision: the multiplier, why, and what it was decided on."""
+
+    platform: Platform
+    multiplier: float = Field(ge=0, le=2)  # of the base bid; 0 pauses the platform
+    reason: str = Field(max_length=16)  # optimizer.decide.Reason, by name
+    impressions: int = Field(ge=0)  # the window's, as the optimizer read them
+    clicks: int = Field(ge=0)
+    conversions: int = Field(ge=0)
+    spend_micros: int = Field(ge=0)
+    ctr: float = Field(ge=0, le=1)  # the posterior means
+    cvr: float = Field(ge=0, le=1)
+    cvr_drawn: float = Field(ge=0, le=1)  # the Thompson draw the multiplier was set from
+    ctr_trend_per_bucket: float  # the least-squares slopes over the window's buckets
+    cvr_trend_per_bucket: float
+    cpc_micros: float | None = None  # spend per click over the window; None without clicks
+    roi_per_click_micros: float | None = None  # drawn CVR x value - CPC
+    p_losing: float = Field(ge=0, le=1)  # P(CVR x value < CPC) under the posterior
+
+
+class CampaignDecision(_Record):
+    """One record of ``campaign-decisions`` (key: campaign_id): the optimizer's multipliers for a campaign,
+    with their inputs and reasons; ``version`` orders a campaign's decisions (microseconds since the epoch)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    decision_id: str = Field(min_length=1, max_length=96)
+    campaign_id: str = Field(min_length=1, max_length=64)
+    version: int = Field(gt=0)
+    decided_at: AwareDatetime
+    window_start: AwareDatetime
+    value_micros: int = Field(ge=0)  # the conversion value (or target CPA) optimized for
+    base_bid_micros: int = Field(gt=0)
+    platforms: list[PlatformDecision] = Field(min_length=len(PLATFORMS), max_length=len(PLATFORMS))

@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     pacing_day_length_s: int = Field(default=86_400, ge=60, le=86_400)
     pacing_day_origin_s: int = Field(default=0, ge=0)
     pacing_update_s: float = Field(default=10.0, gt=0, le=10.0)  # how often the controllers move λ
+    # The campaign optimizer (optimizer.service): a decision every tick from windows of buckets.
+    optimizer_tick_s: float = Field(default=2.0, gt=0, le=60.0)
+    optimizer_bucket_s: int = Field(default=60, ge=1, le=3600)
+    optimizer_buckets: int = Field(default=30, ge=2, le=1440)  # 30 one-minute buckets: a 30-minute window
     ad_manager_group: str = "ad-manager"
 
     # Streaming. The watermark is the one lateness allowance: the stream drops a

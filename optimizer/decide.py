@@ -21,7 +21,10 @@ serve. The order is base bid x platform multiplier x λ, capped at the max bid.
 
 **Uncertainty.** CTR and CVR are drawn from their Beta posteriors (Thompson sampling), so a thin
 cell, whose posterior is wide, sometimes draws high and gets traffic to learn from; a well-measured
-one draws near its mean. A platform is **paused** (multiplier 0) when the posterior says with
+one draws near its mean. A draw is the posterior's quantile at a uniform number the caller passes
+(``quantiles``): the service keeps a cell's numbers for a round of decisions and draws new ones each
+round, so between rounds a multiplier moves only as its posterior does (the decisions stay put, and a
+restart on the same data reproduces them). A platform is **paused** (multiplier 0) when the posterior says with
 PAUSE_CONFIDENCE that a click costs more than it returns (P(CVR x V < CPC) >= 0.95) over
 MIN_PAUSE_CLICKS clicks or more: money spent there is waste. The **fallback** is the base bid
 (multiplier 1): for a campaign whose window holds fewer than MIN_CLICKS clicks, or no value.
@@ -73,22 +76,27 @@ class Decision:
 
     multiplier: np.ndarray
     reason: np.ndarray
+    cvr_drawn: np.ndarray  # the Thompson draw of each cell's CVR
     value_per_click_micros: np.ndarray  # the drawn CVR x V
     cpc_micros: np.ndarray  # the expected cost per click (NaN without clicks)
     roi_per_click_micros: np.ndarray  # value per click - cost per click
     p_losing: np.ndarray  # P(CVR x V < CPC) under the posterior
 
 
-def decide(campaigns: Campaigns, forecast: Forecast, rng: np.random.Generator) -> Decision:
+def decide(campaigns: Campaigns, forecast: Forecast, quantiles: np.ndarray) -> Decision:
+    """The decision of every cell; ``quantiles`` (2, campaigns, platforms) are the uniform numbers the CTR
+    and CVR draws invert (module docstring)."""
     shape = forecast.clicks.shape
+    if quantiles.shape != (2, *shape):
+        raise ValueError(f"quantiles must be (2, {shape[0]}, {shape[1]}), got {quantiles.shape}")
     n = shape[0]
     if not all(len(getattr(campaigns, f)) == n for f in ("pricing", "bid_micros", "value_micros", "optimize")):
         raise ValueError("the campaigns and the forecast must have one row per campaign")
     value = campaigns.value_micros.astype(np.float64)[:, None]
     bid = campaigns.bid_micros.astype(np.float64)[:, None]
     pricing = campaigns.pricing[:, None]
-    ctr_draw = np.clip(forecast.ctr.sample(rng), 1e-9, 1.0)
-    cvr_draw = np.clip(forecast.cvr.sample(rng), 0.0, 1.0)
+    ctr_draw = np.clip(forecast.ctr.quantile(quantiles[0]), 1e-9, 1.0)
+    cvr_draw = np.clip(forecast.cvr.quantile(quantiles[1]), 0.0, 1.0)
     per_impression = ctr_draw * cvr_draw * value
     with np.errstate(divide="ignore", invalid="ignore"):
         multiplier = np.select(
@@ -122,6 +130,7 @@ def decide(campaigns: Campaigns, forecast: Forecast, rng: np.random.Generator) -
     return Decision(
         multiplier=multiplier,
         reason=reason,
+        cvr_drawn=cvr_draw,
         value_per_click_micros=value_per_click,
         cpc_micros=cpc,
         roi_per_click_micros=value_per_click - cpc,

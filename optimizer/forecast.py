@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betainc
+from scipy.special import betainc, betaincinv
 
 PRIOR_STRENGTH_IMPRESSIONS = 200.0  # a CTR prior weighs as many impressions
 PRIOR_STRENGTH_CLICKS = 20.0  # a CVR prior weighs as many clicks
@@ -75,8 +75,9 @@ class Beta:
         """P(rate <= x) per cell."""
         return betainc(self.alpha, self.beta, np.clip(x, 0.0, 1.0))
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        return rng.beta(self.alpha, self.beta)
+    def quantile(self, q: np.ndarray) -> np.ndarray:
+        """The rate at quantile ``q`` per cell: a draw when ``q`` is uniform (Thompson sampling by inversion)."""
+        return betaincinv(self.alpha, self.beta, np.clip(q, 0.0, 1.0))
 
 
 def beta_posterior(successes: np.ndarray, trials: np.ndarray, prior_mean: np.ndarray, strength: float) -> Beta:

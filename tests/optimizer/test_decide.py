@@ -45,7 +45,8 @@ def _campaigns(n: int = 1, pricing: str = "CPC", bid: int = USD, value: int = 20
 
 def _decide(ordered: np.ndarray, campaigns: Campaigns, seed: int = 0):
     n = ordered.shape[0]
-    return decide(campaigns, forecast(ordered, np.full(n, 0.03), np.full(n, 0.05)), np.random.default_rng(seed))
+    quantiles = np.random.default_rng(seed).uniform(size=(2, n, 8))
+    return decide(campaigns, forecast(ordered, np.full(n, 0.03), np.full(n, 0.05)), quantiles)
 
 
 def test_a_clearly_better_platform_bids_more_and_a_money_losing_one_is_paused():

@@ -1,0 +1,85 @@
+"""The optimizer's tick without Kafka: events folded in, decisions for optimized campaigns, only changes sent."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from adstream.decisions import unpack
+from adstream.events import PLATFORMS, CampaignDecision, CampaignGoals, PricingModel
+from optimizer.service import (
+    REFRESH_S,
+    Optimizer,
+    category_priors,
+    event_values,
+)
+from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, SPEND
+from tests.auction_service.serving.test_auction import make_campaign
+
+NOW = datetime(2026, 12, 6, 12, 0, 30, tzinfo=UTC)
+GOALS = CampaignGoals(optimize=True, conversion_value_micros=20_000_000)
+
+
+def _event(event_type: str, campaign: str = "opt", at: datetime = NOW, **fields) -> dict:
+    return {"event_type": event_type, "campaign_id": campaign, "event_time": at.isoformat(), "channel": "web",
+            "device_type": "mobile", "charge_status": "not_billable", "cost_micros": 0, **fields}  # fmt: skip
+
+
+def test_only_delivered_valid_events_count_and_only_charges_carry_spend():
+    events = [
+        _event("impression"), _event("click", charge_status="charged", cost_micros=400_000),
+        _event("conversion"), _event("video_start"), _event("click", ivt_category="givt"),
+        _event("click", charge_status="duplicate_auction"), _event("impression", channel="dooh"),
+    ]  # fmt: skip
+    ids, platforms, times, values = event_values(events)
+    assert ids == ["opt"] * 4 and platforms.tolist() == [0, 0, 0, -1]
+    assert values[:, [IMPRESSIONS, CLICKS, CONVERSIONS, SPEND]].tolist() == [
+        [1, 0, 0, 0], [0, 1, 0, 400_000], [0, 0, 1, 0], [1, 0, 0, 0],
+    ]  # fmt: skip
+    assert times[0] == NOW.timestamp()
+
+
+def test_category_priors_pool_a_categorys_campaigns():
+    totals = np.zeros((3, 8, 4))
+    totals[0, 0] = [10_000, 500, 50, 0]  # "cars": 5 % CTR, 10 % CVR over a lot of data
+    totals[1, 1] = [10_000, 500, 50, 0]
+    ctr, cvr = category_priors(totals, ["cars", "cars", "books"])
+    assert ctr[0] == ctr[1] and abs(ctr[0] - (1_000 + 30) / 21_000) < 1e-12
+    assert abs(cvr[0] - (100 + 50) / 2_000) < 1e-12
+    assert (ctr[2], cvr[2]) == (0.03, 0.05)  # no data in "books": the prior's prior
+
+
+def test_a_tick_decides_for_optimized_campaigns_and_sends_only_what_changed():
+    optimizer = Optimizer()
+    # Web/mobile converts 10 % of clicks at 1 USD a click (value 2 USD a click): bid up to the bound.
+    events = [_event("impression", at=NOW - timedelta(seconds=s % 1_700)) for s in range(40_000)]
+    events += [_event("click", charge_status="charged", cost_micros=1_000_000, at=NOW - timedelta(seconds=s % 1_700))
+               for s in range(4_000)]  # fmt: skip
+    events += [_event("conversion", at=NOW - timedelta(seconds=s)) for s in range(400)]
+    assert optimizer.fold(events) == 44_400
+    campaigns = [
+        make_campaign("opt", pricing_model=PricingModel.CPC, bid_micros=1_000_000, goals=GOALS, category="cars"),
+        make_campaign("static", pricing_model=PricingModel.CPC, bid_micros=1_000_000, category="cars"),
+    ]
+    applied = optimizer.tick(campaigns, NOW)
+    ((record, ppm),) = applied
+    assert isinstance(record, CampaignDecision) and record.campaign_id == "opt"  # the static one: no decision
+    assert [p.platform for p in record.platforms] == list(PLATFORMS)
+    web_mobile = record.platforms[0]
+    assert web_mobile.multiplier > 1.5 and web_mobile.reason in ("value", "explore")
+    assert (web_mobile.impressions, web_mobile.clicks, web_mobile.conversions) == (40_000, 4_000, 400)
+    assert web_mobile.spend_micros == 4_000_000_000 and web_mobile.cpc_micros == 1_000_000
+    assert all(p.reason in ("value", "explore") and p.multiplier > 0 for p in record.platforms[1:])  # the prior's
+    assert ppm[0] == round(web_mobile.multiplier * 1_000_000)
+    assert unpack(f"{record.version} " + " ".join(map(str, ppm)))[1] == tuple(ppm)
+    # The same data a second later, in the same round of draws: nothing is sent again...
+    optimizer.mark_sent(applied)
+    assert optimizer.tick(campaigns, NOW + timedelta(seconds=1)) == []
+    # ...until the refresh comes due; a fresh optimizer on the same data and round decides the same.
+    refreshed = optimizer.tick(campaigns, NOW + timedelta(seconds=REFRESH_S + 1))
+    assert [r.campaign_id for r, _ in refreshed] == ["opt"]
+    twin = Optimizer()
+    twin.fold(events)
+    ((twin_record, twin_ppm),) = twin.tick(campaigns, NOW)
+    assert twin_ppm.tolist() == ppm.tolist() and twin_record.platforms == record.platforms
