@@ -102,7 +102,7 @@ SEED = 7  # of the seeded campaigns and the simulated users
 BUDGET_PRESSURE = 0.6
 DIURNAL_PEAK = 1.7  # the simulator's diurnal curve peaks near 1.64x its mean rate
 INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
-PLATFORM = ("ad-manager", "auction", "streaming", "calibrator")
+PLATFORM = ("ad-manager", "auction", "streaming", "calibrator", "optimizer")
 # Unpaused for the run; Airflow's scheduler starts feature_build and ctr_training from the
 # Assets the one before publishes. hourly_billing stays paused (catchup would bill every
 # hour since its start date); make run bills the hours it covered with `airflow dags test`.

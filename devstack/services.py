@@ -385,6 +385,24 @@ def _calibrator(settings: Settings) -> Service:
     )
 
 
+def _optimizer(settings: Settings) -> Service:
+    def healthy() -> bool:
+        from optimizer import service
+
+        return running_pid(settings, "optimizer") is not None and service.is_alive(settings)
+
+    return Service(
+        name="optimizer",
+        url=f"Kafka {settings.kafka_bootstrap_servers} -> campaign-decisions",
+        ports=(),
+        command=(str(ADSTREAM), "optimize"),
+        env=settings_env(settings),
+        healthy=healthy,  # no port to probe: healthy while it ticks
+        needs_infrastructure=True,
+        start_timeout_s=90.0,
+    )
+
+
 SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
     "kafka": _kafka,
     "shared-store": _shared_store,
@@ -394,6 +412,7 @@ SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
     "auction": _auction,
     "streaming": _streaming,
     "calibrator": _calibrator,
+    "optimizer": _optimizer,
 }
 
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -312,6 +313,19 @@ def seek_to(consumer, topic: str, since: datetime) -> None:
             consumer.seek(tp, found.offset)
 
 
+def heartbeat_file(settings) -> Path:
+    return settings.local_dir.resolve() / "run" / "optimizer.heartbeat"
+
+
+def is_alive(settings) -> bool:
+    """Whether a running optimizer ticked recently (its heartbeat is younger than five ticks and half a minute)."""
+    try:
+        age = time.time() - heartbeat_file(settings).stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age < 5 * settings.optimizer_tick_s + 30
+
+
 def run(settings, *, once: bool = False, stop: threading.Event | None = None) -> Optimizer:
     """The service loop (module docstring); ``once``: rebuild, one tick, apply, and return."""
     import json
@@ -331,6 +345,8 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
     shared = redis.Redis.from_url(settings.shared_store_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     sessions = make_session_factory(make_engine(settings))
     seek_to(consumer, Topic.AD_FEEDBACK, datetime.now(UTC) - timedelta(seconds=optimizer.windows.span_s))
+    heartbeat = heartbeat_file(settings)
+    heartbeat.parent.mkdir(parents=True, exist_ok=True)
 
     def publish(records: list[CampaignDecision]) -> None:
         futures = [
@@ -366,6 +382,7 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
                 if applied:
                     log.info("tick %d: %d decisions applied (%.1f ms)", optimizer.ticks, len(applied),
                              optimizer.tick_seconds[-1] * 1000)  # fmt: skip
+            heartbeat.touch()
             if once:
                 break
     finally:
