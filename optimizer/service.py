@@ -328,8 +328,6 @@ def is_alive(settings) -> bool:
 
 def run(settings, *, once: bool = False, stop: threading.Event | None = None) -> Optimizer:
     """The service loop (module docstring); ``once``: rebuild, one tick, apply, and return."""
-    import json
-
     from adstream.messaging import ensure_topics, make_consumer, make_producer
     from auction_service.campaign_store import store
     from auction_service.campaign_store.db import make_engine, make_session_factory
@@ -340,7 +338,7 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
             signal.signal(sig, lambda *_: stop.set())
     ensure_topics(settings, [Topic.AD_FEEDBACK, Topic.CAMPAIGN_DECISIONS])
     optimizer = Optimizer(windows=Windows(bucket_s=settings.optimizer_bucket_s, buckets=settings.optimizer_buckets))
-    consumer = make_consumer(settings, None, value_deserializer=json.loads, enable_auto_commit=False)
+    consumer = make_consumer(settings, None)
     producer = make_producer(settings)
     shared = redis.Redis.from_url(settings.shared_store_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     sessions = make_session_factory(make_engine(settings))

@@ -1,7 +1,7 @@
 """Kafka -> Delta, exactly once: ``ad-feedback`` and ``auctions`` into bronze, silver, quarantine and gold KPIs,
-``refused-events`` into quarantine/events.
+``refused-events`` into quarantine/events, ``campaign-decisions`` into gold/optimizer_decisions.
 
-    adstream stream [--source feedback|auctions|refused|all] [--topic T] [--available-now] [--trigger-s N]
+    adstream stream [--source feedback|auctions|refused|decisions|all] [--topic T] [--available-now] [--trigger-s N]
     adstream stream --check     # exit 0 if a running job's driver loop beat recently
 
 One Structured Streaming query per topic, checkpointed in ``_checkpoints/<source>_stream``. Each of its
@@ -30,6 +30,8 @@ of its own that lands every record in quarantine/events, partitioned by refused_
 that is not a RefusedEvent in quarantine/refused. Refusals are an audit trail: no watermark, no
 deduplication (a refusal has no id of its own; the same forged click sent twice is two refusals),
 and no bronze copy (quarantine/refused keeps the raw value of what failed to parse).
+``campaign-decisions`` (the optimizer's) lands the same way in gold/optimizer_decisions, partitioned by
+decided_date, each decision with its inputs, forecasts and reasons per platform (a nested array).
 
 gold/kpi_minute has a query of its own, ``kpi_minute_stream``: it reads the rows silver/feedback_events
 gains (the Delta source; compactions are skipped) and recomputes, from all of silver, the (campaign,
@@ -110,7 +112,7 @@ from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 from pyspark.sql.types import StructField, StructType
 
 from adstream.contracts import Table, Topic, quarantine_table
-from adstream.events import AuctionRecord, EventType, FeedbackEvent, RefusedEvent
+from adstream.events import AuctionRecord, CampaignDecision, EventType, FeedbackEvent, RefusedEvent
 from adstream.messaging import BrokerUnavailable, ensure_topics
 from adstream.settings import Settings
 from spark_jobs.ivt_transforms import sivt_outliers, tag_sivt, with_event_columns
@@ -166,7 +168,7 @@ class StreamSource:
     name: str  # also the quarantine source: quarantine/<name>
     topic: str
     model: type[BaseModel]
-    key: str | None  # the id a record is deduplicated on; None: every record lands (RefusalBatch)
+    key: str | None  # the id a record is deduplicated on; None: every record lands (AppendBatch)
     bronze: Table | None
     silver: Table  # where the valid records land
     with_kpis: bool = False
@@ -199,6 +201,10 @@ SOURCES = {
     "refused": StreamSource(
         "refused", Topic.REFUSED_EVENTS, RefusedEvent, None, None, Table.QUARANTINE_EVENTS,
         event_time="refused_at", date_column="refused_date",
+    ),
+    "decisions": StreamSource(
+        "decisions", Topic.CAMPAIGN_DECISIONS, CampaignDecision, None, None, Table.GOLD_OPTIMIZER_DECISIONS,
+        event_time="decided_at", date_column="decided_date",
     ),
 }  # fmt: skip
 
@@ -437,12 +443,14 @@ class MicroBatch(TopicBatch):
         return latest_clock([row.userMetadata for row in carried.select("userMetadata").collect()], app_id)
 
 
-class RefusalBatch(TopicBatch):
-    """The ``foreachBatch`` body of the refused-events query: each refusal into quarantine/events, and a
-    record that is not a RefusedEvent into quarantine/refused with its reason (see the module docstring)."""
+class AppendBatch(TopicBatch):
+    """The ``foreachBatch`` body of a topic whose every valid record lands, once per Kafka record (no id
+    to deduplicate on): each refusal into quarantine/events, each optimizer decision into
+    gold/optimizer_decisions; a record that is not one into quarantine/<source> with its reason (see the
+    module docstring)."""
 
     def process(self, records: DataFrame, batch_id: int, *, ingested_at: datetime) -> dict[str, int]:
-        """Lands one batch of refusals; returns the records per outcome (``landed`` or a quarantine reason)."""
+        """Lands one batch; returns the records per outcome (``landed`` or a quarantine reason)."""
         source, app_id = self.source, self.app_id(records.sparkSession)
         classified = classify_records(records, source.model, max_ahead=timedelta(0), event_time=None).persist()
         try:
@@ -579,7 +587,7 @@ def start_query(
     spark: SparkSession, settings: Settings, source: StreamSource, *, available_now: bool, trigger_s: float
 ) -> StreamingQuery:
     records = kafka_records(spark, settings, source.topic)
-    batch = MicroBatch(settings, source) if source.key is not None else RefusalBatch(settings, source)
+    batch = MicroBatch(settings, source) if source.key is not None else AppendBatch(settings, source)
     writer = records.writeStream.queryName(source.query_name).foreachBatch(batch)
     return _start(writer, settings.checkpoint_path(source.query_name), available_now, trigger_s)
 

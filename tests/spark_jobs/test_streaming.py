@@ -23,7 +23,7 @@ from pyspark.sql import Row
 from pyspark.testing import assertDataFrameEqual
 
 from adstream.contracts import Table, Topic, quarantine_table
-from adstream.events import FeedbackEvent, RefusedEvent
+from adstream.events import PLATFORMS, CampaignDecision, FeedbackEvent, RefusedEvent
 from adstream.messaging import ensure_topics, make_producer
 from adstream.settings import Settings, child_process_env
 from devstack import services
@@ -448,7 +448,7 @@ def test_sivt_tags_user_and_ip_click_rate_outliers_against_the_clicks_silver_hol
 def test_refused_events_land_in_quarantine_events_once_and_malformed_ones_with_a_reason(spark, tmp_path):
     settings = lake_settings(tmp_path)
     streaming.ensure_tables(spark, settings, REFUSED)
-    batch = streaming.RefusalBatch(settings, REFUSED, app_id="test-refused")
+    batch = streaming.AppendBatch(settings, REFUSED, app_id="test-refused")
     forged = RefusedEvent(
         event_id="ev-1", event_type="click", auction_id="auc-1", reason="signature_invalid",
         detail="the token's signature does not match", refused_at=T0, user_agent="curl/8.5", ip="203.0.113.7",
@@ -471,6 +471,32 @@ def test_refused_events_land_in_quarantine_events_once_and_malformed_ones_with_a
     assert {row.refused_date.isoformat() for row in refused.collect()} == {"2026-03-01"}
     malformed = table(spark, settings, quarantine_table("refused")).collect()
     assert sorted((row.kafka_offset, row.reason) for row in malformed) == [(3, "malformed_json"), (4, "missing_field")]
+
+
+def test_optimizer_decisions_land_once_per_record_with_their_platforms(spark, tmp_path):
+    settings = lake_settings(tmp_path)
+    decisions = streaming.SOURCES["decisions"]
+    streaming.ensure_tables(spark, settings, decisions)
+    batch = streaming.AppendBatch(settings, decisions, app_id="test-decisions")
+    platforms = [
+        {"platform": platform, "multiplier": 1.5 if platform == "web/mobile" else 0.0, "reason": "value",
+         "impressions": 100, "clicks": 4, "conversions": 1, "spend_micros": 2_000_000, "ctr": 0.04, "cvr": 0.25,
+         "cvr_drawn": 0.2, "ctr_trend_per_bucket": 0.001, "cvr_trend_per_bucket": 0.0, "cpc_micros": 500_000.0,
+         "roi_per_click_micros": 1_500_000.0, "p_losing": 0.01}
+        for platform in PLATFORMS
+    ]  # fmt: skip
+    decision = CampaignDecision(
+        decision_id="c1:1", campaign_id="c1", version=1, decided_at=T0, window_start=T0 - 30 * MINUTE,
+        value_micros=10_000_000, base_bid_micros=1_000_000, platforms=platforms,
+    ).model_dump(mode="json")  # fmt: skip
+    too_high = decision | {"decision_id": "c1:2", "platforms": [p | {"multiplier": 3.0} for p in platforms]}
+    frame = kafka_frame(spark, [decision, too_high], topic="campaign-decisions")
+    assert batch.process(frame, 0, ingested_at=T0) == {"landed": 1, "out_of_range": 1}
+    batch.process(frame, 0, ingested_at=T0)  # a replay of the batch lands nothing more
+    landed = table(spark, settings, Table.GOLD_OPTIMIZER_DECISIONS).collect()
+    assert [(row.decision_id, row.decided_date.isoformat()) for row in landed] == [("c1:1", "2026-03-01")]
+    assert [p.platform for p in landed[0].platforms] == list(PLATFORMS)
+    assert landed[0].platforms[0].multiplier == 1.5 and landed[0].platforms[0].cpc_micros == 500_000.0
 
 
 def test_tables_from_before_the_added_fields_take_the_new_columns_and_keep_streaming(spark, tmp_path):
