@@ -5,7 +5,7 @@ ADSTREAM := .venv/bin/adstream
 KEEP_UP ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status run test bench bench-auction bench-billing bench-streaming compare-runs lint format lock clean
+.PHONY: help setup up down status run test bench bench-auction bench-billing bench-optimizer bench-streaming compare-runs lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench-auction: setup ## Load-test the auction service (autocannon, 32 connection
 
 bench-billing: setup ## Bill one hour of 1,000,000 events (local[2]) vs a DuckDB baseline; reports/bench/billing.json (REPEATS=3)
 	@$(ADSTREAM) bench billing --repeats $(or $(REPEATS),3)
+
+bench-optimizer: setup ## The optimizer's tick for 10,000 campaigns x 8 platforms on one core: p99 and RSS over DURATION; reports/bench/optimizer.json (DURATION=10m)
+	@$(ADSTREAM) bench optimizer --duration $(or $(DURATION),10m)
 
 bench-streaming: setup ## Kafka -> Delta streaming job (local[2]): throughput vs a raw-append baseline, latency p95, RSS soak; reports/bench/streaming.json (REPEATS=3 EVENTS=2000000 SOAK=30m)
 	@$(ADSTREAM) bench streaming --repeats $(or $(REPEATS),3) --events $(or $(EVENTS),2000000) --soak $(or $(SOAK),30m)
