@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
+from scipy.special import betainc
 
 from optimizer.forecast import Forecast
 
@@ -80,7 +81,7 @@ class Decision:
     value_per_click_micros: np.ndarray  # the drawn CVR x V
     cpc_micros: np.ndarray  # the expected cost per click (NaN without clicks)
     roi_per_click_micros: np.ndarray  # value per click - cost per click
-    p_losing: np.ndarray  # P(CVR x V < CPC) under the posterior
+    p_losing: np.ndarray  # P(CVR x V < CPC) under the posterior, where a pause is possible (else 0)
 
 
 def decide(campaigns: Campaigns, forecast: Forecast, quantiles: np.ndarray) -> Decision:
@@ -105,9 +106,13 @@ def decide(campaigns: Campaigns, forecast: Forecast, quantiles: np.ndarray) -> D
             cvr_draw * value / (bid * DEFAULT_PCVR),
         )
         cpc = np.where(forecast.clicks > 0, forecast.spend_micros / forecast.clicks, np.nan)
-        p_losing = np.where(
-            (forecast.clicks > 0) & (value > 0), forecast.cvr.cdf(np.where(value > 0, cpc / value, 1.0)), 0.0
-        )
+    # P(losing) where a pause is possible only: the Beta's CDF is the tick's dearest function.
+    judged = (forecast.clicks >= MIN_PAUSE_CLICKS) & (value > 0)
+    p_losing = np.zeros(shape)
+    if judged.any():
+        cells = np.nonzero(judged)
+        threshold = cpc[cells] / np.broadcast_to(value, shape)[cells]
+        p_losing[cells] = betainc(forecast.cvr.alpha[cells], forecast.cvr.beta[cells], np.clip(threshold, 0.0, 1.0))
     value_per_click = cvr_draw * value
     multiplier = np.clip(np.nan_to_num(multiplier, nan=1.0, posinf=MAX_MULTIPLIER), MIN_MULTIPLIER, MAX_MULTIPLIER)
     reason = np.where(

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betainc, betaincinv
+from scipy.special import betainc, digamma, expit, ndtri
 
 PRIOR_STRENGTH_IMPRESSIONS = 200.0  # a CTR prior weighs as many impressions
 PRIOR_STRENGTH_CLICKS = 20.0  # a CVR prior weighs as many clicks
@@ -37,22 +37,37 @@ class Trend:
         return self.level + self.slope * buckets_ahead
 
 
-def weighted_trend(y: np.ndarray, w: np.ndarray) -> Trend:
-    """The least-squares line of ``y`` over its last axis (buckets, oldest first) weighted by ``w``."""
+def weighted_trend(y: np.ndarray, w: np.ndarray, x: np.ndarray | None = None) -> Trend:
+    """The least-squares line of ``y`` over its last axis weighted by ``w``; ``x`` is each bucket's position
+    in time, oldest 0 (default: the axis's order), so a ring of buckets needs no reordering."""
     y, w = np.asarray(y, dtype=np.float64), np.asarray(w, dtype=np.float64)
     if y.shape != w.shape:
         raise ValueError(f"y and w must have one shape, got {y.shape} and {w.shape}")
-    x = np.arange(y.shape[-1], dtype=np.float64)
+    x = np.arange(y.shape[-1], dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
     y = np.where(w > 0, y, 0.0)  # an empty bucket's rate is undefined (0/0): it weighs nothing
-    sw, sx, sxx = w.sum(-1), (w * x).sum(-1), (w * x * x).sum(-1)
-    sy, sxy = (w * y).sum(-1), (w * x * y).sum(-1)
+    wx = w * x
+    sw, sx, sxx = w.sum(-1), wx.sum(-1), (wx * x).sum(-1)
+    sy, sxy = (w * y).sum(-1), (wx * y).sum(-1)
     denominator = sw * sxx - sx * sx
     defined = (np.count_nonzero(w > 0, axis=-1) >= 2) & (denominator > 1e-12)
     slope = np.where(defined, (sw * sxy - sx * sy) / np.where(defined, denominator, 1.0), 0.0)
     mean = np.where(sw > 0, sy / np.where(sw > 0, sw, 1.0), 0.0)
     mean_x = np.where(sw > 0, sx / np.where(sw > 0, sw, 1.0), 0.0)
-    level = mean + slope * (x[-1] - mean_x)
+    level = mean + slope * (x.max() - mean_x)
     return Trend(level=level, slope=slope)
+
+
+def trigamma(x: np.ndarray) -> np.ndarray:
+    """The trigamma function for x > 0: six steps of its recurrence, then its asymptotic series (error under
+    1e-8); scipy's polygamma(1, x) costs twenty times more."""
+    x = np.asarray(x, dtype=np.float64)
+    total = np.zeros_like(x)
+    for step in range(6):
+        total += 1.0 / (x + step) ** 2
+    z = x + 6.0
+    inv = 1.0 / z
+    inv2 = inv * inv
+    return total + inv * (1.0 + inv * (0.5 + inv * (1.0 / 6.0 + inv2 * (-1.0 / 30.0 + inv2 / 42.0))))
 
 
 @dataclass(frozen=True)
@@ -76,8 +91,14 @@ class Beta:
         return betainc(self.alpha, self.beta, np.clip(x, 0.0, 1.0))
 
     def quantile(self, q: np.ndarray) -> np.ndarray:
-        """The rate at quantile ``q`` per cell: a draw when ``q`` is uniform (Thompson sampling by inversion)."""
-        return betaincinv(self.alpha, self.beta, np.clip(q, 0.0, 1.0))
+        """About the rate at quantile ``q`` per cell (a draw when ``q`` is uniform: Thompson sampling by
+        inversion). The Beta's logit is close to normal with mean digamma(a) - digamma(b) and variance
+        trigamma(a) + trigamma(b), its exact log-moments; inverting that normal is ~20x cheaper than
+        inverting the Beta (which would take most of a tick for 80,000 cells), within 2 % of it (p95) once
+        a and b pass 10 and 8 % from 2: close enough to explore with."""
+        mean = digamma(self.alpha) - digamma(self.beta)
+        spread = np.sqrt(trigamma(self.alpha) + trigamma(self.beta))
+        return expit(mean + spread * ndtri(np.clip(q, 1e-12, 1 - 1e-12)))
 
 
 def beta_posterior(successes: np.ndarray, trials: np.ndarray, prior_mean: np.ndarray, strength: float) -> Beta:
@@ -105,10 +126,10 @@ class Forecast:
     spend_micros: np.ndarray
 
 
-def forecast(ordered: np.ndarray, prior_ctr: np.ndarray, prior_cvr: np.ndarray) -> Forecast:
-    """The forecasts of windows ``ordered`` (campaigns, platforms, metrics, buckets: ``Windows.ordered``),
-    with each campaign's category priors ``prior_ctr`` and ``prior_cvr`` (one per campaign)."""
-    impressions, clicks, conversions, spend = (ordered[:, :, m, :].astype(np.float64) for m in range(4))
+def forecast(counts: np.ndarray, prior_ctr: np.ndarray, prior_cvr: np.ndarray, x: np.ndarray | None = None) -> Forecast:
+    """The forecasts of windows ``counts`` (campaigns, platforms, metrics, buckets; ``x`` each bucket's position
+    in time as ``weighted_trend`` takes it), with each campaign's category priors ``prior_ctr`` and ``prior_cvr``."""
+    impressions, clicks, conversions, spend = (counts[:, :, m, :].astype(np.float64) for m in range(4))
     totals = [series.sum(-1) for series in (impressions, clicks, conversions, spend)]
     with np.errstate(divide="ignore", invalid="ignore"):
         ctr_by_bucket = np.where(impressions > 0, clicks / impressions, 0.0)
@@ -118,10 +139,10 @@ def forecast(ordered: np.ndarray, prior_ctr: np.ndarray, prior_cvr: np.ndarray) 
     return Forecast(
         ctr=beta_posterior(totals[1], totals[0], prior_ctr[:, None], PRIOR_STRENGTH_IMPRESSIONS),
         cvr=beta_posterior(totals[2], totals[1], prior_cvr[:, None], PRIOR_STRENGTH_CLICKS),
-        ctr_trend=weighted_trend(ctr_by_bucket, impressions),
-        cvr_trend=weighted_trend(cvr_by_bucket, clicks),
+        ctr_trend=weighted_trend(ctr_by_bucket, impressions, x),
+        cvr_trend=weighted_trend(cvr_by_bucket, clicks, x),
         cpc_micros=cpc,
-        cpc_trend=weighted_trend(cpc_by_bucket, clicks),
+        cpc_trend=weighted_trend(cpc_by_bucket, clicks, x),
         impressions=totals[0],
         clicks=totals[1],
         conversions=totals[2],

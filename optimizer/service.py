@@ -7,15 +7,17 @@
   impressions, clicks, conversions, and the spend the ledger charged. On start it **rebuilds** the
   windows by seeking every partition to the window's start time (``offsets_for_times``), so a
   restart reproduces the windows it had, and the decisions with them, from the log alone.
-- **Every** ``OPTIMIZER_TICK_S`` (2 s) it reads the campaigns with ``goals.optimize`` on from the campaign
-  store, forecasts every campaign x platform at once (``optimizer.forecast``, the category priors
-  pooled from the window) and decides (``optimizer.decide``). The work of a tick depends on the
-  number of campaigns, not on the traffic.
-- **Applies** a campaign's decision when it changed (a multiplier moved by more than
-  ``CHANGE_PPM`` or a reason changed) or every ``REFRESH_S``: the ``CampaignDecision`` record goes to
-  ``campaign-decisions`` (acknowledged), then the multipliers to the shared store
-  (``adstream.decisions``), which every replica reads within its housekeeping tick. The record with
-  its inputs and forecasts lands in ``gold/optimizer_decisions`` through the streaming job.
+- **Every** ``OPTIMIZER_TICK_S`` (2 s) it forecasts every optimized campaign x platform at once
+  (``optimizer.forecast``, the category priors pooled from the window) and decides
+  (``optimizer.decide``); the campaigns are re-read from the campaign store every
+  ``CAMPAIGNS_REFRESH_S``. The work of a tick depends on the number of campaigns, not on the traffic.
+- **Applies** a campaign's decision when it changed (a multiplier moved by more than ``CHANGE_PPM`` or
+  a reason changed) and once per round of ``ROUND_S`` (its Thompson draws are renewed then; each
+  campaign's rounds start at its own phase, so a few campaigns renew each tick, not all at once):
+  the ``CampaignDecision`` record goes to ``campaign-decisions`` (acknowledged), then the multipliers
+  to the shared store (``adstream.decisions``), which every replica reads within its housekeeping
+  tick. The record with its inputs and forecasts lands in ``gold/optimizer_decisions`` through the
+  streaming job.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,28 +37,22 @@ import redis
 
 from adstream.contracts import Topic
 from adstream.decisions import MULTIPLIER_SCALE, pack, serve_key, version_key
-from adstream.events import (
-    NOT_DELIVERED,
-    PLATFORMS,
-    CampaignDecision,
-    ChargeStatus,
-    EventType,
-    PlatformDecision,
-)
+from adstream.events import NOT_DELIVERED, PLATFORMS, CampaignDecision, ChargeStatus, EventType
 from auction_service.domain import ServingCampaign
 from optimizer.decide import PRICING_CODES, Campaigns, Decision, Reason, decide
-from optimizer.forecast import Beta, Forecast, Trend, forecast
+from optimizer.forecast import Forecast, forecast
 from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, SPEND, Windows, platform_of
 
 log = logging.getLogger(__name__)
 
 CHANGE_PPM = 20_000  # a multiplier moving less than 2 points is not a new decision
-REFRESH_S = 60.0  # every decision is sent again this often, changed or not
-ROUND_S = 60.0  # Thompson draws are made anew this often (decide's module docstring)
+ROUND_S = 60.0  # Thompson draws are renewed, and every decision sent again, once per round
+CAMPAIGNS_REFRESH_S = 10.0  # how often the optimized campaigns are re-read from the campaign store
 PRIOR_CTR, PRIOR_CVR = 0.03, 0.05  # the category priors' own prior, before the window holds anything
 CATEGORY_PRIOR_STRENGTH = 1_000.0  # a category's pooled rate weighs as many trials against the above
 EVENT_METRIC = {EventType.IMPRESSION.value: IMPRESSIONS, EventType.CLICK.value: CLICKS,
                 EventType.CONVERSION.value: CONVERSIONS}  # fmt: skip
+REASON_NAMES = [reason.name.lower() for reason in sorted(Reason)]
 
 
 def event_values(events: Iterable[Mapping]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -81,21 +77,6 @@ def event_values(events: Iterable[Mapping]) -> tuple[list[str], np.ndarray, np.n
     return ids, np.array(platforms, dtype=np.int64), np.array(times, dtype=np.float64), np.array(rows, dtype=np.int64)
 
 
-def category_priors(totals: np.ndarray, categories: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Each campaign's CTR and CVR prior: its category's pooled rates over the window (every platform of
-    every campaign of the category), themselves shrunk toward PRIOR_CTR and PRIOR_CVR."""
-    by_category: dict[str, np.ndarray] = {}
-    for row, category in enumerate(categories):
-        by_category[category] = by_category.get(category, 0) + totals[row].sum(axis=0)
-    ctr, cvr = np.empty(len(categories)), np.empty(len(categories))
-    for row, category in enumerate(categories):
-        pooled = by_category[category]
-        k = CATEGORY_PRIOR_STRENGTH
-        ctr[row] = (pooled[CLICKS] + PRIOR_CTR * k) / (pooled[IMPRESSIONS] + k)
-        cvr[row] = (pooled[CONVERSIONS] + PRIOR_CVR * k) / (pooled[CLICKS] + k)
-    return ctr, cvr
-
-
 def campaign_arrays(campaigns: Sequence[ServingCampaign]) -> Campaigns:
     n = len(campaigns)
     limits = np.full((n, len(PLATFORMS)), np.inf)
@@ -114,70 +95,16 @@ def campaign_arrays(campaigns: Sequence[ServingCampaign]) -> Campaigns:
     )
 
 
-def decision_records(
-    campaigns: Sequence[ServingCampaign],
-    decision: Decision,
-    predicted: Forecast,
-    *,
-    now: datetime,
-    window_start: datetime,
-) -> list[CampaignDecision]:
-    """One ``CampaignDecision`` per campaign (rows aligned with ``decision`` and ``predicted``)."""
-    version = int(now.timestamp() * 1_000_000)
-    records = []
-    for row, campaign in enumerate(campaigns):
-        platforms = []
-        for column, platform in enumerate(PLATFORMS):
-
-            def cell(array: np.ndarray, row: int = row, column: int = column) -> float | None:
-                value = float(array[row, column])
-                return None if np.isnan(value) else value
-
-            platforms.append(
-                PlatformDecision(
-                    platform=platform,
-                    multiplier=round(float(decision.multiplier[row, column]), 6),
-                    reason=Reason(int(decision.reason[row, column])).name.lower(),
-                    impressions=int(predicted.impressions[row, column]),
-                    clicks=int(predicted.clicks[row, column]),
-                    conversions=int(predicted.conversions[row, column]),
-                    spend_micros=int(predicted.spend_micros[row, column]),
-                    ctr=float(predicted.ctr.mean[row, column]),
-                    cvr=float(predicted.cvr.mean[row, column]),
-                    cvr_drawn=float(decision.cvr_drawn[row, column]),
-                    ctr_trend_per_bucket=float(predicted.ctr_trend.slope[row, column]),
-                    cvr_trend_per_bucket=float(predicted.cvr_trend.slope[row, column]),
-                    cpc_micros=cell(decision.cpc_micros),
-                    roi_per_click_micros=cell(decision.roi_per_click_micros),
-                    p_losing=float(np.clip(decision.p_losing[row, column], 0.0, 1.0)),
-                )
-            )
-        records.append(
-            CampaignDecision(
-                decision_id=f"{campaign.campaign_id}:{version}",
-                campaign_id=campaign.campaign_id,
-                version=version,
-                decided_at=now,
-                window_start=window_start,
-                value_micros=campaign.goals.value_micros,
-                base_bid_micros=campaign.bid_micros,
-                platforms=platforms,
-            )
-        )
-    return records
-
-
-def multipliers_ppm(decision: Decision) -> np.ndarray:
-    return np.rint(decision.multiplier * MULTIPLIER_SCALE).astype(np.int64)
-
-
-@dataclass
-class Sent:
-    """What was last applied for a campaign: to send only what changed."""
-
-    multipliers_ppm: np.ndarray
-    reasons: np.ndarray
-    at_s: float
+def pooled_priors(totals: np.ndarray, codes: np.ndarray, categories: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each campaign's CTR and CVR prior: its category's pooled rates over the window (every platform of every
+    campaign of the category; ``codes`` number the categories 0 .. ``categories`` - 1), themselves shrunk
+    toward PRIOR_CTR and PRIOR_CVR."""
+    pooled = np.zeros((categories, totals.shape[-1]))
+    np.add.at(pooled, codes, totals.sum(axis=1))
+    k = CATEGORY_PRIOR_STRENGTH
+    ctr = (pooled[:, CLICKS] + PRIOR_CTR * k) / (pooled[:, IMPRESSIONS] + k)
+    cvr = (pooled[:, CONVERSIONS] + PRIOR_CVR * k) / (pooled[:, CLICKS] + k)
+    return ctr[codes], cvr[codes]
 
 
 def round_quantiles(campaign_id: str, round_index: int) -> np.ndarray:
@@ -187,110 +114,213 @@ def round_quantiles(campaign_id: str, round_index: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(size=(2, len(PLATFORMS)))
 
 
+def phase_s(campaign_id: str, round_s: float) -> float:
+    """Where in a round a campaign's rounds begin, from its id: campaigns renew spread over the round."""
+    digest = hashlib.blake2b(f"phase:{campaign_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 * round_s
+
+
+def multipliers_ppm(decision: Decision) -> np.ndarray:
+    return np.rint(decision.multiplier * MULTIPLIER_SCALE).astype(np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """One campaign's decision to apply: the ``CampaignDecision`` record as JSON (built without validation;
+    the tests validate its shape) and its multipliers in millionths."""
+
+    campaign_id: str
+    version: int
+    record: dict
+    multipliers_ppm: np.ndarray
+    reasons: np.ndarray
+    round_index: int
+
+    @classmethod
+    def of(cls, record: CampaignDecision, multipliers_ppm: np.ndarray, round_index: int = 0) -> Decided:
+        reasons = np.array([Reason[p.reason.upper()] for p in record.platforms], dtype=np.int8)
+        return cls(record.campaign_id, record.version, record.model_dump(mode="json"), multipliers_ppm, reasons,
+                   round_index)  # fmt: skip
+
+
+@dataclass
+class _Plan:
+    """What a tick needs of a campaign list, built once per list: the optimized ones and their arrays."""
+
+    source: Sequence[ServingCampaign]
+    campaigns: list[ServingCampaign]
+    ids: list[str]
+    rows: np.ndarray  # their window rows
+    arrays: Campaigns
+    category_codes: np.ndarray
+    categories: int
+    phase_s: np.ndarray
+
+
 @dataclass
 class Optimizer:
     """The windows and the last decisions applied; ``fold`` events in, ``tick`` to decide (module docstring)."""
 
     windows: Windows = field(default_factory=Windows)
     round_s: float = ROUND_S
-    sent: dict[str, Sent] = field(default_factory=dict)
-    _quantiles: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
     ticks: int = 0
     tick_seconds: list[float] = field(default_factory=list)
+    sent: dict[str, np.ndarray] = field(default_factory=dict)  # campaign -> the multipliers last applied
+    _plan: _Plan | None = None
+    # Per window row: the last applied multipliers, reasons and round; the round's uniform numbers.
+    _sent_ppm: np.ndarray = field(default_factory=lambda: np.zeros((0, len(PLATFORMS)), dtype=np.int64))
+    _sent_reason: np.ndarray = field(default_factory=lambda: np.zeros((0, len(PLATFORMS)), dtype=np.int8))
+    _sent_round: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _quantiles: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, len(PLATFORMS))))
+    _quantile_round: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def fold(self, events: Iterable[Mapping]) -> int:
         ids, platforms, times, values = event_values(events)
         return self.windows.add(ids, platforms, times, values) if ids else 0
 
-    def tick(self, campaigns: Sequence[ServingCampaign], now: datetime) -> list[tuple[CampaignDecision, np.ndarray]]:
-        """Decides for ``campaigns`` (those with optimize on) and returns the decisions to apply, each with
-        its multipliers in millionths."""
+    def tick(self, campaigns: Sequence[ServingCampaign], now: datetime) -> list[Decided]:
+        """Decides for ``campaigns`` (those with optimize on) and returns the decisions to apply: those that
+        changed, and each campaign once a round."""
         began = time.perf_counter()
-        self.windows.advance(now.timestamp())
-        campaigns = [c for c in campaigns if c.goals.optimize]
-        if not campaigns:
-            return []
-        rows = np.array([self.windows.row_of(c.campaign_id) for c in campaigns], dtype=np.int64)
-        ordered = self.windows.ordered(rows)
-        prior_ctr, prior_cvr = category_priors(ordered.sum(axis=-1), [c.category for c in campaigns])
-        predicted = forecast(ordered, prior_ctr, prior_cvr)
-        decision = decide(campaign_arrays(campaigns), predicted, self.quantiles(campaigns, now))
-        ppm = multipliers_ppm(decision)
         now_s = now.timestamp()
-        changed = []
-        for row, campaign in enumerate(campaigns):
-            last = self.sent.get(campaign.campaign_id)
-            if (
-                last is None
-                or now_s - last.at_s >= REFRESH_S
-                or np.abs(last.multipliers_ppm - ppm[row]).max() > CHANGE_PPM
-                or (last.reasons != decision.reason[row]).any()
-            ):
-                changed.append(row)
+        self.windows.advance(now_s)
+        plan = self._plan_of(campaigns)
+        if not plan.ids:
+            return []
+        rows = plan.rows
+        counts = self.windows.counts[rows]
+        prior_ctr, prior_cvr = pooled_priors(counts.sum(axis=-1), plan.category_codes, plan.categories)
+        predicted = forecast(counts, prior_ctr, prior_cvr, x=self.windows.positions())
+        round_index = np.floor((now_s + plan.phase_s) / self.round_s).astype(np.int64)
+        for i in np.flatnonzero(self._quantile_round[rows] != round_index).tolist():
+            self._quantiles[rows[i]] = round_quantiles(plan.ids[i], int(round_index[i]))
+            self._quantile_round[rows[i]] = round_index[i]
+        decision = decide(plan.arrays, predicted, self._quantiles[rows].transpose(1, 0, 2))
+        ppm = multipliers_ppm(decision)
+        changed = (
+            (self._sent_round[rows] != round_index)
+            | (np.abs(self._sent_ppm[rows] - ppm).max(axis=1) > CHANGE_PPM)
+            | (self._sent_reason[rows] != decision.reason).any(axis=1)
+        )
         window_start = datetime.fromtimestamp(
             (self.windows.latest_bucket - self.windows.buckets + 1) * self.windows.bucket_s, UTC
         )
-        picked = [campaigns[row] for row in changed]
-        sub = Decision(*(getattr(decision, f)[changed] for f in Decision.__dataclass_fields__))
-        sub_forecast = _rows(predicted, np.array(changed, dtype=np.int64))
-        records = decision_records(picked, sub, sub_forecast, now=now, window_start=window_start)
+        decided = decision_records(
+            plan, np.flatnonzero(changed), decision, predicted, ppm, round_index, now, window_start
+        )
         self.ticks += 1
         self.tick_seconds.append(time.perf_counter() - began)
         del self.tick_seconds[:-1000]
-        return [(record, ppm[row]) for record, row in zip(records, changed, strict=True)]
+        return decided
 
-    def quantiles(self, campaigns: Sequence[ServingCampaign], now: datetime) -> np.ndarray:
-        """(2, campaigns, platforms): each campaign's numbers of the current round (``round_quantiles``)."""
-        round_index = int(now.timestamp() // self.round_s)
-        out = np.empty((2, len(campaigns), len(PLATFORMS)))
-        for row, campaign in enumerate(campaigns):
-            held = self._quantiles.get(campaign.campaign_id)
-            if held is None or held[0] != round_index:
-                held = self._quantiles[campaign.campaign_id] = (
-                    round_index,
-                    round_quantiles(campaign.campaign_id, round_index),
-                )
-            out[:, row] = held[1]
-        return out
+    def mark_sent(self, decided: Sequence[Decided]) -> None:
+        for item in decided:
+            row = self.windows.rows[item.campaign_id]
+            self._sent_ppm[row], self._sent_reason[row] = item.multipliers_ppm, item.reasons
+            self._sent_round[row] = item.round_index
+            self.sent[item.campaign_id] = item.multipliers_ppm
 
-    def mark_sent(self, applied: Sequence[tuple[CampaignDecision, np.ndarray]]) -> None:
-        for record, ppm in applied:
-            reasons = np.array([Reason[p.reason.upper()] for p in record.platforms], dtype=np.int8)
-            self.sent[record.campaign_id] = Sent(ppm, reasons, record.decided_at.timestamp())
+    def _plan_of(self, campaigns: Sequence[ServingCampaign]) -> _Plan:
+        if self._plan is not None and self._plan.source is campaigns:
+            return self._plan
+        optimized = [c for c in campaigns if c.goals.optimize]
+        ids = [c.campaign_id for c in optimized]
+        rows = np.array([self.windows.row_of(cid) for cid in ids], dtype=np.int64)
+        names, codes = np.unique(np.array([c.category for c in optimized], dtype=object), return_inverse=True)
+        self._plan = _Plan(
+            campaigns, optimized, ids, rows, campaign_arrays(optimized), codes.astype(np.int64).reshape(-1),
+            len(names), np.array([phase_s(cid, self.round_s) for cid in ids]),
+        )  # fmt: skip
+        self._grow(self.windows.counts.shape[0])
+        return self._plan
+
+    def _grow(self, capacity: int) -> None:
+        """The per-row state as large as the windows' rows (new rows: never sent, no numbers drawn)."""
+        extra = capacity - self._sent_round.shape[0]
+        if extra <= 0:
+            return
+        width = len(PLATFORMS)
+        self._sent_ppm = np.concatenate([self._sent_ppm, np.zeros((extra, width), dtype=np.int64)])
+        self._sent_reason = np.concatenate([self._sent_reason, np.zeros((extra, width), dtype=np.int8)])
+        self._sent_round = np.concatenate([self._sent_round, np.full(extra, -1, dtype=np.int64)])
+        self._quantiles = np.concatenate([self._quantiles, np.zeros((extra, 2, width))])
+        self._quantile_round = np.concatenate([self._quantile_round, np.full(extra, -1, dtype=np.int64)])
 
 
-def _rows(predicted: Forecast, rows: np.ndarray) -> Forecast:
-    """The forecast of ``rows`` only (every array's first axis)."""
+def decision_records(
+    plan: _Plan,
+    picked: np.ndarray,
+    decision: Decision,
+    predicted: Forecast,
+    ppm: np.ndarray,
+    round_index: np.ndarray,
+    now: datetime,
+    window_start: datetime,
+) -> list[Decided]:
+    """The ``CampaignDecision`` records (as JSON) of the plan's campaigns at ``picked``, built from columns."""
+    if not picked.size:
+        return []
+    version = int(now.timestamp() * 1_000_000)
+    decided_at, start = now.isoformat(), window_start.isoformat()
 
-    def beta(b: Beta) -> Beta:
-        return Beta(b.alpha[rows], b.beta[rows])
+    def taken(array: np.ndarray) -> list:
+        return array[picked].tolist()
 
-    def trend(t: Trend) -> Trend:
-        return Trend(t.level[rows], t.slope[rows])
+    def nullable(array: np.ndarray) -> list:
+        values = array[picked]
+        return np.where(np.isnan(values), None, values).tolist()
 
-    return Forecast(
-        ctr=beta(predicted.ctr), cvr=beta(predicted.cvr), ctr_trend=trend(predicted.ctr_trend),
-        cvr_trend=trend(predicted.cvr_trend), cpc_micros=predicted.cpc_micros[rows],
-        cpc_trend=trend(predicted.cpc_trend), impressions=predicted.impressions[rows],
-        clicks=predicted.clicks[rows], conversions=predicted.conversions[rows],
-        spend_micros=predicted.spend_micros[rows],
-    )  # fmt: skip
+    columns = {
+        "multiplier": taken(np.round(ppm / MULTIPLIER_SCALE, 6)),
+        "impressions": taken(predicted.impressions.astype(np.int64)),
+        "clicks": taken(predicted.clicks.astype(np.int64)),
+        "conversions": taken(predicted.conversions.astype(np.int64)),
+        "spend_micros": taken(predicted.spend_micros.astype(np.int64)),
+        "ctr": taken(predicted.ctr.mean),
+        "cvr": taken(predicted.cvr.mean),
+        "cvr_drawn": taken(decision.cvr_drawn),
+        "ctr_trend_per_bucket": taken(predicted.ctr_trend.slope),
+        "cvr_trend_per_bucket": taken(predicted.cvr_trend.slope),
+        "cpc_micros": nullable(decision.cpc_micros),
+        "roi_per_click_micros": nullable(decision.roi_per_click_micros),
+        "p_losing": taken(np.clip(decision.p_losing, 0.0, 1.0)),
+    }
+    reasons = decision.reason[picked]
+    out = []
+    for i, (row, codes) in enumerate(zip(picked.tolist(), reasons.tolist(), strict=True)):
+        campaign = plan.campaigns[row]
+        platforms = [
+            {
+                "platform": platform,
+                "reason": REASON_NAMES[codes[p]],
+                **{k: column[i][p] for k, column in columns.items()},
+            }
+            for p, platform in enumerate(PLATFORMS)
+        ]
+        record = {
+            "schema_version": 1, "decision_id": f"{campaign.campaign_id}:{version}",
+            "campaign_id": campaign.campaign_id, "version": version, "decided_at": decided_at, "window_start": start,
+            "value_micros": campaign.goals.value_micros, "base_bid_micros": campaign.bid_micros, "platforms": platforms,
+        }  # fmt: skip
+        out.append(Decided(campaign.campaign_id, version, record, ppm[row], reasons[i], int(round_index[row])))
+    return out
 
 
 def apply_decisions(
-    applied: Sequence[tuple[CampaignDecision, np.ndarray]],
+    decided: Sequence[Decided],
     *,
-    publish,  # callable(list[CampaignDecision]) -> None, raising when the broker did not acknowledge
+    publish: Callable[[list[dict]], None],  # raises when the broker did not acknowledge
     shared: redis.Redis,
     namespace: str,
 ) -> None:
     """The records to ``campaign-decisions`` first (the durable log), then the multipliers to the shared store,
     in one transaction with the version bump that tells replicas to re-read."""
-    if not applied:
+    if not decided:
         return
-    publish([record for record, _ in applied])
+    publish([item.record for item in decided])
     pipe = shared.pipeline(transaction=True)
-    pipe.hset(serve_key(namespace), mapping={r.campaign_id: pack(r.version, ppm.tolist()) for r, ppm in applied})
+    values = {item.campaign_id: pack(item.version, item.multipliers_ppm.tolist()) for item in decided}
+    pipe.hset(serve_key(namespace), mapping=values)
     pipe.incr(version_key(namespace))
     pipe.execute()
 
@@ -346,16 +376,14 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
     heartbeat = heartbeat_file(settings)
     heartbeat.parent.mkdir(parents=True, exist_ok=True)
 
-    def publish(records: list[CampaignDecision]) -> None:
-        futures = [
-            producer.send(Topic.CAMPAIGN_DECISIONS, key=r.campaign_id.encode(), value=r.model_dump(mode="json"))
-            for r in records
-        ]
+    def publish(records: list[dict]) -> None:
+        futures = [producer.send(Topic.CAMPAIGN_DECISIONS, key=r["campaign_id"], value=r) for r in records]
         producer.flush(timeout=30)
         for future in futures:
             future.get(timeout=30)
 
-    next_tick = time.monotonic()
+    next_tick = campaigns_due = time.monotonic()
+    campaigns: list[ServingCampaign] = []
     try:
         while not stop.is_set():
             wait_ms = 1_000 if once else max(0, int((next_tick - time.monotonic()) * 1000))
@@ -368,8 +396,10 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
                 continue
             next_tick = time.monotonic() + settings.optimizer_tick_s
             now = datetime.now(UTC)
-            with sessions() as session:
-                campaigns = store.serving_campaigns(session, now)
+            if time.monotonic() >= campaigns_due:  # re-read now and then; the same list between (the plan's cache)
+                with sessions() as session:
+                    campaigns = store.serving_campaigns(session, now)
+                campaigns_due = time.monotonic() + CAMPAIGNS_REFRESH_S
             applied = optimizer.tick(campaigns, now)
             try:
                 apply_decisions(applied, publish=publish, shared=shared, namespace=settings.shared_store_namespace)

@@ -106,6 +106,11 @@ class Windows:
             np.add.at(self.counts[:, :, metric, :], (rows[keep], platforms[keep], slots[keep]), values[keep, metric])
         return int(keep.sum())
 
+    def positions(self) -> np.ndarray:
+        """Each slot's place in time, oldest 0 to newest ``buckets - 1`` (for trends over the ring as it lies)."""
+        start = (self.latest_bucket + 1) % self.buckets
+        return (np.arange(self.buckets) - start) % self.buckets
+
     def ordered(self, rows: np.ndarray | None = None) -> np.ndarray:
         """The counts with slots in time order, oldest first: (campaigns, platforms, metrics, buckets)."""
         start = (self.latest_bucket + 1) % self.buckets

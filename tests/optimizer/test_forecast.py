@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from optimizer.forecast import PRIOR_STRENGTH_IMPRESSIONS, beta_posterior, forecast, weighted_trend
+from optimizer.forecast import PRIOR_STRENGTH_IMPRESSIONS, Beta, beta_posterior, forecast, trigamma, weighted_trend
 from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, PLATFORMS, SPEND, Windows, platform_of
 
 
@@ -80,3 +80,36 @@ def test_a_forecast_reads_totals_rates_and_trends_off_the_ordered_window():
     assert result.ctr.alpha[0, 1] == pytest.approx(0.02 * PRIOR_STRENGTH_IMPRESSIONS + 20)
     assert result.ctr.mean[1, 5] == pytest.approx(0.05)  # an empty cell is its campaign's prior
     assert result.ctr_trend.slope[0, 1] > 0.009 and result.cpc_trend.slope[0, 1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_ring_as_it_lies_gives_the_trend_of_the_buckets_in_time_order():
+    windows = Windows(buckets=4, bucket_s=60)
+    t0 = 1_800_000_000 - 1_800_000_000 % 60
+    for minute, clicks in enumerate([1, 2, 3, 4, 5, 6]):  # six minutes: the ring wrapped
+        windows.add(["a"] * clicks, np.zeros(clicks, dtype=np.int64), np.full(clicks, t0 + 60.0 * minute),
+                    np.tile([10, 1, 0, 0], (clicks, 1)))  # fmt: skip
+    ring = windows.counts[:1]
+    in_order = forecast(windows.ordered(), np.array([0.03]), np.array([0.05]))
+    as_it_lies = forecast(ring, np.array([0.03]), np.array([0.05]), x=windows.positions())
+    assert windows.ordered()[0, 0, CLICKS].tolist() == [3, 4, 5, 6]
+    assert as_it_lies.ctr_trend.slope[0, 0] == pytest.approx(in_order.ctr_trend.slope[0, 0])
+    assert as_it_lies.clicks[0, 0] == in_order.clicks[0, 0] == 18
+    slope = weighted_trend(np.array([[3.0, 4.0, 1.0, 2.0]]), np.ones((1, 4)), x=np.array([2, 3, 0, 1])).slope[0]
+    assert slope == pytest.approx(1.0)
+
+
+def test_trigamma_matches_scipys_and_the_quantile_approximates_the_betas_inverse():
+    from scipy.special import betaincinv, polygamma
+
+    x = np.array([0.05, 0.5, 1.0, 2.5, 7.0, 40.0, 1e4])
+    np.testing.assert_allclose(trigamma(x), polygamma(1, x), rtol=1e-8)
+    rng = np.random.default_rng(5)
+    q = rng.uniform(0.02, 0.98, size=5_000)
+    for low, tolerance in ((2.0, 0.08), (10.0, 0.02)):
+        alpha = rng.uniform(low, 5 * low, size=q.size)
+        posterior = Beta(alpha=alpha, beta=alpha * rng.uniform(5, 40, size=q.size))
+        relative = np.abs(posterior.quantile(q) / betaincinv(posterior.alpha, posterior.beta, q) - 1)
+        assert np.quantile(relative, 0.95) < tolerance, (low, np.quantile(relative, 0.95))
+    # Thin cells: the draws' mean is near the Beta's, so exploring neither favours nor starves them.
+    thin = Beta(alpha=np.full(20_000, 1.0), beta=np.full(20_000, 19.0))
+    assert thin.quantile(rng.uniform(size=20_000)).mean() == pytest.approx(0.05, rel=0.15)

@@ -8,12 +8,7 @@ import numpy as np
 
 from adstream.decisions import unpack
 from adstream.events import PLATFORMS, CampaignDecision, CampaignGoals, PricingModel
-from optimizer.service import (
-    REFRESH_S,
-    Optimizer,
-    category_priors,
-    event_values,
-)
+from optimizer.service import ROUND_S, Optimizer, event_values, pooled_priors
 from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, SPEND
 from tests.auction_service.serving.test_auction import make_campaign
 
@@ -44,7 +39,7 @@ def test_category_priors_pool_a_categorys_campaigns():
     totals = np.zeros((3, 8, 4))
     totals[0, 0] = [10_000, 500, 50, 0]  # "cars": 5 % CTR, 10 % CVR over a lot of data
     totals[1, 1] = [10_000, 500, 50, 0]
-    ctr, cvr = category_priors(totals, ["cars", "cars", "books"])
+    ctr, cvr = pooled_priors(totals, np.array([0, 0, 1]), 2)  # cars, cars, books
     assert ctr[0] == ctr[1] and abs(ctr[0] - (1_000 + 30) / 21_000) < 1e-12
     assert abs(cvr[0] - (100 + 50) / 2_000) < 1e-12
     assert (ctr[2], cvr[2]) == (0.03, 0.05)  # no data in "books": the prior's prior
@@ -63,8 +58,10 @@ def test_a_tick_decides_for_optimized_campaigns_and_sends_only_what_changed():
         make_campaign("static", pricing_model=PricingModel.CPC, bid_micros=1_000_000, category="cars"),
     ]
     applied = optimizer.tick(campaigns, NOW)
-    ((record, ppm),) = applied
-    assert isinstance(record, CampaignDecision) and record.campaign_id == "opt"  # the static one: no decision
+    (decided,) = applied
+    record = CampaignDecision.model_validate(decided.record)  # the JSON built from columns is a valid record
+    ppm = decided.multipliers_ppm
+    assert record.campaign_id == "opt"  # the static one: no decision
     assert [p.platform for p in record.platforms] == list(PLATFORMS)
     web_mobile = record.platforms[0]
     assert web_mobile.multiplier > 1.5 and web_mobile.reason in ("value", "explore")
@@ -76,10 +73,9 @@ def test_a_tick_decides_for_optimized_campaigns_and_sends_only_what_changed():
     # The same data a second later, in the same round of draws: nothing is sent again...
     optimizer.mark_sent(applied)
     assert optimizer.tick(campaigns, NOW + timedelta(seconds=1)) == []
-    # ...until the refresh comes due; a fresh optimizer on the same data and round decides the same.
-    refreshed = optimizer.tick(campaigns, NOW + timedelta(seconds=REFRESH_S + 1))
-    assert [r.campaign_id for r, _ in refreshed] == ["opt"]
+    # ...until its next round; a fresh optimizer on the same data at the same time decides the same.
+    assert [d.campaign_id for d in optimizer.tick(campaigns, NOW + timedelta(seconds=ROUND_S + 1))] == ["opt"]
     twin = Optimizer()
     twin.fold(events)
-    ((twin_record, twin_ppm),) = twin.tick(campaigns, NOW)
-    assert twin_ppm.tolist() == ppm.tolist() and twin_record.platforms == record.platforms
+    (again,) = twin.tick(campaigns, NOW)
+    assert again.multipliers_ppm.tolist() == ppm.tolist() and again.record["platforms"] == decided.record["platforms"]

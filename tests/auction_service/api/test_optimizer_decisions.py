@@ -15,7 +15,7 @@ from adstream.contracts import Topic
 from adstream.events import PLATFORMS, CampaignDecision, CampaignGoals, Targeting
 from adstream.messaging import make_producer
 from auction_service.api.app import create_app
-from optimizer.service import apply_decisions
+from optimizer.service import Decided, apply_decisions
 from tests.auction_service.conftest import BROWSER_UA, instruction, running_service, topic_records
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def _winner(client: TestClient, channel: str) -> str | None:
     return response.json()["campaign_id"] if response.status_code == 200 else None
 
 
-def _decision(multiplier: float, now: datetime) -> tuple[CampaignDecision, np.ndarray]:
+def _decision(multiplier: float, now: datetime) -> Decided:
     ppm = np.full(len(PLATFORMS), 1_000_000, dtype=np.int64)
     ppm[WEB_DESKTOP] = round(multiplier * 1_000_000)
     platforms = [
@@ -59,7 +59,7 @@ def _decision(multiplier: float, now: datetime) -> tuple[CampaignDecision, np.nd
         decision_id=f"opt:{version}", campaign_id="opt", version=version, decided_at=now, window_start=now,
         value_micros=GOALS.value_micros, base_bid_micros=2_000_000, platforms=platforms,
     )  # fmt: skip
-    return record, ppm
+    return Decided.of(record, ppm)
 
 
 def test_a_decision_applied_now_changes_the_next_auctions_ranking_within_a_second(client):
@@ -68,28 +68,28 @@ def test_a_decision_applied_now_changes_the_next_auctions_ranking_within_a_secon
     producer = make_producer(settings)
     shared = redis.Redis.from_url(settings.shared_store_url)
 
-    def publish(records: list[CampaignDecision]) -> None:
+    def publish(records: list[dict]) -> None:
         for record in records:
-            producer.send(Topic.CAMPAIGN_DECISIONS, key=record.campaign_id.encode(),
-                          value=record.model_dump(mode="json")).get(timeout=30)  # fmt: skip
+            producer.send(Topic.CAMPAIGN_DECISIONS, key=record["campaign_id"], value=record).get(timeout=30)
+
+    def apply(multiplier: float) -> float:
+        began = time.monotonic()
+        apply_decisions([_decision(multiplier, datetime.now(UTC))], publish=publish, shared=shared,
+                        namespace=settings.shared_store_namespace)  # fmt: skip
+        return began
 
     try:
         # Paused on web/desktop: the rival takes those auctions; app/desktop is untouched.
-        record, ppm = _decision(0.0, datetime.now(UTC))
-        applied_at = time.monotonic()
-        apply_decisions([(record, ppm)], publish=publish, shared=shared, namespace=settings.shared_store_namespace)
+        applied_at = apply(0.0)
         while _winner(client, "web") != "rival":
             assert time.monotonic() - applied_at < 1.0, "the pause did not reach serving within a second"
         assert _winner(client, "app") == "opt"
-        # Back at 0.05x (0.10 USD a click, under the rival's 0.20): still the rival's, at the lower bid.
-        record, ppm = _decision(0.05, datetime.now(UTC))
-        apply_decisions([(record, ppm)], publish=publish, shared=shared, namespace=settings.shared_store_namespace)
+        # At 0.05x (0.10 USD a click, under the rival's 0.20): still the rival's.
+        apply(0.05)
         time.sleep(1.0)
         assert {_winner(client, "web") for _ in range(5)} == {"rival"}
         # At 1x again: the optimized campaign wins web/desktop again.
-        record, ppm = _decision(1.0, datetime.now(UTC))
-        applied_at = time.monotonic()
-        apply_decisions([(record, ppm)], publish=publish, shared=shared, namespace=settings.shared_store_namespace)
+        applied_at = apply(1.0)
         while _winner(client, "web") != "opt":
             assert time.monotonic() - applied_at < 1.0, "the new decision did not reach serving within a second"
     finally:
