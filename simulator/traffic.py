@@ -503,7 +503,7 @@ class Visitor:
         if ad is None:
             return
         probabilities = self.truth.probabilities(
-            user.profile, ShownAd(ad.category, placement.content_type, placement.device_type)
+            user.profile, ShownAd(ad.category, placement.content_type, placement.device_type, placement.channel)
         )
         steps = bots.human_steps(draw_events(probabilities, rng), rng)
         taken = await self._play(ad, steps, identity, Behaviour.HUMAN, self.stats.events)

@@ -199,3 +199,15 @@ def test_bad_tables_are_refused_with_the_reason(segment_ratings):
 def test_income_bands_are_silvers():
     assert ground_truth.INCOME_BANDS == silver_transforms.INCOME_BANDS
     assert ground_truth.AREA_INCOME_CUTS == silver_transforms.AREA_INCOME_CUTS
+
+
+def test_conversion_given_a_click_depends_on_the_platform(segment_ratings):
+    truth = fit(advertising(), *segment_ratings)
+    user = UserProfile("u", age=35, gender="F", country="France")
+
+    def conversion(channel: str | None, device: str | None) -> float:
+        return truth.probabilities(user, ShownAd("Grocery", "display", device, channel)).conversion_given_click
+
+    assert conversion("web", "desktop") == pytest.approx(0.08) and conversion("web", "mobile") == pytest.approx(0.03)
+    assert conversion("app", "mobile") == pytest.approx(0.06) and conversion("app", "ctv") == pytest.approx(0.01)
+    assert conversion(None, "mobile") == pytest.approx(0.05)  # an unknown channel: the base rate
