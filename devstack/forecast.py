@@ -12,6 +12,14 @@ booked under new ids: a fresh ledger and fresh frequency counts for the day.
 A campaign the forecast saw win nothing is booked at the smallest budget booked: pacing may still
 find it traffic once its competitors are held back, and the pacing report tells such campaigns apart.
 
+**Optimized campaigns and their static twins.** The ``pairs`` CPC and CPA campaigns the forecast saw
+spend most are each booked twice, with the same budget, bid, targeting and creative, pacing even:
+once with ``goals.optimize`` on (the campaign optimizer re-bids it per platform) and once without
+(its static twin), so the run can compare conversions per dollar at equal spend. The optimized one
+values a conversion at what its bid implies at the default conversion rate (CPC: bid / 5 %; CPA:
+its bid), so its multiplier is 1 where a platform converts at the average and moves with the
+platform's own rate, which the optimizer has to find.
+
 Pure functions: the run (``devstack.run``) does the serving, reading and publishing.
 """
 
@@ -22,8 +30,17 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from adstream.events import MICROS_PER_UNIT, CampaignInstruction, PacingMode
+from adstream.events import (
+    MAX_BID_MICROS,
+    MICROS_PER_UNIT,
+    CampaignGoals,
+    CampaignInstruction,
+    CampaignSpec,
+    PacingMode,
+    PricingModel,
+)
 from auction_service.campaign_store.instructions import CENT_MICROS, create_instruction, seed_instructions
+from auction_service.serving.auction import DEFAULT_PCVR
 
 # The probe's daily budget: more than any campaign spends in a probe, so none is held back by it.
 PROBE_DAILY_BUDGET_MICROS = 10_000 * MICROS_PER_UNIT
@@ -62,6 +79,28 @@ def booked_budgets(
     return {cid: budget if budget > 0 else floor for cid, budget in budgets.items()}
 
 
+def twin_id(probe_id: str) -> str:
+    """The id of the static twin of the optimized campaign booked from ``probe_id``."""
+    return f"cmp-{hashlib.sha256(f'twin:{probe_id}'.encode()).hexdigest()[:16]}"
+
+
+def pair_bases(probe: Sequence[CampaignInstruction], spend_micros: Mapping[str, int], pairs: int) -> list[str]:
+    """The probe ids of the ``pairs`` CPC and CPA campaigns that spent most (ties: the first seeded)."""
+    candidates = [
+        (-spend_micros.get(i.campaign_id, 0), n, i.campaign_id)
+        for n, i in enumerate(probe)
+        if i.campaign is not None and i.campaign.pricing_model in (PricingModel.CPC, PricingModel.CPA)
+    ]
+    return [campaign_id for spent, _, campaign_id in sorted(candidates)[:pairs] if spent < 0]
+
+
+def conversion_value_micros(spec: CampaignSpec) -> int:
+    """What the optimized campaign values a conversion at: what its bid implies at the default conversion rate."""
+    if spec.pricing_model == PricingModel.CPA:
+        return spec.bid_micros
+    return min(MAX_BID_MICROS, round(spec.bid_micros / DEFAULT_PCVR))
+
+
 def booked_instructions(
     catalog: list[dict],
     probe: Sequence[CampaignInstruction],
@@ -70,9 +109,11 @@ def booked_instructions(
     seed: int,
     now: datetime,
     asap_share: float,
+    pairs: Sequence[str] = (),
 ) -> list[CampaignInstruction]:
     """The probe's campaigns again under their booked ids, with their booked daily budgets and pacing
-    modes (``asap_share`` of them asap, as ``seed_instructions`` spreads them). ``now`` is the probe's."""
+    modes (``asap_share`` of them asap, as ``seed_instructions`` spreads them); each probe id in ``pairs``
+    booked instead as an optimized campaign and its static twin, pacing even. ``now`` is the probe's."""
     paced = seed_instructions(catalog, len(probe), seed, now, asap_share=asap_share)
     booked = []
     for probed, moded in zip(probe, paced, strict=True):
@@ -80,10 +121,18 @@ def booked_instructions(
             raise ValueError(f"the probe does not match seed {seed}: {probed.campaign_id} != {moded.campaign_id}")
         assert probed.campaign is not None and moded.campaign is not None
         daily = budgets[probed.campaign_id]
-        mode = moded.campaign.pacing_mode
+        paired = probed.campaign_id in pairs
+        mode = PacingMode.EVEN if paired else PacingMode(moded.campaign.pacing_mode)
         spec = probed.campaign.model_copy(
-            update={"daily_budget_micros": daily, "total_budget_micros": daily, "pacing_mode": PacingMode(mode)}
+            update={"daily_budget_micros": daily, "total_budget_micros": daily, "pacing_mode": mode}
         )
-        campaign_id = booked_id(probed.campaign_id)
-        booked.append(create_instruction(spec, now=now, campaign_id=campaign_id, instruction_id=f"seed-{campaign_id}"))
+        versions = [(booked_id(probed.campaign_id), spec)]
+        if paired:
+            goals = CampaignGoals(optimize=True, conversion_value_micros=conversion_value_micros(spec))
+            versions = [(booked_id(probed.campaign_id), spec.model_copy(update={"goals": goals})),
+                        (twin_id(probed.campaign_id), spec)]  # fmt: skip
+        for campaign_id, version in versions:
+            booked.append(
+                create_instruction(version, now=now, campaign_id=campaign_id, instruction_id=f"seed-{campaign_id}")
+            )
     return booked

@@ -11,7 +11,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
 from adstream.days import DayClock
-from adstream.events import MICROS_PER_UNIT, CampaignInstruction
+from adstream.events import MICROS_PER_UNIT, NOT_DELIVERED, CampaignInstruction
 from adstream.settings import Settings, child_process_env, default_child_env, get_settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import make_engine, make_session_factory
@@ -100,6 +100,7 @@ SEED = 7  # of the seeded campaigns and the simulated users
 # Daily budgets are booked at this share of what each campaign can win at its full bid (devstack.forecast),
 # so every campaign that wins is bound by its budget and the platform is budget-constrained.
 BUDGET_PRESSURE = 0.6
+OPTIMIZED_PAIRS = 20  # top CPC/CPA spenders of the forecast, booked as an optimized campaign and its static twin
 DIURNAL_PEAK = 1.7  # the simulator's diurnal curve peaks near 1.64x its mean rate
 INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
 PLATFORM = ("ad-manager", "auction", "streaming", "calibrator", "optimizer")
@@ -126,6 +127,7 @@ class RunState:
     catalog: list[dict] = field(default_factory=list)  # silver/ads, which the campaigns are seeded on
     seeded_at: datetime | None = None
     probe: list[CampaignInstruction] | None = None  # the campaigns as the forecast served them
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (optimized campaign, its static twin)
 
 
 def start_infrastructure(settings: Settings, state: RunState) -> None:
@@ -207,11 +209,13 @@ def forecast_and_book(settings: Settings, state: RunState, plan: Simulation) -> 
     budgets = forecast.booked_budgets(
         spend, probe_ids, probe_auctions=probe_auctions, day_auctions=plan.rate * plan.day_s, pressure=BUDGET_PRESSURE
     )
+    bases = forecast.pair_bases(state.probe, spend, OPTIMIZED_PAIRS)
+    state.pairs = [(forecast.booked_id(base), forecast.twin_id(base)) for base in bases]
     serving = _serving_campaigns(settings)
     publish_instructions(settings, [stop_instruction(cid, now=datetime.now(UTC)) for cid in probe_ids])
     wait_for_auction_service(settings, serving - len(probe_ids), at_most=True)
     booked = forecast.booked_instructions(
-        state.catalog, state.probe, budgets, seed=SEED, now=state.seeded_at, asap_share=ASAP_SHARE
+        state.catalog, state.probe, budgets, seed=SEED, now=state.seeded_at, asap_share=ASAP_SHARE, pairs=bases
     )
     publish_instructions(settings, booked)
     ready = wait_for_auction_service(settings, serving - len(probe_ids) + len(booked))
@@ -586,6 +590,7 @@ def summary(settings: Settings, state: RunState) -> str:
             )
     lines += calibration_lines(settings, state)
     lines += pacing_lines(settings, state)
+    lines += optimizer_lines(settings, state)
     lines += clearing_cpm_line(settings, state)
     lines += invalid_traffic_lines(state)
     lines += top_campaigns(settings, state)
@@ -818,6 +823,68 @@ def pacing_lines(settings: Settings, state: RunState) -> list[str]:
             f"exhausted {row.exhausted} ({row.exhausted_before_90} before 90% of the day, first at "
             f"{cell(row.first_exhausted_at, '.0%')}), overspent {row.overspent} ({row.overspend_usd:.2f} USD), "
             f"eCPC {cell(row.ecpc_usd, '.3f')}, eCPA {cell(row.ecpa_usd, '.2f')} USD"
+        )
+    return lines
+
+
+def optimizer_comparison(events: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Per platform and in all ("all"), the optimized campaigns against their static twins: conversions,
+    spend (USD) and conversions per dollar of each side, from ``events`` (silver/feedback_events' rows of the
+    day: event_type, campaign_id, channel, device_type, cost_micros, charge_status, ivt_category); valid,
+    delivered events only, spend as charged."""
+    side = {optimized: "optimized" for optimized, _ in pairs} | {twin: "static" for _, twin in pairs}
+    valid = events[events["campaign_id"].isin(side) & events["ivt_category"].isna()
+                   & ~events["charge_status"].isin(NOT_DELIVERED)]  # fmt: skip
+    frame = valid.assign(
+        side=valid["campaign_id"].map(side),
+        platform=valid["channel"].fillna("?") + "/" + valid["device_type"].fillna("?"),
+        conversions=(valid["event_type"] == "conversion").astype(int),
+        spend_usd=valid["cost_micros"].where(valid["charge_status"] == "charged", 0) / MICROS_PER_UNIT,
+    )
+    rows = []
+    for platform, part in [("all", frame), *frame.groupby("platform")]:
+        row: dict[str, Any] = {"platform": platform}
+        for name in ("optimized", "static"):
+            mine = part[part["side"] == name]
+            conversions, spend = int(mine["conversions"].sum()), float(mine["spend_usd"].sum())
+            row |= {f"{name}_conversions": conversions, f"{name}_spend_usd": spend,
+                    f"{name}_per_usd": conversions / spend if spend else math.nan}  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def optimizer_lines(settings: Settings, state: RunState) -> list[str]:
+    """The optimized campaigns against their static twins over the run's day (``optimizer_comparison``)."""
+    if not state.pairs or state.day_origin is None or state.day_length_s is None:
+        return []
+    day_end = state.day_origin + timedelta(seconds=state.day_length_s)
+    location, options = settings.delta_rs_location(Table.SILVER_FEEDBACK_EVENTS)
+    try:
+        events = DeltaTable(location, storage_options=options).to_pandas(
+            columns=["event_type", "event_time", "campaign_id", "channel", "device_type", "cost_micros",
+                     "charge_status", "ivt_category"],
+            filters=[("event_date", ">=", state.day_origin.date())],
+        )  # fmt: skip
+    except TableNotFoundError:
+        return []
+    events = events[(events["event_time"] >= pd.Timestamp(state.day_origin)) & (events["event_time"] < day_end)]
+    table = optimizer_comparison(events, state.pairs).set_index("platform")
+    every = table.loc["all"]
+    gain = every["optimized_per_usd"] / every["static_per_usd"] - 1 if every["static_per_usd"] else math.nan
+    spend = every["optimized_spend_usd"] / every["static_spend_usd"] - 1 if every["static_spend_usd"] else math.nan
+    opt, static = "optimized", "static"
+    lines = [
+        f"  optimizer          {len(state.pairs)} optimized campaigns against their static twins "
+        "(silver/feedback_events)",
+        f"    conversions per USD: {opt} {every[f'{opt}_per_usd']:.4f} ({every[f'{opt}_conversions']:,} for "
+        f"{every[f'{opt}_spend_usd']:,.2f} USD), {static} {every[f'{static}_per_usd']:.4f} "
+        f"({every[f'{static}_conversions']:,} for {every[f'{static}_spend_usd']:,.2f} USD): {gain:+.1%} at "
+        f"{spend:+.1%} spend",
+    ]
+    for platform, row in table.drop(index="all").iterrows():
+        lines.append(
+            f"      {platform:<12} {opt} {row[f'{opt}_conversions']:>4} conv / {row[f'{opt}_spend_usd']:>9,.2f} USD, "
+            f"{static} {row[f'{static}_conversions']:>4} conv / {row[f'{static}_spend_usd']:>9,.2f} USD"
         )
     return lines
 

@@ -58,3 +58,23 @@ def test_booking_refuses_a_probe_from_another_seed():
     budgets = {i.campaign_id: 1_000_000 for i in probe}
     with pytest.raises(ValueError, match="seed 8"):
         forecast.booked_instructions(CATALOG, probe, budgets, seed=8, now=NOW, asap_share=0.5)
+
+
+def test_the_top_spending_cpc_and_cpa_campaigns_are_booked_as_optimized_with_a_static_twin():
+    probe = forecast.probe_instructions(CATALOG, 12, seed=7, now=NOW)
+    spend = {i.campaign_id: 1_000 * (n + 1) for n, i in enumerate(probe)}  # the later seeded, the more spent
+    bases = forecast.pair_bases(probe, spend, 2)
+    eligible = [i for i in probe if i.campaign.pricing_model in ("CPC", "CPA")]
+    assert bases == [i.campaign_id for i in eligible[::-1][:2]]
+    assert forecast.pair_bases(probe, {}, 2) == []  # nobody spent: no pair
+    budgets = {i.campaign_id: 5_000_000 for i in probe}
+    booked = forecast.booked_instructions(CATALOG, probe, budgets, seed=7, now=NOW, asap_share=0.5, pairs=bases)
+    assert len(booked) == 14
+    by_id = {b.campaign_id: b.campaign for b in booked}
+    for base in bases:
+        optimized, twin = by_id[forecast.booked_id(base)], by_id[forecast.twin_id(base)]
+        assert optimized.goals.optimize and not twin.goals.optimize
+        assert optimized.model_copy(update={"goals": twin.goals}) == twin  # the same campaign otherwise
+        assert twin.pacing_mode == PacingMode.EVEN and twin.daily_budget_micros == 5_000_000
+        value = optimized.goals.conversion_value_micros
+        assert value == (twin.bid_micros if twin.pricing_model == "CPA" else round(twin.bid_micros / 0.05))

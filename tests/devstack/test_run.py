@@ -341,3 +341,23 @@ def test_an_auctions_reservation_holds_a_24th_of_the_runs_day_as_an_hour_of_a_re
 
 def test_the_forecast_takes_a_twentieth_of_the_day_within_half_a_minute_and_three():
     assert [Simulation(duration_s=d).forecast_s for d in (180, 1200, 3600, 7200)] == [30.0, 60.0, 180.0, 180.0]
+
+
+def test_optimized_campaigns_are_compared_with_their_twins_per_platform_on_valid_charged_spend():
+    def event(campaign, kind, device, cost=0, status="not_billable", ivt=None):
+        return {"campaign_id": campaign, "event_type": kind, "channel": "web", "device_type": device,
+                "cost_micros": cost, "charge_status": status, "ivt_category": ivt}  # fmt: skip
+
+    events = pd.DataFrame(
+        [event("opt", "click", "desktop", 2_000_000, "charged")] * 3 + [event("opt", "conversion", "desktop")] * 2
+        + [event("twin", "click", "mobile", 2_000_000, "charged")] * 3 + [event("twin", "conversion", "mobile")]
+        + [event("twin", "click", "mobile", 9_000_000, "charged", "givt")]  # invalid: neither spend nor counted
+        + [event("twin", "conversion", "mobile", status="out_of_order")]  # not delivered
+        + [event("other", "conversion", "desktop")]  # not in a pair
+    )  # fmt: skip
+    table = run_module.optimizer_comparison(events, [("opt", "twin")]).set_index("platform")
+    every = table.loc["all"]
+    assert (every["optimized_conversions"], every["optimized_spend_usd"]) == (2, 6.0)
+    assert (every["static_conversions"], every["static_spend_usd"]) == (1, 6.0)
+    assert every["optimized_per_usd"] == pytest.approx(2 / 6) and every["static_per_usd"] == pytest.approx(1 / 6)
+    assert table.loc["web/desktop", "static_conversions"] == 0 and table.loc["web/mobile", "optimized_spend_usd"] == 0
