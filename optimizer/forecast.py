@@ -39,22 +39,31 @@ class Trend:
 
 def weighted_trend(y: np.ndarray, w: np.ndarray, x: np.ndarray | None = None) -> Trend:
     """The least-squares line of ``y`` over its last axis weighted by ``w``; ``x`` is each bucket's position
-    in time, oldest 0 (default: the axis's order), so a ring of buckets needs no reordering."""
+    in time, oldest 0 (default: the axis's order). The reference for ``trend_of_moments``."""
     y, w = np.asarray(y, dtype=np.float64), np.asarray(w, dtype=np.float64)
     if y.shape != w.shape:
         raise ValueError(f"y and w must have one shape, got {y.shape} and {w.shape}")
     x = np.arange(y.shape[-1], dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
-    y = np.where(w > 0, y, 0.0)  # an empty bucket's rate is undefined (0/0): it weighs nothing
-    wx = w * x
-    sw, sx, sxx = w.sum(-1), wx.sum(-1), (wx * x).sum(-1)
-    sy, sxy = (w * y).sum(-1), (wx * y).sum(-1)
+    wy = np.where(w > 0, w * y, 0.0)  # an empty bucket's rate is undefined (0/0): it weighs nothing
+    weights = np.stack([w.sum(-1), (w * x).sum(-1), (w * x * x).sum(-1)], axis=-1)
+    weighted = np.stack([wy.sum(-1), (wy * x).sum(-1)], axis=-1)
+    return trend_of_moments(weights, weighted, newest=float(x.max()))
+
+
+def trend_of_moments(weights: np.ndarray, weighted: np.ndarray, newest: float) -> Trend:
+    """The weighted least-squares line from moments: ``weights`` (..., 3) are Σw, Σwx, Σwx²; ``weighted``
+    (..., 2+) are Σwy, Σwyx. For a rate y = successes / trials weighted by its trials, wy is the successes,
+    so the moments of two counts give the trend of their ratio without dividing bucket by bucket. A cell
+    with fewer than two weighted positions has no slope (its denominator is 0)."""
+    sw, sx, sxx = (weights[..., k].astype(np.float64) for k in range(3))
+    sy, sxy = (weighted[..., k].astype(np.float64) for k in range(2))
     denominator = sw * sxx - sx * sx
-    defined = (np.count_nonzero(w > 0, axis=-1) >= 2) & (denominator > 1e-12)
+    defined = denominator > 1e-9 * sw * sw
     slope = np.where(defined, (sw * sxy - sx * sy) / np.where(defined, denominator, 1.0), 0.0)
-    mean = np.where(sw > 0, sy / np.where(sw > 0, sw, 1.0), 0.0)
-    mean_x = np.where(sw > 0, sx / np.where(sw > 0, sw, 1.0), 0.0)
-    level = mean + slope * (x.max() - mean_x)
-    return Trend(level=level, slope=slope)
+    has = sw > 0
+    mean = np.where(has, sy / np.where(has, sw, 1.0), 0.0)
+    mean_x = np.where(has, sx / np.where(has, sw, 1.0), 0.0)
+    return Trend(level=mean + slope * (newest - mean_x), slope=slope)
 
 
 def trigamma(x: np.ndarray) -> np.ndarray:
@@ -126,23 +135,21 @@ class Forecast:
     spend_micros: np.ndarray
 
 
-def forecast(counts: np.ndarray, prior_ctr: np.ndarray, prior_cvr: np.ndarray, x: np.ndarray | None = None) -> Forecast:
-    """The forecasts of windows ``counts`` (campaigns, platforms, metrics, buckets; ``x`` each bucket's position
-    in time as ``weighted_trend`` takes it), with each campaign's category priors ``prior_ctr`` and ``prior_cvr``."""
-    impressions, clicks, conversions, spend = (counts[:, :, m, :].astype(np.float64) for m in range(4))
-    totals = [series.sum(-1) for series in (impressions, clicks, conversions, spend)]
+def forecast(moments: np.ndarray, prior_ctr: np.ndarray, prior_cvr: np.ndarray, buckets: int) -> Forecast:
+    """The forecasts of windows' ``moments`` (campaigns, platforms, metrics, 3: ``Windows.moments``) over
+    ``buckets`` buckets, with each campaign's category priors ``prior_ctr`` and ``prior_cvr``."""
+    impressions, clicks, conversions, spend = (moments[:, :, m, :] for m in range(4))
+    totals = [series[..., 0].astype(np.float64) for series in (impressions, clicks, conversions, spend)]
     with np.errstate(divide="ignore", invalid="ignore"):
-        ctr_by_bucket = np.where(impressions > 0, clicks / impressions, 0.0)
-        cvr_by_bucket = np.where(clicks > 0, conversions / clicks, 0.0)
-        cpc_by_bucket = np.where(clicks > 0, spend / clicks, 0.0)
         cpc = np.where(totals[1] > 0, totals[3] / totals[1], np.nan)
+    newest = float(buckets - 1)
     return Forecast(
         ctr=beta_posterior(totals[1], totals[0], prior_ctr[:, None], PRIOR_STRENGTH_IMPRESSIONS),
         cvr=beta_posterior(totals[2], totals[1], prior_cvr[:, None], PRIOR_STRENGTH_CLICKS),
-        ctr_trend=weighted_trend(ctr_by_bucket, impressions, x),
-        cvr_trend=weighted_trend(cvr_by_bucket, clicks, x),
+        ctr_trend=trend_of_moments(impressions, clicks, newest),
+        cvr_trend=trend_of_moments(clicks, conversions, newest),
         cpc_micros=cpc,
-        cpc_trend=weighted_trend(cpc_by_bucket, clicks, x),
+        cpc_trend=trend_of_moments(clicks, spend, newest),
         impressions=totals[0],
         clicks=totals[1],
         conversions=totals[2],

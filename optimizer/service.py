@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import signal
@@ -188,9 +189,9 @@ class Optimizer:
         if not plan.ids:
             return []
         rows = plan.rows
-        counts = self.windows.counts[rows]
-        prior_ctr, prior_cvr = pooled_priors(counts.sum(axis=-1), plan.category_codes, plan.categories)
-        predicted = forecast(counts, prior_ctr, prior_cvr, x=self.windows.positions())
+        moments = self.windows.moments[rows]
+        prior_ctr, prior_cvr = pooled_priors(moments[..., 0], plan.category_codes, plan.categories)
+        predicted = forecast(moments, prior_ctr, prior_cvr, self.windows.buckets)
         round_index = np.floor((now_s + plan.phase_s) / self.round_s).astype(np.int64)
         for i in np.flatnonzero(self._quantile_round[rows] != round_index).tolist():
             self._quantiles[rows[i]] = round_quantiles(plan.ids[i], int(round_index[i]))
@@ -232,6 +233,9 @@ class Optimizer:
             len(names), np.array([phase_s(cid, self.round_s) for cid in ids]),
         )  # fmt: skip
         self._grow(self.windows.counts.shape[0])
+        # The campaigns live until the next list: out of the collector's scans, a full collection no
+        # longer walks them (it took ~200 ms every half minute with 10,000 campaigns).
+        gc.freeze()
         return self._plan
 
     def _grow(self, capacity: int) -> None:

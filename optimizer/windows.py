@@ -9,6 +9,13 @@ of the epoch's ``bucket_s``-second buckets lives in slot ``i % buckets``, and a 
 a newer bucket takes it. Counts are int64: impressions, clicks, conversions and spend in micros
 (money is never a float sum). Rows are campaigns, in the order of ``campaign_ids``; a campaign seen
 for the first time gets the next row (the arrays grow by doubling).
+
+Beside the buckets the window keeps each cell's **moments** over them, exactly, in int64: the sum of
+each metric, and its sums weighted by the bucket's position x (oldest 0, newest ``buckets - 1``) and
+by x². A forecast's totals and least-squares trends need nothing else, so a tick reads
+(campaigns x platforms x metrics x 3) numbers instead of every bucket. An event adds its value at
+its bucket's x; when the window moves a bucket on, the oldest bucket's counts leave the sum and every
+other bucket's x drops by one: M1 -= M0, M2 -= 2 M1 - M0 (with M0 already without the bucket that left).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class Windows:
     campaign_ids: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
     counts: np.ndarray = field(init=False)
+    moments: np.ndarray = field(init=False)  # (campaigns, platforms, metrics, 3): sums of value, value x, value x²
     slot_bucket: np.ndarray = field(init=False)  # which epoch bucket each slot holds (-1: none yet)
     latest_bucket: int = -1
 
@@ -52,6 +60,7 @@ class Windows:
                 f"a window needs 2 buckets or more of a positive length, got {self.buckets} x {self.bucket_s}"
             )
         self.counts = np.zeros((16, len(PLATFORMS), len(METRICS), self.buckets), dtype=np.int64)
+        self.moments = np.zeros((16, len(PLATFORMS), len(METRICS), 3), dtype=np.int64)
         self.slot_bucket = np.full(self.buckets, -1, dtype=np.int64)
 
     @property
@@ -64,9 +73,7 @@ class Windows:
             row = self.rows[campaign_id] = len(self.campaign_ids)
             self.campaign_ids.append(campaign_id)
             if row >= self.counts.shape[0]:
-                grown = np.zeros((2 * self.counts.shape[0], *self.counts.shape[1:]), dtype=np.int64)
-                grown[: self.counts.shape[0]] = self.counts
-                self.counts = grown
+                self.counts, self.moments = (_doubled(array) for array in (self.counts, self.moments))
         return row
 
     def advance(self, now_s: float) -> None:
@@ -74,11 +81,19 @@ class Windows:
         bucket = int(now_s // self.bucket_s)
         if bucket <= self.latest_bucket:
             return
-        first = max(self.latest_bucket + 1, bucket - self.buckets + 1)
-        for b in range(first, bucket + 1):
-            slot = b % self.buckets
-            self.counts[:, :, :, slot] = 0
-            self.slot_bucket[slot] = b
+        if bucket - self.latest_bucket >= self.buckets:  # everything held slides out
+            self.counts[:] = 0
+            self.moments[:] = 0
+        else:
+            m0, m1, m2 = (self.moments[..., k] for k in range(3))
+            for b in range(self.latest_bucket + 1, bucket + 1):
+                slot = b % self.buckets  # the oldest bucket's slot, which bucket b takes
+                m0 -= self.counts[:, :, :, slot]
+                m2 -= 2 * m1 - m0
+                m1 -= m0
+                self.counts[:, :, :, slot] = 0
+        for b in range(max(self.latest_bucket + 1, bucket - self.buckets + 1), bucket + 1):
+            self.slot_bucket[b % self.buckets] = b
         self.latest_bucket = bucket
 
     def add(
@@ -101,9 +116,14 @@ class Windows:
             return 0
         rows = np.fromiter((self.row_of(cid) for cid in campaign_ids), dtype=np.int64, count=len(campaign_ids))
         slots = buckets % self.buckets
-        values = np.asarray(values, dtype=np.int64)
+        x = (self.buckets - 1 - (self.latest_bucket - buckets))[keep]
+        values = np.asarray(values, dtype=np.int64)[keep]
+        cells = (rows[keep], np.asarray(platforms)[keep])
         for metric in range(len(METRICS)):
-            np.add.at(self.counts[:, :, metric, :], (rows[keep], platforms[keep], slots[keep]), values[keep, metric])
+            v = values[:, metric]
+            np.add.at(self.counts[:, :, metric, :], (*cells, slots[keep]), v)
+            for power in range(3):
+                np.add.at(self.moments[:, :, metric, power], cells, v * x**power)
         return int(keep.sum())
 
     def positions(self) -> np.ndarray:
@@ -122,3 +142,15 @@ class Windows:
         """Each metric summed over the window: (campaigns, platforms, metrics)."""
         counts = self.counts[: len(self.campaign_ids)] if rows is None else self.counts[rows]
         return counts.sum(axis=-1)
+
+
+def _doubled(array: np.ndarray) -> np.ndarray:
+    grown = np.zeros((2 * array.shape[0], *array.shape[1:]), dtype=array.dtype)
+    grown[: array.shape[0]] = array
+    return grown
+
+
+def moments_of(counts: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+    """The moments (..., 3) of ``counts`` over its last axis, each bucket at position ``x`` (default: in order)."""
+    x = np.arange(counts.shape[-1], dtype=np.int64) if x is None else np.asarray(x, dtype=np.int64)
+    return np.stack([counts.sum(-1), (counts * x).sum(-1), (counts * x * x).sum(-1)], axis=-1)

@@ -15,7 +15,7 @@ from optimizer.decide import (
     decide,
 )
 from optimizer.forecast import forecast
-from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, SPEND
+from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, SPEND, moments_of
 
 USD = 1_000_000
 
@@ -46,7 +46,8 @@ def _campaigns(n: int = 1, pricing: str = "CPC", bid: int = USD, value: int = 20
 def _decide(ordered: np.ndarray, campaigns: Campaigns, seed: int = 0):
     n = ordered.shape[0]
     quantiles = np.random.default_rng(seed).uniform(size=(2, n, 8))
-    return decide(campaigns, forecast(ordered, np.full(n, 0.03), np.full(n, 0.05)), quantiles)
+    predicted = forecast(moments_of(ordered), np.full(n, 0.03), np.full(n, 0.05), buckets=ordered.shape[-1])
+    return decide(campaigns, predicted, quantiles)
 
 
 def test_a_clearly_better_platform_bids_more_and_a_money_losing_one_is_paused():

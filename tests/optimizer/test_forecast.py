@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from optimizer.forecast import PRIOR_STRENGTH_IMPRESSIONS, Beta, beta_posterior, forecast, trigamma, weighted_trend
-from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, PLATFORMS, SPEND, Windows, platform_of
+from optimizer.forecast import (
+    PRIOR_STRENGTH_IMPRESSIONS,
+    Beta,
+    beta_posterior,
+    forecast,
+    trend_of_moments,
+    trigamma,
+    weighted_trend,
+)
+from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, PLATFORMS, SPEND, Windows, moments_of, platform_of
 
 
 def test_platforms_are_channel_by_device_and_anything_else_is_none():
@@ -74,7 +82,7 @@ def test_a_forecast_reads_totals_rates_and_trends_off_the_ordered_window():
     ordered[0, 1, CLICKS] = [2, 6, 12]  # CTR 2 %, 3 %, 4 %: rising a point a bucket
     ordered[0, 1, CONVERSIONS] = [0, 1, 1]
     ordered[0, 1, SPEND] = [1_000_000, 3_000_000, 6_000_000]  # 0.5 USD a click throughout
-    result = forecast(ordered, prior_ctr=np.array([0.02, 0.05]), prior_cvr=np.array([0.05, 0.05]))
+    result = forecast(moments_of(ordered), np.array([0.02, 0.05]), np.array([0.05, 0.05]), buckets=3)
     assert result.clicks[0, 1] == 20 and result.spend_micros[0, 1] == 10_000_000
     assert result.cpc_micros[0, 1] == 500_000 and np.isnan(result.cpc_micros[1, 1])
     assert result.ctr.alpha[0, 1] == pytest.approx(0.02 * PRIOR_STRENGTH_IMPRESSIONS + 20)
@@ -82,20 +90,31 @@ def test_a_forecast_reads_totals_rates_and_trends_off_the_ordered_window():
     assert result.ctr_trend.slope[0, 1] > 0.009 and result.cpc_trend.slope[0, 1] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_a_ring_as_it_lies_gives_the_trend_of_the_buckets_in_time_order():
-    windows = Windows(buckets=4, bucket_s=60)
+def test_the_windows_moments_are_kept_exactly_as_events_arrive_and_buckets_slide_out():
+    rng = np.random.default_rng(11)
+    windows = Windows(buckets=5, bucket_s=60)
     t0 = 1_800_000_000 - 1_800_000_000 % 60
-    for minute, clicks in enumerate([1, 2, 3, 4, 5, 6]):  # six minutes: the ring wrapped
-        windows.add(["a"] * clicks, np.zeros(clicks, dtype=np.int64), np.full(clicks, t0 + 60.0 * minute),
-                    np.tile([10, 1, 0, 0], (clicks, 1)))  # fmt: skip
-    ring = windows.counts[:1]
-    in_order = forecast(windows.ordered(), np.array([0.03]), np.array([0.05]))
-    as_it_lies = forecast(ring, np.array([0.03]), np.array([0.05]), x=windows.positions())
-    assert windows.ordered()[0, 0, CLICKS].tolist() == [3, 4, 5, 6]
-    assert as_it_lies.ctr_trend.slope[0, 0] == pytest.approx(in_order.ctr_trend.slope[0, 0])
-    assert as_it_lies.clicks[0, 0] == in_order.clicks[0, 0] == 18
-    slope = weighted_trend(np.array([[3.0, 4.0, 1.0, 2.0]]), np.ones((1, 4)), x=np.array([2, 3, 0, 1])).slope[0]
-    assert slope == pytest.approx(1.0)
+    for minute in range(12):  # the ring wraps twice; some minutes skip, some events come late
+        n = int(rng.integers(0, 40))
+        at = t0 + 60.0 * minute + rng.uniform(-150, 60, size=n)
+        ids = [f"c{i}" for i in rng.integers(0, 3, size=n)]
+        values = rng.integers(0, 5, size=(n, 4)) * np.array([1, 1, 1, 250_000])
+        windows.add(ids, rng.integers(0, 8, size=n), at, values)
+        if minute % 4 == 3:
+            windows.advance(t0 + 60.0 * (minute + 2))  # a quiet stretch
+        expected = moments_of(windows.ordered())
+        assert (windows.moments[: len(windows.campaign_ids)] == expected).all(), minute
+
+
+def test_trends_from_moments_are_the_weighted_least_squares_of_the_rates():
+    rng = np.random.default_rng(3)
+    trials = rng.integers(0, 50, size=(4, 8, 6)).astype(float)
+    successes = np.floor(trials * rng.uniform(0, 0.3, size=trials.shape))
+    rate = np.where(trials > 0, successes / np.where(trials > 0, trials, 1), 0.0)
+    reference = weighted_trend(rate, trials)
+    from_moments = trend_of_moments(moments_of(trials), moments_of(successes), newest=5.0)
+    np.testing.assert_allclose(from_moments.slope, reference.slope, atol=1e-12)
+    np.testing.assert_allclose(from_moments.level, reference.level, atol=1e-12)
 
 
 def test_trigamma_matches_scipys_and_the_quantile_approximates_the_betas_inverse():
