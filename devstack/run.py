@@ -881,12 +881,26 @@ def optimizer_lines(settings: Settings, state: RunState) -> list[str]:
         f"({every[f'{static}_conversions']:,} for {every[f'{static}_spend_usd']:,.2f} USD): {gain:+.1%} at "
         f"{spend:+.1%} spend",
     ]
+    lag = _decision_lag(settings)
+    if lag is not None:
+        lines.append(
+            f"    decision lag (the newest event a decision saw -> this replica serving it): p50 {lag['p50']:.1f} s, "
+            f"p95 {lag['p95']:.1f} s over {lag['decisions']:,} decisions (target p95 <= 5 s; /v1/stats)"
+        )
     for platform, row in table.drop(index="all").iterrows():
         lines.append(
             f"      {platform:<12} {opt} {row[f'{opt}_conversions']:>4} conv / {row[f'{opt}_spend_usd']:>9,.2f} USD, "
             f"{static} {row[f'{static}_conversions']:>4} conv / {row[f'{static}_spend_usd']:>9,.2f} USD"
         )
     return lines
+
+
+def _decision_lag(settings: Settings) -> dict | None:
+    try:
+        stats = httpx.get(f"http://{settings.bind_host}:{settings.auction_port}/v1/stats", timeout=5.0).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return (stats.get("optimizer") or {}).get("decision_lag_s")
 
 
 def clearing_cpm_line(settings: Settings, state: RunState) -> list[str]:

@@ -137,6 +137,11 @@ class Decided:
     reasons: np.ndarray
     round_index: int
 
+    @property
+    def data_until_us(self) -> int:
+        until = self.record.get("data_until")
+        return int(datetime.fromisoformat(until).timestamp() * 1_000_000) if until else 0
+
     @classmethod
     def of(cls, record: CampaignDecision, multipliers_ppm: np.ndarray, round_index: int = 0) -> Decided:
         reasons = np.array([Reason[p.reason.upper()] for p in record.platforms], dtype=np.int8)
@@ -167,6 +172,7 @@ class Optimizer:
     ticks: int = 0
     tick_seconds: list[float] = field(default_factory=list)
     sent: dict[str, np.ndarray] = field(default_factory=dict)  # campaign -> the multipliers last applied
+    data_until_s: float = 0.0  # the newest event time folded in
     _plan: _Plan | None = None
     # Per window row: the last applied multipliers, reasons and round; the round's uniform numbers.
     _sent_ppm: np.ndarray = field(default_factory=lambda: np.zeros((0, len(PLATFORMS)), dtype=np.int64))
@@ -177,7 +183,10 @@ class Optimizer:
 
     def fold(self, events: Iterable[Mapping]) -> int:
         ids, platforms, times, values = event_values(events)
-        return self.windows.add(ids, platforms, times, values) if ids else 0
+        if not ids:
+            return 0
+        self.data_until_s = max(self.data_until_s, float(times.max()))
+        return self.windows.add(ids, platforms, times, values)
 
     def tick(self, campaigns: Sequence[ServingCampaign], now: datetime) -> list[Decided]:
         """Decides for ``campaigns`` (those with optimize on) and returns the decisions to apply: those that
@@ -207,7 +216,7 @@ class Optimizer:
             (self.windows.latest_bucket - self.windows.buckets + 1) * self.windows.bucket_s, UTC
         )
         decided = decision_records(
-            plan, np.flatnonzero(changed), decision, predicted, ppm, round_index, now, window_start
+            plan, np.flatnonzero(changed), decision, predicted, ppm, round_index, now, window_start, self.data_until_s
         )
         self.ticks += 1
         self.tick_seconds.append(time.perf_counter() - began)
@@ -260,12 +269,14 @@ def decision_records(
     round_index: np.ndarray,
     now: datetime,
     window_start: datetime,
+    data_until_s: float = 0.0,
 ) -> list[Decided]:
     """The ``CampaignDecision`` records (as JSON) of the plan's campaigns at ``picked``, built from columns."""
     if not picked.size:
         return []
     version = int(now.timestamp() * 1_000_000)
     decided_at, start = now.isoformat(), window_start.isoformat()
+    data_until = datetime.fromtimestamp(data_until_s, UTC).isoformat() if data_until_s else None
 
     def taken(array: np.ndarray) -> list:
         return array[picked].tolist()
@@ -304,6 +315,7 @@ def decision_records(
         record = {
             "schema_version": 1, "decision_id": f"{campaign.campaign_id}:{version}",
             "campaign_id": campaign.campaign_id, "version": version, "decided_at": decided_at, "window_start": start,
+            "data_until": data_until,
             "value_micros": campaign.goals.value_micros, "base_bid_micros": campaign.bid_micros, "platforms": platforms,
         }  # fmt: skip
         out.append(Decided(campaign.campaign_id, version, record, ppm[row], reasons[i], int(round_index[row])))
@@ -323,7 +335,9 @@ def apply_decisions(
         return
     publish([item.record for item in decided])
     pipe = shared.pipeline(transaction=True)
-    values = {item.campaign_id: pack(item.version, item.multipliers_ppm.tolist()) for item in decided}
+    values = {
+        item.campaign_id: pack(item.version, item.data_until_us, item.multipliers_ppm.tolist()) for item in decided
+    }
     pipe.hset(serve_key(namespace), mapping=values)
     pipe.incr(version_key(namespace))
     pipe.execute()

@@ -18,6 +18,8 @@ answer, the last decisions read keep serving: the budget check, not the optimize
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,11 +27,13 @@ import numpy as np
 import redis
 from redis.exceptions import RedisError
 
-from adstream.decisions import MULTIPLIER_SCALE, serve_key, unpack_all, version_key
+from adstream.decisions import MULTIPLIER_SCALE, Served, serve_key, unpack_all, version_key
 from adstream.events import CHANNELS, DEVICE_TYPES, MAX_BID_MICROS, PLATFORMS
 from auction_service.domain import AuctionContext, ServingCampaign
 
 log = logging.getLogger(__name__)
+
+LAGS_KEPT = 2_000
 
 
 def platform_of(context: AuctionContext) -> int:
@@ -50,7 +54,7 @@ class DecisionTable:
     any_decided: bool
 
     @classmethod
-    def of(cls, campaigns: tuple[ServingCampaign, ...], decided: Mapping[str, tuple[int, ...]]) -> DecisionTable:
+    def of(cls, campaigns: tuple[ServingCampaign, ...], decided: Mapping[str, Served]) -> DecisionTable:
         n, width = len(campaigns), len(PLATFORMS)
         multipliers = np.full((n, width), MULTIPLIER_SCALE, dtype=np.int64)
         caps = np.full((n, width), MAX_BID_MICROS, dtype=np.int64)
@@ -61,7 +65,7 @@ class DecisionTable:
                 continue
             decision = decided.get(campaign.campaign_id)
             if decision is not None:
-                multipliers[row] = decision
+                multipliers[row] = decision.multipliers_ppm
                 any_decided = True
             if goals.max_bid_micros is not None:
                 caps[row] = goals.max_bid_micros
@@ -93,10 +97,13 @@ class DecisionBook:
         self.client = client
         self.namespace = namespace
         self._version: bytes | None = None
-        self._decided: dict[str, tuple[int, ...]] = {}
+        self._decided: dict[str, Served] = {}
         self._table: DecisionTable | None = None
         self.reads = 0  # times the hash was read (for /metrics)
         self.decided_campaigns = 0
+        # Seconds from the newest event a decision had seen to this replica serving it, per decision read:
+        # the optimizer's decision latency as serving sees it (the last LAGS_KEPT).
+        self.lags_s: deque[float] = deque(maxlen=LAGS_KEPT)
 
     def read(self) -> None:
         """Re-reads the decisions when the optimizer's version moved; keeps the last ones when the store is down."""
@@ -110,11 +117,24 @@ class DecisionBook:
         except RedisError as exc:
             log.warning("optimizer decisions not read (%s); the last ones serve", type(exc).__name__)
             return
-        self._decided = unpack_all(raw)
+        decided = unpack_all(raw)
+        now_us = time.time() * 1_000_000
+        for campaign_id, served in decided.items():
+            before = self._decided.get(campaign_id)
+            if served.data_until_us and (before is None or before.version != served.version):
+                self.lags_s.append(max(0.0, (now_us - served.data_until_us) / 1_000_000))
+        self._decided = decided
         self._version = version
         self._table = None
         self.reads += 1
         self.decided_campaigns = len(self._decided)
+
+    def lag_quantiles(self) -> dict[str, float] | None:
+        """The p50 and p95 of ``lags_s`` and how many, or None before any decision was read."""
+        if not self.lags_s:
+            return None
+        p50, p95 = np.percentile(np.fromiter(self.lags_s, dtype=float), [50, 95])
+        return {"p50": float(p50), "p95": float(p95), "decisions": len(self.lags_s)}
 
     def table(self, campaigns: tuple[ServingCampaign, ...]) -> DecisionTable:
         """The table of ``campaigns`` (rebuilt when the snapshot or the decisions change)."""

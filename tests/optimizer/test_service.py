@@ -69,7 +69,8 @@ def test_a_tick_decides_for_optimized_campaigns_and_sends_only_what_changed():
     assert web_mobile.spend_micros == 4_000_000_000 and web_mobile.cpc_micros == 1_000_000
     assert all(p.reason in ("value", "explore") and p.multiplier > 0 for p in record.platforms[1:])  # the prior's
     assert ppm[0] == round(web_mobile.multiplier * 1_000_000)
-    assert unpack(f"{record.version} " + " ".join(map(str, ppm)))[1] == tuple(ppm)
+    assert record.data_until == NOW  # the newest event folded in
+    assert unpack(f"{record.version} {decided.data_until_us} " + " ".join(map(str, ppm))).multipliers_ppm == tuple(ppm)
     # The same data a second later, in the same round of draws: nothing is sent again...
     optimizer.mark_sent(applied)
     assert optimizer.tick(campaigns, NOW + timedelta(seconds=1)) == []

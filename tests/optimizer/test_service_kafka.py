@@ -5,6 +5,7 @@ the same."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -80,8 +81,9 @@ def test_the_optimizer_rebuilds_from_kafka_applies_and_a_restart_decides_the_sam
     assert "kstatic" not in first.sent  # optimize is off: no decision
     assert sent[web] > 1_500_000 and sent[app] == 0  # bid up; confidently losing
     shared = redis.Redis.from_url(settings.shared_store_url)
-    _, served = unpack(shared.hget(serve_key(settings.shared_store_namespace), "kopt"))
-    assert list(served) == sent.tolist()
+    served = unpack(shared.hget(serve_key(settings.shared_store_namespace), "kopt"))
+    assert list(served.multipliers_ppm) == sent.tolist()
+    assert 0 < (time.time() * 1_000_000 - served.data_until_us) / 1_000_000 < 60  # the newest event: seconds ago
     records = [
         CampaignDecision.model_validate(json.loads(r.value))
         for r in topic_records(settings, Topic.CAMPAIGN_DECISIONS)

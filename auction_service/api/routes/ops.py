@@ -57,6 +57,11 @@ def stats(state: StateDep) -> dict:
         "model_version": state.model.version,
         "scorer": state.model.scorer_kind,
         "calibration": _calibration(state.model.calibration),
+        "optimizer": {
+            "campaigns_decided": state.decisions.decided_campaigns,
+            "reads": state.decisions.reads,
+            "decision_lag_s": state.decisions.lag_quantiles(),  # newest event seen -> served here
+        },
         "campaigns": len(state.campaigns.campaigns),
     }
 
