@@ -75,6 +75,12 @@ class DecisionTable:
         base = np.fromiter((c.bid_micros for c in campaigns), dtype=np.int64, count=n)
         return cls(campaigns, multipliers, caps, base, any_decided)
 
+    @classmethod
+    def none(cls, campaigns: tuple[ServingCampaign, ...]) -> DecisionTable:
+        """The table of a snapshot when nothing is decided: every row bids its base bid."""
+        empty = np.zeros((0, len(PLATFORMS)), dtype=np.int64)
+        return cls(campaigns, empty, empty, np.zeros(0, dtype=np.int64), any_decided=False)
+
     def placed_bids(self, rows: np.ndarray, platform: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(whether each row still bids, the placed bids of those that do), or None when nothing here is
         decided for ``rows`` on ``platform`` (the auction then runs on the base bids)."""
@@ -140,5 +146,7 @@ class DecisionBook:
         """The table of ``campaigns`` (rebuilt when the snapshot or the decisions change)."""
         current = self._table
         if current is None or current.campaigns is not campaigns:
-            current = self._table = DecisionTable.of(campaigns, self._decided)
+            # Snapshots change with every charge: with nothing decided, no pass over the campaigns at all.
+            decided = self._decided
+            current = self._table = DecisionTable.of(campaigns, decided) if decided else DecisionTable.none(campaigns)
         return current
