@@ -86,7 +86,19 @@ def _allowed_values(annotation: Any) -> tuple[Any, ...] | None:
 
 
 def _bound_checks(name: str, field: FieldInfo, value: Column) -> list[_Check]:
+    inner = _unwrap_optional(field.annotation)
+    is_list = typing.get_origin(inner) is list
     checks = []
+    if is_list:
+        (element,) = typing.get_args(inner)
+        if isinstance(element, type) and issubclass(element, BaseModel):
+            # A list of records: any element out of its own bounds puts the record out of range.
+            for inner_name, inner_field in element.model_fields.items():
+                bounded = _element_bounds(inner_field)
+                if bounded:
+                    failed = F.exists(value, _element_out(inner_field, inner_name))
+                    detail = F.lit(f"{name}: an element's {inner_name} is out of its bounds ({bounded})")
+                    checks.append(_Check(QuarantineReason.OUT_OF_RANGE, failed, detail))
     for bound in field.metadata:
         if isinstance(bound, annotated_types.Ge):
             failed, rule = value < F.lit(bound.ge), f"must be >= {bound.ge}"
@@ -97,14 +109,54 @@ def _bound_checks(name: str, field: FieldInfo, value: Column) -> list[_Check]:
         elif isinstance(bound, annotated_types.Lt):
             failed, rule = value >= F.lit(bound.lt), f"must be < {bound.lt}"
         elif isinstance(bound, annotated_types.MinLen):
-            failed, rule = F.length(value) < bound.min_length, f"must have at least {bound.min_length} characters"
+            unit = "elements" if is_list else "characters"
+            size = F.size(value) if is_list else F.length(value)
+            failed, rule = size < bound.min_length, f"must have at least {bound.min_length} {unit}"
         elif isinstance(bound, annotated_types.MaxLen):
-            failed, rule = F.length(value) > bound.max_length, f"must have at most {bound.max_length} characters"
+            unit = "elements" if is_list else "characters"
+            size = F.size(value) if is_list else F.length(value)
+            failed, rule = size > bound.max_length, f"must have at most {bound.max_length} {unit}"
         else:
             continue
         detail = F.concat(F.lit(f"{name} = "), F.substring(value.cast("string"), 1, 80), F.lit(f" {rule}"))
         checks.append(_Check(QuarantineReason.OUT_OF_RANGE, failed, detail))
     return checks
+
+
+def _element_bounds(field: FieldInfo) -> str:
+    """The numeric bounds of a list element's field, as text (empty when it has none)."""
+    texts = []
+    for bound in field.metadata:
+        for kind, attribute in ((annotated_types.Ge, "ge"), (annotated_types.Gt, "gt"), (annotated_types.Le, "le"),
+                                (annotated_types.Lt, "lt")):  # fmt: skip
+            if isinstance(bound, kind):
+                texts.append(f"{attribute} {getattr(bound, attribute)}")
+    return ", ".join(texts)
+
+
+def _element_out(field: FieldInfo, key: str) -> typing.Callable[[Column], Column]:
+    """Whether a list element's ``key`` breaks ``field``'s bounds, as Spark's higher-order functions take it
+    (a function of the element alone)."""
+
+    def out(item: Column) -> Column:
+        return _any_out(field, item[key])
+
+    return out
+
+
+def _any_out(field: FieldInfo, value: Column) -> Column:
+    """Whether ``value`` breaks one of ``field``'s numeric bounds (null never does)."""
+    out = F.lit(False)
+    for bound in field.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            out = out | (value < F.lit(bound.ge))
+        elif isinstance(bound, annotated_types.Gt):
+            out = out | (value <= F.lit(bound.gt))
+        elif isinstance(bound, annotated_types.Le):
+            out = out | (value > F.lit(bound.le))
+        elif isinstance(bound, annotated_types.Lt):
+            out = out | (value >= F.lit(bound.lt))
+    return F.coalesce(out, F.lit(False))
 
 
 def schema_checks(model: type[BaseModel], raw: Column, typed: Column) -> list[_Check]:

@@ -549,7 +549,7 @@ def test_the_health_check_passes_only_while_a_job_beats(tmp_path):
 def test_a_run_streams_the_sources_asked_for():
     assert streaming.sources_for() == list(streaming.SOURCES.values())
     assert {source.topic for source in streaming.sources_for("all")} == {
-        Topic.AD_FEEDBACK, Topic.AUCTIONS, Topic.REFUSED_EVENTS,
+        Topic.AD_FEEDBACK, Topic.AUCTIONS, Topic.REFUSED_EVENTS, Topic.CAMPAIGN_DECISIONS,
     }  # fmt: skip
     assert streaming.sources_for("refused") == [REFUSED]
     assert streaming.sources_for("auctions") == [streaming.SOURCES["auctions"]]
