@@ -672,7 +672,7 @@ def test_a_broker_outage_during_production_loses_and_duplicates_nothing(spark, t
         try:
             services.wait_healthy(settings, job)
             assert set(json.loads(streaming.heartbeat_file(settings).read_text())["queries"]) == {
-                "feedback_stream", "auctions_stream", "refused_stream", "kpi_minute_stream",
+                "feedback_stream", "auctions_stream", "refused_stream", "decisions_stream", "kpi_minute_stream",
             }  # fmt: skip
         finally:
             assert services.stop(settings, job) == "stopped"
