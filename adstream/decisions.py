@@ -13,10 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from adstream.events import PLATFORMS
+from adstream.events import CHANNELS, DEVICE_TYPES, PLATFORMS
 
 MULTIPLIER_SCALE = 1_000_000  # multipliers are integer millionths
 MAX_MULTIPLIER_PPM = 2 * MULTIPLIER_SCALE
+
+
+def platform_index(channel: str | None, device_type: str | None) -> int:
+    """The index of (channel, device type) in PLATFORMS; -1 for a pair outside them."""
+    if channel not in CHANNELS or device_type not in DEVICE_TYPES:
+        return -1
+    return CHANNELS.index(channel) * len(DEVICE_TYPES) + DEVICE_TYPES.index(device_type)
 
 
 def serve_key(namespace: str) -> str:

@@ -30,13 +30,12 @@ import psutil
 import typer
 from threadpoolctl import threadpool_limits
 
-from adstream.events import PLATFORMS, CampaignGoals, CampaignStatus, PricingModel
+from adstream.events import CHANNELS, DEVICE_TYPES, PLATFORMS, CampaignGoals, CampaignStatus, PricingModel
 from adstream.settings import get_settings
 from auction_service.domain import ServingCampaign
 from benchmarks.harness import report_path, write_report
 from cli.lazy import commands_app
 from optimizer.service import Optimizer
-from optimizer.windows import CHANNELS, DEVICE_TYPES
 from simulator.traffic import parse_duration
 
 TARGET_P99_MS = 200.0

@@ -38,13 +38,13 @@ from enum import IntEnum
 import numpy as np
 from scipy.special import betainc
 
+from auction_service.serving.auction import DEFAULT_PCVR
 from optimizer.forecast import Forecast
 
 MIN_MULTIPLIER, MAX_MULTIPLIER = 0.0, 2.0
 MIN_CLICKS = 30  # a campaign's clicks in the window before it leaves the base bid
 MIN_PAUSE_CLICKS = 50  # a platform's clicks before it may be paused
 PAUSE_CONFIDENCE = 0.95
-DEFAULT_PCVR = 0.05  # the auction's pCVR for CPA candidates (auction_service.serving.auction)
 PRICING_CODES = {"CPM": 0, "CPC": 1, "CPA": 2}
 
 

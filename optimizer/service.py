@@ -37,12 +37,12 @@ import numpy as np
 import redis
 
 from adstream.contracts import Topic
-from adstream.decisions import MULTIPLIER_SCALE, pack, serve_key, version_key
+from adstream.decisions import MULTIPLIER_SCALE, pack, platform_index, serve_key, version_key
 from adstream.events import NOT_DELIVERED, PLATFORMS, CampaignDecision, ChargeStatus, EventType
 from auction_service.domain import ServingCampaign
 from optimizer.decide import PRICING_CODES, Campaigns, Decision, Reason, decide
 from optimizer.forecast import Forecast, forecast
-from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, SPEND, Windows, platform_of
+from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, SPEND, Windows
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def event_values(events: Iterable[Mapping]) -> tuple[list[str], np.ndarray, np.n
         at = event["event_time"]
         at = at.timestamp() if isinstance(at, datetime) else datetime.fromisoformat(at).timestamp()
         ids.append(event["campaign_id"])
-        platforms.append(platform_of(event.get("channel"), event.get("device_type")))
+        platforms.append(platform_index(event.get("channel"), event.get("device_type")))
         times.append(at)
         rows.append(values)
     return ids, np.array(platforms, dtype=np.int64), np.array(times, dtype=np.float64), np.array(rows, dtype=np.int64)

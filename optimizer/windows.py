@@ -25,20 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adstream.events import CHANNELS, DEVICE_TYPES, PLATFORMS
+from adstream.events import PLATFORMS
 
 METRICS = ("impressions", "clicks", "conversions", "spend_micros")
 IMPRESSIONS, CLICKS, CONVERSIONS, SPEND = range(len(METRICS))
 BUCKETS = 30
 BUCKET_S = 60
-
-
-def platform_of(channel: str | None, device_type: str | None) -> int:
-    """The index of (channel, device type) in PLATFORMS; -1 for a pair outside them (not counted)."""
-    try:
-        return CHANNELS.index(channel or "") * len(DEVICE_TYPES) + DEVICE_TYPES.index(device_type or "")
-    except ValueError:
-        return -1
 
 
 @dataclass

@@ -27,8 +27,8 @@ import numpy as np
 import redis
 from redis.exceptions import RedisError
 
-from adstream.decisions import MULTIPLIER_SCALE, Served, serve_key, unpack_all, version_key
-from adstream.events import CHANNELS, DEVICE_TYPES, MAX_BID_MICROS, PLATFORMS
+from adstream.decisions import MULTIPLIER_SCALE, Served, platform_index, serve_key, unpack_all, version_key
+from adstream.events import MAX_BID_MICROS, PLATFORMS
 from auction_service.domain import AuctionContext, ServingCampaign
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ LAGS_KEPT = 2_000
 
 def platform_of(context: AuctionContext) -> int:
     """The request's platform index in PLATFORMS; -1 when it is none of them."""
-    if context.channel not in CHANNELS or context.device_type not in DEVICE_TYPES:
-        return -1
-    return CHANNELS.index(context.channel) * len(DEVICE_TYPES) + DEVICE_TYPES.index(context.device_type)
+    return platform_index(context.channel, context.device_type)
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from adstream.decisions import platform_index as platform_of
 from optimizer.forecast import (
     PRIOR_STRENGTH_IMPRESSIONS,
     Beta,
@@ -15,7 +16,7 @@ from optimizer.forecast import (
     trigamma,
     weighted_trend,
 )
-from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, PLATFORMS, SPEND, Windows, moments_of, platform_of
+from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, PLATFORMS, SPEND, Windows, moments_of
 
 
 def test_platforms_are_channel_by_device_and_anything_else_is_none():
