@@ -11,6 +11,7 @@ optional field is not.
 
 from __future__ import annotations
 
+import hashlib
 import types
 import typing
 from datetime import datetime
@@ -210,6 +211,31 @@ class CampaignStatus(StrEnum):
     STOPPED = "stopped"  # final: a stopped campaign never serves again
 
 
+class AudienceSplit(_Record):
+    """One arm of a split-audience experiment: the campaign serves only the users whose id hashes, salted with
+    the experiment's name, to ``arm`` of ``arms`` (``arm_of``). Campaigns on different arms of one experiment
+    never meet the same user, so they neither compete in one auction nor set each other's prices: an A/B
+    test between them. A request without a user id is in no arm."""
+
+    experiment: str = Field(min_length=1, max_length=64)
+    arm: int = Field(ge=0, le=15)
+    arms: int = Field(default=2, ge=2, le=16)
+
+    @model_validator(mode="after")
+    def _arm_in_range(self) -> AudienceSplit:
+        if self.arm >= self.arms:
+            raise ValueError(f"arm {self.arm} is not one of the experiment's {self.arms} arms (0 to {self.arms - 1})")
+        return self
+
+
+def audience_arm(experiment: str, arms: int, user_id: str | None) -> int | None:
+    """The arm of ``arms`` a user is in for ``experiment``: a stable hash, independent between experiments."""
+    if not user_id:
+        return None
+    digest = hashlib.blake2b(f"{experiment}\x00{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % arms
+
+
 class Targeting(_Record):
     """Who a campaign may be shown to; an empty list or a missing bound means "any"."""
 
@@ -218,6 +244,7 @@ class Targeting(_Record):
     age_max: int | None = Field(default=None, ge=13, le=120)
     genders: list[Literal["F", "M"]] = Field(default_factory=list)
     device_types: list[Literal["mobile", "desktop", "tablet", "ctv"]] = Field(default_factory=list)
+    audience_split: AudienceSplit | None = None
 
     @model_validator(mode="after")
     def _age_range(self) -> Targeting:

@@ -18,7 +18,7 @@ from adstream.days import (
     check_day_length,
     micros_since_epoch,
 )
-from adstream.events import CampaignGoals, CampaignStatus, PacingMode, PricingModel
+from adstream.events import AudienceSplit, CampaignGoals, CampaignStatus, PacingMode, PricingModel
 
 NO_GOALS = CampaignGoals()  # frozen: one instance serves every campaign without goals
 
@@ -44,6 +44,7 @@ class ServingCampaign:
     age_max: int | None = None
     genders: frozenset[str] = frozenset()
     device_types: frozenset[str] = frozenset()
+    audience_split: AudienceSplit | None = None  # one arm of an experiment's users only
     pacing_mode: PacingMode = PacingMode.EVEN
     goals: CampaignGoals = NO_GOALS  # what the optimizer bids toward, and its bounds
 

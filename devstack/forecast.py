@@ -9,13 +9,18 @@ expects, is what it can win at its full bid. Its daily budget is booked at a sha
 a whole is budget-constrained. The probe campaigns are then stopped, and the same campaigns are
 booked under new ids: a fresh ledger and fresh frequency counts for the day.
 
-A campaign the forecast saw win nothing is booked at the smallest budget booked: pacing may still
-find it traffic once its competitors are held back, and the pacing report tells such campaigns apart.
+A campaign the forecast saw win nothing is booked at the smallest budget booked, and at least
+UNWON_CHARGES of its largest single charge (a click or conversion at its bid, a thousandth of its CPM
+bid): pacing may still find it traffic once its competitors are held back, and a budget one charge can
+mostly exhaust would say nothing about pacing.
 
 **Optimized campaigns and their static twins.** The ``pairs`` CPC and CPA campaigns the forecast saw
 spend most are each booked twice, with the same budget, bid, targeting and creative, pacing even:
 once with ``goals.optimize`` on (the campaign optimizer re-bids it per platform) and once without
-(its static twin), so the run can compare conversions per dollar at equal spend. The optimized one
+(its static twin), so the run can compare conversions per dollar at equal spend. The two are the
+arms of an audience split (``Targeting.audience_split``): each serves its own half of the users with
+half the campaign's budget, so they never bid against each other (with equal bids the auction's
+tie-break would hand every shared auction to one of them, and each would set the other's price). The optimized one
 values a conversion at what its bid implies at the default conversion rate (CPC: bid / 5 %; CPA:
 its bid), so its multiplier is 1 where a platform converts at the average and moves with the
 platform's own rate, which the optimizer has to find.
@@ -33,6 +38,7 @@ from datetime import datetime
 from adstream.events import (
     MAX_BID_MICROS,
     MICROS_PER_UNIT,
+    AudienceSplit,
     CampaignGoals,
     CampaignInstruction,
     CampaignSpec,
@@ -41,6 +47,9 @@ from adstream.events import (
 )
 from auction_service.campaign_store.instructions import CENT_MICROS, create_instruction, seed_instructions
 from auction_service.serving.auction import DEFAULT_PCVR
+
+# A campaign the forecast saw win nothing can pay this many of its largest charges a day at least.
+UNWON_CHARGES = 50
 
 # The probe's daily budget: more than any campaign spends in a probe, so none is held back by it.
 PROBE_DAILY_BUDGET_MICROS = 10_000 * MICROS_PER_UNIT
@@ -64,9 +73,11 @@ def booked_budgets(
     probe_auctions: int,
     day_auctions: float,
     pressure: float,
+    unit_charges_micros: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Each campaign's daily budget in whole cents: ``pressure`` x its probe spend per auction x the
-    auctions of the day; the smallest such budget for one that spent nothing (a cent if none did)."""
+    auctions of the day; for one that spent nothing, the smallest such budget (a cent if none did) or
+    UNWON_CHARGES x its largest single charge (``unit_charges_micros``), whichever is more."""
     if probe_auctions <= 0 or day_auctions <= 0:
         raise ValueError(f"the forecast needs auctions: probe {probe_auctions}, day {day_auctions}")
     if not 0 < pressure <= 1:
@@ -76,7 +87,19 @@ def booked_budgets(
         cid: math.floor(probe_spend_micros.get(cid, 0) * scale / CENT_MICROS) * CENT_MICROS for cid in campaign_ids
     }
     floor = min((budget for budget in budgets.values() if budget > 0), default=CENT_MICROS)
-    return {cid: budget if budget > 0 else floor for cid, budget in budgets.items()}
+    units = unit_charges_micros or {}
+
+    def unwon(cid: str) -> int:
+        return max(floor, math.ceil(UNWON_CHARGES * units.get(cid, 0) / CENT_MICROS) * CENT_MICROS)
+
+    return {cid: budget if budget > 0 else unwon(cid) for cid, budget in budgets.items()}
+
+
+def unit_charge_micros(spec: CampaignSpec) -> int:
+    """The most one billable event can charge the campaign: its bid per click or conversion, a thousandth of its CPM."""
+    if spec.pricing_model == PricingModel.CPM:
+        return math.ceil(spec.bid_micros / 1000)
+    return spec.bid_micros
 
 
 def twin_id(probe_id: str) -> str:
@@ -128,11 +151,25 @@ def booked_instructions(
         )
         versions = [(booked_id(probed.campaign_id), spec)]
         if paired:
-            goals = CampaignGoals(optimize=True, conversion_value_micros=conversion_value_micros(spec))
-            versions = [(booked_id(probed.campaign_id), spec.model_copy(update={"goals": goals})),
-                        (twin_id(probed.campaign_id), spec)]  # fmt: skip
+            versions = paired_versions(probed.campaign_id, spec)
         for campaign_id, version in versions:
             booked.append(
                 create_instruction(version, now=now, campaign_id=campaign_id, instruction_id=f"seed-{campaign_id}")
             )
     return booked
+
+
+def paired_versions(probe_id: str, spec: CampaignSpec) -> list[tuple[str, CampaignSpec]]:
+    """The optimized campaign and its static twin booked from ``probe_id``: arms 0 and 1 of an audience
+    split, so they never meet in one auction, each with half the daily budget for its half of the users."""
+    experiment = f"optimizer-ab:{probe_id}"
+    half = max(CENT_MICROS, spec.daily_budget_micros // 2 // CENT_MICROS * CENT_MICROS)
+    goals = CampaignGoals(optimize=True, conversion_value_micros=conversion_value_micros(spec))
+
+    def arm(n: int, **update: object) -> CampaignSpec:
+        targeting = spec.targeting.model_copy(update={"audience_split": AudienceSplit(experiment=experiment, arm=n)})
+        return spec.model_copy(
+            update={"targeting": targeting, "daily_budget_micros": half, "total_budget_micros": half, **update}
+        )
+
+    return [(booked_id(probe_id), arm(0, goals=goals)), (twin_id(probe_id), arm(1))]

@@ -124,6 +124,7 @@ class RunState:
     billed_hours: list[datetime] = field(default_factory=list)
     day_origin: datetime | None = None  # when the run's pacing day starts (the simulation waits for it)
     day_length_s: float | None = None
+    days: int = 1  # the run's whole pacing days (at least one)
     catalog: list[dict] = field(default_factory=list)  # silver/ads, which the campaigns are seeded on
     seeded_at: datetime | None = None
     probe: list[CampaignInstruction] | None = None  # the campaigns as the forecast served them
@@ -174,6 +175,7 @@ def start_platform(settings: Settings, state: RunState, plan: Simulation) -> Non
     lead_s = PACING_LEAD_S + plan.forecast_s + BOOKING_S
     state.day_origin = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=lead_s)
     state.day_length_s = plan.day_s
+    state.days = max(1, int(plan.duration_s // plan.day_s))
     default_child_env("PACING_DAY_LENGTH_S", str(int(plan.day_s)))
     default_child_env("PACING_DAY_ORIGIN_S", str(int(state.day_origin.timestamp())))
     # A run of minutes: the online calibration refits every 15 s and serving picks it up within 5 s.
@@ -207,7 +209,12 @@ def forecast_and_book(settings: Settings, state: RunState, plan: Simulation) -> 
     if probe_auctions <= 0 or not any(spend.values()):
         raise StageFailed(f"the forecast's {probe_auctions} auctions since {began:%H:%M:%S} spent nothing; log: {log}")
     budgets = forecast.booked_budgets(
-        spend, probe_ids, probe_auctions=probe_auctions, day_auctions=plan.rate * plan.day_s, pressure=BUDGET_PRESSURE
+        spend,
+        probe_ids,
+        probe_auctions=probe_auctions,
+        day_auctions=plan.rate * plan.day_s,
+        pressure=BUDGET_PRESSURE,
+        unit_charges_micros={i.campaign_id: forecast.unit_charge_micros(i.campaign) for i in state.probe if i.campaign},
     )
     bases = forecast.pair_bases(state.probe, spend, OPTIMIZED_PAIRS)
     state.pairs = [(forecast.booked_id(base), forecast.twin_id(base)) for base in bases]
@@ -782,11 +789,11 @@ def exhaustion_share(kpis: pd.DataFrame, budgets: pd.Series, day_start: datetime
 
 
 def pacing_lines(settings: Settings, state: RunState) -> list[str]:
-    """The pacing report of the run's day, per mode side by side (``pacing_report``), from the lake."""
+    """The pacing report of each of the run's days, per mode side by side (``pacing_report``), from the lake.
+    Only the first day plans on the flat prior; the later ones on the traffic curve learned from the first."""
     if state.day_origin is None or state.day_length_s is None:
         return []
     day_s = float(state.day_length_s)
-    day_end = state.day_origin + timedelta(seconds=day_s)
     try:
         location, options = settings.delta_rs_location(Table.GOLD_PACING_MINUTE)
         minutes = DeltaTable(location, storage_options=options).to_pandas()
@@ -796,28 +803,38 @@ def pacing_lines(settings: Settings, state: RunState) -> list[str]:
         )
     except TableNotFoundError:
         return ["  pacing             (no gold/pacing_minute yet)"]
+    lines = []
+    for n in range(state.days):
+        origin = state.day_origin + timedelta(seconds=n * day_s)
+        lines += _pacing_day_lines(settings, minutes, kpis, origin, day_s, f"day {n + 1} of {state.days}")
+    return lines
+
+
+def _pacing_day_lines(
+    settings: Settings, minutes: pd.DataFrame, kpis: pd.DataFrame, origin: datetime, day_s: float, label: str
+) -> list[str]:
+    day_end = origin + timedelta(seconds=day_s)
     # The controllers' minutes of this day; the KPIs' minutes overlapping it (the first begins before it).
-    minutes = minutes[minutes["day_start"] == pd.Timestamp(state.day_origin)]
-    overlapping = (kpis["minute"] > pd.Timestamp(state.day_origin - timedelta(minutes=1))) & (
-        kpis["minute"] < pd.Timestamp(day_end)
-    )
-    kpis = kpis[overlapping]
+    minutes = minutes[minutes["day_start"] == pd.Timestamp(origin)]
+    kpis = kpis[
+        (kpis["minute"] > pd.Timestamp(origin - timedelta(minutes=1))) & (kpis["minute"] < pd.Timestamp(day_end))
+    ]
     if minutes.empty:
-        return ["  pacing             (no pacing rows for the run's day)"]
-    day = DayClock(int(day_s), int(state.day_origin.timestamp())).budget_day(state.day_origin)
-    with store_sessions(settings)() as session:  # the ledger's spend of the run's budget day, exact
+        return [f"  pacing             (no pacing rows for the run's {label})"]
+    day = DayClock(int(day_s), int(origin.timestamp())).budget_day(origin)
+    with store_sessions(settings)() as session:  # the ledger's spend of this budget day, exact
         _, ledger_spend = store.spend_totals(session, day)
-    report = pacing_report(minutes, kpis, state.day_origin, day_s, ledger_spend)
-    lines = [f"  pacing             a {day_s:.0f}s day from {state.day_origin:%H:%M:%S} (gold/pacing_minute)"]
+    report = pacing_report(minutes, kpis, origin, day_s, ledger_spend)
+    lines = [f"  pacing             {label}: {day_s:.0f}s from {origin:%H:%M:%S} (gold/pacing_minute)"]
 
     def cell(value: object, fmt: str) -> str:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
     for row in report.itertuples():
-        label = {"all": f"{row.mode:<5}", "budget": "  held back by pacing (bound by budget)",
+        bound = {"all": f"{row.mode:<5}", "budget": "  held back by pacing (bound by budget)",
                  "bid": "  never held back (bound by bid)"}[row.bound]  # fmt: skip
         lines.append(
-            f"    {label} {row.campaigns:>3} campaigns: spend / daily budget median {row.spend_ratio_median:.1%} "
+            f"    {bound} {row.campaigns:>3} campaigns: spend / daily budget median {row.spend_ratio_median:.1%} "
             f"[{row.spend_ratio_min:.1%}, {row.spend_ratio_max:.1%}], {row.within_95_100} within 95-100%, "
             f"deviation from plan median {row.deviation_median:.1%} p90 {row.deviation_p90:.1%}, "
             f"exhausted {row.exhausted} ({row.exhausted_before_90} before 90% of the day, first at "
@@ -854,10 +871,10 @@ def optimizer_comparison(events: pd.DataFrame, pairs: Sequence[tuple[str, str]])
 
 
 def optimizer_lines(settings: Settings, state: RunState) -> list[str]:
-    """The optimized campaigns against their static twins over the run's day (``optimizer_comparison``)."""
+    """The optimized campaigns against their static twins over the run's days (``optimizer_comparison``)."""
     if not state.pairs or state.day_origin is None or state.day_length_s is None:
         return []
-    day_end = state.day_origin + timedelta(seconds=state.day_length_s)
+    day_end = state.day_origin + timedelta(seconds=state.days * state.day_length_s)
     location, options = settings.delta_rs_location(Table.SILVER_FEEDBACK_EVENTS)
     try:
         events = DeltaTable(location, storage_options=options).to_pandas(

@@ -42,7 +42,9 @@ MAX_DECIMALS = 6  # micros
 # Seeding: what a realistic mix of campaigns looks like.
 CENT_MICROS = MICROS_PER_UNIT // 100
 PRICING_MIX = ((PricingModel.CPC, 6), (PricingModel.CPM, 3), (PricingModel.CPA, 1))
-BID_RANGE_CENTS = {PricingModel.CPM: (100, 800), PricingModel.CPC: (20, 200), PricingModel.CPA: (500, 4000)}
+# Display-like prices at the simulated ~3.5 % CTR and 5 % conversion rate: a CPC or CPA bid is worth
+# about the same $1-$15 per thousand impressions as a CPM bid, so the three pricing models compete.
+BID_RANGE_CENTS = {PricingModel.CPM: (100, 800), PricingModel.CPC: (5, 40), PricingModel.CPA: (100, 800)}
 TOTAL_BUDGET_RANGE_USD = (50, 500)
 CAMPAIGNS_PER_ADVERTISER = (3, 5)
 FREQUENCY_CAP_RANGE = (3, 20)

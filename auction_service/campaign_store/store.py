@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from adstream.days import UTC_DAYS, DayClock
 from adstream.events import (
+    AudienceSplit,
     CampaignGoals,
     CampaignInstruction,
     CampaignSpec,
@@ -438,6 +439,7 @@ def serving_campaigns(
                 age_max=targeting.get("age_max"),
                 genders=frozenset(targeting.get("genders") or ()),
                 device_types=frozenset(targeting.get("device_types") or ()),
+                audience_split=AudienceSplit(**split) if (split := targeting.get("audience_split")) else None,
                 pacing_mode=PacingMode(pacing_mode or PacingMode.EVEN),
                 goals=_goals(goals),
             )

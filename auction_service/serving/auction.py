@@ -10,7 +10,9 @@ and decide money with exact integers.
 Rules, in one place:
 
 - **Eligibility** (``eligible``): active status, ``flight_start <= at < flight_end``,
-  category and advertiser not blocked, targeting, remaining budget, frequency cap.
+  category and advertiser not blocked, targeting, the audience split (a campaign in one
+  arm of an experiment serves only the users ``adstream.events.audience_arm`` puts in
+  that arm; a request without a user id is in none), remaining budget, frequency cap.
   A campaign that targets an attribute the request does not state (no country, age,
   gender or device type) is *not* eligible: an advertiser who pays to reach women aged
   25-34 must not be charged for a user we know nothing about. The reserved (in-flight)
@@ -67,7 +69,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from adstream.events import MAX_BID_MICROS, AuctionRecord, CampaignStatus, PricingModel
+from adstream.events import MAX_BID_MICROS, AuctionRecord, CampaignStatus, PricingModel, audience_arm
 from auction_service.domain import AuctionContext, ServingCampaign, fits_int64, spend_changed_rows
 from ml.calibration import pricing_codes
 
@@ -89,6 +91,7 @@ class FilterReason(StrEnum):
     AGE = "age targeting"
     GENDER = "gender targeting"
     DEVICE_TYPE = "device type targeting"
+    AUDIENCE_SPLIT = "audience split"  # the user is in another arm of the campaign's experiment
     TOTAL_BUDGET = "total budget"
     DAILY_BUDGET = "daily budget"
     FREQUENCY_CAP = "frequency cap"
@@ -246,6 +249,32 @@ class _TargetingBits:
         return self.targeted if value is None else self.by_value.get(value, self.targeted)
 
 
+@dataclass(frozen=True)
+class _AudienceSplits:
+    """The campaigns of split-audience experiments: per (experiment, arms), its rows' arms (-1: not in it)."""
+
+    arms_by_experiment: dict[tuple[str, int], np.ndarray]  # int8 per row
+
+    @classmethod
+    def build(cls, campaigns: Sequence[ServingCampaign]) -> _AudienceSplits:
+        arms: dict[tuple[str, int], np.ndarray] = {}
+        for row, campaign in enumerate(campaigns):
+            if (split := campaign.audience_split) is not None:
+                key = (split.experiment, split.arms)
+                arms.setdefault(key, np.full(len(campaigns), -1, dtype=np.int8))[row] = split.arm
+        return cls(arms)
+
+    def failing(self, rows: np.ndarray, user_id: str | None) -> np.ndarray | None:
+        """Which of ``rows`` are in an experiment's other arms than ``user_id``'s (None: no row is)."""
+        failing = None
+        for (experiment, arms), arm_of_row in self.arms_by_experiment.items():
+            row_arms = arm_of_row[rows]
+            arm = audience_arm(experiment, arms, user_id)
+            other = (row_arms >= 0) & (row_arms != (-2 if arm is None else arm))
+            failing = other if failing is None else failing | other
+        return failing
+
+
 @dataclass(frozen=True, eq=False)
 class CampaignIndex:
     """``eligible`` over one snapshot of campaigns, as numpy arrays built once per snapshot.
@@ -273,6 +302,7 @@ class CampaignIndex:
     countries: _TargetingBits
     genders: _TargetingBits
     device_types: _TargetingBits
+    audience_splits: _AudienceSplits
     age_targeted: np.ndarray
     age_min: np.ndarray  # float, -inf when unbounded
     age_max: np.ndarray  # float, +inf when unbounded
@@ -330,6 +360,7 @@ class CampaignIndex:
             countries=_TargetingBits.build([c.countries for c in campaigns], FilterReason.COUNTRY),
             genders=_TargetingBits.build([c.genders for c in campaigns], FilterReason.GENDER),
             device_types=_TargetingBits.build([c.device_types for c in campaigns], FilterReason.DEVICE_TYPE),
+            audience_splits=_AudienceSplits.build(campaigns),
             age_targeted=np.array([c.age_min is not None or c.age_max is not None for c in campaigns], dtype=bool),
             age_min=np.array([-np.inf if c.age_min is None else c.age_min for c in campaigns], dtype=np.float64),
             age_max=np.array([np.inf if c.age_max is None else c.age_max for c in campaigns], dtype=np.float64),
@@ -375,6 +406,11 @@ class CampaignIndex:
         if not first_failed[8]:
             return _NO_ROWS, filtered
         rows = np.flatnonzero(failed == 0)
+        if self.audience_splits.arms_by_experiment:
+            other_arm = self.audience_splits.failing(rows, context.user_id)
+            if other_arm is not None and (count := int(np.count_nonzero(other_arm))):
+                filtered[FilterReason.AUDIENCE_SPLIT] += count
+                rows = rows[~other_arm]
         return self._affordable(rows, filtered, impressions_today, reserved_micros, held_by_row), filtered
 
     def _flight_bits(self, at: int) -> np.ndarray:

@@ -30,6 +30,27 @@ def test_budgets_are_the_pressure_share_of_what_each_won_scaled_to_the_day():
     assert budgets == {"a": 20_000_000, "b": 3_330_000, "c": 3_330_000, "d": 3_330_000}
 
 
+def test_a_campaign_that_won_nothing_gets_a_budget_no_single_charge_can_mostly_exhaust():
+    spend = {"a": 100_000}  # a: 0.5 x 0.10 USD x 2 = 0.10 USD, the smallest budget booked
+    units = {"a": 1_500_000, "clicks": 1_500_000, "views": 4_001, "cheap": 1_000}
+    budgets = forecast.booked_budgets(
+        spend, ["a", "clicks", "views", "cheap"], probe_auctions=10, day_auctions=20, pressure=0.5,
+        unit_charges_micros=units,
+    )  # fmt: skip
+    # clicks: 50 x 1.50 USD = 75 USD; views: 50 x 0.004001 USD = 0.20005 -> 0.21 USD (up to a whole
+    # cent); cheap: 50 x 0.001 USD = 0.05 USD is below the smallest budget booked, so 0.10 USD.
+    assert budgets == {"a": 100_000, "clicks": 75_000_000, "views": 210_000, "cheap": 100_000}
+
+
+def test_the_unit_charge_is_the_bid_per_click_or_conversion_and_a_thousandth_of_a_cpm_bid():
+    probe = forecast.probe_instructions(CATALOG, 30, seed=7, now=NOW)
+    by_model = {i.campaign.pricing_model: i.campaign for i in probe}
+    assert set(by_model) == {"CPM", "CPC", "CPA"}
+    for model, spec in by_model.items():
+        expected = -(-spec.bid_micros // 1000) if model == "CPM" else spec.bid_micros
+        assert forecast.unit_charge_micros(spec) == expected
+
+
 def test_a_forecast_where_nobody_won_books_a_cent_and_bad_inputs_are_refused():
     assert forecast.booked_budgets({}, ["a"], probe_auctions=10, day_auctions=10, pressure=0.6) == {"a": 10_000}
     with pytest.raises(ValueError, match="auctions"):
@@ -74,7 +95,15 @@ def test_the_top_spending_cpc_and_cpa_campaigns_are_booked_as_optimized_with_a_s
     for base in bases:
         optimized, twin = by_id[forecast.booked_id(base)], by_id[forecast.twin_id(base)]
         assert optimized.goals.optimize and not twin.goals.optimize
-        assert optimized.model_copy(update={"goals": twin.goals}) == twin  # the same campaign otherwise
-        assert twin.pacing_mode == PacingMode.EVEN and twin.daily_budget_micros == 5_000_000
+        # The same campaign otherwise, each on its own arm of one audience split, with half the budget.
+        split = optimized.targeting.audience_split
+        assert (split.experiment, split.arm, split.arms) == (f"optimizer-ab:{base}", 0, 2)
+        assert twin.targeting.audience_split == split.model_copy(update={"arm": 1})
+        assert optimized.model_copy(update={"goals": twin.goals, "targeting": twin.targeting}) == twin
+        assert twin.targeting.model_copy(update={"audience_split": None}) == next(
+            i.campaign.targeting for i in probe if i.campaign_id == base
+        )
+        assert twin.pacing_mode == PacingMode.EVEN and twin.daily_budget_micros == 2_500_000
+        assert twin.total_budget_micros == 2_500_000
         value = optimized.goals.conversion_value_micros
         assert value == (twin.bid_micros if twin.pricing_model == "CPA" else round(twin.bid_micros / 0.05))

@@ -297,7 +297,7 @@ def test_exhaustion_within_a_minute_cut_by_the_days_end_is_at_most_the_days_end(
 def test_the_summary_reads_the_pacing_report_from_the_lake(tmp_path):
     settings = make_settings(tmp_path)
     start = datetime(2026, 12, 6, 10, tzinfo=UTC)
-    state = run_module.RunState(day_origin=start, day_length_s=120.0)
+    state = run_module.RunState(day_origin=start, day_length_s=120.0, days=2)
     assert run_module.pacing_lines(settings, state) == ["  pacing             (no gold/pacing_minute yet)"]
     minute = lambda m: start + timedelta(minutes=m)  # noqa: E731
     rows = [
@@ -307,6 +307,10 @@ def test_the_summary_reads_the_pacing_report_from_the_lake(tmp_path):
          "throttle_rate": 0.0, "exhausts_at": None, "event_date": start.date()}
         for m in range(2)
     ]  # fmt: skip
+    # Day 2 begins at minute 2 with a fresh daily budget.
+    rows += [row | {"minute": minute(m + 2), "at": minute(m + 2) + timedelta(seconds=30), "day_start": minute(2),
+                    "plan_micros": 1_000_000 * (m + 1), "spent_today_micros": 1_000_000}
+             for m, row in enumerate(rows)]  # fmt: skip
     write_deltalake(settings.delta_rs_location(Table.GOLD_PACING_MINUTE)[0], pa.Table.from_pylist(rows))
     kpis = [{"campaign_id": "e", "minute": minute(m), "spend_micros": 1_000_000, "clicks": 1, "conversions": 0}
             for m in range(2)]  # fmt: skip
@@ -327,9 +331,13 @@ def test_the_summary_reads_the_pacing_report_from_the_lake(tmp_path):
         store.record_spends(session, charges, days)
     engine.dispose()
     lines = run_module.pacing_lines(settings, state)
-    assert lines[0].startswith("  pacing             a 120s day from 10:00:00")
+    assert lines[0].startswith("  pacing             day 1 of 2: 120s from 10:00:00")
     assert "even    1 campaigns: spend / daily budget median 100.0%" in lines[1]
     assert "overspent 0" in lines[1] and "eCPC 1.000" in lines[1]
+    # Day 2: the charge 5 s into it, 1 of its 2 USD.
+    day_two = lines.index(next(line for line in lines if "day 2 of 2" in line))
+    assert lines[day_two].startswith("  pacing             day 2 of 2: 120s from 10:02:00")
+    assert "even    1 campaigns: spend / daily budget median 50.0%" in lines[day_two + 1]
 
 
 @pytest.mark.parametrize(

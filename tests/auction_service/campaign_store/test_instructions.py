@@ -126,7 +126,7 @@ def test_seeded_campaigns_look_like_real_ones():
 
     mix = Counter(spec.pricing_model for spec in specs)
     assert mix[PricingModel.CPC] > mix[PricingModel.CPM] > mix[PricingModel.CPA] > 0
-    bid_usd = {PricingModel.CPM: (1, 8), PricingModel.CPC: (0.2, 2), PricingModel.CPA: (5, 40)}
+    bid_usd = {PricingModel.CPM: (1, 8), PricingModel.CPC: (0.05, 0.4), PricingModel.CPA: (1, 8)}
     for spec in specs:
         low, high = bid_usd[spec.pricing_model]
         assert low * 1_000_000 <= spec.bid_micros <= high * 1_000_000

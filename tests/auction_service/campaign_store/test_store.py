@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.days import DayClock
 from adstream.events import (
+    AudienceSplit,
     CampaignGoals,
     CampaignInstruction,
     CampaignSpec,
@@ -696,6 +697,19 @@ def test_a_campaigns_goals_are_stored_and_served(sessions):
         served = {c.campaign_id: c.goals for c in store.serving_campaigns(session, NOW)}
     assert served == {"optimized": goals, "plain": CampaignGoals()}
     assert served["optimized"].value_micros == 12_000_000 and served["plain"].value_micros == 0
+
+
+def test_a_campaigns_audience_split_is_stored_and_served(sessions):
+    split = AudienceSplit(experiment="optimizer-ab", arm=1, arms=2)
+    with sessions() as session:
+        store.apply_instruction(
+            session, create("arm-1", targeting=Targeting(countries=["Italy"], audience_split=split))
+        )
+        store.apply_instruction(session, create("everyone"))
+        assert store.get_campaign(session, "arm-1").spec.targeting.audience_split == split
+        served = {c.campaign_id: c for c in store.serving_campaigns(session, NOW)}
+    assert served["arm-1"].audience_split == split and served["arm-1"].countries == {"Italy"}
+    assert served["everyone"].audience_split is None
 
 
 def test_an_auction_is_charged_once_whatever_event_ids_arrive(sessions):

@@ -7,6 +7,7 @@ pricing rules against exact fractions, never against the code under test.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import random
 from collections import Counter
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adstream.events import AuctionRecord, CampaignStatus, PricingModel
+from adstream.events import AuctionRecord, AudienceSplit, CampaignStatus, PricingModel, audience_arm
 from auction_service.domain import AuctionContext, ServingCampaign
 from auction_service.serving.auction import (
     DEFAULT_PCVR,
@@ -266,6 +267,36 @@ def test_each_rule_filters_with_its_reason(
     assert only_reason(make_campaign(**campaign_overrides), make_context(**context_overrides)) == Counter({reason: 1})
 
 
+def test_an_audience_split_serves_its_own_arm_of_the_experiments_users_only() -> None:
+    # The arm is the documented hash: blake2b-64 of "experiment NUL user id", big-endian, modulo the arms.
+    def arm(experiment: str, arms: int, user_id: str) -> int:
+        digest = hashlib.blake2b(f"{experiment}\x00{user_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % arms
+
+    users = [f"u{i}" for i in range(2_000)]
+    arms = Counter(arm("exp", 2, user) for user in users)
+    assert 900 <= arms[0] <= 1_100  # about half the users in each arm
+    # Another experiment splits the same users independently: about half of arm 0 is in its arm 0.
+    assert 400 <= sum(arm("exp", 2, u) == 0 and arm("other", 2, u) == 0 for u in users) <= 600
+    a = make_campaign("a", audience_split=AudienceSplit(experiment="exp", arm=0))
+    b = make_campaign("b", audience_split=AudienceSplit(experiment="exp", arm=1))
+    for user in users[:50]:
+        in_arm = arm("exp", 2, user)
+        kept, filtered = eligible(make_context(user_id=user), [a, b], impressions_today={}, reserved_micros={})
+        assert kept == [(a, b)[in_arm]] and filtered == Counter({"audience split": 1})
+    # No user id: in no arm.
+    assert eligible(make_context(), [a, b], impressions_today={}, reserved_micros={})[1] == Counter(
+        {"audience split": 2}
+    )
+
+
+def test_an_audience_split_names_an_arm_of_its_experiment() -> None:
+    with pytest.raises(ValueError, match="arm 2 is not one of the experiment's 2 arms"):
+        AudienceSplit(experiment="exp", arm=2)
+    with pytest.raises(ValueError):
+        AudienceSplit(experiment="", arm=0)
+
+
 def test_matching_targeting_is_eligible() -> None:
     campaign = make_campaign(
         countries=frozenset({"Canada", "Italy"}),
@@ -346,6 +377,7 @@ def first_failed_rule(
     age_targeted = campaign.age_min is not None or campaign.age_max is not None
     in_age_range = context.age is not None and (campaign.age_min or 0) <= context.age <= (campaign.age_max or 999)
     held = reserved.get(campaign.campaign_id, 0)
+    split = campaign.audience_split
     rules = [
         ("status", campaign.status != CampaignStatus.ACTIVE),
         ("flight dates", not campaign.flight_start <= context.at < campaign.flight_end),
@@ -355,6 +387,10 @@ def first_failed_rule(
         ("age targeting", age_targeted and not in_age_range),
         ("gender targeting", bool(campaign.genders) and context.gender not in campaign.genders),
         ("device type targeting", bool(campaign.device_types) and context.device_type not in campaign.device_types),
+        (
+            "audience split",
+            split is not None and audience_arm(split.experiment, split.arms, context.user_id) != split.arm,
+        ),
         ("total budget", campaign.total_budget_micros - campaign.spent_micros - held <= 0),
         ("daily budget", campaign.daily_budget_micros - campaign.spent_today_micros - held <= 0),
         ("frequency cap", impressions.get(campaign.campaign_id, 0) >= campaign.frequency_cap_per_day),
@@ -366,6 +402,8 @@ def subsets(values: tuple[str, ...]) -> st.SearchStrategy[frozenset[str]]:
     return st.frozensets(st.sampled_from(values))
 
 
+SPLITS = [AudienceSplit(experiment="x", arm=0), AudienceSplit(experiment="x", arm=1),
+          AudienceSplit(experiment="y", arm=2, arms=3)]  # fmt: skip
 campaign_fields = st.fixed_dictionaries(
     {
         "status": st.sampled_from(list(CampaignStatus)),
@@ -378,6 +416,7 @@ campaign_fields = st.fixed_dictionaries(
         "age_max": st.sampled_from([None, 24, 34, 54]),
         "genders": subsets(("F", "M")),
         "device_types": subsets(("mobile", "desktop", "ctv")),
+        "audience_split": st.sampled_from([None, *SPLITS]),
         "total_budget_micros": st.integers(min_value=1, max_value=5),
         "daily_budget_micros": st.integers(min_value=1, max_value=5),
         "spent_micros": st.integers(min_value=0, max_value=5),
@@ -392,6 +431,7 @@ contexts = st.builds(
     age=st.sampled_from([None, 18, 24, 25, 40, 60]),
     gender=st.sampled_from([None, "F", "M"]),
     device_type=st.sampled_from([None, "mobile", "tablet", "ctv"]),
+    user_id=st.sampled_from([None, "u1", "u2", "u3", "u4"]),
     blocked_categories=subsets(("Betting", "Travel", "Gambling")),
     blocked_advertisers=subsets(("adv-2", "adv-9")),
 )
