@@ -383,7 +383,7 @@ class CampaignDecision(_Record):
     version: int = Field(gt=0)
     decided_at: AwareDatetime
     window_start: AwareDatetime
-    data_until: AwareDatetime | None = None  # the newest event the windows held: the decision's freshness
+    data_until: AwareDatetime | None = None  # every event Kafka held before it was read: the freshness
     value_micros: int = Field(ge=0)  # the conversion value (or target CPA) optimized for
     base_bid_micros: int = Field(gt=0)
     platforms: list[PlatformDecision] = Field(min_length=len(PLATFORMS), max_length=len(PLATFORMS))

@@ -901,7 +901,7 @@ def optimizer_lines(settings: Settings, state: RunState) -> list[str]:
     lag = _decision_lag(settings)
     if lag is not None:
         lines.append(
-            f"    decision lag (the newest event a decision saw -> this replica serving it): p50 {lag['p50']:.1f} s, "
+            f"    decision lag (Kafka as the decision had read it -> this replica serving it): p50 {lag['p50']:.1f} s, "
             f"p95 {lag['p95']:.1f} s over {lag['decisions']:,} decisions (target p95 <= 5 s; /v1/stats)"
         )
     for platform, row in table.drop(index="all").iterrows():

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 CHANGE_PPM = 20_000  # a multiplier moving less than 2 points is not a new decision
 ROUND_S = 60.0  # Thompson draws are renewed, and every decision sent again, once per round
 CAMPAIGNS_REFRESH_S = 10.0  # how often the optimized campaigns are re-read from the campaign store
+CAUGHT_UP_WAIT_MS = 600  # an empty poll this long (a fetch waits 500 ms at most) means nothing was left to read
 PRIOR_CTR, PRIOR_CVR = 0.03, 0.05  # the category priors' own prior, before the window holds anything
 CATEGORY_PRIOR_STRENGTH = 1_000.0  # a category's pooled rate weighs as many trials against the above
 EVENT_METRIC = {EventType.IMPRESSION.value: IMPRESSIONS, EventType.CLICK.value: CLICKS,
@@ -172,7 +173,7 @@ class Optimizer:
     ticks: int = 0
     tick_seconds: list[float] = field(default_factory=list)
     sent: dict[str, np.ndarray] = field(default_factory=dict)  # campaign -> the multipliers last applied
-    data_until_s: float = 0.0  # the newest event time folded in
+    data_until_s: float = 0.0  # the decisions reflect every event before it: caught up with Kafka, or the newest event
     _plan: _Plan | None = None
     # Per window row: the last applied multipliers, reasons and round; the round's uniform numbers.
     _sent_ppm: np.ndarray = field(default_factory=lambda: np.zeros((0, len(PLATFORMS)), dtype=np.int64))
@@ -187,6 +188,10 @@ class Optimizer:
             return 0
         self.data_until_s = max(self.data_until_s, float(times.max()))
         return self.windows.add(ids, platforms, times, values)
+
+    def caught_up(self, at_s: float) -> None:
+        """Every event Kafka held at ``at_s`` (wall clock) has been folded in."""
+        self.data_until_s = max(self.data_until_s, at_s)
 
     def tick(self, campaigns: Sequence[ServingCampaign], now: datetime) -> list[Decided]:
         """Decides for ``campaigns`` (those with optimize on) and returns the decisions to apply: those that
@@ -361,6 +366,21 @@ def seek_to(consumer, topic: str, since: datetime) -> None:
             consumer.seek(tp, found.offset)
 
 
+def _caught_up_at(
+    consumer, batch: Mapping, wait_ms: int, polled_at: float, last_polled_at: float | None
+) -> float | None:
+    """Up to when the consumer has read every partition, or None when it cannot tell: the start of a poll that
+    found nothing in longer than a fetch waits, or, when every partition's position has reached the high
+    watermark the latest fetch reported (fetched during this poll or the one before), the start of the last."""
+    if not batch:
+        return polled_at if wait_ms >= CAUGHT_UP_WAIT_MS else None
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None or consumer.position(tp) < highwater:
+            return None
+    return last_polled_at
+
+
 def heartbeat_file(settings) -> Path:
     return settings.local_dir.resolve() / "run" / "optimizer.heartbeat"
 
@@ -401,13 +421,18 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
             future.get(timeout=30)
 
     next_tick = campaigns_due = time.monotonic()
+    last_polled_at: float | None = None
     campaigns: list[ServingCampaign] = []
     try:
         while not stop.is_set():
             wait_ms = 1_000 if once else max(0, int((next_tick - time.monotonic()) * 1000))
+            polled_at = time.time()
             batch = consumer.poll(timeout_ms=wait_ms, max_records=5_000)
             for records in batch.values():
                 optimizer.fold(record.value for record in records)
+            if caught_up_at := _caught_up_at(consumer, batch, wait_ms, polled_at, last_polled_at):
+                optimizer.caught_up(caught_up_at)
+            last_polled_at = polled_at
             if time.monotonic() < next_tick and not once:
                 continue
             if once and batch:  # rebuilding: read up to the end of the log before the one tick

@@ -105,7 +105,7 @@ class DecisionBook:
         self._table: DecisionTable | None = None
         self.reads = 0  # times the hash was read (for /metrics)
         self.decided_campaigns = 0
-        # Seconds from the newest event a decision had seen to this replica serving it, per decision read:
+        # Seconds from the decision's data_until (it had read every event Kafka held before) to this replica serving it:
         # the optimizer's decision latency as serving sees it (the last LAGS_KEPT).
         self.lags_s: deque[float] = deque(maxlen=LAGS_KEPT)
 

@@ -3,7 +3,8 @@
     adstream campaigns create --advertiser ADV --ad-id AD --category CAT \\
         --pricing-model CPC --bid 0.40 --budget 500 --daily-budget 100 --end 2026-06-30 \\
         [--start ISO] [--countries FR,DE] \\
-        [--age-min 18] [--age-max 44] [--genders F] [--devices mobile,tablet] [--frequency-cap 5] [--campaign-id ID]
+        [--age-min 18] [--age-max 44] [--genders F] [--devices mobile,tablet] [--frequency-cap 5]
+        [--audience-split EXPERIMENT:ARM/ARMS] [--campaign-id ID]
     adstream campaigns stop CAMPAIGN_ID
     adstream campaigns show CAMPAIGN_ID
     adstream campaigns seed N [--seed S]
@@ -127,10 +128,23 @@ def create(
         list[str] | None,
         typer.Option(metavar="PLATFORM=USD", help="a platform's bid limit, e.g. app/ctv=0.80 (repeatable)"),
     ] = None,
+    audience_split: Annotated[
+        str | None,
+        typer.Option(metavar="EXPERIMENT:ARM/ARMS", help="serve one arm of an experiment's users, e.g. spring-ab:0/2"),
+    ] = None,
     campaign_id: Annotated[str | None, typer.Option(help="default: a new id")] = None,
 ) -> None:
     """Create a campaign."""
     now = datetime.now(UTC)
+    split = None
+    if audience_split:
+        experiment, _, arms = audience_split.rpartition(":")
+        arm, _, of = arms.partition("/")
+        if not (experiment and arm.isdigit() and of.isdigit()):
+            raise typer.BadParameter(
+                f"--audience-split: expected EXPERIMENT:ARM/ARMS, e.g. spring-ab:0/2, got {audience_split!r}"
+            )
+        split = {"experiment": experiment, "arm": int(arm), "arms": int(of)}
     limits = {}
     for item in platform_bid_limit or []:
         platform, _, usd = item.partition("=")
@@ -146,6 +160,7 @@ def create(
                 "age_max": age_max,
                 "genders": parse_list(genders),
                 "device_types": parse_list(devices),
+                "audience_split": split,
             },
             pricing_model=pricing_model,
             bid_micros=bid,

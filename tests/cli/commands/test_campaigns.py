@@ -55,6 +55,13 @@ def test_create_with_an_inconsistent_campaign_exits_2_with_what_to_fix(tmp_path)
     result = invoke(settings, [*argv, "--daily-budget", "5", "--platform-bid-limit", "dooh/screen=1"])
     assert result.exit_code == 2
     assert "goals.platform_bid_limits_micros.dooh/screen" in result.stderr
+    # An audience split names an experiment and an arm of its arms.
+    result = invoke(settings, [*argv, "--daily-budget", "5", "--audience-split", "spring-ab:2/2"])
+    assert result.exit_code == 2
+    assert "targeting.audience_split: arm 2 is not one of the experiment's 2 arms (0 to 1)" in result.stderr
+    result = invoke(settings, [*argv, "--daily-budget", "5", "--audience-split", "spring-ab"])
+    assert result.exit_code == 2
+    assert "--audience-split: expected EXPERIMENT:ARM/ARMS" in result.stderr
 
 
 def test_show_prints_the_campaign_and_its_spend_from_the_store(tmp_path):
@@ -128,6 +135,7 @@ def test_create_and_stop_publish_keyed_instructions_and_print_the_id(kafka_setti
     argv += ["--start", "2026-05-01", "--end", "2026-06-30T00:00:00Z", "--countries", "FR,DE", "--age-min", "25"]
     argv += ["--genders", "F", "--devices", "mobile", "--frequency-cap", "5", "--campaign-id", campaign_id]
     argv += ["--optimize", "--conversion-value", "12.50", "--max-bid", "0.90", "--platform-bid-limit", "app/ctv=0.60"]
+    argv += ["--audience-split", "spring:ab:1/3"]
     created = invoke(kafka_settings, argv)
     assert created.exit_code == 0, created.output
     assert created.stdout.split() == [campaign_id]
@@ -143,3 +151,5 @@ def test_create_and_stop_publish_keyed_instructions_and_print_the_id(kafka_setti
     assert (spec.targeting.age_min, spec.targeting.device_types, spec.frequency_cap_per_day) == (25, ["mobile"], 5)
     assert spec.goals.optimize and spec.goals.conversion_value_micros == 12_500_000
     assert (spec.goals.max_bid_micros, spec.goals.platform_bid_limits_micros) == (900_000, {"app/ctv": 600_000})
+    split = spec.targeting.audience_split
+    assert (split.experiment, split.arm, split.arms) == ("spring:ab", 1, 3)
