@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -366,41 +367,34 @@ def _streaming(settings: Settings) -> Service:
     )
 
 
-def _calibrator(settings: Settings) -> Service:
-    def healthy() -> bool:
-        from ml import calibrate  # MLflow's client behind it: imported only when this service is asked about
+def _ticking(settings: Settings, name: str, verb: str, url: str, alive_in: str, niceness: int) -> Service:
+    """A service with no port to probe: healthy while it runs and its heartbeat is fresh (``alive_in``'s
+    ``is_alive``, imported only when asked: MLflow's client or Kafka's sit behind it)."""
 
-        return running_pid(settings, "calibrator") is not None and calibrate.is_alive(settings)
+    def healthy() -> bool:
+        return running_pid(settings, name) is not None and importlib.import_module(alive_in).is_alive(settings)
 
     return Service(
-        name="calibrator",
-        url=f"{settings.lake_root}/gold/calibrators",
+        name=name,
+        url=url,
         ports=(),
-        command=(str(ADSTREAM), "calibrate"),
+        command=(str(ADSTREAM), verb),
         env=settings_env(settings),
-        healthy=healthy,  # no port to probe: healthy while it runs and refreshes (the first within seconds)
+        healthy=healthy,
         needs_infrastructure=True,
         start_timeout_s=90.0,
-        niceness=BATCH_NICENESS,
+        niceness=niceness,
     )
+
+
+def _calibrator(settings: Settings) -> Service:
+    url = f"{settings.lake_root}/gold/calibrators"
+    return _ticking(settings, "calibrator", "calibrate", url, "ml.calibrate", BATCH_NICENESS)
 
 
 def _optimizer(settings: Settings) -> Service:
-    def healthy() -> bool:
-        from optimizer import service
-
-        return running_pid(settings, "optimizer") is not None and service.is_alive(settings)
-
-    return Service(
-        name="optimizer",
-        url=f"Kafka {settings.kafka_bootstrap_servers} -> campaign-decisions",
-        ports=(),
-        command=(str(ADSTREAM), "optimize"),
-        env=settings_env(settings),
-        healthy=healthy,  # no port to probe: healthy while it ticks
-        needs_infrastructure=True,
-        start_timeout_s=90.0,
-    )
+    url = f"Kafka {settings.kafka_bootstrap_servers} -> campaign-decisions"
+    return _ticking(settings, "optimizer", "optimize", url, "optimizer.service", 0)
 
 
 SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
