@@ -137,15 +137,15 @@ class Forecast:
 
 def forecast(moments: np.ndarray, prior_ctr: np.ndarray, prior_cvr: np.ndarray, buckets: int) -> Forecast:
     """The forecasts of windows' ``moments`` (campaigns, platforms, metrics, 3: ``Windows.moments``) over
-    ``buckets`` buckets, with each campaign's category priors ``prior_ctr`` and ``prior_cvr``."""
+    ``buckets`` buckets, with the priors ``prior_ctr`` and ``prior_cvr``: per campaign, or per campaign x platform."""
     impressions, clicks, conversions, spend = (moments[:, :, m, :] for m in range(4))
     totals = [series[..., 0].astype(np.float64) for series in (impressions, clicks, conversions, spend)]
     with np.errstate(divide="ignore", invalid="ignore"):
         cpc = np.where(totals[1] > 0, totals[3] / totals[1], np.nan)
     newest = float(buckets - 1)
     return Forecast(
-        ctr=beta_posterior(totals[1], totals[0], prior_ctr[:, None], PRIOR_STRENGTH_IMPRESSIONS),
-        cvr=beta_posterior(totals[2], totals[1], prior_cvr[:, None], PRIOR_STRENGTH_CLICKS),
+        ctr=beta_posterior(totals[1], totals[0], _per_cell(prior_ctr), PRIOR_STRENGTH_IMPRESSIONS),
+        cvr=beta_posterior(totals[2], totals[1], _per_cell(prior_cvr), PRIOR_STRENGTH_CLICKS),
         ctr_trend=trend_of_moments(impressions, clicks, newest),
         cvr_trend=trend_of_moments(clicks, conversions, newest),
         cpc_micros=cpc,
@@ -155,3 +155,7 @@ def forecast(moments: np.ndarray, prior_ctr: np.ndarray, prior_cvr: np.ndarray, 
         conversions=totals[2],
         spend_micros=totals[3],
     )
+
+
+def _per_cell(prior: np.ndarray) -> np.ndarray:
+    return prior[:, None] if prior.ndim == 1 else prior

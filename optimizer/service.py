@@ -51,7 +51,7 @@ ROUND_S = 60.0  # Thompson draws are renewed, and every decision sent again, onc
 CAMPAIGNS_REFRESH_S = 10.0  # how often the optimized campaigns are re-read from the campaign store
 CAUGHT_UP_WAIT_MS = 600  # an empty poll this long (a fetch waits 500 ms at most) means nothing was left to read
 PRIOR_CTR, PRIOR_CVR = 0.03, 0.05  # the category priors' own prior, before the window holds anything
-CATEGORY_PRIOR_STRENGTH = 1_000.0  # a category's pooled rate weighs as many trials against the above
+CATEGORY_PRIOR_STRENGTH = 1_000.0  # a pooled rate weighs as many trials against the level above it
 EVENT_METRIC = {EventType.IMPRESSION.value: IMPRESSIONS, EventType.CLICK.value: CLICKS,
                 EventType.CONVERSION.value: CONVERSIONS}  # fmt: skip
 REASON_NAMES = [reason.name.lower() for reason in sorted(Reason)]
@@ -97,15 +97,22 @@ def campaign_arrays(campaigns: Sequence[ServingCampaign]) -> Campaigns:
     )
 
 
-def pooled_priors(totals: np.ndarray, codes: np.ndarray, categories: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each campaign's CTR and CVR prior: its category's pooled rates over the window (every platform of every
-    campaign of the category; ``codes`` number the categories 0 .. ``categories`` - 1), themselves shrunk
-    toward PRIOR_CTR and PRIOR_CVR."""
-    pooled = np.zeros((categories, totals.shape[-1]))
-    np.add.at(pooled, codes, totals.sum(axis=1))
+def pooled_priors(
+    totals: np.ndarray, codes: np.ndarray, categories: int, everyone: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each campaign x platform's CTR and CVR prior (campaigns, platforms): its category's pooled rates on that
+    platform over the window (every campaign of the category; ``codes`` number the categories 0 ..
+    ``categories`` - 1), shrunk toward the platform's rates over ``everyone`` (the windows of every campaign,
+    optimized or not; ``totals`` when None), themselves shrunk toward PRIOR_CTR and PRIOR_CVR. A platform's
+    difference is seen across the whole market before one campaign's sparse cell could show it."""
     k = CATEGORY_PRIOR_STRENGTH
-    ctr = (pooled[:, CLICKS] + PRIOR_CTR * k) / (pooled[:, IMPRESSIONS] + k)
-    cvr = (pooled[:, CONVERSIONS] + PRIOR_CVR * k) / (pooled[:, CLICKS] + k)
+    market = (totals if everyone is None else everyone).sum(axis=0)  # platforms x metrics
+    market_ctr = (market[:, CLICKS] + PRIOR_CTR * k) / (market[:, IMPRESSIONS] + k)
+    market_cvr = (market[:, CONVERSIONS] + PRIOR_CVR * k) / (market[:, CLICKS] + k)
+    pooled = np.zeros((categories, *totals.shape[1:]))
+    np.add.at(pooled, codes, totals)
+    ctr = (pooled[..., CLICKS] + market_ctr * k) / (pooled[..., IMPRESSIONS] + k)
+    cvr = (pooled[..., CONVERSIONS] + market_cvr * k) / (pooled[..., CLICKS] + k)
     return ctr[codes], cvr[codes]
 
 
@@ -204,7 +211,9 @@ class Optimizer:
             return []
         rows = plan.rows
         moments = self.windows.moments[rows]
-        prior_ctr, prior_cvr = pooled_priors(moments[..., 0], plan.category_codes, plan.categories)
+        prior_ctr, prior_cvr = pooled_priors(
+            moments[..., 0], plan.category_codes, plan.categories, everyone=self.windows.moments[..., 0]
+        )
         predicted = forecast(moments, prior_ctr, prior_cvr, self.windows.buckets)
         round_index = np.floor((now_s + plan.phase_s) / self.round_s).astype(np.int64)
         for i in np.flatnonzero(self._quantile_round[rows] != round_index).tolist():

@@ -35,14 +35,25 @@ def test_only_delivered_valid_events_count_and_only_charges_carry_spend():
     assert times[0] == NOW.timestamp()
 
 
-def test_category_priors_pool_a_categorys_campaigns():
+def test_priors_pool_a_categorys_campaigns_per_platform_toward_the_markets_platform_rate():
     totals = np.zeros((3, 8, 4))
-    totals[0, 0] = [10_000, 500, 50, 0]  # "cars": 5 % CTR, 10 % CVR over a lot of data
-    totals[1, 1] = [10_000, 500, 50, 0]
-    ctr, cvr = pooled_priors(totals, np.array([0, 0, 1]), 2)  # cars, cars, books
-    assert ctr[0] == ctr[1] and abs(ctr[0] - (1_000 + 30) / 21_000) < 1e-12
-    assert abs(cvr[0] - (100 + 50) / 2_000) < 1e-12
-    assert (ctr[2], cvr[2]) == (0.03, 0.05)  # no data in "books": the prior's prior
+    totals[0, 0] = [10_000, 500, 50, 0]  # "cars" on platform 0: 5 % CTR, 10 % CVR over a lot of data
+    totals[1, 0] = [10_000, 500, 50, 0]
+    everyone = np.zeros((5, 8, 4))
+    everyone[:3] = totals
+    everyone[3, 1] = [50_000, 1_000, 20, 0]  # the market on platform 1: 2 % CTR, 2 % CVR
+    ctr, cvr = pooled_priors(totals, np.array([0, 0, 1]), 2, everyone=everyone)  # cars, cars, books
+    assert ctr.shape == cvr.shape == (3, 8)
+    # The market on platform 0 is the two cars campaigns: CTR (1,000 + 30) / 21,000; CVR (100 + 50) / 2,000.
+    market_ctr0, market_cvr0 = 1_030 / 21_000, 150 / 2_000
+    assert ctr[0, 0] == ctr[1, 0] and abs(ctr[0, 0] - (1_000 + 1_000 * market_ctr0) / 21_000) < 1e-12
+    assert abs(cvr[0, 0] - (100 + 1_000 * market_cvr0) / 2_000) < 1e-12
+    # Books has no data: on platform 0 the market's rate; on platform 1 the market's (20 + 50) / 2,000 CVR,
+    # well below the 5 % prior, which a campaign with no data of its own on it starts from.
+    assert (ctr[2, 0], cvr[2, 0]) == (market_ctr0, market_cvr0)
+    assert abs(cvr[2, 1] - 70 / 2_000) < 1e-12 and abs(ctr[2, 1] - (1_000 + 30) / 51_000) < 1e-12
+    # Where nobody has data: the prior's prior.
+    assert (ctr[2, 7], cvr[2, 7]) == (0.03, 0.05)
 
 
 def test_a_tick_decides_for_optimized_campaigns_and_sends_only_what_changed():
