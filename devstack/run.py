@@ -700,8 +700,11 @@ def calibration_lines(settings: Settings, state: RunState) -> list[str]:
         lines.append(
             f"    map in force for version {version}: logit(pCTR) = {latest.slope:.3f} x logit(score) "
             f"{latest.intercept:+.3f} + offset (CPM {latest.offset_cpm:+.3f}, CPC {latest.offset_cpc:+.3f}, "
-            f"CPA {latest.offset_cpa:+.3f}), fitted on {latest.clicks:,} clicks at {latest.fitted_at}"
+            f"CPA {latest.offset_cpa:+.3f}) + category offset, fitted on {latest.clicks:,} clicks at {latest.fitted_at}"
         )
+        if latest.category_offsets:
+            by_category = ", ".join(f"{name} {offset:+.2f}" for name, offset in latest.category_offsets)
+            lines.append(f"      category offsets: {by_category}")
     else:
         lines.append(f"    version {version} served its registered calibration only (no online refit yet)")
     return lines

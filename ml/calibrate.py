@@ -71,6 +71,7 @@ CALIBRATOR_SCHEMA = pa.schema(
         ("offset_cpm", pa.float64()),
         ("offset_cpc", pa.float64()),
         ("offset_cpa", pa.float64()),
+        ("category_offsets", pa.string()),  # JSON: ad category -> log-odds offset
     ]
 )
 COMPACT_EVERY = 60  # appends to gold/calibrators between compactions: serving reads it every few seconds
@@ -128,7 +129,8 @@ def latest_calibration(settings: Settings, model_version: str) -> Calibration | 
     fields = {name: (None if pd.isna(value) else value) for name, value in newest.items()}
     offsets = {name: float(fields.get(name) or 0.0) for name in ("offset_cpm", "offset_cpc", "offset_cpa")}
     counts = {"impressions": int(fields["impressions"]), "clicks": int(fields["clicks"])}
-    return Calibration(**{**fields, **counts, **offsets})
+    by_category = json.loads(fields.get("category_offsets") or "{}")
+    return Calibration(**{**fields, **counts, **offsets, "category_offsets": by_category})
 
 
 def first_calibration_since(settings: Settings, since: datetime) -> datetime | None:
@@ -146,9 +148,12 @@ def first_calibration_since(settings: Settings, since: datetime) -> datetime | N
 def write_calibrators(settings: Settings, calibrations: list[Calibration]) -> None:
     if not calibrations:
         return
-    rows = [{"calibration_id": c.calibration_id, **asdict(c)} for c in calibrations]
+    rows = [
+        {"calibration_id": c.calibration_id, **asdict(c), "category_offsets": json.dumps(dict(c.category_offsets))}
+        for c in calibrations
+    ]
     location, options = settings.delta_rs_location(Table.GOLD_CALIBRATORS)
-    # Merged: a table from before the per-pricing offsets gains their columns (its rows read as 0).
+    # Merged: a table from before the per-pricing or per-category offsets gains their columns (its rows read as 0).
     write_deltalake(location, pa.Table.from_pylist(rows, schema=CALIBRATOR_SCHEMA), mode="append",
                     schema_mode="merge", storage_options=options)  # fmt: skip
     table = DeltaTable(location, storage_options=options)
@@ -330,6 +335,7 @@ def refresh_once(settings: Settings, priors: Priors, now: datetime) -> Refresh:
         now=now,
         half_life_s=settings.calibration_half_life_s,
         min_clicks=settings.calibration_min_clicks,
+        category_of=category_of,
     )
     write_calibrators(settings, fitted)
     gold = calibration_by_hour(impressions, category_of)
@@ -386,7 +392,7 @@ def run(settings: Settings, *, once: bool = False) -> int:
         else:
             fits = ", ".join(
                 f"v{c.model_version} slope {c.slope:.3f} intercept {c.intercept:.3f} offsets CPM {c.offset_cpm:+.3f} "
-                f"CPC {c.offset_cpc:+.3f} CPA {c.offset_cpa:+.3f}"
+                f"CPC {c.offset_cpc:+.3f} CPA {c.offset_cpa:+.3f}, {len(c.category_offsets)} category offsets"
                 for c in done.fitted
             )
             log.info("calibration refresh: %d impressions, %d clicks; %s; %d gold rows", done.impressions,

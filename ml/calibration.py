@@ -24,6 +24,12 @@ Pure numpy: no I/O, no clock (times are passed in).
   The map therefore adds a log-odds offset per pricing model, logit(q) = a x logit(p) + b + d[m],
   fitted jointly with (a, b), each offset with a Gaussian prior at 0 (sd PRIOR_SD_OFFSET): one
   pricing model's few clicks leave its offset near the pooled map, its thousands correct it.
+- **Per ad category**. A model trained on the bootstrap data can be biased for a whole ad category on
+  live traffic (live clicks follow users' affinity for a category, which the bootstrap measured
+  differently); the auction then selects the categories it overrates, for CPC and CPA alike. The map
+  adds a log-odds offset per ad category too, e[c], fitted jointly the same way (sd
+  PRIOR_SD_CATEGORY): logit(q) = a x logit(p) + b + d[m] + e[c]. A category with no fitted offset,
+  or a candidate without one, gets none.
 
 Calibrating never retrains the model: ``Calibration`` is applied after the scorer.
 """
@@ -32,8 +38,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import cached_property
 
@@ -50,6 +57,7 @@ NEWTON_STEPS = 25
 PRIOR_SD_SLOPE = 0.5
 PRIOR_SD_INTERCEPT = 1.0
 PRIOR_SD_OFFSET = 0.5
+PRIOR_SD_CATEGORY = 0.5
 # The pricing models the map has an offset for, in the order of the codes ``pricing_codes`` gives
 # (a row of none of them, code -1, gets no offset).
 PRICING_MODELS = ("CPM", "CPC", "CPA")
@@ -90,6 +98,13 @@ class Calibration:
     offset_cpm: float = 0.0
     offset_cpc: float = 0.0
     offset_cpa: float = 0.0
+    # Log-odds added per ad category, (category, offset) sorted by category (module doc); a mapping is taken too.
+    category_offsets: tuple[tuple[str, float], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        pairs = self.category_offsets
+        items = pairs.items() if isinstance(pairs, Mapping) else pairs
+        object.__setattr__(self, "category_offsets", tuple(sorted((str(c), float(o)) for c, o in items)))
 
     @property
     def calibration_id(self) -> str:
@@ -103,16 +118,36 @@ class Calibration:
 
     @property
     def is_identity(self) -> bool:
-        return self.slope == 1.0 and self.intercept == 0.0 and not self.offsets.any()
+        return self.slope == 1.0 and self.intercept == 0.0 and not self.offsets.any() and not self.category_offsets
 
-    def apply(self, scores: np.ndarray, pricing: np.ndarray | None = None) -> np.ndarray:
+    def category_offsets_by_code(self) -> np.ndarray:
+        """The category offsets indexed by ``category_codes``, then 0 (code -1) for a candidate without one."""
+        cached = self.__dict__.get("_by_code")
+        if cached is None or len(cached) <= len(_CATEGORY_CODES):  # the vocabulary grew since: rebuild
+            with _CATEGORY_LOCK:
+                vocabulary = dict(_CATEGORY_CODES)
+            offsets = dict(self.category_offsets)
+            cached = np.zeros(len(vocabulary) + 1)
+            for category, code in vocabulary.items():
+                cached[code] = offsets.get(category, 0.0)
+            self.__dict__["_by_code"] = cached
+        return cached
+
+    def apply(
+        self, scores: np.ndarray, pricing: np.ndarray | None = None, category: np.ndarray | None = None
+    ) -> np.ndarray:
         """The served pCTRs of the model's scores; ``pricing``, the candidates' ``pricing_codes``, adds
-        each one's pricing-model offset (without it the pooled map alone is applied)."""
+        each one's pricing-model offset, and ``category``, their ``category_codes``, each one's category
+        offset (without them the pooled map alone is applied)."""
         scores = np.asarray(scores, dtype=np.float64)
         if self.is_identity or scores.size == 0:
             return scores
         z = self.slope * logit(scores) + self.intercept
-        return sigmoid(z if pricing is None else z + self.offsets[pricing])
+        if pricing is not None:
+            z = z + self.offsets[pricing]
+        if category is not None and self.category_offsets:
+            z = z + self.category_offsets_by_code()[category]
+        return sigmoid(z)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -121,7 +156,11 @@ class Calibration:
     def from_json(cls, text: str | bytes) -> Calibration:
         fields = json.loads(text)
         calibration = cls(**fields)
-        finite = math.isfinite(calibration.intercept) and np.isfinite(calibration.offsets).all()
+        finite = (
+            math.isfinite(calibration.intercept)
+            and np.isfinite(calibration.offsets).all()
+            and all(math.isfinite(offset) for _, offset in calibration.category_offsets)
+        )
         if not (MIN_SLOPE <= calibration.slope <= MAX_SLOPE and finite):
             raise ValueError(f"calibration slope {calibration.slope} or intercept {calibration.intercept} out of range")
         return calibration
@@ -131,6 +170,18 @@ def pricing_codes(pricing_models: Sequence[str | None] | np.ndarray) -> np.ndarr
     """Each pricing model's index in PRICING_MODELS (int8), -1 for one not there (or None)."""
     index = {model: code for code, model in enumerate(PRICING_MODELS)}
     return np.fromiter((index.get(str(m), -1) for m in pricing_models), dtype=np.int8, count=len(pricing_models))
+
+
+# Ad categories as small integers, for the hot path: one process-wide vocabulary, only ever appended to.
+_CATEGORY_CODES: dict[str, int] = {}
+_CATEGORY_LOCK = threading.Lock()
+
+
+def category_codes(categories: Sequence[str | None] | np.ndarray) -> np.ndarray:
+    """Each ad category's code (int32) in the process's vocabulary (new ones appended), -1 for None."""
+    with _CATEGORY_LOCK:
+        codes = [-1 if c is None else _CATEGORY_CODES.setdefault(str(c), len(_CATEGORY_CODES)) for c in categories]
+    return np.array(codes, dtype=np.int32)
 
 
 def identity(model_version: str) -> Calibration:
@@ -164,11 +215,13 @@ def fit_platt(
     *,
     weights: np.ndarray | None = None,
     pricing: np.ndarray | None = None,
+    categories: np.ndarray | None = None,
     fitted_at: datetime,
 ) -> Calibration:
     """The Platt map of ``prior.model_version`` fitted on (model score, clicked) pairs, by Newton's
     method on the weighted log-likelihood plus the Gaussian prior centred on ``prior``; with
-    ``pricing`` (the rows' ``pricing_codes``) the offsets per pricing model too, each centred on 0."""
+    ``pricing`` (the rows' ``pricing_codes``) the offsets per pricing model too, and with ``categories``
+    (the rows' ad categories, None where unknown) an offset per category, each centred on 0."""
     z = logit(scores)
     y = np.asarray(clicked, dtype=np.float64)
     w = np.ones_like(z) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -177,10 +230,19 @@ def fit_platt(
         raise ValueError(f"scores, clicked, weights and pricing must be 1-d and aligned, got {z.shape}, {y.shape}, "
                          f"{w.shape}, {codes.shape}")  # fmt: skip
     models = len(PRICING_MODELS) if pricing is not None else 0
-    centre = np.array([prior.slope, prior.intercept, *[0.0] * models])
-    precision = np.diag([1 / PRIOR_SD_SLOPE**2, 1 / PRIOR_SD_INTERCEPT**2, *[1 / PRIOR_SD_OFFSET**2] * models])
+    names: list[str] = []
+    if categories is not None:
+        labels = pd.Series(categories, dtype=object)
+        if labels.shape != z.shape:
+            raise ValueError(f"categories must align with the scores, got {labels.shape} for {z.shape}")
+        names = sorted(labels.dropna().astype(str).unique())
+        labels = labels.where(labels.isna(), labels.astype(str))
+    centre = np.array([prior.slope, prior.intercept, *[0.0] * (models + len(names))])
+    precision = np.diag([1 / PRIOR_SD_SLOPE**2, 1 / PRIOR_SD_INTERCEPT**2, *[1 / PRIOR_SD_OFFSET**2] * models,
+                         *[1 / PRIOR_SD_CATEGORY**2] * len(names)])  # fmt: skip
     theta = centre.copy()
     indicators = [(codes == code).astype(np.float64) for code in range(models)]
+    indicators += [(labels == name).to_numpy(dtype=np.float64) for name in names]
     design = np.column_stack([z, np.ones_like(z), *indicators])
 
     def objective(at: np.ndarray) -> float:
@@ -206,7 +268,8 @@ def fit_platt(
                 continue
         break
     slope = float(np.clip(theta[0], MIN_SLOPE, MAX_SLOPE))
-    offsets = dict(zip(("offset_cpm", "offset_cpc", "offset_cpa"), map(float, theta[2:]), strict=False))
+    offsets = dict(zip(("offset_cpm", "offset_cpc", "offset_cpa"), map(float, theta[2 : 2 + models]), strict=False))
+    by_category = tuple(zip(names, map(float, theta[2 + models :]), strict=True))
     return Calibration(
         prior.model_version,
         CalibrationKind.PLATT,
@@ -217,6 +280,7 @@ def fit_platt(
         clicks=int(y.sum()),
         train_positive_rate=prior.train_positive_rate,
         prior_ctr=prior.prior_ctr,
+        category_offsets=by_category,
         **offsets,
     )
 
@@ -277,10 +341,11 @@ def fit_versions(
     now: datetime,
     half_life_s: float,
     min_clicks: int,
+    category_of: Mapping[str, str] | None = None,
 ) -> list[Calibration]:
     """The online Platt map of every model version in ``priors`` whose logged impressions (with their
     raw score) hold at least ``min_clicks`` clicks, centred on that version's prior, with an offset per
-    pricing model."""
+    pricing model and, given ``category_of`` (campaign id -> ad category), per ad category."""
     fitted = []
     usable = impressions[impressions["raw_pctr"].notna()]
     for version, rows in usable.groupby("model_version"):
@@ -295,6 +360,7 @@ def fit_versions(
                 prior,
                 weights=recency_weights(ages, half_life_s),
                 pricing=pricing_codes(rows["pricing_model"].to_numpy()),
+                categories=None if category_of is None else rows["campaign_id"].map(category_of).to_numpy(),
                 fitted_at=now,
             )
         )

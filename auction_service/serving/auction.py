@@ -71,7 +71,7 @@ import numpy as np
 
 from adstream.events import MAX_BID_MICROS, AuctionRecord, CampaignStatus, PricingModel, audience_arm
 from auction_service.domain import AuctionContext, ServingCampaign, fits_int64, spend_changed_rows
-from ml.calibration import pricing_codes
+from ml.calibration import category_codes, pricing_codes
 
 DEFAULT_PCVR = 0.05  # conversions per click for CPA campaigns, until a conversion model exists
 PRICE_INCREMENT_MICROS = 10_000  # one cent: what the winner pays above the runner-up's eCPM
@@ -131,6 +131,7 @@ class CandidateBids:
     cpc: np.ndarray  # bid x 1000 / 1e9, for CPC (pCTR in billionths)
     cpa: np.ndarray  # bid x 1000 / 1e18, for CPA (pCTR and pCVR in billionths)
     pricing: np.ndarray  # ml.calibration.pricing_codes: which offset of the calibration each one takes
+    category: np.ndarray  # ml.calibration.category_codes: which category offset of the calibration each one takes
 
     @classmethod
     def of(cls, candidates: Sequence[ServingCampaign]) -> CandidateBids:
@@ -144,10 +145,11 @@ class CandidateBids:
             cpc=np.where(cpc, bids * 1e-6, 0.0),
             cpa=np.where(cpa, bids * 1e-15, 0.0),
             pricing=pricing_codes(models),
+            category=category_codes([campaign.category for campaign in candidates]),
         )
 
     def take(self, rows: np.ndarray) -> CandidateBids:
-        return CandidateBids(self.cpm[rows], self.cpc[rows], self.cpa[rows], self.pricing[rows])
+        return CandidateBids(self.cpm[rows], self.cpc[rows], self.cpa[rows], self.pricing[rows], self.category[rows])
 
     def with_bids(self, bid_micros: np.ndarray) -> CandidateBids:
         """The same candidates bidding ``bid_micros`` instead (each in its own pricing model's unit)."""
@@ -157,6 +159,7 @@ class CandidateBids:
             cpc=np.where(self.pricing == 1, bids * 1e-6, 0.0),
             cpa=np.where(self.pricing == 2, bids * 1e-15, 0.0),
             pricing=self.pricing,
+            category=self.category,
         )
 
 

@@ -105,12 +105,17 @@ class LoadedModel:
     calibration: Calibration | None = None
 
     def pctrs(
-        self, batch: Mapping[str, Sequence[Any] | np.ndarray], pricing: np.ndarray | None = None
+        self,
+        batch: Mapping[str, Sequence[Any] | np.ndarray],
+        pricing: np.ndarray | None = None,
+        category: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(served pCTRs, the model's raw scores) of a candidate batch; ``pricing``, the candidates'
-        ``ml.calibration.pricing_codes``, for the calibration's offset per pricing model."""
+        """(served pCTRs, the model's raw scores) of a candidate batch; ``pricing`` and ``category``, the
+        candidates' ``ml.calibration.pricing_codes`` and ``category_codes``, for the calibration's offsets."""
         scores = np.asarray(self.scorer.score(batch))
-        return (scores if self.calibration is None else self.calibration.apply(scores, pricing)), scores
+        if self.calibration is None:
+            return scores, scores
+        return self.calibration.apply(scores, pricing, category), scores
 
     @property
     def scorer_kind(self) -> str:
@@ -196,11 +201,14 @@ class ServingModel:
         return None if model is None else model.scorer_kind
 
     def score(
-        self, batch: Mapping[str, Sequence[Any] | np.ndarray], pricing: np.ndarray | None = None
+        self,
+        batch: Mapping[str, Sequence[Any] | np.ndarray],
+        pricing: np.ndarray | None = None,
+        category: np.ndarray | None = None,
     ) -> tuple[np.ndarray, str]:
         """Served (calibrated) pCTRs for a candidate batch and the version that produced them, from one snapshot."""
         model = self.current
-        return model.pctrs(batch, pricing)[0], model.version
+        return model.pctrs(batch, pricing, category)[0], model.version
 
     def swap(self, model: LoadedModel) -> None:
         self._snapshot = _Snapshot(model, "")

@@ -118,7 +118,7 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
     if placed is not None:
         bids = bids.with_bids(placed)
     batch = candidate_columns(context, CampaignFeatures.of(campaigns, features), rows, features)
-    pctr, raw = loaded.pctrs(batch, bids.pricing) if candidates else (np.zeros(0), np.zeros(0))
+    pctr, raw = loaded.pctrs(batch, bids.pricing, bids.category) if candidates else (np.zeros(0), np.zeros(0))
     cold = state.settings.calibration_cold_start and (
         loaded.calibration is None or loaded.calibration.kind != CalibrationKind.PLATT
     )

@@ -98,10 +98,13 @@ def test_a_refresh_fits_the_served_versions_map_and_writes_observed_over_expecte
     (fitted,) = done.fitted
     assert fitted.kind == CalibrationKind.PLATT and fitted.model_version == "1"
     assert fitted.slope == pytest.approx(1.0, abs=0.1)
-    # The same truth for both pricing models: each one's intercept with its offset is the shift.
-    for offset in (fitted.offset_cpm, fitted.offset_cpc):
+    # The same truth for both campaigns: each one's intercept with its pricing model's and its category's
+    # offsets is the shift (one category per pricing model here, so the data cannot tell the two apart).
+    by_category = dict(fitted.category_offsets)
+    assert sorted(by_category) == ["fashion", "travel"]
+    for offset in (fitted.offset_cpm + by_category["travel"], fitted.offset_cpc + by_category["fashion"]):
         assert fitted.intercept + offset == pytest.approx(TRUE_SHIFT, abs=0.15)
-    assert abs(fitted.offset_cpc - fitted.offset_cpm) < 0.1 and fitted.offset_cpa == 0.0  # no CPA impressions
+    assert fitted.offset_cpa == 0.0  # no CPA impressions
     assert latest_calibration(settings, "1") == fitted  # offsets and all, through gold/calibrators
     assert latest_calibration(settings, "2") is None
 
@@ -174,7 +177,7 @@ def test_the_traffic_curve_counts_auctions_per_slot_of_complete_days_only():
 
 def test_a_calibrators_table_from_before_the_offsets_gains_them(tmp_path):
     settings = make_settings(tmp_path)
-    old_schema = pa.schema([field for field in CALIBRATOR_SCHEMA if not field.name.startswith("offset_")])
+    old_schema = pa.schema([field for field in CALIBRATOR_SCHEMA if "offset" not in field.name])
     before = Calibration("1", CalibrationKind.PLATT, slope=0.9, intercept=-3.0, fitted_at="2026-12-06T10:00:00+00:00")
     row = {
         "calibration_id": before.calibration_id,
@@ -182,6 +185,6 @@ def test_a_calibrators_table_from_before_the_offsets_gains_them(tmp_path):
     }
     write_deltalake(settings.delta_rs_location(Table.GOLD_CALIBRATORS)[0], pa.Table.from_pylist([row], old_schema))
     assert latest_calibration(settings, "1") == before  # no offset columns: none
-    after = replace(before, fitted_at="2026-12-06T10:01:00+00:00", offset_cpc=-0.4)
+    after = replace(before, fitted_at="2026-12-06T10:01:00+00:00", offset_cpc=-0.4, category_offsets={"Toys": 0.3})
     write_calibrators(settings, [after])
     assert latest_calibration(settings, "1") == after

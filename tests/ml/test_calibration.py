@@ -14,6 +14,7 @@ from ml.calibration import (
     Calibration,
     CalibrationKind,
     ColdStart,
+    category_codes,
     fit_platt,
     identity,
     logit,
@@ -233,3 +234,48 @@ def test_offsets_apply_per_candidate_and_round_trip():
           '"prior_ctr": null, "slope": 1.0, "train_positive_rate": null}'  # fmt: skip
     assert Calibration.from_json(old).offsets.tolist() == [0.0, 0.0, 0.0, 0.0]
     assert not Calibration("3", CalibrationKind.PLATT, offset_cpm=0.1).is_identity
+
+
+def test_category_offsets_undo_a_models_bias_for_a_whole_category():
+    # The model is calibrated on average but scores "Books" ads twice too high and "Toys" ads twice too low
+    # (in odds); the live truth is the same for both.
+    rng = np.random.default_rng(5)
+    n = 40_000
+    true_logit = rng.normal(-3.5, 0.8, size=n)
+    category = rng.choice(np.array(["Books", "Toys", "Garden"], dtype=object), size=n)
+    bias = np.select([category == "Books", category == "Toys"], [np.log(2.0), -np.log(2.0)], 0.0)
+    scores = sigmoid(true_logit + bias)
+    clicked = rng.random(n) < sigmoid(true_logit)
+    start = identity("1")
+    pooled = fit_platt(scores, clicked, start, fitted_at=AT)
+    fitted = fit_platt(scores, clicked, start, categories=category, fitted_at=AT)
+    offsets = dict(fitted.category_offsets)
+    assert sorted(offsets) == ["Books", "Garden", "Toys"]
+    assert abs(offsets["Books"] - offsets["Toys"] + 2 * np.log(2.0)) < 0.2  # the two biases, undone
+    codes = category_codes(category)
+
+    def ratio(calibration: Calibration, name: str, with_offsets: bool) -> float:
+        rows = category == name
+        served = calibration.apply(scores[rows], category=codes[rows] if with_offsets else None)
+        return clicked[rows].sum() / served.sum()
+
+    assert ratio(pooled, "Books", False) < 0.7 and ratio(pooled, "Toys", False) > 1.4  # the premise
+    for name in ("Books", "Toys", "Garden"):
+        assert 0.9 < ratio(fitted, name, True) < 1.1
+
+
+def test_category_offsets_apply_by_code_and_round_trip():
+    calibration = Calibration("3", CalibrationKind.PLATT, category_offsets={"Books": -0.5, "Toys": 0.25})
+    assert calibration.category_offsets == (("Books", -0.5), ("Toys", 0.25))
+    # Codes come from one process-wide vocabulary; a category the map has no offset for, or none, gets 0.
+    codes = category_codes(["Toys", "Books", "Unseen", None])
+    assert codes[3] == -1 and len(set(codes[:3].tolist())) == 3
+    served = calibration.apply(np.full(4, 0.5), category=codes)
+    assert np.allclose(logit(served), [0.25, -0.5, 0.0, 0.0])
+    # A category first seen after the map was applied once still finds its offset (the table is rebuilt).
+    later = category_codes(["Later"])
+    assert np.allclose(logit(calibration.apply(np.full(1, 0.5), category=later)), 0.0)
+    assert Calibration.from_json(calibration.to_json()) == calibration
+    assert not calibration.is_identity
+    with pytest.raises(ValueError, match="out of range"):
+        Calibration.from_json(calibration.to_json().replace("0.25", "NaN"))

@@ -14,7 +14,7 @@ from auction_service.api.routes.auction import to_micros
 from auction_service.api.schemas import INVALID_REQUEST, Prediction, PredictRequest, PredictResponse
 from auction_service.domain import AuctionContext
 from auction_service.serving.features import candidate_batch
-from ml.calibration import PRICING_MODELS, Calibration, pricing_codes
+from ml.calibration import PRICING_MODELS, Calibration, category_codes, pricing_codes
 
 router = APIRouter(tags=["operations"])
 
@@ -75,6 +75,7 @@ def _calibration(calibration: Calibration | None) -> dict | None:
         "slope": calibration.slope,
         "intercept": calibration.intercept,
         "offsets": dict(zip(PRICING_MODELS, map(float, calibration.offsets), strict=False)),
+        "category_offsets": dict(calibration.category_offsets),
         "fitted_on_clicks": calibration.clicks,
     }
 
@@ -94,7 +95,8 @@ def predict_ctr(body: PredictRequest, state: StateDep) -> PredictResponse:
         floor_cpm_micros=to_micros(c.floor_cpm),
     )  # fmt: skip
     pricing = pricing_codes([campaign.pricing_model for campaign in known])
-    pctr, version = state.model.score(candidate_batch(context, known, state.features.current), pricing)
+    category = category_codes([campaign.category for campaign in known])
+    pctr, version = state.model.score(candidate_batch(context, known, state.features.current), pricing, category)
     return PredictResponse(
         model_version=version,
         predictions=[
