@@ -720,6 +720,7 @@ def pacing_report(
     day_start: datetime,
     day_s: float,
     ledger_spend: Mapping[str, int] | None = None,
+    cohorts: Mapping[str, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """Per pacing mode, over the campaigns of one day: spend / daily budget at the end (median, min, max),
     the deviation of spend from plan (per campaign the median over its minutes of |spent - plan| / budget;
@@ -731,6 +732,7 @@ def pacing_report(
     Even campaigns are also reported in two parts (``bound``): those their controller held back at some
     point (λ under 1 or a throttle: bound by their budget, the ones pacing is for) and those it never did
     (bound by their bid: at full bid all day they could not keep up with the plan). "all" is every one.
+    ``cohorts`` (name -> campaign ids) adds a row per named group of even campaigns, ``bound`` its name.
     """
     last = minutes.sort_values("at").groupby("campaign_id").last()
     deviation = (
@@ -752,6 +754,9 @@ def pacing_report(
         if mode == "even":
             groups += [(mode, "budget", campaigns.index[held[campaigns.index]]),
                        (mode, "bid", campaigns.index[~held[campaigns.index]])]  # fmt: skip
+            groups += [
+                (mode, name, campaigns.index[campaigns.index.isin(ids)]) for name, ids in (cohorts or {}).items()
+            ]
     rows = []
     for mode, bound, ids in groups:
         if not len(ids):
@@ -809,12 +814,19 @@ def pacing_lines(settings: Settings, state: RunState) -> list[str]:
     lines = []
     for n in range(state.days):
         origin = state.day_origin + timedelta(seconds=n * day_s)
-        lines += _pacing_day_lines(settings, minutes, kpis, origin, day_s, f"day {n + 1} of {state.days}")
+        label = f"day {n + 1} of {state.days}"
+        lines += _pacing_day_lines(settings, minutes, kpis, origin, day_s, label, state.pairs)
     return lines
 
 
 def _pacing_day_lines(
-    settings: Settings, minutes: pd.DataFrame, kpis: pd.DataFrame, origin: datetime, day_s: float, label: str
+    settings: Settings,
+    minutes: pd.DataFrame,
+    kpis: pd.DataFrame,
+    origin: datetime,
+    day_s: float,
+    label: str,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     day_end = origin + timedelta(seconds=day_s)
     # The controllers' minutes of this day; the KPIs' minutes overlapping it (the first begins before it).
@@ -827,7 +839,8 @@ def _pacing_day_lines(
     day = DayClock(int(day_s), int(origin.timestamp())).budget_day(origin)
     with store_sessions(settings)() as session:  # the ledger's spend of this budget day, exact
         _, ledger_spend = store.spend_totals(session, day)
-    report = pacing_report(minutes, kpis, origin, day_s, ledger_spend)
+    cohorts = {"optimized": [o for o, _ in pairs], "static twin": [t for _, t in pairs]} if pairs else None
+    report = pacing_report(minutes, kpis, origin, day_s, ledger_spend, cohorts)
     lines = [f"  pacing             {label}: {day_s:.0f}s from {origin:%H:%M:%S} (gold/pacing_minute)"]
 
     def cell(value: object, fmt: str) -> str:
@@ -835,7 +848,7 @@ def _pacing_day_lines(
 
     for row in report.itertuples():
         bound = {"all": f"{row.mode:<5}", "budget": "  held back by pacing (bound by budget)",
-                 "bid": "  never held back (bound by bid)"}[row.bound]  # fmt: skip
+                 "bid": "  never held back (bound by bid)"}.get(row.bound, f"  {row.bound} (pairs)")  # fmt: skip
         lines.append(
             f"    {bound} {row.campaigns:>3} campaigns: spend / daily budget median {row.spend_ratio_median:.1%} "
             f"[{row.spend_ratio_min:.1%}, {row.spend_ratio_max:.1%}], {row.within_95_100} within 95-100%, "

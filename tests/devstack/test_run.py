@@ -282,6 +282,13 @@ def test_the_pacing_report_puts_the_modes_side_by_side():
     assert bid["exhausted"] == 0
     assert (report.loc[("even", "all"), "overspent"], asap["overspent"]) == (0, 0)
     assert budget["ecpc_usd"] == 0.5 and asap["ecpa_usd"] == 4.0
+    # Named cohorts of even campaigns (make run's optimized campaigns and their twins) get rows of their own;
+    # an asap campaign named in one is not in it.
+    cohorts = {"optimized": ["e"], "static twin": ["b", "a"]}
+    report = run_module.pacing_report(minutes, kpis, start, 240.0, cohorts=cohorts).set_index(["mode", "bound"])
+    assert report.loc[("even", "optimized"), "spend_ratio_median"] == 1.0
+    twins = report.loc[("even", "static twin")]
+    assert (twins["campaigns"], twins["spend_ratio_median"]) == (1, 0.25)
 
 
 def test_exhaustion_within_a_minute_cut_by_the_days_end_is_at_most_the_days_end():
