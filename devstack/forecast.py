@@ -14,16 +14,21 @@ UNWON_CHARGES of its largest single charge (a click or conversion at its bid, a 
 bid): pacing may still find it traffic once its competitors are held back, and a budget one charge can
 mostly exhaust would say nothing about pacing.
 
-**Optimized campaigns and their static twins.** The ``pairs`` CPC and CPA campaigns the forecast saw
+**Optimized campaigns and their static twins.** The ``pairs`` CPC and CPM campaigns the forecast saw
 spend most are each booked twice, with the same budget, bid, targeting and creative, pacing even:
 once with ``goals.optimize`` on (the campaign optimizer re-bids it per platform) and once without
 (its static twin), so the run can compare conversions per dollar at equal spend. The two are the
 arms of an audience split (``Targeting.audience_split``): each serves its own half of the users with
 half the campaign's budget, so they never bid against each other (with equal bids the auction's
-tie-break would hand every shared auction to one of them, and each would set the other's price). The optimized one
-values a conversion at what its bid implies at the default conversion rate (CPC: bid / 5 %; CPA:
-its bid), so its multiplier is 1 where a platform converts at the average and moves with the
-platform's own rate, which the optimizer has to find.
+tie-break would hand every shared auction to one of them, and each would set the other's price).
+The optimized one values a conversion at what its bid implies at the optimizer's prior rates (CPC:
+bid / 5 %; CPM: bid / 1000 / (3 % x 5 %)), so its multiplier is 1 where a platform clicks and
+converts at those rates and moves with the platform's own, which the optimizer has to find. CPA
+campaigns are not paired: they pay per conversion, the same price wherever it happens, so the
+optimizer bids their value on every platform and there is nothing per platform to compare.
+
+**Days.** A run of several pacing days books a total budget of that many daily budgets, so each day
+has its own daily budget to pace.
 
 Pure functions: the run (``devstack.run``) does the serving, reading and publishing.
 """
@@ -46,7 +51,7 @@ from adstream.events import (
     PricingModel,
 )
 from auction_service.campaign_store.instructions import CENT_MICROS, create_instruction, seed_instructions
-from auction_service.serving.auction import DEFAULT_PCVR
+from optimizer.service import PRIOR_CTR, PRIOR_CVR
 
 # A campaign the forecast saw win nothing can pay this many of its largest charges a day at least.
 UNWON_CHARGES = 50
@@ -108,20 +113,21 @@ def twin_id(probe_id: str) -> str:
 
 
 def pair_bases(probe: Sequence[CampaignInstruction], spend_micros: Mapping[str, int], pairs: int) -> list[str]:
-    """The probe ids of the ``pairs`` CPC and CPA campaigns that spent most (ties: the first seeded)."""
+    """The probe ids of the ``pairs`` CPC and CPM campaigns that spent most (ties: the first seeded)."""
     candidates = [
         (-spend_micros.get(i.campaign_id, 0), n, i.campaign_id)
         for n, i in enumerate(probe)
-        if i.campaign is not None and i.campaign.pricing_model in (PricingModel.CPC, PricingModel.CPA)
+        if i.campaign is not None and i.campaign.pricing_model in (PricingModel.CPC, PricingModel.CPM)
     ]
     return [campaign_id for spent, _, campaign_id in sorted(candidates)[:pairs] if spent < 0]
 
 
 def conversion_value_micros(spec: CampaignSpec) -> int:
-    """What the optimized campaign values a conversion at: what its bid implies at the default conversion rate."""
+    """What the optimized campaign values a conversion at: what its bid implies at the optimizer's prior rates."""
     if spec.pricing_model == PricingModel.CPA:
         return spec.bid_micros
-    return min(MAX_BID_MICROS, round(spec.bid_micros / DEFAULT_PCVR))
+    per_click = spec.bid_micros if spec.pricing_model == PricingModel.CPC else spec.bid_micros / 1000 / PRIOR_CTR
+    return min(MAX_BID_MICROS, round(per_click / PRIOR_CVR))
 
 
 def booked_instructions(
@@ -133,10 +139,12 @@ def booked_instructions(
     now: datetime,
     asap_share: float,
     pairs: Sequence[str] = (),
+    days: int = 1,
 ) -> list[CampaignInstruction]:
     """The probe's campaigns again under their booked ids, with their booked daily budgets and pacing
     modes (``asap_share`` of them asap, as ``seed_instructions`` spreads them); each probe id in ``pairs``
-    booked instead as an optimized campaign and its static twin, pacing even. ``now`` is the probe's."""
+    booked instead as an optimized campaign and its static twin, pacing even; total budgets of ``days``
+    daily budgets. ``now`` is the probe's."""
     paced = seed_instructions(catalog, len(probe), seed, now, asap_share=asap_share)
     booked = []
     for probed, moded in zip(probe, paced, strict=True):
@@ -147,11 +155,11 @@ def booked_instructions(
         paired = probed.campaign_id in pairs
         mode = PacingMode.EVEN if paired else PacingMode(moded.campaign.pacing_mode)
         spec = probed.campaign.model_copy(
-            update={"daily_budget_micros": daily, "total_budget_micros": daily, "pacing_mode": mode}
+            update={"daily_budget_micros": daily, "total_budget_micros": daily * days, "pacing_mode": mode}
         )
         versions = [(booked_id(probed.campaign_id), spec)]
         if paired:
-            versions = paired_versions(probed.campaign_id, spec)
+            versions = paired_versions(probed.campaign_id, spec, days)
         for campaign_id, version in versions:
             booked.append(
                 create_instruction(version, now=now, campaign_id=campaign_id, instruction_id=f"seed-{campaign_id}")
@@ -159,9 +167,10 @@ def booked_instructions(
     return booked
 
 
-def paired_versions(probe_id: str, spec: CampaignSpec) -> list[tuple[str, CampaignSpec]]:
+def paired_versions(probe_id: str, spec: CampaignSpec, days: int = 1) -> list[tuple[str, CampaignSpec]]:
     """The optimized campaign and its static twin booked from ``probe_id``: arms 0 and 1 of an audience
-    split, so they never meet in one auction, each with half the daily budget for its half of the users."""
+    split, so they never meet in one auction, each with half the daily budget for its half of the users
+    (and ``days`` of those in all)."""
     experiment = f"optimizer-ab:{probe_id}"
     half = max(CENT_MICROS, spec.daily_budget_micros // 2 // CENT_MICROS * CENT_MICROS)
     goals = CampaignGoals(optimize=True, conversion_value_micros=conversion_value_micros(spec))
@@ -169,7 +178,7 @@ def paired_versions(probe_id: str, spec: CampaignSpec) -> list[tuple[str, Campai
     def arm(n: int, **update: object) -> CampaignSpec:
         targeting = spec.targeting.model_copy(update={"audience_split": AudienceSplit(experiment=experiment, arm=n)})
         return spec.model_copy(
-            update={"targeting": targeting, "daily_budget_micros": half, "total_budget_micros": half, **update}
+            update={"targeting": targeting, "daily_budget_micros": half, "total_budget_micros": half * days, **update}
         )
 
     return [(booked_id(probe_id), arm(0, goals=goals)), (twin_id(probe_id), arm(1))]

@@ -100,7 +100,7 @@ SEED = 7  # of the seeded campaigns and the simulated users
 # Daily budgets are booked at this share of what each campaign can win at its full bid (devstack.forecast),
 # so every campaign that wins is bound by its budget and the platform is budget-constrained.
 BUDGET_PRESSURE = 0.6
-OPTIMIZED_PAIRS = 20  # top CPC/CPA spenders of the forecast, booked as an optimized campaign and its static twin
+OPTIMIZED_PAIRS = 20  # top CPC/CPM spenders of the forecast, booked as an optimized campaign and its static twin
 DIURNAL_PEAK = 1.7  # the simulator's diurnal curve peaks near 1.64x its mean rate
 INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
 PLATFORM = ("ad-manager", "auction", "streaming", "calibrator", "optimizer")
@@ -222,7 +222,14 @@ def forecast_and_book(settings: Settings, state: RunState, plan: Simulation) -> 
     publish_instructions(settings, [stop_instruction(cid, now=datetime.now(UTC)) for cid in probe_ids])
     wait_for_auction_service(settings, serving - len(probe_ids), at_most=True)
     booked = forecast.booked_instructions(
-        state.catalog, state.probe, budgets, seed=SEED, now=state.seeded_at, asap_share=ASAP_SHARE, pairs=bases
+        state.catalog,
+        state.probe,
+        budgets,
+        seed=SEED,
+        now=state.seeded_at,
+        asap_share=ASAP_SHARE,
+        pairs=bases,
+        days=state.days,
     )
     publish_instructions(settings, booked)
     ready = wait_for_auction_service(settings, serving - len(probe_ids) + len(booked))

@@ -3,14 +3,18 @@
 Pure numpy: no I/O, no clock; the random draws come from the generator passed in.
 
 **Bid your value.** In a second-price auction the bid that maximizes an advertiser's surplus is its
-value for the impression. The auction values a candidate per impression as CPM: the bid / 1000;
-CPC: bid x pCTR; CPA: bid x pCTR x the default pCVR. The advertiser's value per impression on
-platform p is CTR_p x CVR_p x V, with V the campaign's conversion value (its target CPA when it
-states one instead). The multiplier that turns the first into the second is
+value for what it pays for. A CPM campaign pays per impression, worth CTR_p x CVR_p x V on platform
+p (V: the campaign's conversion value, or its target CPA when it states one instead); a CPC campaign
+pays per click, worth CVR_p x V. A CPA campaign pays per conversion, worth V wherever it happens: its
+cost per conversion is the price it clears at, whatever the platform converts at (the auction prices
+it with the default pCVR and the platform carries the conversion risk), so a platform that converts
+more is no cheaper per conversion to it, and bidding it up would only raise its price. The
+multiplier that turns the bid into the value is
 
-    CPM: CTR_p CVR_p V / (bid / 1000)     CPC: CVR_p V / bid     CPA: CVR_p V / (bid x pCVR0)
+    CPM: CTR_p CVR_p V / (bid / 1000)     CPC: CVR_p V / bid     CPA: V / bid (every platform)
 
-(pCTR cancels where the auction already uses it). It is clipped to [MIN_MULTIPLIER, MAX_MULTIPLIER]
+(pCTR cancels where the auction already uses it). A CPA campaign is never paused: it never pays
+more than its bid per conversion. It is clipped to [MIN_MULTIPLIER, MAX_MULTIPLIER]
 and so that bid x multiplier stays under the campaign's max bid and the platform's bid limit.
 
 **Budget across platforms.** Pacing multiplies every bid of a campaign by its λ, the price of its
@@ -38,7 +42,6 @@ from enum import IntEnum
 import numpy as np
 from scipy.special import betainc
 
-from auction_service.serving.auction import DEFAULT_PCVR
 from optimizer.forecast import Forecast
 
 MIN_MULTIPLIER, MAX_MULTIPLIER = 0.0, 2.0
@@ -103,11 +106,11 @@ def decide(campaigns: Campaigns, forecast: Forecast, quantiles: np.ndarray) -> D
         multiplier = np.select(
             [pricing == PRICING_CODES["CPM"], pricing == PRICING_CODES["CPC"]],
             [per_impression / (bid / 1000), cvr_draw * value / bid],
-            cvr_draw * value / (bid * DEFAULT_PCVR),
+            np.broadcast_to(value / bid, shape),
         )
         cpc = np.where(forecast.clicks > 0, forecast.spend_micros / forecast.clicks, np.nan)
     # P(losing) where a pause is possible only: the Beta's CDF is the tick's dearest function.
-    judged = (forecast.clicks >= MIN_PAUSE_CLICKS) & (value > 0)
+    judged = (forecast.clicks >= MIN_PAUSE_CLICKS) & (value > 0) & (pricing != PRICING_CODES["CPA"])
     p_losing = np.zeros(shape)
     if judged.any():
         cells = np.nonzero(judged)
@@ -115,9 +118,8 @@ def decide(campaigns: Campaigns, forecast: Forecast, quantiles: np.ndarray) -> D
         p_losing[cells] = betainc(forecast.cvr.alpha[cells], forecast.cvr.beta[cells], np.clip(threshold, 0.0, 1.0))
     value_per_click = cvr_draw * value
     multiplier = np.clip(np.nan_to_num(multiplier, nan=1.0, posinf=MAX_MULTIPLIER), MIN_MULTIPLIER, MAX_MULTIPLIER)
-    reason = np.where(
-        cvr_draw > forecast.cvr.mean + 2 * np.sqrt(forecast.cvr.variance), Reason.EXPLORE, Reason.VALUE
-    ).astype(np.int8)
+    drawn_high = (cvr_draw > forecast.cvr.mean + 2 * np.sqrt(forecast.cvr.variance)) & (pricing != PRICING_CODES["CPA"])
+    reason = np.where(drawn_high, Reason.EXPLORE, Reason.VALUE).astype(np.int8)
     cap = np.minimum(campaigns.max_bid_micros.astype(np.float64)[:, None], campaigns.platform_limit_micros) / bid
     capped = multiplier > cap
     multiplier = np.where(capped, cap, multiplier)

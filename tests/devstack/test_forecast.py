@@ -81,16 +81,22 @@ def test_booking_refuses_a_probe_from_another_seed():
         forecast.booked_instructions(CATALOG, probe, budgets, seed=8, now=NOW, asap_share=0.5)
 
 
-def test_the_top_spending_cpc_and_cpa_campaigns_are_booked_as_optimized_with_a_static_twin():
+def test_the_top_spending_cpc_and_cpm_campaigns_are_booked_as_optimized_with_a_static_twin():
     probe = forecast.probe_instructions(CATALOG, 12, seed=7, now=NOW)
     spend = {i.campaign_id: 1_000 * (n + 1) for n, i in enumerate(probe)}  # the later seeded, the more spent
+    models = [i.campaign.pricing_model for i in probe]
+    cpm, cpa = models.index("CPM"), models.index("CPA")
+    spend[probe[cpa].campaign_id] = 100_000  # spent most, but pays per conversion: not paired
+    spend[probe[cpm].campaign_id] = 50_000
     bases = forecast.pair_bases(probe, spend, 2)
-    eligible = [i for i in probe if i.campaign.pricing_model in ("CPC", "CPA")]
-    assert bases == [i.campaign_id for i in eligible[::-1][:2]]
+    last_cpc = max(n for n, model in enumerate(models) if model == "CPC")
+    assert bases == [probe[cpm].campaign_id, probe[last_cpc].campaign_id]
     assert forecast.pair_bases(probe, {}, 2) == []  # nobody spent: no pair
     budgets = {i.campaign_id: 5_000_000 for i in probe}
-    booked = forecast.booked_instructions(CATALOG, probe, budgets, seed=7, now=NOW, asap_share=0.5, pairs=bases)
+    booked = forecast.booked_instructions(CATALOG, probe, budgets, seed=7, now=NOW, asap_share=0.5, pairs=bases, days=3)
     assert len(booked) == 14
+    # Three days: a total budget of three daily budgets, for every campaign.
+    assert all(b.campaign.total_budget_micros == 3 * b.campaign.daily_budget_micros for b in booked)
     by_id = {b.campaign_id: b.campaign for b in booked}
     for base in bases:
         optimized, twin = by_id[forecast.booked_id(base)], by_id[forecast.twin_id(base)]
@@ -104,6 +110,8 @@ def test_the_top_spending_cpc_and_cpa_campaigns_are_booked_as_optimized_with_a_s
             i.campaign.targeting for i in probe if i.campaign_id == base
         )
         assert twin.pacing_mode == PacingMode.EVEN and twin.daily_budget_micros == 2_500_000
-        assert twin.total_budget_micros == 2_500_000
+        assert twin.total_budget_micros == 7_500_000
+        # The value of a conversion at 5 % of clicks (CPC), and 3 % of impressions clicked (CPM).
         value = optimized.goals.conversion_value_micros
-        assert value == (twin.bid_micros if twin.pricing_model == "CPA" else round(twin.bid_micros / 0.05))
+        per_click = twin.bid_micros if twin.pricing_model == "CPC" else twin.bid_micros / 1000 / 0.03
+        assert value == round(per_click / 0.05)

@@ -71,8 +71,21 @@ def test_a_multiplier_is_the_value_over_the_bid_per_pricing_model():
         value_micros=np.full(3, 15 * USD),
     )
     decision = _decide(ordered, campaigns)
-    # CPM: 0.03 x 0.05 x 15 / (30 / 1000) = 0.75; CPC: 0.05 x 15 / 1 = 0.75; CPA: 0.05 x 15 / (10 x 0.05) = 1.5.
+    # CPM: 0.03 x 0.05 x 15 / (30 / 1000) = 0.75; CPC: 0.05 x 15 / 1 = 0.75; CPA: 15 / 10 = 1.5.
     assert decision.multiplier[:, 0] == pytest.approx([0.75, 0.75, 1.5], rel=0.06)
+
+
+def test_a_cpa_campaign_bids_its_value_per_conversion_on_every_platform_and_is_never_paused():
+    # Platform 0 converts 10 % of clicks, platform 1 0.1 %: a CPC campaign bids them apart and pauses the
+    # second; a CPA campaign pays per conversion, the same price wherever it converts, so it bids V / bid on both.
+    cells = {(row, 0): (100_000, 3_000, 300, 3_000 * USD) for row in range(2)}
+    cells |= {(row, 1): (100_000, 3_000, 3, 3_000 * USD) for row in range(2)}
+    campaigns = _campaigns(2, pricing=np.array([PRICING_CODES["CPC"], PRICING_CODES["CPA"]]),
+                           bid_micros=np.array([USD, 10 * USD]), value_micros=np.full(2, 15 * USD))  # fmt: skip
+    decision = _decide(_window(cells, campaigns=2), campaigns)
+    cpc, cpa = decision.multiplier[0], decision.multiplier[1]
+    assert cpc[0] == pytest.approx(1.5, rel=0.1) and cpc[1] == 0.0 and decision.reason[0, 1] == Reason.PAUSED
+    assert cpa[0] == cpa[1] == pytest.approx(1.5) and (decision.reason[1] == Reason.VALUE).all()
 
 
 def test_a_thin_cell_is_explored_now_and_then_and_a_measured_one_is_not():
