@@ -48,20 +48,17 @@ def test_create_with_an_inconsistent_campaign_exits_2_with_what_to_fix(tmp_path)
                                "--budget", "1e20", "--daily-budget", "5"])  # fmt: skip
     assert result.exit_code == 2
     assert "total_budget_micros: Input should be less than or equal to 100000000000000" in result.stderr
-    # Goals: optimizing needs a value; a platform must be one the optimizer knows.
-    result = invoke(settings, [*argv, "--daily-budget", "5", "--optimize"])
-    assert result.exit_code == 2
-    assert "goals: optimize needs a conversion value or a target CPA to optimize for" in result.stderr
-    result = invoke(settings, [*argv, "--daily-budget", "5", "--platform-bid-limit", "dooh/screen=1"])
-    assert result.exit_code == 2
-    assert "goals.platform_bid_limits_micros.dooh/screen" in result.stderr
-    # An audience split names an experiment and an arm of its arms.
-    result = invoke(settings, [*argv, "--daily-budget", "5", "--audience-split", "spring-ab:2/2"])
-    assert result.exit_code == 2
-    assert "targeting.audience_split: arm 2 is not one of the experiment's 2 arms (0 to 1)" in result.stderr
-    result = invoke(settings, [*argv, "--daily-budget", "5", "--audience-split", "spring-ab"])
-    assert result.exit_code == 2
-    assert "--audience-split: expected EXPERIMENT:ARM/ARMS" in result.stderr
+    # Goals: optimizing needs a value; a platform must be one the optimizer knows. An audience split names
+    # an experiment and an arm of its arms.
+    for extra, message in (
+        (["--optimize"], "goals: optimize needs a conversion value or a target CPA to optimize for"),
+        (["--platform-bid-limit", "dooh/screen=1"], "goals.platform_bid_limits_micros.dooh/screen"),
+        (["--audience-split", "spring-ab:2/2"],
+         "targeting.audience_split: arm 2 is not one of the experiment's 2 arms (0 to 1)"),
+        (["--audience-split", "spring-ab"], "--audience-split: expected EXPERIMENT:ARM/ARMS"),
+    ):  # fmt: skip
+        result = invoke(settings, [*argv, "--daily-budget", "5", *extra])
+        assert result.exit_code == 2 and message in result.stderr, (extra, result.stderr)
 
 
 def test_show_prints_the_campaign_and_its_spend_from_the_store(tmp_path):
