@@ -30,8 +30,16 @@ def client(service_settings):
     with (
         running_service(
             service_settings,
-            # The optimized campaign outbids the other by far at its base bid.
-            instruction("opt", bid_micros=2_000_000, targeting=DESKTOP, goals=GOALS),
+            # The optimized campaign outbids the other by far at its base bid; its budget outlasts the
+            # reservations of every auction the test runs, however many a slow machine needs.
+            instruction(
+                "opt",
+                bid_micros=2_000_000,
+                targeting=DESKTOP,
+                goals=GOALS,
+                daily_budget_micros=10_000_000_000,
+                total_budget_micros=10_000_000_000,
+            ),
             instruction("rival", bid_micros=200_000, targeting=DESKTOP),
         ) as state,
         TestClient(create_app(state=state), headers={"User-Agent": BROWSER_UA}) as test_client,
