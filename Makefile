@@ -34,6 +34,7 @@ test: setup ## Lint and run the whole test suite (starts and stops the Kafka bro
 bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/bench/ (REPEATS=3); the scorer also on make run's champion
 	@$(ADSTREAM) bench ingestion --repeats $(or $(REPEATS),3)
 	@$(ADSTREAM) bench scorer
+	@$(ADSTREAM) bench bid-filter --repeats $(or $(REPEATS),3)
 	@champion=$$(ls -t .local/models/ctr-model-v*.skops 2>/dev/null | head -1); \
 	 if [ -n "$$champion" ]; then $(ADSTREAM) bench scorer --champion "$$champion" --output reports/bench/ctr_scorer_champion.json; \
 	 else echo "no served champion in .local/models (make run leaves one): scorer timed on the families trained here only"; fi

@@ -14,6 +14,6 @@ def table_asset(table: Table) -> Asset:
     return Asset(name=table.value, uri=f"adstream://lake/{table.value}", group="lake")
 
 
-def registered_model_asset() -> Asset:
-    """The MLflow registered model whose champion alias serving loads."""
-    return Asset(name=REGISTERED_MODEL, uri=f"adstream://mlflow/{REGISTERED_MODEL}", group="model")
+def registered_model_asset(name: str = REGISTERED_MODEL) -> Asset:
+    """An MLflow registered model (default ``ctr-model``) whose champion alias serving loads."""
+    return Asset(name=name, uri=f"adstream://mlflow/{name}", group="model")

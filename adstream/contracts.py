@@ -59,9 +59,13 @@ class DagId(StrEnum):
     HOURLY_BILLING = "hourly_billing"
     PLATFORM_SMOKE = "platform_smoke"
     LAKE_MAINTENANCE = "lake_maintenance"
+    BID_FILTER_TRAINING = "bid_filter_training"
 
 
 MLFLOW_EXPERIMENT = "ctr"
 REGISTERED_MODEL = "ctr-model"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
+# The bid-request filter (ml.bid_filter): its own experiment and registered model, with the same aliases.
+BID_FILTER_EXPERIMENT = "bid-filter"
+BID_FILTER_MODEL = "bid-filter"

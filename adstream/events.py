@@ -34,6 +34,7 @@ class EventType(StrEnum):
     CONVERSION = "conversion"
     VIDEO_START = "video_start"
     VIDEO_COMPLETE = "video_complete"
+    WIN = "win"  # an exchange's win notice (OpenRTB nurl): never billed, it carries the exchange's price
 
 
 class PricingModel(StrEnum):
@@ -117,6 +118,7 @@ class FeedbackEvent(_Record):
     user_agent: str | None = Field(default=None, max_length=512)
     ip: str | None = Field(default=None, max_length=45)
     raw_pctr: float | None = Field(default=None, ge=0, le=1)  # the model's score before calibration
+    exchange_price_cpm_micros: int | None = Field(default=None, ge=0)  # a win notice's clearing price (media cost)
 
 
 class RefusedEvent(_Record):
@@ -165,6 +167,15 @@ class AuctionRecord(_Record):
     publisher_id: str | None = Field(default=None, max_length=64)
     currency: str = "USD"
     raw_pctr: float | None = None  # the winner's model score before calibration (pctr is the calibrated one)
+    # OpenRTB requests: what the bid-request filter reads, and what it decided.
+    request_id: str | None = Field(default=None, max_length=64)  # the BidRequest's id (one per imp auctioned)
+    imp_id: str | None = Field(default=None, max_length=64)
+    domain: str | None = Field(default=None, max_length=253)  # site.domain, else app.bundle / app.domain
+    placement: str | None = Field(default=None, max_length=32)  # "300x250", "video", "banner" (no size)
+    deal_id: str | None = Field(default=None, max_length=64)  # the winner's deal, when it bid through one
+    clearing_price_cpm_micros: int | None = None  # the clearing price per thousand impressions
+    bid_filter_score: float | None = None  # None: no filter served
+    bid_filter_explored: bool | None = None  # passed as exploration, whatever its score
 
 
 _SPARK_TYPES: dict[type, str] = {
@@ -299,6 +310,53 @@ class CampaignGoals(_Record):
         return self.conversion_value_micros or self.target_cpa_micros or 0
 
 
+class BannerSize(_Record):
+    w: int = Field(ge=1, le=10_000)
+    h: int = Field(ge=1, le=10_000)
+
+
+# The IAB fixed display sizes our HTML creative renders (an image scaled into the slot, the title under it).
+STANDARD_BANNER_SIZES: tuple[tuple[int, int], ...] = (
+    (300, 250), (336, 280), (728, 90), (970, 250), (970, 90), (468, 60), (320, 50), (320, 100), (300, 50),
+    (160, 600), (120, 600), (300, 600), (250, 250), (200, 200),
+)  # fmt: skip
+_DOMAIN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+_HTTP_URL = r"^https?://[^\s\x00-\x1f<>\"]+$"
+
+
+class VideoCreative(_Record):
+    """A linear video ad: a media file an exchange's player fetches (VAST ``MediaFile``)."""
+
+    url: str = Field(min_length=10, max_length=2048, pattern=_HTTP_URL)
+    mime: str = Field(default="video/mp4", max_length=64, pattern=r"^(video|application)/[A-Za-z0-9.+-]+$")
+    duration_s: int = Field(ge=1, le=600)
+    width: int = Field(default=1280, ge=1, le=10_000)
+    height: int = Field(default=720, ge=1, le=10_000)
+    bitrate_kbps: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class Creative(_Record):
+    """What an exchange renders and checks: the advertiser's domain (OpenRTB ``adomain``), the landing page
+    the click-through leads to, the banner sizes the ad is made for, and an optional video. The title and
+    image come from the ad (``ad_id``) in silver/ads."""
+
+    adomain: str | None = Field(default=None, min_length=4, max_length=253, pattern=_DOMAIN)
+    landing_url: str | None = Field(default=None, max_length=2048, pattern=_HTTP_URL)
+    banner_sizes: list[BannerSize] = Field(
+        default_factory=lambda: [BannerSize(w=w, h=h) for w, h in STANDARD_BANNER_SIZES], max_length=50
+    )
+    video: VideoCreative | None = None
+
+
+class Deal(_Record):
+    """A private-marketplace deal the campaign buys through: its id at the exchange, its floor (USD micros per
+    thousand impressions), and the buyer seats it allows (empty: any)."""
+
+    deal_id: str = Field(min_length=1, max_length=64)
+    floor_cpm_micros: int = Field(default=0, ge=0, le=MAX_BID_MICROS)
+    seats: list[str] = Field(default_factory=list, max_length=100)
+
+
 class CampaignSpec(_Record):
     """A campaign as its manager states it. Budgets and bids in integer micros of ``currency``;
     the bid is per thousand impressions (CPM), per click (CPC) or per conversion (CPA)."""
@@ -317,6 +375,8 @@ class CampaignSpec(_Record):
     currency: Literal["USD"] = "USD"
     pacing_mode: PacingMode = PacingMode.EVEN
     goals: CampaignGoals = Field(default_factory=CampaignGoals)
+    creative: Creative = Field(default_factory=Creative)
+    deals: list[Deal] = Field(default_factory=list, max_length=50)
 
     @model_validator(mode="after")
     def _consistent(self) -> CampaignSpec:
@@ -326,6 +386,8 @@ class CampaignSpec(_Record):
             raise ValueError("daily_budget_micros cannot exceed total_budget_micros")
         if self.goals.max_bid_micros is not None and self.goals.max_bid_micros < self.bid_micros:
             raise ValueError("goals.max_bid_micros cannot be below bid_micros")
+        if len({deal.deal_id for deal in self.deals}) < len(self.deals):
+            raise ValueError("deals: each deal_id once")
         return self
 
 

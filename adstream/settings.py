@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     # Auction-service processes on AUCTION_PORT (SO_REUSEPORT: the kernel spreads connections over them).
     auction_replicas: int = Field(default=1, ge=1, le=64)
     auction_reserve_price_micros: int = Field(default=10_000, ge=0)  # CPM floor when a request states none
+    # OpenRTB: a tmax below this gets no bid (the auction, the network and the exchange's own margin need it).
+    openrtb_min_tmax_ms: int = Field(default=20, ge=0)
     auction_ttl_s: int = Field(default=3600, ge=60)  # how long after an auction its events are accepted
     # Event URLs and tokens are HMAC-SHA256 signed. Keys are "key_id:secret" pairs, comma-separated:
     # the service signs with EVENT_SIGNING_KEY_ID and verifies with any listed key, so a key is rotated
@@ -151,6 +153,19 @@ class Settings(BaseSettings):
     # 5 s cadence would take half the machine from silver; KPIs are per minute, 30 s keeps them current.
     stream_kpi_trigger_s: float = Field(default=30.0, gt=0)
     stream_watermark_s: int = Field(default=600, ge=60)
+
+    # The bid-request filter (ml.bid_filter), served before each OpenRTB auction while BID_FILTER_ENABLED and
+    # bid-filter@champion exists. Its threshold keeps BID_FILTER_REVENUE_TARGET of the holdout's revenue.
+    # BID_FILTER_EXPLORATION_SHARE of requests pass whatever their score, tagged in the auction log: the
+    # unbiased sample training reads and the revenue lost is estimated on. Training reads the last
+    # BID_FILTER_TRAINING_DAYS days of silver/auctions (5: its holdout, the latest fifth, is then about a whole
+    # day) and waits for BID_FILTER_MIN_REQUESTS requests there.
+    bid_filter_enabled: bool = True
+    # Above the 99 % the filter must keep live: a threshold set at the edge of one holdout keeps less next day.
+    bid_filter_revenue_target: float = Field(default=0.995, gt=0, le=1)
+    bid_filter_exploration_share: float = Field(default=0.05, ge=0, lt=1)
+    bid_filter_training_days: int = Field(default=5, ge=1, le=366)
+    bid_filter_min_requests: int = Field(default=1000, ge=10)
 
     @model_validator(mode="after")
     def _fill_derived_urls(self) -> Settings:

@@ -7,7 +7,7 @@ auction (``auction_service.serving.auction``) reads only these. Money is integer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -18,9 +18,10 @@ from adstream.days import (
     check_day_length,
     micros_since_epoch,
 )
-from adstream.events import AudienceSplit, CampaignGoals, CampaignStatus, PacingMode, PricingModel
+from adstream.events import AudienceSplit, CampaignGoals, CampaignStatus, Creative, Deal, PacingMode, PricingModel
 
 NO_GOALS = CampaignGoals()  # frozen: one instance serves every campaign without goals
+DEFAULT_CREATIVE = Creative()  # likewise for campaigns that state no creative details
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,8 @@ class ServingCampaign:
     audience_split: AudienceSplit | None = None  # one arm of an experiment's users only
     pacing_mode: PacingMode = PacingMode.EVEN
     goals: CampaignGoals = NO_GOALS  # what the optimizer bids toward, and its bounds
+    creative: Creative = DEFAULT_CREATIVE  # what an exchange renders: domain, landing page, sizes, video
+    deals: tuple[Deal, ...] = ()  # the private-marketplace deals it buys through
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,18 @@ class AuctionContext:
     blocked_categories: frozenset[str] = field(default_factory=frozenset)
     blocked_advertisers: frozenset[str] = field(default_factory=frozenset)
     publisher_id: str | None = None  # the caller, from its API key; None for an anonymous local caller
+    # OpenRTB: the campaigns whose creative fits the imp (None: any), campaigns that already filled another
+    # imp of the request, and each campaign that bids through a deal: campaign id -> (deal id, its floor).
+    eligible_campaigns: frozenset[str] | None = None
+    excluded_campaigns: frozenset[str] = field(default_factory=frozenset)
+    deals: Mapping[str, tuple[str, int]] | None = None
+    # What the auction log keeps of an OpenRTB request, and what the bid-request filter made of it.
+    request_id: str | None = None
+    imp_id: str | None = None
+    domain: str | None = None
+    placement: str | None = None
+    bid_filter_score: float | None = None
+    bid_filter_explored: bool | None = None
 
 
 def fits_int64(*values: int) -> bool:

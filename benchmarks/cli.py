@@ -1,4 +1,5 @@
-"""The benchmarks' commands of `adstream`: `adstream bench auction|billing|streaming|ingestion|scorer|optimizer`.
+"""The benchmarks' commands of `adstream`: `adstream bench auction|billing|streaming|ingestion|scorer|optimizer`
+and `adstream bench bid-filter`.
 
 Each is defined in its bench's module and imported when it runs (see cli.lazy). Two hidden commands
 are child processes benches start: `bench auction-serve` (one service process of the auction bench) and
@@ -16,6 +17,7 @@ BENCHES = {
     "ingestion": ("benchmarks.ingestion", "The full-size synthetic Amazon corpus into bronze, GX gate included."),
     "scorer": ("benchmarks.scorer", "CompiledScorer vs the pipeline's predict_proba, 100 candidates per batch."),
     "optimizer": ("benchmarks.optimizer", "The optimizer's tick for 10,000 campaigns x 8 platforms on one core."),
+    "bid-filter": ("benchmarks.bid_filter", "Screening one request with the bid filter: p50/p99 µs, what it sheds."),
     "auction-serve": ("benchmarks.auction", None),
     "streaming-job": ("benchmarks.streaming", None),
 }

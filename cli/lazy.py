@@ -10,6 +10,7 @@ commands (``cli.main``) and the tools' (their ``cli`` modules) are listed the sa
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +58,12 @@ def lazy_app(index: CommandIndex, **options: Any) -> typer.Typer:
     # Typer makes a group of a Typer that holds another; merged without a name, its commands are this one's.
     app.add_typer(typer.Typer(cls=Commands, rich_markup_mode=None, add_completion=False, **options))
     return app
+
+
+def fail(message: str) -> typer.Exit:
+    """Prints ``message`` to stderr; returns the exit (code 1) the failing command raises."""
+    print(message, file=sys.stderr)
+    return typer.Exit(1)
 
 
 def commands_app(**options: Any) -> typer.Typer:

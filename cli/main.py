@@ -27,6 +27,7 @@ COMMANDS: CommandIndex = {
     "promote": ("cli.commands.ml", "Judge a training run's challenger against the champion."),
     "compare": ("cli.commands.ml", "Compare CTR training runs side by side."),
     "calibrate": ("cli.commands.ml", "Refit pCTR calibration on logged traffic; keep gold/calibration."),
+    "bid-filter": ("cli.commands.bid_filter", "Train the bid-request filter on silver/auctions; judge a challenger."),
     "optimize": ("cli.commands.optimize", "Re-bid optimized campaigns per platform from live Kafka data."),
     "bill": ("cli.commands.bill", "Bill, reconcile and export hours of spend."),
     "maintain": ("cli.commands.lake", "Compact and vacuum the streaming tables."),

@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 
 from cli.resources import SPARK_APPS, resources
 from ingestion.pipeline import ingest_summary
+from ml import bid_filter_training
 from ml.promote import promote_after_training
 from ml.train import train_challenger
 from spark_jobs import features, maintenance, silver, smoke
@@ -44,6 +45,15 @@ def train(force: bool = False) -> dict[str, Any]:
 
 def promote(training: dict[str, Any]) -> dict[str, Any]:
     return promote_after_training(resources().settings, training)
+
+
+def train_bid_filter(force: bool = False) -> dict[str, Any]:
+    """Trains and registers a bid-filter challenger on silver/auctions; says why not when the log cannot train."""
+    return bid_filter_training.train_challenger(resources().settings, force=force)
+
+
+def promote_bid_filter(training: dict[str, Any]) -> dict[str, Any]:
+    return bid_filter_training.promote_after_training(resources().settings, training)
 
 
 def bill(hour: datetime) -> list[str]:

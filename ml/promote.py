@@ -74,10 +74,4 @@ def decide_promotion(settings: Settings, training_run: str | None = None) -> dic
     run_id = training_run or latest_training_run(settings)
     promotion = promote_training_run(settings, run_id)
     print(promotion_summary(promotion), flush=True)
-    return {
-        "training_run": run_id,
-        "promoted": promotion.decision.promote,
-        "reasons": promotion.decision.reasons,
-        "challenger_version": promotion.challenger_version,
-        "champion_version": promotion.champion_after,
-    }
+    return {"training_run": run_id, **promotion.outcome()}

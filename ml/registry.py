@@ -108,20 +108,38 @@ def _decide(
     return Decision(calibrated and better, reasons)
 
 
-def _registered_aliases(client: MlflowClient) -> dict[str, str] | None:
-    """alias -> version of ``ctr-model``, or None when the model is not registered yet."""
+def _registered_aliases(client: MlflowClient, registered_model: str = REGISTERED_MODEL) -> dict[str, str] | None:
+    """alias -> version of ``registered_model``, or None when the model is not registered yet."""
     try:
-        return {alias: str(version) for alias, version in client.get_registered_model(REGISTERED_MODEL).aliases.items()}
+        return {alias: str(version) for alias, version in client.get_registered_model(registered_model).aliases.items()}
     except MlflowException as exc:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return None
         raise
 
 
-def version_by_alias(tracking_uri: str, alias: str) -> str | None:
-    """The version number ``ctr-model@alias`` points at, if any."""
-    aliases = _registered_aliases(tracking_client(tracking_uri))
+def version_by_alias(tracking_uri: str, alias: str, registered_model: str = REGISTERED_MODEL) -> str | None:
+    """The version number ``registered_model@alias`` (default ``ctr-model``) points at, if any."""
+    aliases = _registered_aliases(tracking_client(tracking_uri), registered_model)
     return None if aliases is None else aliases.get(alias)
+
+
+def add_version(
+    tracking_uri: str,
+    registered_model: str,
+    source: str,
+    run_id: str,
+    tags: Mapping[str, str],
+    model_id: str | None = None,
+) -> str:
+    """A new version of ``registered_model`` (registered first if it is not yet) from ``source``, no alias."""
+    client = tracking_client(tracking_uri)
+    if _registered_aliases(client, registered_model) is None:
+        client.create_registered_model(registered_model)
+    version = client.create_model_version(
+        registered_model, source=source, run_id=run_id, tags=dict(tags), model_id=model_id
+    )
+    return str(version.version)
 
 
 def register_challenger(tracking_uri: str, model_uri: str, model_id: str | None, run_id: str, family: str) -> str:
@@ -130,15 +148,10 @@ def register_challenger(tracking_uri: str, model_uri: str, model_id: str | None,
     The version's trees are also compiled to native code and logged beside it (``attach_native``);
     when that fails the version is registered all the same and served by the numpy scorer.
     """
-    client = tracking_client(tracking_uri)
-    if _registered_aliases(client) is None:
-        client.create_registered_model(REGISTERED_MODEL)
-    version = client.create_model_version(
-        REGISTERED_MODEL, source=model_uri, run_id=run_id, tags={"model_family": family}, model_id=model_id
-    )
-    attach_native(tracking_uri, str(version.version), run_id)
-    client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER_ALIAS, version.version)
-    return str(version.version)
+    version = add_version(tracking_uri, REGISTERED_MODEL, model_uri, run_id, {"model_family": family}, model_id)
+    attach_native(tracking_uri, version, run_id)
+    tracking_client(tracking_uri).set_registered_model_alias(REGISTERED_MODEL, CHALLENGER_ALIAS, version)
+    return version
 
 
 def attach_native(tracking_uri: str, version: str, run_id: str) -> str | None:
@@ -265,11 +278,17 @@ class Promotion:
     decision: Decision
     challenger_version: str
     champion_before: str | None
-    champion_after: str | None
     challenger_metrics: dict[str, float]  # on what the decision was judged on
     champion_metrics: dict[str, float] | None  # the previous champion, on the same examples
     judged_on: str = "holdout"  # "logged": logged traffic, calibrated; "holdout": the whole holdout, uncalibrated
     bootstrap_metrics: dict[str, dict[str, float] | None] = field(default_factory=dict)  # the second report
+    registered_model: str = REGISTERED_MODEL  # the bid filter's promotions are recorded the same way
+    # What the rule held the challenger to; None: the CTR calibration bounds of ``judged_on``.
+    bounds: Mapping[str, Any] | None = None
+
+    @property
+    def champion_after(self) -> str | None:
+        return self.challenger_version if self.decision.promote else self.champion_before
 
     def report(self) -> dict[str, Any]:
         """What ``promotion_decision.json`` holds (NaN metrics as null, so it is strict JSON)."""
@@ -279,19 +298,36 @@ class Promotion:
                 return None
             return {name: (None if math.isnan(value) else value) for name, value in metrics.items()}
 
+        calibration = LOGGED_CALIBRATION_BOUNDS if self.judged_on == "logged" else CALIBRATION_BOUNDS
         return {
-            "registered_model": REGISTERED_MODEL,
+            "registered_model": self.registered_model,
             "promoted": self.decision.promote,
             "reasons": self.decision.reasons,
             "challenger_version": self.challenger_version,
             "champion_version_before": self.champion_before,
             "champion_version_after": self.champion_after,
             "judged_on": self.judged_on,
-            "calibration_bounds": list(LOGGED_CALIBRATION_BOUNDS if self.judged_on == "logged" else CALIBRATION_BOUNDS),
+            **(self.bounds if self.bounds is not None else {"calibration_bounds": list(calibration)}),
             "challenger_metrics": finite(self.challenger_metrics),
             "champion_metrics": finite(self.champion_metrics),
             "bootstrap_holdout": {model: finite(metrics) for model, metrics in self.bootstrap_metrics.items()},
         }
+
+    def outcome(self) -> dict[str, Any]:
+        """The decision as plain values (what the promotion tasks return as XCom)."""
+        return {
+            "promoted": self.decision.promote,
+            "reasons": self.decision.reasons,
+            "challenger_version": self.challenger_version,
+            "champion_version": self.champion_after,
+        }
+
+    def summary(self) -> str:
+        verdict = "promoted to champion" if self.decision.promote else "not promoted"
+        return (
+            f"{self.registered_model} version {self.challenger_version}: {verdict} "
+            f"({'; '.join(self.decision.reasons)}); champion is now version {self.champion_after}"
+        )
 
 
 def apply_promotion(
@@ -309,7 +345,6 @@ def apply_promotion(
     force (default: the one registered with it). The decision goes to run ``run_id`` as
     ``promotion.*`` tags and a ``promotion_decision.json`` artifact.
     """
-    client = tracking_client(tracking_uri)
     champion = version_by_alias(tracking_uri, CHAMPION_ALIAS)
     challenger_model = load_model_version(tracking_uri, challenger_version)
     champion_model = None if champion is None else load_model_version(tracking_uri, champion)
@@ -343,27 +378,33 @@ def apply_promotion(
             f"the whole holdout, uncalibrated scores (its logged traffic holds {int(logged[LABEL].sum())} clicks, "
             f"fewer than {LOGGED_MIN_CLICKS})",
         )  # fmt: skip
-    if decision.promote:
-        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, challenger_version)
     promotion = Promotion(
         decision=decision,
         challenger_version=challenger_version,
         champion_before=champion,
-        champion_after=challenger_version if decision.promote else champion,
         challenger_metrics=challenger_metrics,
         champion_metrics=champion_metrics,
         judged_on=judged_on,
         bootstrap_metrics=bootstrap_metrics,
     )
+    conclude_promotion(tracking_uri, run_id, promotion)
+    return promotion
+
+
+def conclude_promotion(tracking_uri: str, run_id: str, promotion: Promotion) -> None:
+    """Carries a guarded decision out: ``champion`` of ``promotion.registered_model`` moves to the challenger
+    when it is promoted, and run ``run_id`` records why (``promotion.*`` tags and ``promotion_decision.json``)."""
+    client = tracking_client(tracking_uri)
+    if promotion.decision.promote:
+        client.set_registered_model_alias(promotion.registered_model, CHAMPION_ALIAS, promotion.challenger_version)
     tags = {
-        "promotion.promoted": str(decision.promote).lower(),
-        "promotion.reasons": "; ".join(decision.reasons),
-        "promotion.challenger_version": challenger_version,
-        "promotion.champion_version_before": champion or "none",
+        "promotion.promoted": str(promotion.decision.promote).lower(),
+        "promotion.reasons": "; ".join(promotion.decision.reasons),
+        "promotion.challenger_version": promotion.challenger_version,
+        "promotion.champion_version_before": promotion.champion_before or "none",
         "promotion.champion_version_after": promotion.champion_after or "none",
-        "promotion.judged_on": judged_on,
+        "promotion.judged_on": promotion.judged_on,
     }
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     client.log_dict(run_id, promotion.report(), DECISION_ARTIFACT)
-    return promotion

@@ -66,9 +66,21 @@ def point_fluent_api_at(tracking_uri: str) -> None:
     mlflow.set_tracking_uri(tracking_uri)
 
 
+def experiment_id(tracking_uri: str, name: str = MLFLOW_EXPERIMENT) -> str:
+    """The id of experiment ``name`` (default ``ctr``), created on first use."""
+    client = tracking_client(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
 def search_ctr_runs(client: MlflowClient, filter_string: str, max_results: int) -> list[Run]:
     """Runs of the ``ctr`` experiment matching ``filter_string``, newest first; none before the first training."""
-    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    return search_runs(client, MLFLOW_EXPERIMENT, filter_string, max_results)
+
+
+def search_runs(client: MlflowClient, experiment_name: str, filter_string: str, max_results: int) -> list[Run]:
+    """Runs of experiment ``experiment_name`` matching ``filter_string``, newest first; none before it exists."""
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
     return list(

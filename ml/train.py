@@ -37,7 +37,7 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 
-from adstream.contracts import MLFLOW_EXPERIMENT, Table
+from adstream.contracts import Table
 from adstream.settings import Settings
 from ml import plots
 from ml.calibrate import latest_calibration
@@ -61,6 +61,7 @@ from ml.registry import Promotion, apply_promotion, register_challenger, registe
 from ml.split import split_per_source
 from ml.tracking import (
     ensure_reachable,
+    experiment_id,
     point_fluent_api_at,
     search_ctr_runs,
     tracking_client,
@@ -173,12 +174,6 @@ def _source_counts(frame: pd.DataFrame) -> str:
     if SOURCE not in frame:
         return "unknown"
     return ", ".join(f"{source}={count}" for source, count in frame[SOURCE].value_counts().sort_index().items())
-
-
-def _experiment_id(tracking_uri: str) -> str:
-    client = tracking_client(tracking_uri)
-    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-    return experiment.experiment_id if experiment else client.create_experiment(MLFLOW_EXPERIMENT)
 
 
 def _permutation_importance(pipeline: Pipeline, features: pd.DataFrame, labels: np.ndarray) -> dict[str, float]:
@@ -304,7 +299,7 @@ def fit_and_register(
     check_training_set(holdout, "holdout (latest events) of the time split")
     tracking_uri = settings.mlflow_tracking_uri
     ensure_reachable(tracking_uri)
-    experiment_id = _experiment_id(tracking_uri)
+    experiment = experiment_id(tracking_uri)
 
     train_ctr = float(train_set[LABEL].mean())
     common_params = {
@@ -320,13 +315,13 @@ def fit_and_register(
         "features": ",".join(FEATURES),
     }
     point_fluent_api_at(tracking_uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="ctr-training") as parent:
+    with mlflow.start_run(experiment_id=experiment, run_name="ctr-training") as parent:
         mlflow.log_params(common_params)
         mlflow.set_tag("run_kind", "training" if register else "evaluation")
         constant = evaluate(holdout[LABEL].to_numpy(), np.full(len(holdout), train_ctr))
         mlflow.log_metrics({f"constant_ctr.{name}": value for name, value in constant.items()})
         runs = {
-            family: _train_family(family, build, experiment_id, train_set, holdout, common_params, settings.ctr_prior)
+            family: _train_family(family, build, experiment, train_set, holdout, common_params, settings.ctr_prior)
             for family, build in families.items()
         }
         for run in runs.values():
@@ -472,8 +467,4 @@ def candidate_summary(candidate: Candidate) -> str:
 
 
 def promotion_summary(promotion: Promotion) -> str:
-    verdict = "promoted to champion" if promotion.decision.promote else "not promoted"
-    return (
-        f"ctr-model version {promotion.challenger_version}: {verdict} ({'; '.join(promotion.decision.reasons)}); "
-        f"champion is now version {promotion.champion_after}"
-    )
+    return promotion.summary()

@@ -110,6 +110,17 @@ VIDEO_SHARE = 0.15  # of non-CTV requests; CTV is always video
 APP_SHARE = {"mobile": 0.6, "tablet": 0.5, "desktop": 0.0, "ctv": 1.0}
 OPENRTB_SHARE = 0.2
 OPENRTB_DEVICE_TYPES = {"mobile": 4, "desktop": 2, "tablet": 5, "ctv": 3}
+# The slots an exchange offers per device: a leaderboard or a mobile banner, each with a rectangle as well.
+OPENRTB_BANNERS: dict[str, dict[str, Any]] = {
+    "desktop": {"w": 728, "h": 90, "format": [{"w": 728, "h": 90}, {"w": 300, "h": 250}]},
+    "mobile": {"w": 320, "h": 50, "format": [{"w": 320, "h": 50}, {"w": 300, "h": 250}]},
+    "tablet": {"w": 300, "h": 250, "format": [{"w": 300, "h": 250}, {"w": 728, "h": 90}]},
+    "ctv": {"w": 300, "h": 250},
+}
+OPENRTB_VIDEO: dict[str, Any] = {
+    "mimes": ["video/mp4"], "minduration": 5, "maxduration": 30, "protocols": [2, 3, 5, 6, 7, 8], "w": 1920, "h": 1080
+}  # fmt: skip
+SITE_DOMAIN, APP_BUNDLE = "news.example", "com.example.news"
 ISO_ALPHA3 = {name: code for code, name in COUNTRY_NAMES.items()}
 # A bid's IAB codes name our category when no other category has the same codes.
 _CATEGORIES_PER_IAB = Counter(IAB_CATEGORIES.values())
@@ -121,7 +132,8 @@ MAX_CONCURRENCY = 10_000
 DEFAULT_CONCURRENCY = 16
 USER_COLUMNS = tuple(profile_field.name for profile_field in fields(UserProfile))  # all in silver/users
 # The path of a signed event URL (``auction_service.serving.tracking``): its event type and token.
-TRACKING_URL = re.compile(r"/v1/events/track/[^/\s\"'<>]+/(?P<event_type>[a-z_]+)\?[^\s\"'<>]*")
+# Ends at whitespace, a quote, a tag or a CDATA end ("]]>" in VAST).
+TRACKING_URL = re.compile(r"/v1/events/track/[^/\s\"'<>\]]+/(?P<event_type>[a-z_]+)\?[^\s\"'<>\]]*")
 MAX_REFUSAL_KINDS = 20  # distinct refusal reasons kept in the summary; the rest are "other"
 DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smh]?)")
 
@@ -395,7 +407,11 @@ def openrtb_request(
 ) -> dict[str, Any]:
     """The same request as an OpenRTB 2.6 BidRequest; a country without an ISO code is left out. The
     exchange states the browser's User-Agent and address in ``device`` (``ua``, ``ip``)."""
-    imp: dict[str, Any] = {"id": "1", "video" if placement.content_type == "video" else "banner": {}}
+    imp: dict[str, Any] = {"id": "1"}
+    if placement.content_type == "video":
+        imp["video"] = dict(OPENRTB_VIDEO)
+    else:
+        imp["banner"] = dict(OPENRTB_BANNERS[placement.device_type])
     device: dict[str, Any] = {"devicetype": OPENRTB_DEVICE_TYPES[placement.device_type]}
     if identity is not None:
         device |= {"ua": identity.user_agent, "ip": identity.ip}
@@ -406,8 +422,8 @@ def openrtb_request(
         rtb_user["yob"] = year - user.age  # the service computes age as request year - yob
     if user.gender in ("F", "M"):
         rtb_user["gender"] = user.gender
-    inventory = "app" if placement.channel == "app" else "site"
-    return {"id": request_id, "imp": [imp], inventory: {}, "device": device, "user": rtb_user}
+    inventory = {"app": {"bundle": APP_BUNDLE}} if placement.channel == "app" else {"site": {"domain": SITE_DOMAIN}}
+    return {"id": request_id, "imp": [imp], **inventory, "device": device, "user": rtb_user}
 
 
 @dataclass(frozen=True)
@@ -432,7 +448,7 @@ def tracking_tokens(*texts: str) -> dict[str, str]:
 
 def served_ad(body: dict[str, Any], openrtb: bool, categories: dict[str, str]) -> ServedAd:
     """The winner of an answered auction and its event tokens; an OpenRTB bid's category comes from earlier
-    answers or its IAB codes, its tokens from the event URLs in its ``nurl`` and ``adm``."""
+    answers or its IAB codes, its tokens from the event URLs in its ``burl``, ``adm`` and ``nurl``."""
     if not openrtb:
         campaign_id, category = body["campaign_id"], body["category"]
         if campaign_id not in categories and len(categories) < MAX_KNOWN_CAMPAIGNS:
@@ -441,7 +457,8 @@ def served_ad(body: dict[str, Any], openrtb: bool, categories: dict[str, str]) -
         return ServedAd(body["auction_id"], campaign_id, category, float(body["pctr"]), tokens)
     bid = body["seatbid"][0]["bid"][0]
     category = categories.get(bid["cid"]) or CATEGORY_BY_IAB.get(tuple(bid.get("cat") or ()))
-    return ServedAd(body["bidid"], bid["cid"], category, None, tracking_tokens(bid.get("nurl"), bid.get("adm")))
+    tokens = tracking_tokens(bid.get("burl"), bid.get("adm"), bid.get("nurl"))
+    return ServedAd(bid["id"], bid["cid"], category, None, tokens)
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,7 @@ def build_ad_features(ads: DataFrame, training_set: DataFrame, feedback: DataFra
         counted.join(by_ad, "ad_id", "left")
         .join(by_category, "category", "left")
         .select(
-            "ad_id", "source", "category", "title",
+            "ad_id", "source", "category", "title", "image_path",
             F.coalesce("ad_ctr_smoothed", F.lit(PRIOR_CTR)).alias("ad_ctr_smoothed"),
             F.coalesce("category_ctr_smoothed", F.lit(PRIOR_CTR)).alias("category_ctr_smoothed"),
             F.coalesce(F.col("logged_impressions").cast("long"), F.lit(0)).alias("logged_impressions"),

@@ -28,12 +28,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adstream.settings import LOCAL_DEFAULT_SECRETS, Settings
 from adstream.signing import EventSigner
-from auction_service.api.routes import auction, campaigns, events, ops
+from auction_service.api.routes import auction, campaigns, creatives, events, ops
+from auction_service.api.schemas import openrtb_path, openrtb_refusal
 from auction_service.fastpath.routes import DirectRoute, DirectRoutes, replaying
 from auction_service.serving.champion import ModelNotReady
 from auction_service.serving.flows import relay_journal
 from auction_service.serving.shared import SharedStoreUnavailable
 from auction_service.serving.state import ServiceState
+
+OPENRTB_PATH = "/openrtb2/auction"
 
 
 class DefaultTokenOutsideLocal(RuntimeError):
@@ -153,6 +156,9 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        if request.url.path == OPENRTB_PATH:  # an exchange expects 400 with where and what
+            pairs = [(openrtb_path(error["loc"]), error["msg"]) for error in errors[:20]]
+            return JSONResponse(openrtb_refusal(pairs), status_code=400)
         return JSONResponse(
             {"detail": "; ".join(_describe(error) for error in errors[:20]), "errors": jsonable(errors[:20])},
             status_code=422,
@@ -180,7 +186,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     async def model_not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
         return JSONResponse({"detail": f"no CTR model loaded: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 
-    for router in (auction.router, events.router, campaigns.router, ops.router):
+    for router in (auction.router, events.router, campaigns.router, creatives.router, ops.router):
         app.include_router(router)
     if settings.auction_fast_path:
         app.add_middleware(DirectRoutes, routes=direct_routes(app), exception_handlers=app.exception_handlers)
@@ -198,7 +204,9 @@ def direct_routes(app: FastAPI) -> dict[str, DirectRoute]:
     for route in app.routes:
         if isinstance(route, APIRoute) and route.endpoint in HOT_ENDPOINTS and route.methods == {"POST"}:
             body_type = get_type_hints(route.endpoint)["body"]
-            table[route.path] = DirectRoute(TypeAdapter(body_type), route.endpoint, route.status_code or 200)
+            table[route.path] = DirectRoute(
+                TypeAdapter(body_type), route.endpoint, route.status_code or 200, route.response_model_exclude_none
+            )
     return table
 
 

@@ -8,6 +8,7 @@ units (at most 6 decimals) and becomes integer micros at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -59,6 +60,37 @@ class Refusal(BaseModel):
 
     detail: str
     errors: list[FieldError] = Field(default_factory=list, description="absent unless the request did not validate")
+
+
+class OpenRtbError(BaseModel):
+    path: str = Field(description="the JSON path of the field, e.g. imp[0].banner.w; empty: the request as a whole")
+    rule: str = Field(description="the OpenRTB 2.6 rule it breaks")
+
+
+class OpenRtbRefusal(BaseModel):
+    """A 400 of ``POST /openrtb2/auction``: the request breaks OpenRTB 2.6."""
+
+    detail: str
+    errors: list[OpenRtbError]
+
+
+def openrtb_path(loc: Sequence[str | int]) -> str:
+    """A validation error's location as a JSON path: ("body", "imp", 0, "banner", "w") -> imp[0].banner.w."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def openrtb_refusal(errors: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The body of an OpenRTB 400 for ``(path, rule)`` pairs."""
+    return {
+        "detail": "the bid request breaks OpenRTB 2.6: "
+        + "; ".join(f"{path or 'request'}: {rule}" for path, rule in errors),
+        "errors": [{"path": path, "rule": rule} for path, rule in errors],
+    }
 
 
 # The app answers a request that does not validate with a Refusal (its own handler), not FastAPI's list.

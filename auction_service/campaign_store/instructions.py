@@ -29,10 +29,12 @@ from adstream.events import (
     MICROS_PER_UNIT,
     CampaignInstruction,
     CampaignSpec,
+    Creative,
     InstructionAction,
     PacingMode,
     PricingModel,
     Targeting,
+    VideoCreative,
 )
 from adstream.messaging import make_producer
 from adstream.settings import Settings
@@ -48,6 +50,8 @@ BID_RANGE_CENTS = {PricingModel.CPM: (100, 800), PricingModel.CPC: (5, 40), Pric
 TOTAL_BUDGET_RANGE_USD = (50, 500)
 CAMPAIGNS_PER_ADVERTISER = (3, 5)
 FREQUENCY_CAP_RANGE = (3, 20)
+VIDEO_SHARE = 0.4  # of seeded campaigns that also have a video creative
+VIDEO_SECONDS = (6, 15, 30)  # the usual in-stream lengths
 FLIGHT_END_RANGE_DAYS = (7, 30)  # flights start within the last day and end 7 to 30 days ahead
 # Country names, as silver/users and the auction context carry them (the Advertising data names countries).
 TARGET_COUNTRIES = (
@@ -159,6 +163,7 @@ def seed_instructions(
         by_category[ad["category"]].append(ad)
     rng = random.Random(seed)
     budget_rng = random.Random(f"{seed}-daily-budgets")  # apart: sizing budgets changes no other draw
+    creative_rng = random.Random(f"{seed}-creatives")  # likewise
     instructions: list[CampaignInstruction] = []
     while len(instructions) < n:
         advertiser_id = f"adv-{rng.getrandbits(40):010x}"
@@ -170,7 +175,10 @@ def seed_instructions(
             # Spread evenly over the seed order: every (1 / asap_share)-th campaign paces asap.
             asap = math.floor((len(instructions) + 1) * asap_share) > math.floor(len(instructions) * asap_share)
             spec = _seed_spec(rng, advertiser_id, ad, now)
-            update: dict = {"pacing_mode": PacingMode.ASAP if asap else PacingMode.EVEN}
+            update: dict = {
+                "pacing_mode": PacingMode.ASAP if asap else PacingMode.EVEN,
+                "creative": _seed_creative(creative_rng, advertiser_id, ad),
+            }
             if daily_budget_micros is not None:
                 low, high = (bound // CENT_MICROS for bound in daily_budget_micros)
                 daily = budget_rng.randint(low, high) * CENT_MICROS
@@ -205,6 +213,16 @@ def _seed_spec(rng: random.Random, advertiser_id: str, ad: dict, now: datetime) 
         flight_end=now + timedelta(seconds=rng.randint(shortest_days * 24 * 3600, longest_days * 24 * 3600)),
         frequency_cap_per_day=rng.randint(*FREQUENCY_CAP_RANGE),
     )
+
+
+def _seed_creative(rng: random.Random, advertiser_id: str, ad: dict) -> Creative:
+    """The advertiser's domain and landing page; a share of campaigns also run a video of a usual length."""
+    domain = f"{advertiser_id}.example"
+    video = None
+    if rng.random() < VIDEO_SHARE:
+        duration = rng.choice(VIDEO_SECONDS)
+        video = VideoCreative(url=f"https://cdn.{domain}/{ad['ad_id']}-{duration}s.mp4", duration_s=duration)
+    return Creative(adomain=domain, landing_url=f"https://www.{domain}/ads/{ad['ad_id']}", video=video)
 
 
 def _seed_targeting(rng: random.Random) -> Targeting:

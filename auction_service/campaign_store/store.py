@@ -31,6 +31,8 @@ from adstream.events import (
     CampaignInstruction,
     CampaignSpec,
     CampaignStatus,
+    Creative,
+    Deal,
     InstructionAction,
     PacingMode,
     PricingModel,
@@ -45,7 +47,7 @@ from auction_service.campaign_store.tables import (
     SpendLedgerEntry,
     UtcDateTime,
 )
-from auction_service.domain import NO_GOALS, ServingCampaign
+from auction_service.domain import DEFAULT_CREATIVE, NO_GOALS, ServingCampaign
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -215,6 +217,8 @@ def _create(session: Session, instruction: CampaignInstruction, now: datetime) -
             currency=spec.currency,
             pacing_mode=PacingMode(spec.pacing_mode).value,
             goals=None if spec.goals == NO_GOALS else spec.goals.model_dump(mode="json"),
+            creative=None if spec.creative == DEFAULT_CREATIVE else spec.creative.model_dump(mode="json"),
+            deals=[deal.model_dump(mode="json") for deal in spec.deals] or None,
             status=CampaignStatus.ACTIVE.value,
             spent_micros=0,
             revision=1,
@@ -339,6 +343,8 @@ def get_campaign(
             currency=campaign.currency,
             pacing_mode=PacingMode(campaign.pacing_mode),
             goals=_goals(campaign.goals),
+            creative=_creative(campaign.creative),
+            deals=[Deal(**deal) for deal in campaign.deals or ()],
         ),
         spent_micros=campaign.spent_micros,
         remaining_budget_micros=max(0, campaign.total_budget_micros - campaign.spent_micros),
@@ -366,6 +372,8 @@ _SERVING_COLUMNS = (
     Campaign.targeting,
     Campaign.pacing_mode,
     Campaign.goals,
+    Campaign.creative,
+    Campaign.deals,
 )
 
 
@@ -416,6 +424,8 @@ def serving_campaigns(
         targeting,
         pacing_mode,
         goals,
+        creative,
+        deals,
         spent_today_micros,
     ) in rows:
         campaigns.append(
@@ -442,6 +452,8 @@ def serving_campaigns(
                 audience_split=AudienceSplit(**split) if (split := targeting.get("audience_split")) else None,
                 pacing_mode=PacingMode(pacing_mode or PacingMode.EVEN),
                 goals=_goals(goals),
+                creative=_creative(creative),
+                deals=tuple(Deal(**deal) for deal in deals or ()),
             )
         )
     return campaigns
@@ -449,6 +461,10 @@ def serving_campaigns(
 
 def _goals(stored: dict[str, Any] | None) -> CampaignGoals:
     return NO_GOALS if not stored else CampaignGoals(**stored)
+
+
+def _creative(stored: dict[str, Any] | None) -> Creative:
+    return DEFAULT_CREATIVE if not stored else Creative(**stored)
 
 
 @fresh_read

@@ -83,6 +83,8 @@ class Campaign(Base):
     currency: Mapped[str] = mapped_column(String(3))
     pacing_mode: Mapped[str] = mapped_column(String(8), default="even", server_default="even")
     goals: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # CampaignGoals; None: the defaults
+    creative: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # Creative; None: the defaults
+    deals: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)  # [Deal]; None: none
     status: Mapped[str] = mapped_column(String(16), index=True)
     spent_micros: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # +1 on every change (instruction or spend): the sum over campaigns is the store's change marker.

@@ -48,6 +48,7 @@ class DirectRoute:
     body: TypeAdapter[Any]
     endpoint: Endpoint
     status_code: int = 200
+    exclude_none: bool = False  # the route's response_model_exclude_none
 
 
 def _is_json(scope: Scope) -> bool:
@@ -98,6 +99,8 @@ class DirectRoutes:
             else:
                 response = await run_in_threadpool(handler, request, exc)
         if isinstance(response, BaseModel):
-            body_json = response.__pydantic_serializer__.to_json(response, by_alias=True)
+            body_json = response.__pydantic_serializer__.to_json(
+                response, by_alias=True, exclude_none=route.exclude_none
+            )
             response = Response(body_json, route.status_code, media_type="application/json")
         await response(scope, receive, send)

@@ -92,6 +92,8 @@ class FilterReason(StrEnum):
     GENDER = "gender targeting"
     DEVICE_TYPE = "device type targeting"
     AUDIENCE_SPLIT = "audience split"  # the user is in another arm of the campaign's experiment
+    CREATIVE = "creative or deal"  # OpenRTB: its creative does not fit the imp, or a private auction has no deal
+    SAME_REQUEST = "filled another imp"  # OpenRTB: it won another imp of the same request
     TOTAL_BUDGET = "total budget"
     DAILY_BUDGET = "daily budget"
     FREQUENCY_CAP = "frequency cap"
@@ -220,12 +222,13 @@ def _bits(failing: Sequence[bool] | np.ndarray, reason: FilterReason) -> np.ndar
     return np.asarray(failing, dtype=np.uint8) * _BIT[reason]
 
 
-def _bits_by_key(keys: Sequence[str], reason: FilterReason) -> dict[str, np.ndarray]:
-    """For a blocking rule: key -> the rows with that key, as the rule's bit (in one pass: a
-    snapshot may hold as many advertisers as campaigns)."""
+def _bits_by_key(keys: Sequence[str | tuple[str, ...]], reason: FilterReason) -> dict[str, np.ndarray]:
+    """For a blocking rule: key -> the rows with that key (a row may have several), as the rule's bit (in
+    one pass: a snapshot may hold as many advertisers as campaigns)."""
     rows_by_key: dict[str, list[int]] = {}
-    for row, key in enumerate(keys):
-        rows_by_key.setdefault(key, []).append(row)
+    for row, row_keys in enumerate(keys):
+        for key in (row_keys,) if isinstance(row_keys, str) else row_keys:
+            rows_by_key.setdefault(key, []).append(row)
     by_key = {}
     for key, rows in rows_by_key.items():
         bits = np.zeros(len(keys), dtype=np.uint8)
@@ -359,7 +362,10 @@ class CampaignIndex:
             flight_end=np.array(flight_end, dtype=np.int64),
             every_flight=(max(flight_start, default=0), min(flight_end, default=0)),
             by_category=_bits_by_key([c.category for c in campaigns], FilterReason.BLOCKED_CATEGORY),
-            by_advertiser=_bits_by_key([c.advertiser_id for c in campaigns], FilterReason.BLOCKED_ADVERTISER),
+            by_advertiser=_bits_by_key(  # OpenRTB's badv names advertiser domains
+                [(c.advertiser_id, c.creative.adomain) if c.creative.adomain else c.advertiser_id for c in campaigns],
+                FilterReason.BLOCKED_ADVERTISER,
+            ),
             countries=_TargetingBits.build([c.countries for c in campaigns], FilterReason.COUNTRY),
             genders=_TargetingBits.build([c.genders for c in campaigns], FilterReason.GENDER),
             device_types=_TargetingBits.build([c.device_types for c in campaigns], FilterReason.DEVICE_TYPE),
@@ -414,7 +420,26 @@ class CampaignIndex:
             if other_arm is not None and (count := int(np.count_nonzero(other_arm))):
                 filtered[FilterReason.AUDIENCE_SPLIT] += count
                 rows = rows[~other_arm]
+        if context.eligible_campaigns is not None or context.excluded_campaigns:
+            rows = self._restricted(rows, context, filtered)
         return self._affordable(rows, filtered, impressions_today, reserved_micros, held_by_row), filtered
+
+    def _restricted(self, rows: np.ndarray, context: AuctionContext, filtered: Counter[str]) -> np.ndarray:
+        """``rows`` less the campaigns outside ``eligible_campaigns`` or in ``excluded_campaigns``."""
+        ids = self.campaign_ids[rows].tolist()
+        allowed, excluded = context.eligible_campaigns, context.excluded_campaigns
+        if allowed is not None:
+            fits = np.fromiter((campaign_id in allowed for campaign_id in ids), dtype=bool, count=len(ids))
+            if count := int(np.count_nonzero(~fits)):
+                filtered[FilterReason.CREATIVE] += count
+        else:
+            fits = np.ones(len(ids), dtype=bool)
+        if excluded:
+            again = fits & np.fromiter((campaign_id in excluded for campaign_id in ids), dtype=bool, count=len(ids))
+            if count := int(np.count_nonzero(again)):
+                filtered[FilterReason.SAME_REQUEST] += count
+                fits &= ~again
+        return rows[fits]
 
     def _flight_bits(self, at: int) -> np.ndarray:
         latest_start, earliest_end = self.every_flight
@@ -631,11 +656,12 @@ class _Ecpms:
             self._exact[index] = ecpm
         return ecpm
 
-    def rows_at_or_above(self, floor: int) -> np.ndarray:
-        """The indices (ascending) of the candidates whose exact eCPM is at least ``floor``."""
+    def rows_at_or_above(self, floor: int | np.ndarray) -> np.ndarray:
+        """The indices (ascending) of the candidates whose exact eCPM is at least ``floor`` (one for all, or
+        one per candidate)."""
         above = self.estimate - self.margin >= floor
         for index in np.flatnonzero(~above & (self.estimate + self.margin >= floor)).tolist():
-            above[index] = self.exact(index) >= floor
+            above[index] = self.exact(index) >= (floor if isinstance(floor, int) else int(floor[index]))
         return np.flatnonzero(above)
 
     def top_two_and_ties(self, rows: np.ndarray) -> dict[int, int]:
@@ -676,12 +702,20 @@ def run_auction(
     pctr_q = np.rint(pctr_values * PROBABILITY_SCALE).astype(np.int64)
     pcvr_q = quantize_probability(pcvr)
     floor = max(context.floor_cpm_micros, reserve_price_micros)
+    floors: int | np.ndarray = floor
+    if context.deals:  # a campaign bidding through a deal answers to the deal's floor
+        deals, open_market = context.deals, (None, floor)
+        floors = np.fromiter(
+            (max(deals.get(c.campaign_id, open_market)[1], reserve_price_micros) for c in candidates),
+            dtype=np.int64,
+            count=len(candidates),
+        )
     reasons: Counter[str] = Counter(filtered or {})
 
     if bids is None:
         bids = CandidateBids.of(candidates) if placed is None else CandidateBids.of(candidates).with_bids(placed)
     ecpms = _Ecpms(candidates, bids, pctr_q, pcvr_q, pacing, placed)
-    above = ecpms.rows_at_or_above(floor)
+    above = ecpms.rows_at_or_above(floors)
     if above.size < len(candidates):  # a Counter keeps zero counts; add none
         reasons[FilterReason.BELOW_FLOOR] += len(candidates) - above.size
 
@@ -713,11 +747,14 @@ def run_auction(
     numerator, denominator = _value_per_micro(winner.pricing_model, int(pctr_q[best_index]), pcvr_q)
     placed_bid = winner.bid_micros if placed is None else int(placed[best_index])
     bid = placed_bid if pacing is None else _paced_bid(placed_bid, int(pacing[best_index]))
+    if not isinstance(floors, int):
+        floor = int(floors[best_index])
     if first_price:
         price = bid
     else:
-        # The runner-up's eCPM is at or above the floor, so beating it by a cent also clears the floor.
-        target = floor if runner_up_ecpm is None else runner_up_ecpm + PRICE_INCREMENT_MICROS
+        # With one floor, the runner-up's eCPM is at or above it, so beating it by a cent also clears it;
+        # a deal's floor may be above the runner-up's.
+        target = floor if runner_up_ecpm is None else max(floor, runner_up_ecpm + PRICE_INCREMENT_MICROS)
         price = _price_reaching(target, numerator, denominator, bid)
     return AuctionOutcome(
         auction_id=context.auction_id,
@@ -772,4 +809,20 @@ def auction_record(
         latency_ms=latency_ms,
         publisher_id=context.publisher_id,
         raw_pctr=raw_pctr,
+        request_id=context.request_id,
+        imp_id=context.imp_id,
+        domain=context.domain,
+        placement=context.placement,
+        deal_id=deal_of(context, winner),
+        clearing_price_cpm_micros=outcome.clearing_price_cpm_micros,
+        bid_filter_score=context.bid_filter_score,
+        bid_filter_explored=context.bid_filter_explored,
     )
+
+
+def deal_of(context: AuctionContext, winner: ServingCampaign | None) -> str | None:
+    """The deal the winner bid through, if any."""
+    if winner is None or not context.deals:
+        return None
+    terms = context.deals.get(winner.campaign_id)
+    return None if terms is None else terms[0]

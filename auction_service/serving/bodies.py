@@ -46,6 +46,9 @@ class EventIn(StrictBody):
     event_time: UtcTime | None = Field(default=None, description="UTC; default: when the service receives it")
     user_agent: str | None = Field(default=None, max_length=512, description="the device's; default: User-Agent")
     ip: str | None = Field(default=None, max_length=45, description="the device's; default: the client address")
+    exchange_price_cpm_micros: int | None = Field(
+        default=None, ge=0, le=1_000_000_000, description="a win notice's clearing price, USD micros per 1000"
+    )
 
 
 EventStatus = Literal["accepted", "duplicate", "rejected"]
@@ -59,3 +62,4 @@ class EventResult(BaseModel):
     charge_status: ChargeStatus | None = None  # accepted and duplicate events: what the ledger did with it
     ivt_category: IvtCategory | None = None
     ivt_reason: str | None = None
+    campaign_id: str | None = None  # accepted and duplicate events: the campaign of their auction

@@ -55,6 +55,8 @@ USER_COLUMNS = (
     "daily_time_spent_on_site", "daily_internet_usage", "area_income", "category_affinity",
 )  # fmt: skip
 AD_COLUMNS = ("ad_id", "category", "ad_ctr_smoothed", "category_ctr_smoothed")
+# The creative an exchange renders (OpenRTB adm); read when the table has them (older tables do not).
+CREATIVE_COLUMNS = ("title", "image_path")
 _TABLES: dict[Table, tuple[str, ...]] = {Table.GOLD_USER_FEATURES: USER_COLUMNS, Table.GOLD_AD_FEATURES: AD_COLUMNS}
 
 
@@ -75,6 +77,8 @@ class AdFeatures:
     category: str | None
     ad_ctr_smoothed: float
     category_ctr_smoothed: float
+    title: str | None = None
+    image_path: str | None = None  # relative to the Kaggle directory (ADS-16 images); None: a text ad
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,13 @@ def ads_from_rows(rows: Iterable[Mapping[str, Any]]) -> tuple[dict[str, AdFeatur
     ads: dict[str, AdFeatures] = {}
     category_ctr: dict[str, float] = {}
     for row in rows:
-        ad = AdFeatures(row["category"], float(row["ad_ctr_smoothed"]), float(row["category_ctr_smoothed"]))
+        ad = AdFeatures(
+            row["category"],
+            float(row["ad_ctr_smoothed"]),
+            float(row["category_ctr_smoothed"]),
+            row.get("title"),
+            row.get("image_path"),
+        )
         ads[row["ad_id"]] = ad
         if ad.category is not None:
             category_ctr[ad.category] = ad.category_ctr_smoothed
@@ -346,6 +356,9 @@ class FeatureStore:
                 handle = self._latest(table)
                 version = handle.version()
                 if version != getattr(current, _VERSION_FIELD[table]):
+                    if table is Table.GOLD_AD_FEATURES:
+                        present = {field.name for field in handle.schema().fields}
+                        columns = (*columns, *(name for name in CREATIVE_COLUMNS if name in present))
                     rows = handle.to_pyarrow_table(columns=list(columns)).to_pylist()
                     changes |= _features_from(table, version, rows)
             except TableNotFoundError:

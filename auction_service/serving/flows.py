@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -262,6 +263,23 @@ def _check(state: ServiceState, event: EventIn, served: store.ServedAuctionRow |
         return "auction_expired", f"events are accepted for {state.settings.auction_ttl_s} s after the auction"
     if event_time < served.served_at - CLOCK_SKEW:
         return "event_time_before_auction", "event_time is before its auction: send the time in UTC"
+    if event.event_type == EventType.WIN:
+        return _win_price_problem(event, served)
+    return None
+
+
+def _win_price_problem(event: EventIn, served: store.ServedAuctionRow) -> tuple[str, str] | None:
+    """A win notice must state the exchange's price, and the price cannot pass what we bid: a second-price
+    exchange charges at most the bid, and a notice above it is a mistake or an attack on our media cost."""
+    price = event.exchange_price_cpm_micros
+    if price is None:
+        return "win_price_missing", "a win notice states the clearing price: price=${AUCTION_PRICE}, USD CPM"
+    bid_cpm = served.clearing_price_micros  # CPM: the price we bid, per thousand impressions
+    if served.pricing_model != PricingModel.CPM:  # the bid's CPM is price x pCTR (x pCVR) x 1000; 1 % slack
+        value = served.pctr * (DEFAULT_PCVR if served.pricing_model == PricingModel.CPA else 1.0)
+        bid_cpm = math.ceil(served.clearing_price_micros * value * 1000 * 1.01)
+    if price > bid_cpm:
+        return "win_price_above_bid", f"price {price / 1e6:.6f} is above our bid of {bid_cpm / 1e6:.6f} USD CPM"
     return None
 
 
@@ -301,9 +319,11 @@ async def record_events(
             content_type=served.content_type, pricing_model=served.pricing_model,
             cost_micros=served.billable_cost_micros if billable else 0, pctr=served.pctr,
             model_version=served.model_version, publisher_id=served.publisher_id, user_agent=user_agent, ip=ip,
-            raw_pctr=served.raw_pctr,
+            raw_pctr=served.raw_pctr, exchange_price_cpm_micros=event.exchange_price_cpm_micros,
         )  # fmt: skip
-        entries.append((index, journal.JournalEntry(feedback, billable, state.request_ivt.reason(user_agent, ip))))
+        # A win notice comes from the exchange's servers, not the user's device: the IVT rules do not apply.
+        ivt = None if event.event_type == EventType.WIN else state.request_ivt.reason(user_agent, ip)
+        entries.append((index, journal.JournalEntry(feedback, billable, ivt)))
     try:
         journaled = await state.spend_ledger.record([entry for _, entry in entries]) if entries else []
     except (SQLAlchemyError, journal.JournalConflict) as exc:
@@ -342,7 +362,7 @@ def _accepted(state: ServiceState, entry: journal.JournalEntry, result: journal.
         event_id=entry.event.event_id, status="accepted" if result.new else "duplicate",
         reason=None if status in (None, ChargeStatus.CHARGED) else NOT_CHARGED[status],
         charged_micros=event.cost_micros if result.new else 0, charge_status=status,
-        ivt_category=event.ivt_category, ivt_reason=event.ivt_reason,
+        ivt_category=event.ivt_category, ivt_reason=event.ivt_reason, campaign_id=event.campaign_id,
     )  # fmt: skip
 
 

@@ -1,52 +1,65 @@
-"""The OpenRTB 2.6 subset of ``POST /openrtb2/auction``: BidRequest in, AuctionContext out, BidResponse back.
+"""The OpenRTB 2.6 bidder of ``POST /openrtb2/auction``: a BidRequest in, one auction per imp, a BidResponse back.
 
-Supported: ``id``, ``imp[]`` (``id``, ``bidfloor``, ``bidfloorcur``, ``banner``, ``video``),
-``tmax``, ``at``, ``bcat`` (with ``cattax`` 1), ``badv``, ``device`` (``devicetype``,
-``geo.country``), ``user`` (``id``, ``yob``, ``gender``, ``geo.country``), ``site`` / ``app``.
+What is honoured (the README's support matrix says the same):
 
-- Unknown fields and ``ext`` objects are ignored, as OpenRTB requires of a bidder; the
-  fields we use are validated strictly (no string-to-number coercion), with messages
-  that say what to fix.
-- Only the first imp is auctioned: one auction serves one ad. The others are validated
-  but get no bid.
-- Exactly one of ``site`` (channel "web") or ``app`` (channel "app"): we buy only site
-  and app inventory, and a request with both is malformed.
-- An imp is "video" when it has a video object and no banner; otherwise "display"
-  (our creatives are images).
-- The floor is ``max(bidfloor, reserve price)``; ``bidfloor`` (USD CPM) becomes micros
-  rounded *up*, so a bid at the floor never undercuts the seller. A ``bidfloor`` above the
-  caller's maximum floor (its API key's policy) is lowered to that maximum first.
-- ``yob`` gives ``age = request year - yob`` (the birthday is unknown); an impossible
-  age (below 0 or above 120) is treated as not stated.
-- ``user.gender`` "O" is treated as not stated: campaigns target "F" or "M" only.
-- ``device.geo.country`` (else ``user.geo.country``), ISO-3166-1 alpha-3, becomes the
-  country name used by the user tables (``COUNTRY_NAMES``); codes outside that table
-  pass through unchanged.
-- ``bcat`` holds IAB Content Taxonomy 1.0 codes. ``IAB_CATEGORIES`` maps each of our
-  categories to its tier-1 codes. We know our ads only at tier 1, so a blocked tier-2
-  code (``IAB19-6``) blocks every category under its tier-1 parent (``IAB19``):
-  over-blocking costs a bid, under-blocking breaks the publisher's policy.
-- ``badv`` entries are matched exactly against ``advertiser_id``.
+- **Inventory**: ``site`` (channel "web") and ``app`` (channel "app"). ``dooh``, or none of the three, is a valid
+  request we do not buy: no bid (204). More than one of them breaks the spec: 400.
+- **Imps**: every imp with a ``banner`` or a ``video`` is auctioned, in order; one campaign fills at most one
+  imp of a request (one user, one page). An imp with both is auctioned as a banner. Native- and audio-only
+  imps, and an imp whose ``bidfloorcur`` is not USD, get no bid.
+- **Banner**: ``w``/``h`` and ``format[]`` sizes; a campaign bids only with a size its creative is made for
+  (``Creative.banner_sizes``), and the bid states it. A banner without sizes takes any.
+- **Video**: only campaigns with a video creative whose MIME type is in ``mimes`` and whose duration is within
+  ``minduration``/``maxduration``; with ``protocols``, VAST 4.0 (7) must be among them. The markup is VAST 4
+  inline.
+- **Deals** (``imp.pmp``): a campaign that carries a deal of the imp (same id, its seat allowed by the deal's
+  ``wseat`` and the campaign's deal seats) bids through it, at a floor of the larger of the request's deal
+  ``bidfloor`` and its own deal floor, and its bid carries ``dealid``. With ``private_auction`` 1 only such
+  bids are made; with 0 they compete with the open market at the imp's floor.
+- **Privacy**: ``regs.coppa`` 1; ``regs.gdpr`` 1 without a TCF v2 ``user.consent`` that grants purposes 1, 3
+  and 4; ``regs.us_privacy`` with the sale opted out ("1-Y-"); and a ``regs.gpp`` string with applicable
+  sections (``gpp_sid``), which we do not decode: each makes the auction contextual only. No user id (so no
+  frequency cap, audience split or user features), no age, no gender; the country and device type stay.
+- **No bid (204)** for a valid request we will not buy: the inventory, ``cattax`` other than 1, ``at`` other
+  than 1 or 2, ``cur`` without USD, ``tmax`` below ``OPENRTB_MIN_TMAX_MS``, first price from a caller not
+  allowed it, no imp we buy, or no campaign clearing. The reason is in the ``X-No-Bid-Reason`` header.
+- **400** for a request that breaks OpenRTB 2.6, with each JSON path and the rule broken: required fields,
+  a media object per imp, non-negative sizes, unique imp ids, enumerations (``gdpr``, ``coppa``,
+  ``private_auction``), at most one of site/app/dooh, deal ids, ``video.mimes``.
+- Unknown fields and ``ext`` objects are ignored, as OpenRTB requires of a bidder; the fields we use are
+  validated strictly (no string-to-number coercion).
+- The floor is ``max(bidfloor, reserve price)``; ``bidfloor`` (USD CPM) becomes micros rounded *up*, so a bid at
+  the floor never undercuts the seller. A floor above the caller's maximum (its API key's policy) is lowered to
+  that maximum first; deal floors alike.
+- ``yob`` gives ``age = request year - yob``; an impossible age is not stated. ``user.gender`` "O" is not
+  stated: campaigns target "F" or "M" only. ``device.geo.country`` (else ``user.geo.country``), ISO-3166-1
+  alpha-3, becomes the country name of the user tables (``COUNTRY_NAMES``).
+- ``bcat`` holds IAB Content Taxonomy 1.0 codes. ``IAB_CATEGORIES`` maps each of our categories to its tier-1
+  codes; a blocked tier-2 code (``IAB19-6``) blocks every category under its tier-1 parent: over-blocking costs
+  a bid, under-blocking breaks the publisher's policy. ``badv`` entries are advertiser domains, matched against
+  the campaign's ``Creative.adomain``, and advertiser ids.
+
+The response side (markup, notices, the bid) is ``auction_service.serving.openrtb_bids``.
 """
 
 from __future__ import annotations
 
-import html
+import base64
+import binascii
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from adstream.events import MICROS_PER_UNIT
-from auction_service.domain import AuctionContext
-from auction_service.serving.auction import AuctionOutcome
+from auction_service.domain import AuctionContext, ServingCampaign
 
 CURRENCY = "USD"
-MAX_BIDFLOOR = 1000.0  # USD CPM; anything above is a unit mistake (micros or cents sent as dollars)
 MAX_AGE = 120
 
 # Our 20 ADS-16 categories + "Other" -> IAB Content Taxonomy 1.0 tier-1 codes. Several
@@ -122,7 +135,11 @@ COUNTRY_NAMES: dict[str, str] = {
     "USA": "United States",
 }
 
+
 _IAB_CODE = re.compile(r"^IAB(\d+)(-\d+)?$")
+SUPPORTED_AUCTION_TYPES = (1, 2)
+VAST_4_PROTOCOL = 7  # AdCOM's "VAST 4.0": our video markup
+TCF_PURPOSES_NEEDED = (1, 3, 4)  # store/access information, a personalised profile, personalised ads
 
 
 class _OpenRtbObject(BaseModel):
@@ -130,33 +147,71 @@ class _OpenRtbObject(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
+Size = Field(default=None, ge=0)
+
+
+class Format(_OpenRtbObject):
+    w: int | None = Size
+    h: int | None = Size
+    wratio: int | None = Size
+    hratio: int | None = Size
+    wmin: int | None = Size
+
+
 class Banner(_OpenRtbObject):
-    """Presence marks a display impression; its sizes are not used."""
+    w: int | None = Size
+    h: int | None = Size
+    format: list[Format] | None = Field(default=None, max_length=100)
+
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """The exact sizes the slot takes, in the publisher's order (``w``/``h`` first); empty: any."""
+        sizes = [(self.w, self.h)] + [(f.w, f.h) for f in self.format or ()]
+        return tuple(dict.fromkeys((w, h) for w, h in sizes if w and h))
 
 
 class Video(_OpenRtbObject):
-    """Presence marks a video impression; its protocols and sizes are not used."""
+    mimes: list[str] = Field(min_length=1, max_length=50)
+    minduration: int | None = Field(default=None, ge=0)
+    maxduration: int | None = Field(default=None, ge=0)
+    protocols: list[int] | None = Field(default=None, max_length=50)
+    w: int | None = Size
+    h: int | None = Size
+
+
+class Audio(_OpenRtbObject):
+    mimes: list[str] = Field(min_length=1, max_length=50)
+
+
+class Native(_OpenRtbObject):
+    request: str = Field(min_length=1)
+
+
+class Deal(_OpenRtbObject):
+    id: str = Field(min_length=1, max_length=64)
+    bidfloor: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    bidfloorcur: str = CURRENCY
+    wseat: list[str] | None = Field(default=None, max_length=500)
+
+
+class Pmp(_OpenRtbObject):
+    private_auction: Literal[0, 1] = 0
+    deals: list[Deal] = Field(default_factory=list, max_length=100)
 
 
 class Imp(_OpenRtbObject):
     id: str = Field(min_length=1, max_length=64)
     banner: Banner | None = None
     video: Video | None = None
-    bidfloor: float = Field(default=0.0, ge=0, le=MAX_BIDFLOOR, allow_inf_nan=False, description="USD CPM")
+    audio: Audio | None = None
+    native: Native | None = None
+    pmp: Pmp | None = None
+    bidfloor: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="USD CPM")
     bidfloorcur: str = CURRENCY
 
-    @field_validator("bidfloorcur")
-    @classmethod
-    def _usd_only(cls, currency: str) -> str:
-        if currency != CURRENCY:
-            raise ValueError(f"only USD is supported, got {currency!r}: send bidfloor in USD with bidfloorcur 'USD'")
-        return currency
-
-    @model_validator(mode="after")
-    def _has_format(self) -> Imp:
-        if self.banner is None and self.video is None:
-            raise ValueError(f"imp {self.id!r} needs a banner or a video object (native and audio are not supported)")
-        return self
+    @property
+    def media(self) -> Literal["banner", "video"] | None:
+        """What we would fill it with: a banner when it takes one, else a video; None: neither."""
+        return "banner" if self.banner is not None else "video" if self.video is not None else None
 
 
 class Geo(_OpenRtbObject):
@@ -173,6 +228,10 @@ class Geo(_OpenRtbObject):
 class Device(_OpenRtbObject):
     devicetype: int | None = None
     geo: Geo | None = None
+    w: int | None = Size
+    h: int | None = Size
+    ua: str | None = Field(default=None, max_length=512)
+    ip: str | None = Field(default=None, max_length=45)
 
     @field_validator("devicetype")
     @classmethod
@@ -186,65 +245,292 @@ class Device(_OpenRtbObject):
 
 class User(_OpenRtbObject):
     id: str | None = Field(default=None, min_length=1, max_length=64)
-    yob: int | None = Field(default=None, ge=1900, le=2100, description="year of birth, 4 digits")
+    yob: int | None = Field(default=None, ge=1000, le=9999, description="year of birth, 4 digits")
     gender: Literal["M", "F", "O"] | None = None
     geo: Geo | None = None
+    consent: str | None = Field(default=None, max_length=10_000, description="a TCF v2 consent string")
+
+
+class Regs(_OpenRtbObject):
+    coppa: Literal[0, 1] | None = None
+    gdpr: Literal[0, 1] | None = None
+    us_privacy: str | None = Field(default=None, max_length=16)
+    gpp: str | None = Field(default=None, max_length=10_000)
+    gpp_sid: list[int] | None = Field(default=None, max_length=100)
 
 
 class Site(_OpenRtbObject):
-    """Presence marks web inventory."""
+    domain: str | None = Field(default=None, max_length=253)
+    page: str | None = Field(default=None, max_length=4096)
 
 
 class App(_OpenRtbObject):
-    """Presence marks app inventory."""
+    bundle: str | None = Field(default=None, max_length=253)
+    domain: str | None = Field(default=None, max_length=253)
+
+
+class Dooh(_OpenRtbObject):
+    """Presence marks digital out-of-home inventory, which we do not buy."""
 
 
 class BidRequest(_OpenRtbObject):
     id: str = Field(min_length=1, max_length=64)
-    imp: list[Imp] = Field(min_length=1, description="only the first imp is auctioned")
-    tmax: int | None = Field(default=None, ge=1, description="milliseconds the exchange waits for the response")
-    at: int = Field(default=2, description="auction type: 1 first price, 2 second price")
+    imp: list[Imp] = Field(min_length=1, max_length=100)
+    tmax: int | None = Field(default=None, ge=0, description="milliseconds the exchange waits for the response")
+    at: int = Field(default=2, ge=1, description="auction type: 1 first price, 2 second price, 500+ exchange's")
+    cattax: int = Field(default=1, ge=0)  # before bcat: its codes are read in this taxonomy
     bcat: list[str] = Field(default_factory=list, max_length=500)
-    cattax: int = 1
     badv: list[str] = Field(default_factory=list, max_length=500)
+    cur: list[str] | None = Field(default=None, max_length=50)
     device: Device | None = None
     user: User | None = None
     site: Site | None = None
     app: App | None = None
-
-    @field_validator("at")
-    @classmethod
-    def _auction_type(cls, at: int) -> int:
-        if at not in (1, 2):
-            raise ValueError(f"at must be 1 (first price) or 2 (second price), got {at}")
-        return at
-
-    @field_validator("cattax")
-    @classmethod
-    def _iab_taxonomy_1(cls, cattax: int) -> int:
-        if cattax != 1:
-            raise ValueError(f"only cattax 1 (IAB Content Taxonomy 1.0) is supported, got {cattax}")
-        return cattax
+    dooh: Dooh | None = None
+    regs: Regs | None = None
+    test: Literal[0, 1] = 0
 
     @field_validator("bcat")
     @classmethod
-    def _iab_codes(cls, codes: list[str]) -> list[str]:
+    def _iab_codes(cls, codes: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("cattax", 1) != 1:
+            return codes  # another taxonomy: a valid request we do not buy (no_bid_reason)
         bad = [code for code in codes if not _IAB_CODE.match(code)]
         if bad:
             raise ValueError(f"bcat holds IAB 1.0 category codes such as 'IAB19' or 'IAB19-6'; not codes: {bad[:5]}")
         return codes
 
-    @model_validator(mode="after")
-    def _site_or_app(self) -> BidRequest:
-        if self.site is not None and self.app is not None:
-            raise ValueError("send either site or app, not both")
-        if self.site is None and self.app is None:
-            raise ValueError("a request needs a site or an app object (other inventory is not supported)")
-        return self
-
     @property
     def first_price(self) -> bool:
         return self.at == 1
+
+    @property
+    def domain(self) -> str | None:
+        if self.site is not None:
+            return self.site.domain
+        return None if self.app is None else self.app.bundle or self.app.domain
+
+
+def spec_errors(request: BidRequest) -> list[tuple[str, str]]:
+    """(JSON path, rule) of each OpenRTB 2.6 rule the request breaks across fields (one field's own rules
+    are the model's)."""
+    errors: list[tuple[str, str]] = []
+    first_of: dict[str, int] = {}
+    for index, imp in enumerate(request.imp):
+        if imp.id in first_of:
+            errors.append(
+                (
+                    f"imp[{index}].id",
+                    f"imp ids are unique within a request: {imp.id!r} is imp[{first_of[imp.id]}].id too",
+                )
+            )
+        first_of.setdefault(imp.id, index)
+        if imp.banner is None and imp.video is None and imp.audio is None and imp.native is None:
+            errors.append((f"imp[{index}]", "an imp needs a banner, video, audio or native object"))
+        video = imp.video
+        if (
+            video
+            and video.minduration is not None
+            and video.maxduration is not None
+            and (video.maxduration < video.minduration)
+        ):
+            errors.append((f"imp[{index}].video.maxduration", "maxduration is at least minduration"))
+    inventories = [name for name in ("site", "app", "dooh") if getattr(request, name) is not None]
+    if len(inventories) > 1:
+        errors.append((inventories[1], f"at most one of site, app and dooh: got {' and '.join(inventories)}"))
+    return errors
+
+
+def no_bid_reason(request: BidRequest, *, min_tmax_ms: int) -> str | None:
+    """Why we will not bid on a valid request at all (a 204), or None."""
+    if request.dooh is not None:
+        return "DOOH inventory is not bought: only site and app"
+    if request.site is None and request.app is None:
+        return "neither site nor app: only site and app inventory is bought"
+    if request.cattax != 1:
+        return f"cattax {request.cattax}: only IAB Content Taxonomy 1.0 (cattax 1) is mapped"
+    if request.at not in SUPPORTED_AUCTION_TYPES:
+        return f"auction type at={request.at}: only 1 (first price) and 2 (second price)"
+    if request.cur is not None and CURRENCY not in request.cur:
+        return f"cur {request.cur}: bids are in USD only"
+    if request.tmax is not None and request.tmax < min_tmax_ms:
+        return f"tmax {request.tmax} ms: an answer needs at least {min_tmax_ms} ms"
+    if not any(imp_no_bid_reason(imp) is None for imp in request.imp):
+        return "no imp we buy: " + "; ".join(f"imp {imp.id}: {imp_no_bid_reason(imp)}" for imp in request.imp[:5])
+    return None
+
+
+def imp_no_bid_reason(imp: Imp) -> str | None:
+    if imp.media is None:
+        return "native and audio are not bought"
+    if imp.bidfloorcur != CURRENCY:
+        return f"bidfloorcur {imp.bidfloorcur!r}: floors in USD only"
+    return None
+
+
+# --- privacy ---
+
+
+def tcf_consents(consent: str | None, purposes: Sequence[int] = TCF_PURPOSES_NEEDED) -> bool:
+    """Whether a TCF v2 consent string's core segment grants every one of ``purposes``.
+
+    Core segment bits: version (6) at 0, then created, last updated, CMP id and version, consent screen and
+    language, vendor list version, policy version, two flags and special features, 152 bits in all; the 24
+    purpose consents follow, purpose 1 first. Vendor consent is not read (we have no GVL id).
+    """
+    if not consent:
+        return False
+    core = consent.split(".", 1)[0]
+    try:
+        raw = base64.b64decode(core + "=" * (-len(core) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    size = len(raw) * 8
+    if size < 152 + 24:
+        return False
+    bits = int.from_bytes(raw, "big")
+
+    def read(offset: int, length: int) -> int:
+        return (bits >> (size - offset - length)) & ((1 << length) - 1)
+
+    return read(0, 6) == 2 and all(read(152 + purpose - 1, 1) == 1 for purpose in purposes)
+
+
+def personal_data_refused(request: BidRequest) -> str | None:
+    """Why the request may not use personal data (the auction is then contextual only), or None."""
+    regs = request.regs
+    if regs is None:
+        return None
+    if regs.coppa == 1:
+        return "coppa"
+    if regs.gdpr == 1 and not tcf_consents(request.user.consent if request.user else None):
+        return "gdpr without consent to purposes 1, 3 and 4"
+    if regs.us_privacy and len(regs.us_privacy) == 4 and regs.us_privacy[2] in "Yy":
+        return "us_privacy: sale opted out"
+    if regs.gpp and regs.gpp_sid and any(sid > 0 for sid in regs.gpp_sid):
+        return "gpp sections apply and are not decoded"
+    return None
+
+
+# --- which campaigns may fill an imp ---
+
+
+@dataclass(frozen=True, slots=True)
+class ImpTerms:
+    """What an imp allows: the campaigns whose creative fits it (None: any), and the deals it offers by
+    campaign (campaign id -> (deal id, floor micros))."""
+
+    eligible: frozenset[str] | None
+    deals: Mapping[str, tuple[str, int]]
+
+
+class CampaignFit:
+    """Which campaigns fit an imp's media, remembered per campaign snapshot: exchanges send a few sizes and
+    video specs over and over, and a snapshot lasts until campaigns change."""
+
+    MAX_KEYS = 1024
+
+    def __init__(self) -> None:
+        self._snapshot: Sequence[ServingCampaign] | None = None
+        self._fits: dict[tuple, frozenset[str] | None] = {}
+        self._deals: dict[str, list[tuple[ServingCampaign, int, tuple[str, ...]]]] = {}
+
+    def _for(self, campaigns: Sequence[ServingCampaign]) -> None:
+        if campaigns is not self._snapshot:
+            self._snapshot, self._fits = campaigns, {}
+            self._deals = {}
+            for campaign in campaigns:
+                for deal in campaign.deals:
+                    self._deals.setdefault(deal.deal_id, []).append(
+                        (campaign, deal.floor_cpm_micros, tuple(deal.seats))
+                    )
+
+    def terms(self, campaigns: Sequence[ServingCampaign], imp: Imp, *, max_floor_cpm_micros: int | None) -> ImpTerms:
+        self._for(campaigns)
+        key = _media_key(imp)
+        if key not in self._fits:
+            if len(self._fits) >= self.MAX_KEYS:
+                self._fits.clear()
+            self._fits[key] = _fitting(campaigns, imp)
+        fits = self._fits[key]
+        deals = self._deal_floors(imp, fits, max_floor_cpm_micros) if imp.pmp and imp.pmp.deals else {}
+        if imp.pmp is not None and imp.pmp.private_auction == 1:
+            return ImpTerms(frozenset(deals), deals)
+        return ImpTerms(fits, deals)
+
+    def _deal_floors(self, imp: Imp, fits: frozenset[str] | None, max_floor: int | None) -> dict[str, tuple[str, int]]:
+        assert imp.pmp is not None
+        offered: dict[str, tuple[str, int]] = {}
+        for deal in imp.pmp.deals:
+            if deal.bidfloorcur != CURRENCY:
+                continue
+            floor = micros_rounded_up(deal.bidfloor)
+            if max_floor is not None:
+                floor = min(floor, max_floor)
+            for campaign, own_floor, seats in self._deals.get(deal.id, ()):
+                seat = campaign.advertiser_id
+                if (deal.wseat and seat not in deal.wseat) or (seats and seat not in seats):
+                    continue
+                if fits is not None and campaign.campaign_id not in fits:
+                    continue
+                terms = (deal.id, max(floor, own_floor))
+                known = offered.get(campaign.campaign_id)
+                if known is None or terms[1] < known[1]:  # two deals: the cheaper one
+                    offered[campaign.campaign_id] = terms
+        return offered
+
+
+def _media_key(imp: Imp) -> tuple:
+    if imp.media == "banner":
+        assert imp.banner is not None
+        return ("banner", imp.banner.sizes())
+    assert imp.video is not None
+    video = imp.video
+    return ("video", tuple(video.mimes), video.minduration, video.maxduration, tuple(video.protocols or ()))
+
+
+def _fitting(campaigns: Sequence[ServingCampaign], imp: Imp) -> frozenset[str] | None:
+    if imp.media == "banner":
+        assert imp.banner is not None
+        sizes = set(imp.banner.sizes())
+        if not sizes:
+            return None
+        return frozenset(c.campaign_id for c in campaigns if any((s.w, s.h) in sizes for s in c.creative.banner_sizes))
+    assert imp.video is not None
+    return frozenset(c.campaign_id for c in campaigns if video_fits(c, imp.video))
+
+
+def video_fits(campaign: ServingCampaign, video: Video) -> bool:
+    creative = campaign.creative.video
+    if creative is None or creative.mime not in video.mimes:
+        return False
+    if video.protocols and VAST_4_PROTOCOL not in video.protocols:
+        return False
+    if video.minduration is not None and creative.duration_s < video.minduration:
+        return False
+    return not (video.maxduration is not None and video.maxduration > 0 and creative.duration_s > video.maxduration)
+
+
+def bid_size(imp: Imp, campaign: ServingCampaign) -> tuple[int, int] | None:
+    """The size a banner bid states: the first of the slot's sizes the creative has, else (a slot without
+    sizes) the creative's first; None for video."""
+    if imp.media != "banner":
+        return None
+    assert imp.banner is not None
+    own = [(s.w, s.h) for s in campaign.creative.banner_sizes]
+    for size in imp.banner.sizes():
+        if size in own:
+            return size
+    return own[0] if own else None
+
+
+def placement(imp: Imp) -> str:
+    """The imp's placement as the auction log keeps it: "WxH" of its first size, "banner", or "video"."""
+    if imp.media == "banner":
+        assert imp.banner is not None
+        sizes = imp.banner.sizes()
+        return f"{sizes[0][0]}x{sizes[0][1]}" if sizes else "banner"
+    return "video"
 
 
 def iab_categories(category: str) -> tuple[str, ...]:
@@ -260,7 +546,7 @@ def blocked_categories(bcat: Iterable[str]) -> frozenset[str]:
     )
 
 
-def _micros_rounded_up(amount: float) -> int:
+def micros_rounded_up(amount: float) -> int:
     # str() gives the shortest decimal of the float, i.e. what the exchange wrote.
     return math.ceil(Decimal(str(amount)) * MICROS_PER_UNIT)
 
@@ -274,24 +560,29 @@ def _age(yob: int | None, at: datetime) -> int | None:
 
 def to_context(
     request: BidRequest,
+    imp: Imp,
     *,
     auction_id: str,
     at: datetime,
     reserve_price_micros: int,
     publisher_id: str | None = None,
     max_floor_cpm_micros: int | None = None,
+    terms: ImpTerms | None = None,
+    excluded: frozenset[str] = frozenset(),
 ) -> AuctionContext:
-    """The auction context of the request's first imp, at UTC time ``at``, for caller ``publisher_id``.
+    """The auction context of one imp, at UTC time ``at``, for caller ``publisher_id``: contextual only
+    when the request's privacy signals say so (``personal_data_refused``).
 
     ``max_floor_cpm_micros`` caps ``bidfloor`` (None: no cap); the reserve price still applies.
     """
-    imp = request.imp[0]
     device, user = request.device, request.user
+    if personal_data_refused(request) is not None:
+        user = None
     country_code = (device.geo.country if device and device.geo else None) or (
-        user.geo.country if user and user.geo else None
+        request.user.geo.country if request.user and request.user.geo else None
     )
     devicetype = device.devicetype if device else None
-    floor = _micros_rounded_up(imp.bidfloor)
+    floor = micros_rounded_up(imp.bidfloor)
     if max_floor_cpm_micros is not None:
         floor = min(floor, max_floor_cpm_micros)
     return AuctionContext(
@@ -303,74 +594,16 @@ def to_context(
         gender=user.gender if user and user.gender in ("F", "M") else None,
         device_type=None if devicetype is None else DEVICE_TYPES.get(devicetype),
         channel="web" if request.site is not None else "app",
-        content_type="video" if imp.video is not None and imp.banner is None else "display",
+        content_type="video" if imp.media == "video" else "display",
         floor_cpm_micros=max(floor, reserve_price_micros),
         blocked_categories=blocked_categories(request.bcat),
         blocked_advertisers=frozenset(request.badv),
         publisher_id=publisher_id,
-    )
-
-
-class Bid(BaseModel):
-    id: str
-    impid: str = Field(description="the first imp's id: only it is auctioned")
-    price: float = Field(description="the clearing price, USD per thousand impressions")
-    adid: str
-    crid: str
-    cid: str
-    cat: list[str] = Field(description="IAB Content Taxonomy 1.0 tier-1 codes of the ad's category")
-    adomain: list[str]
-    nurl: str
-    adm: str
-
-
-class SeatBid(BaseModel):
-    seat: str
-    bid: list[Bid]
-
-
-class BidResponse(BaseModel):
-    """The 200 body of ``POST /openrtb2/auction``; no fill is HTTP 204 without a body."""
-
-    id: str
-    bidid: str
-    seatbid: list[SeatBid]
-    cur: str = CURRENCY
-
-
-def _markup(image_url: str, click_url: str | None) -> str:
-    image = f'<img src="{html.escape(image_url, quote=True)}" alt="">'
-    return image if click_url is None else f'<a href="{html.escape(click_url, quote=True)}">{image}</a>'
-
-
-def bid_response(
-    request: BidRequest, outcome: AuctionOutcome, *, ad_markup_url: str, nurl: str, click_url: str | None = None
-) -> BidResponse:
-    """The OpenRTB BidResponse for a filled auction (no fill is HTTP 204, not a response body).
-
-    ``price`` is the clearing price per thousand impressions in USD, the one place money is
-    a float (the spec says so); it is computed from integer micros. ``ad_markup_url`` is the
-    creative's URL, served as a minimal HTML ``adm`` (a link to ``click_url`` when given: the
-    ad's signed click URL); ``nurl`` is the win notice.
-    """
-    winner = outcome.winner
-    if winner is None or outcome.clearing_price_cpm_micros is None:
-        raise ValueError("the auction has no winner: answer HTTP 204 instead of a bid response")
-    bid = Bid(
-        id=outcome.auction_id,
-        impid=request.imp[0].id,
-        price=outcome.clearing_price_cpm_micros / MICROS_PER_UNIT,
-        adid=winner.ad_id,
-        crid=winner.ad_id,
-        cid=winner.campaign_id,
-        cat=list(iab_categories(winner.category)),
-        adomain=[winner.advertiser_id],
-        nurl=nurl,
-        adm=_markup(ad_markup_url, click_url),
-    )
-    return BidResponse(
-        id=request.id,
-        bidid=outcome.auction_id,
-        seatbid=[SeatBid(seat=winner.advertiser_id, bid=[bid])],
-        cur=CURRENCY,
+        eligible_campaigns=None if terms is None else terms.eligible,
+        excluded_campaigns=excluded,
+        deals=None if terms is None or not terms.deals else terms.deals,
+        request_id=request.id,
+        imp_id=imp.id,
+        domain=request.domain,
+        placement=placement(imp),
     )

@@ -1,6 +1,7 @@
 """What one auction-service process holds between requests, and the housekeeping thread that keeps it fresh.
 
 - the champion model (hot-swapped by ``ModelWatcher``) and the serving features;
+- the bid-request filter (``bid-filter@champion``, hot-swapped by its ``BidFilterSlot``; None until one exists);
 - the active campaigns, reloaded from the store when its change marker or the UTC day moves;
 - the shared books every replica uses: reservations, spend, frequency, served auctions
   (``auction_service.serving.shared``), and this replica's copy of their exposure, refreshed each tick;
@@ -32,6 +33,7 @@ from adstream.signing import EventSigner
 from auction_service.campaign_store import journal, store
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
 from auction_service.domain import ServingCampaign
+from auction_service.serving.bid_filter import BidFilterSlot
 from auction_service.serving.books import AuctionStats, ExposureBook
 from auction_service.serving.callers import CallerKeys
 from auction_service.serving.champion import ModelWatcher, ServingModel
@@ -196,6 +198,7 @@ class ServiceState:
     spent_today_mirror: dict[str, int] = field(default_factory=dict)  # the shared store's spend today, last read
     pacing_draws: np.random.Generator = field(default_factory=np.random.default_rng)  # throttling's coin (loop only)
     cold_start: ColdStart = field(init=False)  # prior matching of served pCTRs until an online map (loop only)
+    bid_filter: BidFilterSlot = field(init=False)  # bid-filter@champion (None until one exists), hot-swapped
 
     def __post_init__(self) -> None:
         self.shared = SharedBooks(
@@ -217,6 +220,7 @@ class ServiceState:
             curve_source=partial(traffic_counts, self.settings),
         )  # fmt: skip
         self.decisions = DecisionBook(self.shared.client, self.settings.shared_store_namespace)
+        self.bid_filter = BidFilterSlot(self.settings, self.metrics.bid_filter)
 
     # --- lifecycle ---
 
@@ -232,6 +236,7 @@ class ServiceState:
             features=FeatureStore.load(settings),
             producer=producer,
         )
+        state.bid_filter = BidFilterSlot.load_at_start(settings, state.metrics.bid_filter)
         state.refresh_campaigns(force=True)
         try:
             state.ensure_shared_built()
@@ -256,6 +261,7 @@ class ServiceState:
                 log.error("auction service without Kafka: %s", exc)
         self.watcher = ModelWatcher(self.settings, self.model)
         self.watcher.start()
+        self.bid_filter.start()
         self._thread = threading.Thread(target=self._housekeeping, name="auction-housekeeping", daemon=True)
         self._thread.start()
 
@@ -277,6 +283,7 @@ class ServiceState:
             self._thread.join(timeout=10)
         if self.watcher is not None:
             self.watcher.stop()
+        self.bid_filter.stop()
         self.flush_served()
         self.shared.close()
         if self.auction_log is not None:

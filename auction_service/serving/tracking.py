@@ -16,10 +16,17 @@ VIDEO = (*DISPLAY, EventType.VIDEO_START.value, EventType.VIDEO_COMPLETE.value)
 
 
 def event_tokens(
-    signer: EventSigner, auction_id: str, campaign_id: str, expires_at: datetime, *, video: bool = False
+    signer: EventSigner,
+    auction_id: str,
+    campaign_id: str,
+    expires_at: datetime,
+    *,
+    video: bool = False,
+    win: bool = False,
 ) -> dict[str, str]:
-    """The tokens of a served ad's events: a video ad's video events too."""
-    return signer.sign_all(auction_id, VIDEO if video else DISPLAY, campaign_id, int(expires_at.timestamp()))
+    """The tokens of a served ad's events: a video ad's video events too, and an exchange's win notice."""
+    event_types = (VIDEO if video else DISPLAY) + ((EventType.WIN.value,) if win else ())
+    return signer.sign_all(auction_id, event_types, campaign_id, int(expires_at.timestamp()))
 
 
 def event_urls(base_url: str, auction_id: str, tokens: dict[str, str]) -> dict[str, str]:

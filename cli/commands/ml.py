@@ -4,13 +4,12 @@ by side, and the online pCTR calibration."""
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Annotated
 
 import typer
 from nbclient.exceptions import CellExecutionError
 
-from cli.lazy import commands_app
+from cli.lazy import commands_app, fail
 from cli.resources import current
 from ml import calibrate as calibration_job
 from ml.compare import (
@@ -37,11 +36,6 @@ from ml.train import (
 )
 
 commands = commands_app()
-
-
-def _fail(message: str) -> typer.Exit:
-    print(message, file=sys.stderr)
-    return typer.Exit(1)
 
 
 @commands.command()
@@ -76,7 +70,7 @@ def train(
             register=dataset is None, dataset=dataset,
         )  # fmt: skip
     except (TrainingSetError, MissingFeatureError, TrackingServerUnreachable) as exc:
-        raise _fail(f"training failed: {exc}") from None
+        raise fail(f"training failed: {exc}") from None
     print(candidate_summary(candidate), flush=True)
     if candidate.model_version is not None and not skip_promotion:
         print(promotion_summary(promote(settings, candidate.parent_run_id, candidate.model_version, holdout)))
@@ -91,7 +85,7 @@ def promote_command(
     try:
         decide_promotion(current(ctx).settings, training_run)
     except (NoTrainingRun, TrainingSetError, TrackingServerUnreachable) as exc:
-        raise _fail(f"promotion failed: {exc}") from None
+        raise fail(f"promotion failed: {exc}") from None
 
 
 @commands.command()
@@ -110,7 +104,7 @@ def compare(
     try:
         comparison = compare_runs(settings.mlflow_tracking_uri, last)
     except (TrackingServerUnreachable, NoTrainingRuns) as exc:
-        raise _fail(f"run comparison failed: {exc}") from None
+        raise fail(f"run comparison failed: {exc}") from None
     print(report(comparison), flush=True)
     if not execute_notebook:
         return
@@ -118,7 +112,7 @@ def compare(
     try:
         execute_comparison_notebook(settings, last)
     except CellExecutionError as exc:
-        raise _fail(f"notebook {NOTEBOOK.name} failed ({exc.ename}: {exc.evalue}); see {target}") from None
+        raise fail(f"notebook {NOTEBOOK.name} failed ({exc.ename}: {exc.evalue}); see {target}") from None
     print(f"\nexecuted notebook written to {target}")
 
 

@@ -65,12 +65,14 @@ BILL_DDL = (
     f"budget_remaining {MONEY}, "
     "status string, stream_watermark timestamp, billed_at timestamp, "
     f"gross_spend_micros bigint, gross_spend {MONEY}, ivt_credit_events bigint, ivt_credit_micros bigint, "
-    f"ivt_credit {MONEY}, held_reason string"
+    f"ivt_credit {MONEY}, held_reason string, "
+    f"exchange_impressions bigint, media_cost_micros bigint, media_cost {MONEY}, margin_micros bigint"
 )
 BILL_COLUMNS = tuple(column.split()[0] for column in BILL_DDL.split(", "))
 COUNT_COLUMNS = (
     "impressions", "clicks", "conversions", "billable_events", "spend_micros", "gross_spend_micros",
-    "ivt_credit_events", "ivt_credit_micros", CLICKABLE_IMPRESSIONS,
+    "ivt_credit_events", "ivt_credit_micros", CLICKABLE_IMPRESSIONS, "exchange_impressions", "media_cost_micros",
+    "margin_micros",
 )  # fmt: skip
 
 
@@ -114,6 +116,36 @@ def charged_events(feedback: DataFrame, hour: datetime, lookback: timedelta) -> 
         )
     )
     return first.select("auction_id", "first.*").where(F.col("event_time") >= F.lit(hour))
+
+
+def media_costs(feedback: DataFrame, hour: datetime, lookback: timedelta) -> DataFrame:
+    """Per campaign: its impressions first shown in the hour that an exchange priced in a win notice
+    (``exchange_impressions``) and the sum of those prices, USD micros per thousand (``media_cost_cpm_micros``).
+
+    The exchange bills the impression, so a win without one costs nothing; a win notice fired twice is one
+    price (the lowest). ``feedback`` without the price column (before OpenRTB wins were recorded) has none.
+    """
+    if "exchange_price_cpm_micros" not in feedback.columns:
+        return feedback.sparkSession.createDataFrame(
+            [], "campaign_id string, exchange_impressions bigint, media_cost_cpm_micros bigint"
+        )
+    window = in_window(feedback, hour - lookback, hour + HOUR)
+    prices = (
+        window.where((F.col("event_type") == EventType.WIN.value) & F.col("exchange_price_cpm_micros").isNotNull())
+        .groupBy("auction_id")
+        .agg(F.min("exchange_price_cpm_micros").alias("price"))
+    )
+    shown = (
+        window.where((F.col("event_type") == EventType.IMPRESSION.value) & is_delivered())
+        .groupBy("auction_id", "campaign_id")
+        .agg(F.min("event_time").alias("shown_at"))
+        .where(F.col("shown_at") >= F.lit(hour))
+    )
+    return (
+        shown.join(prices, "auction_id")
+        .groupBy("campaign_id")
+        .agg(F.count("*").alias("exchange_impressions"), F.sum("price").alias("media_cost_cpm_micros"))
+    )
 
 
 def rounded_quotient(numerator: str, denominator: str) -> Column:
@@ -173,8 +205,15 @@ def campaign_activity(feedback: DataFrame, hour: datetime, *, lookback: timedelt
             F.sum(F.when(ivt, F.col("cost_micros")).otherwise(0)).alias("ivt_credit_micros"),
         )
     )
-    spent = ["billable_events", "spend_micros", "gross_spend_micros", "ivt_credit_events", "ivt_credit_micros"]
-    joined = activity.join(charged, "campaign_id", "left").fillna(0, subset=spent)
+    spent = ["billable_events", "spend_micros", "gross_spend_micros", "ivt_credit_events", "ivt_credit_micros",
+             "exchange_impressions", "media_cost_cpm_micros"]  # fmt: skip
+    joined = (
+        activity.join(charged, "campaign_id", "left")
+        .join(media_costs(feedback, hour, lookback), "campaign_id", "left")
+        .fillna(0, subset=spent)
+        # The exchange's CPM prices summed, then a thousandth of the sum, rounded half up: exact in integers.
+        .withColumn("media_cost_micros", F.expr("(media_cost_cpm_micros * 2 + 1000) div 2000"))
+    )
     return joined.select(
         F.lit(hour).cast("timestamp").alias("hour"),
         "advertiser_id",
@@ -194,6 +233,10 @@ def campaign_activity(feedback: DataFrame, hour: datetime, *, lookback: timedelt
         F.col("ivt_credit_micros").cast("bigint").alias("ivt_credit_micros"),
         as_money(F.col("ivt_credit_micros")).alias("ivt_credit"),
         F.col(CLICKABLE_IMPRESSIONS).cast("bigint").alias(CLICKABLE_IMPRESSIONS),
+        F.col("exchange_impressions").cast("bigint").alias("exchange_impressions"),
+        F.col("media_cost_micros").cast("bigint").alias("media_cost_micros"),
+        as_money(F.col("media_cost_micros")).alias("media_cost"),
+        (F.col("spend_micros") - F.col("media_cost_micros")).cast("bigint").alias("margin_micros"),
     )
 
 
@@ -236,7 +279,7 @@ def _no_activity(hour: datetime, campaign_id: str | None) -> dict:
         dict.fromkeys(BILL_COLUMNS)
         | dict.fromkeys(COUNT_COLUMNS, 0)
         | {"hour": hour, "campaign_id": campaign_id, "currency": DEFAULT_CURRENCY}
-        | {"spend": zero, "gross_spend": zero, "ivt_credit": zero}
+        | {"spend": zero, "gross_spend": zero, "ivt_credit": zero, "media_cost": zero}
     )
 
 

@@ -23,7 +23,8 @@ def test_the_bench_list_imports_no_bench():
     assert code == "0" and loaded == "['benchmarks.cli']"
     listed = help_lines[help_lines.index("Commands:") + 1 :]
     names = [line.split()[0] for line in listed if line.strip() and not line.startswith("   ")]
-    assert names == ["auction", "billing", "streaming", "ingestion", "scorer", "optimizer"]  # the internal ones hidden
+    # the internal ones hidden
+    assert names == ["auction", "billing", "streaming", "ingestion", "scorer", "optimizer", "bid-filter"]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import sys
 import pytest
 from deltalake import DeltaTable
 
-from adstream.contracts import DagId, Table
+from adstream.contracts import BID_FILTER_EXPERIMENT, DagId, Table
 from adstream.settings import child_process_env
 from devstack import services
 from tests.conftest import make_settings
@@ -67,6 +67,10 @@ def test_dag_folder_has_no_import_errors(tmp_path):
     }
     assert parsed["tasks"][DagId.CTR_TRAINING] == {"train_and_register": [], "promote_challenger": ["ctr-model"]}
     assert parsed["schedules"][DagId.CTR_TRAINING] == ["gold/ctr_training_set"]
+    assert parsed["tasks"][DagId.BID_FILTER_TRAINING] == {
+        "train_and_register": [], "promote_challenger": ["bid-filter"],
+    }  # fmt: skip
+    assert parsed["schedules"][DagId.BID_FILTER_TRAINING] == ["silver/auctions"]
     assert parsed["tasks"][DagId.HOURLY_BILLING] == {"bill": ["gold/billing_hourly"], "reconcile": [], "export": []}
     assert parsed["tasks"][DagId.LAKE_MAINTENANCE] == {"compact_and_vacuum": []}
     assert parsed["schedules"][DagId.FEATURE_BUILD] == [
@@ -168,6 +172,25 @@ def test_airflow_dags_test_trains_and_leaves_a_champion(tmp_path):
     assert "state=success" in log, log[-5000:]
     assert version_by_alias(mlflow_uri, "champion") == "1"
     assert "promoted to champion (there is no champion yet; judged on the whole holdout" in log
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_trains_a_bid_filter_and_leaves_a_champion(tmp_path):
+    from ml.bid_filter_registry import champion_version
+    from ml.tracking import tracking_client
+    from tests.ml.auction_logs import synthetic_auction_log, write_auction_log
+
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
+    tracking_client(mlflow_uri).create_experiment(BID_FILTER_EXPERIMENT, artifact_location=str(tmp_path / "artifacts"))
+    write_auction_log(settings.delta_rs_location(Table.SILVER_AUCTIONS)[0], synthetic_auction_log(5_000, seed=9))
+    assert _airflow(settings, "db", "migrate").returncode == 0
+    result = _airflow(settings, "dags", "test", DagId.BID_FILTER_TRAINING)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "state=success" in log, log[-5000:]
+    assert champion_version(mlflow_uri) == "1"
+    assert "bid-filter version 1: promoted to champion (challenger keeps" in log
 
 
 @pytest.mark.slow

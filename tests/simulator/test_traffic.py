@@ -215,24 +215,39 @@ def test_requests_state_what_is_known_of_the_user():
     bid_request = openrtb_request(known, video_app, "req-1", year=2026)
     assert bid_request == {
         "id": "req-1",
-        "imp": [{"id": "1", "video": {}}],
-        "app": {},
+        "imp": [
+            {
+                "id": "1",
+                "video": {
+                    "mimes": ["video/mp4"],
+                    "minduration": 5,
+                    "maxduration": 30,
+                    "protocols": [2, 3, 5, 6, 7, 8],
+                    "w": 1920,
+                    "h": 1080,
+                },
+            }
+        ],
+        "app": {"bundle": "com.example.news"},
         "device": {"devicetype": 5, "geo": {"country": "NOR"}},
         "user": {"id": "adv-000007", "yob": 1985, "gender": "F"},
     }
     web = openrtb_request(unknown, Placement("desktop", "web", "display", openrtb=True), "req-2", year=2026)
-    assert web["site"] == {} and web["imp"] == [{"id": "1", "banner": {}}]
+    assert web["site"] == {"domain": "news.example"}
+    assert web["imp"] == [
+        {"id": "1", "banner": {"w": 728, "h": 90, "format": [{"w": 728, "h": 90}, {"w": 300, "h": 250}]}}
+    ]
     assert web["user"] == {"id": "ads16-U0003"} and "geo" not in web["device"]
 
 
 def test_an_openrtb_bid_is_placed_in_its_category():
     known: dict[str, str] = {}
     served_ad({"auction_id": "a1", "campaign_id": "c1", "category": "Jewellery & Watches", "pctr": 0.2}, False, known)
-    bid = {"bidid": "a2", "seatbid": [{"bid": [{"cid": "c1", "cat": ["IAB18"]}]}]}
+    bid = {"bidid": "a2", "seatbid": [{"bid": [{"id": "a2", "cid": "c1", "cat": ["IAB18"]}]}]}
     assert served_ad(bid, True, known).category == "Jewellery & Watches"  # learnt from an earlier answer
-    unseen = {"bidid": "a3", "seatbid": [{"bid": [{"cid": "c9", "cat": ["IAB2"]}]}]}
+    unseen = {"bidid": "a3", "seatbid": [{"bid": [{"id": "a3", "cid": "c9", "cat": ["IAB2"]}]}]}
     assert served_ad(unseen, True, known).category == "Automotive"  # the only category with IAB2
-    shared = {"bidid": "a4", "seatbid": [{"bid": [{"cid": "c8", "cat": ["IAB18"]}]}]}
+    shared = {"bidid": "a4", "seatbid": [{"bid": [{"id": "a4", "cid": "c8", "cat": ["IAB18"]}]}]}
     assert served_ad(shared, True, known).category is None  # three categories share IAB18: neutral affinity
 
 
@@ -337,10 +352,12 @@ class RuleBook:
             auction = f"a{self.auctions}"
             self.served_to[auction] = request.headers["x-forwarded-for"]
             urls = {kind: f"{base_url}/v1/events/track/{auction}/{kind}?t=t-{auction}-{kind}" for kind in EventType}
-            if path == "/openrtb2/auction":  # the impression in the win notice, the click around the creative
-                adm = f'<a href="{html.escape(urls["click"])}"><img src="{html.escape(urls["impression"])}"></a>'
-                bid = {"cid": "c", "cat": ["IAB2"], "nurl": urls["impression"], "adm": adm}
-                return JSONResponse({"bidid": auction, "seatbid": [{"bid": [bid]}]})
+            if path == "/openrtb2/auction":  # the impression in the billing notice, the click around the creative
+                adm = f'<a href="{html.escape(urls["click"])}"><img src="{base_url}/v1/creatives/ad/image"></a>'
+                nurl = urls["win"] + "&price=${AUCTION_PRICE}"
+                bid = {"id": auction, "impid": "1", "price": 1.5, "cid": "c", "cat": ["IAB2"], "nurl": nurl,
+                       "burl": urls["impression"], "adm": adm}  # fmt: skip
+                return JSONResponse({"id": body["id"], "bidid": auction, "seatbid": [{"bid": [bid]}]})
             tokens = {kind: f"t-{auction}-{kind}" for kind in EventType}
             return JSONResponse({"auction_id": auction, "campaign_id": "c", "category": "Automotive", "pctr": 0.5,
                                  "tracking": urls, "event_tokens": tokens})  # fmt: skip
@@ -482,7 +499,8 @@ DATACENTER_CIDRS = "198.51.100.0/24"
 def simulation_service(service_settings):
     service_settings = service_settings.model_copy(update={"ivt_datacenter_cidrs": DATACENTER_CIDRS})
     write_lake(service_settings)
-    big = {"total_budget_micros": 10_000_000_000, "daily_budget_micros": 10_000_000_000, "frequency_cap_per_day": 1000}
+    big = {"total_budget_micros": 10_000_000_000, "daily_budget_micros": 10_000_000_000, "frequency_cap_per_day": 1000,
+           "creative": {"video": {"url": "https://cdn.cars.example/spot.mp4", "duration_s": 15}}}  # fmt: skip
     campaigns = (
         instruction("sim-cpc", **big),
         instruction("sim-cpm", pricing_model="CPM", bid_micros=4_000_000, **big),

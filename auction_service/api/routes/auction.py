@@ -1,12 +1,12 @@
-"""POST /v1/auction (our JSON) and POST /openrtb2/auction (OpenRTB 2.6 subset). No fill is 204.
+"""POST /v1/auction (our JSON) and POST /openrtb2/auction (OpenRTB 2.6). No fill is 204.
 
 Callers are known: a request carries its publisher's or exchange's API key in ``X-Api-Key``
 (or ``Authorization: Bearer``), else 401, but for an anonymous caller in local mode with
 AUCTION_ALLOW_ANONYMOUS. The key's caller is the auction's ``publisher_id``, and its policy
 bounds the request: a floor above the caller's maximum is lowered to it (the auction still
 runs, at the agreed ceiling; a caller cannot push the clearing price past it), and OpenRTB
-``at=1`` (first price) is refused with 400 unless the caller is allowed it. The key is
-checked after the body validated, so a request that does not validate gets its 422 first.
+``at=1`` (first price) gets no bid (204) unless the caller is allowed it. The key is
+checked after the body validated, so a request that does not validate gets its 422 (OpenRTB: 400) first.
 
 Both routes are ``async def`` and take the state from the request rather than through
 ``StateDep``: an auction is CPU work with no I/O to wait for (the auction log is sent
@@ -19,23 +19,29 @@ OpenAPI is the one that writes it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from adstream.events import MICROS_PER_UNIT
 from auction_service.api.schemas import (
     INVALID_REQUEST,
     AuctionRequest,
     AuctionResponse,
+    OpenRtbRefusal,
     Refusal,
+    openrtb_refusal,
 )
 from auction_service.campaign_store.callers import CallerPolicy
 from auction_service.domain import AuctionContext
-from auction_service.serving import openrtb, tracking
+from auction_service.serving import bid_filter, openrtb, openrtb_bids, tracking
+from auction_service.serving.auction import deal_of
 from auction_service.serving.callers import anonymous_policy
 from auction_service.serving.flows import ServedAd, serve_auction
 from auction_service.serving.state import ServiceState
@@ -45,7 +51,6 @@ UNKNOWN_CALLER: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(tags=["auction"], responses={**INVALID_REQUEST, **UNKNOWN_CALLER})
 NO_FILL = {204: {"description": "no campaign is eligible above the floor (no fill)"}}
-NOT_ALLOWED = {400: {"model": Refusal, "description": "at=1 (first price) from a caller not allowed it"}}
 SEND_A_KEY = (
     "the auction endpoints need the caller's API key: send the header 'X-Api-Key: <key_id>.<secret>' "
     "(or 'Authorization: Bearer <key_id>.<secret>'); `adstream callers add` makes one"
@@ -82,14 +87,17 @@ def _base_url(request: Request) -> str:
     return base
 
 
-def signed_events(request: Request, served: ServedAd, context: AuctionContext) -> tuple[dict[str, str], dict[str, str]]:
+def signed_events(
+    request: Request, served: ServedAd, context: AuctionContext, *, win: bool = False
+) -> tuple[dict[str, str], dict[str, str]]:
     """The winner's event URLs and tokens (event type -> URL, token), signed for this auction, its campaign
-    and its expiry. Plain dicts: the response model validates them in one pass, cheaper than models built here."""
+    and its expiry; ``win`` adds an exchange's win notice. Plain dicts: the response model validates them in
+    one pass, cheaper than models built here."""
     winner, auction_id = served.outcome.winner, served.auction_id
     assert winner is not None and served.expires_at is not None
     video = context.content_type == "video"
     tokens = tracking.event_tokens(_state(request).signer, auction_id, winner.campaign_id, served.expires_at,
-                                   video=video)  # fmt: skip
+                                   video=video, win=win)  # fmt: skip
     return tracking.event_urls(_base_url(request), auction_id, tokens), tokens
 
 
@@ -156,28 +164,72 @@ async def auction(body: AuctionRequest, request: Request) -> AuctionResponse | R
     )  # fmt: skip
 
 
-@router.post("/openrtb2/auction", response_model=openrtb.BidResponse, responses={**NO_FILL, **NOT_ALLOWED})
-async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb.BidResponse | Response:
+@router.post(
+    "/openrtb2/auction",
+    response_model=openrtb_bids.BidResponse,
+    response_model_exclude_none=True,
+    responses={
+        204: {"description": "no bid: nothing we buy, or no campaign clears (the reason is in X-No-Bid-Reason)"},
+        400: {"model": OpenRtbRefusal, "description": "the request breaks OpenRTB 2.6: each JSON path and rule"},
+    },
+)
+async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb_bids.BidResponse | Response:
+    """One auction per imp we buy (module ``auction_service.serving.openrtb`` lists what is honoured)."""
+    if errors := openrtb.spec_errors(body):
+        return JSONResponse(openrtb_refusal(errors), status_code=status.HTTP_400_BAD_REQUEST)
     caller = await caller_policy(request)
-    if body.first_price and not caller.first_price_allowed:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            f"at=1 (first price) is not allowed for caller {caller.caller_id!r}: send at=2 (second price)",
-        )
     state = _state(request)
-    auction_id = new_auction_id()
-    context = openrtb.to_context(
-        body,
-        auction_id=auction_id,
-        at=datetime.now(UTC),
-        reserve_price_micros=state.settings.auction_reserve_price_micros,
-        publisher_id=caller.caller_id,
-        max_floor_cpm_micros=caller.max_floor_cpm_micros,
-    )
-    served = await serve_auction(state, context, first_price=body.first_price)
-    if served.outcome.winner is None:
-        return Response(status_code=204)
-    urls, _ = signed_events(request, served, context)
-    return openrtb.bid_response(
-        body, served.outcome, ad_markup_url=urls["impression"], nurl=urls["impression"], click_url=urls["click"]
-    )
+    reason = openrtb.no_bid_reason(body, min_tmax_ms=state.settings.openrtb_min_tmax_ms)
+    if reason is None and body.first_price and not caller.first_price_allowed:
+        reason = f"at=1 (first price) is not allowed for caller {caller.caller_id!r}: send at=2 (second price)"
+    if reason is not None:
+        return _no_bid(reason)
+    now, bids, shed = datetime.now(UTC), [], 0
+    filled: frozenset[str] = frozenset()
+    screener = state.bid_filter.current  # one filter for the whole request, even if a swap lands meanwhile
+    for imp in body.imp:
+        if openrtb.imp_no_bid_reason(imp) is not None:
+            continue
+        terms = _FIT.terms(state.campaigns.campaigns, imp, max_floor_cpm_micros=caller.max_floor_cpm_micros)
+        context = openrtb.to_context(
+            body, imp, auction_id=new_auction_id(), at=now,
+            reserve_price_micros=state.settings.auction_reserve_price_micros, publisher_id=caller.caller_id,
+            max_floor_cpm_micros=caller.max_floor_cpm_micros, terms=terms, excluded=filled,
+        )  # fmt: skip
+        screened = bid_filter.UNSCREENED
+        if screener is not None:  # before eligibility and scoring: a request that will not earn ends here
+            features = bid_filter.request_features(context, domain=context.domain, placement=context.placement)
+            screened = bid_filter.screen(screener, features, random.random(), state.metrics.bid_filter)
+            if not screened.passed:
+                shed += 1
+                continue
+            context = dataclasses.replace(context, **screened.record_fields())
+        served = await serve_auction(state, context, first_price=body.first_price)
+        winner, price = served.outcome.winner, served.outcome.clearing_price_cpm_micros
+        if screener is not None and screened.explored:
+            bid_filter.settle_explored(screener, screened, price or 0, state.metrics.bid_filter)
+        if winner is None or price is None:
+            continue
+        filled |= {winner.campaign_id}
+        urls, _ = signed_events(request, served, context, win=True)
+        ad = state.features.current.ads.get(winner.ad_id)
+        one = openrtb_bids.bid(
+            auction_id=served.auction_id, imp_id=imp.id, campaign=winner, price_cpm_micros=price, urls=urls,
+            image_url=f"{_base_url(request)}/v1/creatives/{winner.ad_id}/image",
+            title=(ad.title if ad and ad.title else winner.category), size=openrtb.bid_size(imp, winner),
+            video=context.content_type == "video", deal_id=deal_of(context, winner),
+        )  # fmt: skip
+        bids.append((winner.advertiser_id, one))
+    if not bids:
+        return _no_bid(
+            "the bid-request filter: no imp is likely to fill" if shed else "no campaign clears the floor of any imp"
+        )
+    return openrtb_bids.bid_response(body.id, bids[0][1].id, bids)
+
+
+_FIT = openrtb.CampaignFit()
+
+
+def _no_bid(reason: str) -> Response:
+    # Header values are latin-1: a reason quoting the request's own text is made safe first.
+    return Response(status_code=204, headers={"X-No-Bid-Reason": reason.encode("ascii", "replace").decode()[:300]})

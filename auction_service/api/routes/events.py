@@ -9,11 +9,13 @@ event type. The device's user agent and address are the event's ``user_agent`` a
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import RedirectResponse
 
-from adstream.events import EventType
+from adstream.events import MICROS_PER_UNIT, EventType
 from adstream.messaging import BrokerUnavailable
 from adstream.signing import TokenError
 from auction_service.api.schemas import INVALID_REQUEST, EventBatch, EventBatchResult, Refusal
@@ -21,6 +23,7 @@ from auction_service.serving.bodies import ID_PATTERN, EventIn, EventResult
 from auction_service.serving.flows import Client, LedgerUnavailable, record_events
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=INVALID_REQUEST)
+MAX_WIN_PRICE = Decimal(1000)  # USD CPM: as the largest bid (MAX_BID_MICROS)
 RETRY = "retry the same events with the same event_id: a replay is never charged twice"
 # Short enough that the derived event id "<auction_id>-<event_type>" is still a valid Id.
 TrackedAuctionId = Annotated[str, Path(min_length=1, max_length=64 - len("-video_complete"), pattern=ID_PATTERN)]
@@ -75,17 +78,60 @@ async def post_events(body: EventIn | EventBatch, request: Request) -> EventBatc
 
 
 @router.get(
-    "/track/{auction_id}/{event_type}", status_code=204, responses={204: {"description": "recorded"}, **REFUSED}
+    "/track/{auction_id}/{event_type}",
+    status_code=204,
+    responses={
+        204: {"description": "recorded"},
+        302: {"description": "a click: recorded, and on to the campaign's landing page"},
+        **REFUSED,
+    },
 )
 async def track(
     auction_id: TrackedAuctionId,
     event_type: EventType,
     request: Request,
     t: Annotated[str | None, Query(max_length=128, description="the token the auction put in this URL")] = None,
+    price: Annotated[
+        str | None, Query(max_length=32, description="a win notice's clearing price, USD CPM (${AUCTION_PRICE})")
+    ] = None,
 ) -> Response:
-    """A signed tracking URL: the event id is derived from the auction, so a URL that fires twice counts once."""
-    event = EventIn(event_id=f"{auction_id}-{event_type}", event_type=event_type, auction_id=auction_id, token=t)
+    """A signed tracking URL: the event id is derived from the auction, so a URL that fires twice counts once.
+    A click that has a landing page redirects there (302), even when it fires again."""
+    event = EventIn(
+        event_id=f"{auction_id}-{event_type}", event_type=event_type, auction_id=auction_id, token=t,
+        exchange_price_cpm_micros=_win_price(price) if event_type == EventType.WIN else None,
+    )  # fmt: skip
     result = await _record(request, [event])
     if result.rejected:
         raise _refused(result.results[0], status.HTTP_422_UNPROCESSABLE_CONTENT)
+    if event_type == EventType.CLICK and (landing := _landing_page(request, result.results[0])):
+        return RedirectResponse(landing, status_code=status.HTTP_302_FOUND)
     return Response(status_code=204)
+
+
+def _win_price(price: str | None) -> int | None:
+    """``price`` (USD CPM, as the exchange wrote it) in micros; 422 when it is not a price."""
+    if price is None:
+        return None
+    if "AUCTION_PRICE" in price:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "price is the unsubstituted ${AUCTION_PRICE} macro: the exchange must replace it with the clearing price",
+        )
+    try:
+        amount = Decimal(price)
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0 or amount > MAX_WIN_PRICE:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"price {price!r} is not a clearing price: a decimal USD CPM from 0 to {MAX_WIN_PRICE}",
+        )
+    return int((amount * MICROS_PER_UNIT).to_integral_value(ROUND_HALF_UP))
+
+
+def _landing_page(request: Request, result: EventResult) -> str | None:
+    # The landing page comes from the campaign the token was signed for, never from the URL: no open redirect.
+    campaign_id = result.campaign_id
+    campaign = request.app.state.service.campaigns.by_id.get(campaign_id) if campaign_id else None
+    return None if campaign is None else campaign.creative.landing_url

@@ -165,12 +165,14 @@ def test_a_floor_above_the_callers_maximum_is_lowered_to_it(service, way):
     assert post(service, way, "/v1/auction", {"floor_cpm": "50"}, key(service.exchange)).status_code == 204
 
 
-def test_first_price_is_refused_with_400_unless_the_caller_is_allowed_it(service, way):
+def test_first_price_gets_no_bid_unless_the_caller_is_allowed_it(service, way):
+    # A valid request we will not buy is a no bid (204), never a 4xx an exchange would count as an error.
     first_price = {**LOW_FLOOR, "at": 1}
     refused = post(service, way, "/openrtb2/auction", first_price, key(service.publisher))
-    assert refused.status_code == 400, refused.text
+    assert (refused.status_code, refused.content) == (204, b"")
     assert (
-        refused.json()["detail"] == "at=1 (first price) is not allowed for caller 'pub-news': send at=2 (second price)"
+        refused.headers["X-No-Bid-Reason"]
+        == "at=1 (first price) is not allowed for caller 'pub-news': send at=2 (second price)"
     )
     assert post(service, way, "/openrtb2/auction", {**first_price, "at": 2}, key(service.publisher)).status_code == 200
     allowed = post(service, way, "/openrtb2/auction", first_price, key(service.exchange))

@@ -92,8 +92,8 @@ def exchange(base_url: str) -> tuple[list[Answer], list[str]]:
     never_served = {**click, "event_id": f"{auction_id}-lost", "auction_id": "never-served"}
     impression = signed_event(filled, "impression", at=impression_time())
     post("/v1/events", {"events": [impression, click, click, never_served]})
-    (win_token,) = parse_qs(urlsplit(bid["seatbid"][0]["bid"][0]["nurl"]).query)["t"]  # the signed impression URL
-    bid_auction = {"auction_id": bid_id, "event_tokens": {"impression": win_token}}
+    (billed_token,) = parse_qs(urlsplit(bid["seatbid"][0]["bid"][0]["burl"]).query)["t"]  # the signed impression URL
+    bid_auction = {"auction_id": bid_id, "event_tokens": {"impression": billed_token}}
     post("/v1/events", signed_event(bid_auction, "impression"))
     post("/v1/events", never_served)  # one refused event: 404
     post("/v1/events", signed_event(filled, "click", f"{auction_id}-future", at=FUTURE))  # its time: 422
@@ -144,7 +144,7 @@ def test_the_hot_routes_answer_the_same_both_ways_and_as_documented(servers):
     statuses = {(answer.path, answer.status) for answer in seen[True]}
     assert statuses == {
         ("/v1/auction", 200), ("/v1/auction", 204), ("/v1/auction", 422),
-        ("/openrtb2/auction", 200), ("/openrtb2/auction", 204), ("/openrtb2/auction", 422),
+        ("/openrtb2/auction", 200), ("/openrtb2/auction", 204), ("/openrtb2/auction", 400),
         ("/v1/events", 202), ("/v1/events", 401), ("/v1/events", 404), ("/v1/events", 422),
     }  # fmt: skip
     for on, off in zip(seen[True], seen[False], strict=True):

@@ -523,7 +523,18 @@ def test_auction_record_of_a_filled_and_an_empty_auction() -> None:
         runner_up_ecpm_micros=6_000_000,
         model_version="7",
         latency_ms=1.5,
+        clearing_price_cpm_micros=6_010_000,  # 300_500 per click x 0.02 x 1000
     )
+    deal = dataclasses.replace(
+        context, deals={"c-cpc": ("D-7", 1_000_000)}, request_id="req-9", imp_id="2", domain="news.example",
+        placement="300x250", bid_filter_score=0.8, bid_filter_explored=True,
+    )  # fmt: skip
+    record = auction_record(deal, run_auction(deal, [winner], [0.02], reserve_price_micros=RESERVE), model_version="7",
+                            latency_ms=1.5)  # fmt: skip
+    assert (record.deal_id, record.request_id, record.imp_id, record.domain, record.placement) == (
+        "D-7", "req-9", "2", "news.example", "300x250"
+    )  # fmt: skip
+    assert (record.bid_filter_score, record.bid_filter_explored) == (0.8, True)
     empty = run_auction(context, [], [], reserve_price_micros=RESERVE)
     record = auction_record(context, empty, model_version=None, latency_ms=0.2)
     assert (record.filled, record.campaign_id, record.clearing_price_micros, record.floor_micros) == (

@@ -173,7 +173,7 @@ def test_an_openrtb_floor_is_capped_at_the_callers_maximum_and_the_reserve_still
 
     def floor(cap: int | None, reserve: int = 10_000) -> int:
         context = openrtb.to_context(
-            request, auction_id="a", at=datetime.now(UTC), reserve_price_micros=reserve,
+            request, request.imp[0], auction_id="a", at=datetime.now(UTC), reserve_price_micros=reserve,
             publisher_id="pub-news", max_floor_cpm_micros=cap,
         )  # fmt: skip
         assert context.publisher_id == "pub-news"

@@ -1,8 +1,11 @@
-"""The OpenRTB 2.6 subset: request validation, mapping to the auction context, and the bid response."""
+"""The OpenRTB 2.6 bidder's pure parts: request validation, no-bid rules, privacy, which campaigns fit an imp,
+deal floors, the mapping to the auction context, and the bid with its markup."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import xml.etree.ElementTree as ET
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -10,10 +13,21 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from adstream.events import CampaignStatus, PricingModel
+from adstream.events import BannerSize, CampaignStatus, Creative, Deal, PricingModel, VideoCreative
 from auction_service.domain import AuctionContext, ServingCampaign
 from auction_service.serving.auction import eligible, run_auction
-from auction_service.serving.openrtb import IAB_CATEGORIES, BidRequest, bid_response, blocked_categories, to_context
+from auction_service.serving.openrtb import (
+    IAB_CATEGORIES,
+    BidRequest,
+    CampaignFit,
+    blocked_categories,
+    no_bid_reason,
+    personal_data_refused,
+    spec_errors,
+    tcf_consents,
+    to_context,
+)
+from auction_service.serving.openrtb_bids import bid
 from ingestion.ads16 import ADS16_CATEGORIES
 
 AT = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -65,7 +79,8 @@ def sample(**changes: Any) -> dict[str, Any]:
 
 
 def context_of(body: dict[str, Any], reserve: int = RESERVE) -> AuctionContext:
-    return to_context(BidRequest.model_validate(body), auction_id="auction-1", at=AT, reserve_price_micros=reserve)
+    request = BidRequest.model_validate(body)
+    return to_context(request, request.imp[0], auction_id="auction-1", at=AT, reserve_price_micros=reserve)
 
 
 def test_sample_request_maps_to_the_auction_context() -> None:
@@ -82,6 +97,10 @@ def test_sample_request_maps_to_the_auction_context() -> None:
         floor_cpm_micros=500_000,  # $0.50 CPM, above the $0.01 reserve
         blocked_categories=frozenset({"Dating Sites"}),  # IAB14-1 (Dating) blocks IAB14; IAB25/26 are none of ours
         blocked_advertisers=frozenset({"spammy-ads.example"}),
+        request_id="80ce30c53c16e6ede735f123ef6e32361bfc7b22",
+        imp_id="1",
+        domain="www.foobar.com",
+        placement="300x250",
     )
     request = BidRequest.model_validate(SAMPLE)
     assert (request.tmax, request.first_price) == (120, False)
@@ -105,7 +124,7 @@ def test_app_video_request_with_sparse_user() -> None:
     assert context.floor_cpm_micros == RESERVE  # no bidfloor: the reserve price
     assert (context.blocked_categories, context.blocked_advertisers) == (frozenset(), frozenset())
     assert BidRequest.model_validate(body).first_price
-    # A multi-format imp (banner and video) is display: our creatives are images.
+    # A multi-format imp (banner and video) is auctioned as a banner.
     body["imp"] = [{"id": "m1", "banner": {"w": 300, "h": 250}, "video": {"mimes": ["video/mp4"]}}]
     assert context_of(body).content_type == "display"
 
@@ -131,8 +150,8 @@ def test_user_geo_is_the_fallback_country_and_impossible_ages_are_unstated() -> 
 
 def test_extensions_and_unknown_fields_are_ignored() -> None:
     body = sample(ext={"prebid": {"targeting": {}}}, dooh_like_field=7)
+    body["imp"][0]["banner"]["ext"] = {"vcm": 1}
     body["imp"][0]["ext"] = {"gpid": "/1234/home#top", "skadn": {"version": "2.0"}}
-    body["imp"][0]["pmp"] = {"private_auction": 0, "deals": []}
     body["device"]["ext"] = {"atts": 3}
     body["device"]["geo"]["ext"] = {"dma": 807}
     body["user"]["ext"] = {"consent": "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"}
@@ -149,27 +168,31 @@ def remove(key: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("body", "loc", "fragment"),
     [
-        (sample(imp=[{"id": "1", "banner": {}, "bidfloorcur": "EUR"}]), ("imp", 0, "bidfloorcur"), "only USD"),
-        (sample(app={"id": "a1"}), (), "either site or app, not both"),
-        (remove("site"), (), "needs a site or an app"),
         (remove("imp"), ("imp",), "required"),
         (sample(imp=[]), ("imp",), "at least 1"),
         (sample(imp=[{"id": "1", "banner": {}, "bidfloor": -0.01}]), ("imp", 0, "bidfloor"), "greater than or equal"),
-        (sample(imp=[{"id": "1", "banner": {}, "bidfloor": 5000}]), ("imp", 0, "bidfloor"), "less than or equal"),
         (sample(imp=[{"id": "1", "banner": {}, "bidfloor": "0.5"}]), ("imp", 0, "bidfloor"), "valid number"),
-        (sample(imp=[{"id": "1", "native": {"request": "{}"}}]), ("imp", 0), "needs a banner or a video"),
+        (sample(imp=[{"id": "1", "banner": {"w": -300, "h": 250}}]), ("imp", 0, "banner", "w"), "greater than or"),
+        (sample(imp=[{"id": "1", "banner": {"format": [{"w": 1, "h": -1}]}}]), ("imp", 0, "banner", "format", 0, "h"),
+         "greater than or equal"),
+        (sample(imp=[{"id": "1", "video": {"w": 640}}]), ("imp", 0, "video", "mimes"), "required"),
+        (sample(imp=[{"id": "1", "banner": {}, "pmp": {"deals": [{"bidfloor": 1.0}]}}]),
+         ("imp", 0, "pmp", "deals", 0, "id"), "required"),
+        (sample(imp=[{"id": "1", "banner": {}, "pmp": {"private_auction": 2}}]),
+         ("imp", 0, "pmp", "private_auction"), "0 or 1"),
         (sample(imp=[{"banner": {}}]), ("imp", 0, "id"), "required"),
-        (sample(at=3), ("at",), "1 (first price) or 2 (second price)"),
+        (sample(at=0), ("at",), "greater than or equal to 1"),
         (sample(at="2"), ("at",), "valid integer"),
         (sample(bcat=["IAB19", "gambling"]), ("bcat",), "not codes: ['gambling']"),
-        (sample(cattax=2), ("cattax",), "only cattax 1"),
         (sample(device={"devicetype": 9}), ("device", "devicetype"), "device type 1-8"),
+        (sample(device={"w": -1}), ("device", "w"), "greater than or equal"),
         (sample(device={"geo": {"country": "US"}}), ("device", "geo", "country"), "alpha-3"),
         (sample(user={"gender": "female"}), ("user", "gender"), "'M', 'F' or 'O'"),
-        (sample(user={"yob": 85}), ("user", "yob"), "greater than or equal to 1900"),
+        (sample(user={"yob": 85}), ("user", "yob"), "greater than or equal to 1000"),
+        (sample(regs={"gdpr": 2}), ("regs", "gdpr"), "0 or 1"),
         (sample(id=""), ("id",), "at least 1 character"),
     ],
-)
+)  # fmt: skip
 def test_invalid_requests_name_the_field_to_fix(body: dict[str, Any], loc: tuple[object, ...], fragment: str) -> None:
     with pytest.raises(ValidationError) as raised:
         BidRequest.model_validate(body)
@@ -177,6 +200,97 @@ def test_invalid_requests_name_the_field_to_fix(body: dict[str, Any], loc: tuple
     assert len(errors) == 1, errors
     assert errors[0]["loc"] == loc
     assert fragment in errors[0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (sample(imp=[{"id": "1", "banner": {}}, {"id": "1", "video": {"mimes": ["video/mp4"]}}]),
+         [("imp[1].id", "imp ids are unique within a request: '1' is imp[0].id too")]),
+        (sample(app={"bundle": "com.example"}), [("app", "at most one of site, app and dooh: got site and app")]),
+        (sample(dooh={"id": "screen-1"}), [("dooh", "at most one of site, app and dooh: got site and dooh")]),
+        (sample(imp=[{"id": "1", "ext": {}}]), [("imp[0]", "an imp needs a banner, video, audio or native object")]),
+        (sample(imp=[{"id": "1", "video": {"mimes": ["video/mp4"], "minduration": 30, "maxduration": 15}}]),
+         [("imp[0].video.maxduration", "maxduration is at least minduration")]),
+    ],
+)  # fmt: skip
+def test_rules_across_fields_are_spec_errors_with_their_path(body: dict[str, Any], expected: list) -> None:
+    assert spec_errors(BidRequest.model_validate(body)) == expected
+
+
+def without_site(**changes: Any) -> dict[str, Any]:
+    body = sample(**changes)
+    del body["site"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (without_site(dooh={"id": "screen-1"}), "DOOH inventory is not bought"),
+        (without_site(), "neither site nor app"),
+        (sample(cattax=2), "cattax 2"),
+        (sample(at=3), "auction type at=3"),
+        (sample(at=501), "auction type at=501"),
+        (sample(cur=["EUR"]), "USD only"),
+        (sample(tmax=5), "tmax 5 ms"),
+        (sample(imp=[{"id": "1", "native": {"request": "{}"}}, {"id": "2", "audio": {"mimes": ["audio/mp4"]}}]),
+         "no imp we buy"),
+        (sample(imp=[{"id": "1", "banner": {}, "bidfloorcur": "EUR"}]), "floors in USD only"),
+    ],
+)  # fmt: skip
+def test_valid_requests_we_do_not_buy_have_a_no_bid_reason(body: dict[str, Any], fragment: str) -> None:
+    request = BidRequest.model_validate(body)
+    assert spec_errors(request) == []
+    reason = no_bid_reason(request, min_tmax_ms=20)
+    assert reason is not None and fragment in reason
+
+
+def test_a_request_we_buy_has_no_no_bid_reason() -> None:
+    assert no_bid_reason(BidRequest.model_validate(sample(tmax=20)), min_tmax_ms=20) is None
+
+
+def tcf_string(purposes: set[int], version: int = 2) -> str:
+    """A TCF v2 core segment: version, 146 bits of dates, CMP and list fields (zero here), then 24 purposes."""
+    bits = format(version, "06b") + "0" * 146 + "".join("1" if p in purposes else "0" for p in range(1, 25))
+    bits += "0" * (-len(bits) % 8 + 16)  # the vendor sections that follow, empty
+    raw = int(bits, 2).to_bytes(len(bits) // 8, "big")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_tcf_consent_needs_purposes_1_3_and_4_of_a_version_2_string() -> None:
+    assert tcf_consents(tcf_string({1, 2, 3, 4, 7}))
+    assert not tcf_consents(tcf_string({1, 3}))
+    assert not tcf_consents(tcf_string({1, 3, 4}, version=1))
+    assert not tcf_consents("not base64 at all!")
+    assert not tcf_consents("")
+    assert not tcf_consents(tcf_string({1, 3, 4})[:10])  # too short to hold the purposes
+
+
+@pytest.mark.parametrize(
+    ("regs", "consent", "refused"),
+    [
+        ({"coppa": 1}, None, "coppa"),
+        ({"gdpr": 1}, None, "gdpr"),
+        ({"gdpr": 1}, tcf_string({1, 3}), "gdpr"),
+        ({"gdpr": 1}, tcf_string({1, 3, 4}), None),
+        ({"gdpr": 0}, None, None),
+        ({"us_privacy": "1YYN"}, None, "us_privacy"),
+        ({"us_privacy": "1YNN"}, None, None),
+        ({"us_privacy": "1---"}, None, None),
+        ({"gpp": "DBABMA~CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA", "gpp_sid": [2]}, None, "gpp"),
+        ({"gpp": "DBAA", "gpp_sid": [-1]}, None, None),
+    ],
+)
+def test_privacy_signals_make_the_auction_contextual(regs: dict, consent: str | None, refused: str | None) -> None:
+    user = {"id": "u-1", "yob": 1990, "gender": "F"} | ({"consent": consent} if consent else {})
+    body = sample(regs=regs, user=user)
+    reason = personal_data_refused(BidRequest.model_validate(body))
+    assert (reason is None) == (refused is None) and (refused is None or refused in reason)
+    context = context_of(body)
+    personal = (context.user_id, context.age, context.gender)
+    assert personal == ((None, None, None) if refused else ("u-1", 34, "F"))
+    assert (context.country, context.device_type) == ("United States", "mobile")  # contextual signals stay
 
 
 def make_campaign(campaign_id: str, **overrides: object) -> ServingCampaign:
@@ -225,67 +339,143 @@ def test_every_category_of_the_taxonomy_has_iab_codes() -> None:
     assert all(codes and all(code.startswith("IAB") for code in codes) for codes in IAB_CATEGORIES.values())
 
 
-def test_bid_response_for_a_cpc_winner() -> None:
-    # Only the first imp is auctioned, so the bid names it.
-    imps = [SAMPLE["imp"][0], {"id": "2", "banner": {"w": 728, "h": 90}}]
-    request = BidRequest.model_validate(sample(imp=imps, bcat=[], badv=[]))
-    context = to_context(request, auction_id="auction-42", at=AT, reserve_price_micros=RESERVE)
+VIDEO_15S = VideoCreative(url="https://cdn.shoes.example/spring.mp4", mime="video/mp4", duration_s=15)
+
+
+def campaigns_for_fit() -> tuple[ServingCampaign, ...]:
+    return (
+        make_campaign("any-size"),  # the standard IAB sizes
+        make_campaign("leaderboard", creative=Creative(banner_sizes=[BannerSize(w=728, h=90)])),
+        make_campaign("video", creative=Creative(video=VIDEO_15S)),
+        make_campaign("deal", advertiser_id="adv-deal", deals=(Deal(deal_id="D-1", floor_cpm_micros=3_000_000),)),
+        make_campaign("deal-seat", advertiser_id="adv-s", deals=(Deal(deal_id="D-1", seats=["adv-other"]),)),
+    )
+
+
+def imp_terms(imp: dict[str, Any], max_floor: int | None = None):
+    request = BidRequest.model_validate(sample(imp=[imp]))
+    return CampaignFit().terms(campaigns_for_fit(), request.imp[0], max_floor_cpm_micros=max_floor)
+
+
+def test_banner_sizes_pick_the_campaigns_made_for_them() -> None:
+    assert imp_terms({"id": "1", "banner": {"w": 728, "h": 90}}).eligible == {
+        "any-size", "leaderboard", "video", "deal", "deal-seat"
+    }  # fmt: skip
+    assert imp_terms({"id": "1", "banner": {"format": [{"w": 728, "h": 90}]}}).eligible >= {"leaderboard"}
+    assert "leaderboard" not in imp_terms({"id": "1", "banner": {"w": 300, "h": 250}}).eligible
+    assert imp_terms({"id": "1", "banner": {"w": 301, "h": 251}}).eligible == frozenset()
+    assert imp_terms({"id": "1", "banner": {}}).eligible is None  # no size: any
+
+
+@pytest.mark.parametrize(
+    ("video", "fits"),
+    [
+        ({"mimes": ["video/mp4"]}, True),
+        ({"mimes": ["video/webm"]}, False),
+        ({"mimes": ["video/mp4"], "maxduration": 10}, False),
+        ({"mimes": ["video/mp4"], "minduration": 20}, False),
+        ({"mimes": ["video/mp4"], "minduration": 5, "maxduration": 30}, True),
+        ({"mimes": ["video/mp4"], "protocols": [2, 3]}, False),  # no VAST 4.0
+        ({"mimes": ["video/mp4"], "protocols": [3, 7]}, True),
+    ],
+)
+def test_a_video_imp_is_filled_only_by_a_fitting_video_creative(video: dict, fits: bool) -> None:
+    assert imp_terms({"id": "1", "video": video}).eligible == (frozenset({"video"}) if fits else frozenset())
+
+
+def test_deals_set_floors_and_a_private_auction_admits_only_them() -> None:
+    deal = {"id": "D-1", "bidfloor": 2.5}
+    open_market = imp_terms({"id": "1", "banner": {}, "pmp": {"private_auction": 0, "deals": [deal]}})
+    # The campaign's own deal floor ($3) is above the request's ($2.50); deal-seat's seats exclude its seat.
+    assert (open_market.eligible, dict(open_market.deals)) == (None, {"deal": ("D-1", 3_000_000)})
+    private = imp_terms({"id": "1", "banner": {}, "pmp": {"private_auction": 1, "deals": [deal]}})
+    assert (private.eligible, dict(private.deals)) == (frozenset({"deal"}), {"deal": ("D-1", 3_000_000)})
+    walled = imp_terms({"id": "1", "banner": {}, "pmp": {"private_auction": 1, "deals": [deal | {"wseat": ["x"]}]}})
+    assert (walled.eligible, dict(walled.deals)) == (frozenset(), {})
+    unknown = imp_terms({"id": "1", "banner": {}, "pmp": {"private_auction": 1, "deals": [{"id": "D-9"}]}})
+    assert unknown.eligible == frozenset()
+    # The caller's maximum floor caps the request's deal floor, not the advertiser's own.
+    capped = imp_terms({"id": "1", "banner": {}, "pmp": {"deals": [{"id": "D-1", "bidfloor": 9.0}]}}, max_floor=1)
+    assert dict(capped.deals) == {"deal": ("D-1", 3_000_000)}
+
+
+def test_a_deal_bid_clears_at_its_deal_floor_above_the_runner_up() -> None:
+    deal = make_campaign("deal", bid_micros=8_000_000)
+    rival = make_campaign("rival", bid_micros=2_000_000)
+    context = AuctionContext(auction_id="a-1", at=AT, floor_cpm_micros=100_000, deals={"deal": ("D-1", 5_000_000)})
+    outcome = run_auction(context, [deal, rival], [0.1, 0.1], reserve_price_micros=RESERVE)
+    # GSP would charge the runner-up's $2.00 + 1 cent; the deal's $5.00 floor binds instead.
+    assert (outcome.winner.campaign_id, outcome.clearing_price_cpm_micros) == ("deal", 5_000_000)
+    below = AuctionContext(auction_id="a-2", at=AT, deals={"deal": ("D-1", 9_000_000)})
+    outcome = run_auction(below, [deal, rival], [0.1, 0.1], reserve_price_micros=RESERVE)
+    assert outcome.winner.campaign_id == "rival"  # the deal bid does not clear its floor; the open market does
+
+
+def test_one_campaign_fills_one_imp_of_a_request() -> None:
+    campaigns = [make_campaign("a"), make_campaign("b")]
+    context = AuctionContext(auction_id="a-1", at=AT, excluded_campaigns=frozenset({"a"}))
+    kept, filtered = eligible(context, campaigns, impressions_today={}, reserved_micros={})
+    assert ([c.campaign_id for c in kept], filtered) == (["b"], Counter({"filled another imp": 1}))
+    context = AuctionContext(auction_id="a-2", at=AT, eligible_campaigns=frozenset({"a"}))
+    kept, filtered = eligible(context, campaigns, impressions_today={}, reserved_micros={})
+    assert ([c.campaign_id for c in kept], filtered) == (["a"], Counter({"creative or deal": 1}))
+
+
+def test_badv_blocks_the_advertisers_domain() -> None:
+    campaigns = [make_campaign("shoes", creative=Creative(adomain="shoes.example")), make_campaign("cars")]
+    context = context_of(sample(badv=["shoes.example"]))
+    kept, filtered = eligible(context, campaigns, impressions_today={}, reserved_micros={})
+    assert [c.campaign_id for c in kept] == ["cars"] and filtered["blocked advertiser"] == 1
+
+
+URLS = {
+    kind: f"https://bid.example/v1/events/track/a-9/{kind}?t=tok-{kind}&x=1"
+    for kind in ("impression", "click", "conversion", "video_start", "video_complete", "win")
+}
+
+
+def test_a_banner_bid_carries_its_creative_and_notices() -> None:
     winner = make_campaign(
-        "c-cpc", pricing_model=PricingModel.CPC, bid_micros=500_000, advertiser_id="adv-7", category="Grocery"
-    )
-    runner_up = make_campaign("c-cpm", bid_micros=6_000_001)
-    outcome = run_auction(context, [runner_up, winner], [0.5, 0.02], reserve_price_micros=RESERVE)
-    response = bid_response(
-        request,
-        outcome,
-        ad_markup_url="https://ads.example/creatives/ad-c-cpc.png?a=1&b=2",
-        nurl="https://ads.example/win/auction-42?price=${AUCTION_PRICE}",
-    )
-    assert response.model_dump() == {
-        "id": "80ce30c53c16e6ede735f123ef6e32361bfc7b22",
-        "bidid": "auction-42",
-        "cur": "USD",
-        "seatbid": [
-            {
-                "seat": "adv-7",
-                "bid": [
-                    {
-                        "id": "auction-42",
-                        "impid": "1",
-                        # CPC eCPM 500_000 x 0.02 x 1000 = 10_000_000; the price per click is
-                        # ceil((6_000_001 + 10_000) / 20) = 300_501 micros, i.e. 300_501 x 20 = 6_010_020 per
-                        # thousand impressions = 6.01002 USD CPM.
-                        "price": 6.01002,
-                        "adid": "ad-c-cpc",
-                        "crid": "ad-c-cpc",
-                        "cid": "c-cpc",
-                        "cat": ["IAB8"],
-                        "adomain": ["adv-7"],
-                        "nurl": "https://ads.example/win/auction-42?price=${AUCTION_PRICE}",
-                        "adm": '<img src="https://ads.example/creatives/ad-c-cpc.png?a=1&amp;b=2" alt="">',
-                    }
-                ],
-            }
-        ],
-    }
+        "c-1", category="Grocery", advertiser_id="adv-7",
+        creative=Creative(adomain="grocer.example", landing_url="https://grocer.example/deals"),
+    )  # fmt: skip
+    one = bid(
+        auction_id="a-9", imp_id="1", campaign=winner, price_cpm_micros=6_010_020, urls=URLS,
+        image_url="https://bid.example/v1/creatives/ad-c-1/image", title='Fresh "bread" & <jam>', size=(300, 250),
+        video=False, deal_id=None,
+    )  # fmt: skip
+    dumped = one.model_dump(exclude_none=True)
+    assert {key: dumped[key] for key in ("price", "crid", "cid", "cat", "cattax", "adomain", "mtype", "w", "h")} == {
+        "price": 6.01002, "crid": "ad-c-1", "cid": "c-1", "cat": ["IAB8"], "cattax": 1,
+        "adomain": ["grocer.example"], "mtype": 1, "w": 300, "h": 250,
+    }  # fmt: skip
+    assert "dealid" not in dumped and "dur" not in dumped
+    assert dumped["nurl"] == "https://bid.example/v1/events/track/a-9/win?t=tok-win&x=1&price=${AUCTION_PRICE}"
+    assert dumped["burl"] == URLS["impression"]
+    adm = dumped["adm"]
+    assert 'href="https://bid.example/v1/events/track/a-9/click?t=tok-click&amp;x=1"' in adm
+    assert 'src="https://bid.example/v1/creatives/ad-c-1/image"' in adm
+    assert "Fresh &quot;bread&quot; &amp; &lt;jam&gt;" in adm and "<jam>" not in adm
+    assert "impression" not in adm  # the billable impression is burl's
 
 
-def test_the_markup_links_the_signed_click_url_when_given() -> None:
-    request = BidRequest.model_validate(SAMPLE)
-    context = to_context(request, auction_id="auction-44", at=AT, reserve_price_micros=RESERVE)
-    outcome = run_auction(context, [make_campaign("c-1", bid_micros=6_000_000)], [0.1], reserve_price_micros=RESERVE)
-    response = bid_response(
-        request, outcome, ad_markup_url="https://x/i?t=a&b", nurl="https://x/i", click_url="https://x/c?t=k1.9.s&z"
-    )
-    assert (
-        response.seatbid[0].bid[0].adm
-        == '<a href="https://x/c?t=k1.9.s&amp;z"><img src="https://x/i?t=a&amp;b" alt=""></a>'
-    )
-
-
-def test_no_winner_has_no_bid_response() -> None:
-    request = BidRequest.model_validate(SAMPLE)
-    context = to_context(request, auction_id="auction-43", at=AT, reserve_price_micros=RESERVE)
-    outcome = run_auction(context, [], [], reserve_price_micros=RESERVE)
-    with pytest.raises(ValueError, match="204"):
-        bid_response(request, outcome, ad_markup_url="https://ads.example/a.png", nurl="https://ads.example/win")
+def test_a_video_bid_is_vast_4_inline() -> None:
+    winner = make_campaign("v-1", creative=Creative(video=VIDEO_15S))
+    one = bid(
+        auction_id="a-9", imp_id="v", campaign=winner, price_cpm_micros=2_000_000, urls=URLS,
+        image_url="unused", title="Spring <sale>", size=None, video=True, deal_id="D-1",
+    )  # fmt: skip
+    assert (one.mtype, one.dur, one.dealid, one.w, one.h) == (2, 15, "D-1", 1280, 720)
+    vast = ET.fromstring(one.adm)
+    assert vast.tag == "VAST" and vast.get("version") == "4.0"
+    inline = vast.find("Ad/InLine")
+    assert inline.findtext("AdTitle") == "Spring <sale>"
+    assert inline.findtext("Impression") == URLS["impression"]
+    linear = inline.find("Creatives/Creative/Linear")
+    assert linear.findtext("Duration") == "00:00:15"
+    assert {t.get("event"): t.text for t in linear.findall("TrackingEvents/Tracking")} == {
+        "start": URLS["video_start"], "complete": URLS["video_complete"]
+    }  # fmt: skip
+    assert linear.findtext("VideoClicks/ClickThrough") == URLS["click"]
+    media = linear.find("MediaFiles/MediaFile")
+    assert (media.get("type"), media.text) == ("video/mp4", "https://cdn.shoes.example/spring.mp4")

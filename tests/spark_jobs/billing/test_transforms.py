@@ -58,3 +58,27 @@ def test_hours_must_be_whole_utc_hours():
     with pytest.raises(ValueError, match="not the start of an hour"):
         transforms.hour_start(at(10, 30))
     assert list(transforms.hours_between(H, H + timedelta(hours=3))) == [H + timedelta(hours=i) for i in range(3)]
+
+
+def test_media_cost_is_the_exchanges_price_of_each_impression_first_shown_in_the_hour(spark):
+    schema = (
+        "event_type string, event_time timestamp, auction_id string, campaign_id string, "
+        "exchange_price_cpm_micros bigint, charge_status string, ivt_category string"
+    )
+    rows = [
+        ("win", at(10, 1), "w1", "c1", 2_000_000, "not_billable", None),
+        ("win", at(10, 1), "w1", "c1", 2_500_000, "not_billable", None),  # fired twice: the lower price
+        ("impression", at(10, 2), "w1", "c1", None, "charged", None),
+        ("win", at(10, 3), "w2", "c1", 1_000_001, "not_billable", None),
+        ("impression", at(10, 4), "w2", "c1", None, "charged", None),
+        ("win", at(10, 5), "w3", "c1", 9_000_000, "not_billable", None),  # won, never shown: no cost
+        ("win", at(9, 58), "w4", "c2", 3_000_000, "not_billable", None),
+        ("impression", at(9, 59), "w4", "c2", None, "charged", None),  # shown in the hour before
+        ("impression", at(10, 1), "w4", "c2", None, "duplicate_auction", None),
+        ("win", at(10, 6), "w5", "c2", 4_000_000, "not_billable", None),
+        ("impression", at(10, 7), "w5", "c2", None, "invalid_traffic", "givt"),  # not delivered
+        ("impression", at(10, 8), "j1", "c2", None, "charged", None),  # our JSON route: no win notice
+    ]
+    costs = transforms.media_costs(spark.createDataFrame(rows, schema), H, timedelta(hours=2))
+    got = {row.campaign_id: (row.exchange_impressions, row.media_cost_cpm_micros) for row in costs.collect()}
+    assert got == {"c1": (2, 2_000_000 + 1_000_001)}

@@ -1,0 +1,188 @@
+"""The OpenRTB bidder over HTTP with real parts (Kafka, the campaign and shared stores, an MLflow champion, a Delta
+ad catalog): what an exchange renders, its notices, the click's landing page, several imps, and the 400s."""
+
+from __future__ import annotations
+
+import json
+import re
+from html import unescape
+from urllib.parse import urlsplit
+
+import pandas as pd
+import pytest
+from deltalake import write_deltalake
+from fastapi.testclient import TestClient
+
+from adstream.contracts import Table, Topic
+from auction_service.api.app import create_app
+from auction_service.campaign_store import store
+from auction_service.serving.bid_filter import ServedBidFilter
+from ml.bid_filter import BidFilter
+from tests.auction_service.conftest import BROWSER_UA, instruction, running_service, topic_records
+
+pytestmark = pytest.mark.slow
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24  # the file's bytes only matter, not that it decodes
+SHOES = {"adomain": "shoes.example", "landing_url": "https://www.shoes.example/spring?utm=rtb",
+         "video": {"url": "https://cdn.shoes.example/spring.mp4", "duration_s": 15}}  # fmt: skip
+BANNER_300 = {"id": "1", "banner": {"w": 300, "h": 250}}
+
+
+def bid_request(*imps: dict, **fields: object) -> dict:
+    return {"id": "req-1", "imp": list(imps) or [BANNER_300], "site": {"domain": "news.example"},
+            "device": {"devicetype": 2}, "user": {"id": "u-42"}, **fields}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bidder(service_settings, tmp_path_factory):
+    kaggle = tmp_path_factory.mktemp("kaggle")
+    (kaggle / "ads16" / "Ads").mkdir(parents=True)
+    (kaggle / "ads16" / "Ads" / "3.png").write_bytes(PNG)
+    settings = service_settings.model_copy(update={"kaggle_dir": kaggle})
+    catalog = pd.DataFrame({
+        "ad_id": ["ad-shoes", "ad-cars"], "category": ["Clothing & Shoes", "Automotive"],
+        "ad_ctr_smoothed": [0.05, 0.04], "category_ctr_smoothed": [0.05, 0.04],
+        "title": ["Spring shoes", 'Cars "R" <Us> & more'], "image_path": ["ads16/Ads/3.png", None],
+    })  # fmt: skip
+    write_deltalake(settings.delta_rs_location(Table.GOLD_AD_FEATURES)[0], catalog, mode="overwrite")
+    campaigns = (
+        instruction("shoes", ad_id="ad-shoes", category="Clothing & Shoes", pricing_model="CPM",
+                    bid_micros=6_000_000, creative=SHOES),
+        instruction("cars", ad_id="ad-cars", pricing_model="CPM", bid_micros=2_000_000,
+                    creative={"adomain": "cars.example", "banner_sizes": [{"w": 300, "h": 250}, {"w": 728, "h": 90}]}),
+    )  # fmt: skip
+    with running_service(settings, *campaigns) as state, TestClient(create_app(state=state)) as client:
+        yield state, client
+
+
+def only_bid(response) -> dict:
+    assert response.status_code == 200, response.text
+    (seat,) = response.json()["seatbid"]
+    (one,) = seat["bid"]
+    return one
+
+
+def local(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
+
+
+def test_a_banner_bid_renders_the_creative_and_its_click_lands_on_the_campaigns_page(bidder):
+    _, client = bidder
+    one = only_bid(client.post("/openrtb2/auction", json=bid_request()))
+    assert (one["cid"], one["adomain"], one["mtype"], one["w"], one["h"]) == ("shoes", ["shoes.example"], 1, 300, 250)
+    assert (one["crid"], one["cat"], one["cattax"]) == ("ad-shoes", ["IAB18"], 1)
+    assert "Spring shoes" in one["adm"]
+    image_url = unescape(re.search(r'<img src="([^"]+)"', one["adm"])[1])
+    assert image_url.endswith("/v1/creatives/ad-shoes/image")
+    image = client.get(local(image_url))
+    assert (image.status_code, image.headers["content-type"], image.content) == (200, "image/png", PNG)
+    click_url = unescape(re.search(r'<a href="([^"]+)"', one["adm"])[1])
+    landing = client.get(local(click_url), follow_redirects=False)
+    assert (landing.status_code, landing.headers["location"]) == (302, "https://www.shoes.example/spring?utm=rtb")
+    again = client.get(local(click_url), follow_redirects=False)  # a second click counts once, and still lands
+    assert (again.status_code, again.headers["location"]) == (302, SHOES["landing_url"])
+
+
+def test_an_ad_without_an_image_is_its_title_drawn_as_svg(bidder):
+    _, client = bidder
+    svg = client.get("/v1/creatives/ad-cars/image")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    assert "Cars &quot;R&quot; &lt;Us&gt; &amp; more" in svg.text or 'Cars "R" &lt;Us&gt; &amp; more' in svg.text
+    assert client.get("/v1/creatives/no-such-ad/image").status_code == 404
+
+
+def test_burl_is_the_billable_impression_and_nurl_records_the_exchanges_price(bidder):
+    state, client = bidder
+    one = only_bid(client.post("/openrtb2/auction", json=bid_request(user={"id": "u-notices"})))
+    assert "${AUCTION_PRICE}" in one["nurl"] and "/win?" in one["nurl"] and "/impression?" in one["burl"]
+    with state.sessions() as session:
+        before = store.get_campaign(session, one["cid"]).spent_micros
+    # Fired from a browser here: the service's IVT rules read the caller's User-Agent (see the README).
+    browser = {"User-Agent": BROWSER_UA}
+    assert client.get(local(one["burl"]), headers=browser).status_code == 204
+    assert client.get(local(one["burl"]), headers=browser).status_code == 204  # fired twice: charged once
+    with state.sessions() as session:
+        charged = store.get_campaign(session, one["cid"]).spent_micros - before
+    assert charged == round(one["price"] * 1_000_000) // 1000  # a CPM impression: the bid's price per thousand
+
+    bid_cpm = one["price"]
+    unsubstituted = client.get(local(one["nurl"]))
+    assert unsubstituted.status_code == 422 and "unsubstituted" in unsubstituted.json()["detail"]
+    above = client.get(local(one["nurl"].replace("${AUCTION_PRICE}", f"{bid_cpm + 0.01:.2f}")))
+    assert above.status_code == 422 and "above our bid" in above.json()["detail"]
+    assert client.get(local(one["nurl"].replace("${AUCTION_PRICE}", "abc"))).status_code == 422
+    won = client.get(local(one["nurl"].replace("${AUCTION_PRICE}", "1.234567")))
+    assert won.status_code == 204, won.text
+    wins = [json.loads(r.value) for r in topic_records(state.settings, Topic.AD_FEEDBACK)]
+    (win,) = [event for event in wins if event["auction_id"] == one["id"] and event["event_type"] == "win"]
+    assert (win["exchange_price_cpm_micros"], win["cost_micros"], win["charge_status"]) == (
+        1_234_567, 0, "not_billable"
+    )  # fmt: skip
+
+
+def test_every_imp_is_auctioned_and_one_campaign_fills_one_imp(bidder):
+    _, client = bidder
+    imps = [BANNER_300, {"id": "2", "banner": {"format": [{"w": 300, "h": 250}]}}, {"id": "3", "banner": {}}]
+    response = client.post("/openrtb2/auction", json=bid_request(*imps, user={"id": "u-multi"}))
+    bids = [one for seat in response.json()["seatbid"] for one in seat["bid"]]
+    # Two campaigns, three imps: each campaign fills one, and the third imp gets no bid.
+    assert sorted((one["impid"], one["cid"]) for one in bids) == [("1", "shoes"), ("2", "cars")]
+    assert len({one["id"] for one in bids}) == 2  # an auction each
+
+
+def test_a_video_imp_is_vast_from_the_campaign_with_a_video(bidder):
+    _, client = bidder
+    video = {"id": "v", "video": {"mimes": ["video/mp4"], "maxduration": 30, "protocols": [7]}}
+    one = only_bid(client.post("/openrtb2/auction", json=bid_request(video)))
+    assert (one["cid"], one["mtype"], one["dur"]) == ("shoes", 2, 15)
+    assert one["adm"].startswith('<?xml version="1.0" encoding="UTF-8"?><VAST version="4.0">')
+    webm = {"id": "v", "video": {"mimes": ["video/webm"]}}
+    response = client.post("/openrtb2/auction", json=bid_request(webm))
+    assert response.status_code == 204 and "no campaign clears" in response.headers["x-no-bid-reason"]
+
+
+def test_a_request_that_breaks_the_spec_is_400_with_the_path(bidder):
+    _, client = bidder
+    twice = client.post("/openrtb2/auction", json=bid_request(BANNER_300, {"id": "1", "banner": {}}))
+    assert twice.status_code == 400 and [e["path"] for e in twice.json()["errors"]] == ["imp[1].id"]
+    negative = client.post("/openrtb2/auction", json=bid_request({"id": "1", "banner": {"w": -300, "h": 250}}))
+    assert negative.status_code == 400 and negative.json()["errors"][0]["path"] == "imp[0].banner.w"
+    assert "greater than or equal to 0" in negative.json()["errors"][0]["rule"]
+    dooh = {k: v for k, v in bid_request().items() if k != "site"} | {"dooh": {"id": "screen"}}
+    no_bid = client.post("/openrtb2/auction", json=dooh)
+    assert (no_bid.status_code, no_bid.headers["x-no-bid-reason"]) == (
+        204,
+        "DOOH inventory is not bought: only site and app",
+    )
+
+
+def test_the_bid_filter_sheds_a_request_before_its_auction_and_tags_the_explored(bidder):
+    state, client = bidder
+    # A table that gives the junk domain a score of about 0.0025, every other request about 0.98.
+    table = BidFilter(bias=4.0, weights={"dom=junk.example": -10.0}, threshold=0.1, time_saved_per_shed_s=0.004)
+    meter, before = state.metrics.bid_filter, (state.metrics.bid_filter.shed, state.metrics.bid_filter.screened)
+    junk = bid_request(site={"domain": "junk.example"}, user={"id": "u-junk"})
+    try:
+        state.bid_filter.current = ServedBidFilter(table, "9", exploration_share=0.0)
+        shed = client.post("/openrtb2/auction", json=junk)
+        assert (shed.status_code, shed.headers["x-no-bid-reason"]) == (
+            204,
+            "the bid-request filter: no imp is likely to fill",
+        )
+        assert (meter.shed, meter.screened) == (before[0] + 1, before[1] + 1)
+        assert meter.time_saved_s >= 0.004
+        passed = only_bid(client.post("/openrtb2/auction", json=bid_request(user={"id": "u-good"})))
+        state.bid_filter.current = ServedBidFilter(table, "9", exploration_share=1.0)  # everything explored
+        explored = only_bid(client.post("/openrtb2/auction", json=junk))
+    finally:
+        state.bid_filter.current = None
+    records = {
+        json.loads(r.value)["auction_id"]: json.loads(r.value) for r in topic_records(state.settings, Topic.AUCTIONS)
+    }
+    good, tagged = records[passed["id"]], records[explored["id"]]
+    assert (good["bid_filter_explored"], round(good["bid_filter_score"], 2)) == (False, 0.98)
+    assert (tagged["bid_filter_explored"], tagged["domain"], tagged["placement"]) == (True, "junk.example", "300x250")
+    assert tagged["bid_filter_score"] < 0.01 and tagged["request_id"] == "req-1" and tagged["imp_id"] == "1"
+    # The explored junk request earned: its revenue counts against the threshold's estimate.
+    assert meter.explored_revenue_below_threshold_cpm_micros >= round(explored["price"] * 1_000_000)
