@@ -42,6 +42,10 @@ bench: setup ## Benchmarks; medians and ratios against a baseline go to reports/
 bench-auction: setup ## Load-test the auction service (autocannon, 32 connections): auctions/s over an echo server's requests/s, 1 and REPLICAS replicas (REPEATS=3 DURATION=20 REPLICAS=2)
 	@$(ADSTREAM) bench auction --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20) --replicas 1,$(or $(REPLICAS),2)
 
+.PHONY: bench-bid-filter-mix
+bench-bid-filter-mix: setup ## OpenRTB load with UNFILLABLE_SHARE unfillable requests: the service without and with a bid filter trained on that mix; reports/bench/bid_filter_mix.json (REPEATS=3 DURATION=20 UNFILLABLE_SHARE=0.6)
+	@$(ADSTREAM) bench bid-filter-mix --repeats $(or $(REPEATS),3) --duration $(or $(DURATION),20) --unfillable-share $(or $(UNFILLABLE_SHARE),0.6)
+
 bench-billing: setup ## Bill one hour of 1,000,000 events (local[2]) vs a DuckDB baseline; reports/bench/billing.json (REPEATS=3)
 	@$(ADSTREAM) bench billing --repeats $(or $(REPEATS),3)
 

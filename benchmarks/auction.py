@@ -121,6 +121,8 @@ from simulator.ctr_examples import training_frame
 MODES = ("echo", "compiled", "naive")
 DEFAULT_MODES = ("echo", "compiled")
 SERVICE_MODES = ("compiled", "naive")  # the auction service; echo is benchmarks/echo.py
+# benchmarks.bid_filter_mix's runs: the compiled service with BID_FILTER_ENABLED false, and true.
+BID_FILTER_MODES = {"unfiltered": False, "filtered": True}
 PRODUCTION_FAMILY = "gradient_boosted_trees"  # what `make run` promotes on the committed samples (docstring)
 BEST_FAMILY = "best"  # --family best: every family trained, the best promoted
 TARGET_RATIO = 0.30  # compiled-N auctions/s over echo-N requests/s, for every N
@@ -479,8 +481,11 @@ def install_naive_scorer(state: Any, tracking_uri: str) -> None:
     state.model.swap(replace(loaded, scorer=naive))
 
 
-def serve(settings: Settings, mode: str, port: int) -> int:
-    """One service process under uvicorn, with the platform's settings (from the environment)."""
+def serve(settings: Settings, mode: str, port: int, bid_filter: bool | None = None) -> int:
+    """One service process under uvicorn, with the platform's settings (from the environment); ``bid_filter``
+    True or False sets BID_FILTER_ENABLED (None: as configured)."""
+    if bid_filter is not None:
+        settings = settings.model_copy(update={"bid_filter_enabled": bid_filter})
     state = ServiceState.open(settings)
     if mode == "naive":
         install_naive_scorer(state, settings.mlflow_tracking_uri)
@@ -674,8 +679,10 @@ def drive(
     timeout_s: float,
     amount: int | None = None,
     api_key: str | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """One load-generator run against ``url``: ``duration_s`` seconds, or ``amount`` requests; its output."""
+    """One load-generator run against ``url``: ``duration_s`` seconds, or ``amount`` requests; its output.
+    ``kinds``, a label per body: the answers are also counted per label (``by_kind``, drive.js)."""
     headers = {"content-type": "application/json"} | ({"x-api-key": api_key} if api_key else {})
     spec = {
         "url": url,
@@ -686,7 +693,7 @@ def drive(
         "amount": amount,
         "headers": headers,
         "bodies": list(bodies),
-    }
+    } | ({"kinds": list(kinds)} if kinds is not None else {})
     done = subprocess.run(
         loadgen.command,
         input=json.dumps(spec),
@@ -734,6 +741,9 @@ def listening(pid: int, port: int) -> bool:
 def server_command(settings: Settings, mode: str, port: int) -> list[str]:
     if mode == "echo":
         return [sys.executable, "-m", "benchmarks.echo", "--host", settings.bind_host, "--port", str(port)]
+    if mode in BID_FILTER_MODES:
+        bid_filter = "--bid-filter" if BID_FILTER_MODES[mode] else "--no-bid-filter"
+        return [str(services.ADSTREAM), "bench", "auction-serve", "--mode", "compiled", bid_filter, "--port", str(port)]
     return [str(services.ADSTREAM), "bench", "auction-serve", "--mode", mode, "--port", str(port)]
 
 
@@ -997,6 +1007,10 @@ def auction_command(
 
 
 @commands.command("auction-serve", hidden=True)
-def auction_serve(mode: Annotated[Mode, typer.Option()], port: Annotated[int, typer.Option()]) -> None:
+def auction_serve(
+    mode: Annotated[Mode, typer.Option()],
+    port: Annotated[int, typer.Option()],
+    bid_filter: Annotated[bool | None, typer.Option("--bid-filter/--no-bid-filter")] = None,
+) -> None:
     """(internal) one service process (one replica) of the auction bench."""
-    raise typer.Exit(serve(get_settings(), mode, port))
+    raise typer.Exit(serve(get_settings(), mode, port, bid_filter))

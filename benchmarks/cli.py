@@ -1,5 +1,5 @@
 """The benchmarks' commands of `adstream`: `adstream bench auction|billing|streaming|ingestion|scorer|optimizer`
-and `adstream bench bid-filter`.
+and `adstream bench bid-filter|bid-filter-mix`.
 
 Each is defined in its bench's module and imported when it runs (see cli.lazy). Two hidden commands
 are child processes benches start: `bench auction-serve` (one service process of the auction bench) and
@@ -18,6 +18,10 @@ BENCHES = {
     "scorer": ("benchmarks.scorer", "CompiledScorer vs the pipeline's predict_proba, 100 candidates per batch."),
     "optimizer": ("benchmarks.optimizer", "The optimizer's tick for 10,000 campaigns x 8 platforms on one core."),
     "bid-filter": ("benchmarks.bid_filter", "Screening one request with the bid filter: p50/p99 µs, what it sheds."),
+    "bid-filter-mix": (
+        "benchmarks.bid_filter_mix",
+        "OpenRTB load with unfillable requests: the service without and with the bid filter, requests/s.",
+    ),
     "auction-serve": ("benchmarks.auction", None),
     "streaming-job": ("benchmarks.streaming", None),
 }

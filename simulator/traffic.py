@@ -1,8 +1,8 @@
 """Simulated users (and bots) who request ads, see them, click, convert and watch videos: load with a known truth.
 
     adstream simulate [--duration 60s] [--rate 20] [--users 500] [--seed 7] [--concurrency 16]
-                      [--base-url URL] [--openrtb-share 0.2] [--base-ctr 0.03] [--bot-share 0]
-                      [--traffic-curve flat|diurnal] [--day-length 1h]
+                      [--base-url URL] [--openrtb-share 0.2] [--unfillable-share 0] [--base-ctr 0.03]
+                      [--bot-share 0] [--traffic-curve flat|diurnal] [--day-length 1h]
                       [--progress-every 5s] [--summary-file PATH] [--ground-truth-file PATH]
 
 - The population is ``--users`` profiles sampled (with ``--seed``) from silver/users, read
@@ -19,6 +19,18 @@
   are video for ``VIDEO_SHARE``. A filled auction is shown (an impression), and what the user
   then does is drawn from ``simulator.ground_truth``: the Kaggle-derived click,
   conversion and video probabilities, never the pCTR the service returned.
+- ``--unfillable-share`` of the OpenRTB visits (default 0) ask for what no campaign can fill, as much
+  of an exchange's traffic does, drawn evenly from four kinds (``Unfillable``): a banner slot only in
+  sizes no creative is made in (``UNFILLABLE_BANNERS``: 88x31, 970x66, 234x60, 120x240; campaigns
+  have the IAB fixed sizes), on the usual site and app; a video player that takes Flash video only
+  (``video/x-flv``; campaigns' videos are MP4), on its own site and app; a digital out-of-home screen
+  (``dooh``, not bought); and a floor of USD ``UNFILLABLE_FLOOR_CPM`` per thousand, above what any
+  seeded campaign can bid, on a premium publisher's own site and app. Geos and devices are not in the
+  mix: most seeded campaigns target every country and device, so no country or device is unfillable
+  on its own. Such a visit is an ordinary one otherwise (it is answered, usually 204, and counted in
+  the auctions and the fill rate); the summary also counts them apart (``unfillable_requests``, of
+  them ``unfillable_no_bid`` answered 204, and ``unfillable_by_kind``). Whether a visit is unfillable
+  is drawn apart, so the other visits stay as the seed had them.
 - Events go to ``POST /v1/events``, each with the signed token the auction gave for its type
   (``event_tokens``, or the ``t`` of the tracking URLs in an OpenRTB bid's ``nurl``/``adm``); an
   event type the answer has no token for cannot be sent and is counted as unsent. Event ids are
@@ -72,6 +84,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 from urllib.parse import parse_qs, urlsplit
@@ -121,6 +134,34 @@ OPENRTB_VIDEO: dict[str, Any] = {
     "mimes": ["video/mp4"], "minduration": 5, "maxduration": 30, "protocols": [2, 3, 5, 6, 7, 8], "w": 1920, "h": 1080
 }  # fmt: skip
 SITE_DOMAIN, APP_BUNDLE = "news.example", "com.example.news"
+
+
+class Unfillable(StrEnum):
+    """Why an OpenRTB visit cannot fill, whatever the campaigns (``--unfillable-share``)."""
+
+    SIZE = "size"  # a banner slot only in sizes no creative is made in
+    VIDEO_MIME = "video_mime"  # a video player taking a MIME type no campaign's video has
+    DOOH = "dooh"  # a digital out-of-home screen: only site and app inventory is bought
+    FLOOR = "floor"  # a floor above what any campaign bids
+
+
+# Slot sizes outside adstream.events.STANDARD_BANNER_SIZES (what every seeded creative is made in), per device.
+UNFILLABLE_BANNERS: dict[str, dict[str, Any]] = {
+    "desktop": {"w": 970, "h": 66, "format": [{"w": 970, "h": 66}, {"w": 234, "h": 60}]},
+    "mobile": {"w": 88, "h": 31, "format": [{"w": 88, "h": 31}, {"w": 120, "h": 240}]},
+    "tablet": {"w": 234, "h": 60, "format": [{"w": 234, "h": 60}, {"w": 120, "h": 240}]},
+    "ctv": {"w": 88, "h": 31},
+}
+UNFILLABLE_VIDEO_MIMES = ("video/x-flv",)  # Flash video; the seeded campaigns' videos are MP4
+# USD per thousand: a CPM bid is at most USD 8 and a 40-cent CPC bid at a pCTR of 1 is USD 400.
+UNFILLABLE_FLOOR_CPM = 500.0
+# The publishers whose player or prices leave them unfilled, each with a site and an app (domain, bundle).
+UNFILLABLE_INVENTORY = {
+    Unfillable.VIDEO_MIME: ("flashtube.example", "com.example.flashtube"),
+    Unfillable.FLOOR: ("premium.example", "com.example.premium"),
+}
+DOOH_SCREEN = {"id": "screens-1", "name": "Airport screens", "venuetype": ["airport"]}
+OPENRTB_DOOH_DEVICE_TYPE = 8  # OpenRTB 2.6: out-of-home device
 ISO_ALPHA3 = {name: code for code, name in COUNTRY_NAMES.items()}
 # A bid's IAB codes name our category when no other category has the same codes.
 _CATEGORIES_PER_IAB = Counter(IAB_CATEGORIES.values())
@@ -224,6 +265,8 @@ class SimulationStats:
     events: EventCounts = field(default_factory=EventCounts)
     bots: dict[str, BotStats] = field(default_factory=dict)  # by behaviour
     errors: Counter[str] = field(default_factory=Counter)  # by kind, e.g. "auction_500", "events_timeout"
+    unfillable: Counter[str] = field(default_factory=Counter)  # unfillable visits answered, by kind
+    unfillable_no_bid: Counter[str] = field(default_factory=Counter)  # of them answered 204, by kind
     rss_start: int = field(default_factory=lambda: _rss())
     rss_peak: int = 0
     # Visits started, people's and bots', by the slot of the simulated day they were due in (diurnal runs).
@@ -270,6 +313,12 @@ class SimulationStats:
             "requests_per_s": round(self.requests / elapsed_s, 3) if elapsed_s else 0.0,
             "auctions": self.auctions,
             "openrtb_auctions": self.openrtb_auctions,
+            "unfillable_requests": sum(self.unfillable.values()),
+            "unfillable_no_bid": sum(self.unfillable_no_bid.values()),
+            "unfillable_by_kind": {
+                kind: {"requests": self.unfillable[kind], "no_bid": self.unfillable_no_bid[kind]}
+                for kind in sorted(self.unfillable)
+            },
             "filled": self.filled,
             "fill_rate": round(_share(self.filled, self.auctions), 6),
             "impressions": impressions,
@@ -373,16 +422,29 @@ class Placement:
     channel: str
     content_type: str
     openrtb: bool
+    unfillable: Unfillable | None = None  # OpenRTB only: what makes the request one no campaign can fill
 
 
-def choose_placement(user: SimulatedUser, rng: random.Random, openrtb_share: float) -> Placement:
+def choose_placement(
+    user: SimulatedUser, rng: random.Random, openrtb_share: float, unfillable: Unfillable | None = None
+) -> Placement:
+    """The visit's device, channel and content type, and whether it is OpenRTB; ``unfillable`` (drawn apart,
+    ``draw_unfillable``) applies to an OpenRTB visit only."""
     device = user.primary_device
     if rng.random() >= PRIMARY_DEVICE_SHARE:
         devices, weights = zip(*DEVICE_MIX, strict=True)
         device = rng.choices(devices, weights)[0]
     channel = "app" if rng.random() < APP_SHARE[device] else "web"
     content_type = "video" if device == "ctv" or rng.random() < VIDEO_SHARE else "display"
-    return Placement(device, channel, content_type, openrtb=rng.random() < openrtb_share)
+    openrtb = rng.random() < openrtb_share
+    return Placement(device, channel, content_type, openrtb=openrtb, unfillable=unfillable if openrtb else None)
+
+
+def draw_unfillable(rng: random.Random, unfillable_share: float) -> Unfillable | None:
+    """With probability ``unfillable_share``, one of the kinds, evenly; else None."""
+    if unfillable_share <= 0 or rng.random() >= unfillable_share:
+        return None
+    return rng.choice(tuple(Unfillable))
 
 
 def auction_request(user: UserProfile, placement: Placement) -> dict[str, Any]:
@@ -406,12 +468,25 @@ def openrtb_request(
     user: UserProfile, placement: Placement, request_id: str, year: int, identity: Identity | None = None
 ) -> dict[str, Any]:
     """The same request as an OpenRTB 2.6 BidRequest; a country without an ISO code is left out. The
-    exchange states the browser's User-Agent and address in ``device`` (``ua``, ``ip``)."""
+    exchange states the browser's User-Agent and address in ``device`` (``ua``, ``ip``). An unfillable
+    placement asks as the module doc says: odd slot sizes, Flash video, a DOOH screen (no user, no site or
+    app) or a floor above any bid."""
+    kind = placement.unfillable
+    if kind is Unfillable.DOOH:
+        screen = {"id": "1", "banner": {"w": 1920, "h": 1080}}
+        return {"id": request_id, "imp": [screen], "dooh": dict(DOOH_SCREEN),
+                "device": {"devicetype": OPENRTB_DOOH_DEVICE_TYPE}}  # fmt: skip
     imp: dict[str, Any] = {"id": "1"}
-    if placement.content_type == "video":
+    if kind is Unfillable.SIZE:
+        imp["banner"] = dict(UNFILLABLE_BANNERS[placement.device_type])
+    elif kind is Unfillable.VIDEO_MIME:
+        imp["video"] = OPENRTB_VIDEO | {"mimes": list(UNFILLABLE_VIDEO_MIMES)}
+    elif placement.content_type == "video":
         imp["video"] = dict(OPENRTB_VIDEO)
     else:
         imp["banner"] = dict(OPENRTB_BANNERS[placement.device_type])
+    if kind is Unfillable.FLOOR:
+        imp["bidfloor"] = UNFILLABLE_FLOOR_CPM
     device: dict[str, Any] = {"devicetype": OPENRTB_DEVICE_TYPES[placement.device_type]}
     if identity is not None:
         device |= {"ua": identity.user_agent, "ip": identity.ip}
@@ -422,7 +497,8 @@ def openrtb_request(
         rtb_user["yob"] = year - user.age  # the service computes age as request year - yob
     if user.gender in ("F", "M"):
         rtb_user["gender"] = user.gender
-    inventory = {"app": {"bundle": APP_BUNDLE}} if placement.channel == "app" else {"site": {"domain": SITE_DOMAIN}}
+    domain, bundle = UNFILLABLE_INVENTORY.get(kind, (SITE_DOMAIN, APP_BUNDLE))
+    inventory = {"app": {"bundle": bundle}} if placement.channel == "app" else {"site": {"domain": domain}}
     return {"id": request_id, "imp": [imp], **inventory, "device": device, "user": rtb_user}
 
 
@@ -494,9 +570,11 @@ class Visitor:
         datacenters: Sequence[IpNetwork] = (),
         min_click_delay_s: float = 0.5,
         ground_truth: TextIO | None = None,
+        unfillable_share: float = 0.0,
     ) -> None:
         self.client, self.population, self.truth = client, population, truth
         self.seed, self.openrtb_share, self.stats = seed, openrtb_share, stats
+        self.unfillable_share = unfillable_share
         self.bot_share, self.min_click_delay_s = bot_share, min_click_delay_s
         self.datacenters = tuple(datacenters) or bots.parse_networks(DEFAULT_DATACENTER_CIDRS)
         self.residential = bots.residential_networks(self.datacenters)
@@ -513,7 +591,8 @@ class Visitor:
 
     async def _person_visit(self, rng: random.Random, number: int) -> None:
         user = self.population[rng.randrange(len(self.population))]
-        placement = choose_placement(user, rng, self.openrtb_share)
+        unfillable = draw_unfillable(random.Random(f"{self.seed}:{number}:unfillable"), self.unfillable_share)
+        placement = choose_placement(user, rng, self.openrtb_share, unfillable)
         identity = bots.person(user.profile.user_id, placement.device_type, self.residential)
         self.stats.visits += 1
         ad = await self._auction(user.profile, placement, number, identity)
@@ -575,6 +654,9 @@ class Visitor:
             return None
         self.stats.auctions += 1
         self.stats.openrtb_auctions += placement.openrtb
+        if placement.unfillable is not None:
+            self.stats.unfillable[placement.unfillable] += 1
+            self.stats.unfillable_no_bid[placement.unfillable] += reply.status == 204
         if reply.status == 204:
             return None
         try:
@@ -705,6 +787,7 @@ async def simulate(
     traffic_curve: CurveKind = CurveKind.FLAT,
     day_length_s: float = 86_400.0,
     day_origin_s: float = 0.0,
+    unfillable_share: float = 0.0,
 ) -> tuple[SimulationStats, float]:
     """Visits at ``rate`` per second (the mean over a day of ``day_length_s`` when ``traffic_curve`` is
     diurnal) for ``duration_s`` on ``concurrency`` workers; the stats and the elapsed time.
@@ -725,6 +808,7 @@ async def simulate(
         visitor = Visitor(
             client, population, truth, seed=seed, openrtb_share=openrtb_share, stats=stats, bot_share=bot_share,
             datacenters=datacenters, min_click_delay_s=min_click_delay_s, ground_truth=ground_truth,
+            unfillable_share=unfillable_share,
         )  # fmt: skip
         began = loop.time()
         deadline = began + duration_s
@@ -795,6 +879,7 @@ class RunOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     base_url: str | None = None
     openrtb_share: float = OPENRTB_SHARE
+    unfillable_share: float = 0.0
     base_ctr: float = BASE_CTR
     progress_every_s: float = 5.0
     summary_file: Path | None = None
@@ -810,6 +895,7 @@ class RunOptions:
             (self.users < 1, "--users must be at least 1"),
             (not 1 <= self.concurrency <= MAX_CONCURRENCY, f"--concurrency must be between 1 and {MAX_CONCURRENCY}"),
             (not 0 <= self.openrtb_share <= 1, "--openrtb-share must be between 0 and 1"),
+            (not 0 <= self.unfillable_share <= 1, "--unfillable-share must be between 0 and 1"),
             (not 0 < self.base_ctr <= 1, "--base-ctr must be above 0 and at most 1"),
             (not 0 <= self.bot_share <= 1, "--bot-share must be between 0 and 1"),
         ):
@@ -840,6 +926,7 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
         "seed": options.seed,
         "concurrency": options.concurrency,
         "openrtb_share": options.openrtb_share,
+        "unfillable_share": options.unfillable_share,
         "bot_share": options.bot_share,
         "datacenter_cidrs": [str(network) for network in datacenters],
         "min_click_delay_ms": settings.ivt_min_click_delay_ms,
@@ -887,6 +974,7 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
                 traffic_curve=options.traffic_curve,
                 day_length_s=day_length_s,
                 day_origin_s=settings.pacing_day_origin_s,
+                unfillable_share=options.unfillable_share,
             )
         )
     summary = stats.summary(elapsed_s=elapsed, run=described, truth=truth)
@@ -935,6 +1023,9 @@ def simulate_command(
     openrtb_share: Annotated[
         float, typer.Option(help=f"share of requests sent to /openrtb2/auction (default {OPENRTB_SHARE})")
     ] = OPENRTB_SHARE,
+    unfillable_share: Annotated[
+        float, typer.Option(help="share of the OpenRTB requests no campaign can fill (module doc; default 0)")
+    ] = 0.0,
     base_ctr: Annotated[
         float, typer.Option(help=f"the ground truth's mean click probability (default {BASE_CTR})")
     ] = BASE_CTR,
@@ -967,6 +1058,7 @@ def simulate_command(
         concurrency=concurrency,
         base_url=base_url,
         openrtb_share=openrtb_share,
+        unfillable_share=unfillable_share,
         base_ctr=base_ctr,
         progress_every_s=progress_every,
         summary_file=summary_file,

@@ -8,9 +8,12 @@
 // own histogram keeps whole milliseconds), so the percentiles are computed by the bench.
 //
 // stdin:  {"url", "method", "connections", "duration_s", "timeout_s", "headers", "bodies": [string],
-//          "amount" (optional: stop after this many requests instead of after duration_s)}
+//          "amount" (optional: stop after this many requests instead of after duration_s),
+//          "kinds" (optional: a label per body, e.g. why it cannot fill)}
 // stdout: {"duration_s", "latencies_ms": [...], "status": {"200": n, ...}, "errors", "timeouts",
-//          "sent", "cpu_s"} where cpu_s is this process's user + system CPU time during the run.
+//          "sent", "cpu_s"} where cpu_s is this process's user + system CPU time during the run;
+//          with "kinds", also "by_kind": {label: {"status": {"204": n, ...}, "reasons": {reason: n}}},
+//          the answers to each label's bodies, with their X-No-Bid-Reason headers.
 'use strict'
 
 const fs = require('fs')
@@ -18,9 +21,20 @@ const autocannon = require('autocannon')
 
 const spec = JSON.parse(fs.readFileSync(0, 'utf8'))
 const bodies = spec.bodies
+const kinds = spec.kinds
 let next = 0
 const latencies = []
 const status = {}
+const byKind = {}
+
+// One request in flight per connection (no pipelining), so a connection's context holds the label of the
+// body whose answer comes next: setupRequest sets it, onResponse reads it.
+function countAnswer (statusCode, body, context, headers) {
+  const counts = byKind[context.kind] || (byKind[context.kind] = { status: {}, reasons: {} })
+  counts.status[statusCode] = (counts.status[statusCode] || 0) + 1
+  const reason = headers['x-no-bid-reason'] || headers['X-No-Bid-Reason']
+  if (reason !== undefined) counts.reasons[reason] = (counts.reasons[reason] || 0) + 1
+}
 
 const cpuBefore = process.cpuUsage()
 const began = process.hrtime.bigint()
@@ -33,11 +47,13 @@ const instance = autocannon({
   requests: [{
     method: spec.method,
     headers: spec.headers,
-    setupRequest: (request) => {
+    setupRequest: (request, context) => {
       request.body = bodies[next]
+      if (kinds) context.kind = kinds[next]
       next = (next + 1) % bodies.length
       return request
-    }
+    },
+    ...(kinds ? { onResponse: countAnswer } : {})
   }]
 })
 
@@ -56,6 +72,7 @@ instance.on('done', (result) => {
     errors: result.errors,
     timeouts: result.timeouts,
     sent: result.requests.sent,
-    cpu_s: (cpu.user + cpu.system) / 1e6
+    cpu_s: (cpu.user + cpu.system) / 1e6,
+    ...(kinds ? { by_kind: byKind } : {})
   }))
 })

@@ -13,6 +13,7 @@ import random
 import re
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import httpx
@@ -24,10 +25,14 @@ from fastapi.responses import JSONResponse, Response
 from typer.testing import CliRunner
 
 from adstream.contracts import Table, Topic
-from adstream.events import EventType, FeedbackEvent
+from adstream.events import STANDARD_BANNER_SIZES, EventType, FeedbackEvent
 from adstream.settings import Settings
 from auction_service.api.app import create_app
 from auction_service.campaign_store import store
+from auction_service.campaign_store.instructions import seed_instructions
+from auction_service.serving import openrtb
+from auction_service.serving.auction import ecpm_micros
+from auction_service.serving.openrtb import micros_rounded_up
 from simulator import bots, cli, traffic
 from simulator.ground_truth import UserProfile, fit
 from simulator.ivt_scoring import TRUTH_COLUMNS, LandedEvent, TruthEvent, report_lines, score, target_misses
@@ -35,7 +40,10 @@ from simulator.traffic import (
     Placement,
     SimulatedUser,
     SimulationStats,
+    Unfillable,
     auction_request,
+    choose_placement,
+    draw_unfillable,
     openrtb_request,
     parse_duration,
     served_ad,
@@ -249,6 +257,121 @@ def test_an_openrtb_bid_is_placed_in_its_category():
     assert served_ad(unseen, True, known).category == "Automotive"  # the only category with IAB2
     shared = {"bidid": "a4", "seatbid": [{"bid": [{"id": "a4", "cid": "c8", "cat": ["IAB18"]}]}]}
     assert served_ad(shared, True, known).category is None  # three categories share IAB18: neutral affinity
+
+
+# --- unfillable requests (--unfillable-share) ---
+
+
+def seeded_creatives() -> list:
+    """The campaigns `make run` seeds: their creatives and bids."""
+    ads = [{"ad_id": f"ad-{i}", "category": category} for i, category in enumerate(("Automotive", "Books", "Travel"))]
+    return [i.campaign for i in seed_instructions(ads, 300, seed=4, now=datetime(2026, 12, 1, tzinfo=UTC))]
+
+
+def unfillable_request(kind: Unfillable, device: str = "mobile", channel: str = "web") -> dict:
+    content = "video" if device == "ctv" else "display"
+    placement = Placement(device, channel, content, openrtb=True, unfillable=kind)
+    return openrtb_request(UserProfile("u1", age=30, country="Norway"), placement, "req-u", year=2026)
+
+
+@pytest.mark.parametrize("device", ["mobile", "desktop", "tablet", "ctv"])
+def test_an_unfillable_slot_asks_only_for_sizes_no_seeded_creative_is_made_in(device):
+    body = unfillable_request(Unfillable.SIZE, device)
+    request = openrtb.BidRequest.model_validate(body)
+    assert openrtb.spec_errors(request) == [] and openrtb.no_bid_reason(request, min_tmax_ms=20) is None
+    (imp,) = request.imp
+    assert imp.media == "banner" and imp.banner.sizes()  # a banner with sizes, none of them ours
+    made_in = {(size.w, size.h) for campaign in seeded_creatives() for size in campaign.creative.banner_sizes}
+    assert made_in == set(STANDARD_BANNER_SIZES) and not set(imp.banner.sizes()) & made_in
+    assert body["site"] == {"domain": traffic.SITE_DOMAIN}  # the usual site: the slot alone is the reason
+
+
+def test_an_unfillable_video_asks_for_a_mime_type_no_seeded_campaign_has():
+    body = unfillable_request(Unfillable.VIDEO_MIME, "ctv", "app")
+    request = openrtb.BidRequest.model_validate(body)
+    (imp,) = request.imp
+    assert openrtb.no_bid_reason(request, min_tmax_ms=20) is None and imp.media == "video"
+    videos = [campaign for campaign in seeded_creatives() if campaign.creative.video is not None]
+    assert videos and not {campaign.creative.video.mime for campaign in videos} & set(imp.video.mimes)
+    # Everything else about it a seeded video would take: only the MIME type keeps them out.
+    fitting_mime = imp.video.model_copy(update={"mimes": ["video/mp4"]})
+    assert any(openrtb.video_fits(campaign, fitting_mime) for campaign in videos)
+    assert body["app"] == {"bundle": traffic.UNFILLABLE_INVENTORY[Unfillable.VIDEO_MIME][1]}
+
+
+def test_a_dooh_screen_is_answered_no_bid_before_any_auction():
+    body = unfillable_request(Unfillable.DOOH)
+    request = openrtb.BidRequest.model_validate(body)
+    assert openrtb.spec_errors(request) == []
+    assert "site" not in body and "app" not in body and "user" not in body
+    assert "DOOH" in openrtb.no_bid_reason(request, min_tmax_ms=20)
+
+
+def test_an_unfillable_floor_is_above_what_any_seeded_campaign_can_bid():
+    body = unfillable_request(Unfillable.FLOOR, "desktop")
+    request = openrtb.BidRequest.model_validate(body)
+    assert openrtb.no_bid_reason(request, min_tmax_ms=20) is None
+    # A CPC or CPA bid at a pCTR of 1 is the most any seeded campaign can offer per thousand impressions.
+    highest = max(ecpm_micros(c.pricing_model, c.bid_micros, 1.0) for c in seeded_creatives())
+    assert micros_rounded_up(request.imp[0].bidfloor) > highest
+    assert body["site"] == {"domain": traffic.UNFILLABLE_INVENTORY[Unfillable.FLOOR][0]}
+    assert body["imp"][0]["banner"] == traffic.OPENRTB_BANNERS["desktop"]  # an ordinary slot, at a price
+
+
+def test_the_unfillable_share_of_openrtb_visits_is_drawn_apart_from_the_rest_of_the_visit():
+    user = population(1)[0]
+    draws = [(random.Random(f"7:{n}"), random.Random(f"7:{n}:unfillable")) for n in range(4_000)]
+    placements = [choose_placement(user, rng, 0.5, draw_unfillable(apart, 0.6)) for rng, apart in draws]
+    openrtb_visits = [p for p in placements if p.openrtb]
+    kinds = Counter(p.unfillable for p in openrtb_visits if p.unfillable is not None)
+    assert abs(sum(kinds.values()) / len(openrtb_visits) - 0.6) < 0.03
+    assert set(kinds) == set(Unfillable) and min(kinds.values()) > 0.8 * max(kinds.values())  # evenly
+    assert all(p.unfillable is None for p in placements if not p.openrtb)  # /v1/auction visits stay as they were
+    ordinary = [choose_placement(user, random.Random(f"7:{n}"), 0.5) for n in range(4_000)]
+    assert [(p.device_type, p.channel, p.content_type, p.openrtb) for p in placements] == [
+        (p.device_type, p.channel, p.content_type, p.openrtb) for p in ordinary
+    ]
+    assert draw_unfillable(random.Random(1), 0.0) is None
+
+
+def test_unfillable_visits_count_in_the_auctions_and_apart_with_their_no_bids():
+    seen = Counter[str]()
+
+    async def answer(path: str, body: dict) -> Response:
+        if path == "/openrtb2/auction":
+            seen[kind_of(body)] += 1
+            if kind_of(body) == "fillable":
+                bid = {"id": "a", "impid": "1", "price": 1.5, "cid": "c"}  # no event URLs: no events follow
+                return JSONResponse({"id": body["id"], "seatbid": [{"bid": [bid]}]})
+        return Response(status_code=204)
+
+    with live_server(fake_service(answer)) as url:
+        stats, elapsed = asyncio.run(
+            simulate(
+                url, population(), truth(), duration_s=1.0, rate=200, concurrency=8, seed=3, openrtb_share=0.5,
+                progress_every_s=60, out=io.StringIO(), unfillable_share=0.6,
+            )
+        )  # fmt: skip
+    summary = stats.summary(elapsed_s=elapsed, run={}, truth=truth())
+    unfillable = sum(count for kind, count in seen.items() if kind != "fillable")
+    assert unfillable > 0 and summary["unfillable_requests"] == unfillable == summary["unfillable_no_bid"]
+    assert summary["unfillable_by_kind"] == {
+        kind: {"requests": seen[kind], "no_bid": seen[kind]} for kind in sorted(Unfillable) if seen[kind]
+    }
+    assert summary["openrtb_auctions"] == sum(seen.values()) and stats.filled == seen["fillable"]
+
+
+def kind_of(body: dict) -> str:
+    """What makes a BidRequest unfillable, read off the request alone."""
+    (imp,) = body["imp"]
+    if "dooh" in body:
+        return Unfillable.DOOH
+    if imp.get("bidfloor", 0) > 100:
+        return Unfillable.FLOOR
+    if "video" in imp:
+        return Unfillable.VIDEO_MIME if "video/mp4" not in imp["video"]["mimes"] else "fillable"
+    sizes = [(f["w"], f["h"]) for f in imp["banner"].get("format", [])] + [(imp["banner"]["w"], imp["banner"]["h"])]
+    return Unfillable.SIZE if not set(sizes) & set(STANDARD_BANNER_SIZES) else "fillable"
 
 
 # --- a failing service (a real HTTP server answering as told) ---

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -231,5 +232,9 @@ _FIT = openrtb.CampaignFit()
 
 
 def _no_bid(reason: str) -> Response:
-    # Header values are latin-1: a reason quoting the request's own text is made safe first.
-    return Response(status_code=204, headers={"X-No-Bid-Reason": reason.encode("ascii", "replace").decode()[:300]})
+    # A reason may quote the request's own text: ASCII without control characters, so no header injection.
+    safe = _CONTROL.sub(" ", reason.encode("ascii", "replace").decode())[:300]
+    return Response(status_code=204, headers={"X-No-Bid-Reason": safe})
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")

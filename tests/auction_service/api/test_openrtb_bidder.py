@@ -186,3 +186,10 @@ def test_the_bid_filter_sheds_a_request_before_its_auction_and_tags_the_explored
     assert tagged["bid_filter_score"] < 0.01 and tagged["request_id"] == "req-1" and tagged["imp_id"] == "1"
     # The explored junk request earned: its revenue counts against the threshold's estimate.
     assert meter.explored_revenue_below_threshold_cpm_micros >= round(explored["price"] * 1_000_000)
+
+
+def test_a_no_bid_reason_quoting_the_request_cannot_inject_a_header(bidder):
+    _, client = bidder
+    response = client.post("/openrtb2/auction", json=bid_request(cur=["EUR\r\nSet-Cookie: a=1", "€"]))
+    assert response.status_code == 204 and "set-cookie" not in response.headers
+    assert response.headers["x-no-bid-reason"] == r"cur ['EUR\r\nSet-Cookie: a=1', '?']: bids are in USD only"
