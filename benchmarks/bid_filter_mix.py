@@ -19,10 +19,11 @@ in sizes no creative has, Flash-only video, DOOH screens, floors above any bid),
    in alternating order, each on fresh processes with the shared store emptied, driven by
    ``benchmarks/loadgen`` (autocannon) with the same bodies, connections, warm-up and duration.
 
-Per run: requests answered per second (200 and 204), p50/p99, and per kind of body (fillable, and each
-unfillable kind) the answers: filled, no bid, and shed by the filter (its ``X-No-Bid-Reason``); for the
-filtered runs the service's own count over the measured seconds (``adstream_bid_filter_*`` on /metrics:
-screened, shed, explored, and the explored requests' revenue above and below the threshold).
+Per run: requests answered per second (200 and 204), p50/p99, the cores each process used and so the service's
+CPU time per request, and per kind of body (fillable, and each unfillable kind) the answers: filled, no bid,
+and shed by the filter (its ``X-No-Bid-Reason``); for the filtered runs the service's own count over the
+measured seconds (``adstream_bid_filter_*`` on /metrics: screened, shed, explored, and the explored
+requests' revenue above and below the threshold).
 Headline (medians over ``--repeats``; DOOH is answered 204 before the filter, so its figures stand apart):
     speed-up   filtered requests/s / unfiltered requests/s            target >= 1.5x at 60 % unfillable
     shed       unfillable requests the filter shed / those it screened  target >= 80 %
@@ -261,15 +262,6 @@ def medians(runs: Sequence[MixRun]) -> dict[str, Any]:
     }
 
 
-def auction_latency_ms(log: pd.DataFrame) -> dict[str, float | None]:
-    """The median handling time the service logged (``latency_ms``: from the frequency read to the record)
-    of the OpenRTB auctions that filled and of those that did not."""
-    openrtb = log.loc[log["request_id"].notna().to_numpy()]
-    filled = openrtb["filled"].to_numpy(dtype=bool)
-    latency = openrtb["latency_ms"]
-    return {"filled": median_or_none(latency[filled].tolist()), "unfilled": median_or_none(latency[~filled].tolist())}
-
-
 def headline(runs: Sequence[MixRun]) -> dict[str, Any]:
     """The module doc's headline over the measured runs (repeat >= 1) against its targets."""
     measured = [run for run in runs if run.repeat >= 1]
@@ -318,12 +310,8 @@ def table(result: Mapping[str, Any]) -> str:
     def times(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}x"
 
-    def ms(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.3f} ms"
-
     met = {True: "met", False: "MISSED"}
-    h, setup, bid_filter, log_run = result["headline"], result["setup"], result["bid_filter"], result["log_run"]
-    latency = log_run["auction_latency_ms"]
+    h, setup, bid_filter = result["headline"], result["setup"], result["bid_filter"]
     lines = [
         f"{'run':<12}{'requests/s':>12}{'p50 ms':>8}{'p99 ms':>8}{'fillable fill':>15}{'shed':>8}{'errors':>8}"
         f"{'service µs/req':>16}  CPU cores used"
@@ -356,8 +344,6 @@ def table(result: Mapping[str, Any]) -> str:
         f"{bid_filter['log_requests']:,} requests of the log run; on its holdout it kept "
         f"{bid_filter['holdout']['revenue_retained']:.2%} of the revenue and shed "
         f"{bid_filter['holdout']['shed_share']:.2%} of the requests (ROC AUC {bid_filter['holdout']['roc_auc']:.4f})",
-        f"log run: {log_run['auction_records']:,} auction records; the service's own handling time (median of "
-        f"latency_ms) {ms(latency['filled'])} per filled auction, {ms(latency['unfilled'])} per unfilled one",
         f"cores: {setup['cores']}, none pinned: the service, the load generator, the Kafka broker and the shared "
         "store share them",
     ]
@@ -536,7 +522,7 @@ def run(base: Settings, options: Options, workdir: Path, loadgen: LoadGenerator)
             "cores": os.cpu_count(),
         },
         "bid_filter": bid_filter,
-        "log_run": asdict(log_run) | {"auction_records": len(log), "auction_latency_ms": auction_latency_ms(log)},
+        "log_run": asdict(log_run) | {"auction_records": len(log)},
         "runs": [asdict(r) for r in runs],
         "headline": headline(runs),
     }

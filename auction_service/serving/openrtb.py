@@ -58,6 +58,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from adstream.events import MICROS_PER_UNIT
 from auction_service.domain import AuctionContext, ServingCampaign
+from auction_service.serving.features import hour_and_day_of_week
+from ml.bid_filter import RequestFeatures
 
 CURRENCY = "USD"
 MAX_AGE = 120
@@ -558,6 +560,31 @@ def _age(yob: int | None, at: datetime) -> int | None:
     return age if 0 <= age <= MAX_AGE else None
 
 
+def _country(request: BidRequest) -> str | None:
+    device, user = request.device, request.user
+    code = (device.geo.country if device and device.geo else None) or (user.geo.country if user and user.geo else None)
+    return None if code is None else COUNTRY_NAMES.get(code, code)
+
+
+def screening_features(request: BidRequest, imp: Imp, *, at: datetime, publisher_id: str | None) -> RequestFeatures:
+    """The bid-request filter's features of one imp, read from the request alone: the filter runs before the
+    imp's auction context (campaign fit, blocks, floors) is built, so a request it sheds costs little. They equal
+    ``bid_filter.request_features`` of the imp's context."""
+    hour, day_of_week = hour_and_day_of_week(at)
+    devicetype = request.device.devicetype if request.device else None
+    return RequestFeatures(
+        publisher_id=publisher_id,
+        domain=request.domain,
+        placement=placement(imp),
+        device_type=None if devicetype is None else DEVICE_TYPES.get(devicetype),
+        country=_country(request),
+        channel="web" if request.site is not None else "app",
+        content_type="video" if imp.media == "video" else "display",
+        hour=hour,
+        day_of_week=day_of_week,
+    )
+
+
 def to_context(
     request: BidRequest,
     imp: Imp,
@@ -578,9 +605,6 @@ def to_context(
     device, user = request.device, request.user
     if personal_data_refused(request) is not None:
         user = None
-    country_code = (device.geo.country if device and device.geo else None) or (
-        request.user.geo.country if request.user and request.user.geo else None
-    )
     devicetype = device.devicetype if device else None
     floor = micros_rounded_up(imp.bidfloor)
     if max_floor_cpm_micros is not None:
@@ -589,7 +613,7 @@ def to_context(
         auction_id=auction_id,
         at=at,
         user_id=user.id if user else None,
-        country=None if country_code is None else COUNTRY_NAMES.get(country_code, country_code),
+        country=_country(request),
         age=_age(user.yob, at) if user else None,
         gender=user.gender if user and user.gender in ("F", "M") else None,
         device_type=None if devicetype is None else DEVICE_TYPES.get(devicetype),

@@ -191,19 +191,20 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
     for imp in body.imp:
         if openrtb.imp_no_bid_reason(imp) is not None:
             continue
+        screened = bid_filter.UNSCREENED
+        if screener is not None:  # first of all: an imp that will not earn ends here, before any auction work
+            features = openrtb.screening_features(body, imp, at=now, publisher_id=caller.caller_id)
+            screened = bid_filter.screen(screener, features, random.random(), state.metrics.bid_filter)
+            if not screened.passed:
+                shed += 1
+                continue
         terms = _FIT.terms(state.campaigns.campaigns, imp, max_floor_cpm_micros=caller.max_floor_cpm_micros)
         context = openrtb.to_context(
             body, imp, auction_id=new_auction_id(), at=now,
             reserve_price_micros=state.settings.auction_reserve_price_micros, publisher_id=caller.caller_id,
             max_floor_cpm_micros=caller.max_floor_cpm_micros, terms=terms, excluded=filled,
         )  # fmt: skip
-        screened = bid_filter.UNSCREENED
-        if screener is not None:  # before eligibility and scoring: a request that will not earn ends here
-            features = bid_filter.request_features(context, domain=context.domain, placement=context.placement)
-            screened = bid_filter.screen(screener, features, random.random(), state.metrics.bid_filter)
-            if not screened.passed:
-                shed += 1
-                continue
+        if screener is not None:
             context = dataclasses.replace(context, **screened.record_fields())
         served = await serve_auction(state, context, first_price=body.first_price)
         winner, price = served.outcome.winner, served.outcome.clearing_price_cpm_micros

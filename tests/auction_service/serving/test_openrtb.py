@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from adstream.events import BannerSize, CampaignStatus, Creative, Deal, PricingModel, VideoCreative
 from auction_service.domain import AuctionContext, ServingCampaign
 from auction_service.serving.auction import eligible, run_auction
+from auction_service.serving.bid_filter import request_features
 from auction_service.serving.openrtb import (
     IAB_CATEGORIES,
     BidRequest,
@@ -23,6 +24,7 @@ from auction_service.serving.openrtb import (
     blocked_categories,
     no_bid_reason,
     personal_data_refused,
+    screening_features,
     spec_errors,
     tcf_consents,
     to_context,
@@ -479,3 +481,16 @@ def test_a_video_bid_is_vast_4_inline() -> None:
     assert linear.findtext("VideoClicks/ClickThrough") == URLS["click"]
     media = linear.find("MediaFiles/MediaFile")
     assert (media.get("type"), media.text) == ("video/mp4", "https://cdn.shoes.example/spring.mp4")
+
+
+@pytest.mark.parametrize("body", [SAMPLE, sample(regs={"coppa": 1}), sample(device={"devicetype": 3})])
+def test_the_filters_features_from_the_request_equal_those_of_the_context(body: dict[str, Any]) -> None:
+    request = BidRequest.model_validate(body)
+    context = to_context(request, request.imp[0], auction_id="a", at=AT, reserve_price_micros=RESERVE,
+                         publisher_id="pub-1")  # fmt: skip
+    from_request = screening_features(request, request.imp[0], at=AT, publisher_id="pub-1")
+    assert from_request == request_features(context, domain=context.domain, placement=context.placement)
+    assert (from_request.domain, from_request.placement, from_request.publisher_id) == (
+        "www.foobar.com", "300x250", "pub-1"
+    )  # fmt: skip
+    assert from_request.country == ("United States" if "geo" in body["device"] else None)
