@@ -13,7 +13,7 @@ help: ## List the targets
 setup: ## Install Python deps (.venv, pinned), JVM jars (Maven Central -> .local/jars) and the load generator (npm); idempotent
 	@bash infra/setup.sh
 
-up: setup ## Start every local service (Kafka, the shared store, MLflow, Airflow, ad manager, auction service, streaming job, calibrator, optimizer); waits until healthy
+up: setup ## Start every local service (Kafka, the shared store, MLflow, Airflow, ad manager, auction service, streaming job, calibrator, optimizer, dashboard); waits until healthy
 	@$(ADSTREAM) up
 
 down: ## Stop every local service (no-op when nothing runs)

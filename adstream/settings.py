@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     airflow_trigger_log_port: Port = 8794
     auction_port: Port = 8000
     shared_store_port: Port = 6390
+    dashboard_port: Port = 8050  # the live dashboard (`make up`)
+    # The auction service the dashboard reads /v1/stats from; default http://BIND_HOST:AUCTION_PORT.
+    dashboard_auction_url: str = ""
+    # Prometheus metrics of the background processes on BIND_HOST (adstream.exporter); 0 exports none.
+    streaming_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    ad_manager_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    optimizer_metrics_port: int = Field(default=9103, ge=0, le=65535)
     bind_host: str = "127.0.0.1"
 
     # Where `make setup` and `make up` keep machine-local state (git-ignored).
@@ -93,6 +100,9 @@ class Settings(BaseSettings):
     # refuses to start with the local default outside local mode (checked there, so
     # batch jobs in a prod deployment need no token).
     auction_api_token: SecretStr = SecretStr("local-dev-token")
+    # The dashboard: how often its page gets new numbers (server-sent events); outside local mode it asks for
+    # AUCTION_API_TOKEN too.
+    dashboard_refresh_s: float = Field(default=2.0, ge=0.2, le=60)
     auction_max_body_bytes: int = Field(default=1_000_000, ge=1024)
     # The hot routes served past FastAPI's router and each response in one socket write; off: plain
     # FastAPI routing and stock uvicorn, the same answers (a switch for when a Starlette or uvicorn upgrade breaks it).
@@ -102,6 +112,8 @@ class Settings(BaseSettings):
     auction_reserve_price_micros: int = Field(default=10_000, ge=0)  # CPM floor when a request states none
     # OpenRTB: a tmax below this gets no bid (the auction, the network and the exchange's own margin need it).
     openrtb_min_tmax_ms: int = Field(default=20, ge=0)
+    # OpenRTB: answer a no-bid 200 {"id", "seatbid": [], "nbr"} instead of 204, for exchanges that want the code.
+    openrtb_no_bid_body: bool = False
     auction_ttl_s: int = Field(default=3600, ge=60)  # how long after an auction its events are accepted
     # Event URLs and tokens are HMAC-SHA256 signed. Keys are "key_id:secret" pairs, comma-separated:
     # the service signs with EVENT_SIGNING_KEY_ID and verifies with any listed key, so a key is rotated

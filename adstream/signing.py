@@ -29,6 +29,10 @@ SLOTS = {
     "click": ("impression+click", 1),
     "conversion": ("conversion+video_start", 0),
     "video_start": ("conversion+video_start", 1),
+    # An exchange's notices: the win (its own HMAC before billing notices existed, so its tokens are unchanged)
+    # and the billing notice, whose token is in the bid response only, never in the markup a device sees.
+    "win": ("win", 0),
+    "billing": ("win", 1),
 }
 
 

@@ -74,6 +74,8 @@ class AuctionContext:
     eligible_campaigns: frozenset[str] | None = None
     excluded_campaigns: frozenset[str] = field(default_factory=frozenset)
     deals: Mapping[str, tuple[str, int]] | None = None
+    # Of them, the campaigns whose deal is at a fixed price (OpenRTB deal ``at`` 3): the deal's floor is the price.
+    fixed_price_campaigns: frozenset[str] = field(default_factory=frozenset)
     # What the auction log keeps of an OpenRTB request, and what the bid-request filter made of it.
     request_id: str | None = None
     imp_id: str | None = None

@@ -50,6 +50,11 @@ def isolated_settings(workdir: Path, **overrides: object) -> Settings:
         "airflow_trigger_log_port": free_port(),
         "auction_port": free_port(),
         "shared_store_port": free_port(),
+        "dashboard_port": free_port(),
+        # No metrics exporters unless a test asks for one (on a free port of its own).
+        "streaming_metrics_port": 0,
+        "ad_manager_metrics_port": 0,
+        "optimizer_metrics_port": 0,
     }
     values.update(overrides)
     settings = Settings(**values)

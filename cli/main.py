@@ -37,6 +37,7 @@ COMMANDS: CommandIndex = {
     "ad-manager": ("cli.commands.ad_manager", "Apply campaign instructions to the campaign store."),
     "campaigns": ("cli.commands.campaigns", "Publish campaign instructions, or show a campaign."),
     "callers": ("cli.commands.callers", "Make, list and revoke the API keys of auction callers."),
+    "dashboard": ("cli.commands.dashboard", "The live dashboard, read-only."),
 }
 
 

@@ -2,16 +2,24 @@
 
 A DAG file imports this module inside its task bodies (parsing a DAG loads no Spark,
 MLflow or Great Expectations) and returns what the callable returns, as XCom.
+
+A task that writes lake tables names, on each table's Asset event, the Delta version it left the table at
+and its row count (``name_table_versions``); a DAG scheduled on that table reads the version the event
+names (``triggering_table_version``), not whatever is latest when it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 from pyspark.sql import SparkSession
 
+from adstream.contracts import Table
 from cli.resources import SPARK_APPS, resources
 from ingestion.pipeline import ingest_summary
 from ml import bid_filter_training
@@ -23,6 +31,46 @@ from spark_jobs.billing import job as billing
 
 def _spark(app_name: str, extra: dict[str, str] | None = None) -> SparkSession:
     return resources().spark(app_name, extra)
+
+
+DELTA_VERSION = "delta_version"  # keys of a lake table's Asset event extra
+ROW_COUNT = "row_count"
+
+
+def table_version_extra(location: str, storage_options: Mapping[str, str] | None = None) -> dict[str, int]:
+    """The Delta table's current version and its row count at that version; empty when there is no table."""
+    try:
+        table = DeltaTable(location, storage_options=dict(storage_options or {}))
+    except TableNotFoundError:
+        return {}
+    return {DELTA_VERSION: table.version(), ROW_COUNT: table.count()}
+
+
+def name_table_versions(outlet_events: Any, tables: Iterable[Table]) -> dict[str, dict[str, int]]:
+    """Sets each table's Asset event extra (``outlet_events``, the task's context) to the version this task
+    left it at; returns them. Read right after the task's own write: each table here has a single writer."""
+    from adstream.assets import table_asset  # Airflow's SDK: loaded in task processes only
+
+    settings = resources().settings
+    named = {}
+    for table in tables:
+        extra = table_version_extra(*settings.delta_rs_location(table))
+        outlet_events[table_asset(table)].extra = extra
+        named[table.value] = extra
+    return named
+
+
+def triggering_table_version(triggering_asset_events: Mapping[Any, Sequence[Any]], table: Table) -> int | None:
+    """The Delta version of ``table`` the newest Asset event that triggered this run names; None when none does
+    (a manual or cron run, or an event from outside Airflow), and the latest version is read."""
+    from adstream.assets import table_asset
+
+    events = [event for event in triggering_asset_events.get(table_asset(table), ()) if DELTA_VERSION in event.extra]
+    if not events:
+        return None
+    version = int(max(events, key=lambda event: event.timestamp).extra[DELTA_VERSION])
+    print(f"{table.value} version {version}, named by the Asset event that triggered this run", flush=True)
+    return version
 
 
 def ingest(dataset: str) -> dict[str, object]:
@@ -38,18 +86,20 @@ def build_features(run_type: str, start: datetime | None, end: datetime | None) 
     return features.build_for_run(_spark(SPARK_APPS["features"]), resources().settings, run_type, start, end)
 
 
-def train(force: bool = False) -> dict[str, Any]:
-    """Trains and registers the challenger, unless this training-table version was trained (and not ``force``)."""
-    return train_challenger(resources().settings, force=force)
+def train(force: bool = False, table_version: int | None = None) -> dict[str, Any]:
+    """Trains and registers the challenger on the training table at ``table_version`` (None: the latest), unless
+    that version was trained (and not ``force``)."""
+    return train_challenger(resources().settings, force=force, table_version=table_version)
 
 
 def promote(training: dict[str, Any]) -> dict[str, Any]:
     return promote_after_training(resources().settings, training)
 
 
-def train_bid_filter(force: bool = False) -> dict[str, Any]:
-    """Trains and registers a bid-filter challenger on silver/auctions; says why not when the log cannot train."""
-    return bid_filter_training.train_challenger(resources().settings, force=force)
+def train_bid_filter(force: bool = False, table_version: int | None = None) -> dict[str, Any]:
+    """Trains and registers a bid-filter challenger on silver/auctions at ``table_version`` (None: the latest);
+    says why not when the log cannot train."""
+    return bid_filter_training.train_challenger(resources().settings, force=force, table_version=table_version)
 
 
 def promote_bid_filter(training: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Runs when silver/auctions is published as an Asset event, and hourly: the stream
 table outside Airflow, so the hour is what makes the filter follow the traffic. Wiring only: the tasks
 call `cli.tasks.train_bid_filter` and `cli.tasks.promote_bid_filter`, also runnable as
 `adstream bid-filter train --skip-promotion` and `adstream bid-filter promote`. A table version already
-trained is skipped unless the run's param `force` is true; a log too small to train is reported, not failed.
+trained is skipped unless the run's param `force` is true; a log too small to train is reported, not failed. An
+Asset event naming a Delta version (posted through the REST API) is trained on that version, else the latest.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, g
 
 from adstream.assets import registered_model_asset, table_asset
 from adstream.contracts import BID_FILTER_MODEL, Table
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS
 
 
 @dag(
@@ -24,6 +26,7 @@ from adstream.contracts import BID_FILTER_MODEL, Table
         assets=[table_asset(Table.SILVER_AUCTIONS)],
     ),
     start_date=datetime(2026, 1, 1),
+    default_args=RETRY_DEFAULT_ARGS,
     catchup=False,
     max_active_runs=1,
     params={"force": Param(False, type="boolean", description="train even if this table version was trained")},
@@ -34,7 +37,9 @@ def bid_filter_training():
     def train_and_register() -> dict:
         from cli import tasks
 
-        return tasks.train_bid_filter(force=bool(get_current_context()["params"]["force"]))
+        context = get_current_context()
+        version = tasks.triggering_table_version(context["triggering_asset_events"], Table.SILVER_AUCTIONS)
+        return tasks.train_bid_filter(force=bool(context["params"]["force"]), table_version=version)
 
     @task(outlets=[registered_model_asset(BID_FILTER_MODEL)])
     def promote_challenger(training: dict) -> dict:

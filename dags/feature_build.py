@@ -2,7 +2,8 @@
 
 Runs when ingestion publishes new bronze tables (Assets), and hourly for logged
 data. Wiring only: the tasks call `cli.tasks.build_silver` / `cli.tasks.build_features`,
-also runnable as `adstream silver` and `adstream features`.
+also runnable as `adstream silver` and `adstream features`. Each table's Asset event names the Delta
+version the task left it at and its row count.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_curr
 
 from adstream.assets import table_asset
 from adstream.contracts import Table
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS
 
 BRONZE = [
     Table.BRONZE_ADVERTISING, Table.BRONZE_ADS16_USERS, Table.BRONZE_ADS16_RATINGS,
     Table.BRONZE_ADS16_ADS, Table.BRONZE_AMAZON_ADS,
 ]  # fmt: skip
+SILVER = [Table.SILVER_USERS, Table.SILVER_ADS]
+GOLD = [Table.GOLD_CTR_TRAINING_SET, Table.GOLD_USER_FEATURES, Table.GOLD_AD_FEATURES]
 
 
 @dag(
@@ -27,31 +31,30 @@ BRONZE = [
         assets=[table_asset(table) for table in BRONZE],
     ),
     start_date=datetime(2026, 1, 1),
+    default_args=RETRY_DEFAULT_ARGS,
     catchup=False,
     max_active_runs=1,
     tags=["features", "silver", "gold"],
 )
 def feature_build():
-    @task(outlets=[table_asset(Table.SILVER_USERS), table_asset(Table.SILVER_ADS)])
+    @task(outlets=[table_asset(table) for table in SILVER])
     def build_silver() -> dict[str, int]:
         from cli import tasks
 
-        return tasks.build_silver()
+        written = tasks.build_silver()
+        tasks.name_table_versions(get_current_context()["outlet_events"], SILVER)
+        return written
 
-    @task(
-        outlets=[
-            table_asset(Table.GOLD_CTR_TRAINING_SET),
-            table_asset(Table.GOLD_USER_FEATURES),
-            table_asset(Table.GOLD_AD_FEATURES),
-        ]
-    )
+    @task(outlets=[table_asset(table) for table in GOLD])
     def build_gold(silver: dict[str, int]) -> dict[str, int]:
         from cli import tasks
 
         context = get_current_context()
         run_type = context["dag_run"].run_type
         run_type = getattr(run_type, "value", run_type)  # an enum or its value, depending on the runtime
-        return tasks.build_features(run_type, context.get("data_interval_start"), context.get("data_interval_end"))
+        written = tasks.build_features(run_type, context.get("data_interval_start"), context.get("data_interval_end"))
+        tasks.name_table_versions(context["outlet_events"], GOLD)
+        return written
 
     build_gold(build_silver())
 

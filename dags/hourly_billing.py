@@ -14,6 +14,7 @@ from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
 
 from adstream.assets import table_asset
 from adstream.contracts import Table
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS
 
 
 @dag(
@@ -21,6 +22,7 @@ from adstream.contracts import Table
     # The run at HH:00 bills [HH-1:00, HH:00).
     schedule=CronTriggerTimetable("0 * * * *", timezone="UTC", interval=timedelta(hours=1)),
     start_date=datetime(2026, 11, 24, tzinfo=UTC),
+    default_args=RETRY_DEFAULT_ARGS,
     catchup=True,
     max_active_runs=1,  # hours are billed in order; a backfill queues behind the current run
     tags=["billing", "finance", "gold"],
@@ -30,7 +32,10 @@ def hourly_billing():
     def bill() -> list[str]:
         from cli import tasks
 
-        return tasks.bill(get_current_context()["data_interval_start"])
+        context = get_current_context()
+        hours = tasks.bill(context["data_interval_start"])
+        tasks.name_table_versions(context["outlet_events"], [Table.GOLD_BILLING_HOURLY])
+        return hours
 
     @task
     def reconcile(hours: list[str]) -> list[str]:

@@ -1,17 +1,19 @@
 """Kaggle files -> bronze Delta tables, gated by Great Expectations. One task group per dataset.
 
 Wiring only: each task is `cli.tasks.ingest`, also runnable as
-`adstream ingest <dataset>`. Re-runs on unchanged files finish in seconds.
+`adstream ingest <dataset>`. Re-runs on unchanged files finish in seconds. Each bronze table's Asset event
+names its Delta version and row count.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import TaskGroup, dag, task
+from airflow.sdk import TaskGroup, dag, get_current_context, task
 
 from adstream.assets import table_asset
 from adstream.contracts import Table
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS
 
 DATASET_TABLES = {
     "advertising": [Table.BRONZE_ADVERTISING],
@@ -24,6 +26,7 @@ DATASET_TABLES = {
     dag_id="kaggle_ingestion",
     schedule="@daily",
     start_date=datetime(2026, 1, 1),
+    default_args=RETRY_DEFAULT_ARGS,
     catchup=False,
     max_active_runs=1,
     tags=["ingestion", "bronze"],
@@ -36,7 +39,9 @@ def kaggle_ingestion():
             def load_bronze(dataset: str) -> dict:
                 from cli import tasks
 
-                return tasks.ingest(dataset)
+                loaded = tasks.ingest(dataset)
+                tasks.name_table_versions(get_current_context()["outlet_events"], DATASET_TABLES[dataset])
+                return loaded
 
             load_bronze(dataset)
 

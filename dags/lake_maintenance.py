@@ -10,11 +10,14 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS
+
 
 @dag(
     dag_id="lake_maintenance",
     schedule="0 */6 * * *",
     start_date=datetime(2026, 1, 1),
+    default_args=RETRY_DEFAULT_ARGS,
     catchup=False,
     max_active_runs=1,
     tags=["maintenance", "delta"],

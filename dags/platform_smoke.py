@@ -10,12 +10,22 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS
+
 SMOKE_EVENTS = 100
 
 
-@dag(dag_id="platform_smoke", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, tags=["platform"])
+@dag(
+    dag_id="platform_smoke",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    default_args=RETRY_DEFAULT_ARGS,
+    catchup=False,
+    tags=["platform"],
+)
 def platform_smoke():
-    @task
+    # Not retried: a second attempt sends its events to Kafka again, and the smoke table would hold each twice.
+    @task(retries=0)
     def produce_events(run_id: str) -> str:
         from cli import tasks
 

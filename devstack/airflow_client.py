@@ -2,8 +2,11 @@
 
 `make run` uses it to unpause DAGs, trigger ``kaggle_ingestion`` and wait for the runs
 that Airflow's own scheduler starts from it (``feature_build`` and ``ctr_training`` are
-Asset-scheduled). Authentication is the simple auth manager's JWT: ``POST /auth/token``
-with the password `airflow standalone` generated into AIRFLOW_HOME (local mode only).
+Asset-scheduled). The calls go through the official client, ``apache-airflow-client``
+(its version is Airflow's); what is ours is waiting for the run an Asset event started
+(``first_run_after``, ``AirflowClient.wait_for_run``). Authentication is the simple auth
+manager's JWT: ``POST /auth/token`` (not part of the public API the client covers) with
+the password `airflow standalone` generated into AIRFLOW_HOME (local mode only).
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import airflow_client.client as airflow_api
 import httpx
+from airflow_client.client.api.dag_api import DAGApi
+from airflow_client.client.api.dag_run_api import DagRunApi
+from airflow_client.client.api.task_instance_api import TaskInstanceApi
+from airflow_client.client.exceptions import NotFoundException
+from airflow_client.client.models import DAGPatchBody, DAGRunResponse, TriggerDAGRunPostBody
 
 from adstream.settings import Settings
 
@@ -39,15 +48,15 @@ class DagRun:
     end_date: datetime | None
 
     @classmethod
-    def from_api(cls, body: Mapping[str, Any]) -> DagRun:
+    def from_api(cls, response: DAGRunResponse) -> DagRun:
         return cls(
-            dag_id=body["dag_id"],
-            run_id=body["dag_run_id"],
-            state=body["state"],
-            run_type=body.get("run_type", ""),
-            queued_at=_time(body.get("queued_at")),
-            start_date=_time(body.get("start_date")),
-            end_date=_time(body.get("end_date")),
+            dag_id=response.dag_id,
+            run_id=response.dag_run_id,
+            state=_value(response.state),
+            run_type=_value(response.run_type),
+            queued_at=response.queued_at,
+            start_date=response.start_date,
+            end_date=response.end_date,
         )
 
     @property
@@ -57,8 +66,8 @@ class DagRun:
         return (self.end_date - self.start_date).total_seconds()
 
 
-def _time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
+def _value(enum: Any) -> str:
+    return "" if enum is None else str(getattr(enum, "value", enum))
 
 
 def first_run_after(runs: Sequence[DagRun], after: datetime, run_type: str | None = None) -> DagRun | None:
@@ -82,10 +91,12 @@ class AirflowClient:
     def __init__(self, settings: Settings, *, timeout_s: float = 30.0) -> None:
         self.base_url = f"http://{settings.bind_host}:{settings.airflow_port}"
         self.log_dir = settings.airflow_home.resolve() / "logs"
+        self._timeout_s = timeout_s
         token = self._token(admin_password(settings.airflow_home.resolve()), timeout_s)
-        self._http = httpx.Client(
-            base_url=f"{self.base_url}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
-        )
+        self._api = airflow_api.ApiClient(airflow_api.Configuration(host=self.base_url, access_token=token))
+        self._dags = DAGApi(self._api)
+        self._dag_runs = DagRunApi(self._api)
+        self._task_instances = TaskInstanceApi(self._api)
 
     def _token(self, password: str, timeout_s: float) -> str:
         response = httpx.post(
@@ -95,41 +106,45 @@ class AirflowClient:
         return response.json()["access_token"]
 
     def close(self) -> None:
-        self._http.close()
+        self._api.rest_client.pool_manager.clear()  # the generated client has no close of its own
 
     def wait_for_dags(self, dag_ids: Sequence[str], timeout_s: float = 180.0) -> None:
         """Until the DAG processor has parsed each DAG (the API answers 404 before)."""
         deadline = time.monotonic() + timeout_s
         missing = list(dag_ids)
         while missing:
-            missing = [dag_id for dag_id in missing if self._http.get(f"/dags/{dag_id}").status_code == 404]
+            missing = [dag_id for dag_id in missing if not self._parsed(dag_id)]
             if missing and time.monotonic() > deadline:
                 raise AirflowRunFailed(f"Airflow has not parsed {missing} after {timeout_s:.0f}s; see dags/ imports")
             if missing:
                 time.sleep(2.0)
 
+    def _parsed(self, dag_id: str) -> bool:
+        try:
+            self._dags.get_dag(dag_id, _request_timeout=self._timeout_s)
+        except NotFoundException:
+            return False
+        return True
+
     def unpause(self, dag_id: str) -> None:
-        self._http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        self._dags.patch_dag(dag_id, DAGPatchBody(is_paused=False), _request_timeout=self._timeout_s)
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None) -> DagRun:
-        response = self._http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf or {})})
-        response.raise_for_status()
-        return DagRun.from_api(response.json())
+        body = TriggerDAGRunPostBody(logical_date=None, conf=dict(conf or {}))
+        return DagRun.from_api(self._dag_runs.trigger_dag_run(dag_id, body, _request_timeout=self._timeout_s))
 
     def runs(self, dag_id: str, limit: int = 20) -> list[DagRun]:
-        response = self._http.get(f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": limit})
-        response.raise_for_status()
-        return [DagRun.from_api(body) for body in response.json()["dag_runs"]]
+        response = self._dag_runs.get_dag_runs(
+            dag_id, order_by=["-run_after"], limit=limit, _request_timeout=self._timeout_s
+        )
+        return [DagRun.from_api(run) for run in response.dag_runs]
 
     def run(self, dag_id: str, run_id: str) -> DagRun:
-        response = self._http.get(f"/dags/{dag_id}/dagRuns/{run_id}")
-        response.raise_for_status()
-        return DagRun.from_api(response.json())
+        return DagRun.from_api(self._dag_runs.get_dag_run(dag_id, run_id, _request_timeout=self._timeout_s))
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        response = self._http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        response.raise_for_status()
-        return {ti["task_id"]: ti["state"] or "none" for ti in response.json()["task_instances"]}
+        response = self._task_instances.get_task_instances(dag_id, run_id, _request_timeout=self._timeout_s)
+        return {ti.task_id: _value(ti.state) or "none" for ti in response.task_instances}
 
     def wait_for_run(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -103,7 +104,7 @@ BUDGET_PRESSURE = 0.6
 OPTIMIZED_PAIRS = 20  # top CPC/CPM spenders of the forecast, booked as an optimized campaign and its static twin
 DIURNAL_PEAK = 1.7  # the simulator's diurnal curve peaks near 1.64x its mean rate
 INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
-PLATFORM = ("ad-manager", "auction", "streaming", "calibrator", "optimizer")
+PLATFORM = ("ad-manager", "auction", "streaming", "calibrator", "optimizer", "dashboard")
 # Unpaused for the run; Airflow's scheduler starts feature_build and ctr_training from the
 # Assets the one before publishes. hourly_billing stays paused (catchup would bill every
 # hour since its start date); make run bills the hours it covered with `airflow dags test`.
@@ -559,6 +560,45 @@ def _or_none(value: Any) -> Any:
 KPI_EVERY_S = 20.0
 
 
+def dashboard_screenshot(settings: Settings, state: RunState) -> None:
+    """The dashboard's page, full height, in reports/dashboard/make_run.png, taken with headless chromium once
+    the page has had two updates; said and skipped where there is no chromium (``make setup`` installs it)."""
+    url = f"http://{settings.bind_host}:{settings.dashboard_port}/"
+    path = settings.reports_dir.resolve() / "dashboard" / "make_run.png"
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.chrome.service import Service as ChromeService
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        print("    no screenshot: selenium is not installed (the dev extra)")
+        return
+    chromedriver = shutil.which("chromedriver")
+    if chromedriver is None:
+        print("    no screenshot: no chromium-driver on PATH (`make setup` installs Debian's chromium and its driver)")
+        return
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    try:
+        driver = webdriver.Chrome(options=options, service=ChromeService(executable_path=chromedriver))
+    except WebDriverException as exc:
+        print(f"    no screenshot: headless chromium did not start ({exc.msg}); `make setup` installs it")
+        return
+    try:
+        driver.get(url)
+        WebDriverWait(driver, 30).until(lambda d: int(d.execute_script("return +document.body.dataset.updates||0")) > 1)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1400, min(int(height) + 100, 8000))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(path))
+        print(f"    {url} -> {path}")
+    except WebDriverException as exc:
+        print(f"    no screenshot of {url}: {exc.msg}")
+    finally:
+        driver.quit()
+
+
 def stages(plan: Simulation) -> tuple[Stage, ...]:
     return (
         Stage("start Kafka, the shared store, MLflow and Airflow", start_infrastructure),
@@ -579,6 +619,7 @@ def stages(plan: Simulation) -> tuple[Stage, ...]:
         Stage("hourly_billing for the hours covered", bill_hours),
         Stage("IVT: the filter's precision and recall on the simulator's bots (silver/feedback_events)",
               score_invalid_traffic),
+        Stage("dashboard: a screenshot of the page as the run left it", dashboard_screenshot),
     )  # fmt: skip
 
 
@@ -618,6 +659,8 @@ def summary(settings: Settings, state: RunState) -> str:
         f"  Airflow UI         http://{settings.bind_host}:{settings.airflow_port}"
         f"  (user admin, password in {password_file})",
         f"  Auction API        http://{settings.bind_host}:{settings.auction_port}/docs",
+        f"  Dashboard          http://{settings.bind_host}:{settings.dashboard_port}"
+        f"  (screenshot in {settings.reports_dir.resolve() / 'dashboard'})",
         f"  Service logs       {settings.log_dir.resolve()}",
     ]
     return "\n".join(lines)
@@ -659,10 +702,21 @@ def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
     if bill.empty or "spend_micros" not in bill:
         return ["  (the bill is empty)"]
     lines = ["  bills:"]
+    media_total = 0
     for hour, rows in bill.groupby("hour"):
         status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
         spend = Decimal(int(published_rows(rows)["spend_micros"].sum())) / MICROS_PER_UNIT
-        lines.append(f"    {hour:%Y-%m-%d %H}:00  {status:<12} billed {spend:,.2f} USD")
+        media = int(published_rows(rows)["media_cost_micros"].sum()) if "media_cost_micros" in rows else 0
+        media_total += media
+        lines.append(f"    {hour:%Y-%m-%d %H}:00  {status:<12} billed {spend:,.2f} USD, "
+                     f"media cost {usd(media)} USD")  # fmt: skip
+    exchange = state.simulation.get("exchange") or {}
+    if exchange:  # the simulated exchange's own account of what it charged us: the invoice to reconcile with
+        lines.append(
+            f"  media cost: bills {usd(media_total)} USD, the exchange's invoice {usd(exchange['media_cost_micros'])}"
+            f" USD for {exchange['win_notices'].get('204', 0):,} win notices (wins whose impression fell in an"
+            " unbilled hour, or never came, are on the invoice only)"
+        )
     top = published_rows(bill).groupby("campaign_id")["spend_micros"].sum().nlargest(n)
     lines.append(f"  top {len(top)} campaigns by billed spend:")
     lines += [f"    {cid:<28} {Decimal(int(v)) / MICROS_PER_UNIT:>10,.2f} USD" for cid, v in top.items()]

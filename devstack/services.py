@@ -96,6 +96,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SHARED_STORE_URL": settings.shared_store_url,
         "SHARED_STORE_NAMESPACE": settings.shared_store_namespace,
         "AD_MANAGER_GROUP": settings.ad_manager_group,
+        "STREAMING_METRICS_PORT": str(settings.streaming_metrics_port),
+        "AD_MANAGER_METRICS_PORT": str(settings.ad_manager_metrics_port),
+        "OPTIMIZER_METRICS_PORT": str(settings.optimizer_metrics_port),
     }
 
 
@@ -267,6 +270,8 @@ def _mlflow(settings: Settings) -> Service:
             "--workers",
             "1",
         ),
+        # MLflow's job runner (GenAI evaluation jobs; nothing here submits one) forks a pool of workers at start.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         healthy=lambda: _http_ok(f"{url}/health"),
         prepare=prepare,
     )
@@ -319,10 +324,15 @@ def _airflow(settings: Settings) -> Service:
     )
 
 
+def _metrics_url(settings: Settings, url: str, port: int) -> str:
+    """A background process's URL, with its Prometheus metrics' when it exports them (port not 0)."""
+    return f"{url}, metrics http://{settings.bind_host}:{port}/metrics" if port else url
+
+
 def _ad_manager(settings: Settings) -> Service:
     return Service(
         name="ad-manager",
-        url=f"consumer group {settings.ad_manager_group}",
+        url=_metrics_url(settings, f"consumer group {settings.ad_manager_group}", settings.ad_manager_metrics_port),
         ports=(),
         command=(str(ADSTREAM), "ad-manager"),
         env=settings_env(settings),
@@ -356,7 +366,7 @@ def _streaming(settings: Settings) -> Service:
 
     return Service(
         name="streaming",
-        url=f"Kafka -> {settings.lake_root}",
+        url=_metrics_url(settings, f"Kafka -> {settings.lake_root}", settings.streaming_metrics_port),
         ports=(),
         command=(str(ADSTREAM), "stream"),
         env=settings_env(settings),
@@ -393,8 +403,24 @@ def _calibrator(settings: Settings) -> Service:
 
 
 def _optimizer(settings: Settings) -> Service:
-    url = f"Kafka {settings.kafka_bootstrap_servers} -> campaign-decisions"
+    url = _metrics_url(
+        settings, f"Kafka {settings.kafka_bootstrap_servers} -> campaign-decisions", settings.optimizer_metrics_port
+    )
     return _ticking(settings, "optimizer", "optimize", url, "optimizer.service", 0)
+
+
+def _dashboard(settings: Settings) -> Service:
+    url = f"http://{settings.bind_host}:{settings.dashboard_port}"
+    return Service(
+        name="dashboard",
+        url=url,
+        ports=(PortClaim(settings.dashboard_port, "DASHBOARD_PORT"),),
+        command=(str(ADSTREAM), "dashboard"),
+        env={**settings_env(settings), "DASHBOARD_PORT": str(settings.dashboard_port)},
+        healthy=lambda: _http_ok(f"{url}/healthz"),
+        needs_infrastructure=True,
+        start_timeout_s=60.0,
+    )
 
 
 SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
@@ -407,6 +433,7 @@ SERVICE_FACTORIES: dict[str, Callable[[Settings], Service]] = {
     "streaming": _streaming,
     "calibrator": _calibrator,
     "optimizer": _optimizer,
+    "dashboard": _dashboard,
 }
 
 

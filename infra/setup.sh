@@ -128,6 +128,42 @@ else
   echo "autocannon $(node -p 'require(process.argv[1]).version' "$LOCAL_DIR/node/node_modules/autocannon/package.json") in $LOCAL_DIR/node"
 fi
 
+# uPlot (npm), the dashboard's charts, pinned by dashboard/package-lock.json and served by the dashboard itself
+# (no CDN: the page works offline). Without it the dashboard shows its tables and says the charts are missing.
+step "Dashboard charts (uPlot from npm -> $LOCAL_DIR/dashboard-node)"
+if key=$(fingerprint dashboard/package.json dashboard/package-lock.json) \
+    && fresh dashboard-charts "$key" && [ -d "$LOCAL_DIR/dashboard-node/node_modules/uplot" ]; then
+  echo "up to date"
+elif ! command -v npm >/dev/null 2>&1; then
+  echo "skipped: npm was not found (Debian: apt-get install nodejs npm); the dashboard runs without its charts"
+else
+  rm -rf "$LOCAL_DIR/dashboard-node"
+  mkdir -p "$LOCAL_DIR/dashboard-node"
+  cp dashboard/package.json dashboard/package-lock.json "$LOCAL_DIR/dashboard-node/"
+  (cd "$LOCAL_DIR/dashboard-node" && npm ci --ignore-scripts --no-audit --no-fund) > "$LOCAL_DIR/npm-dashboard.log" 2>&1 \
+    || die "npm could not install the dashboard's chart library from the npm registry; see $LOCAL_DIR/npm-dashboard.log"
+  echo "$key" > "$STAMPS/dashboard-charts"
+  echo "uplot $(node -p 'require(process.argv[1]).version' "$LOCAL_DIR/dashboard-node/node_modules/uplot/package.json")"
+fi
+
+# Debian's chromium and its driver: the dashboard's browser tests (Selenium) and make run's screenshot of it.
+step "Headless browser for the dashboard's tests (chromium + chromium-driver, Debian packages)"
+if [ "${SKIP_BROWSER:-0}" = 1 ]; then
+  echo "skipped: SKIP_BROWSER=1 (the Docker image serves the dashboard; it does not test it)"
+elif command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+  echo "$(chromedriver --version 2>/dev/null | head -1 | cut -d' ' -f1-2)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  install_chromium() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+  if ! install_chromium > "$LOCAL_DIR/apt-chromium.log" 2>&1; then
+    apt-get update -q >> "$LOCAL_DIR/apt-chromium.log" 2>&1 || true
+    install_chromium >> "$LOCAL_DIR/apt-chromium.log" 2>&1 \
+      || die "apt-get could not install chromium and chromium-driver; see $LOCAL_DIR/apt-chromium.log"
+  fi
+  chromedriver --version | head -1
+else
+  echo "skipped: chromium/chromedriver not found and setup cannot install them (needs root and apt-get); the dashboard's browser tests are skipped"
+fi
+
 if [ "${SKIP_AIRFLOW_DB:-0}" = 1 ]; then printf "\nsetup complete (no local Airflow database).\n"; exit 0; fi
 
 step "Airflow metadata database (SQLite under .local/airflow)"

@@ -4,7 +4,8 @@ Each expectation is either row-level (its failing rows are quarantined with the
 expectation as the reason, and the load goes on) or table-level (a failure stops
 the load with a message naming the file and the expectation). Ranges and domains
 are those of the real Kaggle files, as the loaders describe them, so the real data passes.
-Validation results are written as JSON under ``REPORTS_DIR/quality/``.
+Validation results are written as JSON under ``REPORTS_DIR/quality/`` and as pages of the Data Docs
+(``REPORTS_DIR/data_docs/index.html``, ``ingestion.data_docs``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from ingestion import data_docs
 from ingestion.records import SOURCE_FILE, SOURCE_ROW, Rejection, truncate_raw
 from ingestion.tables import ADS16_ADS, ADS16_RATINGS, ADS16_USERS, ADVERTISING, AMAZON_ADS, BronzeTable
 
@@ -136,6 +138,7 @@ class GateOutcome:
     quarantined: list[Rejection]
     table_failures: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
+    validation: Any = None  # the GX result itself, for the Data Docs
 
 
 def describe(expectation_config: Any) -> str:
@@ -183,11 +186,14 @@ def validate(table: BronzeTable, frame: pd.DataFrame) -> GateOutcome:
         for index, why in sorted(reasons.items())
     ]
     accepted = frame.drop(index=list(reasons)) if reasons else frame
-    return GateOutcome(table.name, accepted, quarantined, table_failures, result.to_json_dict())
+    return GateOutcome(table.name, accepted, quarantined, table_failures, result.to_json_dict(), result)
 
 
 def save_result(outcome: GateOutcome, reports_dir: Path, load_id: str) -> Path:
-    """Writes the GX validation result where a person can open it; returns the path."""
+    """Writes the GX validation result where a person can open it, as JSON and as a page of the Data Docs
+    (``ingestion.data_docs``); returns the JSON's path."""
+    if outcome.validation is not None:
+        data_docs.publish(outcome.validation, reports_dir, run_name=load_id, batch=f"bronze_{outcome.table}")
     folder = reports_dir / "quality" / outcome.table
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{load_id}.json"

@@ -22,18 +22,15 @@ keeps running without a filter or with the one it has.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
 import mlflow
-import mlflow.data
 import pandas as pd
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
-from mlflow.data.delta_dataset_source import DeltaDatasetSource
 
 from adstream.contracts import BID_FILTER_EXPERIMENT, BID_FILTER_MODEL, Table
 from adstream.settings import Settings
@@ -53,6 +50,7 @@ from ml.bid_filter import (
     training_rows,
 )
 from ml.bid_filter_registry import ARTIFACT_DIR, ARTIFACT_FILE, Promotion, apply_promotion, register_challenger
+from ml.datasets import delta_dataset
 from ml.tracking import ensure_reachable, experiment_id, point_fluent_api_at, search_runs, tracking_client
 
 REGISTERED_VERSION_TAG = "registered_version"  # on the training run: the bid-filter version it produced
@@ -141,11 +139,7 @@ def _log_dataset(trained: TrainedBidFilter, auction_log: str, version: int) -> N
     """The requests trained and judged on, as the run's input: a dataset whose source is the Delta table at
     ``version``."""
     frame = pd.concat([trained.train, trained.holdout], ignore_index=True)[[*LOG_COLUMNS, LABEL, REVENUE]]
-    source = DeltaDatasetSource(path=auction_log, delta_table_version=version)
-    with warnings.catch_warnings():  # its schema's advice on integer columns is for model signatures
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(frame, source=source, name=Table.SILVER_AUCTIONS.value, targets=LABEL)
-        mlflow.log_input(dataset, context="training")
+    mlflow.log_input(delta_dataset(frame, auction_log, version, Table.SILVER_AUCTIONS.value, LABEL), context="training")
 
 
 def fit_and_register(
@@ -191,13 +185,16 @@ def registering_runs(settings: Settings, max_results: int) -> list[Any]:
     )  # fmt: skip
 
 
-def train_challenger(settings: Settings, *, force: bool = False) -> dict[str, Any]:
-    """DAG bid_filter_training's first step: trains on silver/auctions and registers the challenger, unless
-    this table version was trained already (and not ``force``) or the log cannot train yet (said why)."""
+def train_challenger(settings: Settings, *, force: bool = False, table_version: int | None = None) -> dict[str, Any]:
+    """DAG bid_filter_training's first step: trains on silver/auctions at ``table_version`` (None: the latest)
+    and registers the challenger, unless this table version was trained already (and not ``force``) or the log
+    cannot train yet (said why)."""
     ensure_reachable(settings.mlflow_tracking_uri)
     location, options = auction_log_location(settings)
     try:
-        log, version = load_auction_log(location, options, days=settings.bid_filter_training_days)
+        log, version = load_auction_log(
+            location, options, version=table_version, days=settings.bid_filter_training_days
+        )
         if not force:
             for run in registering_runs(settings, max_results=20):
                 params = run.data.params

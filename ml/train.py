@@ -3,7 +3,10 @@
     adstream train [--training-table PATH] [--dataset NAME] [--skip-promotion]
     adstream promote [--training-run RUN_ID]   (the promotion step on its own)
 
-One parent MLflow run (experiment ``ctr``) holds one child run per model family.
+One parent MLflow run (experiment ``ctr``) holds one child run per model family. Every run's inputs are
+the training part and the holdout as datasets whose source is the Delta table at the version read, so a
+registered version leads to the exact table version it learned from; each family's holdout metrics are
+logged on its logged model (and the holdout dataset), so the model's page shows them too.
 Every family is fitted on the earlier part of a time-based split and judged on the
 latest events (the holdout). The family with the lowest normalized entropy is
 registered as a new version of ``ctr-model`` (alias ``challenger``) and then
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+from mlflow.data.dataset import Dataset
 from mlflow.entities import Run
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
@@ -42,6 +46,7 @@ from adstream.settings import Settings
 from ml import plots
 from ml.calibrate import latest_calibration
 from ml.calibration import CALIBRATION_ARTIFACT, Calibration, fit_platt, prior_correction
+from ml.datasets import delta_dataset
 from ml.features import (
     CATEGORICAL_FEATURES,
     DATASET,
@@ -208,12 +213,40 @@ def training_calibration(pipeline: Pipeline, train_set: pd.DataFrame, prior_ctr:
     return fit_platt(scores, logged[LABEL].to_numpy(), centre, fitted_at=fitted_at)
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The two parts of the training table a training logs as its inputs (None: an in-memory frame)."""
+
+    training: Dataset | None
+    holdout: Dataset | None
+
+    def log(self) -> None:
+        """Logs both as inputs of the active run."""
+        if self.training is not None and self.holdout is not None:
+            mlflow.log_input(self.training, context="training")
+            mlflow.log_input(self.holdout, context="evaluation")
+
+
+def training_data(
+    train_set: pd.DataFrame, holdout: pd.DataFrame, training_table: str, table_version: int | None
+) -> TrainingData:
+    """The training part and holdout as MLflow datasets sourced from ``training_table`` at ``table_version``."""
+    if not training_table or table_version is None:
+        return TrainingData(None, None)
+
+    def dataset(frame: pd.DataFrame) -> Dataset:
+        return delta_dataset(frame, training_table, table_version, Table.GOLD_CTR_TRAINING_SET.value, LABEL)
+
+    return TrainingData(dataset(train_set), dataset(holdout))
+
+
 def _train_family(
     family: str,
     build: Callable[[], Pipeline],
     experiment_id: str,
     train_set: pd.DataFrame,
     holdout: pd.DataFrame,
+    data: TrainingData,
     common_params: Mapping[str, Any],
     prior_ctr: float,
 ) -> FamilyRun:
@@ -224,10 +257,10 @@ def _train_family(
     ) as run:
         pipeline = build()
         mlflow.log_params({**common_params, "model_family": family, **_scalar_params(pipeline[-1])})
+        data.log()
         pipeline.fit(train_features, train_set[LABEL].to_numpy())
         pctr = pipeline.predict_proba(holdout_features)[:, 1]
         metrics = {**evaluate(holdout_labels, pctr), **_dataset_metrics(holdout, pctr)}
-        mlflow.log_metrics(metrics)
         calibration = training_calibration(pipeline, train_set, prior_ctr)
         mlflow.log_text(calibration.to_json(), CALIBRATION_ARTIFACT)
         mlflow.log_params({"calibration.kind": calibration.kind, "calibration.prior_ctr": prior_ctr})
@@ -252,6 +285,8 @@ def _train_family(
             pip_requirements=pip_requirements(),
             code_paths=[str(Path(__file__).resolve().parent)],  # ml/, so pyfunc can rebuild our classes
         )
+        # On the run and on its logged model, judged on the holdout dataset.
+        mlflow.log_metrics(metrics, model_id=logged.model_id, dataset=data.holdout)
     return FamilyRun(family, run.info.run_id, logged.model_uri, logged.model_id, metrics)
 
 
@@ -314,14 +349,18 @@ def fit_and_register(
         "train_sources": _source_counts(train_set),
         "features": ",".join(FEATURES),
     }
+    data = training_data(train_set, holdout, training_table, table_version)
     point_fluent_api_at(tracking_uri)
     with mlflow.start_run(experiment_id=experiment, run_name="ctr-training") as parent:
         mlflow.log_params(common_params)
         mlflow.set_tag("run_kind", "training" if register else "evaluation")
+        data.log()
         constant = evaluate(holdout[LABEL].to_numpy(), np.full(len(holdout), train_ctr))
         mlflow.log_metrics({f"constant_ctr.{name}": value for name, value in constant.items()})
         runs = {
-            family: _train_family(family, build, experiment, train_set, holdout, common_params, settings.ctr_prior)
+            family: _train_family(
+                family, build, experiment, train_set, holdout, data, common_params, settings.ctr_prior
+            )
             for family, build in families.items()
         }
         for run in runs.values():
@@ -419,15 +458,16 @@ def last_trained_version(settings: Settings, training_table: str) -> tuple[str, 
     return None
 
 
-def train_challenger(settings: Settings, *, force: bool = False) -> dict[str, Any]:
-    """Trains on the current training table and registers the challenger (no promotion); prints the summary.
+def train_challenger(settings: Settings, *, force: bool = False, table_version: int | None = None) -> dict[str, Any]:
+    """Trains on the training table at ``table_version`` (None: the latest) and registers the challenger (no
+    promotion); prints the summary.
 
     A table version that already produced a registered model is not trained again
     (hourly feature builds often add nothing) unless ``force``.
     """
     ensure_reachable(settings.mlflow_tracking_uri)
     location, options = default_training_table(settings)
-    frame, version = load_training_set(location, options)
+    frame, version = load_training_set(location, options, version=table_version)
     previous = None if force else last_trained_version(settings, location)
     if previous is not None and previous[1] == version:
         print(f"training table version {version} was already trained in run {previous[0]}; nothing to do")

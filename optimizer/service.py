@@ -35,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from adstream.contracts import Topic
 from adstream.decisions import MULTIPLIER_SCALE, pack, platform_index, serve_key, version_key
 from adstream.events import NOT_DELIVERED, PLATFORMS, CampaignDecision, ChargeStatus, EventType
+from adstream.exporter import consumer_lag, process_registry, serve
 from auction_service.domain import ServingCampaign
 from optimizer.decide import PRICING_CODES, Campaigns, Decision, Reason, decide
 from optimizer.forecast import Forecast, forecast
@@ -360,6 +362,33 @@ def apply_decisions(
 # --- the loop ---
 
 
+class OptimizerMetrics:
+    """The optimizer's metric families, served on BIND_HOST:OPTIMIZER_METRICS_PORT (``adstream.exporter``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else process_registry()
+        r = self.registry
+        self.lag = Gauge(
+            "adstream_optimizer_consumer_lag_records",
+            "ad-feedback records not folded into the windows yet, per partition (as of the last fetch)",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        # A tick's work grows with the optimized campaigns, not the traffic: from a millisecond to seconds.
+        self.tick_duration = Histogram(
+            "adstream_optimizer_tick_duration_seconds", "Time of one tick's decisions (forecasts and draws)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r,
+        )  # fmt: skip
+        self.decisions = Counter(
+            "adstream_optimizer_decisions_applied_total",
+            "Campaign decisions published and written to serving",
+            registry=r,
+        )
+
+    def set_lag(self, lag: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), behind in lag.items():
+            self.lag.labels(topic=topic, partition=str(partition)).set(behind)
+
+
 def seek_to(consumer, topic: str, since: datetime) -> None:
     """Assigns every partition of ``topic`` and seeks each to the first offset at or after ``since``."""
     from kafka import TopicPartition
@@ -422,6 +451,8 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
     seek_to(consumer, Topic.AD_FEEDBACK, datetime.now(UTC) - timedelta(seconds=optimizer.windows.span_s))
     heartbeat = heartbeat_file(settings)
     heartbeat.parent.mkdir(parents=True, exist_ok=True)
+    metrics = OptimizerMetrics()
+    exporter = serve(metrics.registry, settings.bind_host, settings.optimizer_metrics_port, "optimizer")
 
     def publish(records: list[dict]) -> None:
         futures = [producer.send(Topic.CAMPAIGN_DECISIONS, key=r["campaign_id"], value=r) for r in records]
@@ -439,6 +470,7 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
             batch = consumer.poll(timeout_ms=wait_ms, max_records=5_000)
             for records in batch.values():
                 optimizer.fold(record.value for record in records)
+            metrics.set_lag(consumer_lag(consumer))
             if caught_up_at := _caught_up_at(consumer, batch, wait_ms, polled_at, last_polled_at):
                 optimizer.caught_up(caught_up_at)
             last_polled_at = polled_at
@@ -452,13 +484,16 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
                 with sessions() as session:
                     campaigns = store.serving_campaigns(session, now)
                 campaigns_due = time.monotonic() + CAMPAIGNS_REFRESH_S
+            began = time.perf_counter()
             applied = optimizer.tick(campaigns, now)
+            metrics.tick_duration.observe(time.perf_counter() - began)  # a tick with no campaign to decide too
             try:
                 apply_decisions(applied, publish=publish, shared=shared, namespace=settings.shared_store_namespace)
             except Exception:  # the broker or the store down: the same decisions go again next tick
                 log.exception("decisions not applied")
             else:
                 optimizer.mark_sent(applied)
+                metrics.decisions.inc(len(applied))
                 if applied:
                     log.info("tick %d: %d decisions applied (%.1f ms)", optimizer.ticks, len(applied),
                              optimizer.tick_seconds[-1] * 1000)  # fmt: skip
@@ -468,4 +503,6 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
     finally:
         consumer.close()
         producer.close(timeout=10)
+        if exporter is not None:
+            exporter.close()
     return optimizer

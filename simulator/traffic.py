@@ -31,6 +31,12 @@
   the auctions and the fill rate); the summary also counts them apart (``unfillable_requests``, of
   them ``unfillable_no_bid`` answered 204, and ``unfillable_by_kind``). Whether a visit is unfillable
   is drawn apart, so the other visits stay as the seed had them.
+- An OpenRTB bid is also played as its exchange would: the exchange fires the win notice (``nurl``) with its
+  clearing price, a draw between ``EXCHANGE_PRICE_SHARE`` of our bid and all of it (a second-price exchange
+  never charges more than the bid), and sends the impression as its billing notice (the ``burl``'s token,
+  ``billing_notice``) from its own server, ``EXCHANGE`` (a server's agent and address, which the service
+  does not judge on a billing notice: it screened the bid request's ``device``). The summary counts the wins
+  and their media cost (``exchange``).
 - Events go to ``POST /v1/events``, each with the signed token the auction gave for its type
   (``event_tokens``, or the ``t`` of the tracking URLs in an OpenRTB bid's ``nurl``/``adm``); an
   event type the answer has no token for cannot be sent and is counted as unsent. Event ids are
@@ -83,7 +89,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TextIO
@@ -176,6 +182,10 @@ USER_COLUMNS = tuple(profile_field.name for profile_field in fields(UserProfile)
 # Ends at whitespace, a quote, a tag or a CDATA end ("]]>" in VAST).
 TRACKING_URL = re.compile(r"/v1/events/track/[^/\s\"'<>\]]+/(?P<event_type>[a-z_]+)\?[^\s\"'<>\]]*")
 MAX_REFUSAL_KINDS = 20  # distinct refusal reasons kept in the summary; the rest are "other"
+# The exchange's server, which fires win and billing notices: a non-browser agent at an address that is neither
+# residential nor one of the bots' data centers (TEST-NET-1).
+EXCHANGE = Identity(user_agent="AdStreamSim-Exchange/1.0", ip="192.0.2.10")
+EXCHANGE_PRICE_SHARE = 0.5  # the lowest clearing price, as a share of our bid
 DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smh]?)")
 
 
@@ -267,6 +277,8 @@ class SimulationStats:
     errors: Counter[str] = field(default_factory=Counter)  # by kind, e.g. "auction_500", "events_timeout"
     unfillable: Counter[str] = field(default_factory=Counter)  # unfillable visits answered, by kind
     unfillable_no_bid: Counter[str] = field(default_factory=Counter)  # of them answered 204, by kind
+    exchange_wins: Counter[str] = field(default_factory=Counter)  # win notices fired, by the service's answer
+    media_cost_micros: int = 0  # the clearing prices of the taken win notices, per impression
     rss_start: int = field(default_factory=lambda: _rss())
     rss_peak: int = 0
     # Visits started, people's and bots', by the slot of the simulated day they were due in (diurnal runs).
@@ -333,6 +345,11 @@ class SimulationStats:
             "conversion_rate": round(_share(accepted[EventType.CONVERSION], clicks), 6),
             "video_completion_rate": round(_share(accepted[EventType.VIDEO_COMPLETE], starts), 6),
             "events": self.events.summary(),
+            "exchange": {
+                "win_notices": dict(sorted(self.exchange_wins.items())),
+                "media_cost_micros": self.media_cost_micros,
+                "media_cost": _usd(self.media_cost_micros),
+            },
             "charged_micros": self.events.charged_micros,
             "spend": _usd(self.events.charged_micros),  # USD, what the service said it charged
             "bots": {
@@ -344,7 +361,10 @@ class SimulationStats:
                 "by_behaviour": {name: bot.summary() for name, bot in sorted(self.bots.items())},
             },
             # Every event the service took, people's and bots': what silver/feedback_events must come to hold.
-            "events_accepted_total": sum(accepted.values()) + sum(sum(e.accepted.values()) for e in bot_events),
+            # The exchange's win notices are events too.
+            "events_accepted_total": sum(accepted.values())
+            + sum(sum(e.accepted.values()) for e in bot_events)
+            + self.exchange_wins["204"],
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(sorted(self.errors.items())),
             "rss_mb": {
@@ -509,6 +529,9 @@ class ServedAd:
     category: str | None
     pctr: float | None
     tokens: dict[str, str] = field(default_factory=dict)  # event type -> the signed token for it
+    billing_token: str | None = None  # an OpenRTB bid's burl token: the impression, sent by the exchange
+    win_url: str | None = None  # an OpenRTB bid's nurl, with the ${AUCTION_PRICE} macro
+    bid_price_cpm: float | None = None  # an OpenRTB bid's price, USD per thousand
 
 
 def tracking_tokens(*texts: str) -> dict[str, str]:
@@ -533,8 +556,11 @@ def served_ad(body: dict[str, Any], openrtb: bool, categories: dict[str, str]) -
         return ServedAd(body["auction_id"], campaign_id, category, float(body["pctr"]), tokens)
     bid = body["seatbid"][0]["bid"][0]
     category = categories.get(bid["cid"]) or CATEGORY_BY_IAB.get(tuple(bid.get("cat") or ()))
-    tokens = tracking_tokens(bid.get("burl"), bid.get("adm"), bid.get("nurl"))
-    return ServedAd(bid["id"], bid["cid"], category, None, tokens)
+    burl = bid.get("burl") or ""
+    billing = "notice=billing" in burl  # else the burl is the device's impression URL, as before billing notices
+    tokens = tracking_tokens(*(() if billing else (burl,)), bid.get("adm"), bid.get("nurl"))
+    billing_token = tracking_tokens(burl).get(EventType.IMPRESSION) if billing else None
+    return ServedAd(bid["id"], bid["cid"], category, None, tokens, billing_token, bid.get("nurl"), bid.get("price"))
 
 
 @dataclass(frozen=True)
@@ -602,6 +628,8 @@ class Visitor:
             user.profile, ShownAd(ad.category, placement.content_type, placement.device_type, placement.channel)
         )
         steps = bots.human_steps(draw_events(probabilities, rng), rng)
+        if ad.win_url is not None:
+            await self._win_notice(ad, random.Random(f"{self.seed}:{number}:win"))
         taken = await self._play(ad, steps, identity, Behaviour.HUMAN, self.stats.events)
         if EventType.IMPRESSION in taken and EventType.CLICK in ad.tokens:
             self.stats.clickable_impressions += 1
@@ -670,44 +698,78 @@ class Visitor:
             self.stats.served_pctr_count += 1
         return ad
 
+    async def _win_notice(self, ad: ServedAd, rng: random.Random) -> None:
+        """The exchange's win notice: its nurl with a clearing price at most our bid."""
+        assert ad.win_url is not None
+        price = Decimal(str(ad.bid_price_cpm or 0)) * Decimal(str(rng.uniform(EXCHANGE_PRICE_SHARE, 1.0)))
+        price = price.quantize(Decimal("0.000001"), rounding=ROUND_DOWN)
+        url = ad.win_url.replace("${AUCTION_PRICE}", str(price))
+        self.stats.requests += 1
+        try:
+            async with self.client.get(url, headers=headers(EXCHANGE)) as response:
+                await response.read()
+                answer = str(response.status)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            answer = type(exc).__name__
+        self.stats.exchange_wins[answer] += 1
+        if answer == "204":
+            self.stats.media_cost_micros += int(price * MICROS_PER_UNIT) // 1000
+
     async def _play(
         self, ad: ServedAd, steps: Sequence[Step], identity: Identity, behaviour: Behaviour, counts: EventCounts
     ) -> set[str]:
         """Sends ``steps`` in turn, each event with its token; the event types the service took.
 
-        A step whose events were not all taken (refused, or never answered) ends the visit: what
-        came after them (a click after an impression) would be out of order.
+        An OpenRTB bid's impression is the exchange's billing notice, sent apart from the device's events
+        of its step. A step whose events were not all taken (refused, or never answered) ends the visit:
+        what came after them (a click after an impression) would be out of order.
         """
         taken: set[str] = set()
         for step in steps:
             if step.wait_s > 0:
                 await asyncio.sleep(step.wait_s)
-            planned = [event for event in step.events if event.event_type in ad.tokens]
-            counts.unsent.update(event.event_type for event in step.events if event.event_type not in ad.tokens)
-            if not planned:
-                continue
-            events = [self._event(ad, event, identity) for event in planned]
-            results = await self._send_events(events, identity)
-            for index, event in enumerate(planned):
-                result = results[index] if results else {"status": "unanswered"}
-                if results:
-                    counts.count(event.event_type, result)
-                self._record_truth(events[index]["event_id"], event, behaviour, result["status"])
-                if result["status"] in ("accepted", "duplicate"):
-                    taken.add(event.event_type)
-            if not results or any(result["status"] not in ("accepted", "duplicate") for result in results):
-                break
+            planned = [event for event in step.events if self._token(ad, event.event_type)]
+            counts.unsent.update(event.event_type for event in step.events if not self._token(ad, event.event_type))
+            billed = [event for event in planned if ad.billing_token and event.event_type == EventType.IMPRESSION]
+            device = [event for event in planned if event not in billed]
+            for sender, batch in ((EXCHANGE, billed), (identity, device)):
+                if batch and not await self._send_batch(ad, batch, sender, behaviour, counts, taken):
+                    return taken
         return taken
 
+    async def _send_batch(
+        self, ad: ServedAd, planned: list[PlannedEvent], identity: Identity, behaviour: Behaviour,
+        counts: EventCounts, taken: set[str],
+    ) -> bool:  # fmt: skip
+        """Sends one batch of events; whether all of them were taken."""
+        events = [self._event(ad, event, identity) for event in planned]
+        results = await self._send_events(events, identity)
+        for index, event in enumerate(planned):
+            result = results[index] if results else {"status": "unanswered"}
+            if results:
+                counts.count(event.event_type, result)
+            self._record_truth(events[index]["event_id"], event, behaviour, result["status"])
+            if result["status"] in ("accepted", "duplicate"):
+                taken.add(event.event_type)
+        return bool(results) and all(result["status"] in ("accepted", "duplicate") for result in results)
+
     @staticmethod
-    def _event(ad: ServedAd, event: PlannedEvent, identity: Identity) -> dict[str, str]:
+    def _token(ad: ServedAd, event_type: str) -> str | None:
+        if event_type == EventType.IMPRESSION and ad.billing_token:
+            return ad.billing_token
+        return ad.tokens.get(event_type)
+
+    @classmethod
+    def _event(cls, ad: ServedAd, event: PlannedEvent, identity: Identity) -> dict[str, Any]:
+        billing = event.event_type == EventType.IMPRESSION and ad.billing_token is not None
         return {
             "event_id": event.event_id(ad.auction_id),
             "event_type": event.event_type,
             "auction_id": ad.auction_id,
-            "token": ad.tokens[event.event_type],
+            "token": cls._token(ad, event.event_type),
             "user_agent": identity.user_agent,
             "ip": identity.ip,
+            **({"billing_notice": True} if billing else {}),
         }
 
     def _record_truth(self, event_id: str, event: PlannedEvent, behaviour: Behaviour, status: str) -> None:
@@ -716,7 +778,7 @@ class Visitor:
                    "expected": event.expected or "", "status": status}  # fmt: skip
             self.truth_rows.writerow([row[column] for column in TRUTH_COLUMNS])
 
-    async def _send_events(self, events: list[dict[str, str]], identity: Identity) -> list[dict[str, Any]]:
+    async def _send_events(self, events: list[dict[str, Any]], identity: Identity) -> list[dict[str, Any]]:
         """The service's result per event; retried with the same event ids on 503 and transport errors."""
         for attempt in range(EVENT_ATTEMPTS):
             reply = await self._post("events", "/v1/events", {"events": events}, identity)

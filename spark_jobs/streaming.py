@@ -113,9 +113,11 @@ from pyspark.sql.types import StructField, StructType
 
 from adstream.contracts import Table, Topic, quarantine_table
 from adstream.events import AuctionRecord, CampaignDecision, EventType, FeedbackEvent, RefusedEvent
+from adstream.exporter import serve
 from adstream.messaging import BrokerUnavailable, ensure_topics
 from adstream.settings import Settings
 from spark_jobs.ivt_transforms import sivt_outliers, tag_sivt, with_event_columns
+from spark_jobs.metrics import StreamingMetrics
 from spark_jobs.stream_transforms import (
     EVENT_TIME,
     KAFKA_RECORD_DDL,
@@ -742,6 +744,7 @@ def sources_for(source: str = "all", topic: str | None = None) -> list[StreamSou
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the topic check's admin client narrates every connection
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # the callback server narrates every batch's callbacks
 
 
 def run_until_stopped(
@@ -771,6 +774,10 @@ def run_until_stopped(
     spark = start_spark()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, request_stop)
+    metrics = StreamingMetrics()
+    exporter = serve(metrics.registry, settings.bind_host, settings.streaming_metrics_port, "streaming")
+    if exporter is not None:  # a Python listener costs a callback per batch: only when someone can read it
+        spark.streams.addListener(metrics)
     try:
         run(spark, settings, sources, available_now=available_now, trigger_s=trigger_s, stop_event=stop_event)
     except (BrokerUnavailable, StreamFailed) as exc:
@@ -778,5 +785,7 @@ def run_until_stopped(
         return 1
     finally:
         spark.stop()
+        if exporter is not None:
+            exporter.close()
     print("streaming stopped", flush=True)
     return 0

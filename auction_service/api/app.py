@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import get_type_hints
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -24,15 +25,18 @@ from pydantic import TypeAdapter
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adstream.settings import LOCAL_DEFAULT_SECRETS, Settings
 from adstream.signing import EventSigner
 from auction_service.api.routes import auction, campaigns, creatives, events, ops
-from auction_service.api.schemas import openrtb_path, openrtb_refusal
+from auction_service.api.schemas import openapi_as_answered, openrtb_path, openrtb_refusal
 from auction_service.fastpath.routes import DirectRoute, DirectRoutes, replaying
 from auction_service.serving.champion import ModelNotReady
 from auction_service.serving.flows import relay_journal
+from auction_service.serving.metrics import status_reason
 from auction_service.serving.shared import SharedStoreUnavailable
 from auction_service.serving.state import ServiceState
 
@@ -93,6 +97,7 @@ class BodySizeCap:
         await self.app(scope, replaying(messages, receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        count_rejected(scope.get("app"), "body_too_large")
         detail = {"detail": f"request body over {self.limit} bytes; send smaller batches"}
         await JSONResponse(detail, status_code=413)(scope, receive, send)
 
@@ -109,6 +114,13 @@ def calm_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
+
+
+def count_rejected(app: FastAPI | None, reason: str) -> None:
+    """Counts a 4xx answer on /metrics (``adstream_rejected_requests_total``), once the service state is set."""
+    service = getattr(getattr(app, "state", None), "service", None)
+    if service is not None:
+        service.metrics.rejected_requests.labels(reason=reason).inc()
 
 
 def _describe(error: dict) -> str:
@@ -156,6 +168,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        count_rejected(request.app, "invalid_request")
         if request.url.path == OPENRTB_PATH:  # an exchange expects 400 with where and what
             pairs = [(openrtb_path(error["loc"]), error["msg"]) for error in errors[:20]]
             return JSONResponse(openrtb_refusal(pairs), status_code=400)
@@ -163,6 +176,12 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
             {"detail": "; ".join(_describe(error) for error in errors[:20]), "errors": jsonable(errors[:20])},
             status_code=422,
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, exc: StarletteHTTPException) -> Response:
+        if 400 <= exc.status_code < 500:
+            count_rejected(request.app, status_reason(exc.status_code))
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -188,6 +207,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
 
     for router in (auction.router, events.router, campaigns.router, creatives.router, ops.router):
         app.include_router(router)
+    app.openapi = openapi_as_answered(app)  # type: ignore[method-assign]
     if settings.auction_fast_path:
         app.add_middleware(DirectRoutes, routes=direct_routes(app), exception_handlers=app.exception_handlers)
     # Added last is outermost: the size cap sees every request before the direct routes do.

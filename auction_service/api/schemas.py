@@ -8,10 +8,11 @@ units (at most 6 decimals) and becomes integer micros at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NotRequired
 
+from fastapi import FastAPI
 from pydantic import AwareDatetime, BaseModel, Field
 from typing_extensions import TypedDict
 
@@ -55,8 +56,8 @@ class FieldError(BaseModel):
 
 
 class Refusal(BaseModel):
-    """A 4xx answer: what is wrong and what to do, in words; ``errors`` lists the fields of a request that
-    does not validate."""
+    """The body of every error answer (4xx, and 503 with Retry-After): what is wrong and what to do, in words;
+    ``errors`` lists the fields of a request that does not validate."""
 
     detail: str
     errors: list[FieldError] = Field(default_factory=list, description="absent unless the request did not validate")
@@ -68,10 +69,12 @@ class OpenRtbError(BaseModel):
 
 
 class OpenRtbRefusal(BaseModel):
-    """A 400 of ``POST /openrtb2/auction``: the request breaks OpenRTB 2.6."""
+    """A 400 of ``POST /openrtb2/auction``: the request breaks OpenRTB 2.6 (or is JSON too deep to parse)."""
 
     detail: str
-    errors: list[OpenRtbError]
+    errors: list[OpenRtbError] = Field(
+        default_factory=list, description="absent only for a body nested too deep to parse: there is no path to name"
+    )
 
 
 def openrtb_path(loc: Sequence[str | int]) -> str:
@@ -93,10 +96,74 @@ def openrtb_refusal(errors: Sequence[tuple[str, str]]) -> dict[str, Any]:
     }
 
 
+# --- the documented error answers: each a Refusal (OpenRTB's 400 an OpenRtbRefusal), with an example ---
+
+Responses = dict[int | str, dict[str, Any]]
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before a retry", "schema": {"type": "integer"}}}
+WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}
+
+
+def refused(
+    description: str, example: str | dict[str, Any], *, model: type[BaseModel] = Refusal, headers: dict | None = None
+) -> dict[str, Any]:
+    """One documented error answer: its model, what it means, an example body (a string is its ``detail``)."""
+    body = {"detail": example} if isinstance(example, str) else example
+    answer: dict[str, Any] = {
+        "model": model,
+        "description": description,
+        "content": {"application/json": {"example": body}},
+    }
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
 # The app answers a request that does not validate with a Refusal (its own handler), not FastAPI's list.
-INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
-    422: {"model": Refusal, "description": "the request does not validate (or, for one event, is refused)"}
+INVALID_REQUEST: Responses = {
+    422: refused(
+        "the request does not validate (or, for one event, is refused): each field and what is wrong with it",
+        {
+            "detail": "age: Input should be greater than or equal to 13",
+            "errors": [{"loc": ["body", "age"], "msg": "Input should be greater than or equal to 13",
+                        "type": "greater_than_equal"}],
+        },
+    )
+}  # fmt: skip
+# Any JSON body: the size cap (AUCTION_MAX_BODY_BYTES) and JSON nested deeper than Python parses.
+UNREADABLE_BODY: Responses = {
+    400: refused("the body is JSON nested too deep to parse", "There was an error parsing the body"),
+    413: refused("the body is over AUCTION_MAX_BODY_BYTES", "request body over 1048576 bytes; send smaller batches"),
 }
+CAMPAIGN_TOKEN: Responses = {
+    401: refused(
+        "no bearer token",
+        "campaign endpoints need the header 'Authorization: Bearer <AUCTION_API_TOKEN>'",
+        headers=WWW_AUTHENTICATE,
+    ),
+    403: refused("the bearer token is not AUCTION_API_TOKEN", "the bearer token is not AUCTION_API_TOKEN"),
+}
+STORE_UNAVAILABLE: Responses = {
+    503: refused(
+        "the campaign store, the shared store or Kafka did not answer: nothing was changed, retry after Retry-After",
+        "the campaign store is unavailable (OperationalError); retry: nothing was changed",
+        headers=RETRY_AFTER,
+    )
+}
+MODEL_UNAVAILABLE: Responses = {
+    503: refused(
+        "no CTR model is loaded, or the campaign or shared store did not answer: retry after Retry-After",
+        "no CTR model loaded: MLFLOW_TRACKING_URI http://mlflow:5000 does not answer and there is no local copy",
+        headers=RETRY_AFTER,
+    )
+}
+
+
+def not_found(description: str, example: str) -> Responses:
+    return {404: refused(description, example)}
+
+
+def conflict(description: str, example: str) -> Responses:
+    return {409: refused(description, example)}
 
 
 class TrackingUrls(TypedDict):
@@ -212,3 +279,25 @@ class PredictResponse(BaseModel):
     model_version: str
     predictions: list[Prediction]
     unknown_campaigns: list[str] = Field(default_factory=list)
+
+
+def openapi_as_answered(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` without FastAPI's default 422 (``HTTPValidationError``), which it adds to every route
+    with parameters or a body that does not document a 422 itself. This app never answers with that body: its
+    own handler answers a request that does not validate with a Refusal (422), documented where it can happen,
+    or for OpenRTB with an OpenRtbRefusal (400); a route whose parameters cannot fail has no 422 at all."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            default = {"$ref": "#/components/schemas/HTTPValidationError"}
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                answer = operation["responses"].get("422", {})
+                if answer.get("content", {}).get("application/json", {}).get("schema") == default:
+                    del operation["responses"]["422"]
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema
+
+    return openapi

@@ -25,11 +25,14 @@ from pathlib import Path
 
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PrometheusCounter
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.contracts import Topic
 from adstream.events import CampaignInstruction
+from adstream.exporter import consumer_lag, process_registry, serve
 from adstream.messaging import ensure_topics, make_consumer
 from adstream.settings import Settings
 from auction_service.campaign_store import store
@@ -60,6 +63,31 @@ class AdManagerStats:
     @property
     def quarantined(self) -> int:
         return self.outcomes[QUARANTINED]
+
+
+class AdManagerMetrics:
+    """The ad manager's metric families, served on BIND_HOST:AD_MANAGER_METRICS_PORT (``adstream.exporter``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else process_registry()
+        r = self.registry
+        self.lag = Gauge(
+            "adstream_ad_manager_consumer_lag_records",
+            "Instruction records not applied yet, per partition (from the broker's end offset at the last fetch)",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        # A batch is a few store transactions: milliseconds, or seconds when the store is locked or remote.
+        self.batch_duration = Histogram(
+            "adstream_ad_manager_batch_duration_seconds", "Time to apply one polled batch and commit its offsets",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=r,
+        )  # fmt: skip
+        self.records = PrometheusCounter(
+            "adstream_ad_manager_records_total", "Instruction records handled, by outcome", ["outcome"], registry=r
+        )
+
+    def set_lag(self, lag: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), behind in lag.items():
+            self.lag.labels(topic=topic, partition=str(partition)).set(behind)
 
 
 def parse_instruction(key: bytes | None, value: bytes | None) -> CampaignInstruction:
@@ -116,7 +144,8 @@ def run(
 
     ``on_applied(instruction, result)`` is called after each store commit and before the
     batch's offsets are committed (tests use it to crash in between). ``topic`` is for
-    tests that must not leave malformed records on the shared topic.
+    tests that must not leave malformed records on the shared topic. The metrics are served
+    meanwhile when AD_MANAGER_METRICS_PORT is set.
     """
     engine = make_engine(settings)
     migrate(settings, engine)
@@ -133,6 +162,8 @@ def run(
         max_poll_records=MAX_BATCH,
     )
     log.info("ad manager consuming %s as group %s", topic, settings.ad_manager_group)
+    metrics = AdManagerMetrics()
+    exporter = serve(metrics.registry, settings.bind_host, settings.ad_manager_metrics_port, "ad manager")
     beat = heartbeat_file(settings)
     beat.parent.mkdir(parents=True, exist_ok=True)
     last_beat = 0.0
@@ -142,20 +173,28 @@ def run(
                 beat.touch()  # health checks read its age: the loop is alive and polling
                 last_beat = time.monotonic()
             batch = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            metrics.set_lag(consumer_lag(consumer, batch))
             records = [record for partition_records in batch.values() for record in partition_records]
             if not records:
                 continue
+            began = time.perf_counter()
             for record in records:
-                stats.outcomes[handle_record(sessions, record, on_applied)] += 1
+                outcome = handle_record(sessions, record, on_applied)
+                stats.outcomes[outcome] += 1
+                metrics.records.labels(outcome=outcome.replace(" ", "_")).inc()
             try:
                 consumer.commit()
                 stats.batches_committed += 1
             except CommitFailedError as exc:
                 # The group rebalanced; the new owner replays these records, which the store ignores.
                 log.warning("offset commit failed, records will be replayed: %s", exc)
+            metrics.batch_duration.observe(time.perf_counter() - began)
+            metrics.set_lag(consumer_lag(consumer))
     finally:
         consumer.close(autocommit=False)  # offsets move only in the loop above, after the store
         engine.dispose()
+        if exporter is not None:
+            exporter.close()
     log.info("ad manager stopped: %s", dict(stats.outcomes))
     return stats
 

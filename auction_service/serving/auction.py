@@ -749,7 +749,9 @@ def run_auction(
     bid = placed_bid if pacing is None else _paced_bid(placed_bid, int(pacing[best_index]))
     if not isinstance(floors, int):
         floor = int(floors[best_index])
-    if first_price:
+    if context.fixed_price_campaigns and winner.campaign_id in context.fixed_price_campaigns:
+        price = _price_reaching(floor, numerator, denominator, bid)  # a fixed-price deal: its floor is the price
+    elif first_price:
         price = bid
     else:
         # With one floor, the runner-up's eCPM is at or above it, so beating it by a cent also clears it;

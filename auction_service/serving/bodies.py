@@ -49,6 +49,11 @@ class EventIn(StrictBody):
     exchange_price_cpm_micros: int | None = Field(
         default=None, ge=0, le=1_000_000_000, description="a win notice's clearing price, USD micros per 1000"
     )
+    billing_notice: bool = Field(
+        default=False,
+        description="an impression sent as an exchange's billing notice (burl): its token is the burl's, and the "
+        "caller's user agent and address are not judged (the bid request's device was)",
+    )
 
 
 EventStatus = Literal["accepted", "duplicate", "rejected"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -103,9 +103,13 @@ class ExposureBook:
         return self._held[row_slots[1]]
 
 
+LATENCY_WINDOW = 2048  # the newest auctions whose latency /v1/stats summarizes
+
+
 @dataclass
 class AuctionStats:
-    """The figures of GET /v1/stats since the service started."""
+    """The figures of GET /v1/stats since the service started (this replica's), and the latency of its newest
+    LATENCY_WINDOW auctions."""
 
     requests: int = 0
     filled: int = 0
@@ -114,17 +118,25 @@ class AuctionStats:
     candidates_scored: int = 0
     events: Counter[str] = field(default_factory=Counter)
     rejected_events: Counter[str] = field(default_factory=Counter)
+    openrtb_no_bids: Counter[str] = field(default_factory=Counter)  # by kind (openrtb.no_bid_kind)
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def auction(self, filled: bool, pctr: float | None, scored: int) -> None:
+    def auction(self, filled: bool, pctr: float | None, scored: int, latency_ms: float | None = None) -> None:
         with self._lock:
             self.requests += 1
             self.candidates_scored += scored
+            if latency_ms is not None:
+                self.latencies_ms.append(latency_ms)
             if filled:
                 self.filled += 1
                 self.pctr_sum += pctr or 0.0
             else:
                 self.no_fill += 1
+
+    def no_bid(self, kind: str) -> None:
+        with self._lock:
+            self.openrtb_no_bids[kind] += 1
 
     def event(self, status: str, reason: str | None = None) -> None:
         with self._lock:
@@ -147,4 +159,14 @@ class AuctionStats:
                 "candidates_scored": self.candidates_scored,
                 "events": dict(self.events),
                 "rejected_events_by_reason": dict(self.rejected_events),
+                "openrtb_no_bids": dict(self.openrtb_no_bids),
+                "latency_ms": _percentiles(sorted(self.latencies_ms)),
             }
+
+
+def _percentiles(ordered: list[float]) -> dict[str, float | int] | None:
+    """p50/p95/p99 of sorted values (nearest rank), and how many there were; None for none."""
+    if not ordered:
+        return None
+    rank = lambda q: ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]  # noqa: E731
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "auctions": len(ordered)}

@@ -41,6 +41,7 @@ from adstream.settings import Settings
 from adstream.signing import TokenRefused
 from auction_service.campaign_store import journal, store
 from auction_service.domain import AuctionContext
+from auction_service.serving import tracking
 from auction_service.serving.auction import (
     DEFAULT_PCVR,
     AuctionOutcome,
@@ -168,9 +169,9 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
     if state.auction_log is not None:
         # Not awaited: the auction log is best effort on the request path; losses are counted.
         state.auction_log.send(Topic.AUCTIONS, context.auction_id, record.model_dump_json().encode())
-    state.stats.auction(outcome.filled, outcome.pctr, scored)
+    state.stats.auction(outcome.filled, outcome.pctr, scored, latency_ms)
     state.metrics.auctions.labels(outcome="filled" if outcome.filled else "no_fill").inc()
-    state.metrics.fill_rate.set(state.stats.fill_rate)
+    state.metrics.auction_latency.observe(latency_ms / 1000)
     return ServedAd(outcome, loaded.version, context.auction_id, expires_at)
 
 
@@ -247,10 +248,11 @@ def _check(state: ServiceState, event: EventIn, served: store.ServedAuctionRow |
     """Why the event is refused (a code and what to fix), or None when it is a signed, timely event of its auction."""
     if served is None:
         return "unknown_auction", f"no auction {event.auction_id} was served"
+    if event.billing_notice and event.event_type != EventType.IMPRESSION:
+        return "billing_notice_not_impression", "a billing notice records an impression: send event_type impression"
     try:
-        state.signer.verify(
-            event.token, event.auction_id, event.event_type, served.campaign_id, received_at.timestamp()
-        )
+        signed_as = tracking.BILLING if event.billing_notice else event.event_type
+        state.signer.verify(event.token, event.auction_id, signed_as, served.campaign_id, received_at.timestamp())
     except TokenRefused as exc:
         return exc.error.value, str(exc)
     event_time = (event.event_time or received_at).astimezone(UTC)
@@ -321,8 +323,10 @@ async def record_events(
             model_version=served.model_version, publisher_id=served.publisher_id, user_agent=user_agent, ip=ip,
             raw_pctr=served.raw_pctr, exchange_price_cpm_micros=event.exchange_price_cpm_micros,
         )  # fmt: skip
-        # A win notice comes from the exchange's servers, not the user's device: the IVT rules do not apply.
-        ivt = None if event.event_type == EventType.WIN else state.request_ivt.reason(user_agent, ip)
+        # Win and billing notices come from the exchange's servers, not the user's device: the caller's agent
+        # and address say nothing of the device (the bid request's was screened before the auction).
+        from_exchange = event.event_type == EventType.WIN or event.billing_notice
+        ivt = None if from_exchange else state.request_ivt.reason(user_agent, ip)
         entries.append((index, journal.JournalEntry(feedback, billable, ivt)))
     try:
         journaled = await state.spend_ledger.record([entry for _, entry in entries]) if entries else []

@@ -39,6 +39,15 @@ class RequestIvt:
             return "datacenter_ip"
         return None
 
+    def device_reason(self, user_agent: str | None, ip: str | None) -> str | None:
+        """The GIVT reason of a bid request's ``device``, or None: an exchange may leave out the agent or the
+        address, and what it leaves out is not judged (an app's own requests often carry no browser agent)."""
+        if user_agent and (agent := agent_reason(user_agent)) is not None:
+            return agent
+        if ip and self.datacenter_networks and self._in_datacenter(ip):
+            return "datacenter_ip"
+        return None
+
     def _in_datacenter(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)

@@ -5,9 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -60,7 +69,11 @@ class BidFilterMeter:
 
 
 class BidFilterCollector(Collector):
-    """``BidFilterMeter`` as Prometheus metrics, read when /metrics is scraped."""
+    """``BidFilterMeter`` as Prometheus metrics, read when /metrics is scraped.
+
+    The shares (shed, revenue retained) are not exported: they are ratios of these counters, which
+    ``rate()`` gives over any window (the dashboard's snapshot has them since start).
+    """
 
     def __init__(self, meter: BidFilterMeter) -> None:
         self.meter = meter
@@ -86,12 +99,6 @@ class BidFilterCollector(Collector):
         revenue.add_metric(["true"], below)
         revenue.add_metric(["false"], m.explored_revenue_cpm_micros - below)
         yield revenue
-        yield GaugeMetricFamily("adstream_bid_filter_shed_share", "Shed / screened requests", value=m.shed_share)
-        yield GaugeMetricFamily(
-            "adstream_bid_filter_revenue_retained_estimate",
-            "Share of revenue the filter keeps, estimated on the exploration slice",
-            value=m.revenue_retained_estimate,
-        )
         yield GaugeMetricFamily(
             "adstream_bid_filter_version", "Serving bid-filter version (0: none)", value=float(m.version or 0)
         )
@@ -99,20 +106,64 @@ class BidFilterCollector(Collector):
         yield GaugeMetricFamily("adstream_bid_filter_threshold", "Serving bid-filter threshold", value=threshold)
 
 
+class WatchCounts(Protocol):
+    """What ``ModelWatcher`` counts as plain ints (``auction_service.serving.champion``)."""
+
+    swaps: int
+    recalibrations: int
+
+
+class ModelWatchCollector(Collector):
+    """The champion watcher's own counts, read at scrape: no second count to keep in step with it.
+
+    ``watcher`` is set when the service starts one; before that both counters are 0.
+    """
+
+    def __init__(self) -> None:
+        self.watcher: WatchCounts | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        w = self.watcher
+        yield CounterMetricFamily(
+            "adstream_model_swaps", "ctr-model champion versions hot-swapped in while serving",
+            value=w.swaps if w else 0,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "adstream_pctr_calibration_swaps", "Online calibration maps swapped in while serving",
+            value=w.recalibrations if w else 0,
+        )  # fmt: skip
+
+
 @dataclass
 class ServiceMetrics:
+    """Every metric family of one service instance. Counters end in ``_total`` and a counter's label values
+    are disjoint, so a sum over them counts each thing once; ratios (fill rate, shares) are left to ``rate()``."""
+
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     bid_filter: BidFilterMeter = field(default_factory=BidFilterMeter)
+    model_watch: ModelWatchCollector = field(default_factory=ModelWatchCollector)
 
     def __post_init__(self) -> None:
         r = self.registry
+        # The default registry's process_*, python_gc_* and python_info families, on this one.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         r.register(BidFilterCollector(self.bid_filter))
+        r.register(self.model_watch)
         self.auction_latency = Histogram(
-            "adstream_auction_latency_seconds", "Auction handling time, request to response", ["endpoint"],
+            "adstream_auction_latency_seconds",
+            "Time to run one auction: eligibility, scoring, pricing and the winner's hold (an OpenRTB request "
+            "runs one per imp)",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.auctions = Counter("adstream_auctions_total", "Auctions run", ["outcome"], registry=r)
-        self.fill_rate = Gauge("adstream_fill_rate", "Share of auctions that returned an ad", registry=r)
+        self.auctions = Counter("adstream_auctions_total", "Auctions run, by outcome (filled, no_fill)", ["outcome"],
+                                registry=r)  # fmt: skip
+        self.log_records_lost = Counter(
+            "adstream_log_records_lost_total",
+            "Auction-log records (auctions, refused events) the broker never acknowledged; the auction was served",
+            registry=r,
+        )
         self.events = Counter("adstream_events_total", "Feedback events", ["event_type", "status"], registry=r)
         self.events_refused = Counter(
             "adstream_events_refused_total", "Events refused (never charged), by reason", ["reason"], registry=r
@@ -130,7 +181,6 @@ class ServiceMetrics:
             "adstream_spend_micros_total", "Spend recorded in the ledger (micros)", ["pricing_model"], registry=r
         )
         self.model_version = Gauge("adstream_model_version", "Serving ctr-model version", registry=r)
-        self.model_swaps = Counter("adstream_model_swaps_total", "Champion hot swaps", registry=r)
         # Calibration live: rate(observed) / rate(expected) is observed / expected clicks (alert outside 0.8-1.25).
         self.expected_clicks = Counter(
             "adstream_expected_clicks_total", "Sum of the served pCTRs of delivered impressions",
@@ -155,10 +205,16 @@ class ServiceMetrics:
         self.pacing_throttle = Gauge(
             "adstream_pacing_throttle_rate", "Share of auctions a campaign sits out", ["campaign_id"], registry=r
         )
-        self.calibration_swaps = Gauge(
-            "adstream_pctr_calibration_swaps", "Online calibration maps swapped in since start", registry=r
-        )
         self.campaigns_serving = Gauge("adstream_campaigns_serving", "Active campaigns in the cache", registry=r)
         self.rejected_requests = Counter(
-            "adstream_rejected_requests_total", "Requests refused with 4xx", ["reason"], registry=r
+            "adstream_rejected_requests_total", "Requests answered 4xx, by reason", ["reason"], registry=r
         )
+
+    def log_record_lost(self, _reason: str) -> None:
+        """``LogProducer``'s ``on_lost``."""
+        self.log_records_lost.inc()
+
+
+def status_reason(status_code: int) -> str:
+    """A 4xx status as a ``reason`` label value: its phrase in snake case (``not_found``, ``unauthorized``)."""
+    return HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")

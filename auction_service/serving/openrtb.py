@@ -15,7 +15,8 @@ What is honoured (the README's support matrix says the same):
 - **Deals** (``imp.pmp``): a campaign that carries a deal of the imp (same id, its seat allowed by the deal's
   ``wseat`` and the campaign's deal seats) bids through it, at a floor of the larger of the request's deal
   ``bidfloor`` and its own deal floor, and its bid carries ``dealid``. With ``private_auction`` 1 only such
-  bids are made; with 0 they compete with the open market at the imp's floor.
+  bids are made; with 0 they compete with the open market at the imp's floor. A deal with ``at`` 3 is at a
+  fixed price: a campaign that wins through it pays, and bids, that floor, whatever the runner-up.
 - **Privacy**: ``regs.coppa`` 1; ``regs.gdpr`` 1 without a TCF v2 ``user.consent`` that grants purposes 1, 3
   and 4; ``regs.us_privacy`` with the sale opted out ("1-Y-"); and a ``regs.gpp`` string with applicable
   sections (``gpp_sid``), which we do not decode: each makes the auction contextual only. No user id (so no
@@ -140,6 +141,7 @@ COUNTRY_NAMES: dict[str, str] = {
 
 _IAB_CODE = re.compile(r"^IAB(\d+)(-\d+)?$")
 SUPPORTED_AUCTION_TYPES = (1, 2)
+FIXED_PRICE = 3  # a deal's ``at``: its bidfloor is the agreed price
 VAST_4_PROTOCOL = 7  # AdCOM's "VAST 4.0": our video markup
 TCF_PURPOSES_NEEDED = (1, 3, 4)  # store/access information, a personalised profile, personalised ads
 
@@ -192,6 +194,7 @@ class Deal(_OpenRtbObject):
     id: str = Field(min_length=1, max_length=64)
     bidfloor: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     bidfloorcur: str = CURRENCY
+    at: int | None = Field(default=None, description="1 first, 2 second price plus, 3 fixed price (bidfloor)")
     wseat: list[str] | None = Field(default=None, max_length=500)
 
 
@@ -343,6 +346,44 @@ def spec_errors(request: BidRequest) -> list[tuple[str, str]]:
     return errors
 
 
+# OpenRTB 3.0's list of no-bid reason codes (which 2.6 refers to), for the reasons that have one.
+NBR_UNKNOWN, NBR_KNOWN_WEB_CRAWLER, NBR_NON_HUMAN, NBR_DATACENTER_IP = 0, 3, 4, 5
+NBR_UNSUPPORTED_DEVICE, NBR_INSUFFICIENT_AUCTION_TIME = 6, 15
+_NBR_BY_REASON = (
+    ("invalid traffic: device known_bot_ua", NBR_KNOWN_WEB_CRAWLER),
+    ("invalid traffic: device datacenter_ip", NBR_DATACENTER_IP),
+    ("invalid traffic", NBR_NON_HUMAN),
+    ("DOOH", NBR_UNSUPPORTED_DEVICE),
+    ("tmax", NBR_INSUFFICIENT_AUCTION_TIME),
+)
+
+
+# Our no-bid reasons by kind, for /v1/stats: a bounded set of labels (a reason may quote the request).
+_NO_BID_KINDS = (
+    ("invalid traffic", "invalid traffic"),
+    ("DOOH", "DOOH"),
+    ("neither site nor app", "no site or app"),
+    ("cattax", "category taxonomy"),
+    ("auction type", "auction type"),
+    ("cur ", "currency"),
+    ("tmax", "tmax too short"),
+    ("no imp we buy", "no imp we buy"),
+    ("at=1", "first price not allowed"),
+    ("the bid-request filter", "bid-request filter"),
+    ("no campaign clears", "no campaign clears"),
+)
+
+
+def no_bid_kind(reason: str) -> str:
+    return next((kind for prefix, kind in _NO_BID_KINDS if reason.startswith(prefix)), "other")
+
+
+def nbr(reason: str) -> int:
+    """The no-bid reason code of one of our reasons; 0 ("unknown") for the ones the list has no code for, such
+    as no campaign clearing the floor."""
+    return next((code for prefix, code in _NBR_BY_REASON if reason.startswith(prefix)), NBR_UNKNOWN)
+
+
 def no_bid_reason(request: BidRequest, *, min_tmax_ms: int) -> str | None:
     """Why we will not bid on a valid request at all (a 204), or None."""
     if request.dooh is not None:
@@ -424,6 +465,7 @@ class ImpTerms:
 
     eligible: frozenset[str] | None
     deals: Mapping[str, tuple[str, int]]
+    fixed_price: frozenset[str] = frozenset()  # of ``deals``, the campaigns whose deal has a fixed price
 
 
 class CampaignFit:
@@ -456,9 +498,14 @@ class CampaignFit:
             self._fits[key] = _fitting(campaigns, imp)
         fits = self._fits[key]
         deals = self._deal_floors(imp, fits, max_floor_cpm_micros) if imp.pmp and imp.pmp.deals else {}
+        fixed = frozenset()
+        if deals:
+            assert imp.pmp is not None
+            fixed_ids = {deal.id for deal in imp.pmp.deals if deal.at == FIXED_PRICE}
+            fixed = frozenset(cid for cid, (deal_id, _) in deals.items() if deal_id in fixed_ids)
         if imp.pmp is not None and imp.pmp.private_auction == 1:
-            return ImpTerms(frozenset(deals), deals)
-        return ImpTerms(fits, deals)
+            return ImpTerms(frozenset(deals), deals, fixed)
+        return ImpTerms(fits, deals, fixed)
 
     def _deal_floors(self, imp: Imp, fits: frozenset[str] | None, max_floor: int | None) -> dict[str, tuple[str, int]]:
         assert imp.pmp is not None
@@ -626,6 +673,7 @@ def to_context(
         eligible_campaigns=None if terms is None else terms.eligible,
         excluded_campaigns=excluded,
         deals=None if terms is None or not terms.deals else terms.deals,
+        fixed_price_campaigns=frozenset() if terms is None else terms.fixed_price,
         request_id=request.id,
         imp_id=imp.id,
         domain=request.domain,

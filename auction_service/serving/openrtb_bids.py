@@ -7,9 +7,12 @@
   tracking and the click-through (the same signed click URL).
 - ``nurl`` is the win notice: the signed ``win`` URL with ``price=${AUCTION_PRICE}``, which records the win and
   the exchange's clearing price (never billed to the advertiser: it is our media cost).
-- ``burl`` is the billing notice: the signed ``impression`` URL. An exchange fires it when the impression is
-  billable, and that is the impression a CPM campaign pays for. A VAST ``Impression`` names the same URL, and
-  one auction's impression counts once, whichever fires first.
+- ``burl`` is the billing notice: the auction's ``impression`` URL with the billing token
+  (``tracking.BILLING``, ``notice=billing``). An exchange fires it from its servers when the impression is
+  billable, and that is the impression a CPM campaign pays for; its caller's user agent and address are the
+  exchange's, so invalid traffic was judged on the bid request's ``device`` before the auction instead. A VAST
+  ``Impression`` is the device-side impression URL (its caller is judged), and one auction's impression
+  counts once, whichever fires first.
 - ``mtype`` is 1 (banner) or 2 (video); ``cat`` the IAB 1.0 codes of the ad's category with ``cattax`` 1;
   ``adomain`` the advertiser's domain (``Creative.adomain``; left out when the campaign states none);
   ``dealid`` the deal the bid is made through.
@@ -60,12 +63,14 @@ class SeatBid(BaseModel):
 
 
 class BidResponse(BaseModel):
-    """The 200 body of ``POST /openrtb2/auction``; no bid at all is HTTP 204 without a body."""
+    """The 200 body of ``POST /openrtb2/auction``. No bid at all is HTTP 204 without a body, or with
+    OPENRTB_NO_BID_BODY a 200 of ``id``, an empty ``seatbid`` and ``nbr`` (``no_bid_response``)."""
 
     id: str
-    bidid: str
+    bidid: str | None = None
     seatbid: list[SeatBid]
     cur: str = CURRENCY
+    nbr: int | None = Field(default=None, description="the no-bid reason code (OpenRTB 3.0 list), with no seatbid")
 
 
 def banner_markup(image_url: str, title: str, click_url: str, size: tuple[int, int] | None) -> str:
@@ -144,13 +149,18 @@ def bid(
         adomain=[creative.adomain] if creative.adomain else None,
         mtype=mtype,
         nurl=f"{urls['win']}&price={AUCTION_PRICE_MACRO}",
-        burl=urls["impression"],
+        burl=urls["billing"],
         adm=adm,
         w=None if size is None else size[0],
         h=None if size is None else size[1],
         dur=dur,
         dealid=deal_id,
     )
+
+
+def no_bid_response(request_id: str, nbr: int) -> dict[str, object]:
+    """A no-bid as a body, as OpenRTB 2.6's implementation notes show it: ``{"id", "seatbid": [], "nbr"}``."""
+    return {"id": request_id, "seatbid": [], "nbr": nbr}
 
 
 def bid_response(request_id: str, bid_id: str, bids: list[tuple[str, Bid]]) -> BidResponse:

@@ -248,7 +248,7 @@ class ServiceState:
         self.auction_log = LogProducer(
             self.settings,
             client_id="auction-service-log",
-            on_lost=lambda _reason: self.metrics.auctions.labels(outcome="unlogged").inc(),
+            on_lost=self.metrics.log_record_lost,
         )
         self.feedback_log = AckedProducer(
             self.settings, client_id="auction-service-feedback", timeout_s=PUBLISH_TIMEOUT_S
@@ -260,6 +260,7 @@ class ServiceState:
                 # Auctions still serve; campaign requests answer 503 (retry) and make a producer once it is back.
                 log.error("auction service without Kafka: %s", exc)
         self.watcher = ModelWatcher(self.settings, self.model)
+        self.metrics.model_watch.watcher = self.watcher
         self.watcher.start()
         self.bid_filter.start()
         self._thread = threading.Thread(target=self._housekeeping, name="auction-housekeeping", daemon=True)
@@ -316,8 +317,6 @@ class ServiceState:
                     self.metrics.calibration_intercept.set(calibration.intercept)
                     for model, offset in zip(PRICING_MODELS, calibration.offsets, strict=False):
                         self.metrics.calibration_offset.labels(pricing_model=model).set(offset)
-                if self.watcher is not None:
-                    self.metrics.calibration_swaps.set(self.watcher.recalibrations)
             except Exception:  # a failed tick must not end the thread; the next one retries
                 log.exception("auction housekeeping failed")
 

@@ -16,7 +16,8 @@ Each hour goes through three steps (the command line `adstream bill` and the DAG
    that no longer agrees (the ledger changed after billing) fails the run. Held-back and provisional
    rows are listed, not raised.
 3. export: the hour's CSV and HTML report for finance (spark_jobs.billing.reports), held-back rows
-   and their reasons included.
+   and their reasons included, and the multi-hour finance report beside them: the day's
+   (reports/billing/<day>/finance.html) and the latest hours' (reports/billing/finance.html).
 
 A scheduled run also re-bills the still-provisional hours, and those holding a campaign back, of the last
 REBILL_LOOKBACK before its hour: they are final once the stream's watermark has passed them and they reconcile.
@@ -104,7 +105,7 @@ def bill_hour(spark: SparkSession, settings: Settings, hour: datetime, *, now: d
     status = bill_status(hour, watermark, now, has_activity=not activity.empty, review_s=settings.ivt_sivt_window_s)
     budgets = campaign_budgets(settings, sorted(activity["campaign_id"]), hour) if not activity.empty else None
     bill = finish_bill(activity, hour, budgets=budgets, status=status, watermark=watermark, billed_at=now)
-    gate = failed_rows(bill, hour)
+    gate = failed_rows(bill, hour, reports_dir=settings.reports_dir)
     billed = bill[bill["campaign_id"].notna()]
     gross = {row.campaign_id: int(row.gross_spend_micros) for row in billed.itertuples()}
     reconciliation = _reconcile(spark, settings, feedback, hour, gross, status.value)
@@ -178,7 +179,9 @@ def reconcile_hour(spark: SparkSession, settings: Settings, hour: datetime) -> R
 
 def export_hour(settings: Settings, hour: datetime) -> reports.HourExport:
     exported = reports.export_hour(settings, hour_start(hour))
-    print(f"exported {exported.status} bill ({exported.rows} rows): {exported.csv} and {exported.html}")
+    print(
+        f"exported {exported.status} bill ({exported.rows} rows): {exported.csv}, {exported.html}, {exported.finance}"
+    )
     return exported
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ingestion import data_docs
 from spark_jobs.billing.transforms import CLICKABLE_IMPRESSIONS
 
 
@@ -71,9 +73,10 @@ def _gx_context() -> Any:
     return context
 
 
-def failed_rows(bill: pd.DataFrame, hour: datetime) -> dict[str, list[str]]:
+def failed_rows(bill: pd.DataFrame, hour: datetime, *, reports_dir: Path | None = None) -> dict[str, list[str]]:
     """Runs the bill's GX suite; returns each failing campaign's broken rules (empty: the bill passed).
 
+    With ``reports_dir`` the result is added to the Data Docs there (``ingestion.data_docs``), passed or not.
     Raises BillCheckFailed, naming each rule, when a failure is of the whole bill (see the module docstring).
     """
     import great_expectations as gx
@@ -85,6 +88,8 @@ def failed_rows(bill: pd.DataFrame, hour: datetime) -> dict[str, list[str]]:
     asset = source.add_dataframe_asset(suite.name)
     batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": frame})
     result = batch.validate(suite, result_format={"result_format": "COMPLETE", "partial_unexpected_count": 0})
+    if reports_dir is not None:
+        data_docs.publish(result, reports_dir, run_name=f"bill-{hour:%Y%m%dT%H}", batch="billing_hourly")
     by_campaign: dict[str, list[str]] = {}
     whole_bill = []
     for check in result.results:

@@ -13,12 +13,17 @@ the hour's other rows carry the hour's status. Money is integer micros (``*_micr
 decimal(18,6) columns in the row's currency: ``spend`` is what the advertiser pays, ``gross_spend``
 what the ledger charged, and ``ivt_credit`` (gross - spend) the part charged for invalid traffic.
 ``spark_jobs.billing.job`` writes the table; this module never imports pyspark.
+
+Finance's pages are rendered from the Jinja2 templates in ``templates/`` (autoescaped): the hour's bill
+beside its CSV, and the finance report of several hours (what ``notebooks/billing_report.ipynb`` shows,
+executed) for the hour's day, ``reports/billing/<day>/finance.html``, and for the latest LATEST_HOURS,
+``reports/billing/finance.html``. Both stand alone: inline CSS, SVG bars and a base64 PNG chart.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
-import html
 import io
 import json
 from dataclasses import dataclass
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import jinja2
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -134,7 +140,7 @@ def _hour_filter(start: datetime | None, end: datetime | None) -> pc.Expression 
     return conditions[0] if len(conditions) == 1 else conditions[0] & conditions[1]
 
 
-# --- exports: reports/billing/<YYYY-MM-DD>/<HH>.csv and .html ---
+# --- exports: reports/billing/<YYYY-MM-DD>/<HH>.csv and .html, the day's finance.html, and finance.html ---
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ class HourExport:
     html: Path
     status: str
     rows: int
+    finance: Path  # the report of the hour's day, beside its CSV
 
 
 def export_paths(reports_dir: Path, hour: datetime) -> tuple[Path, Path]:
@@ -154,8 +161,20 @@ def reconciliation_path(reports_dir: Path, hour: datetime) -> Path:
     return reports_dir / "billing" / f"{hour:%Y-%m-%d}" / f"{hour:%H}.reconciliation.json"
 
 
+def finance_path(reports_dir: Path, day: datetime | None = None) -> Path:
+    """The finance report of ``day`` (its hours billed so far), or with no day the latest one: the
+    LATEST_HOURS up to the newest hour billed, at a path that does not change."""
+    folder = reports_dir / "billing"
+    return folder / "finance.html" if day is None else folder / f"{day:%Y-%m-%d}" / "finance.html"
+
+
+LATEST_HOURS = 24
+VERSIONS_SHOWN = 24
+
+
 def export_hour(settings: Settings, hour: datetime) -> HourExport:
-    """Writes the hour's CSV and HTML report from the current bill; raises BillNotFound if it was never billed."""
+    """Writes the hour's CSV and HTML report from the current bill, and the finance reports of its day and the
+    latest hours; raises BillNotFound if the hour was never billed."""
     hour = _utc(hour)
     table = bill_table(settings)
     bill = table.to_pyarrow_dataset().to_table(filter=_hour_filter(hour, hour + HOUR)).to_pandas()
@@ -168,7 +187,21 @@ def export_hour(settings: Settings, hour: datetime) -> HourExport:
     reconciliation = reconciliation_path(settings.reports_dir, hour)
     checked = json.loads(reconciliation.read_text()) if reconciliation.exists() else None
     html_path.write_text(bill_html(bill, hour, table_version=table.version(), reconciliation=checked))
-    return HourExport(csv_path, html_path, hour_status(bill), len(bill))
+    day = hour.replace(hour=0)
+    finance = export_finance(settings, day, day + timedelta(days=1), finance_path(settings.reports_dir, hour))
+    newest = pc.max(table.to_pyarrow_dataset().to_table(columns=["hour"])["hour"]).as_py()
+    export_finance(settings, newest + HOUR - LATEST_HOURS * HOUR, newest + HOUR, finance_path(settings.reports_dir))
+    return HourExport(csv_path, html_path, hour_status(bill), len(bill), finance)
+
+
+def export_finance(settings: Settings, start: datetime, end: datetime, path: Path) -> Path:
+    """Writes the finance report of the hours in [start, end) to ``path``, whole or not at all; returns it."""
+    bill = read_bill(settings, start=start, end=end)
+    history = bill_history(settings).tail(VERSIONS_SHOWN)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = path.with_name(f".{path.name}.tmp")
+    written.write_text(finance_html(bill, history, start=_utc(start), end=_utc(end)))
+    return written.replace(path)
 
 
 def bill_csv(bill: pd.DataFrame) -> str:
@@ -203,28 +236,40 @@ STATUS_NOTE = {
     BillStatus.HELD_BACK: "Held back: every campaign of this hour failed the quality gate or the reconciliation.",
 }
 
+# Autoescaped: campaign, advertiser ids and held-back reasons come from outside and are shown as text.
+_PAGES = jinja2.Environment(
+    loader=jinja2.PackageLoader("spark_jobs.billing", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
 
 def bill_html(
     bill: pd.DataFrame, hour: datetime, *, table_version: int | None = None, reconciliation: dict | None = None
 ) -> str:
-    """A self-contained page (inline CSS and SVG, nothing fetched): status, totals, top campaigns, all rows."""
+    """A self-contained page (inline CSS and SVG, nothing fetched): status, totals, top campaigns, all rows.
+
+    Rendered from ``templates/bill.html.j2``; the figures are computed here, from integer micros.
+    """
     status = BillStatus(hour_status(bill))
     listed = bill[bill["campaign_id"].notna()]
     held = listed[listed["status"] == BillStatus.HELD_BACK.value]
     campaigns = listed[listed["status"] != BillStatus.HELD_BACK.value]
     currency = str(bill["currency"].iloc[0])
-    title = f"AdStream bill {hour:%Y-%m-%d %H:00} to {hour + HOUR:%H:00} UTC"
     gross, credit = (_sum(campaigns, column) for column in ("gross_spend_micros", "ivt_credit_micros"))
-    totals = {
-        "Campaigns": f"{len(campaigns):,}",
-        "Impressions": f"{int(campaigns['impressions'].sum()):,}",
-        "Clicks": f"{int(campaigns['clicks'].sum()):,}",
-        "Conversions": f"{int(campaigns['conversions'].sum()):,}",
-        "Billable events": f"{int(campaigns['billable_events'].sum()):,}",
-        "Gross spend (charged)": _money(gross, currency),
-        "Invalid traffic credit": f"-{_money(credit, currency)}",
-        "Spend": _money(int(campaigns["spend_micros"].sum()), currency),
-    }
+    totals = [
+        ("Campaigns", f"{len(campaigns):,}"),
+        ("Impressions", f"{int(campaigns['impressions'].sum()):,}"),
+        ("Clicks", f"{int(campaigns['clicks'].sum()):,}"),
+        ("Conversions", f"{int(campaigns['conversions'].sum()):,}"),
+        ("Billable events", f"{int(campaigns['billable_events'].sum()):,}"),
+        ("Gross spend (charged)", _money(gross, currency)),
+        ("Invalid traffic credit", f"-{_money(credit, currency)}"),
+        ("Spend", _money(int(campaigns["spend_micros"].sum()), currency)),
+    ]
     watermark = bill["stream_watermark"].iloc[0]
     facts = [
         f"Billed at {_cell(bill['billed_at'].iloc[0])}",
@@ -232,54 +277,28 @@ def bill_html(
     ]
     if table_version is not None:
         facts.append(f"gold/billing_hourly version {table_version}")
-    parts = [
-        "<!doctype html>",
-        f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="status {status.value}"><strong>{status.value.upper()}</strong> — '
-        f"{html.escape(STATUS_NOTE[status])}</p>",
-        f"<p class=facts>{html.escape(' · '.join(facts))}</p>",
-        _reconciliation_html(reconciliation),
-        "<h2>Totals</h2>",
-        _table(["", ""], [[name, value] for name, value in totals.items()], header=False),
-    ]
-    if not held.empty:
-        parts += [
-            f"<h2>Held back ({len(held)})</h2>",
-            "<p>Not billed: these rows failed the quality gate or the reconciliation. A later run bills them "
-            "once they pass.</p>",
-            _table(
-                ["Advertiser", "Campaign", "Gross spend", "Reason"],
-                [
-                    [_cell(row.advertiser_id), row.campaign_id, _money(_int(row.gross_spend_micros), currency),
-                     _cell(row.held_reason)]
-                    for row in held.itertuples()
-                ],
-            ),
-        ]  # fmt: skip
-    if campaigns.empty:
-        parts.append("<p>No campaign had billable activity in this hour.</p>")
-    else:
-        by_advertiser = campaigns.groupby("advertiser_id", as_index=False)[["spend_micros", "billable_events"]].sum()
-        by_advertiser = by_advertiser.sort_values("spend_micros", ascending=False)
-        top = campaigns.head(TOP_CAMPAIGNS)
-        parts += [
-            "<h2>Spend by advertiser</h2>",
-            _table(
-                ["Advertiser", "Billable events", "Spend"],
-                [
-                    [row.advertiser_id, f"{row.billable_events:,}", _money(row.spend_micros, currency)]
-                    for row in by_advertiser.itertuples()
-                ],
-            ),
-            f"<h2>Top {len(top)} campaigns by spend</h2>",
-            _spend_chart(top, currency),
-            "<h2>All campaigns</h2>",
-            _table(CAMPAIGN_HEADERS, [_campaign_cells(row, currency) for row in campaigns.itertuples()]),
-        ]
-    parts.append("</body></html>")
-    return "\n".join(part for part in parts if part)
+    by_advertiser = campaigns.groupby("advertiser_id", as_index=False)[["spend_micros", "billable_events"]].sum()
+    by_advertiser = by_advertiser.sort_values("spend_micros", ascending=False)
+    return _PAGES.get_template("bill.html.j2").render(
+        title=f"AdStream bill {hour:%Y-%m-%d %H:00} to {hour + HOUR:%H:00} UTC",
+        status=status.value,
+        status_note=STATUS_NOTE[status],
+        facts=facts,
+        reconciliation=_reconciliation_text(reconciliation),
+        totals=totals,
+        held=[
+            [_cell(row.advertiser_id), row.campaign_id, _money(_int(row.gross_spend_micros), currency),
+             _cell(row.held_reason)]
+            for row in held.itertuples()
+        ],
+        advertisers=[
+            [row.advertiser_id, f"{row.billable_events:,}", _money(row.spend_micros, currency)]
+            for row in by_advertiser.itertuples()
+        ],
+        top=spend_bars(campaigns.head(TOP_CAMPAIGNS), currency),
+        campaign_headers=CAMPAIGN_HEADERS,
+        campaigns=[_campaign_cells(row, currency) for row in campaigns.itertuples()],
+    )  # fmt: skip
 
 
 CAMPAIGN_HEADERS = [
@@ -307,48 +326,149 @@ def _campaign_cells(row: Any, currency: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _reconciliation_html(reconciliation: dict | None) -> str:
+def _reconciliation_text(reconciliation: dict | None) -> str:
     if reconciliation is None:
-        return "<p class=facts>Reconciliation: not run for this hour yet.</p>"
+        return "Reconciliation: not run for this hour yet."
     sides = ", ".join(reconciliation["checked"])
     skipped = "; ".join(f"{side} skipped: {why}" for side, why in reconciliation["skipped"].items())
     verdict = "matches" if not reconciliation["mismatches"] else f"{len(reconciliation['mismatches'])} mismatches"
-    text = f"Reconciliation ({sides}): {verdict}." + (f" {skipped}." if skipped else "")
-    return f"<p class=facts>{html.escape(text)}</p>"
+    return f"Reconciliation ({sides}): {verdict}." + (f" {skipped}." if skipped else "")
 
 
-def _table(headers: list[str], rows: list[list[object]], *, header: bool = True) -> str:
-    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table>{head}{body}</table>"
+@dataclass(frozen=True)
+class Bar:
+    y: int
+    width: float
+    label: str
+    text: str
 
 
-def _spend_chart(top: pd.DataFrame, currency: str) -> str:
-    """Horizontal bars of spend per campaign, as inline SVG (scaled on integer micros)."""
-    bar_height, label_width, bar_width = 22, 220, 420
-    largest = max(int(top["spend_micros"].max()), 1)
-    bars = []
+@dataclass(frozen=True)
+class BarChart:
+    bars: list[Bar]
+    bar_height: int = 22
+    label_width: int = 220
+    bar_width: int = 420
+
+    @property
+    def height(self) -> int:
+        return self.bar_height * len(self.bars)
+
+    @property
+    def width(self) -> int:
+        return self.label_width + self.bar_width + 200
+
+
+def spend_bars(top: pd.DataFrame, currency: str) -> BarChart:
+    """Horizontal bars of spend per campaign (``templates/_macros.html.j2`` draws them), scaled on integer micros."""
+    chart = BarChart([])
+    largest = max(int(top["spend_micros"].max()), 1) if len(top) else 1
     for i, row in enumerate(top.itertuples()):
-        y = i * bar_height
-        width = bar_width * int(row.spend_micros) / largest
-        bars.append(
-            f'<text x="{label_width - 6}" y="{y + 15}" text-anchor="end">{html.escape(str(row.campaign_id))}</text>'
-            f'<rect x="{label_width}" y="{y + 3}" width="{width:.1f}" height="{bar_height - 6}" fill="#3b6ea5"/>'
-            f'<text x="{label_width + width + 6:.1f}" y="{y + 15}">{html.escape(_money(row.spend_micros, currency))}'
-            "</text>"
-        )
-    height = bar_height * len(top)
-    width = label_width + bar_width + 200
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="Spend by campaign" '
-        f'width="{width}" height="{height}" font-family="sans-serif" font-size="12">{"".join(bars)}</svg>'
+        chart.bars.append(
+            Bar(i * chart.bar_height, chart.bar_width * int(row.spend_micros) / largest, str(row.campaign_id),
+                _money(row.spend_micros, currency))
+        )  # fmt: skip
+    return chart
+
+
+# --- the finance report: several hours of the bill, as notebooks/billing_report.ipynb shows them ---
+
+
+def finance_html(bill: pd.DataFrame, history: pd.DataFrame, *, start: datetime, end: datetime) -> str:
+    """A self-contained page of the bill rows of [start, end) (``read_bill``) and the table's ``history``:
+    totals, per hour, a chart of spend per hour (PNG, inline), held-back rows, per advertiser, the top
+    campaigns (SVG bars and their figures), the versions. Rendered from ``templates/finance.html.j2``."""
+    listed = bill[bill["campaign_id"].notna()]
+    campaigns = listed[listed["status"] != BillStatus.HELD_BACK.value]
+    held = listed[listed["status"] == BillStatus.HELD_BACK.value]
+    currency = ", ".join(sorted(bill["currency"].dropna().astype(str).unique())) or "USD"
+    hours = spend_per_hour(bill)
+    advertisers = (
+        campaigns.groupby("advertiser_id", as_index=False)[["billable_events", "spend_micros"]]
+        .sum()
+        .sort_values(["spend_micros", "advertiser_id"], ascending=[False, True])
+    )
+    top = (
+        campaigns.groupby(["advertiser_id", "campaign_id", "pricing_model"], as_index=False)[
+            ["impressions", "clicks", "conversions", "billable_events", "spend_micros"]
+        ]
+        .sum()
+        .sort_values(["spend_micros", "campaign_id"], ascending=[False, True])
+        .head(TOP_CAMPAIGNS)
+    )
+    statuses = hours["status"].value_counts()
+    return _PAGES.get_template("finance.html.j2").render(
+        title=f"AdStream billing {start:%Y-%m-%d %H:00} to {end:%Y-%m-%d %H:00} UTC",
+        facts=[
+            f"{len(hours)} hours billed" + "".join(f", {count} {status}" for status, count in statuses.items()),
+            f"gold/billing_hourly version {int(history['version'].max())}" if len(history) else "no version yet",
+        ],
+        totals=[
+            ("Campaigns", f"{campaigns['campaign_id'].nunique():,}"),
+            ("Impressions", f"{int(campaigns['impressions'].sum()):,}"),
+            ("Clicks", f"{int(campaigns['clicks'].sum()):,}"),
+            ("Billable events", f"{int(campaigns['billable_events'].sum()):,}"),
+            ("Spend", _money(_sum(campaigns, "spend_micros"), currency)),
+        ],
+        hours=[
+            [f"{row.hour:%Y-%m-%d %H:00}", row.status, f"{row.campaigns:,}", f"{row.impressions:,}",
+             f"{row.clicks:,}", f"{row.billable_events:,}", f"{row.held_back:,}", _money(row.spend_micros, currency)]
+            for row in hours.itertuples()
+        ],
+        spend_per_hour_png=spend_per_hour_png(hours, currency) if len(hours) else "",
+        held=[
+            [f"{row.hour:%Y-%m-%d %H:00}", _cell(row.advertiser_id), row.campaign_id,
+             _money(_int(row.gross_spend_micros), currency), _cell(row.held_reason)]
+            for row in held.itertuples()
+        ],
+        advertisers=[
+            [row.advertiser_id, f"{row.billable_events:,}", _money(row.spend_micros, currency)]
+            for row in advertisers.itertuples()
+        ],
+        top=spend_bars(top, currency),
+        top_campaigns=[
+            [row.advertiser_id, row.campaign_id, row.pricing_model, f"{row.impressions:,}", f"{row.clicks:,}",
+             f"{row.conversions:,}", f"{row.billable_events:,}", _money(row.spend_micros, currency)]
+            for row in top.itertuples()
+        ],
+        versions=[
+            [int(row.version), f"{row.timestamp:%Y-%m-%d %H:%M:%S}", row.operation]
+            for row in history.sort_values("version", ascending=False).itertuples()
+        ],
+    )  # fmt: skip
+
+
+def spend_per_hour(bill: pd.DataFrame) -> pd.DataFrame:
+    """One row per billed hour: its status, campaigns, counts and spend (integer micros) of the rows billed,
+    and how many campaigns it holds back."""
+    listed = bill[bill["campaign_id"].notna()]
+    billed = listed[listed["status"] != BillStatus.HELD_BACK.value]
+    columns = ["impressions", "clicks", "billable_events", "spend_micros"]
+    hours = pd.DataFrame({"hour": sorted(bill["hour"].unique())})
+    status = bill.groupby("hour")[["status"]].agg(lambda statuses: hour_status(pd.DataFrame({"status": statuses})))
+    sums = billed.groupby("hour")[columns].sum()
+    counts = billed.groupby("hour")["campaign_id"].nunique().rename("campaigns")
+    held = (listed["status"] == BillStatus.HELD_BACK.value).groupby(listed["hour"]).sum().rename("held_back")
+    hours = hours.join(status, on="hour").join(counts, on="hour").join(sums, on="hour").join(held, on="hour")
+    return hours.fillna({name: 0 for name in [*columns, "campaigns", "held_back"]}).astype(
+        {name: "int64" for name in [*columns, "campaigns", "held_back"]}
     )
 
 
-_CSS = (
-    "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
-    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-    ".status{padding:.5em;border-radius:4px}.final,.empty{background:#e3f4e1}.provisional{background:#fff3cd}"
-    ".held_back{background:#f8d7da}"
-    ".facts{color:#555}"
-)
+def spend_per_hour_png(hours: pd.DataFrame, currency: str) -> str:
+    """The notebook's chart, spend per hour with provisional hours hatched, as base64 PNG (floats: a picture)."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state in a worker
+
+    figure = Figure(figsize=(9, 3.5))
+    axes = figure.subplots()
+    labels = [f"{hour:%m-%d %H:00}" for hour in hours["hour"]]
+    bars = axes.bar(labels, [micros / 1e6 for micros in hours["spend_micros"]], color="#3b6ea5")
+    for bar, status in zip(bars, hours["status"], strict=True):
+        bar.set_hatch("//" if status == BillStatus.PROVISIONAL.value else "")
+    axes.set_ylabel(f"spend ({currency})")
+    axes.set_xlabel("hour (UTC)")
+    axes.tick_params(axis="x", rotation=45)
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=80, metadata={"Software": None})
+    return base64.b64encode(out.getvalue()).decode("ascii")

@@ -7,6 +7,8 @@
 - The pacing leader killed with -9: another replica takes the lease and its controllers continue from the
   states in the shared store.
 - The shared store down: 503 with Retry-After, nothing charged; back, serving resumes by itself.
+- OpenRTB through the fleet, one replica killed with -9: two imps per request, win and billing notices fired
+  at another replica (twice), CPM budgets and a 1-per-day cap held, each impression charged once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -47,6 +50,11 @@ BILLABLE = {"CPM": "impression", "CPC": "click", "CPA": "conversion"}
 USERS = [f"rep-u{i}" for i in range(120)]
 CONNECTIONS = 64
 CONTEXT = {"device_type": "desktop", "country": "Norway"}
+# OpenRTB campaigns buy phones only, so the /v1/auction tests above (desktops) never see them. A USD 2 CPM bid
+# costs 2,000 micros an impression: each budget is 15 impressions.
+RTB_BUDGETS = {"rtb-a": 30_000, "rtb-b": 30_000, "rtb-c": 30_000}
+RTB_USERS = [f"rtb-u{i}" for i in range(40)]
+RTB_DEVICE = {"devicetype": 4, "ua": BROWSER_UA, "ip": "73.12.0.9", "geo": {"country": "NOR"}}
 
 
 def seeded(settings: Settings) -> None:
@@ -60,6 +68,15 @@ def seeded(settings: Settings) -> None:
                     campaign_id, pricing_model=pricing, bid_micros=bid, total_budget_micros=budget,
                     daily_budget_micros=budget, frequency_cap_per_day=1, pacing_mode="asap",
                     targeting={"device_types": ["desktop"], "countries": ["Norway"]},
+                ),
+            )  # fmt: skip
+        for campaign_id, budget in RTB_BUDGETS.items():
+            store.apply_instruction(
+                session,
+                instruction(
+                    campaign_id, pricing_model="CPM", bid_micros=2_000_000, total_budget_micros=budget,
+                    daily_budget_micros=budget, frequency_cap_per_day=1, pacing_mode="asap",
+                    targeting={"device_types": ["mobile"]},
                 ),
             )  # fmt: skip
     engine.dispose()
@@ -216,9 +233,8 @@ def test_three_replicas_and_a_kill_9_keep_budgets_caps_and_charges_exact(fleet):
     ns = settings.shared_store_namespace
     assert shared.hlen(f"{ns}:res") == 0
     assert all(int(v) == 0 for v in shared.hvals(f"{ns}:held"))
-    assert {k.decode(): int(v) for k, v in shared.hgetall(f"{ns}:spent").items()} == {
-        cid: view.spent_micros for cid, view in campaigns.items() if view.spent_micros
-    }
+    spent = {k.decode(): int(v) for k, v in shared.hgetall(f"{ns}:spent").items() if k.decode() in BUDGETS}
+    assert spent == {cid: view.spent_micros for cid, view in campaigns.items() if view.spent_micros}
 
 
 def test_an_event_for_another_replicas_auction_is_accepted_at_once(fleet):
@@ -229,6 +245,114 @@ def test_an_event_for_another_replicas_auction_is_accepted_at_once(fleet):
     answered = httpx.post(f"{other}/v1/events", json=body, headers={"User-Agent": BROWSER_UA}, timeout=10)
     assert answered.status_code == 202, answered.text
     assert answered.json()["results"][0]["status"] == "accepted"
+
+
+async def get_until_answered(client: httpx.AsyncClient, url: str) -> httpx.Response:
+    """An exchange's notice, fired again when the replica it reached was killed."""
+    for _ in range(50):
+        try:
+            response = await client.get(url)
+        except httpx.TransportError:
+            await asyncio.sleep(0.1)
+            continue
+        if response.status_code != 503:
+            return response
+        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+    raise AssertionError(f"{url} was never answered")
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+async def drive_openrtb(url: str, other: str, seconds: float, kill) -> tuple[list[dict], list[tuple[str, int]]]:
+    """Bid requests of two imps each on the fleet; each bid's win notice and its billing notice (twice: on the
+    single replica at once, then on the fleet) fired as an exchange does, from its own servers."""
+    bids: list[dict] = []
+    notices: list[tuple[str, int]] = []
+    deadline = time.monotonic() + seconds
+    rng = random.Random(9)
+    imps = [{"id": "1", "banner": {"w": 300, "h": 250}}, {"id": "2", "banner": {"w": 320, "h": 50}}]
+    exchange = {"User-Agent": "Go-http-client/1.1"}
+
+    async def one(fleet: httpx.AsyncClient, single: httpx.AsyncClient, worker: int) -> None:
+        number = 0
+        while time.monotonic() < deadline:
+            number += 1
+            user = rng.choice(RTB_USERS)
+            request = {"id": f"r{worker}-{number}", "imp": imps, "site": {"domain": "news.example"},
+                       "device": RTB_DEVICE, "user": {"id": user}}  # fmt: skip
+            response = await post_until_answered(fleet, "/openrtb2/auction", request)
+            if response.status_code != 200:
+                continue
+            placed = [bid for seat in response.json()["seatbid"] for bid in seat["bid"]]
+            bids.extend({"user": user, "request": request["id"], **bid} for bid in placed)
+            for bid in placed:
+                price = f"{bid['price'] * 0.8:.6f}"  # a second-price exchange's price, under our bid
+                win = await get_until_answered(single, _path(bid["nurl"]).replace("${AUCTION_PRICE}", price))
+                notices.append((f"{bid['id']}:win", win.status_code))
+                for client in (single, fleet):
+                    billed = await get_until_answered(client, _path(bid["burl"]))
+                    notices.append((bid["id"], billed.status_code))
+
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=exchange) as fleet,
+        httpx.AsyncClient(base_url=other, timeout=30, limits=limits, headers=exchange) as single,
+    ):
+        workers = [asyncio.create_task(one(fleet, single, worker)) for worker in range(CONNECTIONS // 2)]
+        await asyncio.sleep(seconds / 3)
+        kill()
+        await asyncio.gather(*workers)
+    return bids, notices
+
+
+def test_openrtb_through_the_fleet_and_a_kill_9_keeps_caps_budgets_and_one_charge_per_impression(fleet):
+    # Before the pacing leader's kill below, which may take the single replica down for good.
+    settings, url, other, supervisor = fleet
+    victims: list[int] = []
+
+    def kill() -> None:
+        victim = psutil.Process(supervisor.pid).children()[0]
+        victims.append(victim.pid)
+        victim.send_signal(signal.SIGKILL)
+
+    bids, notices = asyncio.run(drive_openrtb(url, other, 10.0, kill))
+    wait_listening(url, supervisor, 3)
+    assert victims
+
+    # Every notice was taken (a replay of the billing notice too: 204, charged once), on whichever replica.
+    assert bids and {status for _, status in notices} == {204}, Counter(status for _, status in notices)
+    # One campaign fills at most one imp of a request, and the 1-per-day cap holds across the replicas.
+    per_request = Counter((bid["request"], bid["cid"]) for bid in bids)
+    assert max(per_request.values()) == 1
+    per_user = Counter((bid["user"], bid["cid"]) for bid in bids)
+    assert max(per_user.values()) == 1, per_user.most_common(3)
+    assert {bid["cid"] for bid in bids} == set(RTB_BUDGETS)
+
+    engine = make_engine(settings)
+    with make_session_factory(engine)() as session:
+        ledger = session.execute(
+            select(SpendLedgerEntry.auction_id, SpendLedgerEntry.campaign_id, SpendLedgerEntry.event_type,
+                   SpendLedgerEntry.cost_micros).where(SpendLedgerEntry.campaign_id.in_(list(RTB_BUDGETS)))
+        ).all()  # fmt: skip
+        campaigns = {cid: store.get_campaign(session, cid) for cid in RTB_BUDGETS}
+    engine.dispose()
+    # Only impressions are charged (a win notice is our media cost, never the advertiser's), each auction once,
+    # at the bid's price per thousand, and no campaign past its budget.
+    assert ledger and {row.event_type for row in ledger} == {"impression"}
+    assert len({row.auction_id for row in ledger}) == len(ledger)
+    assert {row.auction_id for row in ledger} <= {bid["id"] for bid in bids}
+    price = {bid["id"]: round(bid["price"] * 1_000_000) for bid in bids}  # the GSP price: the bid at most
+    assert all(row.cost_micros == -(-price[row.auction_id] // 1000) <= 2_000 for row in ledger)
+    for campaign_id, budget in RTB_BUDGETS.items():
+        charged = sum(row.cost_micros for row in ledger if row.campaign_id == campaign_id)
+        assert campaigns[campaign_id].spent_micros == charged <= budget
+    # Every bid's reservation was charged or freed by its billing notice: none is still held.
+    shared = redis.Redis.from_url(settings.shared_store_url)
+    held = shared.hmget(f"{settings.shared_store_namespace}:res", [bid["id"] for bid in bids])
+    assert held == [None] * len(bids)
 
 
 def _pacing_state(shared: redis.Redis, key: str, campaign_id: str) -> dict[str, str] | None:

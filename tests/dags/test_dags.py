@@ -1,6 +1,7 @@
 """Real Airflow: the DAG folder parses cleanly, and `airflow dags test` runs the smoke DAG end to end."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -24,9 +25,22 @@ def scheduled_on(dag):
     condition = getattr(dag.timetable, "asset_condition", None)
     return sorted(asset.name for asset in getattr(condition, "objects", []))
 schedules = {dag_id: scheduled_on(dag) for dag_id, dag in bag.dags.items()}
+def seconds(delay):
+    return None if delay is None else delay.total_seconds()
+retries = {
+    f"{dag_id}.{task.task_id}": {"retries": task.retries, "retry_delay_s": seconds(task.retry_delay),
+                                 "retry_exponential_backoff": task.retry_exponential_backoff,
+                                 "max_retry_delay_s": seconds(task.max_retry_delay)}
+    for dag_id, dag in bag.dags.items() for task in dag.tasks
+}
 print(json.dumps({"dag_ids": sorted(bag.dag_ids), "import_errors": bag.import_errors, "tasks": tasks,
-                  "schedules": schedules}))
+                  "schedules": schedules, "retries": retries}))
 """
+
+# Tasks a retry would not repeat harmlessly, and why; every other task retries with backoff.
+NOT_IDEMPOTENT = {
+    "platform_smoke.produce_events": "a second attempt sends the run's events to Kafka again",
+}
 
 
 @pytest.fixture
@@ -56,8 +70,23 @@ def parse_dag_folder(settings, dag_folder) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_dag_folder_has_no_import_errors(tmp_path):
-    parsed = parse_dag_folder(make_settings(tmp_path), services.PROJECT_ROOT / "dags")
+@pytest.fixture(scope="module")
+def parsed_dags(tmp_path_factory) -> dict:
+    return parse_dag_folder(make_settings(tmp_path_factory.mktemp("dagbag")), services.PROJECT_ROOT / "dags")
+
+
+def asset_events(airflow_home, asset_name: str) -> list[dict]:
+    """The extras of the events Airflow recorded for ``asset_name``, oldest first (read from its metadata DB)."""
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ? ORDER BY e.id",
+            (asset_name,),
+        ).fetchall()
+    return [json.loads(extra) for (extra,) in rows]
+
+
+def test_dag_folder_has_no_import_errors(parsed_dags):
+    parsed = parsed_dags
     assert parsed["import_errors"] == {}
     assert DagId.PLATFORM_SMOKE in parsed["dag_ids"]
     assert parsed["tasks"][DagId.KAGGLE_INGESTION] == {
@@ -76,6 +105,19 @@ def test_dag_folder_has_no_import_errors(tmp_path):
     assert parsed["schedules"][DagId.FEATURE_BUILD] == [
         "bronze/ads16_ads", "bronze/ads16_ratings", "bronze/ads16_users", "bronze/advertising", "bronze/amazon_ads",
     ]  # fmt: skip
+
+
+def test_every_idempotent_task_retries_with_backoff_and_the_others_do_not_retry(parsed_dags):
+    retries = parsed_dags["retries"]
+    assert len(retries) >= 15 and set(NOT_IDEMPOTENT) <= set(retries)
+    for task, settings in retries.items():
+        if task in NOT_IDEMPOTENT:
+            assert settings["retries"] == 0, f"{task} is not idempotent ({NOT_IDEMPOTENT[task]}) but retries"
+            continue
+        assert settings["retries"] >= 2, f"{task} does not retry: {settings}"
+        assert 10 <= settings["retry_delay_s"] <= 120, f"{task}: {settings}"
+        assert settings["retry_exponential_backoff"] >= 2, f"{task} retries without backoff: {settings}"
+        assert settings["retry_delay_s"] < settings["max_retry_delay_s"] <= 3600, f"{task}: {settings}"
 
 
 def test_a_broken_dag_file_is_reported(tmp_path):
@@ -151,6 +193,15 @@ def test_airflow_dags_test_builds_features_from_bronze(tmp_path):
     assert set(training.column("source").to_pylist()) == {"bootstrap"}
     users = DeltaTable(settings.delta_rs_location(Table.GOLD_USER_FEATURES)[0]).to_pyarrow_table()
     assert users.num_rows == 1024
+    # Each Asset event names the version the run left its table at (a fresh lake: the first) and its rows.
+    assert asset_events(settings.airflow_home, Table.GOLD_CTR_TRAINING_SET) == [
+        {"delta_version": 0, "row_count": training.num_rows}
+    ]
+    assert asset_events(settings.airflow_home, Table.GOLD_USER_FEATURES) == [{"delta_version": 0, "row_count": 1024}]
+    silver_users = DeltaTable(settings.delta_rs_location(Table.SILVER_USERS)[0])
+    assert asset_events(settings.airflow_home, Table.SILVER_USERS) == [
+        {"delta_version": 0, "row_count": silver_users.to_pyarrow_table().num_rows}
+    ]
 
 
 @pytest.mark.slow
@@ -213,8 +264,12 @@ def test_airflow_dags_test_bills_the_hour_before_the_run(tmp_path):
     }  # fmt: skip
     assert set(bill["hour"].astype(str)) == {"2026-11-24 10:00:00+00:00"}
     assert set(bill["status"]) == {"final"} and bill["budget_total_micros"].isna().all()
+    written = DeltaTable(settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)[0]).version()
+    assert asset_events(settings.airflow_home, Table.GOLD_BILLING_HOURLY) == [
+        {"delta_version": written, "row_count": 3}
+    ]
     exported = tmp_path / "reports" / "billing" / "2026-11-24"
-    assert {path.name for path in exported.iterdir()} == {"10.csv", "10.html", "10.reconciliation.json"}
+    assert {path.name for path in exported.iterdir()} == {"10.csv", "10.html", "10.reconciliation.json", "finance.html"}
     reconciliation = json.loads((exported / "10.reconciliation.json").read_text())
     assert reconciliation["checked"] == ["bill", "auction log"] and reconciliation["mismatches"] == []
     assert "no campaign store" in reconciliation["skipped"]["ledger"]

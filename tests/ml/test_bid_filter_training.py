@@ -63,6 +63,16 @@ def test_training_logs_the_run_registers_a_challenger_and_promotion_makes_it_cha
     assert version_by_alias(uri, CHAMPION_ALIAS, BID_FILTER_MODEL) == "1"
 
 
+def test_the_version_an_asset_event_names_is_trained_on_rather_than_the_latest(log_settings):
+    training = bid_filter_training.train_challenger(log_settings, table_version=0)
+    assert training["trained"] is True and training["auction_log_version"] == 0
+    run = tracking_client(log_settings.mlflow_tracking_uri).get_run(training["training_run"])
+    assert run.data.params["auction_log_version"] == "0"
+    assert run.data.params["holdout_requests"] == "600"  # a fifth of version 0's 3,000 requests
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert '"delta_table_version": 0' in dataset_input.dataset.source
+
+
 def test_a_table_version_already_trained_is_not_trained_again(log_settings, capsys):
     first = bid_filter_training.train_challenger(log_settings)
     again = bid_filter_training.train_challenger(log_settings)

@@ -95,6 +95,59 @@ def test_the_registered_model_carries_a_signature_and_an_input_example(trained, 
     assert model.flavors["sklearn"]["serialization_format"] == "skops"
 
 
+def inputs_by_context(run) -> dict:
+    """A run's input datasets by the context they were logged with (training, evaluation)."""
+    return {
+        next(tag.value for tag in dataset_input.tags if tag.key == "mlflow.data.context"): dataset_input.dataset
+        for dataset_input in run.inputs.dataset_inputs
+    }
+
+
+def test_every_run_and_the_registered_version_name_the_delta_table_version_they_read(trained):
+    settings, frame = trained
+    uri = settings.mlflow_tracking_uri
+    location, _ = settings.delta_rs_location(Table.GOLD_CTR_TRAINING_SET)
+    holdout_rows = sum(math.ceil(0.2 * count) for count in frame["source"].value_counts())
+    runs = runs_of(uri)
+    assert len(runs) == 1 + len(FAMILY_NAMES)
+    for run in runs:
+        inputs = inputs_by_context(run)
+        assert set(inputs) == {"training", "evaluation"}, run.data.tags
+        for dataset in inputs.values():
+            assert dataset.name == "gold/ctr_training_set" and dataset.source_type == "delta_table"
+            assert json.loads(dataset.source) == {"path": location, "delta_table_version": 1}
+        rows = {context: json.loads(dataset.profile)["num_rows"] for context, dataset in inputs.items()}
+        assert rows == {"training": 600 - holdout_rows, "evaluation": holdout_rows}
+    client = tracking_client(uri)
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+    training = inputs_by_context(client.get_run(champion.run_id))["training"]
+    assert json.loads(training.source)["delta_table_version"] == 1
+
+
+def test_the_logged_model_carries_its_holdout_metrics_on_the_holdout_dataset(trained):
+    from sklearn.metrics import roc_auc_score
+
+    from ml.split import split_per_source
+
+    settings, frame = trained
+    uri = settings.mlflow_tracking_uri
+    client = tracking_client(uri)
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+    (output,) = client.get_run(champion.run_id).outputs.model_outputs  # the logged model the version holds
+    logged_model = client.get_logged_model(output.model_id)
+    assert champion.source == logged_model.model_uri
+    metrics = {metric.key: metric for metric in logged_model.metrics}
+    assert {"roc_auc", "log_loss", "normalized_entropy", "calibration"} <= set(metrics)
+    holdout = inputs_by_context(client.get_run(champion.run_id))["evaluation"]
+    assert {(m.dataset_name, m.dataset_digest) for m in metrics.values()} == {(holdout.name, holdout.digest)}
+    assert {m.run_id for m in metrics.values()} == {champion.run_id}
+    # The model's ROC AUC is this model's, on the holdout: recomputed from its own predictions.
+    _, holdout_frame = split_per_source(frame, 0.2)
+    model = mlflow.sklearn.load_model(logged_model.model_uri)
+    pctr = model.predict_proba(holdout_frame[list(FEATURES)])[:, 1]
+    assert metrics["roc_auc"].value == pytest.approx(roc_auc_score(holdout_frame["label"], pctr))
+
+
 def test_the_champion_is_compared_with_a_constant_ctr_and_plain_logistic_regression(trained):
     settings, _ = trained
     (parent,) = [run for run in runs_of(settings.mlflow_tracking_uri) if "mlflow.parentRunId" not in run.data.tags]

@@ -682,7 +682,11 @@ def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predict
     # The service saw the same: every event accepted, and what it charged is what the answers said.
     service_stats = httpx.get(f"{url}/v1/stats").json()
     assert service_stats["auctions"] == summary["auctions"] and service_stats["filled"] == summary["filled"]
-    assert service_stats["events"]["accepted"] == summary["events"]["accepted"]
+    # ... and the exchange's win notices, one per OpenRTB bid, each with a price within our bid.
+    wins = summary["exchange"]["win_notices"]
+    assert set(wins) == {"204"} and 30 < wins["204"] <= summary["openrtb_auctions"]
+    assert summary["exchange"]["media_cost_micros"] > 0
+    assert service_stats["events"]["accepted"] == summary["events"]["accepted"] + wins["204"]
     with state.sessions() as session:
         spent = sum(store.get_campaign(session, campaign_id).spent_micros for campaign_id in CAMPAIGNS)
     assert spent == summary["charged_micros"] > 0 and Decimal(summary["spend"]) * 1_000_000 == spent

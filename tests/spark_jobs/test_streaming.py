@@ -18,18 +18,22 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pyspark.sql import Row
 from pyspark.testing import assertDataFrameEqual
 
 from adstream.contracts import Table, Topic, quarantine_table
 from adstream.events import PLATFORMS, CampaignDecision, FeedbackEvent, RefusedEvent
+from adstream.exporter import serve
 from adstream.messaging import ensure_topics, make_producer
 from adstream.settings import Settings, child_process_env
 from devstack import services
 from spark_jobs import ivt, streaming
 from spark_jobs.billing.spend import reconcile_spend
 from spark_jobs.ivt_transforms import ADDED_EVENT_COLUMNS
+from spark_jobs.metrics import StreamingMetrics, kafka_offsets_behind
 from spark_jobs.stream_transforms import (
     KAFKA_RECORD_DDL,
     EventClock,
@@ -40,7 +44,7 @@ from spark_jobs.stream_transforms import (
     parse_records,
     watermark_for,
 )
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -587,8 +591,81 @@ def _wait_for(condition, timeout_s: float, what: str, log: Path) -> None:
     pytest.fail(f"{what} did not happen within {timeout_s:.0f}s; job log:\n{tail}")
 
 
+def test_records_behind_are_the_latest_minus_the_end_offsets_summed_over_partitions():
+    end = json.dumps({"ad-feedback": {"0": 10, "1": 4}})
+    latest = json.dumps({"ad-feedback": {"0": 25, "1": 4, "2": 3}})  # partition 2 not read yet: from 0
+    assert kafka_offsets_behind(end, latest) == {"ad-feedback": 15 + 0 + 3}
+    assert kafka_offsets_behind(latest, latest) == {"ad-feedback": 0}
+    assert kafka_offsets_behind(end, None) == {}
+    assert kafka_offsets_behind("5", "7") == {}  # not a Kafka source's offsets (a Delta source's are other JSON)
+
+
+def test_the_metrics_listener_reports_every_batch_its_rows_and_the_records_left(spark, tmp_path, kafka_settings,
+                                                                                  monkeypatch):  # fmt: skip
+    settings = lake_settings(tmp_path, kafka_settings)
+    source = replace(REFUSED, topic=f"refused-events-{uuid.uuid4().hex[:8]}")  # one query, the cheapest batches
+    ensure_topics(settings, [source.topic])
+    refused = [
+        RefusedEvent(event_id=f"m-{i}", event_type="click", auction_id=f"auc-{i}", reason="token_missing",
+                     detail="no token", refused_at=T0).model_dump(mode="json")
+        for i in range(15)
+    ]  # fmt: skip
+    produce(settings, source.topic, refused)
+    monkeypatch.setattr(streaming, "MAX_RECORDS_PER_BATCH", 10)  # two batches: 10, 5
+    listener = StreamingMetrics()
+    exporter = serve(listener.registry, "127.0.0.1", free_port(), "streaming")
+    assert exporter is not None
+    spark.streams.addListener(listener)
+    try:
+        streaming.run(spark, settings, [source], available_now=True)
+        deadline = time.monotonic() + 60  # the listener bus delivers after the queries return
+        while True:
+            families = {f.name: f for f in text_string_to_metric_families(httpx.get(exporter.url).text)}
+            ended = {s.labels["query"] for s in families["adstream_streaming_queries_terminated"].samples}
+            if source.query_name in ended or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        spark.streams.removeListener(listener)
+        exporter.close()
+
+    def sample(family: str, name: str, **labels: str) -> float:
+        (value,) = [s.value for s in families[family].samples if s.name == name and s.labels.items() >= labels.items()]
+        return value
+
+    query = source.query_name
+    assert sample("adstream_streaming_batch_input_rows", "adstream_streaming_batch_input_rows_sum", query=query) == 15
+    assert sample("adstream_streaming_batch_input_rows", "adstream_streaming_batch_input_rows_count", query=query) == 2
+    durations = ("adstream_streaming_batch_duration_seconds", "adstream_streaming_batch_duration_seconds")
+    assert sample(durations[0], f"{durations[1]}_count", query=query) == 2
+    assert sample(durations[0], f"{durations[1]}_sum", query=query) > 0
+    behind = "adstream_streaming_offsets_behind_latest"
+    assert sample(behind, behind, query=query, topic=source.topic) == 0  # all read by the last batch
+    last = sample("adstream_streaming_last_batch_timestamp_seconds", "adstream_streaming_last_batch_timestamp_seconds",
+                  query=query)  # fmt: skip
+    assert abs(last - time.time()) < 600
+    assert sample("adstream_streaming_queries_terminated", "adstream_streaming_queries_terminated_total",
+                  query=query, failed="false") == 1  # fmt: skip
+    assert any(name.startswith("process_") for name in families)
+
+
+def _batches_reported(settings: Settings, query: str) -> float:
+    """The micro-batches of ``query`` a running job reports on STREAMING_METRICS_PORT (0 until it serves)."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{settings.streaming_metrics_port}/metrics", timeout=2).text
+    except httpx.TransportError:
+        return 0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "adstream_streaming_batch_input_rows_count" and sample.labels.get("query") == query
+    )
+
+
 def test_a_job_killed_mid_run_restarts_from_its_checkpoint_and_lands_every_record_once(spark, tmp_path, kafka_settings):
-    settings = lake_settings(tmp_path, kafka_settings, spark_master="local[2]", spark_shuffle_partitions=1)
+    settings = lake_settings(tmp_path, kafka_settings, spark_master="local[2]", spark_shuffle_partitions=1,
+                             streaming_metrics_port=free_port())  # fmt: skip
     topic = f"ad-feedback-{uuid.uuid4().hex[:8]}"
     ensure_topics(settings, [topic])
     now = datetime.now(UTC) - timedelta(minutes=5)
@@ -608,6 +685,7 @@ def test_a_job_killed_mid_run_restarts_from_its_checkpoint_and_lands_every_recor
     job = _job(settings, log, "--topic", topic, "--trigger-s", "1")
     first_batch = Path(settings.lake_path(Table.BRONZE_FEEDBACK_RAW)) / "_delta_log" / f"{1:020d}.json"
     _wait_for(first_batch.exists, 150, "the first batch", log)
+    _wait_for(lambda: _batches_reported(settings, FEEDBACK.query_name) > 0, 60, "the job's batches on /metrics", log)
     producer = make_producer(settings, value_serializer=None)
     for chunk in range(1_000, len(records), 250):
         produce(settings, topic, records[chunk : chunk + 250], producer)

@@ -33,11 +33,14 @@ from fastapi.responses import JSONResponse
 from adstream.events import MICROS_PER_UNIT
 from auction_service.api.schemas import (
     INVALID_REQUEST,
+    MODEL_UNAVAILABLE,
+    UNREADABLE_BODY,
+    WWW_AUTHENTICATE,
     AuctionRequest,
     AuctionResponse,
     OpenRtbRefusal,
-    Refusal,
     openrtb_refusal,
+    refused,
 )
 from auction_service.campaign_store.callers import CallerPolicy
 from auction_service.domain import AuctionContext
@@ -48,9 +51,13 @@ from auction_service.serving.flows import ServedAd, serve_auction
 from auction_service.serving.state import ServiceState
 
 UNKNOWN_CALLER: dict[int | str, dict[str, Any]] = {
-    401: {"model": Refusal, "description": "no API key (outside local mode), or a key unknown or revoked"}
+    401: refused(
+        "no API key (outside local mode), or a key unknown or revoked",
+        "the API key is unknown or revoked: send a key in force, as `adstream callers add` printed it",
+        headers=WWW_AUTHENTICATE,
+    )
 }
-router = APIRouter(tags=["auction"], responses={**INVALID_REQUEST, **UNKNOWN_CALLER})
+router = APIRouter(tags=["auction"], responses={**UNKNOWN_CALLER, **UNREADABLE_BODY, **MODEL_UNAVAILABLE})
 NO_FILL = {204: {"description": "no campaign is eligible above the floor (no fill)"}}
 SEND_A_KEY = (
     "the auction endpoints need the caller's API key: send the header 'X-Api-Key: <key_id>.<secret>' "
@@ -137,7 +144,7 @@ async def caller_policy(request: Request) -> CallerPolicy:
     return policy
 
 
-@router.post("/v1/auction", response_model=AuctionResponse, responses=NO_FILL)
+@router.post("/v1/auction", response_model=AuctionResponse, responses={**NO_FILL, **INVALID_REQUEST})
 async def auction(body: AuctionRequest, request: Request) -> AuctionResponse | Response:
     caller = await caller_policy(request)
     state = _state(request)
@@ -170,21 +177,35 @@ async def auction(body: AuctionRequest, request: Request) -> AuctionResponse | R
     response_model=openrtb_bids.BidResponse,
     response_model_exclude_none=True,
     responses={
-        204: {"description": "no bid: nothing we buy, or no campaign clears (the reason is in X-No-Bid-Reason)"},
-        400: {"model": OpenRtbRefusal, "description": "the request breaks OpenRTB 2.6: each JSON path and rule"},
+        204: {
+            "description": "no bid: nothing we buy, or no campaign clears (the reason is in X-No-Bid-Reason); with "
+            "OPENRTB_NO_BID_BODY a 200 of id, an empty seatbid and nbr instead"
+        },
+        400: refused(
+            "the request breaks OpenRTB 2.6: each JSON path and rule (none for JSON nested too deep to parse)",
+            openrtb_refusal([("imp[0].banner.w", "Input should be greater than 0")]),
+            model=OpenRtbRefusal,
+        ),
     },
 )
 async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb_bids.BidResponse | Response:
     """One auction per imp we buy (module ``auction_service.serving.openrtb`` lists what is honoured)."""
     if errors := openrtb.spec_errors(body):
+        _state(request).metrics.rejected_requests.labels(reason="openrtb_spec").inc()
         return JSONResponse(openrtb_refusal(errors), status_code=status.HTTP_400_BAD_REQUEST)
     caller = await caller_policy(request)
     state = _state(request)
     reason = openrtb.no_bid_reason(body, min_tmax_ms=state.settings.openrtb_min_tmax_ms)
     if reason is None and body.first_price and not caller.first_price_allowed:
         reason = f"at=1 (first price) is not allowed for caller {caller.caller_id!r}: send at=2 (second price)"
+    if reason is None and body.device is not None:
+        # Invalid traffic is judged here, on the device the exchange states: its billing notice comes from the
+        # exchange's servers later, and the caller of that tells nothing of the device.
+        givt = state.request_ivt.device_reason(body.device.ua, body.device.ip)
+        if givt is not None:
+            reason = f"invalid traffic: device {givt}"
     if reason is not None:
-        return _no_bid(reason)
+        return _no_bid(state, body.id, reason)
     now, bids, shed = datetime.now(UTC), [], 0
     filled: frozenset[str] = frozenset()
     screener = state.bid_filter.current  # one filter for the whole request, even if a swap lands meanwhile
@@ -224,7 +245,9 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
         bids.append((winner.advertiser_id, one))
     if not bids:
         return _no_bid(
-            "the bid-request filter: no imp is likely to fill" if shed else "no campaign clears the floor of any imp"
+            state,
+            body.id,
+            "the bid-request filter: no imp is likely to fill" if shed else "no campaign clears the floor of any imp",
         )
     return openrtb_bids.bid_response(body.id, bids[0][1].id, bids)
 
@@ -232,10 +255,14 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
 _FIT = openrtb.CampaignFit()
 
 
-def _no_bid(reason: str) -> Response:
+def _no_bid(state: ServiceState, request_id: str, reason: str) -> Response:
     # A reason may quote the request's own text: ASCII without control characters, so no header injection.
     safe = _CONTROL.sub(" ", reason.encode("ascii", "replace").decode())[:300]
-    return Response(status_code=204, headers={"X-No-Bid-Reason": safe})
+    headers = {"X-No-Bid-Reason": safe}
+    state.stats.no_bid(openrtb.no_bid_kind(reason))
+    if state.settings.openrtb_no_bid_body:
+        return JSONResponse(openrtb_bids.no_bid_response(request_id, openrtb.nbr(reason)), headers=headers)
+    return Response(status_code=204, headers=headers)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

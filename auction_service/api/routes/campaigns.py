@@ -16,13 +16,30 @@ from adstream.days import DayClock
 from adstream.events import CampaignSpec, CampaignStatus
 from adstream.messaging import BrokerUnavailable
 from auction_service.api.deps import CampaignAuth, StateDep
-from auction_service.api.schemas import INVALID_REQUEST, CampaignAccepted, CampaignCreate, CampaignView, PacingView
+from auction_service.api.schemas import (
+    CAMPAIGN_TOKEN,
+    INVALID_REQUEST,
+    STORE_UNAVAILABLE,
+    UNREADABLE_BODY,
+    CampaignAccepted,
+    CampaignCreate,
+    CampaignView,
+    PacingView,
+    conflict,
+    not_found,
+)
 from auction_service.campaign_store import store
 from auction_service.campaign_store.instructions import create_instruction, publish_instructions, stop_instruction
 from auction_service.serving.pacer import plan_budget
 from auction_service.serving.state import INSTRUCTION_ACK_TIMEOUT_S
 
-router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[CampaignAuth], responses=INVALID_REQUEST)
+router = APIRouter(
+    prefix="/v1/campaigns",
+    tags=["campaigns"],
+    dependencies=[CampaignAuth],
+    responses={**CAMPAIGN_TOKEN, **STORE_UNAVAILABLE},
+)
+NO_CAMPAIGN = not_found("no such campaign (a created one appears within about a second)", "no campaign cmp-42")
 
 
 def _unavailable(detail: str) -> HTTPException:
@@ -42,7 +59,16 @@ def _publish(state, instruction) -> CampaignAccepted:
     )
 
 
-@router.post("", response_model=CampaignAccepted, status_code=202)
+@router.post(
+    "",
+    response_model=CampaignAccepted,
+    status_code=202,
+    responses={
+        **INVALID_REQUEST,
+        **UNREADABLE_BODY,
+        **conflict("the campaign_id is taken", "campaign cmp-42 already exists"),
+    },
+)
 def create_campaign(body: CampaignCreate, state: StateDep) -> CampaignAccepted:
     ads = state.features.current.ads
     if ads and body.ad_id not in ads:
@@ -57,7 +83,16 @@ def create_campaign(body: CampaignCreate, state: StateDep) -> CampaignAccepted:
     return _publish(state, create_instruction(spec, now=datetime.now(UTC), campaign_id=body.campaign_id))
 
 
-@router.post("/{campaign_id}/stop", response_model=CampaignAccepted, status_code=202)
+@router.post(
+    "/{campaign_id}/stop",
+    response_model=CampaignAccepted,
+    status_code=202,
+    responses={
+        **NO_CAMPAIGN,
+        **conflict("the campaign is stopped already", "campaign cmp-42 is already stopped (stopping is final)"),
+        413: UNREADABLE_BODY[413],  # it reads no body, but the size cap answers before the route
+    },
+)
 def stop_campaign(campaign_id: str, state: StateDep) -> CampaignAccepted:
     with state.sessions() as session:
         campaign = store.get_campaign(session, campaign_id)
@@ -68,7 +103,7 @@ def stop_campaign(campaign_id: str, state: StateDep) -> CampaignAccepted:
     return _publish(state, stop_instruction(campaign_id, now=datetime.now(UTC)))
 
 
-@router.get("/{campaign_id}", response_model=CampaignView)
+@router.get("/{campaign_id}", response_model=CampaignView, responses=NO_CAMPAIGN)
 def get_campaign(campaign_id: str, state: StateDep) -> CampaignView:
     now = datetime.now(UTC)
     with state.sessions() as session:

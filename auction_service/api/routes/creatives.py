@@ -16,6 +16,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 
 from auction_service.api.deps import StateDep
+from auction_service.api.schemas import INVALID_REQUEST, not_found
 from auction_service.serving.bodies import ID_PATTERN
 
 router = APIRouter(prefix="/v1/creatives", tags=["creatives"])
@@ -48,7 +49,15 @@ def title_svg(title: str) -> str:
 
 @router.get(
     "/{ad_id}/image",
-    responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}, 404: {"description": "no such ad"}},
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the ad's image",
+            "content": {"image/png": {}, "image/jpeg": {}, "image/gif": {}, "image/svg+xml": {}},
+        },
+        **not_found("no such ad", "no ad ad-42 in the ad catalog (gold/ad_features)"),
+        **INVALID_REQUEST,
+    },
 )
 def creative_image(ad_id: Annotated[str, PathParam(max_length=64, pattern=ID_PATTERN)], state: StateDep) -> Response:
     ad = state.features.current.ads.get(ad_id)

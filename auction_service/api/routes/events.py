@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import RedirectResponse
@@ -18,11 +18,18 @@ from fastapi.responses import RedirectResponse
 from adstream.events import MICROS_PER_UNIT, EventType
 from adstream.messaging import BrokerUnavailable
 from adstream.signing import TokenError
-from auction_service.api.schemas import INVALID_REQUEST, EventBatch, EventBatchResult, Refusal
+from auction_service.api.schemas import (
+    INVALID_REQUEST,
+    STORE_UNAVAILABLE,
+    UNREADABLE_BODY,
+    EventBatch,
+    EventBatchResult,
+    refused,
+)
 from auction_service.serving.bodies import ID_PATTERN, EventIn, EventResult
 from auction_service.serving.flows import Client, LedgerUnavailable, record_events
 
-router = APIRouter(prefix="/v1/events", tags=["events"], responses=INVALID_REQUEST)
+router = APIRouter(prefix="/v1/events", tags=["events"], responses={**INVALID_REQUEST, **STORE_UNAVAILABLE})
 MAX_WIN_PRICE = Decimal(1000)  # USD CPM: as the largest bid (MAX_BID_MICROS)
 RETRY = "retry the same events with the same event_id: a replay is never charged twice"
 # Short enough that the derived event id "<auction_id>-<event_type>" is still a valid Id.
@@ -38,10 +45,16 @@ REFUSAL_STATUS = {
 }
 # The same refusals as documented answers of a single event (a batch lists them in its 202).
 REFUSED: dict[int | str, dict[str, Any]] = {
-    status.HTTP_401_UNAUTHORIZED: {"model": Refusal, "description": "the event has no token"},
-    status.HTTP_403_FORBIDDEN: {"model": Refusal, "description": "the token is not this event's"},
-    status.HTTP_404_NOT_FOUND: {"model": Refusal, "description": "no such auction was served"},
-    status.HTTP_410_GONE: {"model": Refusal, "description": "the token has expired"},
+    status.HTTP_401_UNAUTHORIZED: refused(
+        "the event has no token", "token_missing: no event token: send the token of the ad's event URL"
+    ),
+    status.HTTP_403_FORBIDDEN: refused(
+        "the token is not this event's", "token_malformed: the event token is malformed: send it as the auction gave it"
+    ),
+    status.HTTP_404_NOT_FOUND: refused("no such auction was served", "unknown_auction: no auction a1b2 was served"),
+    status.HTTP_410_GONE: refused(
+        "the token has expired", "token_expired: the event token has expired: events are accepted until its expiry"
+    ),
 }
 
 
@@ -65,7 +78,7 @@ def _refused(result: EventResult, otherwise: int) -> HTTPException:
     return HTTPException(REFUSAL_STATUS.get(code, otherwise), result.reason)
 
 
-@router.post("", response_model=EventBatchResult, status_code=202, responses=REFUSED)
+@router.post("", response_model=EventBatchResult, status_code=202, responses={**REFUSED, **UNREADABLE_BODY})
 async def post_events(body: EventIn | EventBatch, request: Request) -> EventBatchResult:
     """One event, or ``{"events": [...]}`` (up to 1000). Rejected events are listed with their reason; a single
     rejected event answers 401 (no token), 403 (a token not this event's), 410 (expired), 404 (unknown auction)
@@ -94,12 +107,22 @@ async def track(
     price: Annotated[
         str | None, Query(max_length=32, description="a win notice's clearing price, USD CPM (${AUCTION_PRICE})")
     ] = None,
+    notice: Annotated[
+        Literal["billing"] | None,
+        Query(description="`billing` on an OpenRTB bid's burl: the impression, as the exchange's billing notice"),
+    ] = None,
 ) -> Response:
-    """A signed tracking URL: the event id is derived from the auction, so a URL that fires twice counts once.
-    A click that has a landing page redirects there (302), even when it fires again."""
+    """A signed tracking URL: the event id is derived from the auction, so a URL that fires twice counts once
+    (an OpenRTB impression through its burl or its VAST Impression, whichever comes first). A click that has a
+    landing page redirects there (302), even when it fires again."""
+    if notice is not None and event_type != EventType.IMPRESSION:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "notice=billing is an impression's: fire the burl as given"
+        )
     event = EventIn(
         event_id=f"{auction_id}-{event_type}", event_type=event_type, auction_id=auction_id, token=t,
         exchange_price_cpm_micros=_win_price(price) if event_type == EventType.WIN else None,
+        billing_notice=notice == "billing",
     )  # fmt: skip
     result = await _record(request, [event])
     if result.rejected:

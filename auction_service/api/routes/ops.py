@@ -11,20 +11,30 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from auction_service.api.deps import StateDep
 from auction_service.api.routes.auction import to_micros
-from auction_service.api.schemas import INVALID_REQUEST, Prediction, PredictRequest, PredictResponse
+from auction_service.api.schemas import (
+    INVALID_REQUEST,
+    MODEL_UNAVAILABLE,
+    UNREADABLE_BODY,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    not_found,
+)
 from auction_service.domain import AuctionContext
 from auction_service.serving.features import candidate_batch
 from ml.calibration import PRICING_MODELS, Calibration, category_codes, pricing_codes
 
 router = APIRouter(tags=["operations"])
+# Probes and scrapes are for the platform, not API clients: they stay out of the OpenAPI document.
+PLATFORM_ONLY = {"include_in_schema": False}
 
 
-@router.get("/healthz")
+@router.get("/healthz", **PLATFORM_ONLY)
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", **PLATFORM_ONLY)
 def readyz(state: StateDep) -> JSONResponse:
     """200 when the model is loaded and the campaign store and Kafka answer; else 503 with what is not ready.
 
@@ -45,7 +55,7 @@ def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "5"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", **PLATFORM_ONLY)
 def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -63,6 +73,7 @@ def stats(state: StateDep) -> dict:
             "decision_lag_s": state.decisions.lag_quantiles(),  # newest event seen -> served here
         },
         "campaigns": len(state.campaigns.campaigns),
+        "bid_filter": state.metrics.bid_filter.snapshot(),
     }
 
 
@@ -80,7 +91,16 @@ def _calibration(calibration: Calibration | None) -> dict | None:
     }
 
 
-@router.post("/v1/predict_ctr", response_model=PredictResponse, responses=INVALID_REQUEST)
+@router.post(
+    "/v1/predict_ctr",
+    response_model=PredictResponse,
+    responses={
+        **INVALID_REQUEST,
+        **UNREADABLE_BODY,
+        **not_found("none of the campaigns is active", "none of the campaigns is active: cmp-42"),
+        **MODEL_UNAVAILABLE,
+    },
+)
 def predict_ctr(body: PredictRequest, state: StateDep) -> PredictResponse:
     """pCTR of the given campaigns' ads for one request context, scored in one batch."""
     by_id = state.campaigns.by_id

@@ -95,16 +95,27 @@ def test_an_ad_without_an_image_is_its_title_drawn_as_svg(bidder):
 def test_burl_is_the_billable_impression_and_nurl_records_the_exchanges_price(bidder):
     state, client = bidder
     one = only_bid(client.post("/openrtb2/auction", json=bid_request(user={"id": "u-notices"})))
-    assert "${AUCTION_PRICE}" in one["nurl"] and "/win?" in one["nurl"] and "/impression?" in one["burl"]
+    assert "${AUCTION_PRICE}" in one["nurl"] and "/win?" in one["nurl"]
+    assert "/impression?notice=billing&t=" in one["burl"]
     with state.sessions() as session:
         before = store.get_campaign(session, one["cid"]).spent_micros
-    # Fired from a browser here: the service's IVT rules read the caller's User-Agent (see the README).
-    browser = {"User-Agent": BROWSER_UA}
-    assert client.get(local(one["burl"]), headers=browser).status_code == 204
-    assert client.get(local(one["burl"]), headers=browser).status_code == 204  # fired twice: charged once
+    # An exchange fires the burl from its servers: a non-browser agent, which would be GIVT on a device's call.
+    exchange = {"User-Agent": "Go-http-client/1.1"}
+    # The billing token is the burl's alone: without notice=billing it is no impression token, and back.
+    as_device = client.get(local(one["burl"]).replace("notice=billing&", ""), headers=exchange)
+    assert as_device.status_code == 403, as_device.text
+    assert client.get(local(one["burl"]), headers=exchange).status_code == 204
+    assert client.get(local(one["burl"]), headers=exchange).status_code == 204  # fired twice: charged once
     with state.sessions() as session:
         charged = store.get_campaign(session, one["cid"]).spent_micros - before
     assert charged == round(one["price"] * 1_000_000) // 1000  # a CPM impression: the bid's price per thousand
+    feedback = [json.loads(r.value) for r in topic_records(state.settings, Topic.AD_FEEDBACK)]
+    # At least once on the topic (a replay may be published again); one event id, charged.
+    (billed,) = {e["event_id"]: e for e in feedback if e["auction_id"] == one["id"] and e["event_type"] == "impression"
+                 }.values()  # fmt: skip
+    assert (billed["charge_status"], billed["ivt_category"]) == ("charged", None)
+    wrong_type = local(one["burl"]).replace("/impression?", "/click?")
+    assert client.get(wrong_type, headers=exchange).status_code == 422
 
     bid_cpm = one["price"]
     unsubstituted = client.get(local(one["nurl"]))
@@ -119,6 +130,56 @@ def test_burl_is_the_billable_impression_and_nurl_records_the_exchanges_price(bi
     assert (win["exchange_price_cpm_micros"], win["cost_micros"], win["charge_status"]) == (
         1_234_567, 0, "not_billable"
     )  # fmt: skip
+
+
+def test_a_device_side_impression_keeps_the_callers_ivt_check_and_the_bid_request_is_screened(bidder):
+    state, client = bidder
+    video = {"id": "v", "video": {"mimes": ["video/mp4"], "maxduration": 30}}
+    one = only_bid(client.post("/openrtb2/auction", json=bid_request(video, user={"id": "u-vast"})))
+    vast_impression = unescape(re.search(r"<Impression><!\[CDATA\[([^\]]+)\]\]>", one["adm"])[1])
+    assert "notice=billing" not in vast_impression and "notice=billing" not in one["adm"]
+    # The player's call with a script's agent is GIVT: accepted (204), never charged.
+    assert client.get(local(vast_impression), headers={"User-Agent": "python-requests/2.32"}).status_code == 204
+    events = [json.loads(r.value) for r in topic_records(state.settings, Topic.AD_FEEDBACK)]
+    (seen,) = {e["event_id"]: e for e in events if e["auction_id"] == one["id"] and e["event_type"] == "impression"
+               }.values()  # fmt: skip
+    assert (seen["charge_status"], seen["ivt_reason"], seen["cost_micros"]) == ("invalid_traffic", "known_bot_ua", 0)
+    # A billing token cannot be made from the device-side one.
+    forged = local(vast_impression) + "&notice=billing"
+    assert client.get(forged, headers={"User-Agent": "Go-http-client/1.1"}).status_code == 403
+
+    # Before the auction: a device the exchange states as a crawler, or in a data center, gets no bid at all.
+    crawler = {"devicetype": 2, "ua": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"}
+    no_bid = client.post("/openrtb2/auction", json=bid_request(device=crawler))
+    assert (no_bid.status_code, no_bid.headers["x-no-bid-reason"]) == (204, "invalid traffic: device known_bot_ua")
+    browser = {"devicetype": 2, "ua": BROWSER_UA, "ip": "203.0.113.9"}  # a documentation address: not a DC range
+    assert client.post("/openrtb2/auction", json=bid_request(device=browser)).status_code == 200
+
+
+def test_a_no_bid_is_a_200_with_its_reason_code_when_the_exchange_wants_one(bidder):
+    state, client = bidder
+    crawler = {"devicetype": 2, "ua": "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)"}
+    script = {"devicetype": 2, "ua": "AcmeFetcher/1.0"}
+    cases = [
+        (bid_request(device=crawler), 3),  # known web crawler
+        (bid_request(device=script), 4),  # suspected non-human traffic
+        (bid_request(tmax=5), 15),  # insufficient auction time
+        (bid_request(dooh={"id": "screens"}, site=None), 6),  # unsupported device
+        (bid_request({"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 900.0}), 0),  # nothing clears
+    ]
+    assert client.post("/openrtb2/auction", json=cases[0][0]).status_code == 204  # the default
+    default = state.settings
+    state.settings = default.model_copy(update={"openrtb_no_bid_body": True})
+    try:
+        for request, code in cases:
+            request = {key: value for key, value in request.items() if value is not None}
+            answer = client.post("/openrtb2/auction", json=request)
+            assert answer.status_code == 200, (request, answer.text)
+            assert answer.json() == {"id": "req-1", "seatbid": [], "nbr": code}, answer.headers["x-no-bid-reason"]
+        filled = client.post("/openrtb2/auction", json=bid_request(user={"id": "u-nbr"}))
+        assert filled.status_code == 200 and "nbr" not in filled.json() and filled.json()["seatbid"]
+    finally:
+        state.settings = default
 
 
 def test_every_imp_is_auctioned_and_one_campaign_fills_one_imp(bidder):

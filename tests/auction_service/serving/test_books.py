@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from auction_service.serving.books import (
+    LATENCY_WINDOW,
     AuctionStats,
     ExposureBook,
     billable_cost_micros,
@@ -65,3 +66,18 @@ def test_stats_fill_rate_and_average_pctr():
     assert snapshot["average_pctr"] == pytest.approx(0.03)
     assert snapshot["candidates_scored"] == 15
     assert snapshot["rejected_events_by_reason"] == {"unknown auction": 1}
+
+
+def test_stats_latency_is_of_the_newest_auctions_by_nearest_rank_and_no_bids_count_by_kind():
+    stats = AuctionStats()
+    assert stats.snapshot()["latency_ms"] is None
+    for latency in range(1, 101):  # 1..100 ms
+        stats.auction(True, 0.01, scored=1, latency_ms=float(latency))
+    assert stats.snapshot()["latency_ms"] == {"p50": 50.0, "p95": 95.0, "p99": 99.0, "auctions": 100}
+    for _ in range(LATENCY_WINDOW):  # the window moves on: the first hundred are forgotten
+        stats.auction(False, None, scored=0, latency_ms=2.0)
+    assert stats.snapshot()["latency_ms"] == {"p50": 2.0, "p95": 2.0, "p99": 2.0, "auctions": LATENCY_WINDOW}
+    stats.no_bid("tmax too short")
+    stats.no_bid("tmax too short")
+    stats.no_bid("invalid traffic")
+    assert stats.snapshot()["openrtb_no_bids"] == {"tmax too short": 2, "invalid traffic": 1}

@@ -433,7 +433,7 @@ def test_badv_blocks_the_advertisers_domain() -> None:
 URLS = {
     kind: f"https://bid.example/v1/events/track/a-9/{kind}?t=tok-{kind}&x=1"
     for kind in ("impression", "click", "conversion", "video_start", "video_complete", "win")
-}
+} | {"billing": "https://bid.example/v1/events/track/a-9/impression?notice=billing&t=tok-billing"}
 
 
 def test_a_banner_bid_carries_its_creative_and_notices() -> None:
@@ -453,12 +453,12 @@ def test_a_banner_bid_carries_its_creative_and_notices() -> None:
     }  # fmt: skip
     assert "dealid" not in dumped and "dur" not in dumped
     assert dumped["nurl"] == "https://bid.example/v1/events/track/a-9/win?t=tok-win&x=1&price=${AUCTION_PRICE}"
-    assert dumped["burl"] == URLS["impression"]
+    assert dumped["burl"] == URLS["billing"]  # the exchange's own notice, not the device's impression URL
     adm = dumped["adm"]
     assert 'href="https://bid.example/v1/events/track/a-9/click?t=tok-click&amp;x=1"' in adm
     assert 'src="https://bid.example/v1/creatives/ad-c-1/image"' in adm
     assert "Fresh &quot;bread&quot; &amp; &lt;jam&gt;" in adm and "<jam>" not in adm
-    assert "impression" not in adm  # the billable impression is burl's
+    assert "impression" not in adm and "tok-billing" not in adm  # the billable impression is burl's
 
 
 def test_a_video_bid_is_vast_4_inline() -> None:

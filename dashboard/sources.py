@@ -1,0 +1,345 @@
+"""What the dashboard reads, and the snapshot it builds from it every DASHBOARD_REFRESH_S.
+
+- Live state: the auction service's ``GET /v1/stats`` (JSON; never /metrics), the campaign store (status,
+  spend, budgets: one query for every campaign) and the shared store (pacing states, the optimizer's
+  multipliers: one HMGET and one HGETALL), the same stores ``GET /v1/campaigns/{id}`` reads.
+- The lake through delta-rs (no Spark): gold/kpi_minute, gold/billing_hourly, gold/optimizer_decisions,
+  gold/calibration and silver/auctions. A table is re-read only when its Delta version moved, so a
+  refresh costs a log check per table while the stream is quiet.
+
+A source that fails leaves its section's last numbers and names itself in ``errors``: the page says
+what is stale and why instead of going blank.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError, TableNotFoundError
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from adstream.contracts import Table
+from adstream.days import DayClock
+from adstream.decisions import Served, serve_key, unpack_all
+from adstream.events import CampaignStatus, PacingMode
+from adstream.settings import Settings
+from auction_service.campaign_store import store
+from auction_service.campaign_store.db import make_engine, make_session_factory
+from auction_service.campaign_store.tables import Campaign
+from auction_service.serving.pacer import Pacer
+from auction_service.serving.pacing import PacingController, PacingState, TrafficCurve
+from dashboard import views
+from spark_jobs.billing.reports import hour_status
+
+log = logging.getLogger(__name__)
+
+RECENT_AUCTIONS = timedelta(minutes=5)  # silver/auctions' newest minutes behind the latency percentiles
+BILLED_HOURS = timedelta(hours=24)
+CURVE_RELOAD_S = 60.0  # the traffic curve the plan follows changes once a day at most
+
+
+class LakeTable:
+    """One Delta table read with delta-rs, kept as a frame until its version moves."""
+
+    def __init__(self, settings: Settings, table: str, load: Callable[[DeltaTable], pd.DataFrame]) -> None:
+        self.location, self.options = settings.delta_rs_location(table)
+        self.name = table
+        self._load = load
+        self._table: DeltaTable | None = None
+        self._version: int | None = None
+        self.frame = pd.DataFrame()
+
+    def read(self) -> pd.DataFrame:
+        """The table's frame; empty before the table exists."""
+        if self._table is None:
+            try:
+                self._table = DeltaTable(self.location, storage_options=self.options or None)
+            except TableNotFoundError:
+                return self.frame
+        else:
+            self._table.update_incremental()
+        version = self._table.version()
+        if version != self._version:
+            self.frame = self._load(self._table)
+            self._version = version
+        return self.frame
+
+
+def _since(column: str, moment: datetime) -> pc.Expression:
+    return pc.field(column) >= pa.scalar(moment, pa.timestamp("us", tz="UTC"))
+
+
+def _from_date(column: str, day: date) -> pc.Expression:
+    return pc.field(column) >= pa.scalar(day, pa.date32())
+
+
+KPI_COLUMNS = ["campaign_id", "minute", "channel", "device_type", "content_type", "impressions", "clicks",
+               "conversions", "video_starts", "video_completes", "spend_micros", "ad_relevance_score",
+               "ivt_impressions", "ivt_clicks"]  # fmt: skip
+
+
+def load_kpis(table: DeltaTable) -> pd.DataFrame:
+    """gold/kpi_minute since the day before its newest row's (the charts' hour and the budget day)."""
+    dataset = table.to_pyarrow_dataset()
+    newest = pc.max(dataset.to_table(columns=["event_date"]).column("event_date")).as_py()
+    if newest is None:
+        return pd.DataFrame(columns=KPI_COLUMNS)
+    rows = dataset.to_table(columns=KPI_COLUMNS, filter=_from_date("event_date", newest - timedelta(days=1)))
+    return rows.to_pandas()
+
+
+def load_recent_auctions(table: DeltaTable) -> pd.DataFrame:
+    """silver/auctions' newest RECENT_AUCTIONS (by event time)."""
+    columns = ["event_time", "filled", "candidate_count", "latency_ms", "bid_filter_score", "bid_filter_explored"]
+    dataset = table.to_pyarrow_dataset()
+    newest_day = pc.max(dataset.to_table(columns=["event_date"]).column("event_date")).as_py()
+    if newest_day is None:
+        return pd.DataFrame(columns=columns)
+    rows = dataset.to_table(columns=columns, filter=_from_date("event_date", newest_day - timedelta(days=1)))
+    newest = pc.max(rows.column("event_time")).as_py()
+    return rows.filter(_since("event_time", newest - RECENT_AUCTIONS)).to_pandas()
+
+
+def load_bills(table: DeltaTable) -> pd.DataFrame:
+    """gold/billing_hourly's newest BILLED_HOURS."""
+    columns = ["hour", "campaign_id", "status", "spend_micros", "gross_spend_micros", "ivt_credit_micros"]
+    dataset = table.to_pyarrow_dataset()
+    newest = pc.max(dataset.to_table(columns=["hour"]).column("hour")).as_py()
+    if newest is None:
+        return pd.DataFrame(columns=columns)
+    return dataset.to_table(columns=columns, filter=_since("hour", newest - BILLED_HOURS)).to_pandas()
+
+
+def load_decisions(table: DeltaTable) -> pd.DataFrame:
+    """gold/optimizer_decisions: each campaign's latest decision (highest version), one row per platform."""
+    dataset = table.to_pyarrow_dataset()
+    newest_day = pc.max(dataset.to_table(columns=["decided_date"]).column("decided_date")).as_py()
+    if newest_day is None:
+        return pd.DataFrame(columns=["campaign_id", "decided_at", "platform", "reason"])
+    rows = dataset.to_table(
+        columns=["campaign_id", "version", "decided_at", "platforms"],
+        filter=_from_date("decided_date", newest_day - timedelta(days=1)),
+    ).to_pandas()
+    latest = rows.sort_values("version").drop_duplicates("campaign_id", keep="last")
+    exploded = latest.explode("platforms").dropna(subset=["platforms"])
+    return pd.DataFrame({
+        "campaign_id": exploded["campaign_id"].to_numpy(),
+        "decided_at": exploded["decided_at"].to_numpy(),
+        "platform": [p["platform"] for p in exploded["platforms"]],
+        "reason": [p["reason"] for p in exploded["platforms"]],
+    })  # fmt: skip
+
+
+def load_calibration(table: DeltaTable) -> pd.DataFrame:
+    """gold/calibration's newest hour."""
+    columns = ["model_version", "hour", "impressions", "expected_clicks", "clicks", "alert"]
+    dataset = table.to_pyarrow_dataset()
+    newest = pc.max(dataset.to_table(columns=["hour"]).column("hour")).as_py()
+    if newest is None:
+        return pd.DataFrame(columns=columns)
+    return dataset.to_table(columns=columns, filter=_since("hour", newest)).to_pandas()
+
+
+def traffic_counts(settings: Settings, clock: DayClock) -> list[int] | None:
+    """Auctions per slot of the pacing day from gold/traffic_curve, as ``ml.calibrate.traffic_counts`` reads them
+    for the service's pacing (not imported: ml.calibrate brings MLflow, seconds of start-up the page would wait);
+    None before the table exists or when it was learned for other days."""
+    location, options = settings.delta_rs_location(Table.GOLD_TRAFFIC_CURVE)
+    try:
+        rows = DeltaTable(location, storage_options=options or None).to_pandas()
+    except TableNotFoundError:
+        return None
+    if rows.empty:
+        return None
+    length, origin = int(rows["day_length_s"].iloc[0]), int(rows["day_origin_s"].iloc[0])
+    if (length, origin % length) != (clock.length_s, clock.origin_s % clock.length_s):
+        return None
+    return [int(v) for v in rows.sort_values("slot")["auctions"]]
+
+
+@dataclass
+class Snapshot:
+    """The page's sections as of ``at``, and how long building them took."""
+
+    body: dict[str, Any]
+    built_at: float  # time.monotonic()
+
+
+class SnapshotBuilder:
+    """Builds the page's sections from every source; one build serves every open page for a refresh
+    interval (``latest``), so N viewers cost one build, not N."""
+
+    def __init__(self, settings: Settings, auction_url: str | None = None) -> None:
+        self.settings = settings
+        local = f"http://{settings.bind_host}:{settings.auction_port}"
+        self.auction_url = auction_url or settings.dashboard_auction_url or local
+        self.http = httpx.Client(base_url=self.auction_url, timeout=2.0)
+        self.sessions = make_session_factory(make_engine(settings))
+        self.clock = DayClock.of(settings)
+        self.controller = PacingController.of(self.clock)
+        self.shared: redis.Redis | None = None
+        self.pacer: Pacer | None = None
+        if settings.shared_store_url:
+            url = settings.shared_store_url
+            self.shared = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            self.pacer = Pacer(self.shared, settings.shared_store_namespace, self.controller, update_s=1.0)
+        self.curve = TrafficCurve.flat()
+        self._curve_read_at = -1e18
+        self.tables = {
+            "kpis": LakeTable(settings, Table.GOLD_KPI_MINUTE, load_kpis),
+            "auctions": LakeTable(settings, Table.SILVER_AUCTIONS, load_recent_auctions),
+            "bills": LakeTable(settings, Table.GOLD_BILLING_HOURLY, load_bills),
+            "decisions": LakeTable(settings, Table.GOLD_OPTIMIZER_DECISIONS, load_decisions),
+            "calibration": LakeTable(settings, Table.GOLD_CALIBRATION, load_calibration),
+        }
+        self._lock = threading.Lock()
+        self._last: Snapshot | None = None
+        self._last_stats: tuple[float, int] | None = None  # (monotonic, auctions) of the previous /v1/stats
+        self._last_sections: dict[str, Any] = {}
+
+    def close(self) -> None:
+        self.http.close()
+        if self.shared is not None:
+            self.shared.close()
+
+    def latest(self, max_age_s: float) -> Snapshot:
+        """The last snapshot if younger than ``max_age_s``, else a new one (built once for every caller)."""
+        with self._lock:
+            if self._last is None or time.monotonic() - self._last.built_at >= max_age_s:
+                self._last = self.build()
+            return self._last
+
+    def build(self, now: datetime | None = None) -> Snapshot:
+        began = time.perf_counter()
+        now = now or datetime.now(UTC)
+        errors: dict[str, str] = {}
+
+        def attempt(name: str, read: Callable[[], Any], fallback: Any) -> Any:
+            try:
+                return read()
+            except (httpx.HTTPError, ValueError, RedisError, SQLAlchemyError, DeltaError, OSError) as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("dashboard source %s failed: %s", name, errors[name])
+                return fallback
+
+        stats = attempt("auction service /v1/stats", self._stats, None)
+        frames = {name: attempt(table.name, table.read, table.frame) for name, table in self.tables.items()}
+        kpis = frames["kpis"]
+        lines = attempt("campaign and shared stores", lambda: self._campaign_lines(now), None)
+        decided = attempt("shared store (optimizer)", self._decided, {})
+        sections = dict(self._last_sections)
+        if lines is not None:
+            today = kpis[kpis["minute"] >= pd.Timestamp(self.clock.start(now))] if not kpis.empty else kpis
+            reasons, decided_at = _reasons(frames["decisions"])
+            sections["campaigns"] = views.campaigns_section(
+                lines, views.platform_kpis(today), decided, reasons, decided_at
+            )
+        sections["kpis"] = views.kpi_section(kpis)
+        sections["serving"] = views.serving_section(stats, self._rate(stats), frames["auctions"])
+        sections["quality"] = views.quality_section(stats, kpis, frames["calibration"])
+        bills = frames["bills"]
+        statuses = [(hour, hour_status(rows)) for hour, rows in bills.groupby("hour")] if not bills.empty else []
+        sections["finance"] = views.finance_section(bills, statuses) if not bills.empty else {"hours": []}
+        self._last_sections = sections
+        body = {
+            "at": now.isoformat(),
+            "auction_url": self.auction_url,
+            **sections,
+            "errors": errors,
+            "build_ms": (time.perf_counter() - began) * 1000,
+        }
+        return Snapshot(body, time.monotonic())
+
+    def _stats(self) -> dict[str, Any]:
+        response = self.http.get("/v1/stats")
+        response.raise_for_status()
+        return response.json()
+
+    def _rate(self, stats: dict[str, Any] | None) -> float | None:
+        """Auctions per second between this read of /v1/stats and the one before."""
+        if stats is None or not isinstance(stats.get("auctions"), int):
+            return None
+        now, count = time.monotonic(), stats["auctions"]
+        previous, self._last_stats = self._last_stats, (now, count)
+        if previous is None or now <= previous[0] or count < previous[1]:  # first read, or the service restarted
+            return None
+        return (count - previous[1]) / (now - previous[0])
+
+    def _decided(self) -> dict[str, Served]:
+        if self.shared is None:
+            return {}
+        return unpack_all(self.shared.hgetall(serve_key(self.settings.shared_store_namespace)))
+
+    def _campaign_lines(self, now: datetime) -> list[views.CampaignLine]:
+        """Every campaign with its spend; pacing (λ, throttle, plan) for those serving, as
+        ``GET /v1/campaigns/{id}`` reports it. Plain columns in one query, not the serving snapshot
+        (``store.serving_campaigns``), whose targeting, creative and deals cost 5x as much to read."""
+        self._reload_curve(now)
+        columns = (Campaign.campaign_id, Campaign.status, Campaign.pricing_model, Campaign.pacing_mode,
+                   Campaign.total_budget_micros, Campaign.daily_budget_micros, Campaign.spent_micros,
+                   Campaign.flight_end, Campaign.goals)  # fmt: skip
+        with self.sessions() as session:
+            rows = session.execute(select(*columns)).all()
+            _, today = store.spend_totals(session, self.clock.budget_day(now))
+        # Serving as the auction service loads them (store.serving_campaigns): active, flight not ended.
+        serving = [r.campaign_id for r in rows if r.status == CampaignStatus.ACTIVE and r.flight_end > now]
+        states = self.pacer.states(serving) if self.pacer is not None and serving else {}
+        serving_ids = set(serving)
+        lines = []
+        for row in rows:
+            spent_today = int(today.get(row.campaign_id, 0))
+            goals = row.goals or {}
+            value = goals.get("conversion_value_micros") or goals.get("target_cpa_micros")
+            pacing: dict[str, Any] = {}
+            if row.campaign_id in serving_ids:
+                # auction_service.serving.pacer.plan_budget: the daily budget, or the total left when that is less.
+                budget = max(0, min(row.daily_budget_micros, row.total_budget_micros - row.spent_micros + spent_today))
+                state = states.get(row.campaign_id, PacingState())
+                report = self.controller.snapshot(
+                    replace(state, mode=PacingMode(row.pacing_mode)), now=now, spent_today_micros=spent_today,
+                    daily_budget_micros=budget, curve=self.curve,
+                )  # fmt: skip
+                pacing = {"plan_micros": report.plan_micros, "pacing_multiplier": report.pacing_multiplier,
+                          "throttle_rate": report.throttle_rate}  # fmt: skip
+            lines.append(views.CampaignLine(
+                campaign_id=row.campaign_id, status=row.status, pricing_model=row.pricing_model,
+                pacing_mode=row.pacing_mode, spent_micros=row.spent_micros, total_budget_micros=row.total_budget_micros,
+                spent_today_micros=spent_today, daily_budget_micros=row.daily_budget_micros,
+                conversion_value_micros=value, **pacing,
+            ))  # fmt: skip
+        return lines
+
+    def _reload_curve(self, now: datetime) -> None:
+        """The traffic curve the service's pacing plans along (gold/traffic_curve), re-read once a minute."""
+        if time.monotonic() - self._curve_read_at < CURVE_RELOAD_S:
+            return
+        self._curve_read_at = time.monotonic()
+        try:
+            counts = traffic_counts(self.settings, self.clock)
+        except (DeltaError, OSError, ValueError) as exc:
+            log.warning("traffic curve not read (%s); the last one plans", exc)
+            return
+        self.curve = TrafficCurve.learn(counts) if counts else TrafficCurve.flat()
+
+
+def _reasons(decisions: pd.DataFrame) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    reasons: dict[str, dict[str, str]] = {}
+    decided_at: dict[str, str] = {}
+    for row in decisions.itertuples(index=False):
+        reasons.setdefault(row.campaign_id, {})[row.platform] = row.reason
+        decided_at[row.campaign_id] = pd.Timestamp(row.decided_at).isoformat()
+    return reasons, decided_at

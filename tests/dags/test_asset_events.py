@@ -1,0 +1,110 @@
+"""Asset events name the Delta version a task wrote, and the DAG they trigger reads that version.
+
+The consumer side runs ``dag.test()`` in a clean Airflow process (as `airflow dags test` does), on a run that
+consumed one Asset event: what the scheduler hands an Asset-triggered run, without starting a scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from adstream.assets import table_asset
+from adstream.contracts import DagId, Table
+from adstream.settings import child_process_env
+from cli.tasks import DELTA_VERSION, ROW_COUNT, table_version_extra, triggering_table_version
+from devstack import services
+from tests.conftest import make_settings
+from tests.dags.test_dags import _airflow
+
+RUN_ON_ASSET_EVENT = """
+import json, sys
+from unittest import mock
+
+from sqlalchemy import select
+
+from airflow.dag_processing.dagbag import DagBag
+from airflow.models import dagrun
+from airflow.models.asset import AssetEvent, AssetModel
+
+dag_id, asset_name, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+create_run = dagrun.get_or_create_dagrun
+
+
+def run_that_consumed_the_event(*, session, **kwargs):
+    run = create_run(session=session, **kwargs)
+    asset = session.scalar(select(AssetModel).where(AssetModel.name == asset_name))
+    event = AssetEvent(asset_id=asset.id, extra=extra, source_dag_id="feature_build", source_task_id="build_gold")
+    session.add(event)
+    run.consumed_asset_events.append(event)
+    session.commit()
+    return run
+
+
+dag = DagBag().get_dag(dag_id)
+with mock.patch.object(dagrun, "get_or_create_dagrun", run_that_consumed_the_event):
+    run = dag.test()
+print(json.dumps({"state": str(run.state)}))
+"""
+
+
+def event(version: int | None, minute: int) -> SimpleNamespace:
+    extra = {} if version is None else {DELTA_VERSION: version, ROW_COUNT: 10}
+    return SimpleNamespace(extra=extra, timestamp=datetime(2026, 12, 1, 10, minute, tzinfo=UTC))
+
+
+def test_the_newest_triggering_event_names_the_version_and_a_run_without_one_reads_the_latest():
+    training_set = table_asset(Table.GOLD_CTR_TRAINING_SET)
+    events = {training_set: [event(4, 1), event(6, 3), event(5, 2), event(None, 4)]}
+    assert triggering_table_version(events, Table.GOLD_CTR_TRAINING_SET) == 6
+    assert triggering_table_version(events, Table.SILVER_AUCTIONS) is None
+    assert triggering_table_version({}, Table.GOLD_CTR_TRAINING_SET) is None
+    assert triggering_table_version({training_set: [event(None, 1)]}, Table.GOLD_CTR_TRAINING_SET) is None
+
+
+def test_a_table_is_described_by_its_version_and_rows_and_a_missing_one_by_nothing(tmp_path):
+    import pandas as pd
+    from deltalake import write_deltalake
+
+    location = str(tmp_path / "table")
+    assert table_version_extra(location) == {}
+    write_deltalake(location, pd.DataFrame({"x": range(7)}))
+    write_deltalake(location, pd.DataFrame({"x": range(3)}), mode="append")
+    assert table_version_extra(location) == {DELTA_VERSION: 1, ROW_COUNT: 10}
+
+
+@pytest.mark.slow
+def test_ctr_training_trains_on_the_version_its_asset_event_names_not_the_latest(tmp_path):
+    from deltalake import write_deltalake
+
+    from ml.tracking import tracking_client
+    from ml.train import registering_runs
+    from simulator.ctr_examples import training_frame
+
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
+    tracking_client(mlflow_uri).create_experiment("ctr", artifact_location=str(tmp_path / "artifacts"))
+    location, _ = settings.delta_rs_location(Table.GOLD_CTR_TRAINING_SET)
+    write_deltalake(location, training_frame(600, seed=3))  # version 0, the one the event names
+    write_deltalake(location, training_frame(900, seed=4), mode="overwrite")  # version 1, the latest
+    assert _airflow(settings, "db", "migrate").returncode == 0
+
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_ON_ASSET_EVENT, DagId.CTR_TRAINING, Table.GOLD_CTR_TRAINING_SET.value,
+         json.dumps({DELTA_VERSION: 0, ROW_COUNT: 600})],
+        env=child_process_env(**services.airflow_env(settings)), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"state": "success"}, log[-5000:]
+    assert "gold/ctr_training_set version 0, named by the Asset event that triggered this run" in log
+
+    (run,) = registering_runs(settings, max_results=5)
+    params = run.data.params
+    assert params["training_table_version"] == "0"
+    assert int(params["train_rows"]) + int(params["holdout_rows"]) == 600
