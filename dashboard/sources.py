@@ -43,6 +43,7 @@ from auction_service.campaign_store.tables import Campaign
 from auction_service.serving.pacer import Pacer
 from auction_service.serving.pacing import PacingController, PacingState, TrafficCurve
 from dashboard import views
+from ml.traffic_curve import traffic_counts
 from spark_jobs.billing.reports import hour_status
 
 log = logging.getLogger(__name__)
@@ -152,23 +153,6 @@ def load_calibration(table: DeltaTable) -> pd.DataFrame:
     if newest is None:
         return pd.DataFrame(columns=columns)
     return dataset.to_table(columns=columns, filter=_since("hour", newest)).to_pandas()
-
-
-def traffic_counts(settings: Settings, clock: DayClock) -> list[int] | None:
-    """Auctions per slot of the pacing day from gold/traffic_curve, as ``ml.calibrate.traffic_counts`` reads them
-    for the service's pacing (not imported: ml.calibrate brings MLflow, seconds of start-up the page would wait);
-    None before the table exists or when it was learned for other days."""
-    location, options = settings.delta_rs_location(Table.GOLD_TRAFFIC_CURVE)
-    try:
-        rows = DeltaTable(location, storage_options=options or None).to_pandas()
-    except TableNotFoundError:
-        return None
-    if rows.empty:
-        return None
-    length, origin = int(rows["day_length_s"].iloc[0]), int(rows["day_origin_s"].iloc[0])
-    if (length, origin % length) != (clock.length_s, clock.origin_s % clock.length_s):
-        return None
-    return [int(v) for v in rows.sort_values("slot")["auctions"]]
 
 
 @dataclass

@@ -420,6 +420,7 @@ def _dashboard(settings: Settings) -> Service:
         healthy=lambda: _http_ok(f"{url}/healthz"),
         needs_infrastructure=True,
         start_timeout_s=60.0,
+        niceness=BATCH_NICENESS,  # a viewer: it never takes CPU from the auctions it shows
     )
 
 

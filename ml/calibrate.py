@@ -225,24 +225,6 @@ def write_traffic_curve(settings: Settings, now: datetime) -> int:
     return days
 
 
-def traffic_counts(settings: Settings) -> list[int] | None:
-    """Auctions per slot of the pacing day (gold/traffic_curve); None before it exists or when it was
-    learned for other days (another length or origin)."""
-    location, options = settings.delta_rs_location(Table.GOLD_TRAFFIC_CURVE)
-    try:
-        rows = DeltaTable(location, storage_options=options).to_pandas()
-    except TableNotFoundError:
-        return None
-    clock = DayClock.of(settings)
-    if rows.empty:
-        return None
-    # Learned for the same slots: the same length, origins whole days apart.
-    length, origin = int(rows["day_length_s"].iloc[0]), int(rows["day_origin_s"].iloc[0])
-    if (length, origin % length) != (clock.length_s, clock.origin_s % clock.length_s):
-        return None
-    return [int(v) for v in rows.sort_values("slot")["auctions"]]
-
-
 # --- pacing, per campaign and minute, from the controllers' log in the shared store ---
 
 PACING_SCHEMA = pa.schema(

@@ -44,8 +44,8 @@ from auction_service.serving.metrics import ServiceMetrics
 from auction_service.serving.pacer import Pacer
 from auction_service.serving.pacing import PPM, PacingController
 from auction_service.serving.shared import SharedBooks, SharedStoreUnavailable, rebuild_source
-from ml.calibrate import traffic_counts
 from ml.calibration import PRICING_MODELS, ColdStart
+from ml.traffic_curve import traffic_counts
 
 log = logging.getLogger(__name__)
 T, R = TypeVar("T"), TypeVar("R")

@@ -61,6 +61,7 @@ def test_batch_services_run_below_the_request_path(tmp_path):
         "streaming": 10,
         "calibrator": 10,
         "optimizer": 0,  # decisions reach serving within seconds: not below the request path
+        "dashboard": 10,  # a viewer: below the request path
     }
     idle = services.Service(
         name="idle", url="-", ports=(), command=(sys.executable, "-c", "import time; time.sleep(60)"),
