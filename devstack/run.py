@@ -130,6 +130,7 @@ class RunState:
     seeded_at: datetime | None = None
     probe: list[CampaignInstruction] | None = None  # the campaigns as the forecast served them
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (optimized campaign, its static twin)
+    exchange_invoices: list[dict] = field(default_factory=list)  # the simulated exchange's, per simulation
 
 
 def start_infrastructure(settings: Settings, state: RunState) -> None:
@@ -204,7 +205,9 @@ def forecast_and_book(settings: Settings, state: RunState, plan: Simulation) -> 
     began = datetime.now(UTC)
     log = services.log_file(settings, "run-forecast")
     run_simulator(settings, plan, plan.forecast_s, summary_file, summary_file.with_suffix(".csv"), log)
-    probe_auctions = int(json.loads(summary_file.read_text()).get("auctions", 0)) if summary_file.exists() else 0
+    probe = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    probe_auctions = int(probe.get("auctions", 0))
+    state.exchange_invoices.append(probe.get("exchange") or {})
     probe_ids = [instruction.campaign_id for instruction in state.probe]
     spend = _settled_spend(settings, probe_ids)
     if probe_auctions <= 0 or not any(spend.values()):
@@ -336,6 +339,7 @@ def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
     run_simulator(settings, plan, plan.duration_s, summary_file, state.ground_truth_file, log, show_kpis=True)
     state.simulation_end = datetime.now(UTC)
     state.simulation = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    state.exchange_invoices.append(state.simulation.get("exchange") or {})
     print(f"    {_last_line(log)}")
     sent = Counts(
         events=int(state.simulation.get("events_accepted_total", 0)),  # people's and bots'
@@ -702,20 +706,25 @@ def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
     if bill.empty or "spend_micros" not in bill:
         return ["  (the bill is empty)"]
     lines = ["  bills:"]
-    media_total = 0
+    media_total, bill_rows = 0, 0
     for hour, rows in bill.groupby("hour"):
         status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
         spend = Decimal(int(published_rows(rows)["spend_micros"].sum())) / MICROS_PER_UNIT
         media = int(published_rows(rows)["media_cost_micros"].sum()) if "media_cost_micros" in rows else 0
         media_total += media
+        bill_rows += len(published_rows(rows))
         lines.append(f"    {hour:%Y-%m-%d %H}:00  {status:<12} billed {spend:,.2f} USD, "
                      f"media cost {usd(media)} USD")  # fmt: skip
-    exchange = state.simulation.get("exchange") or {}
-    if exchange:  # the simulated exchange's own account of what it charged us: the invoice to reconcile with
+    invoices = [invoice for invoice in state.exchange_invoices if invoice]
+    if invoices:  # the simulated exchange's own account of what it charged us: the invoice to reconcile with
+        invoiced = (sum(invoice["media_cost_cpm_micros"] for invoice in invoices) + 500) // 1000
+        wins = sum(invoice["win_notices"].get("204", 0) for invoice in invoices)
+        # Each bill row rounds its media cost once (half a micro at most); the invoice rounds its total once.
+        verdict = "agree" if abs(media_total - invoiced) <= (bill_rows + 1) // 2 else "DIFFER"
         lines.append(
-            f"  media cost: bills {usd(media_total)} USD, the exchange's invoice {usd(exchange['media_cost_micros'])}"
-            f" USD for {exchange['win_notices'].get('204', 0):,} win notices (wins whose impression fell in an"
-            " unbilled hour, or never came, are on the invoice only)"
+            f"  media cost: bills {usd(media_total)} USD, the simulated exchange's invoice {usd(invoiced)} USD for"
+            f" {wins:,} win notices: {verdict} (to half a micro per bill row; a win whose impression is in an"
+            " unbilled hour, or never came, is on the invoice only)"
         )
     top = published_rows(bill).groupby("campaign_id")["spend_micros"].sum().nlargest(n)
     lines.append(f"  top {len(top)} campaigns by billed spend:")

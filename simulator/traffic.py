@@ -278,7 +278,7 @@ class SimulationStats:
     unfillable: Counter[str] = field(default_factory=Counter)  # unfillable visits answered, by kind
     unfillable_no_bid: Counter[str] = field(default_factory=Counter)  # of them answered 204, by kind
     exchange_wins: Counter[str] = field(default_factory=Counter)  # win notices fired, by the service's answer
-    media_cost_micros: int = 0  # the clearing prices of the taken win notices, per impression
+    media_cost_cpm_micros: int = 0  # the clearing prices (per thousand) of the taken win notices
     rss_start: int = field(default_factory=lambda: _rss())
     rss_peak: int = 0
     # Visits started, people's and bots', by the slot of the simulated day they were due in (diurnal runs).
@@ -347,8 +347,10 @@ class SimulationStats:
             "events": self.events.summary(),
             "exchange": {
                 "win_notices": dict(sorted(self.exchange_wins.items())),
-                "media_cost_micros": self.media_cost_micros,
-                "media_cost": _usd(self.media_cost_micros),
+                # An invoice's sum: the prices per thousand added up, then a thousandth, rounded half up once.
+                "media_cost_cpm_micros": self.media_cost_cpm_micros,
+                "media_cost_micros": (self.media_cost_cpm_micros + 500) // 1000,
+                "media_cost": _usd((self.media_cost_cpm_micros + 500) // 1000),
             },
             "charged_micros": self.events.charged_micros,
             "spend": _usd(self.events.charged_micros),  # USD, what the service said it charged
@@ -713,7 +715,7 @@ class Visitor:
             answer = type(exc).__name__
         self.stats.exchange_wins[answer] += 1
         if answer == "204":
-            self.stats.media_cost_micros += int(price * MICROS_PER_UNIT) // 1000
+            self.stats.media_cost_cpm_micros += int(price * MICROS_PER_UNIT)
 
     async def _play(
         self, ad: ServedAd, steps: Sequence[Step], identity: Identity, behaviour: Behaviour, counts: EventCounts
