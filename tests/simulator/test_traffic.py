@@ -685,10 +685,11 @@ def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predict
     # ... and the exchange's win notices, one per OpenRTB bid, each with a price within our bid.
     wins = summary["exchange"]["win_notices"]
     assert set(wins) == {"204"} and 30 < wins["204"] <= summary["openrtb_auctions"]
-    # The simulated exchange's invoice is what the service recorded from its win notices (the first run on
-    # this service: every win on the topic is this one's), a price per thousand each, rounded once.
+    # The simulated exchange's invoice is what the service recorded from its win notices, a price per thousand
+    # each, rounded once. The broker is the whole run's: this module's campaigns say which wins are this run's
+    # (the first on this service).
     feedback = [FeedbackEvent.model_validate_json(r.value) for r in topic_records(state.settings, Topic.AD_FEEDBACK)]
-    recorded = {e.event_id: e for e in feedback if e.event_type == EventType.WIN}
+    recorded = {e.event_id: e for e in feedback if e.event_type == EventType.WIN and e.campaign_id in CAMPAIGNS}
     assert len(recorded) == wins["204"]
     invoiced = sum(e.exchange_price_cpm_micros for e in recorded.values())
     assert summary["exchange"]["media_cost_cpm_micros"] == invoiced > 0
