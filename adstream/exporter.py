@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, start_http_server
@@ -60,22 +58,3 @@ def serve(registry: CollectorRegistry, host: str, port: int, what: str) -> Expor
     exporter = Exporter(server, thread)
     log.info("%s metrics on %s", what, exporter.url)
     return exporter
-
-
-def consumer_lag(consumer: Any, unprocessed: Mapping[Any, Sequence[Any]] | None = None) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> records behind the end of the partition, for a kafka-python consumer.
-
-    From the high watermark the consumer's last fetch reported, so it asks the broker nothing; a
-    partition not fetched yet is left out. ``unprocessed``: a poll's records not handled yet (partition ->
-    records), still counted as behind, as Kafka counts a group's lag from its committed offsets.
-    """
-    unprocessed = unprocessed or {}
-    lag = {}
-    for tp in consumer.assignment():
-        highwater = consumer.highwater(tp)
-        if highwater is None:
-            continue
-        pending = unprocessed.get(tp)
-        start = pending[0].offset if pending else consumer.position(tp)
-        lag[(tp.topic, tp.partition)] = max(0, highwater - start)
-    return lag

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     streaming_metrics_port: int = Field(default=9101, ge=0, le=65535)
     ad_manager_metrics_port: int = Field(default=9102, ge=0, le=65535)
     optimizer_metrics_port: int = Field(default=9103, ge=0, le=65535)
+    # Each auction replica's own /metrics and /v1/stats: replica i of AUCTION_REPLICAS on this port + i, so
+    # Prometheus and the dashboard reach every one (AUCTION_PORT reaches one at random); 0 serves none.
+    auction_metrics_port: int = Field(default=9110, ge=0, le=65535 - 63)
     bind_host: str = "127.0.0.1"
 
     # Where `make setup` and `make up` keep machine-local state (git-ignored).

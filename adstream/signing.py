@@ -8,13 +8,16 @@ impression's token tells nothing of the click's, and a filled auction costs two 
 three display tokens rather than three. A token for one auction's impression therefore cannot be
 replayed as its click, as another auction's event, or after it expires. Keys are named, so they
 can be rotated: sign with the current key, verify with any.
+
+A token may also cover parameters its URL carries (``bound_event_type``): an OpenRTB billing notice carries
+the bid request's device address and agent, which the exchange's server could otherwise rewrite.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -137,6 +140,14 @@ class EventSigner:
             )
         if int(expires) < now_unix:
             raise TokenRefused(TokenError.EXPIRED, "the event token has expired: events are accepted until its expiry")
+
+
+def bound_event_type(event_type: str, parameters: Mapping[str, str]) -> str:
+    """What to sign, and verify, for ``event_type`` with ``parameters`` its URL carries (an HMAC of their own):
+    each name and value prefixed by its length, in name order, so no two sets of parameters read the same (a
+    value holding a separator cannot pass its rest off as the next field)."""
+    fields = "".join(f"{len(name)}:{name}{len(value)}:{value}" for name, value in sorted(parameters.items()))
+    return f"{event_type}?{fields}"
 
 
 def parse_keys(value: str) -> dict[str, bytes]:

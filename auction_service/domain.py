@@ -74,8 +74,11 @@ class AuctionContext:
     eligible_campaigns: frozenset[str] | None = None
     excluded_campaigns: frozenset[str] = field(default_factory=frozenset)
     deals: Mapping[str, tuple[str, int]] | None = None
-    # Of them, the campaigns whose deal is at a fixed price (OpenRTB deal ``at`` 3): the deal's floor is the price.
+    # Of them, the campaigns whose deal is at a fixed price (OpenRTB deal ``at`` 3): the deal's floor is the price;
+    # and those whose deal overrides the auction's type: first price (``at`` 1) or second price (``at`` 2).
     fixed_price_campaigns: frozenset[str] = field(default_factory=frozenset)
+    first_price_campaigns: frozenset[str] = field(default_factory=frozenset)
+    second_price_campaigns: frozenset[str] = field(default_factory=frozenset)
     # What the auction log keeps of an OpenRTB request, and what the bid-request filter made of it.
     request_id: str | None = None
     imp_id: str | None = None

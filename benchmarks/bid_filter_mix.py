@@ -45,7 +45,6 @@ import os
 import random
 import statistics
 import tempfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -55,11 +54,10 @@ from typing import Annotated, Any
 import httpx
 import pandas as pd
 import typer
-from kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from adstream.contracts import BID_FILTER_EXPERIMENT, Topic
-from adstream.messaging import make_consumer
+from adstream.messaging import decode_json, read_to_end
 from adstream.settings import Settings, get_settings
 from benchmarks import auction
 from benchmarks.auction import (
@@ -374,24 +372,7 @@ def scrape_meter(url: str) -> dict[str, float]:
 
 def read_auction_records(settings: Settings, timeout_s: float = 60.0) -> list[dict[str, Any]]:
     """Every record of the ``auctions`` topic up to its current end, read without a consumer group."""
-    consumer = make_consumer(settings, None)
-    try:
-        if Topic.AUCTIONS not in consumer.topics():  # fetches the cluster's metadata
-            return []
-        partitions = [TopicPartition(Topic.AUCTIONS, p) for p in sorted(consumer.partitions_for_topic(Topic.AUCTIONS))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(partition) < end[partition] for partition in partitions):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"could not read {Topic.AUCTIONS} to its end in {timeout_s:.0f} s")
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(record.value for record in batch)
-        return records
-    finally:
-        consumer.close()
+    return [record.value for record in read_to_end(settings, Topic.AUCTIONS, timeout_s, value_deserializer=decode_json)]
 
 
 def train_filter(settings: Settings, workdir: Path, log: pd.DataFrame) -> dict[str, Any]:

@@ -55,6 +55,7 @@ def isolated_settings(workdir: Path, **overrides: object) -> Settings:
         "streaming_metrics_port": 0,
         "ad_manager_metrics_port": 0,
         "optimizer_metrics_port": 0,
+        "auction_metrics_port": 0,
     }
     values.update(overrides)
     settings = Settings(**values)

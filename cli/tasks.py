@@ -67,10 +67,20 @@ def triggering_table_version(triggering_asset_events: Mapping[Any, Sequence[Any]
 
     events = [event for event in triggering_asset_events.get(table_asset(table), ()) if DELTA_VERSION in event.extra]
     if not events:
+        print(f"{table.value}: no Asset event that triggered this run names a version; reading the latest", flush=True)
         return None
     version = int(max(events, key=lambda event: event.timestamp).extra[DELTA_VERSION])
     print(f"{table.value} version {version}, named by the Asset event that triggered this run", flush=True)
     return version
+
+
+def triggering_table_versions(
+    triggering_asset_events: Mapping[Any, Sequence[Any]], tables: Iterable[Table]
+) -> dict[Table, int]:
+    """``triggering_table_version`` of each of ``tables``, leaving out those no event names (read at their
+    latest)."""
+    versions = {table: triggering_table_version(triggering_asset_events, table) for table in tables}
+    return {table: version for table, version in versions.items() if version is not None}
 
 
 def ingest(dataset: str) -> dict[str, object]:
@@ -78,12 +88,18 @@ def ingest(dataset: str) -> dict[str, object]:
     return ingest_summary(resources().settings, dataset)
 
 
-def build_silver() -> dict[str, int]:
-    return silver.build(_spark(SPARK_APPS["silver"]), resources().settings)
+def build_silver(bronze_versions: Mapping[Table, int] | None = None) -> dict[str, int]:
+    """Silver from bronze, each bronze table at the version ``bronze_versions`` names (else its latest)."""
+    return silver.build(_spark(SPARK_APPS["silver"]), resources().settings, bronze_versions=bronze_versions)
 
 
-def build_features(run_type: str, start: datetime | None, end: datetime | None) -> dict[str, int]:
-    return features.build_for_run(_spark(SPARK_APPS["features"]), resources().settings, run_type, start, end)
+def build_features(
+    run_type: str, start: datetime | None, end: datetime | None, bronze_versions: Mapping[Table, int] | None = None
+) -> dict[str, int]:
+    """Gold for the run's interval, each bronze table at the version ``bronze_versions`` names (else its latest)."""
+    return features.build_for_run(
+        _spark(SPARK_APPS["features"]), resources().settings, run_type, start, end, bronze_versions
+    )
 
 
 def train(force: bool = False, table_version: int | None = None) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Runs when ingestion publishes new bronze tables (Assets), and hourly for logged
 data. Wiring only: the tasks call `cli.tasks.build_silver` / `cli.tasks.build_features`,
-also runnable as `adstream silver` and `adstream features`. Each table's Asset event names the Delta
-version the task left it at and its row count.
+also runnable as `adstream silver` and `adstream features`. Both read each bronze table at the Delta version
+its triggering Asset event names (an hourly or manual run, or a table no event names: the latest). Each
+table's Asset event names the Delta version the task left it at and its row count.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def feature_build():
     def build_silver() -> dict[str, int]:
         from cli import tasks
 
-        written = tasks.build_silver()
-        tasks.name_table_versions(get_current_context()["outlet_events"], SILVER)
+        context = get_current_context()
+        written = tasks.build_silver(tasks.triggering_table_versions(context["triggering_asset_events"], BRONZE))
+        tasks.name_table_versions(context["outlet_events"], SILVER)
         return written
 
     @task(outlets=[table_asset(table) for table in GOLD])
@@ -52,7 +54,10 @@ def feature_build():
         context = get_current_context()
         run_type = context["dag_run"].run_type
         run_type = getattr(run_type, "value", run_type)  # an enum or its value, depending on the runtime
-        written = tasks.build_features(run_type, context.get("data_interval_start"), context.get("data_interval_end"))
+        bronze_versions = tasks.triggering_table_versions(context["triggering_asset_events"], BRONZE)
+        written = tasks.build_features(
+            run_type, context.get("data_interval_start"), context.get("data_interval_end"), bronze_versions
+        )
         tasks.name_table_versions(context["outlet_events"], GOLD)
         return written
 

@@ -1,6 +1,7 @@
 """What the dashboard reads, and the snapshot it builds from it every DASHBOARD_REFRESH_S.
 
-- Live state: the auction service's ``GET /v1/stats`` (JSON; never /metrics), the campaign store (status,
+- Live state: the auction service's ``GET /v1/stats`` (JSON; never /metrics) of every replica, each on its own
+  AUCTION_METRICS_PORT + i and added up into the fleet's (``fleet_stats``), the campaign store (status,
   spend, budgets: one query for every campaign) and the shared store (pacing states, the optimizer's
   multipliers: one HMGET and one HGETALL), the same stores ``GET /v1/campaigns/{id}`` reads.
 - The lake through delta-rs (no Spark): gold/kpi_minute, gold/billing_hourly, gold/optimizer_decisions,
@@ -16,10 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pandas as pd
@@ -40,6 +43,7 @@ from adstream.settings import Settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import make_engine, make_session_factory
 from auction_service.campaign_store.tables import Campaign
+from auction_service.serving.books import latency_percentiles as percentiles
 from auction_service.serving.pacer import Pacer
 from auction_service.serving.pacing import PacingController, PacingState, TrafficCurve
 from dashboard import views
@@ -155,6 +159,82 @@ def load_calibration(table: DeltaTable) -> pd.DataFrame:
     return dataset.to_table(columns=columns, filter=_since("hour", newest)).to_pandas()
 
 
+def replica_stats_urls(settings: Settings, auction_url: str) -> list[str]:
+    """Where the fleet's /v1/stats are read: each replica's own port (AUCTION_METRICS_PORT + i on the service's
+    host), or, with none, AUCTION_PORT, which reaches one replica at random."""
+    if not settings.auction_metrics_port:
+        return [f"{auction_url.rstrip('/')}/v1/stats"]
+    host = urlsplit(auction_url).hostname or settings.bind_host
+    host = f"[{host}]" if ":" in host else host
+    ports = range(settings.auction_metrics_port, settings.auction_metrics_port + settings.auction_replicas)
+    return [f"http://{host}:{port}/v1/stats" for port in ports]
+
+
+SUMMED = ("auctions", "filled", "no_fill", "candidates_scored")
+COUNTED = ("events", "rejected_events_by_reason", "openrtb_no_bids")
+BID_FILTER_SUMMED = ("screened", "shed", "explored", "time_saved_s", "explored_revenue_cpm_micros",
+                     "explored_revenue_below_threshold_cpm_micros")  # fmt: skip
+
+
+def fleet_stats(replicas: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The /v1/stats of the replicas that answered (by URL) as the fleet's: counts summed, ratios taken of the
+    sums, latency percentiles of the replicas' windows pooled (not averaged: a slow replica's tail must show).
+    What every replica serves alike (model, calibration, optimizer reads) is the first one's."""
+    answers = list(replicas.values())
+    fleet = {key: value for key, value in answers[0].items() if key not in ("latency_window_ms", "replica")}
+    for key in SUMMED:
+        fleet[key] = sum(int(answer.get(key) or 0) for answer in answers)
+    for key in COUNTED:
+        fleet[key] = dict(sum((Counter(answer.get(key) or {}) for answer in answers), Counter()))
+    fleet["fill_rate"] = fleet["filled"] / fleet["auctions"] if fleet["auctions"] else 0.0
+    pctr_sum = sum((answer.get("average_pctr") or 0.0) * int(answer.get("filled") or 0) for answer in answers)
+    fleet["average_pctr"] = pctr_sum / fleet["filled"] if fleet["filled"] else None
+    fleet["latency_ms"] = percentiles(sorted(ms for answer in answers for ms in answer.get("latency_window_ms") or ()))
+    meters = [answer["bid_filter"] for answer in answers if answer.get("bid_filter")]
+    if meters:
+        fleet["bid_filter"] = fleet_bid_filter(meters)
+    fleet["replicas"] = [
+        {"url": url, "pid": (answer.get("replica") or {}).get("pid"), "auctions": answer.get("auctions"),
+         "latency_ms": answer.get("latency_ms")}
+        for url, answer in replicas.items()
+    ]  # fmt: skip
+    return fleet
+
+
+def fleet_bid_filter(meters: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """``BidFilterMeter.snapshot`` of each replica as one: counts summed, shares of the sums; the version and
+    threshold when every replica serves the same (None while a new filter reaches them one by one)."""
+    total = {key: sum(meter.get(key) or 0 for meter in meters) for key in BID_FILTER_SUMMED}
+    versions = {meter.get("version") for meter in meters}
+    thresholds = {meter.get("threshold") for meter in meters}
+    explored = total["explored_revenue_cpm_micros"]
+    return {
+        "version": versions.pop() if len(versions) == 1 else None,
+        "threshold": thresholds.pop() if len(thresholds) == 1 else None,
+        **total,
+        "shed_share": total["shed"] / total["screened"] if total["screened"] else None,
+        "revenue_retained_estimate": 1 - total["explored_revenue_below_threshold_cpm_micros"] / explored
+        if explored else None,
+    }  # fmt: skip
+
+
+def auctions_per_s(previous: Mapping[str, Any] | None, current: Mapping[str, Any], elapsed_s: float) -> float | None:
+    """The fleet's auctions/s between two ``fleet_stats``: each replica's increase, counting the whole count of one
+    restarted meanwhile (a new pid: its counts began again at 0), as Prometheus' ``rate()`` takes a reset."""
+    if previous is None or elapsed_s <= 0:
+        return None
+    before = {r["url"]: r for r in previous.get("replicas", [])}
+    increase = 0
+    for replica in current.get("replicas", []):
+        last = before.get(replica["url"])
+        if last is None:
+            continue  # not read the last time: no interval to count over
+        count, last_count = int(replica.get("auctions") or 0), int(last.get("auctions") or 0)
+        restarted = last.get("pid") != replica.get("pid") or count < last_count
+        increase += count if restarted else count - last_count
+    return increase / elapsed_s
+
+
 @dataclass
 class Snapshot:
     """The page's sections as of ``at``, and how long building them took."""
@@ -171,7 +251,8 @@ class SnapshotBuilder:
         self.settings = settings
         local = f"http://{settings.bind_host}:{settings.auction_port}"
         self.auction_url = auction_url or settings.dashboard_auction_url or local
-        self.http = httpx.Client(base_url=self.auction_url, timeout=2.0)
+        self.stats_urls = replica_stats_urls(settings, self.auction_url)
+        self.http = httpx.Client(timeout=2.0)
         self.sessions = make_session_factory(make_engine(settings))
         self.clock = DayClock.of(settings)
         self.controller = PacingController.of(self.clock)
@@ -192,7 +273,7 @@ class SnapshotBuilder:
         }
         self._lock = threading.Lock()
         self._last: Snapshot | None = None
-        self._last_stats: tuple[float, int] | None = None  # (monotonic, auctions) of the previous /v1/stats
+        self._last_stats: tuple[float, dict[str, Any]] | None = None  # (monotonic, fleet_stats) of the last read
         self._last_sections: dict[str, Any] = {}
 
     def close(self) -> None:
@@ -221,6 +302,12 @@ class SnapshotBuilder:
                 return fallback
 
         stats = attempt("auction service /v1/stats", self._stats, None)
+        for url, reason in (stats or {}).pop("unread", {}).items():
+            errors[f"auction replica {url}"] = reason  # the fleet's numbers lack its share meanwhile
+        if len(self.stats_urls) < self.settings.auction_replicas:
+            errors["auction replicas"] = (
+                f"AUCTION_METRICS_PORT is 0: /v1/stats of one of {self.settings.auction_replicas} replicas, at random"
+            )
         frames = {name: attempt(table.name, table.read, table.frame) for name, table in self.tables.items()}
         kpis = frames["kpis"]
         lines = attempt("campaign and shared stores", lambda: self._campaign_lines(now), None)
@@ -249,19 +336,31 @@ class SnapshotBuilder:
         return Snapshot(body, time.monotonic())
 
     def _stats(self) -> dict[str, Any]:
-        response = self.http.get("/v1/stats")
-        response.raise_for_status()
-        return response.json()
+        """``fleet_stats`` of the replicas that answer, the others' errors in ``unread``; raises if none does."""
+        answers: dict[str, dict[str, Any]] = {}
+        unread: dict[str, str] = {}
+        failure: Exception | None = None
+        for url in self.stats_urls:
+            try:
+                response = self.http.get(url)
+                response.raise_for_status()
+                answers[url] = response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                unread[url], failure = f"{type(exc).__name__}: {exc}"[:300], exc
+        if not answers:
+            raise failure or ValueError("no auction replica to read")
+        return {**fleet_stats(answers), "unread": unread}
 
     def _rate(self, stats: dict[str, Any] | None) -> float | None:
-        """Auctions per second between this read of /v1/stats and the one before."""
-        if stats is None or not isinstance(stats.get("auctions"), int):
+        """The fleet's auctions per second between this read of /v1/stats and the one before; None while only
+        AUCTION_PORT is read with several replicas behind it (a new pid there is another replica, not a restart)."""
+        if stats is None or len(self.stats_urls) < self.settings.auction_replicas:
             return None
-        now, count = time.monotonic(), stats["auctions"]
-        previous, self._last_stats = self._last_stats, (now, count)
-        if previous is None or now <= previous[0] or count < previous[1]:  # first read, or the service restarted
+        now = time.monotonic()
+        previous, self._last_stats = self._last_stats, (now, stats)
+        if previous is None:
             return None
-        return (count - previous[1]) / (now - previous[0])
+        return auctions_per_s(previous[1], stats, now - previous[0])
 
     def _decided(self) -> dict[str, Served]:
         if self.shared is None:

@@ -174,7 +174,7 @@ def serving_section(
         section |= {key: stats.get(key) for key in ("auctions", "filled", "no_fill", "fill_rate", "candidates_scored")}
         section["events"] = dict(stats.get("events") or {})
         section["rejected_events_by_reason"] = dict(stats.get("rejected_events_by_reason") or {})
-        section["latency_live"] = stats.get("latency_ms")  # this replica's newest auctions
+        section["latency_live"] = stats.get("latency_ms")  # the fleet's newest auctions, pooled
         section["openrtb_no_bids"] = dict(stats.get("openrtb_no_bids") or {})
         if stats.get("bid_filter") is not None:  # BidFilterMeter.snapshot, where the service publishes it
             section["bid_filter_live"] = stats["bid_filter"]

@@ -33,8 +33,8 @@ from typing import Annotated
 
 import httpx
 import typer
-from kafka import KafkaAdminClient
-from kafka.errors import KafkaError
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from adstream.settings import Settings, child_process_env, get_settings
 from auction_service.campaign_store import ad_manager
@@ -99,6 +99,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "STREAMING_METRICS_PORT": str(settings.streaming_metrics_port),
         "AD_MANAGER_METRICS_PORT": str(settings.ad_manager_metrics_port),
         "OPTIMIZER_METRICS_PORT": str(settings.optimizer_metrics_port),
+        "AUCTION_METRICS_PORT": str(settings.auction_metrics_port),
     }
 
 
@@ -345,10 +346,15 @@ def _ad_manager(settings: Settings) -> Service:
 
 def _auction(settings: Settings) -> Service:
     url = f"http://{settings.bind_host}:{settings.auction_port}"
+    base = settings.auction_metrics_port  # replica i serves its own /metrics and /v1/stats on base + i
+    replica_ports = [base + index for index in range(settings.auction_replicas)] if base else []
+    metrics = ", ".join(f"http://{settings.bind_host}:{port}/metrics" for port in replica_ports)
+    claims = [PortClaim(settings.auction_port, "AUCTION_PORT")]
+    claims += [PortClaim(port, "AUCTION_METRICS_PORT") for port in replica_ports]
     return Service(
         name="auction",
-        url=url,
-        ports=(PortClaim(settings.auction_port, "AUCTION_PORT"),),
+        url=f"{url}, replica metrics {metrics}" if metrics else url,
+        ports=tuple(claims),
         command=(str(ADSTREAM), "serve"),
         env=settings_env(settings),
         healthy=lambda: _http_ok(f"{url}/healthz"),
@@ -628,16 +634,15 @@ def _kafka_answers(settings: Settings) -> bool:
     host, port = settings.bind_host, settings.kafka_port
     try:
         socket.create_connection((host, port), timeout=1.0).close()
-        admin = KafkaAdminClient(bootstrap_servers=f"{host}:{port}", request_timeout_ms=3000)
-    except (OSError, KafkaError):
+    except OSError:
         return False
+    # The port answering is not enough: a starting broker accepts connections before it serves metadata.
+    admin = AdminClient({"bootstrap.servers": f"{host}:{port}", "log_level": 0})
     try:
-        admin.describe_cluster()
-        return True
-    except KafkaError:
+        admin.list_topics(timeout=3.0)
+    except KafkaException:
         return False
-    finally:
-        admin.close()
+    return True
 
 
 def _require_java() -> str:

@@ -4,10 +4,11 @@
     adstream bid-filter promote [--training-run RUN_ID]   (the promotion step on its own)
 
 One MLflow run (experiment ``bid-filter``) per training: its parameters (the table, its Delta version, the
-window, the split), the holdout figures at the chosen threshold (revenue retained, shares shed, ROC AUC),
-silver/auctions at that version as its input dataset, and the exported table (``bid_filter/``), which
-is registered as a new ``bid-filter`` version (alias ``challenger``) and promoted under the rule of
-``ml.bid_filter_registry``. The model, its features, label and threshold are ``ml.bid_filter``'s.
+window, the split), the requests fitted on and the holdout as input datasets whose source is silver/auctions
+at that version, and the exported table (``bid_filter/``), which is registered as a new ``bid-filter``
+version (alias ``challenger``) and promoted under the rule of ``ml.bid_filter_registry``. The holdout figures
+at the chosen threshold (revenue retained, shares shed, ROC AUC) are logged on the run and on its logged model,
+judged on the holdout dataset. The model, its features, label and threshold are ``ml.bid_filter``'s.
 
 Reads the BID_FILTER_TRAINING_DAYS x 24 hours up to the newest request the table version holds (not up to a
 clock: the same version always gives the same requests, which is how the promotion step rebuilds the
@@ -31,6 +32,7 @@ import mlflow
 import pandas as pd
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+from mlflow.data.dataset import Dataset
 
 from adstream.contracts import BID_FILTER_EXPERIMENT, BID_FILTER_MODEL, Table
 from adstream.settings import Settings
@@ -49,7 +51,14 @@ from ml.bid_filter import (
     train_bid_filter,
     training_rows,
 )
-from ml.bid_filter_registry import ARTIFACT_DIR, ARTIFACT_FILE, Promotion, apply_promotion, register_challenger
+from ml.bid_filter_registry import (
+    ARTIFACT_DIR,
+    ARTIFACT_FILE,
+    MODEL_FAMILY,
+    Promotion,
+    apply_promotion,
+    register_challenger,
+)
 from ml.datasets import delta_dataset
 from ml.tracking import ensure_reachable, experiment_id, point_fluent_api_at, search_runs, tracking_client
 
@@ -98,6 +107,7 @@ class Candidate:
     auction_log_version: int | None
     trained: TrainedBidFilter
     model_version: str
+    model_id: str  # the run's logged model, which carries the holdout figures
 
     def summary(self) -> str:
         m = self.trained.metrics
@@ -135,11 +145,20 @@ def _params(settings: Settings, auction_log: str, version: int | None, trained: 
     }
 
 
-def _log_dataset(trained: TrainedBidFilter, auction_log: str, version: int) -> None:
-    """The requests trained and judged on, as the run's input: a dataset whose source is the Delta table at
-    ``version``."""
-    frame = pd.concat([trained.train, trained.holdout], ignore_index=True)[[*LOG_COLUMNS, LABEL, REVENUE]]
-    mlflow.log_input(delta_dataset(frame, auction_log, version, Table.SILVER_AUCTIONS.value, LABEL), context="training")
+def _log_datasets(trained: TrainedBidFilter, auction_log: str, version: int | None) -> Dataset | None:
+    """The requests fitted on and the holdout, as the run's inputs: datasets whose source is the Delta table at
+    ``version``. Returns the holdout's; None for a log read from no table version (nothing to point at)."""
+    if not auction_log or version is None:
+        return None
+
+    def dataset(requests: pd.DataFrame) -> Dataset:
+        frame = requests[[*LOG_COLUMNS, LABEL, REVENUE]]
+        return delta_dataset(frame, auction_log, version, Table.SILVER_AUCTIONS.value, LABEL)
+
+    fitted_on, holdout = dataset(trained.train), dataset(trained.holdout)
+    mlflow.log_input(fitted_on, context="training")
+    mlflow.log_input(holdout, context="evaluation")
+    return holdout
 
 
 def fit_and_register(
@@ -161,13 +180,17 @@ def fit_and_register(
     with mlflow.start_run(experiment_id=experiment, run_name="bid-filter-training") as run:
         mlflow.log_params(_params(settings, auction_log, log_version, trained))
         mlflow.set_tag("run_kind", "training")
-        mlflow.log_metrics({f"holdout.{name}": value for name, value in trained.metrics.items()})
-        if auction_log and log_version is not None:
-            _log_dataset(trained, auction_log, log_version)
+        holdout = _log_datasets(trained, auction_log, log_version)
         mlflow.log_text(trained.bid_filter.to_json(), f"{ARTIFACT_DIR}/{ARTIFACT_FILE}")
+        # The table is JSON, not an MLflow Model: the logged model is "external", its artifact the run's
+        # bid_filter/ (which the registered version points at), so it carries the figures without a second copy.
+        table = f"runs:/{run.info.run_id}/{ARTIFACT_DIR}/{ARTIFACT_FILE}"
+        logged = mlflow.create_external_model(name=BID_FILTER_MODEL, model_type=MODEL_FAMILY, tags={"table": table})
+        holdout_metrics = {f"holdout.{name}": value for name, value in trained.metrics.items()}
+        mlflow.log_metrics(holdout_metrics, model_id=logged.model_id, dataset=holdout)
         version = register_challenger(tracking_uri, run.info.run_id)
         mlflow.set_tag(REGISTERED_VERSION_TAG, version)
-    return Candidate(run.info.run_id, log_version, trained, version)
+    return Candidate(run.info.run_id, log_version, trained, version, logged.model_id)
 
 
 def promote(settings: Settings, run_id: str, model_version: str, holdout: pd.DataFrame) -> Promotion:
@@ -210,6 +233,7 @@ def train_challenger(settings: Settings, *, force: bool = False, table_version: 
         "trained": True,
         "training_run": candidate.run_id,
         "model_version": candidate.model_version,
+        "logged_model": candidate.model_id,
         "auction_log_version": version,
     }
 

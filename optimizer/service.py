@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from adstream.contracts import Topic
 from adstream.decisions import MULTIPLIER_SCALE, pack, platform_index, serve_key, version_key
 from adstream.events import NOT_DELIVERED, PLATFORMS, CampaignDecision, ChargeStatus, EventType
-from adstream.exporter import consumer_lag, process_registry, serve
+from adstream.exporter import process_registry, serve
 from auction_service.domain import ServingCampaign
 from optimizer.decide import PRICING_CODES, Campaigns, Decision, Reason, decide
 from optimizer.forecast import Forecast, forecast
@@ -389,33 +389,17 @@ class OptimizerMetrics:
             self.lag.labels(topic=topic, partition=str(partition)).set(behind)
 
 
-def seek_to(consumer, topic: str, since: datetime) -> None:
-    """Assigns every partition of ``topic`` and seeks each to the first offset at or after ``since``."""
-    from kafka import TopicPartition
-
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    consumer.assign(partitions)
-    offsets = consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
-    for tp in partitions:
-        found = offsets.get(tp)
-        if found is None:
-            consumer.seek_to_end(tp)
-        else:
-            consumer.seek(tp, found.offset)
-
-
 def _caught_up_at(
-    consumer, batch: Mapping, wait_ms: int, polled_at: float, last_polled_at: float | None
+    consumer, batch: Sequence, wait_ms: int, polled_at: float, last_polled_at: float | None
 ) -> float | None:
     """Up to when the consumer has read every partition, or None when it cannot tell: the start of a poll that
     found nothing in longer than a fetch waits, or, when every partition's position has reached the high
     watermark the latest fetch reported (fetched during this poll or the one before), the start of the last."""
     if not batch:
         return polled_at if wait_ms >= CAUGHT_UP_WAIT_MS else None
-    for tp in consumer.assignment():
-        highwater = consumer.highwater(tp)
-        if highwater is None or consumer.position(tp) < highwater:
-            return None
+    behind = consumer.lag()  # only the partitions whose high watermark a fetch reported
+    if len(behind) < len(consumer.assignment()) or any(behind.values()):
+        return None
     return last_polled_at
 
 
@@ -448,7 +432,8 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
     producer = make_producer(settings)
     shared = redis.Redis.from_url(settings.shared_store_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     sessions = make_session_factory(make_engine(settings))
-    seek_to(consumer, Topic.AD_FEEDBACK, datetime.now(UTC) - timedelta(seconds=optimizer.windows.span_s))
+    window_start = datetime.now(UTC) - timedelta(seconds=optimizer.windows.span_s)
+    consumer.assign_from_time(Topic.AD_FEEDBACK, int(window_start.timestamp() * 1000))
     heartbeat = heartbeat_file(settings)
     heartbeat.parent.mkdir(parents=True, exist_ok=True)
     metrics = OptimizerMetrics()
@@ -467,10 +452,9 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
         while not stop.is_set():
             wait_ms = 1_000 if once else max(0, int((next_tick - time.monotonic()) * 1000))
             polled_at = time.time()
-            batch = consumer.poll(timeout_ms=wait_ms, max_records=5_000)
-            for records in batch.values():
-                optimizer.fold(record.value for record in records)
-            metrics.set_lag(consumer_lag(consumer))
+            batch = consumer.poll(wait_ms / 1000, max_records=5_000)
+            optimizer.fold(record.value for record in batch)
+            metrics.set_lag(consumer.lag())
             if caught_up_at := _caught_up_at(consumer, batch, wait_ms, polled_at, last_polled_at):
                 optimizer.caught_up(caught_up_at)
             last_polled_at = polled_at

@@ -106,6 +106,7 @@ from adstream.contracts import Table
 from adstream.events import MICROS_PER_UNIT, EventType
 from adstream.settings import Settings, get_settings
 from auction_service.serving.openrtb import COUNTRY_NAMES, IAB_CATEGORIES
+from auction_service.serving.tracking import DEVICE_IP, DEVICE_UA
 from cli.lazy import commands_app
 from simulator import bots
 from simulator.bots import DEFAULT_DATACENTER_CIDRS, Behaviour, Identity, IpNetwork, PlannedEvent, Step
@@ -180,6 +181,7 @@ DEFAULT_CONCURRENCY = 16
 USER_COLUMNS = tuple(profile_field.name for profile_field in fields(UserProfile))  # all in silver/users
 # The path of a signed event URL (``auction_service.serving.tracking``): its event type and token.
 # Ends at whitespace, a quote, a tag or a CDATA end ("]]>" in VAST).
+BURL_DEVICE = (DEVICE_IP, DEVICE_UA)  # the bid request's device, as an OpenRTB bid's burl states it
 TRACKING_URL = re.compile(r"/v1/events/track/[^/\s\"'<>\]]+/(?P<event_type>[a-z_]+)\?[^\s\"'<>\]]*")
 MAX_REFUSAL_KINDS = 20  # distinct refusal reasons kept in the summary; the rest are "other"
 # The exchange's server, which fires win and billing notices: a non-browser agent at an address that is neither
@@ -532,6 +534,7 @@ class ServedAd:
     pctr: float | None
     tokens: dict[str, str] = field(default_factory=dict)  # event type -> the signed token for it
     billing_token: str | None = None  # an OpenRTB bid's burl token: the impression, sent by the exchange
+    billing_device: dict[str, str] = field(default_factory=dict)  # the burl's device_ip/device_ua, signed with it
     win_url: str | None = None  # an OpenRTB bid's nurl, with the ${AUCTION_PRICE} macro
     bid_price_cpm: float | None = None  # an OpenRTB bid's price, USD per thousand
 
@@ -562,7 +565,10 @@ def served_ad(body: dict[str, Any], openrtb: bool, categories: dict[str, str]) -
     billing = "notice=billing" in burl  # else the burl is the device's impression URL, as before billing notices
     tokens = tracking_tokens(*(() if billing else (burl,)), bid.get("adm"), bid.get("nurl"))
     billing_token = tracking_tokens(burl).get(EventType.IMPRESSION) if billing else None
-    return ServedAd(bid["id"], bid["cid"], category, None, tokens, billing_token, bid.get("nurl"), bid.get("price"))
+    # The burl states the bid request's device, and its token covers it: the notice sends it as it came.
+    device = {name: values[0] for name, values in parse_qs(urlsplit(burl).query).items() if name in BURL_DEVICE}
+    return ServedAd(bid["id"], bid["cid"], category, None, tokens, billing_token, device if billing else {},
+                    bid.get("nurl"), bid.get("price"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -764,13 +770,16 @@ class Visitor:
     @classmethod
     def _event(cls, ad: ServedAd, event: PlannedEvent, identity: Identity) -> dict[str, Any]:
         billing = event.event_type == EventType.IMPRESSION and ad.billing_token is not None
+        # A billing notice states the device its burl carried (its token is signed over it), not the exchange.
+        device = (ad.billing_device.get(DEVICE_UA), ad.billing_device.get(DEVICE_IP)) if billing else None
+        user_agent, ip = device or (identity.user_agent, identity.ip)
         return {
             "event_id": event.event_id(ad.auction_id),
             "event_type": event.event_type,
             "auction_id": ad.auction_id,
             "token": cls._token(ad, event.event_type),
-            "user_agent": identity.user_agent,
-            "ip": identity.ip,
+            **({"user_agent": user_agent} if user_agent else {}),
+            **({"ip": ip} if ip else {}),
             **({"billing_notice": True} if billing else {}),
         }
 

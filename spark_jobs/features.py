@@ -6,10 +6,13 @@ The transforms and their documented rules are in spark_jobs.feature_transforms. 
   a run without one rebuilds it whole. The serving tables are always rebuilt from all history.
 - Hourly (scheduled) runs rebuild the logged examples of the hour that ended one
   attribution window ago, [start - window, end - window): their labels are final.
+- The bronze tables are read at the Delta versions the caller names (the DAG: those its triggering Asset
+  events name, as silver was), or at their latest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from delta.tables import DeltaTable
@@ -26,15 +29,22 @@ from spark_jobs.feature_transforms import (
     in_interval,
     segment_affinities,
 )
+from spark_jobs.silver import read_at_version
 
 
 def build(
-    spark: SparkSession, settings: Settings, start: datetime | None = None, end: datetime | None = None
+    spark: SparkSession,
+    settings: Settings,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    bronze_versions: Mapping[Table, int] | None = None,
 ) -> dict[str, int]:
-    """Writes gold features; with an interval, replaces exactly that interval of the training set."""
+    """Writes gold features; with an interval, replaces exactly that interval of the training set. Bronze is read
+    at the versions ``bronze_versions`` names (the latest of a table it names none for)."""
+    versions = dict(bronze_versions or {})
 
     def read(table: Table) -> DataFrame:
-        return spark.read.format("delta").load(settings.lake_path(table))
+        return read_at_version(spark, settings, table, versions.get(table))
 
     def read_if_any(table: Table) -> DataFrame | None:
         # The auction log and feedback exist once the platform has served; before that, bootstrap only.
@@ -88,13 +98,19 @@ def interval_for_run(
 
 
 def build_for_run(
-    spark: SparkSession, settings: Settings, run_type: str, start: datetime | None, end: datetime | None
+    spark: SparkSession,
+    settings: Settings,
+    run_type: str,
+    start: datetime | None,
+    end: datetime | None,
+    bronze_versions: Mapping[Table, int] | None = None,
 ) -> dict[str, int]:
-    """A DAG run's build: the interval ``interval_for_run`` gives, or everything on a lake never built."""
+    """A DAG run's build: the interval ``interval_for_run`` gives, or everything on a lake never built; bronze at
+    ``bronze_versions`` (``build``)."""
     start, end = interval_for_run(run_type, start, end)
     if start is not None and not DeltaTable.isDeltaTable(spark, settings.lake_path(Table.GOLD_CTR_TRAINING_SET)):
         # An hourly run on a lake never built (the cron tick came before the Asset-triggered run):
         # an hour's examples alone would leave training without its bootstrap set.
         print("no gold/ctr_training_set yet: this scheduled run builds it whole")
         start, end = None, None
-    return build(spark, settings, start, end)
+    return build(spark, settings, start, end, bronze_versions)

@@ -1026,6 +1026,7 @@ def test_prometheus_scrapes_each_service_on_its_metrics_port_and_loads_the_rules
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS_DIR / PurePosixPath(rule_file).relative_to("/etc/prometheus")).exists(), rule_file
     scraped = set()
+    targets = set()
     for job in config["scrape_configs"]:
         for target in (t for static in job["static_configs"] for t in static["targets"]):
             host, port = target.split(":")
@@ -1033,11 +1034,26 @@ def test_prometheus_scrapes_each_service_on_its_metrics_port_and_loads_the_rules
                 continue
             service = compose["services"][host]
             env = container_env(service, Stage())
-            ports = {value for key, value in env.items() if key.endswith("_PORT")}
+            ports = {value for key, value in env.items() if key.endswith("_PORT")} | replica_ports(env)
             assert port in ports, f"{host} listens on none of {sorted(ports)}, not on {port}"
             assert env.get("BIND_HOST") == "0.0.0.0", f"{host} listens on its loopback only: Prometheus cannot reach it"
             scraped.add(host)
+            targets.add(target)
     assert {"auction-service", "streaming-job", "ad-manager", "optimizer"} <= scraped
+    # Every auction replica is a target of its own; AUCTION_PORT (one replica at random) is none.
+    auction = container_env(compose["services"]["auction-service"], Stage())
+    assert replica_ports(auction), "the auction replicas serve no metrics port of their own"
+    assert {f"auction-service:{port}" for port in replica_ports(auction)} <= targets
+    assert f"auction-service:{auction['AUCTION_PORT']}" not in targets
+    # The dashboard reads the same replicas' /v1/stats.
+    dashboard = container_env(compose["services"]["dashboard"], Stage())
+    assert replica_ports(dashboard) == replica_ports(auction)
+
+
+def replica_ports(env: dict[str, str]) -> set[str]:
+    """The auction replicas' own metrics ports: AUCTION_METRICS_PORT + each one's index (none when 0)."""
+    base = int(env.get("AUCTION_METRICS_PORT") or 0)
+    return {str(base + index) for index in range(int(env.get("AUCTION_REPLICAS") or 1))} if base else set()
 
 
 def test_grafana_loads_the_dashboards_it_is_given(compose):

@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PrometheusCounter
 from pydantic import ValidationError
@@ -32,15 +30,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.contracts import Topic
 from adstream.events import CampaignInstruction
-from adstream.exporter import consumer_lag, process_registry, serve
-from adstream.messaging import ensure_topics, make_consumer
+from adstream.exporter import process_registry, serve
+from adstream.messaging import CommitFailed, Record, ensure_topics, make_consumer
 from adstream.settings import Settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_MS = 500  # how long a stop request may wait for the poll to return
+POLL_TIMEOUT_S = 0.5  # how long a stop request may wait for the poll to return
 MAX_BATCH = 500
 HEARTBEAT_EVERY_S = 5.0
 HEARTBEAT_MAX_AGE_S = 30.0
@@ -108,7 +106,7 @@ def parse_instruction(key: bytes | None, value: bytes | None) -> CampaignInstruc
     return instruction
 
 
-def handle_record(sessions: sessionmaker[Session], record: ConsumerRecord, on_applied: OnApplied | None = None) -> str:
+def handle_record(sessions: sessionmaker[Session], record: Record, on_applied: OnApplied | None = None) -> str:
     """Apply or quarantine one record; returns its outcome. Both paths commit to the store before returning."""
     try:
         instruction = parse_instruction(record.key, record.value)
@@ -159,7 +157,6 @@ def run(
         topic,
         value_deserializer=None,
         key_deserializer=None,
-        max_poll_records=MAX_BATCH,
     )
     log.info("ad manager consuming %s as group %s", topic, settings.ad_manager_group)
     metrics = AdManagerMetrics()
@@ -172,9 +169,8 @@ def run(
             if time.monotonic() - last_beat >= HEARTBEAT_EVERY_S:
                 beat.touch()  # health checks read its age: the loop is alive and polling
                 last_beat = time.monotonic()
-            batch = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-            metrics.set_lag(consumer_lag(consumer, batch))
-            records = [record for partition_records in batch.values() for record in partition_records]
+            records = consumer.poll(POLL_TIMEOUT_S, max_records=MAX_BATCH)
+            metrics.set_lag(consumer.lag(records))
             if not records:
                 continue
             began = time.perf_counter()
@@ -185,13 +181,13 @@ def run(
             try:
                 consumer.commit()
                 stats.batches_committed += 1
-            except CommitFailedError as exc:
+            except CommitFailed as exc:
                 # The group rebalanced; the new owner replays these records, which the store ignores.
                 log.warning("offset commit failed, records will be replayed: %s", exc)
             metrics.batch_duration.observe(time.perf_counter() - began)
-            metrics.set_lag(consumer_lag(consumer))
+            metrics.set_lag(consumer.lag())
     finally:
-        consumer.close(autocommit=False)  # offsets move only in the loop above, after the store
+        consumer.close()  # commits nothing: offsets move only in the loop above, after the store
         engine.dispose()
         if exporter is not None:
             exporter.close()

@@ -21,9 +21,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from kafka import KafkaProducer
-from kafka.producer.future import RecordMetadata
-
 from adstream.contracts import Table, Topic
 from adstream.events import (
     MICROS_PER_UNIT,
@@ -36,7 +33,7 @@ from adstream.events import (
     Targeting,
     VideoCreative,
 )
-from adstream.messaging import make_producer
+from adstream.messaging import Acknowledged, JsonProducer, make_producer
 from adstream.settings import Settings
 
 MAX_DECIMALS = 6  # micros
@@ -259,25 +256,22 @@ def publish_instructions(
     settings: Settings,
     instructions: Sequence[CampaignInstruction],
     *,
-    producer: KafkaProducer | None = None,
+    producer: JsonProducer | None = None,
     timeout_s: float = 30.0,
     topic: str = Topic.CAMPAIGN_INSTRUCTIONS,
-) -> list[RecordMetadata]:
+) -> list[Acknowledged]:
     """Publish to campaign-instructions keyed by campaign_id; returns once the broker acknowledged every record.
 
     Pass a long-lived ``producer`` (the service does); otherwise one is made and closed here.
-    Raises ``KafkaError`` (e.g. ``KafkaTimeoutError``) when the broker does not acknowledge in time.
+    Raises ``PublishFailed`` (``adstream.messaging``) when the broker does not acknowledge within ``timeout_s``.
     """
     owned = producer is None
     if producer is None:
-        producer = make_producer(settings, max_block_ms=int(timeout_s * 1000))
+        # Undelivered after timeout_s, a record is dropped rather than reaching the topic after the caller gave up.
+        producer = make_producer(settings, message_timeout_ms=int(timeout_s * 1000))
     try:
-        futures = [
-            producer.send(topic, key=instruction.campaign_id, value=instruction.model_dump(mode="json"))
-            for instruction in instructions
-        ]
-        producer.flush(timeout=timeout_s)
-        return [future.get(timeout=timeout_s) for future in futures]
+        records = [(instruction.campaign_id, instruction.model_dump(mode="json")) for instruction in instructions]
+        return producer.send_all(topic, records, timeout_s)
     finally:
         if owned:
             producer.close(timeout=timeout_s)

@@ -5,6 +5,11 @@ SO_REUSEPORT: the kernel spreads connections over them, with no balancer hop in 
 global lives in the shared store and the campaign store, so a replica holds nothing another needs:
 one killed (even with -9) is started again, and meanwhile the others serve its share of connections.
 The first replica starts alone (it migrates the campaign store); the others once it answers.
+
+AUCTION_PORT reaches one replica at random, so each also serves its /metrics and /v1/stats on a port of its
+own: replica i on AUCTION_METRICS_PORT + i (0: none), the same port after a restart. Prometheus scrapes each
+as one target (its counters start again at 0 after a restart, which ``rate()`` and ``increase()`` take as a
+reset) and the dashboard adds them up (``dashboard.sources``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,18 @@ def _answers(url: str) -> bool:
         return False
 
 
+def replica_env(env: Mapping[str, str], index: int) -> dict[str, str]:
+    """Replica ``index``'s environment: one process (AUCTION_REPLICAS=1) whose metrics port is its own.
+
+    ``env`` holds the settings every replica is started with (``adstream.settings.child_process_env``).
+    """
+    own = {**env, "AUCTION_REPLICAS": "1"}
+    base = int(env.get("AUCTION_METRICS_PORT") or 0)
+    if base:
+        own["AUCTION_METRICS_PORT"] = str(base + index)
+    return own
+
+
 def supervise(command: Sequence[str], replicas: int, env: dict[str, str], health_url: str) -> int:
     """Runs ``replicas`` copies of ``command`` until SIGTERM/SIGINT, restarting any that exits; returns 0."""
     stopping = False
@@ -43,8 +60,10 @@ def supervise(command: Sequence[str], replicas: int, env: dict[str, str], health
     children: list[subprocess.Popen[bytes] | None] = [None] * replicas
 
     def start(index: int) -> None:
-        children[index] = subprocess.Popen([*command], env={**env, "AUCTION_REPLICAS": "1"})
-        log.warning("auction replica %d started (pid %d)", index, children[index].pid)
+        own = replica_env(env, index)
+        children[index] = subprocess.Popen([*command], env=own)
+        log.warning("auction replica %d started (pid %d, metrics port %s)", index, children[index].pid,
+                    own.get("AUCTION_METRICS_PORT", "0"))  # fmt: skip
 
     start(0)
     deadline = time.monotonic() + FIRST_READY_TIMEOUT_S

@@ -35,6 +35,11 @@ Rules, in one place:
   to a price rounds *up* (ceil), so the price still clears the threshold; the floor
   converted the same way is never above the bid, because the winner's own eCPM clears
   the floor. ``first_price=True`` (OpenRTB ``at=1``) charges the bid.
+- **Deals** (OpenRTB ``pmp``; ``AuctionContext.deals``): a campaign bidding through a deal answers to the
+  deal's floor, and a deal may set its own auction type. Campaigns rank as above whatever their deal; the
+  *winner's* deal decides its price: fixed price (``fixed_price_campaigns``) the deal's floor, first price
+  (``first_price_campaigns``) the bid, second price (``second_price_campaigns``) the generalized second price
+  (never below the deal's floor), and a winner without such a deal the auction's own type (``first_price``).
 - ``clearing_price_cpm_micros`` is that price per thousand impressions, rounded down so
   it stays within [floor, the winner's eCPM].
 - **Pacing** (``pacing_ppm``: each candidate's multiplier λ, in millionths, from ``pacing``):
@@ -751,7 +756,9 @@ def run_auction(
         floor = int(floors[best_index])
     if context.fixed_price_campaigns and winner.campaign_id in context.fixed_price_campaigns:
         price = _price_reaching(floor, numerator, denominator, bid)  # a fixed-price deal: its floor is the price
-    elif first_price:
+    elif winner.campaign_id in context.first_price_campaigns or (
+        first_price and winner.campaign_id not in context.second_price_campaigns
+    ):
         price = bid
     else:
         # With one floor, the runner-up's eCPM is at or above it, so beating it by a cent also clears it;

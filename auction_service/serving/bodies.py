@@ -51,8 +51,9 @@ class EventIn(StrictBody):
     )
     billing_notice: bool = Field(
         default=False,
-        description="an impression sent as an exchange's billing notice (burl): its token is the burl's, and the "
-        "caller's user agent and address are not judged (the bid request's device was)",
+        description="an impression sent as an exchange's billing notice (burl): its token is the burl's, signed over "
+        "the burl's device_ip and device_ua, which go in ip and user_agent (left out when the burl has none); the "
+        "caller's user agent and address are neither judged nor recorded (the bid request's device was screened)",
     )
 
 

@@ -160,11 +160,11 @@ class AuctionStats:
                 "events": dict(self.events),
                 "rejected_events_by_reason": dict(self.rejected_events),
                 "openrtb_no_bids": dict(self.openrtb_no_bids),
-                "latency_ms": _percentiles(sorted(self.latencies_ms)),
+                "latency_ms": latency_percentiles(sorted(self.latencies_ms)),
             }
 
 
-def _percentiles(ordered: list[float]) -> dict[str, float | int] | None:
+def latency_percentiles(ordered: list[float]) -> dict[str, float | int] | None:
     """p50/p95/p99 of sorted values (nearest rank), and how many there were; None for none."""
     if not ordered:
         return None

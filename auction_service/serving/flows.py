@@ -38,7 +38,7 @@ from adstream.events import (
 )
 from adstream.messaging import BrokerUnavailable, PublishFailed
 from adstream.settings import Settings
-from adstream.signing import TokenRefused
+from adstream.signing import TokenError, TokenRefused
 from auction_service.campaign_store import journal, store
 from auction_service.domain import AuctionContext
 from auction_service.serving import tracking
@@ -250,10 +250,17 @@ def _check(state: ServiceState, event: EventIn, served: store.ServedAuctionRow |
         return "unknown_auction", f"no auction {event.auction_id} was served"
     if event.billing_notice and event.event_type != EventType.IMPRESSION:
         return "billing_notice_not_impression", "a billing notice records an impression: send event_type impression"
+    # A billing token is signed over the bid request's device as its burl states it (tracking.billing_event_type).
+    device = tracking.device_parameters(event.ip, event.user_agent) if event.billing_notice else None
     try:
-        signed_as = tracking.BILLING if event.billing_notice else event.event_type
+        signed_as = event.event_type if device is None else tracking.billing_event_type(device)
         state.signer.verify(event.token, event.auction_id, signed_as, served.campaign_id, received_at.timestamp())
     except TokenRefused as exc:
+        if device is not None and exc.error is TokenError.BAD_SIGNATURE:
+            return exc.error.value, (
+                f"{exc}: a billing notice's token covers the device_ip and device_ua of its burl (ip and "
+                "user_agent here), no more and no less: fire the burl as given"
+            )
         return exc.error.value, str(exc)
     event_time = (event.event_time or received_at).astimezone(UTC)
     late = max_lateness_s(state.settings)
@@ -313,6 +320,8 @@ async def record_events(
         billable = BILLABLE_EVENT[PricingModel(served.pricing_model)] == event.event_type
         user_agent = event.user_agent if event.user_agent is not None else client.user_agent
         ip = event.ip or client.ip
+        if event.billing_notice:  # the signed device alone: the caller is the exchange's server, not the device
+            user_agent, ip = event.user_agent, event.ip
         feedback = FeedbackEvent(
             event_id=event.event_id, event_type=event.event_type,
             event_time=(event.event_time or received_at).astimezone(UTC), auction_id=served.auction_id,
@@ -324,7 +333,8 @@ async def record_events(
             raw_pctr=served.raw_pctr, exchange_price_cpm_micros=event.exchange_price_cpm_micros,
         )  # fmt: skip
         # Win and billing notices come from the exchange's servers, not the user's device: the caller's agent
-        # and address say nothing of the device (the bid request's was screened before the auction).
+        # and address say nothing of the device (the bid request's was screened before the auction). A billing
+        # notice records the device its token was signed over (checked above) as its agent and address instead.
         from_exchange = event.event_type == EventType.WIN or event.billing_notice
         ivt = None if from_exchange else state.request_ivt.reason(user_agent, ip)
         entries.append((index, journal.JournalEntry(feedback, billable, ivt)))

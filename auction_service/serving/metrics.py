@@ -1,12 +1,18 @@
-"""Prometheus metrics of one service instance (its own registry, so tests can build many apps)."""
+"""Prometheus metrics of one service instance (its own registry, so tests can build many apps), and the port
+on which each replica serves them with its /v1/stats (``serve_replica``)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from socketserver import ThreadingMixIn
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,10 +22,14 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from adstream.exporter import Exporter
+
+log = logging.getLogger(__name__)
 # Auctions answer in about a millisecond; the buckets resolve that and the tail.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -65,6 +75,9 @@ class BidFilterMeter:
             "shed_share": finite(self.shed_share),
             "revenue_retained_estimate": finite(self.revenue_retained_estimate),
             "time_saved_s": self.time_saved_s,
+            # The shares' terms too, so replicas' snapshots add up to the fleet's (``dashboard.sources``).
+            "explored_revenue_cpm_micros": self.explored_revenue_cpm_micros,
+            "explored_revenue_below_threshold_cpm_micros": self.explored_revenue_below_threshold_cpm_micros,
         }
 
 
@@ -218,3 +231,51 @@ class ServiceMetrics:
 def status_reason(status_code: int) -> str:
     """A 4xx status as a ``reason`` label value: its phrase in snake case (``not_found``, ``unauthorized``)."""
     return HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+
+
+class _ReplicaServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds the process up at exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """One line per scrape would drown the service's log."""
+
+
+def replica_routes(registry: CollectorRegistry, stats: Callable[[], dict[str, Any]]) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app of one replica's operations: /metrics (``registry``), /v1/stats (``stats()`` as JSON), /healthz."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path in ("/v1/stats", "/healthz"):
+            body = json.dumps(stats() if path == "/v1/stats" else {"status": "ok"}, allow_nan=False).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"/metrics, /v1/stats or /healthz\n"]
+
+    return app
+
+
+def serve_replica(
+    registry: CollectorRegistry, stats: Callable[[], dict[str, Any]], host: str, port: int
+) -> Exporter | None:
+    """This replica's /metrics and /v1/stats on ``host:port`` of its own, from a thread, until ``close``.
+
+    AUCTION_PORT is shared (SO_REUSEPORT): a scrape there reaches one replica at random. Here each replica is
+    one target, with its own counters and ``process_*``. None when ``port`` is 0 or cannot be bound (logged):
+    metrics never stop the auctions they describe.
+    """
+    if not port:
+        return None
+    try:
+        server = make_server(host, port, replica_routes(registry, stats), _ReplicaServer, _QuietHandler)
+    except OSError as exc:
+        log.warning("auction replica metrics not served: %s:%d cannot be bound (%s)", host, port, exc)
+        return None
+    thread = threading.Thread(target=server.serve_forever, name=f"replica-metrics-{port}", daemon=True)
+    thread.start()
+    return Exporter(server, thread)

@@ -15,8 +15,14 @@ What is honoured (the README's support matrix says the same):
 - **Deals** (``imp.pmp``): a campaign that carries a deal of the imp (same id, its seat allowed by the deal's
   ``wseat`` and the campaign's deal seats) bids through it, at a floor of the larger of the request's deal
   ``bidfloor`` and its own deal floor, and its bid carries ``dealid``. With ``private_auction`` 1 only such
-  bids are made; with 0 they compete with the open market at the imp's floor. A deal with ``at`` 3 is at a
-  fixed price: a campaign that wins through it pays, and bids, that floor, whatever the runner-up.
+  bids are made; with 0 they compete with the open market at the imp's floor. A deal's ``at`` overrides the
+  request's for the bids made through it: 3 is a fixed price (a campaign that wins through it pays, and bids,
+  that floor, whatever the runner-up), 1 first price (it pays its bid), 2 second price; without ``at`` the
+  request's applies. The rule is the winner's: an imp's campaigns rank by eCPM whatever their deal, and the
+  winner is priced by its own deal's type, or the request's when it bids on the open market (so a first-price
+  deal and a second-price open market in one imp each price their own winners). A caller not allowed first
+  price gets no bid through a deal with ``at`` 1, as it gets none for a request with ``at`` 1; a deal with
+  another ``at`` (4, or an exchange's 500+) is not bid through: we would not know what it charges.
 - **Privacy**: ``regs.coppa`` 1; ``regs.gdpr`` 1 without a TCF v2 ``user.consent`` that grants purposes 1, 3
   and 4; ``regs.us_privacy`` with the sale opted out ("1-Y-"); and a ``regs.gpp`` string with applicable
   sections (``gpp_sid``), which we do not decode: each makes the auction contextual only. No user id (so no
@@ -141,7 +147,7 @@ COUNTRY_NAMES: dict[str, str] = {
 
 _IAB_CODE = re.compile(r"^IAB(\d+)(-\d+)?$")
 SUPPORTED_AUCTION_TYPES = (1, 2)
-FIXED_PRICE = 3  # a deal's ``at``: its bidfloor is the agreed price
+FIRST_PRICE, SECOND_PRICE, FIXED_PRICE = 1, 2, 3  # a deal's ``at``; 3: its bidfloor is the agreed price
 VAST_4_PROTOCOL = 7  # AdCOM's "VAST 4.0": our video markup
 TCF_PURPOSES_NEEDED = (1, 3, 4)  # store/access information, a personalised profile, personalised ads
 
@@ -461,11 +467,13 @@ def personal_data_refused(request: BidRequest) -> str | None:
 @dataclass(frozen=True, slots=True)
 class ImpTerms:
     """What an imp allows: the campaigns whose creative fits it (None: any), and the deals it offers by
-    campaign (campaign id -> (deal id, floor micros))."""
+    campaign (campaign id -> (deal id, floor micros)), with the campaigns whose deal sets its own auction type."""
 
     eligible: frozenset[str] | None
     deals: Mapping[str, tuple[str, int]]
-    fixed_price: frozenset[str] = frozenset()  # of ``deals``, the campaigns whose deal has a fixed price
+    fixed_price: frozenset[str] = frozenset()  # of ``deals``, the campaigns whose deal has a fixed price (at 3)
+    first_price: frozenset[str] = frozenset()  # ... whose deal is first price (at 1)
+    second_price: frozenset[str] = frozenset()  # ... whose deal is second price (at 2)
 
 
 class CampaignFit:
@@ -489,7 +497,17 @@ class CampaignFit:
                         (campaign, deal.floor_cpm_micros, tuple(deal.seats))
                     )
 
-    def terms(self, campaigns: Sequence[ServingCampaign], imp: Imp, *, max_floor_cpm_micros: int | None) -> ImpTerms:
+    def terms(
+        self,
+        campaigns: Sequence[ServingCampaign],
+        imp: Imp,
+        *,
+        max_floor_cpm_micros: int | None,
+        first_price_allowed: bool = True,
+    ) -> ImpTerms:
+        """The imp's terms for a caller whose floors are capped at ``max_floor_cpm_micros`` and who may
+        (``first_price_allowed``) or may not ask for first price: if not, its first-price deals are not bid
+        through."""
         self._for(campaigns)
         key = _media_key(imp)
         if key not in self._fits:
@@ -497,22 +515,28 @@ class CampaignFit:
                 self._fits.clear()
             self._fits[key] = _fitting(campaigns, imp)
         fits = self._fits[key]
-        deals = self._deal_floors(imp, fits, max_floor_cpm_micros) if imp.pmp and imp.pmp.deals else {}
-        fixed = frozenset()
-        if deals:
-            assert imp.pmp is not None
-            fixed_ids = {deal.id for deal in imp.pmp.deals if deal.at == FIXED_PRICE}
-            fixed = frozenset(cid for cid, (deal_id, _) in deals.items() if deal_id in fixed_ids)
-        if imp.pmp is not None and imp.pmp.private_auction == 1:
-            return ImpTerms(frozenset(deals), deals, fixed)
-        return ImpTerms(fits, deals, fixed)
+        if imp.pmp is None:
+            return ImpTerms(fits, {})
+        offered = self._deal_floors(imp, fits, max_floor_cpm_micros, first_price_allowed) if imp.pmp.deals else {}
+        deals = {cid: (deal_id, floor) for cid, (deal_id, floor, _) in offered.items()}
+        fixed, first, second = (frozenset(cid for cid, (_, _, deal_at) in offered.items() if deal_at == at)
+                                for at in (FIXED_PRICE, FIRST_PRICE, SECOND_PRICE))  # fmt: skip
+        eligible = frozenset(deals) if imp.pmp.private_auction == 1 else fits
+        return ImpTerms(eligible, deals, fixed, first, second)
 
-    def _deal_floors(self, imp: Imp, fits: frozenset[str] | None, max_floor: int | None) -> dict[str, tuple[str, int]]:
+    def _deal_floors(
+        self, imp: Imp, fits: frozenset[str] | None, max_floor: int | None, first_price_allowed: bool
+    ) -> dict[str, tuple[str, int, int | None]]:
+        """Campaign id -> (deal id, floor micros, the deal's ``at``) of the deals its campaigns may bid through."""
         assert imp.pmp is not None
-        offered: dict[str, tuple[str, int]] = {}
+        offered: dict[str, tuple[str, int, int | None]] = {}
         for deal in imp.pmp.deals:
             if deal.bidfloorcur != CURRENCY:
                 continue
+            if deal.at is not None and deal.at not in (FIRST_PRICE, SECOND_PRICE, FIXED_PRICE):
+                continue  # an auction type we do not know the price of
+            if deal.at == FIRST_PRICE and not first_price_allowed:
+                continue  # as a request with at=1 from this caller: no bid
             floor = micros_rounded_up(deal.bidfloor)
             if max_floor is not None:
                 floor = min(floor, max_floor)
@@ -522,7 +546,7 @@ class CampaignFit:
                     continue
                 if fits is not None and campaign.campaign_id not in fits:
                     continue
-                terms = (deal.id, max(floor, own_floor))
+                terms = (deal.id, max(floor, own_floor), deal.at)
                 known = offered.get(campaign.campaign_id)
                 if known is None or terms[1] < known[1]:  # two deals: the cheaper one
                     offered[campaign.campaign_id] = terms
@@ -674,6 +698,8 @@ def to_context(
         excluded_campaigns=excluded,
         deals=None if terms is None or not terms.deals else terms.deals,
         fixed_price_campaigns=frozenset() if terms is None else terms.fixed_price,
+        first_price_campaigns=frozenset() if terms is None else terms.first_price,
+        second_price_campaigns=frozenset() if terms is None else terms.second_price,
         request_id=request.id,
         imp_id=imp.id,
         domain=request.domain,

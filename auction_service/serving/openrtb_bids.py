@@ -10,9 +10,10 @@
 - ``burl`` is the billing notice: the auction's ``impression`` URL with the billing token
   (``tracking.BILLING``, ``notice=billing``). An exchange fires it from its servers when the impression is
   billable, and that is the impression a CPM campaign pays for; its caller's user agent and address are the
-  exchange's, so invalid traffic was judged on the bid request's ``device`` before the auction instead. A VAST
-  ``Impression`` is the device-side impression URL (its caller is judged), and one auction's impression
-  counts once, whichever fires first.
+  exchange's, so invalid traffic was judged on the bid request's ``device`` before the auction instead, and the
+  URL carries that device's address and agent, signed (``tracking.device_parameters``), for the event to record
+  as its own. A VAST ``Impression`` is the device-side impression URL (its caller is judged), and one auction's
+  impression counts once, whichever fires first.
 - ``mtype`` is 1 (banner) or 2 (video); ``cat`` the IAB 1.0 codes of the ad's category with ``cattax`` 1;
   ``adomain`` the advertiser's domain (``Creative.adomain``; left out when the campaign states none);
   ``dealid`` the deal the bid is made through.

@@ -21,13 +21,12 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-from kafka import KafkaProducer
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.days import UTC_DAYS, DayClock
-from adstream.messaging import AckedProducer, BrokerUnavailable, LogProducer, make_producer
+from adstream.messaging import AckedProducer, BrokerUnavailable, JsonProducer, LogProducer, make_producer
 from adstream.settings import Settings
 from adstream.signing import EventSigner
 from auction_service.campaign_store import journal, store
@@ -172,7 +171,7 @@ class ServiceState:
     sessions: sessionmaker[Session]
     model: ServingModel
     features: FeatureStore
-    producer: KafkaProducer | None  # campaign instructions: sends that wait for the ack
+    producer: JsonProducer | None  # campaign instructions: sends that wait for the ack
     auction_log: LogProducer | None = None  # the auctions topic: one record per auction, not waited for
     feedback_log: AckedProducer | None = None  # ad-feedback: each batch waits for the acks
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
@@ -225,7 +224,7 @@ class ServiceState:
     # --- lifecycle ---
 
     @classmethod
-    def open(cls, settings: Settings, *, producer: KafkaProducer | None = None) -> ServiceState:
+    def open(cls, settings: Settings, *, producer: JsonProducer | None = None) -> ServiceState:
         """Migrates the store, loads the champion (or the last good copy), features and campaigns."""
         engine = make_engine(settings)
         migrate(settings, engine)
@@ -266,15 +265,16 @@ class ServiceState:
         self._thread = threading.Thread(target=self._housekeeping, name="auction-housekeeping", daemon=True)
         self._thread.start()
 
-    def instruction_producer(self) -> KafkaProducer:
+    def instruction_producer(self) -> JsonProducer:
         """The producer of campaign instructions, made on first use (so a broker back after a start without
         it is found); ``BrokerUnavailable`` when the broker does not answer within ``INSTRUCTION_CONNECT_TIMEOUT_S``."""
         if self.producer is None:
             self.producer = make_producer(
                 self.settings,
                 client_id="auction-service",
-                max_block_ms=int(INSTRUCTION_CONNECT_TIMEOUT_S * 1000),
-                bootstrap_timeout_ms=int(INSTRUCTION_CONNECT_TIMEOUT_S * 1000),
+                connect_timeout_s=INSTRUCTION_CONNECT_TIMEOUT_S,
+                # A request that gave up (503) must not see its instruction reach the topic later.
+                message_timeout_ms=int(INSTRUCTION_ACK_TIMEOUT_S * 1000),
             )
         return self.producer
 

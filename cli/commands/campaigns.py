@@ -25,14 +25,13 @@ from typing import Annotated
 
 import redis
 import typer
-from kafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from adstream.contracts import Topic
 from adstream.days import DayClock
 from adstream.events import CampaignInstruction, CampaignSpec, PacingMode, PricingModel
-from adstream.messaging import BrokerUnavailable, ensure_topics
+from adstream.messaging import BrokerUnavailable, PublishFailed, ensure_topics
 from adstream.settings import Settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.instructions import (
@@ -80,7 +79,7 @@ def _publish(settings: Settings, command: str, instructions: list[CampaignInstru
     try:
         ensure_topics(settings, [Topic.CAMPAIGN_INSTRUCTIONS])
         publish_instructions(settings, instructions)
-    except (BrokerUnavailable, KafkaError) as exc:
+    except (BrokerUnavailable, PublishFailed) as exc:
         print(f"{command} failed: the instructions were not acknowledged by Kafka: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
     for instruction in instructions:

@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from adstream.settings import Environment
-from adstream.signing import EventSigner, TokenError, TokenRefused, parse_keys
+from adstream.signing import EventSigner, TokenError, TokenRefused, bound_event_type, parse_keys
 from tests.conftest import make_settings
 
 NOW = 1_800_000_000
@@ -97,3 +97,17 @@ def test_a_token_is_its_half_of_the_hmac_sha256_of_its_slot(signer):
     assert signer.sign("a-1", "click", "c-1", NOW + 60) == tokens["click"]  # one at a time: the same tokens
     # The other half of a slot is not a token for the event it signs.
     assert refusal(signer, tokens["impression"], "a-1", "click", "c-1") is TokenError.BAD_SIGNATURE
+
+
+def test_a_bound_token_covers_its_parameters_and_one_cannot_be_read_as_another(signer):
+    device = {"device_ip": "203.0.113.7", "device_ua": "Mozilla/5.0 (X11)"}
+    token = signer.sign("a-1", bound_event_type("device", device), "c-1", NOW + 60)
+    signer.verify(token, "a-1", bound_event_type("device", dict(reversed(device.items()))), "c-1", NOW)  # any order
+    for changed in ({**device, "device_ip": "203.0.113.8"}, {"device_ip": "203.0.113.7"}, {}):
+        assert refusal(signer, token, "a-1", bound_event_type("device", changed), "c-1") is TokenError.BAD_SIGNATURE
+    # Each value is length-prefixed: one cannot end early and pass its rest off as the next field.
+    shifted = {"device_ip": "1", "device_ua": "29:device_ua1:3"}
+    assert bound_event_type("device", {"device_ip": "1\n2", "device_ua": "3"}) != bound_event_type("device", shifted)
+    assert bound_event_type("device", {"device_ip": "12", "device_ua": "3"}) != bound_event_type(
+        "device", {"device_ip": "1", "device_ua": "23"}
+    )

@@ -31,10 +31,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
 
 from adstream.events import CampaignInstruction, CampaignSpec, Targeting
+from adstream.messaging import Record, read_to_end
 from adstream.settings import Settings
 from auction_service.api.app import create_app
 from auction_service.campaign_store import store
@@ -141,25 +140,9 @@ def live_server(app: FastAPI, *, fast_path: bool = True) -> Iterator[str]:
         thread.join(timeout=30)
 
 
-def topic_records(settings: Settings, topic: str) -> list[ConsumerRecord]:
-    """Every record of ``topic`` up to its current end, read without a consumer group."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
-    try:
-        if topic not in consumer.topics():  # fetches the cluster's metadata
-            return []  # nothing was ever published to it
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
+def topic_records(settings: Settings, topic: str) -> list[Record]:
+    """Every record of ``topic`` up to its current end (raw keys and values), read without a consumer group."""
+    return read_to_end(settings, topic, timeout_s=30)
 
 
 @contextmanager

@@ -17,10 +17,16 @@ import pytest
 from adstream.assets import table_asset
 from adstream.contracts import DagId, Table
 from adstream.settings import child_process_env
-from cli.tasks import DELTA_VERSION, ROW_COUNT, table_version_extra, triggering_table_version
+from cli.tasks import (
+    DELTA_VERSION,
+    ROW_COUNT,
+    table_version_extra,
+    triggering_table_version,
+    triggering_table_versions,
+)
 from devstack import services
 from tests.conftest import make_settings
-from tests.dags.test_dags import _airflow
+from tests.dags.test_dags import _airflow, asset_events
 
 RUN_ON_ASSET_EVENT = """
 import json, sys
@@ -67,6 +73,19 @@ def test_the_newest_triggering_event_names_the_version_and_a_run_without_one_rea
     assert triggering_table_version({training_set: [event(None, 1)]}, Table.GOLD_CTR_TRAINING_SET) is None
 
 
+def test_each_table_is_read_at_the_version_its_newest_event_names_and_the_others_at_their_latest(capsys):
+    events = {
+        table_asset(Table.BRONZE_ADVERTISING): [event(3, 1), event(2, 0)],
+        table_asset(Table.BRONZE_ADS16_USERS): [event(None, 2)],
+    }
+    tables = [Table.BRONZE_ADVERTISING, Table.BRONZE_ADS16_USERS, Table.BRONZE_AMAZON_ADS]
+    assert triggering_table_versions(events, tables) == {Table.BRONZE_ADVERTISING: 3}
+    assert triggering_table_versions({}, tables) == {}  # an hourly or manual run
+    log = capsys.readouterr().out
+    assert "bronze/advertising version 3, named by the Asset event that triggered this run" in log
+    assert "bronze/amazon_ads: no Asset event that triggered this run names a version; reading the latest" in log
+
+
 def test_a_table_is_described_by_its_version_and_rows_and_a_missing_one_by_nothing(tmp_path):
     import pandas as pd
     from deltalake import write_deltalake
@@ -108,3 +127,48 @@ def test_ctr_training_trains_on_the_version_its_asset_event_names_not_the_latest
     params = run.data.params
     assert params["training_table_version"] == "0"
     assert int(params["train_rows"]) + int(params["holdout_rows"]) == 600
+
+
+@pytest.mark.slow
+def test_feature_build_builds_silver_from_the_bronze_version_its_asset_event_names_not_the_latest(tmp_path):
+    from deltalake import DeltaTable
+
+    from ingestion.pipeline import ingest
+    from tests.spark_jobs.test_features import ADVERTISING_V1_ROWS, keep_first_advertising_rows
+
+    settings = make_settings(
+        tmp_path, kaggle_dir=services.PROJECT_ROOT / "data" / "kaggle", reports_dir=tmp_path / "reports",
+        spark_master="local[2]", spark_shuffle_partitions=2,
+    )  # fmt: skip
+    for dataset in ("advertising", "ads16", "amazon"):
+        ingest(settings, dataset)  # bronze/advertising version 0: 1000 rows
+    assert keep_first_advertising_rows(settings) == 1  # version 1, the latest: 400 rows
+    assert _airflow(settings, "db", "migrate").returncode == 0
+
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_ON_ASSET_EVENT, DagId.FEATURE_BUILD, Table.BRONZE_ADVERTISING.value,
+         json.dumps({DELTA_VERSION: 0, ROW_COUNT: 1000})],
+        env=child_process_env(**services.airflow_env(settings)), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    # log lines (timestamped) may follow the run's state line on stdout
+    assert '{"state": "success"}' in result.stdout.splitlines(), result.stdout[-5000:]
+    assert "bronze/advertising version 0, named by the Asset event that triggered this run" in log
+    assert "bronze/ads16_users: no Asset event that triggered this run names a version; reading the latest" in log
+
+    def rows(table: Table) -> list[dict]:
+        return DeltaTable(settings.delta_rs_location(table)[0]).to_pyarrow_table().to_pylist()
+
+    assert len(rows(Table.SILVER_USERS)) == 1000 + 24, f"not {ADVERTISING_V1_ROWS} + 24: the latest bronze"
+    training = rows(Table.GOLD_CTR_TRAINING_SET)
+    assert len([row for row in training if row["example_id"].startswith("adv:")]) == 1000
+    assert {row["source"] for row in training} == {"bootstrap"}
+    assert len(rows(Table.GOLD_USER_FEATURES)) == 1024
+    # Each Asset event it publishes names the version the run left its table at (a fresh lake: the first) and
+    # its rows, for the DAGs downstream to read that version.
+    assert asset_events(settings.airflow_home, Table.GOLD_CTR_TRAINING_SET) == [
+        {"delta_version": 0, "row_count": len(training)}
+    ]
+    assert asset_events(settings.airflow_home, Table.GOLD_USER_FEATURES) == [{"delta_version": 0, "row_count": 1024}]
+    assert asset_events(settings.airflow_home, Table.SILVER_USERS) == [{"delta_version": 0, "row_count": 1024}]

@@ -171,40 +171,6 @@ def test_airflow_dags_test_ingests_the_committed_samples(tmp_path):
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_builds_features_from_bronze(tmp_path):
-    from ingestion.pipeline import ingest
-
-    settings = make_settings(
-        tmp_path,
-        kaggle_dir=services.PROJECT_ROOT / "data" / "kaggle",
-        reports_dir=tmp_path / "reports",
-        spark_master="local[2]",
-        spark_shuffle_partitions=2,
-    )
-    for dataset in ("advertising", "ads16", "amazon"):
-        ingest(settings, dataset)
-    assert _airflow(settings, "db", "migrate").returncode == 0
-    result = _airflow(settings, "dags", "test", DagId.FEATURE_BUILD)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-5000:]
-    assert "state=success" in log, log[-5000:]
-    training = DeltaTable(settings.delta_rs_location(Table.GOLD_CTR_TRAINING_SET)[0]).to_pyarrow_table()
-    assert training.num_rows > 1000
-    assert set(training.column("source").to_pylist()) == {"bootstrap"}
-    users = DeltaTable(settings.delta_rs_location(Table.GOLD_USER_FEATURES)[0]).to_pyarrow_table()
-    assert users.num_rows == 1024
-    # Each Asset event names the version the run left its table at (a fresh lake: the first) and its rows.
-    assert asset_events(settings.airflow_home, Table.GOLD_CTR_TRAINING_SET) == [
-        {"delta_version": 0, "row_count": training.num_rows}
-    ]
-    assert asset_events(settings.airflow_home, Table.GOLD_USER_FEATURES) == [{"delta_version": 0, "row_count": 1024}]
-    silver_users = DeltaTable(settings.delta_rs_location(Table.SILVER_USERS)[0])
-    assert asset_events(settings.airflow_home, Table.SILVER_USERS) == [
-        {"delta_version": 0, "row_count": silver_users.to_pyarrow_table().num_rows}
-    ]
-
-
-@pytest.mark.slow
 def test_airflow_dags_test_trains_and_leaves_a_champion(tmp_path):
     from deltalake import write_deltalake
 

@@ -1,16 +1,18 @@
 """Training on silver/auctions (real Delta, real MLflow store): the two steps of DAG bid_filter_training."""
 
+import json
 from datetime import timedelta
 
 import pytest
 
 from adstream.contracts import BID_FILTER_EXPERIMENT, BID_FILTER_MODEL, CHALLENGER_ALIAS, CHAMPION_ALIAS, Table
 from ml import bid_filter_training
-from ml.bid_filter_registry import ARTIFACT_DIR, ARTIFACT_FILE
+from ml.bid_filter_registry import ARTIFACT_DIR, ARTIFACT_FILE, MODEL_FAMILY
 from ml.registry import version_by_alias
 from ml.tracking import tracking_client
 from tests.conftest import make_settings
 from tests.ml.auction_logs import synthetic_auction_log, write_auction_log
+from tests.ml.test_train import inputs_by_context
 
 
 @pytest.fixture
@@ -53,10 +55,23 @@ def test_training_logs_the_run_registers_a_challenger_and_promotion_makes_it_cha
     assert run.data.metrics["holdout.revenue_retained"] >= 0.99
     assert run.data.metrics["holdout.no_fill_shed_share"] >= 0.8
     assert 0.5 < run.data.metrics["holdout.roc_auc"] <= 1
-    (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.name == Table.SILVER_AUCTIONS.value
-    assert '"delta_table_version": 1' in dataset_input.dataset.source
+    inputs = inputs_by_context(run)
+    assert set(inputs) == {"training", "evaluation"}
+    for dataset in inputs.values():
+        assert dataset.name == Table.SILVER_AUCTIONS.value
+        assert '"delta_table_version": 1' in dataset.source
+    assert json.loads(inputs["evaluation"].profile)["num_rows"] == 1200
     assert f"{ARTIFACT_DIR}/{ARTIFACT_FILE}" in [a.path for a in client.list_artifacts(run.info.run_id, ARTIFACT_DIR)]
+    # The holdout figures are on the run's logged model too, judged on the holdout dataset.
+    logged = client.get_logged_model(training["logged_model"])
+    assert logged.source_run_id == run.info.run_id and logged.model_type == MODEL_FAMILY
+    holdout_metrics = {key: value for key, value in run.data.metrics.items() if key.startswith("holdout.")}
+    assert len(holdout_metrics) >= 5
+    assert {metric.key: metric.value for metric in logged.metrics} == holdout_metrics
+    evaluation = inputs["evaluation"]
+    assert {(metric.dataset_name, metric.dataset_digest) for metric in logged.metrics} == {
+        (evaluation.name, evaluation.digest)
+    }
 
     decision = bid_filter_training.promote_after_training(log_settings, training)
     assert decision["promoted"] is True and decision["champion_version"] == "1"
@@ -69,8 +84,7 @@ def test_the_version_an_asset_event_names_is_trained_on_rather_than_the_latest(l
     run = tracking_client(log_settings.mlflow_tracking_uri).get_run(training["training_run"])
     assert run.data.params["auction_log_version"] == "0"
     assert run.data.params["holdout_requests"] == "600"  # a fifth of version 0's 3,000 requests
-    (dataset_input,) = run.inputs.dataset_inputs
-    assert '"delta_table_version": 0' in dataset_input.dataset.source
+    assert all('"delta_table_version": 0' in dataset.source for dataset in inputs_by_context(run).values())
 
 
 def test_a_table_version_already_trained_is_not_trained_again(log_settings, capsys):

@@ -1,4 +1,5 @@
-"""Gold features from the committed samples end to end, and which interval an hourly run rebuilds."""
+"""Gold features from the committed samples end to end, which interval an hourly run rebuilds, and the bronze
+versions both builders read."""
 
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -7,6 +8,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from adstream.contracts import Table
+from adstream.settings import Settings
 from ingestion.pipeline import ingest
 from spark_jobs import features, silver
 from spark_jobs.feature_transforms import TRAINING_COLUMNS
@@ -15,6 +18,18 @@ from tests.spark_jobs.test_feature_transforms import T1, auction, auction_log, e
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "kaggle"
+ADVERTISING_V1_ROWS = 400
+
+
+def keep_first_advertising_rows(settings: Settings, rows: int = ADVERTISING_V1_ROWS) -> int:
+    """A new version of the ingested bronze/advertising (version 0, 1000 rows) holding only its first ``rows``
+    rows; returns that version."""
+    from deltalake import DeltaTable, write_deltalake
+
+    location, options = settings.delta_rs_location(Table.BRONZE_ADVERTISING)
+    first = DeltaTable(location, storage_options=options).to_pyarrow_table().slice(0, rows)
+    write_deltalake(location, first, mode="overwrite", storage_options=options)
+    return DeltaTable(location, storage_options=options).version()
 
 
 def test_hourly_runs_rebuild_the_hour_whose_attribution_window_closed():
@@ -64,3 +79,17 @@ def test_gold_tables_from_the_committed_samples_and_interval_replace(spark, tmp_
     assert again.count() == training.count() == again.select("example_id").distinct().count()
     # An interval with no data writes nothing and says so.
     assert "gold/ctr_training_set" not in features.build(spark, settings, datetime(2030, 1, 1), datetime(2030, 2, 1))
+
+
+def test_silver_and_gold_read_bronze_at_the_version_named_not_the_latest(spark, tmp_path):
+    settings = make_settings(tmp_path, kaggle_dir=SAMPLES, reports_dir=tmp_path / "reports")
+    for dataset in ("advertising", "ads16", "amazon"):
+        ingest(settings, dataset)
+    assert keep_first_advertising_rows(settings) == 1
+    named = {Table.BRONZE_ADVERTISING: 0}
+
+    assert silver.build(spark, settings, bronze_versions=named)["silver/users"] == 1000 + 24
+    features.build(spark, settings, bronze_versions=named)
+    training = spark.read.format("delta").load(settings.lake_path("gold/ctr_training_set"))
+    assert training.where(F.col("example_id").startswith("adv:")).count() == 1000
+    assert silver.build(spark, settings, "users")["silver/users"] == ADVERTISING_V1_ROWS + 24  # named none: latest

@@ -96,17 +96,19 @@ def _base_url(request: Request) -> str:
 
 
 def signed_events(
-    request: Request, served: ServedAd, context: AuctionContext, *, win: bool = False
-) -> tuple[dict[str, str], dict[str, str]]:
+    request: Request, served: ServedAd, context: AuctionContext, *, win: bool = False,
+    device: dict[str, str] | None = None,
+) -> tuple[dict[str, str], dict[str, str]]:  # fmt: skip
     """The winner's event URLs and tokens (event type -> URL, token), signed for this auction, its campaign
-    and its expiry; ``win`` adds an exchange's win notice. Plain dicts: the response model validates them in
+    and its expiry; ``win`` adds an exchange's win and billing notices, the billing notice with the bid
+    request's ``device`` (``tracking.device_parameters``). Plain dicts: the response model validates them in
     one pass, cheaper than models built here."""
     winner, auction_id = served.outcome.winner, served.auction_id
     assert winner is not None and served.expires_at is not None
     video = context.content_type == "video"
     tokens = tracking.event_tokens(_state(request).signer, auction_id, winner.campaign_id, served.expires_at,
-                                   video=video, win=win)  # fmt: skip
-    return tracking.event_urls(_base_url(request), auction_id, tokens), tokens
+                                   video=video, win=win, device=device)  # fmt: skip
+    return tracking.event_urls(_base_url(request), auction_id, tokens, device), tokens
 
 
 def _state(request: Request) -> ServiceState:
@@ -207,6 +209,8 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
     if reason is not None:
         return _no_bid(state, body.id, reason)
     now, bids, shed = datetime.now(UTC), [], 0
+    # The billing notice carries the device, signed: fired by the exchange, its event is still the device's.
+    device = tracking.device_parameters(body.device.ip, body.device.ua) if body.device is not None else None
     filled: frozenset[str] = frozenset()
     screener = state.bid_filter.current  # one filter for the whole request, even if a swap lands meanwhile
     for imp in body.imp:
@@ -219,7 +223,8 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
             if not screened.passed:
                 shed += 1
                 continue
-        terms = _FIT.terms(state.campaigns.campaigns, imp, max_floor_cpm_micros=caller.max_floor_cpm_micros)
+        terms = _FIT.terms(state.campaigns.campaigns, imp, max_floor_cpm_micros=caller.max_floor_cpm_micros,
+                           first_price_allowed=caller.first_price_allowed)  # fmt: skip
         context = openrtb.to_context(
             body, imp, auction_id=new_auction_id(), at=now,
             reserve_price_micros=state.settings.auction_reserve_price_micros, publisher_id=caller.caller_id,
@@ -234,7 +239,7 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
         if winner is None or price is None:
             continue
         filled |= {winner.campaign_id}
-        urls, _ = signed_events(request, served, context, win=True)
+        urls, _ = signed_events(request, served, context, win=True, device=device)
         ad = state.features.current.ads.get(winner.ad_id)
         one = openrtb_bids.bid(
             auction_id=served.auction_id, imp_id=imp.id, campaign=winner, price_cpm_micros=price, urls=urls,

@@ -9,12 +9,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException, status
-from kafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from adstream.days import DayClock
 from adstream.events import CampaignSpec, CampaignStatus
-from adstream.messaging import BrokerUnavailable
+from adstream.messaging import BrokerUnavailable, PublishFailed
 from auction_service.api.deps import CampaignAuth, StateDep
 from auction_service.api.schemas import (
     CAMPAIGN_TOKEN,
@@ -50,7 +49,7 @@ def _publish(state, instruction) -> CampaignAccepted:
     try:
         producer = state.instruction_producer()
         publish_instructions(state.settings, [instruction], producer=producer, timeout_s=INSTRUCTION_ACK_TIMEOUT_S)
-    except (KafkaError, BrokerUnavailable) as exc:
+    except (PublishFailed, BrokerUnavailable) as exc:
         raise _unavailable(
             f"Kafka did not take the instruction ({type(exc).__name__}); retry: the instruction is not applied"
         ) from exc

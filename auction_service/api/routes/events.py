@@ -3,7 +3,9 @@
 Every event carries its token (``adstream.signing``), issued with the auction for that one
 event type. The device's user agent and address are the event's ``user_agent`` and ``ip``
 (a server relaying events states them) or else the request's ``User-Agent`` and client address
-(uvicorn takes ``X-Forwarded-For`` from the proxies in FORWARDED_ALLOW_IPS, 127.0.0.1 by default).
+(uvicorn takes ``X-Forwarded-For`` from the proxies in FORWARDED_ALLOW_IPS, 127.0.0.1 by default). An
+OpenRTB billing notice (``notice=billing``) fired by an exchange's server states the bid request's device
+instead, as ``device_ip``/``device_ua``, which its token was signed over (``tracking``).
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ async def track(
         Literal["billing"] | None,
         Query(description="`billing` on an OpenRTB bid's burl: the impression, as the exchange's billing notice"),
     ] = None,
+    device_ip: Annotated[str | None, Query(max_length=45, description="a burl's: the device's address")] = None,
+    device_ua: Annotated[str | None, Query(max_length=512, description="a burl's: the device's agent")] = None,
 ) -> Response:
     """A signed tracking URL: the event id is derived from the auction, so a URL that fires twice counts once
     (an OpenRTB impression through its burl or its VAST Impression, whichever comes first). A click that has a
@@ -119,10 +123,14 @@ async def track(
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, "notice=billing is an impression's: fire the burl as given"
         )
+    if notice is None and (device_ip is not None or device_ua is not None):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "device_ip and device_ua are a burl's: fire the burl as given"
+        )
     event = EventIn(
         event_id=f"{auction_id}-{event_type}", event_type=event_type, auction_id=auction_id, token=t,
         exchange_price_cpm_micros=_win_price(price) if event_type == EventType.WIN else None,
-        billing_notice=notice == "billing",
+        billing_notice=notice == "billing", ip=device_ip, user_agent=device_ua,
     )  # fmt: skip
     result = await _record(request, [event])
     if result.rejected:

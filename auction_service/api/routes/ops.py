@@ -1,11 +1,18 @@
-"""Operations: liveness, readiness (with the reason when not ready), Prometheus metrics, stats, pCTR."""
+"""Operations: liveness, readiness (with the reason when not ready), Prometheus metrics, stats, pCTR.
+
+/metrics and /v1/stats are also served on the replica's own AUCTION_METRICS_PORT (``replica_port``).
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, FastAPI, HTTPException, Response, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -22,9 +29,29 @@ from auction_service.api.schemas import (
 )
 from auction_service.domain import AuctionContext
 from auction_service.serving.features import candidate_batch
+from auction_service.serving.metrics import serve_replica
+from auction_service.serving.state import ServiceState
 from ml.calibration import PRICING_MODELS, Calibration, category_codes, pricing_codes
 
-router = APIRouter(tags=["operations"])
+
+@asynccontextmanager
+async def replica_port(app: FastAPI) -> AsyncIterator[None]:
+    """While the service runs, its /metrics and /v1/stats on AUCTION_METRICS_PORT too (0: not), where a scrape
+    reaches this process, not a random replica of the fleet on AUCTION_PORT."""
+    state: ServiceState = app.state.service
+    settings = state.settings
+    replica = serve_replica(
+        state.metrics.registry, lambda: jsonable_encoder(stats(state)), settings.bind_host,
+        settings.auction_metrics_port,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        if replica is not None:
+            replica.close()
+
+
+router = APIRouter(tags=["operations"], lifespan=replica_port)
 # Probes and scrapes are for the platform, not API clients: they stay out of the OpenAPI document.
 PLATFORM_ONLY = {"include_in_schema": False}
 
@@ -74,6 +101,10 @@ def stats(state: StateDep) -> dict:
         },
         "campaigns": len(state.campaigns.campaigns),
         "bid_filter": state.metrics.bid_filter.snapshot(),
+        # What a fleet's stats are merged from (``dashboard.sources.fleet_stats``): the latency window itself,
+        # whose percentiles are not averages of the replicas', and the process, to tell a restart.
+        "latency_window_ms": [round(ms, 3) for ms in state.stats.latencies_ms.copy()],
+        "replica": {"pid": os.getpid(), "metrics_port": state.settings.auction_metrics_port or None},
     }
 
 

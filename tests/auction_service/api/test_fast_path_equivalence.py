@@ -94,7 +94,8 @@ def exchange(base_url: str) -> tuple[list[Answer], list[str]]:
     post("/v1/events", {"events": [impression, click, click, never_served]})
     (billed_token,) = parse_qs(urlsplit(bid["seatbid"][0]["bid"][0]["burl"]).query)["t"]  # the billing notice's
     bid_auction = {"auction_id": bid_id, "event_tokens": {"impression": billed_token}}
-    post("/v1/events", {**signed_event(bid_auction, "impression"), "billing_notice": True})
+    # Relayed as the burl states its device (none here): a billing token covers exactly that (serving.tracking).
+    post("/v1/events", {**signed_event(bid_auction, "impression", user_agent=None), "billing_notice": True})
     post("/v1/events", never_served)  # one refused event: 404
     post("/v1/events", signed_event(filled, "click", f"{auction_id}-future", at=FUTURE))  # its time: 422
     post("/v1/events", {**signed_event(bid_auction, "impression", f"{bid_id}-unsigned"), "token": None})  # 401

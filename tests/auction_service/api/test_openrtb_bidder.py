@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from html import unescape
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pandas as pd
 import pytest
@@ -15,10 +16,11 @@ from fastapi.testclient import TestClient
 
 from adstream.contracts import Table, Topic
 from auction_service.api.app import create_app
-from auction_service.campaign_store import store
+from auction_service.campaign_store import callers, store
+from auction_service.campaign_store.callers import CallerKind
 from auction_service.serving.bid_filter import ServedBidFilter
 from ml.bid_filter import BidFilter
-from tests.auction_service.conftest import BROWSER_UA, instruction, running_service, topic_records
+from tests.auction_service.conftest import BROWSER_UA, instruction, running_service, stop, topic_records
 
 pytestmark = pytest.mark.slow
 
@@ -254,3 +256,106 @@ def test_a_no_bid_reason_quoting_the_request_cannot_inject_a_header(bidder):
     response = client.post("/openrtb2/auction", json=bid_request(cur=["EUR\r\nSet-Cookie: a=1", "€"]))
     assert response.status_code == 204 and "set-cookie" not in response.headers
     assert response.headers["x-no-bid-reason"] == r"cur ['EUR\r\nSet-Cookie: a=1', '?']: bids are in USD only"
+
+
+EXCHANGE = {"User-Agent": "Go-http-client/1.1"}  # an exchange's server fires the burl; TestClient's address is its
+
+
+def feedback_of(state, auction_id: str, event_type: str) -> dict:
+    events = [json.loads(r.value) for r in topic_records(state.settings, Topic.AD_FEEDBACK)]
+    (one,) = {e["event_id"]: e for e in events if e["auction_id"] == auction_id and e["event_type"] == event_type
+              }.values()  # fmt: skip
+    return one
+
+
+def with_query(url: str, **changes: str | None) -> str:
+    """``url`` (made local) with query parameters replaced, or dropped when None; the others in their order."""
+    parts = urlsplit(url)
+    query = {name: values[0] for name, values in parse_qs(parts.query).items()} | changes
+    return f"{parts.path}?{urlencode({name: value for name, value in query.items() if value is not None})}"
+
+
+def test_billing_notices_from_one_exchange_are_attributed_to_their_devices_and_a_forged_device_is_refused(bidder):
+    state, client = bidder
+    phones = {"203.0.113.21": BROWSER_UA, "203.0.113.22": BROWSER_UA.replace("X11; Linux", "Windows NT 10.0")}
+    bids = {
+        ip: only_bid(client.post("/openrtb2/auction", json=bid_request(
+            device={"devicetype": 2, "ua": ua, "ip": ip}, user={"id": f"u-device-{ip}"})))
+        for ip, ua in phones.items()
+    }  # fmt: skip
+    for ip, one in bids.items():
+        query = parse_qs(urlsplit(one["burl"]).query)
+        assert (query["device_ip"], query["device_ua"], query["notice"]) == ([ip], [phones[ip]], ["billing"])
+    # A forged device: another address or agent, one dropped, both stripped, or another auction's token.
+    first, second = bids["203.0.113.21"], bids["203.0.113.22"]
+    forged = [
+        (with_query(first["burl"], device_ip="198.51.100.99"), 403),
+        (with_query(first["burl"], device_ua="Mozilla/5.0 (forged)"), 403),
+        (with_query(first["burl"], device_ua=None), 403),  # dropping a signed field changes what was signed
+        (with_query(first["burl"], device_ip=None, device_ua=None), 403),  # stripped: the token still covers them
+        (with_query(first["burl"], t=parse_qs(urlsplit(second["burl"]).query)["t"][0]), 403),  # another's token
+        (with_query(first["burl"], notice=None), 422),  # device parameters belong to a billing notice only
+    ]  # fmt: skip
+    for url, status in forged:
+        assert client.get(url, headers=EXCHANGE).status_code == status, url
+    relayed = {"event_id": f"{first['id']}-relayed", "event_type": "impression", "auction_id": first["id"],
+               "token": parse_qs(urlsplit(first["burl"]).query)["t"][0], "billing_notice": True,
+               "ip": "198.51.100.99", "user_agent": BROWSER_UA}  # fmt: skip
+    refused = client.post("/v1/events", json=relayed)
+    assert refused.status_code == 403, refused.text  # relayed with a forged device: the same
+    assert "device_ip and device_ua of its burl" in refused.json()["detail"]
+
+    # The two burls, fired from the same exchange address with the same agent: each event is its own device's.
+    for one in bids.values():
+        assert client.get(local(one["burl"]), headers=EXCHANGE).status_code == 204
+    for ip, one in bids.items():
+        billed = feedback_of(state, one["id"], "impression")
+        assert (billed["ip"], billed["user_agent"]) == (ip, phones[ip])
+        assert (billed["charge_status"], billed["ivt_category"]) == ("charged", None)
+
+
+def test_a_burl_without_a_stated_device_records_no_device(bidder):
+    state, client = bidder
+    one = only_bid(client.post("/openrtb2/auction", json=bid_request(user={"id": "u-no-device"})))
+    assert "device_" not in one["burl"]
+    assert client.get(local(one["burl"]), headers=EXCHANGE).status_code == 204
+    billed = feedback_of(state, one["id"], "impression")
+    # The caller is the exchange's server: its address and agent are not the device's, so none is recorded.
+    assert (billed["ip"], billed["user_agent"], billed["charge_status"]) == (None, None, "charged")
+
+
+FIRST_PRICE_DEAL = {"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 0.5,
+                    "pmp": {"private_auction": 1, "deals": [{"id": "D-FIRST", "bidfloor": 1.0, "at": 1}]}}  # fmt: skip
+
+
+def test_a_first_price_deal_needs_a_caller_allowed_first_price(bidder):
+    state, client = bidder
+    deal_campaign = instruction("deal-fp", ad_id="ad-cars", pricing_model="CPM", bid_micros=4_000_000,
+                                frequency_cap_per_day=1000, deals=[{"deal_id": "D-FIRST", "floor_cpm_micros": 0}],
+                                creative={"adomain": "deal.example"})  # fmt: skip
+    with state.sessions() as session:
+        store.apply_instruction(session, deal_campaign)
+        no_first_price = callers.create_key(session, caller_id="ssp-second-only", kind=CallerKind.EXCHANGE,
+                                            max_floor_cpm_micros=10**9, first_price_allowed=False)  # fmt: skip
+    state.refresh_campaigns(force=True)
+    keyed = {"X-Api-Key": no_first_price.api_key}
+    try:
+        # Anonymous local callers may ask for first price: in an at=2 request, the deal's at=1 prices it at the bid.
+        allowed = only_bid(client.post("/openrtb2/auction", json=bid_request(FIRST_PRICE_DEAL, user={"id": "u-fp"})))
+        assert (allowed["cid"], allowed["dealid"], allowed["price"]) == ("deal-fp", "D-FIRST", 4.0)
+        deadline = time.monotonic() + 10
+        while (refused := client.post("/openrtb2/auction", json=bid_request(FIRST_PRICE_DEAL), headers=keyed)
+               ).status_code == 401 and time.monotonic() < deadline:  # fmt: skip
+            time.sleep(0.2)  # the new key is in force within the key cache's reload
+        assert refused.status_code == 204, refused.text
+        assert refused.headers["x-no-bid-reason"] == "no campaign clears the floor of any imp"
+        second = {**FIRST_PRICE_DEAL, "pmp": {"private_auction": 1, "deals": [{"id": "D-FIRST", "bidfloor": 1.0,
+                                                                                "at": 2}]}}  # fmt: skip
+        # The same caller through a second-price deal: alone, the deal bid clears at the deal's floor.
+        through_second = client.post("/openrtb2/auction", json=bid_request(second, user={"id": "u-sp"}), headers=keyed)
+        priced = only_bid(through_second)
+        assert (priced["cid"], priced["price"]) == ("deal-fp", 1.0)
+    finally:
+        with state.sessions() as session:
+            store.apply_instruction(session, stop("deal-fp"))
+        state.refresh_campaigns(force=True)

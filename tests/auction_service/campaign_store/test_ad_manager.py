@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from kafka import TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from adstream.contracts import Topic
 from adstream.events import CampaignInstruction, CampaignSpec, CampaignStatus
@@ -133,13 +133,11 @@ def publish_raw(settings: Settings, topic: str, records: list[tuple[bytes | None
 
 
 def committed_offset(settings: Settings, partition: int, topic: str = Topic.CAMPAIGN_INSTRUCTIONS) -> int | None:
-    admin = wait_for_broker(settings)
-    try:
-        offsets = admin.list_group_offsets(settings.ad_manager_group).get(settings.ad_manager_group, {})
-    finally:
-        admin.close()
-    committed = offsets.get(TopicPartition(topic, partition))
-    return None if committed is None or committed.offset < 0 else committed.offset
+    group = ConsumerGroupTopicPartitions(settings.ad_manager_group, [TopicPartition(topic, partition)])
+    admin = wait_for_broker(settings)  # held until the answer is in: it is the client that receives it
+    (answer,) = admin.list_consumer_group_offsets([group]).values()
+    (committed,) = answer.result(timeout=30).topic_partitions
+    return None if committed.offset < 0 else committed.offset
 
 
 def test_instructions_are_applied_once_and_bad_records_are_quarantined(settings, topic, sessions):

@@ -354,9 +354,10 @@ def campaigns_for_fit() -> tuple[ServingCampaign, ...]:
     )
 
 
-def imp_terms(imp: dict[str, Any], max_floor: int | None = None):
+def imp_terms(imp: dict[str, Any], max_floor: int | None = None, *, first_price_allowed: bool = True):
     request = BidRequest.model_validate(sample(imp=[imp]))
-    return CampaignFit().terms(campaigns_for_fit(), request.imp[0], max_floor_cpm_micros=max_floor)
+    return CampaignFit().terms(campaigns_for_fit(), request.imp[0], max_floor_cpm_micros=max_floor,
+                               first_price_allowed=first_price_allowed)  # fmt: skip
 
 
 def test_banner_sizes_pick_the_campaigns_made_for_them() -> None:
@@ -411,6 +412,55 @@ def test_a_deal_bid_clears_at_its_deal_floor_above_the_runner_up() -> None:
     below = AuctionContext(auction_id="a-2", at=AT, deals={"deal": ("D-1", 9_000_000)})
     outcome = run_auction(below, [deal, rival], [0.1, 0.1], reserve_price_micros=RESERVE)
     assert outcome.winner.campaign_id == "rival"  # the deal bid does not clear its floor; the open market does
+
+
+def imp_with_deals(*deals: dict[str, Any], private_auction: int = 0) -> dict[str, Any]:
+    return {"id": "1", "banner": {}, "pmp": {"private_auction": private_auction, "deals": list(deals)}}
+
+
+def test_a_deals_auction_type_is_carried_and_a_first_price_deal_needs_a_caller_allowed_it() -> None:
+    first, second, fixed = ({"id": "D-1", "at": at} for at in (1, 2, 3))
+    by_type = lambda terms: (terms.first_price, terms.second_price, terms.fixed_price)  # noqa: E731
+    assert by_type(imp_terms(imp_with_deals(first))) == ({"deal"}, set(), set())
+    assert by_type(imp_terms(imp_with_deals(second))) == (set(), {"deal"}, set())
+    assert by_type(imp_terms(imp_with_deals(fixed))) == (set(), set(), {"deal"})
+    plain = imp_terms(imp_with_deals({"id": "D-1"}))  # no at: the request's type
+    assert (by_type(plain), set(plain.deals)) == ((set(), set(), set()), {"deal"})
+    # Not allowed first price: no bid through the deal, so a private auction has no campaign at all ...
+    refused = imp_terms(imp_with_deals(first, private_auction=1), first_price_allowed=False)
+    assert (refused.eligible, dict(refused.deals), refused.first_price) == (frozenset(), {}, frozenset())
+    # ... and in an open auction the campaign bids on the open market, at the request's type.
+    open_market = imp_terms(imp_with_deals(first), first_price_allowed=False)
+    assert (open_market.eligible, dict(open_market.deals)) == (None, {})
+    assert imp_terms(imp_with_deals({"id": "D-1", "at": 4}, private_auction=1)).eligible == frozenset()  # unknown type
+
+
+def test_the_winners_deal_sets_its_price_whatever_the_requests_auction_type() -> None:
+    deal, rival = make_campaign("deal", bid_micros=8_000_000), make_campaign("rival", bid_micros=3_000_000)
+    deals = {"deal": ("D-1", 2_000_000)}
+
+    def price(first_price: bool, **deal_types: frozenset[str]) -> tuple[str, int]:
+        context = AuctionContext(auction_id="a-1", at=AT, floor_cpm_micros=100_000, deals=deals, **deal_types)
+        outcome = run_auction(context, [deal, rival], [0.1, 0.1], reserve_price_micros=RESERVE, first_price=first_price)
+        return outcome.winner.campaign_id, outcome.clearing_price_cpm_micros
+
+    first, second = {"first_price_campaigns": frozenset({"deal"})}, {"second_price_campaigns": frozenset({"deal"})}
+    assert price(False) == ("deal", 3_010_000)  # the request's second price: the runner-up + 1 cent
+    assert price(False, **first) == ("deal", 8_000_000)  # a first-price deal in a second-price request: the bid
+    assert price(True) == ("deal", 8_000_000)
+    assert price(True, **second) == ("deal", 3_010_000)  # a second-price deal in a first-price request
+    # The open market keeps the request's type when the first-price deal's campaign loses to it.
+    context = AuctionContext(auction_id="a-2", at=AT, floor_cpm_micros=100_000, deals=deals, **first)
+    outcome = run_auction(context, [make_campaign("deal", bid_micros=2_500_000), rival], [0.1, 0.1],
+                          reserve_price_micros=RESERVE)  # fmt: skip
+    assert (outcome.winner.campaign_id, outcome.clearing_price_cpm_micros) == ("rival", 2_510_000)
+
+
+def test_to_context_carries_the_deals_auction_types() -> None:
+    request = BidRequest.model_validate(sample(imp=[imp_with_deals({"id": "D-1", "at": 1})]))
+    terms = CampaignFit().terms(campaigns_for_fit(), request.imp[0], max_floor_cpm_micros=None)
+    context = to_context(request, request.imp[0], auction_id="a-1", at=AT, reserve_price_micros=RESERVE, terms=terms)
+    assert (context.first_price_campaigns, context.second_price_campaigns) == (frozenset({"deal"}), frozenset())
 
 
 def test_one_campaign_fills_one_imp_of_a_request() -> None:
