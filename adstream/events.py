@@ -171,7 +171,7 @@ class AuctionRecord(_Record):
     request_id: str | None = Field(default=None, max_length=64)  # the BidRequest's id (one per imp auctioned)
     imp_id: str | None = Field(default=None, max_length=64)
     domain: str | None = Field(default=None, max_length=253)  # site.domain, else app.bundle / app.domain
-    placement: str | None = Field(default=None, max_length=32)  # "300x250", "video", "banner" (no size)
+    placement: str | None = Field(default=None, max_length=32)  # "300x250", "16:9" (flexible), "video", "banner"
     deal_id: str | None = Field(default=None, max_length=64)  # the winner's deal, when it bid through one
     clearing_price_cpm_micros: int | None = None  # the clearing price per thousand impressions
     bid_filter_score: float | None = None  # None: no filter served

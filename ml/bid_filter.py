@@ -86,7 +86,7 @@ class RequestFeatures:
 
     publisher_id: str | None
     domain: str | None  # site.domain, else app.bundle / app.domain
-    placement: str | None  # "300x250", "video", "banner" (no size)
+    placement: str | None  # "300x250", "16:9" (a flexible format), "video", "banner" (no size)
     device_type: str | None
     country: str | None
     channel: str | None  # "web" or "app"

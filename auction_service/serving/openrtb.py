@@ -8,7 +8,9 @@ What is honoured (the README's support matrix says the same):
   imp of a request (one user, one page). An imp with both is auctioned as a banner. Native- and audio-only
   imps, and an imp whose ``bidfloorcur`` is not USD, get no bid.
 - **Banner**: ``w``/``h`` and ``format[]`` sizes; a campaign bids only with a size its creative is made for
-  (``Creative.banner_sizes``), and the bid states it. A banner without sizes takes any.
+  (``Creative.banner_sizes``), and the bid states it. A flexible format (``wratio``/``hratio``, with ``wmin``)
+  takes any creative size of that aspect ratio at least ``wmin`` wide; an exact size the slot lists is
+  preferred. A banner without sizes or ratios takes any.
 - **Video**: only campaigns with a video creative whose MIME type is in ``mimes`` and whose duration is within
   ``minduration``/``maxduration``; with ``protocols``, VAST 4.0 (7) must be among them. The markup is VAST 4
   inline.
@@ -174,9 +176,22 @@ class Banner(_OpenRtbObject):
     format: list[Format] | None = Field(default=None, max_length=100)
 
     def sizes(self) -> tuple[tuple[int, int], ...]:
-        """The exact sizes the slot takes, in the publisher's order (``w``/``h`` first); empty: any."""
+        """The exact sizes the slot takes, in the publisher's order (``w``/``h`` first)."""
         sizes = [(self.w, self.h)] + [(f.w, f.h) for f in self.format or ()]
         return tuple(dict.fromkeys((w, h) for w, h in sizes if w and h))
+
+    def ratios(self) -> tuple[tuple[int, int, int], ...]:
+        """The flexible formats (wratio, hratio, wmin): any size of that aspect ratio, at least wmin wide."""
+        flex = [(f.wratio, f.hratio, f.wmin or 0) for f in self.format or () if f.wratio and f.hratio]
+        return tuple(dict.fromkeys(flex))
+
+    def takes_any(self) -> bool:
+        return not self.sizes() and not self.ratios()
+
+    def fits(self, w: int, h: int) -> bool:
+        """Whether a creative of ``w`` x ``h`` fits the slot: one of its sizes, or one of its ratios (exactly,
+        in integers) at least that format's ``wmin`` wide."""
+        return (w, h) in self.sizes() or any(w * hr == h * wr and w >= wmin for wr, hr, wmin in self.ratios())
 
 
 class Video(_OpenRtbObject):
@@ -338,6 +353,9 @@ def spec_errors(request: BidRequest) -> list[tuple[str, str]]:
         first_of.setdefault(imp.id, index)
         if imp.banner is None and imp.video is None and imp.audio is None and imp.native is None:
             errors.append((f"imp[{index}]", "an imp needs a banner, video, audio or native object"))
+        for at, format_ in enumerate((imp.banner.format or ()) if imp.banner else ()):
+            if bool(format_.wratio) != bool(format_.hratio):
+                errors.append((f"imp[{index}].banner.format[{at}]", "a flexible format has both wratio and hratio"))
         video = imp.video
         if (
             video
@@ -556,7 +574,7 @@ class CampaignFit:
 def _media_key(imp: Imp) -> tuple:
     if imp.media == "banner":
         assert imp.banner is not None
-        return ("banner", imp.banner.sizes())
+        return ("banner", imp.banner.sizes(), imp.banner.ratios())
     assert imp.video is not None
     video = imp.video
     return ("video", tuple(video.mimes), video.minduration, video.maxduration, tuple(video.protocols or ()))
@@ -564,11 +582,13 @@ def _media_key(imp: Imp) -> tuple:
 
 def _fitting(campaigns: Sequence[ServingCampaign], imp: Imp) -> frozenset[str] | None:
     if imp.media == "banner":
-        assert imp.banner is not None
-        sizes = set(imp.banner.sizes())
-        if not sizes:
+        banner = imp.banner
+        assert banner is not None
+        if banner.takes_any():
             return None
-        return frozenset(c.campaign_id for c in campaigns if any((s.w, s.h) in sizes for s in c.creative.banner_sizes))
+        return frozenset(
+            c.campaign_id for c in campaigns if any(banner.fits(s.w, s.h) for s in c.creative.banner_sizes)
+        )
     assert imp.video is not None
     return frozenset(c.campaign_id for c in campaigns if video_fits(c, imp.video))
 
@@ -585,15 +605,20 @@ def video_fits(campaign: ServingCampaign, video: Video) -> bool:
 
 
 def bid_size(imp: Imp, campaign: ServingCampaign) -> tuple[int, int] | None:
-    """The size a banner bid states: the first of the slot's sizes the creative has, else (a slot without
-    sizes) the creative's first; None for video."""
+    """The size a banner bid states: the first of the slot's exact sizes the creative has, else the creative's
+    first size that fits one of the slot's ratios, else (a slot without sizes or ratios) the creative's first;
+    None for video."""
     if imp.media != "banner":
         return None
-    assert imp.banner is not None
+    banner = imp.banner
+    assert banner is not None
     own = [(s.w, s.h) for s in campaign.creative.banner_sizes]
-    for size in imp.banner.sizes():
+    for size in banner.sizes():
         if size in own:
             return size
+    flexible = [size for size in own if banner.fits(*size)]
+    if flexible:
+        return flexible[0]
     return own[0] if own else None
 
 
@@ -601,8 +626,10 @@ def placement(imp: Imp) -> str:
     """The imp's placement as the auction log keeps it: "WxH" of its first size, "banner", or "video"."""
     if imp.media == "banner":
         assert imp.banner is not None
-        sizes = imp.banner.sizes()
-        return f"{sizes[0][0]}x{sizes[0][1]}" if sizes else "banner"
+        sizes, ratios = imp.banner.sizes(), imp.banner.ratios()
+        if sizes:
+            return f"{sizes[0][0]}x{sizes[0][1]}"
+        return f"{ratios[0][0]}:{ratios[0][1]}" if ratios else "banner"
     return "video"
 
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from adstream.events import BannerSize, CampaignStatus, Creative, Deal, PricingModel, VideoCreative
 from auction_service.domain import AuctionContext, ServingCampaign
+from auction_service.serving import openrtb
 from auction_service.serving.auction import eligible, run_auction
 from auction_service.serving.bid_filter import request_features
 from auction_service.serving.openrtb import (
@@ -544,3 +545,13 @@ def test_the_filters_features_from_the_request_equal_those_of_the_context(body: 
         "www.foobar.com", "300x250", "pub-1"
     )  # fmt: skip
     assert from_request.country == ("United States" if "geo" in body["device"] else None)
+
+
+def test_a_flexible_format_takes_its_aspect_ratio_exactly_from_its_minimum_width():
+    banner = openrtb.Banner(format=[openrtb.Format(wratio=16, hratio=9, wmin=320), openrtb.Format(w=300, h=250)])
+    assert banner.ratios() == ((16, 9, 320),) and banner.sizes() == ((300, 250),) and not banner.takes_any()
+    assert banner.fits(640, 360) and banner.fits(320, 180) and banner.fits(300, 250)
+    assert not banner.fits(256, 144)  # 16:9, but narrower than wmin
+    assert not banner.fits(640, 361)  # near 16:9 is not 16:9
+    assert not banner.fits(728, 90)
+    assert openrtb.Banner().takes_any() and openrtb.Banner(format=[openrtb.Format(wratio=16)]).takes_any()
