@@ -24,8 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from auction_service.fastpath.replicas import replica_env as supervised_env
 from dashboard.sources import SnapshotBuilder, auctions_per_s, fleet_stats
 from tests.auction_service.conftest import BROWSER_UA
-from tests.auction_service.test_replicas import CONTEXT, USERS, replica_env, seeded, wait_listening
-from tests.conftest import free_port, shared_namespace
+from tests.auction_service.test_replicas import CONTEXT, USERS, fleet_settings, replica_env, seeded, wait_listening
 
 pytestmark = pytest.mark.slow
 
@@ -54,13 +53,7 @@ def free_port_pair() -> int:
 def pair(service_settings, tmp_path_factory):
     """2 replicas on one port, with metrics ports ``base`` and ``base + 1``; yields (settings, url, supervisor)."""
     workdir = tmp_path_factory.mktemp("replica-metrics")
-    settings = service_settings.model_copy(
-        update={
-            "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}", "local_dir": workdir / "local",
-            "auction_port": free_port(), "shared_store_namespace": shared_namespace(), "auction_replicas": 2,
-            "auction_metrics_port": free_port_pair(),
-        }
-    )  # fmt: skip
+    settings = fleet_settings(service_settings, workdir, auction_replicas=2, auction_metrics_port=free_port_pair())
     seeded(settings)
     logs = open(workdir / "replicas.log", "wb")  # noqa: SIM115 - closed below
     env = {**replica_env(settings, 2), "AUCTION_METRICS_PORT": str(settings.auction_metrics_port)}

@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -85,6 +86,15 @@ def seeded(settings: Settings) -> None:
 PACING_UPDATE_S = 1  # the controllers' interval here: the leader's lease is 3 of them
 
 
+def fleet_settings(service_settings: Settings, workdir: Path, **update: object) -> Settings:
+    """A fleet's own campaign store, local state, port and shared-store namespace in ``workdir``."""
+    own = {
+        "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}", "local_dir": workdir / "local",
+        "auction_port": free_port(), "shared_store_namespace": shared_namespace(),
+    }  # fmt: skip
+    return service_settings.model_copy(update=own | update)
+
+
 def replica_env(settings: Settings, replicas: int) -> dict[str, str]:
     return {
         **os.environ, **services.settings_env(settings), "AUCTION_REPLICAS": str(replicas),
@@ -111,12 +121,7 @@ def wait_listening(url: str, supervisor: subprocess.Popen, replicas: int, limit_
 def fleet(service_settings, tmp_path_factory):
     """3 replicas on one port (their supervisor), and one more replica on a port of its own."""
     workdir = tmp_path_factory.mktemp("replicas")
-    settings = service_settings.model_copy(
-        update={
-            "campaign_db_url": f"sqlite:///{workdir / 'campaigns.db'}", "local_dir": workdir / "local",
-            "auction_port": free_port(), "shared_store_namespace": shared_namespace(),
-        }
-    )  # fmt: skip
+    settings = fleet_settings(service_settings, workdir)
     seeded(settings)
     logs = open(workdir / "replicas.log", "wb")  # noqa: SIM115 - closed below
     fleet_process = subprocess.Popen(

@@ -59,6 +59,21 @@ print(json.dumps({"state": str(run.state)}))
 """
 
 
+def run_on_asset_event(settings, dag_id: str, table: Table, *, version: int, rows: int) -> str:
+    """Runs ``dag_id`` (``dag.test``) as an Asset event of ``table`` naming ``version`` would; its log, once it
+    succeeded."""
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_ON_ASSET_EVENT, dag_id, table.value, json.dumps({DELTA_VERSION: version,
+                                                                                     ROW_COUNT: rows})],
+        env=child_process_env(**services.airflow_env(settings)), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    # log lines (timestamped) may follow the run's state line on stdout
+    assert '{"state": "success"}' in result.stdout.splitlines(), result.stdout[-5000:]
+    return log
+
+
 def event(version: int | None, minute: int) -> SimpleNamespace:
     extra = {} if version is None else {DELTA_VERSION: version, ROW_COUNT: 10}
     return SimpleNamespace(extra=extra, timestamp=datetime(2026, 12, 1, 10, minute, tzinfo=UTC))
@@ -113,14 +128,7 @@ def test_ctr_training_trains_on_the_version_its_asset_event_names_not_the_latest
     write_deltalake(location, training_frame(900, seed=4), mode="overwrite")  # version 1, the latest
     assert _airflow(settings, "db", "migrate").returncode == 0
 
-    result = subprocess.run(
-        [sys.executable, "-c", RUN_ON_ASSET_EVENT, DagId.CTR_TRAINING, Table.GOLD_CTR_TRAINING_SET.value,
-         json.dumps({DELTA_VERSION: 0, ROW_COUNT: 600})],
-        env=child_process_env(**services.airflow_env(settings)), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-5000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"state": "success"}, log[-5000:]
+    log = run_on_asset_event(settings, DagId.CTR_TRAINING, Table.GOLD_CTR_TRAINING_SET, version=0, rows=600)
     assert "gold/ctr_training_set version 0, named by the Asset event that triggered this run" in log
 
     (run,) = registering_runs(settings, max_results=5)
@@ -145,15 +153,7 @@ def test_feature_build_builds_silver_from_the_bronze_version_its_asset_event_nam
     assert keep_first_advertising_rows(settings) == 1  # version 1, the latest: 400 rows
     assert _airflow(settings, "db", "migrate").returncode == 0
 
-    result = subprocess.run(
-        [sys.executable, "-c", RUN_ON_ASSET_EVENT, DagId.FEATURE_BUILD, Table.BRONZE_ADVERTISING.value,
-         json.dumps({DELTA_VERSION: 0, ROW_COUNT: 1000})],
-        env=child_process_env(**services.airflow_env(settings)), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-5000:]
-    # log lines (timestamped) may follow the run's state line on stdout
-    assert '{"state": "success"}' in result.stdout.splitlines(), result.stdout[-5000:]
+    log = run_on_asset_event(settings, DagId.FEATURE_BUILD, Table.BRONZE_ADVERTISING, version=0, rows=1000)
     assert "bronze/advertising version 0, named by the Asset event that triggered this run" in log
     assert "bronze/ads16_users: no Asset event that triggered this run names a version; reading the latest" in log
 
