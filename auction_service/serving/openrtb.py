@@ -492,6 +492,7 @@ class ImpTerms:
     fixed_price: frozenset[str] = frozenset()  # of ``deals``, the campaigns whose deal has a fixed price (at 3)
     first_price: frozenset[str] = frozenset()  # ... whose deal is first price (at 1)
     second_price: frozenset[str] = frozenset()  # ... whose deal is second price (at 2)
+    first_price_refused: tuple[str, ...] = ()  # the imp's first-price deals, not bid through: the caller may not
 
 
 class CampaignFit:
@@ -540,7 +541,8 @@ class CampaignFit:
         fixed, first, second = (frozenset(cid for cid, (_, _, deal_at) in offered.items() if deal_at == at)
                                 for at in (FIXED_PRICE, FIRST_PRICE, SECOND_PRICE))  # fmt: skip
         eligible = frozenset(deals) if imp.pmp.private_auction == 1 else fits
-        return ImpTerms(eligible, deals, fixed, first, second)
+        refused = () if first_price_allowed else tuple(d.id for d in imp.pmp.deals if d.at == FIRST_PRICE)
+        return ImpTerms(eligible, deals, fixed, first, second, refused)
 
     def _deal_floors(
         self, imp: Imp, fits: frozenset[str] | None, max_floor: int | None, first_price_allowed: bool

@@ -208,7 +208,7 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
             reason = f"invalid traffic: device {givt}"
     if reason is not None:
         return _no_bid(state, body.id, reason)
-    now, bids, shed = datetime.now(UTC), [], 0
+    now, bids, shed, refused_deals = datetime.now(UTC), [], 0, []
     # The billing notice carries the device, signed: fired by the exchange, its event is still the device's.
     device = tracking.device_parameters(body.device.ip, body.device.ua) if body.device is not None else None
     filled: frozenset[str] = frozenset()
@@ -225,6 +225,7 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
                 continue
         terms = _FIT.terms(state.campaigns.campaigns, imp, max_floor_cpm_micros=caller.max_floor_cpm_micros,
                            first_price_allowed=caller.first_price_allowed)  # fmt: skip
+        refused_deals += terms.first_price_refused
         context = openrtb.to_context(
             body, imp, auction_id=new_auction_id(), at=now,
             reserve_price_micros=state.settings.auction_reserve_price_micros, publisher_id=caller.caller_id,
@@ -249,11 +250,13 @@ async def openrtb_auction(body: openrtb.BidRequest, request: Request) -> openrtb
         )  # fmt: skip
         bids.append((winner.advertiser_id, one))
     if not bids:
-        return _no_bid(
-            state,
-            body.id,
-            "the bid-request filter: no imp is likely to fill" if shed else "no campaign clears the floor of any imp",
-        )
+        reason = "no campaign clears the floor of any imp"
+        if shed:
+            reason = "the bid-request filter: no imp is likely to fill"
+        elif refused_deals:
+            reason += (f"; deals {', '.join(dict.fromkeys(refused_deals))} are first price (at=1), which caller "
+                       f"{caller.caller_id!r} may not ask for")  # fmt: skip
+        return _no_bid(state, body.id, reason)
     return openrtb_bids.bid_response(body.id, bids[0][1].id, bids)
 
 

@@ -348,7 +348,10 @@ def test_a_first_price_deal_needs_a_caller_allowed_first_price(bidder):
                ).status_code == 401 and time.monotonic() < deadline:  # fmt: skip
             time.sleep(0.2)  # the new key is in force within the key cache's reload
         assert refused.status_code == 204, refused.text
-        assert refused.headers["x-no-bid-reason"] == "no campaign clears the floor of any imp"
+        assert refused.headers["x-no-bid-reason"] == (
+            "no campaign clears the floor of any imp; deals D-FIRST are first price (at=1), which caller "
+            "'ssp-second-only' may not ask for"
+        )
         second = {**FIRST_PRICE_DEAL, "pmp": {"private_auction": 1, "deals": [{"id": "D-FIRST", "bidfloor": 1.0,
                                                                                 "at": 2}]}}  # fmt: skip
         # The same caller through a second-price deal: alone, the deal bid clears at the deal's floor.
