@@ -117,6 +117,8 @@ def test_the_counts_are_on_metrics_and_in_the_dashboard_snapshot():
     assert meter.snapshot() == {
         "version": "3", "threshold": 0.5, "screened": 4, "shed": 3, "explored": 1, "shed_share": 0.75,
         "revenue_retained_estimate": 0.0, "time_saved_s": pytest.approx(0.006),
+        # the shares' terms, so that replicas' snapshots add up (dashboard.sources.fleet_bid_filter)
+        "explored_revenue_cpm_micros": 4_000, "explored_revenue_below_threshold_cpm_micros": 4_000,
     }  # fmt: skip
 
 
