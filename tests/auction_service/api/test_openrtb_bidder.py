@@ -240,6 +240,7 @@ def test_the_bid_filter_sheds_a_request_before_its_auction_and_tags_the_explored
         explored = only_bid(client.post("/openrtb2/auction", json=junk))
     finally:
         state.bid_filter.current = None
+    assert state.auction_log.flush(30) == 0  # the auction log is sent behind the answer
     records = {
         json.loads(r.value)["auction_id"]: json.loads(r.value) for r in topic_records(state.settings, Topic.AUCTIONS)
     }
