@@ -450,7 +450,7 @@ class JsonConsumer:
         (from its end when it has none)."""
         partitions = sorted(self._consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
         wanted = [confluent_kafka.TopicPartition(topic, p, timestamp_ms) for p in partitions]
-        found = self._consumer.offsets_for_times(wanted, timeout=timeout_s) if wanted else []
+        found = self._offsets_for_times(wanted, timeout_s) if wanted else []
         starts = []
         for tp in found:
             offset = tp.offset
@@ -459,6 +459,19 @@ class JsonConsumer:
             starts.append(confluent_kafka.TopicPartition(tp.topic, tp.partition, offset))
             self._first_offsets[(tp.topic, tp.partition)] = offset
         self._consumer.assign(starts)
+
+    def _offsets_for_times(self, wanted: list, timeout_s: float) -> list:
+        """``offsets_for_times``, asked again while the broker answers a retriable error (a topic just created
+        has no partition leader for a moment) until ``timeout_s`` has passed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._consumer.offsets_for_times(wanted, timeout=max(0.1, deadline - time.monotonic()))
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0]
+                if not (error.retriable() or error.code() in _NO_LEADER_YET) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def close(self) -> None:
         """Leaves the group; commits nothing (offsets move only through ``commit``)."""
@@ -497,6 +510,13 @@ class JsonConsumer:
 
     def _revoked(self, _consumer: confluent_kafka.Consumer, _partitions: list) -> None:
         self._first_offsets.clear()
+
+
+_NO_LEADER_YET = (
+    confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+    confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+    confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
 
 
 def read_to_end(
