@@ -119,6 +119,11 @@ from ml.train import BASELINE_FAMILY, fit_and_register, train
 from simulator.ctr_examples import training_frame
 
 MODES = ("echo", "compiled", "naive")
+# A closed loop of C connections at R auctions/s has a mean latency of C / R (Little's law), so its p99 says
+# how loaded the service was as much as how fast it is. Each compiled run is followed by an open-rate run
+# at this share of the rate it just measured, on the same processes: the latency of a service not saturated.
+PACED_SHARE = 0.5
+PACED = "paced"
 DEFAULT_MODES = ("echo", "compiled")
 SERVICE_MODES = ("compiled", "naive")  # the auction service; echo is benchmarks/echo.py
 # benchmarks.bid_filter_mix's runs: the compiled service with BID_FILTER_ENABLED false, and true.
@@ -354,14 +359,18 @@ def all_medians(runs: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
     return {name: mode_medians([run for run in runs if run.label == name]) for name in labels}
 
 
-def headline(medians: Mapping[str, Mapping[str, Any]], replicas: Sequence[int]) -> list[dict[str, Any]]:
+def headline(
+    medians: Mapping[str, Mapping[str, Any]], replicas: Sequence[int], connections: int | None = None
+) -> list[dict[str, Any]]:
     """Per replica count N with both runs: compiled-N auctions/s over echo-N requests/s against ``TARGET_RATIO``,
-    and for 1 replica the p99 against ``TARGET_P99_MS``."""
+    and for 1 replica the p99 against ``TARGET_P99_MS``; with ``connections``, the closed loop's mean latency
+    by Little's law; with a ``PACED`` run, its rate and latency."""
     rows = []
     for n in replicas:
         compiled, echo = medians.get(label("compiled", n)), medians.get(label("echo", n))
         if compiled is None or echo is None:
             continue
+        paced = medians.get(label(PACED, n))
         share = ratio(compiled["per_s"], echo["per_s"])
         rows.append(
             {
@@ -375,6 +384,13 @@ def headline(medians: Mapping[str, Mapping[str, Any]], replicas: Sequence[int]) 
                 "echo_p99_ms": echo["p99_ms"],
                 "target_p99_ms": TARGET_P99_MS if n == 1 else None,
                 "p99_met": compiled["p99_ms"] <= TARGET_P99_MS if n == 1 else None,
+                "closed_loop_mean_ms": 1000 * connections / compiled["per_s"]
+                if connections and compiled["per_s"]
+                else None,
+                "paced_auctions_per_s": None if paced is None else paced["per_s"],
+                "paced_p50_ms": None if paced is None else paced["p50_ms"],
+                "paced_p99_ms": None if paced is None else paced["p99_ms"],
+                "paced_p99_met": paced["p99_ms"] <= TARGET_P99_MS if paced is not None and n == 1 else None,
                 "errors": compiled["errors"],
             }
         )
@@ -423,7 +439,17 @@ def table(
         )
         if row["target_p99_ms"] is not None:
             line += f"; p99 {row['p99_ms']:.1f} ms (target <= {row['target_p99_ms']:.0f} ms: {met[row['p99_met']]})"
+        if row.get("closed_loop_mean_ms") is not None:
+            line += f"; the closed loop's mean latency is connections / rate = {row['closed_loop_mean_ms']:.1f} ms"
         lines.append(line)
+        if row.get("paced_p99_ms") is not None:
+            paced = (
+                f"  at an open rate of {row['paced_auctions_per_s']:,.1f} auctions/s: p50 {row['paced_p50_ms']:.1f} ms,"
+                f" p99 {row['paced_p99_ms']:.1f} ms"
+            )
+            if row["paced_p99_met"] is not None:
+                paced += f" (<= {row['target_p99_ms']:.0f} ms: {met[row['paced_p99_met']]})"
+            lines.append(paced)
     if naive is not None:
         lines.append(
             f"compiled-1 vs the naive per-row baseline (not the headline): {times(naive['throughput_ratio'])} the "
@@ -649,6 +675,7 @@ class Options:
     family: str = PRODUCTION_FAMILY  # champion family; BEST_FAMILY: the best one trained
     tracking_uri: str | None = None  # serve this MLflow store's champion instead of training one
     no_kafka: bool = False
+    paced_share: float = PACED_SHARE  # 0: no open-rate run
 
 
 @dataclass(frozen=True)
@@ -680,20 +707,27 @@ def drive(
     amount: int | None = None,
     api_key: str | None = None,
     kinds: Sequence[str] | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     """One load-generator run against ``url``: ``duration_s`` seconds, or ``amount`` requests; its output.
-    ``kinds``, a label per body: the answers are also counted per label (``by_kind``, drive.js)."""
+    ``kinds``, a label per body: the answers are also counted per label (``by_kind``, drive.js). ``rate``:
+    requests/s over all connections (an open rate, below capacity), instead of each connection's next
+    request as soon as its answer comes."""
     headers = {"content-type": "application/json"} | ({"x-api-key": api_key} if api_key else {})
-    spec = {
-        "url": url,
-        "method": "POST",
-        "connections": connections,
-        "duration_s": duration_s,
-        "timeout_s": timeout_s,
-        "amount": amount,
-        "headers": headers,
-        "bodies": list(bodies),
-    } | ({"kinds": list(kinds)} if kinds is not None else {})
+    spec = (
+        {
+            "url": url,
+            "method": "POST",
+            "connections": connections,
+            "duration_s": duration_s,
+            "timeout_s": timeout_s,
+            "amount": amount,
+            "headers": headers,
+            "bodies": list(bodies),
+        }
+        | ({"kinds": list(kinds)} if kinds is not None else {})
+        | ({"rate": rate} if rate else {})
+    )
     done = subprocess.run(
         loadgen.command,
         input=json.dumps(spec),
@@ -815,9 +849,10 @@ def measure(
     side_pids: Mapping[str, int],
     loadgen: LoadGenerator,
     api_key: str,
-) -> RunResult:
+) -> list[RunResult]:
     """One run: ``replicas`` fresh server processes, a warm-up, then ``options.duration`` seconds of load (echo,
-    compiled) or ``options.naive_requests`` requests (naive). ``side_pids``: the broker's and the store's."""
+    compiled) or ``options.naive_requests`` requests (naive). ``side_pids``: the broker's and the store's.
+    A compiled run is followed by a ``PACED`` one on the same processes (``options.paced_share``)."""
     settings = settings.model_copy(update={"auction_replicas": replicas})
     if SHARED_STORE in side_pids:
         empty_shared_store(settings)
@@ -834,17 +869,23 @@ def measure(
               api_key=api_key)  # fmt: skip
         server = "echo" if mode == "echo" else "service"
         pids = {server: server_pids} | {name: [pid] for name, pid in side_pids.items()}
-        before, machine_before = cpu_seconds(pids), busy_seconds()
-        amount = options.naive_requests if naive else None
-        measured = drive(
-            loadgen, target, bodies, options.connections, options.duration, timeout_s, amount=amount, api_key=api_key
-        )
-        after, machine_after = cpu_seconds(pids), busy_seconds()
-    wall = measured["duration_s"]
-    share = {server: (after[server] - before[server]) / wall, "loadgen": measured["cpu_s"] / wall}
-    share |= {name: (after[name] - before[name]) / wall for name in before if name != server}
-    share["other"] = max(0.0, (machine_after - machine_before) / wall - sum(share.values()))
-    return run_result(mode, replicas, repeat, measured, share)
+
+        def measured_run(run_mode: str, rate: float | None = None) -> RunResult:
+            before, machine_before = cpu_seconds(pids), busy_seconds()
+            amount = options.naive_requests if naive else None
+            measured = drive(loadgen, target, bodies, options.connections, options.duration, timeout_s,
+                             amount=amount, api_key=api_key, rate=rate)  # fmt: skip
+            after, machine_after = cpu_seconds(pids), busy_seconds()
+            wall = measured["duration_s"]
+            share = {server: (after[server] - before[server]) / wall, "loadgen": measured["cpu_s"] / wall}
+            share |= {name: (after[name] - before[name]) / wall for name in before if name != server}
+            share["other"] = max(0.0, (machine_after - machine_before) / wall - sum(share.values()))
+            return run_result(run_mode, replicas, repeat, measured, share)
+
+        runs = [measured_run(mode)]
+        if mode == "compiled" and options.paced_share > 0 and runs[0].per_s > 0:
+            runs.append(measured_run(PACED, rate=max(1.0, round(options.paced_share * runs[0].per_s))))
+    return runs
 
 
 def family_source(options: Options) -> str:
@@ -881,16 +922,16 @@ def run(base: Settings, options: Options, workdir: Path, loadgen: LoadGenerator)
             print("shared store: NONE (devstack has no shared-store service): each replica keeps its own state")
         for repeat in range(1, options.repeats + 1):
             for mode, replicas in schedule(options.modes, options.replicas):
-                result = measure(settings, mode, replicas, repeat, bodies, options, side_pids, loadgen, api_key)
-                runs.append(result)
-                unit = "requests/s" if mode == "echo" else "auctions/s"
-                fill = "" if result.fill_rate is None else f"  fill {result.fill_rate:.1%}"
-                print(
-                    f"repeat {repeat} {result.label:<12} {result.per_s:>9,.1f} {unit:<10}  p50 {result.p50_ms:.1f} ms"
-                    f"  p99 {result.p99_ms:.1f} ms{fill}  errors {result.errors}  cores: "
-                    + ", ".join(f"{name} {share:.2f}" for name, share in result.cpu_share.items()),
-                    flush=True,
-                )
+                for result in measure(settings, mode, replicas, repeat, bodies, options, side_pids, loadgen, api_key):
+                    runs.append(result)
+                    unit = "requests/s" if mode == "echo" else "auctions/s"
+                    fill = "" if result.fill_rate is None else f"  fill {result.fill_rate:.1%}"
+                    print(
+                        f"repeat {repeat} {result.label:<12} {result.per_s:>9,.1f} {unit:<10}  p50 {result.p50_ms:.1f}"
+                        f" ms  p99 {result.p99_ms:.1f} ms{fill}  errors {result.errors}  cores: "
+                        + ", ".join(f"{name} {share:.2f}" for name, share in result.cpu_share.items()),
+                        flush=True,
+                    )
     medians = all_medians(runs)
     return {
         "setup": {
@@ -906,6 +947,7 @@ def run(base: Settings, options: Options, workdir: Path, loadgen: LoadGenerator)
             "replicas": list(options.replicas),
             "modes": list(options.modes),
             "connections": options.connections,
+            "paced_share": options.paced_share,
             "duration_s": options.duration,
             "warmup_s": options.warmup,
             "naive_requests": options.naive_requests,
@@ -918,7 +960,7 @@ def run(base: Settings, options: Options, workdir: Path, loadgen: LoadGenerator)
         },
         "runs": [asdict(r) | {"label": r.label} for r in runs],
         "medians": medians,
-        "headline": headline(medians, options.replicas),
+        "headline": headline(medians, options.replicas, options.connections),
         "naive_comparison": naive_comparison(medians.get(label("compiled", 1)), medians.get(label("naive", 1))),
     }
 
@@ -974,6 +1016,10 @@ def auction_command(
     no_kafka: Annotated[
         bool, typer.Option("--no-kafka", help="no broker: the service does not publish auctions")
     ] = False,
+    paced_share: Annotated[
+        float,
+        typer.Option(help="after each compiled run, an open-rate run at this share of its auctions/s (0: none)"),
+    ] = PACED_SHARE,
     workdir: Annotated[
         Path | None, typer.Option(help="scratch directory, kept and reused (default: a temporary one)")
     ] = None,
@@ -981,6 +1027,8 @@ def auction_command(
 ) -> None:
     check_choices("--family", [family], [*FAMILIES, BEST_FAMILY])
     check_choices("--modes", modes or [], MODES)
+    if not 0 <= paced_share < 1:
+        raise typer.BadParameter(f"--paced-share is in [0, 1), not {paced_share}")
     try:
         replica_counts = parse_replicas(replicas)
     except ValueError as error:
@@ -1002,6 +1050,7 @@ def auction_command(
         family=family,
         tracking_uri=tracking_uri,
         no_kafka=no_kafka,
+        paced_share=paced_share,
     )
     raise typer.Exit(bench(get_settings(), options, workdir, output))
 

@@ -210,6 +210,25 @@ def test_a_replica_count_without_both_runs_has_no_headline_and_a_slow_p99_misses
     assert bench.headline(zero_echo, (1,))[0]["ratio"] is None and not bench.headline(zero_echo, (1,))[0]["ratio_met"]
 
 
+def test_the_headline_gives_the_closed_loops_mean_latency_and_the_open_rate_runs_percentiles() -> None:
+    medians = medians_of(
+        {"echo-1": 6_000.0, "compiled-1": 1_600.0, "paced-1": 800.0},
+        {"echo-1": 4.0, "compiled-1": 30.0, "paced-1": 6.5},
+    )
+    (one,) = bench.headline(medians, (1,), connections=32)
+    assert one["closed_loop_mean_ms"] == 20.0  # Little's law: 32 connections / 1,600 auctions/s
+    assert (one["p99_met"], one["paced_auctions_per_s"], one["paced_p99_ms"], one["paced_p99_met"]) == (
+        False, 800.0, 6.5, True,
+    )  # fmt: skip
+    lines = bench.table(medians, [one], cores=2).splitlines()
+    assert any(line.endswith("the closed loop's mean latency is connections / rate = 20.0 ms") for line in lines)
+    assert "  at an open rate of 800.0 auctions/s: p50 2.0 ms, p99 6.5 ms (<= 15 ms: met)" in lines
+    (unpaced,) = bench.headline(
+        medians_of({"echo-1": 6_000.0, "compiled-1": 1_600.0}, {"echo-1": 4.0, "compiled-1": 9.0}), (1,)
+    )
+    assert (unpaced["closed_loop_mean_ms"], unpaced["paced_p99_ms"], unpaced["paced_p99_met"]) == (None, None, None)
+
+
 def test_the_naive_ratios_favour_the_compiled_service_when_above_one() -> None:
     compiled = {"per_s": 1_600.0, "p50_ms": 10.0, "p99_ms": 20.0}
     naive = {"per_s": 0.5, "p50_ms": 40_000.0, "p99_ms": 60_000.0}
@@ -306,3 +325,14 @@ def test_the_echo_answers_the_body_as_sent_from_every_process_on_its_port(tmp_pa
             if len(answered_by) == 2:
                 break
         assert answered_by == set(pids)
+
+
+def test_an_open_rate_run_sends_on_its_schedule_over_the_connections_it_is_given(tmp_path: Path) -> None:
+    settings = isolated_settings(tmp_path)
+    # The load generator `make setup` installed under the checkout's .local/.
+    loadgen = bench.load_generator(settings.model_copy(update={"local_dir": Path(__file__).parents[2] / ".local"}))
+    with bench.server_processes(settings, "echo", 1, tmp_path / "logs" / "echo") as (url, _pids):
+        ran = bench.drive(loadgen, f"{url}{echo.ROUTE}", ['{"a":1}', '{"b":2}'], 4, 1.5, 5.0, rate=200)
+    assert ran["sent"] == 300 and ran["status"] == {"200": 300}  # 200/s for 1.5 s, each answered
+    assert ran["errors"] == 0 and len(ran["latencies_ms"]) == 300
+    assert 1.5 <= ran["duration_s"] < 5.0
