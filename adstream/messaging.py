@@ -24,6 +24,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from adstream.settings import Settings
 
+# librdkafka settles a timed-out record at its next timeout scan (about once a second): wait that
+# long past ``message.timeout.ms`` for the report, so a send that gave up cannot reach the topic later.
+REPORT_SLACK_S = 2.0
+
 
 class BrokerUnavailable(RuntimeError):
     """The Kafka bootstrap servers did not answer in time."""
@@ -52,8 +56,8 @@ def make_producer(
     """
     defaults = {
         "linger.ms": 5,
-        # The Java client's (and kafka-python's) key hashing: a key keeps the partition its earlier records
-        # have, so a campaign's instructions stay in order across clients.
+        # The Java client's key hashing: a key keeps the partition its earlier records have, whichever
+        # client wrote them, so a campaign's instructions stay in order.
         "partitioner": "murmur2_random",
     }
     producer = JsonProducer(settings, client_id, value_serializer, {**defaults, **_librdkafka_names(config)})
@@ -123,11 +127,10 @@ class JsonProducer:
     def send_all(self, topic: str, records: Iterable[tuple[str, Any]], timeout_s: float) -> list[Acknowledged]:
         """Sends (key, value) records; their acknowledgements in order, or ``PublishFailed`` after ``timeout_s``."""
         deliveries = [self.send(topic, key, value) for key, value in records]
-        self._producer.flush(timeout_s)
-        for delivery in deliveries:
-            if delivery.acknowledged is None:
-                raise PublishFailed(delivery.error or f"no acknowledgement within {timeout_s:g} s")
-        return [delivery.acknowledged for delivery in deliveries]
+        # Each record's own report, not a flush of every record queued: with ``message.timeout.ms`` at most
+        # ``timeout_s`` a record unacknowledged by then is settled (failed) when this raises.
+        deadline = time.monotonic() + timeout_s + REPORT_SLACK_S
+        return [delivery.get(max(deadline - time.monotonic(), 0.0)) for delivery in deliveries]
 
     def flush(self, timeout: float = 30.0) -> int:
         """Waits up to ``timeout`` s for every queued record; the number still undelivered."""
@@ -144,7 +147,11 @@ class JsonProducer:
 
 
 def _librdkafka_names(config: dict[str, Any]) -> dict[str, Any]:
-    return {name.replace("_", "."): value for name, value in config.items()}
+    """``linger_ms`` as ``linger.ms``; the client's callbacks (``error_cb``, ``on_delivery``) keep their names."""
+    return {
+        name if name.endswith("_cb") or name.startswith("on_") else name.replace("_", "."): value
+        for name, value in config.items()
+    }
 
 
 def _librdkafka_config(settings: Settings, client_id: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -188,10 +195,9 @@ class _TransportErrors:
 class LogProducer:
     """Fire-and-forget producer for a high-rate log (the auction log), on librdkafka.
 
-    kafka-python's sender is pure Python and shares the GIL with the caller: publishing each
-    auction took about half of the auction service's CPU (``make bench-auction``: 690 auctions/s
-    with it, 1,305 without). librdkafka batches and sends from its own threads outside the GIL.
-    Still idempotent with acks=all. ``send`` never blocks or raises: a record the local queue
+    librdkafka batches and sends from its own threads outside the GIL; a pure-Python sender sharing
+    the GIL took about half of the auction service's CPU (``make bench-auction``: 690 auctions/s
+    with it, 1,305 without). Still idempotent with acks=all. ``send`` never blocks or raises: a record the local queue
     cannot take, or one not delivered within ``timeout_ms`` (the broker is down), is reported to
     ``on_lost``. Delivery reports arrive in ``poll``/``flush``, which the owner calls regularly.
     """
@@ -249,15 +255,14 @@ class PublishFailed(RuntimeError):
 class AckedProducer:
     """A producer whose ``publish`` returns once the broker acknowledged every record (the feedback events).
 
-    On librdkafka, like ``LogProducer``: kafka-python's pure-Python sender cost the auction
-    service more CPU per event than the rest of the event path. ``publish`` is awaited on the
-    caller's event loop, so a request waiting for its acks holds no thread. A record's fate is
-    settled within ``timeout_s`` (librdkafka's message timeout): ``publish`` waits a little
-    longer for the last report, so when it raises no record of the call can reach the topic
-    later. Delivery reports are served by a thread of the producer's own.
+    On librdkafka, like ``LogProducer``: a pure-Python sender cost the auction service more CPU
+    per event than the rest of the event path. ``publish`` is awaited on the caller's event loop,
+    so a request waiting for its acks holds no thread. A record's fate is settled within
+    ``timeout_s`` (librdkafka's message timeout): ``publish`` waits a little longer for the last
+    report, so when it raises nothing of the call is still queued (a record that was in flight may
+    have been stored; events are idempotent by id). Delivery reports are served by a thread of
+    the producer's own.
     """
-
-    REPORT_SLACK_S = 2.0
 
     def __init__(self, settings: Settings, *, client_id: str, timeout_s: float = 5.0) -> None:
         self.timeout_s = timeout_s
@@ -294,7 +299,7 @@ class AckedProducer:
                 # Those already queued settle on their own; the caller retries them all (idempotent).
                 raise PublishFailed(f"the producer's queue refused a record ({exc})") from exc
         try:
-            await asyncio.wait_for(settled, self.timeout_s + self.REPORT_SLACK_S)
+            await asyncio.wait_for(settled, self.timeout_s + REPORT_SLACK_S)
         except TimeoutError as exc:
             raise PublishFailed(f"no acknowledgement within {self.timeout_s:g} s") from exc
         if failures:
@@ -440,7 +445,9 @@ class JsonConsumer:
             if high < 0:
                 continue
             key = (tp.topic, tp.partition)
-            start = first_unprocessed.get(key, tp.offset if tp.offset >= 0 else self._first_offset(tp))
+            start = first_unprocessed.get(key)
+            if start is None:
+                start = tp.offset if tp.offset >= 0 else self._first_offset(tp)
             if start is not None:
                 lag[key] = max(0, high - start)
         return lag
@@ -466,12 +473,16 @@ class JsonConsumer:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return self._consumer.offsets_for_times(wanted, timeout=max(0.1, deadline - time.monotonic()))
+                found = self._consumer.offsets_for_times(wanted, timeout=max(0.1, deadline - time.monotonic()))
             except confluent_kafka.KafkaException as exc:
                 error = exc.args[0]
-                if not (error.retriable() or error.code() in _NO_LEADER_YET) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.2)
+            else:  # a partition may fail alone, and would otherwise read as "no record that recent"
+                error = next((tp.error for tp in found if tp.error is not None), None)
+                if error is None:
+                    return found
+            if not (error.retriable() or error.code() in _NO_LEADER_YET) or time.monotonic() >= deadline:
+                raise confluent_kafka.KafkaException(error)
+            time.sleep(0.2)
 
     def close(self) -> None:
         """Leaves the group; commits nothing (offsets move only through ``commit``)."""
@@ -541,9 +552,11 @@ def read_to_end(
         while any(read_to[p] < high for p, (_, high) in ends.items()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end in {timeout_s:.0f} s")
-            for record in consumer.poll(0.5):
-                records.append(record)
-                read_to[record.partition] = record.offset + 1
+            records.extend(consumer.poll(0.5))
+            # The consumer's position, not the last record's offset + 1: offsets may have gaps (compaction).
+            for tp in consumer._consumer.position([confluent_kafka.TopicPartition(topic, p) for p in read_to]):
+                if tp.offset >= 0:
+                    read_to[tp.partition] = tp.offset
         return records
     finally:
         consumer.close()
@@ -552,20 +565,23 @@ def read_to_end(
 def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 3) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
     admin = wait_for_broker(settings)
-    missing = set(topics) - set(admin.list_topics(timeout=30).topics)
-    if not missing:
-        return
-    created = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in sorted(missing)],
-        operation_timeout=30,
-    )
-    for future in created.values():
-        try:
-            future.result(timeout=30)
-        except confluent_kafka.KafkaException as exc:
-            # Another client may create one concurrently; the goal is met either way.
-            if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+    try:
+        missing = set(topics) - set(admin.list_topics(timeout=30).topics)
+        if not missing:
+            return
+        created = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in sorted(missing)],
+            operation_timeout=30,
+        )
+        for future in created.values():
+            try:
+                future.result(timeout=30)
+            except confluent_kafka.KafkaException as exc:
+                # Another client may create one concurrently; the goal is met either way.
+                if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    except (confluent_kafka.KafkaException, TimeoutError) as exc:  # the broker left after it answered
+        raise BrokerUnavailable(f"{_unreachable(settings)} (creating topics: {exc})") from exc
 
 
 def wait_for_broker(settings: Settings, timeout_s: float = 30.0) -> AdminClient:

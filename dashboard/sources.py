@@ -43,7 +43,7 @@ from adstream.settings import Settings
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import make_engine, make_session_factory
 from auction_service.campaign_store.tables import Campaign
-from auction_service.serving.books import latency_percentiles as percentiles
+from auction_service.serving.books import latency_percentiles
 from auction_service.serving.pacer import Pacer
 from auction_service.serving.pacing import PacingController, PacingState, TrafficCurve
 from dashboard import views
@@ -189,7 +189,9 @@ def fleet_stats(replicas: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     fleet["fill_rate"] = fleet["filled"] / fleet["auctions"] if fleet["auctions"] else 0.0
     pctr_sum = sum((answer.get("average_pctr") or 0.0) * int(answer.get("filled") or 0) for answer in answers)
     fleet["average_pctr"] = pctr_sum / fleet["filled"] if fleet["filled"] else None
-    fleet["latency_ms"] = percentiles(sorted(ms for answer in answers for ms in answer.get("latency_window_ms") or ()))
+    fleet["latency_ms"] = latency_percentiles(
+        sorted(ms for answer in answers for ms in answer.get("latency_window_ms") or ())
+    )
     meters = [answer["bid_filter"] for answer in answers if answer.get("bid_filter")]
     if meters:
         fleet["bid_filter"] = fleet_bid_filter(meters)

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
@@ -428,27 +429,29 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
             signal.signal(sig, lambda *_: stop.set())
     ensure_topics(settings, [Topic.AD_FEEDBACK, Topic.CAMPAIGN_DECISIONS])
     optimizer = Optimizer(windows=Windows(bucket_s=settings.optimizer_bucket_s, buckets=settings.optimizer_buckets))
-    consumer = make_consumer(settings, None)
-    producer = make_producer(settings)
-    shared = redis.Redis.from_url(settings.shared_store_url, socket_timeout=5.0, socket_connect_timeout=5.0)
-    sessions = make_session_factory(make_engine(settings))
-    window_start = datetime.now(UTC) - timedelta(seconds=optimizer.windows.span_s)
-    consumer.assign_from_time(Topic.AD_FEEDBACK, int(window_start.timestamp() * 1000))
-    heartbeat = heartbeat_file(settings)
-    heartbeat.parent.mkdir(parents=True, exist_ok=True)
-    metrics = OptimizerMetrics()
-    exporter = serve(metrics.registry, settings.bind_host, settings.optimizer_metrics_port, "optimizer")
+    # What was opened is closed, also when a later step of the start fails.
+    with contextlib.ExitStack() as closing:
+        consumer = make_consumer(settings, None)
+        closing.callback(consumer.close)
+        producer = make_producer(settings)
+        closing.callback(producer.close, timeout=10)
+        shared = redis.Redis.from_url(settings.shared_store_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        sessions = make_session_factory(make_engine(settings))
+        window_start = datetime.now(UTC) - timedelta(seconds=optimizer.windows.span_s)
+        consumer.assign_from_time(Topic.AD_FEEDBACK, int(window_start.timestamp() * 1000))
+        heartbeat = heartbeat_file(settings)
+        heartbeat.parent.mkdir(parents=True, exist_ok=True)
+        metrics = OptimizerMetrics()
+        exporter = serve(metrics.registry, settings.bind_host, settings.optimizer_metrics_port, "optimizer")
+        if exporter is not None:
+            closing.callback(exporter.close)
 
-    def publish(records: list[dict]) -> None:
-        futures = [producer.send(Topic.CAMPAIGN_DECISIONS, key=r["campaign_id"], value=r) for r in records]
-        producer.flush(timeout=30)
-        for future in futures:
-            future.get(timeout=30)
+        def publish(records: list[dict]) -> None:
+            producer.send_all(Topic.CAMPAIGN_DECISIONS, [(r["campaign_id"], r) for r in records], timeout_s=30)
 
-    next_tick = campaigns_due = time.monotonic()
-    last_polled_at: float | None = None
-    campaigns: list[ServingCampaign] = []
-    try:
+        next_tick = campaigns_due = time.monotonic()
+        last_polled_at: float | None = None
+        campaigns: list[ServingCampaign] = []
         while not stop.is_set():
             wait_ms = 1_000 if once else max(0, int((next_tick - time.monotonic()) * 1000))
             polled_at = time.time()
@@ -484,9 +487,4 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
             heartbeat.touch()
             if once:
                 break
-    finally:
-        consumer.close()
-        producer.close(timeout=10)
-        if exporter is not None:
-            exporter.close()
     return optimizer

@@ -160,11 +160,12 @@ def run(
     )
     log.info("ad manager consuming %s as group %s", topic, settings.ad_manager_group)
     metrics = AdManagerMetrics()
-    exporter = serve(metrics.registry, settings.bind_host, settings.ad_manager_metrics_port, "ad manager")
-    beat = heartbeat_file(settings)
-    beat.parent.mkdir(parents=True, exist_ok=True)
-    last_beat = 0.0
+    exporter = None
     try:
+        exporter = serve(metrics.registry, settings.bind_host, settings.ad_manager_metrics_port, "ad manager")
+        beat = heartbeat_file(settings)
+        beat.parent.mkdir(parents=True, exist_ok=True)
+        last_beat = 0.0
         while not stop_event.is_set():
             if time.monotonic() - last_beat >= HEARTBEAT_EVERY_S:
                 beat.touch()  # health checks read its age: the loop is alive and polling

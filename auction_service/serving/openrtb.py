@@ -355,7 +355,7 @@ def spec_errors(request: BidRequest) -> list[tuple[str, str]]:
             errors.append((f"imp[{index}]", "an imp needs a banner, video, audio or native object"))
         for at, format_ in enumerate((imp.banner.format or ()) if imp.banner else ()):
             if bool(format_.wratio) != bool(format_.hratio):
-                errors.append((f"imp[{index}].banner.format[{at}]", "a flexible format has both wratio and hratio"))
+                errors.append((f"imp[{index}].banner.format[{at}]", "a flexible format needs both wratio and hratio"))
         video = imp.video
         if (
             video

@@ -52,12 +52,11 @@ FEATURE_RELOAD_EVERY = 40  # housekeeping ticks (about 10 s at the default 250 m
 # An event batch not acknowledged by then answers 503 (retry): it is journaled, and the relay or the
 # retry publishes it; with the producer's report slack the 503 comes within 5 s.
 PUBLISH_TIMEOUT_S = 2.5
-# A campaign request answers 503 within 5 s when Kafka is away: its producer's bootstrap or metadata wait
-# gives up after 2 s, an unacknowledged instruction after 4 s (the two do not add up: a send without
-# metadata fails before any ack wait).
+# A campaign request answers 503 within 5 s when Kafka is away: making the producer gives up after 2 s, and
+# an instruction unacknowledged after 3 s is settled at librdkafka's next timeout scan, within a second.
 INSTRUCTION_CONNECT_TIMEOUT_S = 2.0
 READINESS_TTL_S = 1.0
-INSTRUCTION_ACK_TIMEOUT_S = 4.0
+INSTRUCTION_ACK_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -273,7 +272,7 @@ class ServiceState:
                 self.settings,
                 client_id="auction-service",
                 connect_timeout_s=INSTRUCTION_CONNECT_TIMEOUT_S,
-                # A request that gave up (503) must not see its instruction reach the topic later.
+                # Settled (acknowledged or failed) by the time the request answers.
                 message_timeout_ms=int(INSTRUCTION_ACK_TIMEOUT_S * 1000),
             )
         return self.producer
@@ -292,7 +291,6 @@ class ServiceState:
         if self.feedback_log is not None:
             self.feedback_log.close(10)
         if self.producer is not None:
-            self.producer.flush(timeout=10)
             self.producer.close(timeout=10)
 
     def _housekeeping(self) -> None:

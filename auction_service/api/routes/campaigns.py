@@ -48,10 +48,15 @@ def _unavailable(detail: str) -> HTTPException:
 def _publish(state, instruction) -> CampaignAccepted:
     try:
         producer = state.instruction_producer()
+    except BrokerUnavailable as exc:
+        raise _unavailable(f"Kafka does not answer ({exc}); retry: the instruction is not applied") from exc
+    try:
         publish_instructions(state.settings, [instruction], producer=producer, timeout_s=INSTRUCTION_ACK_TIMEOUT_S)
-    except (PublishFailed, BrokerUnavailable) as exc:
+    except PublishFailed as exc:
+        # A record sent but not acknowledged in time may still have been stored by the broker.
         raise _unavailable(
-            f"Kafka did not take the instruction ({type(exc).__name__}); retry: the instruction is not applied"
+            f"Kafka did not acknowledge the instruction ({exc}); it may still be applied: read the campaign"
+            f" (GET /v1/campaigns/{instruction.campaign_id}) before retrying"
         ) from exc
     return CampaignAccepted(
         campaign_id=instruction.campaign_id, instruction_id=instruction.instruction_id, action=instruction.action
