@@ -196,6 +196,11 @@ def test_each_replica_is_a_target_and_the_fleet_adds_up_through_a_kill_9(pair):
         assert len(pooled) == K and serving["latency_live"]["auctions"] == K
         assert serving["latency_live"]["p99"] == nearest_rank(pooled, 0.99)
         assert serving["latency_live"]["p50"] == nearest_rank(pooled, 0.50)
+        for answer in stats.values():  # each window as served is the replica's own, to the last digit
+            own = sorted(answer["latency_window_ms"])
+            assert (answer["latency_ms"]["p50"], answer["latency_ms"]["p99"]) == (
+                nearest_rank(own, 0.50), nearest_rank(own, 0.99),
+            )  # fmt: skip
 
         # kill -9 replica 1; the supervisor starts it again on the same metrics port, its counters at 0.
         victim = stats[f"http://127.0.0.1:{ports[1]}/v1/stats"]["replica"]["pid"]

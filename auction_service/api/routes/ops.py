@@ -102,8 +102,9 @@ def stats(state: StateDep) -> dict:
         "campaigns": len(state.campaigns.campaigns),
         "bid_filter": state.metrics.bid_filter.snapshot(),
         # What a fleet's stats are merged from (``dashboard.sources.fleet_stats``): the latency window itself,
-        # whose percentiles are not averages of the replicas', and the process, to tell a restart.
-        "latency_window_ms": [round(ms, 3) for ms in state.stats.latencies_ms.copy()],
+        # whose percentiles are not averages of the replicas', and the process, to tell a restart. Not rounded:
+        # pooled percentiles of one replica are then its own, to the last digit.
+        "latency_window_ms": list(state.stats.latencies_ms.copy()),
         "replica": {"pid": os.getpid(), "metrics_port": state.settings.auction_metrics_port or None},
     }
 
