@@ -24,8 +24,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from adstream.settings import Settings
 
-# librdkafka settles a timed-out record at its next timeout scan (about once a second): wait that
-# long past ``message.timeout.ms`` for the report, so a send that gave up cannot reach the topic later.
+# librdkafka settles a timed-out record at its next timeout scan (about once a second): wait that long
+# past ``message.timeout.ms`` for the report, so a send that gives up leaves none of its records queued.
 REPORT_SLACK_S = 2.0
 
 
