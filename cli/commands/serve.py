@@ -24,7 +24,7 @@ def serve_command(ctx: typer.Context) -> None:
     if settings.auction_replicas > 1:
         health = f"http://{settings.bind_host}:{settings.auction_port}/healthz"
         command = [sys.executable, "-m", "cli", "serve"]
-        # The metrics port from the settings, which may come from an env file the replicas' offsets need.
+        # Replica i serves metrics on this port + i; the port may come from an env file, not the environment.
         env = child_process_env(AUCTION_METRICS_PORT=str(settings.auction_metrics_port))
         raise typer.Exit(supervise(command, settings.auction_replicas, env, health))
     run(create_app(settings), host=settings.bind_host, port=settings.auction_port, fast_path=settings.auction_fast_path)
