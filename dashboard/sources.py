@@ -189,9 +189,7 @@ def fleet_stats(replicas: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     fleet["fill_rate"] = fleet["filled"] / fleet["auctions"] if fleet["auctions"] else 0.0
     pctr_sum = sum((answer.get("average_pctr") or 0.0) * int(answer.get("filled") or 0) for answer in answers)
     fleet["average_pctr"] = pctr_sum / fleet["filled"] if fleet["filled"] else None
-    fleet["latency_ms"] = latency_percentiles(
-        sorted(ms for answer in answers for ms in answer.get("latency_window_ms") or ())
-    )
+    fleet["latency_ms"] = fleet_latency(answers)
     meters = [answer["bid_filter"] for answer in answers if answer.get("bid_filter")]
     if meters:
         fleet["bid_filter"] = fleet_bid_filter(meters)
@@ -201,6 +199,19 @@ def fleet_stats(replicas: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         for url, answer in replicas.items()
     ]  # fmt: skip
     return fleet
+
+
+def fleet_latency(answers: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Latency percentiles of the replicas' windows pooled. The public AUCTION_PORT serves no window (only the
+    replicas' own ports do): one answer from there is its own percentiles, several the worst of each, so a slow
+    replica's tail still shows."""
+    if all("latency_window_ms" in answer for answer in answers):
+        return latency_percentiles(sorted(ms for answer in answers for ms in answer["latency_window_ms"] or ()))
+    own = [answer["latency_ms"] for answer in answers if answer.get("latency_ms")]
+    if not own:
+        return None
+    worst: dict[str, Any] = {key: max(latency[key] for latency in own) for key in ("p50", "p95", "p99")}
+    return {**worst, "auctions": sum(int(latency.get("auctions") or 0) for latency in own)}
 
 
 def fleet_bid_filter(meters: list[Mapping[str, Any]]) -> dict[str, Any]:

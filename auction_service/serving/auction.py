@@ -501,7 +501,10 @@ class CampaignIndex:
             if (row := self.row_of.get(campaign_id)) is not None and seen >= self.frequency_cap[row]
         ]
         if at_cap:
-            capped = keep & np.isin(rows, at_cap)
+            # A mask over every campaign, read at ``rows``: a fraction of np.isin's sort on the hot path.
+            seen_at_cap = np.zeros(len(self.campaigns), dtype=bool)
+            seen_at_cap[at_cap] = True
+            capped = keep & seen_at_cap[rows]
             keep &= ~capped
         for reason, dropped in (
             (FilterReason.TOTAL_BUDGET, over_total),

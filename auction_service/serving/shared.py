@@ -26,6 +26,7 @@ Lua numbers are doubles: amounts are exact up to 2**53 micros (about $9 billion)
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -185,6 +186,7 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
+@functools.lru_cache(maxsize=16)  # every hold names one or two days: strftime once per day, not per auction
 def day_tag(day: date) -> str:
     return day.strftime("%Y%m%d")
 

@@ -168,6 +168,15 @@ def test_the_fleets_percentiles_pool_the_windows_and_its_shares_are_of_the_sums(
     assert auctions_per_s(fleet, restarted, 5.0) == (21 + 5) / 5.0  # b started again at 0: all 5 are new
 
 
+def test_read_on_the_public_port_the_fleet_takes_each_replicas_own_percentiles_and_the_worst_of_them():
+    # AUCTION_PORT's /v1/stats carries no window: one answer is its own percentiles, several the worst of each.
+    one = {"auctions": 10, "filled": 1, "latency_ms": {"p50": 2.0, "p95": 3.0, "p99": 9.0, "auctions": 10}}
+    other = {"auctions": 5, "filled": 0, "latency_ms": {"p50": 4.0, "p95": 5.0, "p99": 6.0, "auctions": 5}}
+    assert fleet_stats({"a": one})["latency_ms"] == one["latency_ms"]
+    assert fleet_stats({"a": one, "b": other})["latency_ms"] == {"p50": 4.0, "p95": 5.0, "p99": 9.0, "auctions": 15}
+    assert fleet_stats({"a": {**one, "latency_ms": None}})["latency_ms"] is None
+
+
 def test_each_replica_is_a_target_and_the_fleet_adds_up_through_a_kill_9(pair):
     settings, url, supervisor = pair
     ports = metrics_ports(settings)
@@ -180,6 +189,8 @@ def test_each_replica_is_a_target_and_the_fleet_adds_up_through_a_kill_9(pair):
     assert sum(served.values()) == K, served
     assert all(n > 0 for n in served.values()), f"one replica served everything: {served}"
     stats = replica_stats(settings)
+    public = httpx.get(f"{url}/v1/stats", timeout=5).json()  # one replica's, for API clients: no process, no window
+    assert "replica" not in public and "latency_window_ms" not in public and public["auctions"] > 0
     pids = [answer["replica"]["pid"] for answer in stats.values()]
     assert len(set(pids)) == 2 and set(pids) == {c.pid for c in psutil.Process(supervisor.pid).children()}
     assert all(samples["process_start_time_seconds[]"] > 0 for samples in before.values())

@@ -41,7 +41,7 @@ async def replica_port(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     settings = state.settings
     replica = serve_replica(
-        state.metrics.registry, lambda: jsonable_encoder(stats(state)), settings.bind_host,
+        state.metrics.registry, lambda: jsonable_encoder(replica_stats(state)), settings.bind_host,
         settings.auction_metrics_port,
     )  # fmt: skip
     try:
@@ -89,6 +89,8 @@ def metrics(state: StateDep) -> Response:
 
 @router.get("/v1/stats")
 def stats(state: StateDep) -> dict:
+    """The replica's live counters. What only a fleet merge needs (``replica_stats``) stays off this public
+    port: an API client has no use for the process id, and the raw latency window is thousands of numbers."""
     return {
         **state.stats.snapshot(),
         "model_version": state.model.version,
@@ -101,9 +103,16 @@ def stats(state: StateDep) -> dict:
         },
         "campaigns": len(state.campaigns.campaigns),
         "bid_filter": state.metrics.bid_filter.snapshot(),
-        # What a fleet's stats are merged from (``dashboard.sources.fleet_stats``): the latency window itself,
-        # whose percentiles are not averages of the replicas', and the process, to tell a restart. Not rounded:
-        # pooled percentiles of one replica are then its own, to the last digit.
+    }
+
+
+def replica_stats(state: ServiceState) -> dict:
+    """``stats``, and what a fleet's stats are merged from (``dashboard.sources.fleet_stats``), on the replica's
+    own AUCTION_METRICS_PORT only: the latency window itself, whose percentiles are not averages of the
+    replicas', and the process, to tell a restart. Not rounded: pooled percentiles of one replica are then its
+    own, to the last digit."""
+    return {
+        **stats(state),
         "latency_window_ms": list(state.stats.latencies_ms.copy()),
         "replica": {"pid": os.getpid(), "metrics_port": state.settings.auction_metrics_port or None},
     }
