@@ -180,6 +180,9 @@ class ServiceState:
     watcher: ModelWatcher | None = None
     _unwritten: list[store.ServedAuctionRow] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # One flush at a time: a caller's flush returns once what was queued before it is stored, even when the
+    # housekeeping thread took that batch first and is still writing it.
+    _flushing: threading.Lock = field(default_factory=threading.Lock)
     # Held by an auction while it reads the snapshot and the exposure, and by a reload while it swaps
     # them: an auction sees both before or both after.
     snapshot_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -439,14 +442,15 @@ class ServiceState:
         return row if row is not None else self.served_in_campaign_store([auction_id])[auction_id]
 
     def flush_served(self) -> int:
-        with self._lock:
-            batch, self._unwritten = self._unwritten, []
-        if not batch:
-            return 0
-        try:
-            with self.sessions() as session:
-                return store.record_served_auctions(session, batch)
-        except BaseException:
-            with self._lock:  # back in front of what came since: the next tick writes them
-                self._unwritten[:0] = batch
-            raise
+        with self._flushing:
+            with self._lock:
+                batch, self._unwritten = self._unwritten, []
+            if not batch:
+                return 0
+            try:
+                with self.sessions() as session:
+                    return store.record_served_auctions(session, batch)
+            except BaseException:
+                with self._lock:  # back in front of what came since: the next tick writes them
+                    self._unwritten[:0] = batch
+                raise

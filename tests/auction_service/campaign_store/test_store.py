@@ -838,6 +838,33 @@ def test_a_failed_flush_keeps_the_auctions_for_the_next(service_state):
     assert [service_state.served_auction(a) for a in ("a-1", "a-2")] == [served("a-1"), served("a-2")]
 
 
+def test_a_flush_returns_once_a_batch_another_thread_is_writing_is_stored(service_state):
+    # The housekeeping thread takes the queue and is still writing it when a caller flushes: the caller's
+    # flush must not return (with nothing of its own to write) before that batch is in the store.
+    working, writing, release = service_state.sessions, threading.Event(), threading.Event()
+
+    def slow_sessions():
+        writing.set()
+        assert release.wait(10)
+        return working()
+
+    service_state.remember_served(served("a-1"))
+    service_state.sessions = slow_sessions
+    housekeeping = threading.Thread(target=service_state.flush_served)
+    housekeeping.start()
+    assert writing.wait(10)
+    service_state.sessions = working
+    caller = threading.Thread(target=service_state.flush_served)
+    caller.start()
+    caller.join(0.5)
+    assert caller.is_alive(), "the caller's flush returned while the batch was still being written"
+    release.set()
+    housekeeping.join(10)
+    caller.join(10)
+    with working() as session:
+        assert store.served_auction(session, "a-1") == served("a-1")
+
+
 # --- a lost shared store, rebuilt from the campaign store ---
 
 SERVED_IN_THE_HOUR = 40_000  # as ORM objects, about 150 MB; streamed, a few
