@@ -3,6 +3,7 @@
 import os
 import socket
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -75,6 +76,28 @@ def test_batch_services_run_below_the_request_path(tmp_path):
             assert autogroup.read_text().split()[-2:] == ["nice", "10"]
     finally:
         assert services.stop(settings, idle) == "stopped"
+
+
+def test_a_service_that_came_up_while_its_wave_waited_for_a_slower_one_is_healthy_past_its_timeout(tmp_path):
+    # `up` waits for a wave's services one after another, each timeout counted from the wave's start: one
+    # waited for after a slower one must still be checked, not failed unseen.
+    settings = make_settings(tmp_path)
+    sleeper = services.Service(
+        name="sleeper", url="-", ports=(), command=(sys.executable, "-c", "import time; time.sleep(30)"),
+        healthy=lambda: True, start_timeout_s=1.0,
+    )  # fmt: skip
+    never = services.Service(**{**sleeper.__dict__, "name": "never", "healthy": lambda: False})
+    try:
+        for service in (sleeper, never):
+            services.start(settings, service)
+        wave_began = time.monotonic() - 5.0  # the slower services of the wave took 5 s
+        assert services.wait_healthy(settings, sleeper, wave_began) >= 5.0
+        with pytest.raises(services.ServiceError, match="never was not healthy after 1s"):
+            services.wait_healthy(settings, never, wave_began)
+    finally:
+        for service in (sleeper, never):
+            services.stop(settings, service)
+    assert services.running_pid(settings, "sleeper") is None and services.running_pid(settings, "never") is None
 
 
 def test_unknown_service_names_are_refused(tmp_path):
