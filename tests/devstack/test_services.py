@@ -1,5 +1,6 @@
 """The local service manager behind `make up` / `make down` / `make status`."""
 
+import dataclasses
 import os
 import socket
 import sys
@@ -86,7 +87,7 @@ def test_a_service_that_came_up_while_its_wave_waited_for_a_slower_one_is_health
         name="sleeper", url="-", ports=(), command=(sys.executable, "-c", "import time; time.sleep(30)"),
         healthy=lambda: True, start_timeout_s=1.0,
     )  # fmt: skip
-    never = services.Service(**{**sleeper.__dict__, "name": "never", "healthy": lambda: False})
+    never = dataclasses.replace(sleeper, name="never", healthy=lambda: False)
     try:
         for service in (sleeper, never):
             services.start(settings, service)
