@@ -38,6 +38,7 @@ class Table(StrEnum):
     GOLD_KPI_MINUTE = "gold/kpi_minute"
     GOLD_BILLING_HOURLY = "gold/billing_hourly"
     GOLD_IVT_HOURLY = "gold/ivt_hourly"
+    GOLD_EXCHANGE_COSTS_HOURLY = "gold/exchange_costs_hourly"  # per exchange and hour: what its win notices priced
     GOLD_CALIBRATION = "gold/calibration"  # observed / expected clicks per model version x hour x pricing x category
     GOLD_CALIBRATORS = "gold/calibrators"  # every online pCTR calibration fitted, with the model version it maps
     GOLD_TRAFFIC_CURVE = "gold/traffic_curve"  # auctions per slot of the pacing day: the curve even pacing plans on

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # records that may be quarantined before the whole load is refused.
     reports_dir: Path = Path("reports")
     ingest_max_reject_share: float = Field(default=0.05, ge=0, le=1)
+    # An exchange's invoice line that differs from what its win notices priced by at most this share (of the
+    # amount and of the impressions) is within tolerance; beyond it, disputed (`adstream invoice`).
+    exchange_invoice_tolerance: float = Field(default=0.02, ge=0, le=1)
 
     # Spark tuning that is not a per-job choice.
     spark_driver_memory: str = Field(default="2g", pattern=SPARK_MEMORY_PATTERN)  # 2g, 2048m, 1gb; no unit = MiB

@@ -30,6 +30,7 @@ COMMANDS: CommandIndex = {
     "bid-filter": ("cli.commands.bid_filter", "Train the bid-request filter on silver/auctions; judge a challenger."),
     "optimize": ("cli.commands.optimize", "Re-bid optimized campaigns per platform from live Kafka data."),
     "bill": ("cli.commands.bill", "Bill, reconcile and export hours of spend."),
+    "invoice": ("cli.commands.bill", "Reconcile an exchange's invoice with what its win notices priced."),
     "maintain": ("cli.commands.lake", "Compact and vacuum the streaming tables."),
     "smoke": ("cli.commands.lake", "Kafka -> Spark -> Delta smoke test."),
     "stream": ("cli.commands.stream", "The streaming job: Kafka topics into Delta."),

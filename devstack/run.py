@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,8 @@ from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MOD
 from adstream.days import DayClock
 from adstream.events import MICROS_PER_UNIT, NOT_DELIVERED, CampaignInstruction
 from adstream.settings import Settings, child_process_env, default_child_env, get_settings
-from auction_service.campaign_store import store
+from auction_service.campaign_store import callers, store
+from auction_service.campaign_store.callers import MAX_FLOOR_CPM_MICROS, CallerKind
 from auction_service.campaign_store.db import make_engine, make_session_factory
 from auction_service.campaign_store.instructions import publish_instructions, read_ad_catalog, stop_instruction
 from auction_service.serving.auction import DEFAULT_PCVR
@@ -56,6 +58,7 @@ from simulator.ivt_scoring import report_lines as ivt_report_lines
 from simulator.ivt_scoring import score as score_ivt
 from simulator.ivt_scoring import target_misses as ivt_target_misses
 from simulator.traffic import DEFAULT_CONCURRENCY, parse_duration
+from spark_jobs.billing import invoices
 from spark_jobs.billing.reports import reconciliation_path
 from spark_jobs.ivt import ivt_summary
 
@@ -101,6 +104,7 @@ SEED = 7  # of the seeded campaigns and the simulated users
 # Daily budgets are booked at this share of what each campaign can win at its full bid (devstack.forecast),
 # so every campaign that wins is bound by its budget and the platform is budget-constrained.
 BUDGET_PRESSURE = 0.6
+SIM_EXCHANGE = "sim-exchange"  # the simulated exchange's caller id: its OpenRTB auctions, wins and invoice
 OPTIMIZED_PAIRS = 20  # top CPC/CPM spenders of the forecast, booked as an optimized campaign and its static twin
 DIURNAL_PEAK = 1.7  # the simulator's diurnal curve peaks near 1.64x its mean rate
 INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
@@ -131,6 +135,7 @@ class RunState:
     probe: list[CampaignInstruction] | None = None  # the campaigns as the forecast served them
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (optimized campaign, its static twin)
     exchange_invoices: list[dict] = field(default_factory=list)  # the simulated exchange's, per simulation
+    exchange_key: str | None = None  # the simulated exchange's API key: in memory only, passed by environment
 
 
 def start_infrastructure(settings: Settings, state: RunState) -> None:
@@ -185,6 +190,11 @@ def start_platform(settings: Settings, state: RunState, plan: Simulation) -> Non
     default_child_env("CALIBRATION_POLL_S", "5")
     default_child_env("AUCTION_TTL_S", str(plan.auction_ttl_s))
     services.up(settings, PLATFORM)
+    with store_sessions(settings)() as session:  # a key per run: its secret is shown once and never stored
+        state.exchange_key = callers.create_key(
+            session, caller_id=SIM_EXCHANGE, kind=CallerKind.EXCHANGE, max_floor_cpm_micros=MAX_FLOOR_CPM_MICROS,
+            first_price_allowed=False,
+        ).api_key  # fmt: skip
     state.catalog = read_ad_catalog(settings)
     state.seeded_at = datetime.now(UTC)
     state.probe = forecast.probe_instructions(state.catalog, SEED_CAMPAIGNS, SEED, state.seeded_at)
@@ -204,7 +214,8 @@ def forecast_and_book(settings: Settings, state: RunState, plan: Simulation) -> 
     summary_file = settings.local_dir.resolve() / "run" / "forecast.json"
     began = datetime.now(UTC)
     log = services.log_file(settings, "run-forecast")
-    run_simulator(settings, plan, plan.forecast_s, summary_file, summary_file.with_suffix(".csv"), log)
+    run_simulator(settings, plan, plan.forecast_s, summary_file, summary_file.with_suffix(".csv"), log,
+                  exchange_key=state.exchange_key)  # fmt: skip
     probe = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     probe_auctions = int(probe.get("auctions", 0))
     state.exchange_invoices.append(probe.get("exchange") or {})
@@ -336,7 +347,8 @@ def simulate(settings: Settings, state: RunState, plan: Simulation) -> None:
         print(f"    the traffic starts {late}: the plan expects spend from {state.day_origin:%H:%M:%S}", flush=True)
     state.simulation_start = datetime.now(UTC)
     log = services.log_file(settings, "run-simulator")
-    run_simulator(settings, plan, plan.duration_s, summary_file, state.ground_truth_file, log, show_kpis=True)
+    run_simulator(settings, plan, plan.duration_s, summary_file, state.ground_truth_file, log, show_kpis=True,
+                  exchange_key=state.exchange_key)  # fmt: skip
     state.simulation_end = datetime.now(UTC)
     state.simulation = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     state.exchange_invoices.append(state.simulation.get("exchange") or {})
@@ -360,9 +372,11 @@ def run_simulator(
     log: Path,
     *,
     show_kpis: bool = False,
+    exchange_key: str | None = None,
 ) -> None:
     """`adstream simulate` for ``duration_s`` at the plan's rate, users and bots along the diurnal curve;
-    its progress (and, ``show_kpis``, the streaming KPIs) printed while it runs."""
+    its progress (and, ``show_kpis``, the streaming KPIs) printed while it runs. Its OpenRTB requests carry
+    ``exchange_key`` (by environment, never on a command line)."""
     summary_file.parent.mkdir(parents=True, exist_ok=True)
     command = [
         str(services.ADSTREAM), "simulate", "--duration", f"{duration_s:.0f}s",
@@ -373,8 +387,9 @@ def run_simulator(
     ]  # fmt: skip
     with log.open("w") as out:
         simulator = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=child_process_env(**services.settings_env(settings)),
-            cwd=services.PROJECT_ROOT,
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=services.PROJECT_ROOT,
+            env=child_process_env(**services.settings_env(settings),
+                                  **({"SIMULATOR_EXCHANGE_KEY": exchange_key} if exchange_key else {})),
         )  # fmt: skip
         while simulator.poll() is None:
             time.sleep(min(KPI_EVERY_S, duration_s / 3))
@@ -706,30 +721,51 @@ def top_campaigns(settings: Settings, state: RunState, n: int = 5) -> list[str]:
     if bill.empty or "spend_micros" not in bill:
         return ["  (the bill is empty)"]
     lines = ["  bills:"]
-    media_total, bill_rows = 0, 0
+    media_total = 0
     for hour, rows in bill.groupby("hour"):
         status = ", ".join(sorted(rows["status"].astype(str).unique())) if "status" in rows else "?"
         spend = Decimal(int(published_rows(rows)["spend_micros"].sum())) / MICROS_PER_UNIT
         media = int(published_rows(rows)["media_cost_micros"].sum()) if "media_cost_micros" in rows else 0
         media_total += media
-        bill_rows += len(published_rows(rows))
         lines.append(f"    {hour:%Y-%m-%d %H}:00  {status:<12} billed {spend:,.2f} USD, "
                      f"media cost {usd(media)} USD")  # fmt: skip
-    invoices = [invoice for invoice in state.exchange_invoices if invoice]
-    if invoices:  # the simulated exchange's own account of what it charged us: the invoice to reconcile with
-        invoiced = (sum(invoice["media_cost_cpm_micros"] for invoice in invoices) + 500) // 1000
-        wins = sum(invoice["win_notices"].get("204", 0) for invoice in invoices)
-        # Each bill row rounds its media cost once (half a micro at most); the invoice rounds its total once.
-        verdict = "agree" if abs(media_total - invoiced) <= (bill_rows + 1) // 2 else "DIFFER"
-        lines.append(
-            f"  media cost: bills {usd(media_total)} USD, the simulated exchange's invoice {usd(invoiced)} USD for"
-            f" {wins:,} win notices: {verdict} (to half a micro per bill row; a win whose impression is in an"
-            " unbilled hour, or never came, is on the invoice only)"
-        )
+    lines += exchange_invoice_lines(settings, state, media_total)
     top = published_rows(bill).groupby("campaign_id")["spend_micros"].sum().nlargest(n)
     lines.append(f"  top {len(top)} campaigns by billed spend:")
     lines += [f"    {cid:<28} {Decimal(int(v)) / MICROS_PER_UNIT:>10,.2f} USD" for cid, v in top.items()]
     return lines
+
+
+def exchange_invoice_lines(settings: Settings, state: RunState, media_total: int) -> list[str]:
+    """The simulated exchange's invoice (its billing notices per hour, at its win notices' prices), written as
+    the CSV an exchange sends and judged by `adstream invoice` against gold/exchange_costs_hourly."""
+    hours: dict[str, list[int]] = {}
+    for summary in state.exchange_invoices:
+        for line in (summary or {}).get("invoice", []):
+            merged = hours.setdefault(line["period_start"], [0, 0, line["period_end"]])
+            merged[0] += int(line["impressions"])
+            merged[1] += int(line["media_cost_cpm_micros"])
+    if not hours:
+        return [f"  media cost: bills {usd(media_total)} USD; the simulated exchange sent no invoice"]
+    rows = [
+        f"{start},{end},{count},{Decimal((cpm + 500) // 1000) / MICROS_PER_UNIT:.6f},USD"
+        for start, (count, cpm, end) in sorted(hours.items())
+    ]
+    path = settings.local_dir.resolve() / "run" / "exchange-invoice.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("period_start,period_end,impressions,amount,currency\n" + "".join(f"{row}\n" for row in rows))
+    result = invoices.reconcile_invoice(settings, SIM_EXCHANGE, path.read_text(), str(path))
+    report = invoices.write_report(settings, result)
+    verdicts = Counter(line.verdict.value for line in result.lines)
+    totals = result.totals()
+    return [
+        f"  media cost: bills {usd(media_total)} USD; the simulated exchange's invoice ({path}), by `adstream "
+        f"invoice {SIM_EXCHANGE}`: {len(result.lines)} hourly lines, "
+        + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
+        + f"; judged lines invoiced {usd(totals['invoiced_micros'])} USD against ours {usd(totals['our_micros'])}"
+        f" USD, disputed {usd(totals['disputed_micros'])} USD (report {report}; an open line's hours are not final"
+        " yet)"
+    ]
 
 
 def _ratio_line(label: str, impressions: pd.DataFrame) -> str:

@@ -76,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import html
 import itertools
 import json
@@ -88,7 +89,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -281,10 +282,19 @@ class SimulationStats:
     unfillable_no_bid: Counter[str] = field(default_factory=Counter)  # of them answered 204, by kind
     exchange_wins: Counter[str] = field(default_factory=Counter)  # win notices fired, by the service's answer
     media_cost_cpm_micros: int = 0  # the clearing prices (per thousand) of the taken win notices
+    # The exchange's invoice: per UTC hour its billing notices were taken in, (impressions, Σ price per thousand).
+    invoice: dict[datetime, list[int]] = field(default_factory=dict)
     rss_start: int = field(default_factory=lambda: _rss())
     rss_peak: int = 0
     # Visits started, people's and bots', by the slot of the simulated day they were due in (diurnal runs).
     visits_by_slot: list[int] | None = None
+
+    def invoice_impression(self, price_cpm_micros: int) -> None:
+        """The exchange bills an impression when its billing notice is taken, at the price its win notice said."""
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        line = self.invoice.setdefault(hour, [0, 0])
+        line[0] += 1
+        line[1] += price_cpm_micros
 
     def observe_rss(self) -> int:
         rss = _rss()
@@ -353,6 +363,7 @@ class SimulationStats:
                 "media_cost_cpm_micros": self.media_cost_cpm_micros,
                 "media_cost_micros": (self.media_cost_cpm_micros + 500) // 1000,
                 "media_cost": _usd((self.media_cost_cpm_micros + 500) // 1000),
+                "invoice": invoice_lines(self.invoice),
             },
             "charged_micros": self.events.charged_micros,
             "spend": _usd(self.events.charged_micros),  # USD, what the service said it charged
@@ -537,6 +548,7 @@ class ServedAd:
     billing_device: dict[str, str] = field(default_factory=dict)  # the burl's device_ip/device_ua, signed with it
     win_url: str | None = None  # an OpenRTB bid's nurl, with the ${AUCTION_PRICE} macro
     bid_price_cpm: float | None = None  # an OpenRTB bid's price, USD per thousand
+    win_price_cpm_micros: int | None = None  # the clearing price its win notice told the service
 
 
 def tracking_tokens(*texts: str) -> dict[str, str]:
@@ -605,8 +617,11 @@ class Visitor:
         min_click_delay_s: float = 0.5,
         ground_truth: TextIO | None = None,
         unfillable_share: float = 0.0,
+        exchange_key: str | None = None,
     ) -> None:
         self.client, self.population, self.truth = client, population, truth
+        # The simulated exchange's API key: its OpenRTB requests carry it, so the auctions are its own.
+        self.exchange_headers = {"X-Api-Key": exchange_key} if exchange_key else {}
         self.seed, self.openrtb_share, self.stats = seed, openrtb_share, stats
         self.unfillable_share = unfillable_share
         self.bot_share, self.min_click_delay_s = bot_share, min_click_delay_s
@@ -637,7 +652,8 @@ class Visitor:
         )
         steps = bots.human_steps(draw_events(probabilities, rng), rng)
         if ad.win_url is not None:
-            await self._win_notice(ad, random.Random(f"{self.seed}:{number}:win"))
+            price = await self._win_notice(ad, random.Random(f"{self.seed}:{number}:win"))
+            ad = dataclasses.replace(ad, win_price_cpm_micros=price)
         taken = await self._play(ad, steps, identity, Behaviour.HUMAN, self.stats.events)
         if EventType.IMPRESSION in taken and EventType.CLICK in ad.tokens:
             self.stats.clickable_impressions += 1
@@ -706,8 +722,9 @@ class Visitor:
             self.stats.served_pctr_count += 1
         return ad
 
-    async def _win_notice(self, ad: ServedAd, rng: random.Random) -> None:
-        """The exchange's win notice: its nurl with a clearing price at most our bid."""
+    async def _win_notice(self, ad: ServedAd, rng: random.Random) -> int | None:
+        """The exchange's win notice: its nurl with a clearing price at most our bid; the price (USD micros per
+        thousand) when the service took it."""
         assert ad.win_url is not None
         price = Decimal(str(ad.bid_price_cpm or 0)) * Decimal(str(rng.uniform(EXCHANGE_PRICE_SHARE, 1.0)))
         price = price.quantize(Decimal("0.000001"), rounding=ROUND_DOWN)
@@ -720,8 +737,10 @@ class Visitor:
         except (TimeoutError, aiohttp.ClientError) as exc:
             answer = type(exc).__name__
         self.stats.exchange_wins[answer] += 1
-        if answer == "204":
-            self.stats.media_cost_cpm_micros += int(price * MICROS_PER_UNIT)
+        if answer != "204":
+            return None
+        self.stats.media_cost_cpm_micros += int(price * MICROS_PER_UNIT)
+        return int(price * MICROS_PER_UNIT)
 
     async def _play(
         self, ad: ServedAd, steps: Sequence[Step], identity: Identity, behaviour: Behaviour, counts: EventCounts
@@ -759,6 +778,8 @@ class Visitor:
             self._record_truth(events[index]["event_id"], event, behaviour, result["status"])
             if result["status"] in ("accepted", "duplicate"):
                 taken.add(event.event_type)
+                if identity is EXCHANGE and ad.win_price_cpm_micros is not None:
+                    self.stats.invoice_impression(ad.win_price_cpm_micros)
         return bool(results) and all(result["status"] in ("accepted", "duplicate") for result in results)
 
     @staticmethod
@@ -816,8 +837,9 @@ class Visitor:
 
     async def _post(self, endpoint: str, path: str, body: dict[str, Any], identity: Identity) -> Reply | None:
         self.stats.requests += 1
+        sent = headers(identity) | (self.exchange_headers if endpoint == "openrtb" else {})
         try:
-            async with self.client.post(path, json=body, headers=headers(identity)) as response:
+            async with self.client.post(path, json=body, headers=sent) as response:
                 content = await response.read()
                 return Reply(response.status, _json_or_none(content), response.headers.get("Retry-After"))
         except TimeoutError:
@@ -827,6 +849,19 @@ class Visitor:
         except aiohttp.ClientError as exc:
             self.stats.errors[f"{endpoint}_{type(exc).__name__}"] += 1
         return None
+
+
+def invoice_lines(invoice: dict[datetime, list[int]]) -> list[dict[str, Any]]:
+    """The exchange's invoice, one line per hour: its impressions and their prices' sum, a thousandth of it
+    rounded half up once (as ``adstream invoice`` reads it, with the exact sum kept beside it)."""
+    return [
+        {
+            "period_start": hour.isoformat(), "period_end": (hour + timedelta(hours=1)).isoformat(),
+            "impressions": impressions, "media_cost_cpm_micros": cpm_micros,
+            "amount": f"{Decimal((cpm_micros + 500) // 1000) / MICROS_PER_UNIT:.6f}",
+        }
+        for hour, (impressions, cpm_micros) in sorted(invoice.items())
+    ]  # fmt: skip
 
 
 def _json_or_none(content: bytes) -> Any:
@@ -861,6 +896,7 @@ async def simulate(
     day_length_s: float = 86_400.0,
     day_origin_s: float = 0.0,
     unfillable_share: float = 0.0,
+    exchange_key: str | None = None,
 ) -> tuple[SimulationStats, float]:
     """Visits at ``rate`` per second (the mean over a day of ``day_length_s`` when ``traffic_curve`` is
     diurnal) for ``duration_s`` on ``concurrency`` workers; the stats and the elapsed time.
@@ -881,7 +917,7 @@ async def simulate(
         visitor = Visitor(
             client, population, truth, seed=seed, openrtb_share=openrtb_share, stats=stats, bot_share=bot_share,
             datacenters=datacenters, min_click_delay_s=min_click_delay_s, ground_truth=ground_truth,
-            unfillable_share=unfillable_share,
+            unfillable_share=unfillable_share, exchange_key=exchange_key,
         )  # fmt: skip
         began = loop.time()
         deadline = began + duration_s
@@ -960,6 +996,7 @@ class RunOptions:
     ground_truth_file: Path | None = None
     traffic_curve: CurveKind = CurveKind.FLAT
     day_length_s: float | None = None  # None: PACING_DAY_LENGTH_S
+    exchange_key: str | None = None  # the OpenRTB requests' X-Api-Key; None: anonymous (local mode only)
 
     def error(self) -> str | None:
         """What is wrong with the options, if anything (a usage error)."""
@@ -1006,6 +1043,7 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
         "ground_truth_file": str(options.ground_truth_file) if options.ground_truth_file else None,
         "traffic_curve": options.traffic_curve.value,
         "day_length_s": day_length_s,
+        "exchange_keyed": options.exchange_key is not None,
     }
     curve = "" if options.traffic_curve is CurveKind.FLAT else f" (mean, diurnal over a {day_length_s:g}s day)"
     print(
@@ -1048,6 +1086,7 @@ def run(settings: Settings, options: RunOptions, out: TextIO) -> int:
                 day_length_s=day_length_s,
                 day_origin_s=settings.pacing_day_origin_s,
                 unfillable_share=options.unfillable_share,
+                exchange_key=options.exchange_key,
             )
         )
     summary = stats.summary(elapsed_s=elapsed, run=described, truth=truth)
@@ -1122,6 +1161,14 @@ def simulate_command(
             parser=parse_duration, metavar="DURATION", help="the simulated day, e.g. 1h (default PACING_DAY_LENGTH_S)"
         ),
     ] = None,
+    exchange_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SIMULATOR_EXCHANGE_KEY",
+            show_default=False,
+            help="the simulated exchange's API key for its OpenRTB requests (from the environment; default: none)",
+        ),
+    ] = None,
 ) -> None:
     options = RunOptions(
         duration_s=duration,
@@ -1139,6 +1186,7 @@ def simulate_command(
         ground_truth_file=ground_truth_file,
         traffic_curve=traffic_curve,
         day_length_s=day_length,
+        exchange_key=exchange_key,
     )
     if (error := options.error()) is not None:
         raise typer.BadParameter(error)

@@ -42,6 +42,7 @@ STREAMING_TABLES: tuple[str, ...] = (
     Table.GOLD_KPI_MINUTE,
     Table.GOLD_BILLING_HOURLY,
     Table.GOLD_IVT_HOURLY,
+    Table.GOLD_EXCHANGE_COSTS_HOURLY,
 )
 
 

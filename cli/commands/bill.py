@@ -1,9 +1,11 @@
-"""``adstream bill``: bill, reconcile and export hours of spend (gold/billing_hourly, reports/billing/)."""
+"""``adstream bill``: bill, reconcile and export hours of spend (gold/billing_hourly, reports/billing/);
+``adstream invoice``: an exchange's invoice against what its win notices priced."""
 
 from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,7 +13,7 @@ import typer
 from cli.commands import choices, iso_time, usage_error
 from cli.lazy import commands_app
 from cli.resources import current
-from spark_jobs.billing import job
+from spark_jobs.billing import invoices, job
 
 commands = commands_app()
 
@@ -49,3 +51,31 @@ def bill_command(
     except job.FAILURES as exc:
         print(f"billing failed: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
+
+
+@commands.command("invoice")
+def invoice_command(
+    ctx: typer.Context,
+    exchange: Annotated[str, typer.Argument(help="the exchange's caller id (its API key's owner)")],
+    invoice: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="its invoice: a CSV, see the README")
+    ],
+) -> None:
+    """Reconcile an exchange's invoice with what its win notices priced (gold/exchange_costs_hourly).
+
+    Exits 1 when a line is disputed or rejected; the report goes to reports/billing/invoices/."""
+    settings = current(ctx).settings
+    try:
+        text = invoice.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise usage_error(
+            ValueError(f"{invoice} is not UTF-8 text (byte {exc.start}): export the invoice as CSV")
+        ) from None
+    try:
+        result = invoices.reconcile_invoice(settings, exchange, text, str(invoice))
+    except invoices.InvoiceError as exc:
+        raise usage_error(exc) from None
+    print(result.report())
+    print(f"report: {invoices.write_report(settings, result)}")
+    if result.disputed or result.rejected:
+        raise typer.Exit(1)

@@ -11,7 +11,8 @@ Each hour goes through three steps (the command line `adstream bill` and the DAG
    provisional hour (the stream may lag the ledger) a mismatch is listed, and held back only if it
    lasts until the hour closes. The result is written beside the exports
    (reports/billing/<day>/<HH>.reconciliation.json). The same run counts the hour's invalid traffic
-   into gold/ivt_hourly (spark_jobs.ivt).
+   into gold/ivt_hourly (spark_jobs.ivt), and writes what each exchange's win notices priced into
+   gold/exchange_costs_hourly: the side of an exchange's invoice we check (spark_jobs.billing.invoices).
 2. reconcile: the published bill checked again against the ledger and the auction log; a final row
    that no longer agrees (the ledger changed after billing) fails the run. Held-back and provisional
    rows are listed, not raised.
@@ -32,6 +33,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from adstream.contracts import Table
 from adstream.settings import Settings
@@ -43,6 +45,7 @@ from spark_jobs.billing.ledger import (
     campaign_budgets,
     provisional_hours,
     publish_bill,
+    publish_exchange_costs,
     read_table,
     stream_watermark,
 )
@@ -52,6 +55,7 @@ from spark_jobs.billing.transforms import (
     Reconciliation,
     bill_status,
     campaign_activity,
+    exchange_costs,
     finish_bill,
     held_back_reasons,
     hold_back,
@@ -113,6 +117,9 @@ def bill_hour(spark: SparkSession, settings: Settings, hour: datetime, *, now: d
     reconciliation.held_back = held
     bill = hold_back(bill, held)
     publish_bill(spark, settings, bill, hour)
+    if feedback is not None:
+        costs = exchange_costs(events, hour, lookback).withColumn("billed_at", F.lit(now).cast("timestamp"))
+        publish_exchange_costs(spark, costs, settings, hour)
     _write_reconciliation(settings, reconciliation)
     ivt.build_ivt_hour(spark, settings, hour, computed_at=now)
     published = bill[bill["campaign_id"].notna() & (bill["status"] != BillStatus.HELD_BACK.value)]

@@ -7,6 +7,8 @@
 - Publishing MERGEs the bill on (hour, campaign_id); the hour's rows that the new bill lacks are
   deleted, so a re-run or backfill replaces the hour exactly. Columns the table lacks (a bill from
   before they existed) are added by the MERGE.
+- The hour's media cost per exchange (gold/exchange_costs_hourly) is MERGEd the same way on
+  (hour, exchange_id).
 - Provisional hours, and hours with a held-back campaign, are read back from the published bill,
   so a later run can replace them.
 """
@@ -134,20 +136,30 @@ def campaign_budgets(settings: Settings, campaigns: list[str], hour: datetime) -
 
 def publish_bill(spark: SparkSession, settings: Settings, rows: pd.DataFrame, hour: datetime) -> None:
     """MERGE the hour's bill on (hour, campaign_id); rows of that hour the bill lacks are deleted."""
-    path = settings.lake_path(Table.GOLD_BILLING_HOURLY)
     records = [tuple(_plain(value) for value in row) for row in rows[list(BILL_COLUMNS)].itertuples(index=False)]
     bill = spark.createDataFrame(records, BILL_DDL)
+    replace_hour(spark, settings.lake_path(Table.GOLD_BILLING_HOURLY), bill, hour, key="campaign_id")
+
+
+def publish_exchange_costs(spark: SparkSession, rows: DataFrame, settings: Settings, hour: datetime) -> None:
+    """MERGE the hour's media cost per exchange on (hour, exchange_id); rows of that hour it lacks are deleted."""
+    replace_hour(spark, settings.lake_path(Table.GOLD_EXCHANGE_COSTS_HOURLY), rows, hour, key="exchange_id")
+
+
+def replace_hour(spark: SparkSession, path: str, rows: DataFrame, hour: datetime, *, key: str) -> None:
+    """The hour's rows of the table at ``path`` become ``rows``: MERGEd on (hour, ``key``), and the hour's rows
+    they lack deleted, so a re-run or backfill replaces the hour exactly. Columns the table lacks are added."""
     if not DeltaTable.isDeltaTable(spark, path):
-        bill.write.format("delta").save(path)
+        rows.write.format("delta").save(path)
         return
     (
         DeltaTable.forPath(spark, path)
-        .alias("billed")
-        .merge(bill.alias("bill"), "billed.hour = bill.hour AND billed.campaign_id <=> bill.campaign_id")
+        .alias("g")
+        .merge(rows.alias("r"), f"g.hour = r.hour AND g.{key} <=> r.{key}")
         .withSchemaEvolution()
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
-        .whenNotMatchedBySourceDelete(F.col("billed.hour") == F.lit(hour))
+        .whenNotMatchedBySourceDelete(F.col("g.hour") == F.lit(hour))
         .execute()
     )
 

@@ -118,22 +118,26 @@ def charged_events(feedback: DataFrame, hour: datetime, lookback: timedelta) -> 
     return first.select("auction_id", "first.*").where(F.col("event_time") >= F.lit(hour))
 
 
-def media_costs(feedback: DataFrame, hour: datetime, lookback: timedelta) -> DataFrame:
-    """Per campaign: its impressions first shown in the hour that an exchange priced in a win notice
-    (``exchange_impressions``) and the sum of those prices, USD micros per thousand (``media_cost_cpm_micros``).
+def priced_impressions(feedback: DataFrame, hour: datetime, lookback: timedelta) -> DataFrame:
+    """Each impression first shown in the hour that an exchange priced in a win notice: auction_id, campaign_id,
+    ``exchange_id`` (the win notice's caller: the exchange that bills it) and ``price`` (USD micros per thousand).
 
     The exchange bills the impression, so a win without one costs nothing; a win notice fired twice is one
     price (the lowest). ``feedback`` without the price column (before OpenRTB wins were recorded) has none.
     """
+    schema = "auction_id string, campaign_id string, exchange_id string, price bigint"
     if "exchange_price_cpm_micros" not in feedback.columns:
-        return feedback.sparkSession.createDataFrame(
-            [], "campaign_id string, exchange_impressions bigint, media_cost_cpm_micros bigint"
-        )
+        return feedback.sparkSession.createDataFrame([], schema)
     window = in_window(feedback, hour - lookback, hour + HOUR)
+    caller = F.col("publisher_id") if "publisher_id" in feedback.columns else F.lit(None).cast("string")
     prices = (
         window.where((F.col("event_type") == EventType.WIN.value) & F.col("exchange_price_cpm_micros").isNotNull())
         .groupBy("auction_id")
-        .agg(F.min("exchange_price_cpm_micros").alias("price"))
+        # The lowest price, and the exchange that sent it (a struct compares on its first field first).
+        .agg(
+            F.min(F.struct(F.col("exchange_price_cpm_micros").alias("price"), caller.alias("exchange_id"))).alias("win")
+        )
+        .select("auction_id", "win.price", "win.exchange_id")
     )
     shown = (
         window.where((F.col("event_type") == EventType.IMPRESSION.value) & is_delivered())
@@ -141,10 +145,32 @@ def media_costs(feedback: DataFrame, hour: datetime, lookback: timedelta) -> Dat
         .agg(F.min("event_time").alias("shown_at"))
         .where(F.col("shown_at") >= F.lit(hour))
     )
+    return shown.join(prices, "auction_id").select("auction_id", "campaign_id", "exchange_id", "price")
+
+
+def media_costs(feedback: DataFrame, hour: datetime, lookback: timedelta) -> DataFrame:
+    """Per campaign: its priced impressions of the hour (``exchange_impressions``) and the sum of their prices,
+    USD micros per thousand (``media_cost_cpm_micros``)."""
     return (
-        shown.join(prices, "auction_id")
+        priced_impressions(feedback, hour, lookback)
         .groupBy("campaign_id")
         .agg(F.count("*").alias("exchange_impressions"), F.sum("price").alias("media_cost_cpm_micros"))
+    )
+
+
+def exchange_costs(feedback: DataFrame, hour: datetime, lookback: timedelta) -> DataFrame:
+    """gold/exchange_costs_hourly's figures for the hour: per exchange, its priced impressions and the sum of their
+    prices per thousand (exact, so any period's cost is rounded once, as an invoice rounds its line)."""
+    return (
+        priced_impressions(feedback, hour, lookback)
+        .groupBy("exchange_id")
+        .agg(
+            F.count("*").cast("bigint").alias("exchange_impressions"),
+            F.sum("price").cast("bigint").alias("media_cost_cpm_micros"),
+        )
+        .select(
+            F.lit(hour).cast("timestamp").alias("hour"), "exchange_id", "exchange_impressions", "media_cost_cpm_micros"
+        )
     )
 
 

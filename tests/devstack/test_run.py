@@ -376,3 +376,36 @@ def test_optimized_campaigns_are_compared_with_their_twins_per_platform_on_valid
     assert (every["static_conversions"], every["static_spend_usd"]) == (1, 6.0)
     assert every["optimized_per_usd"] == pytest.approx(2 / 6) and every["static_per_usd"] == pytest.approx(1 / 6)
     assert table.loc["web/desktop", "static_conversions"] == 0 and table.loc["web/mobile", "optimized_spend_usd"] == 0
+
+
+def test_the_simulated_exchanges_invoice_is_judged_hour_by_hour_against_the_lake(tmp_path):
+    settings = make_settings(tmp_path)
+    state = run_module.RunState()
+    assert run_module.exchange_invoice_lines(settings, state, 0) == [
+        "  media cost: bills 0 USD; the simulated exchange sent no invoice"
+    ]
+    ten, eleven = datetime(2026, 12, 6, 10, tzinfo=UTC), datetime(2026, 12, 6, 11, tzinfo=UTC)
+
+    def line(hour: datetime, n: int, cpm: int) -> dict:
+        end = hour + timedelta(hours=1)
+        return {"period_start": hour.isoformat(), "period_end": end.isoformat(), "impressions": n,
+                "media_cost_cpm_micros": cpm}  # fmt: skip
+
+    # The forecast's and the day's simulations both billed 10:00: one line, their prices summed before rounding.
+    state.exchange_invoices = [{"invoice": [line(ten, 2, 2_500_250)]},
+                               {"invoice": [line(ten, 1, 1_000_250), line(eleven, 4, 8_000_000)]}]  # fmt: skip
+    costs = {"hour": pa.array([ten, eleven], STAMP), "exchange_id": [run_module.SIM_EXCHANGE] * 2,
+             "exchange_impressions": [3, 4], "media_cost_cpm_micros": [3_500_500, 7_000_000]}  # fmt: skip
+    write_deltalake(settings.delta_rs_location(Table.GOLD_EXCHANGE_COSTS_HOURLY)[0], pa.table(costs))
+    bill = {"hour": pa.array([ten, eleven], STAMP), "campaign_id": ["c", "c"], "spend_micros": [1, 1],
+            "status": ["final", "final"]}  # fmt: skip
+    write_deltalake(settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)[0], pa.table(bill))
+    [summary] = run_module.exchange_invoice_lines(settings, state, 10_501)
+    invoice = (settings.local_dir.resolve() / "run" / "exchange-invoice.csv").read_text().splitlines()
+    # 3,500,500 per thousand: 3,500.5 -> 3,501 micros, rounded once over both simulations.
+    noon = eleven + timedelta(hours=1)
+    assert invoice[1:] == [f"{ten.isoformat()},{eleven.isoformat()},3,0.003501,USD",
+                           f"{eleven.isoformat()},{noon.isoformat()},4,0.008000,USD"]  # fmt: skip
+    # 11:00: the exchange invoices 8,000 micros where its win notices priced 7,000.
+    assert "2 hourly lines, 1 agrees, 1 disputed" in summary
+    assert "invoiced 0.011501 USD against ours 0.010501 USD, disputed 0.001 USD" in summary

@@ -13,7 +13,7 @@ import random
 import re
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -28,7 +28,8 @@ from adstream.contracts import Table, Topic
 from adstream.events import STANDARD_BANNER_SIZES, EventType, FeedbackEvent
 from adstream.settings import Settings
 from auction_service.api.app import create_app
-from auction_service.campaign_store import store
+from auction_service.campaign_store import callers, store
+from auction_service.campaign_store.callers import CallerKind
 from auction_service.campaign_store.instructions import seed_instructions
 from auction_service.serving import openrtb
 from auction_service.serving.auction import ecpm_micros
@@ -138,6 +139,16 @@ def truth():
 
 
 # --- the command line ---
+
+
+def wait_admitted(url: str, api_key: str, limit_s: float = 30) -> None:
+    """Until the service knows a key just made (it reloads its keys every few seconds): an empty body is then
+    refused as a bad request (400), not as an unknown caller (401)."""
+    deadline = time.monotonic() + limit_s
+    while (status := httpx.post(f"{url}/openrtb2/auction", json={}, headers={"X-Api-Key": api_key}).status_code) == 401:
+        assert time.monotonic() < deadline, "the service never admitted the key"
+        time.sleep(0.5)
+    assert status == 400, status
 
 
 def simulate_command(monkeypatch, settings: Settings, argv: list[str]):
@@ -639,6 +650,12 @@ def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predict
 ):
     state, url = simulation_service
     summary_file = tmp_path / "summary.json"
+    # The simulated exchange sends its OpenRTB requests with its own key, read from the environment.
+    with state.sessions() as session:
+        key = callers.create_key(session, caller_id="sim-exchange", kind=CallerKind.EXCHANGE,
+                                 max_floor_cpm_micros=100_000_000, first_price_allowed=False)  # fmt: skip
+    monkeypatch.setenv("SIMULATOR_EXCHANGE_KEY", key.api_key)
+    wait_admitted(url, key.api_key)
     argv = [
         "--base-url",
         url,
@@ -694,6 +711,16 @@ def test_simulated_users_click_as_the_ground_truth_says_not_as_the_model_predict
     invoiced = sum(e.exchange_price_cpm_micros for e in recorded.values())
     assert summary["exchange"]["media_cost_cpm_micros"] == invoiced > 0
     assert summary["exchange"]["media_cost_micros"] == (invoiced + 500) // 1000
+    # Its auctions and wins are the exchange's (its key's caller), and so is what it invoices: each impression
+    # its billing notice delivered (here every ad served is shown), per hour, at its win notice's price.
+    assert {e.publisher_id for e in recorded.values()} == {"sim-exchange"} and summary["run"]["exchange_keyed"]
+    invoice = summary["exchange"]["invoice"]
+    assert sum(line["impressions"] for line in invoice) == wins["204"]
+    assert sum(line["media_cost_cpm_micros"] for line in invoice) == invoiced
+    for line in invoice:
+        start = datetime.fromisoformat(line["period_start"])
+        assert start.minute == 0 and datetime.fromisoformat(line["period_end"]) - start == timedelta(hours=1)
+        assert Decimal(line["amount"]) * 1_000_000 == (line["media_cost_cpm_micros"] + 500) // 1000
     assert service_stats["events"]["accepted"] == summary["events"]["accepted"] + wins["204"]
     with state.sessions() as session:
         spent = sum(store.get_campaign(session, campaign_id).spent_micros for campaign_id in CAMPAIGNS)
