@@ -28,13 +28,15 @@ from adstream.dag_defaults import RETRY_DEFAULT_ARGS
     tags=["billing", "finance", "gold"],
 )
 def hourly_billing():
-    @task(outlets=[table_asset(Table.GOLD_BILLING_HOURLY)])
+    @task(outlets=[table_asset(Table.GOLD_BILLING_HOURLY), table_asset(Table.GOLD_EXCHANGE_COSTS_HOURLY)])
     def bill() -> list[str]:
         from cli import tasks
 
         context = get_current_context()
         hours = tasks.bill(context["data_interval_start"])
-        tasks.name_table_versions(context["outlet_events"], [Table.GOLD_BILLING_HOURLY])
+        tasks.name_table_versions(
+            context["outlet_events"], [Table.GOLD_BILLING_HOURLY, Table.GOLD_EXCHANGE_COSTS_HOURLY]
+        )
         return hours
 
     @task

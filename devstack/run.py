@@ -763,9 +763,21 @@ def exchange_invoice_lines(settings: Settings, state: RunState, media_total: int
         f"invoice {SIM_EXCHANGE}`: {len(result.lines)} hourly lines, "
         + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
         + f"; judged lines invoiced {usd(totals['invoiced_micros'])} USD against ours {usd(totals['our_micros'])}"
-        f" USD, disputed {usd(totals['disputed_micros'])} USD (report {report}; an open line's hours are not final"
-        " yet)"
+        f" USD, disputed {usd(totals['disputed_micros'])} USD{_open_lines(result)} (report {report})"
     ]
+
+
+def _open_lines(result: invoices.InvoiceReconciliation) -> str:
+    """The figures of the lines not judged yet (a run ends before its last hour's bill is final), as they stand."""
+    waiting = [line for line in result.lines if line.verdict == invoices.Verdict.OPEN]
+    if not waiting:
+        return ""
+    invoiced, ours = sum(line.invoiced_micros for line in waiting), sum(line.our_micros for line in waiting)
+    shown = (sum(line.invoiced_impressions for line in waiting), sum(line.our_impressions for line in waiting))
+    return (
+        f"; open lines (a provisional bill) so far: invoiced {usd(invoiced)} USD for {shown[0]:,} impressions,"
+        f" ours {usd(ours)} USD for {shown[1]:,}"
+    )
 
 
 def _ratio_line(label: str, impressions: pd.DataFrame) -> str:

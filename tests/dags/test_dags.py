@@ -100,7 +100,9 @@ def test_dag_folder_has_no_import_errors(parsed_dags):
         "train_and_register": [], "promote_challenger": ["bid-filter"],
     }  # fmt: skip
     assert parsed["schedules"][DagId.BID_FILTER_TRAINING] == ["silver/auctions"]
-    assert parsed["tasks"][DagId.HOURLY_BILLING] == {"bill": ["gold/billing_hourly"], "reconcile": [], "export": []}
+    assert parsed["tasks"][DagId.HOURLY_BILLING] == {
+        "bill": ["gold/billing_hourly", "gold/exchange_costs_hourly"], "reconcile": [], "export": [],
+    }  # fmt: skip
     assert parsed["tasks"][DagId.LAKE_MAINTENANCE] == {"compact_and_vacuum": []}
     assert parsed["schedules"][DagId.FEATURE_BUILD] == [
         "bronze/ads16_ads", "bronze/ads16_ratings", "bronze/ads16_users", "bronze/advertising", "bronze/amazon_ads",
@@ -233,6 +235,10 @@ def test_airflow_dags_test_bills_the_hour_before_the_run(tmp_path):
     written = DeltaTable(settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)[0]).version()
     assert asset_events(settings.airflow_home, Table.GOLD_BILLING_HOURLY) == [
         {"delta_version": written, "row_count": 3}
+    ]
+    # The hour's media cost per exchange: written (no OpenRTB win in this hour), and announced as well.
+    assert asset_events(settings.airflow_home, Table.GOLD_EXCHANGE_COSTS_HOURLY) == [
+        {"delta_version": 0, "row_count": 0}
     ]
     exported = tmp_path / "reports" / "billing" / "2026-11-24"
     assert {path.name for path in exported.iterdir()} == {"10.csv", "10.html", "10.reconciliation.json", "finance.html"}

@@ -398,8 +398,16 @@ def test_the_simulated_exchanges_invoice_is_judged_hour_by_hour_against_the_lake
              "exchange_impressions": [3, 4], "media_cost_cpm_micros": [3_500_500, 7_000_000]}  # fmt: skip
     write_deltalake(settings.delta_rs_location(Table.GOLD_EXCHANGE_COSTS_HOURLY)[0], pa.table(costs))
     bill = {"hour": pa.array([ten, eleven], STAMP), "campaign_id": ["c", "c"], "spend_micros": [1, 1],
-            "status": ["final", "final"]}  # fmt: skip
+            "status": ["final", "provisional"]}  # fmt: skip
     write_deltalake(settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)[0], pa.table(bill))
+    [summary] = run_module.exchange_invoice_lines(settings, state, 10_501)
+    # 11:00 still provisional: not judged, its figures shown as they stand.
+    assert "2 hourly lines, 1 agrees, 1 open; judged lines invoiced 0.003501 USD against ours 0.003501 USD" in summary
+    assert (
+        "open lines (a provisional bill) so far: invoiced 0.008 USD for 4 impressions, ours 0.007 USD for 4" in summary
+    )
+    bill["status"] = ["final", "final"]
+    write_deltalake(settings.delta_rs_location(Table.GOLD_BILLING_HOURLY)[0], pa.table(bill), mode="overwrite")
     [summary] = run_module.exchange_invoice_lines(settings, state, 10_501)
     invoice = (settings.local_dir.resolve() / "run" / "exchange-invoice.csv").read_text().splitlines()
     # 3,500,500 per thousand: 3,500.5 -> 3,501 micros, rounded once over both simulations.
