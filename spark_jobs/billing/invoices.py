@@ -22,6 +22,7 @@ Each line's verdict:
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -46,6 +47,7 @@ MICROS = 1_000_000
 CURRENCY = "USD"
 REQUIRED = ("period_start", "period_end", "impressions", "amount")
 OPTIONAL = ("currency",)
+MAX_SHOWN = 200  # characters of a rejected line kept in the report
 MAX_PERIOD = timedelta(days=92)  # a quarter: the longest line an invoice may have
 MAX_AMOUNT = Decimal(10) ** 12  # USD; above is a unit mistake, or a file out to exhaust us
 CLOSED = {BillStatus.FINAL.value, BillStatus.EMPTY.value, BillStatus.HELD_BACK.value}
@@ -121,10 +123,11 @@ def parse_invoice(text: str) -> tuple[list[InvoiceLine], list[RejectedLine]]:
         )
     lines: list[InvoiceLine] = []
     rejected: list[RejectedLine] = []
+    periods: list[tuple[datetime, datetime, int]] = []  # the kept lines' periods, sorted: they never overlap
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
-        text_of_row = ",".join(row)
+        text_of_row = ",".join(row)[:MAX_SHOWN]
         if len(row) != len(header):
             rejected.append(RejectedLine(number, text_of_row, f"{len(row)} fields where the header has {len(header)}"))
             continue
@@ -133,10 +136,11 @@ def parse_invoice(text: str) -> tuple[list[InvoiceLine], list[RejectedLine]]:
         except ValueError as exc:
             rejected.append(RejectedLine(number, text_of_row, str(exc)))
             continue
-        overlap = next((kept for kept in lines if _overlaps(kept, line)), None)
+        overlap = _overlapped(periods, line)
         if overlap is not None:
-            rejected.append(RejectedLine(number, text_of_row, f"its period overlaps line {overlap.line}'s"))
+            rejected.append(RejectedLine(number, text_of_row, f"its period overlaps line {overlap}'s"))
             continue
+        bisect.insort(periods, (line.period_start, line.period_end, line.line))
         lines.append(line)
     return lines, rejected
 
@@ -179,8 +183,13 @@ def _hour(text: str, name: str) -> datetime:
     return moment
 
 
-def _overlaps(a: InvoiceLine, b: InvoiceLine) -> bool:
-    return a.period_start < b.period_end and b.period_start < a.period_end
+def _overlapped(periods: list[tuple[datetime, datetime, int]], line: InvoiceLine) -> int | None:
+    """The number of a kept line whose period overlaps ``line``'s, if any: as kept periods never overlap, only
+    the one starting last before its end can (a bisection, so a long invoice is read in n log n)."""
+    index = bisect.bisect_left(periods, (line.period_end,)) - 1
+    if index >= 0 and periods[index][1] > line.period_start:
+        return periods[index][2]
+    return None
 
 
 # --- the reconciliation ---

@@ -75,6 +75,18 @@ def test_a_line_overlapping_an_earlier_one_is_rejected_so_no_hour_is_paid_twice(
     assert [(line.line, line.reason) for line in rejected] == [(3, "its period overlaps line 2's")]
 
 
+def test_overlaps_are_found_whatever_the_order_of_the_lines():
+    hours = [(H + timedelta(hours=h)).isoformat() for h in range(30)]
+    rows = [f"{hours[h]},{hours[h + 1]},1,1,USD" for h in range(28, 0, -2)]  # every other hour, last first
+    rows += [f"{hours[3]},{hours[5]},1,1,USD", f"{hours[1]},{hours[2]},1,1,USD", f"{hours[0]},{hours[29]},1,1,USD"]
+    lines, rejected = invoices.parse_invoice(HEADER + "\n".join(rows) + "\n")
+    assert len(lines) == 15 and lines[-1].period_start == H + timedelta(hours=1)  # 01:00-02:00 was free
+    # Hours 3-5 overlap hour 4 (line 14); hours 0-29 overlap every kept line, and the one found is hour 28's.
+    assert [(line.line, line.reason) for line in rejected] == [
+        (16, "its period overlaps line 14's"), (18, "its period overlaps line 2's"),
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [("", "the invoice is empty"), ("start,end,impressions,amount\n", "the invoice's header lacks period_start")],
