@@ -52,6 +52,7 @@ from spark_jobs.billing.ledger import (
 from spark_jobs.billing.quality import BillCheckFailed, failed_rows
 from spark_jobs.billing.reports import HOUR, BillNotFound, BillStatus, hour_status
 from spark_jobs.billing.transforms import (
+    EXCHANGE_COSTS_DDL,
     Reconciliation,
     bill_status,
     campaign_activity,
@@ -99,13 +100,19 @@ def bill_hour(spark: SparkSession, settings: Settings, hour: datetime, *, now: d
     feedback = read_table(spark, settings, Table.SILVER_FEEDBACK_EVENTS)
     feedback = with_event_columns(feedback) if feedback is not None else None
     watermark = stream_watermark(feedback, hour, settings.stream_watermark_s)
+    exchanges = None
     if feedback is None:
         print(f"no {Table.SILVER_FEEDBACK_EVENTS} yet: {hour:%Y-%m-%d %H:00} is billed empty")
         activity = pd.DataFrame()
     else:
-        # One small frame per campaign: the bill is finished, gated and published from the driver.
-        events = tagged_between(feedback, hour - lookback, hour + HOUR, window_s=settings.ivt_sivt_window_s)
-        activity = campaign_activity(events, hour, lookback=lookback).toArrow().to_pandas()
+        # One small frame per campaign (the bill is finished, gated and published from the driver) and a row per
+        # exchange, both from one read and tagging of the hour's events.
+        events = tagged_between(feedback, hour - lookback, hour + HOUR, window_s=settings.ivt_sivt_window_s).persist()
+        try:
+            activity = campaign_activity(events, hour, lookback=lookback).toArrow().to_pandas()
+            exchanges = exchange_costs(events, hour, lookback).collect()
+        finally:
+            events.unpersist()
     status = bill_status(hour, watermark, now, has_activity=not activity.empty, review_s=settings.ivt_sivt_window_s)
     budgets = campaign_budgets(settings, sorted(activity["campaign_id"]), hour) if not activity.empty else None
     bill = finish_bill(activity, hour, budgets=budgets, status=status, watermark=watermark, billed_at=now)
@@ -117,8 +124,10 @@ def bill_hour(spark: SparkSession, settings: Settings, hour: datetime, *, now: d
     reconciliation.held_back = held
     bill = hold_back(bill, held)
     publish_bill(spark, settings, bill, hour)
-    if feedback is not None:
-        costs = exchange_costs(events, hour, lookback).withColumn("billed_at", F.lit(now).cast("timestamp"))
+    if exchanges is not None:
+        costs = spark.createDataFrame(exchanges, EXCHANGE_COSTS_DDL).withColumn(
+            "billed_at", F.lit(now).cast("timestamp")
+        )
         publish_exchange_costs(spark, costs, settings, hour)
     _write_reconciliation(settings, reconciliation)
     ivt.build_ivt_hour(spark, settings, hour, computed_at=now)

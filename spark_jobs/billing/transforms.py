@@ -158,6 +158,9 @@ def media_costs(feedback: DataFrame, hour: datetime, lookback: timedelta) -> Dat
     )
 
 
+EXCHANGE_COSTS_DDL = "hour timestamp, exchange_id string, exchange_impressions bigint, media_cost_cpm_micros bigint"
+
+
 def exchange_costs(feedback: DataFrame, hour: datetime, lookback: timedelta) -> DataFrame:
     """gold/exchange_costs_hourly's figures for the hour: per exchange, its priced impressions and the sum of their
     prices per thousand (exact, so any period's cost is rounded once, as an invoice rounds its line)."""
