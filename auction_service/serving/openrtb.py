@@ -503,18 +503,22 @@ class CampaignFit:
 
     def __init__(self) -> None:
         self._snapshot: Sequence[ServingCampaign] | None = None
+        self._media: MediaGroups = MediaGroups({}, {})
         self._fits: dict[tuple, frozenset[str] | None] = {}
         self._deals: dict[str, list[tuple[ServingCampaign, int, tuple[str, ...]]]] = {}
 
     def _for(self, campaigns: Sequence[ServingCampaign]) -> None:
-        if campaigns is not self._snapshot:
-            self._snapshot, self._fits = campaigns, {}
-            self._deals = {}
-            for campaign in campaigns:
-                for deal in campaign.deals:
-                    self._deals.setdefault(deal.deal_id, []).append(
-                        (campaign, deal.floor_cpm_micros, tuple(deal.seats))
-                    )
+        if campaigns is self._snapshot:
+            return
+        # A new snapshot comes with every charge (several a second); what fits changes only with the creatives.
+        self._snapshot = campaigns
+        media = MediaGroups.of(campaigns)
+        if media != self._media:
+            self._media, self._fits = media, {}
+        self._deals = {}
+        for campaign in campaigns:
+            for deal in campaign.deals:
+                self._deals.setdefault(deal.deal_id, []).append((campaign, deal.floor_cpm_micros, tuple(deal.seats)))
 
     def terms(
         self,
@@ -532,7 +536,7 @@ class CampaignFit:
         if key not in self._fits:
             if len(self._fits) >= self.MAX_KEYS:
                 self._fits.clear()
-            self._fits[key] = _fitting(campaigns, imp)
+            self._fits[key] = self._media.fitting(imp)
         fits = self._fits[key]
         if imp.pmp is None:
             return ImpTerms(fits, {})
@@ -582,28 +586,52 @@ def _media_key(imp: Imp) -> tuple:
     return ("video", tuple(video.mimes), video.minduration, video.maxduration, tuple(video.protocols or ()))
 
 
-def _fitting(campaigns: Sequence[ServingCampaign], imp: Imp) -> frozenset[str] | None:
-    if imp.media == "banner":
-        banner = imp.banner
-        assert banner is not None
-        if banner.takes_any():
-            return None
-        return frozenset(
-            c.campaign_id for c in campaigns if any(banner.fits(s.w, s.h) for s in c.creative.banner_sizes)
-        )
-    assert imp.video is not None
-    return frozenset(c.campaign_id for c in campaigns if video_fits(c, imp.video))
+@dataclass(frozen=True)
+class MediaGroups:
+    """Campaign ids by what their creatives offer: banner size (w, h), and video (MIME type, seconds). A
+    thousand campaigns share a few dozen of these, so an imp's fit is judged once per group."""
+
+    banner: dict[tuple[int, int], tuple[str, ...]]
+    video: dict[tuple[str, int], tuple[str, ...]]
+
+    @classmethod
+    def of(cls, campaigns: Sequence[ServingCampaign]) -> MediaGroups:
+        banner: dict[tuple[int, int], list[str]] = {}
+        video: dict[tuple[str, int], list[str]] = {}
+        for campaign in campaigns:
+            creative = campaign.creative
+            for size in creative.banner_sizes:
+                banner.setdefault((size.w, size.h), []).append(campaign.campaign_id)
+            if creative.video is not None:
+                video.setdefault((creative.video.mime, creative.video.duration_s), []).append(campaign.campaign_id)
+        return cls({k: tuple(v) for k, v in banner.items()}, {k: tuple(v) for k, v in video.items()})
+
+    def fitting(self, imp: Imp) -> frozenset[str] | None:
+        """The ids of the campaigns with a creative that fits ``imp``; None when a banner slot takes any size."""
+        if imp.media == "banner":
+            assert imp.banner is not None
+            if imp.banner.takes_any():
+                return None
+            fits = imp.banner.fits
+            return frozenset(cid for (w, h), ids in self.banner.items() if fits(w, h) for cid in ids)
+        assert imp.video is not None
+        video = imp.video
+        return frozenset(cid for (mime, s), ids in self.video.items() if _video_fits(mime, s, video) for cid in ids)
 
 
 def video_fits(campaign: ServingCampaign, video: Video) -> bool:
     creative = campaign.creative.video
-    if creative is None or creative.mime not in video.mimes:
+    return creative is not None and _video_fits(creative.mime, creative.duration_s, video)
+
+
+def _video_fits(mime: str, duration_s: int, video: Video) -> bool:
+    if mime not in video.mimes:
         return False
     if video.protocols and VAST_4_PROTOCOL not in video.protocols:
         return False
-    if video.minduration is not None and creative.duration_s < video.minduration:
+    if video.minduration is not None and duration_s < video.minduration:
         return False
-    return not (video.maxduration is not None and video.maxduration > 0 and creative.duration_s > video.maxduration)
+    return not (video.maxduration is not None and video.maxduration > 0 and duration_s > video.maxduration)
 
 
 def bid_size(imp: Imp, campaign: ServingCampaign) -> tuple[int, int] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import xml.etree.ElementTree as ET
 from collections import Counter
 from datetime import UTC, datetime
@@ -369,6 +370,27 @@ def test_banner_sizes_pick_the_campaigns_made_for_them() -> None:
     assert "leaderboard" not in imp_terms({"id": "1", "banner": {"w": 300, "h": 250}}).eligible
     assert imp_terms({"id": "1", "banner": {"w": 301, "h": 251}}).eligible == frozenset()
     assert imp_terms({"id": "1", "banner": {}}).eligible is None  # no size: any
+
+
+def test_a_new_snapshot_is_judged_on_its_own_creatives_while_the_fits_it_shares_are_kept() -> None:
+    fit, slot = CampaignFit(), BidRequest.model_validate(sample(imp=[{"id": "1", "banner": {"w": 728, "h": 90}}]))
+    video = BidRequest.model_validate(sample(imp=[{"id": "1", "video": {"mimes": ["video/mp4"]}}]))
+    campaigns = campaigns_for_fit()
+    assert "leaderboard" in fit.terms(campaigns, slot.imp[0], max_floor_cpm_micros=None).eligible
+    # A charge: the same creatives in a new snapshot, and the same answer.
+    charged = (*campaigns[:1], dataclasses.replace(campaigns[1], spent_micros=5), *campaigns[2:])
+    assert "leaderboard" in fit.terms(charged, slot.imp[0], max_floor_cpm_micros=None).eligible
+    # The advertiser changes the creative to a skyscraper, and adds a 30 s WebM video elsewhere.
+    skyscraper = Creative(banner_sizes=[BannerSize(w=160, h=600)])
+    webm = VideoCreative(url="https://cdn.example.com/ad.webm", mime="video/webm", duration_s=30)
+    changed = (*campaigns[:1], dataclasses.replace(campaigns[1], creative=skyscraper), campaigns[2],
+               dataclasses.replace(campaigns[3], creative=Creative(video=webm)), campaigns[4])  # fmt: skip
+    assert "leaderboard" not in fit.terms(changed, slot.imp[0], max_floor_cpm_micros=None).eligible
+    assert fit.terms(changed, video.imp[0], max_floor_cpm_micros=None).eligible == {"video"}
+    webm_slot = BidRequest.model_validate(sample(imp=[{"id": "1", "video": {"mimes": ["video/webm"]}}]))
+    assert fit.terms(changed, webm_slot.imp[0], max_floor_cpm_micros=None).eligible == {"deal"}
+    # Gone: campaigns no longer in the snapshot fit nothing (the others keep the standard sizes too).
+    assert fit.terms(changed[2:], slot.imp[0], max_floor_cpm_micros=None).eligible == {"video", "deal", "deal-seat"}
 
 
 @pytest.mark.parametrize(
