@@ -66,8 +66,22 @@ def probe_instructions(catalog: list[dict], n: int, seed: int, now: datetime) ->
     return seed_instructions(catalog, n, seed, now, asap_share=1.0, daily_budget_micros=budget)
 
 
+SEED_INSTRUCTION_PREFIX = "seed-"  # a seeded campaign's create instruction: seed-<campaign id>
+
+
+def for_run(probe: Sequence[CampaignInstruction], run: str) -> list[CampaignInstruction]:
+    """The probe campaigns under ids of their own ``run``: a campaign id is created once in a store, so a
+    rerun on the same store needs new ones (the campaigns themselves stay the seed's)."""
+    renamed = []
+    for instruction in probe:
+        campaign_id = f"cmp-{hashlib.sha256(f'{run}:{instruction.campaign_id}'.encode()).hexdigest()[:16]}"
+        update = {"campaign_id": campaign_id, "instruction_id": f"{SEED_INSTRUCTION_PREFIX}{campaign_id}"}
+        renamed.append(instruction.model_copy(update=update))
+    return renamed
+
+
 def booked_id(probe_id: str) -> str:
-    """The id the campaign is booked under after its probe ``probe_id`` (stable, so a rerun books the same)."""
+    """The id the campaign is booked under after its probe ``probe_id`` (the run's: ``for_run``)."""
     return f"cmp-{hashlib.sha256(f'booked:{probe_id}'.encode()).hexdigest()[:16]}"
 
 
@@ -148,9 +162,16 @@ def booked_instructions(
     paced = seed_instructions(catalog, len(probe), seed, now, asap_share=asap_share)
     booked = []
     for probed, moded in zip(probe, paced, strict=True):
-        if probed.campaign_id != moded.campaign_id:
-            raise ValueError(f"the probe does not match seed {seed}: {probed.campaign_id} != {moded.campaign_id}")
         assert probed.campaign is not None and moded.campaign is not None
+        # The probe's ids are its run's (``for_run``): the campaigns themselves must be the seed's.
+        seen, drawn = (
+            (probed.campaign.advertiser_id, probed.campaign.ad_id),
+            (moded.campaign.advertiser_id, moded.campaign.ad_id),
+        )
+        if seen != drawn:
+            raise ValueError(
+                f"the probe does not match seed {seed}: {probed.campaign_id} is {seen}, the seed drew {drawn}"
+            )
         daily = budgets[probed.campaign_id]
         paired = probed.campaign_id in pairs
         mode = PacingMode.EVEN if paired else PacingMode(moded.campaign.pacing_mode)
@@ -162,7 +183,9 @@ def booked_instructions(
             versions = paired_versions(probed.campaign_id, spec, days)
         for campaign_id, version in versions:
             booked.append(
-                create_instruction(version, now=now, campaign_id=campaign_id, instruction_id=f"seed-{campaign_id}")
+                create_instruction(
+                    version, now=now, campaign_id=campaign_id, instruction_id=f"{SEED_INSTRUCTION_PREFIX}{campaign_id}"
+                )
             )
     return booked
 

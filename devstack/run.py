@@ -27,16 +27,18 @@ import pyarrow.compute as pc
 import typer
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adstream.contracts import CHAMPION_ALIAS, MLFLOW_EXPERIMENT, REGISTERED_MODEL, DagId, Table
 from adstream.days import DayClock
-from adstream.events import MICROS_PER_UNIT, NOT_DELIVERED, CampaignInstruction
+from adstream.events import MICROS_PER_UNIT, NOT_DELIVERED, CampaignInstruction, CampaignStatus, InstructionAction
 from adstream.settings import Settings, child_process_env, default_child_env, get_settings
 from auction_service.campaign_store import callers, store
 from auction_service.campaign_store.callers import MAX_FLOOR_CPM_MICROS, CallerKind
 from auction_service.campaign_store.db import make_engine, make_session_factory
 from auction_service.campaign_store.instructions import publish_instructions, read_ad_catalog, stop_instruction
+from auction_service.campaign_store.tables import AppliedInstruction, Campaign
 from auction_service.serving.auction import DEFAULT_PCVR
 from cli.lazy import commands_app
 from devstack import forecast, services
@@ -196,13 +198,50 @@ def start_platform(settings: Settings, state: RunState, plan: Simulation) -> Non
             first_price_allowed=False,
         ).api_key  # fmt: skip
     state.catalog = read_ad_catalog(settings)
+    retired = retire_earlier_runs(settings)
+    if retired:
+        print(f"    stopped {retired} campaigns an earlier run seeded (they would compete in this run's day)")
     state.seeded_at = datetime.now(UTC)
-    state.probe = forecast.probe_instructions(state.catalog, SEED_CAMPAIGNS, SEED, state.seeded_at)
+    probe = forecast.probe_instructions(state.catalog, SEED_CAMPAIGNS, SEED, state.seeded_at)
+    state.probe = forecast.for_run(probe, f"{state.seeded_at:%Y%m%dT%H%M%S.%f}")
     serving = _serving_campaigns(settings)
     publish_instructions(settings, state.probe)
     ready = wait_for_auction_service(settings, serving + SEED_CAMPAIGNS)
     version = ready["model_version"]
     print(f"    {SEED_CAMPAIGNS} campaigns serving unpaced for the forecast, ctr-model version {version}")
+
+
+def seeded_serving_ids(session: Session) -> list[str]:
+    """The campaigns not stopped that a run seeded (created by an instruction ``seed-<campaign id>``)."""
+    created = (
+        select(AppliedInstruction.campaign_id)
+        .where(AppliedInstruction.action == InstructionAction.CREATE.value)
+        .where(AppliedInstruction.instruction_id.startswith(forecast.SEED_INSTRUCTION_PREFIX))
+    )
+    query = select(Campaign.campaign_id).where(
+        Campaign.status != CampaignStatus.STOPPED.value, Campaign.campaign_id.in_(created)
+    )
+    return sorted(session.scalars(query))
+
+
+def retire_earlier_runs(settings: Settings, timeout_s: float = 120.0) -> int:
+    """Stops what earlier runs seeded and still serves, through the ad manager like any stop, and waits
+    until the store shows them stopped and the service has reloaded; the number stopped."""
+    with store_sessions(settings)() as session:
+        earlier = seeded_serving_ids(session)
+    if not earlier:
+        return 0
+    publish_instructions(settings, [stop_instruction(cid, now=datetime.now(UTC)) for cid in earlier])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with store_sessions(settings)() as session:
+            left = seeded_serving_ids(session)
+        if not left:
+            time.sleep(4 * settings.campaign_refresh_s)  # the service's next reload drops them
+            return len(earlier)
+        if time.monotonic() > deadline:
+            raise StageFailed(f"{len(left)} campaigns of an earlier run were not stopped after {timeout_s:.0f}s")
+        time.sleep(1.0)
 
 
 def forecast_and_book(settings: Settings, state: RunState, plan: Simulation) -> None:

@@ -115,3 +115,19 @@ def test_the_top_spending_cpc_and_cpm_campaigns_are_booked_as_optimized_with_a_s
         value = optimized.goals.conversion_value_micros
         per_click = twin.bid_micros if twin.pricing_model == "CPC" else twin.bid_micros / 1000 / 0.03
         assert value == round(per_click / 0.05)
+
+
+def test_each_run_seeds_the_same_campaigns_under_ids_of_its_own():
+    probe = forecast.probe_instructions(CATALOG, 6, seed=7, now=NOW)
+    first, second = forecast.for_run(probe, "run-1"), forecast.for_run(probe, "run-2")
+    ids = [{i.campaign_id for i in run} for run in (probe, first, second)]
+    assert all(len(run) == 6 for run in ids) and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert all(i.instruction_id == f"seed-{i.campaign_id}" for i in first + second)
+    assert [i.campaign for i in first] == [i.campaign for i in probe] == [i.campaign for i in second]
+    # Booking a renamed probe still checks it against the seed, and books ids the next run will not reuse.
+    budgets = {i.campaign_id: 1_000_000 for i in first}
+    booked = forecast.booked_instructions(CATALOG, first, budgets, seed=7, now=NOW, asap_share=0.5)
+    assert [b.campaign_id for b in booked] == [forecast.booked_id(i.campaign_id) for i in first]
+    assert not {b.campaign_id for b in booked} & {forecast.booked_id(i.campaign_id) for i in second}
+    with pytest.raises(ValueError, match="seed 8"):
+        forecast.booked_instructions(CATALOG, first, budgets, seed=8, now=NOW, asap_share=0.5)

@@ -16,7 +16,7 @@ from adstream.days import DayClock
 from adstream.events import CampaignSpec
 from auction_service.campaign_store import store
 from auction_service.campaign_store.db import make_engine, make_session_factory, migrate
-from auction_service.campaign_store.instructions import create_instruction
+from auction_service.campaign_store.instructions import create_instruction, stop_instruction
 from devstack import run as run_module
 from devstack.run import (
     Counts,
@@ -417,3 +417,23 @@ def test_the_simulated_exchanges_invoice_is_judged_hour_by_hour_against_the_lake
     # 11:00: the exchange invoices 8,000 micros where its win notices priced 7,000.
     assert "2 hourly lines, 1 agrees, 1 disputed" in summary
     assert "invoiced 0.011501 USD against ours 0.010501 USD, disputed 0.001 USD" in summary
+
+
+def test_the_campaigns_an_earlier_run_seeded_are_the_ones_a_new_run_stops(tmp_path):
+    settings = make_settings(tmp_path)
+    engine = make_engine(settings)
+    migrate(settings, engine)
+    start = datetime(2026, 12, 7, 10, tzinfo=UTC)
+    spec = CampaignSpec(
+        advertiser_id="adv", ad_id="ad", category="Books", pricing_model="CPC", bid_micros=500_000,
+        total_budget_micros=9_000_000, daily_budget_micros=2_000_000, flight_start=start - timedelta(days=1),
+        flight_end=start + timedelta(days=1),
+    )  # fmt: skip
+    with make_session_factory(engine)() as session:
+        for cid, instruction_id in (("seeded", "seed-seeded"), ("stopped", "seed-stopped"), ("own", None)):
+            store.apply_instruction(session, create_instruction(spec, now=start, campaign_id=cid,
+                                                                instruction_id=instruction_id))  # fmt: skip
+        store.apply_instruction(session, stop_instruction("stopped", now=start))
+        # An advertiser's own campaign, created by the API or the CLI, is not the run's to stop.
+        assert run_module.seeded_serving_ids(session) == ["seeded"]
+    engine.dispose()
