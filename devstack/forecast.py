@@ -50,7 +50,12 @@ from adstream.events import (
     PacingMode,
     PricingModel,
 )
-from auction_service.campaign_store.instructions import CENT_MICROS, create_instruction, seed_instructions
+from auction_service.campaign_store.instructions import (
+    CENT_MICROS,
+    SEED_INSTRUCTION_PREFIX,
+    create_instruction,
+    seed_instructions,
+)
 from optimizer.service import PRIOR_CTR, PRIOR_CVR
 
 # A campaign the forecast saw win nothing can pay this many of its largest charges a day at least.
@@ -64,9 +69,6 @@ def probe_instructions(catalog: list[dict], n: int, seed: int, now: datetime) ->
     """The ``n`` seeded campaigns, unpaced and unbounded for the forecast."""
     budget = (PROBE_DAILY_BUDGET_MICROS, PROBE_DAILY_BUDGET_MICROS)
     return seed_instructions(catalog, n, seed, now, asap_share=1.0, daily_budget_micros=budget)
-
-
-SEED_INSTRUCTION_PREFIX = "seed-"  # a seeded campaign's create instruction: seed-<campaign id>
 
 
 def for_run(probe: Sequence[CampaignInstruction], run: str) -> list[CampaignInstruction]:

@@ -37,7 +37,12 @@ from adstream.settings import Settings, child_process_env, default_child_env, ge
 from auction_service.campaign_store import callers, store
 from auction_service.campaign_store.callers import MAX_FLOOR_CPM_MICROS, CallerKind
 from auction_service.campaign_store.db import make_engine, make_session_factory
-from auction_service.campaign_store.instructions import publish_instructions, read_ad_catalog, stop_instruction
+from auction_service.campaign_store.instructions import (
+    SEED_INSTRUCTION_PREFIX,
+    publish_instructions,
+    read_ad_catalog,
+    stop_instruction,
+)
 from auction_service.campaign_store.tables import AppliedInstruction, Campaign
 from auction_service.serving.auction import DEFAULT_PCVR
 from cli.lazy import commands_app
@@ -216,7 +221,7 @@ def seeded_serving_ids(session: Session) -> list[str]:
     created = (
         select(AppliedInstruction.campaign_id)
         .where(AppliedInstruction.action == InstructionAction.CREATE.value)
-        .where(AppliedInstruction.instruction_id.startswith(forecast.SEED_INSTRUCTION_PREFIX))
+        .where(AppliedInstruction.instruction_id.startswith(SEED_INSTRUCTION_PREFIX))
     )
     query = select(Campaign.campaign_id).where(
         Campaign.status != CampaignStatus.STOPPED.value, Campaign.campaign_id.in_(created)

@@ -123,6 +123,9 @@ def stop_instruction(campaign_id: str, *, now: datetime, instruction_id: str | N
     )
 
 
+SEED_INSTRUCTION_PREFIX = "seed-"  # a seeded campaign's create instruction: seed-<campaign id>
+
+
 def seed_instructions(
     ads: list[dict],
     n: int,
@@ -185,7 +188,7 @@ def seed_instructions(
                     spec.model_copy(update=update),
                     now=now,
                     campaign_id=campaign_id,
-                    instruction_id=f"seed-{campaign_id}",
+                    instruction_id=f"{SEED_INSTRUCTION_PREFIX}{campaign_id}",
                 )
             )
     return instructions
