@@ -7,9 +7,10 @@ the traffic curve pacing plans along (gold/traffic_curve).
 Every CALIBRATION_REFRESH_S it reads the last CALIBRATION_WINDOW_S of silver/feedback_events (from the
 start of that window's first hour), attributes clicks to impressions by auction, and
 - appends to gold/calibrators the Platt map of every model version whose impressions (with their
-  raw score) hold CALIBRATION_MIN_CLICKS clicks, centred on the version's registered calibration
-  (ml.calibration); the auction service picks the newest map of the version it serves up within
-  CALIBRATION_POLL_S;
+  raw score) hold CALIBRATION_MIN_CLICKS clicks, centred on the version's newest map fitted before the
+  window (its data and the window's do not overlap, so no click counts twice), or on its registered
+  calibration when it has none (ml.calibration); the auction service picks the newest map of the
+  version it serves up within CALIBRATION_POLL_S;
 - rewrites gold/calibration for the window's hours: per model version x hour x pricing model x ad
   category, impressions, expected clicks (Σ served pCTR), clicks and observed / expected, with
   ``alert`` set outside 0.8-1.25 (also logged as a warning). A recomputation of whole hours, so a
@@ -115,16 +116,31 @@ def read_window(settings: Settings, since: datetime) -> tuple[pd.DataFrame, dict
     return events, category_of
 
 
-def latest_calibration(settings: Settings, model_version: str) -> Calibration | None:
-    """The newest online calibration of ``model_version`` in gold/calibrators, None when there is none."""
+def _calibrators(settings: Settings, filters: list[tuple[str, str, object]]) -> pd.DataFrame:
     location, options = settings.delta_rs_location(Table.GOLD_CALIBRATORS)
     try:
-        rows = DeltaTable(location, storage_options=options).to_pandas(filters=[("model_version", "=", model_version)])
+        return DeltaTable(location, storage_options=options).to_pandas(filters=filters or None)
     except TableNotFoundError:
-        return None
-    if rows.empty:
-        return None
-    newest = rows.sort_values("fitted_at").iloc[-1].to_dict()
+        return pd.DataFrame(columns=CALIBRATOR_SCHEMA.names)
+
+
+def latest_calibration(settings: Settings, model_version: str) -> Calibration | None:
+    """The newest online calibration of ``model_version`` in gold/calibrators, None when there is none."""
+    rows = _calibrators(settings, [("model_version", "=", model_version)])
+    return None if rows.empty else _calibration(rows.sort_values("fitted_at").iloc[-1].to_dict())
+
+
+def calibrations_before(settings: Settings, since: datetime) -> dict[str, Calibration]:
+    """Per model version, the newest online calibration fitted before ``since``: what the traffic before a
+    refresh's window taught, which that refresh starts from (its fit saw none of the window's clicks)."""
+    rows = _calibrators(settings, [])
+    rows = rows[pd.to_datetime(rows["fitted_at"], utc=True, format="ISO8601") < pd.Timestamp(since)]
+    newest = rows.sort_values("fitted_at").groupby("model_version").tail(1)
+    return {str(row["model_version"]): _calibration(row) for row in newest.to_dict("records")}
+
+
+def _calibration(row: dict[str, object]) -> Calibration:
+    newest = dict(row)
     newest.pop("calibration_id")
     fields = {name: (None if pd.isna(value) else value) for name, value in newest.items()}
     offsets = {name: float(fields.get(name) or 0.0) for name in ("offset_cpm", "offset_cpc", "offset_cpa")}
@@ -311,9 +327,12 @@ def refresh_once(settings: Settings, priors: Priors, now: datetime) -> Refresh:
     if impressions.empty:
         return Refresh(0, 0, [], 0, [])
     versions = sorted(impressions["model_version"].dropna().astype(str).unique())
+    # A version served before this window starts from its last map then, not from its registration: a
+    # pricing model or category with few clicks in the window keeps what the earlier traffic taught.
+    earlier = calibrations_before(settings, since)
     fitted = fit_versions(
         impressions,
-        priors.of(versions),
+        {**priors.of(versions), **{v: earlier[v] for v in versions if v in earlier}},
         now=now,
         half_life_s=settings.calibration_half_life_s,
         min_clicks=settings.calibration_min_clicks,

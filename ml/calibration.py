@@ -22,8 +22,9 @@ Pure numpy: no I/O, no clock (times are passed in).
   win more often, so their served pCTRs run above their clicks even when the model is calibrated
   on average (a CPM candidate's value does not depend on its pCTR, so it is not selected on it).
   The map therefore adds a log-odds offset per pricing model, logit(q) = a x logit(p) + b + d[m],
-  fitted jointly with (a, b), each offset with a Gaussian prior at 0 (sd PRIOR_SD_OFFSET): one
-  pricing model's few clicks leave its offset near the pooled map, its thousands correct it.
+  fitted jointly with (a, b), each offset with a Gaussian prior at the previous calibration's (sd
+  PRIOR_SD_OFFSET; 0 at first): one pricing model's few clicks leave its offset where the earlier
+  traffic put it, its thousands correct it.
 - **Per ad category**. A model trained on the bootstrap data can be biased for a whole ad category on
   live traffic (live clicks follow users' affinity for a category, which the bootstrap measured
   differently); the auction then selects the categories it overrates, for CPC and CPA alike. The map
@@ -221,7 +222,8 @@ def fit_platt(
     """The Platt map of ``prior.model_version`` fitted on (model score, clicked) pairs, by Newton's
     method on the weighted log-likelihood plus the Gaussian prior centred on ``prior``; with
     ``pricing`` (the rows' ``pricing_codes``) the offsets per pricing model too, and with ``categories``
-    (the rows' ad categories, None where unknown) an offset per category, each centred on 0."""
+    (the rows' ad categories, None where unknown) an offset per category, each centred on ``prior``'s
+    (0 for a registered calibration, which has none)."""
     z = logit(scores)
     y = np.asarray(clicked, dtype=np.float64)
     w = np.ones_like(z) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -231,13 +233,15 @@ def fit_platt(
                          f"{w.shape}, {codes.shape}")  # fmt: skip
     models = len(PRICING_MODELS) if pricing is not None else 0
     names: list[str] = []
+    known = dict(prior.category_offsets)
     if categories is not None:
         labels = pd.Series(categories, dtype=object)
         if labels.shape != z.shape:
             raise ValueError(f"categories must align with the scores, got {labels.shape} for {z.shape}")
-        names = sorted(labels.dropna().astype(str).unique())
+        # The prior's categories too: one the window did not serve keeps its offset rather than losing it.
+        names = sorted({*labels.dropna().astype(str).unique(), *known})
         labels = labels.where(labels.isna(), labels.astype(str))
-    centre = np.array([prior.slope, prior.intercept, *[0.0] * (models + len(names))])
+    centre = np.array([prior.slope, prior.intercept, *prior.offsets[:models], *[known.get(n, 0.0) for n in names]])
     precision = np.diag([1 / PRIOR_SD_SLOPE**2, 1 / PRIOR_SD_INTERCEPT**2, *[1 / PRIOR_SD_OFFSET**2] * models,
                          *[1 / PRIOR_SD_CATEGORY**2] * len(names)])  # fmt: skip
     theta = centre.copy()

@@ -14,7 +14,15 @@ from deltalake import DeltaTable, write_deltalake
 from adstream.contracts import Table
 from adstream.days import DayClock
 from adstream.events import ChargeStatus
-from ml.calibrate import CALIBRATOR_SCHEMA, Priors, latest_calibration, refresh_once, slot_counts, write_calibrators
+from ml.calibrate import (
+    CALIBRATOR_SCHEMA,
+    Priors,
+    calibrations_before,
+    latest_calibration,
+    refresh_once,
+    slot_counts,
+    write_calibrators,
+)
 from ml.calibration import Calibration, CalibrationKind, logit, prior_correction, sigmoid
 from ml.features import FEATURES, LABEL
 from ml.pipelines import logistic_regression
@@ -143,6 +151,30 @@ def test_a_refresh_done_again_rewrites_the_same_hours_rather_than_adding_to_them
     calibrators = DeltaTable(settings.delta_rs_location(Table.GOLD_CALIBRATORS)[0]).to_pandas()
     assert len(calibrators) == 2  # one map per refresh: the history is kept
     assert latest_calibration(settings, "1").fitted_at == (NOW + timedelta(seconds=60)).isoformat(timespec="seconds")
+
+
+def test_a_refresh_starts_from_the_last_map_fitted_before_its_window(lake):
+    # A map from an earlier run, 5 hours before NOW (the window starts at 08:00), and one fitted inside the
+    # window, which saw some of the window's clicks and so must not be the prior (they would count twice).
+    settings, _ = lake
+    registered = prior_correction("1", 0.5, 0.03)
+    earlier = replace(registered, kind=CalibrationKind.PLATT, fitted_at=(NOW - timedelta(hours=5)).isoformat(),
+                      offset_cpa=-0.7, category_offsets={"toys": 0.5})  # fmt: skip
+    inside = replace(earlier, fitted_at=(NOW - timedelta(minutes=30)).isoformat(), offset_cpa=2.0,
+                     category_offsets={"toys": -1.0})  # fmt: skip
+    older = replace(earlier, fitted_at=(NOW - timedelta(hours=6)).isoformat(), offset_cpa=1.5)
+    write_calibrators(settings, [older, earlier, inside])
+    assert calibrations_before(settings, NOW - timedelta(hours=2, minutes=30)) == {"1": earlier}
+    assert calibrations_before(settings, NOW - timedelta(hours=7)) == {}
+
+    (fitted,) = refresh_once(settings, Priors(settings), NOW).fitted
+    # The window has no CPA impressions and no toys: the earlier map's offsets carry over exactly.
+    assert fitted.offset_cpa == pytest.approx(-0.7, abs=1e-9)
+    assert dict(fitted.category_offsets)["toys"] == pytest.approx(0.5, abs=1e-9)
+    assert sorted(dict(fitted.category_offsets)) == ["fashion", "toys", "travel"]
+    # What the window does show is fitted as from the registered start (test above): the truth's shift.
+    by_category = dict(fitted.category_offsets)
+    assert fitted.intercept + fitted.offset_cpm + by_category["travel"] == pytest.approx(TRUE_SHIFT, abs=0.15)
 
 
 def test_too_few_clicks_fit_nothing_but_still_report(lake, tmp_path):

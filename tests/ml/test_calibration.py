@@ -279,3 +279,28 @@ def test_category_offsets_apply_by_code_and_round_trip():
     assert not calibration.is_identity
     with pytest.raises(ValueError, match="out of range"):
         Calibration.from_json(calibration.to_json().replace("0.25", "NaN"))
+
+
+def test_a_refit_starts_from_its_priors_offsets_and_keeps_those_the_data_says_nothing_about():
+    # An earlier map learned that CPC winners are overrated (-0.6) and that "Toys" clicks above the pooled map
+    # (+0.4). The window holds only CPM impressions of "Books", clicked exactly as that map says.
+    earlier = Calibration("3", CalibrationKind.PLATT, slope=1.0, intercept=-3.0, offset_cpc=-0.6, offset_cpa=0.2,
+                          category_offsets={"Toys": 0.4})  # fmt: skip
+    rng = np.random.default_rng(11)
+    n = 20_000
+    scores = sigmoid(rng.normal(0.0, 1.0, size=n))
+    clicked = rng.random(n) < sigmoid(logit(scores) - 3.0)
+    pricing = pricing_codes(["CPM"] * n)
+    books = np.full(n, "Books", dtype=object)
+    fitted = fit_platt(scores, clicked, earlier, pricing=pricing, categories=books, fitted_at=AT)
+    # Nothing in the window bears on CPC, CPA or Toys: their offsets are the prior's, to float precision.
+    assert fitted.offset_cpc == pytest.approx(-0.6, abs=1e-9)
+    assert fitted.offset_cpa == pytest.approx(0.2, abs=1e-9)
+    assert dict(fitted.category_offsets)["Toys"] == pytest.approx(0.4, abs=1e-9)
+    # What it does bear on is fitted: CPM Books ads click at the earlier map's rate.
+    cpm_books = fitted.intercept + fitted.offset_cpm + dict(fitted.category_offsets)["Books"]
+    assert fitted.slope == pytest.approx(1.0, abs=0.1) and cpm_books == pytest.approx(-3.0, abs=0.15)
+    # From a registered calibration (no offsets) the same window leaves the CPC offset at 0 and knows no Toys.
+    fresh = fit_platt(scores, clicked, prior_correction("3", 0.5, 0.03), pricing=pricing, categories=books,
+                      fitted_at=AT)  # fmt: skip
+    assert fresh.offset_cpc == 0.0 and "Toys" not in dict(fresh.category_offsets)
