@@ -254,24 +254,37 @@ def fit_platt(
         deviation = at - centre
         return float(np.sum(w * (y * scores - np.logaddexp(0.0, scores))) - 0.5 * deviation @ precision @ deviation)
 
-    current = objective(theta)
-    for _ in range(NEWTON_STEPS):
-        p = sigmoid(design @ theta)
-        gradient = design.T @ (w * (y - p)) - precision @ (theta - centre)
-        hessian = (design * (w * p * (1 - p))[:, None]).T @ design + precision
-        step = np.linalg.solve(hessian, gradient)
-        # Halved until it improves: a full Newton step from far off (a score far from the truth) overshoots.
-        scale = 1.0
-        while (candidate := objective(theta + scale * step)) < current:
-            scale /= 2
-            if scale < 1e-6:  # no step improves: at the optimum, to float precision
-                break
-        else:
-            theta, current = theta + scale * step, candidate
-            if np.max(np.abs(scale * step)) >= 1e-9:
-                continue
-        break
-    slope = float(np.clip(theta[0], MIN_SLOPE, MAX_SLOPE))
+    def maximize(theta: np.ndarray, free: np.ndarray) -> np.ndarray:
+        """Newton's method over the ``free`` parameters, the others held where ``theta`` has them."""
+        current = objective(theta)
+        for _ in range(NEWTON_STEPS):
+            p = sigmoid(design @ theta)
+            gradient = design.T @ (w * (y - p)) - precision @ (theta - centre)
+            hessian = (design * (w * p * (1 - p))[:, None]).T @ design + precision
+            step = np.zeros_like(theta)
+            step[free] = np.linalg.solve(hessian[np.ix_(free, free)], gradient[free])
+            # Halved until it improves: a full Newton step from far off (a score far from the truth) overshoots.
+            scale = 1.0
+            while (candidate := objective(theta + scale * step)) < current:
+                scale /= 2
+                if scale < 1e-6:  # no step improves: at the optimum, to float precision
+                    break
+            else:
+                theta, current = theta + scale * step, candidate
+                if np.max(np.abs(scale * step)) >= 1e-9:
+                    continue
+            break
+        return theta
+
+    every = np.ones(theta.size, dtype=bool)
+    theta = maximize(theta, every)
+    if not MIN_SLOPE <= theta[0] <= MAX_SLOPE:
+        # The slope at its bound and the rest fitted again with it there: the likelihood is concave, so that is
+        # the best map with a slope in bounds. Clipping alone would keep an intercept and offsets fitted to the
+        # other slope, off by (clipped - fitted) x logit(score): on high scores a map far above their clicks.
+        theta[0] = np.clip(theta[0], MIN_SLOPE, MAX_SLOPE)
+        theta = maximize(theta, every & (np.arange(theta.size) != 0))
+    slope = float(theta[0])
     offsets = dict(zip(("offset_cpm", "offset_cpc", "offset_cpa"), map(float, theta[2 : 2 + models]), strict=False))
     by_category = tuple(zip(names, map(float, theta[2 + models :]), strict=True))
     return Calibration(

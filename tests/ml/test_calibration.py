@@ -135,6 +135,20 @@ def test_the_slope_is_kept_positive_whatever_the_data():
     assert np.all(np.diff(served) > 0)
 
 
+def test_a_slope_held_at_its_bound_refits_the_intercept_so_the_map_still_matches_the_clicks():
+    # Winners' scores are high (logit around 4) and the truth ignores them: a flat 4 % click rate. The best
+    # slope is 0, below MIN_SLOPE; at MIN_SLOPE the intercept must come down by about MIN_SLOPE x 4, or every
+    # served pCTR is about twice the clicks (keeping the intercept fitted for slope 0 serves about 8.5 %).
+    rng = np.random.default_rng(21)
+    n = 20_000
+    scores = sigmoid(rng.normal(4.0, 1.0, size=n))
+    clicked = rng.random(n) < 0.04
+    fitted = fit_platt(scores, clicked, identity("1"), fitted_at=AT)
+    assert fitted.slope == MIN_SLOPE
+    assert fitted.intercept == pytest.approx(logit(0.04) - MIN_SLOPE * 4.0, abs=0.1)
+    assert clicked.sum() / fitted.apply(scores).sum() == pytest.approx(1.0, abs=0.03)
+
+
 def test_a_calibration_round_trips_through_json_and_refuses_an_out_of_range_slope():
     calibration = prior_correction("4", 0.48, 0.03)
     assert Calibration.from_json(calibration.to_json()) == calibration
