@@ -71,4 +71,5 @@ lock: setup ## Re-resolve requirements.lock from pyproject.toml's pins
 	@.venv/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --universal --quiet --no-header -o requirements.lock
 
 clean: down ## Remove the local lake and service state (keeps .venv and the jar cache)
-	rm -rf lake .local/kafka .local/mlflow .local/airflow .local/logs .local/run
+	rm -rf lake .local/kafka .local/mlflow .local/airflow .local/logs .local/run \
+	  .local/campaigns.db .local/campaigns.db-wal .local/campaigns.db-shm .local/shared-store .local/models
