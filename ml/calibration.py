@@ -361,21 +361,26 @@ def fit_versions(
     category_of: Mapping[str, str] | None = None,
 ) -> list[Calibration]:
     """The online Platt map of every model version in ``priors`` whose logged impressions (with their
-    raw score) hold at least ``min_clicks`` clicks, centred on that version's prior, with an offset per
-    pricing model and, given ``category_of`` (campaign id -> ad category), per ad category."""
+    raw score) hold at least ``min_clicks`` clicks, counted with their recency weights, centred on that
+    version's prior, with an offset per pricing model and, given ``category_of`` (campaign id -> ad
+    category), per ad category.
+
+    Weighted, because after a pause the window can hold many clicks that all weigh next to nothing: a
+    fit on them is the prior again, and would replace the map the pause left in force."""
     fitted = []
     usable = impressions[impressions["raw_pctr"].notna()]
     for version, rows in usable.groupby("model_version"):
         prior = priors.get(str(version))
-        if prior is None or int(rows["clicked"].sum()) < min_clicks:
-            continue
         ages = (pd.Timestamp(now) - rows["event_time"]).dt.total_seconds().to_numpy()
+        weights = recency_weights(ages, half_life_s)
+        if prior is None or float(weights @ rows["clicked"].to_numpy(dtype=np.float64)) < min_clicks:
+            continue
         fitted.append(
             fit_platt(
                 rows["raw_pctr"].to_numpy(),
                 rows["clicked"].to_numpy(),
                 prior,
-                weights=recency_weights(ages, half_life_s),
+                weights=weights,
                 pricing=pricing_codes(rows["pricing_model"].to_numpy()),
                 categories=None if category_of is None else rows["campaign_id"].map(category_of).to_numpy(),
                 fitted_at=now,

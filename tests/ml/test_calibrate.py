@@ -185,6 +185,19 @@ def test_too_few_clicks_fit_nothing_but_still_report(lake, tmp_path):
     assert latest_calibration(strict, "1") is None
 
 
+def test_clicks_that_weigh_next_to_nothing_fit_nothing(lake):
+    # With a 1-minute half-life, the lake's 90 minutes of clicks (about 25 a minute) weigh about 25 x 60 / ln 2
+    # / 60 = 36 clicks in all, under the 50 needed: the map in force stays rather than one refitted on the prior.
+    settings, events = lake
+    assert (events["event_type"] == "click").sum() > 1_000  # the premise: plenty of clicks, unweighted
+    brief = settings.model_copy(update={"calibration_half_life_s": 60.0})
+    done = refresh_once(brief, Priors(brief), NOW)
+    assert done.fitted == [] and done.hours == 4
+    assert latest_calibration(brief, "1") is None
+    # Weighted over 15 minutes they are enough.
+    assert len(refresh_once(settings, Priors(settings), NOW).fitted) == 1
+
+
 def test_an_empty_lake_is_a_refresh_with_nothing_to_do(tmp_path, mlflow_uri):
     settings = make_settings(tmp_path, mlflow_tracking_uri=mlflow_uri)
     done = refresh_once(settings, Priors(settings), NOW)
