@@ -11,6 +11,12 @@ Pure numpy and scipy's special functions: no I/O, no clock.
   (1 - prior_mean) x strength + failures). Most cells are sparse; a cell with no data is its
   prior, one with thousands of trials its own rate. The posterior's variance is the uncertainty
   that Thompson sampling (``optimizer.decide``) explores with.
+- **Strength** (how many trials the prior weighs): empirical Bayes, from how far the cells' rates
+  spread around their priors beyond what binomial noise explains (``prior_strength``). Where campaigns
+  convert alike on a platform, the prior (pooled over the market) is the better estimate of a thin
+  cell and its draws stay near it; where they differ, each cell's own data counts sooner. It is kept
+  within [the ``*_STRENGTH_*`` floor, ceiling]: never more diffuse than the floor, so exploration never
+  falls below it where campaigns differ most.
 - **CPC**: the window's cost per click (spend over clicks), with its trend; None-like NaN where
   the window holds no click.
 """
@@ -22,8 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import betainc, digamma, expit, ndtri
 
-PRIOR_STRENGTH_IMPRESSIONS = 200.0  # a CTR prior weighs as many impressions
-PRIOR_STRENGTH_CLICKS = 20.0  # a CVR prior weighs as many clicks
+# How many trials a prior weighs, at least and at most (``prior_strength`` picks within).
+PRIOR_STRENGTH_IMPRESSIONS = 200.0  # a CTR prior: impressions
+PRIOR_STRENGTH_CLICKS = 20.0  # a CVR prior: clicks
+MAX_STRENGTH_IMPRESSIONS = 20_000.0
+MAX_STRENGTH_CLICKS = 2_000.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,30 @@ class Beta:
         return expit(mean + spread * ndtri(np.clip(q, 1e-12, 1 - 1e-12)))
 
 
+def prior_strength(
+    successes: np.ndarray, trials: np.ndarray, prior_mean: np.ndarray, lowest: float, highest: float
+) -> float:
+    """How many trials the cells' Beta priors weigh, estimated from the cells themselves, within [lowest, highest].
+
+    If each cell's rate is drawn from Beta(m s, (1 - m) s) around its prior mean m, its successes of n trials
+    vary by n m (1 - m) (1 + (n - 1) rho) with rho = 1 / (s + 1) (the beta-binomial). The moments of every cell
+    with two trials or more give rho = sum((x - n m)^2 - n m (1 - m)) / sum(n (n - 1) m (1 - m)); no spread
+    beyond the binomial's (rho <= 0) is the ceiling, no cell to judge by the floor."""
+    x = np.asarray(successes, dtype=np.float64).ravel()
+    n = np.asarray(trials, dtype=np.float64).ravel()
+    m = np.clip(np.broadcast_to(np.asarray(prior_mean, dtype=np.float64), np.shape(successes)).ravel(), 1e-6, 1 - 1e-6)
+    judged = n >= 2
+    if not judged.any():
+        return lowest
+    x, n, m = x[judged], n[judged], m[judged]
+    noise = n * m * (1 - m)
+    excess = float(np.sum((x - n * m) ** 2 - noise))
+    scale = float(np.sum((n - 1) * noise))
+    if excess <= scale / (highest + 1):
+        return highest
+    return float(np.clip(scale / excess - 1, lowest, highest))
+
+
 def beta_posterior(successes: np.ndarray, trials: np.ndarray, prior_mean: np.ndarray, strength: float) -> Beta:
     """The posterior of a rate after ``successes`` of ``trials``, from a Beta prior of mean ``prior_mean``
     (broadcast against the cells, e.g. one per campaign) weighing ``strength`` trials."""
@@ -125,6 +158,8 @@ class Forecast:
 
     ctr: Beta
     cvr: Beta
+    ctr_strength: float  # the trials each prior weighs (``prior_strength``)
+    cvr_strength: float
     ctr_trend: Trend
     cvr_trend: Trend
     cpc_micros: np.ndarray  # the window's spend per click, NaN without clicks
@@ -143,9 +178,14 @@ def forecast(moments: np.ndarray, prior_ctr: np.ndarray, prior_cvr: np.ndarray, 
     with np.errstate(divide="ignore", invalid="ignore"):
         cpc = np.where(totals[1] > 0, totals[3] / totals[1], np.nan)
     newest = float(buckets - 1)
+    prior_ctr, prior_cvr = _per_cell(prior_ctr), _per_cell(prior_cvr)
+    ctr_strength = prior_strength(totals[1], totals[0], prior_ctr, PRIOR_STRENGTH_IMPRESSIONS, MAX_STRENGTH_IMPRESSIONS)
+    cvr_strength = prior_strength(totals[2], totals[1], prior_cvr, PRIOR_STRENGTH_CLICKS, MAX_STRENGTH_CLICKS)
     return Forecast(
-        ctr=beta_posterior(totals[1], totals[0], _per_cell(prior_ctr), PRIOR_STRENGTH_IMPRESSIONS),
-        cvr=beta_posterior(totals[2], totals[1], _per_cell(prior_cvr), PRIOR_STRENGTH_CLICKS),
+        ctr=beta_posterior(totals[1], totals[0], prior_ctr, ctr_strength),
+        cvr=beta_posterior(totals[2], totals[1], prior_cvr, cvr_strength),
+        ctr_strength=ctr_strength,
+        cvr_strength=cvr_strength,
         ctr_trend=trend_of_moments(impressions, clicks, newest),
         cvr_trend=trend_of_moments(clicks, conversions, newest),
         cpc_micros=cpc,

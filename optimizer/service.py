@@ -184,6 +184,7 @@ class Optimizer:
     tick_seconds: list[float] = field(default_factory=list)
     sent: dict[str, np.ndarray] = field(default_factory=dict)  # campaign -> the multipliers last applied
     data_until_s: float = 0.0  # the decisions reflect every event before it: caught up with Kafka, or the newest event
+    prior_strengths: dict[str, float] = field(default_factory=dict)  # the last tick's, per rate (prior_strength)
     _plan: _Plan | None = None
     # Per window row: the last applied multipliers, reasons and round; the round's uniform numbers.
     _sent_ppm: np.ndarray = field(default_factory=lambda: np.zeros((0, len(PLATFORMS)), dtype=np.int64))
@@ -218,6 +219,7 @@ class Optimizer:
             moments[..., 0], plan.category_codes, plan.categories, everyone=self.windows.moments[..., 0]
         )
         predicted = forecast(moments, prior_ctr, prior_cvr, self.windows.buckets)
+        self.prior_strengths = {"ctr": predicted.ctr_strength, "cvr": predicted.cvr_strength}
         round_index = np.floor((now_s + plan.phase_s) / self.round_s).astype(np.int64)
         for i in np.flatnonzero(self._quantile_round[rows] != round_index).tolist():
             self._quantiles[rows[i]] = round_quantiles(plan.ids[i], int(round_index[i]))
@@ -384,6 +386,11 @@ class OptimizerMetrics:
             "Campaign decisions published and written to serving",
             registry=r,
         )
+        self.prior_strength = Gauge(
+            "adstream_optimizer_prior_strength_trials",
+            "How many trials (impressions for ctr, clicks for cvr) a cell's prior weighs, as the last tick estimated",
+            ["rate"], registry=r,
+        )  # fmt: skip
 
     def set_lag(self, lag: dict[tuple[str, int], int]) -> None:
         for (topic, partition), behind in lag.items():
@@ -474,6 +481,8 @@ def run(settings, *, once: bool = False, stop: threading.Event | None = None) ->
             began = time.perf_counter()
             applied = optimizer.tick(campaigns, now)
             metrics.tick_duration.observe(time.perf_counter() - began)  # a tick with no campaign to decide too
+            for rate, strength in optimizer.prior_strengths.items():
+                metrics.prior_strength.labels(rate=rate).set(strength)
             try:
                 apply_decisions(applied, publish=publish, shared=shared, namespace=settings.shared_store_namespace)
             except Exception:  # the broker or the store down: the same decisions go again next tick

@@ -89,13 +89,30 @@ def test_a_cpa_campaign_bids_its_value_per_conversion_on_every_platform_and_is_n
 
 
 def test_a_thin_cell_is_explored_now_and_then_and_a_measured_one_is_not():
-    # Platform 0 is well measured at 5 % CVR; platform 2 has 6 clicks (no conversion yet).
-    ordered = _window({(0, 0): (400_000, 12_000, 600, 12_000 * USD), (0, 2): (200, 6, 0, 6 * USD)})
-    draws = np.array([_decide(ordered, _campaigns(value=20 * USD), seed=s).multiplier[0] for s in range(200)])
+    # Platform 0 is well measured at 5 % CVR; platform 2 has 6 clicks (no conversion yet). Two other
+    # campaigns convert at 1 % and 12 % against the same 5 % prior: campaigns differ, so a thin cell's
+    # own CVR is uncertain and its prior weighs little.
+    ordered = _window(
+        {(0, 0): (400_000, 12_000, 600, 12_000 * USD), (0, 2): (200, 6, 0, 6 * USD),
+         (1, 0): (400_000, 12_000, 120, 12_000 * USD), (2, 0): (400_000, 12_000, 1_440, 12_000 * USD)},
+        campaigns=3,
+    )  # fmt: skip
+    draws = np.array([_decide(ordered, _campaigns(3, value=20 * USD), seed=s).multiplier[0] for s in range(200)])
     assert draws[:, 0].std() < 0.1  # well measured: about 0.05 x 20 / 1 = 1.0 each tick
     assert draws[:, 2].std() > 0.3 and (draws[:, 2] > 1.5).mean() > 0.05  # thin: sometimes bid high
-    reasons = np.array([_decide(ordered, _campaigns(value=20 * USD), seed=s).reason[0, 2] for s in range(200)])
+    reasons = np.array([_decide(ordered, _campaigns(3, value=20 * USD), seed=s).reason[0, 2] for s in range(200)])
     assert (reasons == Reason.EXPLORE).any() and not (reasons == Reason.PAUSED).any()  # too few clicks to pause
+
+
+def test_where_campaigns_convert_alike_a_thin_cell_bids_near_its_priors_value():
+    # Five campaigns convert at exactly their 5 % prior on platform 0: nothing says a campaign differs from
+    # the market, so campaign 0's thin platform 2 (6 clicks) bids about the prior's value, 0.05 x 20 / 1 = 1.0,
+    # instead of a wide draw (with the floor's 20-click prior, a tenth of draws would pass 1.9).
+    cells = {(row, 0): (400_000, 12_000, 600, 12_000 * USD) for row in range(5)}
+    ordered = _window(cells | {(0, 2): (200, 6, 0, 6 * USD)}, campaigns=5)
+    decisions = [_decide(ordered, _campaigns(5, value=20 * USD), seed=s) for s in range(200)]
+    draws = np.array([decision.multiplier[0, 2] for decision in decisions])
+    assert draws.std() < 0.15 and abs(np.median(draws) - 1.0) < 0.05 and draws.max() < 1.5
 
 
 def test_the_bounds_hold_whatever_the_value():

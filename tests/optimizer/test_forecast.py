@@ -12,6 +12,7 @@ from optimizer.forecast import (
     Beta,
     beta_posterior,
     forecast,
+    prior_strength,
     trend_of_moments,
     trigamma,
     weighted_trend,
@@ -77,6 +78,27 @@ def test_the_beta_posterior_is_conjugate_and_shrinks_toward_the_category_prior()
     assert posterior.cdf(0.02)[1] == pytest.approx(stats.beta(32, 1_168).cdf(0.02))
 
 
+@pytest.mark.parametrize("strength", [50.0, 300.0])
+def test_the_prior_strength_is_read_off_how_far_the_cells_rates_spread_around_their_priors(strength):
+    # 400 cells whose true rates are drawn from Beta(m s, (1 - m) s) around priors m from 1 % to 20 %.
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(0.01, 0.2, size=400)
+    trials = rng.integers(500, 3_000, size=400)
+    successes = rng.binomial(trials, rng.beta(mean * strength, (1 - mean) * strength))
+    assert prior_strength(successes, trials, mean, 1.0, 1e6) == pytest.approx(strength, rel=0.3)
+
+
+def test_the_prior_strength_stays_within_its_floor_and_ceiling():
+    rng = np.random.default_rng(1)
+    trials = np.full(300, 1_000)
+    alike = rng.binomial(trials, 0.05)  # every cell at its prior: no spread beyond the binomial's
+    assert prior_strength(alike, trials, np.full(300, 0.05), 20.0, 2_000.0) == 2_000.0
+    apart = rng.binomial(trials, rng.beta(0.25, 4.75, size=300))  # Beta(0.25, 4.75): a strength of 5
+    assert prior_strength(apart, trials, np.full(300, 0.05), 20.0, 2_000.0) == 20.0
+    # No cell with two trials: nothing to judge by, the floor.
+    assert prior_strength(np.array([0, 1]), np.array([0, 1]), np.array(0.05), 20.0, 2_000.0) == 20.0
+
+
 def test_a_forecast_reads_totals_rates_and_trends_off_the_ordered_window():
     ordered = np.zeros((2, 8, 4, 3), dtype=np.int64)
     ordered[0, 1, IMPRESSIONS] = [100, 200, 300]
@@ -86,6 +108,8 @@ def test_a_forecast_reads_totals_rates_and_trends_off_the_ordered_window():
     result = forecast(moments_of(ordered), np.array([0.02, 0.05]), np.array([0.05, 0.05]), buckets=3)
     assert result.clicks[0, 1] == 20 and result.spend_micros[0, 1] == 10_000_000
     assert result.cpc_micros[0, 1] == 500_000 and np.isnan(result.cpc_micros[1, 1])
+    # One cell, 20 clicks of 600 against a 2 % prior: no more spread than the floor's prior allows.
+    assert result.ctr_strength == PRIOR_STRENGTH_IMPRESSIONS
     assert result.ctr.alpha[0, 1] == pytest.approx(0.02 * PRIOR_STRENGTH_IMPRESSIONS + 20)
     assert result.ctr.mean[1, 5] == pytest.approx(0.05)  # an empty cell is its campaign's prior
     assert result.ctr_trend.slope[0, 1] > 0.009 and result.cpc_trend.slope[0, 1] == pytest.approx(0.0, abs=1e-6)

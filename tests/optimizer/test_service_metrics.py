@@ -13,6 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adstream.contracts import Topic
 from adstream.messaging import ensure_topics, make_producer
+from optimizer.forecast import (
+    MAX_STRENGTH_CLICKS,
+    MAX_STRENGTH_IMPRESSIONS,
+    PRIOR_STRENGTH_CLICKS,
+    PRIOR_STRENGTH_IMPRESSIONS,
+)
 from optimizer.service import run
 from tests.conftest import free_port
 from tests.optimizer.test_service_kafka import _feedback, settings  # noqa: F401 (a fixture)
@@ -70,6 +76,12 @@ def test_the_optimizer_exports_its_lag_its_tick_time_and_the_decisions_it_applie
     assert total(samples, "adstream_optimizer_tick_duration_seconds_count") >= 3
     assert total(samples, "adstream_optimizer_tick_duration_seconds_sum") > 0
     assert total(samples, "adstream_optimizer_decisions_applied_total") >= 1  # kopt's first decision at least
+    # The priors' strengths the tick estimated (the topic may hold other tests' events too), within their bounds.
+    strength = "adstream_optimizer_prior_strength_trials"
+    strengths = {dict(labels)["rate"]: v for (name, labels), v in samples.items() if name == strength}
+    assert strengths.keys() == {"ctr", "cvr"}
+    assert PRIOR_STRENGTH_IMPRESSIONS <= strengths["ctr"] <= MAX_STRENGTH_IMPRESSIONS
+    assert PRIOR_STRENGTH_CLICKS <= strengths["cvr"] <= MAX_STRENGTH_CLICKS
     lag = {
         dict(labels)["partition"]: v
         for (name, labels), v in samples.items()
