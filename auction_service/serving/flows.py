@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -95,7 +95,8 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
     loaded = state.model.current  # one snapshot for the whole auction, even if a swap lands meanwhile
     seen = await state.shared.frequency_today_async(context.user_id, context.at.date())
     with state.snapshot_lock:  # the spend of the snapshot and the exposure from the same moment
-        campaigns, features = state.campaigns.campaigns, state.features.current
+        snapshot, features = state.campaigns, state.features.current
+        campaigns = snapshot.campaigns
         index = CampaignIndex.of(campaigns)
         rows, filtered = index.eligible_rows(
             context,
@@ -142,7 +143,7 @@ async def serve_auction(state: ServiceState, context: AuctionContext, *, first_p
         if outcome.winner is None:
             break
         winner_raw = float(raw[np.searchsorted(rows, index.row_of[outcome.winner.campaign_id])])
-        expires_at, refused = await _hold(state, context, outcome, loaded.version, winner_raw)
+        expires_at, refused = await _hold(state, context, outcome, loaded.version, winner_raw, snapshot.day)
         if refused is None:
             break
         # Taken meanwhile by another auction (any replica): the winner leaves, the rest are priced again.
@@ -182,7 +183,7 @@ def _paced(multipliers: Multipliers, rows: np.ndarray) -> np.ndarray | None:
 
 
 async def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOutcome, model_version: str,
-                raw_pctr: float) -> tuple[datetime, HoldRefused | None]:  # fmt: skip
+                raw_pctr: float, ledger_day: date) -> tuple[datetime, HoldRefused | None]:  # fmt: skip
     winner = outcome.winner
     assert winner is not None
     cost = billable_cost_micros(winner.pricing_model, outcome.clearing_price_micros)
@@ -202,7 +203,7 @@ async def _hold(state: ServiceState, context: AuctionContext, outcome: AuctionOu
         Hold(
             served, total_budget_micros=winner.total_budget_micros, daily_budget_micros=winner.daily_budget_micros,
             ledger_spent_micros=winner.spent_micros, ledger_spent_today_micros=winner.spent_today_micros,
-            frequency_cap=None if context.user_id is None else winner.frequency_cap_per_day,
+            frequency_cap=None if context.user_id is None else winner.frequency_cap_per_day, ledger_day=ledger_day,
         )
     )  # fmt: skip
     if refused is None:

@@ -205,6 +205,9 @@ class Hold:
     ledger_spent_micros: int  # the campaign store's figures, as this replica last loaded them
     ledger_spent_today_micros: int
     frequency_cap: int | None  # None: no user to count
+    # The budget day ledger_spent_today_micros is of (None: the auction's). A snapshot loaded the day before
+    # says nothing of this day's spend: taken as this day's, it would hold the campaign at yesterday's spend.
+    ledger_day: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +312,9 @@ class SharedBooks:
 
     def _hold_command(self, hold: Hold) -> dict[str, list]:
         served = hold.served
-        day = day_tag(self.days.budget_day(served.served_at))
+        budget_day = self.days.budget_day(served.served_at)
+        day = day_tag(budget_day)
+        ledger_today = hold.ledger_spent_today_micros if hold.ledger_day in (None, budget_day) else -1
         frequency_day = day_tag(served.served_at.astimezone(UTC).date())
         user = served.user_id if hold.frequency_cap is not None else None
         keys = [
@@ -319,7 +324,7 @@ class SharedBooks:
         ]  # fmt: skip
         args = [
             self.ns, served.campaign_id, served.reserved_micros, hold.total_budget_micros, hold.daily_budget_micros,
-            hold.ledger_spent_micros, hold.ledger_spent_today_micros, -1 if user is None else hold.frequency_cap,
+            hold.ledger_spent_micros, ledger_today, -1 if user is None else hold.frequency_cap,
             served.auction_id, _ms(served.expires_at), pack_served(served), self.served_s, DAY_KEYS_TTL_S, day,
         ]  # fmt: skip
         return {"keys": keys, "args": args}

@@ -411,8 +411,13 @@ class ServiceState:
     def pace(self, now: datetime) -> None:
         """The pacing controllers' turn (``Pacer.tick``: an update every PACING_UPDATE_S by the lease holder)
         and this replica's copy of the multipliers."""
+        snapshot = self.campaigns
+        if snapshot.day != DayClock.of(self.settings).budget_day(now):
+            # The campaigns' spend today is of another budget day (a reload is due or failed): the controllers
+            # would read yesterday's spend as today's and hold every campaign back for the day.
+            return
         changes = self.pacer.serve_changes
-        if self.pacer.tick(now, self.campaigns.campaigns, self.spent_today_mirror):
+        if self.pacer.tick(now, snapshot.campaigns, self.spent_today_mirror):
             self.metrics.pacing_updates.inc()
         self.metrics.pacing_leader.set(1 if self.pacer.is_leader else 0)
         if self.pacer.serve_changes != changes:

@@ -39,8 +39,8 @@ def served(auction_id: str, campaign_id: str = "c1", reserved: int = 400, user: 
     )  # fmt: skip
 
 
-def hold(books, row, total=1_000, daily=1_000, spent=0, spent_today=0, cap: int | None = 5):
-    return books.hold(Hold(row, total, daily, spent, spent_today, frequency_cap=cap))
+def hold(books, row, total=1_000, daily=1_000, spent=0, spent_today=0, cap: int | None = 5, ledger_day=None):
+    return books.hold(Hold(row, total, daily, spent, spent_today, frequency_cap=cap, ledger_day=ledger_day))
 
 
 def test_a_hold_takes_budget_while_some_is_left_then_refuses(books):
@@ -60,6 +60,16 @@ def test_the_daily_budget_and_the_ledgers_own_spend_count(books):
     # ... and counts them for a replica whose figures are older: 500 spent + 300 held leave nothing of 800.
     assert hold(books, served("a3", reserved=1), total=800, daily=10_000) is HoldRefused.TOTAL_BUDGET
     assert hold(books, served("a4", reserved=100), total=801, daily=10_000) is None
+
+
+def test_a_snapshot_of_the_day_before_neither_refuses_the_hold_nor_sets_todays_spend(books):
+    # The replica loaded its campaigns yesterday, when this one had spent its whole daily budget; the
+    # auction is today's. Yesterday's figure says nothing of today: the hold passes and today's mirror stays empty.
+    yesterday = TODAY - timedelta(days=1)
+    assert hold(books, served("a0"), total=10_000, spent_today=1_000, ledger_day=yesterday) is None
+    assert books.exposure(TODAY) == ({"c1": 400}, {"c1": 400}, {}, {})
+    # The same figure for today's snapshot refuses, as above.
+    assert hold(books, served("a1"), total=10_000, spent_today=1_000, ledger_day=TODAY) is HoldRefused.DAILY_BUDGET
 
 
 def test_the_frequency_cap_counts_every_ad_served_to_the_user_that_day(books):
