@@ -113,6 +113,8 @@ SEED = 7  # of the seeded campaigns and the simulated users
 BUDGET_PRESSURE = 0.6
 SIM_EXCHANGE = "sim-exchange"  # the simulated exchange's caller id: its OpenRTB auctions, wins and invoice
 OPTIMIZED_PAIRS = 20  # top CPC/CPM spenders of the forecast, booked as an optimized campaign and its static twin
+# A pair's day counts as spent at equal spend when both arms spent this share of their daily budget at least.
+BUDGET_BOUND = 0.9
 DIURNAL_PEAK = 1.7  # the simulator's diurnal curve peaks near 1.64x its mean rate
 INFRASTRUCTURE = ("kafka", "shared-store", "mlflow", "airflow")
 PLATFORM = ("ad-manager", "auction", "streaming", "calibrator", "optimizer", "dashboard")
@@ -1022,20 +1024,26 @@ def _pacing_day_lines(
     return lines
 
 
-def optimizer_comparison(events: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    """Per platform and in all ("all"), the optimized campaigns against their static twins: conversions,
-    spend (USD) and conversions per dollar of each side, from ``events`` (silver/feedback_events' rows of the
-    day: event_type, campaign_id, channel, device_type, cost_micros, charge_status, ivt_category); valid,
-    delivered events only, spend as charged."""
+def _paired_events(events: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """The pairs' valid, delivered events (silver/feedback_events' columns) with their side, platform, conversion
+    (0/1) and spend as charged (USD)."""
     side = {optimized: "optimized" for optimized, _ in pairs} | {twin: "static" for _, twin in pairs}
     valid = events[events["campaign_id"].isin(side) & events["ivt_category"].isna()
                    & ~events["charge_status"].isin(NOT_DELIVERED)]  # fmt: skip
-    frame = valid.assign(
+    return valid.assign(
         side=valid["campaign_id"].map(side),
         platform=valid["channel"].fillna("?") + "/" + valid["device_type"].fillna("?"),
         conversions=(valid["event_type"] == "conversion").astype(int),
         spend_usd=valid["cost_micros"].where(valid["charge_status"] == "charged", 0) / MICROS_PER_UNIT,
     )
+
+
+def optimizer_comparison(events: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Per platform and in all ("all"), the optimized campaigns against their static twins: conversions,
+    spend (USD) and conversions per dollar of each side, from ``events`` (silver/feedback_events' rows of the
+    day: event_type, campaign_id, channel, device_type, cost_micros, charge_status, ivt_category); valid,
+    delivered events only, spend as charged."""
+    frame = _paired_events(events, pairs)
     rows = []
     for platform, part in [("all", frame), *frame.groupby("platform")]:
         row: dict[str, Any] = {"platform": platform}
@@ -1046,6 +1054,48 @@ def optimizer_comparison(events: pd.DataFrame, pairs: Sequence[tuple[str, str]])
                     f"{name}_per_usd": conversions / spend if spend else math.nan}  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def equal_spend_comparison(
+    events: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    daily_budgets_usd: Mapping[str, float],
+    origin: datetime,
+    day_s: float,
+    days: int,
+    bound: float = BUDGET_BOUND,
+) -> dict[str, Any]:
+    """The pairs' days on which both arms spent ``bound`` of their daily budget at least: budget-bound on both
+    sides, so spend is equal within 1 - ``bound`` by construction and conversions per dollar compare at equal
+    spend. A pair's day where an arm could not spend its budget at its bids (bid-bound) compares what the
+    optimizer's bids bought more of, not how well a budget was spent. ``events`` as ``optimizer_comparison``'s,
+    with event_time; day k runs from ``origin`` + k ``day_s``."""
+    frame = _paired_events(events, pairs)
+    since = (frame["event_time"] - pd.Timestamp(origin)).dt.total_seconds()
+    frame = frame.assign(day=(since // day_s).astype(int))
+    frame = frame[(frame["day"] >= 0) & (frame["day"] < days)]
+    per = frame.groupby(["campaign_id", "day"])[["conversions", "spend_usd"]].sum()
+    totals = {f"{name}_{what}": 0.0 for name in ("optimized", "static") for what in ("conversions", "spend_usd")}
+    bound_days = 0
+    for optimized, twin in pairs:
+        for day in range(days):
+            arms = {name: per.loc[(cid, day)] if (cid, day) in per.index else None
+                    for name, cid in (("optimized", optimized), ("static", twin))}  # fmt: skip
+            spent = {name: 0.0 if arm is None else float(arm["spend_usd"]) for name, arm in arms.items()}
+            budgets = {"optimized": daily_budgets_usd.get(optimized, 0.0), "static": daily_budgets_usd.get(twin, 0.0)}
+            if not all(budgets[name] > 0 and spent[name] >= bound * budgets[name] for name in arms):
+                continue
+            bound_days += 1
+            for name, arm in arms.items():
+                assert arm is not None
+                totals[f"{name}_conversions"] += int(arm["conversions"])
+                totals[f"{name}_spend_usd"] += float(arm["spend_usd"])
+    result: dict[str, Any] = {"pair_days": bound_days, "of": len(pairs) * days} | totals
+    for name in ("optimized", "static"):
+        result[f"{name}_conversions"] = int(totals[f"{name}_conversions"])
+        spend = totals[f"{name}_spend_usd"]
+        result[f"{name}_per_usd"] = result[f"{name}_conversions"] / spend if spend else math.nan
+    return result
 
 
 def optimizer_lines(settings: Settings, state: RunState) -> list[str]:
@@ -1064,17 +1114,29 @@ def optimizer_lines(settings: Settings, state: RunState) -> list[str]:
         return []
     events = events[(events["event_time"] >= pd.Timestamp(state.day_origin)) & (events["event_time"] < day_end)]
     table = optimizer_comparison(events, state.pairs).set_index("platform")
-    every = table.loc["all"]
-    gain = every["optimized_per_usd"] / every["static_per_usd"] - 1 if every["static_per_usd"] else math.nan
-    spend = every["optimized_spend_usd"] / every["static_spend_usd"] - 1 if every["static_spend_usd"] else math.nan
+    with store_sessions(settings)() as session:
+        budgets = {cid: view.daily_budget_micros / MICROS_PER_UNIT for pair in state.pairs for cid in pair
+                   if (view := store.get_campaign(session, cid)) is not None}  # fmt: skip
+    equal = equal_spend_comparison(events, state.pairs, budgets, state.day_origin, state.day_length_s, state.days)
     opt, static = "optimized", "static"
+
+    def versus(sides: Mapping[str, Any]) -> str:
+        per = {name: sides[f"{name}_per_usd"] for name in (opt, static)}
+        spent = {name: sides[f"{name}_spend_usd"] for name in (opt, static)}
+        gain = per[opt] / per[static] - 1 if per[static] else math.nan
+        more = spent[opt] / spent[static] - 1 if spent[static] else math.nan
+        return (
+            f"{opt} {per[opt]:.4f} ({int(sides[f'{opt}_conversions']):,} for {spent[opt]:,.2f} USD), {static} "
+            f"{per[static]:.4f} ({int(sides[f'{static}_conversions']):,} for {spent[static]:,.2f} USD): {gain:+.1%} "
+            f"at {more:+.1%} spend"
+        )
+
     lines = [
         f"  optimizer          {len(state.pairs)} optimized campaigns against their static twins "
         "(silver/feedback_events)",
-        f"    conversions per USD: {opt} {every[f'{opt}_per_usd']:.4f} ({every[f'{opt}_conversions']:,} for "
-        f"{every[f'{opt}_spend_usd']:,.2f} USD), {static} {every[f'{static}_per_usd']:.4f} "
-        f"({every[f'{static}_conversions']:,} for {every[f'{static}_spend_usd']:,.2f} USD): {gain:+.1%} at "
-        f"{spend:+.1%} spend",
+        f"    conversions per USD: {versus(table.loc['all'])}",
+        f"    at equal spend, the {equal['pair_days']} of {equal['of']} pair-days both arms spent >= "
+        f"{BUDGET_BOUND:.0%} of their daily budget: {versus(equal)}",
     ]
     lag = _decision_lag(settings)
     if lag is not None:
@@ -1084,8 +1146,9 @@ def optimizer_lines(settings: Settings, state: RunState) -> list[str]:
         )
     for platform, row in table.drop(index="all").iterrows():
         lines.append(
-            f"      {platform:<12} {opt} {row[f'{opt}_conversions']:>4} conv / {row[f'{opt}_spend_usd']:>9,.2f} USD, "
-            f"{static} {row[f'{static}_conversions']:>4} conv / {row[f'{static}_spend_usd']:>9,.2f} USD"
+            f"      {platform:<12} {opt} {int(row[f'{opt}_conversions']):>4} conv / "
+            f"{row[f'{opt}_spend_usd']:>9,.2f} USD, {static} {int(row[f'{static}_conversions']):>4} conv / "
+            f"{row[f'{static}_spend_usd']:>9,.2f} USD"
         )
     return lines
 

@@ -378,6 +378,33 @@ def test_optimized_campaigns_are_compared_with_their_twins_per_platform_on_valid
     assert table.loc["web/desktop", "static_conversions"] == 0 and table.loc["web/mobile", "optimized_spend_usd"] == 0
 
 
+def test_at_equal_spend_only_the_pair_days_where_both_arms_spent_their_budget_are_compared():
+    origin = datetime(2026, 12, 7, 12, tzinfo=UTC)
+
+    def spend(campaign, day, usd, conversions=0, ivt=None, at_s=10):
+        at = origin + timedelta(seconds=day * 100 + at_s)
+        click = {"campaign_id": campaign, "event_type": "click", "channel": "web", "device_type": "desktop",
+                 "cost_micros": round(usd * 1_000_000), "charge_status": "charged", "ivt_category": ivt,
+                 "event_time": at}  # fmt: skip
+        conversion = click | {"event_type": "conversion", "cost_micros": 0, "charge_status": "not_billable"}
+        return [click] + [conversion] * conversions
+
+    events = pd.DataFrame(
+        spend("o1", 0, 10.0, 2) + spend("t1", 0, 9.5, 1)  # both budget-bound: compared
+        + spend("o1", 1, 10.0, 3) + spend("t1", 1, 5.0, 2)  # the twin spent half its budget: not compared
+        + spend("o2", 0, 9.0, 1) + spend("t2", 0, 10.0, 1)  # 90 % is enough
+        + spend("t2", 0, 50.0, 5, ivt="givt")  # invalid: neither spend nor conversions
+        + spend("o2", 2, 10.0, 9) + spend("t2", 2, 10.0, 0)  # after the run's days
+    )  # fmt: skip
+    budgets = {cid: 10.0 for cid in ("o1", "t1", "o2", "t2")}
+    result = run_module.equal_spend_comparison(events, [("o1", "t1"), ("o2", "t2")], budgets, origin, 100, 2)
+    assert (result["pair_days"], result["of"]) == (2, 4)
+    assert (result["optimized_conversions"], result["optimized_spend_usd"]) == (3, pytest.approx(19.0))
+    assert (result["static_conversions"], result["static_spend_usd"]) == (2, pytest.approx(19.5))
+    assert result["optimized_per_usd"] == pytest.approx(3 / 19) and result["static_per_usd"] == pytest.approx(2 / 19.5)
+    assert run_module.equal_spend_comparison(events, [("o1", "t1")], budgets, origin, 100, 2, bound=0.99)["of"] == 2
+
+
 def test_the_simulated_exchanges_invoice_is_judged_hour_by_hour_against_the_lake(tmp_path):
     settings = make_settings(tmp_path)
     state = run_module.RunState()
