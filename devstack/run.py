@@ -1115,7 +1115,7 @@ def optimizer_lines(settings: Settings, state: RunState) -> list[str]:
     events = events[(events["event_time"] >= pd.Timestamp(state.day_origin)) & (events["event_time"] < day_end)]
     table = optimizer_comparison(events, state.pairs).set_index("platform")
     with store_sessions(settings)() as session:
-        budgets = {cid: view.daily_budget_micros / MICROS_PER_UNIT for pair in state.pairs for cid in pair
+        budgets = {cid: view.spec.daily_budget_micros / MICROS_PER_UNIT for pair in state.pairs for cid in pair
                    if (view := store.get_campaign(session, cid)) is not None}  # fmt: skip
     equal = equal_spend_comparison(events, state.pairs, budgets, state.day_origin, state.day_length_s, state.days)
     opt, static = "optimized", "static"
