@@ -433,6 +433,8 @@ class PlatformDecision(_Record):
     cpc_micros: float | None = None  # spend per click over the window; None without clicks
     roi_per_click_micros: float | None = None  # drawn CVR x value - CPC
     p_losing: float = Field(ge=0, le=1)  # P(CVR x value < CPC) under the posterior
+    prior_ctr: float | None = Field(default=None, ge=0, le=1)  # the pooled rates the posteriors shrink toward
+    prior_cvr: float | None = Field(default=None, ge=0, le=1)
 
 
 class CampaignDecision(_Record):
@@ -448,4 +450,6 @@ class CampaignDecision(_Record):
     data_until: AwareDatetime | None = None  # every event Kafka held before it was read: the freshness
     value_micros: int = Field(ge=0)  # the conversion value (or target CPA) optimized for
     base_bid_micros: int = Field(gt=0)
+    ctr_prior_strength: float | None = Field(default=None, ge=0)  # the trials each prior weighed at this tick
+    cvr_prior_strength: float | None = Field(default=None, ge=0)
     platforms: list[PlatformDecision] = Field(min_length=len(PLATFORMS), max_length=len(PLATFORMS))

@@ -158,6 +158,8 @@ class Forecast:
 
     ctr: Beta
     cvr: Beta
+    ctr_prior: np.ndarray  # per cell: the means the posteriors shrink toward
+    cvr_prior: np.ndarray
     ctr_strength: float  # the trials each prior weighs (``prior_strength``)
     cvr_strength: float
     ctr_trend: Trend
@@ -184,6 +186,8 @@ def forecast(moments: np.ndarray, prior_ctr: np.ndarray, prior_cvr: np.ndarray, 
     return Forecast(
         ctr=beta_posterior(totals[1], totals[0], prior_ctr, ctr_strength),
         cvr=beta_posterior(totals[2], totals[1], prior_cvr, cvr_strength),
+        ctr_prior=np.broadcast_to(prior_ctr, totals[0].shape),
+        cvr_prior=np.broadcast_to(prior_cvr, totals[0].shape),
         ctr_strength=ctr_strength,
         cvr_strength=cvr_strength,
         ctr_trend=trend_of_moments(impressions, clicks, newest),

@@ -318,6 +318,8 @@ def decision_records(
         "cpc_micros": nullable(decision.cpc_micros),
         "roi_per_click_micros": nullable(decision.roi_per_click_micros),
         "p_losing": taken(np.clip(decision.p_losing, 0.0, 1.0)),
+        "prior_ctr": taken(predicted.ctr_prior),
+        "prior_cvr": taken(predicted.cvr_prior),
     }
     reasons = decision.reason[picked]
     out = []
@@ -335,7 +337,9 @@ def decision_records(
             "schema_version": 1, "decision_id": f"{campaign.campaign_id}:{version}",
             "campaign_id": campaign.campaign_id, "version": version, "decided_at": decided_at, "window_start": start,
             "data_until": data_until,
-            "value_micros": campaign.goals.value_micros, "base_bid_micros": campaign.bid_micros, "platforms": platforms,
+            "value_micros": campaign.goals.value_micros, "base_bid_micros": campaign.bid_micros,
+            "ctr_prior_strength": predicted.ctr_strength, "cvr_prior_strength": predicted.cvr_strength,
+            "platforms": platforms,
         }  # fmt: skip
         out.append(Decided(campaign.campaign_id, version, record, ppm[row], reasons[i], int(round_index[row])))
     return out

@@ -58,7 +58,8 @@ behind the latest event time: a copy older than that could only pair with a late
 quarantined). The append is blind, so table maintenance compacting silver meanwhile cannot make it
 fail; this query is silver's only writer.
 
-Schema changes: adding an optional field to an event model adds a column. At start the job adds the
+Schema changes: adding an optional field to an event model (or to a record nested in one) adds a
+column (or a nested field). At start the job adds the
 transforms' new columns to existing tables (an empty append with mergeSchema), before any query
 reads them, so the KPI query's Delta source never sees the schema change mid-stream; rows from
 before read the new columns as null. Silver appends carry mergeSchema too.
@@ -109,7 +110,7 @@ from pydantic import BaseModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
-from pyspark.sql.types import StructField, StructType
+from pyspark.sql.types import ArrayType, DataType, StructField, StructType
 
 from adstream.contracts import Table, Topic, quarantine_table
 from adstream.events import AuctionRecord, CampaignDecision, EventType, FeedbackEvent, RefusedEvent
@@ -219,11 +220,23 @@ def _all_nullable(schema: StructType) -> StructType:
     return StructType([StructField(field.name, field.dataType, nullable=True) for field in schema.fields])
 
 
+def _column_paths(data_type: DataType, prefix: str = "") -> set[str]:
+    """Every column's dotted path, into structs and the structs of arrays (a nested record gained a field)."""
+    if isinstance(data_type, ArrayType):
+        return _column_paths(data_type.elementType, prefix)
+    if not isinstance(data_type, StructType):
+        return set()
+    paths = set()
+    for field in data_type.fields:
+        paths |= {f"{prefix}{field.name}"} | _column_paths(field.dataType, f"{prefix}{field.name}.")
+    return paths
+
+
 def _ensure_table(spark: SparkSession, path: str, schema: StructType, partition_by: Sequence[str] = ()) -> None:
     """Creates the table, or adds the columns of ``schema`` that an existing one lacks (a model gained a field)."""
     if DeltaTable.isDeltaTable(spark, path):
-        held = set(spark.read.format("delta").load(path).columns)
-        if not set(schema.fieldNames()) <= held:
+        held = _column_paths(spark.read.format("delta").load(path).schema)
+        if not _column_paths(schema) <= held:
             no_rows = spark.createDataFrame([], _all_nullable(schema))
             no_rows.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
 from adstream.decisions import unpack
 from adstream.events import PLATFORMS, CampaignDecision, CampaignGoals, PricingModel
@@ -80,6 +81,13 @@ def test_a_tick_decides_for_optimized_campaigns_and_sends_only_what_changed():
     assert web_mobile.spend_micros == 4_000_000_000 and web_mobile.cpc_micros == 1_000_000
     assert all(p.reason in ("value", "explore") and p.multiplier > 0 for p in record.platforms[1:])  # the prior's
     assert ppm[0] == round(web_mobile.multiplier * 1_000_000)
+    # What the posteriors shrank toward: web/mobile's pooled rates (4,000 + 1,000 x 4,030 / 41,000 clicks over
+    # 41,000 impressions; 400 + 1,000 x 450 / 5,000 conversions over 5,000 clicks), elsewhere the priors' prior.
+    assert web_mobile.prior_ctr == pytest.approx(0.099958, rel=1e-4)
+    assert web_mobile.prior_cvr == pytest.approx(0.098, rel=1e-4)
+    elsewhere = [(p.prior_ctr, p.prior_cvr) for p in record.platforms[1:]]
+    assert elsewhere == [(pytest.approx(0.03), pytest.approx(0.05))] * 7
+    assert 200 <= record.ctr_prior_strength <= 20_000 and 20 <= record.cvr_prior_strength <= 2_000
     assert record.data_until == NOW  # the newest event folded in
     assert unpack(f"{record.version} {decided.data_until_us} " + " ".join(map(str, ppm))).multipliers_ppm == tuple(ppm)
     # The same data a second later, in the same round of draws: nothing is sent again...

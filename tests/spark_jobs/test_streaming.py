@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pyspark.sql import Row
+from pyspark.sql.types import ArrayType, StructField, StructType
 from pyspark.testing import assertDataFrameEqual
 
 from adstream.contracts import Table, Topic, quarantine_table
@@ -501,6 +503,43 @@ def test_optimizer_decisions_land_once_per_record_with_their_platforms(spark, tm
     assert [(row.decision_id, row.decided_date.isoformat()) for row in landed] == [("c1:1", "2026-03-01")]
     assert [p.platform for p in landed[0].platforms] == list(PLATFORMS)
     assert landed[0].platforms[0].multiplier == 1.5 and landed[0].platforms[0].cpc_micros == 500_000.0
+
+
+def test_a_decisions_table_from_before_the_priors_gains_the_nested_fields_and_lands_them(spark, tmp_path):
+    settings = lake_settings(tmp_path)
+    decisions = streaming.SOURCES["decisions"]
+    path = settings.lake_path(Table.GOLD_OPTIMIZER_DECISIONS)
+    streaming.ensure_tables(spark, settings, decisions)
+    current = table(spark, settings, Table.GOLD_OPTIMIZER_DECISIONS).schema
+    # The table as the job wrote it before a platform's decision carried its priors.
+    platform = current["platforms"].dataType.elementType
+    old_platform = StructType([f for f in platform.fields if f.name not in ("prior_ctr", "prior_cvr")])
+    old = StructType(
+        [StructField(f.name, ArrayType(old_platform)) if f.name == "platforms" else f for f in current.fields]
+    )
+    shutil.rmtree(path)
+    spark.createDataFrame([], old).write.format("delta").partitionBy("decided_date").save(path)
+    assert "prior_ctr" not in table(spark, settings, Table.GOLD_OPTIMIZER_DECISIONS).schema["platforms"].simpleString()
+
+    streaming.ensure_tables(spark, settings, decisions)
+    gained = table(spark, settings, Table.GOLD_OPTIMIZER_DECISIONS).schema["platforms"].dataType.elementType
+    assert {"prior_ctr", "prior_cvr"} <= set(gained.fieldNames())
+    platforms = [
+        {"platform": p, "multiplier": 1.0, "reason": "value", "impressions": 100, "clicks": 4, "conversions": 1,
+         "spend_micros": 2_000_000, "ctr": 0.04, "cvr": 0.25, "cvr_drawn": 0.2, "ctr_trend_per_bucket": 0.0,
+         "cvr_trend_per_bucket": 0.0, "p_losing": 0.01, "prior_ctr": 0.031, "prior_cvr": 0.052}
+        for p in PLATFORMS
+    ]  # fmt: skip
+    decision = CampaignDecision(
+        decision_id="c1:1", campaign_id="c1", version=1, decided_at=T0, window_start=T0 - 30 * MINUTE,
+        value_micros=10_000_000, base_bid_micros=1_000_000, ctr_prior_strength=250.0, cvr_prior_strength=40.0,
+        platforms=platforms,
+    ).model_dump(mode="json")  # fmt: skip
+    batch = streaming.AppendBatch(settings, decisions, app_id="test-decision-priors")
+    assert batch.process(kafka_frame(spark, [decision], topic="campaign-decisions"), 0, ingested_at=T0) == {"landed": 1}
+    (row,) = table(spark, settings, Table.GOLD_OPTIMIZER_DECISIONS).collect()
+    assert (row.ctr_prior_strength, row.cvr_prior_strength) == (250.0, 40.0)
+    assert {(p.prior_ctr, p.prior_cvr) for p in row.platforms} == {(0.031, 0.052)}
 
 
 def test_tables_from_before_the_added_fields_take_the_new_columns_and_keep_streaming(spark, tmp_path):
