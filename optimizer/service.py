@@ -58,6 +58,8 @@ CATEGORY_PRIOR_STRENGTH = 1_000.0  # a pooled rate weighs as many trials against
 EVENT_METRIC = {EventType.IMPRESSION.value: IMPRESSIONS, EventType.CLICK.value: CLICKS,
                 EventType.CONVERSION.value: CONVERSIONS}  # fmt: skip
 REASON_NAMES = [reason.name.lower() for reason in sorted(Reason)]
+_CHARGED = ChargeStatus.CHARGED.value
+_PLATFORM_INDEX = {tuple(name.split("/")): platform_index(*name.split("/")) for name in PLATFORMS}
 
 
 def event_values(events: Iterable[Mapping]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -67,17 +69,21 @@ def event_values(events: Iterable[Mapping]) -> tuple[list[str], np.ndarray, np.n
     ids, platforms, times, rows = [], [], [], []
     for event in events:
         metric = EVENT_METRIC.get(event.get("event_type"))
-        if metric is None or event.get("ivt_category") or event.get("charge_status") in NOT_DELIVERED:
+        status = event.get("charge_status")
+        if metric is None or event.get("ivt_category") or status in NOT_DELIVERED:
             continue
         values = [0, 0, 0, 0]
         values[metric] = 1
-        if event.get("charge_status") == ChargeStatus.CHARGED.value:
+        if status == _CHARGED:
             values[SPEND] = int(event.get("cost_micros") or 0)
         at = event["event_time"]
-        at = at.timestamp() if isinstance(at, datetime) else datetime.fromisoformat(at).timestamp()
+        try:
+            platform = _PLATFORM_INDEX.get((event.get("channel"), event.get("device_type")), -1)
+        except TypeError:  # an unhashable value: no platform
+            platform = -1
         ids.append(event["campaign_id"])
-        platforms.append(platform_index(event.get("channel"), event.get("device_type")))
-        times.append(at)
+        platforms.append(platform)
+        times.append(at.timestamp() if isinstance(at, datetime) else datetime.fromisoformat(at).timestamp())
         rows.append(values)
     return ids, np.array(platforms, dtype=np.int64), np.array(times, dtype=np.float64), np.array(rows, dtype=np.int64)
 
@@ -112,8 +118,11 @@ def pooled_priors(
     market = (totals if everyone is None else everyone).sum(axis=0)  # platforms x metrics
     market_ctr = (market[:, CLICKS] + PRIOR_CTR * k) / (market[:, IMPRESSIONS] + k)
     market_cvr = (market[:, CONVERSIONS] + PRIOR_CVR * k) / (market[:, CLICKS] + k)
-    pooled = np.zeros((categories, *totals.shape[1:]))
-    np.add.at(pooled, codes, totals)
+    # Summed per category by one bincount over (category, cell): add.at's strided path took a quarter of a tick.
+    cells = int(np.prod(totals.shape[1:]))
+    flat = (np.asarray(codes, dtype=np.int64)[:, None] * cells + np.arange(cells)).ravel()
+    weights = np.asarray(totals, dtype=np.float64).reshape(-1)
+    pooled = np.bincount(flat, weights=weights, minlength=categories * cells).reshape(categories, *totals.shape[1:])
     ctr = (pooled[..., CLICKS] + market_ctr * k) / (pooled[..., IMPRESSIONS] + k)
     cvr = (pooled[..., CONVERSIONS] + market_cvr * k) / (pooled[..., CLICKS] + k)
     return ctr[codes], cvr[codes]
@@ -122,8 +131,9 @@ def pooled_priors(
 def round_quantiles(campaign_id: str, round_index: int) -> np.ndarray:
     """The uniform numbers a campaign's CTR and CVR draws invert in one round (2 x platforms): derived from the
     campaign and the round alone, so a restart on the same data draws the same."""
-    seed = int.from_bytes(hashlib.blake2b(f"{campaign_id}:{round_index}".encode(), digest_size=8).digest(), "big")
-    return np.random.default_rng(seed).uniform(size=(2, len(PLATFORMS)))
+    # 53 random bits per number from an extendable hash: a generator seeded per campaign cost 20x more.
+    digest = hashlib.shake_128(f"{campaign_id}:{round_index}".encode()).digest(2 * len(PLATFORMS) * 8)
+    return ((np.frombuffer(digest, dtype=">u8") >> 11) * 2.0**-53).reshape(2, len(PLATFORMS))
 
 
 def phase_s(campaign_id: str, round_s: float) -> float:
@@ -322,17 +332,15 @@ def decision_records(
         "prior_cvr": taken(predicted.cvr_prior),
     }
     reasons = decision.reason[picked]
+    names = ["platform", "reason", *columns]
     out = []
-    for i, (row, codes) in enumerate(zip(picked.tolist(), reasons.tolist(), strict=True)):
+    # Per campaign, one tuple per platform zipped from the columns into a dict: a comprehension per field
+    # took a fifth of a tick at 10,000 campaigns.
+    per_campaign = zip(picked.tolist(), reasons.tolist(), zip(*columns.values(), strict=True), strict=True)
+    for i, (row, codes, values) in enumerate(per_campaign):
         campaign = plan.campaigns[row]
-        platforms = [
-            {
-                "platform": platform,
-                "reason": REASON_NAMES[codes[p]],
-                **{k: column[i][p] for k, column in columns.items()},
-            }
-            for p, platform in enumerate(PLATFORMS)
-        ]
+        reason_names = [REASON_NAMES[code] for code in codes]
+        platforms = [dict(zip(names, cell, strict=True)) for cell in zip(PLATFORMS, reason_names, *values, strict=True)]
         record = {
             "schema_version": 1, "decision_id": f"{campaign.campaign_id}:{version}",
             "campaign_id": campaign.campaign_id, "version": version, "decided_at": decided_at, "window_start": start,

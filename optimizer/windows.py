@@ -107,15 +107,18 @@ class Windows:
         if not keep.any():
             return 0
         rows = np.fromiter((self.row_of(cid) for cid in campaign_ids), dtype=np.int64, count=len(campaign_ids))
-        slots = buckets % self.buckets
-        x = (self.buckets - 1 - (self.latest_bucket - buckets))[keep]
-        values = np.asarray(values, dtype=np.int64)[keep]
-        cells = (rows[keep], np.asarray(platforms)[keep])
-        for metric in range(len(METRICS)):
-            v = values[:, metric]
-            np.add.at(self.counts[:, :, metric, :], (*cells, slots[keep]), v)
-            for power in range(3):
-                np.add.at(self.moments[:, :, metric, power], cells, v * x**power)
+        # One scatter-add per array over the flat index of (row, platform, metric, slot or power), of the
+        # nonzero values only: an event carries one or two metrics, and a strided add.at costs 10x more.
+        kept = np.asarray(values, dtype=np.int64)[keep]
+        event, metric = np.nonzero(kept)
+        v = kept[event, metric]
+        cell_of_event = rows[keep] * len(PLATFORMS) + np.asarray(platforms, dtype=np.int64)[keep]
+        cell = cell_of_event[event] * len(METRICS) + metric
+        slot = (buckets % self.buckets)[keep][event]
+        x = (self.buckets - 1 - (self.latest_bucket - buckets))[keep][event]
+        np.add.at(_flat(self.counts), cell * self.buckets + slot, v)
+        powers = np.concatenate([cell * 3, cell * 3 + 1, cell * 3 + 2])
+        np.add.at(_flat(self.moments), powers, np.concatenate([v, v * x, v * x * x]))
         return int(keep.sum())
 
     def positions(self) -> np.ndarray:
@@ -134,6 +137,11 @@ class Windows:
         """Each metric summed over the window: (campaigns, platforms, metrics)."""
         counts = self.counts[: len(self.campaign_ids)] if rows is None else self.counts[rows]
         return counts.sum(axis=-1)
+
+
+def _flat(array: np.ndarray) -> np.ndarray:
+    """A 1-D view of a C-contiguous array (raises rather than copy: the adds must land in the array)."""
+    return np.reshape(array, -1, copy=False)
 
 
 def _doubled(array: np.ndarray) -> np.ndarray:

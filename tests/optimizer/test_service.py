@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from adstream.decisions import unpack
 from adstream.events import PLATFORMS, CampaignDecision, CampaignGoals, PricingModel
-from optimizer.service import ROUND_S, Optimizer, event_values, pooled_priors
+from optimizer.service import ROUND_S, Optimizer, event_values, pooled_priors, round_quantiles
 from optimizer.windows import CLICKS, CONVERSIONS, IMPRESSIONS, SPEND
 from tests.auction_service.serving.test_auction import make_campaign
 
@@ -55,6 +56,15 @@ def test_priors_pool_a_categorys_campaigns_per_platform_toward_the_markets_platf
     assert abs(cvr[2, 1] - 70 / 2_000) < 1e-12 and abs(ctr[2, 1] - (1_000 + 30) / 51_000) < 1e-12
     # Where nobody has data: the prior's prior.
     assert (ctr[2, 7], cvr[2, 7]) == (0.03, 0.05)
+
+
+def test_a_rounds_draws_depend_on_the_campaign_and_round_alone_and_are_uniform():
+    draws = round_quantiles("c1", 7)
+    assert draws.shape == (2, len(PLATFORMS)) and (round_quantiles("c1", 7) == draws).all()
+    assert (round_quantiles("c1", 8) != draws).all() and (round_quantiles("c2", 7) != draws).all()
+    pooled = np.concatenate([round_quantiles(f"c{i}", i % 5).ravel() for i in range(2_000)])
+    assert pooled.min() >= 0.0 and pooled.max() < 1.0
+    assert stats.kstest(pooled, "uniform").pvalue > 1e-3  # 32,000 draws against U(0, 1)
 
 
 def test_a_tick_decides_for_optimized_campaigns_and_sends_only_what_changed():
