@@ -10,22 +10,19 @@ Asset event naming a Delta version (posted through the REST API) is trained on t
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, Param, dag, get_current_context, task
 
 from adstream.assets import registered_model_asset, table_asset
 from adstream.contracts import BID_FILTER_MODEL, Table
-from adstream.dag_defaults import RETRY_DEFAULT_ARGS
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS, next_ticks
 
 
 @dag(
     dag_id="bid_filter_training",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("30 * * * *", timezone="UTC"),
+        timetable=next_ticks("30 * * * *"),
         assets=[table_asset(Table.SILVER_AUCTIONS)],
     ),
-    start_date=datetime(2026, 1, 1),
     default_args=RETRY_DEFAULT_ARGS,
     catchup=False,
     max_active_runs=1,

@@ -9,13 +9,11 @@ table's Asset event names the Delta version the task left it at and its row coun
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, dag, get_current_context, task
 
 from adstream.assets import table_asset
 from adstream.contracts import Table
-from adstream.dag_defaults import RETRY_DEFAULT_ARGS
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS, next_ticks
 
 BRONZE = [
     Table.BRONZE_ADVERTISING, Table.BRONZE_ADS16_USERS, Table.BRONZE_ADS16_RATINGS,
@@ -28,10 +26,9 @@ GOLD = [Table.GOLD_CTR_TRAINING_SET, Table.GOLD_USER_FEATURES, Table.GOLD_AD_FEA
 @dag(
     dag_id="feature_build",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 * * * *", timezone="UTC"),
+        timetable=next_ticks("0 * * * *"),
         assets=[table_asset(table) for table in BRONZE],
     ),
-    start_date=datetime(2026, 1, 1),
     default_args=RETRY_DEFAULT_ARGS,
     catchup=False,
     max_active_runs=1,

@@ -7,13 +7,11 @@ names its Delta version and row count.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.sdk import TaskGroup, dag, get_current_context, task
 
 from adstream.assets import table_asset
 from adstream.contracts import Table
-from adstream.dag_defaults import RETRY_DEFAULT_ARGS
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS, next_ticks
 
 DATASET_TABLES = {
     "advertising": [Table.BRONZE_ADVERTISING],
@@ -24,8 +22,7 @@ DATASET_TABLES = {
 
 @dag(
     dag_id="kaggle_ingestion",
-    schedule="@daily",
-    start_date=datetime(2026, 1, 1),
+    schedule=next_ticks("0 0 * * *"),
     default_args=RETRY_DEFAULT_ARGS,
     catchup=False,
     max_active_runs=1,

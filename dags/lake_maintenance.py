@@ -6,17 +6,14 @@ Wiring only: the task calls `cli.tasks.maintain`, also runnable as
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.sdk import dag, task
 
-from adstream.dag_defaults import RETRY_DEFAULT_ARGS
+from adstream.dag_defaults import RETRY_DEFAULT_ARGS, next_ticks
 
 
 @dag(
     dag_id="lake_maintenance",
-    schedule="0 */6 * * *",
-    start_date=datetime(2026, 1, 1),
+    schedule=next_ticks("0 */6 * * *"),
     default_args=RETRY_DEFAULT_ARGS,
     catchup=False,
     max_active_runs=1,

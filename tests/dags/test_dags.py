@@ -33,8 +33,16 @@ retries = {
                                  "max_retry_delay_s": seconds(task.max_retry_delay)}
     for dag_id, dag in bag.dags.items() for task in dag.tasks
 }
+# The scheduler's own answer, for a DAG just unpaused with no run yet: when its first scheduled run starts.
+from datetime import UTC, datetime
+from airflow.serialization.serialized_objects import LazyDeserializedDAG
+now = datetime.now(UTC)
+def first_run_in_s(dag):
+    info = LazyDeserializedDAG.from_dag(dag).next_dagrun_info(last_automated_run_info=None)
+    return None if info is None or info.run_after is None else (info.run_after - now).total_seconds()
+first_runs = {dag_id: first_run_in_s(dag) for dag_id, dag in bag.dags.items() if not dag.catchup}
 print(json.dumps({"dag_ids": sorted(bag.dag_ids), "import_errors": bag.import_errors, "tasks": tasks,
-                  "schedules": schedules, "retries": retries}))
+                  "schedules": schedules, "retries": retries, "first_runs": first_runs}))
 """
 
 # Tasks a retry would not repeat harmlessly, and why; every other task retries with backoff.
@@ -107,6 +115,19 @@ def test_dag_folder_has_no_import_errors(parsed_dags):
     assert parsed["schedules"][DagId.FEATURE_BUILD] == [
         "bronze/ads16_ads", "bronze/ads16_ratings", "bronze/ads16_users", "bronze/advertising", "bronze/amazon_ads",
     ]  # fmt: skip
+
+
+def test_unpausing_a_scheduled_dag_starts_no_catch_up_run(parsed_dags):
+    # A catch-up run at unpause would rebuild bronze and features beside the run `make run` triggers.
+    first_runs = parsed_dags["first_runs"]
+    for dag_id, period_s in (
+        (DagId.KAGGLE_INGESTION, 86_400), (DagId.FEATURE_BUILD, 3_600),
+        (DagId.BID_FILTER_TRAINING, 3_600), (DagId.LAKE_MAINTENANCE, 6 * 3_600),
+    ):  # fmt: skip
+        assert first_runs[dag_id] is not None, f"{dag_id} has no scheduled run"
+        assert 0 < first_runs[dag_id] <= period_s, f"{dag_id}: its first scheduled run is {first_runs[dag_id]} s away"
+    assert first_runs[DagId.CTR_TRAINING] is None  # Assets alone
+    assert first_runs[DagId.PLATFORM_SMOKE] is None  # triggered only
 
 
 def test_every_idempotent_task_retries_with_backoff_and_the_others_do_not_retry(parsed_dags):
