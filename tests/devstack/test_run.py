@@ -405,6 +405,50 @@ def test_at_equal_spend_only_the_pair_days_where_both_arms_spent_their_budget_ar
     assert run_module.equal_spend_comparison(events, [("o1", "t1")], budgets, origin, 100, 2, bound=0.99)["of"] == 2
 
 
+def test_the_summary_compares_the_optimized_campaigns_from_the_lake_and_the_ledgers_budgets(tmp_path):
+    # The whole print path, from silver/feedback_events and the campaign store, as `make run` calls it.
+    settings = make_settings(tmp_path)
+    origin = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    state = run_module.RunState(day_origin=origin, day_length_s=100.0, days=1, pairs=[("opt", "twin")])
+    assert run_module.optimizer_lines(settings, state) == []  # no silver yet
+
+    def event(campaign, kind, device, usd=0.0, at_s=10):
+        charged = kind == "click"
+        return {"event_type": kind, "event_time": origin + timedelta(seconds=at_s), "campaign_id": campaign,
+                "channel": "web", "device_type": device, "cost_micros": round(usd * 1_000_000),
+                "charge_status": "charged" if charged else "not_billable", "ivt_category": None,
+                "event_date": origin.date()}  # fmt: skip
+
+    rows = (
+        [event("opt", "click", "desktop", 4.5)] * 2 + [event("opt", "conversion", "desktop")] * 3
+        + [event("twin", "click", "mobile", 3.0)] * 3 + [event("twin", "conversion", "mobile")]
+        + [event("opt", "click", "desktop", 5.0, at_s=120)]  # after the run's day
+    )  # fmt: skip
+    write_deltalake(settings.delta_rs_location(Table.SILVER_FEEDBACK_EVENTS)[0], pa.Table.from_pylist(rows))
+    engine = make_engine(settings)
+    migrate(settings, engine)
+    with make_session_factory(engine)() as session:
+        for campaign_id in ("opt", "twin"):
+            spec = CampaignSpec(
+                advertiser_id="adv", ad_id="ad", category="Books", pricing_model="CPC", bid_micros=500_000,
+                total_budget_micros=90_000_000, daily_budget_micros=10_000_000,
+                flight_start=origin - timedelta(days=1), flight_end=origin + timedelta(days=1),
+            )  # fmt: skip
+            store.apply_instruction(session, create_instruction(spec, now=origin, campaign_id=campaign_id))
+    engine.dispose()
+    lines = run_module.optimizer_lines(settings, state)
+    assert lines[0] == "  optimizer          1 optimized campaigns against their static twins (silver/feedback_events)"
+    # All the day's events: 3 conversions for 9 USD against 1 for 9 USD.
+    assert lines[1] == (
+        "    conversions per USD: optimized 0.3333 (3 for 9.00 USD), static 0.1111 (1 for 9.00 USD): "
+        "+200.0% at +0.0% spend"
+    )
+    # Both arms spent 90 % of their 10 USD daily budget: the pair's day is compared at equal spend.
+    assert lines[2].startswith("    at equal spend, the 1 of 1 pair-days both arms spent >= 90% of their daily budget:")
+    assert lines[2].endswith("+200.0% at +0.0% spend")
+    assert any(line.startswith("      web/desktop  optimized    3 conv") for line in lines)
+
+
 def test_the_simulated_exchanges_invoice_is_judged_hour_by_hour_against_the_lake(tmp_path):
     settings = make_settings(tmp_path)
     state = run_module.RunState()
