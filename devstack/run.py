@@ -893,10 +893,13 @@ def pacing_report(
     ``kpis`` gold/kpi_minute's (campaign_id, minute, spend_micros, clicks, conversions); ``ledger_spend``
     the ledger's spend of the day per campaign, exact where minutes cut the day's edges (else the KPIs').
 
-    Even campaigns are also reported in two parts (``bound``): those their controller held back at some
-    point (λ under 1 or a throttle: bound by their budget, the ones pacing is for) and those it never did
-    (bound by their bid: at full bid all day they could not keep up with the plan). "all" is every one.
-    ``cohorts`` (name -> campaign ids) adds a row per named group of even campaigns, ``bound`` its name.
+    Even campaigns are also reported in two parts (``bound``), by where the day left them: "budget", those
+    their controller was holding back at the day's end (λ under 1 or a throttle in its last tenth or its last
+    minute) or that exhausted their budget: bound by their budget, the ones pacing decides; and "bid", those
+    at full bid through the day's end: bound by their bid, they could not keep up with the plan, and no pacing
+    can spend their budget. "bid, held earlier" are those of "bid" held back at some earlier point (a
+    campaign that stops winning after pacing held it early). "all" is every one. ``cohorts`` (name -> campaign
+    ids) adds a row per named group of even campaigns, ``bound`` its name.
     """
     last = minutes.sort_values("at").groupby("campaign_id").last()
     deviation = (
@@ -904,20 +907,24 @@ def pacing_report(
         .groupby(minutes["campaign_id"])
         .median()
     )
-    held = (
-        ((minutes["pacing_multiplier"] < 0.999) | (minutes["throttle_rate"] > 0)).groupby(minutes["campaign_id"]).any()
-    )
+    holding = (minutes["pacing_multiplier"] < 0.999) | (minutes["throttle_rate"] > 0)
+    held = holding.groupby(minutes["campaign_id"]).any()
+    end = minutes["at"] >= pd.Timestamp(day_start) + pd.Timedelta(seconds=0.9 * day_s)
+    end |= minutes.index.isin(minutes.sort_values("at").groupby("campaign_id").tail(1).index)
+    held_at_end = holding[end].groupby(minutes.loc[end, "campaign_id"]).any().reindex(last.index, fill_value=False)
     kpis = kpis[kpis["campaign_id"].isin(last.index)].sort_values("minute")
     spent = kpis.groupby("campaign_id")["spend_micros"].sum().reindex(last.index, fill_value=0)
     if ledger_spend is not None:
         spent = pd.Series({cid: ledger_spend.get(cid, 0) for cid in last.index}, dtype="int64")
     share = exhaustion_share(kpis, last["plan_budget_micros"], day_start, day_s)
+    by_budget = held_at_end | last.index.isin(share.index)
     groups = []
     for mode, campaigns in last.groupby("mode"):
         groups.append((mode, "all", campaigns.index))
         if mode == "even":
-            groups += [(mode, "budget", campaigns.index[held[campaigns.index]]),
-                       (mode, "bid", campaigns.index[~held[campaigns.index]])]  # fmt: skip
+            even = campaigns.index
+            groups += [(mode, "budget", even[by_budget[even]]), (mode, "bid", even[~by_budget[even]]),
+                       (mode, "bid, held earlier", even[~by_budget[even] & held[even]])]  # fmt: skip
             groups += [
                 (mode, name, campaigns.index[campaigns.index.isin(ids)]) for name, ids in (cohorts or {}).items()
             ]
@@ -1011,8 +1018,10 @@ def _pacing_day_lines(
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
     for row in report.itertuples():
-        bound = {"all": f"{row.mode:<5}", "budget": "  held back by pacing (bound by budget)",
-                 "bid": "  never held back (bound by bid)"}.get(row.bound, f"  {row.bound} (pairs)")  # fmt: skip
+        bound = {"all": f"{row.mode:<5}", "budget": "  held back at the day's end (bound by budget)",
+                 "bid": "  at full bid at the day's end (bound by bid)",
+                 "bid, held earlier": "    of which held back earlier in the day"}.get(
+            row.bound, f"  {row.bound} (pairs)")  # fmt: skip
         lines.append(
             f"    {bound} {row.campaigns:>3} campaigns: spend / daily budget median {row.spend_ratio_median:.1%} "
             f"[{row.spend_ratio_min:.1%}, {row.spend_ratio_max:.1%}], {row.within_95_100} within 95-100%, "

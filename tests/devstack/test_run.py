@@ -262,15 +262,25 @@ def test_the_pacing_report_puts_the_modes_side_by_side():
             for m, spent in enumerate(s * 1_000_000 for s in spends)
         ]
     )  # fmt: skip
+    # "h" was held back in minute 0, then bid at full speed and spent $1 of its $4: bound by its bid at the end.
+    held_early = minutes[minutes["campaign_id"] == "b"].assign(campaign_id="h")
+    held_early.loc[held_early["minute"] == minute(0), "pacing_multiplier"] = 0.5
+    minutes = pd.concat([minutes, held_early], ignore_index=True)
     kpis = pd.DataFrame(
         [{"campaign_id": "e", "minute": minute(m), "spend_micros": 1_000_000, "clicks": 2, "conversions": 0}
          for m in range(4)]
+        + [{"campaign_id": "h", "minute": minute(0), "spend_micros": 1_000_000, "clicks": 1, "conversions": 0}]
         + [{"campaign_id": "b", "minute": minute(0), "spend_micros": 1_000_000, "clicks": 1, "conversions": 0}]
         + [{"campaign_id": "a", "minute": minute(0), "spend_micros": 4_000_000, "clicks": 4, "conversions": 1}]
     )  # fmt: skip
     report = run_module.pacing_report(minutes, kpis, start, 240.0).set_index(["mode", "bound"])
-    assert sorted(report.index) == [("asap", "all"), ("even", "all"), ("even", "bid"), ("even", "budget")]
-    assert report.loc[("even", "all"), "campaigns"] == 2 and report.loc[("even", "all"), "within_95_100"] == 1
+    assert sorted(report.index) == [
+        ("asap", "all"), ("even", "all"), ("even", "bid"), ("even", "bid, held earlier"), ("even", "budget"),
+    ]  # fmt: skip
+    assert report.loc[("even", "all"), "campaigns"] == 3 and report.loc[("even", "all"), "within_95_100"] == 1
+    assert report.loc[("even", "budget"), "campaigns"] == 1 and report.loc[("even", "bid"), "campaigns"] == 2
+    held_earlier = report.loc[("even", "bid, held earlier")]
+    assert (held_earlier["campaigns"], held_earlier["spend_ratio_median"]) == (1, 0.25)
     budget, bid, asap = report.loc[("even", "budget")], report.loc[("even", "bid")], report.loc[("asap", "all")]
     assert budget["spend_ratio_median"] == 1.0 and bid["spend_ratio_median"] == 0.25
     assert asap["spend_ratio_median"] == 1.0
