@@ -901,7 +901,8 @@ def pacing_report(
     campaign that stops winning after pacing held it early). "all" is every one. ``cohorts`` (name -> campaign
     ids) adds a row per named group of even campaigns, ``bound`` its name.
     """
-    last = minutes.sort_values("at").groupby("campaign_id").last()
+    ordered = minutes.sort_values("at")
+    last = ordered.groupby("campaign_id").last()
     deviation = (
         ((minutes["spent_today_micros"] - minutes["plan_micros"]).abs() / minutes["plan_budget_micros"].clip(lower=1))
         .groupby(minutes["campaign_id"])
@@ -910,7 +911,7 @@ def pacing_report(
     holding = (minutes["pacing_multiplier"] < 0.999) | (minutes["throttle_rate"] > 0)
     held = holding.groupby(minutes["campaign_id"]).any()
     end = minutes["at"] >= pd.Timestamp(day_start) + pd.Timedelta(seconds=0.9 * day_s)
-    end |= minutes.index.isin(minutes.sort_values("at").groupby("campaign_id").tail(1).index)
+    end |= minutes.index.isin(ordered.groupby("campaign_id").tail(1).index)
     held_at_end = holding[end].groupby(minutes.loc[end, "campaign_id"]).any().reindex(last.index, fill_value=False)
     kpis = kpis[kpis["campaign_id"].isin(last.index)].sort_values("minute")
     spent = kpis.groupby("campaign_id")["spend_micros"].sum().reindex(last.index, fill_value=0)
